@@ -1,0 +1,169 @@
+//! The gateway's core, shared by every protocol front: the model table, loading versions off
+//! the request path, and serving an inference request.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use switchyard_runtimes::{LoadOptions, Runtime};
+
+use crate::error::GatewayError;
+use crate::inference::{InferRequest, InferResponse, select_outputs, validate};
+use crate::models::{ModelState, ModelTable, ReadyVersion, VersionState, VersionStatus};
+use crate::repository::ModelEntry;
+use crate::serving::Replica;
+
+pub struct Gateway {
+    table: ArcSwap<ModelTable>,
+}
+
+impl Default for Gateway {
+    fn default() -> Self {
+        Gateway {
+            table: ArcSwap::from_pointee(ModelTable::default()),
+        }
+    }
+}
+
+impl Gateway {
+    /// The current model table. Cheap; hold it only briefly, never across an await.
+    pub fn snapshot(&self) -> Arc<ModelTable> {
+        self.table.load_full()
+    }
+
+    /// Ready once every version found at start has finished loading, successfully or not.
+    pub fn is_ready(&self) -> bool {
+        self.table.load().settled()
+    }
+
+    fn set_status(&self, model: &str, label: &str, status: VersionStatus) {
+        self.table
+            .rcu(|table| table.with_status(model, label, &status));
+    }
+
+    /// Registers the repository's versions as loading and loads each on its own worker thread.
+    /// Returns at once; a version serves as soon as its own load has finished.
+    pub fn load_repository(self: &Arc<Self>, entries: Vec<ModelEntry>, runtime: Arc<dyn Runtime>) {
+        let mut models = BTreeMap::new();
+        let mut loads = Vec::new();
+        for entry in entries {
+            let name: Arc<str> = entry.name.as_str().into();
+            let versions = entry
+                .versions
+                .iter()
+                .map(|version| {
+                    let status = match &entry.settings {
+                        Ok(_) => VersionStatus::Loading,
+                        Err(reason) => VersionStatus::Failed(reason.clone()),
+                    };
+                    Arc::new(VersionState {
+                        label: version.label.as_str().into(),
+                        platform: runtime.platform(),
+                        status,
+                    })
+                })
+                .collect();
+            if let Ok(settings) = &entry.settings {
+                for version in &entry.versions {
+                    loads.push((entry.name.clone(), version.clone(), settings.clone()));
+                }
+            } else if let Err(reason) = &entry.settings {
+                tracing::error!(model = %entry.name, %reason, "model not loaded");
+            }
+            models.insert(
+                name.clone(),
+                Arc::new(ModelState {
+                    name,
+                    settings: entry.settings.ok(),
+                    versions,
+                }),
+            );
+        }
+        self.table.store(Arc::new(ModelTable { models }));
+
+        for (model, version, settings) in loads {
+            let gateway = self.clone();
+            let runtime = runtime.clone();
+            tokio::spawn(async move {
+                let started = std::time::Instant::now();
+                let options = LoadOptions {
+                    device: settings.device,
+                    intra_op_threads: settings.intra_op_threads,
+                };
+                let thread_name = format!("sy-{model}-{}", version.label);
+                let loaded = Replica::start(
+                    runtime,
+                    version.artifact.clone(),
+                    options,
+                    settings.queue_capacity,
+                    thread_name,
+                )
+                .await;
+                let status = match loaded {
+                    Ok(replica) => {
+                        let ready = ReadyVersion::new(replica, settings.max_batch_size);
+                        tracing::info!(
+                            %model,
+                            version = %version.label,
+                            max_batch_size = ready.max_batch_size,
+                            elapsed_ms = started.elapsed().as_millis() as u64,
+                            "version ready"
+                        );
+                        VersionStatus::Ready(Arc::new(ready))
+                    }
+                    Err(error) => {
+                        tracing::error!(%model, version = %version.label, %error, "version failed to load");
+                        VersionStatus::Failed(error.to_string())
+                    }
+                };
+                gateway.set_status(&model, &version.label, status);
+            });
+        }
+    }
+
+    /// Serves one request: picks the version, checks the inputs, queues them on a replica and
+    /// returns the outputs the caller asked for.
+    pub async fn infer(&self, mut request: InferRequest) -> Result<InferResponse, GatewayError> {
+        let (model_name, version_label, ready) = {
+            let table = self.table.load();
+            let model = table.model(&request.model)?;
+            let version = match &request.version {
+                Some(label) => model.version(label)?,
+                None => model.default_version().ok_or_else(|| {
+                    GatewayError::unavailable(format!(
+                        "model '{}' has no ready version{}",
+                        model.name,
+                        not_ready_reasons(model)
+                    ))
+                })?,
+            };
+            let ready = version.ready(&model.name)?.clone();
+            (model.name.clone(), version.label.clone(), ready)
+        };
+        validate(&model_name, ready.signature(), ready.max_batch_size, &request)?;
+        let inputs = std::mem::take(&mut request.inputs);
+        let outputs = ready.replica.infer(inputs).await?;
+        Ok(InferResponse {
+            model_name,
+            model_version: version_label,
+            id: request.id,
+            outputs: select_outputs(outputs, &request.outputs),
+        })
+    }
+}
+
+fn not_ready_reasons(model: &ModelState) -> String {
+    let reasons: Vec<String> = model
+        .versions
+        .iter()
+        .map(|version| match &version.status {
+            VersionStatus::Failed(reason) => format!("version '{}' failed: {reason}", version.label),
+            other => format!("version '{}' is {}", version.label, other.name().to_lowercase()),
+        })
+        .collect();
+    if reasons.is_empty() {
+        String::new()
+    } else {
+        format!(" ({})", reasons.join("; "))
+    }
+}

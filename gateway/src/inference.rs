@@ -1,0 +1,277 @@
+//! The protocol-neutral inference request and response, and the checks of a request against
+//! the signature of the version that will serve it. HTTP (and later gRPC) decode into these.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use switchyard_runtimes::{NamedTensor, Signature, TensorSpec};
+
+use crate::error::GatewayError;
+
+/// A request parameter, as the protocol allows them.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Parameter {
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    String(String),
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct InferRequest {
+    pub model: String,
+    /// A version label; `None` lets the gateway choose.
+    pub version: Option<String>,
+    pub id: Option<String>,
+    pub inputs: Vec<NamedTensor>,
+    /// Outputs to return, in this order; empty means all of them, in the model's order.
+    pub outputs: Vec<String>,
+    pub parameters: BTreeMap<String, Parameter>,
+}
+
+#[derive(Debug, Clone)]
+pub struct InferResponse {
+    pub model_name: Arc<str>,
+    /// The version that served the request.
+    pub model_version: Arc<str>,
+    pub id: Option<String>,
+    pub outputs: Vec<NamedTensor>,
+}
+
+/// Checks inputs and requested outputs against a version's signature, so that everything the
+/// runtime receives is well-formed and the caller gets a precise message otherwise.
+pub fn validate(
+    model: &str,
+    signature: &Signature,
+    max_batch_size: u32,
+    request: &InferRequest,
+) -> Result<(), GatewayError> {
+    for (index, input) in request.inputs.iter().enumerate() {
+        if request.inputs[..index].iter().any(|other| other.name == input.name) {
+            return Err(GatewayError::invalid(format!(
+                "input '{}' appears more than once",
+                input.name
+            )));
+        }
+        let Some(spec) = signature.input(&input.name) else {
+            return Err(GatewayError::invalid(format!(
+                "model '{model}' has no input '{}' (its inputs: {})",
+                input.name,
+                names(&signature.inputs)
+            )));
+        };
+        let tensor = &input.tensor;
+        if tensor.dtype() != spec.dtype {
+            return Err(GatewayError::invalid(format!(
+                "input '{}' has datatype {}, but model '{model}' expects {}",
+                input.name,
+                tensor.dtype(),
+                spec.dtype
+            )));
+        }
+        let shape = tensor.shape();
+        let fits = shape.len() == spec.dims.len()
+            && shape
+                .iter()
+                .zip(&spec.dims)
+                .all(|(&dim, &expected)| expected < 0 || dim as i64 == expected);
+        if !fits {
+            return Err(GatewayError::invalid(format!(
+                "input '{}' has shape {shape:?}, but model '{model}' expects {:?} (-1: any size)",
+                input.name, spec.dims
+            )));
+        }
+    }
+    if let Some(missing) = signature
+        .inputs
+        .iter()
+        .find(|spec| !request.inputs.iter().any(|input| input.name == spec.name))
+    {
+        return Err(GatewayError::invalid(format!(
+            "missing input '{}' ({} {:?}) for model '{model}'",
+            missing.name, missing.dtype, missing.dims
+        )));
+    }
+    if max_batch_size > 0 {
+        check_batch(model, max_batch_size, &request.inputs)?;
+    }
+    for name in &request.outputs {
+        if signature.output(name).is_none() {
+            return Err(GatewayError::invalid(format!(
+                "model '{model}' has no output '{name}' (its outputs: {})",
+                names(&signature.outputs)
+            )));
+        }
+    }
+    Ok(())
+}
+
+fn check_batch(model: &str, max_batch_size: u32, inputs: &[NamedTensor]) -> Result<(), GatewayError> {
+    let mut batch: Option<(&str, usize)> = None;
+    for input in inputs {
+        let size = input.tensor.shape().first().copied().unwrap_or(0);
+        if size == 0 || size > max_batch_size as usize {
+            return Err(GatewayError::invalid(format!(
+                "input '{}' has batch size {size}; model '{model}' takes 1 to {max_batch_size}",
+                input.name
+            )));
+        }
+        match batch {
+            Some((first, expected)) if expected != size => {
+                return Err(GatewayError::invalid(format!(
+                    "inputs disagree on the batch size: '{first}' has {expected}, '{}' has {size}",
+                    input.name
+                )));
+            }
+            _ => batch = Some((&input.name, size)),
+        }
+    }
+    Ok(())
+}
+
+fn names(specs: &[TensorSpec]) -> String {
+    specs
+        .iter()
+        .map(|spec| spec.name.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Keeps the requested outputs, in the requested order (all of them when none were named).
+pub fn select_outputs(outputs: Vec<NamedTensor>, requested: &[String]) -> Vec<NamedTensor> {
+    if requested.is_empty() {
+        return outputs;
+    }
+    let mut outputs: Vec<Option<NamedTensor>> = outputs.into_iter().map(Some).collect();
+    requested
+        .iter()
+        .filter_map(|name| {
+            outputs
+                .iter_mut()
+                .find(|slot| slot.as_ref().is_some_and(|output| &output.name == name))
+                .and_then(Option::take)
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use switchyard_runtimes::{DataType, Tensor};
+
+    fn signature() -> Signature {
+        Signature {
+            inputs: vec![
+                TensorSpec {
+                    name: "a".into(),
+                    dtype: DataType::Fp32,
+                    dims: vec![-1, 4],
+                },
+                TensorSpec {
+                    name: "b".into(),
+                    dtype: DataType::Int64,
+                    dims: vec![-1],
+                },
+            ],
+            outputs: vec![
+                TensorSpec {
+                    name: "y".into(),
+                    dtype: DataType::Fp32,
+                    dims: vec![-1, 2],
+                },
+                TensorSpec {
+                    name: "z".into(),
+                    dtype: DataType::Fp32,
+                    dims: vec![-1],
+                },
+            ],
+        }
+    }
+
+    fn input(name: &str, dtype: DataType, shape: Vec<usize>) -> NamedTensor {
+        let count: usize = shape.iter().product();
+        let size = dtype.element_size().unwrap_or(1);
+        NamedTensor {
+            name: name.into(),
+            tensor: Tensor::new(dtype, shape, vec![0u8; count * size].into()).expect("tensor"),
+        }
+    }
+
+    fn request(inputs: Vec<NamedTensor>) -> InferRequest {
+        InferRequest {
+            model: "m".into(),
+            inputs,
+            ..InferRequest::default()
+        }
+    }
+
+    fn error_of(request: &InferRequest, max_batch_size: u32) -> String {
+        validate("m", &signature(), max_batch_size, request)
+            .expect_err("request should be refused")
+            .message
+    }
+
+    #[test]
+    fn accepts_a_matching_request() {
+        let ok = request(vec![
+            input("a", DataType::Fp32, vec![2, 4]),
+            input("b", DataType::Int64, vec![2]),
+        ]);
+        assert!(validate("m", &signature(), 8, &ok).is_ok());
+    }
+
+    #[test]
+    fn refuses_each_kind_of_mismatch() {
+        let b = || input("b", DataType::Int64, vec![2]);
+        let wrong_dtype = request(vec![input("a", DataType::Fp64, vec![2, 4]), b()]);
+        assert!(error_of(&wrong_dtype, 8).contains("datatype FP64"));
+        let wrong_shape = request(vec![input("a", DataType::Fp32, vec![2, 5]), b()]);
+        assert!(error_of(&wrong_shape, 8).contains("shape [2, 5]"));
+        let wrong_rank = request(vec![input("a", DataType::Fp32, vec![8]), b()]);
+        assert!(error_of(&wrong_rank, 8).contains("shape [8]"));
+        let missing = request(vec![input("a", DataType::Fp32, vec![2, 4])]);
+        assert!(error_of(&missing, 8).contains("missing input 'b'"));
+        let unknown = request(vec![input("c", DataType::Fp32, vec![2, 4])]);
+        assert!(error_of(&unknown, 8).contains("no input 'c'"));
+        let twice = request(vec![
+            input("a", DataType::Fp32, vec![2, 4]),
+            input("a", DataType::Fp32, vec![2, 4]),
+            b(),
+        ]);
+        assert!(error_of(&twice, 8).contains("more than once"));
+        let disagree = request(vec![
+            input("a", DataType::Fp32, vec![2, 4]),
+            input("b", DataType::Int64, vec![3]),
+        ]);
+        assert!(error_of(&disagree, 8).contains("disagree"));
+        let too_big = request(vec![
+            input("a", DataType::Fp32, vec![9, 4]),
+            input("b", DataType::Int64, vec![9]),
+        ]);
+        assert!(error_of(&too_big, 8).contains("batch size 9"));
+        let mut unknown_output = request(vec![input("a", DataType::Fp32, vec![2, 4]), b()]);
+        unknown_output.outputs = vec!["w".into()];
+        assert!(error_of(&unknown_output, 8).contains("no output 'w'"));
+    }
+
+    #[test]
+    fn no_batch_axis_means_no_batch_bound() {
+        let big = request(vec![
+            input("a", DataType::Fp32, vec![100, 4]),
+            input("b", DataType::Int64, vec![7]),
+        ]);
+        assert!(validate("m", &signature(), 0, &big).is_ok());
+    }
+
+    #[test]
+    fn selects_requested_outputs_in_order() {
+        let outputs = vec![
+            input("y", DataType::Fp32, vec![1, 2]),
+            input("z", DataType::Fp32, vec![1]),
+        ];
+        let picked = select_outputs(outputs.clone(), &["z".into(), "y".into()]);
+        let names: Vec<&str> = picked.iter().map(|o| o.name.as_str()).collect();
+        assert_eq!(names, ["z", "y"]);
+        assert_eq!(select_outputs(outputs, &[]).len(), 2);
+    }
+}

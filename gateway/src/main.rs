@@ -1,0 +1,128 @@
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use switchyard_gateway::config::{ByteSize, Config, LogFormat};
+use tracing_subscriber::EnvFilter;
+
+/// Switchyard: serve ONNX models over the Open Inference Protocol.
+#[derive(Parser)]
+#[command(name = "switchyard", version)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Start the gateway.
+    Serve(ServeArgs),
+}
+
+#[derive(Args)]
+struct ServeArgs {
+    /// Configuration file; without it the embedded config/switchyard.toml is used.
+    #[arg(long, env = "SWITCHYARD_CONFIG")]
+    config: Option<PathBuf>,
+    /// Address of the HTTP listener (host:port).
+    #[arg(long, env = "SWITCHYARD_HTTP_ADDR")]
+    http_addr: Option<SocketAddr>,
+    /// The model repository folder.
+    #[arg(long, env = "SWITCHYARD_MODELS")]
+    models: Option<PathBuf>,
+    /// Largest request body, e.g. 64MiB.
+    #[arg(long, env = "SWITCHYARD_MAX_REQUEST_SIZE", value_parser = ByteSize::parse)]
+    max_request_size: Option<ByteSize>,
+    /// Path of libonnxruntime.so.1.31.1.
+    #[arg(long, env = "SWITCHYARD_ONNXRUNTIME_LIBRARY")]
+    onnxruntime_library: Option<PathBuf>,
+    /// Log format.
+    #[arg(long, env = "SWITCHYARD_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
+}
+
+impl ServeArgs {
+    fn apply(self, config: &mut Config) {
+        if let Some(addr) = self.http_addr {
+            config.http.addr = addr;
+        }
+        if let Some(dir) = self.models {
+            config.models.dir = dir;
+        }
+        if let Some(size) = self.max_request_size {
+            config.http.max_request_size = size;
+        }
+        if let Some(library) = self.onnxruntime_library {
+            config.onnxruntime.library = library;
+        }
+        if let Some(format) = self.log_format {
+            config.log.format = format;
+        }
+    }
+}
+
+fn init_logging(config: &Config) {
+    // ONNX Runtime reports every graph transformation at info; keep its warnings only.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},ort=warn", config.log.level)));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter);
+    match config.log.format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    let Command::Serve(args) = Cli::parse().command;
+    let mut config = match Config::load(args.config.as_deref()) {
+        Ok(config) => config,
+        Err(error) => {
+            eprintln!("switchyard: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    args.apply(&mut config);
+    init_logging(&config);
+    match serve(&config).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{error:#}");
+            eprintln!("switchyard: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(config: &Config) -> anyhow::Result<()> {
+    let running = switchyard_gateway::start(config).await?;
+    shutdown_signal().await;
+    tracing::info!("shutting down: finishing requests in flight (a second signal exits at once)");
+    tokio::spawn(async {
+        shutdown_signal().await;
+        std::process::exit(130);
+    });
+    running.stop().await
+}
+
+async fn shutdown_signal() {
+    let interrupt = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut terminate =
+            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+                Ok(signal) => signal,
+                Err(_) => {
+                    let _ = interrupt.await;
+                    return;
+                }
+            };
+        tokio::select! {
+            _ = interrupt => {}
+            _ = terminate.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = interrupt.await;
+}

@@ -1,0 +1,349 @@
+//! The Open Inference Protocol over HTTP/REST (KServe v2), with Triton's binary tensor data and
+//! model configuration extensions.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Path, Request, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use http_body_util::{BodyExt, LengthLimitError, Limited};
+use serde::Serialize;
+use serde_json::json;
+use switchyard_runtimes::TensorSpec;
+
+use crate::error::{ErrorKind, GatewayError};
+use crate::gateway::Gateway;
+use crate::models::{ModelState, VersionState, VersionStatus};
+use crate::protocol::json::{decode_request, encode_response};
+
+/// Header of the binary tensor data extension: the length of the JSON part of the body.
+pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
+
+#[derive(Clone)]
+struct HttpState {
+    gateway: Arc<Gateway>,
+    max_request_bytes: usize,
+}
+
+pub fn router(gateway: Arc<Gateway>, max_request_bytes: usize) -> Router {
+    Router::new()
+        .route("/v2", get(server_metadata))
+        .route("/v2/health/live", get(live))
+        .route("/v2/health/ready", get(ready))
+        .route("/v2/models/{model}", get(model_metadata))
+        .route("/v2/models/{model}/ready", get(model_ready))
+        .route("/v2/models/{model}/config", get(model_config))
+        .route("/v2/models/{model}/infer", post(model_infer))
+        .route("/v2/models/{model}/versions/{version}", get(version_metadata))
+        .route("/v2/models/{model}/versions/{version}/ready", get(version_ready))
+        .route("/v2/models/{model}/versions/{version}/config", get(version_config))
+        .route("/v2/models/{model}/versions/{version}/infer", post(version_infer))
+        .fallback(|| async { GatewayError::not_found("no such endpoint") })
+        .method_not_allowed_fallback(|| async {
+            error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+        })
+        .with_state(HttpState {
+            gateway,
+            max_request_bytes,
+        })
+}
+
+fn error_response(status: StatusCode, message: &str) -> Response {
+    (status, axum::Json(json!({ "error": message }))).into_response()
+}
+
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let status = match self.kind {
+            ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
+            ErrorKind::NotFound => StatusCode::NOT_FOUND,
+            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
+            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
+            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        let mut response = error_response(status, &self.message);
+        if self.kind == ErrorKind::Overloaded {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+async fn server_metadata() -> Response {
+    axum::Json(json!({
+        "name": "switchyard",
+        "version": env!("CARGO_PKG_VERSION"),
+        "extensions": ["binary_tensor_data", "model_configuration"],
+    }))
+    .into_response()
+}
+
+async fn live() -> Response {
+    axum::Json(json!({ "live": true })).into_response()
+}
+
+async fn ready(State(state): State<HttpState>) -> Response {
+    if state.gateway.is_ready() {
+        axum::Json(json!({ "ready": true })).into_response()
+    } else {
+        error_response(StatusCode::SERVICE_UNAVAILABLE, "models are still loading")
+    }
+}
+
+#[derive(Serialize)]
+struct TensorMetadata<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [i64],
+}
+
+fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata<'_>> {
+    specs
+        .iter()
+        .map(|spec| TensorMetadata {
+            name: &spec.name,
+            datatype: spec.dtype.as_str(),
+            shape: &spec.dims,
+        })
+        .collect()
+}
+
+fn metadata_response(model: &ModelState, version: &VersionState, versions: Vec<&str>) -> Response {
+    let (inputs, outputs) = match &version.status {
+        VersionStatus::Ready(ready) => (
+            tensor_metadata(&ready.signature().inputs),
+            tensor_metadata(&ready.signature().outputs),
+        ),
+        _ => (Vec::new(), Vec::new()),
+    };
+    let mut body = json!({
+        "name": &*model.name,
+        "versions": versions,
+        "platform": version.platform,
+        "inputs": inputs,
+        "outputs": outputs,
+        "state": version.status.name(),
+    });
+    if let VersionStatus::Failed(reason) = &version.status {
+        body["reason"] = json!(reason);
+    }
+    axum::Json(body).into_response()
+}
+
+async fn model_metadata(State(state): State<HttpState>, Path(model): Path<String>) -> Response {
+    let table = state.gateway.snapshot();
+    let result = table.model(&model).and_then(|model| {
+        let version = model
+            .representative_version()
+            .ok_or_else(|| GatewayError::unavailable("the model has no versions"))?;
+        Ok(metadata_response(model, version, model.labels()))
+    });
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn version_metadata(
+    State(state): State<HttpState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    let table = state.gateway.snapshot();
+    let result = table.model(&model).and_then(|model| {
+        let version = model.version(&version)?;
+        Ok(metadata_response(model, version, vec![&version.label]))
+    });
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn model_ready(State(state): State<HttpState>, Path(model): Path<String>) -> Response {
+    let table = state.gateway.snapshot();
+    let result = table.model(&model).and_then(|model| match model.default_version() {
+        Some(_) => Ok(axum::Json(json!({ "name": &*model.name, "ready": true })).into_response()),
+        None => {
+            let version = model
+                .representative_version()
+                .ok_or_else(|| GatewayError::unavailable("the model has no versions"))?;
+            version.ready(&model.name).map(|_| Response::default())
+        }
+    });
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn version_ready(
+    State(state): State<HttpState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    let table = state.gateway.snapshot();
+    let result = table.model(&model).and_then(|model| {
+        let version = model.version(&version)?;
+        version.ready(&model.name)?;
+        Ok(axum::Json(json!({ "name": &*model.name, "version": &*version.label, "ready": true }))
+            .into_response())
+    });
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Triton's model configuration, as its clients and perf_analyzer read it.
+fn config_response(model: &ModelState, version: &VersionState) -> Result<Response, GatewayError> {
+    let ready = version.ready(&model.name)?;
+    let max_batch_size = ready.max_batch_size;
+    // With a batch axis, Triton's dims leave it out.
+    let skip = usize::from(max_batch_size > 0);
+    let config_tensors = |specs: &[TensorSpec]| {
+        specs
+            .iter()
+            .map(|spec| {
+                json!({
+                    "name": spec.name,
+                    "data_type": spec.dtype.triton_config_name(),
+                    "dims": spec.dims.get(skip..).unwrap_or_default(),
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let kind = match model.settings.as_ref().map(|s| s.device) {
+        Some(switchyard_runtimes::Device::Cuda(_)) => "KIND_GPU",
+        _ => "KIND_CPU",
+    };
+    Ok(axum::Json(json!({
+        "name": &*model.name,
+        "platform": version.platform,
+        "backend": "onnxruntime",
+        "max_batch_size": max_batch_size,
+        "input": config_tensors(&ready.signature().inputs),
+        "output": config_tensors(&ready.signature().outputs),
+        "instance_group": [{ "name": &*model.name, "kind": kind, "count": 1 }],
+    }))
+    .into_response())
+}
+
+async fn model_config(State(state): State<HttpState>, Path(model): Path<String>) -> Response {
+    let table = state.gateway.snapshot();
+    let result = table.model(&model).and_then(|model| {
+        let version = model
+            .representative_version()
+            .ok_or_else(|| GatewayError::unavailable("the model has no versions"))?;
+        config_response(model, version)
+    });
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn version_config(
+    State(state): State<HttpState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    let table = state.gateway.snapshot();
+    let result = table
+        .model(&model)
+        .and_then(|model| config_response(model, model.version(&version)?));
+    result.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn model_infer(
+    State(state): State<HttpState>,
+    Path(model): Path<String>,
+    request: Request,
+) -> Response {
+    infer(state, model, None, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn version_infer(
+    State(state): State<HttpState>,
+    Path((model, version)): Path<(String, String)>,
+    request: Request,
+) -> Response {
+    infer(state, model, Some(version), request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn infer(
+    state: HttpState,
+    model: String,
+    version: Option<String>,
+    request: Request,
+) -> Result<Response, GatewayError> {
+    let (parts, body) = request.into_parts();
+    let mut body = read_body(&parts.headers, body, state.max_request_bytes).await?;
+    let json_length = json_header_length(&parts.headers, body.len())?;
+    let binary = match json_length {
+        Some(length) => body.split_off(length),
+        None => Bytes::new(),
+    };
+    let (request, encoding) = decode_request(&model, version.as_deref(), &body, binary)?;
+    let response = state.gateway.infer(request).await?;
+    let encoded = encode_response(&response, &encoding)?;
+    if encoded.binary.is_empty() {
+        return Ok((
+            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            encoded.json,
+        )
+            .into_response());
+    }
+    let json_length = encoded.json.len();
+    let total = json_length + encoded.binary.iter().map(Bytes::len).sum::<usize>();
+    let mut payload = Vec::with_capacity(total);
+    payload.extend_from_slice(&encoded.json);
+    for chunk in &encoded.binary {
+        payload.extend_from_slice(chunk);
+    }
+    let mut response = Response::new(Body::from(payload));
+    let headers = response.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    headers.insert(INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(json_length));
+    Ok(response)
+}
+
+/// Reads the whole body, refusing it with 413 as soon as it passes the limit.
+async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
+    let too_large = || {
+        GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            format!("request body is larger than the limit of {limit} bytes"),
+        )
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    if declared.is_some_and(|length| length > limit as u64) {
+        return Err(too_large());
+    }
+    match Limited::new(body, limit).collect().await {
+        Ok(collected) => Ok(collected.to_bytes()),
+        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
+        Err(error) => Err(GatewayError::invalid(format!(
+            "cannot read the request body: {error}"
+        ))),
+    }
+}
+
+fn json_header_length(headers: &HeaderMap, body_length: usize) -> Result<Option<usize>, GatewayError> {
+    let Some(value) = headers.get(INFERENCE_HEADER_CONTENT_LENGTH) else {
+        return Ok(None);
+    };
+    let length = value
+        .to_str()
+        .ok()
+        .and_then(|value| value.trim().parse::<usize>().ok())
+        .ok_or_else(|| {
+            GatewayError::invalid("Inference-Header-Content-Length must be a byte count")
+        })?;
+    if length > body_length {
+        return Err(GatewayError::invalid(format!(
+            "Inference-Header-Content-Length is {length} but the body has only {body_length} bytes"
+        )));
+    }
+    Ok(Some(length))
+}

@@ -1,0 +1,623 @@
+//! The Open Inference Protocol's JSON body, with the binary tensor data extension.
+//!
+//! Tensor `data` is read straight into little-endian bytes of the declared datatype: the JSON
+//! arrays (flat or nested) are walked once by a seeded visitor, with no intermediate values.
+
+use std::collections::BTreeMap;
+use std::fmt;
+
+use bytes::Bytes;
+use half::{bf16, f16};
+use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
+use serde::ser::SerializeSeq;
+use serde::{Deserialize, Serialize, Serializer};
+use serde_json::value::RawValue;
+use switchyard_runtimes::{DataType, NamedTensor, Tensor, bytes_elements, element_count};
+
+use crate::error::GatewayError;
+use crate::inference::{InferRequest, InferResponse, Parameter};
+
+#[derive(Deserialize)]
+struct RequestBody<'a> {
+    #[serde(default)]
+    id: Option<String>,
+    #[serde(default)]
+    parameters: Option<BTreeMap<String, JsonParameter>>,
+    #[serde(borrow)]
+    inputs: Vec<InputBody<'a>>,
+    #[serde(default)]
+    outputs: Option<Vec<OutputBody>>,
+}
+
+#[derive(Deserialize)]
+struct InputBody<'a> {
+    name: String,
+    shape: Vec<i64>,
+    datatype: String,
+    #[serde(default)]
+    parameters: Option<BTreeMap<String, JsonParameter>>,
+    #[serde(borrow, default)]
+    data: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct OutputBody {
+    name: String,
+    #[serde(default)]
+    parameters: Option<BTreeMap<String, JsonParameter>>,
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum JsonParameter {
+    Bool(bool),
+    Int(i64),
+    Double(f64),
+    String(String),
+}
+
+impl From<JsonParameter> for Parameter {
+    fn from(value: JsonParameter) -> Self {
+        match value {
+            JsonParameter::Bool(b) => Parameter::Bool(b),
+            JsonParameter::Int(i) => Parameter::Int(i),
+            JsonParameter::Double(d) => Parameter::Double(d),
+            JsonParameter::String(s) => Parameter::String(s),
+        }
+    }
+}
+
+fn bool_parameter(
+    parameters: &Option<BTreeMap<String, JsonParameter>>,
+    key: &str,
+) -> Result<bool, GatewayError> {
+    match parameters.as_ref().and_then(|p| p.get(key)) {
+        None => Ok(false),
+        Some(JsonParameter::Bool(value)) => Ok(*value),
+        Some(_) => Err(GatewayError::invalid(format!(
+            "parameter '{key}' must be true or false"
+        ))),
+    }
+}
+
+/// How the caller wants each output encoded: `true` for the binary extension.
+#[derive(Debug, Clone, Default)]
+pub struct OutputEncoding {
+    /// Per requested output, in request order.
+    pub requested_binary: Vec<bool>,
+    /// For outputs not named in the request.
+    pub default_binary: bool,
+}
+
+impl OutputEncoding {
+    fn binary(&self, position: usize) -> bool {
+        self.requested_binary
+            .get(position)
+            .copied()
+            .unwrap_or(self.default_binary)
+    }
+}
+
+/// Decodes a request: `json` is the JSON part, `binary` the bytes after it (empty without the
+/// binary extension). Tensor data in `binary` is sliced, not copied.
+pub fn decode_request(
+    model: &str,
+    version: Option<&str>,
+    json: &[u8],
+    mut binary: Bytes,
+) -> Result<(InferRequest, OutputEncoding), GatewayError> {
+    let body: RequestBody<'_> = serde_json::from_slice(json)
+        .map_err(|e| GatewayError::invalid(format!("malformed inference request: {e}")))?;
+    let default_binary = bool_parameter(&body.parameters, "binary_data_output")?;
+    let mut inputs = Vec::with_capacity(body.inputs.len());
+    for input in body.inputs {
+        inputs.push(decode_input(input, &mut binary)?);
+    }
+    if !binary.is_empty() {
+        return Err(GatewayError::invalid(format!(
+            "{} bytes of binary data follow the JSON header but no input claims them \
+             (set binary_data_size on the inputs they belong to)",
+            binary.len()
+        )));
+    }
+    let mut outputs = Vec::new();
+    let mut requested_binary = Vec::new();
+    for output in body.outputs.unwrap_or_default() {
+        if output
+            .parameters
+            .as_ref()
+            .is_some_and(|p| p.contains_key("classification"))
+        {
+            return Err(GatewayError::invalid(
+                "the classification extension is not supported",
+            ));
+        }
+        let explicit = output
+            .parameters
+            .as_ref()
+            .is_some_and(|p| p.contains_key("binary_data"));
+        requested_binary.push(if explicit {
+            bool_parameter(&output.parameters, "binary_data")?
+        } else {
+            default_binary
+        });
+        outputs.push(output.name);
+    }
+    let parameters = body
+        .parameters
+        .unwrap_or_default()
+        .into_iter()
+        .map(|(key, value)| (key, value.into()))
+        .collect();
+    Ok((
+        InferRequest {
+            model: model.to_owned(),
+            version: version.map(str::to_owned),
+            id: body.id,
+            inputs,
+            outputs,
+            parameters,
+        },
+        OutputEncoding {
+            requested_binary,
+            default_binary,
+        },
+    ))
+}
+
+fn decode_input(input: InputBody<'_>, binary: &mut Bytes) -> Result<NamedTensor, GatewayError> {
+    let name = input.name;
+    let dtype: DataType = input
+        .datatype
+        .parse()
+        .map_err(|e| GatewayError::invalid(format!("input '{name}': {e}")))?;
+    let shape = input
+        .shape
+        .iter()
+        .map(|&dim| usize::try_from(dim))
+        .collect::<Result<Vec<usize>, _>>()
+        .map_err(|_| {
+            GatewayError::invalid(format!(
+                "input '{name}': shape {:?} has a negative dimension",
+                input.shape
+            ))
+        })?;
+    let count = element_count(&shape).ok_or_else(|| {
+        GatewayError::invalid(format!("input '{name}': shape {shape:?} is too large"))
+    })?;
+    let binary_size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
+        None => None,
+        Some(JsonParameter::Int(size)) if *size >= 0 => Some(*size as usize),
+        Some(_) => {
+            return Err(GatewayError::invalid(format!(
+                "input '{name}': binary_data_size must be a non-negative integer"
+            )));
+        }
+    };
+    let data = match (binary_size, input.data) {
+        (Some(_), Some(_)) => {
+            return Err(GatewayError::invalid(format!(
+                "input '{name}' has both JSON data and binary_data_size"
+            )));
+        }
+        (None, None) => {
+            return Err(GatewayError::invalid(format!("input '{name}' has no data")));
+        }
+        (Some(size), None) => {
+            if size > binary.len() {
+                return Err(GatewayError::invalid(format!(
+                    "input '{name}': binary_data_size is {size} but only {} bytes of binary data remain",
+                    binary.len()
+                )));
+            }
+            binary.split_to(size)
+        }
+        (None, Some(raw)) => Bytes::from(read_json_data(&name, dtype, count, raw)?),
+    };
+    let tensor = Tensor::new(dtype, shape, data)
+        .map_err(|e| GatewayError::invalid(format!("input '{name}': {e}")))?;
+    Ok(NamedTensor { name, tensor })
+}
+
+fn read_json_data(
+    name: &str,
+    dtype: DataType,
+    count: usize,
+    raw: &RawValue,
+) -> Result<Vec<u8>, GatewayError> {
+    let capacity = dtype.element_size().map_or(0, |size| count.saturating_mul(size));
+    // The capacity is bounded by the body size: a shape claiming more elements than the body
+    // could hold is refused below, before anything that large is allocated.
+    let mut out = Vec::with_capacity(capacity.min(raw.get().len().saturating_mul(8)));
+    let mut seen = 0usize;
+    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
+    ElementWriter {
+        dtype,
+        out: &mut out,
+        seen: &mut seen,
+        limit: count,
+    }
+    .deserialize(&mut deserializer)
+    .map_err(|e| GatewayError::invalid(format!("input '{name}': {e}")))?;
+    if seen != count {
+        return Err(GatewayError::invalid(format!(
+            "input '{name}': shape needs {count} elements but data holds {seen}"
+        )));
+    }
+    Ok(out)
+}
+
+/// Writes every element of a (possibly nested) JSON array as little-endian `dtype` bytes.
+struct ElementWriter<'o> {
+    dtype: DataType,
+    out: &'o mut Vec<u8>,
+    seen: &'o mut usize,
+    limit: usize,
+}
+
+impl ElementWriter<'_> {
+    fn count<E: de::Error>(&mut self) -> Result<(), E> {
+        *self.seen += 1;
+        if *self.seen > self.limit {
+            return Err(E::custom(format!(
+                "data holds more elements than the shape's {}",
+                self.limit
+            )));
+        }
+        Ok(())
+    }
+
+    fn integer<E: de::Error>(&mut self, value: i128) -> Result<(), E> {
+        self.count()?;
+        let out_of_range = || E::custom(format!("{value} is out of range for {}", self.dtype));
+        macro_rules! put {
+            ($t:ty) => {
+                self.out
+                    .extend_from_slice(&<$t>::try_from(value).map_err(|_| out_of_range())?.to_le_bytes())
+            };
+        }
+        match self.dtype {
+            DataType::Uint8 => put!(u8),
+            DataType::Uint16 => put!(u16),
+            DataType::Uint32 => put!(u32),
+            DataType::Uint64 => put!(u64),
+            DataType::Int8 => put!(i8),
+            DataType::Int16 => put!(i16),
+            DataType::Int32 => put!(i32),
+            DataType::Int64 => put!(i64),
+            DataType::Fp16 => self.out.extend_from_slice(&f16::from_f64(value as f64).to_le_bytes()),
+            DataType::Bf16 => self.out.extend_from_slice(&bf16::from_f64(value as f64).to_le_bytes()),
+            DataType::Fp32 => self.out.extend_from_slice(&(value as f32).to_le_bytes()),
+            DataType::Fp64 => self.out.extend_from_slice(&(value as f64).to_le_bytes()),
+            DataType::Bool => match value {
+                0 | 1 => self.out.push(value as u8),
+                _ => return Err(E::custom(format!("{value} is not a BOOL (use true or false)"))),
+            },
+            DataType::Bytes => return Err(E::custom("BYTES elements must be strings")),
+        }
+        Ok(())
+    }
+
+    fn float<E: de::Error>(&mut self, value: f64) -> Result<(), E> {
+        match self.dtype {
+            DataType::Fp16 => self.out.extend_from_slice(&f16::from_f64(value).to_le_bytes()),
+            DataType::Bf16 => self.out.extend_from_slice(&bf16::from_f64(value).to_le_bytes()),
+            DataType::Fp32 => self.out.extend_from_slice(&(value as f32).to_le_bytes()),
+            DataType::Fp64 => self.out.extend_from_slice(&value.to_le_bytes()),
+            _ if value.fract() == 0.0 && value.abs() < 2f64.powi(63) => {
+                return self.integer(value as i128);
+            }
+            _ => {
+                return Err(E::custom(format!(
+                    "{value} is not a whole number, as {} needs",
+                    self.dtype
+                )));
+            }
+        }
+        self.count()
+    }
+}
+
+impl<'de> DeserializeSeed<'de> for ElementWriter<'_> {
+    type Value = ();
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for ElementWriter<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} elements, as a flat or nested array", self.dtype)
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let ElementWriter {
+            dtype,
+            out,
+            seen,
+            limit,
+        } = self;
+        while seq
+            .next_element_seed(ElementWriter {
+                dtype,
+                out: &mut *out,
+                seen: &mut *seen,
+                limit,
+            })?
+            .is_some()
+        {}
+        Ok(())
+    }
+
+    fn visit_bool<E: de::Error>(mut self, value: bool) -> Result<(), E> {
+        if self.dtype != DataType::Bool {
+            return Err(E::custom(format!("true/false is not a {}", self.dtype)));
+        }
+        self.count()?;
+        self.out.push(u8::from(value));
+        Ok(())
+    }
+
+    fn visit_i64<E: de::Error>(mut self, value: i64) -> Result<(), E> {
+        self.integer(i128::from(value))
+    }
+
+    fn visit_u64<E: de::Error>(mut self, value: u64) -> Result<(), E> {
+        self.integer(i128::from(value))
+    }
+
+    fn visit_f64<E: de::Error>(mut self, value: f64) -> Result<(), E> {
+        self.float(value)
+    }
+
+    fn visit_str<E: de::Error>(mut self, value: &str) -> Result<(), E> {
+        if self.dtype != DataType::Bytes {
+            return Err(E::custom(format!("a string is not a {} element", self.dtype)));
+        }
+        self.count()?;
+        let length = u32::try_from(value.len()).map_err(|_| E::custom("string too long"))?;
+        self.out.extend_from_slice(&length.to_le_bytes());
+        self.out.extend_from_slice(value.as_bytes());
+        Ok(())
+    }
+}
+
+#[derive(Serialize)]
+struct ResponseBody<'a> {
+    model_name: &'a str,
+    model_version: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    id: Option<&'a str>,
+    outputs: Vec<OutputJson<'a>>,
+}
+
+#[derive(Serialize)]
+struct OutputJson<'a> {
+    name: &'a str,
+    datatype: &'static str,
+    shape: &'a [usize],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    parameters: Option<BinarySize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    data: Option<TensorData<'a>>,
+}
+
+#[derive(Serialize)]
+struct BinarySize {
+    binary_data_size: usize,
+}
+
+/// A tensor's elements as a flat JSON array.
+struct TensorData<'a>(&'a Tensor);
+
+impl Serialize for TensorData<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let tensor = self.0;
+        let data = tensor.data().as_ref();
+        let mut seq = serializer.serialize_seq(Some(tensor.element_count()))?;
+        macro_rules! each {
+            ($n:literal, |$chunk:ident| $value:expr) => {
+                for $chunk in data.as_chunks::<$n>().0 {
+                    seq.serialize_element(&$value)?;
+                }
+            };
+        }
+        match tensor.dtype() {
+            DataType::Bool => each!(1, |c| c[0] != 0),
+            DataType::Uint8 => each!(1, |c| c[0]),
+            DataType::Int8 => each!(1, |c| i8::from_le_bytes(*c)),
+            DataType::Uint16 => each!(2, |c| u16::from_le_bytes(*c)),
+            DataType::Int16 => each!(2, |c| i16::from_le_bytes(*c)),
+            DataType::Fp16 => each!(2, |c| f16::from_le_bytes(*c).to_f32()),
+            DataType::Bf16 => each!(2, |c| bf16::from_le_bytes(*c).to_f32()),
+            DataType::Uint32 => each!(4, |c| u32::from_le_bytes(*c)),
+            DataType::Int32 => each!(4, |c| i32::from_le_bytes(*c)),
+            DataType::Fp32 => each!(4, |c| f32::from_le_bytes(*c)),
+            DataType::Uint64 => each!(8, |c| u64::from_le_bytes(*c)),
+            DataType::Int64 => each!(8, |c| i64::from_le_bytes(*c)),
+            DataType::Fp64 => each!(8, |c| f64::from_le_bytes(*c)),
+            DataType::Bytes => {
+                for element in bytes_elements(data) {
+                    let element = element.map_err(serde::ser::Error::custom)?;
+                    seq.serialize_element(&String::from_utf8_lossy(element))?;
+                }
+            }
+        }
+        seq.end()
+    }
+}
+
+/// An encoded response: the JSON part, and the binary outputs that follow it (empty when
+/// every output is in the JSON).
+pub struct EncodedResponse {
+    pub json: Vec<u8>,
+    pub binary: Vec<Bytes>,
+}
+
+pub fn encode_response(
+    response: &InferResponse,
+    encoding: &OutputEncoding,
+) -> Result<EncodedResponse, GatewayError> {
+    let mut binary = Vec::new();
+    let outputs = response
+        .outputs
+        .iter()
+        .enumerate()
+        .map(|(position, output)| {
+            let tensor = &output.tensor;
+            let as_binary = encoding.binary(position);
+            if as_binary {
+                binary.push(tensor.data().clone());
+            }
+            OutputJson {
+                name: &output.name,
+                datatype: tensor.dtype().as_str(),
+                shape: tensor.shape(),
+                parameters: as_binary.then(|| BinarySize {
+                    binary_data_size: tensor.data().len(),
+                }),
+                data: (!as_binary).then_some(TensorData(tensor)),
+            }
+        })
+        .collect();
+    let body = ResponseBody {
+        model_name: &response.model_name,
+        model_version: &response.model_version,
+        id: response.id.as_deref(),
+        outputs,
+    };
+    let json = serde_json::to_vec(&body)
+        .map_err(|e| GatewayError::internal(format!("cannot encode the response: {e}")))?;
+    Ok(EncodedResponse { json, binary })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn decode(json: &str) -> Result<InferRequest, GatewayError> {
+        decode_request("m", None, json.as_bytes(), Bytes::new()).map(|(request, _)| request)
+    }
+
+    fn floats(tensor: &Tensor) -> Vec<f32> {
+        tensor
+            .data()
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|c| f32::from_le_bytes(*c))
+            .collect()
+    }
+
+    #[test]
+    fn flat_and_nested_data_give_the_same_tensor() {
+        let flat = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}]}"#)
+            .expect("flat");
+        let nested = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}]}"#)
+            .expect("nested");
+        assert_eq!(flat.inputs, nested.inputs);
+        assert_eq!(floats(&flat.inputs[0].tensor), [1.0, 2.5, 3.0, 4.0]);
+    }
+
+    #[test]
+    fn scalar_data_fills_a_scalar_shape() {
+        let request = decode(r#"{"inputs":[{"name":"sr","shape":[],"datatype":"INT64","data":16000}]}"#)
+            .expect("scalar");
+        assert_eq!(request.inputs[0].tensor.data().as_ref(), 16000i64.to_le_bytes());
+    }
+
+    #[test]
+    fn every_datatype_decodes() {
+        for (dtype, data, bytes) in [
+            ("BOOL", "[true,false]", vec![1u8, 0]),
+            ("UINT8", "[0,255]", vec![0, 255]),
+            ("INT8", "[-1,1]", vec![255, 1]),
+            ("UINT16", "[1,2]", vec![1, 0, 2, 0]),
+            ("INT16", "[-2,3]", vec![254, 255, 3, 0]),
+            ("FP16", "[1.0,-2]", [f16::from_f32(1.0).to_le_bytes(), f16::from_f32(-2.0).to_le_bytes()].concat()),
+            ("BF16", "[1.0,0.5]", [bf16::from_f32(1.0).to_le_bytes(), bf16::from_f32(0.5).to_le_bytes()].concat()),
+            ("UINT32", "[7,8]", [7u32.to_le_bytes(), 8u32.to_le_bytes()].concat()),
+            ("INT32", "[-7,8]", [(-7i32).to_le_bytes(), 8i32.to_le_bytes()].concat()),
+            ("FP32", "[0.25,1]", [0.25f32.to_le_bytes(), 1f32.to_le_bytes()].concat()),
+            ("UINT64", "[18446744073709551615,0]", [u64::MAX.to_le_bytes(), 0u64.to_le_bytes()].concat()),
+            ("INT64", "[-9,9]", [(-9i64).to_le_bytes(), 9i64.to_le_bytes()].concat()),
+            ("FP64", "[0.1,2]", [0.1f64.to_le_bytes(), 2f64.to_le_bytes()].concat()),
+            ("BYTES", r#"["ab",""]"#, vec![2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]),
+        ] {
+            let json = format!(r#"{{"inputs":[{{"name":"t","shape":[2],"datatype":"{dtype}","data":{data}}}]}}"#);
+            let request = decode(&json).unwrap_or_else(|e| panic!("{dtype}: {e}"));
+            assert_eq!(request.inputs[0].tensor.data().as_ref(), bytes, "{dtype}");
+        }
+    }
+
+    #[test]
+    fn bad_data_is_refused_with_a_reason() {
+        for (json, expected) in [
+            (r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#, "needs 3 elements"),
+            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,2]}]}"#, "more elements"),
+            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#, "unknown datatype"),
+            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[256]}]}"#, "out of range"),
+            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#, "whole number"),
+            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#, "string"),
+            (r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#, "negative"),
+            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#, "no data"),
+            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":{"a":1}}]}"#, "FP32 elements"),
+            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}"#, "malformed"),
+            (r#"{"inputs":[{"name":"x","shape":[4611686018427387904,4],"datatype":"FP32","data":[1]}]}"#, "too large"),
+        ] {
+            let error = decode(json).expect_err(json);
+            assert!(error.message.contains(expected), "{json}: {}", error.message);
+        }
+    }
+
+    #[test]
+    fn binary_inputs_are_sliced_in_order() {
+        let json = r#"{"inputs":[
+            {"name":"a","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}},
+            {"name":"b","shape":[1],"datatype":"INT64","parameters":{"binary_data_size":8}}]}"#;
+        let mut binary = Vec::new();
+        binary.extend_from_slice(&1.5f32.to_le_bytes());
+        binary.extend_from_slice(&2.5f32.to_le_bytes());
+        binary.extend_from_slice(&42i64.to_le_bytes());
+        let (request, _) =
+            decode_request("m", None, json.as_bytes(), Bytes::from(binary)).expect("binary");
+        assert_eq!(floats(&request.inputs[0].tensor), [1.5, 2.5]);
+        assert_eq!(request.inputs[1].tensor.data().as_ref(), 42i64.to_le_bytes());
+
+        let short = decode_request("m", None, json.as_bytes(), Bytes::from(vec![0u8; 12]));
+        assert!(short.is_err());
+        let extra = decode_request("m", None, json.as_bytes(), Bytes::from(vec![0u8; 20]));
+        assert!(extra.expect_err("extra").message.contains("no input claims"));
+    }
+
+    #[test]
+    fn responses_encode_json_and_binary_outputs() {
+        let tensor = Tensor::from_slice(DataType::Fp32, vec![1, 2], &[0.5f32, -1.0]).expect("tensor");
+        let response = InferResponse {
+            model_name: "m".into(),
+            model_version: "3".into(),
+            id: Some("req-1".into()),
+            outputs: vec![NamedTensor { name: "y".into(), tensor }],
+        };
+        let json = encode_response(&response, &OutputEncoding::default()).expect("json");
+        assert!(json.binary.is_empty());
+        let value: serde_json::Value = serde_json::from_slice(&json.json).expect("valid JSON");
+        assert_eq!(
+            value,
+            serde_json::json!({"model_name":"m","model_version":"3","id":"req-1",
+                "outputs":[{"name":"y","datatype":"FP32","shape":[1,2],"data":[0.5,-1.0]}]})
+        );
+        let binary = encode_response(
+            &response,
+            &OutputEncoding { requested_binary: vec![], default_binary: true },
+        )
+        .expect("binary");
+        let value: serde_json::Value = serde_json::from_slice(&binary.json).expect("valid JSON");
+        assert_eq!(value["outputs"][0]["parameters"]["binary_data_size"], 8);
+        assert!(value["outputs"][0].get("data").is_none());
+        assert_eq!(binary.binary.concat(), [0.5f32.to_le_bytes(), (-1.0f32).to_le_bytes()].concat());
+    }
+}

@@ -1,0 +1,5 @@
+//! The protocol fronts: each decodes its wire format into an `InferRequest` and encodes the
+//! `InferResponse`, and nothing else.
+
+pub mod http;
+pub mod json;

@@ -1,0 +1,211 @@
+//! The model repository on disk: `<dir>/<model>/<version>/model.onnx` and an optional
+//! `<dir>/<model>/model.toml` with the model's serving settings.
+
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use switchyard_runtimes::Device;
+
+use crate::config::ServingConfig;
+
+/// Serving settings of one model, from its `model.toml`; unset keys take the gateway defaults.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ModelToml {
+    pub description: Option<String>,
+    /// Largest batch along axis 0 a request may carry; 0 means the model has no batch axis.
+    /// Unset: 64 when every input's first dimension is dynamic, else 0.
+    pub max_batch_size: Option<u32>,
+    /// `cpu` or `cuda:N`.
+    pub device: Option<String>,
+    pub queue_capacity: Option<usize>,
+    pub intra_op_threads: Option<usize>,
+}
+
+/// The settings a version is served with, after defaults are applied.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelSettings {
+    pub description: String,
+    pub max_batch_size: Option<u32>,
+    pub device: Device,
+    pub queue_capacity: usize,
+    pub intra_op_threads: usize,
+}
+
+impl ModelSettings {
+    fn resolve(toml: ModelToml, defaults: &ServingConfig) -> Result<ModelSettings, String> {
+        let device = match toml.device {
+            None => Device::Cpu,
+            Some(text) => text.parse().map_err(|e| format!("{e}"))?,
+        };
+        let queue_capacity = toml.queue_capacity.unwrap_or(defaults.queue_capacity);
+        if queue_capacity == 0 {
+            return Err("queue_capacity must be at least 1".into());
+        }
+        Ok(ModelSettings {
+            description: toml.description.unwrap_or_default(),
+            max_batch_size: toml.max_batch_size,
+            device,
+            queue_capacity,
+            intra_op_threads: toml.intra_op_threads.unwrap_or(defaults.intra_op_threads),
+        })
+    }
+}
+
+/// A model found in the repository.
+#[derive(Debug, Clone)]
+pub struct ModelEntry {
+    pub name: String,
+    /// The settings, or why `model.toml` could not be used (then no version can load).
+    pub settings: Result<ModelSettings, String>,
+    pub versions: Vec<VersionEntry>,
+}
+
+#[derive(Debug, Clone)]
+pub struct VersionEntry {
+    pub label: String,
+    pub artifact: PathBuf,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot read the model repository {}: {source}", path.display())]
+pub struct RepositoryError {
+    pub path: PathBuf,
+    pub source: std::io::Error,
+}
+
+fn is_valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
+/// Lists the models and versions under `dir`. A version is a folder holding an artifact named
+/// `artifact_file_name`; anything else is skipped with a warning.
+pub fn scan(
+    dir: &Path,
+    artifact_file_name: &str,
+    defaults: &ServingConfig,
+) -> Result<Vec<ModelEntry>, RepositoryError> {
+    let read_error = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| RepositoryError { path, source }
+    };
+    let mut models = Vec::new();
+    for model_dir in sorted_subdirs(dir).map_err(read_error(dir))? {
+        let Some(name) = file_name(&model_dir) else {
+            continue;
+        };
+        if !is_valid_name(&name) {
+            tracing::warn!(folder = %model_dir.display(), "skipping: model names may hold only letters, digits, '_', '-' and '.'");
+            continue;
+        }
+        let settings = read_model_toml(&model_dir.join("model.toml"))
+            .and_then(|toml| ModelSettings::resolve(toml, defaults))
+            .map_err(|e| format!("invalid {}: {e}", model_dir.join("model.toml").display()));
+        let mut versions = Vec::new();
+        for version_dir in sorted_subdirs(&model_dir).map_err(read_error(&model_dir))? {
+            let Some(label) = file_name(&version_dir) else {
+                continue;
+            };
+            let artifact = version_dir.join(artifact_file_name);
+            if !is_valid_name(&label) {
+                tracing::warn!(folder = %version_dir.display(), "skipping: version labels may hold only letters, digits, '_', '-' and '.'");
+            } else if artifact.is_file() {
+                versions.push(VersionEntry { label, artifact });
+            } else {
+                tracing::warn!(folder = %version_dir.display(), "skipping: no {artifact_file_name} inside");
+            }
+        }
+        versions.sort_by(|a, b| compare_labels(&a.label, &b.label));
+        if versions.is_empty() {
+            tracing::warn!(model = %name, "skipping: the model has no version folders");
+            continue;
+        }
+        models.push(ModelEntry {
+            name,
+            settings,
+            versions,
+        });
+    }
+    Ok(models)
+}
+
+fn read_model_toml(path: &Path) -> Result<ModelToml, String> {
+    match std::fs::read_to_string(path) {
+        Ok(text) => toml::from_str(&text).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ModelToml::default()),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+fn sorted_subdirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+    let mut dirs = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        let path = entry?.path();
+        if path.is_dir() {
+            dirs.push(path);
+        }
+    }
+    dirs.sort();
+    Ok(dirs)
+}
+
+fn file_name(path: &Path) -> Option<String> {
+    path.file_name()
+        .and_then(|name| name.to_str())
+        .map(str::to_owned)
+}
+
+/// Orders version labels: numeric labels by value and before other labels, which sort as text.
+pub fn compare_labels(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+        (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+        (Err(_), Err(_)) => a.cmp(b),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::cmp::Ordering;
+
+    #[test]
+    fn labels_sort_numerically() {
+        assert_eq!(compare_labels("2", "10"), Ordering::Less);
+        assert_eq!(compare_labels("10", "9"), Ordering::Greater);
+        assert_eq!(compare_labels("3", "canary"), Ordering::Less);
+        assert_eq!(compare_labels("b", "a"), Ordering::Greater);
+    }
+
+    #[test]
+    fn scan_finds_versions_and_settings() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = dir.path();
+        for (model, version) in [("alpha", "1"), ("alpha", "10"), ("alpha", "2"), ("beta", "1")] {
+            let path = root.join(model).join(version);
+            std::fs::create_dir_all(&path).expect("mkdir");
+            std::fs::write(path.join("model.onnx"), b"x").expect("write");
+        }
+        std::fs::create_dir_all(root.join("alpha/notes")).expect("mkdir");
+        std::fs::create_dir_all(root.join("empty/1")).expect("mkdir");
+        std::fs::write(root.join("alpha/model.toml"), "max_batch_size = 8\nqueue_capacity = 3\n")
+            .expect("write");
+        std::fs::write(root.join("beta/model.toml"), "max_batch = 8\n").expect("write");
+
+        let models = scan(root, "model.onnx", &ServingConfig::default()).expect("scan");
+        let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["alpha", "beta"]);
+        let labels: Vec<&str> = models[0].versions.iter().map(|v| v.label.as_str()).collect();
+        assert_eq!(labels, ["1", "2", "10"]);
+        let alpha = models[0].settings.as_ref().expect("alpha settings");
+        assert_eq!(alpha.max_batch_size, Some(8));
+        assert_eq!(alpha.queue_capacity, 3);
+        let beta = models[1].settings.as_ref().expect_err("unknown key");
+        assert!(beta.contains("max_batch"), "{beta}");
+    }
+}

@@ -1,0 +1,18 @@
+//! Tensors, model signatures and the runtimes that execute models.
+//!
+//! Everything here is synchronous: a [`LoadedModel`] runs on the thread that calls it, and the
+//! gateway gives every loaded model a worker thread of its own so that runtimes never block the
+//! async executor.
+
+mod datatype;
+mod device;
+mod error;
+pub mod onnx;
+mod runtime;
+mod tensor;
+
+pub use datatype::DataType;
+pub use device::Device;
+pub use error::RuntimeError;
+pub use runtime::{LoadOptions, LoadedModel, Runtime, Signature, TensorSpec};
+pub use tensor::{NamedTensor, Tensor, TensorError, bytes_elements, element_count};
