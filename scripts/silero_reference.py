@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import onnxruntime
 
+onnxruntime.set_default_logger_severity(3)
+
 SAMPLE_RATE = 16000
 SAMPLES = 512  # one 32 ms window at 16 kHz, the size silero-vad expects
 

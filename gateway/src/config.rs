@@ -8,7 +8,7 @@ use serde::Deserialize;
 /// The default configuration file, compiled into the binary.
 pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/switchyard.toml");
 
-#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
@@ -90,18 +90,6 @@ impl Default for LogConfig {
         LogConfig {
             format: LogFormat::Text,
             level: "info".into(),
-        }
-    }
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            http: HttpConfig::default(),
-            models: ModelsConfig::default(),
-            onnxruntime: OnnxRuntimeConfig::default(),
-            serving: ServingConfig::default(),
-            log: LogConfig::default(),
         }
     }
 }

@@ -140,7 +140,12 @@ impl Gateway {
             let ready = version.ready(&model.name)?.clone();
             (model.name.clone(), version.label.clone(), ready)
         };
-        validate(&model_name, ready.signature(), ready.max_batch_size, &request)?;
+        validate(
+            &model_name,
+            ready.signature(),
+            ready.max_batch_size,
+            &request,
+        )?;
         let inputs = std::mem::take(&mut request.inputs);
         let outputs = ready.replica.infer(inputs).await?;
         Ok(InferResponse {
@@ -157,8 +162,14 @@ fn not_ready_reasons(model: &ModelState) -> String {
         .versions
         .iter()
         .map(|version| match &version.status {
-            VersionStatus::Failed(reason) => format!("version '{}' failed: {reason}", version.label),
-            other => format!("version '{}' is {}", version.label, other.name().to_lowercase()),
+            VersionStatus::Failed(reason) => {
+                format!("version '{}' failed: {reason}", version.label)
+            }
+            other => format!(
+                "version '{}' is {}",
+                version.label,
+                other.name().to_lowercase()
+            ),
         })
         .collect();
     if reasons.is_empty() {

@@ -47,7 +47,10 @@ pub fn validate(
     request: &InferRequest,
 ) -> Result<(), GatewayError> {
     for (index, input) in request.inputs.iter().enumerate() {
-        if request.inputs[..index].iter().any(|other| other.name == input.name) {
+        if request.inputs[..index]
+            .iter()
+            .any(|other| other.name == input.name)
+        {
             return Err(GatewayError::invalid(format!(
                 "input '{}' appears more than once",
                 input.name
@@ -106,7 +109,11 @@ pub fn validate(
     Ok(())
 }
 
-fn check_batch(model: &str, max_batch_size: u32, inputs: &[NamedTensor]) -> Result<(), GatewayError> {
+fn check_batch(
+    model: &str,
+    max_batch_size: u32,
+    inputs: &[NamedTensor],
+) -> Result<(), GatewayError> {
     let mut batch: Option<(&str, usize)> = None;
     for input in inputs {
         let size = input.tensor.shape().first().copied().unwrap_or(0);

@@ -186,21 +186,33 @@ mod tests {
     fn scan_finds_versions_and_settings() {
         let dir = tempfile::tempdir().expect("temp dir");
         let root = dir.path();
-        for (model, version) in [("alpha", "1"), ("alpha", "10"), ("alpha", "2"), ("beta", "1")] {
+        for (model, version) in [
+            ("alpha", "1"),
+            ("alpha", "10"),
+            ("alpha", "2"),
+            ("beta", "1"),
+        ] {
             let path = root.join(model).join(version);
             std::fs::create_dir_all(&path).expect("mkdir");
             std::fs::write(path.join("model.onnx"), b"x").expect("write");
         }
         std::fs::create_dir_all(root.join("alpha/notes")).expect("mkdir");
         std::fs::create_dir_all(root.join("empty/1")).expect("mkdir");
-        std::fs::write(root.join("alpha/model.toml"), "max_batch_size = 8\nqueue_capacity = 3\n")
-            .expect("write");
+        std::fs::write(
+            root.join("alpha/model.toml"),
+            "max_batch_size = 8\nqueue_capacity = 3\n",
+        )
+        .expect("write");
         std::fs::write(root.join("beta/model.toml"), "max_batch = 8\n").expect("write");
 
         let models = scan(root, "model.onnx", &ServingConfig::default()).expect("scan");
         let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["alpha", "beta"]);
-        let labels: Vec<&str> = models[0].versions.iter().map(|v| v.label.as_str()).collect();
+        let labels: Vec<&str> = models[0]
+            .versions
+            .iter()
+            .map(|v| v.label.as_str())
+            .collect();
         assert_eq!(labels, ["1", "2", "10"]);
         let alpha = models[0].settings.as_ref().expect("alpha settings");
         assert_eq!(alpha.max_batch_size, Some(8));

@@ -34,8 +34,8 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
     let gateway = Arc::new(Gateway::default());
     if !entries.is_empty() {
-        let configured = Some(config.onnxruntime.library.as_path())
-            .filter(|path| !path.as_os_str().is_empty());
+        let configured =
+            Some(config.onnxruntime.library.as_path()).filter(|path| !path.as_os_str().is_empty());
         let library = locate_library(configured)?;
         let runtime = OnnxRuntime::initialize(&library)?;
         tracing::info!(library = %runtime.library().display(), "ONNX Runtime loaded");

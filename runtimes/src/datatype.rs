@@ -100,7 +100,9 @@ impl fmt::Display for DataType {
 
 /// The error for a name that is not a protocol datatype.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("unknown datatype '{0}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64, BYTES)")]
+#[error(
+    "unknown datatype '{0}' (expected one of BOOL, UINT8, UINT16, UINT32, UINT64, INT8, INT16, INT32, INT64, FP16, BF16, FP32, FP64, BYTES)"
+)]
 pub struct UnknownDataType(pub String);
 
 impl FromStr for DataType {

@@ -10,7 +10,10 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use half::{bf16, f16};
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, TensorRef, ValueType};
+use ort::value::{
+    DynValue, PrimitiveTensorElementType, Tensor as OrtTensor, TensorElementType, TensorRef,
+    ValueType,
+};
 
 use crate::{
     DataType, Device, LoadOptions, LoadedModel, NamedTensor, Runtime, RuntimeError, Signature,
@@ -34,9 +37,11 @@ pub fn locate_library(configured: Option<&Path>) -> Result<PathBuf, RuntimeError
         return existing_file(Path::new(&path), "ORT_DYLIB_PATH");
     }
     let mut searched = Vec::new();
-    let roots = std::env::current_dir()
-        .into_iter()
-        .chain(std::env::current_exe().ok().and_then(|exe| exe.parent().map(Path::to_path_buf)));
+    let roots = std::env::current_dir().into_iter().chain(
+        std::env::current_exe()
+            .ok()
+            .and_then(|exe| exe.parent().map(Path::to_path_buf)),
+    );
     for root in roots {
         for dir in root.ancestors() {
             let candidate = dir.join(TOOLS_LIBRARY_DIR).join(LIBRARY_FILE);
@@ -176,8 +181,9 @@ fn tensor_spec(name: &str, value_type: &ValueType) -> Result<TensorSpec, String>
             "'{name}' is a {value_type:?}, but only tensor inputs and outputs are supported"
         ));
     };
-    let dtype = from_ort_type(*ty)
-        .ok_or_else(|| format!("'{name}' has element type {ty:?}, which the protocol cannot carry"))?;
+    let dtype = from_ort_type(*ty).ok_or_else(|| {
+        format!("'{name}' has element type {ty:?}, which the protocol cannot carry")
+    })?;
     Ok(TensorSpec {
         name: name.to_owned(),
         dtype,
@@ -218,12 +224,15 @@ impl LoadedModel for OnnxModel {
     fn run(&mut self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RuntimeError> {
         let mut values: Vec<(&str, SessionInputValue<'_>)> = Vec::with_capacity(inputs.len());
         for input in inputs {
-            values.push((input.name.as_str(), to_ort_value(&input.name, &input.tensor)?));
+            values.push((
+                input.name.as_str(),
+                to_ort_value(&input.name, &input.tensor)?,
+            ));
         }
         let outputs = self.session.run(values).map_err(|e| match e.code() {
-            ort::error::ErrorCode::InvalidArgument => RuntimeError::InvalidInput(format!(
-                "the model rejected the inputs: {e}"
-            )),
+            ort::error::ErrorCode::InvalidArgument => {
+                RuntimeError::InvalidInput(format!("the model rejected the inputs: {e}"))
+            }
             _ => RuntimeError::Execution(e.to_string()),
         })?;
         self.signature
@@ -290,7 +299,11 @@ fn to_ort_value<'a>(name: &str, tensor: &'a Tensor) -> Result<SessionInputValue<
     }
 }
 
-fn view<'a, T>(name: &str, shape: &[usize], data: &'a [u8]) -> Result<SessionInputValue<'a>, RuntimeError>
+fn view<'a, T>(
+    name: &str,
+    shape: &[usize],
+    data: &'a [u8],
+) -> Result<SessionInputValue<'a>, RuntimeError>
 where
     T: bytemuck::Pod + PrimitiveTensorElementType + Debug,
 {
@@ -303,7 +316,11 @@ where
     }
 }
 
-fn owned<T>(name: &str, shape: &[usize], values: Vec<T>) -> Result<SessionInputValue<'static>, RuntimeError>
+fn owned<T>(
+    name: &str,
+    shape: &[usize],
+    values: Vec<T>,
+) -> Result<SessionInputValue<'static>, RuntimeError>
 where
     T: PrimitiveTensorElementType + Debug + Clone + 'static,
 {
@@ -318,16 +335,22 @@ fn input_error(name: &str, error: ort::Error) -> RuntimeError {
 
 fn from_ort_value(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError> {
     let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
-        return Err(RuntimeError::Execution(format!("output '{name}' is not a tensor")));
+        return Err(RuntimeError::Execution(format!(
+            "output '{name}' is not a tensor"
+        )));
     };
     let dtype = from_ort_type(*ty).ok_or_else(|| {
-        RuntimeError::Execution(format!("output '{name}' has unsupported element type {ty:?}"))
+        RuntimeError::Execution(format!(
+            "output '{name}' has unsupported element type {ty:?}"
+        ))
     })?;
     let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
     let execution_error = |e: ort::Error| RuntimeError::Execution(format!("output '{name}': {e}"));
     let data = match dtype {
         DataType::Bool => {
-            let (_, values) = value.try_extract_tensor::<bool>().map_err(execution_error)?;
+            let (_, values) = value
+                .try_extract_tensor::<bool>()
+                .map_err(execution_error)?;
             Bytes::from(values.iter().map(|&b| u8::from(b)).collect::<Vec<u8>>())
         }
         DataType::Uint8 => extract::<u8>(value).map_err(execution_error)?,
@@ -348,7 +371,8 @@ fn from_ort_value(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError> 
                 .map_err(|e| RuntimeError::Execution(format!("output '{name}': {e}")));
         }
     };
-    Tensor::new(dtype, dims, data).map_err(|e| RuntimeError::Execution(format!("output '{name}': {e}")))
+    Tensor::new(dtype, dims, data)
+        .map_err(|e| RuntimeError::Execution(format!("output '{name}': {e}")))
 }
 
 fn extract<T>(value: &DynValue) -> Result<Bytes, ort::Error>

@@ -57,9 +57,7 @@ pub fn bytes_elements(data: &[u8]) -> impl Iterator<Item = Result<&[u8], TensorE
         }
         let Some((length, tail)) = rest.split_first_chunk::<4>() else {
             rest = &[];
-            return Some(Err(TensorError::MalformedBytes(
-                "truncated element length",
-            )));
+            return Some(Err(TensorError::MalformedBytes("truncated element length")));
         };
         let length = u32::from_le_bytes(*length) as usize;
         if tail.len() < length {
@@ -77,7 +75,8 @@ pub fn bytes_elements(data: &[u8]) -> impl Iterator<Item = Result<&[u8], TensorE
 impl Tensor {
     /// Builds a tensor, checking that `data` holds exactly the elements that `shape` asks for.
     pub fn new(dtype: DataType, shape: Vec<usize>, data: Bytes) -> Result<Self, TensorError> {
-        let count = element_count(&shape).ok_or_else(|| TensorError::ShapeOverflow(shape.clone()))?;
+        let count =
+            element_count(&shape).ok_or_else(|| TensorError::ShapeOverflow(shape.clone()))?;
         match dtype.element_size() {
             Some(size) => {
                 let expected = count

@@ -38,13 +38,28 @@ pub fn router(gateway: Arc<Gateway>, max_request_bytes: usize) -> Router {
         .route("/v2/models/{model}/ready", get(model_ready))
         .route("/v2/models/{model}/config", get(model_config))
         .route("/v2/models/{model}/infer", post(model_infer))
-        .route("/v2/models/{model}/versions/{version}", get(version_metadata))
-        .route("/v2/models/{model}/versions/{version}/ready", get(version_ready))
-        .route("/v2/models/{model}/versions/{version}/config", get(version_config))
-        .route("/v2/models/{model}/versions/{version}/infer", post(version_infer))
+        .route(
+            "/v2/models/{model}/versions/{version}",
+            get(version_metadata),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/ready",
+            get(version_ready),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/config",
+            get(version_config),
+        )
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(version_infer),
+        )
         .fallback(|| async { GatewayError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            error_response(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
+            error_response(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint",
+            )
         })
         .with_state(HttpState {
             gateway,
@@ -163,15 +178,19 @@ async fn version_metadata(
 
 async fn model_ready(State(state): State<HttpState>, Path(model): Path<String>) -> Response {
     let table = state.gateway.snapshot();
-    let result = table.model(&model).and_then(|model| match model.default_version() {
-        Some(_) => Ok(axum::Json(json!({ "name": &*model.name, "ready": true })).into_response()),
-        None => {
-            let version = model
-                .representative_version()
-                .ok_or_else(|| GatewayError::unavailable("the model has no versions"))?;
-            version.ready(&model.name).map(|_| Response::default())
-        }
-    });
+    let result = table
+        .model(&model)
+        .and_then(|model| match model.default_version() {
+            Some(_) => {
+                Ok(axum::Json(json!({ "name": &*model.name, "ready": true })).into_response())
+            }
+            None => {
+                let version = model
+                    .representative_version()
+                    .ok_or_else(|| GatewayError::unavailable("the model has no versions"))?;
+                version.ready(&model.name).map(|_| Response::default())
+            }
+        });
     result.unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -183,8 +202,10 @@ async fn version_ready(
     let result = table.model(&model).and_then(|model| {
         let version = model.version(&version)?;
         version.ready(&model.name)?;
-        Ok(axum::Json(json!({ "name": &*model.name, "version": &*version.label, "ready": true }))
-            .into_response())
+        Ok(
+            axum::Json(json!({ "name": &*model.name, "version": &*version.label, "ready": true }))
+                .into_response(),
+        )
     });
     result.unwrap_or_else(IntoResponse::into_response)
 }
@@ -283,7 +304,10 @@ async fn infer(
     let encoded = encode_response(&response, &encoding)?;
     if encoded.binary.is_empty() {
         return Ok((
-            [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+            [(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            )],
             encoded.json,
         )
             .into_response());
@@ -301,7 +325,10 @@ async fn infer(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/octet-stream"),
     );
-    headers.insert(INFERENCE_HEADER_CONTENT_LENGTH, HeaderValue::from(json_length));
+    headers.insert(
+        INFERENCE_HEADER_CONTENT_LENGTH,
+        HeaderValue::from(json_length),
+    );
     Ok(response)
 }
 
@@ -329,7 +356,10 @@ async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Byte
     }
 }
 
-fn json_header_length(headers: &HeaderMap, body_length: usize) -> Result<Option<usize>, GatewayError> {
+fn json_header_length(
+    headers: &HeaderMap,
+    body_length: usize,
+) -> Result<Option<usize>, GatewayError> {
     let Some(value) = headers.get(INFERENCE_HEADER_CONTENT_LENGTH) else {
         return Ok(None);
     };

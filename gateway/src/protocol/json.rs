@@ -185,7 +185,11 @@ fn decode_input(input: InputBody<'_>, binary: &mut Bytes) -> Result<NamedTensor,
     let count = element_count(&shape).ok_or_else(|| {
         GatewayError::invalid(format!("input '{name}': shape {shape:?} is too large"))
     })?;
-    let binary_size = match input.parameters.as_ref().and_then(|p| p.get("binary_data_size")) {
+    let binary_size = match input
+        .parameters
+        .as_ref()
+        .and_then(|p| p.get("binary_data_size"))
+    {
         None => None,
         Some(JsonParameter::Int(size)) if *size >= 0 => Some(*size as usize),
         Some(_) => {
@@ -225,7 +229,9 @@ fn read_json_data(
     count: usize,
     raw: &RawValue,
 ) -> Result<Vec<u8>, GatewayError> {
-    let capacity = dtype.element_size().map_or(0, |size| count.saturating_mul(size));
+    let capacity = dtype
+        .element_size()
+        .map_or(0, |size| count.saturating_mul(size));
     // The capacity is bounded by the body size: a shape claiming more elements than the body
     // could hold is refused below, before anything that large is allocated.
     let mut out = Vec::with_capacity(capacity.min(raw.get().len().saturating_mul(8)));
@@ -272,8 +278,11 @@ impl ElementWriter<'_> {
         let out_of_range = || E::custom(format!("{value} is out of range for {}", self.dtype));
         macro_rules! put {
             ($t:ty) => {
-                self.out
-                    .extend_from_slice(&<$t>::try_from(value).map_err(|_| out_of_range())?.to_le_bytes())
+                self.out.extend_from_slice(
+                    &<$t>::try_from(value)
+                        .map_err(|_| out_of_range())?
+                        .to_le_bytes(),
+                )
             };
         }
         match self.dtype {
@@ -285,13 +294,21 @@ impl ElementWriter<'_> {
             DataType::Int16 => put!(i16),
             DataType::Int32 => put!(i32),
             DataType::Int64 => put!(i64),
-            DataType::Fp16 => self.out.extend_from_slice(&f16::from_f64(value as f64).to_le_bytes()),
-            DataType::Bf16 => self.out.extend_from_slice(&bf16::from_f64(value as f64).to_le_bytes()),
+            DataType::Fp16 => self
+                .out
+                .extend_from_slice(&f16::from_f64(value as f64).to_le_bytes()),
+            DataType::Bf16 => self
+                .out
+                .extend_from_slice(&bf16::from_f64(value as f64).to_le_bytes()),
             DataType::Fp32 => self.out.extend_from_slice(&(value as f32).to_le_bytes()),
             DataType::Fp64 => self.out.extend_from_slice(&(value as f64).to_le_bytes()),
             DataType::Bool => match value {
                 0 | 1 => self.out.push(value as u8),
-                _ => return Err(E::custom(format!("{value} is not a BOOL (use true or false)"))),
+                _ => {
+                    return Err(E::custom(format!(
+                        "{value} is not a BOOL (use true or false)"
+                    )));
+                }
             },
             DataType::Bytes => return Err(E::custom("BYTES elements must be strings")),
         }
@@ -300,8 +317,12 @@ impl ElementWriter<'_> {
 
     fn float<E: de::Error>(&mut self, value: f64) -> Result<(), E> {
         match self.dtype {
-            DataType::Fp16 => self.out.extend_from_slice(&f16::from_f64(value).to_le_bytes()),
-            DataType::Bf16 => self.out.extend_from_slice(&bf16::from_f64(value).to_le_bytes()),
+            DataType::Fp16 => self
+                .out
+                .extend_from_slice(&f16::from_f64(value).to_le_bytes()),
+            DataType::Bf16 => self
+                .out
+                .extend_from_slice(&bf16::from_f64(value).to_le_bytes()),
             DataType::Fp32 => self.out.extend_from_slice(&(value as f32).to_le_bytes()),
             DataType::Fp64 => self.out.extend_from_slice(&value.to_le_bytes()),
             _ if value.fract() == 0.0 && value.abs() < 2f64.powi(63) => {
@@ -375,7 +396,10 @@ impl<'de> Visitor<'de> for ElementWriter<'_> {
 
     fn visit_str<E: de::Error>(mut self, value: &str) -> Result<(), E> {
         if self.dtype != DataType::Bytes {
-            return Err(E::custom(format!("a string is not a {} element", self.dtype)));
+            return Err(E::custom(format!(
+                "a string is not a {} element",
+                self.dtype
+            )));
         }
         self.count()?;
         let length = u32::try_from(value.len()).map_err(|_| E::custom("string too long"))?;
@@ -514,19 +538,27 @@ mod tests {
 
     #[test]
     fn flat_and_nested_data_give_the_same_tensor() {
-        let flat = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}]}"#)
-            .expect("flat");
-        let nested = decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}]}"#)
-            .expect("nested");
+        let flat = decode(
+            r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}]}"#,
+        )
+        .expect("flat");
+        let nested = decode(
+            r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}]}"#,
+        )
+        .expect("nested");
         assert_eq!(flat.inputs, nested.inputs);
         assert_eq!(floats(&flat.inputs[0].tensor), [1.0, 2.5, 3.0, 4.0]);
     }
 
     #[test]
     fn scalar_data_fills_a_scalar_shape() {
-        let request = decode(r#"{"inputs":[{"name":"sr","shape":[],"datatype":"INT64","data":16000}]}"#)
-            .expect("scalar");
-        assert_eq!(request.inputs[0].tensor.data().as_ref(), 16000i64.to_le_bytes());
+        let request =
+            decode(r#"{"inputs":[{"name":"sr","shape":[],"datatype":"INT64","data":16000}]}"#)
+                .expect("scalar");
+        assert_eq!(
+            request.inputs[0].tensor.data().as_ref(),
+            16000i64.to_le_bytes()
+        );
     }
 
     #[test]
@@ -537,17 +569,63 @@ mod tests {
             ("INT8", "[-1,1]", vec![255, 1]),
             ("UINT16", "[1,2]", vec![1, 0, 2, 0]),
             ("INT16", "[-2,3]", vec![254, 255, 3, 0]),
-            ("FP16", "[1.0,-2]", [f16::from_f32(1.0).to_le_bytes(), f16::from_f32(-2.0).to_le_bytes()].concat()),
-            ("BF16", "[1.0,0.5]", [bf16::from_f32(1.0).to_le_bytes(), bf16::from_f32(0.5).to_le_bytes()].concat()),
-            ("UINT32", "[7,8]", [7u32.to_le_bytes(), 8u32.to_le_bytes()].concat()),
-            ("INT32", "[-7,8]", [(-7i32).to_le_bytes(), 8i32.to_le_bytes()].concat()),
-            ("FP32", "[0.25,1]", [0.25f32.to_le_bytes(), 1f32.to_le_bytes()].concat()),
-            ("UINT64", "[18446744073709551615,0]", [u64::MAX.to_le_bytes(), 0u64.to_le_bytes()].concat()),
-            ("INT64", "[-9,9]", [(-9i64).to_le_bytes(), 9i64.to_le_bytes()].concat()),
-            ("FP64", "[0.1,2]", [0.1f64.to_le_bytes(), 2f64.to_le_bytes()].concat()),
-            ("BYTES", r#"["ab",""]"#, vec![2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0]),
+            (
+                "FP16",
+                "[1.0,-2]",
+                [
+                    f16::from_f32(1.0).to_le_bytes(),
+                    f16::from_f32(-2.0).to_le_bytes(),
+                ]
+                .concat(),
+            ),
+            (
+                "BF16",
+                "[1.0,0.5]",
+                [
+                    bf16::from_f32(1.0).to_le_bytes(),
+                    bf16::from_f32(0.5).to_le_bytes(),
+                ]
+                .concat(),
+            ),
+            (
+                "UINT32",
+                "[7,8]",
+                [7u32.to_le_bytes(), 8u32.to_le_bytes()].concat(),
+            ),
+            (
+                "INT32",
+                "[-7,8]",
+                [(-7i32).to_le_bytes(), 8i32.to_le_bytes()].concat(),
+            ),
+            (
+                "FP32",
+                "[0.25,1]",
+                [0.25f32.to_le_bytes(), 1f32.to_le_bytes()].concat(),
+            ),
+            (
+                "UINT64",
+                "[18446744073709551615,0]",
+                [u64::MAX.to_le_bytes(), 0u64.to_le_bytes()].concat(),
+            ),
+            (
+                "INT64",
+                "[-9,9]",
+                [(-9i64).to_le_bytes(), 9i64.to_le_bytes()].concat(),
+            ),
+            (
+                "FP64",
+                "[0.1,2]",
+                [0.1f64.to_le_bytes(), 2f64.to_le_bytes()].concat(),
+            ),
+            (
+                "BYTES",
+                r#"["ab",""]"#,
+                vec![2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0],
+            ),
         ] {
-            let json = format!(r#"{{"inputs":[{{"name":"t","shape":[2],"datatype":"{dtype}","data":{data}}}]}}"#);
+            let json = format!(
+                r#"{{"inputs":[{{"name":"t","shape":[2],"datatype":"{dtype}","data":{data}}}]}}"#
+            );
             let request = decode(&json).unwrap_or_else(|e| panic!("{dtype}: {e}"));
             assert_eq!(request.inputs[0].tensor.data().as_ref(), bytes, "{dtype}");
         }
@@ -556,20 +634,57 @@ mod tests {
     #[test]
     fn bad_data_is_refused_with_a_reason() {
         for (json, expected) in [
-            (r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#, "needs 3 elements"),
-            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,2]}]}"#, "more elements"),
-            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#, "unknown datatype"),
-            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[256]}]}"#, "out of range"),
-            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#, "whole number"),
-            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#, "string"),
-            (r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#, "negative"),
-            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#, "no data"),
-            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":{"a":1}}]}"#, "FP32 elements"),
-            (r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}"#, "malformed"),
-            (r#"{"inputs":[{"name":"x","shape":[4611686018427387904,4],"datatype":"FP32","data":[1]}]}"#, "too large"),
+            (
+                r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#,
+                "needs 3 elements",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,2]}]}"#,
+                "more elements",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#,
+                "unknown datatype",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[256]}]}"#,
+                "out of range",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#,
+                "whole number",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#,
+                "string",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#,
+                "negative",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
+                "no data",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":{"a":1}}]}"#,
+                "FP32 elements",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}"#,
+                "malformed",
+            ),
+            (
+                r#"{"inputs":[{"name":"x","shape":[4611686018427387904,4],"datatype":"FP32","data":[1]}]}"#,
+                "too large",
+            ),
         ] {
             let error = decode(json).expect_err(json);
-            assert!(error.message.contains(expected), "{json}: {}", error.message);
+            assert!(
+                error.message.contains(expected),
+                "{json}: {}",
+                error.message
+            );
         }
     }
 
@@ -585,22 +700,34 @@ mod tests {
         let (request, _) =
             decode_request("m", None, json.as_bytes(), Bytes::from(binary)).expect("binary");
         assert_eq!(floats(&request.inputs[0].tensor), [1.5, 2.5]);
-        assert_eq!(request.inputs[1].tensor.data().as_ref(), 42i64.to_le_bytes());
+        assert_eq!(
+            request.inputs[1].tensor.data().as_ref(),
+            42i64.to_le_bytes()
+        );
 
         let short = decode_request("m", None, json.as_bytes(), Bytes::from(vec![0u8; 12]));
         assert!(short.is_err());
         let extra = decode_request("m", None, json.as_bytes(), Bytes::from(vec![0u8; 20]));
-        assert!(extra.expect_err("extra").message.contains("no input claims"));
+        assert!(
+            extra
+                .expect_err("extra")
+                .message
+                .contains("no input claims")
+        );
     }
 
     #[test]
     fn responses_encode_json_and_binary_outputs() {
-        let tensor = Tensor::from_slice(DataType::Fp32, vec![1, 2], &[0.5f32, -1.0]).expect("tensor");
+        let tensor =
+            Tensor::from_slice(DataType::Fp32, vec![1, 2], &[0.5f32, -1.0]).expect("tensor");
         let response = InferResponse {
             model_name: "m".into(),
             model_version: "3".into(),
             id: Some("req-1".into()),
-            outputs: vec![NamedTensor { name: "y".into(), tensor }],
+            outputs: vec![NamedTensor {
+                name: "y".into(),
+                tensor,
+            }],
         };
         let json = encode_response(&response, &OutputEncoding::default()).expect("json");
         assert!(json.binary.is_empty());
@@ -612,12 +739,18 @@ mod tests {
         );
         let binary = encode_response(
             &response,
-            &OutputEncoding { requested_binary: vec![], default_binary: true },
+            &OutputEncoding {
+                requested_binary: vec![],
+                default_binary: true,
+            },
         )
         .expect("binary");
         let value: serde_json::Value = serde_json::from_slice(&binary.json).expect("valid JSON");
         assert_eq!(value["outputs"][0]["parameters"]["binary_data_size"], 8);
         assert!(value["outputs"][0].get("data").is_none());
-        assert_eq!(binary.binary.concat(), [0.5f32.to_le_bytes(), (-1.0f32).to_le_bytes()].concat());
+        assert_eq!(
+            binary.binary.concat(),
+            [0.5f32.to_le_bytes(), (-1.0f32).to_le_bytes()].concat()
+        );
     }
 }

@@ -1,0 +1,211 @@
+//! Shared by the integration tests: a real gateway on a random loopback port, serving the
+//! repository's models (built by `scripts/setup`), and reference computations.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use switchyard_gateway::{Config, Running};
+
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// The repository's models folder; fails with a hint when `scripts/setup` has not run.
+pub fn models_dir() -> PathBuf {
+    let dir = repo_root().join("models");
+    for needed in [
+        "mlp/1/model.onnx",
+        "mlp/1/weights.f32",
+        "silero_vad/1/model.onnx",
+        "silero_vad/2/model.onnx",
+        "silero_vad/reference.json",
+    ] {
+        assert!(
+            dir.join(needed).is_file(),
+            "models/{needed} is missing: run scripts/setup (scripts/test does it for you)"
+        );
+    }
+    dir
+}
+
+pub struct TestGateway {
+    pub base: String,
+    pub client: reqwest::Client,
+    running: Option<Running>,
+}
+
+impl TestGateway {
+    pub async fn start(models: &Path) -> TestGateway {
+        TestGateway::start_with(models, |_| {}).await
+    }
+
+    pub async fn start_with(models: &Path, adjust: impl FnOnce(&mut Config)) -> TestGateway {
+        let mut config = Config::default();
+        config.http.addr = "127.0.0.1:0".parse().unwrap();
+        config.models.dir = models.to_path_buf();
+        adjust(&mut config);
+        let running = switchyard_gateway::start(&config)
+            .await
+            .expect("gateway starts");
+        let gateway = TestGateway {
+            base: format!("http://{}", running.http_addr),
+            client: reqwest::Client::new(),
+            running: Some(running),
+        };
+        gateway.wait_until_ready().await;
+        gateway
+    }
+
+    async fn wait_until_ready(&self) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            let response = self.client.get(self.url("/v2/health/ready")).send().await;
+            if response.is_ok_and(|r| r.status() == 200) {
+                return;
+            }
+            assert!(Instant::now() < deadline, "gateway not ready within 60 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
+        let response = self.client.get(self.url(path)).send().await.expect("GET");
+        let status = response.status().as_u16();
+        (status, response.json().await.expect("JSON body"))
+    }
+
+    pub async fn post_json(
+        &self,
+        path: &str,
+        body: &serde_json::Value,
+    ) -> (u16, serde_json::Value) {
+        self.post_raw(path, serde_json::to_vec(body).unwrap()).await
+    }
+
+    pub async fn post_raw(&self, path: &str, body: Vec<u8>) -> (u16, serde_json::Value) {
+        let response = self
+            .client
+            .post(self.url(path))
+            .body(body)
+            .send()
+            .await
+            .expect("POST");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.expect("body");
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes)));
+        (status, value)
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.stop().await.expect("clean stop");
+        }
+    }
+}
+
+/// The `mlp` weights, read from the file `scripts/build_mlp.py` writes beside the model.
+pub struct MlpWeights {
+    w1: Vec<f32>,
+    b1: Vec<f32>,
+    w2: Vec<f32>,
+    b2: Vec<f32>,
+}
+
+pub const MLP_IN: usize = 64;
+pub const MLP_HIDDEN: usize = 256;
+pub const MLP_OUT: usize = 10;
+
+impl MlpWeights {
+    pub fn load() -> MlpWeights {
+        let bytes = std::fs::read(models_dir().join("mlp/1/weights.f32")).expect("weights.f32");
+        let floats: Vec<f32> = bytes
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|c| f32::from_le_bytes(*c))
+            .collect();
+        let sizes = [
+            MLP_IN * MLP_HIDDEN,
+            MLP_HIDDEN,
+            MLP_HIDDEN * MLP_OUT,
+            MLP_OUT,
+        ];
+        assert_eq!(
+            floats.len(),
+            sizes.iter().sum::<usize>(),
+            "weights.f32 size"
+        );
+        let (w1, rest) = floats.split_at(sizes[0]);
+        let (b1, rest) = rest.split_at(sizes[1]);
+        let (w2, b2) = rest.split_at(sizes[2]);
+        MlpWeights {
+            w1: w1.to_vec(),
+            b1: b1.to_vec(),
+            w2: w2.to_vec(),
+            b2: b2.to_vec(),
+        }
+    }
+
+    /// y = relu(x W1 + b1) W2 + b2, in f64, for a row-major batch of inputs.
+    pub fn forward(&self, x: &[f32]) -> Vec<f32> {
+        let mut y = Vec::new();
+        for row in x.chunks(MLP_IN) {
+            let hidden: Vec<f64> = (0..MLP_HIDDEN)
+                .map(|j| {
+                    let sum: f64 = (0..MLP_IN)
+                        .map(|i| row[i] as f64 * self.w1[i * MLP_HIDDEN + j] as f64)
+                        .sum();
+                    (sum + self.b1[j] as f64).max(0.0)
+                })
+                .collect();
+            for k in 0..MLP_OUT {
+                let sum: f64 = (0..MLP_HIDDEN)
+                    .map(|j| hidden[j] * self.w2[j * MLP_OUT + k] as f64)
+                    .sum();
+                y.push((sum + self.b2[k] as f64) as f32);
+            }
+        }
+        y
+    }
+}
+
+/// Deterministic pseudo-random inputs in [-1, 1).
+pub fn sample_inputs(count: usize, seed: u64) -> Vec<f32> {
+    let mut state = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..count)
+        .map(|_| {
+            state = state
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((state >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+pub fn as_f32s(value: &serde_json::Value) -> Vec<f32> {
+    value
+        .as_array()
+        .expect("array")
+        .iter()
+        .map(|v| v.as_f64().expect("number") as f32)
+        .collect()
+}
+
+pub fn assert_close(actual: &[f32], expected: &[f32], tolerance: f32) {
+    assert_eq!(actual.len(), expected.len(), "element count");
+    for (index, (a, e)) in actual.iter().zip(expected).enumerate() {
+        assert!(
+            (a - e).abs() <= tolerance,
+            "element {index}: got {a}, expected {e} (tolerance {tolerance})"
+        );
+    }
+}
