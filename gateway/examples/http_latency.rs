@@ -14,7 +14,9 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
 #[tokio::main(flavor = "current_thread")]
 async fn main() {
     let mut args = std::env::args().skip(1);
-    let base = args.next().unwrap_or_else(|| "http://127.0.0.1:8000".into());
+    let base = args
+        .next()
+        .unwrap_or_else(|| "http://127.0.0.1:8000".into());
     let requests: usize = args.next().map_or(5000, |n| n.parse().unwrap());
     let batch: usize = args.next().map_or(1, |n| n.parse().unwrap());
     let url = format!("{base}/v2/models/mlp/infer");

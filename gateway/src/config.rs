@@ -12,6 +12,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/switchyard.toml");
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
     pub http: HttpConfig,
+    pub grpc: GrpcConfig,
     pub models: ModelsConfig,
     pub onnxruntime: OnnxRuntimeConfig,
     pub serving: ServingConfig,
@@ -23,6 +24,14 @@ pub struct Config {
 pub struct HttpConfig {
     pub addr: SocketAddr,
     pub max_request_size: ByteSize,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GrpcConfig {
+    pub addr: SocketAddr,
+    /// Largest message received or sent.
+    pub max_message_size: ByteSize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -64,6 +73,15 @@ impl Default for HttpConfig {
         HttpConfig {
             addr: SocketAddr::from(([0, 0, 0, 0], 8000)),
             max_request_size: ByteSize(64 * 1024 * 1024),
+        }
+    }
+}
+
+impl Default for GrpcConfig {
+    fn default() -> Self {
+        GrpcConfig {
+            addr: SocketAddr::from(([0, 0, 0, 0], 8001)),
+            max_message_size: ByteSize(64 * 1024 * 1024),
         }
     }
 }

@@ -15,12 +15,15 @@ use crate::serving::Replica;
 
 pub struct Gateway {
     table: ArcSwap<ModelTable>,
+    /// Readiness as it changes, for those who must push it (the gRPC health service).
+    ready: tokio::sync::watch::Sender<bool>,
 }
 
 impl Default for Gateway {
     fn default() -> Self {
         Gateway {
             table: ArcSwap::from_pointee(ModelTable::default()),
+            ready: tokio::sync::watch::Sender::new(true),
         }
     }
 }
@@ -36,9 +39,20 @@ impl Gateway {
         self.table.load().settled()
     }
 
+    /// Follows `is_ready`.
+    pub fn watch_ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    fn store(&self, table: ModelTable) {
+        self.table.store(Arc::new(table));
+        self.ready.send_replace(self.is_ready());
+    }
+
     fn set_status(&self, model: &str, label: &str, status: VersionStatus) {
         self.table
             .rcu(|table| table.with_status(model, label, &status));
+        self.ready.send_replace(self.is_ready());
     }
 
     /// Registers the repository's versions as loading and loads each on its own worker thread.
@@ -79,7 +93,7 @@ impl Gateway {
                 }),
             );
         }
-        self.table.store(Arc::new(ModelTable { models }));
+        self.store(ModelTable { models });
 
         for (model, version, settings) in loads {
             let gateway = self.clone();

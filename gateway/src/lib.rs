@@ -9,6 +9,7 @@ pub mod config;
 pub mod error;
 pub mod gateway;
 pub mod inference;
+pub mod metadata;
 pub mod models;
 pub mod protocol;
 pub mod repository;

@@ -28,6 +28,12 @@ struct ServeArgs {
     /// Address of the HTTP listener (host:port).
     #[arg(long, env = "SWITCHYARD_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// Address of the gRPC listener (host:port).
+    #[arg(long, env = "SWITCHYARD_GRPC_ADDR")]
+    grpc_addr: Option<SocketAddr>,
+    /// Largest gRPC message, e.g. 64MiB.
+    #[arg(long, env = "SWITCHYARD_GRPC_MAX_MESSAGE_SIZE", value_parser = ByteSize::parse)]
+    grpc_max_message_size: Option<ByteSize>,
     /// The model repository folder.
     #[arg(long, env = "SWITCHYARD_MODELS")]
     models: Option<PathBuf>,
@@ -46,6 +52,12 @@ impl ServeArgs {
     fn apply(self, config: &mut Config) {
         if let Some(addr) = self.http_addr {
             config.http.addr = addr;
+        }
+        if let Some(addr) = self.grpc_addr {
+            config.grpc.addr = addr;
+        }
+        if let Some(size) = self.grpc_max_message_size {
+            config.grpc.max_message_size = size;
         }
         if let Some(dir) = self.models {
             config.models.dir = dir;

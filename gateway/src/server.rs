@@ -7,20 +7,21 @@ use anyhow::Context;
 use switchyard_runtimes::Runtime;
 use switchyard_runtimes::onnx::{OnnxRuntime, locate_library};
 use tokio::net::TcpListener;
-use tokio::sync::oneshot;
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::config::Config;
+use crate::config::{ByteSize, Config};
 use crate::gateway::Gateway;
-use crate::protocol::http;
+use crate::protocol::{grpc, http};
 use crate::repository;
 
 /// A started gateway.
 pub struct Running {
     pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
-    shutdown: oneshot::Sender<()>,
-    http_server: JoinHandle<std::io::Result<()>>,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
 }
 
 /// Reads the model repository, binds the listeners and starts serving. Versions load in the
@@ -43,36 +44,60 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         gateway.load_repository(entries, runtime);
     }
 
-    let listener = TcpListener::bind(config.http.addr)
+    let http_listener = TcpListener::bind(config.http.addr)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", config.http.addr))?;
-    let http_addr = listener.local_addr()?;
-    let max_request_bytes = usize::try_from(config.http.max_request_size.0).unwrap_or(usize::MAX);
-    let app = http::router(gateway.clone(), max_request_bytes);
-    let (shutdown, shutdown_signal) = oneshot::channel::<()>();
-    let http_server = tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async {
-                let _ = shutdown_signal.await;
-            })
-            .await
-    });
-    tracing::info!(%http_addr, "serving the Open Inference Protocol over HTTP");
+    let grpc_listener = TcpListener::bind(config.grpc.addr)
+        .await
+        .with_context(|| format!("cannot listen for gRPC on {}", config.grpc.addr))?;
+    let http_addr = http_listener.local_addr()?;
+    let grpc_addr = grpc_listener.local_addr()?;
+
+    let (shutdown, stop) = watch::channel(false);
+    let http_app = http::router(gateway.clone(), byte_limit(config.http.max_request_size));
+    let grpc_app = grpc::router(gateway.clone(), byte_limit(config.grpc.max_message_size));
+    let servers = vec![
+        ("HTTP", serve(http_listener, http_app, stop.clone())),
+        ("gRPC", serve(grpc_listener, grpc_app, stop)),
+    ];
+    tracing::info!(%http_addr, %grpc_addr, "serving the Open Inference Protocol over HTTP and gRPC");
     Ok(Running {
         http_addr,
+        grpc_addr,
         gateway,
         shutdown,
-        http_server,
+        servers,
+    })
+}
+
+fn byte_limit(size: ByteSize) -> usize {
+    usize::try_from(size.0).unwrap_or(usize::MAX)
+}
+
+fn serve(
+    listener: TcpListener,
+    app: axum::Router,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<std::io::Result<()>> {
+    tokio::spawn(async move {
+        axum::serve(listener, app)
+            .with_graceful_shutdown(async move {
+                let _ = stop.wait_for(|stopped| *stopped).await;
+            })
+            .await
     })
 }
 
 impl Running {
     /// Stops accepting connections, lets requests in flight finish, and returns.
     pub async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.shutdown.send(());
-        self.http_server
-            .await
-            .context("the HTTP server task failed")?
-            .context("the HTTP server failed")
+        self.shutdown.send_replace(true);
+        for (name, server) in self.servers {
+            server
+                .await
+                .with_context(|| format!("the {name} server task failed"))?
+                .with_context(|| format!("the {name} server failed"))?;
+        }
+        Ok(())
     }
 }

@@ -4,6 +4,10 @@
 //! gateway gives every loaded model a worker thread of its own so that runtimes never block the
 //! async executor.
 
+// Tensor bytes are little-endian on the wire and are handed to runtimes as they are.
+#[cfg(not(target_endian = "little"))]
+compile_error!("Switchyard supports little-endian targets only");
+
 mod datatype;
 mod device;
 mod error;

@@ -13,11 +13,11 @@ use bytes::Bytes;
 use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde_json::json;
-use switchyard_runtimes::TensorSpec;
+use switchyard_runtimes::{Device, TensorSpec};
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
-use crate::models::{ModelState, VersionState, VersionStatus};
+use crate::metadata::{self, ConfigTensor};
 use crate::protocol::json::{decode_request, encode_response};
 
 /// Header of the binary tensor data extension: the length of the JSON part of the body.
@@ -94,9 +94,9 @@ impl IntoResponse for GatewayError {
 
 async fn server_metadata() -> Response {
     axum::Json(json!({
-        "name": "switchyard",
-        "version": env!("CARGO_PKG_VERSION"),
-        "extensions": ["binary_tensor_data", "model_configuration"],
+        "name": metadata::SERVER_NAME,
+        "version": metadata::SERVER_VERSION,
+        "extensions": metadata::EXTENSIONS,
     }))
     .into_response()
 }
@@ -131,139 +131,96 @@ fn tensor_metadata(specs: &[TensorSpec]) -> Vec<TensorMetadata<'_>> {
         .collect()
 }
 
-fn metadata_response(model: &ModelState, version: &VersionState, versions: Vec<&str>) -> Response {
-    let (inputs, outputs) = match &version.status {
-        VersionStatus::Ready(ready) => (
-            tensor_metadata(&ready.signature().inputs),
-            tensor_metadata(&ready.signature().outputs),
-        ),
-        _ => (Vec::new(), Vec::new()),
-    };
+fn metadata_response(
+    gateway: &Gateway,
+    model: &str,
+    version: Option<&str>,
+) -> Result<Response, GatewayError> {
+    let metadata = gateway.model_metadata(model, version)?;
+    let versions: Vec<&str> = metadata.versions.iter().map(|v| &**v).collect();
     let mut body = json!({
-        "name": &*model.name,
+        "name": &*metadata.name,
         "versions": versions,
-        "platform": version.platform,
-        "inputs": inputs,
-        "outputs": outputs,
-        "state": version.status.name(),
+        "platform": metadata.platform,
+        "inputs": tensor_metadata(&metadata.inputs),
+        "outputs": tensor_metadata(&metadata.outputs),
+        "state": metadata.state,
     });
-    if let VersionStatus::Failed(reason) = &version.status {
+    if let Some(reason) = &metadata.reason {
         body["reason"] = json!(reason);
     }
-    axum::Json(body).into_response()
+    Ok(axum::Json(body).into_response())
 }
 
 async fn model_metadata(State(state): State<HttpState>, Path(model): Path<String>) -> Response {
-    let table = state.gateway.snapshot();
-    let result = table.model(&model).and_then(|model| {
-        let version = model
-            .representative_version()
-            .ok_or_else(|| GatewayError::unavailable("the model has no versions"))?;
-        Ok(metadata_response(model, version, model.labels()))
-    });
-    result.unwrap_or_else(IntoResponse::into_response)
+    metadata_response(&state.gateway, &model, None).unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn version_metadata(
     State(state): State<HttpState>,
     Path((model, version)): Path<(String, String)>,
 ) -> Response {
-    let table = state.gateway.snapshot();
-    let result = table.model(&model).and_then(|model| {
-        let version = model.version(&version)?;
-        Ok(metadata_response(model, version, vec![&version.label]))
-    });
-    result.unwrap_or_else(IntoResponse::into_response)
+    metadata_response(&state.gateway, &model, Some(&version))
+        .unwrap_or_else(IntoResponse::into_response)
+}
+
+fn ready_response(gateway: &Gateway, model: &str, version: Option<&str>) -> Response {
+    match gateway.model_ready(model, version) {
+        Ok(()) => axum::Json(json!({ "name": model, "ready": true })).into_response(),
+        Err(error) => error.into_response(),
+    }
 }
 
 async fn model_ready(State(state): State<HttpState>, Path(model): Path<String>) -> Response {
-    let table = state.gateway.snapshot();
-    let result = table
-        .model(&model)
-        .and_then(|model| match model.default_version() {
-            Some(_) => {
-                Ok(axum::Json(json!({ "name": &*model.name, "ready": true })).into_response())
-            }
-            None => {
-                let version = model
-                    .representative_version()
-                    .ok_or_else(|| GatewayError::unavailable("the model has no versions"))?;
-                version.ready(&model.name).map(|_| Response::default())
-            }
-        });
-    result.unwrap_or_else(IntoResponse::into_response)
+    ready_response(&state.gateway, &model, None)
 }
 
 async fn version_ready(
     State(state): State<HttpState>,
     Path((model, version)): Path<(String, String)>,
 ) -> Response {
-    let table = state.gateway.snapshot();
-    let result = table.model(&model).and_then(|model| {
-        let version = model.version(&version)?;
-        version.ready(&model.name)?;
-        Ok(
-            axum::Json(json!({ "name": &*model.name, "version": &*version.label, "ready": true }))
-                .into_response(),
-        )
-    });
-    result.unwrap_or_else(IntoResponse::into_response)
+    ready_response(&state.gateway, &model, Some(&version))
 }
 
 /// Triton's model configuration, as its clients and perf_analyzer read it.
-fn config_response(model: &ModelState, version: &VersionState) -> Result<Response, GatewayError> {
-    let ready = version.ready(&model.name)?;
-    let max_batch_size = ready.max_batch_size;
-    // With a batch axis, Triton's dims leave it out.
-    let skip = usize::from(max_batch_size > 0);
-    let config_tensors = |specs: &[TensorSpec]| {
-        specs
+fn config_response(
+    gateway: &Gateway,
+    model: &str,
+    version: Option<&str>,
+) -> Result<Response, GatewayError> {
+    let config = gateway.model_config(model, version)?;
+    let tensors = |tensors: &[ConfigTensor]| {
+        tensors
             .iter()
-            .map(|spec| {
-                json!({
-                    "name": spec.name,
-                    "data_type": spec.dtype.triton_config_name(),
-                    "dims": spec.dims.get(skip..).unwrap_or_default(),
-                })
-            })
+            .map(|t| json!({"name": t.name, "data_type": t.dtype.triton_config_name(), "dims": t.dims}))
             .collect::<Vec<_>>()
     };
-    let kind = match model.settings.as_ref().map(|s| s.device) {
-        Some(switchyard_runtimes::Device::Cuda(_)) => "KIND_GPU",
-        _ => "KIND_CPU",
+    let kind = match config.device {
+        Device::Cuda(_) => "KIND_GPU",
+        Device::Cpu => "KIND_CPU",
     };
     Ok(axum::Json(json!({
-        "name": &*model.name,
-        "platform": version.platform,
-        "backend": "onnxruntime",
-        "max_batch_size": max_batch_size,
-        "input": config_tensors(&ready.signature().inputs),
-        "output": config_tensors(&ready.signature().outputs),
-        "instance_group": [{ "name": &*model.name, "kind": kind, "count": 1 }],
+        "name": &*config.name,
+        "platform": config.platform,
+        "backend": config.backend,
+        "max_batch_size": config.max_batch_size,
+        "input": tensors(&config.inputs),
+        "output": tensors(&config.outputs),
+        "instance_group": [{ "name": &*config.name, "kind": kind, "count": config.instance_count }],
     }))
     .into_response())
 }
 
 async fn model_config(State(state): State<HttpState>, Path(model): Path<String>) -> Response {
-    let table = state.gateway.snapshot();
-    let result = table.model(&model).and_then(|model| {
-        let version = model
-            .representative_version()
-            .ok_or_else(|| GatewayError::unavailable("the model has no versions"))?;
-        config_response(model, version)
-    });
-    result.unwrap_or_else(IntoResponse::into_response)
+    config_response(&state.gateway, &model, None).unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn version_config(
     State(state): State<HttpState>,
     Path((model, version)): Path<(String, String)>,
 ) -> Response {
-    let table = state.gateway.snapshot();
-    let result = table
-        .model(&model)
-        .and_then(|model| config_response(model, model.version(&version)?));
-    result.unwrap_or_else(IntoResponse::into_response)
+    config_response(&state.gateway, &model, Some(&version))
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn model_infer(

@@ -32,6 +32,7 @@ pub fn models_dir() -> PathBuf {
 
 pub struct TestGateway {
     pub base: String,
+    pub grpc_addr: std::net::SocketAddr,
     pub client: reqwest::Client,
     running: Option<Running>,
 }
@@ -44,6 +45,7 @@ impl TestGateway {
     pub async fn start_with(models: &Path, adjust: impl FnOnce(&mut Config)) -> TestGateway {
         let mut config = Config::default();
         config.http.addr = "127.0.0.1:0".parse().unwrap();
+        config.grpc.addr = "127.0.0.1:0".parse().unwrap();
         config.models.dir = models.to_path_buf();
         adjust(&mut config);
         let running = switchyard_gateway::start(&config)
@@ -51,6 +53,7 @@ impl TestGateway {
             .expect("gateway starts");
         let gateway = TestGateway {
             base: format!("http://{}", running.http_addr),
+            grpc_addr: running.grpc_addr,
             client: reqwest::Client::new(),
             running: Some(running),
         };
