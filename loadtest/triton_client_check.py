@@ -1,7 +1,7 @@
-"""Drives a running Switchyard with Triton's own Python client (tritonclient[http]) and checks
-every answer against Python's onnxruntime on the same model files.
+"""Drives a running Switchyard with Triton's own Python clients (tritonclient[http,grpc]) and
+checks every answer against Python's onnxruntime on the same model files.
 
-    .tools/venv/bin/python loadtest/triton_client_check.py --url 127.0.0.1:8000
+    .tools/venv/bin/python loadtest/triton_client_check.py --http 127.0.0.1:8000 --grpc 127.0.0.1:8001
 
 Exits non-zero on the first mismatch. scripts/test runs it against the freshly built binary.
 """
@@ -12,7 +12,9 @@ import sys
 
 import numpy as np
 import onnxruntime
+import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
+from tritonclient.utils import InferenceServerException
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 TOLERANCE = 1e-5
@@ -34,48 +36,74 @@ def check_close(name: str, actual: np.ndarray, expected: np.ndarray) -> None:
     check(difference <= TOLERANCE, f"{name}: max difference {difference} > {TOLERANCE}")
 
 
-def infer(client, model, inputs, outputs, binary, version=""):
-    requests = []
-    for name, array, datatype in inputs:
-        tensor = httpclient.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array, binary_data=binary)
-        requests.append(tensor)
-    wanted = [httpclient.InferRequestedOutput(name, binary_data=binary) for name in outputs]
-    return client.infer(model, requests, model_version=version, outputs=wanted)
+class Transport:
+    """The parts where tritonclient's HTTP and gRPC modules differ."""
+
+    def __init__(self, name, module, url):
+        self.name = name
+        self.module = module
+        self.client = module.InferenceServerClient(url=url)
+
+    def config(self, model):
+        if self.name == "grpc":
+            return self.client.get_model_config(model, as_json=True)["config"]
+        return self.client.get_model_config(model)
+
+    def metadata(self, model):
+        if self.name == "grpc":
+            return self.client.get_model_metadata(model, as_json=True)
+        return self.client.get_model_metadata(model)
+
+    def infer(self, model, inputs, outputs, binary, version=""):
+        requests = []
+        for name, array, datatype in inputs:
+            tensor = self.module.InferInput(name, list(array.shape), datatype)
+            if self.name == "http":
+                tensor.set_data_from_numpy(array, binary_data=binary)
+            else:
+                tensor.set_data_from_numpy(array)
+            requests.append(tensor)
+        if self.name == "http":
+            wanted = [self.module.InferRequestedOutput(name, binary_data=binary) for name in outputs]
+        else:
+            wanted = [self.module.InferRequestedOutput(name) for name in outputs]
+        return self.client.infer(model, requests, model_version=version, outputs=wanted)
+
+    def version_of(self, result):
+        response = result.get_response(as_json=True) if self.name == "grpc" else result.get_response()
+        return response["model_version"]
+
+    def encodings(self):
+        # HTTP: JSON and the binary tensor extension; gRPC: raw contents, as tritonclient sends.
+        return (False, True) if self.name == "http" else (True,)
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--url", default="127.0.0.1:8000")
-    args = parser.parse_args()
-    client = httpclient.InferenceServerClient(url=args.url)
+def check_transport(transport: Transport) -> int:
     passed = 0
-
+    client = transport.client
     check(client.is_server_live(), "server not live")
     check(client.is_server_ready(), "server not ready")
-    check(client.get_server_metadata()["name"] == "switchyard", "server metadata name")
     passed += 1
 
-    # mlp: metadata, configuration and inference in JSON and binary form.
-    metadata = client.get_model_metadata("mlp")
-    check(metadata["inputs"][0]["shape"] == [-1, 64], f"mlp metadata: {metadata}")
-    config = client.get_model_config("mlp")
-    check(config["max_batch_size"] == 64 and config["input"][0]["dims"] == [64], f"mlp config: {config}")
+    metadata = transport.metadata("mlp")
+    check([int(d) for d in metadata["inputs"][0]["shape"]] == [-1, 64], f"mlp metadata: {metadata}")
+    config = transport.config("mlp")
+    check(int(config["max_batch_size"]) == 64, f"mlp config: {config}")
+    check([int(d) for d in config["input"][0]["dims"]] == [64], f"mlp config: {config}")
     check(client.is_model_ready("mlp"), "mlp not ready")
     mlp = session(ROOT / "models/mlp/1/model.onnx")
     rng = np.random.default_rng(7)
     for batch in (1, 8):
         x = rng.standard_normal((batch, 64)).astype(np.float32)
         (expected,) = mlp.run(None, {"x": x})
-        for binary in (False, True):
-            result = infer(client, "mlp", [("x", x, "FP32")], ["y"], binary)
-            check(result.get_response()["model_version"] == "1", "mlp version")
-            check_close(f"mlp batch {batch} binary={binary}", result.as_numpy("y"), expected)
+        for binary in transport.encodings():
+            result = transport.infer("mlp", [("x", x, "FP32")], ["y"], binary)
+            check(transport.version_of(result) == "1", "mlp version")
+            check_close(f"{transport.name} mlp batch {batch}", result.as_numpy("y"), expected)
             passed += 1
 
-    # silero_vad: both versions, compared with onnxruntime for the same inputs.
-    config = client.get_model_config("silero_vad")
-    check(config["max_batch_size"] == 0, f"silero_vad config: {config}")
+    config = transport.config("silero_vad")
+    check(int(config.get("max_batch_size", 0)) == 0, f"silero_vad config: {config}")
     t = np.arange(512) / 16000.0
     audio = (0.4 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)[None, :]
     state = np.zeros((2, 1, 128), dtype=np.float32)
@@ -86,28 +114,42 @@ def main() -> int:
         expected_output, expected_state = reference.run(
             ["output", "stateN"], {"input": audio, "state": state, "sr": sr}
         )
-        for binary in (False, True):
-            result = infer(
-                client,
+        for binary in transport.encodings():
+            result = transport.infer(
                 "silero_vad",
                 [("input", audio, "FP32"), ("state", state, "FP32"), ("sr", sr, "INT64")],
                 ["output", "stateN"],
                 binary,
                 version=version,
             )
-            check(result.get_response()["model_version"] == version, "silero_vad version")
-            check_close(f"silero_vad {version} output", result.as_numpy("output"), expected_output)
-            check_close(f"silero_vad {version} stateN", result.as_numpy("stateN"), expected_state)
+            check(transport.version_of(result) == version, "silero_vad version")
+            check_close(f"{transport.name} silero_vad {version} output", result.as_numpy("output"), expected_output)
+            check_close(f"{transport.name} silero_vad {version} stateN", result.as_numpy("stateN"), expected_state)
             passed += 1
 
     # Errors surface as the client's exception with the server's message.
     try:
-        infer(client, "mlp", [("x", np.zeros((1, 63), np.float32), "FP32")], ["y"], True)
+        transport.infer("mlp", [("x", np.zeros((1, 63), np.float32), "FP32")], ["y"], True)
         check(False, "a wrong shape was accepted")
-    except httpclient.InferenceServerException as error:
+    except InferenceServerException as error:
         check("expects [-1, 64]" in str(error), f"unexpected error text: {error}")
         passed += 1
+    try:
+        transport.infer("no_such_model", [("x", np.zeros((1, 64), np.float32), "FP32")], ["y"], True)
+        check(False, "an unknown model was accepted")
+    except InferenceServerException as error:
+        check("unknown model" in str(error), f"unexpected error text: {error}")
+        passed += 1
+    return passed
 
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--http", default="127.0.0.1:8000")
+    parser.add_argument("--grpc", default="127.0.0.1:8001")
+    args = parser.parse_args()
+    passed = check_transport(Transport("http", httpclient, args.http))
+    passed += check_transport(Transport("grpc", grpcclient, args.grpc))
     print(f"triton client check: {passed} passed, 0 failed")
     return 0
 
