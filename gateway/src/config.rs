@@ -2,6 +2,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -52,6 +53,9 @@ pub struct OnnxRuntimeConfig {
 pub struct ServingConfig {
     pub queue_capacity: usize,
     pub intra_op_threads: usize,
+    pub replicas: usize,
+    pub max_queue_delay: HumanDuration,
+    pub timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -99,6 +103,9 @@ impl Default for ServingConfig {
         ServingConfig {
             queue_capacity: 128,
             intra_op_threads: 1,
+            replicas: 1,
+            max_queue_delay: HumanDuration(Duration::ZERO),
+            timeout: HumanDuration(Duration::from_secs(30)),
         }
     }
 }
@@ -195,6 +202,25 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A duration written as text: "500us", "2ms", "30s", "1m".
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl HumanDuration {
+    pub fn parse(text: &str) -> Result<HumanDuration, String> {
+        humantime::parse_duration(text.trim())
+            .map(HumanDuration)
+            .map_err(|e| format!("'{text}' is not a duration (e.g. \"500us\", \"30s\"): {e}"))
+    }
+}
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        HumanDuration::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -213,6 +239,19 @@ mod tests {
         assert_eq!(ByteSize::parse("2 GB"), Ok(ByteSize(2_000_000_000)));
         assert!(ByteSize::parse("12 parsecs").is_err());
         assert!(ByteSize::parse("MiB").is_err());
+    }
+
+    #[test]
+    fn durations_parse() {
+        assert_eq!(
+            HumanDuration::parse("500us"),
+            Ok(HumanDuration(Duration::from_micros(500)))
+        );
+        assert_eq!(
+            HumanDuration::parse("30s"),
+            Ok(HumanDuration(Duration::from_secs(30)))
+        );
+        assert!(HumanDuration::parse("soon").is_err());
     }
 
     #[test]

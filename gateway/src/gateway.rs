@@ -3,15 +3,16 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use switchyard_runtimes::{LoadOptions, Runtime};
 
-use crate::error::GatewayError;
+use crate::error::{ErrorKind, GatewayError};
 use crate::inference::{InferRequest, InferResponse, select_outputs, validate};
 use crate::models::{ModelState, ModelTable, ReadyVersion, VersionState, VersionStatus};
 use crate::repository::ModelEntry;
-use crate::serving::Replica;
+use crate::serving::{Batching, ReplicaSet};
 
 pub struct Gateway {
     table: ArcSwap<ModelTable>,
@@ -104,21 +105,29 @@ impl Gateway {
                     device: settings.device,
                     intra_op_threads: settings.intra_op_threads,
                 };
-                let thread_name = format!("sy-{model}-{}", version.label);
-                let loaded = Replica::start(
+                let batching = Batching {
+                    max_batch_size: 0,
+                    configured_max_batch_size: settings.max_batch_size.map(|size| size as usize),
+                    max_queue_delay: settings.max_queue_delay,
+                    preferred_batch_sizes: settings.preferred_batch_sizes.clone(),
+                };
+                let loaded = ReplicaSet::start(
                     runtime,
                     version.artifact.clone(),
                     options,
+                    batching,
+                    settings.replicas,
                     settings.queue_capacity,
-                    thread_name,
+                    &format!("sy-{model}-{}", version.label),
                 )
                 .await;
                 let status = match loaded {
-                    Ok(replica) => {
-                        let ready = ReadyVersion::new(replica, settings.max_batch_size);
+                    Ok(replicas) => {
+                        let ready = ReadyVersion::new(replicas, settings.timeout);
                         tracing::info!(
                             %model,
                             version = %version.label,
+                            replicas = ready.replicas.replica_count(),
                             max_batch_size = ready.max_batch_size,
                             elapsed_ms = started.elapsed().as_millis() as u64,
                             "version ready"
@@ -160,8 +169,19 @@ impl Gateway {
             ready.max_batch_size,
             &request,
         )?;
+        let now = Instant::now();
+        let deadline = match request.deadline {
+            Some(asked) => asked.min(now + ready.timeout),
+            None => now + ready.timeout,
+        };
+        if deadline <= now {
+            return Err(GatewayError::new(
+                ErrorKind::DeadlineExceeded,
+                "the request's deadline passed before it reached the model",
+            ));
+        }
         let inputs = std::mem::take(&mut request.inputs);
-        let outputs = ready.replica.infer(inputs).await?;
+        let outputs = ready.replicas.infer(inputs, Some(deadline)).await?;
         Ok(InferResponse {
             model_name,
             model_version: version_label,

@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use switchyard_runtimes::{NamedTensor, Signature, TensorSpec};
 
@@ -27,6 +28,8 @@ pub struct InferRequest {
     /// Outputs to return, in this order; empty means all of them, in the model's order.
     pub outputs: Vec<String>,
     pub parameters: BTreeMap<String, Parameter>,
+    /// When the caller stops waiting; the version's timeout applies as well.
+    pub deadline: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -36,6 +39,24 @@ pub struct InferResponse {
     pub model_version: Arc<str>,
     pub id: Option<String>,
     pub outputs: Vec<NamedTensor>,
+}
+
+impl InferRequest {
+    /// Applies the protocol's `timeout` request parameter (microseconds), as Triton does.
+    pub fn apply_timeout_parameter(&mut self, received: Instant) -> Result<(), GatewayError> {
+        let micros = match self.parameters.get("timeout") {
+            None => return Ok(()),
+            Some(Parameter::Int(micros)) if *micros >= 0 => *micros as u64,
+            Some(_) => {
+                return Err(GatewayError::invalid(
+                    "parameter 'timeout' must be a non-negative number of microseconds",
+                ));
+            }
+        };
+        let deadline = received + Duration::from_micros(micros);
+        self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
+        Ok(())
+    }
 }
 
 /// Checks inputs and requested outputs against a version's signature, so that everything the

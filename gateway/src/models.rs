@@ -3,49 +3,35 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
 use switchyard_runtimes::Signature;
 
 use crate::error::GatewayError;
 use crate::repository::ModelSettings;
-use crate::serving::Replica;
-
-/// Batch bound used when a model's inputs all start with a dynamic dimension and its
-/// model.toml does not say otherwise.
-pub const DEFAULT_MAX_BATCH_SIZE: u32 = 64;
+use crate::serving::ReplicaSet;
 
 /// A version that can serve.
 pub struct ReadyVersion {
-    pub replica: Replica,
+    pub replicas: ReplicaSet,
     /// Largest batch along axis 0; 0 when the model has no batch axis.
     pub max_batch_size: u32,
+    /// How long a request may take, queue included, unless the caller asks for less.
+    pub timeout: Duration,
 }
 
 impl ReadyVersion {
-    pub fn new(replica: Replica, configured: Option<u32>) -> ReadyVersion {
-        let max_batch_size =
-            configured.unwrap_or_else(|| inferred_max_batch_size(replica.signature()));
+    pub fn new(replicas: ReplicaSet, timeout: Duration) -> ReadyVersion {
+        let max_batch_size = u32::try_from(replicas.max_batch_size()).unwrap_or(u32::MAX);
         ReadyVersion {
-            replica,
+            replicas,
             max_batch_size,
+            timeout,
         }
     }
 
     pub fn signature(&self) -> &Signature {
-        self.replica.signature()
-    }
-}
-
-fn inferred_max_batch_size(signature: &Signature) -> u32 {
-    let batchable = signature
-        .inputs
-        .iter()
-        .chain(&signature.outputs)
-        .all(|spec| spec.dims.first() == Some(&-1));
-    if batchable && !signature.inputs.is_empty() {
-        DEFAULT_MAX_BATCH_SIZE
-    } else {
-        0
+        self.replicas.signature()
     }
 }
 

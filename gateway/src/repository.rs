@@ -2,11 +2,12 @@
 //! `<dir>/<model>/model.toml` with the model's serving settings.
 
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use serde::Deserialize;
 use switchyard_runtimes::Device;
 
-use crate::config::ServingConfig;
+use crate::config::{HumanDuration, ServingConfig};
 
 /// Serving settings of one model, from its `model.toml`; unset keys take the gateway defaults.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -18,8 +19,17 @@ pub struct ModelToml {
     pub max_batch_size: Option<u32>,
     /// `cpu` or `cuda:N`.
     pub device: Option<String>,
+    /// Requests that may wait per replica; past this the gateway answers 429.
     pub queue_capacity: Option<usize>,
     pub intra_op_threads: Option<usize>,
+    /// Worker threads, each with its own copy of the model.
+    pub replicas: Option<usize>,
+    /// How long a batch may wait for more requests, e.g. "500us".
+    pub max_queue_delay: Option<String>,
+    /// Batch sizes sent at once when reached.
+    pub preferred_batch_sizes: Option<Vec<usize>>,
+    /// How long a request may take, queue included, e.g. "30s".
+    pub timeout: Option<String>,
 }
 
 /// The settings a version is served with, after defaults are applied.
@@ -30,6 +40,10 @@ pub struct ModelSettings {
     pub device: Device,
     pub queue_capacity: usize,
     pub intra_op_threads: usize,
+    pub replicas: usize,
+    pub max_queue_delay: Duration,
+    pub preferred_batch_sizes: Vec<usize>,
+    pub timeout: Duration,
 }
 
 impl ModelSettings {
@@ -42,12 +56,24 @@ impl ModelSettings {
         if queue_capacity == 0 {
             return Err("queue_capacity must be at least 1".into());
         }
+        let duration = |text: Option<String>, default: HumanDuration| match text {
+            None => Ok(default.0),
+            Some(text) => HumanDuration::parse(&text).map(|d| d.0),
+        };
+        let replicas = toml.replicas.unwrap_or(defaults.replicas);
+        if replicas == 0 {
+            return Err("replicas must be at least 1".into());
+        }
         Ok(ModelSettings {
             description: toml.description.unwrap_or_default(),
             max_batch_size: toml.max_batch_size,
             device,
             queue_capacity,
             intra_op_threads: toml.intra_op_threads.unwrap_or(defaults.intra_op_threads),
+            replicas,
+            max_queue_delay: duration(toml.max_queue_delay, defaults.max_queue_delay)?,
+            preferred_batch_sizes: toml.preferred_batch_sizes.unwrap_or_default(),
+            timeout: duration(toml.timeout, defaults.timeout)?,
         })
     }
 }
@@ -200,7 +226,7 @@ mod tests {
         std::fs::create_dir_all(root.join("empty/1")).expect("mkdir");
         std::fs::write(
             root.join("alpha/model.toml"),
-            "max_batch_size = 8\nqueue_capacity = 3\n",
+            "max_batch_size = 8\nqueue_capacity = 3\nmax_queue_delay = \"500us\"\nreplicas = 2\n",
         )
         .expect("write");
         std::fs::write(root.join("beta/model.toml"), "max_batch = 8\n").expect("write");
@@ -217,6 +243,9 @@ mod tests {
         let alpha = models[0].settings.as_ref().expect("alpha settings");
         assert_eq!(alpha.max_batch_size, Some(8));
         assert_eq!(alpha.queue_capacity, 3);
+        assert_eq!(alpha.max_queue_delay, Duration::from_micros(500));
+        assert_eq!(alpha.replicas, 2);
+        assert_eq!(alpha.timeout, Duration::from_secs(30));
         let beta = models[1].settings.as_ref().expect_err("unknown key");
         assert!(beta.contains("max_batch"), "{beta}");
     }

@@ -1,91 +1,812 @@
-//! One loaded replica of a model version: a worker thread that owns the runtime session and a
-//! bounded queue in front of it.
+//! The replicas of a version: each is a worker thread that owns its own runtime session and
+//! drains a bounded queue, forming batches from the requests waiting in it.
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
+use std::time::{Duration, Instant};
 
-use switchyard_runtimes::{LoadOptions, NamedTensor, Runtime, RuntimeError, Signature};
+use bytes::Bytes;
+use switchyard_runtimes::{
+    LoadOptions, LoadedModel, NamedTensor, Runtime, RuntimeError, Signature, Tensor, bytes_elements,
+};
 use tokio::sync::oneshot;
 
 use crate::error::{ErrorKind, GatewayError};
 
-type Reply = oneshot::Sender<Result<Vec<NamedTensor>, RuntimeError>>;
+/// Batch bound used when a model's inputs and outputs all start with a dynamic dimension and
+/// its settings do not say otherwise.
+pub const DEFAULT_MAX_BATCH_SIZE: usize = 64;
+
+/// How a replica groups queued requests into one model call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Batching {
+    /// Largest number of rows (along axis 0) in one call; 0 means the model has no batch axis
+    /// and 1 that it has one but requests run one by one.
+    pub max_batch_size: usize,
+    /// The bound from the model's settings; `None` lets the model's signature decide.
+    pub configured_max_batch_size: Option<usize>,
+    /// How long the first request of a batch may wait for others; zero takes what is queued.
+    pub max_queue_delay: Duration,
+    /// Batch sizes at which a batch is sent at once.
+    pub preferred_batch_sizes: Vec<usize>,
+}
+
+impl Batching {
+    pub fn none() -> Batching {
+        Batching {
+            max_batch_size: 0,
+            configured_max_batch_size: Some(0),
+            max_queue_delay: Duration::ZERO,
+            preferred_batch_sizes: Vec::new(),
+        }
+    }
+
+    fn enabled(&self) -> bool {
+        self.max_batch_size > 1
+    }
+
+    /// Settles the batch bound once the model's signature is known: a configured bound needs
+    /// every input and output to start with a dynamic dimension.
+    fn resolve(configured: Option<usize>, signature: &Signature) -> Result<usize, String> {
+        let batch_axis = !signature.inputs.is_empty()
+            && signature
+                .inputs
+                .iter()
+                .chain(&signature.outputs)
+                .all(|spec| spec.dims.first() == Some(&-1));
+        match configured {
+            None if batch_axis => Ok(DEFAULT_MAX_BATCH_SIZE),
+            None | Some(0) => Ok(0),
+            Some(size) if batch_axis => Ok(size),
+            Some(size) => Err(format!(
+                "max_batch_size = {size} needs every input and output to start with a dynamic batch \
+                 dimension, which this model does not have; set max_batch_size = 0"
+            )),
+        }
+    }
+}
+
+type Reply = oneshot::Sender<Result<Vec<NamedTensor>, GatewayError>>;
 
 struct Job {
     inputs: Vec<NamedTensor>,
+    /// Rows along the batch axis; 0 for a model without one.
+    rows: usize,
+    enqueued: Instant,
+    deadline: Option<Instant>,
     reply: Reply,
 }
 
-/// A replica's handle. Dropping it closes the queue; the worker finishes the queued requests,
-/// then unloads the model and exits.
-pub struct Replica {
+impl Job {
+    /// A job still worth running: its caller waits and its deadline has not passed.
+    fn answer_if_dead(self, now: Instant, outstanding: &AtomicUsize) -> Option<Job> {
+        if self.reply.is_closed() {
+            outstanding.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        if self.deadline.is_some_and(|deadline| now >= deadline) {
+            let _ = self.reply.send(Err(deadline_passed()));
+            outstanding.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self)
+    }
+
+    /// Whether `other` can share a model call with this job: every input has the same
+    /// dimensions past the batch axis.
+    fn batches_with(&self, other: &Job) -> bool {
+        self.inputs.iter().all(|input| {
+            find_input(other, &input.name)
+                .is_some_and(|o| o.shape().get(1..) == input.tensor.shape().get(1..))
+        })
+    }
+}
+
+fn find_input<'j>(job: &'j Job, name: &str) -> Option<&'j Tensor> {
+    job.inputs
+        .iter()
+        .find(|input| input.name == name)
+        .map(|input| &input.tensor)
+}
+
+fn deadline_passed() -> GatewayError {
+    GatewayError::new(
+        ErrorKind::DeadlineExceeded,
+        "the request's deadline passed before the model ran it",
+    )
+}
+
+/// One replica: the sending side of its queue and the count of requests it holds.
+struct Replica {
     jobs: SyncSender<Job>,
-    signature: Signature,
+    outstanding: Arc<AtomicUsize>,
 }
 
 impl Replica {
-    /// Starts a worker thread, loads the model on it and waits (without blocking the executor)
-    /// until the model is loaded or has failed to load.
-    pub async fn start(
+    async fn start(
         runtime: Arc<dyn Runtime>,
         artifact: PathBuf,
         options: LoadOptions,
+        batching: Batching,
         queue_capacity: usize,
         thread_name: String,
-    ) -> Result<Replica, RuntimeError> {
+    ) -> Result<(Replica, Signature, usize), RuntimeError> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(queue_capacity);
+        let outstanding = Arc::new(AtomicUsize::new(0));
         let (loaded_tx, loaded_rx) = oneshot::channel();
+        let worker_outstanding = outstanding.clone();
+        let configured_max_batch = batching.configured_max_batch_size;
         std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
-                let mut model = match runtime.load(&artifact, &options) {
-                    Ok(model) => {
-                        let _ = loaded_tx.send(Ok(model.signature().clone()));
-                        model
-                    }
+                let loaded = runtime.load(&artifact, &options).and_then(|model| {
+                    let max_batch_size = Batching::resolve(configured_max_batch, model.signature())
+                        .map_err(|message| RuntimeError::Load {
+                            path: artifact.clone(),
+                            message,
+                        })?;
+                    Ok((model, max_batch_size))
+                });
+                let (model, max_batch_size) = match loaded {
+                    Ok(loaded) => loaded,
                     Err(error) => {
                         let _ = loaded_tx.send(Err(error));
                         return;
                     }
                 };
-                while let Ok(job) = queue.recv() {
-                    // The caller gave up (disconnected or timed out): skip the work.
-                    if job.reply.is_closed() {
-                        continue;
-                    }
-                    let _ = job.reply.send(model.run(&job.inputs));
+                let _ = loaded_tx.send(Ok((model.signature().clone(), max_batch_size)));
+                Worker {
+                    model,
+                    queue,
+                    batching: Batching {
+                        max_batch_size,
+                        ..batching
+                    },
+                    outstanding: worker_outstanding,
                 }
+                .run();
             })
             .map_err(|e| RuntimeError::Execution(format!("cannot start a worker thread: {e}")))?;
-        let signature = loaded_rx.await.map_err(|_| {
+        let (signature, max_batch_size) = loaded_rx.await.map_err(|_| {
             RuntimeError::Execution("the worker thread stopped while loading".into())
         })??;
-        Ok(Replica { jobs, signature })
+        Ok((Replica { jobs, outstanding }, signature, max_batch_size))
+    }
+}
+
+/// The replicas of one version. Dropping it closes their queues: each worker finishes the
+/// requests already queued, then unloads its model and exits.
+pub struct ReplicaSet {
+    replicas: Vec<Replica>,
+    signature: Signature,
+    batching: Batching,
+}
+
+impl ReplicaSet {
+    /// Loads `count` replicas, each on its own thread; fails if any fails to load.
+    pub async fn start(
+        runtime: Arc<dyn Runtime>,
+        artifact: PathBuf,
+        options: LoadOptions,
+        mut batching: Batching,
+        count: usize,
+        queue_capacity: usize,
+        thread_name: &str,
+    ) -> Result<ReplicaSet, RuntimeError> {
+        let mut replicas = Vec::with_capacity(count);
+        let mut signature = Signature::default();
+        for index in 0..count.max(1) {
+            let (replica, loaded, max_batch_size) = Replica::start(
+                runtime.clone(),
+                artifact.clone(),
+                options.clone(),
+                batching.clone(),
+                queue_capacity,
+                format!("{thread_name}#{index}"),
+            )
+            .await?;
+            replicas.push(replica);
+            signature = loaded;
+            batching.max_batch_size = max_batch_size;
+        }
+        Ok(ReplicaSet {
+            replicas,
+            signature,
+            batching,
+        })
     }
 
     pub fn signature(&self) -> &Signature {
         &self.signature
     }
 
-    /// Queues a request and waits for its outputs. A full queue is refused at once.
-    pub async fn infer(&self, inputs: Vec<NamedTensor>) -> Result<Vec<NamedTensor>, GatewayError> {
+    pub fn replica_count(&self) -> usize {
+        self.replicas.len()
+    }
+
+    /// The batch bound in force (0: the model has no batch axis).
+    pub fn max_batch_size(&self) -> usize {
+        self.batching.max_batch_size
+    }
+
+    /// Least outstanding work of two replicas picked at random.
+    fn pick(&self) -> &Replica {
+        let count = self.replicas.len();
+        let first = &self.replicas[fastrand::usize(..count)];
+        if count == 1 {
+            return first;
+        }
+        let second = &self.replicas[fastrand::usize(..count)];
+        if second.outstanding.load(Ordering::Relaxed) < first.outstanding.load(Ordering::Relaxed) {
+            second
+        } else {
+            first
+        }
+    }
+
+    /// Queues a request on a replica and waits for its outputs, at most until `deadline`.
+    /// A full queue is refused at once.
+    pub async fn infer(
+        &self,
+        inputs: Vec<NamedTensor>,
+        deadline: Option<Instant>,
+    ) -> Result<Vec<NamedTensor>, GatewayError> {
+        let rows = if self.batching.enabled() {
+            inputs
+                .first()
+                .and_then(|input| input.tensor.shape().first().copied())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        let replica = self.pick();
         let (reply, outputs) = oneshot::channel();
-        match self.jobs.try_send(Job { inputs, reply }) {
+        let job = Job {
+            inputs,
+            rows,
+            enqueued: Instant::now(),
+            deadline,
+            reply,
+        };
+        replica.outstanding.fetch_add(1, Ordering::Relaxed);
+        match replica.jobs.try_send(job) {
             Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                return Err(GatewayError::new(
-                    ErrorKind::Overloaded,
-                    "the model's queue is full; retry shortly",
-                ));
-            }
-            Err(TrySendError::Disconnected(_)) => {
-                return Err(GatewayError::unavailable("the model is being unloaded"));
+            Err(error) => {
+                replica.outstanding.fetch_sub(1, Ordering::Relaxed);
+                return Err(match error {
+                    TrySendError::Full(_) => GatewayError::new(
+                        ErrorKind::Overloaded,
+                        "the model's queue is full; retry shortly",
+                    ),
+                    TrySendError::Disconnected(_) => {
+                        GatewayError::unavailable("the model is being unloaded")
+                    }
+                });
             }
         }
-        outputs
-            .await
+        let answered = match deadline {
+            None => outputs.await,
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), outputs)
+                .await
+                .map_err(|_| deadline_passed())?,
+        };
+        answered
             .map_err(|_| GatewayError::internal("the model's worker stopped before answering"))?
-            .map_err(GatewayError::from)
+    }
+}
+
+struct Worker {
+    model: Box<dyn LoadedModel>,
+    queue: Receiver<Job>,
+    batching: Batching,
+    outstanding: Arc<AtomicUsize>,
+}
+
+impl Worker {
+    fn run(mut self) {
+        // A job taken from the queue that could not join the batch before it starts the next.
+        let mut held: Option<Job> = None;
+        loop {
+            let first = match held.take() {
+                Some(job) => job,
+                None => match self.queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+            };
+            let Some(first) = first.answer_if_dead(Instant::now(), &self.outstanding) else {
+                continue;
+            };
+            if !self.batching.enabled() || first.rows == 0 {
+                self.run_batch(vec![first], 0);
+                continue;
+            }
+            let (batch, rows) = self.collect_batch(first, &mut held);
+            self.run_batch(batch, rows);
+        }
+    }
+
+    /// Adds queued jobs to `first` until the batch is full, reaches a preferred size, or the
+    /// first job has waited `max_queue_delay`.
+    fn collect_batch(&self, first: Job, held: &mut Option<Job>) -> (Vec<Job>, usize) {
+        let flush_at = first.enqueued + self.batching.max_queue_delay;
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        while rows < self.batching.max_batch_size {
+            let next = match self.queue.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    if now >= flush_at {
+                        break;
+                    }
+                    match self.queue.recv_timeout(flush_at - now) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            let Some(next) = next.answer_if_dead(Instant::now(), &self.outstanding) else {
+                continue;
+            };
+            if rows + next.rows > self.batching.max_batch_size || !batch[0].batches_with(&next) {
+                *held = Some(next);
+                break;
+            }
+            rows += next.rows;
+            batch.push(next);
+            if self.batching.preferred_batch_sizes.contains(&rows) {
+                break;
+            }
+        }
+        (batch, rows)
+    }
+
+    fn run_batch(&mut self, batch: Vec<Job>, rows: usize) {
+        if batch.len() == 1 {
+            for job in batch {
+                let result = self.model.run(&job.inputs).map_err(GatewayError::from);
+                self.answer(job, result);
+            }
+            return;
+        }
+        let outputs = concatenate(&batch, rows).and_then(|inputs| {
+            let outputs = self.model.run(&inputs).map_err(GatewayError::from)?;
+            split(outputs, &batch, rows)
+        });
+        match outputs {
+            Ok(per_job) => {
+                for (job, outputs) in batch.into_iter().zip(per_job) {
+                    self.answer(job, Ok(outputs));
+                }
+            }
+            // One request must not fail its neighbours: run each alone so each gets its own
+            // answer.
+            Err(_) => {
+                for job in batch {
+                    let result = self.model.run(&job.inputs).map_err(GatewayError::from);
+                    self.answer(job, result);
+                }
+            }
+        }
+    }
+
+    fn answer(&self, job: Job, result: Result<Vec<NamedTensor>, GatewayError>) {
+        let _ = job.reply.send(result);
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Joins the jobs' inputs along axis 0, in job order.
+fn concatenate(batch: &[Job], rows: usize) -> Result<Vec<NamedTensor>, GatewayError> {
+    let first = &batch[0];
+    first
+        .inputs
+        .iter()
+        .map(|input| {
+            let mut parts = Vec::with_capacity(batch.len());
+            for job in batch {
+                parts.push(find_input(job, &input.name).ok_or_else(|| {
+                    GatewayError::internal(format!("batched request lacks input '{}'", input.name))
+                })?);
+            }
+            let mut data = Vec::with_capacity(parts.iter().map(|t| t.data().len()).sum());
+            for part in &parts {
+                data.extend_from_slice(part.data());
+            }
+            let mut shape = input.tensor.shape().to_vec();
+            shape[0] = rows;
+            let tensor = Tensor::new(input.tensor.dtype(), shape, Bytes::from(data))
+                .map_err(|e| GatewayError::internal(format!("cannot form a batch: {e}")))?;
+            Ok(NamedTensor {
+                name: input.name.clone(),
+                tensor,
+            })
+        })
+        .collect()
+}
+
+/// Cuts each output along axis 0 into the jobs' rows; the pieces share the output's buffer.
+fn split(
+    outputs: Vec<NamedTensor>,
+    batch: &[Job],
+    rows: usize,
+) -> Result<Vec<Vec<NamedTensor>>, GatewayError> {
+    let mut per_job: Vec<Vec<NamedTensor>> = batch
+        .iter()
+        .map(|_| Vec::with_capacity(outputs.len()))
+        .collect();
+    for output in outputs {
+        let tensor = &output.tensor;
+        if tensor.shape().first() != Some(&rows) {
+            return Err(GatewayError::internal(format!(
+                "output '{}' has shape {:?}, not {rows} rows along the batch axis",
+                output.name,
+                tensor.shape()
+            )));
+        }
+        let offsets = row_offsets(tensor, rows)?;
+        let mut row = 0;
+        for (job, outputs) in batch.iter().zip(per_job.iter_mut()) {
+            let data = tensor.data().slice(offsets[row]..offsets[row + job.rows]);
+            let mut shape = tensor.shape().to_vec();
+            shape[0] = job.rows;
+            let piece = Tensor::new(tensor.dtype(), shape, data)
+                .map_err(|e| GatewayError::internal(format!("cannot split a batch: {e}")))?;
+            outputs.push(NamedTensor {
+                name: output.name.clone(),
+                tensor: piece,
+            });
+            row += job.rows;
+        }
+    }
+    Ok(per_job)
+}
+
+/// Byte offset of the start of each row, plus the end.
+fn row_offsets(tensor: &Tensor, rows: usize) -> Result<Vec<usize>, GatewayError> {
+    let data = tensor.data();
+    match tensor.dtype().element_size() {
+        Some(_) => {
+            let row_bytes = data.len() / rows.max(1);
+            Ok((0..=rows).map(|row| row * row_bytes).collect())
+        }
+        None => {
+            let per_row = tensor.element_count() / rows.max(1);
+            let mut offsets = Vec::with_capacity(rows + 1);
+            let mut offset = 0;
+            for (index, element) in bytes_elements(data).enumerate() {
+                if index % per_row.max(1) == 0 {
+                    offsets.push(offset);
+                }
+                let element = element
+                    .map_err(|e| GatewayError::internal(format!("malformed output: {e}")))?;
+                offset += 4 + element.len();
+            }
+            offsets.resize(rows, offset);
+            offsets.push(offset);
+            Ok(offsets)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The batcher and the queue, driven through a small model whose calls can be held at a
+    //! gate, so that what waits in the queue is known exactly.
+
+    use std::path::Path;
+    use std::sync::{Condvar, Mutex};
+
+    use switchyard_runtimes::{DataType, TensorSpec};
+
+    use super::*;
+
+    /// y = 2 x for x [batch, 2]; records the rows of each call and can hold calls at a gate.
+    #[derive(Clone, Default)]
+    struct Doubler {
+        calls: Arc<Mutex<Vec<usize>>>,
+        gate: Arc<(Mutex<bool>, Condvar)>,
+    }
+
+    impl Doubler {
+        fn close_gate(&self) {
+            *self.gate.0.lock().unwrap() = true;
+        }
+
+        fn open_gate(&self) {
+            *self.gate.0.lock().unwrap() = false;
+            self.gate.1.notify_all();
+        }
+
+        fn calls(&self) -> Vec<usize> {
+            self.calls.lock().unwrap().clone()
+        }
+
+        /// Waits until the model has been entered `count` times.
+        async fn wait_for_calls(&self, count: usize) {
+            for _ in 0..2000 {
+                if self.calls.lock().unwrap().len() >= count {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            panic!("the model was not called {count} times");
+        }
+    }
+
+    struct DoublerModel {
+        doubler: Doubler,
+        signature: Signature,
+    }
+
+    impl Runtime for Doubler {
+        fn name(&self) -> &'static str {
+            "doubler"
+        }
+        fn platform(&self) -> &'static str {
+            "test"
+        }
+        fn artifact_file_name(&self) -> &'static str {
+            "none"
+        }
+        fn load(&self, _: &Path, _: &LoadOptions) -> Result<Box<dyn LoadedModel>, RuntimeError> {
+            let spec = |name: &str| TensorSpec {
+                name: name.into(),
+                dtype: DataType::Fp32,
+                dims: vec![-1, 2],
+            };
+            Ok(Box::new(DoublerModel {
+                doubler: self.clone(),
+                signature: Signature {
+                    inputs: vec![spec("x")],
+                    outputs: vec![spec("y")],
+                },
+            }))
+        }
+    }
+
+    impl LoadedModel for DoublerModel {
+        fn signature(&self) -> &Signature {
+            &self.signature
+        }
+
+        fn run(&mut self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RuntimeError> {
+            let x = &inputs[0].tensor;
+            self.doubler.calls.lock().unwrap().push(x.shape()[0]);
+            let (closed, opened) = &*self.doubler.gate;
+            let mut held = closed.lock().unwrap();
+            while *held {
+                held = opened.wait(held).unwrap();
+            }
+            let y: Vec<f32> = floats(x).iter().map(|v| v * 2.0).collect();
+            Ok(vec![NamedTensor {
+                name: "y".into(),
+                tensor: Tensor::from_slice(DataType::Fp32, x.shape().to_vec(), &y).unwrap(),
+            }])
+        }
+    }
+
+    fn floats(tensor: &Tensor) -> Vec<f32> {
+        tensor
+            .data()
+            .as_chunks::<4>()
+            .0
+            .iter()
+            .map(|c| f32::from_le_bytes(*c))
+            .collect()
+    }
+
+    fn rows(count: usize, first: f32) -> Vec<NamedTensor> {
+        let values: Vec<f32> = (0..count * 2).map(|i| first + i as f32).collect();
+        vec![NamedTensor {
+            name: "x".into(),
+            tensor: Tensor::from_slice(DataType::Fp32, vec![count, 2], &values).unwrap(),
+        }]
+    }
+
+    async fn start(
+        doubler: &Doubler,
+        max_queue_delay: Duration,
+        queue_capacity: usize,
+    ) -> Arc<ReplicaSet> {
+        let batching = Batching {
+            max_batch_size: 0,
+            configured_max_batch_size: Some(8),
+            max_queue_delay,
+            preferred_batch_sizes: Vec::new(),
+        };
+        let set = ReplicaSet::start(
+            Arc::new(doubler.clone()),
+            PathBuf::from("none"),
+            LoadOptions::default(),
+            batching,
+            1,
+            queue_capacity,
+            "test",
+        )
+        .await
+        .unwrap();
+        assert_eq!(set.max_batch_size(), 8);
+        Arc::new(set)
+    }
+
+    fn submit(
+        set: &Arc<ReplicaSet>,
+        inputs: Vec<NamedTensor>,
+        deadline: Option<Instant>,
+    ) -> tokio::task::JoinHandle<Result<Vec<NamedTensor>, GatewayError>> {
+        let set = set.clone();
+        tokio::spawn(async move { set.infer(inputs, deadline).await })
+    }
+
+    async fn wait_for_queue(set: &ReplicaSet, outstanding: usize) {
+        for _ in 0..2000 {
+            if set.replicas[0].outstanding.load(Ordering::Relaxed) == outstanding {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("never {outstanding} requests outstanding");
+    }
+
+    #[tokio::test]
+    async fn concurrent_requests_form_one_batch_and_get_their_own_rows() {
+        let doubler = Doubler::default();
+        let set = start(&doubler, Duration::ZERO, 16).await;
+        doubler.close_gate();
+        let blocker = submit(&set, rows(1, 0.0), None);
+        doubler.wait_for_calls(1).await;
+        let waiting = [
+            submit(&set, rows(2, 10.0), None),
+            submit(&set, rows(1, 20.0), None),
+            submit(&set, rows(3, 30.0), None),
+        ];
+        wait_for_queue(&set, 4).await;
+        doubler.open_gate();
+        assert_eq!(
+            floats(&blocker.await.unwrap().unwrap()[0].tensor),
+            [0.0, 2.0]
+        );
+        let firsts = [10.0f32, 20.0, 30.0];
+        let counts = [2usize, 1, 3];
+        for ((handle, first), count) in waiting.into_iter().zip(firsts).zip(counts) {
+            let outputs = handle.await.unwrap().unwrap();
+            let y = &outputs[0].tensor;
+            assert_eq!(y.shape(), [count, 2]);
+            let expected: Vec<f32> = (0..count * 2).map(|i| 2.0 * (first + i as f32)).collect();
+            assert_eq!(floats(y), expected);
+        }
+        assert_eq!(
+            doubler.calls(),
+            [1, 6],
+            "the three waiting requests ran as one batch"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_waits_up_to_max_queue_delay_for_company() {
+        let doubler = Doubler::default();
+        let delay = Duration::from_millis(300);
+        let set = start(&doubler, delay, 16).await;
+        let started = Instant::now();
+        let first = submit(&set, rows(1, 0.0), None);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let second = submit(&set, rows(2, 5.0), None);
+        first.await.unwrap().unwrap();
+        second.await.unwrap().unwrap();
+        assert!(
+            started.elapsed() >= delay,
+            "ran after {:?}",
+            started.elapsed()
+        );
+        assert_eq!(
+            doubler.calls(),
+            [3],
+            "the late request joined the waiting one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_full_queue_is_refused_at_once() {
+        let doubler = Doubler::default();
+        let set = start(&doubler, Duration::ZERO, 1).await;
+        doubler.close_gate();
+        let running = submit(&set, rows(1, 0.0), None);
+        doubler.wait_for_calls(1).await;
+        let queued = submit(&set, rows(1, 1.0), None);
+        wait_for_queue(&set, 2).await;
+        let refused = set.infer(rows(1, 2.0), None).await.unwrap_err();
+        assert_eq!(refused.kind, ErrorKind::Overloaded);
+        doubler.open_gate();
+        assert!(running.await.unwrap().is_ok());
+        assert!(queued.await.unwrap().is_ok());
+        wait_for_queue(&set, 0).await;
+    }
+
+    #[tokio::test]
+    async fn a_request_whose_deadline_passes_in_the_queue_never_runs() {
+        let doubler = Doubler::default();
+        let set = start(&doubler, Duration::ZERO, 4).await;
+        doubler.close_gate();
+        let running = submit(&set, rows(1, 0.0), None);
+        doubler.wait_for_calls(1).await;
+        let late = submit(
+            &set,
+            rows(1, 1.0),
+            Some(Instant::now() + Duration::from_millis(30)),
+        );
+        let error = late.await.unwrap().unwrap_err();
+        assert_eq!(error.kind, ErrorKind::DeadlineExceeded);
+        doubler.open_gate();
+        assert!(running.await.unwrap().is_ok());
+        assert!(set.infer(rows(2, 0.0), None).await.is_ok());
+        assert_eq!(
+            doubler.calls(),
+            [1, 2],
+            "the late request was dropped before it ran"
+        );
+        wait_for_queue(&set, 0).await;
+    }
+
+    #[tokio::test]
+    async fn a_caller_that_gives_up_frees_its_place_and_is_not_run() {
+        let doubler = Doubler::default();
+        let set = start(&doubler, Duration::ZERO, 4).await;
+        doubler.close_gate();
+        let running = submit(&set, rows(1, 0.0), None);
+        doubler.wait_for_calls(1).await;
+        let abandoned = submit(&set, rows(1, 1.0), None);
+        wait_for_queue(&set, 2).await;
+        abandoned.abort();
+        let _ = abandoned.await;
+        doubler.open_gate();
+        assert!(running.await.unwrap().is_ok());
+        wait_for_queue(&set, 0).await;
+        assert_eq!(doubler.calls(), [1]);
+    }
+
+    #[tokio::test]
+    async fn dropping_the_replicas_finishes_the_queued_work() {
+        let doubler = Doubler::default();
+        let set = start(&doubler, Duration::ZERO, 8).await;
+        doubler.close_gate();
+        let handles: Vec<_> = (0..4)
+            .map(|i| submit(&set, rows(1, i as f32), None))
+            .collect();
+        wait_for_queue(&set, 4).await;
+        drop(set);
+        doubler.open_gate();
+        for handle in handles {
+            assert!(handle.await.unwrap().is_ok());
+        }
+    }
+
+    #[test]
+    fn batch_bound_follows_the_signature() {
+        let spec = |dims: Vec<i64>| TensorSpec {
+            name: "t".into(),
+            dtype: DataType::Fp32,
+            dims,
+        };
+        let batchable = Signature {
+            inputs: vec![spec(vec![-1, 4])],
+            outputs: vec![spec(vec![-1])],
+        };
+        let fixed = Signature {
+            inputs: vec![spec(vec![2, -1, 4])],
+            outputs: vec![spec(vec![-1])],
+        };
+        assert_eq!(
+            Batching::resolve(None, &batchable),
+            Ok(DEFAULT_MAX_BATCH_SIZE)
+        );
+        assert_eq!(Batching::resolve(Some(8), &batchable), Ok(8));
+        assert_eq!(Batching::resolve(None, &fixed), Ok(0));
+        assert_eq!(Batching::resolve(Some(0), &fixed), Ok(0));
+        assert!(Batching::resolve(Some(4), &fixed).is_err());
     }
 }

@@ -457,3 +457,91 @@ async fn a_corrupt_model_fails_alone() {
     );
     gateway.stop().await;
 }
+
+/// A repository holding only `mlp`, with the given model.toml.
+fn mlp_repository(model_toml: &str) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(repo.path().join("mlp/1")).unwrap();
+    std::fs::copy(
+        models_dir().join("mlp/1/model.onnx"),
+        repo.path().join("mlp/1/model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(repo.path().join("mlp/model.toml"), model_toml).unwrap();
+    repo
+}
+
+#[tokio::test]
+async fn batched_outputs_equal_unbatched_ones() {
+    let batching = mlp_repository("max_batch_size = 64\nmax_queue_delay = \"50ms\"\n");
+    let batched = TestGateway::start(batching.path()).await;
+    // Requests sent one at a time run alone.
+    let unbatched_repo = mlp_repository("max_batch_size = 64\n");
+    let unbatched = TestGateway::start(unbatched_repo.path()).await;
+
+    let requests: Vec<(usize, Vec<f32>)> = (0..12)
+        .map(|i| {
+            let rows = 1 + i % 4;
+            (rows, sample_inputs(rows * MLP_IN, 1000 + i as u64))
+        })
+        .collect();
+    let bodies: Vec<Value> = requests
+        .iter()
+        .map(|(rows, x)| mlp_request(x, *rows))
+        .collect();
+    let together = futures_util::future::join_all(
+        bodies
+            .iter()
+            .map(|body| batched.post_json("/v2/models/mlp/infer", body)),
+    )
+    .await;
+    let weights = MlpWeights::load();
+    for ((rows, x), (status, response)) in requests.iter().zip(together) {
+        assert_eq!(status, 200, "{response}");
+        let (status, alone) = unbatched
+            .post_json("/v2/models/mlp/infer", &mlp_request(x, *rows))
+            .await;
+        assert_eq!(status, 200);
+        assert_eq!(response["outputs"][0]["shape"], json!([rows, MLP_OUT]));
+        let batched_y = as_f32s(&response["outputs"][0]["data"]);
+        let alone_y = as_f32s(&alone["outputs"][0]["data"]);
+        assert_close(&batched_y, &alone_y, 0.0);
+        assert_close(&batched_y, &weights.forward(x), 1e-5);
+    }
+    batched.stop().await;
+    unbatched.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_finishes_accepted_requests() {
+    // Each batch waits 300 ms for company: requests are reliably in flight when stop begins.
+    let repo = mlp_repository("max_batch_size = 64\nmax_queue_delay = \"300ms\"\n");
+    let gateway = TestGateway::start(repo.path()).await;
+    let x = sample_inputs(MLP_IN, 3);
+    let url = gateway.url("/v2/models/mlp/infer");
+    let body = serde_json::to_vec(&mlp_request(&x, 1)).unwrap();
+    let in_flight: Vec<_> = (0..4)
+        .map(|_| {
+            let request = gateway.client.post(&url).body(body.clone()).send();
+            tokio::spawn(request)
+        })
+        .collect();
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    let base = gateway.base.clone();
+    gateway.stop().await;
+    for request in in_flight {
+        let response = request
+            .await
+            .unwrap()
+            .expect("an accepted request is answered");
+        assert_eq!(response.status(), 200);
+    }
+    let after = reqwest::Client::new()
+        .get(format!("{base}/v2/health/live"))
+        .send()
+        .await;
+    assert!(
+        after.is_err(),
+        "a stopped gateway accepts no new connection"
+    );
+}

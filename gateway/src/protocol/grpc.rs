@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use axum::http::HeaderValue;
 use bytes::Bytes;
@@ -286,34 +286,16 @@ impl GrpcInferenceService for GrpcFront {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        let deadline = request
+        let received = Instant::now();
+        let timeout = request
             .metadata()
             .get("grpc-timeout")
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let received = tokio::time::Instant::now();
-        let (request, raw) = decode_request(request.into_inner())?;
-        let served = self.gateway.infer(request);
-        let response = match deadline {
-            None => served.await?,
-            Some(timeout) => {
-                let deadline_passed = || {
-                    GatewayError::new(
-                        ErrorKind::DeadlineExceeded,
-                        format!(
-                            "the client's deadline ({timeout:?}) passed before the model answered"
-                        ),
-                    )
-                };
-                let deadline = received + timeout;
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(deadline_passed().into());
-                }
-                tokio::time::timeout_at(deadline, served)
-                    .await
-                    .map_err(|_| deadline_passed())??
-            }
-        };
+        let (mut request, raw) = decode_request(request.into_inner())?;
+        request.deadline = timeout.map(|timeout| received + timeout);
+        request.apply_timeout_parameter(received)?;
+        let response = self.gateway.infer(request).await?;
         Ok(Response::new(encode_response(response, raw)))
     }
 }
@@ -407,6 +389,7 @@ fn decode_request(request: pb::ModelInferRequest) -> Result<(InferRequest, bool)
             inputs,
             outputs: request.outputs.into_iter().map(|o| o.name).collect(),
             parameters,
+            deadline: None,
         },
         raw,
     ))

@@ -2,6 +2,7 @@
 //! model configuration extensions.
 
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
@@ -249,6 +250,7 @@ async fn infer(
     version: Option<String>,
     request: Request,
 ) -> Result<Response, GatewayError> {
+    let received = Instant::now();
     let (parts, body) = request.into_parts();
     let mut body = read_body(&parts.headers, body, state.max_request_bytes).await?;
     let json_length = json_header_length(&parts.headers, body.len())?;
@@ -256,7 +258,8 @@ async fn infer(
         Some(length) => body.split_off(length),
         None => Bytes::new(),
     };
-    let (request, encoding) = decode_request(&model, version.as_deref(), &body, binary)?;
+    let (mut request, encoding) = decode_request(&model, version.as_deref(), &body, binary)?;
+    request.apply_timeout_parameter(received)?;
     let response = state.gateway.infer(request).await?;
     let encoded = encode_response(&response, &encoding)?;
     if encoded.binary.is_empty() {
@@ -333,4 +336,34 @@ fn json_header_length(
         )));
     }
     Ok(Some(length))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn errors_map_to_status_codes_and_the_protocol_body() {
+        for (kind, status) in [
+            (ErrorKind::InvalidArgument, 400),
+            (ErrorKind::NotFound, 404),
+            (ErrorKind::PayloadTooLarge, 413),
+            (ErrorKind::Overloaded, 429),
+            (ErrorKind::Unavailable, 503),
+            (ErrorKind::DeadlineExceeded, 504),
+            (ErrorKind::Internal, 500),
+        ] {
+            let response = GatewayError::new(kind, "why").into_response();
+            assert_eq!(response.status().as_u16(), status);
+            assert_eq!(
+                response.headers().contains_key(header::RETRY_AFTER),
+                kind == ErrorKind::Overloaded
+            );
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            assert_eq!(
+                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
+                json!({"error": "why"})
+            );
+        }
+    }
 }

@@ -157,6 +157,7 @@ pub fn decode_request(
             inputs,
             outputs,
             parameters,
+            deadline: None,
         },
         OutputEncoding {
             requested_binary,
