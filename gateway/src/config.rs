@@ -51,6 +51,8 @@ pub struct OnnxRuntimeConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ServingConfig {
+    /// Inference requests handled at once by the whole gateway; past it, 429 at once.
+    pub max_in_flight: usize,
     pub queue_capacity: usize,
     pub intra_op_threads: usize,
     pub replicas: usize,
@@ -101,6 +103,7 @@ impl Default for ModelsConfig {
 impl Default for ServingConfig {
     fn default() -> Self {
         ServingConfig {
+            max_in_flight: 1024,
             queue_capacity: 128,
             intra_op_threads: 1,
             replicas: 1,

@@ -7,6 +7,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use switchyard_runtimes::{LoadOptions, Runtime};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::inference::{InferRequest, InferResponse, select_outputs, validate};
@@ -18,14 +19,47 @@ pub struct Gateway {
     table: ArcSwap<ModelTable>,
     /// Readiness as it changes, for those who must push it (the gRPC health service).
     ready: tokio::sync::watch::Sender<bool>,
+    /// Inference requests being handled, bodies included; the bound that keeps memory flat
+    /// when clients send faster than the models can serve.
+    in_flight: Arc<Semaphore>,
+    max_in_flight: usize,
+}
+
+/// Held while an inference request is being handled.
+pub struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);
+
+impl Gateway {
+    pub fn new(max_in_flight: usize) -> Gateway {
+        Gateway {
+            table: ArcSwap::from_pointee(ModelTable::default()),
+            ready: tokio::sync::watch::Sender::new(true),
+            in_flight: Arc::new(Semaphore::new(max_in_flight)),
+            max_in_flight,
+        }
+    }
+
+    /// Admits one more inference request, or refuses it at once when `max_in_flight` are
+    /// already being handled.
+    pub fn admit(&self) -> Result<Admission, GatewayError> {
+        self.in_flight
+            .clone()
+            .try_acquire_owned()
+            .map(Admission)
+            .map_err(|_| {
+                GatewayError::new(
+                    ErrorKind::Overloaded,
+                    format!(
+                        "the gateway is handling its limit of {} requests; retry shortly",
+                        self.max_in_flight
+                    ),
+                )
+            })
+    }
 }
 
 impl Default for Gateway {
     fn default() -> Self {
-        Gateway {
-            table: ArcSwap::from_pointee(ModelTable::default()),
-            ready: tokio::sync::watch::Sender::new(true),
-        }
+        Gateway::new(crate::config::ServingConfig::default().max_in_flight)
     }
 }
 
@@ -142,6 +176,30 @@ impl Gateway {
                 gateway.set_status(&model, &version.label, status);
             });
         }
+    }
+
+    /// Refuses a request for a version whose queues are all full before its body is decoded;
+    /// anything else (unknown model, not ready) is left to `infer` to report.
+    pub fn check_capacity(&self, model: &str, version: Option<&str>) -> Result<(), GatewayError> {
+        let table = self.table.load();
+        let Ok(model) = table.model(model) else {
+            return Ok(());
+        };
+        let chosen = match version {
+            Some(label) => model.version(label).ok(),
+            None => model.default_version(),
+        };
+        let full = chosen.is_some_and(|version| match &version.status {
+            VersionStatus::Ready(ready) => ready.replicas.surely_full(),
+            _ => false,
+        });
+        if full {
+            return Err(GatewayError::new(
+                ErrorKind::Overloaded,
+                "the model's queue is full; retry shortly",
+            ));
+        }
+        Ok(())
     }
 
     /// Serves one request: picks the version, checks the inputs, queues them on a replica and

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
+use axum::serve::ListenerExt;
 use switchyard_runtimes::Runtime;
 use switchyard_runtimes::onnx::{OnnxRuntime, locate_library};
 use tokio::net::TcpListener;
@@ -33,7 +34,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         tracing::warn!(dir = %models_dir.display(), "the model repository holds no model");
     }
 
-    let gateway = Arc::new(Gateway::default());
+    let gateway = Arc::new(Gateway::new(config.serving.max_in_flight.max(1)));
     if !entries.is_empty() {
         let configured =
             Some(config.onnxruntime.library.as_path()).filter(|path| !path.as_os_str().is_empty());
@@ -79,6 +80,11 @@ fn serve(
     app: axum::Router,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<std::io::Result<()>> {
+    // Small answers must leave at once: without TCP_NODELAY, a response written in more than
+    // one segment (HTTP/2 headers, data and trailers) waits for the peer's delayed ACK.
+    let listener = listener.tap_io(|stream| {
+        let _ = stream.set_nodelay(true);
+    });
     tokio::spawn(async move {
         axum::serve(listener, app)
             .with_graceful_shutdown(async move {

@@ -182,6 +182,7 @@ pub struct ReplicaSet {
     replicas: Vec<Replica>,
     signature: Signature,
     batching: Batching,
+    queue_capacity: usize,
 }
 
 impl ReplicaSet {
@@ -215,6 +216,7 @@ impl ReplicaSet {
             replicas,
             signature,
             batching,
+            queue_capacity,
         })
     }
 
@@ -224,6 +226,17 @@ impl ReplicaSet {
 
     pub fn replica_count(&self) -> usize {
         self.replicas.len()
+    }
+
+    /// Whether every replica's queue is certainly full, judged without taking a place: the
+    /// count of requests a replica holds, less those its worker may have taken out for the
+    /// batch it runs, against the queue's capacity. Lets a front refuse a request before it
+    /// spends work decoding it.
+    pub fn surely_full(&self) -> bool {
+        let in_worker = self.batching.max_batch_size.max(1);
+        self.replicas.iter().all(|replica| {
+            replica.outstanding.load(Ordering::Relaxed) >= self.queue_capacity + in_worker
+        })
     }
 
     /// The batch bound in force (0: the model has no batch axis).

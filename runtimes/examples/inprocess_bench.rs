@@ -1,7 +1,10 @@
-//! The in-process limit: how long the `mlp` model takes through ONNX Runtime in this process,
-//! directly through `ort` and through Switchyard's `LoadedModel`, with no network in between.
+//! The in-process limit for the benchmark: a model run through ONNX Runtime in this process
+//! (Switchyard's `LoadedModel` over `ort`), one call after another on one thread, with no
+//! network or protocol in between. Prints one CSV line per batch size, in the columns of
+//! `loadgen`: target,model,protocol,concurrency,seconds,ok,rejected,errors,req_per_s,
+//! rows_per_s,p50_us,p90_us,p99_us,rejected_p99_us
 //!
-//!     cargo run --release -p switchyard-runtimes --example inprocess_bench -- models/mlp/1/model.onnx
+//!     inprocess_bench MODEL_NAME MODEL_PATH INPUT_WIDTH SECONDS BATCH [BATCH...]
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -11,47 +14,56 @@ use std::time::{Duration, Instant};
 use switchyard_runtimes::onnx::{OnnxRuntime, locate_library};
 use switchyard_runtimes::{DataType, LoadOptions, NamedTensor, Runtime, Tensor};
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
-}
-
-fn report(label: &str, mut samples: Vec<Duration>) {
-    samples.sort();
-    let mean = samples.iter().sum::<Duration>() / samples.len() as u32;
-    println!(
-        "{label:<40} n={:<6} mean={:>8.1?} p50={:>8.1?} p99={:>8.1?}",
-        samples.len(),
-        mean,
-        percentile(&samples, 0.50),
-        percentile(&samples, 0.99)
-    );
+fn percentile_us(sorted: &[Duration], p: f64) -> f64 {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize].as_secs_f64() * 1e6
 }
 
 fn main() {
-    let model_path: PathBuf = std::env::args()
-        .nth(1)
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let name = args.first().cloned().unwrap_or_else(|| "mlp".into());
+    let path: PathBuf = args
+        .get(1)
+        .cloned()
         .unwrap_or_else(|| "models/mlp/1/model.onnx".into())
         .into();
+    let width: usize = args.get(2).map_or(64, |w| w.parse().unwrap());
+    let seconds: f64 = args.get(3).map_or(2.0, |s| s.parse().unwrap());
+    let batches: Vec<usize> = if args.len() > 4 {
+        args[4..].iter().map(|b| b.parse().unwrap()).collect()
+    } else {
+        vec![1, 32]
+    };
     let runtime = OnnxRuntime::initialize(&locate_library(None).unwrap()).unwrap();
-    let mut model = runtime.load(&model_path, &LoadOptions::default()).unwrap();
+    let mut model = runtime.load(&path, &LoadOptions::default()).unwrap();
 
-    for batch in [1usize, 32] {
-        let x: Vec<f32> = (0..batch * 64).map(|i| (i % 17) as f32 / 17.0).collect();
+    for batch in batches {
+        let x: Vec<f32> = (0..batch * width).map(|i| (i % 17) as f32 / 17.0).collect();
         let inputs = vec![NamedTensor {
             name: "x".into(),
-            tensor: Tensor::from_slice(DataType::Fp32, vec![batch, 64], &x).unwrap(),
+            tensor: Tensor::from_slice(DataType::Fp32, vec![batch, width], &x).unwrap(),
         }];
-        let iterations = if batch == 1 { 20_000 } else { 5_000 };
-        for _ in 0..1000 {
+        let warm_until = Instant::now() + Duration::from_millis(300);
+        while Instant::now() < warm_until {
             model.run(&inputs).unwrap();
         }
-        let samples = (0..iterations)
-            .map(|_| {
-                let started = Instant::now();
-                std::hint::black_box(model.run(&inputs).unwrap());
-                started.elapsed()
-            })
-            .collect();
-        report(&format!("LoadedModel::run mlp batch {batch}"), samples);
+        let started = Instant::now();
+        let until = started + Duration::from_secs_f64(seconds);
+        let mut samples = Vec::new();
+        while Instant::now() < until {
+            let call = Instant::now();
+            std::hint::black_box(model.run(&inputs).unwrap());
+            samples.push(call.elapsed());
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        samples.sort();
+        let calls = samples.len() as f64 / elapsed;
+        println!(
+            "inprocess,{name},batch{batch},1,{elapsed:.1},{},0,0,{calls:.0},{:.0},{:.0},{:.0},{:.0},0",
+            samples.len(),
+            calls * batch as f64,
+            percentile_us(&samples, 0.50),
+            percentile_us(&samples, 0.90),
+            percentile_us(&samples, 0.99),
+        );
     }
 }

@@ -287,12 +287,16 @@ impl GrpcInferenceService for GrpcFront {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let received = Instant::now();
+        let _admission = self.gateway.admit()?;
         let timeout = request
             .metadata()
             .get("grpc-timeout")
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let (mut request, raw) = decode_request(request.into_inner())?;
+        let message = request.into_inner();
+        self.gateway
+            .check_capacity(&message.model_name, version_of(&message.model_version))?;
+        let (mut request, raw) = decode_request(message)?;
         request.deadline = timeout.map(|timeout| received + timeout);
         request.apply_timeout_parameter(received)?;
         let response = self.gateway.infer(request).await?;

@@ -251,8 +251,11 @@ async fn infer(
     request: Request,
 ) -> Result<Response, GatewayError> {
     let received = Instant::now();
+    let _admission = state.gateway.admit()?;
     let (parts, body) = request.into_parts();
     let mut body = read_body(&parts.headers, body, state.max_request_bytes).await?;
+    // Under overload, refuse before decoding: the cheapest possible 429.
+    state.gateway.check_capacity(&model, version.as_deref())?;
     let json_length = json_header_length(&parts.headers, body.len())?;
     let binary = match json_length {
         Some(length) => body.split_off(length),
