@@ -101,7 +101,7 @@ def markdown(rows, rss):
 
 
 def svg(rows):
-    width, height, pad = 980, 420, 60
+    width, height, pad = 1040, 420, 60
     panel = (width - 3 * pad) / 2
     parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{width}" height="{height}" '
              f'font-family="sans-serif" font-size="12">', '<rect width="100%" height="100%" fill="white"/>']
@@ -143,10 +143,11 @@ def svg(rows):
     legend_y = height - 30
     entries = [(f"mlp {p}", COLORS[p], "") for p in PROTOCOLS] + [(f"mlp_heavy {p}", COLORS[p], "6,3") for p in PROTOCOLS]
     entries.append(("HTTP-stack limit", COLORS["stack"], ""))
-    for i, (label, color, dash) in enumerate(entries):
-        x = pad + i * 125
+    x = pad
+    for label, color, dash in entries:
         parts.append(f'<line x1="{x}" y1="{legend_y}" x2="{x + 24}" y2="{legend_y}" stroke="{color}" stroke-width="2" stroke-dasharray="{dash}"/>')
         parts.append(f'<text x="{x + 28}" y="{legend_y + 4}">{label}</text>')
+        x += 28 + 7 * len(label) + 14
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 

@@ -4,7 +4,12 @@
 //! p50_us,p90_us,p99_us,rejected_p99_us
 //!
 //!     loadgen --http 127.0.0.1:8000 --grpc 127.0.0.1:8001 --model mlp --inputs 64 \
-//!             --protocol json --concurrency 32 --seconds 3 [--rows 1] [--target gateway]
+//!             --protocol json --concurrency 32 --seconds 3 [--rows 1] [--target gateway] [--rate R]
+//!
+//! Without --rate the load is closed-loop: each worker sends its next request when the last one
+//! is answered. With --rate R it is open-loop: R requests per second in all, spread over the
+//! workers on a fixed schedule, and each latency counts from the request's scheduled time, so
+//! time spent waiting for a free worker is not hidden.
 //!
 //! Traffic goes only to the addresses given (the benchmark gives 127.0.0.1), and stops by itself.
 
@@ -28,6 +33,8 @@ struct Args {
     seconds: f64,
     rows: usize,
     target: String,
+    /// Requests per second in all (open loop); 0 for closed loop.
+    rate: f64,
 }
 
 fn parse_args() -> Args {
@@ -55,6 +62,7 @@ fn parse_args() -> Args {
         seconds: get("seconds", "3").parse().unwrap(),
         rows: get("rows", "1").parse().unwrap(),
         target: get("target", "gateway"),
+        rate: get("rate", "0").parse().unwrap(),
     }
 }
 
@@ -71,7 +79,45 @@ enum Outcome {
     Error,
 }
 
+/// When each request of a worker is due: at once (closed loop), or on the worker's share of
+/// the open-loop schedule.
+struct Schedule {
+    next: Instant,
+    interval: Option<Duration>,
+}
+
+impl Schedule {
+    fn new(args: &Args, index: usize) -> Schedule {
+        if args.rate <= 0.0 {
+            return Schedule {
+                next: Instant::now(),
+                interval: None,
+            };
+        }
+        let interval = Duration::from_secs_f64(args.concurrency as f64 / args.rate);
+        let offset = interval.mul_f64(index as f64 / args.concurrency as f64);
+        Schedule {
+            next: Instant::now() + offset,
+            interval: Some(interval),
+        }
+    }
+
+    /// Waits until the next request is due and returns the time it was due.
+    async fn due(&mut self) -> Instant {
+        match self.interval {
+            None => Instant::now(),
+            Some(interval) => {
+                let due = self.next;
+                self.next += interval;
+                tokio::time::sleep_until(due.into()).await;
+                due
+            }
+        }
+    }
+}
+
 async fn worker(args: Args, until: Instant, index: usize) -> Tally {
+    let mut schedule = Schedule::new(&args, index);
     let values: Vec<f32> = (0..args.rows * args.inputs)
         .map(|i| ((i + index) % 13) as f32 / 13.0)
         .collect();
@@ -99,7 +145,7 @@ async fn worker(args: Args, until: Instant, index: usize) -> Tally {
                 (Bytes::from(body), Some(length))
             };
             while Instant::now() < until {
-                let sent = Instant::now();
+                let sent = schedule.due().await;
                 let mut request = client.post(&url).body(body.clone());
                 if let Some(length) = header_length {
                     request = request.header("Inference-Header-Content-Length", length);
@@ -137,7 +183,7 @@ async fn worker(args: Args, until: Instant, index: usize) -> Tally {
                 ..Default::default()
             };
             while Instant::now() < until {
-                let sent = Instant::now();
+                let sent = schedule.due().await;
                 let outcome = match client.model_infer(request.clone()).await {
                     Ok(_) => Outcome::Ok,
                     Err(status) if status.code() == tonic::Code::ResourceExhausted => {

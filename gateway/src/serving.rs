@@ -741,6 +741,43 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn full_queues_are_seen_before_a_place_is_taken() {
+        let doubler = Doubler::default();
+        let set = ReplicaSet::start(
+            Arc::new(doubler.clone()),
+            PathBuf::from("none"),
+            LoadOptions::default(),
+            Batching::none(),
+            1,
+            2,
+            "test",
+        )
+        .await
+        .unwrap();
+        let set = Arc::new(set);
+        doubler.close_gate();
+        let running = submit(&set, rows(1, 0.0), None);
+        doubler.wait_for_calls(1).await;
+        assert!(!set.surely_full());
+        let queued = [
+            submit(&set, rows(1, 1.0), None),
+            submit(&set, rows(1, 2.0), None),
+        ];
+        wait_for_queue(&set, 3).await;
+        assert!(
+            set.surely_full(),
+            "one running and two queued fill a queue of two"
+        );
+        doubler.open_gate();
+        assert!(running.await.unwrap().is_ok());
+        for handle in queued {
+            assert!(handle.await.unwrap().is_ok());
+        }
+        wait_for_queue(&set, 0).await;
+        assert!(!set.surely_full());
+    }
+
+    #[tokio::test]
     async fn a_request_whose_deadline_passes_in_the_queue_never_runs() {
         let doubler = Doubler::default();
         let set = start(&doubler, Duration::ZERO, 4).await;

@@ -28,7 +28,11 @@ rates.forEach((rate, index) => {
   thresholds[`dropped_iterations{scenario:${name}}`] = ['count>=0'];
 });
 
-export const options = { scenarios, thresholds };
+export const options = {
+  scenarios,
+  thresholds,
+  summaryTrendStats: ['avg', 'min', 'med', 'max', 'p(90)', 'p(95)', 'p(99)'],
+};
 
 export default function () {
   check(inferMlp(), { 'infer is 200': (r) => r.status === 200 });

@@ -254,7 +254,8 @@ async fn infer(
     let _admission = state.gateway.admit()?;
     let (parts, body) = request.into_parts();
     let mut body = read_body(&parts.headers, body, state.max_request_bytes).await?;
-    // Under overload, refuse before decoding: the cheapest possible 429.
+    // Under overload, refuse before decoding: the cheapest 429 that keeps the connection (the
+    // body is read, so the connection stays usable).
     state.gateway.check_capacity(&model, version.as_deref())?;
     let json_length = json_header_length(&parts.headers, body.len())?;
     let binary = match json_length {
