@@ -1,1 +1,104 @@
+//! The model registry: what the gateway serves and how traffic is split, persisted in SQLite
+//! (one process, no setup) or PostgreSQL (several gateways sharing one registry).
+//!
+//! Every write is one transaction that bumps the registry's revision and appends an [`Event`]:
+//! the audit log and the change feed are the same table. Readers follow the revision with
+//! [`Store::subscribe`] and read what changed with [`Store::events_after`] or a fresh
+//! [`Store::snapshot`].
 
+mod sql;
+mod types;
+
+pub use sql::{SqlStore, compare_labels};
+pub use types::*;
+
+use std::collections::BTreeMap;
+
+/// The registry's operations; every write names its actor and returns the new revision.
+#[async_trait::async_trait]
+pub trait Store: Send + Sync {
+    /// `sqlite` or `postgres`.
+    fn backend(&self) -> &'static str;
+
+    /// Follows the latest revision: local writes at once, other processes' writes as they are
+    /// notified (PostgreSQL).
+    fn subscribe(&self) -> tokio::sync::watch::Receiver<i64>;
+
+    async fn revision(&self) -> Result<i64, RegistryError>;
+
+    async fn create_model(&self, actor: &str, model: NewModel) -> Result<i64, RegistryError>;
+
+    async fn list_models(&self) -> Result<Vec<Model>, RegistryError>;
+
+    /// A model with its versions, traffic and aliases.
+    async fn model(&self, name: &str) -> Result<ModelRecord, RegistryError>;
+
+    /// Everything, in one consistent read.
+    async fn snapshot(&self) -> Result<Snapshot, RegistryError>;
+
+    /// Registers a version (labelled with the next integer when `label` is `None`) in state
+    /// `registered`.
+    async fn register_version(
+        &self,
+        actor: &str,
+        model: &str,
+        version: NewVersion,
+    ) -> Result<(Version, i64), RegistryError>;
+
+    async fn version(&self, model: &str, label: &str) -> Result<Version, RegistryError>;
+
+    /// Moves a version through its lifecycle.
+    async fn set_version_state(
+        &self,
+        actor: &str,
+        model: &str,
+        label: &str,
+        state: VersionState,
+        reason: &str,
+    ) -> Result<i64, RegistryError>;
+
+    /// Starts removing a version (state `draining`); refused while it has traffic weight or an
+    /// alias.
+    async fn remove_version(
+        &self,
+        actor: &str,
+        model: &str,
+        label: &str,
+    ) -> Result<i64, RegistryError>;
+
+    async fn add_scores(
+        &self,
+        actor: &str,
+        model: &str,
+        label: &str,
+        scores: NewScores,
+    ) -> Result<i64, RegistryError>;
+
+    async fn scores(&self, model: &str, label: &str) -> Result<Vec<Score>, RegistryError>;
+
+    /// Replaces the model's traffic weights (version label -> weight).
+    async fn set_traffic(
+        &self,
+        actor: &str,
+        model: &str,
+        weights: BTreeMap<String, u64>,
+    ) -> Result<i64, RegistryError>;
+
+    async fn set_alias(
+        &self,
+        actor: &str,
+        model: &str,
+        alias: &str,
+        label: &str,
+    ) -> Result<i64, RegistryError>;
+
+    async fn remove_alias(
+        &self,
+        actor: &str,
+        model: &str,
+        alias: &str,
+    ) -> Result<i64, RegistryError>;
+
+    /// Events after `revision`, oldest first, at most `limit`.
+    async fn events_after(&self, revision: i64, limit: i64) -> Result<Vec<Event>, RegistryError>;
+}

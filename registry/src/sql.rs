@@ -1,0 +1,898 @@
+//! The registry on SQLite or PostgreSQL, through sqlx's `Any` driver: one schema and one set of
+//! queries (numbered `$N` parameters, which both databases accept), with the differences kept
+//! to connection setup and PostgreSQL's change notification.
+
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use sqlx::any::{AnyConnectOptions, AnyPoolOptions, AnyRow};
+use sqlx::{AnyPool, Executor, Row, Transaction};
+use tokio::sync::watch;
+
+use crate::{
+    Event, Model, ModelRecord, NewModel, NewScores, NewVersion, RegistryError, Score, Snapshot,
+    Store, Version, VersionState, valid_name,
+};
+
+/// The PostgreSQL channel that carries new revisions between gateway processes.
+const CHANNEL: &str = "switchyard_registry";
+
+static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+pub struct SqlStore {
+    pool: AnyPool,
+    backend: Backend,
+    revision: watch::Sender<i64>,
+    listener: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Drop for SqlStore {
+    fn drop(&mut self) {
+        if let Some(listener) = self.listener.take() {
+            listener.abort();
+        }
+    }
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn not_found_model(name: &str) -> RegistryError {
+    RegistryError::NotFound(format!("unknown model '{name}'"))
+}
+
+impl SqlStore {
+    /// Opens (and creates, for SQLite) the registry at `url` — `sqlite://PATH` or
+    /// `postgres://...` — and brings its schema up to date.
+    pub async fn open(url: &str) -> Result<SqlStore, RegistryError> {
+        sqlx::any::install_default_drivers();
+        let backend = if url.starts_with("sqlite:") {
+            Backend::Sqlite
+        } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
+            Backend::Postgres
+        } else {
+            return Err(RegistryError::Invalid(format!(
+                "registry URL '{url}' is neither sqlite://PATH nor postgres://..."
+            )));
+        };
+        let connect_url = match backend {
+            Backend::Sqlite => {
+                let path = url
+                    .trim_start_matches("sqlite://")
+                    .trim_start_matches("sqlite:");
+                let path = path.split('?').next().unwrap_or(path);
+                if let Some(parent) = std::path::Path::new(path)
+                    .parent()
+                    .filter(|parent| !parent.as_os_str().is_empty())
+                {
+                    std::fs::create_dir_all(parent).map_err(|e| {
+                        RegistryError::Storage(format!("cannot create {}: {e}", parent.display()))
+                    })?;
+                }
+                format!("sqlite://{path}?mode=rwc")
+            }
+            Backend::Postgres => url.to_owned(),
+        };
+        let options: AnyConnectOptions = connect_url
+            .parse()
+            .map_err(|e| RegistryError::Invalid(format!("bad registry URL '{url}': {e}")))?;
+        let pool = AnyPoolOptions::new()
+            // SQLite takes one writer at a time; one connection keeps writes in order without
+            // busy retries. PostgreSQL serialises writers on the revision row.
+            .max_connections(if backend == Backend::Sqlite { 1 } else { 8 })
+            .acquire_timeout(Duration::from_secs(10))
+            .after_connect(move |connection, _| {
+                Box::pin(async move {
+                    if backend == Backend::Sqlite {
+                        connection.execute("PRAGMA journal_mode = WAL").await?;
+                        connection.execute("PRAGMA synchronous = FULL").await?;
+                        connection.execute("PRAGMA foreign_keys = ON").await?;
+                        connection.execute("PRAGMA busy_timeout = 5000").await?;
+                    }
+                    Ok(())
+                })
+            })
+            .connect_with(options)
+            .await
+            .map_err(|e| {
+                RegistryError::Storage(format!("cannot open the registry at {url}: {e}"))
+            })?;
+        MIGRATOR.run(&pool).await?;
+        let current: i64 = sqlx::query("SELECT revision FROM registry_state WHERE id = 1")
+            .fetch_one(&pool)
+            .await?
+            .try_get("revision")?;
+        let (revision, _) = watch::channel(current);
+        let listener = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(spawn_listener(
+                url.to_owned(),
+                pool.clone(),
+                revision.clone(),
+            )),
+        };
+        Ok(SqlStore {
+            pool,
+            backend,
+            revision,
+            listener,
+        })
+    }
+
+    /// Starts a write: the transaction, and the revision it will commit (the revision row is
+    /// locked until then, so writes from every process line up).
+    async fn begin_write(&self) -> Result<(Transaction<'static, sqlx::Any>, i64), RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        let revision: i64 = sqlx::query(
+            "UPDATE registry_state SET revision = revision + 1 WHERE id = 1 RETURNING revision",
+        )
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("revision")?;
+        Ok((tx, revision))
+    }
+
+    /// Records the event and commits; readers learn the new revision.
+    async fn finish_write(
+        &self,
+        mut tx: Transaction<'static, sqlx::Any>,
+        revision: i64,
+        actor: &str,
+        action: &str,
+        model: &str,
+        payload: serde_json::Value,
+    ) -> Result<i64, RegistryError> {
+        sqlx::query(
+            "INSERT INTO events (revision, actor, action, model, payload, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(revision)
+        .bind(actor)
+        .bind(action)
+        .bind(model)
+        .bind(payload.to_string())
+        .bind(now_ms())
+        .execute(&mut *tx)
+        .await?;
+        if self.backend == Backend::Postgres {
+            // Delivered to every listener when the transaction commits.
+            sqlx::query("SELECT pg_notify($1, $2)")
+                .bind(CHANNEL)
+                .bind(revision.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        tx.commit().await?;
+        self.revision.send_if_modified(|current| {
+            let newer = revision > *current;
+            if newer {
+                *current = revision;
+            }
+            newer
+        });
+        tracing::info!(revision, actor, action, model, "registry change");
+        Ok(revision)
+    }
+
+    async fn require_model(
+        tx: &mut Transaction<'static, sqlx::Any>,
+        model: &str,
+    ) -> Result<(), RegistryError> {
+        let found = sqlx::query("SELECT name FROM models WHERE name = $1")
+            .bind(model)
+            .fetch_optional(&mut **tx)
+            .await?;
+        found.map(|_| ()).ok_or_else(|| not_found_model(model))
+    }
+
+    async fn read_version(
+        executor: impl Executor<'_, Database = sqlx::Any>,
+        model: &str,
+        label: &str,
+    ) -> Result<Version, RegistryError> {
+        let row = sqlx::query(
+            "SELECT model, label, runtime, artifact, config, metadata, state, state_reason, created_ms \
+             FROM versions WHERE model = $1 AND label = $2",
+        )
+        .bind(model)
+        .bind(label)
+        .fetch_optional(executor)
+        .await?;
+        match row {
+            Some(row) => version_from_row(&row),
+            None => Err(RegistryError::NotFound(format!(
+                "model '{model}' has no version '{label}'"
+            ))),
+        }
+    }
+
+    async fn read_record(
+        tx: &mut Transaction<'static, sqlx::Any>,
+        model: Model,
+    ) -> Result<ModelRecord, RegistryError> {
+        let mut versions: Vec<Version> = sqlx::query(
+            "SELECT model, label, runtime, artifact, config, metadata, state, state_reason, created_ms \
+             FROM versions WHERE model = $1",
+        )
+        .bind(&model.name)
+        .fetch_all(&mut **tx)
+        .await?
+        .iter()
+        .map(version_from_row)
+        .collect::<Result<_, _>>()?;
+        versions.sort_by(|a, b| compare_labels(&a.label, &b.label));
+        let mut traffic = BTreeMap::new();
+        for row in sqlx::query("SELECT version, weight FROM traffic WHERE model = $1")
+            .bind(&model.name)
+            .fetch_all(&mut **tx)
+            .await?
+        {
+            let weight: i64 = row.try_get("weight")?;
+            traffic.insert(row.try_get("version")?, weight.max(0) as u64);
+        }
+        let mut aliases = BTreeMap::new();
+        for row in sqlx::query("SELECT alias, version FROM aliases WHERE model = $1")
+            .bind(&model.name)
+            .fetch_all(&mut **tx)
+            .await?
+        {
+            aliases.insert(row.try_get("alias")?, row.try_get("version")?);
+        }
+        Ok(ModelRecord {
+            model,
+            versions,
+            traffic,
+            aliases,
+        })
+    }
+
+    async fn read_models(
+        executor: impl Executor<'_, Database = sqlx::Any>,
+    ) -> Result<Vec<Model>, RegistryError> {
+        sqlx::query("SELECT name, description, created_ms FROM models ORDER BY name")
+            .fetch_all(executor)
+            .await?
+            .iter()
+            .map(|row| {
+                Ok(Model {
+                    name: row.try_get("name")?,
+                    description: row.try_get("description")?,
+                    created_ms: row.try_get("created_ms")?,
+                })
+            })
+            .collect()
+    }
+
+    /// A read transaction that sees one state of the whole registry.
+    async fn begin_read(&self) -> Result<Transaction<'static, sqlx::Any>, RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        if self.backend == Backend::Postgres {
+            sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                .execute(&mut *tx)
+                .await?;
+        }
+        Ok(tx)
+    }
+}
+
+/// Follows other processes' writes on PostgreSQL: LISTEN for new revisions, and read the
+/// one-row revision now and then in case a notification was lost while reconnecting.
+fn spawn_listener(
+    url: String,
+    pool: AnyPool,
+    revision: watch::Sender<i64>,
+) -> tokio::task::JoinHandle<()> {
+    let advance = move |latest: i64| {
+        revision.send_if_modified(|current| {
+            let newer = latest > *current;
+            if newer {
+                *current = latest;
+            }
+            newer
+        });
+    };
+    tokio::spawn(async move {
+        loop {
+            let mut listener = match sqlx::postgres::PgListener::connect(&url).await {
+                Ok(listener) => listener,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot listen for registry changes; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if let Err(error) = listener.listen(CHANNEL).await {
+                tracing::warn!(%error, "cannot listen for registry changes; retrying");
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+            let mut safety = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tokio::select! {
+                    notification = listener.recv() => match notification {
+                        Ok(notification) => {
+                            if let Ok(latest) = notification.payload().parse::<i64>() {
+                                advance(latest);
+                            }
+                        }
+                        Err(error) => {
+                            tracing::warn!(%error, "registry change listener lost its connection");
+                            break;
+                        }
+                    },
+                    _ = safety.tick() => {
+                        let latest = sqlx::query("SELECT revision FROM registry_state WHERE id = 1")
+                            .fetch_one(&pool)
+                            .await
+                            .and_then(|row| row.try_get::<i64, _>("revision"));
+                        if let Ok(latest) = latest {
+                            advance(latest);
+                        }
+                    }
+                }
+            }
+        }
+    })
+}
+
+fn json_column(row: &AnyRow, column: &str) -> Result<serde_json::Value, RegistryError> {
+    let text: String = row.try_get(column)?;
+    serde_json::from_str(&text)
+        .map_err(|e| RegistryError::Storage(format!("column {column} holds bad JSON: {e}")))
+}
+
+fn version_from_row(row: &AnyRow) -> Result<Version, RegistryError> {
+    let state: String = row.try_get("state")?;
+    Ok(Version {
+        model: row.try_get("model")?,
+        label: row.try_get("label")?,
+        runtime: row.try_get("runtime")?,
+        artifact: row.try_get("artifact")?,
+        config: json_column(row, "config")?,
+        metadata: json_column(row, "metadata")?,
+        state: state.parse().map_err(RegistryError::Storage)?,
+        state_reason: row.try_get("state_reason")?,
+        created_ms: row.try_get("created_ms")?,
+    })
+}
+
+/// Numeric labels by value and before other labels, which sort as text.
+pub fn compare_labels(a: &str, b: &str) -> std::cmp::Ordering {
+    match (a.parse::<u64>(), b.parse::<u64>()) {
+        (Ok(x), Ok(y)) => x.cmp(&y),
+        (Ok(_), Err(_)) => std::cmp::Ordering::Less,
+        (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
+        (Err(_), Err(_)) => a.cmp(b),
+    }
+}
+
+fn require_object(
+    value: Option<serde_json::Value>,
+    what: &str,
+) -> Result<serde_json::Value, RegistryError> {
+    match value {
+        None => Ok(serde_json::json!({})),
+        Some(value @ serde_json::Value::Object(_)) => Ok(value),
+        Some(_) => Err(RegistryError::Invalid(format!(
+            "{what} must be a JSON object"
+        ))),
+    }
+}
+
+#[async_trait::async_trait]
+impl Store for SqlStore {
+    fn backend(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => "sqlite",
+            Backend::Postgres => "postgres",
+        }
+    }
+
+    fn subscribe(&self) -> watch::Receiver<i64> {
+        self.revision.subscribe()
+    }
+
+    async fn revision(&self) -> Result<i64, RegistryError> {
+        Ok(
+            sqlx::query("SELECT revision FROM registry_state WHERE id = 1")
+                .fetch_one(&self.pool)
+                .await?
+                .try_get("revision")?,
+        )
+    }
+
+    async fn create_model(&self, actor: &str, model: NewModel) -> Result<i64, RegistryError> {
+        if !valid_name(&model.name) {
+            return Err(RegistryError::Invalid(format!(
+                "'{}' is not a valid model name (letters, digits, '_', '-', '.'; at most 128)",
+                model.name
+            )));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        let exists = sqlx::query("SELECT name FROM models WHERE name = $1")
+            .bind(&model.name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_some() {
+            return Err(RegistryError::Conflict(format!(
+                "model '{}' already exists",
+                model.name
+            )));
+        }
+        sqlx::query("INSERT INTO models (name, description, created_ms) VALUES ($1, $2, $3)")
+            .bind(&model.name)
+            .bind(&model.description)
+            .bind(now_ms())
+            .execute(&mut *tx)
+            .await?;
+        let payload = serde_json::json!({"description": model.description});
+        self.finish_write(tx, revision, actor, "model.create", &model.name, payload)
+            .await
+    }
+
+    async fn list_models(&self) -> Result<Vec<Model>, RegistryError> {
+        SqlStore::read_models(&self.pool).await
+    }
+
+    async fn model(&self, name: &str) -> Result<ModelRecord, RegistryError> {
+        let mut tx = self.begin_read().await?;
+        let row = sqlx::query("SELECT name, description, created_ms FROM models WHERE name = $1")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| not_found_model(name))?;
+        let model = Model {
+            name: row.try_get("name")?,
+            description: row.try_get("description")?,
+            created_ms: row.try_get("created_ms")?,
+        };
+        let record = SqlStore::read_record(&mut tx, model).await?;
+        tx.commit().await?;
+        Ok(record)
+    }
+
+    async fn snapshot(&self) -> Result<Snapshot, RegistryError> {
+        let mut tx = self.begin_read().await?;
+        let revision: i64 = sqlx::query("SELECT revision FROM registry_state WHERE id = 1")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("revision")?;
+        let models = SqlStore::read_models(&mut *tx).await?;
+        let mut records = Vec::with_capacity(models.len());
+        for model in models {
+            records.push(SqlStore::read_record(&mut tx, model).await?);
+        }
+        tx.commit().await?;
+        Ok(Snapshot {
+            revision,
+            models: records,
+        })
+    }
+
+    async fn register_version(
+        &self,
+        actor: &str,
+        model: &str,
+        version: NewVersion,
+    ) -> Result<(Version, i64), RegistryError> {
+        if version.runtime.trim().is_empty() {
+            return Err(RegistryError::Invalid("runtime must be given".into()));
+        }
+        if version.artifact.trim().is_empty() {
+            return Err(RegistryError::Invalid("artifact must be given".into()));
+        }
+        let config = require_object(version.config, "config")?;
+        let metadata = require_object(version.metadata, "metadata")?;
+        let (mut tx, revision) = self.begin_write().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        let labels: Vec<String> = sqlx::query("SELECT label FROM versions WHERE model = $1")
+            .bind(model)
+            .fetch_all(&mut *tx)
+            .await?
+            .iter()
+            .map(|row| row.try_get("label"))
+            .collect::<Result<_, _>>()?;
+        let label = match version.version {
+            Some(label) => {
+                if !valid_name(&label) {
+                    return Err(RegistryError::Invalid(format!(
+                        "'{label}' is not a valid version label"
+                    )));
+                }
+                if labels.contains(&label) {
+                    return Err(RegistryError::Conflict(format!(
+                        "model '{model}' already has a version '{label}'"
+                    )));
+                }
+                label
+            }
+            None => {
+                let highest = labels.iter().filter_map(|l| l.parse::<u64>().ok()).max();
+                (highest.unwrap_or(0) + 1).to_string()
+            }
+        };
+        let alias_clash = sqlx::query("SELECT alias FROM aliases WHERE model = $1 AND alias = $2")
+            .bind(model)
+            .bind(&label)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if alias_clash.is_some() {
+            return Err(RegistryError::Conflict(format!(
+                "model '{model}' has an alias named '{label}'; a version may not share its name"
+            )));
+        }
+        let created = Version {
+            model: model.to_owned(),
+            label: label.clone(),
+            runtime: version.runtime,
+            artifact: version.artifact,
+            config,
+            metadata,
+            state: VersionState::Registered,
+            state_reason: String::new(),
+            created_ms: now_ms(),
+        };
+        sqlx::query(
+            "INSERT INTO versions (model, label, runtime, artifact, config, metadata, state, state_reason, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        )
+        .bind(&created.model)
+        .bind(&created.label)
+        .bind(&created.runtime)
+        .bind(&created.artifact)
+        .bind(created.config.to_string())
+        .bind(created.metadata.to_string())
+        .bind(created.state.as_str())
+        .bind(&created.state_reason)
+        .bind(created.created_ms)
+        .execute(&mut *tx)
+        .await?;
+        let payload = serde_json::json!({
+            "version": label,
+            "runtime": created.runtime,
+            "artifact": created.artifact,
+            "config": created.config,
+            "metadata": created.metadata,
+        });
+        let revision = self
+            .finish_write(tx, revision, actor, "version.register", model, payload)
+            .await?;
+        Ok((created, revision))
+    }
+
+    async fn version(&self, model: &str, label: &str) -> Result<Version, RegistryError> {
+        let models = sqlx::query("SELECT name FROM models WHERE name = $1")
+            .bind(model)
+            .fetch_optional(&self.pool)
+            .await?;
+        if models.is_none() {
+            return Err(not_found_model(model));
+        }
+        SqlStore::read_version(&self.pool, model, label).await
+    }
+
+    async fn set_version_state(
+        &self,
+        actor: &str,
+        model: &str,
+        label: &str,
+        state: VersionState,
+        reason: &str,
+    ) -> Result<i64, RegistryError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        let current = SqlStore::read_version(&mut *tx, model, label).await?;
+        if current.state == state && current.state_reason == reason {
+            // Nothing changes; the revision bump is rolled back with the transaction.
+            tx.rollback().await?;
+            return Ok(revision - 1);
+        }
+        sqlx::query(
+            "UPDATE versions SET state = $1, state_reason = $2 WHERE model = $3 AND label = $4",
+        )
+        .bind(state.as_str())
+        .bind(reason)
+        .bind(model)
+        .bind(label)
+        .execute(&mut *tx)
+        .await?;
+        let payload = serde_json::json!({"version": label, "state": state, "reason": reason});
+        self.finish_write(tx, revision, actor, "version.state", model, payload)
+            .await
+    }
+
+    async fn remove_version(
+        &self,
+        actor: &str,
+        model: &str,
+        label: &str,
+    ) -> Result<i64, RegistryError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        let version = SqlStore::read_version(&mut *tx, model, label).await?;
+        let weight = sqlx::query("SELECT weight FROM traffic WHERE model = $1 AND version = $2")
+            .bind(model)
+            .bind(label)
+            .fetch_optional(&mut *tx)
+            .await?
+            .map(|row| row.try_get::<i64, _>("weight"))
+            .transpose()?
+            .unwrap_or(0);
+        if weight > 0 {
+            return Err(RegistryError::Conflict(format!(
+                "version '{label}' of model '{model}' still has traffic weight {weight}; move its traffic first"
+            )));
+        }
+        let aliases: Vec<String> =
+            sqlx::query("SELECT alias FROM aliases WHERE model = $1 AND version = $2")
+                .bind(model)
+                .bind(label)
+                .fetch_all(&mut *tx)
+                .await?
+                .iter()
+                .map(|row| row.try_get("alias"))
+                .collect::<Result<_, _>>()?;
+        if !aliases.is_empty() {
+            return Err(RegistryError::Conflict(format!(
+                "version '{label}' of model '{model}' is aliased as {}; move or remove the alias first",
+                aliases.join(", ")
+            )));
+        }
+        if matches!(
+            version.state,
+            VersionState::Draining | VersionState::Retired
+        ) {
+            return Err(RegistryError::Conflict(format!(
+                "version '{label}' of model '{model}' is already {}",
+                version.state
+            )));
+        }
+        sqlx::query("DELETE FROM traffic WHERE model = $1 AND version = $2")
+            .bind(model)
+            .bind(label)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE versions SET state = $1, state_reason = $2 WHERE model = $3 AND label = $4",
+        )
+        .bind(VersionState::Draining.as_str())
+        .bind("removed")
+        .bind(model)
+        .bind(label)
+        .execute(&mut *tx)
+        .await?;
+        let payload = serde_json::json!({"version": label});
+        self.finish_write(tx, revision, actor, "version.remove", model, payload)
+            .await
+    }
+
+    async fn add_scores(
+        &self,
+        actor: &str,
+        model: &str,
+        label: &str,
+        scores: NewScores,
+    ) -> Result<i64, RegistryError> {
+        if scores.metrics.is_empty() {
+            return Err(RegistryError::Invalid(
+                "metrics must name at least one metric".into(),
+            ));
+        }
+        if let Some((name, _)) = scores.metrics.iter().find(|(_, v)| !v.is_finite()) {
+            return Err(RegistryError::Invalid(format!(
+                "metric '{name}' is not a finite number"
+            )));
+        }
+        if let Some(name) = scores.metrics.keys().find(|name| !valid_name(name)) {
+            return Err(RegistryError::Invalid(format!(
+                "'{name}' is not a valid metric name"
+            )));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        SqlStore::read_version(&mut *tx, model, label).await?;
+        let created = now_ms();
+        for (metric, value) in &scores.metrics {
+            sqlx::query(
+                "INSERT INTO scores (model, version, metric, value, source, dataset, revision, created_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(model)
+            .bind(label)
+            .bind(metric)
+            .bind(*value)
+            .bind(&scores.source)
+            .bind(&scores.dataset)
+            .bind(revision)
+            .bind(created)
+            .execute(&mut *tx)
+            .await?;
+        }
+        let payload = serde_json::json!({
+            "version": label,
+            "metrics": scores.metrics,
+            "source": scores.source,
+            "dataset": scores.dataset,
+        });
+        self.finish_write(tx, revision, actor, "scores.add", model, payload)
+            .await
+    }
+
+    async fn scores(&self, model: &str, label: &str) -> Result<Vec<Score>, RegistryError> {
+        self.version(model, label).await?;
+        sqlx::query(
+            "SELECT model, version, metric, value, source, dataset, revision, created_ms FROM scores \
+             WHERE model = $1 AND version = $2 ORDER BY revision, metric",
+        )
+        .bind(model)
+        .bind(label)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Score {
+                model: row.try_get("model")?,
+                version: row.try_get("version")?,
+                metric: row.try_get("metric")?,
+                value: row.try_get("value")?,
+                source: row.try_get("source")?,
+                dataset: row.try_get("dataset")?,
+                revision: row.try_get("revision")?,
+                created_ms: row.try_get("created_ms")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn set_traffic(
+        &self,
+        actor: &str,
+        model: &str,
+        weights: BTreeMap<String, u64>,
+    ) -> Result<i64, RegistryError> {
+        if weights.values().all(|&w| w == 0) {
+            return Err(RegistryError::Invalid(
+                "weights must give at least one version a positive weight".into(),
+            ));
+        }
+        if let Some((label, _)) = weights.iter().find(|(_, w)| **w > i64::MAX as u64) {
+            return Err(RegistryError::Invalid(format!(
+                "weight of '{label}' is too large"
+            )));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        for label in weights.keys() {
+            let version = SqlStore::read_version(&mut *tx, model, label)
+                .await
+                .map_err(|e| match e {
+                    RegistryError::NotFound(message) => RegistryError::Invalid(message),
+                    other => other,
+                })?;
+            if !version.state.is_live() {
+                return Err(RegistryError::Invalid(format!(
+                    "version '{label}' of model '{model}' is {} and cannot take traffic",
+                    version.state
+                )));
+            }
+        }
+        sqlx::query("DELETE FROM traffic WHERE model = $1")
+            .bind(model)
+            .execute(&mut *tx)
+            .await?;
+        for (label, weight) in &weights {
+            sqlx::query("INSERT INTO traffic (model, version, weight) VALUES ($1, $2, $3)")
+                .bind(model)
+                .bind(label)
+                .bind(*weight as i64)
+                .execute(&mut *tx)
+                .await?;
+        }
+        let payload = serde_json::json!({"weights": weights});
+        self.finish_write(tx, revision, actor, "traffic.set", model, payload)
+            .await
+    }
+
+    async fn set_alias(
+        &self,
+        actor: &str,
+        model: &str,
+        alias: &str,
+        label: &str,
+    ) -> Result<i64, RegistryError> {
+        if !valid_name(alias) {
+            return Err(RegistryError::Invalid(format!(
+                "'{alias}' is not a valid alias"
+            )));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        if SqlStore::read_version(&mut *tx, model, alias).await.is_ok() {
+            return Err(RegistryError::Invalid(format!(
+                "'{alias}' is a version label of model '{model}'; an alias needs another name"
+            )));
+        }
+        let version = SqlStore::read_version(&mut *tx, model, label)
+            .await
+            .map_err(|e| match e {
+                RegistryError::NotFound(message) => RegistryError::Invalid(message),
+                other => other,
+            })?;
+        if !version.state.is_live() {
+            return Err(RegistryError::Invalid(format!(
+                "version '{label}' of model '{model}' is {} and cannot be aliased",
+                version.state
+            )));
+        }
+        sqlx::query("DELETE FROM aliases WHERE model = $1 AND alias = $2")
+            .bind(model)
+            .bind(alias)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("INSERT INTO aliases (model, alias, version) VALUES ($1, $2, $3)")
+            .bind(model)
+            .bind(alias)
+            .bind(label)
+            .execute(&mut *tx)
+            .await?;
+        let payload = serde_json::json!({"alias": alias, "version": label});
+        self.finish_write(tx, revision, actor, "alias.set", model, payload)
+            .await
+    }
+
+    async fn remove_alias(
+        &self,
+        actor: &str,
+        model: &str,
+        alias: &str,
+    ) -> Result<i64, RegistryError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        let removed = sqlx::query("DELETE FROM aliases WHERE model = $1 AND alias = $2")
+            .bind(model)
+            .bind(alias)
+            .execute(&mut *tx)
+            .await?;
+        if removed.rows_affected() == 0 {
+            return Err(RegistryError::NotFound(format!(
+                "model '{model}' has no alias '{alias}'"
+            )));
+        }
+        let payload = serde_json::json!({"alias": alias});
+        self.finish_write(tx, revision, actor, "alias.remove", model, payload)
+            .await
+    }
+
+    async fn events_after(&self, revision: i64, limit: i64) -> Result<Vec<Event>, RegistryError> {
+        sqlx::query(
+            "SELECT revision, actor, action, model, payload, created_ms FROM events \
+             WHERE revision > $1 ORDER BY revision LIMIT $2",
+        )
+        .bind(revision)
+        .bind(limit.clamp(1, 1000))
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(Event {
+                revision: row.try_get("revision")?,
+                actor: row.try_get("actor")?,
+                action: row.try_get("action")?,
+                model: row.try_get("model")?,
+                payload: json_column(row, "payload")?,
+                created_ms: row.try_get("created_ms")?,
+            })
+        })
+        .collect()
+    }
+}

@@ -1,0 +1,189 @@
+use std::collections::BTreeMap;
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Model {
+    pub name: String,
+    pub description: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct NewModel {
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+}
+
+/// Where a version is in its life: `registered` -> `loading` -> `ready` | `failed`; removal
+/// goes `draining` -> `retired`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum VersionState {
+    Registered,
+    Loading,
+    Ready,
+    Failed,
+    Draining,
+    Retired,
+}
+
+impl VersionState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VersionState::Registered => "registered",
+            VersionState::Loading => "loading",
+            VersionState::Ready => "ready",
+            VersionState::Failed => "failed",
+            VersionState::Draining => "draining",
+            VersionState::Retired => "retired",
+        }
+    }
+
+    /// Whether the version is meant to be served (loaded, or to be loaded).
+    pub fn is_live(self) -> bool {
+        matches!(
+            self,
+            VersionState::Registered | VersionState::Loading | VersionState::Ready
+        )
+    }
+}
+
+impl fmt::Display for VersionState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl FromStr for VersionState {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, Self::Err> {
+        Ok(match text {
+            "registered" => VersionState::Registered,
+            "loading" => VersionState::Loading,
+            "ready" => VersionState::Ready,
+            "failed" => VersionState::Failed,
+            "draining" => VersionState::Draining,
+            "retired" => VersionState::Retired,
+            other => return Err(format!("unknown version state '{other}'")),
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Version {
+    pub model: String,
+    pub label: String,
+    /// `onnx` (`torchscript` once the libtorch backend lands).
+    pub runtime: String,
+    /// Path of the model file.
+    pub artifact: String,
+    /// Serving settings, as in a model.toml (JSON object).
+    pub config: serde_json::Value,
+    /// Free-form metadata (JSON object).
+    pub metadata: serde_json::Value,
+    pub state: VersionState,
+    /// Why the version is in its state (a load error, say); empty otherwise.
+    pub state_reason: String,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct NewVersion {
+    #[serde(default)]
+    pub version: Option<String>,
+    pub runtime: String,
+    pub artifact: String,
+    #[serde(default)]
+    pub config: Option<serde_json::Value>,
+    #[serde(default)]
+    pub metadata: Option<serde_json::Value>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Score {
+    pub model: String,
+    pub version: String,
+    pub metric: String,
+    pub value: f64,
+    pub source: String,
+    pub dataset: String,
+    pub revision: i64,
+    pub created_ms: i64,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct NewScores {
+    pub metrics: BTreeMap<String, f64>,
+    #[serde(default)]
+    pub source: String,
+    #[serde(default)]
+    pub dataset: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Event {
+    pub revision: i64,
+    pub actor: String,
+    pub action: String,
+    pub model: String,
+    pub payload: serde_json::Value,
+    pub created_ms: i64,
+}
+
+/// A model with everything that decides how it is served.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ModelRecord {
+    pub model: Model,
+    pub versions: Vec<Version>,
+    /// Version label -> weight; empty means no policy (the highest ready version serves).
+    pub traffic: BTreeMap<String, u64>,
+    /// Alias -> version label.
+    pub aliases: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Snapshot {
+    pub revision: i64,
+    pub models: Vec<ModelRecord>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RegistryError {
+    #[error("{0}")]
+    NotFound(String),
+    /// The request conflicts with the registry's state (a duplicate, a version with traffic).
+    #[error("{0}")]
+    Conflict(String),
+    /// The request is malformed or names something it may not.
+    #[error("{0}")]
+    Invalid(String),
+    #[error("registry storage failed: {0}")]
+    Storage(String),
+}
+
+impl From<sqlx::Error> for RegistryError {
+    fn from(error: sqlx::Error) -> Self {
+        RegistryError::Storage(error.to_string())
+    }
+}
+
+impl From<sqlx::migrate::MigrateError> for RegistryError {
+    fn from(error: sqlx::migrate::MigrateError) -> Self {
+        RegistryError::Storage(format!("migration failed: {error}"))
+    }
+}
+
+/// Names of models, versions and aliases: what a URL path segment and a folder can hold.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 128
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}

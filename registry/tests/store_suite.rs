@@ -1,0 +1,442 @@
+//! One suite, run against both stores: a real SQLite file and a real PostgreSQL server (the
+//! throwaway one `scripts/with-postgres` starts, named by SWITCHYARD_TEST_POSTGRES_URL).
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use switchyard_registry::{
+    NewModel, NewScores, NewVersion, RegistryError, SqlStore, Store, VersionState,
+};
+
+async fn sqlite_store() -> (SqlStore, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("data/registry.db").display());
+    (SqlStore::open(&url).await.unwrap(), dir)
+}
+
+/// A fresh database on the test server, so that tests running at once do not meet.
+pub async fn postgres_url() -> String {
+    let admin = std::env::var("SWITCHYARD_TEST_POSTGRES_URL").expect(
+        "SWITCHYARD_TEST_POSTGRES_URL is not set: run the tests through scripts/test, which starts a throwaway PostgreSQL",
+    );
+    sqlx::any::install_default_drivers();
+    let name = format!("sy_{}_{}", std::process::id(), fastrand_suffix());
+    let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::Executor::execute(&mut connection, format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    let base = admin.rsplit_once('/').unwrap().0;
+    format!("{base}/{name}")
+}
+
+fn fastrand_suffix() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut hasher = std::collections::hash_map::RandomState::new().build_hasher();
+    hasher.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
+    hasher.finish() % 1_000_000_000
+}
+
+fn onnx(artifact: &str) -> NewVersion {
+    NewVersion {
+        runtime: "onnx".into(),
+        artifact: artifact.into(),
+        ..NewVersion::default()
+    }
+}
+
+fn weights(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
+    pairs.iter().map(|(k, v)| (k.to_string(), *v)).collect()
+}
+
+async fn suite(store: &dyn Store) {
+    let mut changes = store.subscribe();
+    let start = store.revision().await.unwrap();
+    assert_eq!(start, 0);
+
+    // Models.
+    let r1 = store
+        .create_model(
+            "alice",
+            NewModel {
+                name: "mlp".into(),
+                description: "a test".into(),
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(r1, 1);
+    assert!(changes.has_changed().unwrap());
+    assert_eq!(*changes.borrow_and_update(), 1);
+    assert!(matches!(
+        store
+            .create_model(
+                "alice",
+                NewModel {
+                    name: "mlp".into(),
+                    ..NewModel::default()
+                }
+            )
+            .await,
+        Err(RegistryError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .create_model(
+                "alice",
+                NewModel {
+                    name: "bad/name".into(),
+                    ..NewModel::default()
+                }
+            )
+            .await,
+        Err(RegistryError::Invalid(_))
+    ));
+    let models = store.list_models().await.unwrap();
+    assert_eq!(models.len(), 1);
+    assert_eq!(models[0].description, "a test");
+
+    // Versions: labels, duplicates, unknown models.
+    let (v1, _) = store
+        .register_version("alice", "mlp", onnx("/m/1.onnx"))
+        .await
+        .unwrap();
+    assert_eq!(v1.label, "1");
+    assert_eq!(v1.state, VersionState::Registered);
+    let mut named = onnx("/m/7.onnx");
+    named.version = Some("7".into());
+    named.metadata = Some(serde_json::json!({"commit": "abc"}));
+    store
+        .register_version("alice", "mlp", named.clone())
+        .await
+        .unwrap();
+    let (next, _) = store
+        .register_version("alice", "mlp", onnx("/m/8.onnx"))
+        .await
+        .unwrap();
+    assert_eq!(
+        next.label, "8",
+        "the next integer after the highest numeric label"
+    );
+    assert!(matches!(
+        store.register_version("alice", "mlp", named).await,
+        Err(RegistryError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.register_version("alice", "nope", onnx("/x")).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    let mut bad_config = onnx("/x");
+    bad_config.config = Some(serde_json::json!([1, 2]));
+    assert!(matches!(
+        store.register_version("alice", "mlp", bad_config).await,
+        Err(RegistryError::Invalid(_))
+    ));
+    let seven = store.version("mlp", "7").await.unwrap();
+    assert_eq!(seven.metadata["commit"], "abc");
+    assert!(matches!(
+        store.version("mlp", "9").await,
+        Err(RegistryError::NotFound(_))
+    ));
+
+    // Lifecycle.
+    store
+        .set_version_state("gateway", "mlp", "1", VersionState::Loading, "")
+        .await
+        .unwrap();
+    store
+        .set_version_state("gateway", "mlp", "1", VersionState::Ready, "")
+        .await
+        .unwrap();
+    store
+        .set_version_state("gateway", "mlp", "8", VersionState::Failed, "corrupt file")
+        .await
+        .unwrap();
+    let before = store.revision().await.unwrap();
+    store
+        .set_version_state("gateway", "mlp", "1", VersionState::Ready, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.revision().await.unwrap(),
+        before,
+        "a no-op state change writes nothing"
+    );
+
+    // Traffic: validation, then a change.
+    for bad in [
+        weights(&[("1", 0), ("7", 0)]),
+        weights(&[("1", 5), ("9", 5)]),
+        weights(&[("8", 1)]),
+        weights(&[]),
+    ] {
+        assert!(matches!(
+            store.set_traffic("bob", "mlp", bad).await,
+            Err(RegistryError::Invalid(_))
+        ));
+    }
+    let rev = store
+        .set_traffic("bob", "mlp", weights(&[("1", 90), ("7", 10)]))
+        .await
+        .unwrap();
+    let record = store.model("mlp").await.unwrap();
+    assert_eq!(record.traffic, weights(&[("1", 90), ("7", 10)]));
+    assert_eq!(
+        record
+            .versions
+            .iter()
+            .map(|v| v.label.as_str())
+            .collect::<Vec<_>>(),
+        ["1", "7", "8"]
+    );
+    assert_eq!(*changes.borrow_and_update(), rev);
+
+    // Aliases.
+    store.set_alias("bob", "mlp", "stable", "1").await.unwrap();
+    store.set_alias("bob", "mlp", "canary", "7").await.unwrap();
+    store.set_alias("bob", "mlp", "canary", "1").await.unwrap();
+    assert!(matches!(
+        store.set_alias("bob", "mlp", "7", "1").await,
+        Err(RegistryError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.set_alias("bob", "mlp", "x", "9").await,
+        Err(RegistryError::Invalid(_))
+    ));
+    assert!(
+        matches!(
+            store.set_alias("bob", "mlp", "x", "8").await,
+            Err(RegistryError::Invalid(_))
+        ),
+        "failed version"
+    );
+    let record = store.model("mlp").await.unwrap();
+    assert_eq!(record.aliases.get("canary").map(String::as_str), Some("1"));
+    store.remove_alias("bob", "mlp", "canary").await.unwrap();
+    assert!(matches!(
+        store.remove_alias("bob", "mlp", "canary").await,
+        Err(RegistryError::NotFound(_))
+    ));
+
+    // Scores: a history.
+    let mut metrics = BTreeMap::new();
+    metrics.insert("accuracy".to_string(), 0.91);
+    metrics.insert("f1".to_string(), 0.88);
+    store
+        .add_scores(
+            "ci",
+            "mlp",
+            "7",
+            NewScores {
+                metrics: metrics.clone(),
+                source: "eval".into(),
+                dataset: "val".into(),
+            },
+        )
+        .await
+        .unwrap();
+    metrics.insert("accuracy".to_string(), 0.93);
+    store
+        .add_scores(
+            "ci",
+            "mlp",
+            "7",
+            NewScores {
+                metrics,
+                source: "eval".into(),
+                dataset: "val".into(),
+            },
+        )
+        .await
+        .unwrap();
+    let scores = store.scores("mlp", "7").await.unwrap();
+    let accuracy: Vec<f64> = scores
+        .iter()
+        .filter(|s| s.metric == "accuracy")
+        .map(|s| s.value)
+        .collect();
+    assert_eq!(accuracy, [0.91, 0.93]);
+    assert!(matches!(
+        store
+            .add_scores(
+                "ci",
+                "mlp",
+                "7",
+                NewScores {
+                    metrics: BTreeMap::from([("x".to_string(), f64::NAN)]),
+                    ..NewScores::default()
+                }
+            )
+            .await,
+        Err(RegistryError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .add_scores("ci", "mlp", "7", NewScores::default())
+            .await,
+        Err(RegistryError::Invalid(_))
+    ));
+    assert!(matches!(
+        store.scores("mlp", "9").await,
+        Err(RegistryError::NotFound(_))
+    ));
+
+    // Removal: refused with traffic or an alias, then draining.
+    assert!(matches!(
+        store.remove_version("bob", "mlp", "7").await,
+        Err(RegistryError::Conflict(_))
+    ));
+    store
+        .set_traffic("bob", "mlp", weights(&[("1", 100)]))
+        .await
+        .unwrap();
+    assert!(matches!(
+        store.remove_version("bob", "mlp", "1").await,
+        Err(RegistryError::Conflict(_))
+    ));
+    store.remove_version("bob", "mlp", "7").await.unwrap();
+    assert_eq!(
+        store.version("mlp", "7").await.unwrap().state,
+        VersionState::Draining
+    );
+    assert!(matches!(
+        store.set_traffic("bob", "mlp", weights(&[("7", 1)])).await,
+        Err(RegistryError::Invalid(_))
+    ));
+
+    // The audit log: every write, in order, with its actor.
+    let events = store.events_after(0, 1000).await.unwrap();
+    let revisions: Vec<i64> = events.iter().map(|e| e.revision).collect();
+    let expected: Vec<i64> = (1..=store.revision().await.unwrap()).collect();
+    assert_eq!(revisions, expected, "one event per revision, no gaps");
+    assert_eq!(events[0].action, "model.create");
+    assert_eq!(events[0].actor, "alice");
+    let traffic_events: Vec<_> = events
+        .iter()
+        .filter(|e| e.action == "traffic.set")
+        .collect();
+    assert_eq!(traffic_events[0].payload["weights"]["1"], 90);
+    assert_eq!(
+        store
+            .events_after(events[2].revision, 2)
+            .await
+            .unwrap()
+            .len(),
+        2
+    );
+
+    let snapshot = store.snapshot().await.unwrap();
+    assert_eq!(snapshot.revision, store.revision().await.unwrap());
+    assert_eq!(snapshot.models.len(), 1);
+}
+
+#[tokio::test]
+async fn sqlite_store_passes_the_suite() {
+    let (store, _dir) = sqlite_store().await;
+    assert_eq!(store.backend(), "sqlite");
+    suite(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_store_passes_the_suite() {
+    let store = SqlStore::open(&postgres_url().await).await.unwrap();
+    assert_eq!(store.backend(), "postgres");
+    suite(&store).await;
+}
+
+#[tokio::test]
+async fn sqlite_keeps_everything_across_reopening() {
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", dir.path().join("registry.db").display());
+    {
+        let store = SqlStore::open(&url).await.unwrap();
+        store
+            .create_model(
+                "a",
+                NewModel {
+                    name: "m".into(),
+                    ..NewModel::default()
+                },
+            )
+            .await
+            .unwrap();
+        store.register_version("a", "m", onnx("/x")).await.unwrap();
+        store
+            .set_traffic("a", "m", weights(&[("1", 3)]))
+            .await
+            .unwrap();
+    }
+    let store = SqlStore::open(&url).await.unwrap();
+    assert_eq!(store.revision().await.unwrap(), 3);
+    assert_eq!(
+        store.model("m").await.unwrap().traffic,
+        weights(&[("1", 3)])
+    );
+}
+
+#[tokio::test]
+async fn postgres_changes_reach_another_process_store_within_a_second() {
+    let url = postgres_url().await;
+    let writer = SqlStore::open(&url).await.unwrap();
+    let reader = SqlStore::open(&url).await.unwrap();
+    let mut changes = reader.subscribe();
+    let revision = writer
+        .create_model(
+            "a",
+            NewModel {
+                name: "m".into(),
+                ..NewModel::default()
+            },
+        )
+        .await
+        .unwrap();
+    tokio::time::timeout(
+        Duration::from_secs(1),
+        changes.wait_for(|seen| *seen >= revision),
+    )
+    .await
+    .expect("the other store learned of the change within 1 s")
+    .unwrap();
+    assert_eq!(reader.model("m").await.unwrap().model.name, "m");
+}
+
+#[tokio::test]
+async fn concurrent_writers_get_distinct_revisions() {
+    let url = postgres_url().await;
+    let store = std::sync::Arc::new(SqlStore::open(&url).await.unwrap());
+    store
+        .create_model(
+            "a",
+            NewModel {
+                name: "m".into(),
+                ..NewModel::default()
+            },
+        )
+        .await
+        .unwrap();
+    let writers: Vec<_> = (0..16)
+        .map(|_| {
+            let store = store.clone();
+            tokio::spawn(async move { store.register_version("a", "m", onnx("/x")).await.unwrap() })
+        })
+        .collect();
+    let mut labels = Vec::new();
+    let mut revisions = Vec::new();
+    for writer in writers {
+        let (version, revision) = writer.await.unwrap();
+        labels.push(version.label.parse::<u32>().unwrap());
+        revisions.push(revision);
+    }
+    labels.sort();
+    revisions.sort();
+    assert_eq!(labels, (1..=16).collect::<Vec<_>>());
+    assert_eq!(revisions, (2..=17).collect::<Vec<_>>());
+}
