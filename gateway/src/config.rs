@@ -14,6 +14,8 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/switchyard.toml");
 pub struct Config {
     pub http: HttpConfig,
     pub grpc: GrpcConfig,
+    pub admin: AdminConfig,
+    pub registry: RegistryConfig,
     pub models: ModelsConfig,
     pub onnxruntime: OnnxRuntimeConfig,
     pub serving: ServingConfig,
@@ -39,6 +41,57 @@ pub struct GrpcConfig {
 #[serde(default, deny_unknown_fields)]
 pub struct ModelsConfig {
     pub dir: PathBuf,
+    /// Register model folders that the registry does not know yet at every start (the first
+    /// start always imports the whole repository).
+    pub import_on_start: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdminConfig {
+    /// The management API; loopback by default.
+    pub addr: SocketAddr,
+    /// Bearer tokens, kept as SHA-256 hex digests.
+    pub tokens: Vec<AdminToken>,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminToken {
+    /// SHA-256 of the token, hex (`printf %s TOKEN | sha256sum`).
+    pub sha256: String,
+    pub role: AdminRole,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AdminRole {
+    Read,
+    Write,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RegistryConfig {
+    /// `sqlite://PATH` or `postgres://...`.
+    pub url: String,
+}
+
+impl Default for AdminConfig {
+    fn default() -> Self {
+        AdminConfig {
+            addr: SocketAddr::from(([127, 0, 0, 1], 8080)),
+            tokens: Vec::new(),
+        }
+    }
+}
+
+impl Default for RegistryConfig {
+    fn default() -> Self {
+        RegistryConfig {
+            url: "sqlite://data/registry.db".into(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -96,6 +149,7 @@ impl Default for ModelsConfig {
     fn default() -> Self {
         ModelsConfig {
             dir: PathBuf::from("models"),
+            import_on_start: false,
         }
     }
 }

@@ -1,19 +1,15 @@
 //! The gateway's core, shared by every protocol front: the model table, loading versions off
 //! the request path, and serving an inference request.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
-use switchyard_runtimes::{LoadOptions, Runtime};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::inference::{InferRequest, InferResponse, select_outputs, validate};
-use crate::models::{ModelState, ModelTable, ReadyVersion, VersionState, VersionStatus};
-use crate::repository::ModelEntry;
-use crate::serving::{Batching, ReplicaSet};
+use crate::models::{ModelState, ModelTable, VersionState, VersionStatus};
 
 pub struct Gateway {
     table: ArcSwap<ModelTable>,
@@ -32,7 +28,7 @@ impl Gateway {
     pub fn new(max_in_flight: usize) -> Gateway {
         Gateway {
             table: ArcSwap::from_pointee(ModelTable::default()),
-            ready: tokio::sync::watch::Sender::new(true),
+            ready: tokio::sync::watch::Sender::new(false),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
         }
@@ -69,9 +65,10 @@ impl Gateway {
         self.table.load_full()
     }
 
-    /// Ready once every version found at start has finished loading, successfully or not.
+    /// Ready once the versions known at start have finished loading, successfully or not;
+    /// versions registered later load without taking the server out of readiness.
     pub fn is_ready(&self) -> bool {
-        self.table.load().settled()
+        *self.ready.borrow()
     }
 
     /// Follows `is_ready`.
@@ -79,103 +76,13 @@ impl Gateway {
         self.ready.subscribe()
     }
 
-    fn store(&self, table: ModelTable) {
+    pub(crate) fn set_ready(&self, ready: bool) {
+        self.ready.send_replace(ready);
+    }
+
+    /// Puts a new model table in place; requests already routed keep the version they hold.
+    pub(crate) fn install(&self, table: ModelTable) {
         self.table.store(Arc::new(table));
-        self.ready.send_replace(self.is_ready());
-    }
-
-    fn set_status(&self, model: &str, label: &str, status: VersionStatus) {
-        self.table
-            .rcu(|table| table.with_status(model, label, &status));
-        self.ready.send_replace(self.is_ready());
-    }
-
-    /// Registers the repository's versions as loading and loads each on its own worker thread.
-    /// Returns at once; a version serves as soon as its own load has finished.
-    pub fn load_repository(self: &Arc<Self>, entries: Vec<ModelEntry>, runtime: Arc<dyn Runtime>) {
-        let mut models = BTreeMap::new();
-        let mut loads = Vec::new();
-        for entry in entries {
-            let name: Arc<str> = entry.name.as_str().into();
-            let versions = entry
-                .versions
-                .iter()
-                .map(|version| {
-                    let status = match &entry.settings {
-                        Ok(_) => VersionStatus::Loading,
-                        Err(reason) => VersionStatus::Failed(reason.clone()),
-                    };
-                    Arc::new(VersionState {
-                        label: version.label.as_str().into(),
-                        platform: runtime.platform(),
-                        status,
-                    })
-                })
-                .collect();
-            if let Ok(settings) = &entry.settings {
-                for version in &entry.versions {
-                    loads.push((entry.name.clone(), version.clone(), settings.clone()));
-                }
-            } else if let Err(reason) = &entry.settings {
-                tracing::error!(model = %entry.name, %reason, "model not loaded");
-            }
-            models.insert(
-                name.clone(),
-                Arc::new(ModelState {
-                    name,
-                    settings: entry.settings.ok(),
-                    versions,
-                }),
-            );
-        }
-        self.store(ModelTable { models });
-
-        for (model, version, settings) in loads {
-            let gateway = self.clone();
-            let runtime = runtime.clone();
-            tokio::spawn(async move {
-                let started = std::time::Instant::now();
-                let options = LoadOptions {
-                    device: settings.device,
-                    intra_op_threads: settings.intra_op_threads,
-                };
-                let batching = Batching {
-                    max_batch_size: 0,
-                    configured_max_batch_size: settings.max_batch_size.map(|size| size as usize),
-                    max_queue_delay: settings.max_queue_delay,
-                    preferred_batch_sizes: settings.preferred_batch_sizes.clone(),
-                };
-                let loaded = ReplicaSet::start(
-                    runtime,
-                    version.artifact.clone(),
-                    options,
-                    batching,
-                    settings.replicas,
-                    settings.queue_capacity,
-                    &format!("sy-{model}-{}", version.label),
-                )
-                .await;
-                let status = match loaded {
-                    Ok(replicas) => {
-                        let ready = ReadyVersion::new(replicas, settings.timeout);
-                        tracing::info!(
-                            %model,
-                            version = %version.label,
-                            replicas = ready.replicas.replica_count(),
-                            max_batch_size = ready.max_batch_size,
-                            elapsed_ms = started.elapsed().as_millis() as u64,
-                            "version ready"
-                        );
-                        VersionStatus::Ready(Arc::new(ready))
-                    }
-                    Err(error) => {
-                        tracing::error!(%model, version = %version.label, %error, "version failed to load");
-                        VersionStatus::Failed(error.to_string())
-                    }
-                };
-                gateway.set_status(&model, &version.label, status);
-            });
-        }
     }
 
     /// Refuses a request for a version whose queues are all full before its body is decoded;
@@ -187,12 +94,24 @@ impl Gateway {
         };
         let chosen = match version {
             Some(label) => model.version(label).ok(),
-            None => model.default_version(),
+            None => None,
         };
-        let full = chosen.is_some_and(|version| match &version.status {
+        let surely_full = |version: &Arc<VersionState>| match &version.status {
             VersionStatus::Ready(ready) => ready.replicas.surely_full(),
             _ => false,
-        });
+        };
+        let full = match chosen {
+            Some(version) => surely_full(version),
+            // Routing may pick any ready version: refuse only when all of them are full.
+            None => {
+                model.highest_ready().is_some()
+                    && model
+                        .versions
+                        .iter()
+                        .filter(|v| matches!(v.status, VersionStatus::Ready(_)))
+                        .all(surely_full)
+            }
+        };
         if full {
             return Err(GatewayError::new(
                 ErrorKind::Overloaded,
@@ -210,7 +129,7 @@ impl Gateway {
             let model = table.model(&request.model)?;
             let version = match &request.version {
                 Some(label) => model.version(label)?,
-                None => model.default_version().ok_or_else(|| {
+                None => model.route().ok_or_else(|| {
                     GatewayError::unavailable(format!(
                         "model '{}' has no ready version{}",
                         model.name,

@@ -5,6 +5,7 @@
 //! snapshot, checks the request against the version's signature and queues it on a replica
 //! (`serving`), whose worker thread runs the model.
 
+pub mod api;
 pub mod config;
 pub mod error;
 pub mod gateway;
@@ -12,6 +13,7 @@ pub mod inference;
 pub mod metadata;
 pub mod models;
 pub mod protocol;
+pub mod reconcile;
 pub mod repository;
 pub mod server;
 pub mod serving;

@@ -97,7 +97,7 @@ impl Gateway {
     pub fn model_ready(&self, model: &str, version: Option<&str>) -> Result<(), GatewayError> {
         let table = self.snapshot();
         let model = table.model(model)?;
-        if version.is_none() && model.default_version().is_some() {
+        if version.is_none() && model.highest_ready().is_some() {
             return Ok(());
         }
         resolve(model, version)?.ready(&model.name).map(|_| ())
@@ -131,12 +131,8 @@ impl Gateway {
             max_batch_size,
             inputs: config_tensors(&ready.signature().inputs),
             outputs: config_tensors(&ready.signature().outputs),
-            device: model
-                .settings
-                .as_ref()
-                .map(|s| s.device)
-                .unwrap_or_default(),
-            instance_count: 1,
+            device: ready.device,
+            instance_count: u32::try_from(ready.replicas.replica_count()).unwrap_or(u32::MAX),
         })
     }
 }

@@ -5,15 +5,15 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use switchyard_runtimes::Signature;
+use switchyard_runtimes::{Device, Signature};
 
 use crate::error::GatewayError;
-use crate::repository::ModelSettings;
 use crate::serving::ReplicaSet;
 
 /// A version that can serve.
 pub struct ReadyVersion {
     pub replicas: ReplicaSet,
+    pub device: Device,
     /// Largest batch along axis 0; 0 when the model has no batch axis.
     pub max_batch_size: u32,
     /// How long a request may take, queue included, unless the caller asks for less.
@@ -21,10 +21,11 @@ pub struct ReadyVersion {
 }
 
 impl ReadyVersion {
-    pub fn new(replicas: ReplicaSet, timeout: Duration) -> ReadyVersion {
+    pub fn new(replicas: ReplicaSet, device: Device, timeout: Duration) -> ReadyVersion {
         let max_batch_size = u32::try_from(replicas.max_batch_size()).unwrap_or(u32::MAX);
         ReadyVersion {
             replicas,
+            device,
             max_batch_size,
             timeout,
         }
@@ -61,13 +62,18 @@ pub struct VersionState {
 
 pub struct ModelState {
     pub name: Arc<str>,
-    pub settings: Option<ModelSettings>,
     /// Sorted by label, lowest first.
     pub versions: Vec<Arc<VersionState>>,
+    /// Traffic weights by version label; empty: the highest ready version serves.
+    pub traffic: Vec<(Arc<str>, u64)>,
+    /// Alias -> version label.
+    pub aliases: BTreeMap<String, Arc<str>>,
 }
 
 impl ModelState {
+    /// A version by label or alias.
     pub fn version(&self, label: &str) -> Result<&Arc<VersionState>, GatewayError> {
+        let label = self.aliases.get(label).map_or(label, |target| &**target);
         self.versions
             .iter()
             .find(|version| &*version.label == label)
@@ -80,17 +86,44 @@ impl ModelState {
             })
     }
 
-    /// The version that serves requests naming none: the highest ready one.
-    pub fn default_version(&self) -> Option<&Arc<VersionState>> {
+    /// The version that serves a request naming none: one of the ready versions with traffic
+    /// weight, picked in proportion to the weights; without such a version, the highest
+    /// ready one (so that a traffic change towards a version still loading costs no request).
+    pub fn route(&self) -> Option<&Arc<VersionState>> {
+        let weighted = || {
+            self.traffic
+                .iter()
+                .filter(|(_, weight)| *weight > 0)
+                .filter_map(|(label, weight)| {
+                    self.versions
+                        .iter()
+                        .find(|v| v.label == *label && matches!(v.status, VersionStatus::Ready(_)))
+                        .map(|version| (version, *weight))
+                })
+        };
+        let total: u64 = weighted().map(|(_, weight)| weight).sum();
+        if total > 0 {
+            let mut pick = fastrand::u64(..total);
+            for (version, weight) in weighted() {
+                if pick < weight {
+                    return Some(version);
+                }
+                pick -= weight;
+            }
+        }
+        self.highest_ready()
+    }
+
+    pub fn highest_ready(&self) -> Option<&Arc<VersionState>> {
         self.versions
             .iter()
             .rev()
             .find(|version| matches!(version.status, VersionStatus::Ready(_)))
     }
 
-    /// The default version, or the highest version when none is ready (to report why).
+    /// The highest ready version, or the highest version when none is ready (to report why).
     pub fn representative_version(&self) -> Option<&Arc<VersionState>> {
-        self.default_version().or_else(|| self.versions.last())
+        self.highest_ready().or_else(|| self.versions.last())
     }
 
     pub fn labels(&self) -> Vec<&str> {
@@ -125,43 +158,5 @@ impl ModelTable {
         self.models
             .get(name)
             .ok_or_else(|| GatewayError::not_found(format!("unknown model '{name}'")))
-    }
-
-    /// True once no version is still loading.
-    pub fn settled(&self) -> bool {
-        self.models.values().all(|model| {
-            model
-                .versions
-                .iter()
-                .all(|version| !matches!(version.status, VersionStatus::Loading))
-        })
-    }
-
-    /// A copy of this table with one version's status replaced.
-    pub fn with_status(&self, model: &str, label: &str, status: &VersionStatus) -> ModelTable {
-        let mut models = self.models.clone();
-        if let Some(state) = models.get_mut(model) {
-            let versions = state
-                .versions
-                .iter()
-                .map(|version| {
-                    if &*version.label == label {
-                        Arc::new(VersionState {
-                            label: version.label.clone(),
-                            platform: version.platform,
-                            status: status.clone(),
-                        })
-                    } else {
-                        version.clone()
-                    }
-                })
-                .collect();
-            *state = Arc::new(ModelState {
-                name: state.name.clone(),
-                settings: state.settings.clone(),
-                versions,
-            });
-        }
-        ModelTable { models }
     }
 }

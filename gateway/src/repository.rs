@@ -4,13 +4,13 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use switchyard_runtimes::Device;
 
 use crate::config::{HumanDuration, ServingConfig};
 
 /// Serving settings of one model, from its `model.toml`; unset keys take the gateway defaults.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelToml {
     pub description: Option<String>,
@@ -47,7 +47,7 @@ pub struct ModelSettings {
 }
 
 impl ModelSettings {
-    fn resolve(toml: ModelToml, defaults: &ServingConfig) -> Result<ModelSettings, String> {
+    pub fn resolve(toml: ModelToml, defaults: &ServingConfig) -> Result<ModelSettings, String> {
         let device = match toml.device {
             None => Device::Cpu,
             Some(text) => text.parse().map_err(|e| format!("{e}"))?,
@@ -82,8 +82,8 @@ impl ModelSettings {
 #[derive(Debug, Clone)]
 pub struct ModelEntry {
     pub name: String,
-    /// The settings, or why `model.toml` could not be used (then no version can load).
-    pub settings: Result<ModelSettings, String>,
+    /// The model's `model.toml`, or why it could not be used (then no version can load).
+    pub toml: Result<ModelToml, String>,
     pub versions: Vec<VersionEntry>,
 }
 
@@ -128,8 +128,8 @@ pub fn scan(
             tracing::warn!(folder = %model_dir.display(), "skipping: model names may hold only letters, digits, '_', '-' and '.'");
             continue;
         }
-        let settings = read_model_toml(&model_dir.join("model.toml"))
-            .and_then(|toml| ModelSettings::resolve(toml, defaults))
+        let toml = read_model_toml(&model_dir.join("model.toml"))
+            .and_then(|toml| ModelSettings::resolve(toml.clone(), defaults).map(|_| toml))
             .map_err(|e| format!("invalid {}: {e}", model_dir.join("model.toml").display()));
         let mut versions = Vec::new();
         for version_dir in sorted_subdirs(&model_dir).map_err(read_error(&model_dir))? {
@@ -152,7 +152,7 @@ pub fn scan(
         }
         models.push(ModelEntry {
             name,
-            settings,
+            toml,
             versions,
         });
     }
@@ -240,13 +240,17 @@ mod tests {
             .map(|v| v.label.as_str())
             .collect();
         assert_eq!(labels, ["1", "2", "10"]);
-        let alpha = models[0].settings.as_ref().expect("alpha settings");
+        let alpha = ModelSettings::resolve(
+            models[0].toml.clone().expect("alpha model.toml"),
+            &ServingConfig::default(),
+        )
+        .expect("alpha settings");
         assert_eq!(alpha.max_batch_size, Some(8));
         assert_eq!(alpha.queue_capacity, 3);
         assert_eq!(alpha.max_queue_delay, Duration::from_micros(500));
         assert_eq!(alpha.replicas, 2);
         assert_eq!(alpha.timeout, Duration::from_secs(30));
-        let beta = models[1].settings.as_ref().expect_err("unknown key");
+        let beta = models[1].toml.as_ref().expect_err("unknown key");
         assert!(beta.contains("max_batch"), "{beta}");
     }
 }

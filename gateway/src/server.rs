@@ -5,45 +5,72 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use axum::serve::ListenerExt;
-use switchyard_runtimes::Runtime;
-use switchyard_runtimes::onnx::{OnnxRuntime, locate_library};
+use switchyard_registry::{SqlStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+use crate::api;
 use crate::config::{ByteSize, Config};
 use crate::gateway::Gateway;
 use crate::protocol::{grpc, http};
-use crate::repository;
+use crate::reconcile::{self, Reconciler, Runtimes};
 
 /// A started gateway.
 pub struct Running {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
+    pub store: Arc<dyn Store>,
+    reconciler: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
     servers: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
 }
 
-/// Reads the model repository, binds the listeners and starts serving. Versions load in the
-/// background; `/v2/health/ready` turns ready once all of them have loaded or failed.
+/// Opens the registry (importing the model repository on first start), binds the listeners and
+/// starts serving. Versions load in the background; `/v2/health/ready` turns ready once the
+/// versions known at start have loaded or failed.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    let store: Arc<dyn Store> = Arc::new(
+        SqlStore::open(&config.registry.url)
+            .await
+            .with_context(|| format!("cannot open the registry {}", config.registry.url))?,
+    );
     let models_dir = &config.models.dir;
-    let entries = repository::scan(models_dir, "model.onnx", &config.serving)?;
-    if entries.is_empty() {
-        tracing::warn!(dir = %models_dir.display(), "the model repository holds no model");
+    let first_start = store.list_models().await?.is_empty();
+    if first_start || config.models.import_on_start {
+        if models_dir.is_dir() {
+            let imported =
+                reconcile::import_repository(store.as_ref(), models_dir, &config.serving).await?;
+            tracing::info!(dir = %models_dir.display(), count = imported.len(), "imported the model repository");
+        } else {
+            tracing::warn!(dir = %models_dir.display(), "no model repository to import");
+        }
+    }
+
+    let library =
+        Some(config.onnxruntime.library.clone()).filter(|path| !path.as_os_str().is_empty());
+    let mut runtimes = Runtimes::new(library);
+    // Fail fast, with the instructions, when the versions to serve need a runtime this machine
+    // lacks.
+    let snapshot = store.snapshot().await?;
+    for version in snapshot.models.iter().flat_map(|m| &m.versions) {
+        let to_load =
+            version.state.is_live() || version.state == switchyard_registry::VersionState::Failed;
+        if to_load && reconcile::RUNTIMES.contains(&version.runtime.as_str()) {
+            runtimes.get(&version.runtime).map_err(anyhow::Error::msg)?;
+        }
     }
 
     let gateway = Arc::new(Gateway::new(config.serving.max_in_flight.max(1)));
-    if !entries.is_empty() {
-        let configured =
-            Some(config.onnxruntime.library.as_path()).filter(|path| !path.as_os_str().is_empty());
-        let library = locate_library(configured)?;
-        let runtime = OnnxRuntime::initialize(&library)?;
-        tracing::info!(library = %runtime.library().display(), "ONNX Runtime loaded");
-        let runtime: Arc<dyn Runtime> = runtime;
-        gateway.load_repository(entries, runtime);
-    }
+    let reconciler = Reconciler::new(
+        gateway.clone(),
+        store.clone(),
+        config.serving.clone(),
+        runtimes,
+    );
+    let reconciler = tokio::spawn(reconciler.run());
 
     let http_listener = TcpListener::bind(config.http.addr)
         .await
@@ -51,23 +78,43 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let grpc_listener = TcpListener::bind(config.grpc.addr)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", config.grpc.addr))?;
+    let admin_listener = TcpListener::bind(config.admin.addr)
+        .await
+        .with_context(|| {
+            format!(
+                "cannot listen for the management API on {}",
+                config.admin.addr
+            )
+        })?;
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
 
     let (shutdown, stop) = watch::channel(false);
     let http_app = http::router(gateway.clone(), byte_limit(config.http.max_request_size));
     let grpc_app = grpc::router(gateway.clone(), byte_limit(config.grpc.max_message_size));
+    let admin_app = api::router(api::AdminState::new(
+        store.clone(),
+        gateway.clone(),
+        &config.admin,
+        config.models.dir.clone(),
+        config.serving.clone(),
+    ));
     let servers = vec![
         ("HTTP", serve(http_listener, http_app, stop.clone())),
-        ("gRPC", serve(grpc_listener, grpc_app, stop)),
+        ("gRPC", serve(grpc_listener, grpc_app, stop.clone())),
+        ("management API", serve(admin_listener, admin_app, stop)),
     ];
-    tracing::info!(%http_addr, %grpc_addr, "serving the Open Inference Protocol over HTTP and gRPC");
+    tracing::info!(%http_addr, %grpc_addr, %admin_addr, registry = store.backend(), "serving");
     Ok(Running {
         http_addr,
         grpc_addr,
+        admin_addr,
         gateway,
+        store,
         shutdown,
         servers,
+        reconciler,
     })
 }
 
@@ -98,6 +145,7 @@ impl Running {
     /// Stops accepting connections, lets requests in flight finish, and returns.
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.send_replace(true);
+        self.reconciler.abort();
         for (name, server) in self.servers {
             server
                 .await

@@ -32,9 +32,11 @@ pub fn models_dir() -> PathBuf {
 
 pub struct TestGateway {
     pub base: String,
+    pub admin: String,
     pub grpc_addr: std::net::SocketAddr,
     pub client: reqwest::Client,
     running: Option<Running>,
+    _registry_dir: Option<tempfile::TempDir>,
 }
 
 impl TestGateway {
@@ -43,19 +45,27 @@ impl TestGateway {
     }
 
     pub async fn start_with(models: &Path, adjust: impl FnOnce(&mut Config)) -> TestGateway {
+        let registry_dir = tempfile::tempdir().unwrap();
         let mut config = Config::default();
         config.http.addr = "127.0.0.1:0".parse().unwrap();
         config.grpc.addr = "127.0.0.1:0".parse().unwrap();
+        config.admin.addr = "127.0.0.1:0".parse().unwrap();
         config.models.dir = models.to_path_buf();
+        config.registry.url = format!(
+            "sqlite://{}",
+            registry_dir.path().join("registry.db").display()
+        );
         adjust(&mut config);
         let running = switchyard_gateway::start(&config)
             .await
             .expect("gateway starts");
         let gateway = TestGateway {
             base: format!("http://{}", running.http_addr),
+            admin: format!("http://{}", running.admin_addr),
             grpc_addr: running.grpc_addr,
             client: reqwest::Client::new(),
             running: Some(running),
+            _registry_dir: Some(registry_dir),
         };
         gateway.wait_until_ready().await;
         gateway

@@ -1,0 +1,474 @@
+//! The management API (`/v1/...`) over the registry: JSON over HTTP on its own listener,
+//! behind bearer tokens with a read and a write role.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::{Path, Query, Request, State};
+use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post, put};
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+use switchyard_registry::{NewModel, NewScores, NewVersion, RegistryError, Store, VersionState};
+
+use crate::config::{AdminConfig, AdminRole, ServingConfig};
+use crate::gateway::Gateway;
+use crate::models::VersionStatus;
+use crate::reconcile::{self, RUNTIMES};
+
+/// The OpenAPI description served at `/v1/openapi.json`.
+pub const OPENAPI: &str = include_str!("../openapi.json");
+
+#[derive(Clone)]
+pub struct AdminState {
+    store: Arc<dyn Store>,
+    gateway: Arc<Gateway>,
+    tokens: Arc<Vec<([u8; 32], AdminRole)>>,
+    /// No token is configured: only a loopback listener may then answer, to anyone on it.
+    open: bool,
+    models_dir: PathBuf,
+    defaults: ServingConfig,
+}
+
+impl AdminState {
+    pub fn new(
+        store: Arc<dyn Store>,
+        gateway: Arc<Gateway>,
+        config: &AdminConfig,
+        models_dir: PathBuf,
+        defaults: ServingConfig,
+    ) -> AdminState {
+        let mut tokens: Vec<([u8; 32], AdminRole)> = config
+            .tokens
+            .iter()
+            .filter_map(|token| match decode_hex(&token.sha256) {
+                Some(digest) => Some((digest, token.role)),
+                None => {
+                    tracing::error!("ignoring an admin token whose sha256 is not 64 hex digits");
+                    None
+                }
+            })
+            .collect();
+        if let Ok(token) = std::env::var("SWITCHYARD_ADMIN_TOKEN")
+            && !token.is_empty()
+        {
+            tokens.push((Sha256::digest(token.as_bytes()).into(), AdminRole::Write));
+        }
+        let open = tokens.is_empty() && config.addr.ip().is_loopback();
+        if open {
+            tracing::warn!(addr = %config.addr, "no admin token configured: the management API is open to loopback clients");
+        }
+        AdminState {
+            store,
+            gateway,
+            tokens: Arc::new(tokens),
+            open,
+            models_dir,
+            defaults,
+        }
+    }
+}
+
+fn decode_hex(text: &str) -> Option<[u8; 32]> {
+    let text = text.trim();
+    if text.len() != 64 {
+        return None;
+    }
+    let mut out = [0u8; 32];
+    for (index, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Compares digests in time that does not depend on where they differ.
+fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+struct ApiError(StatusCode, String);
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.0, axum::Json(json!({ "error": self.1 }))).into_response();
+        if self.0 == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        response
+    }
+}
+
+impl From<RegistryError> for ApiError {
+    fn from(error: RegistryError) -> Self {
+        let status = match &error {
+            RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
+            RegistryError::Conflict(_) => StatusCode::CONFLICT,
+            RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
+            RegistryError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        };
+        ApiError(status, error.to_string())
+    }
+}
+
+fn bad_request(message: impl Into<String>) -> ApiError {
+    ApiError(StatusCode::BAD_REQUEST, message.into())
+}
+
+fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
+    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid request body: {e}")))
+}
+
+type ApiResult = Result<Response, ApiError>;
+
+fn ok(status: StatusCode, body: Value) -> ApiResult {
+    Ok((status, axum::Json(body)).into_response())
+}
+
+/// The actor recorded in the audit log: the token's role and a short digest prefix.
+#[derive(Clone)]
+struct Actor(String);
+
+async fn authenticate(
+    State(state): State<AdminState>,
+    mut request: Request,
+    next: Next,
+) -> Response {
+    let needs = if matches!(*request.method(), Method::GET | Method::HEAD) {
+        AdminRole::Read
+    } else {
+        AdminRole::Write
+    };
+    let actor = if state.open {
+        Actor("loopback".into())
+    } else {
+        let presented = request
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.strip_prefix("Bearer "))
+            .map(str::trim);
+        let Some(presented) = presented else {
+            return ApiError(
+                StatusCode::UNAUTHORIZED,
+                "a bearer token is required".into(),
+            )
+            .into_response();
+        };
+        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let Some((_, role)) = state
+            .tokens
+            .iter()
+            .find(|(known, _)| same_digest(known, &digest))
+        else {
+            return ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()).into_response();
+        };
+        if needs == AdminRole::Write && *role == AdminRole::Read {
+            return ApiError(StatusCode::FORBIDDEN, "this token may only read".into())
+                .into_response();
+        }
+        let prefix: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        Actor(format!("token:{prefix}"))
+    };
+    request.extensions_mut().insert(actor);
+    next.run(request).await
+}
+
+pub fn router(state: AdminState) -> Router {
+    let api = Router::new()
+        .route("/v1/models", get(list_models).post(create_model))
+        .route("/v1/models/{m}", get(get_model))
+        .route(
+            "/v1/models/{m}/versions",
+            get(list_versions).post(register_version),
+        )
+        .route(
+            "/v1/models/{m}/versions/{v}",
+            get(get_version).delete(remove_version),
+        )
+        .route(
+            "/v1/models/{m}/versions/{v}/scores",
+            get(list_scores).post(add_scores),
+        )
+        .route("/v1/models/{m}/traffic", get(get_traffic).put(set_traffic))
+        .route(
+            "/v1/models/{m}/aliases/{a}",
+            put(set_alias).delete(remove_alias),
+        )
+        .route("/v1/events", get(events))
+        .route("/v1/repository/import", post(import))
+        .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
+    Router::new()
+        .route(
+            "/v1/openapi.json",
+            get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
+        )
+        .merge(api)
+        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .method_not_allowed_fallback(|| async {
+            ApiError(
+                StatusCode::METHOD_NOT_ALLOWED,
+                "method not allowed on this endpoint".into(),
+            )
+        })
+        .with_state(state)
+}
+
+/// What this gateway process is doing with a version, next to the registry's record.
+fn serving_state(gateway: &Gateway, model: &str, label: &str) -> Value {
+    let table = gateway.snapshot();
+    let version = table
+        .model(model)
+        .ok()
+        .and_then(|m| m.versions.iter().find(|v| &*v.label == label).cloned());
+    match version.as_ref().map(|v| &v.status) {
+        Some(VersionStatus::Ready(_)) => json!("READY"),
+        Some(VersionStatus::Loading) => json!("LOADING"),
+        Some(VersionStatus::Failed(_)) => json!("FAILED"),
+        None => Value::Null,
+    }
+}
+
+async fn list_models(State(state): State<AdminState>) -> ApiResult {
+    let snapshot = state.store.snapshot().await?;
+    ok(
+        StatusCode::OK,
+        json!({ "revision": snapshot.revision, "models": snapshot.models }),
+    )
+}
+
+async fn create_model(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    body: Bytes,
+) -> ApiResult {
+    let model: NewModel = parse(&body)?;
+    let name = model.name.clone();
+    let revision = state.store.create_model(&actor.0, model).await?;
+    let record = state.store.model(&name).await?;
+    ok(
+        StatusCode::CREATED,
+        json!({ "revision": revision, "model": record }),
+    )
+}
+
+async fn get_model(State(state): State<AdminState>, Path(model): Path<String>) -> ApiResult {
+    let record = state.store.model(&model).await?;
+    let mut body = serde_json::to_value(&record)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    if let Some(versions) = body["versions"].as_array_mut() {
+        for version in versions {
+            let label = version["label"].as_str().unwrap_or_default().to_owned();
+            version["serving"] = serving_state(&state.gateway, &model, &label);
+        }
+    }
+    ok(StatusCode::OK, body)
+}
+
+async fn list_versions(State(state): State<AdminState>, Path(model): Path<String>) -> ApiResult {
+    let record = state.store.model(&model).await?;
+    ok(StatusCode::OK, json!({ "versions": record.versions }))
+}
+
+async fn register_version(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let mut version: NewVersion = parse(&body)?;
+    if !RUNTIMES.contains(&version.runtime.as_str()) {
+        return Err(bad_request(format!(
+            "runtime '{}' is not available in this build (available: {})",
+            version.runtime,
+            RUNTIMES.join(", ")
+        )));
+    }
+    let artifact =
+        std::path::absolute(&version.artifact).unwrap_or_else(|_| PathBuf::from(&version.artifact));
+    if let Err(error) = std::fs::File::open(&artifact).and_then(|file| {
+        if file.metadata()?.is_file() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("not a file"))
+        }
+    }) {
+        return Err(bad_request(format!(
+            "artifact {} cannot be read: {error}",
+            artifact.display()
+        )));
+    }
+    version.artifact = artifact.display().to_string();
+    if let Some(config) = &version.config {
+        reconcile::version_settings(config, &state.defaults).map_err(bad_request)?;
+    }
+    let (created, _) = state
+        .store
+        .register_version(&actor.0, &model, version)
+        .await?;
+    let revision = state
+        .store
+        .set_version_state(&actor.0, &model, &created.label, VersionState::Loading, "")
+        .await?;
+    let mut body = serde_json::to_value(&created)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    body["state"] = json!(VersionState::Loading);
+    ok(
+        StatusCode::CREATED,
+        json!({ "revision": revision, "version": body }),
+    )
+}
+
+async fn get_version(
+    State(state): State<AdminState>,
+    Path((model, label)): Path<(String, String)>,
+) -> ApiResult {
+    let version = state.store.version(&model, &label).await?;
+    let mut body = serde_json::to_value(&version)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    body["serving"] = serving_state(&state.gateway, &model, &label);
+    ok(StatusCode::OK, body)
+}
+
+async fn remove_version(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path((model, label)): Path<(String, String)>,
+) -> ApiResult {
+    let revision = state.store.remove_version(&actor.0, &model, &label).await?;
+    ok(
+        StatusCode::ACCEPTED,
+        json!({ "revision": revision, "state": VersionState::Draining }),
+    )
+}
+
+async fn add_scores(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path((model, label)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let scores: NewScores = parse(&body)?;
+    let revision = state
+        .store
+        .add_scores(&actor.0, &model, &label, scores)
+        .await?;
+    ok(StatusCode::CREATED, json!({ "revision": revision }))
+}
+
+async fn list_scores(
+    State(state): State<AdminState>,
+    Path((model, label)): Path<(String, String)>,
+) -> ApiResult {
+    let scores = state.store.scores(&model, &label).await?;
+    ok(StatusCode::OK, json!({ "scores": scores }))
+}
+
+async fn get_traffic(State(state): State<AdminState>, Path(model): Path<String>) -> ApiResult {
+    let record = state.store.model(&model).await?;
+    let revision = state.store.revision().await?;
+    ok(
+        StatusCode::OK,
+        json!({ "weights": record.traffic, "revision": revision }),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TrafficBody {
+    weights: BTreeMap<String, u64>,
+}
+
+async fn set_traffic(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let traffic: TrafficBody = parse(&body)?;
+    let revision = state
+        .store
+        .set_traffic(&actor.0, &model, traffic.weights.clone())
+        .await?;
+    ok(
+        StatusCode::OK,
+        json!({ "weights": traffic.weights, "revision": revision }),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct AliasBody {
+    version: String,
+}
+
+async fn set_alias(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path((model, alias)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let target: AliasBody = parse(&body)?;
+    let revision = state
+        .store
+        .set_alias(&actor.0, &model, &alias, &target.version)
+        .await?;
+    ok(
+        StatusCode::OK,
+        json!({ "alias": alias, "version": target.version, "revision": revision }),
+    )
+}
+
+async fn remove_alias(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path((model, alias)): Path<(String, String)>,
+) -> ApiResult {
+    let revision = state.store.remove_alias(&actor.0, &model, &alias).await?;
+    ok(StatusCode::OK, json!({ "revision": revision }))
+}
+
+#[derive(Deserialize)]
+struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default = "default_limit")]
+    limit: i64,
+}
+
+fn default_limit() -> i64 {
+    100
+}
+
+async fn events(
+    State(state): State<AdminState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|e| bad_request(e.body_text()))?;
+    let events = state.store.events_after(query.after, query.limit).await?;
+    let next_after = events.last().map_or(query.after, |event| event.revision);
+    ok(
+        StatusCode::OK,
+        json!({ "events": events, "next_after": next_after }),
+    )
+}
+
+async fn import(State(state): State<AdminState>) -> ApiResult {
+    let imported =
+        reconcile::import_repository(state.store.as_ref(), &state.models_dir, &state.defaults)
+            .await
+            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    let revision = state.store.revision().await?;
+    ok(
+        StatusCode::OK,
+        json!({ "imported": imported, "revision": revision }),
+    )
+}

@@ -1,0 +1,441 @@
+//! Keeps what the gateway serves in line with the registry: imports the model repository,
+//! loads versions as they are registered (off the request path), drains removed ones, and
+//! swaps in a new model table with the registry's traffic and aliases after every change.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard_registry::{
+    NewModel, NewVersion, RegistryError, Snapshot, Store, Version, VersionState,
+};
+use switchyard_runtimes::onnx::{OnnxRuntime, locate_library};
+use switchyard_runtimes::{LoadOptions, Runtime};
+use tokio::sync::mpsc;
+
+use crate::config::ServingConfig;
+use crate::gateway::Gateway;
+use crate::models::{
+    ModelState, ModelTable, ReadyVersion, VersionState as TableVersion, VersionStatus,
+};
+use crate::repository::{self, ModelSettings, ModelToml};
+use crate::serving::{Batching, ReplicaSet};
+
+/// The runtimes this build can load, by their registry name.
+pub const RUNTIMES: &[&str] = &["onnx"];
+const ONNX_PLATFORM: &str = "onnxruntime_onnx";
+const ACTOR: &str = "gateway";
+
+/// Registers the repository's models and versions that the registry does not know yet.
+/// Returns them as "model/version".
+pub async fn import_repository(
+    store: &dyn Store,
+    dir: &Path,
+    defaults: &ServingConfig,
+) -> anyhow::Result<Vec<String>> {
+    let entries = repository::scan(dir, "model.onnx", defaults)?;
+    let mut imported = Vec::new();
+    for entry in entries {
+        let known: Vec<String> = match store.model(&entry.name).await {
+            Ok(record) => record.versions.into_iter().map(|v| v.label).collect(),
+            Err(RegistryError::NotFound(_)) => {
+                let description = entry
+                    .toml
+                    .as_ref()
+                    .ok()
+                    .and_then(|toml| toml.description.clone())
+                    .unwrap_or_default();
+                store
+                    .create_model(
+                        "import",
+                        NewModel {
+                            name: entry.name.clone(),
+                            description,
+                        },
+                    )
+                    .await?;
+                Vec::new()
+            }
+            Err(error) => return Err(error.into()),
+        };
+        for version in &entry.versions {
+            if known.contains(&version.label) {
+                continue;
+            }
+            let artifact =
+                std::path::absolute(&version.artifact).unwrap_or_else(|_| version.artifact.clone());
+            let config = match &entry.toml {
+                Ok(toml) => serde_json::to_value(toml)?,
+                Err(_) => serde_json::json!({}),
+            };
+            let mut metadata =
+                serde_json::json!({"imported_from": dir.join(&entry.name).display().to_string()});
+            if let Err(reason) = &entry.toml {
+                // Kept with the version so that no process loads it with default settings.
+                metadata["import_error"] = serde_json::json!(reason);
+            }
+            let new = NewVersion {
+                version: Some(version.label.clone()),
+                runtime: "onnx".into(),
+                artifact: artifact.display().to_string(),
+                config: Some(config),
+                metadata: Some(metadata),
+            };
+            store.register_version("import", &entry.name, new).await?;
+            if let Err(reason) = &entry.toml {
+                store
+                    .set_version_state(
+                        "import",
+                        &entry.name,
+                        &version.label,
+                        VersionState::Failed,
+                        reason,
+                    )
+                    .await?;
+            }
+            imported.push(format!("{}/{}", entry.name, version.label));
+        }
+    }
+    Ok(imported)
+}
+
+/// Reads a version's serving settings from its registry config (a model.toml as JSON).
+pub fn version_settings(
+    config: &serde_json::Value,
+    defaults: &ServingConfig,
+) -> Result<ModelSettings, String> {
+    let toml: ModelToml =
+        serde_json::from_value(config.clone()).map_err(|e| format!("invalid config: {e}"))?;
+    ModelSettings::resolve(toml, defaults).map_err(|e| format!("invalid config: {e}"))
+}
+
+/// ONNX Runtime, loaded the first time a version needs it.
+pub struct Runtimes {
+    library: Option<PathBuf>,
+    onnx: Option<Arc<dyn Runtime>>,
+}
+
+impl Runtimes {
+    pub fn new(library: Option<PathBuf>) -> Runtimes {
+        Runtimes {
+            library,
+            onnx: None,
+        }
+    }
+
+    pub fn get(&mut self, name: &str) -> Result<Arc<dyn Runtime>, String> {
+        if name != "onnx" {
+            return Err(format!(
+                "runtime '{name}' is not available in this build (available: {})",
+                RUNTIMES.join(", ")
+            ));
+        }
+        if let Some(runtime) = &self.onnx {
+            return Ok(runtime.clone());
+        }
+        let library = locate_library(self.library.as_deref()).map_err(|e| e.to_string())?;
+        let runtime = OnnxRuntime::initialize(&library).map_err(|e| e.to_string())?;
+        tracing::info!(library = %runtime.library().display(), "ONNX Runtime loaded");
+        let runtime: Arc<dyn Runtime> = runtime;
+        self.onnx = Some(runtime.clone());
+        Ok(runtime)
+    }
+}
+
+type Key = (String, String);
+
+enum Local {
+    Loading,
+    Ready(Arc<ReadyVersion>),
+    Failed(String),
+}
+
+struct Loaded {
+    key: Key,
+    result: Result<ReadyVersion, String>,
+    elapsed: Duration,
+}
+
+pub struct Reconciler {
+    gateway: Arc<Gateway>,
+    store: Arc<dyn Store>,
+    defaults: ServingConfig,
+    runtimes: Runtimes,
+    local: HashMap<Key, Local>,
+    snapshot: Option<Snapshot>,
+    /// Versions whose first load the server's readiness waits for.
+    startup: Option<HashSet<Key>>,
+    /// Removed versions still answering the requests they hold.
+    draining: Vec<(Key, Arc<ReadyVersion>)>,
+    loaded_tx: mpsc::UnboundedSender<Loaded>,
+    loaded_rx: mpsc::UnboundedReceiver<Loaded>,
+}
+
+impl Reconciler {
+    pub fn new(
+        gateway: Arc<Gateway>,
+        store: Arc<dyn Store>,
+        defaults: ServingConfig,
+        runtimes: Runtimes,
+    ) -> Self {
+        let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
+        Reconciler {
+            gateway,
+            store,
+            defaults,
+            runtimes,
+            local: HashMap::new(),
+            snapshot: None,
+            startup: Some(HashSet::new()),
+            draining: Vec::new(),
+            loaded_tx,
+            loaded_rx,
+        }
+    }
+
+    /// Follows the registry until it closes.
+    pub async fn run(mut self) {
+        let mut revisions = self.store.subscribe();
+        revisions.mark_changed();
+        let mut drain_check = tokio::time::interval(Duration::from_millis(50));
+        loop {
+            tokio::select! {
+                changed = revisions.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                    self.sync().await;
+                }
+                Some(loaded) = self.loaded_rx.recv() => self.finish_load(loaded).await,
+                _ = drain_check.tick(), if !self.draining.is_empty() => self.retire_drained().await,
+            }
+        }
+    }
+
+    async fn sync(&mut self) {
+        let snapshot = match self.store.snapshot().await {
+            Ok(snapshot) => snapshot,
+            Err(error) => {
+                tracing::error!(%error, "cannot read the registry; keeping the current table");
+                return;
+            }
+        };
+        for record in &snapshot.models {
+            for version in &record.versions {
+                let key = (version.model.clone(), version.label.clone());
+                let removing = matches!(
+                    version.state,
+                    VersionState::Draining | VersionState::Retired
+                );
+                match (removing, self.local.get(&key)) {
+                    (false, None) => self.start_load(key, version).await,
+                    (true, Some(_)) => self.start_drain(&key),
+                    (true, None) if version.state == VersionState::Draining => {
+                        self.write_state(&key, VersionState::Retired, "").await;
+                    }
+                    _ => {}
+                }
+            }
+        }
+        self.snapshot = Some(snapshot);
+        self.publish();
+        self.check_startup();
+    }
+
+    async fn start_load(&mut self, key: Key, version: &Version) {
+        let runtime = self.runtimes.get(&version.runtime);
+        let settings = match version
+            .metadata
+            .get("import_error")
+            .and_then(|e| e.as_str())
+        {
+            Some(reason) => Err(reason.to_owned()),
+            None => version_settings(&version.config, &self.defaults),
+        };
+        let (runtime, settings) = match (runtime, settings) {
+            (Ok(runtime), Ok(settings)) => (runtime, settings),
+            (Err(reason), _) | (_, Err(reason)) => {
+                tracing::error!(model = %key.0, version = %key.1, %reason, "version not loaded");
+                self.local
+                    .insert(key.clone(), Local::Failed(reason.clone()));
+                self.write_state(&key, VersionState::Failed, &reason).await;
+                return;
+            }
+        };
+        self.local.insert(key.clone(), Local::Loading);
+        if let Some(startup) = &mut self.startup {
+            startup.insert(key.clone());
+        }
+        self.write_state(&key, VersionState::Loading, "").await;
+        let artifact = PathBuf::from(&version.artifact);
+        let loaded_tx = self.loaded_tx.clone();
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let result = load(runtime, &key, artifact, settings).await;
+            let _ = loaded_tx.send(Loaded {
+                key,
+                result,
+                elapsed: started.elapsed(),
+            });
+        });
+    }
+
+    async fn finish_load(&mut self, loaded: Loaded) {
+        let Loaded {
+            key,
+            result,
+            elapsed,
+        } = loaded;
+        let elapsed_ms = elapsed.as_millis() as u64;
+        if let Some(startup) = &mut self.startup {
+            startup.remove(&key);
+        }
+        if !matches!(self.local.get(&key), Some(Local::Loading)) {
+            // Removed while loading: unload at once.
+            return;
+        }
+        match result {
+            Ok(ready) => {
+                tracing::info!(
+                    model = %key.0,
+                    version = %key.1,
+                    replicas = ready.replicas.replica_count(),
+                    max_batch_size = ready.max_batch_size,
+                    elapsed_ms,
+                    "version ready"
+                );
+                self.local
+                    .insert(key.clone(), Local::Ready(Arc::new(ready)));
+                self.publish();
+                self.write_state(&key, VersionState::Ready, "").await;
+            }
+            Err(reason) => {
+                tracing::error!(model = %key.0, version = %key.1, %reason, elapsed_ms, "version failed to load");
+                self.local
+                    .insert(key.clone(), Local::Failed(reason.clone()));
+                self.publish();
+                self.write_state(&key, VersionState::Failed, &reason).await;
+            }
+        }
+        self.check_startup();
+    }
+
+    fn start_drain(&mut self, key: &Key) {
+        if let Some(Local::Ready(ready)) = self.local.remove(key) {
+            tracing::info!(model = %key.0, version = %key.1, "draining");
+            self.draining.push((key.clone(), ready));
+        }
+    }
+
+    /// Retires the removed versions that no request holds any more; dropping the last
+    /// reference stops their workers after their queues are empty.
+    async fn retire_drained(&mut self) {
+        let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.draining)
+            .into_iter()
+            .partition(|(_, ready)| Arc::strong_count(ready) == 1);
+        self.draining = waiting;
+        for (key, ready) in done {
+            drop(ready);
+            tracing::info!(model = %key.0, version = %key.1, "retired");
+            self.write_state(&key, VersionState::Retired, "").await;
+        }
+    }
+
+    fn check_startup(&mut self) {
+        if self.startup.as_ref().is_some_and(HashSet::is_empty) && self.snapshot.is_some() {
+            self.startup = None;
+            self.gateway.set_ready(true);
+        }
+    }
+
+    async fn write_state(&self, key: &Key, state: VersionState, reason: &str) {
+        if let Err(error) = self
+            .store
+            .set_version_state(ACTOR, &key.0, &key.1, state, reason)
+            .await
+        {
+            tracing::warn!(model = %key.0, version = %key.1, %error, "cannot record the version's state");
+        }
+    }
+
+    /// Builds the model table from the registry's last snapshot and this process's versions.
+    fn publish(&self) {
+        let Some(snapshot) = &self.snapshot else {
+            return;
+        };
+        let mut models = BTreeMap::new();
+        for record in &snapshot.models {
+            let versions = record
+                .versions
+                .iter()
+                .filter_map(|version| {
+                    let key = (version.model.clone(), version.label.clone());
+                    let status = match self.local.get(&key)? {
+                        Local::Loading => VersionStatus::Loading,
+                        Local::Ready(ready) => VersionStatus::Ready(ready.clone()),
+                        Local::Failed(reason) => VersionStatus::Failed(reason.clone()),
+                    };
+                    Some(Arc::new(TableVersion {
+                        label: version.label.as_str().into(),
+                        platform: ONNX_PLATFORM,
+                        status,
+                    }))
+                })
+                .collect();
+            let name: Arc<str> = record.model.name.as_str().into();
+            models.insert(
+                name.clone(),
+                Arc::new(ModelState {
+                    name,
+                    versions,
+                    traffic: record
+                        .traffic
+                        .iter()
+                        .map(|(label, weight)| (label.as_str().into(), *weight))
+                        .collect(),
+                    aliases: record
+                        .aliases
+                        .iter()
+                        .map(|(alias, label)| (alias.clone(), label.as_str().into()))
+                        .collect(),
+                }),
+            );
+        }
+        self.gateway.install(ModelTable { models });
+    }
+}
+
+async fn load(
+    runtime: Arc<dyn Runtime>,
+    key: &Key,
+    artifact: PathBuf,
+    settings: ModelSettings,
+) -> Result<ReadyVersion, String> {
+    let options = LoadOptions {
+        device: settings.device,
+        intra_op_threads: settings.intra_op_threads,
+    };
+    let batching = Batching {
+        max_batch_size: 0,
+        configured_max_batch_size: settings.max_batch_size.map(|size| size as usize),
+        max_queue_delay: settings.max_queue_delay,
+        preferred_batch_sizes: settings.preferred_batch_sizes.clone(),
+    };
+    let replicas = ReplicaSet::start(
+        runtime,
+        artifact,
+        options,
+        batching,
+        settings.replicas,
+        settings.queue_capacity,
+        &format!("sy-{}-{}", key.0, key.1),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    Ok(ReadyVersion::new(
+        replicas,
+        settings.device,
+        settings.timeout,
+    ))
+}
