@@ -3,6 +3,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use switchyard_gateway::cli;
 use switchyard_gateway::config::{ByteSize, Config, LogFormat};
 use tracing_subscriber::EnvFilter;
 
@@ -10,6 +11,8 @@ use tracing_subscriber::EnvFilter;
 #[derive(Parser)]
 #[command(name = "switchyard", version)]
 struct Cli {
+    #[command(flatten)]
+    client: cli::ClientArgs,
     #[command(subcommand)]
     command: Command,
 }
@@ -18,6 +21,31 @@ struct Cli {
 enum Command {
     /// Start the gateway.
     Serve(ServeArgs),
+    /// Models in the registry.
+    #[command(subcommand)]
+    Models(cli::ModelsCommand),
+    /// Versions of a model.
+    #[command(subcommand)]
+    Versions(cli::VersionsCommand),
+    /// Traffic weights of a model.
+    #[command(subcommand)]
+    Traffic(cli::TrafficCommand),
+    /// Scores of a version.
+    #[command(subcommand)]
+    Scores(cli::ScoresCommand),
+    /// Aliases of a model.
+    #[command(subcommand)]
+    Aliases(cli::AliasesCommand),
+    /// The registry's audit log.
+    Events {
+        /// Only events after this revision.
+        #[arg(long, default_value_t = 0)]
+        after: i64,
+        #[arg(long, default_value_t = 100)]
+        limit: i64,
+    },
+    /// Register the model repository's folders the registry does not know yet.
+    Import,
 }
 
 #[derive(Args)]
@@ -28,6 +56,15 @@ struct ServeArgs {
     /// Address of the HTTP listener (host:port).
     #[arg(long, env = "SWITCHYARD_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// Address of the management API (host:port).
+    #[arg(long, env = "SWITCHYARD_ADMIN_ADDR")]
+    admin_addr: Option<SocketAddr>,
+    /// The registry: sqlite://PATH or postgres://USER@HOST:PORT/DB.
+    #[arg(long, env = "SWITCHYARD_REGISTRY")]
+    registry: Option<String>,
+    /// Register model folders the registry does not know yet.
+    #[arg(long)]
+    import_models: bool,
     /// Address of the gRPC listener (host:port).
     #[arg(long, env = "SWITCHYARD_GRPC_ADDR")]
     grpc_addr: Option<SocketAddr>,
@@ -52,6 +89,15 @@ impl ServeArgs {
     fn apply(self, config: &mut Config) {
         if let Some(addr) = self.http_addr {
             config.http.addr = addr;
+        }
+        if let Some(addr) = self.admin_addr {
+            config.admin.addr = addr;
+        }
+        if let Some(url) = self.registry {
+            config.registry.url = url;
+        }
+        if self.import_models {
+            config.models.import_on_start = true;
         }
         if let Some(addr) = self.grpc_addr {
             config.grpc.addr = addr;
@@ -87,7 +133,11 @@ fn init_logging(config: &Config) {
 
 #[tokio::main]
 async fn main() -> ExitCode {
-    let Command::Serve(args) = Cli::parse().command;
+    let parsed = Cli::parse();
+    let args = match parsed.command {
+        Command::Serve(args) => args,
+        command => return client(&parsed.client, command).await,
+    };
     let mut config = match Config::load(args.config.as_deref()) {
         Ok(config) => config,
         Err(error) => {
@@ -101,6 +151,34 @@ async fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");
+            eprintln!("switchyard: {error:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one management API call and prints its answer.
+async fn client(args: &cli::ClientArgs, command: Command) -> ExitCode {
+    let client = cli::Client::new(args);
+    let answer = match command {
+        Command::Serve(_) => return ExitCode::FAILURE,
+        Command::Models(command) => client.models(command).await,
+        Command::Versions(command) => client.versions(command).await,
+        Command::Traffic(command) => client.traffic(command).await,
+        Command::Scores(command) => client.scores(command).await,
+        Command::Aliases(command) => client.aliases(command).await,
+        Command::Events { after, limit } => client.events(after, limit).await,
+        Command::Import => client.import().await,
+    };
+    match answer {
+        Ok(value) => {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&value).unwrap_or_default()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
             eprintln!("switchyard: {error:#}");
             ExitCode::FAILURE
         }

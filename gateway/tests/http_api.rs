@@ -6,7 +6,8 @@
 mod common;
 
 use common::{
-    MLP_IN, MLP_OUT, MlpWeights, TestGateway, as_f32s, assert_close, models_dir, sample_inputs,
+    MLP_IN, MLP_OUT, MlpWeights, TestGateway, as_f32s, assert_close, mlp_repository, models_dir,
+    sample_inputs,
 };
 use serde_json::{Value, json};
 
@@ -456,19 +457,6 @@ async fn a_corrupt_model_fails_alone() {
         1e-5,
     );
     gateway.stop().await;
-}
-
-/// A repository holding only `mlp`, with the given model.toml.
-fn mlp_repository(model_toml: &str) -> tempfile::TempDir {
-    let repo = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(repo.path().join("mlp/1")).unwrap();
-    std::fs::copy(
-        models_dir().join("mlp/1/model.onnx"),
-        repo.path().join("mlp/1/model.onnx"),
-    )
-    .unwrap();
-    std::fs::write(repo.path().join("mlp/model.toml"), model_toml).unwrap();
-    repo
 }
 
 #[tokio::test]

@@ -222,3 +222,108 @@ pub fn assert_close(actual: &[f32], expected: &[f32], tolerance: f32) {
         );
     }
 }
+
+/// A repository holding only `mlp` (version 1), with the given model.toml.
+pub fn mlp_repository(model_toml: &str) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(repo.path().join("mlp/1")).unwrap();
+    std::fs::copy(
+        models_dir().join("mlp/1/model.onnx"),
+        repo.path().join("mlp/1/model.onnx"),
+    )
+    .unwrap();
+    std::fs::write(repo.path().join("mlp/model.toml"), model_toml).unwrap();
+    repo
+}
+
+/// A fresh database on the throwaway PostgreSQL server that scripts/test starts.
+pub async fn postgres_url() -> String {
+    let admin = std::env::var("SWITCHYARD_TEST_POSTGRES_URL").expect(
+        "SWITCHYARD_TEST_POSTGRES_URL is not set: run the tests through scripts/test, which starts a throwaway PostgreSQL",
+    );
+    sqlx::any::install_default_drivers();
+    let name = format!(
+        "gw_{}_{}",
+        std::process::id(),
+        fastrand::u64(..1_000_000_000)
+    );
+    let mut connection = <sqlx::AnyConnection as sqlx::Connection>::connect(&admin)
+        .await
+        .unwrap();
+    sqlx::Executor::execute(&mut connection, format!("CREATE DATABASE {name}").as_str())
+        .await
+        .unwrap();
+    format!("{}/{name}", admin.rsplit_once('/').unwrap().0)
+}
+
+pub const WRITER_TOKEN: &str = "writer-secret";
+pub const READER_TOKEN: &str = "reader-secret";
+
+/// Admin tokens for the tests, as the configuration holds them (SHA-256).
+pub fn test_tokens() -> Vec<switchyard_gateway::config::AdminToken> {
+    use sha2::Digest;
+    let hex = |token: &str| -> String {
+        sha2::Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect()
+    };
+    vec![
+        switchyard_gateway::config::AdminToken {
+            sha256: hex(WRITER_TOKEN),
+            role: switchyard_gateway::config::AdminRole::Write,
+        },
+        switchyard_gateway::config::AdminToken {
+            sha256: hex(READER_TOKEN),
+            role: switchyard_gateway::config::AdminRole::Read,
+        },
+    ]
+}
+
+impl TestGateway {
+    /// A management API call with a token; returns status and JSON body.
+    pub async fn admin(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<serde_json::Value>,
+    ) -> (u16, serde_json::Value) {
+        let mut request = self.client.request(method, format!("{}{path}", self.admin));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let response = request.send().await.expect("admin call");
+        let status = response.status().as_u16();
+        let bytes = response.bytes().await.unwrap();
+        let value = serde_json::from_slice(&bytes)
+            .unwrap_or_else(|_| panic!("not JSON ({status}): {}", String::from_utf8_lossy(&bytes)));
+        (status, value)
+    }
+
+    /// Waits until the management API reports the version as served READY by this gateway.
+    pub async fn wait_for_serving(&self, model: &str, version: &str) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (status, body) = self
+                .admin(
+                    reqwest::Method::GET,
+                    &format!("/v1/models/{model}/versions/{version}"),
+                    Some(WRITER_TOKEN),
+                    None,
+                )
+                .await;
+            if status == 200 && body["serving"] == "READY" {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{model}/{version} never became ready: {body}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+}
