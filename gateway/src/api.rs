@@ -307,8 +307,15 @@ async fn register_version(
         )));
     }
     version.artifact = artifact.display().to_string();
-    if let Some(config) = &version.config {
-        reconcile::version_settings(config, &state.defaults).map_err(bad_request)?;
+    match &version.config {
+        Some(config) => {
+            reconcile::version_settings(config, &state.defaults).map_err(bad_request)?;
+        }
+        // A new version is served like the model's latest one unless told otherwise.
+        None => {
+            let record = state.store.model(&model).await?;
+            version.config = record.versions.last().map(|latest| latest.config.clone());
+        }
     }
     let (created, _) = state
         .store

@@ -616,6 +616,12 @@ async fn the_command_line_client_does_a_canary() {
     assert!(ok, "{err}");
     assert_eq!(body["version"]["label"], "2");
     gateway.wait_for_serving("mlp", "2").await;
+    let (ok, body, _) = cli(&gateway, &["versions", "show", "mlp", "2"]).await;
+    assert!(ok);
+    assert_eq!(
+        body["config"]["max_batch_size"], 64,
+        "inherited from version 1"
+    );
     let (ok, body, err) = cli(&gateway, &["traffic", "set", "mlp", "1=90", "2=10"]).await;
     assert!(ok, "{err}");
     assert_eq!(body["weights"], json!({"1": 90, "2": 10}));
