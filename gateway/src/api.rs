@@ -15,9 +15,9 @@ use axum::routing::{get, post, put};
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
-use sha2::{Digest, Sha256};
 use switchyard_registry::{NewModel, NewScores, NewVersion, RegistryError, Store, VersionState};
 
+use crate::auth;
 use crate::config::{AdminConfig, AdminRole, ServingConfig};
 use crate::gateway::Gateway;
 use crate::models::VersionStatus;
@@ -48,7 +48,7 @@ impl AdminState {
         let mut tokens: Vec<([u8; 32], AdminRole)> = config
             .tokens
             .iter()
-            .filter_map(|token| match decode_hex(&token.sha256) {
+            .filter_map(|token| match auth::decode_hex(&token.sha256) {
                 Some(digest) => Some((digest, token.role)),
                 None => {
                     tracing::error!("ignoring an admin token whose sha256 is not 64 hex digits");
@@ -59,7 +59,7 @@ impl AdminState {
         if let Ok(token) = std::env::var("SWITCHYARD_ADMIN_TOKEN")
             && !token.is_empty()
         {
-            tokens.push((Sha256::digest(token.as_bytes()).into(), AdminRole::Write));
+            tokens.push((auth::digest(&token), AdminRole::Write));
         }
         let open = tokens.is_empty() && config.addr.ip().is_loopback();
         if open {
@@ -74,23 +74,6 @@ impl AdminState {
             defaults,
         }
     }
-}
-
-fn decode_hex(text: &str) -> Option<[u8; 32]> {
-    let text = text.trim();
-    if text.len() != 64 {
-        return None;
-    }
-    let mut out = [0u8; 32];
-    for (index, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
-    }
-    Some(out)
-}
-
-/// Compares digests in time that does not depend on where they differ.
-fn same_digest(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 struct ApiError(StatusCode, String);
@@ -150,24 +133,18 @@ async fn authenticate(
     let actor = if state.open {
         Actor("loopback".into())
     } else {
-        let presented = request
-            .headers()
-            .get(header::AUTHORIZATION)
-            .and_then(|value| value.to_str().ok())
-            .and_then(|value| value.strip_prefix("Bearer "))
-            .map(str::trim);
-        let Some(presented) = presented else {
+        let Some(presented) = auth::presented_secret(request.headers()) else {
             return ApiError(
                 StatusCode::UNAUTHORIZED,
                 "a bearer token is required".into(),
             )
             .into_response();
         };
-        let digest: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+        let digest = auth::digest(presented);
         let Some((_, role)) = state
             .tokens
             .iter()
-            .find(|(known, _)| same_digest(known, &digest))
+            .find(|(known, _)| auth::same_digest(known, &digest))
         else {
             return ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()).into_response();
         };

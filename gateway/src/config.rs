@@ -14,6 +14,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/switchyard.toml");
 pub struct Config {
     pub http: HttpConfig,
     pub grpc: GrpcConfig,
+    pub inference: InferenceConfig,
     pub admin: AdminConfig,
     pub registry: RegistryConfig,
     pub models: ModelsConfig,
@@ -44,6 +45,14 @@ pub struct ModelsConfig {
     /// Register model folders that the registry does not know yet at every start (the first
     /// start always imports the whole repository).
     pub import_on_start: bool,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct InferenceConfig {
+    /// API keys of the inference endpoints (HTTP and gRPC), as SHA-256 hex digests; empty
+    /// leaves them open. SWITCHYARD_API_KEY adds one.
+    pub api_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

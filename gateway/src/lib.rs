@@ -6,6 +6,7 @@
 //! (`serving`), whose worker thread runs the model.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod error;

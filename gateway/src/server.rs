@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::api;
+use crate::auth::{self, ApiKeys};
 use crate::config::{ByteSize, Config};
 use crate::gateway::Gateway;
 use crate::protocol::{grpc, http};
@@ -91,8 +92,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let admin_addr = admin_listener.local_addr()?;
 
     let (shutdown, stop) = watch::channel(false);
-    let http_app = http::router(gateway.clone(), byte_limit(config.http.max_request_size));
-    let grpc_app = grpc::router(gateway.clone(), byte_limit(config.grpc.max_message_size));
+    let keys = ApiKeys::new(&config.inference.api_keys);
+    let http_app = http::router(gateway.clone(), byte_limit(config.http.max_request_size)).layer(
+        axum::middleware::from_fn_with_state(keys.clone(), auth::require_http_key),
+    );
+    let grpc_app = grpc::router(gateway.clone(), byte_limit(config.grpc.max_message_size)).layer(
+        axum::middleware::from_fn_with_state(keys, auth::require_grpc_key),
+    );
     let admin_app = api::router(api::AdminState::new(
         store.clone(),
         gateway.clone(),

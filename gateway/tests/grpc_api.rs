@@ -541,3 +541,87 @@ async fn a_failed_version_is_not_ready_over_grpc() {
     assert_eq!(status.code(), Code::Unavailable);
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn an_api_key_guards_inference_but_not_health() {
+    use sha2::Digest;
+    let key = "inference-key";
+    let digest: String = sha2::Sha256::digest(key.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let gateway = TestGateway::start_with(&models_dir(), |config| {
+        config.inference.api_keys = vec![digest]
+    })
+    .await;
+
+    // HTTP: health stays open; inference needs the key, as a bearer token or X-API-Key.
+    assert_eq!(gateway.get("/v2/health/ready").await.0, 200);
+    let x = sample_inputs(MLP_IN, 2);
+    let body =
+        json!({"inputs": [{"name": "x", "shape": [1, MLP_IN], "datatype": "FP32", "data": x}]});
+    let (status, refused) = gateway.post_json("/v2/models/mlp/infer", &body).await;
+    assert_eq!(status, 401);
+    assert!(refused["error"].as_str().unwrap().contains("API key"));
+    let url = gateway.url("/v2/models/mlp/infer");
+    let bearer = gateway
+        .client
+        .post(&url)
+        .bearer_auth(key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(bearer.status(), 200);
+    let header = gateway
+        .client
+        .post(&url)
+        .header("X-API-Key", key)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header.status(), 200);
+    let wrong = gateway
+        .client
+        .post(&url)
+        .bearer_auth("nope")
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    assert_eq!(
+        gateway
+            .client
+            .get(gateway.url("/v2/models/mlp"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+
+    // gRPC: liveness open, inference UNAUTHENTICATED without the key.
+    let mut grpc = client(&gateway).await;
+    assert!(
+        grpc.server_live(pb::ServerLiveRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .live
+    );
+    let status = grpc.model_infer(mlp_raw(&x, 1)).await.unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated);
+    let mut request = tonic::Request::new(mlp_raw(&x, 1));
+    request
+        .metadata_mut()
+        .insert("x-api-key", key.parse().unwrap());
+    assert!(grpc.model_infer(request).await.is_ok());
+    let mut request = tonic::Request::new(mlp_raw(&x, 1));
+    request
+        .metadata_mut()
+        .insert("authorization", format!("Bearer {key}").parse().unwrap());
+    assert!(grpc.model_infer(request).await.is_ok());
+    gateway.stop().await;
+}

@@ -458,36 +458,69 @@ async fn management_api_on_postgres() {
 }
 
 #[tokio::test]
-async fn two_gateways_on_one_postgres_see_each_others_changes_within_a_second() {
+async fn two_gateway_processes_on_one_postgres_see_each_others_changes_within_a_second() {
     let repo = mlp_repository("max_batch_size = 64\n");
     let url = postgres_url().await;
-    let first = start(repo.path(), Some(url.clone())).await;
-    let second = start(repo.path(), Some(url)).await;
+    let mut first = spawn_switchyard(repo.path(), &url).await;
+    let mut second = spawn_switchyard(repo.path(), &url).await;
     let artifact = second_artifact(&repo);
-    let (status, _) = first
-        .admin(
-            Method::POST,
-            "/v1/models/mlp/versions",
-            Some(WRITER_TOKEN),
-            Some(json!({"runtime": "onnx", "artifact": artifact})),
-        )
-        .await;
+    let (status, _) = call(
+        Method::POST,
+        format!("{}/v1/models/mlp/versions", first.admin),
+        Some(json!({"runtime": "onnx", "artifact": artifact})),
+    )
+    .await;
     assert_eq!(status, 201);
-    first.wait_for_serving("mlp", "2").await;
-    second.wait_for_serving("mlp", "2").await;
-    let (status, _) = first
-        .admin(
-            Method::PUT,
-            "/v1/models/mlp/traffic",
-            Some(WRITER_TOKEN),
-            Some(json!({"weights": {"2": 1}})),
-        )
-        .await;
+    for process in [&first, &second] {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let (_, version) = call(
+                Method::GET,
+                format!("{}/v1/models/mlp/versions/2", process.admin),
+                None,
+            )
+            .await;
+            if version["serving"] == "READY" {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "version 2 never served: {version}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    let (status, _) = call(
+        Method::PUT,
+        format!("{}/v1/models/mlp/traffic", first.admin),
+        Some(json!({"weights": {"2": 1}})),
+    )
+    .await;
     assert_eq!(status, 200);
-    let took = wait_until_served_by(&second, "2").await;
-    assert!(took < Duration::from_secs(1), "took {took:?}");
-    first.stop().await;
-    second.stop().await;
+    let changed = Instant::now();
+    let client = reqwest::Client::new();
+    loop {
+        let response = client
+            .post(format!("{}/v2/models/mlp/infer", second.http))
+            .json(&infer_body())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let body: Value = response.json().await.unwrap();
+        if body["model_version"] == "2" {
+            break;
+        }
+        assert!(
+            changed.elapsed() < Duration::from_secs(1),
+            "the other gateway did not follow within 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    for process in [&mut first, &mut second] {
+        process.child.kill().unwrap();
+        process.child.wait().unwrap();
+    }
 }
 
 #[tokio::test]
@@ -677,6 +710,14 @@ struct Process {
     child: std::process::Child,
     http: String,
     admin: String,
+}
+
+impl Drop for Process {
+    /// A failed assertion must not leave a gateway running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
 
 /// Starts the real `switchyard` binary and waits until it is ready.
