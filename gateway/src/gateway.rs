@@ -93,7 +93,11 @@ impl Gateway {
             return Ok(());
         };
         let chosen = match version {
-            Some(label) => model.version(label).ok(),
+            // An unknown version is for `infer` to report (404), not a reason to refuse.
+            Some(label) => match model.version(label) {
+                Ok(version) => Some(version),
+                Err(_) => return Ok(()),
+            },
             None => None,
         };
         let surely_full = |version: &Arc<VersionState>| match &version.status {
@@ -147,9 +151,10 @@ impl Gateway {
             &request,
         )?;
         let now = Instant::now();
+        let timeout_at = now.checked_add(ready.timeout).unwrap_or(now);
         let deadline = match request.deadline {
-            Some(asked) => asked.min(now + ready.timeout),
-            None => now + ready.timeout,
+            Some(asked) => asked.min(timeout_at),
+            None => timeout_at,
         };
         if deadline <= now {
             return Err(GatewayError::new(

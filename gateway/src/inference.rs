@@ -42,18 +42,21 @@ pub struct InferResponse {
 }
 
 impl InferRequest {
-    /// Applies the protocol's `timeout` request parameter (microseconds), as Triton does.
+    /// Applies the protocol's `timeout` request parameter (microseconds), as Triton does;
+    /// 0 means no timeout of the request's own.
     pub fn apply_timeout_parameter(&mut self, received: Instant) -> Result<(), GatewayError> {
         let micros = match self.parameters.get("timeout") {
-            None => return Ok(()),
-            Some(Parameter::Int(micros)) if *micros >= 0 => *micros as u64,
+            None | Some(Parameter::Int(0)) => return Ok(()),
+            Some(Parameter::Int(micros)) if *micros > 0 => *micros as u64,
             Some(_) => {
                 return Err(GatewayError::invalid(
                     "parameter 'timeout' must be a non-negative number of microseconds",
                 ));
             }
         };
-        let deadline = received + Duration::from_micros(micros);
+        let Some(deadline) = received.checked_add(Duration::from_micros(micros)) else {
+            return Ok(());
+        };
         self.deadline = Some(self.deadline.map_or(deadline, |d| d.min(deadline)));
         Ok(())
     }
@@ -119,7 +122,12 @@ pub fn validate(
     if max_batch_size > 0 {
         check_batch(model, max_batch_size, &request.inputs)?;
     }
-    for name in &request.outputs {
+    for (index, name) in request.outputs.iter().enumerate() {
+        if request.outputs[..index].contains(name) {
+            return Err(GatewayError::invalid(format!(
+                "output '{name}' is requested more than once"
+            )));
+        }
         if signature.output(name).is_none() {
             return Err(GatewayError::invalid(format!(
                 "model '{model}' has no output '{name}' (its outputs: {})",
@@ -277,6 +285,9 @@ mod tests {
             input("b", DataType::Int64, vec![9]),
         ]);
         assert!(error_of(&too_big, 8).contains("batch size 9"));
+        let mut twice_out = request(vec![input("a", DataType::Fp32, vec![2, 4]), b()]);
+        twice_out.outputs = vec!["y".into(), "y".into()];
+        assert!(error_of(&twice_out, 8).contains("more than once"));
         let mut unknown_output = request(vec![input("a", DataType::Fp32, vec![2, 4]), b()]);
         unknown_output.outputs = vec!["w".into()];
         assert!(error_of(&unknown_output, 8).contains("no output 'w'"));

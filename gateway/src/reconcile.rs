@@ -46,7 +46,7 @@ pub async fn import_repository(
                     .ok()
                     .and_then(|toml| toml.description.clone())
                     .unwrap_or_default();
-                store
+                let created = store
                     .create_model(
                         "import",
                         NewModel {
@@ -54,8 +54,12 @@ pub async fn import_repository(
                             description,
                         },
                     )
-                    .await?;
-                Vec::new()
+                    .await;
+                match created {
+                    // Another gateway starting at the same time imported it first.
+                    Ok(_) | Err(RegistryError::Conflict(_)) => Vec::new(),
+                    Err(error) => return Err(error.into()),
+                }
             }
             Err(error) => return Err(error.into()),
         };
@@ -82,7 +86,11 @@ pub async fn import_repository(
                 config: Some(config),
                 metadata: Some(metadata),
             };
-            store.register_version("import", &entry.name, new).await?;
+            match store.register_version("import", &entry.name, new).await {
+                Ok(_) => {}
+                Err(RegistryError::Conflict(_)) => continue,
+                Err(error) => return Err(error.into()),
+            }
             if let Err(reason) = &entry.toml {
                 store
                     .set_version_state(
@@ -199,26 +207,30 @@ impl Reconciler {
         let mut revisions = self.store.subscribe();
         revisions.mark_changed();
         let mut drain_check = tokio::time::interval(Duration::from_millis(50));
+        let mut retry = tokio::time::interval(Duration::from_secs(1));
+        let mut synced = true;
         loop {
             tokio::select! {
                 changed = revisions.changed() => {
                     if changed.is_err() {
                         return;
                     }
-                    self.sync().await;
+                    synced = self.sync().await;
                 }
+                _ = retry.tick(), if !synced => synced = self.sync().await,
                 Some(loaded) = self.loaded_rx.recv() => self.finish_load(loaded).await,
                 _ = drain_check.tick(), if !self.draining.is_empty() => self.retire_drained().await,
             }
         }
     }
 
-    async fn sync(&mut self) {
+    /// Applies the registry's current state; false if it could not be read (to retry).
+    async fn sync(&mut self) -> bool {
         let snapshot = match self.store.snapshot().await {
             Ok(snapshot) => snapshot,
             Err(error) => {
-                tracing::error!(%error, "cannot read the registry; keeping the current table");
-                return;
+                tracing::error!(%error, "cannot read the registry; keeping the current table and retrying");
+                return false;
             }
         };
         for record in &snapshot.models {
@@ -230,7 +242,12 @@ impl Reconciler {
                 );
                 match (removing, self.local.get(&key)) {
                     (false, None) => self.start_load(key, version).await,
-                    (true, Some(_)) => self.start_drain(&key),
+                    (true, Some(_)) => {
+                        let draining = self.start_drain(&key);
+                        if !draining {
+                            self.write_state(&key, VersionState::Retired, "").await;
+                        }
+                    }
                     (true, None) if version.state == VersionState::Draining => {
                         self.write_state(&key, VersionState::Retired, "").await;
                     }
@@ -241,6 +258,7 @@ impl Reconciler {
         self.snapshot = Some(snapshot);
         self.publish();
         self.check_startup();
+        true
     }
 
     async fn start_load(&mut self, key: Key, version: &Version) {
@@ -292,7 +310,8 @@ impl Reconciler {
             startup.remove(&key);
         }
         if !matches!(self.local.get(&key), Some(Local::Loading)) {
-            // Removed while loading: unload at once.
+            // Removed while loading: dropping the result unloads it.
+            self.check_startup();
             return;
         }
         match result {
@@ -321,10 +340,16 @@ impl Reconciler {
         self.check_startup();
     }
 
-    fn start_drain(&mut self, key: &Key) {
-        if let Some(Local::Ready(ready)) = self.local.remove(key) {
-            tracing::info!(model = %key.0, version = %key.1, "draining");
-            self.draining.push((key.clone(), ready));
+    /// Takes a removed version out of service; true if it was serving and now drains (it
+    /// retires once no request holds it), false if there was nothing to drain.
+    fn start_drain(&mut self, key: &Key) -> bool {
+        match self.local.remove(key) {
+            Some(Local::Ready(ready)) => {
+                tracing::info!(model = %key.0, version = %key.1, "draining");
+                self.draining.push((key.clone(), ready));
+                true
+            }
+            _ => false,
         }
     }
 
@@ -349,13 +374,20 @@ impl Reconciler {
         }
     }
 
-    async fn write_state(&self, key: &Key, state: VersionState, reason: &str) {
-        if let Err(error) = self
+    /// Records a version's state; false when the registry refuses because the version is
+    /// being removed.
+    async fn write_state(&self, key: &Key, state: VersionState, reason: &str) -> bool {
+        match self
             .store
             .set_version_state(ACTOR, &key.0, &key.1, state, reason)
             .await
         {
-            tracing::warn!(model = %key.0, version = %key.1, %error, "cannot record the version's state");
+            Ok(_) => true,
+            Err(RegistryError::Conflict(_)) => false,
+            Err(error) => {
+                tracing::warn!(model = %key.0, version = %key.1, %error, "cannot record the version's state");
+                true
+            }
         }
     }
 

@@ -60,6 +60,14 @@ impl ModelSettings {
             None => Ok(default.0),
             Some(text) => HumanDuration::parse(&text).map(|d| d.0),
         };
+        let max_queue_delay = duration(toml.max_queue_delay, defaults.max_queue_delay)?;
+        if max_queue_delay > Duration::from_secs(10) {
+            return Err("max_queue_delay may be at most 10s".into());
+        }
+        let timeout = duration(toml.timeout, defaults.timeout)?;
+        if timeout > Duration::from_secs(24 * 3600) || timeout.is_zero() {
+            return Err("timeout must be more than 0 and at most 24h".into());
+        }
         let replicas = toml.replicas.unwrap_or(defaults.replicas);
         if replicas == 0 {
             return Err("replicas must be at least 1".into());
@@ -71,9 +79,9 @@ impl ModelSettings {
             queue_capacity,
             intra_op_threads: toml.intra_op_threads.unwrap_or(defaults.intra_op_threads),
             replicas,
-            max_queue_delay: duration(toml.max_queue_delay, defaults.max_queue_delay)?,
+            max_queue_delay,
             preferred_batch_sizes: toml.preferred_batch_sizes.unwrap_or_default(),
-            timeout: duration(toml.timeout, defaults.timeout)?,
+            timeout,
         })
     }
 }

@@ -233,7 +233,8 @@ impl ReplicaSet {
     /// batch it runs, against the queue's capacity. Lets a front refuse a request before it
     /// spends work decoding it.
     pub fn surely_full(&self) -> bool {
-        let in_worker = self.batching.max_batch_size.max(1);
+        // The worker may hold a whole batch and one job that did not fit it.
+        let in_worker = self.batching.max_batch_size.max(1) + usize::from(self.batching.enabled());
         self.replicas.iter().all(|replica| {
             replica.outstanding.load(Ordering::Relaxed) >= self.queue_capacity + in_worker
         })
@@ -344,7 +345,14 @@ impl Worker {
     /// Adds queued jobs to `first` until the batch is full, reaches a preferred size, or the
     /// first job has waited `max_queue_delay`.
     fn collect_batch(&self, first: Job, held: &mut Option<Job>) -> (Vec<Job>, usize) {
-        let flush_at = first.enqueued + self.batching.max_queue_delay;
+        // No job waits for company past its own deadline.
+        let mut flush_at = first
+            .enqueued
+            .checked_add(self.batching.max_queue_delay)
+            .unwrap_or(first.enqueued);
+        if let Some(deadline) = first.deadline {
+            flush_at = flush_at.min(deadline);
+        }
         let mut rows = first.rows;
         let mut batch = vec![first];
         while rows < self.batching.max_batch_size {
@@ -370,6 +378,9 @@ impl Worker {
                 break;
             }
             rows += next.rows;
+            if let Some(deadline) = next.deadline {
+                flush_at = flush_at.min(deadline);
+            }
             batch.push(next);
             if self.batching.preferred_batch_sizes.contains(&rows) {
                 break;
@@ -378,16 +389,43 @@ impl Worker {
         (batch, rows)
     }
 
+    /// Runs the model, turning a panic inside the runtime into an error so that the worker,
+    /// and the requests queued behind it, carry on.
+    fn call_model(&mut self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, GatewayError> {
+        let model = &mut self.model;
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(inputs)))
+            .unwrap_or_else(|_| Err(RuntimeError::Execution("the runtime panicked".into())))
+            .map_err(GatewayError::from)
+    }
+
+    fn run_alone(&mut self, job: Job) {
+        if let Some(job) = job.answer_if_dead(Instant::now(), &self.outstanding) {
+            let result = self.call_model(&job.inputs);
+            self.answer(job, result);
+        }
+    }
+
     fn run_batch(&mut self, batch: Vec<Job>, rows: usize) {
-        if batch.len() == 1 {
+        // A deadline may have passed while the batch formed.
+        let now = Instant::now();
+        let before = batch.len();
+        let batch: Vec<Job> = batch
+            .into_iter()
+            .filter_map(|job| job.answer_if_dead(now, &self.outstanding))
+            .collect();
+        let rows = if batch.len() == before {
+            rows
+        } else {
+            batch.iter().map(|job| job.rows).sum()
+        };
+        if batch.len() <= 1 {
             for job in batch {
-                let result = self.model.run(&job.inputs).map_err(GatewayError::from);
-                self.answer(job, result);
+                self.run_alone(job);
             }
             return;
         }
         let outputs = concatenate(&batch, rows).and_then(|inputs| {
-            let outputs = self.model.run(&inputs).map_err(GatewayError::from)?;
+            let outputs = self.call_model(&inputs)?;
             split(outputs, &batch, rows)
         });
         match outputs {
@@ -400,8 +438,7 @@ impl Worker {
             // answer.
             Err(_) => {
                 for job in batch {
-                    let result = self.model.run(&job.inputs).map_err(GatewayError::from);
-                    self.answer(job, result);
+                    self.run_alone(job);
                 }
             }
         }
@@ -720,6 +757,31 @@ mod tests {
             doubler.calls(),
             [3],
             "the late request joined the waiting one"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_batch_does_not_wait_past_a_deadline_and_drops_the_late() {
+        let doubler = Doubler::default();
+        let set = start(&doubler, Duration::from_secs(5), 16).await;
+        let started = Instant::now();
+        let error = set
+            .infer(
+                rows(1, 0.0),
+                Some(Instant::now() + Duration::from_millis(100)),
+            )
+            .await
+            .unwrap_err();
+        assert_eq!(error.kind, ErrorKind::DeadlineExceeded);
+        wait_for_queue(&set, 0).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(2),
+            "the batch stopped waiting at the deadline"
+        );
+        assert_eq!(
+            doubler.calls(),
+            Vec::<usize>::new(),
+            "the late request never ran"
         );
     }
 

@@ -518,7 +518,13 @@ impl Store for SqlStore {
             }
             None => {
                 let highest = labels.iter().filter_map(|l| l.parse::<u64>().ok()).max();
-                (highest.unwrap_or(0) + 1).to_string()
+                highest
+                    .unwrap_or(0)
+                    .checked_add(1)
+                    .ok_or_else(|| {
+                        RegistryError::Invalid("no integer label is left; name the version".into())
+                    })?
+                    .to_string()
             }
         };
         let alias_clash = sqlx::query("SELECT alias FROM aliases WHERE model = $1 AND alias = $2")
@@ -589,9 +595,28 @@ impl Store for SqlStore {
         state: VersionState,
         reason: &str,
     ) -> Result<i64, RegistryError> {
+        if state == VersionState::Draining {
+            return Err(RegistryError::Invalid(
+                "a version starts draining when it is removed (remove_version)".into(),
+            ));
+        }
         let (mut tx, revision) = self.begin_write().await?;
         SqlStore::require_model(&mut tx, model).await?;
         let current = SqlStore::read_version(&mut *tx, model, label).await?;
+        // Removal wins: a gateway that finishes loading a version just removed must not bring
+        // it back, and only a draining version retires.
+        let removing = matches!(
+            current.state,
+            VersionState::Draining | VersionState::Retired
+        );
+        if (removing && state != VersionState::Retired)
+            || (state == VersionState::Retired && current.state != VersionState::Draining)
+        {
+            return Err(RegistryError::Conflict(format!(
+                "version '{label}' of model '{model}' is {}; it cannot become {state}",
+                current.state
+            )));
+        }
         if current.state == state && current.state_reason == reason {
             // Nothing changes; the revision bump is rolled back with the transaction.
             tx.rollback().await?;

@@ -311,6 +311,33 @@ async fn suite(store: &dyn Store) {
         store.set_traffic("bob", "mlp", weights(&[("7", 1)])).await,
         Err(RegistryError::Invalid(_))
     ));
+    // Removal wins over a late state write; only a draining version retires.
+    assert!(matches!(
+        store
+            .set_version_state("gateway", "mlp", "7", VersionState::Ready, "")
+            .await,
+        Err(RegistryError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .set_version_state("gateway", "mlp", "1", VersionState::Retired, "")
+            .await,
+        Err(RegistryError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .set_version_state("gateway", "mlp", "1", VersionState::Draining, "")
+            .await,
+        Err(RegistryError::Invalid(_))
+    ));
+    store
+        .set_version_state("gateway", "mlp", "7", VersionState::Retired, "")
+        .await
+        .unwrap();
+    assert_eq!(
+        store.version("mlp", "7").await.unwrap().state,
+        VersionState::Retired
+    );
 
     // The audit log: every write, in order, with its actor.
     let events = store.events_after(0, 1000).await.unwrap();

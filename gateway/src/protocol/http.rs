@@ -66,6 +66,10 @@ pub fn router(gateway: Arc<Gateway>, max_request_bytes: usize) -> Router {
             gateway,
             max_request_bytes,
         })
+        // A client that stops sending its body must not hold its place for ever.
+        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
+            std::time::Duration::from_secs(30),
+        ))
 }
 
 fn error_response(status: StatusCode, message: &str) -> Response {
