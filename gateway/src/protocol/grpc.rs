@@ -75,6 +75,26 @@ pub fn router(gateway: Arc<Gateway>, max_message_bytes: usize) -> axum::Router {
         .layer(axum::middleware::map_response(
             oversized_is_resource_exhausted,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            gateway,
+            admit_inference,
+        ))
+}
+
+/// Takes the gateway's admission for a ModelInfer call before tonic reads its message, so that
+/// at most `max_in_flight` messages are held in memory at once; past that, RESOURCE_EXHAUSTED.
+async fn admit_inference(
+    axum::extract::State(gateway): axum::extract::State<Arc<Gateway>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if !request.uri().path().ends_with("/ModelInfer") {
+        return next.run(request).await;
+    }
+    match gateway.admit() {
+        Ok(_admission) => next.run(request).await,
+        Err(error) => Status::from(error).into_http::<axum::body::Body>(),
+    }
 }
 
 /// tonic refuses a message over the size limit with OUT_OF_RANGE before any handler runs;
@@ -287,7 +307,6 @@ impl GrpcInferenceService for GrpcFront {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let received = Instant::now();
-        let _admission = self.gateway.admit()?;
         let timeout = request
             .metadata()
             .get("grpc-timeout")
