@@ -1,7 +1,8 @@
 // The canary split, as served: requests that name no version, counted by the model_version the
 // gateway answers with, against the expected shares. EXPECTED is JSON of version -> share
-// (default {"1": 0.9, "2": 0.1}); MODEL (default mlp). This passes once a weighted traffic policy
-// routes the model (the routing-policies issue); before that the highest version serves all.
+// (default {"1": 0.9, "2": 0.1}); MODEL (default mlp). Set the split first through the registry
+// (e.g. `switchyard traffic set mlp 1=90 2=10`); without weights the highest version serves all
+// and the run fails.
 import http from 'k6/http';
 import { check } from 'k6';
 import { Counter } from 'k6/metrics';
