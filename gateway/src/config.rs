@@ -14,6 +14,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/switchyard.toml");
 pub struct Config {
     pub http: HttpConfig,
     pub grpc: GrpcConfig,
+    pub metrics: MetricsConfig,
     pub inference: InferenceConfig,
     pub admin: AdminConfig,
     pub registry: RegistryConfig,
@@ -45,6 +46,21 @@ pub struct ModelsConfig {
     /// Register model folders that the registry does not know yet at every start (the first
     /// start always imports the whole repository).
     pub import_on_start: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Prometheus text exposition at /metrics.
+    pub addr: SocketAddr,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            addr: SocketAddr::from(([0, 0, 0, 0], 8002)),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]

@@ -2,6 +2,7 @@
 //! the request path, and serving an inference request.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -9,7 +10,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::inference::{InferRequest, InferResponse, select_outputs, validate};
-use crate::models::{ModelState, ModelTable, VersionState, VersionStatus};
+use crate::models::{ModelState, ModelTable, ReadyVersion, VersionState, VersionStatus};
+use crate::telemetry::Telemetry;
 
 pub struct Gateway {
     table: ArcSwap<ModelTable>,
@@ -19,6 +21,9 @@ pub struct Gateway {
     /// when clients send faster than the models can serve.
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    telemetry: Arc<Telemetry>,
+    /// The registry revision the current table was built from.
+    revision: AtomicI64,
 }
 
 /// Held while an inference request is being handled.
@@ -31,7 +36,22 @@ impl Gateway {
             ready: tokio::sync::watch::Sender::new(false),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            telemetry: Telemetry::new(),
+            revision: AtomicI64::new(0),
         }
+    }
+
+    pub fn telemetry(&self) -> &Telemetry {
+        &self.telemetry
+    }
+
+    /// Inference requests being handled now.
+    pub fn in_flight(&self) -> usize {
+        self.max_in_flight - self.in_flight.available_permits()
+    }
+
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::Relaxed)
     }
 
     /// Admits one more inference request, or refuses it at once when `max_in_flight` are
@@ -81,8 +101,9 @@ impl Gateway {
     }
 
     /// Puts a new model table in place; requests already routed keep the version they hold.
-    pub(crate) fn install(&self, table: ModelTable) {
+    pub(crate) fn install(&self, table: ModelTable, revision: i64) {
         self.table.store(Arc::new(table));
+        self.revision.store(revision, Ordering::Relaxed);
     }
 
     /// Refuses a request for a version whose queues are all full before its body is decoded;
@@ -127,7 +148,7 @@ impl Gateway {
 
     /// Serves one request: picks the version, checks the inputs, queues them on a replica and
     /// returns the outputs the caller asked for.
-    pub async fn infer(&self, mut request: InferRequest) -> Result<InferResponse, GatewayError> {
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, GatewayError> {
         let (model_name, version_label, ready) = {
             let table = self.table.load();
             let model = table.model(&request.model)?;
@@ -142,10 +163,39 @@ impl Gateway {
                 })?,
             };
             let ready = version.ready(&model.name)?.clone();
+            if request.version.is_none() {
+                ready.metrics.routed();
+            }
             (model.name.clone(), version.label.clone(), ready)
         };
+        let received = request.received.unwrap_or_else(Instant::now);
+        let protocol = request.protocol;
+        let result = self
+            .serve(&model_name, &version_label, &ready, request)
+            .await;
+        let compute = result
+            .as_ref()
+            .map(|(_, compute)| *compute)
+            .unwrap_or_default();
+        ready.metrics.record(
+            protocol,
+            result.as_ref().map(|_| ()).map_err(|e| e.kind),
+            received.elapsed(),
+            compute,
+        );
+        result.map(|(response, _)| response)
+    }
+
+    /// The part of `infer` after the version is chosen; also returns the model's compute time.
+    async fn serve(
+        &self,
+        model_name: &Arc<str>,
+        version_label: &Arc<str>,
+        ready: &Arc<ReadyVersion>,
+        mut request: InferRequest,
+    ) -> Result<(InferResponse, std::time::Duration), GatewayError> {
         validate(
-            &model_name,
+            model_name,
             ready.signature(),
             ready.max_batch_size,
             &request,
@@ -163,13 +213,14 @@ impl Gateway {
             ));
         }
         let inputs = std::mem::take(&mut request.inputs);
-        let outputs = ready.replicas.infer(inputs, Some(deadline)).await?;
-        Ok(InferResponse {
-            model_name,
-            model_version: version_label,
+        let (outputs, compute) = ready.replicas.infer(inputs, Some(deadline)).await?;
+        let response = InferResponse {
+            model_name: model_name.clone(),
+            model_version: version_label.clone(),
             id: request.id,
             outputs: select_outputs(outputs, &request.outputs),
-        })
+        };
+        Ok((response, compute))
     }
 }
 

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use switchyard_runtimes::{NamedTensor, Signature, TensorSpec};
 
 use crate::error::GatewayError;
+use crate::telemetry::Protocol;
 
 /// A request parameter, as the protocol allows them.
 #[derive(Debug, Clone, PartialEq)]
@@ -30,6 +31,9 @@ pub struct InferRequest {
     pub parameters: BTreeMap<String, Parameter>,
     /// When the caller stops waiting; the version's timeout applies as well.
     pub deadline: Option<Instant>,
+    /// When the request arrived (for its duration in the metrics).
+    pub received: Option<Instant>,
+    pub protocol: Protocol,
 }
 
 #[derive(Debug, Clone)]

@@ -19,6 +19,7 @@ pub mod reconcile;
 pub mod repository;
 pub mod server;
 pub mod serving;
+pub mod telemetry;
 
 pub use config::Config;
 pub use server::{Running, start};

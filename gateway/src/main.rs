@@ -56,6 +56,9 @@ struct ServeArgs {
     /// Address of the HTTP listener (host:port).
     #[arg(long, env = "SWITCHYARD_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// Address of the Prometheus metrics listener (host:port).
+    #[arg(long, env = "SWITCHYARD_METRICS_ADDR")]
+    metrics_addr: Option<SocketAddr>,
     /// Address of the management API (host:port).
     #[arg(long, env = "SWITCHYARD_ADMIN_ADDR")]
     admin_addr: Option<SocketAddr>,
@@ -89,6 +92,9 @@ impl ServeArgs {
     fn apply(self, config: &mut Config) {
         if let Some(addr) = self.http_addr {
             config.http.addr = addr;
+        }
+        if let Some(addr) = self.metrics_addr {
+            config.metrics.addr = addr;
         }
         if let Some(addr) = self.admin_addr {
             config.admin.addr = addr;

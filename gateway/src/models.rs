@@ -9,10 +9,12 @@ use switchyard_runtimes::{Device, Signature};
 
 use crate::error::GatewayError;
 use crate::serving::ReplicaSet;
+use crate::telemetry::VersionMetrics;
 
 /// A version that can serve.
 pub struct ReadyVersion {
     pub replicas: ReplicaSet,
+    pub metrics: Arc<VersionMetrics>,
     pub device: Device,
     /// Largest batch along axis 0; 0 when the model has no batch axis.
     pub max_batch_size: u32,
@@ -21,10 +23,16 @@ pub struct ReadyVersion {
 }
 
 impl ReadyVersion {
-    pub fn new(replicas: ReplicaSet, device: Device, timeout: Duration) -> ReadyVersion {
+    pub fn new(
+        replicas: ReplicaSet,
+        metrics: Arc<VersionMetrics>,
+        device: Device,
+        timeout: Duration,
+    ) -> ReadyVersion {
         let max_batch_size = u32::try_from(replicas.max_batch_size()).unwrap_or(u32::MAX);
         ReadyVersion {
             replicas,
+            metrics,
             device,
             max_batch_size,
             timeout,

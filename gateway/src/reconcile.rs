@@ -21,6 +21,7 @@ use crate::models::{
 };
 use crate::repository::{self, ModelSettings, ModelToml};
 use crate::serving::{Batching, ReplicaSet};
+use crate::telemetry::VersionMetrics;
 
 /// The runtimes this build can load, by their registry name.
 pub const RUNTIMES: &[&str] = &["onnx"];
@@ -288,9 +289,10 @@ impl Reconciler {
         self.write_state(&key, VersionState::Loading, "").await;
         let artifact = PathBuf::from(&version.artifact);
         let loaded_tx = self.loaded_tx.clone();
+        let metrics = Arc::new(self.gateway.telemetry().version(&key.0, &key.1));
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = load(runtime, &key, artifact, settings).await;
+            let result = load(runtime, &key, artifact, settings, metrics).await;
             let _ = loaded_tx.send(Loaded {
                 key,
                 result,
@@ -434,7 +436,8 @@ impl Reconciler {
                 }),
             );
         }
-        self.gateway.install(ModelTable { models });
+        self.gateway
+            .install(ModelTable { models }, snapshot.revision);
     }
 }
 
@@ -443,6 +446,7 @@ async fn load(
     key: &Key,
     artifact: PathBuf,
     settings: ModelSettings,
+    metrics: Arc<VersionMetrics>,
 ) -> Result<ReadyVersion, String> {
     let options = LoadOptions {
         device: settings.device,
@@ -462,11 +466,13 @@ async fn load(
         settings.replicas,
         settings.queue_capacity,
         &format!("sy-{}-{}", key.0, key.1),
+        Some(metrics.clone()),
     )
     .await
     .map_err(|e| e.to_string())?;
     Ok(ReadyVersion::new(
         replicas,
+        metrics,
         settings.device,
         settings.timeout,
     ))

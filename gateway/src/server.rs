@@ -22,6 +22,7 @@ pub struct Running {
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
+    pub metrics_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub store: Arc<dyn Store>,
     reconciler: JoinHandle<()>,
@@ -79,6 +80,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let grpc_listener = TcpListener::bind(config.grpc.addr)
         .await
         .with_context(|| format!("cannot listen for gRPC on {}", config.grpc.addr))?;
+    let metrics_listener = TcpListener::bind(config.metrics.addr)
+        .await
+        .with_context(|| format!("cannot listen for metrics on {}", config.metrics.addr))?;
     let admin_listener = TcpListener::bind(config.admin.addr)
         .await
         .with_context(|| {
@@ -90,6 +94,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
+    let metrics_addr = metrics_listener.local_addr()?;
 
     let (shutdown, stop) = watch::channel(false);
     let keys = ApiKeys::new(&config.inference.api_keys);
@@ -109,19 +114,45 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let servers = vec![
         ("HTTP", serve(http_listener, http_app, stop.clone())),
         ("gRPC", serve(grpc_listener, grpc_app, stop.clone())),
-        ("management API", serve(admin_listener, admin_app, stop)),
+        (
+            "management API",
+            serve(admin_listener, admin_app, stop.clone()),
+        ),
+        (
+            "metrics",
+            serve(metrics_listener, metrics_router(gateway.clone()), stop),
+        ),
     ];
     tracing::info!(%http_addr, %grpc_addr, %admin_addr, registry = store.backend(), "serving");
     Ok(Running {
         http_addr,
         grpc_addr,
         admin_addr,
+        metrics_addr,
         gateway,
         store,
         shutdown,
         servers,
         reconciler,
     })
+}
+
+fn metrics_router(gateway: Arc<Gateway>) -> axum::Router {
+    axum::Router::new().route(
+        "/metrics",
+        axum::routing::get(move || {
+            let gateway = gateway.clone();
+            async move {
+                (
+                    [(
+                        axum::http::header::CONTENT_TYPE,
+                        "text/plain; version=0.0.4",
+                    )],
+                    gateway.telemetry().render(&gateway),
+                )
+            }
+        }),
+    )
 }
 
 fn byte_limit(size: ByteSize) -> usize {

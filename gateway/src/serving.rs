@@ -14,6 +14,7 @@ use switchyard_runtimes::{
 use tokio::sync::oneshot;
 
 use crate::error::{ErrorKind, GatewayError};
+use crate::telemetry::VersionMetrics;
 
 /// Batch bound used when a model's inputs and outputs all start with a dynamic dimension and
 /// its settings do not say otherwise.
@@ -68,7 +69,8 @@ impl Batching {
     }
 }
 
-type Reply = oneshot::Sender<Result<Vec<NamedTensor>, GatewayError>>;
+/// Outputs and the compute time of the model call that produced them.
+type Reply = oneshot::Sender<Result<(Vec<NamedTensor>, Duration), GatewayError>>;
 
 struct Job {
     inputs: Vec<NamedTensor>,
@@ -132,6 +134,7 @@ impl Replica {
         batching: Batching,
         queue_capacity: usize,
         thread_name: String,
+        metrics: Option<Arc<VersionMetrics>>,
     ) -> Result<(Replica, Signature, usize), RuntimeError> {
         let (jobs, queue) = mpsc::sync_channel::<Job>(queue_capacity);
         let outstanding = Arc::new(AtomicUsize::new(0));
@@ -165,6 +168,7 @@ impl Replica {
                         ..batching
                     },
                     outstanding: worker_outstanding,
+                    metrics,
                 }
                 .run();
             })
@@ -186,7 +190,9 @@ pub struct ReplicaSet {
 }
 
 impl ReplicaSet {
-    /// Loads `count` replicas, each on its own thread; fails if any fails to load.
+    /// Loads `count` replicas, each on its own thread; fails if any fails to load. Their
+    /// workers record queue time, compute time and batch sizes in `metrics`.
+    #[allow(clippy::too_many_arguments)]
     pub async fn start(
         runtime: Arc<dyn Runtime>,
         artifact: PathBuf,
@@ -195,6 +201,7 @@ impl ReplicaSet {
         count: usize,
         queue_capacity: usize,
         thread_name: &str,
+        metrics: Option<Arc<VersionMetrics>>,
     ) -> Result<ReplicaSet, RuntimeError> {
         let mut replicas = Vec::with_capacity(count);
         let mut signature = Signature::default();
@@ -206,6 +213,7 @@ impl ReplicaSet {
                 batching.clone(),
                 queue_capacity,
                 format!("{thread_name}#{index}"),
+                metrics.clone(),
             )
             .await?;
             replicas.push(replica);
@@ -240,6 +248,14 @@ impl ReplicaSet {
         })
     }
 
+    /// Requests the replicas hold, queued or running.
+    pub fn outstanding(&self) -> usize {
+        self.replicas
+            .iter()
+            .map(|replica| replica.outstanding.load(Ordering::Relaxed))
+            .sum()
+    }
+
     /// The batch bound in force (0: the model has no batch axis).
     pub fn max_batch_size(&self) -> usize {
         self.batching.max_batch_size
@@ -260,13 +276,13 @@ impl ReplicaSet {
         }
     }
 
-    /// Queues a request on a replica and waits for its outputs, at most until `deadline`.
-    /// A full queue is refused at once.
+    /// Queues a request on a replica and waits for its outputs (and the compute time of the
+    /// model call), at most until `deadline`. A full queue is refused at once.
     pub async fn infer(
         &self,
         inputs: Vec<NamedTensor>,
         deadline: Option<Instant>,
-    ) -> Result<Vec<NamedTensor>, GatewayError> {
+    ) -> Result<(Vec<NamedTensor>, Duration), GatewayError> {
         let rows = if self.batching.enabled() {
             inputs
                 .first()
@@ -316,6 +332,7 @@ struct Worker {
     queue: Receiver<Job>,
     batching: Batching,
     outstanding: Arc<AtomicUsize>,
+    metrics: Option<Arc<VersionMetrics>>,
 }
 
 impl Worker {
@@ -390,17 +407,38 @@ impl Worker {
     }
 
     /// Runs the model, turning a panic inside the runtime into an error so that the worker,
-    /// and the requests queued behind it, carry on.
-    fn call_model(&mut self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, GatewayError> {
+    /// and the requests queued behind it, carry on. Records the call's metrics.
+    fn call_model(
+        &mut self,
+        inputs: &[NamedTensor],
+        jobs: &[Job],
+        rows: usize,
+    ) -> Result<(Vec<NamedTensor>, Duration), GatewayError> {
+        let started = Instant::now();
+        if let Some(metrics) = &self.metrics {
+            for job in jobs {
+                metrics.queue_time.record(
+                    started
+                        .saturating_duration_since(job.enqueued)
+                        .as_secs_f64(),
+                );
+            }
+            metrics.batch_size.record(rows.max(1) as f64);
+        }
         let model = &mut self.model;
-        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(inputs)))
+        let outputs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(inputs)))
             .unwrap_or_else(|_| Err(RuntimeError::Execution("the runtime panicked".into())))
-            .map_err(GatewayError::from)
+            .map_err(GatewayError::from)?;
+        let compute = started.elapsed();
+        if let Some(metrics) = &self.metrics {
+            metrics.compute_time.record(compute.as_secs_f64());
+        }
+        Ok((outputs, compute))
     }
 
     fn run_alone(&mut self, job: Job) {
         if let Some(job) = job.answer_if_dead(Instant::now(), &self.outstanding) {
-            let result = self.call_model(&job.inputs);
+            let result = self.call_model(&job.inputs, std::slice::from_ref(&job), job.rows);
             self.answer(job, result);
         }
     }
@@ -425,13 +463,13 @@ impl Worker {
             return;
         }
         let outputs = concatenate(&batch, rows).and_then(|inputs| {
-            let outputs = self.call_model(&inputs)?;
-            split(outputs, &batch, rows)
+            let (outputs, compute) = self.call_model(&inputs, &batch, rows)?;
+            Ok((split(outputs, &batch, rows)?, compute))
         });
         match outputs {
-            Ok(per_job) => {
+            Ok((per_job, compute)) => {
                 for (job, outputs) in batch.into_iter().zip(per_job) {
-                    self.answer(job, Ok(outputs));
+                    self.answer(job, Ok((outputs, compute)));
                 }
             }
             // One request must not fail its neighbours: run each alone so each gets its own
@@ -444,7 +482,7 @@ impl Worker {
         }
     }
 
-    fn answer(&self, job: Job, result: Result<Vec<NamedTensor>, GatewayError>) {
+    fn answer(&self, job: Job, result: Result<(Vec<NamedTensor>, Duration), GatewayError>) {
         let _ = job.reply.send(result);
         self.outstanding.fetch_sub(1, Ordering::Relaxed);
     }
@@ -677,6 +715,7 @@ mod tests {
             1,
             queue_capacity,
             "test",
+            None,
         )
         .await
         .unwrap();
@@ -690,7 +729,11 @@ mod tests {
         deadline: Option<Instant>,
     ) -> tokio::task::JoinHandle<Result<Vec<NamedTensor>, GatewayError>> {
         let set = set.clone();
-        tokio::spawn(async move { set.infer(inputs, deadline).await })
+        tokio::spawn(async move {
+            set.infer(inputs, deadline)
+                .await
+                .map(|(outputs, _)| outputs)
+        })
     }
 
     async fn wait_for_queue(set: &ReplicaSet, outstanding: usize) {
@@ -813,6 +856,7 @@ mod tests {
             1,
             2,
             "test",
+            None,
         )
         .await
         .unwrap();

@@ -722,7 +722,7 @@ impl Drop for Process {
 
 /// Starts the real `switchyard` binary and waits until it is ready.
 async fn spawn_switchyard(repo: &std::path::Path, registry: &str) -> Process {
-    let (http, grpc, admin) = (free_port(), free_port(), free_port());
+    let (http, grpc, admin, metrics) = (free_port(), free_port(), free_port(), free_port());
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["serve", "--models"])
         .arg(repo)
@@ -730,6 +730,7 @@ async fn spawn_switchyard(repo: &std::path::Path, registry: &str) -> Process {
         .args(["--http-addr", &format!("127.0.0.1:{http}")])
         .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
         .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
         .env("SWITCHYARD_ADMIN_TOKEN", WRITER_TOKEN)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())

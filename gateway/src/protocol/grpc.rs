@@ -14,6 +14,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
 use crate::inference::{InferRequest, InferResponse, Parameter};
 use crate::metadata::{self, ConfigTensor};
+use crate::telemetry::Protocol;
 
 /// The generated protocol types and service traits.
 pub mod pb {
@@ -306,6 +307,18 @@ impl GrpcInferenceService for GrpcFront {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        self.infer(request).await.map_err(|error| {
+            self.gateway.telemetry().reject(error.kind);
+            error.into()
+        })
+    }
+}
+
+impl GrpcFront {
+    async fn infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, GatewayError> {
         let received = Instant::now();
         let timeout = request
             .metadata()
@@ -318,6 +331,8 @@ impl GrpcInferenceService for GrpcFront {
         let (mut request, raw) = decode_request(message)?;
         request.deadline = timeout.map(|timeout| received + timeout);
         request.apply_timeout_parameter(received)?;
+        request.received = Some(received);
+        request.protocol = Protocol::Grpc;
         let response = self.gateway.infer(request).await?;
         Ok(Response::new(encode_response(response, raw)))
     }
@@ -413,6 +428,8 @@ fn decode_request(request: pb::ModelInferRequest) -> Result<(InferRequest, bool)
             outputs: request.outputs.into_iter().map(|o| o.name).collect(),
             parameters,
             deadline: None,
+            received: None,
+            protocol: Default::default(),
         },
         raw,
     ))

@@ -233,9 +233,15 @@ async fn model_infer(
     Path(model): Path<String>,
     request: Request,
 ) -> Response {
-    infer(state, model, None, request)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    counted(&state, infer(state.clone(), model, None, request).await)
+}
+
+/// Counts refusals and failures by reason in the metrics, then answers.
+fn counted(state: &HttpState, result: Result<Response, GatewayError>) -> Response {
+    result.unwrap_or_else(|error| {
+        state.gateway.telemetry().reject(error.kind);
+        error.into_response()
+    })
 }
 
 async fn version_infer(
@@ -243,9 +249,10 @@ async fn version_infer(
     Path((model, version)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    infer(state, model, Some(version), request)
-        .await
-        .unwrap_or_else(IntoResponse::into_response)
+    counted(
+        &state,
+        infer(state.clone(), model, Some(version), request).await,
+    )
 }
 
 async fn infer(
@@ -268,6 +275,7 @@ async fn infer(
     };
     let (mut request, encoding) = decode_request(&model, version.as_deref(), &body, binary)?;
     request.apply_timeout_parameter(received)?;
+    request.received = Some(received);
     let response = state.gateway.infer(request).await?;
     let encoded = encode_response(&response, &encoding)?;
     if encoded.binary.is_empty() {

@@ -158,6 +158,8 @@ pub fn decode_request(
             outputs,
             parameters,
             deadline: None,
+            received: None,
+            protocol: Default::default(),
         },
         OutputEncoding {
             requested_binary,

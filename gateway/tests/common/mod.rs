@@ -33,6 +33,7 @@ pub fn models_dir() -> PathBuf {
 pub struct TestGateway {
     pub base: String,
     pub admin: String,
+    pub metrics: String,
     pub grpc_addr: std::net::SocketAddr,
     pub client: reqwest::Client,
     running: Option<Running>,
@@ -50,6 +51,7 @@ impl TestGateway {
         config.http.addr = "127.0.0.1:0".parse().unwrap();
         config.grpc.addr = "127.0.0.1:0".parse().unwrap();
         config.admin.addr = "127.0.0.1:0".parse().unwrap();
+        config.metrics.addr = "127.0.0.1:0".parse().unwrap();
         config.models.dir = models.to_path_buf();
         config.registry.url = format!(
             "sqlite://{}",
@@ -62,6 +64,7 @@ impl TestGateway {
         let gateway = TestGateway {
             base: format!("http://{}", running.http_addr),
             admin: format!("http://{}", running.admin_addr),
+            metrics: format!("http://{}/metrics", running.metrics_addr),
             grpc_addr: running.grpc_addr,
             client: reqwest::Client::new(),
             running: Some(running),

@@ -1,0 +1,358 @@
+//! Prometheus metrics: one recorder per gateway, with the handles of each version registered
+//! once when it loads, so that the request path only bumps atomics.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
+
+use crate::error::ErrorKind;
+use crate::gateway::Gateway;
+use crate::models::VersionStatus;
+
+/// The protocol a request came by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Protocol {
+    #[default]
+    Http,
+    Grpc,
+}
+
+impl Protocol {
+    const ALL: [Protocol; 2] = [Protocol::Http, Protocol::Grpc];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Protocol::Http => "http",
+            Protocol::Grpc => "grpc",
+        }
+    }
+}
+
+/// How a request ended, as a metric label.
+const OUTCOMES: [&str; 7] = [
+    "success",
+    "invalid_argument",
+    "not_found",
+    "overloaded",
+    "unavailable",
+    "deadline_exceeded",
+    "internal",
+];
+
+fn outcome_index(result: Result<(), ErrorKind>) -> usize {
+    match result {
+        Ok(()) => 0,
+        Err(ErrorKind::InvalidArgument) => 1,
+        Err(ErrorKind::NotFound) => 2,
+        Err(ErrorKind::PayloadTooLarge | ErrorKind::Overloaded) => 3,
+        Err(ErrorKind::Unavailable) => 4,
+        Err(ErrorKind::DeadlineExceeded) => 5,
+        Err(ErrorKind::Internal) => 6,
+    }
+}
+
+fn rejection_reason(kind: ErrorKind) -> usize {
+    match kind {
+        ErrorKind::InvalidArgument => 0,
+        ErrorKind::NotFound => 1,
+        ErrorKind::PayloadTooLarge => 2,
+        ErrorKind::Overloaded => 3,
+        ErrorKind::Unavailable => 4,
+        ErrorKind::DeadlineExceeded => 5,
+        ErrorKind::Internal => 6,
+    }
+}
+
+const REJECTION_REASONS: [&str; 7] = [
+    "invalid_argument",
+    "not_found",
+    "too_large",
+    "overloaded",
+    "unavailable",
+    "deadline_exceeded",
+    "internal",
+];
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
+    1.0, 2.5, 5.0, 10.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// The metrics of one version, registered when it loads.
+pub struct VersionMetrics {
+    requests: Vec<Vec<Counter>>,
+    duration: Vec<Histogram>,
+    overhead: Vec<Histogram>,
+    pub queue_time: Histogram,
+    pub compute_time: Histogram,
+    pub batch_size: Histogram,
+    routed: Counter,
+}
+
+impl VersionMetrics {
+    /// Counts a request that reached this version, and how long it took.
+    pub fn record(
+        &self,
+        protocol: Protocol,
+        result: Result<(), ErrorKind>,
+        total: Duration,
+        compute: Duration,
+    ) {
+        let protocol = protocol as usize;
+        self.requests[protocol][outcome_index(result)].increment(1);
+        if result.is_ok() {
+            self.duration[protocol].record(total.as_secs_f64());
+            self.overhead[protocol].record(total.saturating_sub(compute).as_secs_f64());
+        }
+    }
+
+    /// Counts a request the routing policy sent here.
+    pub fn routed(&self) {
+        self.routed.increment(1);
+    }
+}
+
+pub struct Telemetry {
+    recorder: PrometheusRecorder,
+    rejections: Vec<Counter>,
+}
+
+impl Telemetry {
+    pub fn new() -> Arc<Telemetry> {
+        let builder = PrometheusBuilder::new();
+        let builder = [
+            "switchyard_request_duration_seconds",
+            "switchyard_gateway_overhead_seconds",
+            "switchyard_queue_time_seconds",
+            "switchyard_compute_time_seconds",
+        ]
+        .into_iter()
+        .fold(builder, |builder, name| {
+            builder
+                .set_buckets_for_metric(Matcher::Full(name.into()), LATENCY_BUCKETS)
+                .unwrap_or_else(|_| PrometheusBuilder::new())
+        });
+        let builder = builder
+            .set_buckets_for_metric(Matcher::Full("switchyard_batch_size".into()), BATCH_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let recorder = builder.build_recorder();
+        describe(&recorder);
+        let rejections = REJECTION_REASONS
+            .iter()
+            .map(|reason| {
+                counter(
+                    &recorder,
+                    "switchyard_rejections_total",
+                    vec![Label::new("reason", *reason)],
+                )
+            })
+            .collect();
+        gauge(
+            &recorder,
+            "switchyard_build_info",
+            vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
+        )
+        .set(1.0);
+        Arc::new(Telemetry {
+            recorder,
+            rejections,
+        })
+    }
+
+    pub fn version(&self, model: &str, version: &str) -> VersionMetrics {
+        let labels = || {
+            vec![
+                Label::new("model", model.to_owned()),
+                Label::new("version", version.to_owned()),
+            ]
+        };
+        let with = |extra: Vec<Label>| {
+            let mut all = labels();
+            all.extend(extra);
+            all
+        };
+        let r = &self.recorder;
+        VersionMetrics {
+            requests: Protocol::ALL
+                .iter()
+                .map(|protocol| {
+                    OUTCOMES
+                        .iter()
+                        .map(|outcome| {
+                            counter(
+                                r,
+                                "switchyard_requests_total",
+                                with(vec![
+                                    Label::new("protocol", protocol.as_str()),
+                                    Label::new("outcome", *outcome),
+                                ]),
+                            )
+                        })
+                        .collect()
+                })
+                .collect(),
+            duration: Protocol::ALL
+                .iter()
+                .map(|p| {
+                    histogram(
+                        r,
+                        "switchyard_request_duration_seconds",
+                        with(vec![Label::new("protocol", p.as_str())]),
+                    )
+                })
+                .collect(),
+            overhead: Protocol::ALL
+                .iter()
+                .map(|p| {
+                    histogram(
+                        r,
+                        "switchyard_gateway_overhead_seconds",
+                        with(vec![Label::new("protocol", p.as_str())]),
+                    )
+                })
+                .collect(),
+            queue_time: histogram(r, "switchyard_queue_time_seconds", labels()),
+            compute_time: histogram(r, "switchyard_compute_time_seconds", labels()),
+            batch_size: histogram(r, "switchyard_batch_size", labels()),
+            routed: counter(r, "switchyard_routing_decisions_total", labels()),
+        }
+    }
+
+    /// Counts a refused or failed request by its reason.
+    pub fn reject(&self, kind: ErrorKind) {
+        self.rejections[rejection_reason(kind)].increment(1);
+    }
+
+    /// The Prometheus text exposition, with the gauges read from the gateway's current state.
+    pub fn render(&self, gateway: &Gateway) -> String {
+        let r = &self.recorder;
+        let table = gateway.snapshot();
+        for model in table.models.values() {
+            for version in &model.versions {
+                let labels = || {
+                    vec![
+                        Label::new("model", model.name.to_string()),
+                        Label::new("version", version.label.to_string()),
+                    ]
+                };
+                let (replicas, depth) = match &version.status {
+                    VersionStatus::Ready(ready) => {
+                        (ready.replicas.replica_count(), ready.replicas.outstanding())
+                    }
+                    _ => (0, 0),
+                };
+                gauge(r, "switchyard_ready_replicas", labels()).set(replicas as f64);
+                gauge(r, "switchyard_queue_depth", labels()).set(depth as f64);
+                for state in ["LOADING", "READY", "FAILED"] {
+                    let mut labels = labels();
+                    labels.push(Label::new("state", state));
+                    let value = f64::from(u8::from(version.status.name() == state));
+                    gauge(r, "switchyard_model_state", labels).set(value);
+                }
+            }
+        }
+        gauge(r, "switchyard_in_flight_requests", Vec::new()).set(gateway.in_flight() as f64);
+        gauge(r, "switchyard_registry_revision", Vec::new()).set(gateway.revision() as f64);
+        self.recorder.handle().render()
+    }
+}
+
+fn key(name: &'static str, labels: Vec<Label>) -> Key {
+    Key::from_parts(name, labels)
+}
+
+static METADATA: Metadata<'static> = Metadata::new(module_path!(), metrics::Level::INFO, None);
+
+fn counter(recorder: &PrometheusRecorder, name: &'static str, labels: Vec<Label>) -> Counter {
+    recorder.register_counter(&key(name, labels), &METADATA)
+}
+
+fn gauge(recorder: &PrometheusRecorder, name: &'static str, labels: Vec<Label>) -> Gauge {
+    recorder.register_gauge(&key(name, labels), &METADATA)
+}
+
+fn histogram(recorder: &PrometheusRecorder, name: &'static str, labels: Vec<Label>) -> Histogram {
+    recorder.register_histogram(&key(name, labels), &METADATA)
+}
+
+fn describe(recorder: &PrometheusRecorder) {
+    let counters = [
+        (
+            "switchyard_requests_total",
+            "Inference requests that reached a version, by protocol and outcome.",
+        ),
+        (
+            "switchyard_rejections_total",
+            "Inference requests refused or failed, by reason.",
+        ),
+        (
+            "switchyard_routing_decisions_total",
+            "Requests naming no version that the routing policy sent to each version.",
+        ),
+    ];
+    for (name, help) in counters {
+        recorder.describe_counter(name.into(), Some(Unit::Count), help.into());
+    }
+    let histograms = [
+        (
+            "switchyard_request_duration_seconds",
+            Unit::Seconds,
+            "Time from receiving a request to its answer, for successful requests.",
+        ),
+        (
+            "switchyard_gateway_overhead_seconds",
+            Unit::Seconds,
+            "Request duration less the model's compute time: what the gateway adds.",
+        ),
+        (
+            "switchyard_queue_time_seconds",
+            Unit::Seconds,
+            "Time a request waited in its replica's queue (and for its batch to form).",
+        ),
+        (
+            "switchyard_compute_time_seconds",
+            Unit::Seconds,
+            "Time of one model call (one batch).",
+        ),
+        (
+            "switchyard_batch_size",
+            Unit::Count,
+            "Rows per model call along the batch axis (1 for models without one).",
+        ),
+    ];
+    for (name, unit, help) in histograms {
+        recorder.describe_histogram(name.into(), Some(unit), help.into());
+    }
+    let gauges = [
+        (
+            "switchyard_ready_replicas",
+            "Replicas of a version that can serve.",
+        ),
+        (
+            "switchyard_queue_depth",
+            "Requests a version holds: queued or running.",
+        ),
+        (
+            "switchyard_model_state",
+            "1 for the state a version is in (LOADING, READY, FAILED), else 0.",
+        ),
+        (
+            "switchyard_in_flight_requests",
+            "Inference requests being handled by the gateway.",
+        ),
+        (
+            "switchyard_registry_revision",
+            "The registry revision the gateway serves.",
+        ),
+        (
+            "switchyard_build_info",
+            "Always 1; the version label names the build.",
+        ),
+    ];
+    for (name, help) in gauges {
+        recorder.describe_gauge(name.into(), Some(Unit::Count), help.into());
+    }
+}
