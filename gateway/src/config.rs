@@ -12,6 +12,7 @@ pub const EMBEDDED_DEFAULT: &str = include_str!("../../config/switchyard.toml");
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct Config {
+    pub tracing: TracingConfig,
     pub http: HttpConfig,
     pub grpc: GrpcConfig,
     pub metrics: MetricsConfig,
@@ -46,6 +47,24 @@ pub struct ModelsConfig {
     /// Register model folders that the registry does not know yet at every start (the first
     /// start always imports the whole repository).
     pub import_on_start: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TracingConfig {
+    /// OTLP/gRPC endpoint of a trace collector, e.g. "http://127.0.0.1:4317"; empty: no export.
+    pub otlp_endpoint: String,
+    /// Share of new traces recorded (0 to 1); a caller's sampled `traceparent` is followed.
+    pub sampling_ratio: f64,
+}
+
+impl Default for TracingConfig {
+    fn default() -> Self {
+        TracingConfig {
+            otlp_endpoint: String::new(),
+            sampling_ratio: 1.0,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

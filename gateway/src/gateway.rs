@@ -12,6 +12,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::inference::{InferRequest, InferResponse, select_outputs, validate};
 use crate::models::{ModelState, ModelTable, ReadyVersion, VersionState, VersionStatus};
 use crate::telemetry::Telemetry;
+use crate::tracing_setup::TRACE_TARGET;
 
 pub struct Gateway {
     table: ArcSwap<ModelTable>,
@@ -149,6 +150,7 @@ impl Gateway {
     /// Serves one request: picks the version, checks the inputs, queues them on a replica and
     /// returns the outputs the caller asked for.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, GatewayError> {
+        let route = tracing::debug_span!(target: TRACE_TARGET, "route").entered();
         let (model_name, version_label, ready) = {
             let table = self.table.load();
             let model = table.model(&request.model)?;
@@ -168,6 +170,12 @@ impl Gateway {
             }
             (model.name.clone(), version.label.clone(), ready)
         };
+        drop(route);
+        let span = tracing::Span::current();
+        span.record("version", &*version_label);
+        if let Some(id) = &request.id {
+            span.record("request_id", id.as_str());
+        }
         let received = request.received.unwrap_or_else(Instant::now);
         let protocol = request.protocol;
         let result = self

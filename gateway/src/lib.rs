@@ -20,6 +20,7 @@ pub mod repository;
 pub mod server;
 pub mod serving;
 pub mod telemetry;
+pub mod tracing_setup;
 
 pub use config::Config;
 pub use server::{Running, start};

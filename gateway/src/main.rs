@@ -3,9 +3,8 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
-use switchyard_gateway::cli;
 use switchyard_gateway::config::{ByteSize, Config, LogFormat};
-use tracing_subscriber::EnvFilter;
+use switchyard_gateway::{cli, tracing_setup};
 
 /// Switchyard: serve ONNX models over the Open Inference Protocol.
 #[derive(Parser)]
@@ -56,6 +55,9 @@ struct ServeArgs {
     /// Address of the HTTP listener (host:port).
     #[arg(long, env = "SWITCHYARD_HTTP_ADDR")]
     http_addr: Option<SocketAddr>,
+    /// OTLP/gRPC endpoint to export traces to, e.g. http://127.0.0.1:4317.
+    #[arg(long, env = "SWITCHYARD_OTLP_ENDPOINT")]
+    otlp_endpoint: Option<String>,
     /// Address of the Prometheus metrics listener (host:port).
     #[arg(long, env = "SWITCHYARD_METRICS_ADDR")]
     metrics_addr: Option<SocketAddr>,
@@ -93,6 +95,9 @@ impl ServeArgs {
         if let Some(addr) = self.http_addr {
             config.http.addr = addr;
         }
+        if let Some(endpoint) = self.otlp_endpoint {
+            config.tracing.otlp_endpoint = endpoint;
+        }
         if let Some(addr) = self.metrics_addr {
             config.metrics.addr = addr;
         }
@@ -126,17 +131,6 @@ impl ServeArgs {
     }
 }
 
-fn init_logging(config: &Config) {
-    // ONNX Runtime reports every graph transformation at info; keep its warnings only.
-    let filter = EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| EnvFilter::new(format!("{},ort=warn", config.log.level)));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter);
-    match config.log.format {
-        LogFormat::Text => builder.init(),
-        LogFormat::Json => builder.json().init(),
-    }
-}
-
 #[tokio::main]
 async fn main() -> ExitCode {
     let parsed = Cli::parse();
@@ -152,8 +146,16 @@ async fn main() -> ExitCode {
         }
     };
     args.apply(&mut config);
-    init_logging(&config);
-    match serve(&config).await {
+    let telemetry = match tracing_setup::init(&config) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("switchyard: cannot set up logging and tracing: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let served = serve(&config).await;
+    telemetry.shutdown();
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{error:#}");

@@ -15,6 +15,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::telemetry::VersionMetrics;
+use crate::tracing_setup::TRACE_TARGET;
 
 /// Batch bound used when a model's inputs and outputs all start with a dynamic dimension and
 /// its settings do not say otherwise.
@@ -74,6 +75,10 @@ type Reply = oneshot::Sender<Result<(Vec<NamedTensor>, Duration), GatewayError>>
 
 struct Job {
     inputs: Vec<NamedTensor>,
+    /// The request's span, parent of the spans the worker opens for it.
+    span: tracing::Span,
+    /// Open while the job waits; closed when its batch starts.
+    queued: tracing::Span,
     /// Rows along the batch axis; 0 for a model without one.
     rows: usize,
     enqueued: Instant,
@@ -293,8 +298,12 @@ impl ReplicaSet {
         };
         let replica = self.pick();
         let (reply, outputs) = oneshot::channel();
+        let span = tracing::Span::current();
+        let queued = tracing::debug_span!(target: TRACE_TARGET, "queue");
         let job = Job {
             inputs,
+            span,
+            queued,
             rows,
             enqueued: Instant::now(),
             deadline,
@@ -425,11 +434,20 @@ impl Worker {
             }
             metrics.batch_size.record(rows.max(1) as f64);
         }
+        // One "infer" span per request in the call, each a child of its own request's span.
+        let spans: Vec<tracing::Span> = jobs
+            .iter()
+            .filter(|job| !job.span.is_disabled())
+            .map(|job| {
+                tracing::debug_span!(target: TRACE_TARGET, parent: &job.span, "infer", batch_size = rows.max(1))
+            })
+            .collect();
         let model = &mut self.model;
         let outputs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(inputs)))
             .unwrap_or_else(|_| Err(RuntimeError::Execution("the runtime panicked".into())))
             .map_err(GatewayError::from)?;
         let compute = started.elapsed();
+        drop(spans);
         if let Some(metrics) = &self.metrics {
             metrics.compute_time.record(compute.as_secs_f64());
         }
@@ -437,7 +455,8 @@ impl Worker {
     }
 
     fn run_alone(&mut self, job: Job) {
-        if let Some(job) = job.answer_if_dead(Instant::now(), &self.outstanding) {
+        if let Some(mut job) = job.answer_if_dead(Instant::now(), &self.outstanding) {
+            job.queued = tracing::Span::none();
             let result = self.call_model(&job.inputs, std::slice::from_ref(&job), job.rows);
             self.answer(job, result);
         }
@@ -461,6 +480,11 @@ impl Worker {
                 self.run_alone(job);
             }
             return;
+        }
+        let mut batch = batch;
+        for job in &mut batch {
+            // Closes the job's queue span: its wait is over.
+            job.queued = tracing::Span::none();
         }
         let outputs = concatenate(&batch, rows).and_then(|inputs| {
             let (outputs, compute) = self.call_model(&inputs, &batch, rows)?;

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::{
     MLP_IN, READER_TOKEN, TestGateway, WRITER_TOKEN, mlp_repository, postgres_url, sample_inputs,
-    test_tokens,
+    spawn_switchyard, test_tokens,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -461,8 +461,8 @@ async fn management_api_on_postgres() {
 async fn two_gateway_processes_on_one_postgres_see_each_others_changes_within_a_second() {
     let repo = mlp_repository("max_batch_size = 64\n");
     let url = postgres_url().await;
-    let mut first = spawn_switchyard(repo.path(), &url).await;
-    let mut second = spawn_switchyard(repo.path(), &url).await;
+    let mut first = spawn_switchyard(repo.path(), &url, &[]).await;
+    let mut second = spawn_switchyard(repo.path(), &url, &[]).await;
     let artifact = second_artifact(&repo);
     let (status, _) = call(
         Method::POST,
@@ -698,64 +698,6 @@ async fn the_command_line_client_does_a_canary() {
     gateway.stop().await;
 }
 
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Process {
-    child: std::process::Child,
-    http: String,
-    admin: String,
-}
-
-impl Drop for Process {
-    /// A failed assertion must not leave a gateway running.
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-/// Starts the real `switchyard` binary and waits until it is ready.
-async fn spawn_switchyard(repo: &std::path::Path, registry: &str) -> Process {
-    let (http, grpc, admin, metrics) = (free_port(), free_port(), free_port(), free_port());
-    let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
-        .args(["serve", "--models"])
-        .arg(repo)
-        .args(["--registry", registry])
-        .args(["--http-addr", &format!("127.0.0.1:{http}")])
-        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
-        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
-        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-        .env("SWITCHYARD_ADMIN_TOKEN", WRITER_TOKEN)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .unwrap();
-    let process = Process {
-        child,
-        http: format!("http://127.0.0.1:{http}"),
-        admin: format!("http://127.0.0.1:{admin}"),
-    };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        let ready = client
-            .get(format!("{}/v2/health/ready", process.http))
-            .send()
-            .await;
-        if ready.is_ok_and(|r| r.status() == 200) {
-            return process;
-        }
-        assert!(Instant::now() < deadline, "switchyard did not become ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
 async fn call(method: Method, url: String, body: Option<Value>) -> (u16, Value) {
     let mut request = reqwest::Client::new()
         .request(method, url)
@@ -776,7 +718,7 @@ async fn everything_acknowledged_survives_kill_9() {
         repo.path().join("state/registry.db").display()
     );
     let artifact = second_artifact(&repo);
-    let mut first = spawn_switchyard(repo.path(), &registry).await;
+    let mut first = spawn_switchyard(repo.path(), &registry, &[]).await;
     let (status, _) = call(
         Method::POST,
         format!("{}/v1/models/mlp/versions", first.admin),
@@ -817,7 +759,7 @@ async fn everything_acknowledged_survives_kill_9() {
     first.child.kill().unwrap();
     first.child.wait().unwrap();
 
-    let mut second = spawn_switchyard(repo.path(), &registry).await;
+    let mut second = spawn_switchyard(repo.path(), &registry, &[]).await;
     let (status, model) = call(Method::GET, format!("{}/v1/models/mlp", second.admin), None).await;
     assert_eq!(status, 200);
     assert_eq!(model["traffic"], json!({"1": 30, "2": 70}));

@@ -15,6 +15,8 @@ use crate::gateway::Gateway;
 use crate::inference::{InferRequest, InferResponse, Parameter};
 use crate::metadata::{self, ConfigTensor};
 use crate::telemetry::Protocol;
+use crate::tracing_setup::{TRACE_TARGET, request_span};
+use tracing::Instrument;
 
 /// The generated protocol types and service traits.
 pub mod pb {
@@ -307,7 +309,12 @@ impl GrpcInferenceService for GrpcFront {
         &self,
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
-        self.infer(request).await.map_err(|error| {
+        let span = request_span(
+            "grpc",
+            &request.get_ref().model_name,
+            request.metadata().as_ref(),
+        );
+        self.infer(request).instrument(span).await.map_err(|error| {
             self.gateway.telemetry().reject(error.kind);
             error.into()
         })
@@ -328,13 +335,16 @@ impl GrpcFront {
         let message = request.into_inner();
         self.gateway
             .check_capacity(&message.model_name, version_of(&message.model_version))?;
-        let (mut request, raw) = decode_request(message)?;
+        let (mut request, raw) = tracing::debug_span!(target: TRACE_TARGET, "decode")
+            .in_scope(|| decode_request(message))?;
         request.deadline = timeout.map(|timeout| received + timeout);
         request.apply_timeout_parameter(received)?;
         request.received = Some(received);
         request.protocol = Protocol::Grpc;
         let response = self.gateway.infer(request).await?;
-        Ok(Response::new(encode_response(response, raw)))
+        let encoded = tracing::debug_span!(target: TRACE_TARGET, "encode")
+            .in_scope(|| encode_response(response, raw));
+        Ok(Response::new(encoded))
     }
 }
 

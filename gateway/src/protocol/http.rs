@@ -20,6 +20,8 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::gateway::Gateway;
 use crate::metadata::{self, ConfigTensor};
 use crate::protocol::json::{decode_request, encode_response};
+use crate::tracing_setup::{TRACE_TARGET, request_span};
+use tracing::Instrument;
 
 /// Header of the binary tensor data extension: the length of the JSON part of the body.
 pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
@@ -233,7 +235,13 @@ async fn model_infer(
     Path(model): Path<String>,
     request: Request,
 ) -> Response {
-    counted(&state, infer(state.clone(), model, None, request).await)
+    let span = request_span("http", &model, request.headers());
+    counted(
+        &state,
+        infer(state.clone(), model, None, request)
+            .instrument(span)
+            .await,
+    )
 }
 
 /// Counts refusals and failures by reason in the metrics, then answers.
@@ -273,11 +281,13 @@ async fn infer(
         Some(length) => body.split_off(length),
         None => Bytes::new(),
     };
-    let (mut request, encoding) = decode_request(&model, version.as_deref(), &body, binary)?;
+    let (mut request, encoding) = tracing::debug_span!(target: TRACE_TARGET, "decode")
+        .in_scope(|| decode_request(&model, version.as_deref(), &body, binary))?;
     request.apply_timeout_parameter(received)?;
     request.received = Some(received);
     let response = state.gateway.infer(request).await?;
-    let encoded = encode_response(&response, &encoding)?;
+    let encoded = tracing::debug_span!(target: TRACE_TARGET, "encode")
+        .in_scope(|| encode_response(&response, &encoding))?;
     if encoded.binary.is_empty() {
         return Ok((
             [(

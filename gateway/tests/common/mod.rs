@@ -330,3 +330,65 @@ impl TestGateway {
         }
     }
 }
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub struct Process {
+    pub child: std::process::Child,
+    pub http: String,
+    pub admin: String,
+    /// host:port of the gRPC listener.
+    pub grpc: String,
+}
+
+impl Drop for Process {
+    /// A failed assertion must not leave a gateway running.
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the real `switchyard` binary and waits until it is ready.
+pub async fn spawn_switchyard(repo: &std::path::Path, registry: &str, extra: &[&str]) -> Process {
+    let (http, grpc, admin, metrics) = (free_port(), free_port(), free_port(), free_port());
+    let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--models"])
+        .arg(repo)
+        .args(["--registry", registry])
+        .args(["--http-addr", &format!("127.0.0.1:{http}")])
+        .args(["--grpc-addr", &format!("127.0.0.1:{grpc}")])
+        .args(["--admin-addr", &format!("127.0.0.1:{admin}")])
+        .args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
+        .args(extra)
+        .env("SWITCHYARD_ADMIN_TOKEN", WRITER_TOKEN)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let process = Process {
+        child,
+        http: format!("http://127.0.0.1:{http}"),
+        admin: format!("http://127.0.0.1:{admin}"),
+        grpc: format!("127.0.0.1:{grpc}"),
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let ready = client
+            .get(format!("{}/v2/health/ready", process.http))
+            .send()
+            .await;
+        if ready.is_ok_and(|r| r.status() == 200) {
+            return process;
+        }
+        assert!(Instant::now() < deadline, "switchyard did not become ready");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}

@@ -1,0 +1,125 @@
+//! Logs and traces: human-readable or JSON log lines, and, when an OTLP endpoint is
+//! configured, request spans exported over OTLP/gRPC with W3C `traceparent` continued.
+//!
+//! Request spans use the target [`TRACE_TARGET`] at debug level. Only the OTLP layer enables
+//! them, so with export off they are never created and cost the request path nothing.
+
+use std::time::Duration;
+
+use axum::http::HeaderMap;
+use opentelemetry::propagation::{Extractor, TextMapPropagator};
+use opentelemetry::trace::TracerProvider as _;
+use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_sdk::propagation::TraceContextPropagator;
+use opentelemetry_sdk::trace::{
+    BatchConfigBuilder, BatchSpanProcessor, Sampler, SdkTracerProvider,
+};
+use tracing_opentelemetry::OpenTelemetrySpanExt;
+use tracing_subscriber::filter::{EnvFilter, LevelFilter, Targets};
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{Layer, Registry};
+
+use crate::config::{Config, LogFormat};
+
+/// The target of request spans (receive, decode, route, queue, infer, encode).
+pub const TRACE_TARGET: &str = "switchyard::trace";
+
+/// Keeps the exporter running; shutting it down flushes the spans still buffered.
+pub struct Telemetry {
+    provider: Option<SdkTracerProvider>,
+}
+
+impl Telemetry {
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+/// Installs the process's logging and, if configured, trace export. Must run inside the Tokio
+/// runtime (the OTLP client lives on it).
+pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
+    // ONNX Runtime reports every graph transformation at info; keep its warnings only.
+    let filter = EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{},ort=warn", config.log.level)));
+    let logs: Box<dyn Layer<Registry> + Send + Sync> = match config.log.format {
+        LogFormat::Text => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .with_filter(filter)
+            .boxed(),
+    };
+    let endpoint = config.tracing.otlp_endpoint.trim();
+    if endpoint.is_empty() {
+        tracing_subscriber::registry().with(logs).try_init()?;
+        return Ok(Telemetry { provider: None });
+    }
+    let exporter = opentelemetry_otlp::SpanExporter::builder()
+        .with_tonic()
+        .with_endpoint(endpoint)
+        .with_timeout(Duration::from_secs(5))
+        .build()?;
+    let processor = BatchSpanProcessor::builder(exporter)
+        .with_batch_config(
+            BatchConfigBuilder::default()
+                .with_scheduled_delay(Duration::from_millis(500))
+                .build(),
+        )
+        .build();
+    let ratio = config.tracing.sampling_ratio.clamp(0.0, 1.0);
+    let provider = SdkTracerProvider::builder()
+        .with_span_processor(processor)
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            ratio,
+        ))))
+        .with_resource(
+            opentelemetry_sdk::Resource::builder()
+                .with_service_name("switchyard")
+                .build(),
+        )
+        .build();
+    let traces = tracing_opentelemetry::layer()
+        .with_tracer(provider.tracer("switchyard"))
+        .with_filter(Targets::new().with_target(TRACE_TARGET, LevelFilter::DEBUG));
+    tracing_subscriber::registry()
+        .with(logs)
+        .with(traces)
+        .try_init()?;
+    tracing::info!(endpoint, ratio, "exporting traces over OTLP");
+    Ok(Telemetry {
+        provider: Some(provider),
+    })
+}
+
+struct Headers<'a>(&'a HeaderMap);
+
+impl Extractor for Headers<'_> {
+    fn get(&self, key: &str) -> Option<&str> {
+        self.0.get(key).and_then(|value| value.to_str().ok())
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        self.0.keys().map(|key| key.as_str()).collect()
+    }
+}
+
+/// The span of one inference request, continuing the caller's trace when the headers (HTTP) or
+/// metadata (gRPC) carry a W3C `traceparent`.
+pub fn request_span(protocol: &'static str, model: &str, headers: &HeaderMap) -> tracing::Span {
+    let span = tracing::debug_span!(
+        target: TRACE_TARGET,
+        "request",
+        otel.kind = "server",
+        protocol,
+        model,
+        version = tracing::field::Empty,
+        request_id = tracing::field::Empty,
+    );
+    if !span.is_disabled() && headers.contains_key("traceparent") {
+        let parent = TraceContextPropagator::new().extract(&Headers(headers));
+        let _ = span.set_parent(parent);
+    }
+    span
+}

@@ -1,0 +1,175 @@
+//! Traces over OTLP: an OTLP/gRPC trace receiver runs inside the test, the real binary exports
+//! to it, and the spans of a request carrying a W3C traceparent must continue that trace.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use common::{MLP_IN, free_port, mlp_repository, sample_inputs, spawn_switchyard};
+use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
+    TraceService, TraceServiceServer,
+};
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, ExportTraceServiceResponse,
+};
+use opentelemetry_proto::tonic::common::v1::any_value::Value as AnyValue;
+use opentelemetry_proto::tonic::trace::v1::Span;
+use serde_json::json;
+use switchyard_gateway::protocol::grpc::pb;
+
+#[derive(Clone, Default)]
+struct Receiver {
+    spans: Arc<Mutex<Vec<Span>>>,
+}
+
+#[tonic::async_trait]
+impl TraceService for Receiver {
+    async fn export(
+        &self,
+        request: tonic::Request<ExportTraceServiceRequest>,
+    ) -> Result<tonic::Response<ExportTraceServiceResponse>, tonic::Status> {
+        let mut spans = self.spans.lock().unwrap();
+        for resource in request.into_inner().resource_spans {
+            for scope in resource.scope_spans {
+                spans.extend(scope.spans);
+            }
+        }
+        Ok(tonic::Response::new(ExportTraceServiceResponse::default()))
+    }
+}
+
+fn attribute<'s>(span: &'s Span, key: &str) -> Option<&'s str> {
+    span.attributes
+        .iter()
+        .find(|kv| kv.key == key)
+        .and_then(|kv| match kv.value.as_ref()?.value.as_ref()? {
+            AnyValue::StringValue(value) => Some(value.as_str()),
+            _ => None,
+        })
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Waits until the receiver holds the spans of `trace` named `names`.
+async fn spans_of(receiver: &Receiver, trace: &str, names: &[&str]) -> Vec<Span> {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let spans: Vec<Span> = receiver
+            .spans
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| hex(&s.trace_id) == trace)
+            .cloned()
+            .collect();
+        if names
+            .iter()
+            .all(|name| spans.iter().any(|s| s.name == *name))
+        {
+            return spans;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "spans {names:?} of trace {trace} never arrived; got {:?}",
+            spans.iter().map(|s| &s.name).collect::<Vec<_>>()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn spans_continue_the_callers_trace_over_http_and_grpc() {
+    let receiver = Receiver::default();
+    let port = free_port();
+    let server = tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(receiver.clone()))
+            .serve(format!("127.0.0.1:{port}").parse().unwrap()),
+    );
+    let repo = mlp_repository("max_batch_size = 64\n");
+    let registry = format!("sqlite://{}", repo.path().join("registry.db").display());
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let process = spawn_switchyard(repo.path(), &registry, &["--otlp-endpoint", &endpoint]).await;
+    let grpc_addr = process.grpc.clone();
+
+    // HTTP, with a traceparent header.
+    let trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let parent = "00f067aa0ba902b7";
+    let body = json!({"id": "req-42", "inputs": [{"name": "x", "shape": [1, MLP_IN], "datatype": "FP32", "data": sample_inputs(MLP_IN, 1)}]});
+    let response = reqwest::Client::new()
+        .post(format!("{}/v2/models/mlp/infer", process.http))
+        .header("traceparent", format!("00-{trace}-{parent}-01"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let spans = spans_of(
+        &receiver,
+        trace,
+        &["request", "decode", "route", "queue", "infer", "encode"],
+    )
+    .await;
+    let request = spans.iter().find(|s| s.name == "request").unwrap();
+    assert_eq!(
+        hex(&request.parent_span_id),
+        parent,
+        "the request span is a child of the caller's span"
+    );
+    assert_eq!(attribute(request, "model"), Some("mlp"));
+    assert_eq!(attribute(request, "version"), Some("1"));
+    assert_eq!(attribute(request, "request_id"), Some("req-42"));
+    assert_eq!(attribute(request, "protocol"), Some("http"));
+    for child in ["decode", "route", "queue", "infer", "encode"] {
+        let span = spans.iter().find(|s| s.name == child).unwrap();
+        assert_eq!(
+            span.parent_span_id, request.span_id,
+            "{child} is a child of the request span"
+        );
+    }
+    let infer = spans.iter().find(|s| s.name == "infer").unwrap();
+    assert!(infer.attributes.iter().any(|kv| kv.key == "batch_size"));
+
+    // gRPC, with traceparent metadata.
+    let grpc_trace = "0af7651916cd43dd8448eb211c80319c";
+    let grpc_parent = "b7ad6b7169203331";
+    let mut client = pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(
+        format!("http://{grpc_addr}"),
+    )
+    .await
+    .unwrap();
+    let mut request = tonic::Request::new(pb::ModelInferRequest {
+        model_name: "mlp".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![1, MLP_IN as i64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![
+            sample_inputs(MLP_IN, 2)
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        ],
+        ..Default::default()
+    });
+    request.metadata_mut().insert(
+        "traceparent",
+        format!("00-{grpc_trace}-{grpc_parent}-01").parse().unwrap(),
+    );
+    client.model_infer(request).await.unwrap();
+    let spans = spans_of(&receiver, grpc_trace, &["request", "infer"]).await;
+    let request = spans.iter().find(|s| s.name == "request").unwrap();
+    assert_eq!(hex(&request.parent_span_id), grpc_parent);
+    assert_eq!(attribute(request, "protocol"), Some("grpc"));
+    assert_eq!(attribute(request, "version"), Some("1"));
+    drop(process);
+    server.abort();
+}
