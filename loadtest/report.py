@@ -67,6 +67,23 @@ def markdown(rows, rss):
                        f"| {row['p50_us']:.0f} | {row['p90_us']:.0f} | {row['p99_us']:.0f} | {row['rejected']:.0f} "
                        f"| {row['errors']:.0f} |")
 
+    variants = [("telemetry-off", "metrics off"), ("telemetry-metrics", "metrics on (default)"),
+                ("telemetry-traces", "metrics + OTLP traces")]
+    if find(rows, target="telemetry-off"):
+        out += ["", "### Telemetry cost (HTTP JSON, requests/s and p50 µs)", "",
+                "| model | concurrency | " + " | ".join(label for _, label in variants) + " |",
+                "|---|---|" + "---|" * len(variants)]
+        for model, concurrency in [("mlp", 1.0), ("mlp", 32.0), ("mlp_heavy", 32.0)]:
+            cells = []
+            base = find(rows, target="telemetry-off", model=model, concurrency=concurrency)
+            for target, _ in variants:
+                row = find(rows, target=target, model=model, concurrency=concurrency)
+                if row and base:
+                    cells.append(f"{row['req_per_s']:.0f} ({row['req_per_s'] / base['req_per_s']:.0%}), p50 {row['p50_us']:.0f}")
+                else:
+                    cells.append("-")
+            out.append(f"| {model} | {concurrency:.0f} | " + " | ".join(cells) + " |")
+
     out += ["", "### Targets", ""]
     heavy_c32 = find(rows, target="gateway", model="mlp_heavy", protocol="json", concurrency=32.0)
     heavy_max = find(rows, target="inprocess", model="mlp_heavy", protocol="batch32")

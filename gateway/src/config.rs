@@ -72,12 +72,15 @@ impl Default for TracingConfig {
 pub struct MetricsConfig {
     /// Prometheus text exposition at /metrics.
     pub addr: SocketAddr,
+    /// Off only to measure what metrics cost: every metric becomes a no-op.
+    pub enabled: bool,
 }
 
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig {
             addr: SocketAddr::from(([0, 0, 0, 0], 8002)),
+            enabled: true,
         }
     }
 }

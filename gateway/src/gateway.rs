@@ -31,13 +31,13 @@ pub struct Gateway {
 pub struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Gateway {
-    pub fn new(max_in_flight: usize) -> Gateway {
+    pub fn new(max_in_flight: usize, metrics: bool) -> Gateway {
         Gateway {
             table: ArcSwap::from_pointee(ModelTable::default()),
             ready: tokio::sync::watch::Sender::new(false),
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
-            telemetry: Telemetry::new(),
+            telemetry: Telemetry::new(metrics),
             revision: AtomicI64::new(0),
         }
     }
@@ -76,7 +76,7 @@ impl Gateway {
 
 impl Default for Gateway {
     fn default() -> Self {
-        Gateway::new(crate::config::ServingConfig::default().max_in_flight)
+        Gateway::new(crate::config::ServingConfig::default().max_in_flight, true)
     }
 }
 

@@ -65,7 +65,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         }
     }
 
-    let gateway = Arc::new(Gateway::new(config.serving.max_in_flight.max(1)));
+    let gateway = Arc::new(Gateway::new(
+        config.serving.max_in_flight.max(1),
+        config.metrics.enabled,
+    ));
     let reconciler = Reconciler::new(
         gateway.clone(),
         store.clone(),

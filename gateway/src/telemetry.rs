@@ -118,10 +118,12 @@ impl VersionMetrics {
 pub struct Telemetry {
     recorder: PrometheusRecorder,
     rejections: Vec<Counter>,
+    /// Off: every handle is a no-op and /metrics is empty (for measuring what metrics cost).
+    enabled: bool,
 }
 
 impl Telemetry {
-    pub fn new() -> Arc<Telemetry> {
+    pub fn new(enabled: bool) -> Arc<Telemetry> {
         let builder = PrometheusBuilder::new();
         let builder = [
             "switchyard_request_duration_seconds",
@@ -143,6 +145,9 @@ impl Telemetry {
         let rejections = REJECTION_REASONS
             .iter()
             .map(|reason| {
+                if !enabled {
+                    return Counter::noop();
+                }
                 counter(
                     &recorder,
                     "switchyard_rejections_total",
@@ -159,10 +164,25 @@ impl Telemetry {
         Arc::new(Telemetry {
             recorder,
             rejections,
+            enabled,
         })
     }
 
     pub fn version(&self, model: &str, version: &str) -> VersionMetrics {
+        if !self.enabled {
+            return VersionMetrics {
+                requests: Protocol::ALL
+                    .iter()
+                    .map(|_| OUTCOMES.iter().map(|_| Counter::noop()).collect())
+                    .collect(),
+                duration: Protocol::ALL.iter().map(|_| Histogram::noop()).collect(),
+                overhead: Protocol::ALL.iter().map(|_| Histogram::noop()).collect(),
+                queue_time: Histogram::noop(),
+                compute_time: Histogram::noop(),
+                batch_size: Histogram::noop(),
+                routed: Counter::noop(),
+            };
+        }
         let labels = || {
             vec![
                 Label::new("model", model.to_owned()),
@@ -228,6 +248,9 @@ impl Telemetry {
 
     /// The Prometheus text exposition, with the gauges read from the gateway's current state.
     pub fn render(&self, gateway: &Gateway) -> String {
+        if !self.enabled {
+            return "# metrics are disabled (metrics.enabled = false)\n".into();
+        }
         let r = &self.recorder;
         let table = gateway.snapshot();
         for model in table.models.values() {
