@@ -68,7 +68,7 @@ def markdown(rows, rss):
                        f"| {row['errors']:.0f} |")
 
     variants = [("telemetry-off", "metrics off"), ("telemetry-metrics", "metrics on (default)"),
-                ("telemetry-traces", "metrics + OTLP traces")]
+                ("telemetry-traces10", "+ traces, 10% sampled"), ("telemetry-traces100", "+ traces, all sampled")]
     if find(rows, target="telemetry-off"):
         out += ["", "### Telemetry cost (HTTP JSON, requests/s and p50 µs)", "",
                 "| model | concurrency | " + " | ".join(label for _, label in variants) + " |",

@@ -150,7 +150,9 @@ impl Gateway {
     /// Serves one request: picks the version, checks the inputs, queues them on a replica and
     /// returns the outputs the caller asked for.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, GatewayError> {
-        let route = tracing::debug_span!(target: TRACE_TARGET, "route").entered();
+        let route =
+            crate::tracing_setup::child(|| tracing::debug_span!(target: TRACE_TARGET, "route"))
+                .entered();
         let (model_name, version_label, ready) = {
             let table = self.table.load();
             let model = table.model(&request.model)?;

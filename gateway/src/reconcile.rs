@@ -175,8 +175,8 @@ pub struct Reconciler {
     snapshot: Option<Snapshot>,
     /// Versions whose first load the server's readiness waits for.
     startup: Option<HashSet<Key>>,
-    /// Removed versions still answering the requests they hold.
-    draining: Vec<(Key, Arc<ReadyVersion>)>,
+    /// Removed versions still answering the requests they hold, and since when.
+    draining: Vec<(Key, Arc<ReadyVersion>, Instant)>,
     loaded_tx: mpsc::UnboundedSender<Loaded>,
     loaded_rx: mpsc::UnboundedReceiver<Loaded>,
 }
@@ -348,7 +348,7 @@ impl Reconciler {
         match self.local.remove(key) {
             Some(Local::Ready(ready)) => {
                 tracing::info!(model = %key.0, version = %key.1, "draining");
-                self.draining.push((key.clone(), ready));
+                self.draining.push((key.clone(), ready, Instant::now()));
                 true
             }
             _ => false,
@@ -360,11 +360,12 @@ impl Reconciler {
     async fn retire_drained(&mut self) {
         let (done, waiting): (Vec<_>, Vec<_>) = std::mem::take(&mut self.draining)
             .into_iter()
-            .partition(|(_, ready)| Arc::strong_count(ready) == 1);
+            .partition(|(_, ready, _)| Arc::strong_count(ready) == 1);
         self.draining = waiting;
-        for (key, ready) in done {
+        for (key, ready, since) in done {
             drop(ready);
-            tracing::info!(model = %key.0, version = %key.1, "retired");
+            let drained_ms = since.elapsed().as_millis() as u64;
+            tracing::info!(model = %key.0, version = %key.1, drained_ms, "version unloaded and retired");
             self.write_state(&key, VersionState::Retired, "").await;
         }
     }

@@ -26,6 +26,7 @@ pub struct Running {
     pub gateway: Arc<Gateway>,
     pub store: Arc<dyn Store>,
     reconciler: JoinHandle<()>,
+    upkeep: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
     servers: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
 }
@@ -76,6 +77,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         runtimes,
     );
     let reconciler = tokio::spawn(reconciler.run());
+    let upkeep = {
+        let gateway = gateway.clone();
+        tokio::spawn(async move {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                gateway.telemetry().run_upkeep();
+            }
+        })
+    };
 
     let http_listener = TcpListener::bind(config.http.addr)
         .await
@@ -137,6 +148,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         shutdown,
         servers,
         reconciler,
+        upkeep,
     })
 }
 
@@ -186,6 +198,7 @@ impl Running {
     pub async fn stop(self) -> anyhow::Result<()> {
         self.shutdown.send_replace(true);
         self.reconciler.abort();
+        self.upkeep.abort();
         for (name, server) in self.servers {
             server
                 .await

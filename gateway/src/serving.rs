@@ -299,7 +299,8 @@ impl ReplicaSet {
         let replica = self.pick();
         let (reply, outputs) = oneshot::channel();
         let span = tracing::Span::current();
-        let queued = tracing::debug_span!(target: TRACE_TARGET, "queue");
+        let queued =
+            crate::tracing_setup::child(|| tracing::debug_span!(target: TRACE_TARGET, "queue"));
         let job = Job {
             inputs,
             span,

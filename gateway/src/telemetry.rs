@@ -241,6 +241,14 @@ impl Telemetry {
         }
     }
 
+    /// Folds the histogram samples recorded since the last scrape into their buckets; without
+    /// it, samples would pile up in memory for as long as nobody scrapes.
+    pub fn run_upkeep(&self) {
+        if self.enabled {
+            self.recorder.handle().run_upkeep();
+        }
+    }
+
     /// Counts a refused or failed request by its reason.
     pub fn reject(&self, kind: ErrorKind) {
         self.rejections[rejection_reason(kind)].increment(1);

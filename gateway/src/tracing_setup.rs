@@ -4,6 +4,7 @@
 //! Request spans use the target [`TRACE_TARGET`] at debug level. Only the OTLP layer enables
 //! them, so with export off they are never created and cost the request path nothing.
 
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use axum::http::HeaderMap;
@@ -71,9 +72,8 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     let ratio = config.tracing.sampling_ratio.clamp(0.0, 1.0);
     let provider = SdkTracerProvider::builder()
         .with_span_processor(processor)
-        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-            ratio,
-        ))))
+        // Sampling is decided per request before its spans exist (`request_span`).
+        .with_sampler(Sampler::AlwaysOn)
         .with_resource(
             opentelemetry_sdk::Resource::builder()
                 .with_service_name("switchyard")
@@ -87,6 +87,7 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
         .with(logs)
         .with(traces)
         .try_init()?;
+    let _ = SAMPLING.set(ratio);
     tracing::info!(endpoint, ratio, "exporting traces over OTLP");
     Ok(Telemetry {
         provider: Some(provider),
@@ -105,9 +106,35 @@ impl Extractor for Headers<'_> {
     }
 }
 
+/// The sampling ratio of new traces, set when export is on.
+static SAMPLING: OnceLock<f64> = OnceLock::new();
+
+/// Whether a request is traced: a caller's `traceparent` decides by its sampled flag, other
+/// requests by the configured ratio. Deciding before any span exists keeps unsampled requests
+/// free of tracing work.
+fn sampled(headers: &HeaderMap) -> bool {
+    let Some(ratio) = SAMPLING.get() else {
+        return false;
+    };
+    match headers
+        .get("traceparent")
+        .and_then(|value| value.to_str().ok())
+    {
+        Some(parent) => parent
+            .rsplit('-')
+            .next()
+            .and_then(|flags| u8::from_str_radix(flags, 16).ok())
+            .is_some_and(|flags| flags & 1 == 1),
+        None => fastrand::f64() < *ratio,
+    }
+}
+
 /// The span of one inference request, continuing the caller's trace when the headers (HTTP) or
-/// metadata (gRPC) carry a W3C `traceparent`.
+/// metadata (gRPC) carry a W3C `traceparent`; `Span::none()` when the request is not traced.
 pub fn request_span(protocol: &'static str, model: &str, headers: &HeaderMap) -> tracing::Span {
+    if !sampled(headers) {
+        return tracing::Span::none();
+    }
     let span = tracing::debug_span!(
         target: TRACE_TARGET,
         "request",
@@ -122,4 +149,14 @@ pub fn request_span(protocol: &'static str, model: &str, headers: &HeaderMap) ->
         let _ = span.set_parent(parent);
     }
     span
+}
+
+/// A child of the current request span, or no span when the request is not traced (so that an
+/// untraced request never starts spans of its own).
+pub fn child(make: impl FnOnce() -> tracing::Span) -> tracing::Span {
+    if tracing::Span::current().is_none() {
+        tracing::Span::none()
+    } else {
+        make()
+    }
 }

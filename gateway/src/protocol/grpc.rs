@@ -335,15 +335,17 @@ impl GrpcFront {
         let message = request.into_inner();
         self.gateway
             .check_capacity(&message.model_name, version_of(&message.model_version))?;
-        let (mut request, raw) = tracing::debug_span!(target: TRACE_TARGET, "decode")
-            .in_scope(|| decode_request(message))?;
+        let (mut request, raw) =
+            crate::tracing_setup::child(|| tracing::debug_span!(target: TRACE_TARGET, "decode"))
+                .in_scope(|| decode_request(message))?;
         request.deadline = timeout.map(|timeout| received + timeout);
         request.apply_timeout_parameter(received)?;
         request.received = Some(received);
         request.protocol = Protocol::Grpc;
         let response = self.gateway.infer(request).await?;
-        let encoded = tracing::debug_span!(target: TRACE_TARGET, "encode")
-            .in_scope(|| encode_response(response, raw));
+        let encoded =
+            crate::tracing_setup::child(|| tracing::debug_span!(target: TRACE_TARGET, "encode"))
+                .in_scope(|| encode_response(response, raw));
         Ok(Response::new(encoded))
     }
 }

@@ -281,13 +281,15 @@ async fn infer(
         Some(length) => body.split_off(length),
         None => Bytes::new(),
     };
-    let (mut request, encoding) = tracing::debug_span!(target: TRACE_TARGET, "decode")
-        .in_scope(|| decode_request(&model, version.as_deref(), &body, binary))?;
+    let (mut request, encoding) =
+        crate::tracing_setup::child(|| tracing::debug_span!(target: TRACE_TARGET, "decode"))
+            .in_scope(|| decode_request(&model, version.as_deref(), &body, binary))?;
     request.apply_timeout_parameter(received)?;
     request.received = Some(received);
     let response = state.gateway.infer(request).await?;
-    let encoded = tracing::debug_span!(target: TRACE_TARGET, "encode")
-        .in_scope(|| encode_response(&response, &encoding))?;
+    let encoded =
+        crate::tracing_setup::child(|| tracing::debug_span!(target: TRACE_TARGET, "encode"))
+            .in_scope(|| encode_response(&response, &encoding))?;
     if encoded.binary.is_empty() {
         return Ok((
             [(
