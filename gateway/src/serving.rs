@@ -435,12 +435,15 @@ impl Worker {
             }
             metrics.batch_size.record(rows.max(1) as f64);
         }
-        // One "infer" span per request in the call, each a child of its own request's span.
-        let spans: Vec<tracing::Span> = jobs
+        // For each traced request in the call: a "batch" span (the call it shares, with its
+        // size) under the request's span, and the model's "infer" span under that.
+        let spans: Vec<(tracing::Span, tracing::Span)> = jobs
             .iter()
             .filter(|job| !job.span.is_disabled())
             .map(|job| {
-                tracing::debug_span!(target: TRACE_TARGET, parent: &job.span, "infer", batch_size = rows.max(1))
+                let batch = tracing::debug_span!(target: TRACE_TARGET, parent: &job.span, "batch", batch_size = rows.max(1), requests = jobs.len());
+                let infer = tracing::debug_span!(target: TRACE_TARGET, parent: &batch, "infer");
+                (batch, infer)
             })
             .collect();
         let model = &mut self.model;

@@ -286,9 +286,31 @@ impl Telemetry {
             }
         }
         gauge(r, "switchyard_in_flight_requests", Vec::new()).set(gateway.in_flight() as f64);
+        // The CPU device: its memory, and what this process holds of it (its resident set).
+        for (kind, file, field) in [
+            ("total", "/proc/meminfo", "MemTotal:"),
+            ("measured", "/proc/self/status", "VmRSS:"),
+        ] {
+            if let Some(kib) = read_kib(file, field) {
+                let labels = vec![Label::new("device", "cpu"), Label::new("kind", kind)];
+                gauge(r, "switchyard_device_memory_bytes", labels).set(kib as f64 * 1024.0);
+            }
+        }
         gauge(r, "switchyard_registry_revision", Vec::new()).set(gateway.revision() as f64);
         self.recorder.handle().render()
     }
+}
+
+/// A "Field:   123 kB" line of a /proc file, in KiB.
+fn read_kib(file: &str, field: &str) -> Option<u64> {
+    std::fs::read_to_string(file)
+        .ok()?
+        .lines()
+        .find_map(|line| line.strip_prefix(field))?
+        .split_whitespace()
+        .next()?
+        .parse()
+        .ok()
 }
 
 fn key(name: &'static str, labels: Vec<Label>) -> Key {

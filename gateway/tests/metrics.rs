@@ -222,6 +222,20 @@ async fn a_scrape_counts_what_was_sent() {
     );
     assert!(sample(&text, "switchyard_registry_revision", &[]) > 0.0);
     assert_eq!(sample(&text, "switchyard_build_info", &[]), 1.0);
+    let total = sample(
+        &text,
+        "switchyard_device_memory_bytes",
+        &[("device", "cpu"), ("kind", "total")],
+    );
+    let measured = sample(
+        &text,
+        "switchyard_device_memory_bytes",
+        &[("device", "cpu"), ("kind", "measured")],
+    );
+    assert!(
+        measured > 1e6 && measured < total,
+        "measured {measured} of {total}"
+    );
     for help in [
         "# HELP switchyard_requests_total",
         "# HELP switchyard_queue_time_seconds",

@@ -112,7 +112,9 @@ async fn spans_continue_the_callers_trace_over_http_and_grpc() {
     let spans = spans_of(
         &receiver,
         trace,
-        &["request", "decode", "route", "queue", "infer", "encode"],
+        &[
+            "request", "decode", "route", "queue", "batch", "infer", "encode",
+        ],
     )
     .await;
     let request = spans.iter().find(|s| s.name == "request").unwrap();
@@ -125,15 +127,20 @@ async fn spans_continue_the_callers_trace_over_http_and_grpc() {
     assert_eq!(attribute(request, "version"), Some("1"));
     assert_eq!(attribute(request, "request_id"), Some("req-42"));
     assert_eq!(attribute(request, "protocol"), Some("http"));
-    for child in ["decode", "route", "queue", "infer", "encode"] {
+    for child in ["decode", "route", "queue", "batch", "encode"] {
         let span = spans.iter().find(|s| s.name == child).unwrap();
         assert_eq!(
             span.parent_span_id, request.span_id,
             "{child} is a child of the request span"
         );
     }
+    let batch = spans.iter().find(|s| s.name == "batch").unwrap();
+    assert!(batch.attributes.iter().any(|kv| kv.key == "batch_size"));
     let infer = spans.iter().find(|s| s.name == "infer").unwrap();
-    assert!(infer.attributes.iter().any(|kv| kv.key == "batch_size"));
+    assert_eq!(
+        infer.parent_span_id, batch.span_id,
+        "the model call is inside the batch"
+    );
 
     // gRPC, with traceparent metadata.
     let grpc_trace = "0af7651916cd43dd8448eb211c80319c";
