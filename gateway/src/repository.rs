@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use switchyard_runtimes::Device;
 
+use switchyard_registry::compare_labels;
+
 use crate::config::{HumanDuration, ServingConfig};
 
 /// Serving settings of one model, from its `model.toml`; unset keys take the gateway defaults.
@@ -191,16 +193,6 @@ fn file_name(path: &Path) -> Option<String> {
     path.file_name()
         .and_then(|name| name.to_str())
         .map(str::to_owned)
-}
-
-/// Orders version labels: numeric labels by value and before other labels, which sort as text.
-pub fn compare_labels(a: &str, b: &str) -> std::cmp::Ordering {
-    match (a.parse::<u64>(), b.parse::<u64>()) {
-        (Ok(x), Ok(y)) => x.cmp(&y),
-        (Ok(_), Err(_)) => std::cmp::Ordering::Less,
-        (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
-        (Err(_), Err(_)) => a.cmp(b),
-    }
 }
 
 #[cfg(test)]

@@ -216,6 +216,29 @@ impl SqlStore {
         }
     }
 
+    /// A version that a traffic weight or an alias may name: it exists and is not failed or
+    /// being removed. Naming any other is the request's fault (Invalid).
+    async fn require_live_version(
+        tx: &mut Transaction<'static, sqlx::Any>,
+        model: &str,
+        label: &str,
+        purpose: &str,
+    ) -> Result<(), RegistryError> {
+        let version = SqlStore::read_version(&mut **tx, model, label)
+            .await
+            .map_err(|e| match e {
+                RegistryError::NotFound(message) => RegistryError::Invalid(message),
+                other => other,
+            })?;
+        if !version.state.is_live() {
+            return Err(RegistryError::Invalid(format!(
+                "version '{label}' of model '{model}' is {} and cannot {purpose}",
+                version.state
+            )));
+        }
+        Ok(())
+    }
+
     async fn read_record(
         tx: &mut Transaction<'static, sqlx::Any>,
         model: Model,
@@ -798,18 +821,7 @@ impl Store for SqlStore {
         let (mut tx, revision) = self.begin_write().await?;
         SqlStore::require_model(&mut tx, model).await?;
         for label in weights.keys() {
-            let version = SqlStore::read_version(&mut *tx, model, label)
-                .await
-                .map_err(|e| match e {
-                    RegistryError::NotFound(message) => RegistryError::Invalid(message),
-                    other => other,
-                })?;
-            if !version.state.is_live() {
-                return Err(RegistryError::Invalid(format!(
-                    "version '{label}' of model '{model}' is {} and cannot take traffic",
-                    version.state
-                )));
-            }
+            SqlStore::require_live_version(&mut tx, model, label, "take traffic").await?;
         }
         sqlx::query("DELETE FROM traffic WHERE model = $1")
             .bind(model)
@@ -847,18 +859,7 @@ impl Store for SqlStore {
                 "'{alias}' is a version label of model '{model}'; an alias needs another name"
             )));
         }
-        let version = SqlStore::read_version(&mut *tx, model, label)
-            .await
-            .map_err(|e| match e {
-                RegistryError::NotFound(message) => RegistryError::Invalid(message),
-                other => other,
-            })?;
-        if !version.state.is_live() {
-            return Err(RegistryError::Invalid(format!(
-                "version '{label}' of model '{model}' is {} and cannot be aliased",
-                version.state
-            )));
-        }
+        SqlStore::require_live_version(&mut tx, model, label, "be aliased").await?;
         sqlx::query("DELETE FROM aliases WHERE model = $1 AND alias = $2")
             .bind(model)
             .bind(alias)
