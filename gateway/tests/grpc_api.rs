@@ -67,12 +67,7 @@ fn fp32(values: &[f32]) -> Option<pb::InferTensorContents> {
 }
 
 fn mlp_raw(x: &[f32], rows: usize) -> pb::ModelInferRequest {
-    pb::ModelInferRequest {
-        model_name: "mlp".into(),
-        inputs: vec![input("x", "FP32", &[rows as i64, MLP_IN as i64], None)],
-        raw_input_contents: vec![le_bytes(x)],
-        ..Default::default()
-    }
+    common::mlp_raw_request(x, rows)
 }
 
 fn mlp_typed(x: &[f32], rows: usize) -> pb::ModelInferRequest {

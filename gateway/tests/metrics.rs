@@ -6,7 +6,9 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{MLP_IN, TestGateway, WRITER_TOKEN, mlp_repository, sample_inputs, test_tokens};
+use common::{
+    MLP_IN, TestGateway, WRITER_TOKEN, mlp_raw_request, mlp_repository, sample_inputs, test_tokens,
+};
 use reqwest::Method;
 use serde_json::json;
 use switchyard_gateway::protocol::grpc::pb;
@@ -105,24 +107,8 @@ async fn a_scrape_counts_what_was_sent() {
     .await
     .unwrap();
     for _ in 0..7 {
-        let request = pb::ModelInferRequest {
-            model_name: "mlp".into(),
-            model_version: "1".into(),
-            inputs: vec![pb::model_infer_request::InferInputTensor {
-                name: "x".into(),
-                datatype: "FP32".into(),
-                shape: vec![1, MLP_IN as i64],
-                ..Default::default()
-            }],
-            raw_input_contents: vec![
-                sample_inputs(MLP_IN, 4)
-                    .iter()
-                    .flat_map(|v| v.to_le_bytes())
-                    .collect::<Vec<u8>>()
-                    .into(),
-            ],
-            ..Default::default()
-        };
+        let mut request = mlp_raw_request(&sample_inputs(MLP_IN, 4), 1);
+        request.model_version = "1".into();
         grpc.model_infer(request).await.unwrap();
     }
 

@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{MLP_IN, free_port, mlp_repository, sample_inputs, spawn_switchyard};
+use common::{MLP_IN, free_port, mlp_raw_request, mlp_repository, sample_inputs, spawn_switchyard};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -150,23 +150,7 @@ async fn spans_continue_the_callers_trace_over_http_and_grpc() {
     )
     .await
     .unwrap();
-    let mut request = tonic::Request::new(pb::ModelInferRequest {
-        model_name: "mlp".into(),
-        inputs: vec![pb::model_infer_request::InferInputTensor {
-            name: "x".into(),
-            datatype: "FP32".into(),
-            shape: vec![1, MLP_IN as i64],
-            ..Default::default()
-        }],
-        raw_input_contents: vec![
-            sample_inputs(MLP_IN, 2)
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect::<Vec<u8>>()
-                .into(),
-        ],
-        ..Default::default()
-    });
+    let mut request = tonic::Request::new(mlp_raw_request(&sample_inputs(MLP_IN, 2), 1));
     request.metadata_mut().insert(
         "traceparent",
         format!("00-{grpc_trace}-{grpc_parent}-01").parse().unwrap(),

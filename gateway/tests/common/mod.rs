@@ -392,3 +392,27 @@ pub async fn spawn_switchyard(repo: &std::path::Path, registry: &str, extra: &[&
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A gRPC ModelInfer request for `mlp`, its rows as raw contents.
+pub fn mlp_raw_request(
+    x: &[f32],
+    rows: usize,
+) -> switchyard_gateway::protocol::grpc::pb::ModelInferRequest {
+    use switchyard_gateway::protocol::grpc::pb;
+    pb::ModelInferRequest {
+        model_name: "mlp".into(),
+        inputs: vec![pb::model_infer_request::InferInputTensor {
+            name: "x".into(),
+            datatype: "FP32".into(),
+            shape: vec![rows as i64, MLP_IN as i64],
+            ..Default::default()
+        }],
+        raw_input_contents: vec![
+            x.iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>()
+                .into(),
+        ],
+        ..Default::default()
+    }
+}
