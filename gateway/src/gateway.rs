@@ -74,12 +74,6 @@ impl Gateway {
     }
 }
 
-impl Default for Gateway {
-    fn default() -> Self {
-        Gateway::new(crate::config::ServingConfig::default().max_in_flight, true)
-    }
-}
-
 impl Gateway {
     /// The current model table. Cheap; hold it only briefly, never across an await.
     pub fn snapshot(&self) -> Arc<ModelTable> {

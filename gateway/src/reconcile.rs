@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use switchyard_registry::{
     NewModel, NewVersion, RegistryError, Snapshot, Store, Version, VersionState,
 };
-use switchyard_runtimes::onnx::{OnnxRuntime, locate_library};
+use switchyard_runtimes::onnx::{self, OnnxRuntime, locate_library};
 use switchyard_runtimes::{LoadOptions, Runtime};
 use tokio::sync::mpsc;
 
@@ -35,7 +35,7 @@ pub async fn import_repository(
     dir: &Path,
     defaults: &ServingConfig,
 ) -> anyhow::Result<Vec<String>> {
-    let entries = repository::scan(dir, "model.onnx", defaults)?;
+    let entries = repository::scan(dir, onnx::ARTIFACT_FILE_NAME, defaults)?;
     let mut imported = Vec::new();
     for entry in entries {
         let known: Vec<String> = match store.model(&entry.name).await {

@@ -36,7 +36,8 @@ pub struct Batching {
 }
 
 impl Batching {
-    pub fn none() -> Batching {
+    #[cfg(test)]
+    fn none() -> Batching {
         Batching {
             max_batch_size: 0,
             configured_max_batch_size: Some(0),
@@ -665,9 +666,6 @@ mod tests {
         }
         fn platform(&self) -> &'static str {
             "test"
-        }
-        fn artifact_file_name(&self) -> &'static str {
-            "none"
         }
         fn load(&self, _: &Path, _: &LoadOptions) -> Result<Box<dyn LoadedModel>, RuntimeError> {
             let spec = |name: &str| TensorSpec {

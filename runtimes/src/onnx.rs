@@ -23,6 +23,8 @@ use crate::{
 /// The ONNX Runtime version whose library the project ships and `ort` was built against.
 pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
 const LIBRARY_FILE: &str = "libonnxruntime.so.1.31.1";
+/// The file a version folder holds for this runtime.
+pub const ARTIFACT_FILE_NAME: &str = "model.onnx";
 /// Folder, relative to the project root, where `scripts/setup` puts the library.
 const TOOLS_LIBRARY_DIR: &str = ".tools/onnxruntime";
 
@@ -130,10 +132,6 @@ impl Runtime for OnnxRuntime {
 
     fn platform(&self) -> &'static str {
         "onnxruntime_onnx"
-    }
-
-    fn artifact_file_name(&self) -> &'static str {
-        "model.onnx"
     }
 
     fn load(

@@ -53,9 +53,6 @@ pub trait Runtime: Send + Sync {
     /// The platform name that Triton's clients expect in model metadata (`onnxruntime_onnx`).
     fn platform(&self) -> &'static str;
 
-    /// The artifact file name this runtime looks for inside a version folder (`model.onnx`).
-    fn artifact_file_name(&self) -> &'static str;
-
     /// Loads an artifact; blocks for as long as loading takes.
     fn load(
         &self,
