@@ -294,20 +294,28 @@ async fn register_version(
             version.config = record.versions.last().map(|latest| latest.config.clone());
         }
     }
-    let (created, _) = state
+    let (created, revision) = state
         .store
         .register_version(&actor.0, &model, version)
         .await?;
-    let revision = state
-        .store
-        .set_version_state(&actor.0, &model, &created.label, VersionState::Loading, "")
-        .await?;
-    let mut body = serde_json::to_value(&created)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
-    body["state"] = json!(VersionState::Loading);
+    // The gateway picks the new version up at once and records it loading (or failed); answer
+    // with that state, waiting two seconds at most. Writing it here instead could overwrite
+    // the gateway's own later `ready`.
+    let mut changes = state.store.subscribe();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut current = created;
+    while current.state == VersionState::Registered {
+        if !matches!(
+            tokio::time::timeout_at(deadline, changes.changed()).await,
+            Ok(Ok(()))
+        ) {
+            break;
+        }
+        current = state.store.version(&model, &current.label).await?;
+    }
     ok(
         StatusCode::CREATED,
-        json!({ "revision": revision, "version": body }),
+        json!({ "revision": revision, "version": current }),
     )
 }
 

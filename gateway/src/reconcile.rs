@@ -328,15 +328,23 @@ impl Reconciler {
                 );
                 self.local
                     .insert(key.clone(), Local::Ready(Arc::new(ready)));
+                // Recorded before it is served, so that the registry says ready by the time a
+                // request can reach it; a refusal means it was removed while loading.
+                if !self.write_state(&key, VersionState::Ready, "").await {
+                    self.start_drain(&key);
+                }
                 self.publish();
-                self.write_state(&key, VersionState::Ready, "").await;
             }
             Err(reason) => {
                 tracing::error!(model = %key.0, version = %key.1, %reason, elapsed_ms, "version failed to load");
                 self.local
                     .insert(key.clone(), Local::Failed(reason.clone()));
+                if !self.write_state(&key, VersionState::Failed, &reason).await {
+                    // Removed while it loaded: nothing to drain.
+                    self.local.remove(&key);
+                    self.write_state(&key, VersionState::Retired, "").await;
+                }
                 self.publish();
-                self.write_state(&key, VersionState::Failed, &reason).await;
             }
         }
         self.check_startup();
