@@ -1,6 +1,17 @@
-//! Compiles proto/inference.proto with protox (pure Rust: no protoc on the build machine).
+//! Compiles proto/inference.proto with protox (pure Rust: no protoc on the build machine), and
+//! embeds an rpath to libtorch as the runtimes crate's build script does for its own targets.
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
+    println!("cargo:rerun-if-env-changed=LIBTORCH");
+    if std::env::var_os("CARGO_FEATURE_LIBTORCH").is_some() {
+        if let Ok(libtorch) = std::env::var("LIBTORCH") {
+            println!("cargo:rustc-link-arg=-Wl,-rpath,{libtorch}/lib");
+        }
+        if std::env::var_os("CARGO_FEATURE_CUDA").is_some() {
+            // See runtimes/build.rs: --as-needed would drop libtorch_cuda.
+            println!("cargo:rustc-link-arg=-Wl,--no-as-needed,-ltorch_cuda,--as-needed");
+        }
+    }
     println!("cargo:rerun-if-changed=proto/inference.proto");
     let descriptors = protox::compile(["proto/inference.proto"], ["proto"])?;
     tonic_prost_build::configure()

@@ -49,10 +49,10 @@ class Transport:
             return self.client.get_model_config(model, as_json=True)["config"]
         return self.client.get_model_config(model)
 
-    def metadata(self, model):
+    def metadata(self, model, version=""):
         if self.name == "grpc":
-            return self.client.get_model_metadata(model, as_json=True)
-        return self.client.get_model_metadata(model)
+            return self.client.get_model_metadata(model, version, as_json=True)
+        return self.client.get_model_metadata(model, version)
 
     def infer(self, model, inputs, outputs, binary, version=""):
         requests = []
@@ -97,10 +97,15 @@ def check_transport(transport: Transport) -> int:
         x = rng.standard_normal((batch, 64)).astype(np.float32)
         (expected,) = mlp.run(None, {"x": x})
         for binary in transport.encodings():
-            result = transport.infer("mlp", [("x", x, "FP32")], ["y"], binary)
-            check(transport.version_of(result) == "1", "mlp version")
-            check_close(f"{transport.name} mlp batch {batch}", result.as_numpy("y"), expected)
-            passed += 1
+            # Unpinned requests reach the highest version (2, TorchScript); pinned ones theirs.
+            for version in ("", "1", "2"):
+                result = transport.infer("mlp", [("x", x, "FP32")], ["y"], binary, version)
+                check(transport.version_of(result) == (version or "2"), "mlp version")
+                check_close(f"{transport.name} mlp v{version or '-'} batch {batch}", result.as_numpy("y"), expected)
+                passed += 1
+    for version, platform in (("1", "onnxruntime_onnx"), ("2", "pytorch_libtorch")):
+        metadata = transport.metadata("mlp", version)
+        check(metadata["platform"] == platform, f"mlp {version} metadata: {metadata}")
 
     config = transport.config("silero_vad")
     check(int(config.get("max_batch_size", 0)) == 0, f"silero_vad config: {config}")

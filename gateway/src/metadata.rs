@@ -24,6 +24,14 @@ pub struct ModelMetadata {
     pub state: &'static str,
     /// Why the version failed to load.
     pub reason: Option<String>,
+    /// What the ready version's replicas take, as measured when they loaded.
+    pub memory: Option<MeasuredMemory>,
+}
+
+pub struct MeasuredMemory {
+    pub device: Device,
+    pub replicas: usize,
+    pub bytes_per_replica: Option<u64>,
 }
 
 /// Triton's model configuration, as far as Switchyard has one.
@@ -90,6 +98,14 @@ impl Gateway {
                 VersionStatus::Failed(reason) => Some(reason.clone()),
                 _ => None,
             },
+            memory: match &chosen.status {
+                VersionStatus::Ready(ready) => Some(MeasuredMemory {
+                    device: ready.device,
+                    replicas: ready.replicas.replica_count(),
+                    bytes_per_replica: ready.replicas.memory_per_replica(),
+                }),
+                _ => None,
+            },
         })
     }
 
@@ -127,7 +143,7 @@ impl Gateway {
         Ok(ModelConfig {
             name: model.name.clone(),
             platform: chosen.platform,
-            backend: "onnxruntime",
+            backend: chosen.backend,
             max_batch_size,
             inputs: config_tensors(&ready.signature().inputs),
             outputs: config_tensors(&ready.signature().outputs),

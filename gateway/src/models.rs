@@ -64,7 +64,10 @@ impl VersionStatus {
 
 pub struct VersionState {
     pub label: Arc<str>,
+    /// Triton's platform name (`onnxruntime_onnx`, `pytorch_libtorch`).
     pub platform: &'static str,
+    /// Triton's backend name (`onnxruntime`, `pytorch`).
+    pub backend: &'static str,
     pub status: VersionStatus,
 }
 

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use switchyard_registry::{
     NewModel, NewVersion, RegistryError, Snapshot, Store, Version, VersionState,
 };
-use switchyard_runtimes::onnx::{self, OnnxRuntime, locate_library};
-use switchyard_runtimes::{LoadOptions, Runtime};
+use switchyard_runtimes::onnx::{OnnxRuntime, locate_library};
+use switchyard_runtimes::{Device, LoadOptions, Runtime};
 use tokio::sync::mpsc;
 
 use crate::config::ServingConfig;
@@ -20,13 +20,33 @@ use crate::models::{
     ModelState, ModelTable, ReadyVersion, VersionState as TableVersion, VersionStatus,
 };
 use crate::repository::{self, ModelSettings, ModelToml};
-use crate::serving::{Batching, ReplicaSet};
+use crate::serving::{Batching, ReplicaLoad, ReplicaSet};
 use crate::telemetry::VersionMetrics;
 
 /// The runtimes this build can load, by their registry name.
+#[cfg(feature = "libtorch")]
+pub const RUNTIMES: &[&str] = &["onnx", "libtorch"];
+#[cfg(not(feature = "libtorch"))]
 pub const RUNTIMES: &[&str] = &["onnx"];
-const ONNX_PLATFORM: &str = "onnxruntime_onnx";
 const ACTOR: &str = "gateway";
+
+/// The platform Triton's clients expect in model metadata, by runtime name.
+pub fn platform(runtime: &str) -> &'static str {
+    match runtime {
+        "onnx" => "onnxruntime_onnx",
+        "libtorch" => "pytorch_libtorch",
+        _ => "unknown",
+    }
+}
+
+/// The backend named in Triton's model configuration, by runtime name.
+pub fn backend(runtime: &str) -> &'static str {
+    match runtime {
+        "onnx" => "onnxruntime",
+        "libtorch" => "pytorch",
+        _ => "unknown",
+    }
+}
 
 /// Registers the repository's models and versions that the registry does not know yet.
 /// Returns them as "model/version".
@@ -35,7 +55,7 @@ pub async fn import_repository(
     dir: &Path,
     defaults: &ServingConfig,
 ) -> anyhow::Result<Vec<String>> {
-    let entries = repository::scan(dir, onnx::ARTIFACT_FILE_NAME, defaults)?;
+    let entries = repository::scan(dir, defaults)?;
     let mut imported = Vec::new();
     for entry in entries {
         let known: Vec<String> = match store.model(&entry.name).await {
@@ -82,7 +102,7 @@ pub async fn import_repository(
             }
             let new = NewVersion {
                 version: Some(version.label.clone()),
-                runtime: "onnx".into(),
+                runtime: version.runtime.into(),
                 artifact: artifact.display().to_string(),
                 config: Some(config),
                 metadata: Some(metadata),
@@ -119,7 +139,7 @@ pub fn version_settings(
     ModelSettings::resolve(toml, defaults).map_err(|e| format!("invalid config: {e}"))
 }
 
-/// ONNX Runtime, loaded the first time a version needs it.
+/// ONNX Runtime, loaded the first time a version needs it, and libtorch, linked in.
 pub struct Runtimes {
     library: Option<PathBuf>,
     onnx: Option<Arc<dyn Runtime>>,
@@ -134,6 +154,10 @@ impl Runtimes {
     }
 
     pub fn get(&mut self, name: &str) -> Result<Arc<dyn Runtime>, String> {
+        #[cfg(feature = "libtorch")]
+        if name == "libtorch" {
+            return Ok(Arc::new(switchyard_runtimes::torch::TorchRuntime));
+        }
         if name != "onnx" {
             return Err(format!(
                 "runtime '{name}' is not available in this build (available: {})",
@@ -326,12 +350,31 @@ impl Reconciler {
                     elapsed_ms,
                     "version ready"
                 );
+                let measured = ready.replicas.memory_per_replica().map(|bytes| {
+                    serde_json::json!({
+                        "device": ready.device.to_string(),
+                        "bytes_per_replica": bytes,
+                        "replicas": ready.replicas.replica_count(),
+                        "source": memory_source(ready.device),
+                    })
+                });
                 self.local
                     .insert(key.clone(), Local::Ready(Arc::new(ready)));
                 // Recorded before it is served, so that the registry says ready by the time a
                 // request can reach it; a refusal means it was removed while loading.
                 if !self.write_state(&key, VersionState::Ready, "").await {
                     self.start_drain(&key);
+                } else if let Some(measured) = measured {
+                    // Kept with the version for resource accounting across restarts.
+                    let patch =
+                        serde_json::Map::from_iter([("measured_memory".to_owned(), measured)]);
+                    if let Err(error) = self
+                        .store
+                        .merge_version_metadata(ACTOR, &key.0, &key.1, patch)
+                        .await
+                    {
+                        tracing::warn!(model = %key.0, version = %key.1, %error, "cannot record the measured memory");
+                    }
                 }
                 self.publish();
             }
@@ -421,7 +464,8 @@ impl Reconciler {
                     };
                     Some(Arc::new(TableVersion {
                         label: version.label.as_str().into(),
-                        platform: ONNX_PLATFORM,
+                        platform: platform(&version.runtime),
+                        backend: backend(&version.runtime),
                         status,
                     }))
                 })
@@ -450,6 +494,14 @@ impl Reconciler {
     }
 }
 
+/// How a device's memory figure is measured (see `switchyard_runtimes::memory`).
+fn memory_source(device: Device) -> &'static str {
+    match device {
+        Device::Cpu => "resident set, before load and after warm-up",
+        Device::Cuda(_) => "NVML process usage, before load and after warm-up",
+    }
+}
+
 async fn load(
     runtime: Arc<dyn Runtime>,
     key: &Key,
@@ -460,6 +512,7 @@ async fn load(
     let options = LoadOptions {
         device: settings.device,
         intra_op_threads: settings.intra_op_threads,
+        declared: settings.declared.clone(),
     };
     let batching = Batching {
         max_batch_size: 0,
@@ -467,15 +520,19 @@ async fn load(
         max_queue_delay: settings.max_queue_delay,
         preferred_batch_sizes: settings.preferred_batch_sizes.clone(),
     };
-    let replicas = ReplicaSet::start(
+    let load = ReplicaLoad {
         runtime,
         artifact,
         options,
+        warmup: settings.warmup.clone(),
+        queue_capacity: settings.queue_capacity,
+        metrics: Some(metrics.clone()),
+    };
+    let replicas = ReplicaSet::start(
+        load,
         batching,
         settings.replicas,
-        settings.queue_capacity,
         &format!("sy-{}-{}", key.0, key.1),
-        Some(metrics.clone()),
     )
     .await
     .map_err(|e| e.to_string())?;

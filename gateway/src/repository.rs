@@ -1,11 +1,13 @@
-//! The model repository on disk: `<dir>/<model>/<version>/model.onnx` and an optional
-//! `<dir>/<model>/model.toml` with the model's serving settings.
+//! The model repository on disk: `<dir>/<model>/<version>/model.onnx` (ONNX Runtime) or
+//! `model.pt` (TorchScript, for libtorch), and an optional `<dir>/<model>/model.toml` with the
+//! model's serving settings.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switchyard_runtimes::Device;
+use switchyard_runtimes::{DataType, Device, Signature, TensorSpec};
 
 use switchyard_registry::compare_labels;
 
@@ -32,6 +34,45 @@ pub struct ModelToml {
     pub preferred_batch_sizes: Option<Vec<usize>>,
     /// How long a request may take, queue included, e.g. "30s".
     pub timeout: Option<String>,
+    /// The model's inputs, in the order the model takes them. Required for TorchScript, whose
+    /// files do not describe them; checked against the model for ONNX.
+    pub input: Option<Vec<TensorToml>>,
+    /// The model's outputs, in the order the model returns them.
+    pub output: Option<Vec<TensorToml>>,
+    /// The run each replica makes before it is ready.
+    pub warmup: Option<WarmupToml>,
+}
+
+/// One declared input or output: `{ name = "x", datatype = "FP32", dims = [-1, 64] }`, where
+/// `-1` is a dimension of any size (the batch axis among them).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TensorToml {
+    pub name: String,
+    pub datatype: String,
+    pub dims: Vec<i64>,
+}
+
+/// Before a replica is ready it runs once on a synthetic input whose elements are all 1 (never
+/// 0, which can take shortcuts that leave lazy initialisation for the first real request).
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WarmupToml {
+    /// `false` skips the run.
+    pub enabled: Option<bool>,
+    /// Shapes for inputs with dynamic dimensions, e.g. `{ input = [1, 512] }`; by default
+    /// every `-1` becomes 1.
+    pub dims: BTreeMap<String, Vec<usize>>,
+    /// The value an input is filled with instead of 1, e.g. `{ sr = 16000 }`.
+    pub fill: BTreeMap<String, f64>,
+}
+
+/// The warm-up run, resolved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Warmup {
+    pub enabled: bool,
+    pub dims: BTreeMap<String, Vec<usize>>,
+    pub fill: BTreeMap<String, f64>,
 }
 
 /// The settings a version is served with, after defaults are applied.
@@ -46,6 +87,8 @@ pub struct ModelSettings {
     pub max_queue_delay: Duration,
     pub preferred_batch_sizes: Vec<usize>,
     pub timeout: Duration,
+    pub declared: Option<Signature>,
+    pub warmup: Warmup,
 }
 
 impl ModelSettings {
@@ -74,6 +117,15 @@ impl ModelSettings {
         if replicas == 0 {
             return Err("replicas must be at least 1".into());
         }
+        let declared = match (toml.input, toml.output) {
+            (None, None) => None,
+            (Some(inputs), Some(outputs)) => Some(Signature {
+                inputs: declared_specs(inputs, "input")?,
+                outputs: declared_specs(outputs, "output")?,
+            }),
+            _ => return Err("declare both [[input]] and [[output]], or neither".into()),
+        };
+        let warmup = toml.warmup.unwrap_or_default();
         Ok(ModelSettings {
             description: toml.description.unwrap_or_default(),
             max_batch_size: toml.max_batch_size,
@@ -84,8 +136,45 @@ impl ModelSettings {
             max_queue_delay,
             preferred_batch_sizes: toml.preferred_batch_sizes.unwrap_or_default(),
             timeout,
+            declared,
+            warmup: Warmup {
+                enabled: warmup.enabled.unwrap_or(true),
+                dims: warmup.dims,
+                fill: warmup.fill,
+            },
         })
     }
+}
+
+fn declared_specs(tensors: Vec<TensorToml>, role: &str) -> Result<Vec<TensorSpec>, String> {
+    if tensors.is_empty() {
+        return Err(format!("at least one {role} must be declared"));
+    }
+    let mut specs: Vec<TensorSpec> = Vec::with_capacity(tensors.len());
+    for tensor in tensors {
+        let dtype: DataType = tensor
+            .datatype
+            .parse()
+            .map_err(|e| format!("{role} '{}': {e}", tensor.name))?;
+        if tensor.name.is_empty() || specs.iter().any(|s| s.name == tensor.name) {
+            return Err(format!(
+                "{role} names must be unique and non-empty ('{}')",
+                tensor.name
+            ));
+        }
+        if tensor.dims.iter().any(|&d| d < -1) {
+            return Err(format!(
+                "{role} '{}': dims must be sizes or -1, got {:?}",
+                tensor.name, tensor.dims
+            ));
+        }
+        specs.push(TensorSpec {
+            name: tensor.name,
+            dtype,
+            dims: tensor.dims,
+        });
+    }
+    Ok(specs)
 }
 
 /// A model found in the repository.
@@ -101,7 +190,12 @@ pub struct ModelEntry {
 pub struct VersionEntry {
     pub label: String,
     pub artifact: PathBuf,
+    /// The runtime that loads the artifact (`onnx` or `libtorch`).
+    pub runtime: &'static str,
 }
+
+/// The artifact file each runtime loads, by runtime name.
+pub const ARTIFACTS: &[(&str, &str)] = &[("onnx", "model.onnx"), ("libtorch", "model.pt")];
 
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read the model repository {}: {source}", path.display())]
@@ -118,13 +212,9 @@ fn is_valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-/// Lists the models and versions under `dir`. A version is a folder holding an artifact named
-/// `artifact_file_name`; anything else is skipped with a warning.
-pub fn scan(
-    dir: &Path,
-    artifact_file_name: &str,
-    defaults: &ServingConfig,
-) -> Result<Vec<ModelEntry>, RepositoryError> {
+/// Lists the models and versions under `dir`. A version is a folder holding one artifact (see
+/// [`ARTIFACTS`]); anything else is skipped with a warning.
+pub fn scan(dir: &Path, defaults: &ServingConfig) -> Result<Vec<ModelEntry>, RepositoryError> {
     let read_error = |path: &Path| {
         let path = path.to_path_buf();
         move |source| RepositoryError { path, source }
@@ -146,13 +236,23 @@ pub fn scan(
             let Some(label) = file_name(&version_dir) else {
                 continue;
             };
-            let artifact = version_dir.join(artifact_file_name);
+            let artifacts: Vec<(&'static str, PathBuf)> = ARTIFACTS
+                .iter()
+                .map(|&(runtime, file)| (runtime, version_dir.join(file)))
+                .filter(|(_, path)| path.is_file())
+                .collect();
             if !is_valid_name(&label) {
                 tracing::warn!(folder = %version_dir.display(), "skipping: version labels may hold only letters, digits, '_', '-' and '.'");
-            } else if artifact.is_file() {
-                versions.push(VersionEntry { label, artifact });
+            } else if let [(runtime, artifact)] = artifacts.as_slice() {
+                versions.push(VersionEntry {
+                    label,
+                    artifact: artifact.clone(),
+                    runtime,
+                });
+            } else if artifacts.is_empty() {
+                tracing::warn!(folder = %version_dir.display(), "skipping: no model.onnx or model.pt inside");
             } else {
-                tracing::warn!(folder = %version_dir.display(), "skipping: no {artifact_file_name} inside");
+                tracing::warn!(folder = %version_dir.display(), "skipping: both model.onnx and model.pt inside; a version has one artifact");
             }
         }
         versions.sort_by(|a, b| compare_labels(&a.label, &b.label));
@@ -231,7 +331,7 @@ mod tests {
         .expect("write");
         std::fs::write(root.join("beta/model.toml"), "max_batch = 8\n").expect("write");
 
-        let models = scan(root, "model.onnx", &ServingConfig::default()).expect("scan");
+        let models = scan(root, &ServingConfig::default()).expect("scan");
         let names: Vec<&str> = models.iter().map(|m| m.name.as_str()).collect();
         assert_eq!(names, ["alpha", "beta"]);
         let labels: Vec<&str> = models[0]

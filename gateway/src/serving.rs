@@ -9,11 +9,13 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use switchyard_runtimes::{
-    LoadOptions, LoadedModel, NamedTensor, Runtime, RuntimeError, Signature, Tensor, bytes_elements,
+    LoadOptions, LoadedModel, NamedTensor, Runtime, RuntimeError, Signature, Tensor,
+    bytes_elements, memory,
 };
 use tokio::sync::oneshot;
 
 use crate::error::{ErrorKind, GatewayError};
+use crate::repository::Warmup;
 use crate::telemetry::VersionMetrics;
 use crate::tracing_setup::TRACE_TARGET;
 
@@ -134,14 +136,18 @@ struct Replica {
 
 impl Replica {
     async fn start(
-        runtime: Arc<dyn Runtime>,
-        artifact: PathBuf,
-        options: LoadOptions,
+        load: &ReplicaLoad,
         batching: Batching,
-        queue_capacity: usize,
         thread_name: String,
-        metrics: Option<Arc<VersionMetrics>>,
-    ) -> Result<(Replica, Signature, usize), RuntimeError> {
+    ) -> Result<(Replica, Loaded), RuntimeError> {
+        let ReplicaLoad {
+            runtime,
+            artifact,
+            options,
+            warmup,
+            queue_capacity,
+            metrics,
+        } = load.clone();
         let (jobs, queue) = mpsc::sync_channel::<Job>(queue_capacity);
         let outstanding = Arc::new(AtomicUsize::new(0));
         let (loaded_tx, loaded_rx) = oneshot::channel();
@@ -150,12 +156,22 @@ impl Replica {
         std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
-                let loaded = runtime.load(&artifact, &options).and_then(|model| {
+                let before = memory::in_use(options.device);
+                let loaded = runtime.load(&artifact, &options).and_then(|mut model| {
+                    let load_error = |message: String| RuntimeError::Load {
+                        path: artifact.clone(),
+                        message,
+                    };
                     let max_batch_size = Batching::resolve(configured_max_batch, model.signature())
-                        .map_err(|message| RuntimeError::Load {
-                            path: artifact.clone(),
-                            message,
+                        .map_err(load_error)?;
+                    if warmup.enabled {
+                        warm_up(model.as_mut(), &warmup).map_err(|message| {
+                            load_error(format!(
+                                "the warm-up run failed: {message} (the [warmup] table of \
+                                 model.toml sets its input shapes and values, or turns it off)"
+                            ))
                         })?;
+                    }
                     Ok((model, max_batch_size))
                 });
                 let (model, max_batch_size) = match loaded {
@@ -165,7 +181,14 @@ impl Replica {
                         return;
                     }
                 };
-                let _ = loaded_tx.send(Ok((model.signature().clone(), max_batch_size)));
+                let memory_bytes = before
+                    .zip(memory::in_use(options.device))
+                    .map(|(before, after)| after.saturating_sub(before));
+                let _ = loaded_tx.send(Ok(Loaded {
+                    signature: model.signature().clone(),
+                    max_batch_size,
+                    memory_bytes,
+                }));
                 Worker {
                     model,
                     queue,
@@ -179,11 +202,68 @@ impl Replica {
                 .run();
             })
             .map_err(|e| RuntimeError::Execution(format!("cannot start a worker thread: {e}")))?;
-        let (signature, max_batch_size) = loaded_rx.await.map_err(|_| {
+        let loaded = loaded_rx.await.map_err(|_| {
             RuntimeError::Execution("the worker thread stopped while loading".into())
         })??;
-        Ok((Replica { jobs, outstanding }, signature, max_batch_size))
+        Ok((Replica { jobs, outstanding }, loaded))
     }
+}
+
+/// What every replica of a version is loaded from.
+#[derive(Clone)]
+pub struct ReplicaLoad {
+    pub runtime: Arc<dyn Runtime>,
+    pub artifact: PathBuf,
+    pub options: LoadOptions,
+    pub warmup: Warmup,
+    /// Requests that may wait per replica.
+    pub queue_capacity: usize,
+    /// Where workers record queue time, compute time and batch sizes.
+    pub metrics: Option<Arc<VersionMetrics>>,
+}
+
+/// What a replica reports once loaded.
+struct Loaded {
+    signature: Signature,
+    max_batch_size: usize,
+    /// Memory the load and warm-up took on the replica's device, where it can be measured.
+    memory_bytes: Option<u64>,
+}
+
+/// Runs the model once on inputs whose every element is 1 (or the configured fill), so that
+/// lazy initialisation happens before the first request.
+fn warm_up(model: &mut dyn LoadedModel, warmup: &Warmup) -> Result<(), String> {
+    let inputs = model
+        .signature()
+        .inputs
+        .iter()
+        .map(|spec| {
+            let shape = match warmup.dims.get(&spec.name) {
+                Some(dims) => dims.clone(),
+                None => spec
+                    .dims
+                    .iter()
+                    .map(|&d| usize::try_from(d).unwrap_or(1))
+                    .collect(),
+            };
+            let value = warmup.fill.get(&spec.name).copied().unwrap_or(1.0);
+            Tensor::filled(spec.dtype, shape, value)
+                .map(|tensor| NamedTensor {
+                    name: spec.name.clone(),
+                    tensor,
+                })
+                .map_err(|e| format!("input '{}': {e}", spec.name))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let outputs = model.run(&inputs).map_err(|e| e.to_string())?;
+    if outputs.len() != model.signature().outputs.len() {
+        return Err(format!(
+            "it returned {} outputs for {} in the signature",
+            outputs.len(),
+            model.signature().outputs.len()
+        ));
+    }
+    Ok(())
 }
 
 /// The replicas of one version. Dropping it closes their queues: each worker finishes the
@@ -193,45 +273,42 @@ pub struct ReplicaSet {
     signature: Signature,
     batching: Batching,
     queue_capacity: usize,
+    /// Measured memory of each replica (load and warm-up), where known.
+    memory_bytes: Vec<Option<u64>>,
 }
 
 impl ReplicaSet {
-    /// Loads `count` replicas, each on its own thread; fails if any fails to load. Their
-    /// workers record queue time, compute time and batch sizes in `metrics`.
-    #[allow(clippy::too_many_arguments)]
+    /// Loads `count` replicas one after the other (so that each one's memory is measured on
+    /// its own), each on its own thread; fails if any fails to load or to warm up.
     pub async fn start(
-        runtime: Arc<dyn Runtime>,
-        artifact: PathBuf,
-        options: LoadOptions,
+        load: ReplicaLoad,
         mut batching: Batching,
         count: usize,
-        queue_capacity: usize,
         thread_name: &str,
-        metrics: Option<Arc<VersionMetrics>>,
     ) -> Result<ReplicaSet, RuntimeError> {
         let mut replicas = Vec::with_capacity(count);
         let mut signature = Signature::default();
+        let mut memory_bytes = Vec::with_capacity(count);
         for index in 0..count.max(1) {
-            let (replica, loaded, max_batch_size) = Replica::start(
-                runtime.clone(),
-                artifact.clone(),
-                options.clone(),
-                batching.clone(),
-                queue_capacity,
-                format!("{thread_name}#{index}"),
-                metrics.clone(),
-            )
-            .await?;
+            let (replica, loaded) =
+                Replica::start(&load, batching.clone(), format!("{thread_name}#{index}")).await?;
             replicas.push(replica);
-            signature = loaded;
-            batching.max_batch_size = max_batch_size;
+            signature = loaded.signature;
+            batching.max_batch_size = loaded.max_batch_size;
+            memory_bytes.push(loaded.memory_bytes);
         }
         Ok(ReplicaSet {
             replicas,
             signature,
             batching,
-            queue_capacity,
+            queue_capacity: load.queue_capacity,
+            memory_bytes,
         })
+    }
+
+    /// The memory one replica takes on its device: the largest measured figure.
+    pub fn memory_per_replica(&self) -> Option<u64> {
+        self.memory_bytes.iter().flatten().copied().max()
     }
 
     pub fn signature(&self) -> &Signature {
@@ -622,6 +699,21 @@ mod tests {
 
     use super::*;
 
+    fn test_load(runtime: Arc<dyn Runtime>, queue_capacity: usize) -> ReplicaLoad {
+        ReplicaLoad {
+            runtime,
+            artifact: PathBuf::from("none"),
+            options: LoadOptions::default(),
+            warmup: Warmup {
+                enabled: false,
+                dims: Default::default(),
+                fill: Default::default(),
+            },
+            queue_capacity,
+            metrics: None,
+        }
+    }
+
     /// y = 2 x for x [batch, 2]; records the rows of each call and can hold calls at a gate.
     #[derive(Clone, Default)]
     struct Doubler {
@@ -734,14 +826,10 @@ mod tests {
             preferred_batch_sizes: Vec::new(),
         };
         let set = ReplicaSet::start(
-            Arc::new(doubler.clone()),
-            PathBuf::from("none"),
-            LoadOptions::default(),
+            test_load(Arc::new(doubler.clone()), queue_capacity),
             batching,
             1,
-            queue_capacity,
             "test",
-            None,
         )
         .await
         .unwrap();
@@ -770,6 +858,34 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
         panic!("never {outstanding} requests outstanding");
+    }
+
+    #[tokio::test]
+    async fn each_replica_warms_up_on_ones_before_it_is_ready() {
+        let doubler = Doubler::default();
+        let mut load = test_load(Arc::new(doubler.clone()), 4);
+        load.warmup.enabled = true;
+        load.warmup.dims.insert("x".into(), vec![3, 2]);
+        let set = ReplicaSet::start(load.clone(), Batching::none(), 2, "test")
+            .await
+            .unwrap();
+        assert_eq!(doubler.calls(), [3, 3], "one warm-up run per replica");
+        assert!(
+            set.memory_per_replica().is_some(),
+            "the CPU figure is known"
+        );
+
+        load.warmup.dims.insert("x".into(), vec![usize::MAX, 2]);
+        let error = ReplicaSet::start(load, Batching::none(), 1, "test")
+            .await
+            .err()
+            .unwrap();
+        assert!(error.to_string().contains("warm-up"), "{error}");
+        assert_eq!(
+            doubler.calls(),
+            [3, 3],
+            "a failed warm-up never reached the model"
+        );
     }
 
     #[tokio::test]
@@ -875,14 +991,10 @@ mod tests {
     async fn full_queues_are_seen_before_a_place_is_taken() {
         let doubler = Doubler::default();
         let set = ReplicaSet::start(
-            Arc::new(doubler.clone()),
-            PathBuf::from("none"),
-            LoadOptions::default(),
+            test_load(Arc::new(doubler.clone()), 2),
             Batching::none(),
             1,
-            2,
             "test",
-            None,
         )
         .await
         .unwrap();

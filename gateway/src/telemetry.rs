@@ -7,6 +7,8 @@ use std::time::Duration;
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
+use switchyard_runtimes::{Device, memory};
+
 use crate::error::ErrorKind;
 use crate::gateway::Gateway;
 use crate::models::VersionStatus;
@@ -261,6 +263,7 @@ impl Telemetry {
         }
         let r = &self.recorder;
         let table = gateway.snapshot();
+        let mut gpus = std::collections::BTreeSet::new();
         for model in table.models.values() {
             for version in &model.versions {
                 let labels = || {
@@ -276,6 +279,17 @@ impl Telemetry {
                     _ => (0, 0),
                 };
                 gauge(r, "switchyard_ready_replicas", labels()).set(replicas as f64);
+                if let VersionStatus::Ready(ready) = &version.status {
+                    if let Device::Cuda(index) = ready.device {
+                        gpus.insert(index);
+                    }
+                    if let Some(bytes) = ready.replicas.memory_per_replica() {
+                        let mut labels = labels();
+                        labels.push(Label::new("device", ready.device.to_string()));
+                        gauge(r, "switchyard_model_memory_bytes", labels)
+                            .set(bytes as f64 * replicas as f64);
+                    }
+                }
                 gauge(r, "switchyard_queue_depth", labels()).set(depth as f64);
                 for state in ["LOADING", "READY", "FAILED"] {
                     let mut labels = labels();
@@ -294,6 +308,23 @@ impl Telemetry {
             if let Some(kib) = read_kib(file, field) {
                 let labels = vec![Label::new("device", "cpu"), Label::new("kind", kind)];
                 gauge(r, "switchyard_device_memory_bytes", labels).set(kib as f64 * 1024.0);
+            }
+        }
+        // The GPUs that versions run on: total and used (all processes) from NVML, and this
+        // process's share.
+        for index in gpus {
+            let device = Device::Cuda(index).to_string();
+            let figures = memory::gpu_totals(index)
+                .map(|(total, used)| [("total", total), ("used", used)])
+                .into_iter()
+                .flatten()
+                .chain(memory::gpu_process_bytes(index).map(|bytes| ("measured", bytes)));
+            for (kind, bytes) in figures {
+                let labels = vec![
+                    Label::new("device", device.clone()),
+                    Label::new("kind", kind),
+                ];
+                gauge(r, "switchyard_device_memory_bytes", labels).set(bytes as f64);
             }
         }
         gauge(r, "switchyard_registry_revision", Vec::new()).set(gateway.revision() as f64);
@@ -391,6 +422,10 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             "switchyard_model_state",
             "1 for the state a version is in (LOADING, READY, FAILED), else 0.",
+        ),
+        (
+            "switchyard_model_memory_bytes",
+            "Memory a ready version's replicas take on their device, as measured when they loaded and warmed up.",
         ),
         (
             "switchyard_in_flight_requests",

@@ -119,9 +119,9 @@ async fn health_metadata_ready_and_config() {
         .into_inner();
     assert_eq!(
         (mlp.name.as_str(), mlp.platform.as_str()),
-        ("mlp", "onnxruntime_onnx")
+        ("mlp", "pytorch_libtorch")
     );
-    assert_eq!(mlp.versions, ["1"]);
+    assert_eq!(mlp.versions, ["1", "2"]);
     assert_eq!(mlp.inputs[0].name, "x");
     assert_eq!(mlp.inputs[0].datatype, "FP32");
     assert_eq!(mlp.inputs[0].shape, [-1, 64]);
@@ -182,7 +182,8 @@ async fn health_metadata_ready_and_config() {
         .config
         .unwrap();
     assert_eq!(config.name, "mlp");
-    assert_eq!(config.platform, "onnxruntime_onnx");
+    assert_eq!(config.platform, "pytorch_libtorch");
+    assert_eq!(config.backend, "pytorch");
     assert_eq!(config.max_batch_size, 64);
     assert_eq!(config.input[0].dims, [64]);
     assert_eq!(config.input[0].data_type, pb::DataType::TypeFp32 as i32);
@@ -250,7 +251,7 @@ async fn mlp_typed_and_raw_match_the_weights_and_the_http_path() {
                 raw.model_version.as_str(),
                 raw.id.as_str()
             ),
-            ("mlp", "1", "grpc-1")
+            ("mlp", "2", "grpc-1")
         );
         assert_eq!(raw.outputs[0].name, "y");
         assert_eq!(raw.outputs[0].datatype, "FP32");
@@ -282,6 +283,34 @@ async fn mlp_typed_and_raw_match_the_weights_and_the_http_path() {
             "gRPC and HTTP answer alike"
         );
     }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn pinned_onnx_and_torchscript_versions_agree_over_grpc() {
+    let gateway = TestGateway::start(&models_dir()).await;
+    let mut grpc = client(&gateway).await;
+    let weights = MlpWeights::load();
+    for rows in [1usize, 4] {
+        let x = sample_inputs(rows * MLP_IN, 300 + rows as u64);
+        let expected = weights.forward(&x);
+        for version in ["1", "2"] {
+            let mut request = mlp_raw(&x, rows);
+            request.model_version = version.into();
+            let response = grpc.model_infer(request).await.unwrap().into_inner();
+            assert_eq!(response.model_version, version);
+            assert_close(&f32s(&response.raw_output_contents[0]), &expected, 1e-5);
+        }
+    }
+    let metadata = grpc
+        .model_metadata(pb::ModelMetadataRequest {
+            name: "mlp".into(),
+            version: "1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(metadata.platform, "onnxruntime_onnx");
     gateway.stop().await;
 }
 

@@ -32,8 +32,16 @@ async fn model_metadata_ready_and_config() {
     let (status, mlp) = gateway.get("/v2/models/mlp").await;
     assert_eq!(status, 200);
     assert_eq!(mlp["name"], "mlp");
-    assert_eq!(mlp["versions"], json!(["1"]));
-    assert_eq!(mlp["platform"], "onnxruntime_onnx");
+    assert_eq!(mlp["versions"], json!(["1", "2"]));
+    // The model's metadata is its highest ready version's: 2, the TorchScript one.
+    assert_eq!(mlp["platform"], "pytorch_libtorch");
+    assert_eq!(mlp["memory"]["device"], "cpu");
+    assert_eq!(mlp["memory"]["replicas"], 1);
+    assert!(mlp["memory"]["bytes_per_replica"].is_u64(), "{mlp}");
+    let (_, onnx) = gateway.get("/v2/models/mlp/versions/1").await;
+    assert_eq!(onnx["platform"], "onnxruntime_onnx");
+    assert_eq!(onnx["inputs"], mlp["inputs"]);
+    assert_eq!(onnx["outputs"], mlp["outputs"]);
     assert_eq!(
         mlp["inputs"],
         json!([{"name": "x", "datatype": "FP32", "shape": [-1, 64]}])
@@ -74,10 +82,16 @@ async fn model_metadata_ready_and_config() {
     assert_eq!(gateway.get("/v2/models/nope/ready").await.0, 404);
 
     // Triton's model configuration: with a batch axis, dims leave it out.
-    let (status, config) = gateway.get("/v2/models/mlp/config").await;
+    let (status, torch_config) = gateway.get("/v2/models/mlp/versions/2/config").await;
+    assert_eq!(status, 200);
+    assert_eq!(torch_config["platform"], "pytorch_libtorch");
+    assert_eq!(torch_config["backend"], "pytorch");
+    let (status, config) = gateway.get("/v2/models/mlp/versions/1/config").await;
     assert_eq!(status, 200);
     assert_eq!(config["name"], "mlp");
     assert_eq!(config["platform"], "onnxruntime_onnx");
+    assert_eq!(config["backend"], "onnxruntime");
+    assert_eq!(config["input"], torch_config["input"]);
     assert_eq!(config["max_batch_size"], 64);
     assert_eq!(
         config["input"],
@@ -120,7 +134,10 @@ async fn mlp_json_infer_matches_the_saved_weights() {
             .await;
         assert_eq!(status, 200, "{response}");
         assert_eq!(response["model_name"], "mlp");
-        assert_eq!(response["model_version"], "1");
+        assert_eq!(
+            response["model_version"], "2",
+            "unpinned: the highest version"
+        );
         assert_eq!(response["id"], "req-7");
         let output = &response["outputs"][0];
         assert_eq!(output["name"], "y");
@@ -532,4 +549,100 @@ async fn shutdown_finishes_accepted_requests() {
         after.is_err(),
         "a stopped gateway accepts no new connection"
     );
+}
+
+#[tokio::test]
+async fn onnx_and_torchscript_versions_agree_and_pins_hold() {
+    let gateway = TestGateway::start(&models_dir()).await;
+    let weights = MlpWeights::load();
+    for case in 0..20u64 {
+        let rows = 1 + (case as usize % 5);
+        let x = sample_inputs(rows * MLP_IN, 500 + case);
+        let expected = weights.forward(&x);
+        let mut answers = Vec::new();
+        for version in ["1", "2"] {
+            let (status, response) = gateway
+                .post_json(
+                    &format!("/v2/models/mlp/versions/{version}/infer"),
+                    &mlp_request(&x, rows),
+                )
+                .await;
+            assert_eq!(status, 200, "{response}");
+            assert_eq!(response["model_version"], version);
+            let y = as_f32s(&response["outputs"][0]["data"]);
+            assert_close(&y, &expected, 1e-5);
+            answers.push(y);
+        }
+        assert_close(&answers[0], &answers[1], 1e-5);
+    }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_corrupt_torchscript_file_fails_only_its_own_version() {
+    let repo =
+        mlp_repository(&std::fs::read_to_string(models_dir().join("mlp/model.toml")).unwrap());
+    for (version, contents) in [
+        (
+            "2",
+            std::fs::read(models_dir().join("mlp/2/model.pt")).unwrap(),
+        ),
+        ("3", b"PK\x03\x04 truncated".to_vec()),
+    ] {
+        std::fs::create_dir_all(repo.path().join("mlp").join(version)).unwrap();
+        std::fs::write(
+            repo.path().join("mlp").join(version).join("model.pt"),
+            contents,
+        )
+        .unwrap();
+    }
+    let gateway = TestGateway::start(repo.path()).await;
+    let (status, broken) = gateway.get("/v2/models/mlp/versions/3").await;
+    assert_eq!(status, 200);
+    assert_eq!(broken["state"], "FAILED");
+    let reason = broken["reason"].as_str().unwrap();
+    assert!(reason.contains("mlp/3/model.pt"), "{reason}");
+    assert_eq!(gateway.get("/v2/models/mlp/versions/3/ready").await.0, 503);
+    for version in ["1", "2"] {
+        let path = format!("/v2/models/mlp/versions/{version}/ready");
+        assert_eq!(gateway.get(&path).await.0, 200, "{path}");
+    }
+    // Unpinned requests go to the highest ready version, not the failed one.
+    let x = sample_inputs(MLP_IN, 9);
+    let (status, response) = gateway
+        .post_json("/v2/models/mlp/infer", &mlp_request(&x, 1))
+        .await;
+    assert_eq!(status, 200, "{response}");
+    assert_eq!(response["model_version"], "2");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_cuda_version_without_a_gpu_fails_with_what_is_missing() {
+    if std::path::Path::new("/dev/nvidiactl").exists() {
+        eprintln!("SKIPPED: this machine has an NVIDIA GPU; the CUDA tests cover it");
+        return;
+    }
+    let toml = format!(
+        "device = \"cuda:0\"\n{}",
+        std::fs::read_to_string(models_dir().join("mlp/model.toml")).unwrap()
+    );
+    let repo = mlp_repository(&toml);
+    std::fs::create_dir_all(repo.path().join("mlp/2")).unwrap();
+    std::fs::copy(
+        models_dir().join("mlp/2/model.pt"),
+        repo.path().join("mlp/2/model.pt"),
+    )
+    .unwrap();
+    let gateway = TestGateway::start(repo.path()).await;
+    for (version, runtime) in [("1", "ONNX Runtime"), ("2", "libtorch")] {
+        let (_, metadata) = gateway
+            .get(&format!("/v2/models/mlp/versions/{version}"))
+            .await;
+        assert_eq!(metadata["state"], "FAILED", "{metadata}");
+        let reason = metadata["reason"].as_str().unwrap();
+        assert!(reason.contains("cuda:0"), "{reason}");
+        assert!(reason.contains(runtime), "{reason}");
+    }
+    gateway.stop().await;
 }

@@ -57,6 +57,15 @@ pub trait Store: Send + Sync {
         reason: &str,
     ) -> Result<i64, RegistryError>;
 
+    /// Sets top-level keys of a version's metadata (measured memory, say), keeping the others.
+    async fn merge_version_metadata(
+        &self,
+        actor: &str,
+        model: &str,
+        label: &str,
+        patch: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<i64, RegistryError>;
+
     /// Starts removing a version (state `draining`); refused while it has traffic weight or an
     /// alias.
     async fn remove_version(

@@ -659,6 +659,39 @@ impl Store for SqlStore {
             .await
     }
 
+    async fn merge_version_metadata(
+        &self,
+        actor: &str,
+        model: &str,
+        label: &str,
+        patch: serde_json::Map<String, serde_json::Value>,
+    ) -> Result<i64, RegistryError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        let current = SqlStore::read_version(&mut *tx, model, label).await?;
+        let mut metadata = match current.metadata {
+            serde_json::Value::Object(map) => map,
+            _ => serde_json::Map::new(),
+        };
+        if patch
+            .iter()
+            .all(|(key, value)| metadata.get(key) == Some(value))
+        {
+            tx.rollback().await?;
+            return Ok(revision - 1);
+        }
+        metadata.extend(patch.clone());
+        sqlx::query("UPDATE versions SET metadata = $1 WHERE model = $2 AND label = $3")
+            .bind(serde_json::Value::Object(metadata).to_string())
+            .bind(model)
+            .bind(label)
+            .execute(&mut *tx)
+            .await?;
+        let payload = serde_json::json!({"version": label, "metadata": patch});
+        self.finish_write(tx, revision, actor, "version.metadata", model, payload)
+            .await
+    }
+
     async fn remove_version(
         &self,
         actor: &str,

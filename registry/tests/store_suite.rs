@@ -171,6 +171,29 @@ async fn suite(store: &dyn Store) {
         "a no-op state change writes nothing"
     );
 
+    // Metadata: merged key by key; an unchanged patch writes nothing.
+    let mut patch = serde_json::Map::new();
+    patch.insert("measured_memory_bytes".into(), serde_json::json!(1234));
+    store
+        .merge_version_metadata("gateway", "mlp", "7", patch.clone())
+        .await
+        .unwrap();
+    let seven = store.version("mlp", "7").await.unwrap();
+    assert_eq!(seven.metadata["commit"], "abc");
+    assert_eq!(seven.metadata["measured_memory_bytes"], 1234);
+    let before = store.revision().await.unwrap();
+    store
+        .merge_version_metadata("gateway", "mlp", "7", patch)
+        .await
+        .unwrap();
+    assert_eq!(store.revision().await.unwrap(), before);
+    assert!(matches!(
+        store
+            .merge_version_metadata("gateway", "mlp", "99", serde_json::Map::new())
+            .await,
+        Err(RegistryError::NotFound(_))
+    ));
+
     // Traffic: validation, then a change.
     for bad in [
         weights(&[("1", 0), ("7", 0)]),

@@ -11,9 +11,12 @@ compile_error!("Switchyard supports little-endian targets only");
 mod datatype;
 mod device;
 mod error;
+pub mod memory;
 pub mod onnx;
 mod runtime;
 mod tensor;
+#[cfg(feature = "libtorch")]
+pub mod torch;
 
 pub use datatype::DataType;
 pub use device::Device;

@@ -139,20 +139,34 @@ impl Runtime for OnnxRuntime {
         artifact: &Path,
         options: &LoadOptions,
     ) -> Result<Box<dyn LoadedModel>, RuntimeError> {
-        if let Device::Cuda(_) = options.device {
-            return Err(RuntimeError::DeviceUnavailable {
-                device: options.device.to_string(),
-                message: "this build runs ONNX Runtime on the CPU only (the CPU wheel's library has no CUDA execution provider)".into(),
-            });
-        }
         let load_error = |message: String| RuntimeError::Load {
             path: artifact.to_path_buf(),
             message,
         };
-        let session = Session::builder(&self.environment)
+        let mut builder = Session::builder(&self.environment)
             .map_err(|e| load_error(e.to_string()))?
             .with_intra_threads(options.intra_op_threads.max(1))
-            .map_err(|e| load_error(e.to_string()))?
+            .map_err(|e| load_error(e.to_string()))?;
+        if let Device::Cuda(index) = options.device {
+            // error_on_failure: a version asked for a GPU must not quietly run on the CPU.
+            let cuda = ort::ep::CUDA::default()
+                .with_device_id(i32::try_from(index).unwrap_or(i32::MAX))
+                .build()
+                .error_on_failure();
+            builder = builder
+                .with_execution_providers([cuda])
+                .map_err(|e| RuntimeError::DeviceUnavailable {
+                    device: options.device.to_string(),
+                    message: format!(
+                        "ONNX Runtime's CUDA execution provider failed: {e}. The library in use ({}) \
+                         needs to be the onnxruntime-gpu build with its CUDA libraries \
+                         (`scripts/setup --gpu`, then onnxruntime.library = \
+                         \".tools/onnxruntime-gpu/libonnxruntime.so.{ONNXRUNTIME_VERSION}\")",
+                        self.library.display()
+                    ),
+                })?;
+        }
+        let session = builder
             .commit_from_file(artifact)
             .map_err(|e| load_error(e.to_string()))?;
         let signature = Signature {
@@ -169,6 +183,9 @@ impl Runtime for OnnxRuntime {
                 .collect::<Result<_, _>>()
                 .map_err(load_error)?,
         };
+        if let Some(declared) = &options.declared {
+            signature.check_declared(declared).map_err(load_error)?;
+        }
         Ok(Box::new(OnnxModel { session, signature }))
     }
 }

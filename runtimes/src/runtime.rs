@@ -26,6 +26,51 @@ impl Signature {
     pub fn output(&self, name: &str) -> Option<&TensorSpec> {
         self.outputs.iter().find(|spec| spec.name == name)
     }
+
+    /// Checks a declared signature against the model's own: the same names, in any order,
+    /// with the same element types and dimensions (a declared `-1` accepts any size, and a
+    /// model's `-1` accepts a declared fixed size).
+    pub fn check_declared(&self, declared: &Signature) -> Result<(), String> {
+        let pairs = [
+            ("input", &self.inputs, &declared.inputs),
+            ("output", &self.outputs, &declared.outputs),
+        ];
+        for (role, actual, declared) in pairs {
+            for spec in declared {
+                let Some(found) = actual.iter().find(|a| a.name == spec.name) else {
+                    return Err(format!(
+                        "declared {role} '{}' is not one of the model's ({})",
+                        spec.name,
+                        actual
+                            .iter()
+                            .map(|a| a.name.as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    ));
+                };
+                let dims_agree = found.dims.len() == spec.dims.len()
+                    && found
+                        .dims
+                        .iter()
+                        .zip(&spec.dims)
+                        .all(|(&a, &d)| a == d || a == -1 || d == -1);
+                if found.dtype != spec.dtype || !dims_agree {
+                    return Err(format!(
+                        "{role} '{}' is declared {} {:?} but the model has {} {:?}",
+                        spec.name, spec.dtype, spec.dims, found.dtype, found.dims
+                    ));
+                }
+            }
+            if declared.len() != actual.len() {
+                return Err(format!(
+                    "the model has {} {role}s but {} are declared",
+                    actual.len(),
+                    declared.len()
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// How to load one replica of a model.
@@ -34,6 +79,10 @@ pub struct LoadOptions {
     pub device: Device,
     /// Threads the runtime may use inside one operator; 1 keeps replicas from competing for cores.
     pub intra_op_threads: usize,
+    /// Inputs and outputs as the version's configuration declares them: required by runtimes
+    /// whose artifacts do not describe themselves (TorchScript), checked against the model by
+    /// those that do.
+    pub declared: Option<Signature>,
 }
 
 impl Default for LoadOptions {
@@ -41,6 +90,7 @@ impl Default for LoadOptions {
         LoadOptions {
             device: Device::Cpu,
             intra_op_threads: 1,
+            declared: None,
         }
     }
 }

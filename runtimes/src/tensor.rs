@@ -122,6 +122,37 @@ impl Tensor {
         )
     }
 
+    /// A tensor whose every element is `value`, converted to `dtype` (`BYTES` elements hold
+    /// its decimal text). Used for synthetic warm-up inputs.
+    pub fn filled(dtype: DataType, shape: Vec<usize>, value: f64) -> Result<Self, TensorError> {
+        let count =
+            element_count(&shape).ok_or_else(|| TensorError::ShapeOverflow(shape.clone()))?;
+        fn repeat<T: bytemuck::Pod>(count: usize, element: T) -> Bytes {
+            Bytes::from(bytemuck::cast_slice::<T, u8>(&vec![element; count]).to_vec())
+        }
+        // `as` saturates, which is what a fill value out of a type's range should do.
+        let data = match dtype {
+            DataType::Bool => repeat(count, u8::from(value != 0.0)),
+            DataType::Uint8 => repeat(count, value as u8),
+            DataType::Uint16 => repeat(count, value as u16),
+            DataType::Uint32 => repeat(count, value as u32),
+            DataType::Uint64 => repeat(count, value as u64),
+            DataType::Int8 => repeat(count, value as i8),
+            DataType::Int16 => repeat(count, value as i16),
+            DataType::Int32 => repeat(count, value as i32),
+            DataType::Int64 => repeat(count, value as i64),
+            DataType::Fp16 => repeat(count, half::f16::from_f64(value)),
+            DataType::Bf16 => repeat(count, half::bf16::from_f64(value)),
+            DataType::Fp32 => repeat(count, value as f32),
+            DataType::Fp64 => repeat(count, value),
+            DataType::Bytes => {
+                let text = value.to_string();
+                return Tensor::from_byte_strings(shape, &vec![text; count]);
+            }
+        };
+        Tensor::new(dtype, shape, data)
+    }
+
     /// A `BYTES` tensor from its elements.
     pub fn from_byte_strings<S: AsRef<[u8]>>(
         shape: Vec<usize>,
@@ -175,6 +206,22 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn filled_tensors_hold_the_value() {
+        let ints = Tensor::filled(DataType::Int64, vec![2], 16000.0).unwrap();
+        assert_eq!(bytemuck::cast_slice::<u8, i64>(ints.data()), [16000, 16000]);
+        let halves = Tensor::filled(DataType::Fp16, vec![1, 3], 1.0).unwrap();
+        assert_eq!(halves.data().len(), 6);
+        assert_eq!(
+            bytemuck::cast_slice::<u8, half::f16>(halves.data())[2],
+            half::f16::ONE
+        );
+        let flags = Tensor::filled(DataType::Bool, vec![3], 1.0).unwrap();
+        assert_eq!(flags.data().as_ref(), [1, 1, 1]);
+        let text = Tensor::filled(DataType::Bytes, vec![2], 1.0).unwrap();
+        assert_eq!(text.data().as_ref(), b"\x01\0\0\x001\x01\0\0\x001");
     }
 
     #[test]

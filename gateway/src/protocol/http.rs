@@ -156,6 +156,13 @@ fn metadata_response(
     if let Some(reason) = &metadata.reason {
         body["reason"] = json!(reason);
     }
+    if let Some(memory) = &metadata.memory {
+        body["memory"] = json!({
+            "device": memory.device.to_string(),
+            "replicas": memory.replicas,
+            "bytes_per_replica": memory.bytes_per_replica,
+        });
+    }
     Ok(axum::Json(body).into_response())
 }
 
