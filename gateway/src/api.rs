@@ -19,9 +19,11 @@ use switchyard_registry::{NewModel, NewScores, NewVersion, RegistryError, Store,
 
 use crate::auth;
 use crate::config::{AdminConfig, AdminRole, ServingConfig};
+use crate::experiment::FeedbackError;
 use crate::gateway::Gateway;
 use crate::models::VersionStatus;
 use crate::reconcile::{self, RUNTIMES};
+use crate::routing::{self, TrafficPolicy};
 
 /// The OpenAPI description served at `/v1/openapi.json`.
 pub const OPENAPI: &str = include_str!("../openapi.json");
@@ -176,6 +178,9 @@ pub fn router(state: AdminState) -> Router {
             get(list_scores).post(add_scores),
         )
         .route("/v1/models/{m}/traffic", get(get_traffic).put(set_traffic))
+        .route("/v1/models/{m}/policy", get(get_policy).put(set_policy))
+        .route("/v1/models/{m}/experiment", get(experiment))
+        .route("/v1/feedback", post(feedback))
         .route(
             "/v1/models/{m}/aliases/{a}",
             put(set_alias).delete(remove_alias),
@@ -394,6 +399,155 @@ async fn set_traffic(
         StatusCode::OK,
         json!({ "weights": traffic.weights, "revision": revision }),
     )
+}
+
+async fn get_policy(State(state): State<AdminState>, Path(model): Path<String>) -> ApiResult {
+    let record = state.store.model(&model).await?;
+    ok(StatusCode::OK, json!({ "policy": record.policy }))
+}
+
+async fn set_policy(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let policy: TrafficPolicy = parse(&body)?;
+    policy.validate().map_err(bad_request)?;
+    let record = state.store.model(&model).await?;
+    if let Some(shadow) = &policy.shadow {
+        let known = record.versions.iter().any(|v| v.label == shadow.version)
+            || record.aliases.contains_key(&shadow.version);
+        if !known {
+            return Err(bad_request(format!(
+                "shadow version '{}' is not a version or alias of model '{model}'",
+                shadow.version
+            )));
+        }
+    }
+    let stored = serde_json::to_value(&policy)
+        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let revision = state
+        .store
+        .set_policy(&actor.0, &model, stored.clone())
+        .await?;
+    ok(
+        StatusCode::OK,
+        json!({ "policy": stored, "revision": revision }),
+    )
+}
+
+/// The live figures of the model's routing experiment, from this gateway process.
+async fn experiment(State(state): State<AdminState>, Path(model): Path<String>) -> ApiResult {
+    let table = state.gateway.snapshot();
+    let model = table
+        .model(&model)
+        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.message))?;
+    let candidates = model.candidates();
+    let weights = routing::effective_weights(
+        &model.policy,
+        &candidates.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
+    );
+    let effective = |label: &str| {
+        candidates
+            .iter()
+            .zip(&weights)
+            .find(|((version, _), _)| &*version.label == label)
+            .map_or(0.0, |(_, weight)| *weight)
+    };
+    let versions: Vec<Value> = model
+        .versions
+        .iter()
+        .map(|version| {
+            let stats = &version.stats;
+            let rewards = stats.rewards();
+            let (mean, low, high) = routing::reward_interval(&rewards);
+            let shadow: serde_json::Map<String, Value> = stats
+                .shadow()
+                .into_iter()
+                .map(|(primary, tally)| {
+                    let argmax_agreement = (tally.argmax_compared > 0)
+                        .then(|| tally.argmax_agreed as f64 / tally.argmax_compared as f64);
+                    (
+                        primary.to_string(),
+                        json!({
+                            "pairs": tally.pairs,
+                            "errors": tally.errors,
+                            "max_abs_diff": tally.max_abs_diff,
+                            "mean_max_abs_diff": tally.mean_max_abs_diff(),
+                            "argmax_agreement": argmax_agreement,
+                        }),
+                    )
+                })
+                .collect();
+            json!({
+                "version": &*version.label,
+                "state": version.status.name(),
+                "eligible": model.eligible(version),
+                "traffic_weight": model
+                    .traffic
+                    .iter()
+                    .find(|(label, _)| *label == version.label)
+                    .map_or(0, |(_, weight)| *weight),
+                "effective_weight": effective(&version.label),
+                "score": version.score,
+                "requests": stats.requests(),
+                "errors": stats.errors(),
+                "recent_error_rate": stats.recent_error_rate(),
+                "latency_ms": {"p50": stats.latency_ms(0.5), "p99": stats.latency_ms(0.99)},
+                "reward": {
+                    "observations": rewards.successes + rewards.failures,
+                    "mean": mean,
+                    "ci95": [low, high],
+                },
+                "shadow_of": shadow,
+            })
+        })
+        .collect();
+    ok(
+        StatusCode::OK,
+        json!({
+            "model": &*model.name,
+            "policy": model.policy,
+            "feedback_received": state.gateway.experiments().has_feedback(&model.name),
+            "versions": versions,
+        }),
+    )
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FeedbackBody {
+    request_id: String,
+    reward: f64,
+}
+
+async fn feedback(State(state): State<AdminState>, body: Bytes) -> ApiResult {
+    let feedback: FeedbackBody = parse(&body)?;
+    record_feedback(&state.gateway, feedback)
+}
+
+fn record_feedback(gateway: &Gateway, feedback: FeedbackBody) -> ApiResult {
+    match gateway
+        .experiments()
+        .feedback(&feedback.request_id, feedback.reward)
+    {
+        Ok(model) => ok(
+            StatusCode::OK,
+            json!({ "request_id": feedback.request_id, "model": &*model, "reward": feedback.reward }),
+        ),
+        Err(error @ FeedbackError::InvalidReward(_)) => Err(bad_request(error.to_string())),
+        Err(error @ FeedbackError::UnknownRequest(_)) => {
+            Err(ApiError(StatusCode::NOT_FOUND, error.to_string()))
+        }
+    }
+}
+
+/// `POST /v1/feedback` on the inference port, for applications that hold an inference key
+/// rather than an admin token.
+pub async fn inference_feedback(gateway: Arc<Gateway>, body: Bytes) -> Response {
+    let result = parse::<FeedbackBody>(&body).and_then(|f| record_feedback(&gateway, f));
+    result.unwrap_or_else(IntoResponse::into_response)
 }
 
 #[derive(Deserialize)]

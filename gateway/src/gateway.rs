@@ -8,9 +8,13 @@ use std::time::Instant;
 use arc_swap::ArcSwap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use switchyard_runtimes::NamedTensor;
+
 use crate::error::{ErrorKind, GatewayError};
-use crate::inference::{InferRequest, InferResponse, select_outputs, validate};
-use crate::models::{ModelState, ModelTable, ReadyVersion, VersionState, VersionStatus};
+use crate::experiment::{Experiments, VersionStats};
+use crate::inference::{InferRequest, InferResponse, Parameter, select_outputs, validate};
+use crate::models::{ModelTable, NoVersion, ReadyVersion, VersionState, VersionStatus};
+use crate::routing::{self, PolicyMode, TrafficPolicy};
 use crate::telemetry::Telemetry;
 use crate::tracing_setup::TRACE_TARGET;
 
@@ -25,6 +29,7 @@ pub struct Gateway {
     telemetry: Arc<Telemetry>,
     /// The registry revision the current table was built from.
     revision: AtomicI64,
+    experiments: Experiments,
 }
 
 /// Held while an inference request is being handled.
@@ -39,11 +44,16 @@ impl Gateway {
             max_in_flight,
             telemetry: Telemetry::new(metrics),
             revision: AtomicI64::new(0),
+            experiments: Experiments::default(),
         }
     }
 
     pub fn telemetry(&self) -> &Telemetry {
         &self.telemetry
+    }
+
+    pub fn experiments(&self) -> &Experiments {
+        &self.experiments
     }
 
     /// Inference requests being handled now.
@@ -141,53 +151,112 @@ impl Gateway {
         Ok(())
     }
 
-    /// Serves one request: picks the version, checks the inputs, queues them on a replica and
-    /// returns the outputs the caller asked for.
-    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, GatewayError> {
+    /// Serves one request: picks the version (the named one, or the policy's choice), checks
+    /// the inputs, queues them on a replica and returns the outputs the caller asked for. A
+    /// request without an id gets one, so that feedback can refer to it.
+    pub async fn infer(&self, mut request: InferRequest) -> Result<InferResponse, GatewayError> {
         let route =
             crate::tracing_setup::child(|| tracing::debug_span!(target: TRACE_TARGET, "route"))
                 .entered();
-        let (model_name, version_label, ready) = {
-            let table = self.table.load();
-            let model = table.model(&request.model)?;
-            let version = match &request.version {
-                Some(label) => model.version(label)?,
-                None => model.route().ok_or_else(|| {
-                    GatewayError::unavailable(format!(
-                        "model '{}' has no ready version{}",
-                        model.name,
-                        not_ready_reasons(model)
-                    ))
-                })?,
-            };
-            let ready = version.ready(&model.name)?.clone();
-            if request.version.is_none() {
-                ready.metrics.routed();
-            }
-            (model.name.clone(), version.label.clone(), ready)
-        };
+        let routed = self.route(&request)?;
         drop(route);
         let span = tracing::Span::current();
-        span.record("version", &*version_label);
-        if let Some(id) = &request.id {
-            span.record("request_id", id.as_str());
-        }
+        span.record("version", &*routed.label);
+        let id = request.id.get_or_insert_with(new_request_id);
+        span.record("request_id", id.as_str());
+        self.experiments
+            .remember(id, &routed.model_name, &routed.stats);
+        let shadow_inputs = routed.shadow.as_ref().map(|_| request.inputs.clone());
         let received = request.received.unwrap_or_else(Instant::now);
         let protocol = request.protocol;
         let result = self
-            .serve(&model_name, &version_label, &ready, request)
+            .serve(&routed.model_name, &routed.label, &routed.ready, request)
             .await;
+        let elapsed = received.elapsed();
         let compute = result
             .as_ref()
             .map(|(_, compute)| *compute)
             .unwrap_or_default();
-        ready.metrics.record(
-            protocol,
-            result.as_ref().map(|_| ()).map_err(|e| e.kind),
-            received.elapsed(),
-            compute,
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
+        routed
+            .ready
+            .metrics
+            .record(protocol, outcome, elapsed, compute);
+        let version_fault = matches!(
+            outcome,
+            Err(ErrorKind::Internal | ErrorKind::Unavailable | ErrorKind::DeadlineExceeded)
         );
-        result.map(|(response, _)| response)
+        if !matches!(
+            outcome,
+            Err(ErrorKind::InvalidArgument | ErrorKind::Overloaded)
+        ) {
+            routed.stats.record(version_fault, elapsed);
+            if let Some(objective_ms) = routed.bandit_objective_ms
+                && !self.experiments.has_feedback(&routed.model_name)
+            {
+                let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+                routed.stats.record_reward(routing::latency_reward(
+                    !version_fault,
+                    elapsed_ms,
+                    objective_ms,
+                ));
+            }
+        }
+        let (response, _) = result?;
+        if let (Some(shadow), Some(inputs)) = (routed.shadow, shadow_inputs) {
+            // Off the request path: the caller never waits for the shadow or sees its errors.
+            let primary_outputs = response.outputs.clone();
+            tokio::spawn(shadow.run(routed.model_name, routed.label, inputs, primary_outputs));
+        }
+        Ok(response)
+    }
+
+    /// Picks the version for a request, and the shadow to mirror it to.
+    fn route(&self, request: &InferRequest) -> Result<Routed, GatewayError> {
+        let table = self.table.load();
+        let model = table.model(&request.model)?;
+        let mut rng = fastrand::Rng::new();
+        let version = match &request.version {
+            Some(label) => model.version(label)?,
+            None => model
+                .route(sticky_key(&model.policy, request), &mut rng)
+                .map_err(|NoVersion(reason)| GatewayError::unavailable(reason))?,
+        };
+        let ready = version.ready(&model.name)?.clone();
+        let policy_routed = request.version.is_none();
+        if policy_routed {
+            ready.metrics.routed();
+        }
+        let shadow = policy_routed
+            .then(|| routing::shadow_target(&model.policy, &version.label, &mut rng))
+            .flatten()
+            .and_then(|label| model.version(label).ok())
+            .and_then(|shadow| match &shadow.status {
+                VersionStatus::Ready(ready) => Some(Shadow {
+                    label: shadow.label.clone(),
+                    ready: ready.clone(),
+                    stats: shadow.stats.clone(),
+                }),
+                _ => None,
+            });
+        let bandit_objective_ms = match (&model.policy.mode, policy_routed) {
+            (
+                PolicyMode::Bandit {
+                    latency_objective_ms,
+                    ..
+                },
+                true,
+            ) => Some(*latency_objective_ms),
+            _ => None,
+        };
+        Ok(Routed {
+            model_name: model.name.clone(),
+            label: version.label.clone(),
+            ready,
+            stats: version.stats.clone(),
+            bandit_objective_ms,
+            shadow,
+        })
     }
 
     /// The part of `infer` after the version is chosen; also returns the model's compute time.
@@ -228,24 +297,91 @@ impl Gateway {
     }
 }
 
-fn not_ready_reasons(model: &ModelState) -> String {
-    let reasons: Vec<String> = model
-        .versions
-        .iter()
-        .map(|version| match &version.status {
-            VersionStatus::Failed(reason) => {
-                format!("version '{}' failed: {reason}", version.label)
+/// The version a request goes to, and what its outcome feeds.
+struct Routed {
+    model_name: Arc<str>,
+    label: Arc<str>,
+    ready: Arc<ReadyVersion>,
+    stats: Arc<VersionStats>,
+    /// Set when the policy is a bandit and chose this version: the outcome is a reward.
+    bandit_objective_ms: Option<u64>,
+    shadow: Option<Shadow>,
+}
+
+/// A version that also receives a copy of a request, for comparison only.
+struct Shadow {
+    label: Arc<str>,
+    ready: Arc<ReadyVersion>,
+    stats: Arc<VersionStats>,
+}
+
+impl Shadow {
+    async fn run(
+        self,
+        model: Arc<str>,
+        primary: Arc<str>,
+        inputs: Vec<NamedTensor>,
+        primary_outputs: Vec<NamedTensor>,
+    ) {
+        let probe = InferRequest {
+            model: model.to_string(),
+            inputs,
+            ..InferRequest::default()
+        };
+        let outputs = match validate(
+            &model,
+            self.ready.signature(),
+            self.ready.max_batch_size,
+            &probe,
+        ) {
+            Ok(()) => {
+                let deadline = Instant::now() + self.ready.timeout;
+                let result = self
+                    .ready
+                    .replicas
+                    .infer(probe.inputs, Some(deadline))
+                    .await;
+                if let Err(error) = &result {
+                    tracing::debug!(%model, shadow = %self.label, %error, "the shadow failed");
+                }
+                result.ok().map(|(outputs, _)| outputs)
             }
-            other => format!(
-                "version '{}' is {}",
-                version.label,
-                other.name().to_lowercase()
-            ),
-        })
-        .collect();
-    if reasons.is_empty() {
-        String::new()
-    } else {
-        format!(" ({})", reasons.join("; "))
+            Err(error) => {
+                tracing::debug!(%model, shadow = %self.label, %error, "the shadow cannot take the primary's inputs");
+                None
+            }
+        };
+        self.stats
+            .record_shadow(&primary, &primary_outputs, outputs.as_deref());
     }
+}
+
+/// The sticky key of a request under a sticky policy: the configured header (gRPC metadata),
+/// else a request parameter of that name.
+fn sticky_key<'r>(policy: &TrafficPolicy, request: &'r InferRequest) -> Option<&'r [u8]> {
+    let PolicyMode::Sticky { header } = &policy.mode else {
+        return None;
+    };
+    request
+        .headers
+        .get(header.as_str())
+        .map(|value| value.as_bytes())
+        .or_else(|| match request.parameters.get(header) {
+            Some(Parameter::String(value)) => Some(value.as_bytes()),
+            _ => None,
+        })
+}
+
+/// A request id for requests that bring none: unique within the process and unlikely to
+/// collide across processes.
+fn new_request_id() -> String {
+    use std::sync::OnceLock;
+    use std::sync::atomic::AtomicU64;
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| fastrand::u32(..));
+    format!(
+        "sy-{prefix:08x}-{:x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
 }

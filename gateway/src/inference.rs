@@ -34,6 +34,8 @@ pub struct InferRequest {
     /// When the request arrived (for its duration in the metrics).
     pub received: Option<Instant>,
     pub protocol: Protocol,
+    /// The request's HTTP headers or gRPC metadata, where a sticky policy finds its key.
+    pub headers: http::HeaderMap,
 }
 
 #[derive(Debug, Clone)]

@@ -8,6 +8,8 @@ use std::time::Duration;
 use switchyard_runtimes::{Device, Signature};
 
 use crate::error::GatewayError;
+use crate::experiment::VersionStats;
+use crate::routing::{self, Candidate, TrafficPolicy};
 use crate::serving::ReplicaSet;
 use crate::telemetry::VersionMetrics;
 
@@ -69,6 +71,10 @@ pub struct VersionState {
     /// Triton's backend name (`onnxruntime`, `pytorch`).
     pub backend: &'static str,
     pub status: VersionStatus,
+    /// The experiment's figures of this version (kept across table swaps).
+    pub stats: Arc<VersionStats>,
+    /// The latest registry score of the metric the policy follows (score mode).
+    pub score: Option<f64>,
 }
 
 pub struct ModelState {
@@ -79,7 +85,11 @@ pub struct ModelState {
     pub traffic: Vec<(Arc<str>, u64)>,
     /// Alias -> version label.
     pub aliases: BTreeMap<String, Arc<str>>,
+    pub policy: TrafficPolicy,
 }
+
+/// Why the policy found no version for a request.
+pub struct NoVersion(pub String);
 
 impl ModelState {
     /// A version by label or alias.
@@ -97,32 +107,90 @@ impl ModelState {
             })
     }
 
-    /// The version that serves a request naming none: one of the ready versions with traffic
-    /// weight, picked in proportion to the weights; without such a version, the highest
-    /// ready one (so that a traffic change towards a version still loading costs no request).
-    pub fn route(&self) -> Option<&Arc<VersionState>> {
-        let weighted = || {
-            self.traffic
-                .iter()
-                .filter(|(_, weight)| *weight > 0)
-                .filter_map(|(label, weight)| {
-                    self.versions
-                        .iter()
-                        .find(|v| v.label == *label && matches!(v.status, VersionStatus::Ready(_)))
-                        .map(|version| (version, *weight))
-                })
-        };
-        let total: u64 = weighted().map(|(_, weight)| weight).sum();
-        if total > 0 {
-            let mut pick = fastrand::u64(..total);
-            for (version, weight) in weighted() {
-                if pick < weight {
-                    return Some(version);
-                }
-                pick -= weight;
+    /// Whether the policy may send requests to a version: it is ready, and its recent error
+    /// rate is not over the policy's threshold.
+    pub fn eligible(&self, version: &VersionState) -> bool {
+        matches!(version.status, VersionStatus::Ready(_))
+            && version
+                .stats
+                .recent_error_rate()
+                .is_none_or(|rate| rate <= self.policy.max_error_rate)
+    }
+
+    /// The candidates of the policy: the versions with traffic weight, in the registry's order.
+    pub fn candidates(&self) -> Vec<(&Arc<VersionState>, Candidate<'_>)> {
+        self.traffic
+            .iter()
+            .filter(|(_, weight)| *weight > 0)
+            .filter_map(|(label, weight)| {
+                let version = self.versions.iter().find(|v| v.label == *label)?;
+                Some((
+                    version,
+                    Candidate {
+                        label,
+                        base_weight: *weight as f64,
+                        eligible: self.eligible(version),
+                        score: version.score,
+                        reward: version.stats.rewards(),
+                    },
+                ))
+            })
+            .collect()
+    }
+
+    /// The version that serves a request naming none, by the model's policy (`key` is the
+    /// sticky key, if the request carries one). Without traffic weights, or when no weighted
+    /// version is eligible, the highest eligible version serves, so that a shift towards a
+    /// version still loading costs no request; with none at all, the reason.
+    pub fn route(
+        &self,
+        key: Option<&[u8]>,
+        rng: &mut fastrand::Rng,
+    ) -> Result<&Arc<VersionState>, NoVersion> {
+        if !self.traffic.is_empty() {
+            let candidates = self.candidates();
+            let weights: Vec<Candidate> = candidates.iter().map(|(_, c)| *c).collect();
+            if let Some(index) = routing::choose(&self.policy, &weights, key, rng) {
+                return Ok(candidates[index].0);
             }
         }
-        self.highest_ready()
+        self.versions
+            .iter()
+            .rev()
+            .find(|version| self.eligible(version))
+            .ok_or_else(|| NoVersion(self.why_no_version()))
+    }
+
+    fn why_no_version(&self) -> String {
+        let reasons: Vec<String> = self
+            .versions
+            .iter()
+            .map(|version| match &version.status {
+                VersionStatus::Failed(reason) => {
+                    format!("version '{}' failed: {reason}", version.label)
+                }
+                VersionStatus::Ready(_) => format!(
+                    "version '{}' has a recent error rate of {:.0}%, over the policy's limit of {:.0}%",
+                    version.label,
+                    version.stats.recent_error_rate().unwrap_or(0.0) * 100.0,
+                    self.policy.max_error_rate * 100.0
+                ),
+                other => format!(
+                    "version '{}' is {}",
+                    version.label,
+                    other.name().to_lowercase()
+                ),
+            })
+            .collect();
+        if reasons.is_empty() {
+            format!("model '{}' has no versions", self.name)
+        } else {
+            format!(
+                "model '{}' has no version that can serve ({})",
+                self.name,
+                reasons.join("; ")
+            )
+        }
     }
 
     pub fn highest_ready(&self) -> Option<&Arc<VersionState>> {

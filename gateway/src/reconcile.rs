@@ -20,6 +20,7 @@ use crate::models::{
     ModelState, ModelTable, ReadyVersion, VersionState as TableVersion, VersionStatus,
 };
 use crate::repository::{self, ModelSettings, ModelToml};
+use crate::routing::{PolicyMode, TrafficPolicy};
 use crate::serving::{Batching, ReplicaLoad, ReplicaSet};
 use crate::telemetry::VersionMetrics;
 
@@ -452,6 +453,18 @@ impl Reconciler {
         };
         let mut models = BTreeMap::new();
         for record in &snapshot.models {
+            let policy = match serde_json::from_value::<TrafficPolicy>(record.policy.clone()) {
+                Ok(policy) => policy,
+                Err(error) => {
+                    // The API validates policies; this is a registry edited by hand.
+                    tracing::error!(model = %record.model.name, %error, "ignoring the stored routing policy");
+                    TrafficPolicy::default()
+                }
+            };
+            let score_metric = match &policy.mode {
+                PolicyMode::Score { metric, .. } => Some(metric.as_str()),
+                _ => None,
+            };
             let versions = record
                 .versions
                 .iter()
@@ -462,11 +475,25 @@ impl Reconciler {
                         Local::Ready(ready) => VersionStatus::Ready(ready.clone()),
                         Local::Failed(reason) => VersionStatus::Failed(reason.clone()),
                     };
+                    let stats = self.gateway.experiments().version(
+                        &version.model,
+                        &version.label,
+                        record.rewards.get(&version.label).copied(),
+                    );
+                    let score = score_metric.and_then(|metric| {
+                        record
+                            .latest_scores
+                            .get(&version.label)?
+                            .get(metric)
+                            .copied()
+                    });
                     Some(Arc::new(TableVersion {
                         label: version.label.as_str().into(),
                         platform: platform(&version.runtime),
                         backend: backend(&version.runtime),
                         status,
+                        stats,
+                        score,
                     }))
                 })
                 .collect();
@@ -486,6 +513,7 @@ impl Reconciler {
                         .iter()
                         .map(|(alias, label)| (alias.clone(), label.as_str().into()))
                         .collect(),
+                    policy,
                 }),
             );
         }

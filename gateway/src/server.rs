@@ -79,11 +79,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let reconciler = tokio::spawn(reconciler.run());
     let upkeep = {
         let gateway = gateway.clone();
+        let store = store.clone();
         tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(5));
-            loop {
+            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+            for tick in 0u64.. {
                 every.tick().await;
-                gateway.telemetry().run_upkeep();
+                // Rewards go to the registry often, so that gateways share what their bandits
+                // learn and a restart loses little.
+                gateway.experiments().flush_rewards(&*store).await;
+                if tick % 5 == 0 {
+                    gateway.telemetry().run_upkeep();
+                }
             }
         })
     };
@@ -205,6 +211,7 @@ impl Running {
                 .with_context(|| format!("the {name} server task failed"))?
                 .with_context(|| format!("the {name} server failed"))?;
         }
+        self.gateway.experiments().flush_rewards(&*self.store).await;
         Ok(())
     }
 }

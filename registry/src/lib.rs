@@ -57,6 +57,23 @@ pub trait Store: Send + Sync {
         reason: &str,
     ) -> Result<i64, RegistryError>;
 
+    /// Sets a model's routing policy (a JSON object the gateway validates).
+    async fn set_policy(
+        &self,
+        actor: &str,
+        model: &str,
+        policy: serde_json::Value,
+    ) -> Result<i64, RegistryError>;
+
+    /// Adds to a version's bandit rewards and returns the new totals. Not a revision: no
+    /// event, no reload.
+    async fn add_rewards(
+        &self,
+        model: &str,
+        label: &str,
+        added: Rewards,
+    ) -> Result<Rewards, RegistryError>;
+
     /// Sets top-level keys of a version's metadata (measured memory, say), keeping the others.
     async fn merge_version_metadata(
         &self,

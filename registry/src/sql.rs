@@ -10,8 +10,8 @@ use sqlx::{AnyPool, Executor, Row, Transaction};
 use tokio::sync::watch;
 
 use crate::{
-    Event, Model, ModelRecord, NewModel, NewScores, NewVersion, RegistryError, Score, Snapshot,
-    Store, Version, VersionState, valid_name,
+    Event, Model, ModelRecord, NewModel, NewScores, NewVersion, RegistryError, Rewards, Score,
+    Snapshot, Store, Version, VersionState, valid_name,
 };
 
 /// The PostgreSQL channel that carries new revisions between gateway processes.
@@ -271,11 +271,49 @@ impl SqlStore {
         {
             aliases.insert(row.try_get("alias")?, row.try_get("version")?);
         }
+        let policy: String = sqlx::query("SELECT policy FROM models WHERE name = $1")
+            .bind(&model.name)
+            .fetch_one(&mut **tx)
+            .await?
+            .try_get("policy")?;
+        let policy = serde_json::from_str(&policy)
+            .map_err(|e| RegistryError::Invalid(format!("stored policy: {e}")))?;
+        let mut latest_scores: BTreeMap<String, BTreeMap<String, f64>> = BTreeMap::new();
+        // Ascending revisions: the last row of a (version, metric) is its latest score.
+        for row in sqlx::query(
+            "SELECT version, metric, value FROM scores WHERE model = $1 ORDER BY revision",
+        )
+        .bind(&model.name)
+        .fetch_all(&mut **tx)
+        .await?
+        {
+            latest_scores
+                .entry(row.try_get("version")?)
+                .or_default()
+                .insert(row.try_get("metric")?, row.try_get("value")?);
+        }
+        let mut rewards = BTreeMap::new();
+        for row in sqlx::query("SELECT version, successes, failures FROM rewards WHERE model = $1")
+            .bind(&model.name)
+            .fetch_all(&mut **tx)
+            .await?
+        {
+            rewards.insert(
+                row.try_get("version")?,
+                Rewards {
+                    successes: row.try_get("successes")?,
+                    failures: row.try_get("failures")?,
+                },
+            );
+        }
         Ok(ModelRecord {
             model,
             versions,
             traffic,
             aliases,
+            policy,
+            latest_scores,
+            rewards,
         })
     }
 
@@ -657,6 +695,72 @@ impl Store for SqlStore {
         let payload = serde_json::json!({"version": label, "state": state, "reason": reason});
         self.finish_write(tx, revision, actor, "version.state", model, payload)
             .await
+    }
+
+    async fn set_policy(
+        &self,
+        actor: &str,
+        model: &str,
+        policy: serde_json::Value,
+    ) -> Result<i64, RegistryError> {
+        if !policy.is_object() {
+            return Err(RegistryError::Invalid("a policy is a JSON object".into()));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        sqlx::query("UPDATE models SET policy = $1 WHERE name = $2")
+            .bind(policy.to_string())
+            .bind(model)
+            .execute(&mut *tx)
+            .await?;
+        let payload = serde_json::json!({ "policy": policy });
+        self.finish_write(tx, revision, actor, "policy.set", model, payload)
+            .await
+    }
+
+    async fn add_rewards(
+        &self,
+        model: &str,
+        label: &str,
+        added: Rewards,
+    ) -> Result<Rewards, RegistryError> {
+        if !(added.successes.is_finite() && added.failures.is_finite())
+            || added.successes < 0.0
+            || added.failures < 0.0
+        {
+            return Err(RegistryError::Invalid(
+                "rewards must be finite and not negative".into(),
+            ));
+        }
+        let mut tx = self.pool.begin().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        SqlStore::read_version(&mut *tx, model, label).await?;
+        // One statement, so that gateways adding at once never lose each other's rewards.
+        sqlx::query(
+            "INSERT INTO rewards (model, version, successes, failures) VALUES ($1, $2, $3, $4) \
+             ON CONFLICT (model, version) DO UPDATE SET \
+             successes = rewards.successes + excluded.successes, \
+             failures = rewards.failures + excluded.failures",
+        )
+        .bind(model)
+        .bind(label)
+        .bind(added.successes)
+        .bind(added.failures)
+        .execute(&mut *tx)
+        .await?;
+        let row = sqlx::query(
+            "SELECT successes, failures FROM rewards WHERE model = $1 AND version = $2",
+        )
+        .bind(model)
+        .bind(label)
+        .fetch_one(&mut *tx)
+        .await?;
+        let total = Rewards {
+            successes: row.try_get("successes")?,
+            failures: row.try_get("failures")?,
+        };
+        tx.commit().await?;
+        Ok(total)
     }
 
     async fn merge_version_metadata(

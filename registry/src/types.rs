@@ -144,6 +144,20 @@ pub struct ModelRecord {
     pub traffic: BTreeMap<String, u64>,
     /// Alias -> version label.
     pub aliases: BTreeMap<String, String>,
+    /// The routing policy (JSON object; `{"mode": "fixed"}` unless set).
+    pub policy: serde_json::Value,
+    /// Version label -> metric -> its latest score.
+    pub latest_scores: BTreeMap<String, BTreeMap<String, f64>>,
+    /// Version label -> the bandit's reward statistics.
+    pub rewards: BTreeMap<String, Rewards>,
+}
+
+/// Rewards in [0, 1] summed: `successes` holds the sum of rewards, `failures` the sum of
+/// their complements.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct Rewards {
+    pub successes: f64,
+    pub failures: f64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize)]

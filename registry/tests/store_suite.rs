@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use switchyard_registry::{
-    NewModel, NewScores, NewVersion, RegistryError, SqlStore, Store, VersionState,
+    NewModel, NewScores, NewVersion, RegistryError, Rewards, SqlStore, Store, VersionState,
 };
 
 async fn sqlite_store() -> (SqlStore, tempfile::TempDir) {
@@ -194,6 +194,48 @@ async fn suite(store: &dyn Store) {
         Err(RegistryError::NotFound(_))
     ));
 
+    // Routing policy: stored as given, read back in the model's record; not an object: refused.
+    let record = store.model("mlp").await.unwrap();
+    assert_eq!(record.policy, serde_json::json!({"mode": "fixed"}));
+    let sticky = serde_json::json!({"mode": "sticky", "header": "x-user-id"});
+    let revision = store
+        .set_policy("alice", "mlp", sticky.clone())
+        .await
+        .unwrap();
+    assert_eq!(store.model("mlp").await.unwrap().policy, sticky);
+    assert!(matches!(
+        store
+            .set_policy("alice", "mlp", serde_json::json!("fixed"))
+            .await,
+        Err(RegistryError::Invalid(_))
+    ));
+    let events = store.events_after(revision - 1, 10).await.unwrap();
+    assert_eq!(events[0].action, "policy.set");
+
+    // Rewards add up, without a revision; unknown versions are refused.
+    let before = store.revision().await.unwrap();
+    let first = Rewards {
+        successes: 0.75,
+        failures: 0.25,
+    };
+    assert_eq!(store.add_rewards("mlp", "1", first).await.unwrap(), first);
+    let total = store.add_rewards("mlp", "1", first).await.unwrap();
+    assert_eq!((total.successes, total.failures), (1.5, 0.5));
+    assert_eq!(store.revision().await.unwrap(), before);
+    assert_eq!(store.model("mlp").await.unwrap().rewards["1"], total);
+    assert!(matches!(
+        store.add_rewards("mlp", "99", first).await,
+        Err(RegistryError::NotFound(_))
+    ));
+    let negative = Rewards {
+        successes: -1.0,
+        failures: 0.0,
+    };
+    assert!(matches!(
+        store.add_rewards("mlp", "1", negative).await,
+        Err(RegistryError::Invalid(_))
+    ));
+
     // Traffic: validation, then a change.
     for bad in [
         weights(&[("1", 0), ("7", 0)]),
@@ -287,6 +329,8 @@ async fn suite(store: &dyn Store) {
         .map(|s| s.value)
         .collect();
     assert_eq!(accuracy, [0.91, 0.93]);
+    let latest = &store.model("mlp").await.unwrap().latest_scores["7"];
+    assert_eq!((latest["accuracy"], latest["f1"]), (0.93, 0.88));
     assert!(matches!(
         store
             .add_scores(

@@ -332,7 +332,7 @@ impl GrpcFront {
             .get("grpc-timeout")
             .and_then(|value| value.to_str().ok())
             .and_then(parse_grpc_timeout);
-        let message = request.into_inner();
+        let (metadata, _, message) = request.into_parts();
         self.gateway
             .check_capacity(&message.model_name, version_of(&message.model_version))?;
         let (mut request, raw) =
@@ -342,6 +342,7 @@ impl GrpcFront {
         request.apply_timeout_parameter(received)?;
         request.received = Some(received);
         request.protocol = Protocol::Grpc;
+        request.headers = metadata.into_headers();
         let response = self.gateway.infer(request).await?;
         let encoded =
             crate::tracing_setup::child(|| tracing::debug_span!(target: TRACE_TARGET, "encode"))
@@ -442,6 +443,7 @@ fn decode_request(request: pb::ModelInferRequest) -> Result<(InferRequest, bool)
             deadline: None,
             received: None,
             protocol: Default::default(),
+            headers: Default::default(),
         },
         raw,
     ))

@@ -57,6 +57,13 @@ pub fn router(gateway: Arc<Gateway>, max_request_bytes: usize) -> Router {
             "/v2/models/{model}/versions/{version}/infer",
             post(version_infer),
         )
+        // Rewards for the routing experiment, from applications holding an inference key.
+        .route(
+            "/v1/feedback",
+            post(|State(state): State<HttpState>, body: Bytes| {
+                crate::api::inference_feedback(state.gateway, body)
+            }),
+        )
         .fallback(|| async { GatewayError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             error_response(
@@ -293,6 +300,7 @@ async fn infer(
             .in_scope(|| decode_request(&model, version.as_deref(), &body, binary))?;
     request.apply_timeout_parameter(received)?;
     request.received = Some(received);
+    request.headers = parts.headers;
     let response = state.gateway.infer(request).await?;
     let encoded =
         crate::tracing_setup::child(|| tracing::debug_span!(target: TRACE_TARGET, "encode"))

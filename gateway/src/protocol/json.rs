@@ -160,6 +160,7 @@ pub fn decode_request(
             deadline: None,
             received: None,
             protocol: Default::default(),
+            headers: Default::default(),
         },
         OutputEncoding {
             requested_binary,
