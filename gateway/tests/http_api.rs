@@ -156,7 +156,10 @@ async fn mlp_json_infer_matches_the_saved_weights() {
         .await;
     assert_eq!(status, 200, "{response}");
     // A request without an id gets one, which feedback can name.
-    assert!(response["id"].as_str().unwrap().starts_with("sy-"), "{response}");
+    assert!(
+        response["id"].as_str().unwrap().starts_with("sy-"),
+        "{response}"
+    );
     assert_close(
         &as_f32s(&response["outputs"][0]["data"]),
         &weights.forward(&x),

@@ -161,7 +161,7 @@ impl Runtime for OnnxRuntime {
                         "ONNX Runtime's CUDA execution provider failed: {e}. The library in use ({}) \
                          needs to be the onnxruntime-gpu build with its CUDA libraries \
                          (`scripts/setup --gpu`, then onnxruntime.library = \
-                         \".tools/onnxruntime-gpu/libonnxruntime.so.{ONNXRUNTIME_VERSION}\")",
+                         \".tools/onnxruntime-gpu/onnxruntime/capi/libonnxruntime.so.{ONNXRUNTIME_VERSION}\")",
                         self.library.display()
                     ),
                 })?;
