@@ -83,6 +83,21 @@ pub enum TrafficCommand {
 }
 
 #[derive(Subcommand, Debug)]
+pub enum PolicyCommand {
+    /// Show a model's routing policy.
+    Get { model: String },
+    /// Set a model's routing policy from JSON:
+    /// `switchyard policy set mlp '{"mode": "sticky", "header": "x-user-id"}'`.
+    Set {
+        model: String,
+        #[arg(value_name = "JSON")]
+        policy: String,
+    },
+    /// The live figures of a model's routing experiment.
+    Experiment { model: String },
+}
+
+#[derive(Subcommand, Debug)]
 pub enum ScoresCommand {
     /// Record scores: `switchyard scores add mlp 2 accuracy=0.93 f1=0.9 --source nightly-eval`.
     Add {
@@ -263,6 +278,37 @@ impl Client {
                     reqwest::Method::PUT,
                     &format!("/v1/models/{model}/traffic"),
                     Some(json!({"weights": parsed})),
+                )
+                .await
+            }
+        }
+    }
+
+    pub async fn policy(&self, command: PolicyCommand) -> anyhow::Result<Value> {
+        match command {
+            PolicyCommand::Get { model } => {
+                self.call(
+                    reqwest::Method::GET,
+                    &format!("/v1/models/{model}/policy"),
+                    None,
+                )
+                .await
+            }
+            PolicyCommand::Set { model, policy } => {
+                let policy: Value =
+                    serde_json::from_str(&policy).context("the policy is not valid JSON")?;
+                self.call(
+                    reqwest::Method::PUT,
+                    &format!("/v1/models/{model}/policy"),
+                    Some(policy),
+                )
+                .await
+            }
+            PolicyCommand::Experiment { model } => {
+                self.call(
+                    reqwest::Method::GET,
+                    &format!("/v1/models/{model}/experiment"),
+                    None,
                 )
                 .await
             }

@@ -29,6 +29,9 @@ enum Command {
     /// Traffic weights of a model.
     #[command(subcommand)]
     Traffic(cli::TrafficCommand),
+    /// Routing policy of a model, and its experiment's figures.
+    #[command(subcommand)]
+    Policy(cli::PolicyCommand),
     /// Scores of a version.
     #[command(subcommand)]
     Scores(cli::ScoresCommand),
@@ -173,6 +176,7 @@ async fn client(args: &cli::ClientArgs, command: Command) -> ExitCode {
         Command::Models(command) => client.models(command).await,
         Command::Versions(command) => client.versions(command).await,
         Command::Traffic(command) => client.traffic(command).await,
+        Command::Policy(command) => client.policy(command).await,
         Command::Scores(command) => client.scores(command).await,
         Command::Aliases(command) => client.aliases(command).await,
         Command::Events { after, limit } => client.events(after, limit).await,

@@ -697,6 +697,29 @@ async fn the_command_line_client_does_a_canary() {
         canary += u32::from(body["model_version"] == "2");
     }
     assert!((15..=70).contains(&canary), "{canary} of 400 on the canary");
+    let (ok, body, err) = cli(
+        &gateway,
+        &[
+            "policy",
+            "set",
+            "mlp",
+            r#"{"mode": "sticky", "header": "x-user-id"}"#,
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(body["policy"]["header"], "x-user-id");
+    let (ok, _, err) = cli(&gateway, &["policy", "set", "mlp", r#"{"mode": "sticky"}"#]).await;
+    assert!(!ok);
+    assert!(err.contains("400"), "{err}");
+    let (ok, body, _) = cli(&gateway, &["policy", "experiment", "mlp"]).await;
+    assert!(ok);
+    let versions = body["versions"].as_array().unwrap();
+    let served: u64 = versions
+        .iter()
+        .map(|v| v["requests"].as_u64().unwrap())
+        .sum();
+    assert_eq!(served, 400, "{body}");
     gateway.stop().await;
 }
 
