@@ -21,7 +21,6 @@ use crate::auth;
 use crate::config::{AdminConfig, AdminRole, ServingConfig};
 use crate::experiment::FeedbackError;
 use crate::gateway::Gateway;
-use crate::models::VersionStatus;
 use crate::reconcile::{self, RUNTIMES};
 use crate::routing::{self, TrafficPolicy};
 
@@ -181,6 +180,7 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/models/{m}/policy", get(get_policy).put(set_policy))
         .route("/v1/models/{m}/experiment", get(experiment))
         .route("/v1/feedback", post(feedback))
+        .route("/v1/resources", get(resources))
         .route(
             "/v1/models/{m}/aliases/{a}",
             put(set_alias).delete(remove_alias),
@@ -212,9 +212,7 @@ fn serving_state(gateway: &Gateway, model: &str, label: &str) -> Value {
         .ok()
         .and_then(|m| m.versions.iter().find(|v| &*v.label == label).cloned());
     match version.as_ref().map(|v| &v.status) {
-        Some(VersionStatus::Ready(_)) => json!("READY"),
-        Some(VersionStatus::Loading) => json!("LOADING"),
-        Some(VersionStatus::Failed(_)) => json!("FAILED"),
+        Some(status) => json!(status.name()),
         None => Value::Null,
     }
 }
@@ -513,6 +511,13 @@ async fn experiment(State(state): State<AdminState>, Path(model): Path<String>) 
             "versions": versions,
         }),
     )
+}
+
+/// Devices (budget, reserved, measured, free) and each version's replicas, reservations and
+/// autoscaler target, as this gateway accounts for them.
+async fn resources(State(state): State<AdminState>) -> ApiResult {
+    let table = state.gateway.snapshot();
+    ok(StatusCode::OK, state.gateway.capacity().report(&table))
 }
 
 #[derive(Deserialize)]

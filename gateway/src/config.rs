@@ -23,6 +23,21 @@ pub struct Config {
     pub onnxruntime: OnnxRuntimeConfig,
     pub serving: ServingConfig,
     pub log: LogConfig,
+    /// Devices and their memory budgets; a device not listed gets its physical memory (the
+    /// host's RAM for `cpu`, NVML's figure for `cuda:N`) less nothing.
+    pub devices: Vec<DeviceConfig>,
+}
+
+/// `[[devices]] id = "cuda:0" memory = "80GiB" reserve = "2GiB"`: what may be placed on a
+/// device. A declared size below the physical one wins, so this also defines virtual devices
+/// for tests and CPU-only machines.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceConfig {
+    pub id: String,
+    pub memory: Option<ByteSize>,
+    #[serde(default)]
+    pub reserve: ByteSize,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -261,7 +276,7 @@ impl Config {
 }
 
 /// A size in bytes, written as an integer or as a string such as "64MiB", "512KiB" or "1GB".
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {

@@ -10,6 +10,8 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use switchyard_runtimes::NamedTensor;
 
+use crate::capacity::Capacity;
+use crate::config::DeviceConfig;
 use crate::error::{ErrorKind, GatewayError};
 use crate::experiment::{Experiments, VersionStats};
 use crate::inference::{InferRequest, InferResponse, Parameter, select_outputs, validate};
@@ -30,13 +32,14 @@ pub struct Gateway {
     /// The registry revision the current table was built from.
     revision: AtomicI64,
     experiments: Experiments,
+    capacity: Capacity,
 }
 
 /// Held while an inference request is being handled.
 pub struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);
 
 impl Gateway {
-    pub fn new(max_in_flight: usize, metrics: bool) -> Gateway {
+    pub fn new(max_in_flight: usize, metrics: bool, devices: Vec<DeviceConfig>) -> Gateway {
         Gateway {
             table: ArcSwap::from_pointee(ModelTable::default()),
             ready: tokio::sync::watch::Sender::new(false),
@@ -45,6 +48,7 @@ impl Gateway {
             telemetry: Telemetry::new(metrics),
             revision: AtomicI64::new(0),
             experiments: Experiments::default(),
+            capacity: Capacity::new(devices),
         }
     }
 
@@ -54,6 +58,10 @@ impl Gateway {
 
     pub fn experiments(&self) -> &Experiments {
         &self.experiments
+    }
+
+    pub fn capacity(&self) -> &Capacity {
+        &self.capacity
     }
 
     /// Inference requests being handled now.

@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod capacity;
 pub mod cli;
 pub mod config;
 pub mod error;
@@ -18,6 +19,7 @@ pub mod models;
 pub mod protocol;
 pub mod reconcile;
 pub mod repository;
+pub mod resources;
 pub mod routing;
 pub mod server;
 pub mod serving;

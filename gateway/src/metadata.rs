@@ -94,10 +94,7 @@ impl Gateway {
             inputs,
             outputs,
             state: chosen.status.name(),
-            reason: match &chosen.status {
-                VersionStatus::Failed(reason) => Some(reason.clone()),
-                _ => None,
-            },
+            reason: chosen.status.reason().map(str::to_owned),
             memory: match &chosen.status {
                 VersionStatus::Ready(ready) => Some(MeasuredMemory {
                     device: ready.device,

@@ -9,6 +9,7 @@ use switchyard_runtimes::{Device, Signature};
 
 use crate::error::GatewayError;
 use crate::experiment::VersionStats;
+use crate::repository::{ModelSettings, Scaling};
 use crate::routing::{self, Candidate, TrafficPolicy};
 use crate::serving::ReplicaSet;
 use crate::telemetry::VersionMetrics;
@@ -22,22 +23,36 @@ pub struct ReadyVersion {
     pub max_batch_size: u32,
     /// How long a request may take, queue included, unless the caller asks for less.
     pub timeout: Duration,
+    /// Set when the version scales with its load.
+    pub scaling: Option<Scaling>,
+    /// What a new replica reserves on its device until it is measured.
+    pub reserve_bytes: u64,
+    /// The artifact's size: a replica's reservation never goes below it, whatever the
+    /// measurement says (memory the allocator reused is invisible to it).
+    pub artifact_bytes: u64,
+    /// Devices its replicas may be placed on.
+    pub allowed: Vec<Device>,
 }
 
 impl ReadyVersion {
     pub fn new(
         replicas: ReplicaSet,
         metrics: Arc<VersionMetrics>,
-        device: Device,
-        timeout: Duration,
+        settings: &ModelSettings,
+        reserve_bytes: u64,
+        artifact_bytes: u64,
     ) -> ReadyVersion {
         let max_batch_size = u32::try_from(replicas.max_batch_size()).unwrap_or(u32::MAX);
         ReadyVersion {
             replicas,
             metrics,
-            device,
+            device: settings.device,
             max_batch_size,
-            timeout,
+            timeout: settings.timeout,
+            scaling: settings.scaling.clone(),
+            reserve_bytes,
+            artifact_bytes,
+            allowed: settings.devices.clone(),
         }
     }
 
@@ -51,6 +66,8 @@ pub enum VersionStatus {
     Loading,
     Ready(Arc<ReadyVersion>),
     Failed(String),
+    /// Waiting for memory on an allowed device; why.
+    Pending(String),
 }
 
 impl VersionStatus {
@@ -60,6 +77,15 @@ impl VersionStatus {
             VersionStatus::Loading => "LOADING",
             VersionStatus::Ready(_) => "READY",
             VersionStatus::Failed(_) => "FAILED",
+            VersionStatus::Pending(_) => "PENDING",
+        }
+    }
+
+    /// Why the version cannot serve, when it cannot.
+    pub fn reason(&self) -> Option<&str> {
+        match self {
+            VersionStatus::Failed(reason) | VersionStatus::Pending(reason) => Some(reason),
+            _ => None,
         }
     }
 }
@@ -169,6 +195,9 @@ impl ModelState {
                 VersionStatus::Failed(reason) => {
                     format!("version '{}' failed: {reason}", version.label)
                 }
+                VersionStatus::Pending(reason) => {
+                    format!("version '{}' is pending: {reason}", version.label)
+                }
                 VersionStatus::Ready(_) => format!(
                     "version '{}' has a recent error rate of {:.0}%, over the policy's limit of {:.0}%",
                     version.label,
@@ -219,10 +248,12 @@ impl VersionState {
                 "model '{model}' version '{}' is still loading",
                 self.label
             ))),
-            VersionStatus::Failed(reason) => Err(GatewayError::unavailable(format!(
-                "model '{model}' version '{}' is not ready: {reason}",
-                self.label
-            ))),
+            VersionStatus::Failed(reason) | VersionStatus::Pending(reason) => {
+                Err(GatewayError::unavailable(format!(
+                    "model '{model}' version '{}' is not ready: {reason}",
+                    self.label
+                )))
+            }
         }
     }
 }

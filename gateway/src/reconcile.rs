@@ -183,6 +183,8 @@ enum Local {
     Loading,
     Ready(Arc<ReadyVersion>),
     Failed(String),
+    /// No allowed device has room for it; retried every second.
+    Pending(String),
 }
 
 struct Loaded {
@@ -243,7 +245,13 @@ impl Reconciler {
                     }
                     synced = self.sync().await;
                 }
-                _ = retry.tick(), if !synced => synced = self.sync().await,
+                _ = retry.tick() => {
+                    if !synced {
+                        synced = self.sync().await;
+                    } else {
+                        self.retry_pending().await;
+                    }
+                }
                 Some(loaded) = self.loaded_rx.recv() => self.finish_load(loaded).await,
                 _ = drain_check.tick(), if !self.draining.is_empty() => self.retire_drained().await,
             }
@@ -307,17 +315,63 @@ impl Reconciler {
                 return;
             }
         };
+        let artifact = PathBuf::from(&version.artifact);
+        // Until a replica is measured it reserves what its model.toml declares, else at least
+        // the size of its weights.
+        let artifact_bytes = std::fs::metadata(&artifact).map_or(0, |metadata| metadata.len());
+        let reserve_bytes = settings.memory.unwrap_or(artifact_bytes);
+        let count = match &settings.scaling {
+            Some(scaling) => u32::try_from(settings.replicas)
+                .unwrap_or(u32::MAX)
+                .clamp(scaling.min_replicas, scaling.max_replicas),
+            None => u32::try_from(settings.replicas).unwrap_or(u32::MAX),
+        };
+        let devices = match self.gateway.capacity().admit(
+            &key.0,
+            &key.1,
+            reserve_bytes,
+            count,
+            &settings.devices,
+        ) {
+            Ok(devices) => devices,
+            Err(refusal) => {
+                if !matches!(self.local.get(&key), Some(Local::Pending(_))) {
+                    tracing::warn!(model = %key.0, version = %key.1, reason = %refusal.message, "version pending: no room");
+                }
+                self.local
+                    .insert(key.clone(), Local::Pending(refusal.message.clone()));
+                self.write_state(&key, VersionState::Pending, &refusal.message)
+                    .await;
+                return;
+            }
+        };
         self.local.insert(key.clone(), Local::Loading);
         if let Some(startup) = &mut self.startup {
             startup.insert(key.clone());
         }
         self.write_state(&key, VersionState::Loading, "").await;
-        let artifact = PathBuf::from(&version.artifact);
         let loaded_tx = self.loaded_tx.clone();
         let metrics = Arc::new(self.gateway.telemetry().version(&key.0, &key.1));
+        let gateway = self.gateway.clone();
         tokio::spawn(async move {
             let started = Instant::now();
-            let result = load(runtime, &key, artifact, settings, metrics).await;
+            let sizes = (reserve_bytes, artifact_bytes);
+            let result = load(runtime, &key, artifact, settings, metrics, devices, sizes).await;
+            match &result {
+                Ok(ready) => {
+                    for replica in ready.replicas.replicas() {
+                        if let Some(bytes) = replica.memory_bytes {
+                            gateway.capacity().record_measured(
+                                &key.0,
+                                &key.1,
+                                replica.index,
+                                bytes.max(artifact_bytes),
+                            );
+                        }
+                    }
+                }
+                Err(_) => gateway.capacity().release_version(&key.0, &key.1),
+            }
             let _ = loaded_tx.send(Loaded {
                 key,
                 result,
@@ -394,6 +448,25 @@ impl Reconciler {
         self.check_startup();
     }
 
+    /// Tries again to load the versions that were waiting for memory.
+    async fn retry_pending(&mut self) {
+        let Some(snapshot) = self.snapshot.take() else {
+            return;
+        };
+        let mut retried = false;
+        for version in snapshot.models.iter().flat_map(|record| &record.versions) {
+            let key = (version.model.clone(), version.label.clone());
+            if matches!(self.local.get(&key), Some(Local::Pending(_))) && version.state.is_live() {
+                self.start_load(key, version).await;
+                retried = true;
+            }
+        }
+        self.snapshot = Some(snapshot);
+        if retried {
+            self.publish();
+        }
+    }
+
     /// Takes a removed version out of service; true if it was serving and now drains (it
     /// retires once no request holds it), false if there was nothing to drain.
     fn start_drain(&mut self, key: &Key) -> bool {
@@ -416,6 +489,7 @@ impl Reconciler {
         self.draining = waiting;
         for (key, ready, since) in done {
             drop(ready);
+            self.gateway.capacity().release_version(&key.0, &key.1);
             let drained_ms = since.elapsed().as_millis() as u64;
             tracing::info!(model = %key.0, version = %key.1, drained_ms, "version unloaded and retired");
             self.write_state(&key, VersionState::Retired, "").await;
@@ -474,6 +548,7 @@ impl Reconciler {
                         Local::Loading => VersionStatus::Loading,
                         Local::Ready(ready) => VersionStatus::Ready(ready.clone()),
                         Local::Failed(reason) => VersionStatus::Failed(reason.clone()),
+                        Local::Pending(reason) => VersionStatus::Pending(reason.clone()),
                     };
                     let stats = self.gateway.experiments().version(
                         &version.model,
@@ -536,6 +611,8 @@ async fn load(
     artifact: PathBuf,
     settings: ModelSettings,
     metrics: Arc<VersionMetrics>,
+    devices: Vec<Device>,
+    (reserve_bytes, artifact_bytes): (u64, u64),
 ) -> Result<ReadyVersion, String> {
     let options = LoadOptions {
         device: settings.device,
@@ -556,18 +633,14 @@ async fn load(
         queue_capacity: settings.queue_capacity,
         metrics: Some(metrics.clone()),
     };
-    let replicas = ReplicaSet::start(
-        load,
-        batching,
-        settings.replicas,
-        &format!("sy-{}-{}", key.0, key.1),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
+    let replicas = ReplicaSet::start(load, batching, &devices, &format!("sy-{}-{}", key.0, key.1))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok(ReadyVersion::new(
         replicas,
         metrics,
-        settings.device,
-        settings.timeout,
+        &settings,
+        reserve_bytes,
+        artifact_bytes,
     ))
 }

@@ -11,7 +11,7 @@ use switchyard_runtimes::{DataType, Device, Signature, TensorSpec};
 
 use switchyard_registry::compare_labels;
 
-use crate::config::{HumanDuration, ServingConfig};
+use crate::config::{ByteSize, HumanDuration, ServingConfig};
 
 /// Serving settings of one model, from its `model.toml`; unset keys take the gateway defaults.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -41,6 +41,32 @@ pub struct ModelToml {
     pub output: Option<Vec<TensorToml>>,
     /// The run each replica makes before it is ready.
     pub warmup: Option<WarmupToml>,
+    /// Memory one replica needs on its device, e.g. "300MiB": what it reserves until its own
+    /// use is measured after warm-up. Unset: the size of its artifact file.
+    pub memory: Option<String>,
+    /// Devices a replica may be placed on (best fit); unset: `device` alone.
+    pub devices: Option<Vec<String>>,
+    /// Autoscaling bounds; `max_replicas` turns autoscaling on (else `replicas` is fixed).
+    pub min_replicas: Option<u32>,
+    pub max_replicas: Option<u32>,
+    /// Requests in flight (queued or running) one replica should carry; default 4.
+    pub target_concurrency: Option<f64>,
+    /// How long concurrency is averaged over, e.g. "10s".
+    pub scale_window: Option<String>,
+    /// How long more (fewer) replicas must be wanted before they are added (removed).
+    pub scale_up_delay: Option<String>,
+    pub scale_down_delay: Option<String>,
+}
+
+/// How a version scales with its load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaling {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    pub target_concurrency: f64,
+    pub window: Duration,
+    pub up_delay: Duration,
+    pub down_delay: Duration,
 }
 
 /// One declared input or output: `{ name = "x", datatype = "FP32", dims = [-1, 64] }`, where
@@ -89,6 +115,11 @@ pub struct ModelSettings {
     pub timeout: Duration,
     pub declared: Option<Signature>,
     pub warmup: Warmup,
+    /// Declared memory per replica, if any.
+    pub memory: Option<u64>,
+    /// Where replicas may go, in preference order (never empty).
+    pub devices: Vec<Device>,
+    pub scaling: Option<Scaling>,
 }
 
 impl ModelSettings {
@@ -126,6 +157,43 @@ impl ModelSettings {
             _ => return Err("declare both [[input]] and [[output]], or neither".into()),
         };
         let warmup = toml.warmup.unwrap_or_default();
+        let memory = toml
+            .memory
+            .map(|text| ByteSize::parse(&text).map(|size| size.0))
+            .transpose()
+            .map_err(|e| format!("memory: {e}"))?;
+        let devices = match toml.devices {
+            None => vec![device],
+            Some(list) if list.is_empty() => return Err("devices may not be empty".into()),
+            Some(list) => list
+                .iter()
+                .map(|text| text.parse().map_err(|e| format!("devices: {e}")))
+                .collect::<Result<Vec<Device>, String>>()?,
+        };
+        let scaling = match toml.max_replicas {
+            None => None,
+            Some(max_replicas) => {
+                let min_replicas = toml.min_replicas.unwrap_or(1);
+                if min_replicas == 0 || max_replicas < min_replicas {
+                    return Err(format!(
+                        "replicas must satisfy 1 <= min_replicas ({min_replicas}) <= max_replicas ({max_replicas})"
+                    ));
+                }
+                let target_concurrency = toml.target_concurrency.unwrap_or(4.0);
+                if !(target_concurrency.is_finite() && target_concurrency > 0.0) {
+                    return Err("target_concurrency must be a number above 0".into());
+                }
+                let seconds = |secs| HumanDuration(Duration::from_secs(secs));
+                Some(Scaling {
+                    min_replicas,
+                    max_replicas,
+                    target_concurrency,
+                    window: duration(toml.scale_window, seconds(10))?,
+                    up_delay: duration(toml.scale_up_delay, seconds(5))?,
+                    down_delay: duration(toml.scale_down_delay, seconds(30))?,
+                })
+            }
+        };
         Ok(ModelSettings {
             description: toml.description.unwrap_or_default(),
             max_batch_size: toml.max_batch_size,
@@ -142,6 +210,9 @@ impl ModelSettings {
                 dims: warmup.dims,
                 fill: warmup.fill,
             },
+            memory,
+            devices,
+            scaling,
         })
     }
 }

@@ -27,6 +27,7 @@ pub struct Running {
     pub store: Arc<dyn Store>,
     reconciler: JoinHandle<()>,
     upkeep: JoinHandle<()>,
+    autoscaler: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
     servers: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
 }
@@ -69,6 +70,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let gateway = Arc::new(Gateway::new(
         config.serving.max_in_flight.max(1),
         config.metrics.enabled,
+        config.devices.clone(),
     ));
     let reconciler = Reconciler::new(
         gateway.clone(),
@@ -77,6 +79,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         runtimes,
     );
     let reconciler = tokio::spawn(reconciler.run());
+    let autoscaler = tokio::spawn(crate::capacity::run(gateway.clone(), store.clone()));
     let upkeep = {
         let gateway = gateway.clone();
         let store = store.clone();
@@ -155,6 +158,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         servers,
         reconciler,
         upkeep,
+        autoscaler,
     })
 }
 
@@ -205,6 +209,7 @@ impl Running {
         self.shutdown.send_replace(true);
         self.reconciler.abort();
         self.upkeep.abort();
+        self.autoscaler.abort();
         for (name, server) in self.servers {
             server
                 .await

@@ -3,13 +3,14 @@
 
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender, TryRecvError, TrySendError};
 use std::time::{Duration, Instant};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 use switchyard_runtimes::{
-    LoadOptions, LoadedModel, NamedTensor, Runtime, RuntimeError, Signature, Tensor,
+    Device, LoadOptions, LoadedModel, NamedTensor, Runtime, RuntimeError, Signature, Tensor,
     bytes_elements, memory,
 };
 use tokio::sync::oneshot;
@@ -132,22 +133,39 @@ fn deadline_passed() -> GatewayError {
 struct Replica {
     jobs: SyncSender<Job>,
     outstanding: Arc<AtomicUsize>,
+    /// Stable within the version: names the worker thread and the replica's reservation.
+    index: u32,
+    device: Device,
+    /// Memory the load and warm-up took on the device, where it can be measured.
+    memory_bytes: Option<u64>,
+}
+
+/// What the resource accounting needs to know of a replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaInfo {
+    pub index: u32,
+    pub device: Device,
+    pub memory_bytes: Option<u64>,
+    pub outstanding: usize,
 }
 
 impl Replica {
     async fn start(
         load: &ReplicaLoad,
         batching: Batching,
+        index: u32,
+        device: Device,
         thread_name: String,
     ) -> Result<(Replica, Loaded), RuntimeError> {
         let ReplicaLoad {
             runtime,
             artifact,
-            options,
+            mut options,
             warmup,
             queue_capacity,
             metrics,
         } = load.clone();
+        options.device = device;
         let (jobs, queue) = mpsc::sync_channel::<Job>(queue_capacity);
         let outstanding = Arc::new(AtomicUsize::new(0));
         let (loaded_tx, loaded_rx) = oneshot::channel();
@@ -205,7 +223,14 @@ impl Replica {
         let loaded = loaded_rx.await.map_err(|_| {
             RuntimeError::Execution("the worker thread stopped while loading".into())
         })??;
-        Ok((Replica { jobs, outstanding }, loaded))
+        let replica = Replica {
+            jobs,
+            outstanding,
+            index,
+            device,
+            memory_bytes: loaded.memory_bytes,
+        };
+        Ok((replica, loaded))
     }
 }
 
@@ -266,49 +291,115 @@ fn warm_up(model: &mut dyn LoadedModel, warmup: &Warmup) -> Result<(), String> {
     Ok(())
 }
 
-/// The replicas of one version. Dropping it closes their queues: each worker finishes the
-/// requests already queued, then unloads its model and exits.
+/// The replicas of one version, which can grow and shrink while it serves. Dropping it closes
+/// their queues: each worker finishes the requests already queued, then unloads its model and
+/// exits; so does a replica taken out by `remove_replica`.
 pub struct ReplicaSet {
-    replicas: Vec<Replica>,
+    replicas: ArcSwap<Vec<Arc<Replica>>>,
     signature: Signature,
     batching: Batching,
     queue_capacity: usize,
-    /// Measured memory of each replica (load and warm-up), where known.
-    memory_bytes: Vec<Option<u64>>,
+    load: ReplicaLoad,
+    thread_name: String,
+    next_index: AtomicU32,
 }
 
 impl ReplicaSet {
-    /// Loads `count` replicas one after the other (so that each one's memory is measured on
-    /// its own), each on its own thread; fails if any fails to load or to warm up.
+    /// Loads one replica per entry of `devices` (one on the load's device if empty), one after
+    /// the other (so that each one's memory is measured on its own), each on its own thread;
+    /// fails if any fails to load or to warm up.
     pub async fn start(
         load: ReplicaLoad,
         mut batching: Batching,
-        count: usize,
+        devices: &[Device],
         thread_name: &str,
     ) -> Result<ReplicaSet, RuntimeError> {
-        let mut replicas = Vec::with_capacity(count);
+        let default_device = [load.options.device];
+        let devices = if devices.is_empty() {
+            &default_device[..]
+        } else {
+            devices
+        };
+        let mut replicas = Vec::with_capacity(devices.len());
         let mut signature = Signature::default();
-        let mut memory_bytes = Vec::with_capacity(count);
-        for index in 0..count.max(1) {
-            let (replica, loaded) =
-                Replica::start(&load, batching.clone(), format!("{thread_name}#{index}")).await?;
-            replicas.push(replica);
+        for (index, device) in (0u32..).zip(devices) {
+            let (replica, loaded) = Replica::start(
+                &load,
+                batching.clone(),
+                index,
+                *device,
+                format!("{thread_name}#{index}"),
+            )
+            .await?;
+            replicas.push(Arc::new(replica));
             signature = loaded.signature;
             batching.max_batch_size = loaded.max_batch_size;
-            memory_bytes.push(loaded.memory_bytes);
         }
+        let next_index = AtomicU32::new(u32::try_from(replicas.len()).unwrap_or(u32::MAX));
         Ok(ReplicaSet {
-            replicas,
+            replicas: ArcSwap::from_pointee(replicas),
             signature,
-            batching,
             queue_capacity: load.queue_capacity,
-            memory_bytes,
+            batching,
+            load,
+            thread_name: thread_name.to_owned(),
+            next_index,
         })
+    }
+
+    /// An index for a replica about to be added, so that its memory can be reserved first.
+    pub fn claim_index(&self) -> u32 {
+        self.next_index.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Loads one more replica on `device` (off the request path: requests keep going to the
+    /// others meanwhile) and puts it in service. `index` comes from `claim_index`.
+    pub async fn add_replica(
+        &self,
+        index: u32,
+        device: Device,
+    ) -> Result<ReplicaInfo, RuntimeError> {
+        let (replica, _) = Replica::start(
+            &self.load,
+            self.batching.clone(),
+            index,
+            device,
+            format!("{}#{index}", self.thread_name),
+        )
+        .await?;
+        let replica = Arc::new(replica);
+        let added = info(&replica);
+        self.replicas.rcu(|current| {
+            let mut next = Vec::clone(current);
+            next.push(replica.clone());
+            next
+        });
+        Ok(added)
+    }
+
+    /// Takes the newest replica out of service, keeping at least one; its worker finishes what
+    /// it holds. Returns it.
+    pub fn remove_replica(&self) -> Option<ReplicaInfo> {
+        let mut removed = None;
+        self.replicas.rcu(|current| {
+            let mut next = Vec::clone(current);
+            removed = if next.len() > 1 { next.pop() } else { None };
+            next
+        });
+        removed.as_ref().map(info)
+    }
+
+    pub fn replicas(&self) -> Vec<ReplicaInfo> {
+        self.replicas.load().iter().map(info).collect()
     }
 
     /// The memory one replica takes on its device: the largest measured figure.
     pub fn memory_per_replica(&self) -> Option<u64> {
-        self.memory_bytes.iter().flatten().copied().max()
+        self.replicas
+            .load()
+            .iter()
+            .filter_map(|replica| replica.memory_bytes)
+            .max()
     }
 
     pub fn signature(&self) -> &Signature {
@@ -316,7 +407,7 @@ impl ReplicaSet {
     }
 
     pub fn replica_count(&self) -> usize {
-        self.replicas.len()
+        self.replicas.load().len()
     }
 
     /// Whether every replica's queue is certainly full, judged without taking a place: the
@@ -324,16 +415,22 @@ impl ReplicaSet {
     /// batch it runs, against the queue's capacity. Lets a front refuse a request before it
     /// spends work decoding it.
     pub fn surely_full(&self) -> bool {
+        self.replicas
+            .load()
+            .iter()
+            .all(|replica| self.is_full(replica))
+    }
+
+    fn is_full(&self, replica: &Replica) -> bool {
         // The worker may hold a whole batch and one job that did not fit it.
         let in_worker = self.batching.max_batch_size.max(1) + usize::from(self.batching.enabled());
-        self.replicas.iter().all(|replica| {
-            replica.outstanding.load(Ordering::Relaxed) >= self.queue_capacity + in_worker
-        })
+        replica.outstanding.load(Ordering::Relaxed) >= self.queue_capacity + in_worker
     }
 
     /// Requests the replicas hold, queued or running.
     pub fn outstanding(&self) -> usize {
         self.replicas
+            .load()
             .iter()
             .map(|replica| replica.outstanding.load(Ordering::Relaxed))
             .sum()
@@ -345,17 +442,17 @@ impl ReplicaSet {
     }
 
     /// Least outstanding work of two replicas picked at random.
-    fn pick(&self) -> &Replica {
-        let count = self.replicas.len();
-        let first = &self.replicas[fastrand::usize(..count)];
+    fn pick(replicas: &[Arc<Replica>]) -> Option<&Arc<Replica>> {
+        let count = replicas.len();
+        let first = replicas.get(fastrand::usize(..count.max(1)))?;
         if count == 1 {
-            return first;
+            return Some(first);
         }
-        let second = &self.replicas[fastrand::usize(..count)];
+        let second = &replicas[fastrand::usize(..count)];
         if second.outstanding.load(Ordering::Relaxed) < first.outstanding.load(Ordering::Relaxed) {
-            second
+            Some(second)
         } else {
-            first
+            Some(first)
         }
     }
 
@@ -374,7 +471,9 @@ impl ReplicaSet {
         } else {
             0
         };
-        let replica = self.pick();
+        let replicas = self.replicas.load();
+        let replica = ReplicaSet::pick(&replicas)
+            .ok_or_else(|| GatewayError::unavailable("the version has no replica"))?;
         let (reply, outputs) = oneshot::channel();
         let span = tracing::Span::current();
         let queued =
@@ -388,11 +487,25 @@ impl ReplicaSet {
             deadline,
             reply,
         };
-        replica.outstanding.fetch_add(1, Ordering::Relaxed);
-        match replica.jobs.try_send(job) {
+        let mut attempt = enqueue(replica, job);
+        if let Err(TrySendError::Full(job)) = attempt {
+            // The two picked were full; a saturated replica gets no new request while another
+            // has room.
+            attempt = Err(TrySendError::Full(job));
+            for other in replicas.iter() {
+                if Arc::ptr_eq(other, replica) || self.is_full(other) {
+                    continue;
+                }
+                let Err(TrySendError::Full(job)) = attempt else {
+                    break;
+                };
+                attempt = enqueue(other, job);
+            }
+        }
+        drop(replicas);
+        match attempt {
             Ok(()) => {}
             Err(error) => {
-                replica.outstanding.fetch_sub(1, Ordering::Relaxed);
                 return Err(match error {
                     TrySendError::Full(_) => GatewayError::new(
                         ErrorKind::Overloaded,
@@ -412,6 +525,25 @@ impl ReplicaSet {
         };
         answered
             .map_err(|_| GatewayError::internal("the model's worker stopped before answering"))?
+    }
+}
+
+// The refused job comes back by value, to be offered to another replica; boxing it would
+// allocate on the request path.
+#[allow(clippy::result_large_err)]
+fn enqueue(replica: &Replica, job: Job) -> Result<(), TrySendError<Job>> {
+    replica.outstanding.fetch_add(1, Ordering::Relaxed);
+    replica.jobs.try_send(job).inspect_err(|_| {
+        replica.outstanding.fetch_sub(1, Ordering::Relaxed);
+    })
+}
+
+fn info(replica: &Arc<Replica>) -> ReplicaInfo {
+    ReplicaInfo {
+        index: replica.index,
+        device: replica.device,
+        memory_bytes: replica.memory_bytes,
+        outstanding: replica.outstanding.load(Ordering::Relaxed),
     }
 }
 
@@ -828,7 +960,7 @@ mod tests {
         let set = ReplicaSet::start(
             test_load(Arc::new(doubler.clone()), queue_capacity),
             batching,
-            1,
+            &[Device::Cpu],
             "test",
         )
         .await
@@ -852,7 +984,7 @@ mod tests {
 
     async fn wait_for_queue(set: &ReplicaSet, outstanding: usize) {
         for _ in 0..2000 {
-            if set.replicas[0].outstanding.load(Ordering::Relaxed) == outstanding {
+            if set.replicas()[0].outstanding == outstanding {
                 return;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
@@ -861,12 +993,37 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn replicas_come_and_go_while_the_version_serves() {
+        let doubler = Doubler::default();
+        let set = start(&doubler, Duration::ZERO, 16).await;
+        let index = set.claim_index();
+        let added = set.add_replica(index, Device::Cpu).await.unwrap();
+        assert_eq!((added.index, set.replica_count()), (1, 2));
+        let indices: Vec<u32> = set.replicas().iter().map(|r| r.index).collect();
+        assert_eq!(indices, [0, 1]);
+        // A removed replica still answers what it holds: the gate keeps its job waiting.
+        doubler.close_gate();
+        let held: Vec<_> = (0..12)
+            .map(|i| submit(&set, rows(1, i as f32), None))
+            .collect();
+        doubler.wait_for_calls(2).await;
+        assert_eq!(set.remove_replica().map(|r| r.index), Some(1));
+        assert_eq!(set.remove_replica(), None, "the last replica stays");
+        doubler.open_gate();
+        for handle in held {
+            assert!(handle.await.unwrap().is_ok());
+        }
+        assert_eq!(set.replica_count(), 1);
+        assert!(submit(&set, rows(1, 9.0), None).await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
     async fn each_replica_warms_up_on_ones_before_it_is_ready() {
         let doubler = Doubler::default();
         let mut load = test_load(Arc::new(doubler.clone()), 4);
         load.warmup.enabled = true;
         load.warmup.dims.insert("x".into(), vec![3, 2]);
-        let set = ReplicaSet::start(load.clone(), Batching::none(), 2, "test")
+        let set = ReplicaSet::start(load.clone(), Batching::none(), &[Device::Cpu; 2], "test")
             .await
             .unwrap();
         assert_eq!(doubler.calls(), [3, 3], "one warm-up run per replica");
@@ -876,7 +1033,7 @@ mod tests {
         );
 
         load.warmup.dims.insert("x".into(), vec![usize::MAX, 2]);
-        let error = ReplicaSet::start(load, Batching::none(), 1, "test")
+        let error = ReplicaSet::start(load, Batching::none(), &[Device::Cpu], "test")
             .await
             .err()
             .unwrap();
@@ -993,7 +1150,7 @@ mod tests {
         let set = ReplicaSet::start(
             test_load(Arc::new(doubler.clone()), 2),
             Batching::none(),
-            1,
+            &[Device::Cpu],
             "test",
         )
         .await

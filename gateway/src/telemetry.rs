@@ -291,7 +291,7 @@ impl Telemetry {
                     }
                 }
                 gauge(r, "switchyard_queue_depth", labels()).set(depth as f64);
-                for state in ["LOADING", "READY", "FAILED"] {
+                for state in ["LOADING", "READY", "FAILED", "PENDING"] {
                     let mut labels = labels();
                     labels.push(Label::new("state", state));
                     let value = f64::from(u8::from(version.status.name() == state));
@@ -326,6 +326,19 @@ impl Telemetry {
                 ];
                 gauge(r, "switchyard_device_memory_bytes", labels).set(bytes as f64);
             }
+        }
+        for (device, budget, reserved) in gateway.capacity().device_figures() {
+            for (kind, bytes) in [("budget", budget), ("reserved", reserved)] {
+                let labels = vec![
+                    Label::new("device", device.clone()),
+                    Label::new("kind", kind),
+                ];
+                gauge(r, "switchyard_device_memory_bytes", labels).set(bytes as f64);
+            }
+        }
+        for ((model, version), target) in gateway.capacity().targets() {
+            let labels = vec![Label::new("model", model), Label::new("version", version)];
+            gauge(r, "switchyard_target_replicas", labels).set(f64::from(target));
         }
         gauge(r, "switchyard_registry_revision", Vec::new()).set(gateway.revision() as f64);
         self.recorder.handle().render()
@@ -426,6 +439,10 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             "switchyard_model_memory_bytes",
             "Memory a ready version's replicas take on their device, as measured when they loaded and warmed up.",
+        ),
+        (
+            "switchyard_target_replicas",
+            "The replicas the autoscaler wants for a version (versions with max_replicas).",
         ),
         (
             "switchyard_in_flight_requests",

@@ -57,6 +57,16 @@ pub trait Store: Send + Sync {
         reason: &str,
     ) -> Result<i64, RegistryError>;
 
+    /// Appends an event to the audit log (a scaling decision, say) without changing anything
+    /// else.
+    async fn log_event(
+        &self,
+        actor: &str,
+        model: &str,
+        action: &str,
+        payload: serde_json::Value,
+    ) -> Result<i64, RegistryError>;
+
     /// Sets a model's routing policy (a JSON object the gateway validates).
     async fn set_policy(
         &self,

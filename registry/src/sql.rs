@@ -697,6 +697,19 @@ impl Store for SqlStore {
             .await
     }
 
+    async fn log_event(
+        &self,
+        actor: &str,
+        model: &str,
+        action: &str,
+        payload: serde_json::Value,
+    ) -> Result<i64, RegistryError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        self.finish_write(tx, revision, actor, action, model, payload)
+            .await
+    }
+
     async fn set_policy(
         &self,
         actor: &str,

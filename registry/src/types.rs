@@ -18,12 +18,14 @@ pub struct NewModel {
     pub description: String,
 }
 
-/// Where a version is in its life: `registered` -> `loading` -> `ready` | `failed`; removal
-/// goes `draining` -> `retired`.
+/// Where a version is in its life: `registered` -> `loading` -> `ready` | `failed`, or
+/// `pending` while its memory does not fit on any allowed device; removal goes `draining` ->
+/// `retired`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum VersionState {
     Registered,
+    Pending,
     Loading,
     Ready,
     Failed,
@@ -35,6 +37,7 @@ impl VersionState {
     pub fn as_str(self) -> &'static str {
         match self {
             VersionState::Registered => "registered",
+            VersionState::Pending => "pending",
             VersionState::Loading => "loading",
             VersionState::Ready => "ready",
             VersionState::Failed => "failed",
@@ -47,7 +50,10 @@ impl VersionState {
     pub fn is_live(self) -> bool {
         matches!(
             self,
-            VersionState::Registered | VersionState::Loading | VersionState::Ready
+            VersionState::Registered
+                | VersionState::Pending
+                | VersionState::Loading
+                | VersionState::Ready
         )
     }
 }
@@ -64,6 +70,7 @@ impl FromStr for VersionState {
     fn from_str(text: &str) -> Result<Self, Self::Err> {
         Ok(match text {
             "registered" => VersionState::Registered,
+            "pending" => VersionState::Pending,
             "loading" => VersionState::Loading,
             "ready" => VersionState::Ready,
             "failed" => VersionState::Failed,

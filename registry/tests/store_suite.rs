@@ -212,6 +212,22 @@ async fn suite(store: &dyn Store) {
     let events = store.events_after(revision - 1, 10).await.unwrap();
     assert_eq!(events[0].action, "policy.set");
 
+    // A bare event: the audit log only.
+    let revision = store
+        .log_event(
+            "gateway",
+            "mlp",
+            "replicas.scale",
+            serde_json::json!({"to": 2}),
+        )
+        .await
+        .unwrap();
+    let events = store.events_after(revision - 1, 10).await.unwrap();
+    assert_eq!(
+        (events[0].action.as_str(), &events[0].payload),
+        ("replicas.scale", &serde_json::json!({"to": 2}))
+    );
+
     // Rewards add up, without a revision; unknown versions are refused.
     let before = store.revision().await.unwrap();
     let first = Rewards {

@@ -1,0 +1,557 @@
+//! Memory accounting and autoscaling applied to what the gateway serves: every replica holds a
+//! reservation on its device (its declared memory, then its measured memory once warm), a load
+//! that does not fit is refused with the reason, and each version with `max_replicas` scales
+//! with its concurrency within its bounds and the budget. The decisions themselves are the pure
+//! functions of [`crate::resources`]; this module keeps their state and applies them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::{Value, json};
+use switchyard_registry::Store;
+use switchyard_runtimes::{Device, memory};
+
+use crate::config::DeviceConfig;
+use crate::models::{ModelState, ModelTable, ReadyVersion, VersionStatus};
+use crate::repository::Scaling;
+use crate::resources::{
+    Autoscaler, Demand, DeviceBudget, Ledger, Refusal, Reservation, ScalingPolicy, plan,
+};
+
+const ACTOR: &str = "autoscaler";
+/// How often the autoscaler samples each version's concurrency.
+pub const SCALE_INTERVAL: Duration = Duration::from_millis(250);
+
+type Key = (String, String);
+
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+struct VersionScaler {
+    autoscaler: Autoscaler,
+    /// The count last decided, and why.
+    target: u32,
+    reason: String,
+}
+
+struct State {
+    ledger: Ledger,
+    /// Physical size of each device, where known.
+    physical: BTreeMap<String, Option<u64>>,
+    configured: Vec<DeviceConfig>,
+    scalers: HashMap<Key, VersionScaler>,
+}
+
+/// The gateway's devices, reservations and autoscalers.
+pub struct Capacity {
+    state: Mutex<State>,
+}
+
+/// A change to make to a version's replicas, decided under the lock and applied outside it.
+enum Change {
+    Add {
+        key: Key,
+        ready: Arc<ReadyVersion>,
+        device: Device,
+    },
+    Remove {
+        key: Key,
+        ready: Arc<ReadyVersion>,
+    },
+}
+
+/// The physical memory of a device: the host's RAM for the CPU, NVML's total for a GPU.
+fn physical_memory(device: &str) -> Option<u64> {
+    match device.parse::<Device>().ok()? {
+        Device::Cpu => std::fs::read_to_string("/proc/meminfo")
+            .ok()?
+            .lines()
+            .find_map(|line| line.strip_prefix("MemTotal:"))?
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse::<u64>()
+            .ok()
+            .map(|kib| kib * 1024),
+        Device::Cuda(index) => memory::gpu_totals(index).map(|(total, _)| total),
+    }
+}
+
+impl Capacity {
+    pub fn new(configured: Vec<DeviceConfig>) -> Capacity {
+        let mut state = State {
+            ledger: Ledger::new(Vec::new()),
+            physical: BTreeMap::new(),
+            configured,
+            scalers: HashMap::new(),
+        };
+        let ids: Vec<String> = state.configured.iter().map(|d| d.id.clone()).collect();
+        for id in ids {
+            state.ensure_device(&id);
+        }
+        Capacity {
+            state: Mutex::new(state),
+        }
+    }
+
+    /// Reserves memory for the first replicas of a version: up to `count` of them, placed by
+    /// best fit among `allowed`; at least one, or the refusal that says why none fits.
+    pub fn admit(
+        &self,
+        model: &str,
+        version: &str,
+        bytes_per_replica: u64,
+        count: u32,
+        allowed: &[Device],
+    ) -> Result<Vec<Device>, Refusal> {
+        let mut state = lock(&self.state);
+        let allowed: Vec<String> = allowed.iter().map(Device::to_string).collect();
+        for id in &allowed {
+            state.ensure_device(id);
+        }
+        // A reload starts from nothing.
+        state.ledger.release_version(model, version);
+        let mut placed = Vec::new();
+        for replica in 0..count.max(1) {
+            let device = match state
+                .ledger
+                .place(model, version, bytes_per_replica, &allowed)
+            {
+                Ok(device) => device,
+                Err(refusal) if placed.is_empty() => return Err(refusal),
+                Err(_) => break,
+            };
+            let reservation = Reservation {
+                model: model.to_owned(),
+                version: version.to_owned(),
+                replica,
+                device: device.clone(),
+                bytes: bytes_per_replica,
+                measured: false,
+            };
+            state.ledger.reserve(reservation)?;
+            placed.push(device.parse().unwrap_or(Device::Cpu));
+        }
+        Ok(placed)
+    }
+
+    /// Replaces a replica's declared memory by what it measured after warm-up.
+    pub fn record_measured(&self, model: &str, version: &str, replica: u32, bytes: u64) {
+        let over = lock(&self.state)
+            .ledger
+            .record_measured(model, version, replica, bytes);
+        if over {
+            tracing::warn!(%model, %version, replica, bytes, "a replica measured more than its device's budget has left");
+        }
+    }
+
+    pub fn release_version(&self, model: &str, version: &str) {
+        let mut state = lock(&self.state);
+        state.ledger.release_version(model, version);
+        state
+            .scalers
+            .remove(&(model.to_owned(), version.to_owned()));
+    }
+
+    /// One autoscaling round over the current table: observes every scaled version's
+    /// concurrency, decides, reserves what a scale-up needs, and returns the changes to apply.
+    fn decide(&self, table: &ModelTable, now: Instant) -> (Vec<Change>, Vec<(Key, Value)>) {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        let mut scaled = Vec::new();
+        for model in table.models.values() {
+            for version in &model.versions {
+                let VersionStatus::Ready(ready) = &version.status else {
+                    continue;
+                };
+                let Some(scaling) = &ready.scaling else {
+                    continue;
+                };
+                let key: Key = (model.name.to_string(), version.label.to_string());
+                let scaler = state
+                    .scalers
+                    .entry(key.clone())
+                    .or_insert_with(|| VersionScaler {
+                        autoscaler: Autoscaler::new(policy(scaling)),
+                        target: u32::try_from(ready.replicas.replica_count()).unwrap_or(1),
+                        reason: "initial replicas".into(),
+                    });
+                scaler
+                    .autoscaler
+                    .observe(now, ready.replicas.outstanding() as f64);
+                scaled.push((key, ready.clone(), scaling.max_replicas));
+            }
+        }
+        let mut changes = Vec::new();
+        let mut events = Vec::new();
+        for (key, ready, max_replicas) in scaled {
+            let current = u32::try_from(ready.replicas.replica_count()).unwrap_or(u32::MAX);
+            let placement = state.placement_for(table, &key, &ready, max_replicas, now);
+            let cap = u32::try_from(placement.len()).unwrap_or(u32::MAX).max(1);
+            let Some(scaler) = state.scalers.get_mut(&key) else {
+                continue;
+            };
+            let Some(decision) = scaler.autoscaler.decide(now, current, cap) else {
+                continue;
+            };
+            scaler.target = decision.to;
+            scaler.reason = decision.reason.clone();
+            let bytes = ready.reserve_bytes;
+            if decision.to > current {
+                // The plan keeps the existing replicas first; the rest are where new ones go.
+                let mut existing: Vec<String> = ready
+                    .replicas
+                    .replicas()
+                    .iter()
+                    .map(|r| r.device.to_string())
+                    .collect();
+                let mut to_add = decision.to - current;
+                for device in placement {
+                    if let Some(position) = existing.iter().position(|d| *d == device) {
+                        existing.remove(position);
+                        continue;
+                    }
+                    if to_add == 0 {
+                        break;
+                    }
+                    to_add -= 1;
+                    changes.push(Change::Add {
+                        key: key.clone(),
+                        ready: ready.clone(),
+                        device: device.parse().unwrap_or(Device::Cpu),
+                    });
+                }
+            } else {
+                for _ in decision.to..current {
+                    changes.push(Change::Remove {
+                        key: key.clone(),
+                        ready: ready.clone(),
+                    });
+                }
+            }
+            tracing::info!(model = %key.0, version = %key.1, from = decision.from, to = decision.to, reason = %decision.reason, "scaling");
+            events.push((
+                key.clone(),
+                json!({
+                    "version": key.1,
+                    "from": decision.from,
+                    "to": decision.to,
+                    "reason": decision.reason,
+                    "bytes_per_replica": bytes,
+                }),
+            ));
+        }
+        (changes, events)
+    }
+
+    /// What `GET /v1/resources` shows.
+    pub fn report(&self, table: &ModelTable) -> Value {
+        let state = lock(&self.state);
+        let devices: Vec<Value> = state
+            .ledger
+            .devices()
+            .iter()
+            .map(|device| {
+                let reservations = state
+                    .ledger
+                    .reservations()
+                    .iter()
+                    .filter(|r| r.device == device.id);
+                let measured: u64 = reservations
+                    .clone()
+                    .filter(|r| r.measured)
+                    .map(|r| r.bytes)
+                    .sum();
+                let in_use = device.id.parse::<Device>().ok().and_then(memory::in_use);
+                json!({
+                    "id": device.id,
+                    "total": state.physical.get(&device.id).copied().flatten(),
+                    "budget": (device.budget != u64::MAX).then_some(device.budget),
+                    "reserved": state.ledger.reserved(&device.id),
+                    "measured": measured,
+                    "process_in_use": in_use,
+                    "free": state.ledger.free(&device.id).filter(|_| device.budget != u64::MAX),
+                })
+            })
+            .collect();
+        let mut versions = Vec::new();
+        for model in table.models.values() {
+            for version in &model.versions {
+                let key = (model.name.to_string(), version.label.to_string());
+                let reservations: Vec<&Reservation> = state
+                    .ledger
+                    .reservations()
+                    .iter()
+                    .filter(|r| r.model == key.0 && r.version == key.1)
+                    .collect();
+                let replicas: Vec<Value> = match &version.status {
+                    VersionStatus::Ready(ready) => ready
+                        .replicas
+                        .replicas()
+                        .iter()
+                        .map(|replica| {
+                            let reservation =
+                                reservations.iter().find(|r| r.replica == replica.index);
+                            json!({
+                                "index": replica.index,
+                                "device": replica.device.to_string(),
+                                "reserved_bytes": reservation.map(|r| r.bytes),
+                                "measured": reservation.is_some_and(|r| r.measured),
+                                "outstanding": replica.outstanding,
+                            })
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                let autoscaler = state.scalers.get(&key).map(|scaler| {
+                    json!({
+                        "target": scaler.target,
+                        "desired_now": scaler.autoscaler.desired(Instant::now()),
+                        "reason": scaler.reason,
+                    })
+                });
+                versions.push(json!({
+                    "model": key.0,
+                    "version": key.1,
+                    "state": version.status.name(),
+                    "priority": priority(model, &version.label),
+                    "replicas": replicas,
+                    "reserved_bytes": reservations.iter().map(|r| r.bytes).sum::<u64>(),
+                    "autoscaler": autoscaler,
+                }));
+            }
+        }
+        json!({ "devices": devices, "versions": versions })
+    }
+
+    /// Device figures for the metrics: (device, budget, reserved).
+    pub fn device_figures(&self) -> Vec<(String, u64, u64)> {
+        let state = lock(&self.state);
+        state
+            .ledger
+            .devices()
+            .iter()
+            .filter(|d| d.budget != u64::MAX)
+            .map(|d| (d.id.clone(), d.budget, state.ledger.reserved(&d.id)))
+            .collect()
+    }
+
+    /// Each scaled version's current target replica count, for the metrics.
+    pub fn targets(&self) -> Vec<(Key, u32)> {
+        lock(&self.state)
+            .scalers
+            .iter()
+            .map(|(key, scaler)| (key.clone(), scaler.target))
+            .collect()
+    }
+}
+
+impl State {
+    /// Adds a device the first time a version names it: its configured budget, else its
+    /// physical memory.
+    fn ensure_device(&mut self, id: &str) {
+        if self.physical.contains_key(id) {
+            return;
+        }
+        let physical = physical_memory(id);
+        self.physical.insert(id.to_owned(), physical);
+        let configured = self.configured.iter().find(|d| d.id == id);
+        let declared = configured.and_then(|d| d.memory).map(|m| m.0);
+        let reserve = configured.map_or(0, |d| d.reserve.0);
+        let size = match (declared, physical) {
+            (Some(declared), Some(physical)) => declared.min(physical),
+            (Some(declared), None) => declared,
+            (None, Some(physical)) => physical,
+            // Neither configured nor measurable (a GPU without NVML, or none at all): not
+            // accounted, so that the runtime says what is missing when it loads there.
+            (None, None) => {
+                tracing::warn!(
+                    device = id,
+                    "no memory figure for this device (no [[devices]] entry, no NVML): its reservations are not limited"
+                );
+                u64::MAX
+            }
+        };
+        let mut devices = self.ledger.devices().to_vec();
+        devices.push(DeviceBudget {
+            id: id.to_owned(),
+            budget: size.saturating_sub(reserve),
+        });
+        let reservations = self.ledger.reservations().to_vec();
+        let mut ledger = Ledger::new(devices);
+        for reservation in reservations {
+            // They fitted before; a device added later cannot change that.
+            let _ = ledger.reserve(reservation);
+        }
+        self.ledger = ledger;
+    }
+
+    /// Where the replicas of a version could be, up to `wanted`, once every version of higher
+    /// priority has what its autoscaler wants now: the count is the budget's cap.
+    fn placement_for(
+        &mut self,
+        table: &ModelTable,
+        key: &Key,
+        ready: &ReadyVersion,
+        wanted: u32,
+        now: Instant,
+    ) -> Vec<String> {
+        for device in &ready.allowed {
+            self.ensure_device(&device.to_string());
+        }
+        let mut demands = Vec::new();
+        for other_model in table.models.values() {
+            for version in &other_model.versions {
+                let VersionStatus::Ready(other) = &version.status else {
+                    continue;
+                };
+                let other_key: Key = (other_model.name.to_string(), version.label.to_string());
+                let is_self = other_key == *key;
+                let current: Vec<String> = other
+                    .replicas
+                    .replicas()
+                    .iter()
+                    .map(|r| r.device.to_string())
+                    .collect();
+                let other_wanted = if is_self {
+                    wanted
+                } else {
+                    let desired = self
+                        .scalers
+                        .get(&other_key)
+                        .map(|s| s.autoscaler.desired(now));
+                    desired.map_or(current.len() as u32, |d| d.max(current.len() as u32))
+                };
+                let bytes = self
+                    .ledger
+                    .reservations()
+                    .iter()
+                    .filter(|r| r.model == other_key.0 && r.version == other_key.1)
+                    .map(|r| r.bytes)
+                    .max()
+                    .unwrap_or(other.reserve_bytes);
+                demands.push(Demand {
+                    model: other_key.0.clone(),
+                    version: other_key.1.clone(),
+                    priority: priority(other_model, &version.label),
+                    wanted: other_wanted,
+                    minimum: 1,
+                    bytes_per_replica: bytes,
+                    allowed: other.allowed.iter().map(Device::to_string).collect(),
+                    current,
+                });
+            }
+        }
+        plan(self.ledger.devices(), &demands)
+            .into_iter()
+            .find(|entry| entry.model == key.0 && entry.version == key.1)
+            .map(|entry| entry.devices)
+            .unwrap_or_default()
+    }
+}
+
+/// Which versions keep their memory first: the one holding the `stable` alias, then by share
+/// of the traffic; versions without weight (canaries not yet weighted) after, shadows last.
+pub fn priority(model: &ModelState, label: &str) -> i64 {
+    if model.aliases.get("stable").is_some_and(|v| &**v == label) {
+        return 3_000_000;
+    }
+    let total: u64 = model.traffic.iter().map(|(_, w)| *w).sum();
+    let weight = model
+        .traffic
+        .iter()
+        .find(|(l, _)| &**l == label)
+        .map_or(0, |(_, w)| *w);
+    if weight > 0 && total > 0 {
+        return 1_000_000 + i64::try_from(weight * 1_000_000 / total).unwrap_or(0);
+    }
+    if model
+        .policy
+        .shadow
+        .as_ref()
+        .is_some_and(|shadow| shadow.version == label)
+    {
+        return -1;
+    }
+    0
+}
+
+fn policy(scaling: &Scaling) -> ScalingPolicy {
+    ScalingPolicy {
+        min_replicas: scaling.min_replicas,
+        max_replicas: scaling.max_replicas,
+        target_concurrency: scaling.target_concurrency,
+        window: scaling.window,
+        scale_up_delay: scaling.up_delay,
+        scale_down_delay: scaling.down_delay,
+    }
+}
+
+/// Samples, decides and applies, every [`SCALE_INTERVAL`], until the task is dropped.
+pub async fn run(gateway: Arc<crate::gateway::Gateway>, store: Arc<dyn Store>) {
+    let mut every = tokio::time::interval(SCALE_INTERVAL);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        every.tick().await;
+        let table = gateway.snapshot();
+        let (changes, events) = gateway.capacity().decide(&table, Instant::now());
+        drop(table);
+        for change in changes {
+            apply(&gateway, change).await;
+        }
+        for ((model, _), payload) in events {
+            if let Err(error) = store
+                .log_event(ACTOR, &model, "replicas.scale", payload)
+                .await
+            {
+                tracing::warn!(%model, %error, "cannot record a scaling decision");
+            }
+        }
+    }
+}
+
+async fn apply(gateway: &crate::gateway::Gateway, change: Change) {
+    let capacity = gateway.capacity();
+    match change {
+        Change::Add { key, ready, device } => {
+            let index = ready.replicas.claim_index();
+            let reservation = Reservation {
+                model: key.0.clone(),
+                version: key.1.clone(),
+                replica: index,
+                device: device.to_string(),
+                bytes: ready.reserve_bytes,
+                measured: false,
+            };
+            if let Err(refusal) = lock(&capacity.state).ledger.reserve(reservation) {
+                tracing::warn!(model = %key.0, version = %key.1, reason = %refusal.message, "no room for another replica");
+                return;
+            }
+            match ready.replicas.add_replica(index, device).await {
+                Ok(added) => {
+                    if let Some(bytes) = added.memory_bytes {
+                        let bytes = bytes.max(ready.artifact_bytes);
+                        capacity.record_measured(&key.0, &key.1, index, bytes);
+                    }
+                    tracing::info!(model = %key.0, version = %key.1, replica = index, %device, "replica added");
+                }
+                Err(error) => {
+                    lock(&capacity.state).ledger.release(&key.0, &key.1, index);
+                    tracing::error!(model = %key.0, version = %key.1, %error, "a new replica failed to load");
+                }
+            }
+        }
+        Change::Remove { key, ready } => {
+            if let Some(removed) = ready.replicas.remove_replica() {
+                lock(&capacity.state)
+                    .ledger
+                    .release(&key.0, &key.1, removed.index);
+                tracing::info!(model = %key.0, version = %key.1, replica = removed.index, "replica removed");
+            }
+        }
+    }
+}
