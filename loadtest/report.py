@@ -67,6 +67,14 @@ def markdown(rows, rss):
                        f"| {row['p50_us']:.0f} | {row['p90_us']:.0f} | {row['p99_us']:.0f} | {row['rejected']:.0f} "
                        f"| {row['errors']:.0f} |")
 
+    torch_rows = [row for row in rows if row["target"] == "torchscript"]
+    if torch_rows:
+        out += ["", "### mlp version 2 (TorchScript on libtorch), HTTP JSON", "",
+                "| concurrency | req/s | p50 µs | p90 µs | p99 µs | errors |", "|---|---|---|---|---|---|"]
+        for row in torch_rows:
+            out.append(f"| {row['concurrency']:.0f} | {row['req_per_s']:.0f} | {row['p50_us']:.0f} "
+                       f"| {row['p90_us']:.0f} | {row['p99_us']:.0f} | {row['errors']:.0f} |")
+
     variants = [("telemetry-off", "metrics off"), ("telemetry-metrics", "metrics on (default)"),
                 ("telemetry-traces10", "+ traces, 10% sampled"), ("telemetry-traces100", "+ traces, all sampled")]
     if find(rows, target="telemetry-off"):

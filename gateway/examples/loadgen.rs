@@ -5,6 +5,7 @@
 //!
 //!     loadgen --http 127.0.0.1:8000 --grpc 127.0.0.1:8001 --model mlp --inputs 64 \
 //!             --protocol json --concurrency 32 --seconds 3 [--rows 1] [--target gateway] [--rate R]
+//!             [--version LABEL]
 //!
 //! Without --rate the load is closed-loop: each worker sends its next request when the last one
 //! is answered. With --rate R it is open-loop: R requests per second in all, spread over the
@@ -27,6 +28,8 @@ struct Args {
     http: String,
     grpc: String,
     model: String,
+    /// A version label to pin; empty lets the gateway's routing choose.
+    version: String,
     inputs: usize,
     protocol: String,
     concurrency: usize,
@@ -56,6 +59,7 @@ fn parse_args() -> Args {
         http: get("http", "127.0.0.1:8000"),
         grpc: get("grpc", "127.0.0.1:8001"),
         model: get("model", "mlp"),
+        version: get("version", ""),
         inputs: get("inputs", "64").parse().unwrap(),
         protocol: get("protocol", "json"),
         concurrency: get("concurrency", "1").parse().unwrap(),
@@ -122,7 +126,14 @@ async fn worker(args: Args, until: Instant, index: usize) -> Tally {
         .map(|i| ((i + index) % 13) as f32 / 13.0)
         .collect();
     let shape = [args.rows, args.inputs];
-    let url = format!("http://{}/v2/models/{}/infer", args.http, args.model);
+    let url = if args.version.is_empty() {
+        format!("http://{}/v2/models/{}/infer", args.http, args.model)
+    } else {
+        format!(
+            "http://{}/v2/models/{}/versions/{}/infer",
+            args.http, args.model, args.version
+        )
+    };
     let mut tally = Tally::default();
     match args.protocol.as_str() {
         "json" | "binary" => {
@@ -173,6 +184,7 @@ async fn worker(args: Args, until: Instant, index: usize) -> Tally {
             let raw: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
             let request = pb::ModelInferRequest {
                 model_name: args.model.clone(),
+                model_version: args.version.clone(),
                 inputs: vec![pb::model_infer_request::InferInputTensor {
                     name: "x".into(),
                     datatype: "FP32".into(),

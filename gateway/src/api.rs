@@ -414,11 +414,17 @@ async fn set_policy(
     policy.validate().map_err(bad_request)?;
     let record = state.store.model(&model).await?;
     if let Some(shadow) = &policy.shadow {
-        let known = record.versions.iter().any(|v| v.label == shadow.version)
-            || record.aliases.contains_key(&shadow.version);
+        let target = record
+            .aliases
+            .get(&shadow.version)
+            .unwrap_or(&shadow.version);
+        let known = record
+            .versions
+            .iter()
+            .any(|v| v.label == *target && v.state.is_live());
         if !known {
             return Err(bad_request(format!(
-                "shadow version '{}' is not a version or alias of model '{model}'",
+                "shadow version '{}' is not a live version or alias of model '{model}'",
                 shadow.version
             )));
         }

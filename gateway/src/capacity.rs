@@ -40,6 +40,9 @@ struct VersionScaler {
 
 struct State {
     ledger: Ledger,
+    /// Replicas being added (loading) per version: counted as present, so that a round does
+    /// not decide again what an earlier one is still carrying out.
+    adding: HashMap<Key, u32>,
     /// Physical size of each device, where known.
     physical: BTreeMap<String, Option<u64>>,
     configured: Vec<DeviceConfig>,
@@ -53,9 +56,11 @@ pub struct Capacity {
 
 /// A change to make to a version's replicas, decided under the lock and applied outside it.
 enum Change {
+    /// The replica's memory is already reserved under `index`.
     Add {
         key: Key,
         ready: Arc<ReadyVersion>,
+        index: u32,
         device: Device,
     },
     Remove {
@@ -85,6 +90,7 @@ impl Capacity {
     pub fn new(configured: Vec<DeviceConfig>) -> Capacity {
         let mut state = State {
             ledger: Ledger::new(Vec::new()),
+            adding: HashMap::new(),
             physical: BTreeMap::new(),
             configured,
             scalers: HashMap::new(),
@@ -152,9 +158,9 @@ impl Capacity {
     pub fn release_version(&self, model: &str, version: &str) {
         let mut state = lock(&self.state);
         state.ledger.release_version(model, version);
-        state
-            .scalers
-            .remove(&(model.to_owned(), version.to_owned()));
+        let key = (model.to_owned(), version.to_owned());
+        state.scalers.remove(&key);
+        state.adding.remove(&key);
     }
 
     /// One autoscaling round over the current table: observes every scaled version's
@@ -189,39 +195,58 @@ impl Capacity {
         let mut changes = Vec::new();
         let mut events = Vec::new();
         for (key, ready, max_replicas) in scaled {
-            let current = u32::try_from(ready.replicas.replica_count()).unwrap_or(u32::MAX);
-            let placement = state.placement_for(table, &key, &ready, max_replicas, now);
-            let cap = u32::try_from(placement.len()).unwrap_or(u32::MAX).max(1);
+            let adding = state.adding.get(&key).copied().unwrap_or(0);
+            let current = u32::try_from(ready.replicas.replica_count())
+                .unwrap_or(u32::MAX)
+                .saturating_add(adding);
+            let bytes = new_replica_bytes(&ready);
+            // What the budget allows: what higher-priority versions' wishes leave (the plan),
+            // and what really fits now on the ledger, which also holds loading and draining
+            // versions. Priority never shrinks a version here; it only stops it growing.
+            let planned = state.placement_for(table, &key, &ready, max_replicas, now);
+            let room = state.room_for(
+                &key,
+                bytes,
+                &ready.allowed,
+                max_replicas.saturating_sub(current),
+            );
+            let cap = u32::try_from(planned.len())
+                .unwrap_or(u32::MAX)
+                .min(current.saturating_add(u32::try_from(room.len()).unwrap_or(u32::MAX)))
+                .max(current.min(max_replicas))
+                .max(1);
             let Some(scaler) = state.scalers.get_mut(&key) else {
                 continue;
             };
+            if adding > 0 {
+                // Let the replicas being added arrive before deciding again.
+                continue;
+            }
             let Some(decision) = scaler.autoscaler.decide(now, current, cap) else {
                 continue;
             };
             scaler.target = decision.to;
             scaler.reason = decision.reason.clone();
-            let bytes = ready.reserve_bytes;
             if decision.to > current {
-                // The plan keeps the existing replicas first; the rest are where new ones go.
-                let mut existing: Vec<String> = ready
-                    .replicas
-                    .replicas()
-                    .iter()
-                    .map(|r| r.device.to_string())
-                    .collect();
-                let mut to_add = decision.to - current;
-                for device in placement {
-                    if let Some(position) = existing.iter().position(|d| *d == device) {
-                        existing.remove(position);
-                        continue;
-                    }
-                    if to_add == 0 {
+                let count = decision.to - current;
+                for device in room.into_iter().take(count as usize) {
+                    let index = ready.replicas.claim_index();
+                    let reservation = Reservation {
+                        model: key.0.clone(),
+                        version: key.1.clone(),
+                        replica: index,
+                        device: device.clone(),
+                        bytes,
+                        measured: false,
+                    };
+                    if state.ledger.reserve(reservation).is_err() {
                         break;
                     }
-                    to_add -= 1;
+                    *state.adding.entry(key.clone()).or_default() += 1;
                     changes.push(Change::Add {
                         key: key.clone(),
                         ready: ready.clone(),
+                        index,
                         device: device.parse().unwrap_or(Device::Cpu),
                     });
                 }
@@ -376,18 +401,35 @@ impl State {
                 u64::MAX
             }
         };
-        let mut devices = self.ledger.devices().to_vec();
-        devices.push(DeviceBudget {
+        self.ledger.add_device(DeviceBudget {
             id: id.to_owned(),
             budget: size.saturating_sub(reserve),
         });
-        let reservations = self.ledger.reservations().to_vec();
-        let mut ledger = Ledger::new(devices);
-        for reservation in reservations {
-            // They fitted before; a device added later cannot change that.
-            let _ = ledger.reserve(reservation);
+    }
+
+    /// Devices where up to `count` more replicas of `bytes` fit now, by best fit.
+    fn room_for(&self, key: &Key, bytes: u64, allowed: &[Device], count: u32) -> Vec<String> {
+        let allowed: Vec<String> = allowed.iter().map(Device::to_string).collect();
+        let mut trial = self.ledger.clone();
+        let mut devices = Vec::new();
+        for replica in 0..count {
+            let Ok(device) = trial.place(&key.0, &key.1, bytes, &allowed) else {
+                break;
+            };
+            let reservation = Reservation {
+                model: key.0.clone(),
+                version: key.1.clone(),
+                replica: u32::MAX - replica,
+                device: device.clone(),
+                bytes,
+                measured: false,
+            };
+            if trial.reserve(reservation).is_err() {
+                break;
+            }
+            devices.push(device);
         }
-        self.ledger = ledger;
+        devices
     }
 
     /// Where the replicas of a version could be, up to `wanted`, once every version of higher
@@ -460,21 +502,23 @@ pub fn priority(model: &ModelState, label: &str) -> i64 {
     if model.aliases.get("stable").is_some_and(|v| &**v == label) {
         return 3_000_000;
     }
-    let total: u64 = model.traffic.iter().map(|(_, w)| *w).sum();
+    // Weights may be any u64: shares in floating point cannot overflow.
+    let total: f64 = model.traffic.iter().map(|(_, w)| *w as f64).sum();
     let weight = model
         .traffic
         .iter()
         .find(|(l, _)| &**l == label)
-        .map_or(0, |(_, w)| *w);
-    if weight > 0 && total > 0 {
-        return 1_000_000 + i64::try_from(weight * 1_000_000 / total).unwrap_or(0);
+        .map_or(0.0, |(_, w)| *w as f64);
+    if weight > 0.0 && total > 0.0 {
+        return 1_000_000 + (weight / total * 1_000_000.0) as i64;
     }
-    if model
-        .policy
-        .shadow
-        .as_ref()
-        .is_some_and(|shadow| shadow.version == label)
-    {
+    let shadow = model.policy.shadow.as_ref().map(|shadow| {
+        model
+            .aliases
+            .get(&shadow.version)
+            .map_or(shadow.version.as_str(), |target| &**target)
+    });
+    if shadow == Some(label) {
         return -1;
     }
     0
@@ -491,6 +535,16 @@ fn policy(scaling: &Scaling) -> ScalingPolicy {
     }
 }
 
+/// What a new replica of a version reserves: its declared figure, or what its replicas measured
+/// if that is more.
+fn new_replica_bytes(ready: &ReadyVersion) -> u64 {
+    let measured = ready
+        .replicas
+        .memory_per_replica()
+        .map_or(0, |bytes| bytes.max(ready.artifact_bytes));
+    ready.reserve_bytes.max(measured)
+}
+
 /// Samples, decides and applies, every [`SCALE_INTERVAL`], until the task is dropped.
 pub async fn run(gateway: Arc<crate::gateway::Gateway>, store: Arc<dyn Store>) {
     let mut every = tokio::time::interval(SCALE_INTERVAL);
@@ -501,7 +555,9 @@ pub async fn run(gateway: Arc<crate::gateway::Gateway>, store: Arc<dyn Store>) {
         let (changes, events) = gateway.capacity().decide(&table, Instant::now());
         drop(table);
         for change in changes {
-            apply(&gateway, change).await;
+            // A replica can take seconds to load: the next rounds go on meanwhile.
+            let gateway = gateway.clone();
+            tokio::spawn(async move { apply(&gateway, change).await });
         }
         for ((model, _), payload) in events {
             if let Err(error) = store
@@ -517,21 +573,17 @@ pub async fn run(gateway: Arc<crate::gateway::Gateway>, store: Arc<dyn Store>) {
 async fn apply(gateway: &crate::gateway::Gateway, change: Change) {
     let capacity = gateway.capacity();
     match change {
-        Change::Add { key, ready, device } => {
-            let index = ready.replicas.claim_index();
-            let reservation = Reservation {
-                model: key.0.clone(),
-                version: key.1.clone(),
-                replica: index,
-                device: device.to_string(),
-                bytes: ready.reserve_bytes,
-                measured: false,
-            };
-            if let Err(refusal) = lock(&capacity.state).ledger.reserve(reservation) {
-                tracing::warn!(model = %key.0, version = %key.1, reason = %refusal.message, "no room for another replica");
-                return;
+        Change::Add {
+            key,
+            ready,
+            index,
+            device,
+        } => {
+            let added = ready.replicas.add_replica(index, device).await;
+            if let Some(adding) = lock(&capacity.state).adding.get_mut(&key) {
+                *adding = adding.saturating_sub(1);
             }
-            match ready.replicas.add_replica(index, device).await {
+            match added {
                 Ok(added) => {
                     if let Some(bytes) = added.memory_bytes {
                         let bytes = bytes.max(ready.artifact_bytes);

@@ -330,10 +330,20 @@ pub struct Experiments {
     requests: Mutex<RequestLog>,
 }
 
+/// Request ids are kept as 64-bit hashes: no allocation per request, and a client's id costs
+/// the log the same whatever its length.
 #[derive(Default)]
 struct RequestLog {
-    by_id: HashMap<String, (Arc<str>, Arc<VersionStats>)>,
-    order: VecDeque<String>,
+    by_id: HashMap<u64, (Arc<str>, Arc<VersionStats>)>,
+    order: VecDeque<u64>,
+}
+
+/// FNV-1a: fast on short ids, and an accidental collision (1 in 2^64) would only misroute one
+/// reward.
+fn id_hash(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
 }
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -347,23 +357,38 @@ pub enum FeedbackError {
 }
 
 impl Experiments {
-    /// The figures of a version, created on first use with the rewards the registry holds.
+    /// The figures of a version, created on first use. `stored` is what the registry holds of
+    /// its rewards, other gateways' included: taken whenever it is newer than what this
+    /// gateway last read.
     pub fn version(&self, model: &str, label: &str, stored: Option<Rewards>) -> Arc<VersionStats> {
+        let stored = stored.map(|r| BetaStats {
+            successes: r.successes,
+            failures: r.failures,
+        });
         let mut versions = lock(&self.versions);
-        versions
+        let stats = versions
             .entry((model.into(), label.into()))
-            .or_insert_with(|| {
-                let stored = stored.unwrap_or_default();
-                Arc::new(VersionStats::new(BetaStats {
-                    successes: stored.successes,
-                    failures: stored.failures,
-                }))
-            })
-            .clone()
+            .or_insert_with(|| Arc::new(VersionStats::new(stored.unwrap_or_default())))
+            .clone();
+        drop(versions);
+        if let Some(stored) = stored {
+            let mut tally = lock(&stats.rewards);
+            // Totals only grow; an older snapshot must not undo a fresher flush.
+            if stored.successes + stored.failures > tally.stored.successes + tally.stored.failures {
+                tally.stored = stored;
+            }
+        }
+        stats
+    }
+
+    /// Drops a retired version's figures.
+    pub fn forget(&self, model: &str, label: &str) {
+        lock(&self.versions).remove(&(Arc::<str>::from(model), Arc::<str>::from(label)));
     }
 
     /// Remembers which version answered a request, for feedback that names its id.
     pub fn remember(&self, id: &str, model: &Arc<str>, stats: &Arc<VersionStats>) {
+        let key = id_hash(id);
         let mut log = lock(&self.requests);
         if log.by_id.len() >= FEEDBACK_LOG_CAPACITY
             && let Some(oldest) = log.order.pop_front()
@@ -372,10 +397,10 @@ impl Experiments {
         }
         if log
             .by_id
-            .insert(id.to_owned(), (model.clone(), stats.clone()))
+            .insert(key, (model.clone(), stats.clone()))
             .is_none()
         {
-            log.order.push_back(id.to_owned());
+            log.order.push_back(key);
         }
     }
 
@@ -386,7 +411,7 @@ impl Experiments {
         }
         let (model, stats) = lock(&self.requests)
             .by_id
-            .get(request_id)
+            .get(&id_hash(request_id))
             .cloned()
             .ok_or_else(|| FeedbackError::UnknownRequest(request_id.to_owned()))?;
         stats.record_reward(reward);
@@ -500,9 +525,23 @@ mod tests {
             experiments.feedback("nope", 0.5),
             Err(FeedbackError::UnknownRequest(_))
         ));
-        // The same version's figures come back, whatever the registry says later.
+        // The same version's figures come back; newer registry totals (other gateways'
+        // rewards) replace the stored part, older ones do not.
         let again = experiments.version("mlp", "2", None);
         assert!(Arc::ptr_eq(&stats, &again));
+        let shared = Rewards {
+            successes: 10.0,
+            failures: 2.0,
+        };
+        experiments.version("mlp", "2", Some(shared));
+        experiments.version("mlp", "2", Some(stored));
+        assert_eq!(
+            stats.rewards(),
+            BetaStats {
+                successes: 11.0,
+                failures: 2.0
+            }
+        );
     }
 
     #[test]

@@ -172,8 +172,9 @@ impl Gateway {
         span.record("version", &*routed.label);
         let id = request.id.get_or_insert_with(new_request_id);
         span.record("request_id", id.as_str());
-        self.experiments
-            .remember(id, &routed.model_name, &routed.stats);
+        // A deadline the caller set is the caller's business: missing it says nothing about the
+        // version.
+        let caller_deadline = request.deadline.is_some();
         let shadow_inputs = routed.shadow.as_ref().map(|_| request.inputs.clone());
         let received = request.received.unwrap_or_else(Instant::now);
         let protocol = request.protocol;
@@ -190,10 +191,11 @@ impl Gateway {
             .ready
             .metrics
             .record(protocol, outcome, elapsed, compute);
-        let version_fault = matches!(
-            outcome,
-            Err(ErrorKind::Internal | ErrorKind::Unavailable | ErrorKind::DeadlineExceeded)
-        );
+        let version_fault = match outcome {
+            Err(ErrorKind::Internal | ErrorKind::Unavailable) => true,
+            Err(ErrorKind::DeadlineExceeded) => !caller_deadline,
+            _ => false,
+        };
         if !matches!(
             outcome,
             Err(ErrorKind::InvalidArgument | ErrorKind::Overloaded)
@@ -211,6 +213,10 @@ impl Gateway {
             }
         }
         let (response, _) = result?;
+        if let Some(id) = &response.id {
+            self.experiments
+                .remember(id, &routed.model_name, &routed.stats);
+        }
         if let (Some(shadow), Some(inputs)) = (routed.shadow, shadow_inputs) {
             // Off the request path: the caller never waits for the shadow or sees its errors.
             let primary_outputs = response.outputs.clone();

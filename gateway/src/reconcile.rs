@@ -335,13 +335,16 @@ impl Reconciler {
         ) {
             Ok(devices) => devices,
             Err(refusal) => {
-                if !matches!(self.local.get(&key), Some(Local::Pending(_))) {
-                    tracing::warn!(model = %key.0, version = %key.1, reason = %refusal.message, "version pending: no room");
-                }
+                let first = !matches!(self.local.get(&key), Some(Local::Pending(_)));
                 self.local
                     .insert(key.clone(), Local::Pending(refusal.message.clone()));
-                self.write_state(&key, VersionState::Pending, &refusal.message)
-                    .await;
+                if first {
+                    // Recorded once: the live figures in later refusals would make every retry
+                    // a registry revision. The model's metadata shows the latest reason.
+                    tracing::warn!(model = %key.0, version = %key.1, reason = %refusal.message, "version pending: no room");
+                    self.write_state(&key, VersionState::Pending, &refusal.message)
+                        .await;
+                }
                 return;
             }
         };
@@ -392,6 +395,7 @@ impl Reconciler {
         }
         if !matches!(self.local.get(&key), Some(Local::Loading)) {
             // Removed while loading: dropping the result unloads it.
+            self.gateway.capacity().release_version(&key.0, &key.1);
             self.check_startup();
             return;
         }
@@ -490,6 +494,7 @@ impl Reconciler {
         for (key, ready, since) in done {
             drop(ready);
             self.gateway.capacity().release_version(&key.0, &key.1);
+            self.gateway.experiments().forget(&key.0, &key.1);
             let drained_ms = since.elapsed().as_millis() as u64;
             tracing::info!(model = %key.0, version = %key.1, drained_ms, "version unloaded and retired");
             self.write_state(&key, VersionState::Retired, "").await;
@@ -636,11 +641,10 @@ async fn load(
     let replicas = ReplicaSet::start(load, batching, &devices, &format!("sy-{}-{}", key.0, key.1))
         .await
         .map_err(|e| e.to_string())?;
-    Ok(ReadyVersion::new(
-        replicas,
-        metrics,
-        &settings,
-        reserve_bytes,
-        artifact_bytes,
-    ))
+    let mut ready = ReadyVersion::new(replicas, metrics, &settings, reserve_bytes, artifact_bytes);
+    // Where it was placed, which may differ from `device` when `devices` lists several.
+    if let Some(first) = devices.first() {
+        ready.device = *first;
+    }
+    Ok(ready)
 }

@@ -62,6 +62,13 @@ impl Ledger {
         }
     }
 
+    /// Adds a device; reservations stay as they are, even on a device measured over budget.
+    pub fn add_device(&mut self, device: DeviceBudget) {
+        if !self.devices.iter().any(|d| d.id == device.id) {
+            self.devices.push(device);
+        }
+    }
+
     pub fn devices(&self) -> &[DeviceBudget] {
         &self.devices
     }

@@ -67,6 +67,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         }
     }
 
+    for device in &config.devices {
+        device
+            .id
+            .parse::<switchyard_runtimes::Device>()
+            .map_err(|e| anyhow::anyhow!("invalid [[devices]] entry: {e}"))?;
+    }
     let gateway = Arc::new(Gateway::new(
         config.serving.max_in_flight.max(1),
         config.metrics.enabled,

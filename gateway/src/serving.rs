@@ -174,7 +174,12 @@ impl Replica {
         std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
-                let before = memory::in_use(options.device);
+                // One load at a time in the process, so that each one's memory is its own.
+                let _measuring = LOADING
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                // On a GPU the process may hold nothing before its first load there.
+                let before = memory::in_use(options.device).unwrap_or(0);
                 let loaded = runtime.load(&artifact, &options).and_then(|mut model| {
                     let load_error = |message: String| RuntimeError::Load {
                         path: artifact.clone(),
@@ -199,9 +204,9 @@ impl Replica {
                         return;
                     }
                 };
-                let memory_bytes = before
-                    .zip(memory::in_use(options.device))
-                    .map(|(before, after)| after.saturating_sub(before));
+                let memory_bytes =
+                    memory::in_use(options.device).map(|after| after.saturating_sub(before));
+                drop(_measuring);
                 let _ = loaded_tx.send(Ok(Loaded {
                     signature: model.signature().clone(),
                     max_batch_size,
@@ -233,6 +238,9 @@ impl Replica {
         Ok((replica, loaded))
     }
 }
+
+/// Held while a replica loads, warms up and is measured.
+static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// What every replica of a version is loaded from.
 #[derive(Clone)]

@@ -56,17 +56,17 @@ mod nvml {
         let device = library()?.device_by_index(index).ok()?;
         let pid = std::process::id();
         let processes = device.running_compute_processes().ok()?;
-        // A process with no context on the device yet holds nothing there.
-        Some(
-            processes
-                .iter()
-                .filter(|process| process.pid == pid)
-                .map(|process| match process.used_gpu_memory {
-                    UsedGpuMemory::Used(bytes) => bytes,
-                    UsedGpuMemory::Unavailable => 0,
-                })
-                .sum(),
-        )
+        // Not listed: no context on the device yet, or a PID namespace (a container) that NVML
+        // does not see through; either way, no figure.
+        processes
+            .iter()
+            .filter(|process| process.pid == pid)
+            .map(|process| match process.used_gpu_memory {
+                UsedGpuMemory::Used(bytes) => Some(bytes),
+                UsedGpuMemory::Unavailable => None,
+            })
+            .reduce(|a, b| Some(a? + b?))
+            .flatten()
     }
 
     pub(super) fn totals(index: u32) -> Option<(u64, u64)> {
