@@ -204,6 +204,20 @@ async fn sticky_keys_keep_their_version_across_a_restart_and_protocols() {
         let response = grpc.model_infer(request).await.unwrap().into_inner();
         assert_eq!(&response.model_version, expected, "{key}");
     }
+    // ... and so does a request parameter of that name.
+    for (key, expected) in keys.iter().zip(&first).skip(20).take(20) {
+        let mut request = common::mlp_raw_request(&sample_inputs(MLP_IN, 3), 1);
+        request.parameters.insert(
+            "x-user-id".into(),
+            pb::InferParameter {
+                parameter_choice: Some(pb::infer_parameter::ParameterChoice::StringParam(
+                    key.clone(),
+                )),
+            },
+        );
+        let response = grpc.model_infer(request).await.unwrap().into_inner();
+        assert_eq!(&response.model_version, expected, "{key}");
+    }
     gateway.stop().await;
 
     let restarted = start(repo.path(), registry.path()).await;
@@ -516,4 +530,58 @@ async fn weight_changes_apply_atomically_under_traffic() {
     );
     assert!(served["1"] > 0 && served["2"] > 0, "{served:?}");
     Arc::try_unwrap(gateway).ok().unwrap().stop().await;
+}
+
+#[tokio::test]
+async fn score_weights_follow_posted_scores() {
+    let repo = two_versions();
+    let registry = tempfile::tempdir().unwrap();
+    let gateway = start(repo.path(), registry.path()).await;
+    put(
+        &gateway,
+        "/v1/models/mlp/traffic",
+        json!({"weights": {"1": 50, "2": 50}}),
+    )
+    .await;
+    put(
+        &gateway,
+        "/v1/models/mlp/policy",
+        json!({"mode": "score", "metric": "accuracy", "exponent": 4}),
+    )
+    .await;
+    let post_score = |version: &'static str, accuracy: f64| {
+        let gateway = &gateway;
+        async move {
+            let (status, body) = gateway
+                .admin(
+                    Method::POST,
+                    &format!("/v1/models/mlp/versions/{version}/scores"),
+                    Some(WRITER_TOKEN),
+                    Some(json!({"metrics": {"accuracy": accuracy}, "source": "eval"})),
+                )
+                .await;
+            assert_eq!(status, 201, "{body}");
+        }
+    };
+    post_score("1", 0.5).await;
+    post_score("2", 0.9).await;
+    // 50 x 0.9^4 against 50 x 0.5^4: version 2 takes 91.3%.
+    let share = |body: &Value| {
+        body["versions"][1]["effective_weight"]
+            .as_f64()
+            .unwrap_or(0.0)
+    };
+    wait_for_policy(&gateway, |body| (share(body) - 0.913).abs() < 0.001).await;
+    let mut twos = 0;
+    for seed in 0..400 {
+        let (_, response) = gateway
+            .post_json("/v2/models/mlp/infer", &infer_body(seed))
+            .await;
+        twos += u32::from(response["model_version"] == "2");
+    }
+    assert!((330..=395).contains(&twos), "{twos} of 400 on version 2");
+    // A better score for version 1 turns the split around.
+    post_score("1", 0.95).await;
+    wait_for_policy(&gateway, |body| share(body) < 0.5).await;
+    gateway.stop().await;
 }
