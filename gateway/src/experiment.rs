@@ -445,10 +445,15 @@ impl Experiments {
                     // Rewards recorded during the write stay pending for the next flush.
                     tally.pending.successes -= added.successes;
                     tally.pending.failures -= added.failures;
-                    tally.stored = BetaStats {
-                        successes: total.successes,
-                        failures: total.failures,
-                    };
+                    // A snapshot read meanwhile may have brought a larger total already.
+                    if total.successes + total.failures
+                        > tally.stored.successes + tally.stored.failures
+                    {
+                        tally.stored = BetaStats {
+                            successes: total.successes,
+                            failures: total.failures,
+                        };
+                    }
                 }
                 Err(error) => {
                     tracing::warn!(%model, version = %label, %error, "cannot store the bandit's rewards; keeping them for the next try");

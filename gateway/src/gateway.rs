@@ -174,9 +174,13 @@ impl Gateway {
         span.record("request_id", id.as_str());
         // A deadline the caller set is the caller's business: missing it says nothing about the
         // version.
-        let caller_deadline = request.deadline.is_some();
         let shadow_inputs = routed.shadow.as_ref().map(|_| request.inputs.clone());
         let received = request.received.unwrap_or_else(Instant::now);
+        // The caller's deadline, when it comes before the version's own timeout, is the one
+        // that fires; missing it says nothing about the version.
+        let caller_deadline = request
+            .deadline
+            .is_some_and(|deadline| deadline < received + routed.ready.timeout);
         let protocol = request.protocol;
         let result = self
             .serve(&routed.model_name, &routed.label, &routed.ready, request)
