@@ -36,6 +36,10 @@ struct VersionScaler {
     /// The count last decided, and why.
     target: u32,
     reason: String,
+    /// Requests answered when last looked at, and when the version last had work: what scale
+    /// to zero goes by.
+    seen_requests: u64,
+    last_active: Instant,
 }
 
 struct State {
@@ -64,6 +68,11 @@ enum Change {
         device: Device,
     },
     Remove {
+        key: Key,
+        ready: Arc<ReadyVersion>,
+    },
+    /// Scale to zero.
+    RemoveAll {
         key: Key,
         ready: Arc<ReadyVersion>,
     },
@@ -185,17 +194,99 @@ impl Capacity {
                         autoscaler: Autoscaler::new(policy(scaling)),
                         target: u32::try_from(ready.replicas.replica_count()).unwrap_or(1),
                         reason: "initial replicas".into(),
+                        seen_requests: 0,
+                        last_active: now,
                     });
                 scaler
                     .autoscaler
                     .observe(now, ready.replicas.outstanding() as f64);
-                scaled.push((key, ready.clone(), scaling.max_replicas));
+                let requests = version.stats.requests();
+                if requests != scaler.seen_requests
+                    || ready.replicas.outstanding() > 0
+                    || ready.replicas.cold_waiters() > 0
+                {
+                    scaler.seen_requests = requests;
+                    scaler.last_active = now;
+                }
+                scaled.push((
+                    key,
+                    ready.clone(),
+                    scaling.max_replicas,
+                    scaling.to_zero_after,
+                ));
             }
         }
         let mut changes = Vec::new();
         let mut events = Vec::new();
-        for (key, ready, max_replicas) in scaled {
+        for (key, ready, max_replicas, to_zero_after) in scaled {
             let adding = state.adding.get(&key).copied().unwrap_or(0);
+            let live = ready.replicas.replica_count();
+            if live == 0 {
+                // Scaled to zero: a waiting request brings one replica back (the autoscaler
+                // takes it from there); without one, nothing to decide.
+                let waiting = ready.replicas.cold_waiters();
+                if adding == 0 && waiting > 0 {
+                    let bytes = new_replica_bytes(&ready);
+                    if let Some(device) = state.room_for(&key, bytes, &ready.allowed, 1).pop() {
+                        let index = ready.replicas.claim_index();
+                        let reservation = Reservation {
+                            model: key.0.clone(),
+                            version: key.1.clone(),
+                            replica: index,
+                            device: device.clone(),
+                            bytes,
+                            measured: false,
+                        };
+                        if state.ledger.reserve(reservation).is_ok() {
+                            *state.adding.entry(key.clone()).or_default() += 1;
+                            let reason =
+                                format!("cold start: {waiting} request(s) waiting for a replica");
+                            if let Some(scaler) = state.scalers.get_mut(&key) {
+                                scaler.target = 1;
+                                scaler.reason = reason.clone();
+                            }
+                            changes.push(Change::Add {
+                                key: key.clone(),
+                                ready: ready.clone(),
+                                index,
+                                device: device.parse().unwrap_or(Device::Cpu),
+                            });
+                            events.push((
+                                key.clone(),
+                                json!({"version": key.1, "from": 0, "to": 1, "reason": reason,
+                                       "bytes_per_replica": bytes}),
+                            ));
+                        }
+                    }
+                }
+                continue;
+            }
+            if let (Some(idle_limit), 0) = (to_zero_after, adding) {
+                let idle = state.scalers.get(&key).map_or(Duration::ZERO, |s| {
+                    now.saturating_duration_since(s.last_active)
+                });
+                if idle >= idle_limit {
+                    let reason = format!(
+                        "scale to zero: no request for {:.1}s (scale_to_zero_after {:.1}s)",
+                        idle.as_secs_f64(),
+                        idle_limit.as_secs_f64()
+                    );
+                    if let Some(scaler) = state.scalers.get_mut(&key) {
+                        scaler.target = 0;
+                        scaler.reason = reason.clone();
+                    }
+                    tracing::info!(model = %key.0, version = %key.1, %reason, "scaling");
+                    events.push((
+                        key.clone(),
+                        json!({"version": key.1, "from": live, "to": 0, "reason": reason}),
+                    ));
+                    changes.push(Change::RemoveAll {
+                        key: key.clone(),
+                        ready: ready.clone(),
+                    });
+                    continue;
+                }
+            }
             let current = u32::try_from(ready.replicas.replica_count())
                 .unwrap_or(u32::MAX)
                 .saturating_add(adding);
@@ -596,6 +687,13 @@ async fn apply(gateway: &crate::gateway::Gateway, change: Change) {
                     tracing::error!(model = %key.0, version = %key.1, %error, "a new replica failed to load");
                 }
             }
+        }
+        Change::RemoveAll { key, ready } => {
+            let mut state = lock(&capacity.state);
+            for removed in ready.replicas.remove_all() {
+                state.ledger.release(&key.0, &key.1, removed.index);
+            }
+            tracing::info!(model = %key.0, version = %key.1, "scaled to zero");
         }
         Change::Remove { key, ready } => {
             if let Some(removed) = ready.replicas.remove_replica() {

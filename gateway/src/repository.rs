@@ -56,6 +56,9 @@ pub struct ModelToml {
     /// How long more (fewer) replicas must be wanted before they are added (removed).
     pub scale_up_delay: Option<String>,
     pub scale_down_delay: Option<String>,
+    /// With autoscaling: no replica at all after this long without a request, e.g. "10m"; the
+    /// next request waits (at most until its deadline) for a cold start.
+    pub scale_to_zero_after: Option<String>,
 }
 
 /// How a version scales with its load.
@@ -67,6 +70,7 @@ pub struct Scaling {
     pub window: Duration,
     pub up_delay: Duration,
     pub down_delay: Duration,
+    pub to_zero_after: Option<Duration>,
 }
 
 /// One declared input or output: `{ name = "x", datatype = "FP32", dims = [-1, 64] }`, where
@@ -171,6 +175,9 @@ impl ModelSettings {
                 .collect::<Result<Vec<Device>, String>>()?,
         };
         let scaling = match toml.max_replicas {
+            None if toml.scale_to_zero_after.is_some() => {
+                return Err("scale_to_zero_after needs max_replicas (autoscaling)".into());
+            }
             None => None,
             Some(max_replicas) => {
                 let min_replicas = toml.min_replicas.unwrap_or(1);
@@ -191,6 +198,10 @@ impl ModelSettings {
                     window: duration(toml.scale_window, seconds(10))?,
                     up_delay: duration(toml.scale_up_delay, seconds(5))?,
                     down_delay: duration(toml.scale_down_delay, seconds(30))?,
+                    to_zero_after: toml
+                        .scale_to_zero_after
+                        .map(|text| HumanDuration::parse(&text).map(|d| d.0))
+                        .transpose()?,
                 })
             }
         };

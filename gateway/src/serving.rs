@@ -310,6 +310,10 @@ pub struct ReplicaSet {
     load: ReplicaLoad,
     thread_name: String,
     next_index: AtomicU32,
+    /// The replica count as it changes, for requests waiting on a cold start.
+    count: tokio::sync::watch::Sender<usize>,
+    /// Requests waiting for a replica while the version is scaled to zero.
+    cold_waiters: AtomicUsize,
 }
 
 impl ReplicaSet {
@@ -352,6 +356,8 @@ impl ReplicaSet {
             load,
             thread_name: thread_name.to_owned(),
             next_index,
+            count: tokio::sync::watch::Sender::new(devices.len()),
+            cold_waiters: AtomicUsize::new(0),
         })
     }
 
@@ -377,11 +383,13 @@ impl ReplicaSet {
         .await?;
         let replica = Arc::new(replica);
         let added = info(&replica);
-        self.replicas.rcu(|current| {
+        let replicas = self.replicas.rcu(|current| {
             let mut next = Vec::clone(current);
             next.push(replica.clone());
             next
         });
+        drop(replicas);
+        self.count.send_replace(self.replicas.load().len());
         Ok(added)
     }
 
@@ -394,7 +402,44 @@ impl ReplicaSet {
             removed = if next.len() > 1 { next.pop() } else { None };
             next
         });
+        if removed.is_some() {
+            self.count.send_replace(self.replicas.load().len());
+        }
         removed.as_ref().map(info)
+    }
+
+    /// Takes every replica out of service (scale to zero); each finishes what it holds. The
+    /// next request waits for a cold start.
+    pub fn remove_all(&self) -> Vec<ReplicaInfo> {
+        let removed = self.replicas.swap(Arc::new(Vec::new()));
+        self.count.send_replace(0);
+        removed.iter().map(info).collect()
+    }
+
+    /// Requests waiting for a replica to come up.
+    pub fn cold_waiters(&self) -> usize {
+        self.cold_waiters.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the version has a replica again, at most until `deadline` (30 s without).
+    async fn wait_for_replica(&self, deadline: Option<Instant>) -> Result<(), GatewayError> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.cold_waiters.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.cold_waiters);
+        let mut count = self.count.subscribe();
+        let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
+        match tokio::time::timeout_at(until.into(), count.wait_for(|count| *count > 0)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(GatewayError::unavailable(
+                "the version is scaled to zero and no replica came up before the request's \
+                 deadline (a cold start: see /v1/resources for why)",
+            )),
+        }
     }
 
     pub fn replicas(&self) -> Vec<ReplicaInfo> {
@@ -423,10 +468,9 @@ impl ReplicaSet {
     /// batch it runs, against the queue's capacity. Lets a front refuse a request before it
     /// spends work decoding it.
     pub fn surely_full(&self) -> bool {
-        self.replicas
-            .load()
-            .iter()
-            .all(|replica| self.is_full(replica))
+        let replicas = self.replicas.load();
+        // Scaled to zero: the request waits for a cold start instead.
+        !replicas.is_empty() && replicas.iter().all(|replica| self.is_full(replica))
     }
 
     fn is_full(&self, replica: &Replica) -> bool {
@@ -479,6 +523,9 @@ impl ReplicaSet {
         } else {
             0
         };
+        if self.replicas.load().is_empty() {
+            self.wait_for_replica(deadline).await?;
+        }
         let replicas = self.replicas.load();
         let replica = ReplicaSet::pick(&replicas)
             .ok_or_else(|| GatewayError::unavailable("the version has no replica"))?;
@@ -1023,6 +1070,28 @@ mod tests {
         }
         assert_eq!(set.replica_count(), 1);
         assert!(submit(&set, rows(1, 9.0), None).await.unwrap().is_ok());
+    }
+
+    #[tokio::test]
+    async fn at_zero_replicas_a_request_waits_for_a_cold_start() {
+        let doubler = Doubler::default();
+        let set = start(&doubler, Duration::ZERO, 4).await;
+        assert_eq!(set.remove_all().len(), 1);
+        assert!(!set.surely_full(), "a cold start is not a full queue");
+        let too_soon = Instant::now() + Duration::from_millis(50);
+        let error = set.infer(rows(1, 0.0), Some(too_soon)).await.err().unwrap();
+        assert_eq!(error.kind, ErrorKind::Unavailable, "{error}");
+        let waiting = submit(&set, rows(1, 1.0), None);
+        for _ in 0..200 {
+            if set.cold_waiters() == 1 {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(set.cold_waiters(), 1);
+        set.add_replica(set.claim_index(), Device::Cpu).await.unwrap();
+        assert_eq!(floats(&waiting.await.unwrap().unwrap()[0].tensor), [2.0, 4.0]);
+        assert_eq!(set.cold_waiters(), 0);
     }
 
     #[tokio::test]

@@ -200,3 +200,50 @@ async fn a_load_step_scales_replicas_up_and_back_down_without_a_failed_request()
     assert_eq!(steps[0]["actor"], "autoscaler");
     Arc::try_unwrap(gateway).ok().unwrap().stop().await;
 }
+
+#[tokio::test]
+async fn an_idle_version_scales_to_zero_and_a_request_brings_it_back() {
+    let repo = heavy_repository(
+        "max_batch_size = 32\nmin_replicas = 1\nmax_replicas = 2\nscale_window = \"1s\"\n\
+         scale_to_zero_after = \"1s\"\n",
+    );
+    let gateway = start(repo.path(), 4096 * MIB).await;
+    let replicas = |resources: &Value| {
+        resources["versions"][0]["replicas"]
+            .as_array()
+            .map_or(0, Vec::len)
+    };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let resources = admin(&gateway, Method::GET, "/v1/resources", None).await;
+        if replicas(&resources) == 0 {
+            let reserved = resources["devices"][0]["reserved"].as_u64().unwrap();
+            assert_eq!(reserved, 0, "no replica, no reservation: {resources}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "never scaled to zero: {resources}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    // Still ready: a request waits for the cold start and is answered.
+    assert_eq!(gateway.get("/v2/models/mlp_heavy/ready").await.0, 200);
+    let (status, body) = gateway
+        .post_json("/v2/models/mlp_heavy/infer", &heavy_body(2))
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let resources = admin(&gateway, Method::GET, "/v1/resources", None).await;
+    assert_eq!(replicas(&resources), 1, "{resources}");
+    let events = admin(&gateway, Method::GET, "/v1/events?after=0&limit=1000", None).await;
+    let reasons: Vec<&str> = events["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == "replicas.scale")
+        .map(|e| e["payload"]["reason"].as_str().unwrap())
+        .collect();
+    assert!(reasons[0].starts_with("scale to zero"), "{reasons:?}");
+    assert!(reasons[1].starts_with("cold start"), "{reasons:?}");
+    gateway.stop().await;
+}
