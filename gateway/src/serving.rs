@@ -1089,8 +1089,13 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert_eq!(set.cold_waiters(), 1);
-        set.add_replica(set.claim_index(), Device::Cpu).await.unwrap();
-        assert_eq!(floats(&waiting.await.unwrap().unwrap()[0].tensor), [2.0, 4.0]);
+        set.add_replica(set.claim_index(), Device::Cpu)
+            .await
+            .unwrap();
+        assert_eq!(
+            floats(&waiting.await.unwrap().unwrap()[0].tensor),
+            [2.0, 4.0]
+        );
         assert_eq!(set.cold_waiters(), 0);
     }
 
