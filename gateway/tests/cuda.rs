@@ -12,7 +12,7 @@ mod common;
 use std::time::Instant;
 
 use common::{
-    MLP_IN, MlpWeights, TestGateway, as_f32s, assert_close, mlp_repository, models_dir, repo_root,
+    MLP_IN, MlpWeights, TestGateway, as_f32s, assert_close, mlp_onnx_and_torchscript, repo_root,
     sample_inputs,
 };
 use serde_json::json;
@@ -24,17 +24,7 @@ async fn both_runtimes_on_cuda_match_the_cpu_and_report_their_memory() {
         eprintln!("SKIPPED: set SWITCHYARD_TEST_CUDA=1 on a machine with an NVIDIA GPU");
         return;
     }
-    let toml = format!(
-        "device = \"cuda:0\"\n{}",
-        std::fs::read_to_string(models_dir().join("mlp/model.toml")).unwrap()
-    );
-    let repo = mlp_repository(&toml);
-    std::fs::create_dir_all(repo.path().join("mlp/2")).unwrap();
-    std::fs::copy(
-        models_dir().join("mlp/2/model.pt"),
-        repo.path().join("mlp/2/model.pt"),
-    )
-    .unwrap();
+    let repo = mlp_onnx_and_torchscript("device = \"cuda:0\"\n");
     let library = std::env::var("SWITCHYARD_ORT_GPU_LIBRARY").unwrap_or_else(|_| {
         repo_root()
             .join(".tools/onnxruntime-gpu/onnxruntime/capi/libonnxruntime.so.1.31.1")

@@ -6,8 +6,8 @@
 mod common;
 
 use common::{
-    MLP_IN, MLP_OUT, MlpWeights, TestGateway, as_f32s, assert_close, mlp_repository, models_dir,
-    sample_inputs,
+    MLP_IN, MLP_OUT, MlpWeights, TestGateway, as_f32s, assert_close, mlp_onnx_and_torchscript,
+    mlp_repository, models_dir, sample_inputs,
 };
 use serde_json::{Value, json};
 
@@ -627,17 +627,7 @@ async fn a_cuda_version_without_a_gpu_fails_with_what_is_missing() {
         eprintln!("SKIPPED: this machine has an NVIDIA GPU; the CUDA tests cover it");
         return;
     }
-    let toml = format!(
-        "device = \"cuda:0\"\n{}",
-        std::fs::read_to_string(models_dir().join("mlp/model.toml")).unwrap()
-    );
-    let repo = mlp_repository(&toml);
-    std::fs::create_dir_all(repo.path().join("mlp/2")).unwrap();
-    std::fs::copy(
-        models_dir().join("mlp/2/model.pt"),
-        repo.path().join("mlp/2/model.pt"),
-    )
-    .unwrap();
+    let repo = mlp_onnx_and_torchscript("device = \"cuda:0\"\n");
     let gateway = TestGateway::start(repo.path()).await;
     for (version, runtime) in [("1", "ONNX Runtime"), ("2", "libtorch")] {
         let (_, metadata) = gateway

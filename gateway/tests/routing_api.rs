@@ -12,7 +12,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use common::{
-    MLP_IN, TestGateway, WRITER_TOKEN, mlp_repository, models_dir, sample_inputs, test_tokens,
+    MLP_IN, TestGateway, WRITER_TOKEN, mlp_onnx_and_torchscript, models_dir, sample_inputs,
+    test_tokens,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -24,15 +25,7 @@ fn infer_body(seed: u64) -> Value {
 
 /// mlp version 1 (ONNX) and 2 (TorchScript), with the sample model.toml.
 fn two_versions() -> tempfile::TempDir {
-    let repo =
-        mlp_repository(&std::fs::read_to_string(models_dir().join("mlp/model.toml")).unwrap());
-    std::fs::create_dir_all(repo.path().join("mlp/2")).unwrap();
-    std::fs::copy(
-        models_dir().join("mlp/2/model.pt"),
-        repo.path().join("mlp/2/model.pt"),
-    )
-    .unwrap();
-    repo
+    mlp_onnx_and_torchscript("")
 }
 
 async fn start(repo: &std::path::Path, registry: &std::path::Path) -> TestGateway {

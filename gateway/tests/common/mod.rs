@@ -239,6 +239,23 @@ pub fn mlp_repository(model_toml: &str) -> tempfile::TempDir {
     repo
 }
 
+/// `mlp` version 1 (ONNX) and version 2 (TorchScript) with the sample model.toml, after
+/// `toml_prefix` (settings that come first, such as a device).
+pub fn mlp_onnx_and_torchscript(toml_prefix: &str) -> tempfile::TempDir {
+    let toml = format!(
+        "{toml_prefix}{}",
+        std::fs::read_to_string(models_dir().join("mlp/model.toml")).unwrap()
+    );
+    let repo = mlp_repository(&toml);
+    std::fs::create_dir_all(repo.path().join("mlp/2")).unwrap();
+    std::fs::copy(
+        models_dir().join("mlp/2/model.pt"),
+        repo.path().join("mlp/2/model.pt"),
+    )
+    .unwrap();
+    repo
+}
+
 /// A fresh database on the throwaway PostgreSQL server that scripts/test starts.
 pub async fn postgres_url() -> String {
     let admin = std::env::var("SWITCHYARD_TEST_POSTGRES_URL").expect(
