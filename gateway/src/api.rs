@@ -448,15 +448,12 @@ async fn experiment(State(state): State<AdminState>, Path(model): Path<String>) 
         .model(&model)
         .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.message))?;
     let candidates = model.candidates();
-    let weights = routing::effective_weights(
-        &model.policy,
-        &candidates.iter().map(|(_, c)| *c).collect::<Vec<_>>(),
-    );
+    let weights = routing::effective_weights(&model.policy, &candidates);
     let effective = |label: &str| {
         candidates
             .iter()
             .zip(&weights)
-            .find(|((version, _), _)| &*version.label == label)
+            .find(|(candidate, _)| candidate.label == label)
             .map_or(0.0, |(_, weight)| *weight)
     };
     let versions: Vec<Value> = model

@@ -81,16 +81,7 @@ enum Change {
 /// The physical memory of a device: the host's RAM for the CPU, NVML's total for a GPU.
 fn physical_memory(device: &str) -> Option<u64> {
     match device.parse::<Device>().ok()? {
-        Device::Cpu => std::fs::read_to_string("/proc/meminfo")
-            .ok()?
-            .lines()
-            .find_map(|line| line.strip_prefix("MemTotal:"))?
-            .trim()
-            .trim_end_matches("kB")
-            .trim()
-            .parse::<u64>()
-            .ok()
-            .map(|kib| kib * 1024),
+        Device::Cpu => memory::host_memory_bytes(),
         Device::Cuda(index) => memory::gpu_totals(index).map(|(total, _)| total),
     }
 }
@@ -140,15 +131,13 @@ impl Capacity {
                 Err(refusal) if placed.is_empty() => return Err(refusal),
                 Err(_) => break,
             };
-            let reservation = Reservation {
-                model: model.to_owned(),
-                version: version.to_owned(),
+            state.ledger.reserve(declared(
+                model,
+                version,
                 replica,
-                device: device.clone(),
-                bytes: bytes_per_replica,
-                measured: false,
-            };
-            state.ledger.reserve(reservation)?;
+                &device,
+                bytes_per_replica,
+            ))?;
             placed.push(device.parse().unwrap_or(Device::Cpu));
         }
         Ok(placed)
@@ -227,36 +216,23 @@ impl Capacity {
                 let waiting = ready.replicas.cold_waiters();
                 if adding == 0 && waiting > 0 {
                     let bytes = new_replica_bytes(&ready);
-                    if let Some(device) = state.room_for(&key, bytes, &ready.allowed, 1).pop() {
-                        let index = ready.replicas.claim_index();
-                        let reservation = Reservation {
-                            model: key.0.clone(),
-                            version: key.1.clone(),
-                            replica: index,
-                            device: device.clone(),
-                            bytes,
-                            measured: false,
-                        };
-                        if state.ledger.reserve(reservation).is_ok() {
-                            *state.adding.entry(key.clone()).or_default() += 1;
-                            let reason =
-                                format!("cold start: {waiting} request(s) waiting for a replica");
-                            if let Some(scaler) = state.scalers.get_mut(&key) {
-                                scaler.target = 1;
-                                scaler.reason = reason.clone();
-                            }
-                            changes.push(Change::Add {
-                                key: key.clone(),
-                                ready: ready.clone(),
-                                index,
-                                device: device.parse().unwrap_or(Device::Cpu),
-                            });
-                            events.push((
-                                key.clone(),
-                                json!({"version": key.1, "from": 0, "to": 1, "reason": reason,
-                                       "bytes_per_replica": bytes}),
-                            ));
+                    let room = state.room_for(&key, bytes, &ready.allowed, 1);
+                    if let Some(change) = room
+                        .first()
+                        .and_then(|device| state.reserve_addition(&key, &ready, device, bytes))
+                    {
+                        let reason =
+                            format!("cold start: {waiting} request(s) waiting for a replica");
+                        if let Some(scaler) = state.scalers.get_mut(&key) {
+                            scaler.target = 1;
+                            scaler.reason = reason.clone();
                         }
+                        changes.push(change);
+                        events.push((
+                            key.clone(),
+                            json!({"version": key.1, "from": 0, "to": 1, "reason": reason,
+                                   "bytes_per_replica": bytes}),
+                        ));
                     }
                 }
                 continue;
@@ -320,26 +296,11 @@ impl Capacity {
             scaler.reason = decision.reason.clone();
             if decision.to > current {
                 let count = decision.to - current;
-                for device in room.into_iter().take(count as usize) {
-                    let index = ready.replicas.claim_index();
-                    let reservation = Reservation {
-                        model: key.0.clone(),
-                        version: key.1.clone(),
-                        replica: index,
-                        device: device.clone(),
-                        bytes,
-                        measured: false,
-                    };
-                    if state.ledger.reserve(reservation).is_err() {
+                for device in room.iter().take(count as usize) {
+                    let Some(change) = state.reserve_addition(&key, &ready, device, bytes) else {
                         break;
-                    }
-                    *state.adding.entry(key.clone()).or_default() += 1;
-                    changes.push(Change::Add {
-                        key: key.clone(),
-                        ready: ready.clone(),
-                        index,
-                        device: device.parse().unwrap_or(Device::Cpu),
-                    });
+                    };
+                    changes.push(change);
                 }
             } else {
                 for _ in decision.to..current {
@@ -498,6 +459,28 @@ impl State {
         });
     }
 
+    /// Reserves the memory of a replica about to be added to `ready` on `device`, and counts
+    /// it as being added; the change that loads it, or nothing if it does not fit.
+    fn reserve_addition(
+        &mut self,
+        key: &Key,
+        ready: &Arc<ReadyVersion>,
+        device: &str,
+        bytes: u64,
+    ) -> Option<Change> {
+        let index = ready.replicas.claim_index();
+        self.ledger
+            .reserve(declared(&key.0, &key.1, index, device, bytes))
+            .ok()?;
+        *self.adding.entry(key.clone()).or_default() += 1;
+        Some(Change::Add {
+            key: key.clone(),
+            ready: ready.clone(),
+            index,
+            device: device.parse().unwrap_or(Device::Cpu),
+        })
+    }
+
     /// Devices where up to `count` more replicas of `bytes` fit now, by best fit.
     fn room_for(&self, key: &Key, bytes: u64, allowed: &[Device], count: u32) -> Vec<String> {
         let allowed: Vec<String> = allowed.iter().map(Device::to_string).collect();
@@ -507,14 +490,7 @@ impl State {
             let Ok(device) = trial.place(&key.0, &key.1, bytes, &allowed) else {
                 break;
             };
-            let reservation = Reservation {
-                model: key.0.clone(),
-                version: key.1.clone(),
-                replica: u32::MAX - replica,
-                device: device.clone(),
-                bytes,
-                measured: false,
-            };
+            let reservation = declared(&key.0, &key.1, u32::MAX - replica, &device, bytes);
             if trial.reserve(reservation).is_err() {
                 break;
             }
@@ -623,6 +599,18 @@ fn policy(scaling: &Scaling) -> ScalingPolicy {
         window: scaling.window,
         scale_up_delay: scaling.up_delay,
         scale_down_delay: scaling.down_delay,
+    }
+}
+
+/// A replica's reservation before it is measured.
+fn declared(model: &str, version: &str, replica: u32, device: &str, bytes: u64) -> Reservation {
+    Reservation {
+        model: model.to_owned(),
+        version: version.to_owned(),
+        replica,
+        device: device.to_owned(),
+        bytes,
+        measured: false,
     }
 }
 

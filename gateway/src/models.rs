@@ -144,22 +144,19 @@ impl ModelState {
     }
 
     /// The candidates of the policy: the versions with traffic weight, in the registry's order.
-    pub fn candidates(&self) -> Vec<(&Arc<VersionState>, Candidate<'_>)> {
+    pub fn candidates(&self) -> Vec<Candidate<'_>> {
         self.traffic
             .iter()
             .filter(|(_, weight)| *weight > 0)
             .filter_map(|(label, weight)| {
                 let version = self.versions.iter().find(|v| v.label == *label)?;
-                Some((
-                    version,
-                    Candidate {
-                        label,
-                        base_weight: *weight as f64,
-                        eligible: self.eligible(version),
-                        score: version.score,
-                        reward: version.stats.rewards(),
-                    },
-                ))
+                Some(Candidate {
+                    label: &version.label,
+                    base_weight: *weight as f64,
+                    eligible: self.eligible(version),
+                    score: version.score,
+                    reward: version.stats.rewards(),
+                })
             })
             .collect()
     }
@@ -175,9 +172,13 @@ impl ModelState {
     ) -> Result<&Arc<VersionState>, NoVersion> {
         if !self.traffic.is_empty() {
             let candidates = self.candidates();
-            let weights: Vec<Candidate> = candidates.iter().map(|(_, c)| *c).collect();
-            if let Some(index) = routing::choose(&self.policy, &weights, key, rng) {
-                return Ok(candidates[index].0);
+            let chosen = routing::choose(&self.policy, &candidates, key, rng).and_then(|index| {
+                self.versions
+                    .iter()
+                    .find(|v| *v.label == *candidates[index].label)
+            });
+            if let Some(version) = chosen {
+                return Ok(version);
             }
         }
         self.versions

@@ -301,13 +301,13 @@ impl Telemetry {
         }
         gauge(r, "switchyard_in_flight_requests", Vec::new()).set(gateway.in_flight() as f64);
         // The CPU device: its memory, and what this process holds of it (its resident set).
-        for (kind, file, field) in [
-            ("total", "/proc/meminfo", "MemTotal:"),
-            ("measured", "/proc/self/status", "VmRSS:"),
+        for (kind, bytes) in [
+            ("total", memory::host_memory_bytes()),
+            ("measured", memory::resident_set_bytes()),
         ] {
-            if let Some(kib) = read_kib(file, field) {
+            if let Some(bytes) = bytes {
                 let labels = vec![Label::new("device", "cpu"), Label::new("kind", kind)];
-                gauge(r, "switchyard_device_memory_bytes", labels).set(kib as f64 * 1024.0);
+                gauge(r, "switchyard_device_memory_bytes", labels).set(bytes as f64);
             }
         }
         // The GPUs that versions run on: total and used (all processes) from NVML, and this
@@ -343,18 +343,6 @@ impl Telemetry {
         gauge(r, "switchyard_registry_revision", Vec::new()).set(gateway.revision() as f64);
         self.recorder.handle().render()
     }
-}
-
-/// A "Field:   123 kB" line of a /proc file, in KiB.
-fn read_kib(file: &str, field: &str) -> Option<u64> {
-    std::fs::read_to_string(file)
-        .ok()?
-        .lines()
-        .find_map(|line| line.strip_prefix(field))?
-        .split_whitespace()
-        .next()?
-        .parse()
-        .ok()
 }
 
 fn key(name: &'static str, labels: Vec<Label>) -> Key {

@@ -17,14 +17,22 @@ pub fn in_use(device: Device) -> Option<u64> {
 
 /// The resident set of this process, from `/proc/self/status` (Linux).
 pub fn resident_set_bytes() -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    parse_vm_rss(&status)
+    proc_field_bytes(
+        &std::fs::read_to_string("/proc/self/status").ok()?,
+        "VmRSS:",
+    )
 }
 
-fn parse_vm_rss(status: &str) -> Option<u64> {
-    let line = status.lines().find(|line| line.starts_with("VmRSS:"))?;
-    let kib: u64 = line
-        .trim_start_matches("VmRSS:")
+/// The host's physical memory, from `/proc/meminfo` (Linux).
+pub fn host_memory_bytes() -> Option<u64> {
+    proc_field_bytes(&std::fs::read_to_string("/proc/meminfo").ok()?, "MemTotal:")
+}
+
+/// A "Field:   123 kB" line of a /proc file, in bytes.
+fn proc_field_bytes(text: &str, field: &str) -> Option<u64> {
+    let kib: u64 = text
+        .lines()
+        .find_map(|line| line.strip_prefix(field))?
         .trim()
         .trim_end_matches("kB")
         .trim()
@@ -108,8 +116,9 @@ mod tests {
     #[test]
     fn reads_the_resident_set() {
         let status = "Name:\tx\nVmPeak:\t  9000 kB\nVmRSS:\t    2048 kB\nThreads:\t3\n";
-        assert_eq!(parse_vm_rss(status), Some(2048 * 1024));
-        assert_eq!(parse_vm_rss("Name:\tx\n"), None);
+        assert_eq!(proc_field_bytes(status, "VmRSS:"), Some(2048 * 1024));
+        assert_eq!(proc_field_bytes("Name:\tx\n", "VmRSS:"), None);
+        assert!(host_memory_bytes().expect("Linux has /proc/meminfo") > 0);
         let before = resident_set_bytes().expect("Linux has /proc/self/status");
         // Touch 64 MiB so that it is resident.
         let block = vec![1u8; 64 << 20];
