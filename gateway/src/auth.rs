@@ -1,12 +1,10 @@
-//! Keys and tokens, kept as SHA-256 digests and compared in constant time; the optional API
-//! key of the inference endpoints (HTTP and gRPC).
+//! Credentials, a leaf: keys and tokens kept as SHA-256 digests and compared in constant time,
+//! the secret a request presents, and the inference API's keys. The inference fronts
+//! (`protocol::auth`) and the management API check requests with these.
 
 use std::sync::Arc;
 
-use axum::extract::{Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::http::{HeaderMap, header};
 use sha2::{Digest, Sha256};
 
 pub type Sha256Digest = [u8; 32];
@@ -73,7 +71,7 @@ impl ApiKeys {
         ApiKeys(Arc::new(keys))
     }
 
-    fn admits(&self, headers: &HeaderMap) -> bool {
+    pub fn admits(&self, headers: &HeaderMap) -> bool {
         if self.0.is_empty() {
             return true;
         }
@@ -81,44 +79,4 @@ impl ApiKeys {
             .map(digest)
             .is_some_and(|presented| self.0.iter().any(|key| same_digest(key, &presented)))
     }
-}
-
-/// HTTP: everything but the health endpoints needs a key, when keys are configured.
-pub async fn require_http_key(
-    State(keys): State<ApiKeys>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if request.uri().path().starts_with("/v2/health/") || keys.admits(request.headers()) {
-        return next.run(request).await;
-    }
-    let mut response = (
-        StatusCode::UNAUTHORIZED,
-        axum::Json(serde_json::json!({"error": "an API key is required (Authorization: Bearer KEY or X-API-Key)"})),
-    )
-        .into_response();
-    response
-        .headers_mut()
-        .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-    response
-}
-
-/// gRPC: every call but liveness, readiness and health checks needs a key, when keys are
-/// configured; a refusal is UNAUTHENTICATED.
-pub async fn require_grpc_key(
-    State(keys): State<ApiKeys>,
-    request: Request,
-    next: Next,
-) -> Response {
-    let path = request.uri().path();
-    let open = path.starts_with("/grpc.health.v1.")
-        || path.ends_with("/ServerLive")
-        || path.ends_with("/ServerReady");
-    if open || keys.admits(request.headers()) {
-        return next.run(request).await;
-    }
-    tonic::Status::unauthenticated(
-        "an API key is required (authorization: Bearer KEY or x-api-key metadata)",
-    )
-    .into_http::<axum::body::Body>()
 }

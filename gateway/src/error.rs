@@ -1,24 +1,181 @@
-//! The gateway's error: a kind that each protocol maps to its own status code, and a message
-//! for the caller.
+//! The gateway's one error type: an [`ErrorKind`] and a message for the caller.
+//!
+//! This is a leaf: every layer may use it, it uses no other module of the crate. The kind alone
+//! decides how each transport reports the error, through one table ([`ErrorKind::row`]): the
+//! HTTP status, the gRPC code, the `outcome` label of `switchyard_requests_total` and the
+//! `reason` label of `switchyard_rejections_total`. The fronts and the management API read that
+//! table and nothing else.
 
+use axum::response::{IntoResponse, Response};
+use http::{HeaderValue, StatusCode, header};
 use switchyard_runtimes::RuntimeError;
+use tonic::Code;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ErrorKind {
-    /// The request is malformed or does not suit the model (HTTP 400, gRPC INVALID_ARGUMENT).
+    /// The request is malformed or does not suit the model.
     InvalidArgument,
-    /// No such model or version (404, NOT_FOUND).
+    /// No such model, version or endpoint.
     NotFound,
-    /// The request is larger than the configured limit (413, RESOURCE_EXHAUSTED).
+    /// The request is larger than the configured limit.
     PayloadTooLarge,
-    /// The queue is full; try again shortly (429, RESOURCE_EXHAUSTED).
+    /// The gateway or the model's queues are full; try again shortly.
     Overloaded,
-    /// The model or version exists but cannot serve now (503, UNAVAILABLE).
+    /// The model or version exists but cannot serve now.
     Unavailable,
-    /// The request's deadline passed before it was served (504, DEADLINE_EXCEEDED).
+    /// The request's deadline passed before it was served.
     DeadlineExceeded,
-    /// The gateway or the runtime failed (500, INTERNAL).
+    /// The gateway or the runtime failed.
     Internal,
+    /// No credentials, or unknown ones.
+    Unauthenticated,
+    /// Credentials that may not do this.
+    PermissionDenied,
+    /// The change conflicts with the registry's state.
+    Conflict,
+    /// The endpoint exists but not with this method.
+    MethodNotAllowed,
+}
+
+/// How one kind is reported everywhere.
+pub struct ErrorRow {
+    pub kind: ErrorKind,
+    pub http: StatusCode,
+    pub grpc: Code,
+    /// `outcome` of `switchyard_requests_total`.
+    pub outcome: &'static str,
+    /// `reason` of `switchyard_rejections_total`.
+    pub reason: &'static str,
+}
+
+const fn row(
+    kind: ErrorKind,
+    http: StatusCode,
+    grpc: Code,
+    outcome: &'static str,
+    reason: &'static str,
+) -> ErrorRow {
+    ErrorRow {
+        kind,
+        http,
+        grpc,
+        outcome,
+        reason,
+    }
+}
+
+/// The table, in the order of [`ErrorKind::index`].
+pub const ERROR_TABLE: [ErrorRow; 11] = [
+    row(
+        ErrorKind::InvalidArgument,
+        StatusCode::BAD_REQUEST,
+        Code::InvalidArgument,
+        "invalid_argument",
+        "invalid_argument",
+    ),
+    row(
+        ErrorKind::NotFound,
+        StatusCode::NOT_FOUND,
+        Code::NotFound,
+        "not_found",
+        "not_found",
+    ),
+    // gRPC's own implementations answer an oversized message with RESOURCE_EXHAUSTED; the
+    // outcome counts it with the overloads, the rejection reason apart.
+    row(
+        ErrorKind::PayloadTooLarge,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        Code::ResourceExhausted,
+        "overloaded",
+        "too_large",
+    ),
+    row(
+        ErrorKind::Overloaded,
+        StatusCode::TOO_MANY_REQUESTS,
+        Code::ResourceExhausted,
+        "overloaded",
+        "overloaded",
+    ),
+    row(
+        ErrorKind::Unavailable,
+        StatusCode::SERVICE_UNAVAILABLE,
+        Code::Unavailable,
+        "unavailable",
+        "unavailable",
+    ),
+    row(
+        ErrorKind::DeadlineExceeded,
+        StatusCode::GATEWAY_TIMEOUT,
+        Code::DeadlineExceeded,
+        "deadline_exceeded",
+        "deadline_exceeded",
+    ),
+    row(
+        ErrorKind::Internal,
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Code::Internal,
+        "internal",
+        "internal",
+    ),
+    row(
+        ErrorKind::Unauthenticated,
+        StatusCode::UNAUTHORIZED,
+        Code::Unauthenticated,
+        "unauthenticated",
+        "unauthenticated",
+    ),
+    row(
+        ErrorKind::PermissionDenied,
+        StatusCode::FORBIDDEN,
+        Code::PermissionDenied,
+        "permission_denied",
+        "permission_denied",
+    ),
+    row(
+        ErrorKind::Conflict,
+        StatusCode::CONFLICT,
+        Code::AlreadyExists,
+        "conflict",
+        "conflict",
+    ),
+    row(
+        ErrorKind::MethodNotAllowed,
+        StatusCode::METHOD_NOT_ALLOWED,
+        Code::Unimplemented,
+        "method_not_allowed",
+        "method_not_allowed",
+    ),
+];
+
+impl ErrorKind {
+    /// The kinds an inference request can end in once it reached a version; the metrics
+    /// register one `outcome` counter for each (and one for success).
+    pub const INFERENCE: [ErrorKind; 7] = [
+        ErrorKind::InvalidArgument,
+        ErrorKind::NotFound,
+        ErrorKind::PayloadTooLarge,
+        ErrorKind::Overloaded,
+        ErrorKind::Unavailable,
+        ErrorKind::DeadlineExceeded,
+        ErrorKind::Internal,
+    ];
+
+    /// The kind's position in [`ERROR_TABLE`].
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
+    pub const fn row(self) -> &'static ErrorRow {
+        &ERROR_TABLE[self.index()]
+    }
+
+    pub fn http_status(self) -> StatusCode {
+        self.row().http
+    }
+
+    pub fn grpc_code(self) -> Code {
+        self.row().grpc
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -66,5 +223,43 @@ impl From<RuntimeError> for GatewayError {
             | RuntimeError::Unsupported(_) => ErrorKind::Internal,
         };
         GatewayError::new(kind, error.to_string())
+    }
+}
+
+/// The protocol's error body, `{"error": "..."}`, with the status from the table; a refusal
+/// for overload says when to retry, and one for missing credentials what they are.
+impl IntoResponse for GatewayError {
+    fn into_response(self) -> Response {
+        let body = axum::Json(serde_json::json!({ "error": self.message }));
+        let mut response = (self.kind.http_status(), body).into_response();
+        let headers = response.headers_mut();
+        match self.kind {
+            ErrorKind::Overloaded => {
+                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            ErrorKind::Unauthenticated => {
+                headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+impl From<GatewayError> for tonic::Status {
+    fn from(error: GatewayError) -> Self {
+        tonic::Status::new(error.kind.grpc_code(), error.message)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_table_is_indexed_by_kind() {
+        for (index, row) in ERROR_TABLE.iter().enumerate() {
+            assert_eq!(row.kind.index(), index, "{:?}", row.kind);
+        }
     }
 }

@@ -1,30 +1,31 @@
 //! Switchyard: a model-serving gateway speaking the Open Inference Protocol.
 //!
-//! The request path: a protocol front (`protocol`) decodes a request into an
-//! [`inference::InferRequest`]; the [`gateway::Gateway`] picks the version from its model table
-//! snapshot, checks the request against the version's signature and queues it on a replica
-//! (`serving`), whose worker thread runs the model.
+//! The crate is in layers; `docs/architecture.md` draws them and walks the request path file
+//! by file. A layer uses only the layers below it:
+//!
+//! - [`app`]: wiring. Starts the listeners, the control plane and the background tasks.
+//! - [`protocol`] (the inference fronts and the one pipeline both call) and [`admin`] (the
+//!   management API and the CLI).
+//! - [`control`]: the control plane beside the request path: reconciler, repository import,
+//!   runtime factories, capacity, the reward flush.
+//! - [`core`]: requests and responses, the model table, `infer`.
+//! - [`routing`] (policies, experiment figures) and [`serving`] (replicas, batching).
+//!
+//! [`error`], [`config`], [`auth`], [`telemetry`] and [`version_key`] are leaves that anything
+//! may use.
 
-pub mod api;
+pub mod admin;
+pub mod app;
 pub mod auth;
-pub mod capacity;
-pub mod cli;
 pub mod config;
+pub mod control;
+pub mod core;
 pub mod error;
-pub mod experiment;
-pub mod gateway;
-pub mod inference;
-pub mod metadata;
-pub mod models;
 pub mod protocol;
-pub mod reconcile;
-pub mod repository;
-pub mod resources;
 pub mod routing;
-pub mod server;
 pub mod serving;
 pub mod telemetry;
-pub mod tracing_setup;
+pub mod version_key;
 
+pub use app::{Running, start};
 pub use config::Config;
-pub use server::{Running, start};

@@ -3,8 +3,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use switchyard_gateway::admin::cli;
 use switchyard_gateway::config::{ByteSize, Config, LogFormat};
-use switchyard_gateway::{cli, tracing_setup};
+use switchyard_gateway::telemetry::tracing as tracing_setup;
 
 /// Switchyard: serve ONNX models over the Open Inference Protocol.
 #[derive(Parser)]

@@ -82,6 +82,11 @@ async fn spans_of(receiver: &Receiver, trace: &str, names: &[&str]) -> Vec<Span>
     }
 }
 
+/// The spans of one inference request, whatever its protocol or route.
+const ALL_SPANS: &[&str] = &[
+    "request", "decode", "route", "queue", "batch", "infer", "encode",
+];
+
 #[tokio::test]
 async fn spans_continue_the_callers_trace_over_http_and_grpc() {
     let receiver = Receiver::default();
@@ -109,14 +114,7 @@ async fn spans_continue_the_callers_trace_over_http_and_grpc() {
         .await
         .unwrap();
     assert_eq!(response.status(), 200);
-    let spans = spans_of(
-        &receiver,
-        trace,
-        &[
-            "request", "decode", "route", "queue", "batch", "infer", "encode",
-        ],
-    )
-    .await;
+    let spans = spans_of(&receiver, trace, ALL_SPANS).await;
     let request = spans.iter().find(|s| s.name == "request").unwrap();
     assert_eq!(
         hex(&request.parent_span_id),
@@ -156,11 +154,46 @@ async fn spans_continue_the_callers_trace_over_http_and_grpc() {
         format!("00-{grpc_trace}-{grpc_parent}-01").parse().unwrap(),
     );
     client.model_infer(request).await.unwrap();
-    let spans = spans_of(&receiver, grpc_trace, &["request", "infer"]).await;
-    let request = spans.iter().find(|s| s.name == "request").unwrap();
+    let grpc_spans = spans_of(&receiver, grpc_trace, ALL_SPANS).await;
+    let request = grpc_spans.iter().find(|s| s.name == "request").unwrap();
     assert_eq!(hex(&request.parent_span_id), grpc_parent);
     assert_eq!(attribute(request, "protocol"), Some("grpc"));
     assert_eq!(attribute(request, "version"), Some("1"));
+
+    // A request pinned to its version, on the route that has its own path.
+    let pinned_trace = "5cf92f3577b34da6a3ce929d0e0e4737";
+    let response = reqwest::Client::new()
+        .post(format!("{}/v2/models/mlp/versions/1/infer", process.http))
+        .header("traceparent", format!("00-{pinned_trace}-{parent}-01"))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 200);
+    let pinned_spans = spans_of(&receiver, pinned_trace, ALL_SPANS).await;
+
+    // All three show the same spans, with the same parents.
+    let shape = |spans: &[Span]| {
+        let name_of = |id: &[u8]| {
+            spans
+                .iter()
+                .find(|s| s.span_id == id)
+                .map_or("(caller)".to_owned(), |s| s.name.clone())
+        };
+        let mut shape: Vec<(String, String)> = spans
+            .iter()
+            .map(|s| (s.name.clone(), name_of(&s.parent_span_id)))
+            .collect();
+        shape.sort();
+        shape
+    };
+    let unpinned = shape(&spans);
+    assert_eq!(
+        shape(&pinned_spans),
+        unpinned,
+        "pinned HTTP against unpinned HTTP"
+    );
+    assert_eq!(shape(&grpc_spans), unpinned, "gRPC against unpinned HTTP");
     drop(process);
     server.abort();
 }

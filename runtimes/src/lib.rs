@@ -11,6 +11,7 @@ compile_error!("Switchyard supports little-endian targets only");
 mod datatype;
 mod device;
 mod error;
+pub mod fake;
 pub mod memory;
 pub mod onnx;
 mod runtime;
@@ -22,4 +23,7 @@ pub use datatype::DataType;
 pub use device::Device;
 pub use error::RuntimeError;
 pub use runtime::{LoadOptions, LoadedModel, Runtime, Signature, TensorSpec};
-pub use tensor::{NamedTensor, Tensor, TensorError, bytes_elements, element_count};
+pub use tensor::{
+    Element, NamedTensor, Tensor, TensorError, TensorView, bytes_elements, element_count,
+    push_bytes_element,
+};

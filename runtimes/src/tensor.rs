@@ -1,4 +1,7 @@
+use std::borrow::Cow;
+
 use bytes::Bytes;
+use half::{bf16, f16};
 
 use crate::DataType;
 
@@ -39,6 +42,11 @@ pub enum TensorError {
     },
     #[error("malformed BYTES data: {0}")]
     MalformedBytes(&'static str),
+    #[error("a {dtype} tensor has no elements of type {wanted}")]
+    WrongElementType {
+        dtype: DataType,
+        wanted: &'static str,
+    },
 }
 
 /// The number of elements of a shape, or `None` if it overflows.
@@ -161,13 +169,46 @@ impl Tensor {
         let total: usize = elements.iter().map(|e| 4 + e.as_ref().len()).sum();
         let mut data = Vec::with_capacity(total);
         for element in elements {
-            let element = element.as_ref();
-            let length = u32::try_from(element.len())
-                .map_err(|_| TensorError::MalformedBytes("element longer than 4 GiB"))?;
-            data.extend_from_slice(&length.to_le_bytes());
-            data.extend_from_slice(element);
+            push_bytes_element(&mut data, element.as_ref())?;
         }
         Tensor::new(DataType::Bytes, shape, Bytes::from(data))
+    }
+
+    /// The elements, typed by the tensor's datatype: borrowed when the bytes are aligned for
+    /// the element type, copied otherwise (a tensor sliced out of a request body may start
+    /// anywhere).
+    pub fn view(&self) -> TensorView<'_> {
+        let data = self.data.as_ref();
+        match self.dtype {
+            DataType::Bool => TensorView::Bool(data),
+            DataType::Uint8 => TensorView::Uint8(data),
+            DataType::Uint16 => TensorView::Uint16(cast(data)),
+            DataType::Uint32 => TensorView::Uint32(cast(data)),
+            DataType::Uint64 => TensorView::Uint64(cast(data)),
+            DataType::Int8 => TensorView::Int8(cast(data)),
+            DataType::Int16 => TensorView::Int16(cast(data)),
+            DataType::Int32 => TensorView::Int32(cast(data)),
+            DataType::Int64 => TensorView::Int64(cast(data)),
+            DataType::Fp16 => TensorView::Fp16(cast(data)),
+            DataType::Bf16 => TensorView::Bf16(cast(data)),
+            DataType::Fp32 => TensorView::Fp32(cast(data)),
+            DataType::Fp64 => TensorView::Fp64(cast(data)),
+            // `new` checked every element's length.
+            DataType::Bytes => {
+                TensorView::Bytes(bytes_elements(data).filter_map(Result::ok).collect())
+            }
+        }
+    }
+
+    /// The elements as `T`, which must be the tensor's own element type.
+    pub fn values<T: Element>(&self) -> Result<Cow<'_, [T]>, TensorError> {
+        if !T::DATATYPES.contains(&self.dtype) {
+            return Err(TensorError::WrongElementType {
+                dtype: self.dtype,
+                wanted: std::any::type_name::<T>(),
+            });
+        }
+        Ok(cast(self.data.as_ref()))
     }
 
     pub fn dtype(&self) -> DataType {
@@ -189,9 +230,89 @@ impl Tensor {
     }
 }
 
+/// Appends one `BYTES` element: its 4-byte little-endian length, then its bytes.
+pub fn push_bytes_element(out: &mut Vec<u8>, element: &[u8]) -> Result<(), TensorError> {
+    let length = u32::try_from(element.len())
+        .map_err(|_| TensorError::MalformedBytes("element longer than 4 GiB"))?;
+    out.extend_from_slice(&length.to_le_bytes());
+    out.extend_from_slice(element);
+    Ok(())
+}
+
+fn cast<T: bytemuck::Pod>(data: &[u8]) -> Cow<'_, [T]> {
+    match bytemuck::try_cast_slice(data) {
+        Ok(values) => Cow::Borrowed(values),
+        Err(_) => Cow::Owned(bytemuck::pod_collect_to_vec(data)),
+    }
+}
+
+/// A Rust type that holds the elements of some fixed-size datatypes.
+pub trait Element: bytemuck::Pod {
+    const DATATYPES: &'static [DataType];
+}
+
+macro_rules! element {
+    ($t:ty, $($dtype:ident),+) => {
+        impl Element for $t {
+            const DATATYPES: &'static [DataType] = &[$(DataType::$dtype),+];
+        }
+    };
+}
+element!(u8, Uint8, Bool);
+element!(u16, Uint16);
+element!(u32, Uint32);
+element!(u64, Uint64);
+element!(i8, Int8);
+element!(i16, Int16);
+element!(i32, Int32);
+element!(i64, Int64);
+element!(f16, Fp16);
+element!(bf16, Bf16);
+element!(f32, Fp32);
+element!(f64, Fp64);
+
+/// A tensor's elements by datatype (see [`Tensor::view`]); `Bool` holds 0 or 1 per element.
+#[derive(Debug, Clone, PartialEq)]
+pub enum TensorView<'a> {
+    Bool(&'a [u8]),
+    Uint8(&'a [u8]),
+    Uint16(Cow<'a, [u16]>),
+    Uint32(Cow<'a, [u32]>),
+    Uint64(Cow<'a, [u64]>),
+    Int8(Cow<'a, [i8]>),
+    Int16(Cow<'a, [i16]>),
+    Int32(Cow<'a, [i32]>),
+    Int64(Cow<'a, [i64]>),
+    Fp16(Cow<'a, [f16]>),
+    Bf16(Cow<'a, [bf16]>),
+    Fp32(Cow<'a, [f32]>),
+    Fp64(Cow<'a, [f64]>),
+    Bytes(Vec<&'a [u8]>),
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn views_are_typed_and_survive_misalignment() {
+        let values = [1.5f32, -2.0, 3.25];
+        let tensor = Tensor::from_slice(DataType::Fp32, vec![3], &values).unwrap();
+        assert_eq!(tensor.view(), TensorView::Fp32(Cow::Borrowed(&values[..])));
+        assert_eq!(&*tensor.values::<f32>().unwrap(), &values);
+        assert!(tensor.values::<i32>().is_err());
+        // One byte in: the f32s are no longer aligned, and are copied out.
+        let mut shifted = vec![0u8];
+        shifted.extend_from_slice(bytemuck::cast_slice(&values));
+        let data = Bytes::from(shifted).slice(1..);
+        let unaligned = Tensor::new(DataType::Fp32, vec![3], data).unwrap();
+        assert_eq!(&*unaligned.values::<f32>().unwrap(), &values);
+        let strings = Tensor::from_byte_strings(vec![2], &["ab", ""]).unwrap();
+        assert_eq!(
+            strings.view(),
+            TensorView::Bytes(vec![b"ab".as_slice(), b"".as_slice()])
+        );
+    }
 
     #[test]
     fn checks_byte_length_against_shape() {

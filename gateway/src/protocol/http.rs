@@ -7,7 +7,7 @@ use std::time::Instant;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Path, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -16,23 +16,40 @@ use serde::Serialize;
 use serde_json::json;
 use switchyard_runtimes::{Device, TensorSpec};
 
+use crate::core::Gateway;
+use crate::core::feedback::Feedback;
 use crate::error::{ErrorKind, GatewayError};
-use crate::gateway::Gateway;
-use crate::metadata::{self, ConfigTensor};
-use crate::protocol::json::{decode_request, encode_response};
-use crate::tracing_setup::{TRACE_TARGET, request_span};
-use tracing::Instrument;
+use crate::protocol::json::{EncodedResponse, decode_request, encode_response};
+use crate::protocol::metadata::{self, ConfigTensor};
+use crate::protocol::pipeline::{Call, Pipeline, admit_http};
+use crate::telemetry::Protocol;
 
 /// Header of the binary tensor data extension: the length of the JSON part of the body.
 pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
 
 #[derive(Clone)]
 struct HttpState {
-    gateway: Arc<Gateway>,
+    pipeline: Arc<Pipeline>,
     max_request_bytes: usize,
 }
 
-pub fn router(gateway: Arc<Gateway>, max_request_bytes: usize) -> Router {
+impl HttpState {
+    fn gateway(&self) -> &Gateway {
+        self.pipeline.gateway()
+    }
+}
+
+pub fn router(pipeline: Arc<Pipeline>, max_request_bytes: usize) -> Router {
+    let inference = Router::new()
+        .route("/v2/models/{model}/infer", post(model_infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(version_infer),
+        )
+        .route_layer(axum::middleware::from_fn_with_state(
+            pipeline.clone(),
+            admit_http,
+        ));
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -40,7 +57,6 @@ pub fn router(gateway: Arc<Gateway>, max_request_bytes: usize) -> Router {
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route("/v2/models/{model}/config", get(model_config))
-        .route("/v2/models/{model}/infer", post(model_infer))
         .route(
             "/v2/models/{model}/versions/{version}",
             get(version_metadata),
@@ -53,57 +69,33 @@ pub fn router(gateway: Arc<Gateway>, max_request_bytes: usize) -> Router {
             "/v2/models/{model}/versions/{version}/config",
             get(version_config),
         )
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(version_infer),
-        )
+        .merge(inference)
         // Rewards for the routing experiment, from applications holding an inference key.
         .route(
             "/v1/feedback",
-            post(|State(state): State<HttpState>, body: Bytes| {
-                crate::api::inference_feedback(state.gateway, body)
+            post(|State(state): State<HttpState>, body: Bytes| async move {
+                Feedback::parse(&body)
+                    .and_then(|feedback| feedback.apply(state.gateway()))
+                    .map_or_else(IntoResponse::into_response, |answer| {
+                        axum::Json(answer).into_response()
+                    })
             }),
         )
         .fallback(|| async { GatewayError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            error_response(
-                StatusCode::METHOD_NOT_ALLOWED,
+            GatewayError::new(
+                ErrorKind::MethodNotAllowed,
                 "method not allowed on this endpoint",
             )
         })
         .with_state(HttpState {
-            gateway,
+            pipeline,
             max_request_bytes,
         })
         // A client that stops sending its body must not hold its place for ever.
         .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
             std::time::Duration::from_secs(30),
         ))
-}
-
-fn error_response(status: StatusCode, message: &str) -> Response {
-    (status, axum::Json(json!({ "error": message }))).into_response()
-}
-
-impl IntoResponse for GatewayError {
-    fn into_response(self) -> Response {
-        let status = match self.kind {
-            ErrorKind::InvalidArgument => StatusCode::BAD_REQUEST,
-            ErrorKind::NotFound => StatusCode::NOT_FOUND,
-            ErrorKind::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
-            ErrorKind::Overloaded => StatusCode::TOO_MANY_REQUESTS,
-            ErrorKind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            ErrorKind::DeadlineExceeded => StatusCode::GATEWAY_TIMEOUT,
-            ErrorKind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
-        };
-        let mut response = error_response(status, &self.message);
-        if self.kind == ErrorKind::Overloaded {
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
-        }
-        response
-    }
 }
 
 async fn server_metadata() -> Response {
@@ -120,10 +112,10 @@ async fn live() -> Response {
 }
 
 async fn ready(State(state): State<HttpState>) -> Response {
-    if state.gateway.is_ready() {
+    if state.gateway().is_ready() {
         axum::Json(json!({ "ready": true })).into_response()
     } else {
-        error_response(StatusCode::SERVICE_UNAVAILABLE, "models are still loading")
+        GatewayError::unavailable("models are still loading").into_response()
     }
 }
 
@@ -150,7 +142,7 @@ fn metadata_response(
     model: &str,
     version: Option<&str>,
 ) -> Result<Response, GatewayError> {
-    let metadata = gateway.model_metadata(model, version)?;
+    let metadata = metadata::model_metadata(&gateway.snapshot(), model, version)?;
     let versions: Vec<&str> = metadata.versions.iter().map(|v| &**v).collect();
     let mut body = json!({
         "name": &*metadata.name,
@@ -174,33 +166,33 @@ fn metadata_response(
 }
 
 async fn model_metadata(State(state): State<HttpState>, Path(model): Path<String>) -> Response {
-    metadata_response(&state.gateway, &model, None).unwrap_or_else(IntoResponse::into_response)
+    metadata_response(state.gateway(), &model, None).unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn version_metadata(
     State(state): State<HttpState>,
     Path((model, version)): Path<(String, String)>,
 ) -> Response {
-    metadata_response(&state.gateway, &model, Some(&version))
+    metadata_response(state.gateway(), &model, Some(&version))
         .unwrap_or_else(IntoResponse::into_response)
 }
 
 fn ready_response(gateway: &Gateway, model: &str, version: Option<&str>) -> Response {
-    match gateway.model_ready(model, version) {
+    match metadata::model_ready(&gateway.snapshot(), model, version) {
         Ok(()) => axum::Json(json!({ "name": model, "ready": true })).into_response(),
         Err(error) => error.into_response(),
     }
 }
 
 async fn model_ready(State(state): State<HttpState>, Path(model): Path<String>) -> Response {
-    ready_response(&state.gateway, &model, None)
+    ready_response(state.gateway(), &model, None)
 }
 
 async fn version_ready(
     State(state): State<HttpState>,
     Path((model, version)): Path<(String, String)>,
 ) -> Response {
-    ready_response(&state.gateway, &model, Some(&version))
+    ready_response(state.gateway(), &model, Some(&version))
 }
 
 /// Triton's model configuration, as its clients and perf_analyzer read it.
@@ -209,7 +201,7 @@ fn config_response(
     model: &str,
     version: Option<&str>,
 ) -> Result<Response, GatewayError> {
-    let config = gateway.model_config(model, version)?;
+    let config = metadata::model_config(&gateway.snapshot(), model, version)?;
     let tensors = |tensors: &[ConfigTensor]| {
         tensors
             .iter()
@@ -233,14 +225,14 @@ fn config_response(
 }
 
 async fn model_config(State(state): State<HttpState>, Path(model): Path<String>) -> Response {
-    config_response(&state.gateway, &model, None).unwrap_or_else(IntoResponse::into_response)
+    config_response(state.gateway(), &model, None).unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn version_config(
     State(state): State<HttpState>,
     Path((model, version)): Path<(String, String)>,
 ) -> Response {
-    config_response(&state.gateway, &model, Some(&version))
+    config_response(state.gateway(), &model, Some(&version))
         .unwrap_or_else(IntoResponse::into_response)
 }
 
@@ -249,21 +241,9 @@ async fn model_infer(
     Path(model): Path<String>,
     request: Request,
 ) -> Response {
-    let span = request_span("http", &model, request.headers());
-    counted(
-        &state,
-        infer(state.clone(), model, None, request)
-            .instrument(span)
-            .await,
-    )
-}
-
-/// Counts refusals and failures by reason in the metrics, then answers.
-fn counted(state: &HttpState, result: Result<Response, GatewayError>) -> Response {
-    result.unwrap_or_else(|error| {
-        state.gateway.telemetry().reject(error.kind);
-        error.into_response()
-    })
+    infer(&state, &model, None, request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
 async fn version_infer(
@@ -271,49 +251,56 @@ async fn version_infer(
     Path((model, version)): Path<(String, String)>,
     request: Request,
 ) -> Response {
-    counted(
-        &state,
-        infer(state.clone(), model, Some(version), request).await,
-    )
+    infer(&state, &model, Some(&version), request)
+        .await
+        .unwrap_or_else(IntoResponse::into_response)
 }
 
+/// Reads the body, then hands the request to the pipeline with this front's decoder (JSON,
+/// with the binary tensor extension) and encoder.
 async fn infer(
-    state: HttpState,
-    model: String,
-    version: Option<String>,
+    state: &HttpState,
+    model: &str,
+    version: Option<&str>,
     request: Request,
 ) -> Result<Response, GatewayError> {
     let received = Instant::now();
-    let _admission = state.gateway.admit()?;
     let (parts, body) = request.into_parts();
     let mut body = read_body(&parts.headers, body, state.max_request_bytes).await?;
-    // Under overload, refuse before decoding: the cheapest 429 that keeps the connection (the
-    // body is read, so the connection stays usable).
-    state.gateway.check_capacity(&model, version.as_deref())?;
     let json_length = json_header_length(&parts.headers, body.len())?;
     let binary = match json_length {
         Some(length) => body.split_off(length),
         None => Bytes::new(),
     };
-    let (mut request, encoding) =
-        crate::tracing_setup::child(|| tracing::debug_span!(target: TRACE_TARGET, "decode"))
-            .in_scope(|| decode_request(&model, version.as_deref(), &body, binary))?;
-    request.apply_timeout_parameter(received)?;
-    request.received = Some(received);
-    request.headers = parts.headers;
-    let response = state.gateway.infer(request).await?;
-    let encoded =
-        crate::tracing_setup::child(|| tracing::debug_span!(target: TRACE_TARGET, "encode"))
-            .in_scope(|| encode_response(&response, &encoding))?;
+    let call = Call {
+        protocol: Protocol::Http,
+        model,
+        version,
+        received,
+        deadline: None,
+        headers: parts.headers,
+    };
+    state
+        .pipeline
+        .infer(
+            call,
+            || decode_request(model, version, &body, binary),
+            |response, encoding| Ok(http_answer(encode_response(&response, &encoding)?)),
+        )
+        .await
+}
+
+/// The encoded response as an HTTP answer: plain JSON, or JSON followed by the binary outputs.
+fn http_answer(encoded: EncodedResponse) -> Response {
     if encoded.binary.is_empty() {
-        return Ok((
+        return (
             [(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("application/json"),
             )],
             encoded.json,
         )
-            .into_response());
+            .into_response();
     }
     let json_length = encoded.json.len();
     let total = json_length + encoded.binary.iter().map(Bytes::len).sum::<usize>();
@@ -332,7 +319,7 @@ async fn infer(
         INFERENCE_HEADER_CONTENT_LENGTH,
         HeaderValue::from(json_length),
     );
-    Ok(response)
+    response
 }
 
 /// Reads the whole body, refusing it with 413 as soon as it passes the limit.
@@ -379,34 +366,4 @@ fn json_header_length(
         )));
     }
     Ok(Some(length))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[tokio::test]
-    async fn errors_map_to_status_codes_and_the_protocol_body() {
-        for (kind, status) in [
-            (ErrorKind::InvalidArgument, 400),
-            (ErrorKind::NotFound, 404),
-            (ErrorKind::PayloadTooLarge, 413),
-            (ErrorKind::Overloaded, 429),
-            (ErrorKind::Unavailable, 503),
-            (ErrorKind::DeadlineExceeded, 504),
-            (ErrorKind::Internal, 500),
-        ] {
-            let response = GatewayError::new(kind, "why").into_response();
-            assert_eq!(response.status().as_u16(), status);
-            assert_eq!(
-                response.headers().contains_key(header::RETRY_AFTER),
-                kind == ErrorKind::Overloaded
-            );
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            assert_eq!(
-                serde_json::from_slice::<serde_json::Value>(&body).unwrap(),
-                json!({"error": "why"})
-            );
-        }
-    }
 }

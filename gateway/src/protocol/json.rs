@@ -12,10 +12,12 @@ use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
 use serde::ser::SerializeSeq;
 use serde::{Deserialize, Serialize, Serializer};
 use serde_json::value::RawValue;
-use switchyard_runtimes::{DataType, NamedTensor, Tensor, bytes_elements, element_count};
+use switchyard_runtimes::{
+    DataType, NamedTensor, Tensor, TensorView, element_count, push_bytes_element,
+};
 
+use crate::core::{InferRequest, InferResponse, Parameter};
 use crate::error::GatewayError;
-use crate::inference::{InferRequest, InferResponse, Parameter};
 
 #[derive(Deserialize)]
 struct RequestBody<'a> {
@@ -406,10 +408,7 @@ impl<'de> Visitor<'de> for ElementWriter<'_> {
             )));
         }
         self.count()?;
-        let length = u32::try_from(value.len()).map_err(|_| E::custom("string too long"))?;
-        self.out.extend_from_slice(&length.to_le_bytes());
-        self.out.extend_from_slice(value.as_bytes());
-        Ok(())
+        push_bytes_element(self.out, value.as_bytes()).map_err(E::custom)
     }
 }
 
@@ -444,35 +443,29 @@ struct TensorData<'a>(&'a Tensor);
 impl Serialize for TensorData<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let tensor = self.0;
-        let data = tensor.data().as_ref();
         let mut seq = serializer.serialize_seq(Some(tensor.element_count()))?;
         macro_rules! each {
-            ($n:literal, |$chunk:ident| $value:expr) => {
-                for $chunk in data.as_chunks::<$n>().0 {
+            ($values:expr, |$v:ident| $value:expr) => {
+                for $v in $values.iter() {
                     seq.serialize_element(&$value)?;
                 }
             };
         }
-        match tensor.dtype() {
-            DataType::Bool => each!(1, |c| c[0] != 0),
-            DataType::Uint8 => each!(1, |c| c[0]),
-            DataType::Int8 => each!(1, |c| i8::from_le_bytes(*c)),
-            DataType::Uint16 => each!(2, |c| u16::from_le_bytes(*c)),
-            DataType::Int16 => each!(2, |c| i16::from_le_bytes(*c)),
-            DataType::Fp16 => each!(2, |c| f16::from_le_bytes(*c).to_f32()),
-            DataType::Bf16 => each!(2, |c| bf16::from_le_bytes(*c).to_f32()),
-            DataType::Uint32 => each!(4, |c| u32::from_le_bytes(*c)),
-            DataType::Int32 => each!(4, |c| i32::from_le_bytes(*c)),
-            DataType::Fp32 => each!(4, |c| f32::from_le_bytes(*c)),
-            DataType::Uint64 => each!(8, |c| u64::from_le_bytes(*c)),
-            DataType::Int64 => each!(8, |c| i64::from_le_bytes(*c)),
-            DataType::Fp64 => each!(8, |c| f64::from_le_bytes(*c)),
-            DataType::Bytes => {
-                for element in bytes_elements(data) {
-                    let element = element.map_err(serde::ser::Error::custom)?;
-                    seq.serialize_element(&String::from_utf8_lossy(element))?;
-                }
-            }
+        match tensor.view() {
+            TensorView::Bool(v) => each!(v, |b| *b != 0),
+            TensorView::Uint8(v) => each!(v, |x| x),
+            TensorView::Int8(v) => each!(v, |x| x),
+            TensorView::Uint16(v) => each!(v, |x| x),
+            TensorView::Int16(v) => each!(v, |x| x),
+            TensorView::Fp16(v) => each!(v, |x| x.to_f32()),
+            TensorView::Bf16(v) => each!(v, |x| x.to_f32()),
+            TensorView::Uint32(v) => each!(v, |x| x),
+            TensorView::Int32(v) => each!(v, |x| x),
+            TensorView::Fp32(v) => each!(v, |x| x),
+            TensorView::Uint64(v) => each!(v, |x| x),
+            TensorView::Int64(v) => each!(v, |x| x),
+            TensorView::Fp64(v) => each!(v, |x| x),
+            TensorView::Bytes(v) => each!(v, |e| String::from_utf8_lossy(e)),
         }
         seq.end()
     }

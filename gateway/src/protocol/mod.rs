@@ -1,6 +1,13 @@
-//! The protocol fronts: each decodes its wire format into an `InferRequest` and encodes the
-//! `InferResponse`, and nothing else.
+//! The Open Inference Protocol fronts, HTTP ([`http`], with its JSON codec [`json`]) and gRPC
+//! ([`grpc`]), and the one [`pipeline`] both call. A front converts its wire format to the
+//! core's request and the response back, and nothing else. [`metadata`] answers the metadata,
+//! readiness and configuration calls of both; [`auth`] checks the inference API key.
 
+pub mod auth;
 pub mod grpc;
 pub mod http;
 pub mod json;
+pub mod metadata;
+pub mod pipeline;
+
+pub use pipeline::Pipeline;

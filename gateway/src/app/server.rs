@@ -1,4 +1,5 @@
-//! Starting and stopping the gateway: the model repository, the runtime and the listeners.
+//! Starting and stopping the gateway: opens the registry, builds the layers and hands each
+//! the handles it needs, binds the listeners and starts the background tasks.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -10,12 +11,19 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
-use crate::api;
-use crate::auth::{self, ApiKeys};
+use crate::admin;
+use crate::auth::ApiKeys;
 use crate::config::{ByteSize, Config};
-use crate::gateway::Gateway;
-use crate::protocol::{grpc, http};
-use crate::reconcile::{self, Reconciler, Runtimes};
+use crate::control::Handles;
+use crate::control::capacity::{self, Capacity};
+use crate::control::import::import_repository;
+use crate::control::reconcile::Reconciler;
+use crate::control::rewards::flush_rewards;
+use crate::control::runtimes::{self, RuntimeSettings, Runtimes};
+use crate::core::{Gateway, TableHandle};
+use crate::protocol::{Pipeline, auth, grpc, http};
+use crate::routing::Experiments;
+use crate::telemetry::Metrics;
 
 /// A started gateway.
 pub struct Running {
@@ -25,6 +33,7 @@ pub struct Running {
     pub metrics_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub store: Arc<dyn Store>,
+    experiments: Arc<Experiments>,
     reconciler: JoinHandle<()>,
     upkeep: JoinHandle<()>,
     autoscaler: JoinHandle<()>,
@@ -45,8 +54,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let first_start = store.list_models().await?.is_empty();
     if first_start || config.models.import_on_start {
         if models_dir.is_dir() {
-            let imported =
-                reconcile::import_repository(store.as_ref(), models_dir, &config.serving).await?;
+            let imported = import_repository(store.as_ref(), models_dir, &config.serving).await?;
             tracing::info!(dir = %models_dir.display(), count = imported.len(), "imported the model repository");
         } else {
             tracing::warn!(dir = %models_dir.display(), "no model repository to import");
@@ -55,14 +63,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
     let library =
         Some(config.onnxruntime.library.clone()).filter(|path| !path.as_os_str().is_empty());
-    let mut runtimes = Runtimes::new(library);
+    let mut runtimes = Runtimes::new(RuntimeSettings {
+        onnxruntime_library: library,
+    });
     // Fail fast, with the instructions, when the versions to serve need a runtime this machine
     // lacks.
     let snapshot = store.snapshot().await?;
     for version in snapshot.models.iter().flat_map(|m| &m.versions) {
         let to_load =
             version.state.is_live() || version.state == switchyard_registry::VersionState::Failed;
-        if to_load && reconcile::RUNTIMES.contains(&version.runtime.as_str()) {
+        if to_load && runtimes::is_available(&version.runtime) {
             runtimes.get(&version.runtime).map_err(anyhow::Error::msg)?;
         }
     }
@@ -73,21 +83,35 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             .parse::<switchyard_runtimes::Device>()
             .map_err(|e| anyhow::anyhow!("invalid [[devices]] entry: {e}"))?;
     }
+    let handles = Handles {
+        tables: Arc::new(TableHandle::default()),
+        experiments: Arc::new(Experiments::default()),
+        capacity: Arc::new(Capacity::new(config.devices.clone())),
+        metrics: Metrics::new(config.metrics.enabled),
+    };
     let gateway = Arc::new(Gateway::new(
-        config.serving.max_in_flight.max(1),
-        config.metrics.enabled,
-        config.devices.clone(),
+        handles.tables.clone(),
+        handles.experiments.clone(),
+    ));
+    let pipeline = Arc::new(Pipeline::new(
+        gateway.clone(),
+        handles.metrics.clone(),
+        config.serving.max_in_flight,
     ));
     let reconciler = Reconciler::new(
-        gateway.clone(),
+        handles.clone(),
         store.clone(),
         config.serving.clone(),
         runtimes,
     );
     let reconciler = tokio::spawn(reconciler.run());
-    let autoscaler = tokio::spawn(crate::capacity::run(gateway.clone(), store.clone()));
+    let autoscaler = tokio::spawn(capacity::run(
+        handles.tables.clone(),
+        handles.capacity.clone(),
+        store.clone(),
+    ));
     let upkeep = {
-        let gateway = gateway.clone();
+        let handles = handles.clone();
         let store = store.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
@@ -95,9 +119,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
                 every.tick().await;
                 // Rewards go to the registry often, so that gateways share what their bandits
                 // learn and a restart loses little.
-                gateway.experiments().flush_rewards(&*store).await;
+                flush_rewards(&handles.experiments, &*store).await;
                 if tick % 5 == 0 {
-                    gateway.telemetry().run_upkeep();
+                    handles.metrics.run_upkeep();
                 }
             }
         })
@@ -127,15 +151,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
     let (shutdown, stop) = watch::channel(false);
     let keys = ApiKeys::new(&config.inference.api_keys);
-    let http_app = http::router(gateway.clone(), byte_limit(config.http.max_request_size)).layer(
+    let http_app = http::router(pipeline.clone(), byte_limit(config.http.max_request_size)).layer(
         axum::middleware::from_fn_with_state(keys.clone(), auth::require_http_key),
     );
-    let grpc_app = grpc::router(gateway.clone(), byte_limit(config.grpc.max_message_size)).layer(
+    let grpc_app = grpc::router(pipeline.clone(), byte_limit(config.grpc.max_message_size)).layer(
         axum::middleware::from_fn_with_state(keys, auth::require_grpc_key),
     );
-    let admin_app = api::router(api::AdminState::new(
+    let admin_app = admin::router(admin::AdminState::new(
         store.clone(),
         gateway.clone(),
+        handles.capacity.clone(),
         &config.admin,
         config.models.dir.clone(),
         config.serving.clone(),
@@ -149,7 +174,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         ),
         (
             "metrics",
-            serve(metrics_listener, metrics_router(gateway.clone()), stop),
+            serve(
+                metrics_listener,
+                metrics_router(handles.clone(), pipeline),
+                stop,
+            ),
         ),
     ];
     tracing::info!(%http_addr, %grpc_addr, %admin_addr, registry = store.backend(), "serving");
@@ -160,6 +189,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         metrics_addr,
         gateway,
         store,
+        experiments: handles.experiments,
         shutdown,
         servers,
         reconciler,
@@ -168,18 +198,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     })
 }
 
-fn metrics_router(gateway: Arc<Gateway>) -> axum::Router {
+fn metrics_router(handles: Handles, pipeline: Arc<Pipeline>) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let gateway = gateway.clone();
+            let gauges = super::gauges(&handles, &pipeline);
+            let text = handles.metrics.render(&gauges);
             async move {
                 (
                     [(
                         axum::http::header::CONTENT_TYPE,
                         "text/plain; version=0.0.4",
                     )],
-                    gateway.telemetry().render(&gateway),
+                    text,
                 )
             }
         }),
@@ -222,7 +253,7 @@ impl Running {
                 .with_context(|| format!("the {name} server task failed"))?
                 .with_context(|| format!("the {name} server failed"))?;
         }
-        self.gateway.experiments().flush_rewards(&*self.store).await;
+        flush_rewards(&self.experiments, &*self.store).await;
         Ok(())
     }
 }

@@ -26,12 +26,12 @@ use crate::config::{Config, LogFormat};
 /// The target of request spans (receive, decode, route, queue, infer, encode).
 pub const TRACE_TARGET: &str = "switchyard::trace";
 
-/// Keeps the exporter running; shutting it down flushes the spans still buffered.
-pub struct Telemetry {
+/// Keeps the trace exporter running; shutting it down flushes the spans still buffered.
+pub struct TraceExport {
     provider: Option<SdkTracerProvider>,
 }
 
-impl Telemetry {
+impl TraceExport {
     pub fn shutdown(self) {
         if let Some(provider) = self.provider {
             let _ = provider.shutdown();
@@ -41,7 +41,7 @@ impl Telemetry {
 
 /// Installs the process's logging and, if configured, trace export. Must run inside the Tokio
 /// runtime (the OTLP client lives on it).
-pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
+pub fn init(config: &Config) -> anyhow::Result<TraceExport> {
     // ONNX Runtime reports every graph transformation at info; keep its warnings only.
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},ort=warn", config.log.level)));
@@ -55,7 +55,7 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
     let endpoint = config.tracing.otlp_endpoint.trim();
     if endpoint.is_empty() {
         tracing_subscriber::registry().with(logs).try_init()?;
-        return Ok(Telemetry { provider: None });
+        return Ok(TraceExport { provider: None });
     }
     let exporter = opentelemetry_otlp::SpanExporter::builder()
         .with_tonic()
@@ -89,7 +89,7 @@ pub fn init(config: &Config) -> anyhow::Result<Telemetry> {
         .try_init()?;
     let _ = SAMPLING.set(ratio);
     tracing::info!(endpoint, ratio, "exporting traces over OTLP");
-    Ok(Telemetry {
+    Ok(TraceExport {
         provider: Some(provider),
     })
 }

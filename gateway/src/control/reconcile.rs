@@ -1,223 +1,62 @@
-//! Keeps what the gateway serves in line with the registry: imports the model repository,
-//! loads versions as they are registered (off the request path), drains removed ones, and
-//! swaps in a new model table with the registry's traffic and aliases after every change.
+//! The control loop: keeps what the gateway serves in line with the registry. On every change
+//! it loads the versions registered (off the request path), drains removed ones, and publishes
+//! a new model table with the registry's traffic, aliases and policies.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_registry::{
-    NewModel, NewVersion, RegistryError, Snapshot, Store, Version, VersionState,
-};
-use switchyard_runtimes::onnx::{OnnxRuntime, locate_library};
+use switchyard_registry::{RegistryError, Snapshot, Store, Version, VersionState};
 use switchyard_runtimes::{Device, LoadOptions, Runtime};
+
 use tokio::sync::mpsc;
 
 use crate::config::ServingConfig;
-use crate::gateway::Gateway;
-use crate::models::{
-    ModelState, ModelTable, ReadyVersion, VersionState as TableVersion, VersionStatus,
-};
-use crate::repository::{self, ModelSettings, ModelToml};
-use crate::routing::{PolicyMode, TrafficPolicy};
+use crate::control::Handles;
+use crate::control::import::version_settings;
+use crate::control::repository::ModelSettings;
+use crate::control::runtimes::{self, Runtimes};
+use crate::core::{ModelEntry, ModelTable, ReadyVersion, VersionEntry, VersionStatus};
+use crate::routing::{BetaStats, PolicyMode, TrafficPolicy};
 use crate::serving::{Batching, ReplicaLoad, ReplicaSet};
 use crate::telemetry::VersionMetrics;
+use crate::version_key::VersionKey;
 
-/// The runtimes this build can load, by their registry name.
-#[cfg(feature = "libtorch")]
-pub const RUNTIMES: &[&str] = &["onnx", "libtorch"];
-#[cfg(not(feature = "libtorch"))]
-pub const RUNTIMES: &[&str] = &["onnx"];
 const ACTOR: &str = "gateway";
 
-/// The platform Triton's clients expect in model metadata, by runtime name.
-pub fn platform(runtime: &str) -> &'static str {
-    match runtime {
-        "onnx" => "onnxruntime_onnx",
-        "libtorch" => "pytorch_libtorch",
-        _ => "unknown",
-    }
-}
-
-/// The backend named in Triton's model configuration, by runtime name.
-pub fn backend(runtime: &str) -> &'static str {
-    match runtime {
-        "onnx" => "onnxruntime",
-        "libtorch" => "pytorch",
-        _ => "unknown",
-    }
-}
-
-/// Registers the repository's models and versions that the registry does not know yet.
-/// Returns them as "model/version".
-pub async fn import_repository(
-    store: &dyn Store,
-    dir: &Path,
-    defaults: &ServingConfig,
-) -> anyhow::Result<Vec<String>> {
-    let entries = repository::scan(dir, defaults)?;
-    let mut imported = Vec::new();
-    for entry in entries {
-        let known: Vec<String> = match store.model(&entry.name).await {
-            Ok(record) => record.versions.into_iter().map(|v| v.label).collect(),
-            Err(RegistryError::NotFound(_)) => {
-                let description = entry
-                    .toml
-                    .as_ref()
-                    .ok()
-                    .and_then(|toml| toml.description.clone())
-                    .unwrap_or_default();
-                let created = store
-                    .create_model(
-                        "import",
-                        NewModel {
-                            name: entry.name.clone(),
-                            description,
-                        },
-                    )
-                    .await;
-                match created {
-                    // Another gateway starting at the same time imported it first.
-                    Ok(_) | Err(RegistryError::Conflict(_)) => Vec::new(),
-                    Err(error) => return Err(error.into()),
-                }
-            }
-            Err(error) => return Err(error.into()),
-        };
-        for version in &entry.versions {
-            if known.contains(&version.label) {
-                continue;
-            }
-            let artifact =
-                std::path::absolute(&version.artifact).unwrap_or_else(|_| version.artifact.clone());
-            let config = match &entry.toml {
-                Ok(toml) => serde_json::to_value(toml)?,
-                Err(_) => serde_json::json!({}),
-            };
-            let mut metadata =
-                serde_json::json!({"imported_from": dir.join(&entry.name).display().to_string()});
-            if let Err(reason) = &entry.toml {
-                // Kept with the version so that no process loads it with default settings.
-                metadata["import_error"] = serde_json::json!(reason);
-            }
-            let new = NewVersion {
-                version: Some(version.label.clone()),
-                runtime: version.runtime.into(),
-                artifact: artifact.display().to_string(),
-                config: Some(config),
-                metadata: Some(metadata),
-            };
-            match store.register_version("import", &entry.name, new).await {
-                Ok(_) => {}
-                Err(RegistryError::Conflict(_)) => continue,
-                Err(error) => return Err(error.into()),
-            }
-            if let Err(reason) = &entry.toml {
-                store
-                    .set_version_state(
-                        "import",
-                        &entry.name,
-                        &version.label,
-                        VersionState::Failed,
-                        reason,
-                    )
-                    .await?;
-            }
-            imported.push(format!("{}/{}", entry.name, version.label));
-        }
-    }
-    Ok(imported)
-}
-
-/// Reads a version's serving settings from its registry config (a model.toml as JSON).
-pub fn version_settings(
-    config: &serde_json::Value,
-    defaults: &ServingConfig,
-) -> Result<ModelSettings, String> {
-    let toml: ModelToml =
-        serde_json::from_value(config.clone()).map_err(|e| format!("invalid config: {e}"))?;
-    ModelSettings::resolve(toml, defaults).map_err(|e| format!("invalid config: {e}"))
-}
-
-/// ONNX Runtime, loaded the first time a version needs it, and libtorch, linked in.
-pub struct Runtimes {
-    library: Option<PathBuf>,
-    onnx: Option<Arc<dyn Runtime>>,
-}
-
-impl Runtimes {
-    pub fn new(library: Option<PathBuf>) -> Runtimes {
-        Runtimes {
-            library,
-            onnx: None,
-        }
-    }
-
-    pub fn get(&mut self, name: &str) -> Result<Arc<dyn Runtime>, String> {
-        #[cfg(feature = "libtorch")]
-        if name == "libtorch" {
-            return Ok(Arc::new(switchyard_runtimes::torch::TorchRuntime));
-        }
-        if name != "onnx" {
-            return Err(format!(
-                "runtime '{name}' is not available in this build (available: {})",
-                RUNTIMES.join(", ")
-            ));
-        }
-        if let Some(runtime) = &self.onnx {
-            return Ok(runtime.clone());
-        }
-        let library = locate_library(self.library.as_deref()).map_err(|e| e.to_string())?;
-        let runtime = OnnxRuntime::initialize(&library).map_err(|e| e.to_string())?;
-        tracing::info!(library = %runtime.library().display(), "ONNX Runtime loaded");
-        let runtime: Arc<dyn Runtime> = runtime;
-        self.onnx = Some(runtime.clone());
-        Ok(runtime)
-    }
-}
-
-type Key = (String, String);
-
-enum Local {
-    Loading,
-    Ready(Arc<ReadyVersion>),
-    Failed(String),
-    /// No allowed device has room for it; retried every second.
-    Pending(String),
-}
-
 struct Loaded {
-    key: Key,
+    key: VersionKey,
     result: Result<ReadyVersion, String>,
     elapsed: Duration,
 }
 
 pub struct Reconciler {
-    gateway: Arc<Gateway>,
+    handles: Handles,
     store: Arc<dyn Store>,
     defaults: ServingConfig,
     runtimes: Runtimes,
-    local: HashMap<Key, Local>,
+    /// What this process does with each version (a pending one is retried every second).
+    local: HashMap<VersionKey, VersionStatus>,
     snapshot: Option<Snapshot>,
     /// Versions whose first load the server's readiness waits for.
-    startup: Option<HashSet<Key>>,
+    startup: Option<HashSet<VersionKey>>,
     /// Removed versions still answering the requests they hold, and since when.
-    draining: Vec<(Key, Arc<ReadyVersion>, Instant)>,
+    draining: Vec<(VersionKey, Arc<ReadyVersion>, Instant)>,
     loaded_tx: mpsc::UnboundedSender<Loaded>,
     loaded_rx: mpsc::UnboundedReceiver<Loaded>,
 }
 
 impl Reconciler {
     pub fn new(
-        gateway: Arc<Gateway>,
+        handles: Handles,
         store: Arc<dyn Store>,
         defaults: ServingConfig,
         runtimes: Runtimes,
     ) -> Self {
         let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
         Reconciler {
-            gateway,
+            handles,
             store,
             defaults,
             runtimes,
@@ -269,7 +108,7 @@ impl Reconciler {
         };
         for record in &snapshot.models {
             for version in &record.versions {
-                let key = (version.model.clone(), version.label.clone());
+                let key = VersionKey::new(&version.model, &version.label);
                 let removing = matches!(
                     version.state,
                     VersionState::Draining | VersionState::Retired
@@ -295,7 +134,7 @@ impl Reconciler {
         true
     }
 
-    async fn start_load(&mut self, key: Key, version: &Version) {
+    async fn start_load(&mut self, key: VersionKey, version: &Version) {
         let runtime = self.runtimes.get(&version.runtime);
         let settings = match version
             .metadata
@@ -308,9 +147,9 @@ impl Reconciler {
         let (runtime, settings) = match (runtime, settings) {
             (Ok(runtime), Ok(settings)) => (runtime, settings),
             (Err(reason), _) | (_, Err(reason)) => {
-                tracing::error!(model = %key.0, version = %key.1, %reason, "version not loaded");
+                tracing::error!(version = %key, %reason, "version not loaded");
                 self.local
-                    .insert(key.clone(), Local::Failed(reason.clone()));
+                    .insert(key.clone(), VersionStatus::Failed(reason.clone()));
                 self.write_state(&key, VersionState::Failed, &reason).await;
                 return;
             }
@@ -326,36 +165,35 @@ impl Reconciler {
                 .clamp(scaling.min_replicas, scaling.max_replicas),
             None => u32::try_from(settings.replicas).unwrap_or(u32::MAX),
         };
-        let devices = match self.gateway.capacity().admit(
-            &key.0,
-            &key.1,
+        let devices = match self.handles.capacity.admit(
+            &key,
             reserve_bytes,
             count,
             &settings.devices,
         ) {
             Ok(devices) => devices,
             Err(refusal) => {
-                let first = !matches!(self.local.get(&key), Some(Local::Pending(_)));
+                let first = !matches!(self.local.get(&key), Some(VersionStatus::Pending(_)));
                 self.local
-                    .insert(key.clone(), Local::Pending(refusal.message.clone()));
+                    .insert(key.clone(), VersionStatus::Pending(refusal.message.clone()));
                 if first {
                     // Recorded once: the live figures in later refusals would make every retry
                     // a registry revision. The model's metadata shows the latest reason.
-                    tracing::warn!(model = %key.0, version = %key.1, reason = %refusal.message, "version pending: no room");
+                    tracing::warn!(version = %key, reason = %refusal.message, "version pending: no room");
                     self.write_state(&key, VersionState::Pending, &refusal.message)
                         .await;
                 }
                 return;
             }
         };
-        self.local.insert(key.clone(), Local::Loading);
+        self.local.insert(key.clone(), VersionStatus::Loading);
         if let Some(startup) = &mut self.startup {
             startup.insert(key.clone());
         }
         self.write_state(&key, VersionState::Loading, "").await;
         let loaded_tx = self.loaded_tx.clone();
-        let metrics = Arc::new(self.gateway.telemetry().version(&key.0, &key.1));
-        let gateway = self.gateway.clone();
+        let metrics = Arc::new(self.handles.metrics.version(&key.model, &key.version));
+        let capacity = self.handles.capacity.clone();
         tokio::spawn(async move {
             let started = Instant::now();
             let sizes = (reserve_bytes, artifact_bytes);
@@ -364,16 +202,15 @@ impl Reconciler {
                 Ok(ready) => {
                     for replica in ready.replicas.replicas() {
                         if let Some(bytes) = replica.memory_bytes {
-                            gateway.capacity().record_measured(
-                                &key.0,
-                                &key.1,
+                            capacity.record_measured(
+                                &key,
                                 replica.index,
                                 bytes.max(artifact_bytes),
                             );
                         }
                     }
                 }
-                Err(_) => gateway.capacity().release_version(&key.0, &key.1),
+                Err(_) => capacity.release_version(&key),
             }
             let _ = loaded_tx.send(Loaded {
                 key,
@@ -393,17 +230,16 @@ impl Reconciler {
         if let Some(startup) = &mut self.startup {
             startup.remove(&key);
         }
-        if !matches!(self.local.get(&key), Some(Local::Loading)) {
+        if !matches!(self.local.get(&key), Some(VersionStatus::Loading)) {
             // Removed while loading: dropping the result unloads it.
-            self.gateway.capacity().release_version(&key.0, &key.1);
+            self.handles.capacity.release_version(&key);
             self.check_startup();
             return;
         }
         match result {
             Ok(ready) => {
                 tracing::info!(
-                    model = %key.0,
-                    version = %key.1,
+                    version = %key,
                     replicas = ready.replicas.replica_count(),
                     max_batch_size = ready.max_batch_size,
                     elapsed_ms,
@@ -418,7 +254,7 @@ impl Reconciler {
                     })
                 });
                 self.local
-                    .insert(key.clone(), Local::Ready(Arc::new(ready)));
+                    .insert(key.clone(), VersionStatus::Ready(Arc::new(ready)));
                 // Recorded before it is served, so that the registry says ready by the time a
                 // request can reach it; a refusal means it was removed while loading.
                 if !self.write_state(&key, VersionState::Ready, "").await {
@@ -429,18 +265,18 @@ impl Reconciler {
                         serde_json::Map::from_iter([("measured_memory".to_owned(), measured)]);
                     if let Err(error) = self
                         .store
-                        .merge_version_metadata(ACTOR, &key.0, &key.1, patch)
+                        .merge_version_metadata(ACTOR, &key.model, &key.version, patch)
                         .await
                     {
-                        tracing::warn!(model = %key.0, version = %key.1, %error, "cannot record the measured memory");
+                        tracing::warn!(version = %key, %error, "cannot record the measured memory");
                     }
                 }
                 self.publish();
             }
             Err(reason) => {
-                tracing::error!(model = %key.0, version = %key.1, %reason, elapsed_ms, "version failed to load");
+                tracing::error!(version = %key, %reason, elapsed_ms, "version failed to load");
                 self.local
-                    .insert(key.clone(), Local::Failed(reason.clone()));
+                    .insert(key.clone(), VersionStatus::Failed(reason.clone()));
                 if !self.write_state(&key, VersionState::Failed, &reason).await {
                     // Removed while it loaded: nothing to drain.
                     self.local.remove(&key);
@@ -459,8 +295,10 @@ impl Reconciler {
         };
         let mut retried = false;
         for version in snapshot.models.iter().flat_map(|record| &record.versions) {
-            let key = (version.model.clone(), version.label.clone());
-            if matches!(self.local.get(&key), Some(Local::Pending(_))) && version.state.is_live() {
+            let key = VersionKey::new(&version.model, &version.label);
+            if matches!(self.local.get(&key), Some(VersionStatus::Pending(_)))
+                && version.state.is_live()
+            {
                 self.start_load(key, version).await;
                 retried = true;
             }
@@ -473,10 +311,10 @@ impl Reconciler {
 
     /// Takes a removed version out of service; true if it was serving and now drains (it
     /// retires once no request holds it), false if there was nothing to drain.
-    fn start_drain(&mut self, key: &Key) -> bool {
+    fn start_drain(&mut self, key: &VersionKey) -> bool {
         match self.local.remove(key) {
-            Some(Local::Ready(ready)) => {
-                tracing::info!(model = %key.0, version = %key.1, "draining");
+            Some(VersionStatus::Ready(ready)) => {
+                tracing::info!(version = %key, "draining");
                 self.draining.push((key.clone(), ready, Instant::now()));
                 true
             }
@@ -493,10 +331,10 @@ impl Reconciler {
         self.draining = waiting;
         for (key, ready, since) in done {
             drop(ready);
-            self.gateway.capacity().release_version(&key.0, &key.1);
-            self.gateway.experiments().forget(&key.0, &key.1);
+            self.handles.capacity.release_version(&key);
+            self.handles.experiments.forget(&key);
             let drained_ms = since.elapsed().as_millis() as u64;
-            tracing::info!(model = %key.0, version = %key.1, drained_ms, "version unloaded and retired");
+            tracing::info!(version = %key, drained_ms, "version unloaded and retired");
             self.write_state(&key, VersionState::Retired, "").await;
         }
     }
@@ -504,22 +342,22 @@ impl Reconciler {
     fn check_startup(&mut self) {
         if self.startup.as_ref().is_some_and(HashSet::is_empty) && self.snapshot.is_some() {
             self.startup = None;
-            self.gateway.set_ready(true);
+            self.handles.tables.set_ready(true);
         }
     }
 
     /// Records a version's state; false when the registry refuses because the version is
     /// being removed.
-    async fn write_state(&self, key: &Key, state: VersionState, reason: &str) -> bool {
+    async fn write_state(&self, key: &VersionKey, state: VersionState, reason: &str) -> bool {
         match self
             .store
-            .set_version_state(ACTOR, &key.0, &key.1, state, reason)
+            .set_version_state(ACTOR, &key.model, &key.version, state, reason)
             .await
         {
             Ok(_) => true,
             Err(RegistryError::Conflict(_)) => false,
             Err(error) => {
-                tracing::warn!(model = %key.0, version = %key.1, %error, "cannot record the version's state");
+                tracing::warn!(version = %key, %error, "cannot record the version's state");
                 true
             }
         }
@@ -548,18 +386,14 @@ impl Reconciler {
                 .versions
                 .iter()
                 .filter_map(|version| {
-                    let key = (version.model.clone(), version.label.clone());
-                    let status = match self.local.get(&key)? {
-                        Local::Loading => VersionStatus::Loading,
-                        Local::Ready(ready) => VersionStatus::Ready(ready.clone()),
-                        Local::Failed(reason) => VersionStatus::Failed(reason.clone()),
-                        Local::Pending(reason) => VersionStatus::Pending(reason.clone()),
-                    };
-                    let stats = self.gateway.experiments().version(
-                        &version.model,
-                        &version.label,
-                        record.rewards.get(&version.label).copied(),
-                    );
+                    let key = VersionKey::new(&version.model, &version.label);
+                    let status = self.local.get(&key)?.clone();
+                    let stored = record.rewards.get(&version.label).map(|r| BetaStats {
+                        successes: r.successes,
+                        failures: r.failures,
+                    });
+                    let stats = self.handles.experiments.version(&key, stored);
+                    let kind = runtimes::kind(&version.runtime);
                     let score = score_metric.and_then(|metric| {
                         record
                             .latest_scores
@@ -567,10 +401,10 @@ impl Reconciler {
                             .get(metric)
                             .copied()
                     });
-                    Some(Arc::new(TableVersion {
-                        label: version.label.as_str().into(),
-                        platform: platform(&version.runtime),
-                        backend: backend(&version.runtime),
+                    Some(Arc::new(VersionEntry {
+                        label: key.version,
+                        platform: kind.map_or("unknown", |kind| kind.platform),
+                        backend: kind.map_or("unknown", |kind| kind.backend),
                         status,
                         stats,
                         score,
@@ -580,7 +414,7 @@ impl Reconciler {
             let name: Arc<str> = record.model.name.as_str().into();
             models.insert(
                 name.clone(),
-                Arc::new(ModelState {
+                Arc::new(ModelEntry {
                     name,
                     versions,
                     traffic: record
@@ -597,8 +431,9 @@ impl Reconciler {
                 }),
             );
         }
-        self.gateway
-            .install(ModelTable { models }, snapshot.revision);
+        self.handles
+            .tables
+            .publish(ModelTable { models }, snapshot.revision);
     }
 }
 
@@ -612,7 +447,7 @@ fn memory_source(device: Device) -> &'static str {
 
 async fn load(
     runtime: Arc<dyn Runtime>,
-    key: &Key,
+    key: &VersionKey,
     artifact: PathBuf,
     settings: ModelSettings,
     metrics: Arc<VersionMetrics>,
@@ -638,13 +473,21 @@ async fn load(
         queue_capacity: settings.queue_capacity,
         metrics: Some(metrics.clone()),
     };
-    let replicas = ReplicaSet::start(load, batching, &devices, &format!("sy-{}-{}", key.0, key.1))
+    let thread_name = format!("sy-{}-{}", key.model, key.version);
+    let replicas = ReplicaSet::start(load, batching, &devices, &thread_name)
         .await
         .map_err(|e| e.to_string())?;
-    let mut ready = ReadyVersion::new(replicas, metrics, &settings, reserve_bytes, artifact_bytes);
-    // Where it was placed, which may differ from `device` when `devices` lists several.
-    if let Some(first) = devices.first() {
-        ready.device = *first;
-    }
-    Ok(ready)
+    let max_batch_size = u32::try_from(replicas.max_batch_size()).unwrap_or(u32::MAX);
+    Ok(ReadyVersion {
+        replicas,
+        metrics,
+        // Where it was placed, which may differ from `device` when `devices` lists several.
+        device: devices.first().copied().unwrap_or(settings.device),
+        max_batch_size,
+        timeout: settings.timeout,
+        scaling: settings.scaling,
+        reserve_bytes,
+        artifact_bytes,
+        allowed: settings.devices,
+    })
 }

@@ -1,18 +1,30 @@
-//! What the gateway serves: every model, its versions and the state of each, as one immutable
-//! snapshot swapped atomically when something changes. Requests read the snapshot without a lock.
+//! The model table: every model, its versions and the state of each, as one immutable snapshot
+//! that the control plane publishes whole ([`TableHandle`]) and requests read without a lock.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::time::Duration;
 
+use arc_swap::ArcSwap;
 use switchyard_runtimes::{Device, Signature};
 
 use crate::error::GatewayError;
-use crate::experiment::VersionStats;
-use crate::repository::{ModelSettings, Scaling};
-use crate::routing::{self, Candidate, TrafficPolicy};
+use crate::routing::{Candidate, TrafficPolicy, VersionStats};
 use crate::serving::ReplicaSet;
 use crate::telemetry::VersionMetrics;
+
+/// How a version scales with its load.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Scaling {
+    pub min_replicas: u32,
+    pub max_replicas: u32,
+    pub target_concurrency: f64,
+    pub window: Duration,
+    pub up_delay: Duration,
+    pub down_delay: Duration,
+    pub to_zero_after: Option<Duration>,
+}
 
 /// A version that can serve.
 pub struct ReadyVersion {
@@ -35,27 +47,6 @@ pub struct ReadyVersion {
 }
 
 impl ReadyVersion {
-    pub fn new(
-        replicas: ReplicaSet,
-        metrics: Arc<VersionMetrics>,
-        settings: &ModelSettings,
-        reserve_bytes: u64,
-        artifact_bytes: u64,
-    ) -> ReadyVersion {
-        let max_batch_size = u32::try_from(replicas.max_batch_size()).unwrap_or(u32::MAX);
-        ReadyVersion {
-            replicas,
-            metrics,
-            device: settings.device,
-            max_batch_size,
-            timeout: settings.timeout,
-            scaling: settings.scaling.clone(),
-            reserve_bytes,
-            artifact_bytes,
-            allowed: settings.devices.clone(),
-        }
-    }
-
     pub fn signature(&self) -> &Signature {
         self.replicas.signature()
     }
@@ -90,7 +81,7 @@ impl VersionStatus {
     }
 }
 
-pub struct VersionState {
+pub struct VersionEntry {
     pub label: Arc<str>,
     /// Triton's platform name (`onnxruntime_onnx`, `pytorch_libtorch`).
     pub platform: &'static str,
@@ -103,10 +94,10 @@ pub struct VersionState {
     pub score: Option<f64>,
 }
 
-pub struct ModelState {
+pub struct ModelEntry {
     pub name: Arc<str>,
     /// Sorted by label, lowest first.
-    pub versions: Vec<Arc<VersionState>>,
+    pub versions: Vec<Arc<VersionEntry>>,
     /// Traffic weights by version label; empty: the highest ready version serves.
     pub traffic: Vec<(Arc<str>, u64)>,
     /// Alias -> version label.
@@ -114,12 +105,9 @@ pub struct ModelState {
     pub policy: TrafficPolicy,
 }
 
-/// Why the policy found no version for a request.
-pub struct NoVersion(pub String);
-
-impl ModelState {
+impl ModelEntry {
     /// A version by label or alias.
-    pub fn version(&self, label: &str) -> Result<&Arc<VersionState>, GatewayError> {
+    pub fn version(&self, label: &str) -> Result<&Arc<VersionEntry>, GatewayError> {
         let label = self.aliases.get(label).map_or(label, |target| &**target);
         self.versions
             .iter()
@@ -135,7 +123,7 @@ impl ModelState {
 
     /// Whether the policy may send requests to a version: it is ready, and its recent error
     /// rate is not over the policy's threshold.
-    pub fn eligible(&self, version: &VersionState) -> bool {
+    pub fn eligible(&self, version: &VersionEntry) -> bool {
         matches!(version.status, VersionStatus::Ready(_))
             && version
                 .stats
@@ -161,69 +149,7 @@ impl ModelState {
             .collect()
     }
 
-    /// The version that serves a request naming none, by the model's policy (`key` is the
-    /// sticky key, if the request carries one). Without traffic weights, or when no weighted
-    /// version is eligible, the highest eligible version serves, so that a shift towards a
-    /// version still loading costs no request; with none at all, the reason.
-    pub fn route(
-        &self,
-        key: Option<&[u8]>,
-        rng: &mut fastrand::Rng,
-    ) -> Result<&Arc<VersionState>, NoVersion> {
-        if !self.traffic.is_empty() {
-            let candidates = self.candidates();
-            let chosen = routing::choose(&self.policy, &candidates, key, rng).and_then(|index| {
-                self.versions
-                    .iter()
-                    .find(|v| *v.label == *candidates[index].label)
-            });
-            if let Some(version) = chosen {
-                return Ok(version);
-            }
-        }
-        self.versions
-            .iter()
-            .rev()
-            .find(|version| self.eligible(version))
-            .ok_or_else(|| NoVersion(self.why_no_version()))
-    }
-
-    fn why_no_version(&self) -> String {
-        let reasons: Vec<String> = self
-            .versions
-            .iter()
-            .map(|version| match &version.status {
-                VersionStatus::Failed(reason) => {
-                    format!("version '{}' failed: {reason}", version.label)
-                }
-                VersionStatus::Pending(reason) => {
-                    format!("version '{}' is pending: {reason}", version.label)
-                }
-                VersionStatus::Ready(_) => format!(
-                    "version '{}' has a recent error rate of {:.0}%, over the policy's limit of {:.0}%",
-                    version.label,
-                    version.stats.recent_error_rate().unwrap_or(0.0) * 100.0,
-                    self.policy.max_error_rate * 100.0
-                ),
-                other => format!(
-                    "version '{}' is {}",
-                    version.label,
-                    other.name().to_lowercase()
-                ),
-            })
-            .collect();
-        if reasons.is_empty() {
-            format!("model '{}' has no versions", self.name)
-        } else {
-            format!(
-                "model '{}' has no version that can serve ({})",
-                self.name,
-                reasons.join("; ")
-            )
-        }
-    }
-
-    pub fn highest_ready(&self) -> Option<&Arc<VersionState>> {
+    pub fn highest_ready(&self) -> Option<&Arc<VersionEntry>> {
         self.versions
             .iter()
             .rev()
@@ -231,7 +157,7 @@ impl ModelState {
     }
 
     /// The highest ready version, or the highest version when none is ready (to report why).
-    pub fn representative_version(&self) -> Option<&Arc<VersionState>> {
+    pub fn representative_version(&self) -> Option<&Arc<VersionEntry>> {
         self.highest_ready().or_else(|| self.versions.last())
     }
 
@@ -240,7 +166,7 @@ impl ModelState {
     }
 }
 
-impl VersionState {
+impl VersionEntry {
     /// The ready replica set, or why this version cannot serve.
     pub fn ready(&self, model: &str) -> Result<&Arc<ReadyVersion>, GatewayError> {
         match &self.status {
@@ -261,13 +187,71 @@ impl VersionState {
 
 #[derive(Default)]
 pub struct ModelTable {
-    pub models: BTreeMap<Arc<str>, Arc<ModelState>>,
+    pub models: BTreeMap<Arc<str>, Arc<ModelEntry>>,
 }
 
 impl ModelTable {
-    pub fn model(&self, name: &str) -> Result<&Arc<ModelState>, GatewayError> {
+    pub fn model(&self, name: &str) -> Result<&Arc<ModelEntry>, GatewayError> {
         self.models
             .get(name)
             .ok_or_else(|| GatewayError::not_found(format!("unknown model '{name}'")))
+    }
+}
+
+/// The published table, swapped whole: requests load a snapshot, the control plane publishes
+/// a new one with the registry revision it was built from, and says when the server is ready.
+pub struct TableHandle {
+    table: ArcSwap<ModelTable>,
+    revision: AtomicI64,
+    /// Readiness as it changes, for those who must push it (the gRPC health service).
+    ready: tokio::sync::watch::Sender<bool>,
+}
+
+impl Default for TableHandle {
+    fn default() -> Self {
+        TableHandle {
+            table: ArcSwap::from_pointee(ModelTable::default()),
+            revision: AtomicI64::new(0),
+            ready: tokio::sync::watch::Sender::new(false),
+        }
+    }
+}
+
+impl TableHandle {
+    /// The current table. Cheap; hold it only briefly, never across an await.
+    pub fn snapshot(&self) -> Arc<ModelTable> {
+        self.table.load_full()
+    }
+
+    /// The current table without taking a reference count, for a lookup that ends before the
+    /// next await.
+    pub fn peek(&self) -> arc_swap::Guard<Arc<ModelTable>> {
+        self.table.load()
+    }
+
+    /// Puts a new table in place; requests already routed keep the version they hold.
+    pub fn publish(&self, table: ModelTable, revision: i64) {
+        self.table.store(Arc::new(table));
+        self.revision.store(revision, Ordering::Relaxed);
+    }
+
+    /// The registry revision the current table was built from.
+    pub fn revision(&self) -> i64 {
+        self.revision.load(Ordering::Relaxed)
+    }
+
+    /// Ready once the versions known at start have finished loading, successfully or not;
+    /// versions registered later load without taking the server out of readiness.
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Follows `is_ready`.
+    pub fn watch_ready(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.ready.subscribe()
+    }
+
+    pub fn set_ready(&self, ready: bool) {
+        self.ready.send_replace(ready);
     }
 }

@@ -12,6 +12,9 @@ use switchyard_runtimes::{DataType, Device, Signature, TensorSpec};
 use switchyard_registry::compare_labels;
 
 use crate::config::{ByteSize, HumanDuration, ServingConfig};
+use crate::control::runtimes::RUNTIME_KINDS;
+use crate::core::Scaling;
+use crate::serving::Warmup;
 
 /// Serving settings of one model, from its `model.toml`; unset keys take the gateway defaults.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -61,18 +64,6 @@ pub struct ModelToml {
     pub scale_to_zero_after: Option<String>,
 }
 
-/// How a version scales with its load.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Scaling {
-    pub min_replicas: u32,
-    pub max_replicas: u32,
-    pub target_concurrency: f64,
-    pub window: Duration,
-    pub up_delay: Duration,
-    pub down_delay: Duration,
-    pub to_zero_after: Option<Duration>,
-}
-
 /// One declared input or output: `{ name = "x", datatype = "FP32", dims = [-1, 64] }`, where
 /// `-1` is a dimension of any size (the batch axis among them).
 #[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
@@ -94,14 +85,6 @@ pub struct WarmupToml {
     /// every `-1` becomes 1.
     pub dims: BTreeMap<String, Vec<usize>>,
     /// The value an input is filled with instead of 1, e.g. `{ sr = 16000 }`.
-    pub fill: BTreeMap<String, f64>,
-}
-
-/// The warm-up run, resolved.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Warmup {
-    pub enabled: bool,
-    pub dims: BTreeMap<String, Vec<usize>>,
     pub fill: BTreeMap<String, f64>,
 }
 
@@ -276,9 +259,6 @@ pub struct VersionEntry {
     pub runtime: &'static str,
 }
 
-/// The artifact file each runtime loads, by runtime name.
-pub const ARTIFACTS: &[(&str, &str)] = &[("onnx", "model.onnx"), ("libtorch", "model.pt")];
-
 #[derive(Debug, thiserror::Error)]
 #[error("cannot read the model repository {}: {source}", path.display())]
 pub struct RepositoryError {
@@ -295,7 +275,7 @@ fn is_valid_name(name: &str) -> bool {
 }
 
 /// Lists the models and versions under `dir`. A version is a folder holding one artifact (see
-/// [`ARTIFACTS`]); anything else is skipped with a warning.
+/// [`RUNTIME_KINDS`]); anything else is skipped with a warning.
 pub fn scan(dir: &Path, defaults: &ServingConfig) -> Result<Vec<ModelEntry>, RepositoryError> {
     let read_error = |path: &Path| {
         let path = path.to_path_buf();
@@ -318,9 +298,9 @@ pub fn scan(dir: &Path, defaults: &ServingConfig) -> Result<Vec<ModelEntry>, Rep
             let Some(label) = file_name(&version_dir) else {
                 continue;
             };
-            let artifacts: Vec<(&'static str, PathBuf)> = ARTIFACTS
+            let artifacts: Vec<(&'static str, PathBuf)> = RUNTIME_KINDS
                 .iter()
-                .map(|&(runtime, file)| (runtime, version_dir.join(file)))
+                .map(|kind| (kind.name, version_dir.join(kind.artifact_file)))
                 .filter(|(_, path)| path.is_file())
                 .collect();
             if !is_valid_name(&label) {

@@ -1,33 +1,21 @@
-//! The live figures of a routing experiment, per version: requests, errors and the recent
+//! The live figures of one version in a routing experiment: requests, errors and the recent
 //! error rate (which takes a failing version out of the policy), latency quantiles, the
 //! bandit's rewards, and how a shadow version's outputs compare with the primary's.
-//!
-//! They are kept per (model, version) for the life of the process, across table swaps and
-//! reloads; the rewards also go to the registry so that a restart keeps what was learned.
 
-use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use switchyard_registry::{Rewards, Store};
-use switchyard_runtimes::{DataType, NamedTensor, Tensor};
+use switchyard_runtimes::{NamedTensor, Tensor, TensorView};
 
 use crate::routing::BetaStats;
+use crate::routing::experiments::lock;
 
 /// The span over which the recent error rate is judged (the current and the previous one).
 const ERROR_WINDOW: Duration = Duration::from_secs(10);
 /// Fewer requests than this in the window say nothing about a version's error rate.
 const ERROR_RATE_MIN_REQUESTS: u64 = 20;
-/// Request ids remembered for feedback; the oldest are forgotten first.
-const FEEDBACK_LOG_CAPACITY: usize = 100_000;
-
-fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
-    // The figures stay usable even if a holder panicked; they are counters, not invariants.
-    mutex
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 #[derive(Debug, Default)]
 struct RecentWindow {
@@ -123,11 +111,11 @@ impl LatencyHistogram {
 }
 
 #[derive(Debug, Default, Clone, Copy)]
-struct RewardTally {
+pub(crate) struct RewardTally {
     /// The registry's totals as last read.
-    stored: BetaStats,
+    pub(crate) stored: BetaStats,
     /// Added here and not yet written to the registry.
-    pending: BetaStats,
+    pub(crate) pending: BetaStats,
 }
 
 /// How a shadow version's outputs compared with the primary's, for one primary version.
@@ -157,13 +145,13 @@ pub struct VersionStats {
     errors: AtomicU64,
     recent: Mutex<RecentWindow>,
     latency: LatencyHistogram,
-    rewards: Mutex<RewardTally>,
+    pub(crate) rewards: Mutex<RewardTally>,
     /// Primary version label -> comparison, when this version is a shadow.
     shadow: Mutex<BTreeMap<Arc<str>, ShadowTally>>,
 }
 
 impl VersionStats {
-    fn new(stored: BetaStats) -> VersionStats {
+    pub(crate) fn new(stored: BetaStats) -> VersionStats {
         VersionStats {
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -207,6 +195,19 @@ impl VersionStats {
         BetaStats {
             successes: tally.stored.successes + tally.pending.successes,
             failures: tally.stored.failures + tally.pending.failures,
+        }
+    }
+
+    /// Takes a written flush into account: `added` is no longer pending, and `total` (the
+    /// registry's totals after the write, other gateways' rewards included) is kept if newer.
+    pub fn settle_rewards(&self, added: BetaStats, total: BetaStats) {
+        let mut tally = lock(&self.rewards);
+        // Rewards recorded during the write stay pending for the next flush.
+        tally.pending.successes -= added.successes;
+        tally.pending.failures -= added.failures;
+        // A snapshot read meanwhile may have brought a larger total already.
+        if total.successes + total.failures > tally.stored.successes + tally.stored.failures {
+            tally.stored = total;
         }
     }
 
@@ -291,181 +292,26 @@ fn argmax(values: &[f64]) -> Option<usize> {
         .map(|(index, _)| index)
 }
 
+/// The elements of a floating-point or 32/64-bit integer tensor, as `f64`.
 fn as_f64s(tensor: &Tensor) -> Option<Vec<f64>> {
-    let data = tensor.data().as_ref();
-    let read = |size: usize, convert: &dyn Fn(&[u8]) -> f64| {
-        Some(data.chunks_exact(size).map(convert).collect())
-    };
-    let bytes = |chunk: &[u8]| -> [u8; 8] {
-        let mut word = [0u8; 8];
-        word[..chunk.len()].copy_from_slice(chunk);
-        word
-    };
-    match tensor.dtype() {
-        DataType::Fp32 => read(4, &|c| {
-            let w = bytes(c);
-            f64::from(f32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-        }),
-        DataType::Fp64 => read(8, &|c| f64::from_le_bytes(bytes(c))),
-        DataType::Fp16 => read(2, &|c| half::f16::from_le_bytes([c[0], c[1]]).to_f64()),
-        DataType::Bf16 => read(2, &|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f64()),
-        DataType::Int32 => read(4, &|c| {
-            let w = bytes(c);
-            f64::from(i32::from_le_bytes([w[0], w[1], w[2], w[3]]))
-        }),
-        DataType::Int64 => read(8, &|c| i64::from_le_bytes(bytes(c)) as f64),
+    fn widen<T: Copy>(values: &[T], to_f64: impl Fn(T) -> f64) -> Option<Vec<f64>> {
+        Some(values.iter().map(|&v| to_f64(v)).collect())
+    }
+    match tensor.view() {
+        TensorView::Fp32(v) => widen(&v, f64::from),
+        TensorView::Fp64(v) => widen(&v, |x| x),
+        TensorView::Fp16(v) => widen(&v, |x| x.to_f64()),
+        TensorView::Bf16(v) => widen(&v, |x| x.to_f64()),
+        TensorView::Int32(v) => widen(&v, f64::from),
+        TensorView::Int64(v) => widen(&v, |x| x as f64),
         _ => None,
-    }
-}
-
-type VersionKey = (Arc<str>, Arc<str>);
-
-/// Every version's figures, and the request ids that feedback can refer to.
-#[derive(Default)]
-pub struct Experiments {
-    versions: Mutex<HashMap<VersionKey, Arc<VersionStats>>>,
-    /// Models that have received feedback: their bandit learns from it alone, not from
-    /// request outcomes.
-    with_feedback: Mutex<HashSet<Arc<str>>>,
-    requests: Mutex<RequestLog>,
-}
-
-/// Request ids are kept as 64-bit hashes: no allocation per request, and a client's id costs
-/// the log the same whatever its length.
-#[derive(Default)]
-struct RequestLog {
-    by_id: HashMap<u64, (Arc<str>, Arc<VersionStats>)>,
-    order: VecDeque<u64>,
-}
-
-/// FNV-1a: fast on short ids, and an accidental collision (1 in 2^64) would only misroute one
-/// reward.
-fn id_hash(id: &str) -> u64 {
-    id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
-
-#[derive(Debug, PartialEq, thiserror::Error)]
-pub enum FeedbackError {
-    #[error("reward must be a number in [0, 1], got {0}")]
-    InvalidReward(f64),
-    #[error(
-        "unknown request id '{0}': feedback must refer to one of the last {FEEDBACK_LOG_CAPACITY} requests"
-    )]
-    UnknownRequest(String),
-}
-
-impl Experiments {
-    /// The figures of a version, created on first use. `stored` is what the registry holds of
-    /// its rewards, other gateways' included: taken whenever it is newer than what this
-    /// gateway last read.
-    pub fn version(&self, model: &str, label: &str, stored: Option<Rewards>) -> Arc<VersionStats> {
-        let stored = stored.map(|r| BetaStats {
-            successes: r.successes,
-            failures: r.failures,
-        });
-        let mut versions = lock(&self.versions);
-        let stats = versions
-            .entry((model.into(), label.into()))
-            .or_insert_with(|| Arc::new(VersionStats::new(stored.unwrap_or_default())))
-            .clone();
-        drop(versions);
-        if let Some(stored) = stored {
-            let mut tally = lock(&stats.rewards);
-            // Totals only grow; an older snapshot must not undo a fresher flush.
-            if stored.successes + stored.failures > tally.stored.successes + tally.stored.failures {
-                tally.stored = stored;
-            }
-        }
-        stats
-    }
-
-    /// Drops a retired version's figures.
-    pub fn forget(&self, model: &str, label: &str) {
-        lock(&self.versions).remove(&(Arc::<str>::from(model), Arc::<str>::from(label)));
-    }
-
-    /// Remembers which version answered a request, for feedback that names its id.
-    pub fn remember(&self, id: &str, model: &Arc<str>, stats: &Arc<VersionStats>) {
-        let key = id_hash(id);
-        let mut log = lock(&self.requests);
-        if log.by_id.len() >= FEEDBACK_LOG_CAPACITY
-            && let Some(oldest) = log.order.pop_front()
-        {
-            log.by_id.remove(&oldest);
-        }
-        if log
-            .by_id
-            .insert(key, (model.clone(), stats.clone()))
-            .is_none()
-        {
-            log.order.push_back(key);
-        }
-    }
-
-    /// Credits the version that served `request_id` with `reward`; returns the model's name.
-    pub fn feedback(&self, request_id: &str, reward: f64) -> Result<Arc<str>, FeedbackError> {
-        if !(0.0..=1.0).contains(&reward) {
-            return Err(FeedbackError::InvalidReward(reward));
-        }
-        let (model, stats) = lock(&self.requests)
-            .by_id
-            .get(&id_hash(request_id))
-            .cloned()
-            .ok_or_else(|| FeedbackError::UnknownRequest(request_id.to_owned()))?;
-        stats.record_reward(reward);
-        lock(&self.with_feedback).insert(model.clone());
-        Ok(model)
-    }
-
-    pub fn has_feedback(&self, model: &str) -> bool {
-        lock(&self.with_feedback).contains(model)
-    }
-
-    /// Writes the rewards added since the last flush to the registry and takes its totals,
-    /// which include other gateways' rewards.
-    pub async fn flush_rewards(&self, store: &dyn Store) {
-        let versions: Vec<(VersionKey, Arc<VersionStats>)> = lock(&self.versions)
-            .iter()
-            .map(|(key, stats)| (key.clone(), stats.clone()))
-            .collect();
-        for ((model, label), stats) in versions {
-            let pending = lock(&stats.rewards).pending;
-            if pending.successes == 0.0 && pending.failures == 0.0 {
-                continue;
-            }
-            let added = Rewards {
-                successes: pending.successes,
-                failures: pending.failures,
-            };
-            match store.add_rewards(&model, &label, added).await {
-                Ok(total) => {
-                    let mut tally = lock(&stats.rewards);
-                    // Rewards recorded during the write stay pending for the next flush.
-                    tally.pending.successes -= added.successes;
-                    tally.pending.failures -= added.failures;
-                    // A snapshot read meanwhile may have brought a larger total already.
-                    if total.successes + total.failures
-                        > tally.stored.successes + tally.stored.failures
-                    {
-                        tally.stored = BetaStats {
-                            successes: total.successes,
-                            failures: total.failures,
-                        };
-                    }
-                }
-                Err(error) => {
-                    tracing::warn!(%model, version = %label, %error, "cannot store the bandit's rewards; keeping them for the next try");
-                }
-            }
-        }
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_runtimes::DataType;
 
     #[test]
     fn latency_quantiles_land_in_the_right_bucket() {
@@ -500,53 +346,6 @@ mod tests {
         // One window later the old counts still weigh; two windows later they are gone.
         assert_eq!(window.error_rate(start + ERROR_WINDOW), Some(0.25));
         assert_eq!(window.error_rate(start + ERROR_WINDOW * 3), None);
-    }
-
-    #[test]
-    fn feedback_reaches_the_version_that_answered() {
-        let experiments = Experiments::default();
-        let stored = Rewards {
-            successes: 3.0,
-            failures: 1.0,
-        };
-        let stats = experiments.version("mlp", "2", Some(stored));
-        let model: Arc<str> = "mlp".into();
-        experiments.remember("req-1", &model, &stats);
-        assert!(!experiments.has_feedback("mlp"));
-        assert_eq!(experiments.feedback("req-1", 1.0), Ok(model.clone()));
-        assert!(experiments.has_feedback("mlp"));
-        assert_eq!(
-            stats.rewards(),
-            BetaStats {
-                successes: 4.0,
-                failures: 1.0
-            }
-        );
-        assert_eq!(
-            experiments.feedback("req-1", 1.5),
-            Err(FeedbackError::InvalidReward(1.5))
-        );
-        assert!(matches!(
-            experiments.feedback("nope", 0.5),
-            Err(FeedbackError::UnknownRequest(_))
-        ));
-        // The same version's figures come back; newer registry totals (other gateways'
-        // rewards) replace the stored part, older ones do not.
-        let again = experiments.version("mlp", "2", None);
-        assert!(Arc::ptr_eq(&stats, &again));
-        let shared = Rewards {
-            successes: 10.0,
-            failures: 2.0,
-        };
-        experiments.version("mlp", "2", Some(shared));
-        experiments.version("mlp", "2", Some(stored));
-        assert_eq!(
-            stats.rewards(),
-            BetaStats {
-                successes: 11.0,
-                failures: 2.0
-            }
-        );
     }
 
     #[test]

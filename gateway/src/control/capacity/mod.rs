@@ -2,7 +2,7 @@
 //! reservation on its device (its declared memory, then its measured memory once warm), a load
 //! that does not fit is refused with the reason, and each version with `max_replicas` scales
 //! with its concurrency within its bounds and the budget. The decisions themselves are the pure
-//! functions of [`crate::resources`]; this module keeps their state and applies them.
+//! functions of [`ledger`] and [`autoscaler`]; this module keeps their state and applies them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -13,17 +13,18 @@ use switchyard_registry::Store;
 use switchyard_runtimes::{Device, memory};
 
 use crate::config::DeviceConfig;
-use crate::models::{ModelState, ModelTable, ReadyVersion, VersionStatus};
-use crate::repository::Scaling;
-use crate::resources::{
-    Autoscaler, Demand, DeviceBudget, Ledger, Refusal, Reservation, ScalingPolicy, plan,
-};
+use crate::core::{ModelEntry, ModelTable, ReadyVersion, Scaling, TableHandle, VersionStatus};
+use crate::version_key::VersionKey as Key;
+
+pub mod autoscaler;
+pub mod ledger;
+
+use autoscaler::{Autoscaler, ScalingPolicy};
+use ledger::{Demand, DeviceBudget, Ledger, Refusal, Reservation, plan};
 
 const ACTOR: &str = "autoscaler";
 /// How often the autoscaler samples each version's concurrency.
 pub const SCALE_INTERVAL: Duration = Duration::from_millis(250);
-
-type Key = (String, String);
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex
@@ -108,14 +109,14 @@ impl Capacity {
     /// best fit among `allowed`; at least one, or the refusal that says why none fits.
     pub fn admit(
         &self,
-        model: &str,
-        version: &str,
+        key: &Key,
         bytes_per_replica: u64,
         count: u32,
-        allowed: &[Device],
+        allowed_devices: &[Device],
     ) -> Result<Vec<Device>, Refusal> {
+        let (model, version) = (&*key.model, &*key.version);
         let mut state = lock(&self.state);
-        let allowed: Vec<String> = allowed.iter().map(Device::to_string).collect();
+        let allowed: Vec<String> = allowed_devices.iter().map(Device::to_string).collect();
         for id in &allowed {
             state.ensure_device(id);
         }
@@ -138,27 +139,27 @@ impl Capacity {
                 &device,
                 bytes_per_replica,
             ))?;
-            placed.push(device.parse().unwrap_or(Device::Cpu));
+            placed.extend(allowed_device(&device, allowed_devices));
         }
         Ok(placed)
     }
 
     /// Replaces a replica's declared memory by what it measured after warm-up.
-    pub fn record_measured(&self, model: &str, version: &str, replica: u32, bytes: u64) {
-        let over = lock(&self.state)
-            .ledger
-            .record_measured(model, version, replica, bytes);
+    pub fn record_measured(&self, key: &Key, replica: u32, bytes: u64) {
+        let over =
+            lock(&self.state)
+                .ledger
+                .record_measured(&key.model, &key.version, replica, bytes);
         if over {
-            tracing::warn!(%model, %version, replica, bytes, "a replica measured more than its device's budget has left");
+            tracing::warn!(version = %key, replica, bytes, "a replica measured more than its device's budget has left");
         }
     }
 
-    pub fn release_version(&self, model: &str, version: &str) {
+    pub fn release_version(&self, key: &Key) {
         let mut state = lock(&self.state);
-        state.ledger.release_version(model, version);
-        let key = (model.to_owned(), version.to_owned());
-        state.scalers.remove(&key);
-        state.adding.remove(&key);
+        state.ledger.release_version(&key.model, &key.version);
+        state.scalers.remove(key);
+        state.adding.remove(key);
     }
 
     /// One autoscaling round over the current table: observes every scaled version's
@@ -175,7 +176,10 @@ impl Capacity {
                 let Some(scaling) = &ready.scaling else {
                     continue;
                 };
-                let key: Key = (model.name.to_string(), version.label.to_string());
+                let key = Key {
+                    model: model.name.clone(),
+                    version: version.label.clone(),
+                };
                 let scaler = state
                     .scalers
                     .entry(key.clone())
@@ -230,7 +234,7 @@ impl Capacity {
                         changes.push(change);
                         events.push((
                             key.clone(),
-                            json!({"version": key.1, "from": 0, "to": 1, "reason": reason,
+                            json!({"version": key.version, "from": 0, "to": 1, "reason": reason,
                                    "bytes_per_replica": bytes}),
                         ));
                     }
@@ -251,10 +255,10 @@ impl Capacity {
                         scaler.target = 0;
                         scaler.reason = reason.clone();
                     }
-                    tracing::info!(model = %key.0, version = %key.1, %reason, "scaling");
+                    tracing::info!(model = %key.model, version = %key.version, %reason, "scaling");
                     events.push((
                         key.clone(),
-                        json!({"version": key.1, "from": live, "to": 0, "reason": reason}),
+                        json!({"version": key.version, "from": live, "to": 0, "reason": reason}),
                     ));
                     changes.push(Change::RemoveAll {
                         key: key.clone(),
@@ -310,11 +314,11 @@ impl Capacity {
                     });
                 }
             }
-            tracing::info!(model = %key.0, version = %key.1, from = decision.from, to = decision.to, reason = %decision.reason, "scaling");
+            tracing::info!(model = %key.model, version = %key.version, from = decision.from, to = decision.to, reason = %decision.reason, "scaling");
             events.push((
                 key.clone(),
                 json!({
-                    "version": key.1,
+                    "version": key.version,
                     "from": decision.from,
                     "to": decision.to,
                     "reason": decision.reason,
@@ -358,12 +362,15 @@ impl Capacity {
         let mut versions = Vec::new();
         for model in table.models.values() {
             for version in &model.versions {
-                let key = (model.name.to_string(), version.label.to_string());
+                let key = Key {
+                    model: model.name.clone(),
+                    version: version.label.clone(),
+                };
                 let reservations: Vec<&Reservation> = state
                     .ledger
                     .reservations()
                     .iter()
-                    .filter(|r| r.model == key.0 && r.version == key.1)
+                    .filter(|r| *r.model == *key.model && *r.version == *key.version)
                     .collect();
                 let replicas: Vec<Value> = match &version.status {
                     VersionStatus::Ready(ready) => ready
@@ -392,8 +399,8 @@ impl Capacity {
                     })
                 });
                 versions.push(json!({
-                    "model": key.0,
-                    "version": key.1,
+                    "model": &*key.model,
+                    "version": &*key.version,
                     "state": version.status.name(),
                     "priority": priority(model, &version.label),
                     "replicas": replicas,
@@ -468,16 +475,17 @@ impl State {
         device: &str,
         bytes: u64,
     ) -> Option<Change> {
+        let placed = allowed_device(device, &ready.allowed)?;
         let index = ready.replicas.claim_index();
         self.ledger
-            .reserve(declared(&key.0, &key.1, index, device, bytes))
+            .reserve(declared(&key.model, &key.version, index, device, bytes))
             .ok()?;
         *self.adding.entry(key.clone()).or_default() += 1;
         Some(Change::Add {
             key: key.clone(),
             ready: ready.clone(),
             index,
-            device: device.parse().unwrap_or(Device::Cpu),
+            device: placed,
         })
     }
 
@@ -487,10 +495,11 @@ impl State {
         let mut trial = self.ledger.clone();
         let mut devices = Vec::new();
         for replica in 0..count {
-            let Ok(device) = trial.place(&key.0, &key.1, bytes, &allowed) else {
+            let Ok(device) = trial.place(&key.model, &key.version, bytes, &allowed) else {
                 break;
             };
-            let reservation = declared(&key.0, &key.1, u32::MAX - replica, &device, bytes);
+            let reservation =
+                declared(&key.model, &key.version, u32::MAX - replica, &device, bytes);
             if trial.reserve(reservation).is_err() {
                 break;
             }
@@ -518,7 +527,10 @@ impl State {
                 let VersionStatus::Ready(other) = &version.status else {
                     continue;
                 };
-                let other_key: Key = (other_model.name.to_string(), version.label.to_string());
+                let other_key = Key {
+                    model: other_model.name.clone(),
+                    version: version.label.clone(),
+                };
                 let is_self = other_key == *key;
                 let current: Vec<String> = other
                     .replicas
@@ -539,13 +551,13 @@ impl State {
                     .ledger
                     .reservations()
                     .iter()
-                    .filter(|r| r.model == other_key.0 && r.version == other_key.1)
+                    .filter(|r| *r.model == *other_key.model && *r.version == *other_key.version)
                     .map(|r| r.bytes)
                     .max()
                     .unwrap_or(other.reserve_bytes);
                 demands.push(Demand {
-                    model: other_key.0.clone(),
-                    version: other_key.1.clone(),
+                    model: other_key.model.to_string(),
+                    version: other_key.version.to_string(),
                     priority: priority(other_model, &version.label),
                     wanted: other_wanted,
                     minimum: 1,
@@ -557,7 +569,7 @@ impl State {
         }
         plan(self.ledger.devices(), &demands)
             .into_iter()
-            .find(|entry| entry.model == key.0 && entry.version == key.1)
+            .find(|entry| *entry.model == *key.model && *entry.version == *key.version)
             .map(|entry| entry.devices)
             .unwrap_or_default()
     }
@@ -565,7 +577,7 @@ impl State {
 
 /// Which versions keep their memory first: the one holding the `stable` alias, then by share
 /// of the traffic; versions without weight (canaries not yet weighted) after, shadows last.
-pub fn priority(model: &ModelState, label: &str) -> i64 {
+pub fn priority(model: &ModelEntry, label: &str) -> i64 {
     if model.aliases.get("stable").is_some_and(|v| &**v == label) {
         return 3_000_000;
     }
@@ -602,6 +614,22 @@ fn policy(scaling: &Scaling) -> ScalingPolicy {
     }
 }
 
+/// The allowed device the ledger placed a replica on: the ledger's ids are the allowed
+/// devices' names, so this finds one unless the ledger broke its contract.
+fn allowed_device(id: &str, allowed: &[Device]) -> Option<Device> {
+    let found = allowed
+        .iter()
+        .find(|device| device.to_string() == id)
+        .copied();
+    if found.is_none() {
+        tracing::error!(
+            device = id,
+            "the ledger placed a replica on a device it was not offered"
+        );
+    }
+    found
+}
+
 /// A replica's reservation before it is measured.
 fn declared(model: &str, version: &str, replica: u32, device: &str, bytes: u64) -> Reservation {
     Reservation {
@@ -625,32 +653,31 @@ fn new_replica_bytes(ready: &ReadyVersion) -> u64 {
 }
 
 /// Samples, decides and applies, every [`SCALE_INTERVAL`], until the task is dropped.
-pub async fn run(gateway: Arc<crate::gateway::Gateway>, store: Arc<dyn Store>) {
+pub async fn run(tables: Arc<TableHandle>, capacity: Arc<Capacity>, store: Arc<dyn Store>) {
     let mut every = tokio::time::interval(SCALE_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         every.tick().await;
-        let table = gateway.snapshot();
-        let (changes, events) = gateway.capacity().decide(&table, Instant::now());
+        let table = tables.snapshot();
+        let (changes, events) = capacity.decide(&table, Instant::now());
         drop(table);
         for change in changes {
             // A replica can take seconds to load: the next rounds go on meanwhile.
-            let gateway = gateway.clone();
-            tokio::spawn(async move { apply(&gateway, change).await });
+            let capacity = capacity.clone();
+            tokio::spawn(async move { apply(&capacity, change).await });
         }
-        for ((model, _), payload) in events {
+        for (key, payload) in events {
             if let Err(error) = store
-                .log_event(ACTOR, &model, "replicas.scale", payload)
+                .log_event(ACTOR, &key.model, "replicas.scale", payload)
                 .await
             {
-                tracing::warn!(%model, %error, "cannot record a scaling decision");
+                tracing::warn!(model = %key.model, %error, "cannot record a scaling decision");
             }
         }
     }
 }
 
-async fn apply(gateway: &crate::gateway::Gateway, change: Change) {
-    let capacity = gateway.capacity();
+async fn apply(capacity: &Capacity, change: Change) {
     match change {
         Change::Add {
             key,
@@ -666,29 +693,33 @@ async fn apply(gateway: &crate::gateway::Gateway, change: Change) {
                 Ok(added) => {
                     if let Some(bytes) = added.memory_bytes {
                         let bytes = bytes.max(ready.artifact_bytes);
-                        capacity.record_measured(&key.0, &key.1, index, bytes);
+                        capacity.record_measured(&key, index, bytes);
                     }
-                    tracing::info!(model = %key.0, version = %key.1, replica = index, %device, "replica added");
+                    tracing::info!(model = %key.model, version = %key.version, replica = index, %device, "replica added");
                 }
                 Err(error) => {
-                    lock(&capacity.state).ledger.release(&key.0, &key.1, index);
-                    tracing::error!(model = %key.0, version = %key.1, %error, "a new replica failed to load");
+                    lock(&capacity.state)
+                        .ledger
+                        .release(&key.model, &key.version, index);
+                    tracing::error!(model = %key.model, version = %key.version, %error, "a new replica failed to load");
                 }
             }
         }
         Change::RemoveAll { key, ready } => {
             let mut state = lock(&capacity.state);
             for removed in ready.replicas.remove_all() {
-                state.ledger.release(&key.0, &key.1, removed.index);
+                state
+                    .ledger
+                    .release(&key.model, &key.version, removed.index);
             }
-            tracing::info!(model = %key.0, version = %key.1, "scaled to zero");
+            tracing::info!(model = %key.model, version = %key.version, "scaled to zero");
         }
         Change::Remove { key, ready } => {
             if let Some(removed) = ready.replicas.remove_replica() {
                 lock(&capacity.state)
                     .ledger
-                    .release(&key.0, &key.1, removed.index);
-                tracing::info!(model = %key.0, version = %key.1, replica = removed.index, "replica removed");
+                    .release(&key.model, &key.version, removed.index);
+                tracing::info!(model = %key.model, version = %key.version, replica = removed.index, "replica removed");
             }
         }
     }

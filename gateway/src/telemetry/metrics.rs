@@ -1,5 +1,7 @@
 //! Prometheus metrics: one recorder per gateway, with the handles of each version registered
-//! once when it loads, so that the request path only bumps atomics.
+//! once when it loads, so that the request path only bumps atomics. The gauges are set when
+//! `/metrics` is scraped, from a [`Gauges`] snapshot the caller gathers: this module reads no
+//! other part of the gateway.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,9 +11,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder
 
 use switchyard_runtimes::{Device, memory};
 
-use crate::error::ErrorKind;
-use crate::gateway::Gateway;
-use crate::models::VersionStatus;
+use crate::error::{ERROR_TABLE, ErrorKind, ErrorRow};
 
 /// The protocol a request came by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -24,7 +24,7 @@ pub enum Protocol {
 impl Protocol {
     const ALL: [Protocol; 2] = [Protocol::Http, Protocol::Grpc];
 
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             Protocol::Http => "http",
             Protocol::Grpc => "grpc",
@@ -32,50 +32,20 @@ impl Protocol {
     }
 }
 
-/// How a request ended, as a metric label.
-const OUTCOMES: [&str; 7] = [
-    "success",
-    "invalid_argument",
-    "not_found",
-    "overloaded",
-    "unavailable",
-    "deadline_exceeded",
-    "internal",
-];
-
-fn outcome_index(result: Result<(), ErrorKind>) -> usize {
-    match result {
-        Ok(()) => 0,
-        Err(ErrorKind::InvalidArgument) => 1,
-        Err(ErrorKind::NotFound) => 2,
-        Err(ErrorKind::PayloadTooLarge | ErrorKind::Overloaded) => 3,
-        Err(ErrorKind::Unavailable) => 4,
-        Err(ErrorKind::DeadlineExceeded) => 5,
-        Err(ErrorKind::Internal) => 6,
-    }
+/// Counters by error kind, indexed by [`ErrorKind::index`]; kinds that never reach this
+/// counter (see [`ErrorKind::INFERENCE`]) get a no-op handle, so they add no series.
+fn by_kind(mut make: impl FnMut(&'static ErrorRow) -> Counter) -> Vec<Counter> {
+    ERROR_TABLE
+        .iter()
+        .map(|row| {
+            if ErrorKind::INFERENCE.contains(&row.kind) {
+                make(row)
+            } else {
+                Counter::noop()
+            }
+        })
+        .collect()
 }
-
-fn rejection_reason(kind: ErrorKind) -> usize {
-    match kind {
-        ErrorKind::InvalidArgument => 0,
-        ErrorKind::NotFound => 1,
-        ErrorKind::PayloadTooLarge => 2,
-        ErrorKind::Overloaded => 3,
-        ErrorKind::Unavailable => 4,
-        ErrorKind::DeadlineExceeded => 5,
-        ErrorKind::Internal => 6,
-    }
-}
-
-const REJECTION_REASONS: [&str; 7] = [
-    "invalid_argument",
-    "not_found",
-    "too_large",
-    "overloaded",
-    "unavailable",
-    "deadline_exceeded",
-    "internal",
-];
 
 const LATENCY_BUCKETS: &[f64] = &[
     0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
@@ -85,7 +55,8 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 
 /// The metrics of one version, registered when it loads.
 pub struct VersionMetrics {
-    requests: Vec<Vec<Counter>>,
+    /// Per protocol: success, then one per error kind.
+    requests: Vec<(Counter, Vec<Counter>)>,
     duration: Vec<Histogram>,
     overhead: Vec<Histogram>,
     pub queue_time: Histogram,
@@ -104,7 +75,11 @@ impl VersionMetrics {
         compute: Duration,
     ) {
         let protocol = protocol as usize;
-        self.requests[protocol][outcome_index(result)].increment(1);
+        let (success, failures) = &self.requests[protocol];
+        match result {
+            Ok(()) => success.increment(1),
+            Err(kind) => failures[kind.index()].increment(1),
+        }
         if result.is_ok() {
             self.duration[protocol].record(total.as_secs_f64());
             self.overhead[protocol].record(total.saturating_sub(compute).as_secs_f64());
@@ -117,15 +92,15 @@ impl VersionMetrics {
     }
 }
 
-pub struct Telemetry {
+pub struct Metrics {
     recorder: PrometheusRecorder,
     rejections: Vec<Counter>,
     /// Off: every handle is a no-op and /metrics is empty (for measuring what metrics cost).
     enabled: bool,
 }
 
-impl Telemetry {
-    pub fn new(enabled: bool) -> Arc<Telemetry> {
+impl Metrics {
+    pub fn new(enabled: bool) -> Arc<Metrics> {
         let builder = PrometheusBuilder::new();
         let builder = [
             "switchyard_request_duration_seconds",
@@ -144,26 +119,23 @@ impl Telemetry {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         describe(&recorder);
-        let rejections = REJECTION_REASONS
-            .iter()
-            .map(|reason| {
-                if !enabled {
-                    return Counter::noop();
-                }
-                counter(
-                    &recorder,
-                    "switchyard_rejections_total",
-                    vec![Label::new("reason", *reason)],
-                )
-            })
-            .collect();
+        let rejections = by_kind(|row| {
+            if !enabled {
+                return Counter::noop();
+            }
+            counter(
+                &recorder,
+                "switchyard_rejections_total",
+                vec![Label::new("reason", row.reason)],
+            )
+        });
         gauge(
             &recorder,
             "switchyard_build_info",
             vec![Label::new("version", env!("CARGO_PKG_VERSION"))],
         )
         .set(1.0);
-        Arc::new(Telemetry {
+        Arc::new(Metrics {
             recorder,
             rejections,
             enabled,
@@ -175,7 +147,7 @@ impl Telemetry {
             return VersionMetrics {
                 requests: Protocol::ALL
                     .iter()
-                    .map(|_| OUTCOMES.iter().map(|_| Counter::noop()).collect())
+                    .map(|_| (Counter::noop(), by_kind(|_| Counter::noop())))
                     .collect(),
                 duration: Protocol::ALL.iter().map(|_| Histogram::noop()).collect(),
                 overhead: Protocol::ALL.iter().map(|_| Histogram::noop()).collect(),
@@ -201,19 +173,17 @@ impl Telemetry {
             requests: Protocol::ALL
                 .iter()
                 .map(|protocol| {
-                    OUTCOMES
-                        .iter()
-                        .map(|outcome| {
-                            counter(
-                                r,
-                                "switchyard_requests_total",
-                                with(vec![
-                                    Label::new("protocol", protocol.as_str()),
-                                    Label::new("outcome", *outcome),
-                                ]),
-                            )
-                        })
-                        .collect()
+                    let outcome = |label: &'static str| {
+                        counter(
+                            r,
+                            "switchyard_requests_total",
+                            with(vec![
+                                Label::new("protocol", protocol.as_str()),
+                                Label::new("outcome", label),
+                            ]),
+                        )
+                    };
+                    (outcome("success"), by_kind(|row| outcome(row.outcome)))
                 })
                 .collect(),
             duration: Protocol::ALL
@@ -253,65 +223,72 @@ impl Telemetry {
 
     /// Counts a refused or failed request by its reason.
     pub fn reject(&self, kind: ErrorKind) {
-        self.rejections[rejection_reason(kind)].increment(1);
+        self.rejections[kind.index()].increment(1);
     }
 
-    /// The Prometheus text exposition, with the gauges read from the gateway's current state.
-    pub fn render(&self, gateway: &Gateway) -> String {
+    /// The Prometheus text exposition, with the gauges set from `gauges`.
+    pub fn render(&self, gauges: &Gauges) -> String {
         if !self.enabled {
             return "# metrics are disabled (metrics.enabled = false)\n".into();
         }
         let r = &self.recorder;
-        let table = gateway.snapshot();
         let mut gpus = std::collections::BTreeSet::new();
-        for model in table.models.values() {
-            for version in &model.versions {
-                let labels = || {
-                    vec![
-                        Label::new("model", model.name.to_string()),
-                        Label::new("version", version.label.to_string()),
-                    ]
-                };
-                let (replicas, depth) = match &version.status {
-                    VersionStatus::Ready(ready) => {
-                        (ready.replicas.replica_count(), ready.replicas.outstanding())
-                    }
-                    _ => (0, 0),
-                };
-                gauge(r, "switchyard_ready_replicas", labels()).set(replicas as f64);
-                if let VersionStatus::Ready(ready) = &version.status {
-                    if let Device::Cuda(index) = ready.device {
-                        gpus.insert(index);
-                    }
-                    if let Some(bytes) = ready.replicas.memory_per_replica() {
-                        let mut labels = labels();
-                        labels.push(Label::new("device", ready.device.to_string()));
-                        gauge(r, "switchyard_model_memory_bytes", labels)
-                            .set(bytes as f64 * replicas as f64);
-                    }
+        for version in &gauges.versions {
+            let labels = || {
+                vec![
+                    Label::new("model", version.model.to_string()),
+                    Label::new("version", version.version.to_string()),
+                ]
+            };
+            gauge(r, "switchyard_ready_replicas", labels()).set(version.replicas as f64);
+            if let Some(device) = version.device {
+                if let Device::Cuda(index) = device {
+                    gpus.insert(index);
                 }
-                gauge(r, "switchyard_queue_depth", labels()).set(depth as f64);
-                for state in ["LOADING", "READY", "FAILED", "PENDING"] {
+                if let Some(bytes) = version.memory_per_replica {
                     let mut labels = labels();
-                    labels.push(Label::new("state", state));
-                    let value = f64::from(u8::from(version.status.name() == state));
-                    gauge(r, "switchyard_model_state", labels).set(value);
+                    labels.push(Label::new("device", device.to_string()));
+                    gauge(r, "switchyard_model_memory_bytes", labels)
+                        .set(bytes as f64 * version.replicas as f64);
                 }
             }
+            gauge(r, "switchyard_queue_depth", labels()).set(version.queue_depth as f64);
+            for state in VERSION_STATES {
+                let mut labels = labels();
+                labels.push(Label::new("state", state));
+                let value = f64::from(u8::from(version.state == state));
+                gauge(r, "switchyard_model_state", labels).set(value);
+            }
         }
-        gauge(r, "switchyard_in_flight_requests", Vec::new()).set(gateway.in_flight() as f64);
-        // The CPU device: its memory, and what this process holds of it (its resident set).
+        gauge(r, "switchyard_in_flight_requests", Vec::new()).set(gauges.in_flight as f64);
+        self.render_devices(gauges, gpus);
+        for (model, version, target) in &gauges.targets {
+            let labels = vec![
+                Label::new("model", model.to_string()),
+                Label::new("version", version.to_string()),
+            ];
+            gauge(r, "switchyard_target_replicas", labels).set(f64::from(*target));
+        }
+        gauge(r, "switchyard_registry_revision", Vec::new()).set(gauges.revision as f64);
+        self.recorder.handle().render()
+    }
+
+    /// The devices' memory: the host's and this process's share of it, every GPU a version runs
+    /// on (NVML), and each accounted device's budget and reservations.
+    fn render_devices(&self, gauges: &Gauges, gpus: std::collections::BTreeSet<u32>) {
+        let r = &self.recorder;
+        let set = |device: String, kind: &'static str, bytes: u64| {
+            let labels = vec![Label::new("device", device), Label::new("kind", kind)];
+            gauge(r, "switchyard_device_memory_bytes", labels).set(bytes as f64);
+        };
         for (kind, bytes) in [
             ("total", memory::host_memory_bytes()),
             ("measured", memory::resident_set_bytes()),
         ] {
             if let Some(bytes) = bytes {
-                let labels = vec![Label::new("device", "cpu"), Label::new("kind", kind)];
-                gauge(r, "switchyard_device_memory_bytes", labels).set(bytes as f64);
+                set("cpu".into(), kind, bytes);
             }
         }
-        // The GPUs that versions run on: total and used (all processes) from NVML, and this
-        // process's share.
         for index in gpus {
             let device = Device::Cuda(index).to_string();
             let figures = memory::gpu_totals(index)
@@ -320,29 +297,43 @@ impl Telemetry {
                 .flatten()
                 .chain(memory::gpu_process_bytes(index).map(|bytes| ("measured", bytes)));
             for (kind, bytes) in figures {
-                let labels = vec![
-                    Label::new("device", device.clone()),
-                    Label::new("kind", kind),
-                ];
-                gauge(r, "switchyard_device_memory_bytes", labels).set(bytes as f64);
+                set(device.clone(), kind, bytes);
             }
         }
-        for (device, budget, reserved) in gateway.capacity().device_figures() {
-            for (kind, bytes) in [("budget", budget), ("reserved", reserved)] {
-                let labels = vec![
-                    Label::new("device", device.clone()),
-                    Label::new("kind", kind),
-                ];
-                gauge(r, "switchyard_device_memory_bytes", labels).set(bytes as f64);
-            }
+        for (device, budget, reserved) in &gauges.budgets {
+            set(device.clone(), "budget", *budget);
+            set(device.clone(), "reserved", *reserved);
         }
-        for ((model, version), target) in gateway.capacity().targets() {
-            let labels = vec![Label::new("model", model), Label::new("version", version)];
-            gauge(r, "switchyard_target_replicas", labels).set(f64::from(target));
-        }
-        gauge(r, "switchyard_registry_revision", Vec::new()).set(gateway.revision() as f64);
-        self.recorder.handle().render()
     }
+}
+
+/// The states a version's `switchyard_model_state` gauge can show.
+pub const VERSION_STATES: [&str; 4] = ["LOADING", "READY", "FAILED", "PENDING"];
+
+/// What the gauges show, gathered by the caller when `/metrics` is scraped.
+#[derive(Default)]
+pub struct Gauges {
+    pub versions: Vec<VersionGauges>,
+    /// Inference requests being handled.
+    pub in_flight: usize,
+    pub revision: i64,
+    /// Accounted devices: id, budget and reserved bytes.
+    pub budgets: Vec<(String, u64, u64)>,
+    /// The autoscaler's target per scaled version.
+    pub targets: Vec<(Arc<str>, Arc<str>, u32)>,
+}
+
+/// One version's gauges.
+pub struct VersionGauges {
+    pub model: Arc<str>,
+    pub version: Arc<str>,
+    /// One of [`VERSION_STATES`].
+    pub state: &'static str,
+    pub replicas: usize,
+    pub queue_depth: usize,
+    /// Where a ready version runs.
+    pub device: Option<Device>,
+    pub memory_per_replica: Option<u64>,
 }
 
 fn key(name: &'static str, labels: Vec<Label>) -> Key {

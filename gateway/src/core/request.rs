@@ -1,5 +1,5 @@
 //! The protocol-neutral inference request and response, and the checks of a request against
-//! the signature of the version that will serve it. HTTP (and later gRPC) decode into these.
+//! the signature of the version that will serve it. Both fronts decode into these.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;

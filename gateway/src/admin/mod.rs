@@ -1,5 +1,5 @@
 //! The management API (`/v1/...`) over the registry: JSON over HTTP on its own listener,
-//! behind bearer tokens with a read and a write role.
+//! behind bearer tokens with a read and a write role; and the command-line client ([`cli`]).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderValue, Method, StatusCode, header};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -17,20 +17,26 @@ use serde::de::DeserializeOwned;
 use serde_json::{Value, json};
 use switchyard_registry::{NewModel, NewScores, NewVersion, RegistryError, Store, VersionState};
 
+pub mod cli;
+
 use crate::auth;
 use crate::config::{AdminConfig, AdminRole, ServingConfig};
-use crate::experiment::FeedbackError;
-use crate::gateway::Gateway;
-use crate::reconcile::{self, RUNTIMES};
+use crate::control::capacity::Capacity;
+use crate::control::import::{import_repository, version_settings};
+use crate::control::runtimes;
+use crate::core::Gateway;
+use crate::core::feedback::Feedback;
+use crate::error::{ErrorKind, GatewayError};
 use crate::routing::{self, TrafficPolicy};
 
 /// The OpenAPI description served at `/v1/openapi.json`.
-pub const OPENAPI: &str = include_str!("../openapi.json");
+pub const OPENAPI: &str = include_str!("../../openapi.json");
 
 #[derive(Clone)]
 pub struct AdminState {
     store: Arc<dyn Store>,
     gateway: Arc<Gateway>,
+    capacity: Arc<Capacity>,
     tokens: Arc<Vec<([u8; 32], AdminRole)>>,
     /// No token is configured: only a loopback listener may then answer, to anyone on it.
     open: bool,
@@ -42,6 +48,7 @@ impl AdminState {
     pub fn new(
         store: Arc<dyn Store>,
         gateway: Arc<Gateway>,
+        capacity: Arc<Capacity>,
         config: &AdminConfig,
         models_dir: PathBuf,
         defaults: ServingConfig,
@@ -69,6 +76,7 @@ impl AdminState {
         AdminState {
             store,
             gateway,
+            capacity,
             tokens: Arc::new(tokens),
             open,
             models_dir,
@@ -77,34 +85,27 @@ impl AdminState {
     }
 }
 
-struct ApiError(StatusCode, String);
-
-impl IntoResponse for ApiError {
-    fn into_response(self) -> Response {
-        let mut response = (self.0, axum::Json(json!({ "error": self.1 }))).into_response();
-        if self.0 == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        }
-        response
-    }
-}
-
-impl From<RegistryError> for ApiError {
+/// A registry refusal in the API's terms: the kind decides the status, as everywhere.
+impl From<RegistryError> for GatewayError {
     fn from(error: RegistryError) -> Self {
-        let status = match &error {
-            RegistryError::NotFound(_) => StatusCode::NOT_FOUND,
-            RegistryError::Conflict(_) => StatusCode::CONFLICT,
-            RegistryError::Invalid(_) => StatusCode::BAD_REQUEST,
-            RegistryError::Storage(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        let kind = match &error {
+            RegistryError::NotFound(_) => ErrorKind::NotFound,
+            RegistryError::Conflict(_) => ErrorKind::Conflict,
+            RegistryError::Invalid(_) => ErrorKind::InvalidArgument,
+            RegistryError::Storage(_) => ErrorKind::Internal,
         };
-        ApiError(status, error.to_string())
+        GatewayError::new(kind, error.to_string())
     }
 }
+
+type ApiError = GatewayError;
 
 fn bad_request(message: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, message.into())
+    GatewayError::invalid(message)
+}
+
+fn internal(error: impl std::fmt::Display) -> ApiError {
+    GatewayError::internal(error.to_string())
 }
 
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
@@ -135,11 +136,8 @@ async fn authenticate(
         Actor("loopback".into())
     } else {
         let Some(presented) = auth::presented_secret(request.headers()) else {
-            return ApiError(
-                StatusCode::UNAUTHORIZED,
-                "a bearer token is required".into(),
-            )
-            .into_response();
+            return GatewayError::new(ErrorKind::Unauthenticated, "a bearer token is required")
+                .into_response();
         };
         let digest = auth::digest(presented);
         let Some((_, role)) = state
@@ -147,10 +145,10 @@ async fn authenticate(
             .iter()
             .find(|(known, _)| auth::same_digest(known, &digest))
         else {
-            return ApiError(StatusCode::UNAUTHORIZED, "unknown token".into()).into_response();
+            return GatewayError::new(ErrorKind::Unauthenticated, "unknown token").into_response();
         };
         if needs == AdminRole::Write && *role == AdminRole::Read {
-            return ApiError(StatusCode::FORBIDDEN, "this token may only read".into())
+            return GatewayError::new(ErrorKind::PermissionDenied, "this token may only read")
                 .into_response();
         }
         let prefix: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
@@ -194,11 +192,11 @@ pub fn router(state: AdminState) -> Router {
             get(|| async { ([(header::CONTENT_TYPE, "application/json")], OPENAPI) }),
         )
         .merge(api)
-        .fallback(|| async { ApiError(StatusCode::NOT_FOUND, "no such endpoint".into()) })
+        .fallback(|| async { GatewayError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
-            ApiError(
-                StatusCode::METHOD_NOT_ALLOWED,
-                "method not allowed on this endpoint".into(),
+            GatewayError::new(
+                ErrorKind::MethodNotAllowed,
+                "method not allowed on this endpoint",
             )
         })
         .with_state(state)
@@ -242,8 +240,7 @@ async fn create_model(
 
 async fn get_model(State(state): State<AdminState>, Path(model): Path<String>) -> ApiResult {
     let record = state.store.model(&model).await?;
-    let mut body = serde_json::to_value(&record)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut body = serde_json::to_value(&record).map_err(internal)?;
     if let Some(versions) = body["versions"].as_array_mut() {
         for version in versions {
             let label = version["label"].as_str().unwrap_or_default().to_owned();
@@ -265,12 +262,8 @@ async fn register_version(
     body: Bytes,
 ) -> ApiResult {
     let mut version: NewVersion = parse(&body)?;
-    if !RUNTIMES.contains(&version.runtime.as_str()) {
-        return Err(bad_request(format!(
-            "runtime '{}' is not available in this build (available: {})",
-            version.runtime,
-            RUNTIMES.join(", ")
-        )));
+    if !runtimes::is_available(&version.runtime) {
+        return Err(bad_request(runtimes::unavailable(&version.runtime)));
     }
     let artifact =
         std::path::absolute(&version.artifact).unwrap_or_else(|_| PathBuf::from(&version.artifact));
@@ -289,7 +282,7 @@ async fn register_version(
     version.artifact = artifact.display().to_string();
     match &version.config {
         Some(config) => {
-            reconcile::version_settings(config, &state.defaults).map_err(bad_request)?;
+            version_settings(config, &state.defaults).map_err(bad_request)?;
         }
         // A new version is served like the model's latest one unless told otherwise.
         None => {
@@ -327,8 +320,7 @@ async fn get_version(
     Path((model, label)): Path<(String, String)>,
 ) -> ApiResult {
     let version = state.store.version(&model, &label).await?;
-    let mut body = serde_json::to_value(&version)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let mut body = serde_json::to_value(&version).map_err(internal)?;
     body["serving"] = serving_state(&state.gateway, &model, &label);
     ok(StatusCode::OK, body)
 }
@@ -429,8 +421,7 @@ async fn set_policy(
             )));
         }
     }
-    let stored = serde_json::to_value(&policy)
-        .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    let stored = serde_json::to_value(&policy).map_err(internal)?;
     let revision = state
         .store
         .set_policy(&actor.0, &model, stored.clone())
@@ -444,9 +435,7 @@ async fn set_policy(
 /// The live figures of the model's routing experiment, from this gateway process.
 async fn experiment(State(state): State<AdminState>, Path(model): Path<String>) -> ApiResult {
     let table = state.gateway.snapshot();
-    let model = table
-        .model(&model)
-        .map_err(|e| ApiError(StatusCode::NOT_FOUND, e.message))?;
+    let model = table.model(&model)?;
     let candidates = model.candidates();
     let weights = routing::effective_weights(&model.policy, &candidates);
     let effective = |label: &str| {
@@ -520,42 +509,12 @@ async fn experiment(State(state): State<AdminState>, Path(model): Path<String>) 
 /// autoscaler target, as this gateway accounts for them.
 async fn resources(State(state): State<AdminState>) -> ApiResult {
     let table = state.gateway.snapshot();
-    ok(StatusCode::OK, state.gateway.capacity().report(&table))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FeedbackBody {
-    request_id: String,
-    reward: f64,
+    ok(StatusCode::OK, state.capacity.report(&table))
 }
 
 async fn feedback(State(state): State<AdminState>, body: Bytes) -> ApiResult {
-    let feedback: FeedbackBody = parse(&body)?;
-    record_feedback(&state.gateway, feedback)
-}
-
-fn record_feedback(gateway: &Gateway, feedback: FeedbackBody) -> ApiResult {
-    match gateway
-        .experiments()
-        .feedback(&feedback.request_id, feedback.reward)
-    {
-        Ok(model) => ok(
-            StatusCode::OK,
-            json!({ "request_id": feedback.request_id, "model": &*model, "reward": feedback.reward }),
-        ),
-        Err(error @ FeedbackError::InvalidReward(_)) => Err(bad_request(error.to_string())),
-        Err(error @ FeedbackError::UnknownRequest(_)) => {
-            Err(ApiError(StatusCode::NOT_FOUND, error.to_string()))
-        }
-    }
-}
-
-/// `POST /v1/feedback` on the inference port, for applications that hold an inference key
-/// rather than an admin token.
-pub async fn inference_feedback(gateway: Arc<Gateway>, body: Bytes) -> Response {
-    let result = parse::<FeedbackBody>(&body).and_then(|f| record_feedback(&gateway, f));
-    result.unwrap_or_else(IntoResponse::into_response)
+    let answer = Feedback::parse(&body)?.apply(&state.gateway)?;
+    ok(StatusCode::OK, answer)
 }
 
 #[derive(Deserialize)]
@@ -616,10 +575,9 @@ async fn events(
 }
 
 async fn import(State(state): State<AdminState>) -> ApiResult {
-    let imported =
-        reconcile::import_repository(state.store.as_ref(), &state.models_dir, &state.defaults)
-            .await
-            .map_err(|e| ApiError(StatusCode::INTERNAL_SERVER_ERROR, format!("{e:#}")))?;
+    let imported = import_repository(state.store.as_ref(), &state.models_dir, &state.defaults)
+        .await
+        .map_err(|e| GatewayError::internal(format!("{e:#}")))?;
     let revision = state.store.revision().await?;
     ok(
         StatusCode::OK,

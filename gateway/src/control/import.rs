@@ -1,0 +1,100 @@
+//! Repository import: registers the model repository's models and versions that the registry
+//! does not know yet, and reads a version's serving settings from its registry config.
+
+use std::path::Path;
+
+use switchyard_registry::{NewModel, NewVersion, RegistryError, Store, VersionState};
+
+use crate::config::ServingConfig;
+use crate::control::repository::{ModelSettings, ModelToml, scan};
+
+/// Registers the repository's models and versions that the registry does not know yet.
+/// Returns them as "model/version".
+pub async fn import_repository(
+    store: &dyn Store,
+    dir: &Path,
+    defaults: &ServingConfig,
+) -> anyhow::Result<Vec<String>> {
+    let entries = scan(dir, defaults)?;
+    let mut imported = Vec::new();
+    for entry in entries {
+        let known: Vec<String> = match store.model(&entry.name).await {
+            Ok(record) => record.versions.into_iter().map(|v| v.label).collect(),
+            Err(RegistryError::NotFound(_)) => {
+                let description = entry
+                    .toml
+                    .as_ref()
+                    .ok()
+                    .and_then(|toml| toml.description.clone())
+                    .unwrap_or_default();
+                let created = store
+                    .create_model(
+                        "import",
+                        NewModel {
+                            name: entry.name.clone(),
+                            description,
+                        },
+                    )
+                    .await;
+                match created {
+                    // Another gateway starting at the same time imported it first.
+                    Ok(_) | Err(RegistryError::Conflict(_)) => Vec::new(),
+                    Err(error) => return Err(error.into()),
+                }
+            }
+            Err(error) => return Err(error.into()),
+        };
+        for version in &entry.versions {
+            if known.contains(&version.label) {
+                continue;
+            }
+            let artifact =
+                std::path::absolute(&version.artifact).unwrap_or_else(|_| version.artifact.clone());
+            let config = match &entry.toml {
+                Ok(toml) => serde_json::to_value(toml)?,
+                Err(_) => serde_json::json!({}),
+            };
+            let mut metadata =
+                serde_json::json!({"imported_from": dir.join(&entry.name).display().to_string()});
+            if let Err(reason) = &entry.toml {
+                // Kept with the version so that no process loads it with default settings.
+                metadata["import_error"] = serde_json::json!(reason);
+            }
+            let new = NewVersion {
+                version: Some(version.label.clone()),
+                runtime: version.runtime.into(),
+                artifact: artifact.display().to_string(),
+                config: Some(config),
+                metadata: Some(metadata),
+            };
+            match store.register_version("import", &entry.name, new).await {
+                Ok(_) => {}
+                Err(RegistryError::Conflict(_)) => continue,
+                Err(error) => return Err(error.into()),
+            }
+            if let Err(reason) = &entry.toml {
+                store
+                    .set_version_state(
+                        "import",
+                        &entry.name,
+                        &version.label,
+                        VersionState::Failed,
+                        reason,
+                    )
+                    .await?;
+            }
+            imported.push(format!("{}/{}", entry.name, version.label));
+        }
+    }
+    Ok(imported)
+}
+
+/// Reads a version's serving settings from its registry config (a model.toml as JSON).
+pub fn version_settings(
+    config: &serde_json::Value,
+    defaults: &ServingConfig,
+) -> Result<ModelSettings, String> {
+    let toml: ModelToml =
+        serde_json::from_value(config.clone()).map_err(|e| format!("invalid config: {e}"))?;
+    ModelSettings::resolve(toml, defaults).map_err(|e| format!("invalid config: {e}"))
+}

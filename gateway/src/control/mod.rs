@@ -1,0 +1,28 @@
+//! The control plane, beside the request path: the reconciler that turns registry changes into
+//! a published model table ([`reconcile`]), the model repository and its import
+//! ([`repository`], [`import`]), the runtime factories ([`runtimes`]), memory accounting,
+//! placement and autoscaling ([`capacity`]), and the reward flush ([`rewards`]). Only this layer
+//! and the management API reach the registry.
+
+pub mod capacity;
+pub mod import;
+pub mod reconcile;
+pub mod repository;
+pub mod rewards;
+pub mod runtimes;
+
+use std::sync::Arc;
+
+use crate::core::TableHandle;
+use crate::routing::Experiments;
+use crate::telemetry::Metrics;
+use capacity::Capacity;
+
+/// What the control plane changes or reads, handed in by the app: never the whole gateway.
+#[derive(Clone)]
+pub struct Handles {
+    pub tables: Arc<TableHandle>,
+    pub experiments: Arc<Experiments>,
+    pub capacity: Arc<Capacity>,
+    pub metrics: Arc<Metrics>,
+}

@@ -1,0 +1,263 @@
+//! `infer`: what every request runs once a front has decoded it, whatever its protocol. Routes
+//! it ([`crate::core::route`]), checks it against the version's signature, queues it on a
+//! replica, and feeds the outcome to the experiment's figures and the shadow.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use switchyard_runtimes::NamedTensor;
+
+use crate::core::request::{InferRequest, InferResponse, select_outputs, validate};
+use crate::core::route::{Route, ShadowTarget, route};
+use crate::core::table::{ModelTable, ReadyVersion, TableHandle, VersionStatus};
+use crate::error::{ErrorKind, GatewayError};
+use crate::routing::{self, Experiments, FeedbackError};
+use crate::telemetry::tracing::{TRACE_TARGET, child};
+
+/// The serving core: the published model table and the experiment's figures.
+pub struct Gateway {
+    tables: Arc<TableHandle>,
+    experiments: Arc<Experiments>,
+}
+
+impl Gateway {
+    pub fn new(tables: Arc<TableHandle>, experiments: Arc<Experiments>) -> Gateway {
+        Gateway {
+            tables,
+            experiments,
+        }
+    }
+
+    pub fn tables(&self) -> &Arc<TableHandle> {
+        &self.tables
+    }
+
+    pub fn experiments(&self) -> &Arc<Experiments> {
+        &self.experiments
+    }
+
+    /// The current model table. Cheap; hold it only briefly, never across an await.
+    pub fn snapshot(&self) -> Arc<ModelTable> {
+        self.tables.snapshot()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.tables.is_ready()
+    }
+
+    /// Refuses, before its body is decoded, a request for a version whose queues are all full:
+    /// the cheapest 429. Anything else (unknown model, not ready) is left to `infer` to report.
+    pub fn refuse_if_queues_full(
+        &self,
+        model: &str,
+        version: Option<&str>,
+    ) -> Result<(), GatewayError> {
+        let table = self.tables.peek();
+        let Ok(model) = table.model(model) else {
+            return Ok(());
+        };
+        let surely_full = |status: &VersionStatus| match status {
+            VersionStatus::Ready(ready) => ready.replicas.surely_full(),
+            _ => false,
+        };
+        let full = match version {
+            // An unknown version is for `infer` to report (404), not a reason to refuse.
+            Some(label) => model
+                .version(label)
+                .is_ok_and(|version| surely_full(&version.status)),
+            // Routing may pick any ready version: refuse only when all of them are full.
+            None => {
+                model.highest_ready().is_some()
+                    && model
+                        .versions
+                        .iter()
+                        .filter(|v| matches!(v.status, VersionStatus::Ready(_)))
+                        .all(|v| surely_full(&v.status))
+            }
+        };
+        if full {
+            return Err(GatewayError::new(
+                ErrorKind::Overloaded,
+                "the model's queue is full; retry shortly",
+            ));
+        }
+        Ok(())
+    }
+
+    /// Serves one request: picks the version (the named one, or the policy's choice), checks
+    /// the inputs, queues them on a replica and returns the outputs the caller asked for. A
+    /// request without an id gets one, so that feedback can refer to it.
+    pub async fn infer(&self, mut request: InferRequest) -> Result<InferResponse, GatewayError> {
+        let routed = {
+            let _route = child(|| tracing::debug_span!(target: TRACE_TARGET, "route")).entered();
+            route(&self.tables.peek(), &request)?
+        };
+        let span = tracing::Span::current();
+        span.record("version", &*routed.label);
+        let id = request.id.get_or_insert_with(new_request_id);
+        span.record("request_id", id.as_str());
+        let shadow_inputs = routed.shadow.as_ref().map(|_| request.inputs.clone());
+        let received = request.received.unwrap_or_else(Instant::now);
+        // The caller's deadline, when it comes before the version's own timeout, is the one
+        // that fires; missing it says nothing about the version.
+        let caller_deadline = request
+            .deadline
+            .is_some_and(|deadline| deadline < received + routed.ready.timeout);
+        let protocol = request.protocol;
+        let result = serve(&routed, request).await;
+        let elapsed = received.elapsed();
+        let compute = result.as_ref().map_or(Duration::ZERO, |(_, c)| *c);
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
+        routed
+            .ready
+            .metrics
+            .record(protocol, outcome, elapsed, compute);
+        self.record_outcome(&routed, outcome, caller_deadline, elapsed);
+        let (response, _) = result?;
+        if routed.takes_feedback
+            && let Some(id) = &response.id
+        {
+            self.experiments
+                .remember(id, &routed.model_name, &routed.stats);
+        }
+        if let (Some(shadow), Some(inputs)) = (routed.shadow, shadow_inputs) {
+            // Off the request path: the caller never waits for the shadow or sees its errors.
+            let primary_outputs = response.outputs.clone();
+            tokio::spawn(run_shadow(
+                shadow,
+                routed.model_name,
+                routed.label,
+                inputs,
+                primary_outputs,
+            ));
+        }
+        Ok(response)
+    }
+
+    /// Feeds a request's outcome to its version's figures: the error rate that can take it out
+    /// of the policy, and, for a bandit without feedback, the reward.
+    fn record_outcome(
+        &self,
+        routed: &Route,
+        outcome: Result<(), ErrorKind>,
+        caller_deadline: bool,
+        elapsed: Duration,
+    ) {
+        let version_fault = match outcome {
+            Err(ErrorKind::Internal | ErrorKind::Unavailable) => true,
+            Err(ErrorKind::DeadlineExceeded) => !caller_deadline,
+            _ => false,
+        };
+        if matches!(
+            outcome,
+            Err(ErrorKind::InvalidArgument | ErrorKind::Overloaded)
+        ) {
+            return;
+        }
+        routed.stats.record(version_fault, elapsed);
+        if let Some(objective_ms) = routed.bandit_objective_ms
+            && !self.experiments.has_feedback(&routed.model_name)
+        {
+            let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
+            routed.stats.record_reward(routing::latency_reward(
+                !version_fault,
+                elapsed_ms,
+                objective_ms,
+            ));
+        }
+    }
+
+    /// Credits the version that served `request_id` with `reward`; returns the model's name.
+    pub fn feedback(&self, request_id: &str, reward: f64) -> Result<Arc<str>, FeedbackError> {
+        self.experiments.feedback(request_id, reward)
+    }
+}
+
+/// The part of `infer` after the version is chosen; also returns the model's compute time.
+async fn serve(
+    routed: &Route,
+    mut request: InferRequest,
+) -> Result<(InferResponse, Duration), GatewayError> {
+    let ready = &routed.ready;
+    validate(
+        &routed.model_name,
+        ready.signature(),
+        ready.max_batch_size,
+        &request,
+    )?;
+    let deadline = effective_deadline(ready, request.deadline)?;
+    let inputs = std::mem::take(&mut request.inputs);
+    let (outputs, compute) = ready.replicas.infer(inputs, Some(deadline)).await?;
+    let response = InferResponse {
+        model_name: routed.model_name.clone(),
+        model_version: routed.label.clone(),
+        id: request.id,
+        outputs: select_outputs(outputs, &request.outputs),
+    };
+    Ok((response, compute))
+}
+
+/// The earlier of the caller's deadline and the version's timeout; 504 if it already passed.
+fn effective_deadline(
+    ready: &ReadyVersion,
+    asked: Option<Instant>,
+) -> Result<Instant, GatewayError> {
+    let now = Instant::now();
+    let timeout_at = now.checked_add(ready.timeout).unwrap_or(now);
+    let deadline = asked.map_or(timeout_at, |asked| asked.min(timeout_at));
+    if deadline <= now {
+        return Err(GatewayError::new(
+            ErrorKind::DeadlineExceeded,
+            "the request's deadline passed before it reached the model",
+        ));
+    }
+    Ok(deadline)
+}
+
+/// Runs the mirrored copy of a request on the shadow and compares its outputs with the
+/// primary's.
+async fn run_shadow(
+    shadow: ShadowTarget,
+    model: Arc<str>,
+    primary: Arc<str>,
+    inputs: Vec<NamedTensor>,
+    primary_outputs: Vec<NamedTensor>,
+) {
+    let probe = InferRequest {
+        model: model.to_string(),
+        inputs,
+        ..InferRequest::default()
+    };
+    let ready = &shadow.ready;
+    let outputs = match validate(&model, ready.signature(), ready.max_batch_size, &probe) {
+        Ok(()) => {
+            let deadline = Instant::now() + ready.timeout;
+            let result = ready.replicas.infer(probe.inputs, Some(deadline)).await;
+            if let Err(error) = &result {
+                tracing::debug!(%model, shadow = %shadow.label, %error, "the shadow failed");
+            }
+            result.ok().map(|(outputs, _)| outputs)
+        }
+        Err(error) => {
+            tracing::debug!(%model, shadow = %shadow.label, %error, "the shadow cannot take the primary's inputs");
+            None
+        }
+    };
+    shadow
+        .stats
+        .record_shadow(&primary, &primary_outputs, outputs.as_deref());
+}
+
+/// A request id for requests that bring none: unique within the process and unlikely to
+/// collide across processes.
+fn new_request_id() -> String {
+    use std::sync::OnceLock;
+    static PREFIX: OnceLock<u32> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let prefix = *PREFIX.get_or_init(|| fastrand::u32(..));
+    format!(
+        "sy-{prefix:08x}-{:x}",
+        COUNTER.fetch_add(1, Ordering::Relaxed)
+    )
+}

@@ -1,0 +1,15 @@
+//! The serving core, below the fronts and the control plane: the protocol-neutral request and
+//! response and their validation ([`request`]), the model table ([`table`]), choosing a version
+//! ([`route`]) and `infer` ([`gateway`]).
+
+pub mod feedback;
+pub mod gateway;
+pub mod request;
+pub mod route;
+pub mod table;
+
+pub use gateway::Gateway;
+pub use request::{InferRequest, InferResponse, Parameter};
+pub use table::{
+    ModelEntry, ModelTable, ReadyVersion, Scaling, TableHandle, VersionEntry, VersionStatus,
+};

@@ -1,0 +1,155 @@
+//! Choosing the version that serves a request, all in one place: a pinned version or alias
+//! wins; otherwise the model's policy ([`crate::routing::choose`], a pure function) picks among
+//! the eligible weighted versions, falling back to the highest eligible one; and the policy
+//! may name a shadow to mirror the request to.
+
+use std::sync::Arc;
+
+use crate::core::request::{InferRequest, Parameter};
+use crate::core::table::{ModelEntry, ModelTable, ReadyVersion, VersionEntry, VersionStatus};
+use crate::error::GatewayError;
+use crate::routing::{self, PolicyMode, TrafficPolicy, VersionStats};
+
+/// The version a request goes to, and what its outcome feeds.
+pub struct Route {
+    pub model_name: Arc<str>,
+    pub label: Arc<str>,
+    pub ready: Arc<ReadyVersion>,
+    pub stats: Arc<VersionStats>,
+    /// Set when the policy is a bandit and chose this version: the outcome is a reward.
+    pub bandit_objective_ms: Option<u64>,
+    /// Whether the request is remembered for feedback: only models under a bandit learn from
+    /// it, so only they pay for the log.
+    pub takes_feedback: bool,
+    pub shadow: Option<ShadowTarget>,
+}
+
+/// A version that also receives a copy of a request, for comparison only.
+pub struct ShadowTarget {
+    pub label: Arc<str>,
+    pub ready: Arc<ReadyVersion>,
+    pub stats: Arc<VersionStats>,
+}
+
+/// Picks the version for a request, and the shadow to mirror it to.
+pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Route, GatewayError> {
+    let model = table.model(&request.model)?;
+    let mut rng = fastrand::Rng::new();
+    let version = match &request.version {
+        Some(label) => model.version(label)?,
+        None => policy_choice(model, sticky_key(&model.policy, request), &mut rng)?,
+    };
+    let ready = version.ready(&model.name)?.clone();
+    let policy_routed = request.version.is_none();
+    if policy_routed {
+        ready.metrics.routed();
+    }
+    let shadow = policy_routed
+        .then(|| routing::shadow_target(&model.policy, &version.label, &mut rng))
+        .flatten()
+        .and_then(|label| model.version(label).ok())
+        .and_then(|shadow| match &shadow.status {
+            VersionStatus::Ready(ready) => Some(ShadowTarget {
+                label: shadow.label.clone(),
+                ready: ready.clone(),
+                stats: shadow.stats.clone(),
+            }),
+            _ => None,
+        });
+    let bandit_objective_ms = match &model.policy.mode {
+        PolicyMode::Bandit {
+            latency_objective_ms,
+            ..
+        } if policy_routed => Some(*latency_objective_ms),
+        _ => None,
+    };
+    Ok(Route {
+        model_name: model.name.clone(),
+        label: version.label.clone(),
+        ready,
+        stats: version.stats.clone(),
+        bandit_objective_ms,
+        takes_feedback: matches!(model.policy.mode, PolicyMode::Bandit { .. }),
+        shadow,
+    })
+}
+
+/// The version that serves a request naming none, by the model's policy (`key` is the sticky
+/// key, if the request carries one). Without traffic weights, or when no weighted version is
+/// eligible, the highest eligible version serves, so that a shift towards a version still
+/// loading costs no request; with none at all, 503 with the reason.
+pub fn policy_choice<'m>(
+    model: &'m ModelEntry,
+    key: Option<&[u8]>,
+    rng: &mut fastrand::Rng,
+) -> Result<&'m Arc<VersionEntry>, GatewayError> {
+    if !model.traffic.is_empty() {
+        let candidates = model.candidates();
+        let chosen = routing::choose(&model.policy, &candidates, key, rng).and_then(|index| {
+            model
+                .versions
+                .iter()
+                .find(|v| *v.label == *candidates[index].label)
+        });
+        if let Some(version) = chosen {
+            return Ok(version);
+        }
+    }
+    model
+        .versions
+        .iter()
+        .rev()
+        .find(|version| model.eligible(version))
+        .ok_or_else(|| GatewayError::unavailable(why_no_version(model)))
+}
+
+fn why_no_version(model: &ModelEntry) -> String {
+    let reasons: Vec<String> = model
+        .versions
+        .iter()
+        .map(|version| match &version.status {
+            VersionStatus::Failed(reason) => {
+                format!("version '{}' failed: {reason}", version.label)
+            }
+            VersionStatus::Pending(reason) => {
+                format!("version '{}' is pending: {reason}", version.label)
+            }
+            VersionStatus::Ready(_) => format!(
+                "version '{}' has a recent error rate of {:.0}%, over the policy's limit of {:.0}%",
+                version.label,
+                version.stats.recent_error_rate().unwrap_or(0.0) * 100.0,
+                model.policy.max_error_rate * 100.0
+            ),
+            other => format!(
+                "version '{}' is {}",
+                version.label,
+                other.name().to_lowercase()
+            ),
+        })
+        .collect();
+    if reasons.is_empty() {
+        format!("model '{}' has no versions", model.name)
+    } else {
+        format!(
+            "model '{}' has no version that can serve ({})",
+            model.name,
+            reasons.join("; ")
+        )
+    }
+}
+
+/// The sticky key of a request under a sticky policy: the configured header (gRPC metadata),
+/// else a request parameter of that name.
+fn sticky_key<'r>(policy: &TrafficPolicy, request: &'r InferRequest) -> Option<&'r [u8]> {
+    let PolicyMode::Sticky { header } = &policy.mode else {
+        return None;
+    };
+    request
+        .headers
+        .get(header.as_str())
+        .map(|value| value.as_bytes())
+        .or_else(|| match request.parameters.get(header) {
+            Some(Parameter::String(value)) => Some(value.as_bytes()),
+            _ => None,
+        })
+}

@@ -1,0 +1,387 @@
+//! gRPC messages to the core's request and back: typed and raw tensor contents, parameters,
+//! and Triton's datatype enum.
+
+use std::collections::HashMap;
+
+use bytes::Bytes;
+use switchyard_runtimes::{DataType, NamedTensor, Tensor, TensorView, push_bytes_element};
+
+use super::pb;
+use crate::core::{InferRequest, InferResponse, Parameter};
+use crate::error::GatewayError;
+use pb::model_infer_request::InferInputTensor;
+use pb::model_infer_response::InferOutputTensor;
+use pb::{InferParameter, InferTensorContents, infer_parameter::ParameterChoice};
+
+pub(super) fn config_data_type(dtype: DataType) -> pb::DataType {
+    match dtype {
+        DataType::Bool => pb::DataType::TypeBool,
+        DataType::Uint8 => pb::DataType::TypeUint8,
+        DataType::Uint16 => pb::DataType::TypeUint16,
+        DataType::Uint32 => pb::DataType::TypeUint32,
+        DataType::Uint64 => pb::DataType::TypeUint64,
+        DataType::Int8 => pb::DataType::TypeInt8,
+        DataType::Int16 => pb::DataType::TypeInt16,
+        DataType::Int32 => pb::DataType::TypeInt32,
+        DataType::Int64 => pb::DataType::TypeInt64,
+        DataType::Fp16 => pb::DataType::TypeFp16,
+        DataType::Bf16 => pb::DataType::TypeBf16,
+        DataType::Fp32 => pb::DataType::TypeFp32,
+        DataType::Fp64 => pb::DataType::TypeFp64,
+        DataType::Bytes => pb::DataType::TypeString,
+    }
+}
+
+fn parameter(name: &str, value: InferParameter) -> Result<Parameter, GatewayError> {
+    Ok(match value.parameter_choice {
+        Some(ParameterChoice::BoolParam(b)) => Parameter::Bool(b),
+        Some(ParameterChoice::Int64Param(i)) => Parameter::Int(i),
+        Some(ParameterChoice::StringParam(s)) => Parameter::String(s),
+        Some(ParameterChoice::DoubleParam(d)) => Parameter::Double(d),
+        Some(ParameterChoice::Uint64Param(u)) => {
+            Parameter::Int(i64::try_from(u).map_err(|_| {
+                GatewayError::invalid(format!("parameter '{name}': {u} is out of range"))
+            })?)
+        }
+        None => {
+            return Err(GatewayError::invalid(format!(
+                "parameter '{name}' has no value"
+            )));
+        }
+    })
+}
+
+/// Decodes a request; also says whether its inputs came as raw contents, so the response can
+/// answer in kind.
+pub(super) fn decode_request(
+    request: pb::ModelInferRequest,
+) -> Result<(InferRequest, bool), GatewayError> {
+    let raw = !request.raw_input_contents.is_empty();
+    if raw && request.raw_input_contents.len() != request.inputs.len() {
+        return Err(GatewayError::invalid(format!(
+            "raw_input_contents has {} entries for {} inputs; it needs one per input",
+            request.raw_input_contents.len(),
+            request.inputs.len()
+        )));
+    }
+    let mut raw_contents = request.raw_input_contents.into_iter();
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        let data = raw_contents.next();
+        inputs.push(decode_input(input, data)?);
+    }
+    let parameters = request
+        .parameters
+        .into_iter()
+        .map(|(name, value)| {
+            let value = parameter(&name, value)?;
+            Ok((name, value))
+        })
+        .collect::<Result<_, GatewayError>>()?;
+    Ok((
+        InferRequest {
+            model: request.model_name,
+            version: (!request.model_version.is_empty()).then_some(request.model_version),
+            id: (!request.id.is_empty()).then_some(request.id),
+            inputs,
+            outputs: request.outputs.into_iter().map(|o| o.name).collect(),
+            parameters,
+            deadline: None,
+            received: None,
+            protocol: Default::default(),
+            headers: Default::default(),
+        },
+        raw,
+    ))
+}
+
+fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<NamedTensor, GatewayError> {
+    let name = input.name;
+    let invalid = |message: String| GatewayError::invalid(format!("input '{name}': {message}"));
+    let dtype: DataType = input
+        .datatype
+        .parse()
+        .map_err(|e| invalid(format!("{e}")))?;
+    let shape = input
+        .shape
+        .iter()
+        .map(|&dim| usize::try_from(dim))
+        .collect::<Result<Vec<usize>, _>>()
+        .map_err(|_| invalid(format!("shape {:?} has a negative dimension", input.shape)))?;
+    let data = match (raw, input.contents) {
+        (Some(_), Some(_)) => {
+            return Err(invalid(
+                "typed contents and raw_input_contents are both set; use one or the other".into(),
+            ));
+        }
+        (Some(raw), None) => raw,
+        (None, Some(contents)) => typed_to_bytes(dtype, &shape, contents).map_err(invalid)?,
+        (None, None) => return Err(invalid("no contents and no raw_input_contents".into())),
+    };
+    let tensor = Tensor::new(dtype, shape, data).map_err(|e| invalid(e.to_string()))?;
+    Ok(NamedTensor { name, tensor })
+}
+
+/// Typed contents to little-endian bytes of `dtype`, checking the element count and range.
+fn typed_to_bytes(
+    dtype: DataType,
+    shape: &[usize],
+    contents: InferTensorContents,
+) -> Result<Bytes, String> {
+    let expected = switchyard_runtimes::element_count(shape)
+        .ok_or_else(|| format!("shape {shape:?} is too large"))?;
+    fn check(field: &str, actual: usize, expected: usize) -> Result<(), String> {
+        if actual == expected {
+            Ok(())
+        } else {
+            Err(format!(
+                "contents.{field} holds {actual} elements but the shape needs {expected}"
+            ))
+        }
+    }
+    macro_rules! narrow {
+        ($field:ident, $t:ty) => {{
+            check(stringify!($field), contents.$field.len(), expected)?;
+            let mut out = Vec::with_capacity(expected * size_of::<$t>());
+            for value in &contents.$field {
+                let value = <$t>::try_from(*value)
+                    .map_err(|_| format!("{value} is out of range for {dtype}"))?;
+                out.extend_from_slice(&value.to_le_bytes());
+            }
+            Bytes::from(out)
+        }};
+    }
+    macro_rules! same {
+        ($field:ident) => {{
+            check(stringify!($field), contents.$field.len(), expected)?;
+            // The protocol's bytes are little-endian, as is every target this builds for.
+            Bytes::copy_from_slice(bytemuck::cast_slice(&contents.$field))
+        }};
+    }
+    Ok(match dtype {
+        DataType::Bool => {
+            check("bool_contents", contents.bool_contents.len(), expected)?;
+            contents
+                .bool_contents
+                .iter()
+                .map(|&b| u8::from(b))
+                .collect::<Vec<u8>>()
+                .into()
+        }
+        DataType::Int8 => narrow!(int_contents, i8),
+        DataType::Int16 => narrow!(int_contents, i16),
+        DataType::Int32 => narrow!(int_contents, i32),
+        DataType::Uint8 => narrow!(uint_contents, u8),
+        DataType::Uint16 => narrow!(uint_contents, u16),
+        DataType::Uint32 => narrow!(uint_contents, u32),
+        DataType::Int64 => same!(int64_contents),
+        DataType::Uint64 => same!(uint64_contents),
+        DataType::Fp32 => same!(fp32_contents),
+        DataType::Fp64 => same!(fp64_contents),
+        DataType::Fp16 | DataType::Bf16 => {
+            return Err(format!(
+                "{dtype} has no typed contents field; send it in raw_input_contents"
+            ));
+        }
+        DataType::Bytes => {
+            check("bytes_contents", contents.bytes_contents.len(), expected)?;
+            let total: usize = contents.bytes_contents.iter().map(|b| 4 + b.len()).sum();
+            let mut out = Vec::with_capacity(total);
+            for element in &contents.bytes_contents {
+                push_bytes_element(&mut out, element).map_err(|e| e.to_string())?;
+            }
+            out.into()
+        }
+    })
+}
+
+pub(super) fn encode_response(
+    response: InferResponse,
+    raw_requested: bool,
+) -> pb::ModelInferResponse {
+    // FP16 and BF16 have no typed field: such outputs force raw contents for the whole response.
+    let raw = raw_requested
+        || response
+            .outputs
+            .iter()
+            .any(|o| matches!(o.tensor.dtype(), DataType::Fp16 | DataType::Bf16));
+    let mut outputs = Vec::with_capacity(response.outputs.len());
+    let mut raw_output_contents = Vec::new();
+    for output in response.outputs {
+        let tensor = output.tensor;
+        let contents = if raw {
+            raw_output_contents.push(tensor.data().clone());
+            None
+        } else {
+            Some(typed_contents(&tensor))
+        };
+        outputs.push(InferOutputTensor {
+            name: output.name,
+            datatype: tensor.dtype().as_str().into(),
+            shape: tensor.shape().iter().map(|&d| d as i64).collect(),
+            parameters: HashMap::new(),
+            contents,
+        });
+    }
+    pb::ModelInferResponse {
+        model_name: response.model_name.to_string(),
+        model_version: response.model_version.to_string(),
+        id: response.id.unwrap_or_default(),
+        parameters: HashMap::new(),
+        outputs,
+        raw_output_contents,
+    }
+}
+
+fn typed_contents(tensor: &Tensor) -> InferTensorContents {
+    let mut contents = InferTensorContents::default();
+    match tensor.view() {
+        TensorView::Bool(v) => contents.bool_contents = v.iter().map(|&b| b != 0).collect(),
+        TensorView::Int8(v) => contents.int_contents = v.iter().map(|&x| i32::from(x)).collect(),
+        TensorView::Int16(v) => contents.int_contents = v.iter().map(|&x| i32::from(x)).collect(),
+        TensorView::Int32(v) => contents.int_contents = v.into_owned(),
+        TensorView::Uint8(v) => contents.uint_contents = v.iter().map(|&x| u32::from(x)).collect(),
+        TensorView::Uint16(v) => {
+            contents.uint_contents = v.iter().map(|&x| u32::from(x)).collect();
+        }
+        TensorView::Uint32(v) => contents.uint_contents = v.into_owned(),
+        TensorView::Int64(v) => contents.int64_contents = v.into_owned(),
+        TensorView::Uint64(v) => contents.uint64_contents = v.into_owned(),
+        TensorView::Fp32(v) => contents.fp32_contents = v.into_owned(),
+        TensorView::Fp64(v) => contents.fp64_contents = v.into_owned(),
+        TensorView::Bytes(v) => {
+            contents.bytes_contents = v.into_iter().map(Bytes::copy_from_slice).collect();
+        }
+        // Callers send these raw.
+        TensorView::Fp16(_) | TensorView::Bf16(_) => {}
+    }
+    contents
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn typed_contents_round_trip_every_typed_datatype() {
+        let cases: Vec<(DataType, InferTensorContents)> = vec![
+            (
+                DataType::Bool,
+                InferTensorContents {
+                    bool_contents: vec![true, false],
+                    ..Default::default()
+                },
+            ),
+            (
+                DataType::Int8,
+                InferTensorContents {
+                    int_contents: vec![-128, 127],
+                    ..Default::default()
+                },
+            ),
+            (
+                DataType::Int16,
+                InferTensorContents {
+                    int_contents: vec![-300, 300],
+                    ..Default::default()
+                },
+            ),
+            (
+                DataType::Int32,
+                InferTensorContents {
+                    int_contents: vec![i32::MIN, 7],
+                    ..Default::default()
+                },
+            ),
+            (
+                DataType::Uint8,
+                InferTensorContents {
+                    uint_contents: vec![0, 255],
+                    ..Default::default()
+                },
+            ),
+            (
+                DataType::Uint16,
+                InferTensorContents {
+                    uint_contents: vec![1, 65535],
+                    ..Default::default()
+                },
+            ),
+            (
+                DataType::Uint32,
+                InferTensorContents {
+                    uint_contents: vec![u32::MAX, 3],
+                    ..Default::default()
+                },
+            ),
+            (
+                DataType::Int64,
+                InferTensorContents {
+                    int64_contents: vec![i64::MIN, 1],
+                    ..Default::default()
+                },
+            ),
+            (
+                DataType::Uint64,
+                InferTensorContents {
+                    uint64_contents: vec![u64::MAX, 2],
+                    ..Default::default()
+                },
+            ),
+            (
+                DataType::Fp32,
+                InferTensorContents {
+                    fp32_contents: vec![0.5, -2.0],
+                    ..Default::default()
+                },
+            ),
+            (
+                DataType::Fp64,
+                InferTensorContents {
+                    fp64_contents: vec![0.1, 1e300],
+                    ..Default::default()
+                },
+            ),
+            (
+                DataType::Bytes,
+                InferTensorContents {
+                    bytes_contents: vec![Bytes::from_static(b"ab"), Bytes::new()],
+                    ..Default::default()
+                },
+            ),
+        ];
+        for (dtype, contents) in cases {
+            let bytes = typed_to_bytes(dtype, &[2], contents.clone()).expect("valid contents");
+            let tensor = Tensor::new(dtype, vec![2], bytes).expect("valid tensor");
+            assert_eq!(typed_contents(&tensor), contents, "{dtype}");
+        }
+    }
+
+    #[test]
+    fn typed_contents_are_checked() {
+        let short = InferTensorContents {
+            fp32_contents: vec![1.0],
+            ..Default::default()
+        };
+        assert!(
+            typed_to_bytes(DataType::Fp32, &[2], short)
+                .unwrap_err()
+                .contains("fp32_contents holds 1")
+        );
+        let wide = InferTensorContents {
+            int_contents: vec![200],
+            ..Default::default()
+        };
+        assert!(
+            typed_to_bytes(DataType::Int8, &[1], wide)
+                .unwrap_err()
+                .contains("out of range")
+        );
+        let half = InferTensorContents::default();
+        assert!(
+            typed_to_bytes(DataType::Fp16, &[0], half)
+                .unwrap_err()
+                .contains("raw_input_contents")
+        );
+    }
+}

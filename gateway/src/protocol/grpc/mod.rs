@@ -1,0 +1,352 @@
+//! The Open Inference Protocol over gRPC: `inference.GRPCInferenceService`, with Triton's
+//! `ModelConfig`, and the standard `grpc.health.v1` health service.
+
+mod convert;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::HeaderValue;
+use switchyard_runtimes::{DataType, Device, TensorSpec};
+use tonic::{Request, Response, Status};
+
+use crate::core::Gateway;
+use crate::error::{ErrorKind, GatewayError};
+use crate::protocol::metadata::{self, ConfigTensor};
+use crate::protocol::pipeline::{Call, Pipeline, admit_grpc};
+use crate::telemetry::Protocol;
+use convert::{config_data_type, decode_request, encode_response};
+
+/// The generated protocol types and service traits.
+pub mod pb {
+    #![allow(
+        clippy::all,
+        clippy::pedantic,
+        clippy::unwrap_used,
+        clippy::expect_used
+    )]
+    tonic::include_proto!("inference");
+}
+
+use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+
+/// The gRPC routes: the inference service and the health service, ready to be served.
+pub fn router(pipeline: Arc<Pipeline>, max_message_bytes: usize) -> axum::Router {
+    let inference = GrpcInferenceServiceServer::new(GrpcFront {
+        pipeline: pipeline.clone(),
+    })
+    .max_decoding_message_size(max_message_bytes)
+    .max_encoding_message_size(max_message_bytes);
+    let (reporter, health) = tonic_health::server::health_reporter();
+    let mut ready = pipeline.gateway().tables().watch_ready();
+    tokio::spawn(async move {
+        loop {
+            let status = if *ready.borrow_and_update() {
+                tonic_health::ServingStatus::Serving
+            } else {
+                tonic_health::ServingStatus::NotServing
+            };
+            for service in ["", "inference.GRPCInferenceService"] {
+                reporter.set_service_status(service, status).await;
+            }
+            if ready.changed().await.is_err() {
+                return;
+            }
+        }
+    });
+    tonic::service::Routes::new(inference)
+        .add_service(health)
+        .into_axum_router()
+        .layer(axum::middleware::map_response(
+            oversized_is_resource_exhausted,
+        ))
+        .layer(axum::middleware::from_fn_with_state(pipeline, admit_grpc))
+}
+
+/// tonic refuses a message over the size limit with OUT_OF_RANGE before any handler runs;
+/// gRPC's own implementations answer RESOURCE_EXHAUSTED there, which is what clients expect.
+async fn oversized_is_resource_exhausted(
+    mut response: axum::response::Response,
+) -> axum::response::Response {
+    const TONIC_MESSAGE: &str = "Error, decoded message length too large";
+    let headers = response.headers_mut();
+    let oversized = headers.get("grpc-status").is_some_and(|s| s == "11")
+        && headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| percent_decode(m).starts_with(TONIC_MESSAGE));
+    if oversized {
+        let detail = headers
+            .get("grpc-message")
+            .and_then(|m| m.to_str().ok())
+            .map(percent_decode)
+            .unwrap_or_default();
+        let message = format!(
+            "request message too large (grpc.max_message_size): {}",
+            detail
+                .trim_start_matches(TONIC_MESSAGE)
+                .trim_start_matches(':')
+                .trim()
+        );
+        headers.insert("grpc-status", HeaderValue::from_static("8"));
+        if let Ok(value) = HeaderValue::from_str(&percent_encode(&message)) {
+            headers.insert("grpc-message", value);
+        }
+    }
+    response
+}
+
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let decoded = (bytes[i] == b'%')
+            .then(|| text.get(i + 1..i + 3))
+            .flatten()
+            .and_then(|hex| u8::from_str_radix(hex, 16).ok());
+        match decoded {
+            Some(byte) => {
+                out.push(byte);
+                i += 3;
+            }
+            None => {
+                out.push(bytes[i]);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn percent_encode(text: &str) -> String {
+    text.bytes()
+        .map(|b| {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                (b as char).to_string()
+            } else {
+                format!("%{b:02X}")
+            }
+        })
+        .collect()
+}
+
+struct GrpcFront {
+    pipeline: Arc<Pipeline>,
+}
+
+impl GrpcFront {
+    fn gateway(&self) -> &Gateway {
+        self.pipeline.gateway()
+    }
+}
+
+fn version_of(version: &str) -> Option<&str> {
+    (!version.is_empty()).then_some(version)
+}
+
+#[tonic::async_trait]
+impl GrpcInferenceService for GrpcFront {
+    async fn server_live(
+        &self,
+        _: Request<pb::ServerLiveRequest>,
+    ) -> Result<Response<pb::ServerLiveResponse>, Status> {
+        Ok(Response::new(pb::ServerLiveResponse { live: true }))
+    }
+
+    async fn server_ready(
+        &self,
+        _: Request<pb::ServerReadyRequest>,
+    ) -> Result<Response<pb::ServerReadyResponse>, Status> {
+        Ok(Response::new(pb::ServerReadyResponse {
+            ready: self.gateway().is_ready(),
+        }))
+    }
+
+    async fn model_ready(
+        &self,
+        request: Request<pb::ModelReadyRequest>,
+    ) -> Result<Response<pb::ModelReadyResponse>, Status> {
+        let request = request.into_inner();
+        let table = self.gateway().snapshot();
+        let ready = match metadata::model_ready(&table, &request.name, version_of(&request.version))
+        {
+            Ok(()) => true,
+            Err(error) if error.kind == ErrorKind::NotFound => return Err(error.into()),
+            Err(_) => false,
+        };
+        Ok(Response::new(pb::ModelReadyResponse { ready }))
+    }
+
+    async fn server_metadata(
+        &self,
+        _: Request<pb::ServerMetadataRequest>,
+    ) -> Result<Response<pb::ServerMetadataResponse>, Status> {
+        Ok(Response::new(pb::ServerMetadataResponse {
+            name: metadata::SERVER_NAME.into(),
+            version: metadata::SERVER_VERSION.into(),
+            extensions: metadata::EXTENSIONS.iter().map(|e| e.to_string()).collect(),
+        }))
+    }
+
+    async fn model_metadata(
+        &self,
+        request: Request<pb::ModelMetadataRequest>,
+    ) -> Result<Response<pb::ModelMetadataResponse>, Status> {
+        let request = request.into_inner();
+        let metadata = metadata::model_metadata(
+            &self.gateway().snapshot(),
+            &request.name,
+            version_of(&request.version),
+        )?;
+        if let Some(reason) = metadata.reason {
+            return Err(GatewayError::unavailable(reason).into());
+        }
+        let tensors = |specs: &[TensorSpec]| {
+            specs
+                .iter()
+                .map(|spec| pb::model_metadata_response::TensorMetadata {
+                    name: spec.name.clone(),
+                    datatype: spec.dtype.as_str().into(),
+                    shape: spec.dims.clone(),
+                })
+                .collect()
+        };
+        Ok(Response::new(pb::ModelMetadataResponse {
+            name: metadata.name.to_string(),
+            versions: metadata.versions.iter().map(|v| v.to_string()).collect(),
+            platform: metadata.platform.into(),
+            inputs: tensors(&metadata.inputs),
+            outputs: tensors(&metadata.outputs),
+        }))
+    }
+
+    async fn model_config(
+        &self,
+        request: Request<pb::ModelConfigRequest>,
+    ) -> Result<Response<pb::ModelConfigResponse>, Status> {
+        let request = request.into_inner();
+        let config = metadata::model_config(
+            &self.gateway().snapshot(),
+            &request.name,
+            version_of(&request.version),
+        )?;
+        let data_type = |dtype: DataType| config_data_type(dtype) as i32;
+        let inputs = |tensors: &[ConfigTensor]| {
+            tensors
+                .iter()
+                .map(|t| pb::ModelInput {
+                    name: t.name.clone(),
+                    data_type: data_type(t.dtype),
+                    dims: t.dims.clone(),
+                })
+                .collect()
+        };
+        let outputs = |tensors: &[ConfigTensor]| {
+            tensors
+                .iter()
+                .map(|t| pb::ModelOutput {
+                    name: t.name.clone(),
+                    data_type: data_type(t.dtype),
+                    dims: t.dims.clone(),
+                })
+                .collect()
+        };
+        let (kind, gpus) = match config.device {
+            Device::Cuda(index) => (
+                pb::model_instance_group::Kind::Gpu,
+                vec![i32::try_from(index).unwrap_or(i32::MAX)],
+            ),
+            Device::Cpu => (pb::model_instance_group::Kind::Cpu, Vec::new()),
+        };
+        Ok(Response::new(pb::ModelConfigResponse {
+            config: Some(pb::ModelConfig {
+                name: config.name.to_string(),
+                platform: config.platform.into(),
+                backend: config.backend.into(),
+                max_batch_size: i32::try_from(config.max_batch_size).unwrap_or(i32::MAX),
+                input: inputs(&config.inputs),
+                output: outputs(&config.outputs),
+                instance_group: vec![pb::ModelInstanceGroup {
+                    name: config.name.to_string(),
+                    count: i32::try_from(config.instance_count).unwrap_or(i32::MAX),
+                    gpus,
+                    kind: kind as i32,
+                }],
+            }),
+        }))
+    }
+
+    async fn model_infer(
+        &self,
+        request: Request<pb::ModelInferRequest>,
+    ) -> Result<Response<pb::ModelInferResponse>, Status> {
+        let received = Instant::now();
+        let deadline = request
+            .metadata()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|timeout| received + timeout);
+        let (metadata, _, message) = request.into_parts();
+        let model = message.model_name.clone();
+        let version = message.model_version.clone();
+        let call = Call {
+            protocol: Protocol::Grpc,
+            model: &model,
+            version: version_of(&version),
+            received,
+            deadline,
+            headers: metadata.into_headers(),
+        };
+        let encoded = self
+            .pipeline
+            .infer(
+                call,
+                || decode_request(message),
+                |response, raw| Ok(encode_response(response, raw)),
+            )
+            .await?;
+        Ok(Response::new(encoded))
+    }
+}
+
+/// Parses gRPC's `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).
+fn parse_grpc_timeout(value: &str) -> Option<Duration> {
+    let (digits, unit) = value.split_at(value.len().checked_sub(1)?);
+    if digits.is_empty() || digits.len() > 8 {
+        return None;
+    }
+    let amount: u64 = digits.parse().ok()?;
+    Some(match unit {
+        "H" => Duration::from_secs(amount.checked_mul(3600)?),
+        "M" => Duration::from_secs(amount.checked_mul(60)?),
+        "S" => Duration::from_secs(amount),
+        "m" => Duration::from_millis(amount),
+        "u" => Duration::from_micros(amount),
+        "n" => Duration::from_nanos(amount),
+        _ => return None,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn grpc_timeouts_parse() {
+        assert_eq!(parse_grpc_timeout("100m"), Some(Duration::from_millis(100)));
+        assert_eq!(parse_grpc_timeout("2S"), Some(Duration::from_secs(2)));
+        assert_eq!(parse_grpc_timeout("1H"), Some(Duration::from_secs(3600)));
+        assert_eq!(parse_grpc_timeout("5u"), Some(Duration::from_micros(5)));
+        assert_eq!(parse_grpc_timeout("m"), None);
+        assert_eq!(parse_grpc_timeout("123456789S"), None);
+        assert_eq!(parse_grpc_timeout("10x"), None);
+    }
+
+    #[test]
+    fn percent_coding_round_trips() {
+        let text = "found 70000000 bytes, the limit is: 64 % 100\n";
+        assert_eq!(percent_decode(&percent_encode(text)), text);
+    }
+}

@@ -1,0 +1,149 @@
+//! What the protocols report about models: metadata, readiness and Triton's model
+//! configuration, built once here so that every protocol front reports the same thing.
+
+use std::sync::Arc;
+
+use switchyard_runtimes::{DataType, Device, TensorSpec};
+
+use crate::core::{ModelEntry, ModelTable, VersionEntry, VersionStatus};
+use crate::error::GatewayError;
+
+pub const SERVER_NAME: &str = "switchyard";
+pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration"];
+
+pub struct ModelMetadata {
+    pub name: Arc<str>,
+    pub versions: Vec<Arc<str>>,
+    pub platform: &'static str,
+    /// Empty unless the version is ready (the signature is read from the loaded model).
+    pub inputs: Vec<TensorSpec>,
+    pub outputs: Vec<TensorSpec>,
+    /// `LOADING`, `READY` or `FAILED`.
+    pub state: &'static str,
+    /// Why the version failed to load.
+    pub reason: Option<String>,
+    /// What the ready version's replicas take, as measured when they loaded.
+    pub memory: Option<MeasuredMemory>,
+}
+
+pub struct MeasuredMemory {
+    pub device: Device,
+    pub replicas: usize,
+    pub bytes_per_replica: Option<u64>,
+}
+
+/// Triton's model configuration, as far as Switchyard has one.
+pub struct ModelConfig {
+    pub name: Arc<str>,
+    pub platform: &'static str,
+    pub backend: &'static str,
+    pub max_batch_size: u32,
+    /// With a batch axis (max_batch_size > 0) the dims leave it out, as Triton's do.
+    pub inputs: Vec<ConfigTensor>,
+    pub outputs: Vec<ConfigTensor>,
+    pub device: Device,
+    pub instance_count: u32,
+}
+
+pub struct ConfigTensor {
+    pub name: String,
+    pub dtype: DataType,
+    pub dims: Vec<i64>,
+}
+
+/// The version a metadata request is about: the named one, or the model's default (the
+/// highest ready version, else the highest one, so that its state and reason show).
+fn resolve<'t>(
+    model: &'t ModelEntry,
+    version: Option<&str>,
+) -> Result<&'t Arc<VersionEntry>, GatewayError> {
+    match version {
+        Some(label) => model.version(label),
+        None => model
+            .representative_version()
+            .ok_or_else(|| GatewayError::unavailable("the model has no versions")),
+    }
+}
+
+pub fn model_metadata(
+    table: &ModelTable,
+    model: &str,
+    version: Option<&str>,
+) -> Result<ModelMetadata, GatewayError> {
+    let model = table.model(model)?;
+    let chosen = resolve(model, version)?;
+    let (inputs, outputs) = match &chosen.status {
+        VersionStatus::Ready(ready) => (
+            ready.signature().inputs.clone(),
+            ready.signature().outputs.clone(),
+        ),
+        _ => (Vec::new(), Vec::new()),
+    };
+    let versions = match version {
+        Some(_) => vec![chosen.label.clone()],
+        None => model.versions.iter().map(|v| v.label.clone()).collect(),
+    };
+    Ok(ModelMetadata {
+        name: model.name.clone(),
+        versions,
+        platform: chosen.platform,
+        inputs,
+        outputs,
+        state: chosen.status.name(),
+        reason: chosen.status.reason().map(str::to_owned),
+        memory: match &chosen.status {
+            VersionStatus::Ready(ready) => Some(MeasuredMemory {
+                device: ready.device,
+                replicas: ready.replicas.replica_count(),
+                bytes_per_replica: ready.replicas.memory_per_replica(),
+            }),
+            _ => None,
+        },
+    })
+}
+
+/// `Ok` when the model (any version) or the named version can serve; otherwise why not.
+pub fn model_ready(
+    table: &ModelTable,
+    model: &str,
+    version: Option<&str>,
+) -> Result<(), GatewayError> {
+    let model = table.model(model)?;
+    if version.is_none() && model.highest_ready().is_some() {
+        return Ok(());
+    }
+    resolve(model, version)?.ready(&model.name).map(|_| ())
+}
+
+pub fn model_config(
+    table: &ModelTable,
+    model: &str,
+    version: Option<&str>,
+) -> Result<ModelConfig, GatewayError> {
+    let model = table.model(model)?;
+    let chosen = resolve(model, version)?;
+    let ready = chosen.ready(&model.name)?;
+    let max_batch_size = ready.max_batch_size;
+    let skip = usize::from(max_batch_size > 0);
+    let config_tensors = |specs: &[TensorSpec]| {
+        specs
+            .iter()
+            .map(|spec| ConfigTensor {
+                name: spec.name.clone(),
+                dtype: spec.dtype,
+                dims: spec.dims.get(skip..).unwrap_or_default().to_vec(),
+            })
+            .collect()
+    };
+    Ok(ModelConfig {
+        name: model.name.clone(),
+        platform: chosen.platform,
+        backend: chosen.backend,
+        max_batch_size,
+        inputs: config_tensors(&ready.signature().inputs),
+        outputs: config_tensors(&ready.signature().outputs),
+        device: ready.device,
+        instance_count: u32::try_from(ready.replicas.replica_count()).unwrap_or(u32::MAX),
+    })
+}

@@ -1,0 +1,190 @@
+//! Every version's experiment figures, kept per version for the life of the process (across
+//! table swaps and reloads), and the log of served request ids that feedback can refer to.
+//! The control plane writes the rewards to the registry (`control::rewards`); nothing here
+//! does I/O.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::routing::BetaStats;
+use crate::routing::stats::VersionStats;
+use crate::version_key::VersionKey;
+
+/// Request ids remembered for feedback; the oldest are forgotten first.
+const FEEDBACK_LOG_CAPACITY: usize = 100_000;
+
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    // The figures stay usable even if a holder panicked; they are counters, not invariants.
+    mutex
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Every version's figures, and the request ids that feedback can refer to.
+#[derive(Default)]
+pub struct Experiments {
+    versions: Mutex<HashMap<VersionKey, Arc<VersionStats>>>,
+    /// Models that have received feedback: their bandit learns from it alone, not from
+    /// request outcomes.
+    with_feedback: Mutex<HashSet<Arc<str>>>,
+    requests: Mutex<RequestLog>,
+}
+
+/// Request ids are kept as 64-bit hashes: no allocation per request, and a client's id costs
+/// the log the same whatever its length.
+#[derive(Default)]
+struct RequestLog {
+    by_id: HashMap<u64, (Arc<str>, Arc<VersionStats>)>,
+    order: VecDeque<u64>,
+}
+
+/// FNV-1a: fast on short ids, and an accidental collision (1 in 2^64) would only misroute one
+/// reward.
+fn id_hash(id: &str) -> u64 {
+    id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum FeedbackError {
+    #[error("reward must be a number in [0, 1], got {0}")]
+    InvalidReward(f64),
+    #[error(
+        "unknown request id '{0}': feedback must refer to one of the last {FEEDBACK_LOG_CAPACITY} requests"
+    )]
+    UnknownRequest(String),
+}
+
+impl Experiments {
+    /// The figures of a version, created on first use. `stored` is what the registry holds of
+    /// its rewards, other gateways' included: taken whenever it is newer than what this
+    /// gateway last read.
+    pub fn version(&self, key: &VersionKey, stored: Option<BetaStats>) -> Arc<VersionStats> {
+        let mut versions = lock(&self.versions);
+        let stats = versions
+            .entry(key.clone())
+            .or_insert_with(|| Arc::new(VersionStats::new(stored.unwrap_or_default())))
+            .clone();
+        drop(versions);
+        if let Some(stored) = stored {
+            let mut tally = lock(&stats.rewards);
+            // Totals only grow; an older snapshot must not undo a fresher flush.
+            if stored.successes + stored.failures > tally.stored.successes + tally.stored.failures {
+                tally.stored = stored;
+            }
+        }
+        stats
+    }
+
+    /// Drops a retired version's figures.
+    pub fn forget(&self, key: &VersionKey) {
+        lock(&self.versions).remove(key);
+    }
+
+    /// Remembers which version answered a request, for feedback that names its id.
+    pub fn remember(&self, id: &str, model: &Arc<str>, stats: &Arc<VersionStats>) {
+        let key = id_hash(id);
+        let mut log = lock(&self.requests);
+        if log.by_id.len() >= FEEDBACK_LOG_CAPACITY
+            && let Some(oldest) = log.order.pop_front()
+        {
+            log.by_id.remove(&oldest);
+        }
+        if log
+            .by_id
+            .insert(key, (model.clone(), stats.clone()))
+            .is_none()
+        {
+            log.order.push_back(key);
+        }
+    }
+
+    /// Credits the version that served `request_id` with `reward`; returns the model's name.
+    pub fn feedback(&self, request_id: &str, reward: f64) -> Result<Arc<str>, FeedbackError> {
+        if !(0.0..=1.0).contains(&reward) {
+            return Err(FeedbackError::InvalidReward(reward));
+        }
+        let (model, stats) = lock(&self.requests)
+            .by_id
+            .get(&id_hash(request_id))
+            .cloned()
+            .ok_or_else(|| FeedbackError::UnknownRequest(request_id.to_owned()))?;
+        stats.record_reward(reward);
+        lock(&self.with_feedback).insert(model.clone());
+        Ok(model)
+    }
+
+    pub fn has_feedback(&self, model: &str) -> bool {
+        lock(&self.with_feedback).contains(model)
+    }
+
+    /// The versions with rewards not yet written to the registry, and how much.
+    pub fn pending_rewards(&self) -> Vec<(VersionKey, Arc<VersionStats>, BetaStats)> {
+        let versions: Vec<(VersionKey, Arc<VersionStats>)> = lock(&self.versions)
+            .iter()
+            .map(|(key, stats)| (key.clone(), stats.clone()))
+            .collect();
+        versions
+            .into_iter()
+            .filter_map(|(key, stats)| {
+                let pending = lock(&stats.rewards).pending;
+                let any = pending.successes != 0.0 || pending.failures != 0.0;
+                any.then_some((key, stats, pending))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn feedback_reaches_the_version_that_answered() {
+        let experiments = Experiments::default();
+        let stored = BetaStats {
+            successes: 3.0,
+            failures: 1.0,
+        };
+        let key = VersionKey::new("mlp", "2");
+        let stats = experiments.version(&key, Some(stored));
+        let model: Arc<str> = "mlp".into();
+        experiments.remember("req-1", &model, &stats);
+        assert!(!experiments.has_feedback("mlp"));
+        assert_eq!(experiments.feedback("req-1", 1.0), Ok(model.clone()));
+        assert!(experiments.has_feedback("mlp"));
+        assert_eq!(
+            stats.rewards(),
+            BetaStats {
+                successes: 4.0,
+                failures: 1.0
+            }
+        );
+        assert_eq!(
+            experiments.feedback("req-1", 1.5),
+            Err(FeedbackError::InvalidReward(1.5))
+        );
+        assert!(matches!(
+            experiments.feedback("nope", 0.5),
+            Err(FeedbackError::UnknownRequest(_))
+        ));
+        // The same version's figures come back; newer registry totals (other gateways'
+        // rewards) replace the stored part, older ones do not.
+        let again = experiments.version(&key, None);
+        assert!(Arc::ptr_eq(&stats, &again));
+        let shared = BetaStats {
+            successes: 10.0,
+            failures: 2.0,
+        };
+        experiments.version(&key, Some(shared));
+        experiments.version(&key, Some(stored));
+        assert_eq!(
+            stats.rewards(),
+            BetaStats {
+                successes: 11.0,
+                failures: 2.0
+            }
+        );
+    }
+}

@@ -1,0 +1,335 @@
+//! Routing policy: which model version serves a request that names none.
+//!
+//! Everything here is a pure function over plain data. Randomness comes from a
+//! caller-supplied `fastrand::Rng`, so the gateway can use a per-thread generator
+//! and tests can use fixed seeds.
+//!
+//! JSON shape of [`TrafficPolicy`]: one flat object whose `mode` tag selects which
+//! other mode fields are allowed, e.g.
+//! `{"mode":"sticky","header":"x-user-id","shadow":{"version":"2","fraction":0.1}}`.
+//! `max_error_rate` defaults to 0.5, score `exponent` to 4, bandit `floor` to 0.05.
+//! serde cannot combine `#[serde(flatten)]` with `deny_unknown_fields` (it then
+//! rejects every field), so `TrafficPolicy` has small hand-written serde impls
+//! that keep this flat shape and still reject unknown fields, including fields
+//! that belong to another mode.
+
+use serde::de::Error as _;
+use serde::ser::{Error as _, SerializeMap};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use serde_json::{Map, Value};
+
+pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.5;
+/// Scores such as accuracy sit close together (0.9 vs 0.6); the fourth power
+/// turns that 1.5x gap into a 5x traffic gap, which is what "prefer the better
+/// model" usually means in practice.
+pub const DEFAULT_SCORE_EXPONENT: f64 = 4.0;
+pub const DEFAULT_BANDIT_FLOOR: f64 = 0.05;
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TrafficPolicy {
+    pub mode: PolicyMode,
+    /// Optional shadow traffic, combinable with any mode.
+    pub shadow: Option<ShadowPolicy>,
+    /// Versions whose recent error rate is above this get no traffic from the policy.
+    pub max_error_rate: f64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "mode", rename_all = "snake_case", deny_unknown_fields)]
+pub enum PolicyMode {
+    Fixed,
+    /// The same value of `header` always reaches the same version.
+    Sticky {
+        header: String,
+    },
+    /// Weight = base_weight * score^exponent; `exponent` defaults to [`DEFAULT_SCORE_EXPONENT`].
+    Score {
+        metric: String,
+        #[serde(default = "default_score_exponent")]
+        exponent: f64,
+    },
+    /// `floor` (default [`DEFAULT_BANDIT_FLOOR`]) is the minimum traffic share per arm.
+    Bandit {
+        #[serde(default = "default_bandit_floor")]
+        floor: f64,
+        latency_objective_ms: u64,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShadowPolicy {
+    pub version: String,
+    pub fraction: f64,
+}
+
+impl Default for TrafficPolicy {
+    fn default() -> Self {
+        Self {
+            mode: PolicyMode::Fixed,
+            shadow: None,
+            max_error_rate: DEFAULT_MAX_ERROR_RATE,
+        }
+    }
+}
+
+impl TrafficPolicy {
+    /// Checks what can be checked without the candidate list; `floor * arms < 1`
+    /// depends on how many arms are live, so [`choose`] clamps the floor instead.
+    pub fn validate(&self) -> Result<(), String> {
+        if !(0.0..=1.0).contains(&self.max_error_rate) {
+            return Err(format!(
+                "max_error_rate {} is not in [0, 1]",
+                self.max_error_rate
+            ));
+        }
+        match &self.mode {
+            PolicyMode::Fixed => {}
+            PolicyMode::Sticky { header } if !is_http_token(header) => {
+                return Err(format!(
+                    "sticky header {header:?} is not an HTTP header name"
+                ));
+            }
+            PolicyMode::Sticky { .. } => {}
+            PolicyMode::Score { metric, exponent } => {
+                if metric.trim().is_empty() {
+                    return Err("score metric is empty".into());
+                }
+                if !exponent.is_finite() || *exponent < 0.0 {
+                    return Err(format!("score exponent {exponent} must be finite and >= 0"));
+                }
+            }
+            PolicyMode::Bandit {
+                floor,
+                latency_objective_ms,
+            } => {
+                if !(0.0..1.0).contains(floor) {
+                    return Err(format!("bandit floor {floor} is not in [0, 1)"));
+                }
+                if *latency_objective_ms == 0 {
+                    return Err("bandit latency_objective_ms must be > 0".into());
+                }
+            }
+        }
+        if let Some(shadow) = &self.shadow {
+            if shadow.version.trim().is_empty() {
+                return Err("shadow version is empty".into());
+            }
+            if !(0.0..=1.0).contains(&shadow.fraction) {
+                return Err(format!(
+                    "shadow fraction {} is not in [0, 1]",
+                    shadow.fraction
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// RFC 9110 `token`, the grammar of header field names.
+fn is_http_token(name: &str) -> bool {
+    !name.is_empty()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b))
+}
+
+/// Reads the JSON object once, lifts out the fields shared by every mode, and hands
+/// the rest to `PolicyMode`, whose `deny_unknown_fields` then rejects both unknown
+/// fields and fields that belong to another mode.
+impl<'de> Deserialize<'de> for TrafficPolicy {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let mut object = Map::deserialize(deserializer)?;
+        let mut take = |field: &str| object.remove(field).filter(|value| !value.is_null());
+        let shadow = take("shadow").map(serde_json::from_value).transpose();
+        let max_error_rate = take("max_error_rate")
+            .map(serde_json::from_value)
+            .transpose();
+        // serde lets unit variants ignore extra fields, so `fixed` is checked here.
+        if object.get("mode").and_then(Value::as_str) == Some("fixed")
+            && let Some(field) = object.keys().find(|field| *field != "mode")
+        {
+            let message = format!("unknown field `{field}` for mode `fixed`");
+            return Err(D::Error::custom(message));
+        }
+        let mode = serde_json::from_value(Value::Object(object));
+        Ok(Self {
+            mode: mode.map_err(D::Error::custom)?,
+            shadow: shadow.map_err(D::Error::custom)?,
+            max_error_rate: max_error_rate
+                .map_err(D::Error::custom)?
+                .unwrap_or(DEFAULT_MAX_ERROR_RATE),
+        })
+    }
+}
+
+impl Serialize for TrafficPolicy {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let Value::Object(mode_fields) =
+            serde_json::to_value(&self.mode).map_err(S::Error::custom)?
+        else {
+            return Err(S::Error::custom(
+                "policy mode did not serialise to an object",
+            ));
+        };
+        // `mode` goes first so stored policies read naturally; `Map` sorts its keys.
+        let (tag, fields): (Vec<_>, Vec<_>) =
+            mode_fields.iter().partition(|(key, _)| *key == "mode");
+        let mut map = serializer.serialize_map(None)?;
+        for (key, value) in tag.into_iter().chain(fields) {
+            map.serialize_entry(key, value)?;
+        }
+        if let Some(shadow) = &self.shadow {
+            map.serialize_entry("shadow", shadow)?;
+        }
+        map.serialize_entry("max_error_rate", &self.max_error_rate)?;
+        map.end()
+    }
+}
+
+fn default_score_exponent() -> f64 {
+    DEFAULT_SCORE_EXPONENT
+}
+
+fn default_bandit_floor() -> f64 {
+    DEFAULT_BANDIT_FLOOR
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(json: &str) -> Result<TrafficPolicy, String> {
+        serde_json::from_str(json).map_err(|error| error.to_string())
+    }
+
+    fn fixed() -> TrafficPolicy {
+        TrafficPolicy::default()
+    }
+
+    fn sticky() -> TrafficPolicy {
+        parse(r#"{"mode":"sticky","header":"x-user-id"}"#).unwrap()
+    }
+
+    fn score() -> TrafficPolicy {
+        parse(r#"{"mode":"score","metric":"accuracy"}"#).unwrap()
+    }
+
+    fn bandit(floor: f64) -> TrafficPolicy {
+        let mode = PolicyMode::Bandit {
+            floor,
+            latency_objective_ms: 500,
+        };
+        TrafficPolicy { mode, ..fixed() }
+    }
+
+    #[test]
+    fn policy_json_round_trips() {
+        let example =
+            r#"{"mode":"sticky","header":"x-user-id","shadow":{"version":"2","fraction":0.1}}"#;
+        let mut expected = sticky();
+        expected.shadow = Some(ShadowPolicy {
+            version: "2".into(),
+            fraction: 0.1,
+        });
+        assert_eq!(parse(example), Ok(expected));
+        assert!(matches!(&sticky().mode, PolicyMode::Sticky { header } if header == "x-user-id"));
+        assert_eq!(parse(r#"{"mode":"fixed","shadow":null}"#), Ok(fixed()));
+        assert!(matches!(score().mode, PolicyMode::Score { exponent, .. } if exponent == 4.0));
+        let bandit_json = r#"{"mode":"bandit","latency_objective_ms":500,"max_error_rate":0.2}"#;
+        let mut expected = bandit(DEFAULT_BANDIT_FLOOR);
+        expected.max_error_rate = 0.2;
+        assert_eq!(parse(bandit_json), Ok(expected));
+        for json in [example, r#"{"mode":"fixed"}"#, bandit_json] {
+            let policy = parse(json).unwrap();
+            assert_eq!(parse(&serde_json::to_string(&policy).unwrap()), Ok(policy));
+        }
+        let stored = r#"{"mode":"sticky","header":"x-user-id","max_error_rate":0.5}"#;
+        assert_eq!(serde_json::to_string(&sticky()).unwrap(), stored);
+    }
+
+    #[test]
+    fn policy_json_rejects_bad_shapes() {
+        let table = [
+            (
+                r#"{"mode":"fixed","colour":"red"}"#,
+                "unknown field `colour`",
+            ),
+            (
+                r#"{"mode":"fixed","header":"x-user-id"}"#,
+                "unknown field `header`",
+            ),
+            (
+                r#"{"mode":"score","metric":"a","floor":0.1}"#,
+                "unknown field `floor`",
+            ),
+            (r#"{"mode":"sticky"}"#, "missing field `header`"),
+            (
+                r#"{"mode":"bandit"}"#,
+                "missing field `latency_objective_ms`",
+            ),
+            (r#"{"mode":"random"}"#, "unknown variant `random`"),
+            (r#"{"header":"x"}"#, "missing field `mode`"),
+            (
+                r#"{"mode":"fixed","shadow":{"version":"2","fraction":0,"x":1}}"#,
+                "field `x`",
+            ),
+            (
+                r#"{"mode":"fixed","max_error_rate":"high"}"#,
+                "invalid type",
+            ),
+        ];
+        for (json, message) in table {
+            let error = parse(json).unwrap_err();
+            assert!(error.contains(message), "{json}: {error}");
+        }
+    }
+
+    #[test]
+    fn policy_validation_rejects_out_of_range_values() {
+        let valid = [fixed(), sticky(), score(), bandit(0.05)];
+        assert!(valid.iter().all(|policy| policy.validate().is_ok()));
+        let invalid = [
+            (r#"{"mode":"fixed","max_error_rate":1.5}"#, "max_error_rate"),
+            (
+                r#"{"mode":"fixed","shadow":{"version":"2","fraction":1.1}}"#,
+                "shadow fraction",
+            ),
+            (
+                r#"{"mode":"fixed","shadow":{"version":" ","fraction":0.1}}"#,
+                "shadow version",
+            ),
+            (r#"{"mode":"sticky","header":""}"#, "sticky header"),
+            (r#"{"mode":"sticky","header":"x user"}"#, "sticky header"),
+            (r#"{"mode":"sticky","header":"x-üser"}"#, "sticky header"),
+            (r#"{"mode":"score","metric":""}"#, "score metric"),
+            (
+                r#"{"mode":"score","metric":"accuracy","exponent":-1}"#,
+                "score exponent",
+            ),
+            (
+                r#"{"mode":"bandit","floor":1.0,"latency_objective_ms":500}"#,
+                "bandit floor",
+            ),
+            (
+                r#"{"mode":"bandit","floor":-0.1,"latency_objective_ms":500}"#,
+                "bandit floor",
+            ),
+            (
+                r#"{"mode":"bandit","latency_objective_ms":0}"#,
+                "latency_objective_ms",
+            ),
+        ];
+        for (json, message) in invalid {
+            let error = parse(json).unwrap().validate().unwrap_err();
+            assert!(error.contains(message), "{json}: {error}");
+        }
+        // JSON cannot carry these, but code-built policies can.
+        let (mut infinite_exponent, mut nan_error_rate) = (score(), fixed());
+        if let PolicyMode::Score { exponent, .. } = &mut infinite_exponent.mode {
+            *exponent = f64::INFINITY;
+        }
+        nan_error_rate.max_error_rate = f64::NAN;
+        assert!(infinite_exponent.validate().is_err() && nan_error_rate.validate().is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! Serving: the replicas of each version ([`ReplicaSet`]), their worker threads and bounded
+//! queues, dynamic batching, and the warm-up run. This is the lowest layer of the gateway: it
+//! knows runtimes and tensors, not models, policies or protocols.
+
+mod batching;
+mod replicas;
+mod warmup;
+mod worker;
+
+#[cfg(test)]
+mod tests;
+
+pub use batching::{Batching, DEFAULT_MAX_BATCH_SIZE};
+pub use replicas::{ReplicaInfo, ReplicaLoad, ReplicaSet};
+pub use warmup::Warmup;

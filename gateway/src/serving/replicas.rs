@@ -1,0 +1,463 @@
+//! The replicas of a version: each is a worker thread with its own runtime session behind a
+//! bounded queue; the set grows and shrinks while it serves, and picks the replica each
+//! request goes to.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::time::{Duration, Instant};
+
+use arc_swap::ArcSwap;
+use switchyard_runtimes::{
+    Device, LoadOptions, NamedTensor, Runtime, RuntimeError, Signature, memory,
+};
+use tokio::sync::oneshot;
+
+use crate::error::{ErrorKind, GatewayError};
+use crate::serving::batching::Batching;
+use crate::serving::warmup::{Warmup, warm_up};
+use crate::serving::worker::{Job, Worker, deadline_passed};
+use crate::telemetry::VersionMetrics;
+use crate::telemetry::tracing::TRACE_TARGET;
+
+/// One replica: the sending side of its queue and the count of requests it holds.
+pub(super) struct Replica {
+    pub(super) jobs: SyncSender<Job>,
+    pub(super) outstanding: Arc<AtomicUsize>,
+    /// Stable within the version: names the worker thread and the replica's reservation.
+    pub(super) index: u32,
+    pub(super) device: Device,
+    /// Memory the load and warm-up took on the device, where it can be measured.
+    pub(super) memory_bytes: Option<u64>,
+}
+
+/// What the resource accounting needs to know of a replica.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReplicaInfo {
+    pub index: u32,
+    pub device: Device,
+    pub memory_bytes: Option<u64>,
+    pub outstanding: usize,
+}
+
+impl Replica {
+    pub(super) async fn start(
+        load: &ReplicaLoad,
+        batching: Batching,
+        index: u32,
+        device: Device,
+        thread_name: String,
+    ) -> Result<(Replica, Loaded), RuntimeError> {
+        let ReplicaLoad {
+            runtime,
+            artifact,
+            mut options,
+            warmup,
+            queue_capacity,
+            metrics,
+        } = load.clone();
+        options.device = device;
+        let (jobs, queue) = mpsc::sync_channel::<Job>(queue_capacity);
+        let outstanding = Arc::new(AtomicUsize::new(0));
+        let (loaded_tx, loaded_rx) = oneshot::channel();
+        let worker_outstanding = outstanding.clone();
+        let configured_max_batch = batching.configured_max_batch_size;
+        std::thread::Builder::new()
+            .name(thread_name)
+            .spawn(move || {
+                // One load at a time in the process, so that each one's memory is its own.
+                let _measuring = LOADING
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                // On a GPU the process may hold nothing before its first load there.
+                let before = memory::in_use(options.device).unwrap_or(0);
+                let loaded = runtime.load(&artifact, &options).and_then(|mut model| {
+                    let load_error = |message: String| RuntimeError::Load {
+                        path: artifact.clone(),
+                        message,
+                    };
+                    let max_batch_size = Batching::resolve(configured_max_batch, model.signature())
+                        .map_err(load_error)?;
+                    if warmup.enabled {
+                        warm_up(model.as_mut(), &warmup).map_err(|message| {
+                            load_error(format!(
+                                "the warm-up run failed: {message} (the [warmup] table of \
+                                 model.toml sets its input shapes and values, or turns it off)"
+                            ))
+                        })?;
+                    }
+                    Ok((model, max_batch_size))
+                });
+                let (model, max_batch_size) = match loaded {
+                    Ok(loaded) => loaded,
+                    Err(error) => {
+                        let _ = loaded_tx.send(Err(error));
+                        return;
+                    }
+                };
+                let memory_bytes =
+                    memory::in_use(options.device).map(|after| after.saturating_sub(before));
+                drop(_measuring);
+                let _ = loaded_tx.send(Ok(Loaded {
+                    signature: model.signature().clone(),
+                    max_batch_size,
+                    memory_bytes,
+                }));
+                Worker {
+                    model,
+                    queue,
+                    batching: Batching {
+                        max_batch_size,
+                        ..batching
+                    },
+                    outstanding: worker_outstanding,
+                    metrics,
+                }
+                .run();
+            })
+            .map_err(|e| RuntimeError::Execution(format!("cannot start a worker thread: {e}")))?;
+        let loaded = loaded_rx.await.map_err(|_| {
+            RuntimeError::Execution("the worker thread stopped while loading".into())
+        })??;
+        let replica = Replica {
+            jobs,
+            outstanding,
+            index,
+            device,
+            memory_bytes: loaded.memory_bytes,
+        };
+        Ok((replica, loaded))
+    }
+}
+
+/// Held while a replica loads, warms up and is measured.
+pub(super) static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// What every replica of a version is loaded from.
+#[derive(Clone)]
+pub struct ReplicaLoad {
+    pub runtime: Arc<dyn Runtime>,
+    pub artifact: PathBuf,
+    pub options: LoadOptions,
+    pub warmup: Warmup,
+    /// Requests that may wait per replica.
+    pub queue_capacity: usize,
+    /// Where workers record queue time, compute time and batch sizes.
+    pub metrics: Option<Arc<VersionMetrics>>,
+}
+
+/// What a replica reports once loaded.
+pub(super) struct Loaded {
+    pub(super) signature: Signature,
+    pub(super) max_batch_size: usize,
+    /// Memory the load and warm-up took on the replica's device, where it can be measured.
+    pub(super) memory_bytes: Option<u64>,
+}
+
+/// The replicas of one version, which can grow and shrink while it serves. Dropping it closes
+/// their queues: each worker finishes the requests already queued, then unloads its model and
+/// exits; so does a replica taken out by `remove_replica`.
+pub struct ReplicaSet {
+    pub(super) replicas: ArcSwap<Vec<Arc<Replica>>>,
+    pub(super) signature: Signature,
+    pub(super) batching: Batching,
+    pub(super) queue_capacity: usize,
+    pub(super) load: ReplicaLoad,
+    pub(super) thread_name: String,
+    pub(super) next_index: AtomicU32,
+    /// The replica count as it changes, for requests waiting on a cold start.
+    pub(super) count: tokio::sync::watch::Sender<usize>,
+    /// Requests waiting for a replica while the version is scaled to zero.
+    pub(super) cold_waiters: AtomicUsize,
+}
+
+impl ReplicaSet {
+    /// Loads one replica per entry of `devices` (one on the load's device if empty), one after
+    /// the other (so that each one's memory is measured on its own), each on its own thread;
+    /// fails if any fails to load or to warm up.
+    pub async fn start(
+        load: ReplicaLoad,
+        mut batching: Batching,
+        devices: &[Device],
+        thread_name: &str,
+    ) -> Result<ReplicaSet, RuntimeError> {
+        let default_device = [load.options.device];
+        let devices = if devices.is_empty() {
+            &default_device[..]
+        } else {
+            devices
+        };
+        let mut replicas = Vec::with_capacity(devices.len());
+        let mut signature = Signature::default();
+        for (index, device) in (0u32..).zip(devices) {
+            let (replica, loaded) = Replica::start(
+                &load,
+                batching.clone(),
+                index,
+                *device,
+                format!("{thread_name}#{index}"),
+            )
+            .await?;
+            replicas.push(Arc::new(replica));
+            signature = loaded.signature;
+            batching.max_batch_size = loaded.max_batch_size;
+        }
+        let next_index = AtomicU32::new(u32::try_from(replicas.len()).unwrap_or(u32::MAX));
+        Ok(ReplicaSet {
+            replicas: ArcSwap::from_pointee(replicas),
+            signature,
+            queue_capacity: load.queue_capacity,
+            batching,
+            load,
+            thread_name: thread_name.to_owned(),
+            next_index,
+            count: tokio::sync::watch::Sender::new(devices.len()),
+            cold_waiters: AtomicUsize::new(0),
+        })
+    }
+
+    /// An index for a replica about to be added, so that its memory can be reserved first.
+    pub fn claim_index(&self) -> u32 {
+        self.next_index.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Loads one more replica on `device` (off the request path: requests keep going to the
+    /// others meanwhile) and puts it in service. `index` comes from `claim_index`.
+    pub async fn add_replica(
+        &self,
+        index: u32,
+        device: Device,
+    ) -> Result<ReplicaInfo, RuntimeError> {
+        let (replica, _) = Replica::start(
+            &self.load,
+            self.batching.clone(),
+            index,
+            device,
+            format!("{}#{index}", self.thread_name),
+        )
+        .await?;
+        let replica = Arc::new(replica);
+        let added = info(&replica);
+        let replicas = self.replicas.rcu(|current| {
+            let mut next = Vec::clone(current);
+            next.push(replica.clone());
+            next
+        });
+        drop(replicas);
+        self.count.send_replace(self.replicas.load().len());
+        Ok(added)
+    }
+
+    /// Takes the newest replica out of service, keeping at least one; its worker finishes what
+    /// it holds. Returns it.
+    pub fn remove_replica(&self) -> Option<ReplicaInfo> {
+        let mut removed = None;
+        self.replicas.rcu(|current| {
+            let mut next = Vec::clone(current);
+            removed = if next.len() > 1 { next.pop() } else { None };
+            next
+        });
+        if removed.is_some() {
+            self.count.send_replace(self.replicas.load().len());
+        }
+        removed.as_ref().map(info)
+    }
+
+    /// Takes every replica out of service (scale to zero); each finishes what it holds. The
+    /// next request waits for a cold start.
+    pub fn remove_all(&self) -> Vec<ReplicaInfo> {
+        let removed = self.replicas.swap(Arc::new(Vec::new()));
+        self.count.send_replace(0);
+        removed.iter().map(info).collect()
+    }
+
+    /// Requests waiting for a replica to come up.
+    pub fn cold_waiters(&self) -> usize {
+        self.cold_waiters.load(Ordering::Relaxed)
+    }
+
+    /// Waits until the version has a replica again, at most until `deadline` (30 s without).
+    pub(super) async fn wait_for_replica(
+        &self,
+        deadline: Option<Instant>,
+    ) -> Result<(), GatewayError> {
+        struct Waiting<'a>(&'a AtomicUsize);
+        impl Drop for Waiting<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+        self.cold_waiters.fetch_add(1, Ordering::Relaxed);
+        let _waiting = Waiting(&self.cold_waiters);
+        let mut count = self.count.subscribe();
+        let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
+        match tokio::time::timeout_at(until.into(), count.wait_for(|count| *count > 0)).await {
+            Ok(Ok(_)) => Ok(()),
+            _ => Err(GatewayError::unavailable(
+                "the version is scaled to zero and no replica came up before the request's \
+                 deadline (a cold start: see /v1/resources for why)",
+            )),
+        }
+    }
+
+    pub fn replicas(&self) -> Vec<ReplicaInfo> {
+        self.replicas.load().iter().map(info).collect()
+    }
+
+    /// The memory one replica takes on its device: the largest measured figure.
+    pub fn memory_per_replica(&self) -> Option<u64> {
+        self.replicas
+            .load()
+            .iter()
+            .filter_map(|replica| replica.memory_bytes)
+            .max()
+    }
+
+    pub fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    pub fn replica_count(&self) -> usize {
+        self.replicas.load().len()
+    }
+
+    /// Whether every replica's queue is certainly full, judged without taking a place: the
+    /// count of requests a replica holds, less those its worker may have taken out for the
+    /// batch it runs, against the queue's capacity. Lets a front refuse a request before it
+    /// spends work decoding it.
+    pub fn surely_full(&self) -> bool {
+        let replicas = self.replicas.load();
+        // Scaled to zero: the request waits for a cold start instead.
+        !replicas.is_empty() && replicas.iter().all(|replica| self.is_full(replica))
+    }
+
+    pub(super) fn is_full(&self, replica: &Replica) -> bool {
+        // The worker may hold a whole batch and one job that did not fit it.
+        let in_worker = self.batching.max_batch_size.max(1) + usize::from(self.batching.enabled());
+        replica.outstanding.load(Ordering::Relaxed) >= self.queue_capacity + in_worker
+    }
+
+    /// Requests the replicas hold, queued or running.
+    pub fn outstanding(&self) -> usize {
+        self.replicas
+            .load()
+            .iter()
+            .map(|replica| replica.outstanding.load(Ordering::Relaxed))
+            .sum()
+    }
+
+    /// The batch bound in force (0: the model has no batch axis).
+    pub fn max_batch_size(&self) -> usize {
+        self.batching.max_batch_size
+    }
+
+    /// Least outstanding work of two replicas picked at random.
+    pub(super) fn pick(replicas: &[Arc<Replica>]) -> Option<&Arc<Replica>> {
+        let count = replicas.len();
+        let first = replicas.get(fastrand::usize(..count.max(1)))?;
+        if count == 1 {
+            return Some(first);
+        }
+        let second = &replicas[fastrand::usize(..count)];
+        if second.outstanding.load(Ordering::Relaxed) < first.outstanding.load(Ordering::Relaxed) {
+            Some(second)
+        } else {
+            Some(first)
+        }
+    }
+
+    /// Queues a request on a replica and waits for its outputs (and the compute time of the
+    /// model call), at most until `deadline`. A full queue is refused at once.
+    pub async fn infer(
+        &self,
+        inputs: Vec<NamedTensor>,
+        deadline: Option<Instant>,
+    ) -> Result<(Vec<NamedTensor>, Duration), GatewayError> {
+        let rows = if self.batching.enabled() {
+            inputs
+                .first()
+                .and_then(|input| input.tensor.shape().first().copied())
+                .unwrap_or(0)
+        } else {
+            0
+        };
+        if self.replicas.load().is_empty() {
+            self.wait_for_replica(deadline).await?;
+        }
+        let replicas = self.replicas.load();
+        let replica = ReplicaSet::pick(&replicas)
+            .ok_or_else(|| GatewayError::unavailable("the version has no replica"))?;
+        let (reply, outputs) = oneshot::channel();
+        let span = tracing::Span::current();
+        let queued = crate::telemetry::tracing::child(
+            || tracing::debug_span!(target: TRACE_TARGET, "queue"),
+        );
+        let job = Job {
+            inputs,
+            span,
+            queued,
+            rows,
+            enqueued: Instant::now(),
+            deadline,
+            reply,
+        };
+        let mut attempt = enqueue(replica, job);
+        if let Err(TrySendError::Full(job)) = attempt {
+            // The two picked were full; a saturated replica gets no new request while another
+            // has room.
+            attempt = Err(TrySendError::Full(job));
+            for other in replicas.iter() {
+                if Arc::ptr_eq(other, replica) || self.is_full(other) {
+                    continue;
+                }
+                let Err(TrySendError::Full(job)) = attempt else {
+                    break;
+                };
+                attempt = enqueue(other, job);
+            }
+        }
+        drop(replicas);
+        match attempt {
+            Ok(()) => {}
+            Err(error) => {
+                return Err(match error {
+                    TrySendError::Full(_) => GatewayError::new(
+                        ErrorKind::Overloaded,
+                        "the model's queue is full; retry shortly",
+                    ),
+                    TrySendError::Disconnected(_) => {
+                        GatewayError::unavailable("the model is being unloaded")
+                    }
+                });
+            }
+        }
+        let answered = match deadline {
+            None => outputs.await,
+            Some(deadline) => tokio::time::timeout_at(deadline.into(), outputs)
+                .await
+                .map_err(|_| deadline_passed())?,
+        };
+        answered
+            .map_err(|_| GatewayError::internal("the model's worker stopped before answering"))?
+    }
+}
+
+// The refused job comes back by value, to be offered to another replica; boxing it would
+// allocate on the request path.
+#[allow(clippy::result_large_err)]
+pub(super) fn enqueue(replica: &Replica, job: Job) -> Result<(), TrySendError<Job>> {
+    replica.outstanding.fetch_add(1, Ordering::Relaxed);
+    replica.jobs.try_send(job).inspect_err(|_| {
+        replica.outstanding.fetch_sub(1, Ordering::Relaxed);
+    })
+}
+
+pub(super) fn info(replica: &Arc<Replica>) -> ReplicaInfo {
+    ReplicaInfo {
+        index: replica.index,
+        device: replica.device,
+        memory_bytes: replica.memory_bytes,
+        outstanding: replica.outstanding.load(Ordering::Relaxed),
+    }
+}

@@ -1,0 +1,477 @@
+//! The batcher and the queue, driven through a small model whose calls can be held at a
+//! gate, so that what waits in the queue is known exactly.
+
+use std::path::Path;
+use std::sync::{Condvar, Mutex};
+
+use switchyard_runtimes::{DataType, TensorSpec};
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use switchyard_runtimes::{
+    Device, LoadOptions, LoadedModel, NamedTensor, Runtime, RuntimeError, Signature, Tensor,
+};
+
+use super::batching::*;
+use super::replicas::*;
+use super::warmup::Warmup;
+use crate::error::{ErrorKind, GatewayError};
+
+fn test_load(runtime: Arc<dyn Runtime>, queue_capacity: usize) -> ReplicaLoad {
+    ReplicaLoad {
+        runtime,
+        artifact: PathBuf::from("none"),
+        options: LoadOptions::default(),
+        warmup: Warmup {
+            enabled: false,
+            dims: Default::default(),
+            fill: Default::default(),
+        },
+        queue_capacity,
+        metrics: None,
+    }
+}
+
+/// y = 2 x for x [batch, 2]; records the rows of each call and can hold calls at a gate.
+#[derive(Clone, Default)]
+struct Doubler {
+    calls: Arc<Mutex<Vec<usize>>>,
+    gate: Arc<(Mutex<bool>, Condvar)>,
+}
+
+impl Doubler {
+    fn close_gate(&self) {
+        *self.gate.0.lock().unwrap() = true;
+    }
+
+    fn open_gate(&self) {
+        *self.gate.0.lock().unwrap() = false;
+        self.gate.1.notify_all();
+    }
+
+    fn calls(&self) -> Vec<usize> {
+        self.calls.lock().unwrap().clone()
+    }
+
+    /// Waits until the model has been entered `count` times.
+    async fn wait_for_calls(&self, count: usize) {
+        for _ in 0..2000 {
+            if self.calls.lock().unwrap().len() >= count {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        panic!("the model was not called {count} times");
+    }
+}
+
+struct DoublerModel {
+    doubler: Doubler,
+    signature: Signature,
+}
+
+impl Runtime for Doubler {
+    fn name(&self) -> &'static str {
+        "doubler"
+    }
+    fn platform(&self) -> &'static str {
+        "test"
+    }
+    fn load(&self, _: &Path, _: &LoadOptions) -> Result<Box<dyn LoadedModel>, RuntimeError> {
+        let spec = |name: &str| TensorSpec {
+            name: name.into(),
+            dtype: DataType::Fp32,
+            dims: vec![-1, 2],
+        };
+        Ok(Box::new(DoublerModel {
+            doubler: self.clone(),
+            signature: Signature {
+                inputs: vec![spec("x")],
+                outputs: vec![spec("y")],
+            },
+        }))
+    }
+}
+
+impl LoadedModel for DoublerModel {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn run(&mut self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RuntimeError> {
+        let x = &inputs[0].tensor;
+        self.doubler.calls.lock().unwrap().push(x.shape()[0]);
+        let (closed, opened) = &*self.doubler.gate;
+        let mut held = closed.lock().unwrap();
+        while *held {
+            held = opened.wait(held).unwrap();
+        }
+        let y: Vec<f32> = floats(x).iter().map(|v| v * 2.0).collect();
+        Ok(vec![NamedTensor {
+            name: "y".into(),
+            tensor: Tensor::from_slice(DataType::Fp32, x.shape().to_vec(), &y).unwrap(),
+        }])
+    }
+}
+
+fn floats(tensor: &Tensor) -> Vec<f32> {
+    tensor
+        .data()
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .map(|c| f32::from_le_bytes(*c))
+        .collect()
+}
+
+fn rows(count: usize, first: f32) -> Vec<NamedTensor> {
+    let values: Vec<f32> = (0..count * 2).map(|i| first + i as f32).collect();
+    vec![NamedTensor {
+        name: "x".into(),
+        tensor: Tensor::from_slice(DataType::Fp32, vec![count, 2], &values).unwrap(),
+    }]
+}
+
+async fn start(
+    doubler: &Doubler,
+    max_queue_delay: Duration,
+    queue_capacity: usize,
+) -> Arc<ReplicaSet> {
+    let batching = Batching {
+        max_batch_size: 0,
+        configured_max_batch_size: Some(8),
+        max_queue_delay,
+        preferred_batch_sizes: Vec::new(),
+    };
+    let set = ReplicaSet::start(
+        test_load(Arc::new(doubler.clone()), queue_capacity),
+        batching,
+        &[Device::Cpu],
+        "test",
+    )
+    .await
+    .unwrap();
+    assert_eq!(set.max_batch_size(), 8);
+    Arc::new(set)
+}
+
+fn submit(
+    set: &Arc<ReplicaSet>,
+    inputs: Vec<NamedTensor>,
+    deadline: Option<Instant>,
+) -> tokio::task::JoinHandle<Result<Vec<NamedTensor>, GatewayError>> {
+    let set = set.clone();
+    tokio::spawn(async move {
+        set.infer(inputs, deadline)
+            .await
+            .map(|(outputs, _)| outputs)
+    })
+}
+
+async fn wait_for_queue(set: &ReplicaSet, outstanding: usize) {
+    for _ in 0..2000 {
+        if set.replicas()[0].outstanding == outstanding {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+    panic!("never {outstanding} requests outstanding");
+}
+
+#[tokio::test]
+async fn replicas_come_and_go_while_the_version_serves() {
+    let doubler = Doubler::default();
+    let set = start(&doubler, Duration::ZERO, 16).await;
+    let index = set.claim_index();
+    let added = set.add_replica(index, Device::Cpu).await.unwrap();
+    assert_eq!((added.index, set.replica_count()), (1, 2));
+    let indices: Vec<u32> = set.replicas().iter().map(|r| r.index).collect();
+    assert_eq!(indices, [0, 1]);
+    // A removed replica still answers what it holds: the gate keeps its job waiting.
+    doubler.close_gate();
+    let held: Vec<_> = (0..12)
+        .map(|i| submit(&set, rows(1, i as f32), None))
+        .collect();
+    doubler.wait_for_calls(2).await;
+    assert_eq!(set.remove_replica().map(|r| r.index), Some(1));
+    assert_eq!(set.remove_replica(), None, "the last replica stays");
+    doubler.open_gate();
+    for handle in held {
+        assert!(handle.await.unwrap().is_ok());
+    }
+    assert_eq!(set.replica_count(), 1);
+    assert!(submit(&set, rows(1, 9.0), None).await.unwrap().is_ok());
+}
+
+#[tokio::test]
+async fn at_zero_replicas_a_request_waits_for_a_cold_start() {
+    let doubler = Doubler::default();
+    let set = start(&doubler, Duration::ZERO, 4).await;
+    assert_eq!(set.remove_all().len(), 1);
+    assert!(!set.surely_full(), "a cold start is not a full queue");
+    let too_soon = Instant::now() + Duration::from_millis(50);
+    let error = set.infer(rows(1, 0.0), Some(too_soon)).await.err().unwrap();
+    assert_eq!(error.kind, ErrorKind::Unavailable, "{error}");
+    let waiting = submit(&set, rows(1, 1.0), None);
+    for _ in 0..200 {
+        if set.cold_waiters() == 1 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(set.cold_waiters(), 1);
+    set.add_replica(set.claim_index(), Device::Cpu)
+        .await
+        .unwrap();
+    assert_eq!(
+        floats(&waiting.await.unwrap().unwrap()[0].tensor),
+        [2.0, 4.0]
+    );
+    assert_eq!(set.cold_waiters(), 0);
+}
+
+#[tokio::test]
+async fn each_replica_warms_up_on_ones_before_it_is_ready() {
+    let doubler = Doubler::default();
+    let mut load = test_load(Arc::new(doubler.clone()), 4);
+    load.warmup.enabled = true;
+    load.warmup.dims.insert("x".into(), vec![3, 2]);
+    let set = ReplicaSet::start(load.clone(), Batching::none(), &[Device::Cpu; 2], "test")
+        .await
+        .unwrap();
+    assert_eq!(doubler.calls(), [3, 3], "one warm-up run per replica");
+    assert!(
+        set.memory_per_replica().is_some(),
+        "the CPU figure is known"
+    );
+
+    load.warmup.dims.insert("x".into(), vec![usize::MAX, 2]);
+    let error = ReplicaSet::start(load, Batching::none(), &[Device::Cpu], "test")
+        .await
+        .err()
+        .unwrap();
+    assert!(error.to_string().contains("warm-up"), "{error}");
+    assert_eq!(
+        doubler.calls(),
+        [3, 3],
+        "a failed warm-up never reached the model"
+    );
+}
+
+#[tokio::test]
+async fn concurrent_requests_form_one_batch_and_get_their_own_rows() {
+    let doubler = Doubler::default();
+    let set = start(&doubler, Duration::ZERO, 16).await;
+    doubler.close_gate();
+    let blocker = submit(&set, rows(1, 0.0), None);
+    doubler.wait_for_calls(1).await;
+    let waiting = [
+        submit(&set, rows(2, 10.0), None),
+        submit(&set, rows(1, 20.0), None),
+        submit(&set, rows(3, 30.0), None),
+    ];
+    wait_for_queue(&set, 4).await;
+    doubler.open_gate();
+    assert_eq!(
+        floats(&blocker.await.unwrap().unwrap()[0].tensor),
+        [0.0, 2.0]
+    );
+    let firsts = [10.0f32, 20.0, 30.0];
+    let counts = [2usize, 1, 3];
+    for ((handle, first), count) in waiting.into_iter().zip(firsts).zip(counts) {
+        let outputs = handle.await.unwrap().unwrap();
+        let y = &outputs[0].tensor;
+        assert_eq!(y.shape(), [count, 2]);
+        let expected: Vec<f32> = (0..count * 2).map(|i| 2.0 * (first + i as f32)).collect();
+        assert_eq!(floats(y), expected);
+    }
+    assert_eq!(
+        doubler.calls(),
+        [1, 6],
+        "the three waiting requests ran as one batch"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_waits_up_to_max_queue_delay_for_company() {
+    let doubler = Doubler::default();
+    let delay = Duration::from_millis(300);
+    let set = start(&doubler, delay, 16).await;
+    let started = Instant::now();
+    let first = submit(&set, rows(1, 0.0), None);
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let second = submit(&set, rows(2, 5.0), None);
+    first.await.unwrap().unwrap();
+    second.await.unwrap().unwrap();
+    assert!(
+        started.elapsed() >= delay,
+        "ran after {:?}",
+        started.elapsed()
+    );
+    assert_eq!(
+        doubler.calls(),
+        [3],
+        "the late request joined the waiting one"
+    );
+}
+
+#[tokio::test]
+async fn a_batch_does_not_wait_past_a_deadline_and_drops_the_late() {
+    let doubler = Doubler::default();
+    let set = start(&doubler, Duration::from_secs(5), 16).await;
+    let started = Instant::now();
+    let error = set
+        .infer(
+            rows(1, 0.0),
+            Some(Instant::now() + Duration::from_millis(100)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(error.kind, ErrorKind::DeadlineExceeded);
+    wait_for_queue(&set, 0).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "the batch stopped waiting at the deadline"
+    );
+    assert_eq!(
+        doubler.calls(),
+        Vec::<usize>::new(),
+        "the late request never ran"
+    );
+}
+
+#[tokio::test]
+async fn a_full_queue_is_refused_at_once() {
+    let doubler = Doubler::default();
+    let set = start(&doubler, Duration::ZERO, 1).await;
+    doubler.close_gate();
+    let running = submit(&set, rows(1, 0.0), None);
+    doubler.wait_for_calls(1).await;
+    let queued = submit(&set, rows(1, 1.0), None);
+    wait_for_queue(&set, 2).await;
+    let refused = set.infer(rows(1, 2.0), None).await.unwrap_err();
+    assert_eq!(refused.kind, ErrorKind::Overloaded);
+    doubler.open_gate();
+    assert!(running.await.unwrap().is_ok());
+    assert!(queued.await.unwrap().is_ok());
+    wait_for_queue(&set, 0).await;
+}
+
+#[tokio::test]
+async fn full_queues_are_seen_before_a_place_is_taken() {
+    let doubler = Doubler::default();
+    let set = ReplicaSet::start(
+        test_load(Arc::new(doubler.clone()), 2),
+        Batching::none(),
+        &[Device::Cpu],
+        "test",
+    )
+    .await
+    .unwrap();
+    let set = Arc::new(set);
+    doubler.close_gate();
+    let running = submit(&set, rows(1, 0.0), None);
+    doubler.wait_for_calls(1).await;
+    assert!(!set.surely_full());
+    let queued = [
+        submit(&set, rows(1, 1.0), None),
+        submit(&set, rows(1, 2.0), None),
+    ];
+    wait_for_queue(&set, 3).await;
+    assert!(
+        set.surely_full(),
+        "one running and two queued fill a queue of two"
+    );
+    doubler.open_gate();
+    assert!(running.await.unwrap().is_ok());
+    for handle in queued {
+        assert!(handle.await.unwrap().is_ok());
+    }
+    wait_for_queue(&set, 0).await;
+    assert!(!set.surely_full());
+}
+
+#[tokio::test]
+async fn a_request_whose_deadline_passes_in_the_queue_never_runs() {
+    let doubler = Doubler::default();
+    let set = start(&doubler, Duration::ZERO, 4).await;
+    doubler.close_gate();
+    let running = submit(&set, rows(1, 0.0), None);
+    doubler.wait_for_calls(1).await;
+    let late = submit(
+        &set,
+        rows(1, 1.0),
+        Some(Instant::now() + Duration::from_millis(30)),
+    );
+    let error = late.await.unwrap().unwrap_err();
+    assert_eq!(error.kind, ErrorKind::DeadlineExceeded);
+    doubler.open_gate();
+    assert!(running.await.unwrap().is_ok());
+    assert!(set.infer(rows(2, 0.0), None).await.is_ok());
+    assert_eq!(
+        doubler.calls(),
+        [1, 2],
+        "the late request was dropped before it ran"
+    );
+    wait_for_queue(&set, 0).await;
+}
+
+#[tokio::test]
+async fn a_caller_that_gives_up_frees_its_place_and_is_not_run() {
+    let doubler = Doubler::default();
+    let set = start(&doubler, Duration::ZERO, 4).await;
+    doubler.close_gate();
+    let running = submit(&set, rows(1, 0.0), None);
+    doubler.wait_for_calls(1).await;
+    let abandoned = submit(&set, rows(1, 1.0), None);
+    wait_for_queue(&set, 2).await;
+    abandoned.abort();
+    let _ = abandoned.await;
+    doubler.open_gate();
+    assert!(running.await.unwrap().is_ok());
+    wait_for_queue(&set, 0).await;
+    assert_eq!(doubler.calls(), [1]);
+}
+
+#[tokio::test]
+async fn dropping_the_replicas_finishes_the_queued_work() {
+    let doubler = Doubler::default();
+    let set = start(&doubler, Duration::ZERO, 8).await;
+    doubler.close_gate();
+    let handles: Vec<_> = (0..4)
+        .map(|i| submit(&set, rows(1, i as f32), None))
+        .collect();
+    wait_for_queue(&set, 4).await;
+    drop(set);
+    doubler.open_gate();
+    for handle in handles {
+        assert!(handle.await.unwrap().is_ok());
+    }
+}
+
+#[test]
+fn batch_bound_follows_the_signature() {
+    let spec = |dims: Vec<i64>| TensorSpec {
+        name: "t".into(),
+        dtype: DataType::Fp32,
+        dims,
+    };
+    let batchable = Signature {
+        inputs: vec![spec(vec![-1, 4])],
+        outputs: vec![spec(vec![-1])],
+    };
+    let fixed = Signature {
+        inputs: vec![spec(vec![2, -1, 4])],
+        outputs: vec![spec(vec![-1])],
+    };
+    assert_eq!(
+        Batching::resolve(None, &batchable),
+        Ok(DEFAULT_MAX_BATCH_SIZE)
+    );
+    assert_eq!(Batching::resolve(Some(8), &batchable), Ok(8));
+    assert_eq!(Batching::resolve(None, &fixed), Ok(0));
+    assert_eq!(Batching::resolve(Some(0), &fixed), Ok(0));
+    assert!(Batching::resolve(Some(4), &fixed).is_err());
+}

@@ -1,0 +1,254 @@
+//! A replica's worker thread: it owns the runtime session, drains the replica's bounded queue,
+//! forms batches and answers each caller on its own channel. Runtimes never run on the async
+//! executor.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::time::{Duration, Instant};
+
+use switchyard_runtimes::{LoadedModel, NamedTensor, RuntimeError, Tensor};
+use tokio::sync::oneshot;
+
+use crate::error::{ErrorKind, GatewayError};
+use crate::serving::batching::{Batching, concatenate, split};
+use crate::telemetry::VersionMetrics;
+use crate::telemetry::tracing::TRACE_TARGET;
+
+/// Outputs and the compute time of the model call that produced them.
+pub(super) type Reply = oneshot::Sender<Result<(Vec<NamedTensor>, Duration), GatewayError>>;
+
+pub(super) struct Job {
+    pub(super) inputs: Vec<NamedTensor>,
+    /// The request's span, parent of the spans the worker opens for it.
+    pub(super) span: tracing::Span,
+    /// Open while the job waits; closed when its batch starts.
+    pub(super) queued: tracing::Span,
+    /// Rows along the batch axis; 0 for a model without one.
+    pub(super) rows: usize,
+    pub(super) enqueued: Instant,
+    pub(super) deadline: Option<Instant>,
+    pub(super) reply: Reply,
+}
+
+impl Job {
+    /// A job still worth running: its caller waits and its deadline has not passed.
+    pub(super) fn answer_if_dead(self, now: Instant, outstanding: &AtomicUsize) -> Option<Job> {
+        if self.reply.is_closed() {
+            outstanding.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        if self.deadline.is_some_and(|deadline| now >= deadline) {
+            let _ = self.reply.send(Err(deadline_passed()));
+            outstanding.fetch_sub(1, Ordering::Relaxed);
+            return None;
+        }
+        Some(self)
+    }
+
+    /// Whether `other` can share a model call with this job: every input has the same
+    /// dimensions past the batch axis.
+    pub(super) fn batches_with(&self, other: &Job) -> bool {
+        self.inputs.iter().all(|input| {
+            find_input(other, &input.name)
+                .is_some_and(|o| o.shape().get(1..) == input.tensor.shape().get(1..))
+        })
+    }
+}
+
+pub(super) fn find_input<'j>(job: &'j Job, name: &str) -> Option<&'j Tensor> {
+    job.inputs
+        .iter()
+        .find(|input| input.name == name)
+        .map(|input| &input.tensor)
+}
+
+pub(super) fn deadline_passed() -> GatewayError {
+    GatewayError::new(
+        ErrorKind::DeadlineExceeded,
+        "the request's deadline passed before the model ran it",
+    )
+}
+
+pub(super) struct Worker {
+    pub(super) model: Box<dyn LoadedModel>,
+    pub(super) queue: Receiver<Job>,
+    pub(super) batching: Batching,
+    pub(super) outstanding: Arc<AtomicUsize>,
+    pub(super) metrics: Option<Arc<VersionMetrics>>,
+}
+
+impl Worker {
+    pub(super) fn run(mut self) {
+        // A job taken from the queue that could not join the batch before it starts the next.
+        let mut held: Option<Job> = None;
+        loop {
+            let first = match held.take() {
+                Some(job) => job,
+                None => match self.queue.recv() {
+                    Ok(job) => job,
+                    Err(_) => return,
+                },
+            };
+            let Some(first) = first.answer_if_dead(Instant::now(), &self.outstanding) else {
+                continue;
+            };
+            if !self.batching.enabled() || first.rows == 0 {
+                self.run_batch(vec![first], 0);
+                continue;
+            }
+            let (batch, rows) = self.collect_batch(first, &mut held);
+            self.run_batch(batch, rows);
+        }
+    }
+
+    /// Adds queued jobs to `first` until the batch is full, reaches a preferred size, or the
+    /// first job has waited `max_queue_delay`.
+    pub(super) fn collect_batch(&self, first: Job, held: &mut Option<Job>) -> (Vec<Job>, usize) {
+        // No job waits for company past its own deadline.
+        let mut flush_at = first
+            .enqueued
+            .checked_add(self.batching.max_queue_delay)
+            .unwrap_or(first.enqueued);
+        if let Some(deadline) = first.deadline {
+            flush_at = flush_at.min(deadline);
+        }
+        let mut rows = first.rows;
+        let mut batch = vec![first];
+        while rows < self.batching.max_batch_size {
+            let next = match self.queue.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    if now >= flush_at {
+                        break;
+                    }
+                    match self.queue.recv_timeout(flush_at - now) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            let Some(next) = next.answer_if_dead(Instant::now(), &self.outstanding) else {
+                continue;
+            };
+            if rows + next.rows > self.batching.max_batch_size || !batch[0].batches_with(&next) {
+                *held = Some(next);
+                break;
+            }
+            rows += next.rows;
+            if let Some(deadline) = next.deadline {
+                flush_at = flush_at.min(deadline);
+            }
+            batch.push(next);
+            if self.batching.preferred_batch_sizes.contains(&rows) {
+                break;
+            }
+        }
+        (batch, rows)
+    }
+
+    /// Runs the model, turning a panic inside the runtime into an error so that the worker,
+    /// and the requests queued behind it, carry on. Records the call's metrics.
+    pub(super) fn call_model(
+        &mut self,
+        inputs: &[NamedTensor],
+        jobs: &[Job],
+        rows: usize,
+    ) -> Result<(Vec<NamedTensor>, Duration), GatewayError> {
+        let started = Instant::now();
+        if let Some(metrics) = &self.metrics {
+            for job in jobs {
+                metrics.queue_time.record(
+                    started
+                        .saturating_duration_since(job.enqueued)
+                        .as_secs_f64(),
+                );
+            }
+            metrics.batch_size.record(rows.max(1) as f64);
+        }
+        // For each traced request in the call: a "batch" span (the call it shares, with its
+        // size) under the request's span, and the model's "infer" span under that.
+        let spans: Vec<(tracing::Span, tracing::Span)> = jobs
+            .iter()
+            .filter(|job| !job.span.is_disabled())
+            .map(|job| {
+                let batch = tracing::debug_span!(target: TRACE_TARGET, parent: &job.span, "batch", batch_size = rows.max(1), requests = jobs.len());
+                let infer = tracing::debug_span!(target: TRACE_TARGET, parent: &batch, "infer");
+                (batch, infer)
+            })
+            .collect();
+        let model = &mut self.model;
+        let outputs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(inputs)))
+            .unwrap_or_else(|_| Err(RuntimeError::Execution("the runtime panicked".into())))
+            .map_err(GatewayError::from)?;
+        let compute = started.elapsed();
+        drop(spans);
+        if let Some(metrics) = &self.metrics {
+            metrics.compute_time.record(compute.as_secs_f64());
+        }
+        Ok((outputs, compute))
+    }
+
+    pub(super) fn run_alone(&mut self, job: Job) {
+        if let Some(mut job) = job.answer_if_dead(Instant::now(), &self.outstanding) {
+            job.queued = tracing::Span::none();
+            let result = self.call_model(&job.inputs, std::slice::from_ref(&job), job.rows);
+            self.answer(job, result);
+        }
+    }
+
+    pub(super) fn run_batch(&mut self, batch: Vec<Job>, rows: usize) {
+        // A deadline may have passed while the batch formed.
+        let now = Instant::now();
+        let before = batch.len();
+        let batch: Vec<Job> = batch
+            .into_iter()
+            .filter_map(|job| job.answer_if_dead(now, &self.outstanding))
+            .collect();
+        let rows = if batch.len() == before {
+            rows
+        } else {
+            batch.iter().map(|job| job.rows).sum()
+        };
+        if batch.len() <= 1 {
+            for job in batch {
+                self.run_alone(job);
+            }
+            return;
+        }
+        let mut batch = batch;
+        for job in &mut batch {
+            // Closes the job's queue span: its wait is over.
+            job.queued = tracing::Span::none();
+        }
+        let outputs = concatenate(&batch, rows).and_then(|inputs| {
+            let (outputs, compute) = self.call_model(&inputs, &batch, rows)?;
+            Ok((split(outputs, &batch, rows)?, compute))
+        });
+        match outputs {
+            Ok((per_job, compute)) => {
+                for (job, outputs) in batch.into_iter().zip(per_job) {
+                    self.answer(job, Ok((outputs, compute)));
+                }
+            }
+            // One request must not fail its neighbours: run each alone so each gets its own
+            // answer.
+            Err(_) => {
+                for job in batch {
+                    self.run_alone(job);
+                }
+            }
+        }
+    }
+
+    pub(super) fn answer(
+        &self,
+        job: Job,
+        result: Result<(Vec<NamedTensor>, Duration), GatewayError>,
+    ) {
+        let _ = job.reply.send(result);
+        self.outstanding.fetch_sub(1, Ordering::Relaxed);
+    }
+}

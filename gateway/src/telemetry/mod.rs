@@ -1,0 +1,7 @@
+//! Telemetry, a leaf that anything may use and that uses no other layer: Prometheus metrics
+//! ([`metrics`]) and logs and traces ([`tracing`]).
+
+pub mod metrics;
+pub mod tracing;
+
+pub use metrics::{Gauges, Metrics, Protocol, VersionGauges, VersionMetrics};
