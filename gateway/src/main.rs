@@ -7,7 +7,7 @@ use switchyard_gateway::admin::cli;
 use switchyard_gateway::config::{ByteSize, Config, LogFormat};
 use switchyard_gateway::telemetry::tracing as tracing_setup;
 
-/// Switchyard: serve ONNX models over the Open Inference Protocol.
+/// Switchyard: serve ONNX and TorchScript models over the Open Inference Protocol.
 #[derive(Parser)]
 #[command(name = "switchyard", version)]
 struct Cli {

@@ -92,7 +92,7 @@ fn no_layer_reaches_up() {
                 violations.push(format!("{} ({layer}) uses crate::{module}", file.display()));
             }
         }
-        if text.contains("switchyard_registry") && !REGISTRY_USERS.contains(&layer.as_str()) {
+        if text.contains("switchyard_registry::") && !REGISTRY_USERS.contains(&layer.as_str()) {
             violations.push(format!(
                 "{} ({layer}) uses the registry crate",
                 file.display()

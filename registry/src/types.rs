@@ -85,7 +85,7 @@ impl FromStr for VersionState {
 pub struct Version {
     pub model: String,
     pub label: String,
-    /// `onnx` (`torchscript` once the libtorch backend lands).
+    /// `onnx` or `libtorch` (TorchScript), as `gateway/src/control/runtimes.rs` lists them.
     pub runtime: String,
     /// Path of the model file.
     pub artifact: String,

@@ -1,0 +1,102 @@
+//! Every route of the management API is in its OpenAPI document, with each of its methods, and
+//! the document names no route the API does not have. The routes are read from the router's
+//! source, so a route added without its documentation fails here.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+const METHODS: &[&str] = &["get", "post", "put", "delete", "patch"];
+
+/// (path, method) of every `.route("PATH", get(..).post(..))` in the source.
+fn routes_in_source(source: &str) -> BTreeSet<(String, String)> {
+    let mut routes = BTreeSet::new();
+    let mut rest = source;
+    while let Some(at) = rest.find(".route(") {
+        rest = &rest[at + ".route(".len()..];
+        let Some(open) = rest.find('"') else { break };
+        let Some(close) = rest[open + 1..].find('"') else {
+            break;
+        };
+        let path = &rest[open + 1..open + 1 + close];
+        // The handlers run up to the parenthesis that closes `.route(`.
+        let mut depth = 1;
+        let mut end = 0;
+        for (index, c) in rest.char_indices() {
+            match c {
+                '(' => depth += 1,
+                ')' => depth -= 1,
+                _ => {}
+            }
+            if depth == 0 {
+                end = index;
+                break;
+            }
+        }
+        let handlers = &rest[open + 1 + close + 1..end];
+        for method in METHODS {
+            let called = handlers.match_indices(&format!("{method}(")).any(|(i, _)| {
+                let before = handlers[..i].chars().last();
+                matches!(before, None | Some(' ' | '\n' | ',' | '.'))
+            });
+            if called {
+                routes.insert((path.to_owned(), (*method).to_owned()));
+            }
+        }
+        rest = &rest[end..];
+    }
+    routes
+}
+
+#[test]
+fn every_management_route_is_documented_and_nothing_else() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let source = std::fs::read_to_string(root.join("src/admin/mod.rs")).unwrap();
+    let routes = routes_in_source(&source);
+    assert!(
+        routes.len() > 15,
+        "only {} routes read: is the scan broken?",
+        routes.len()
+    );
+    let document: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(root.join("openapi.json")).unwrap()).unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in METHODS {
+            if item.get(*method).is_some() {
+                documented.insert((path.clone(), (*method).to_owned()));
+            }
+        }
+    }
+    let missing: Vec<_> = routes.difference(&documented).collect();
+    let extra: Vec<_> = documented.difference(&routes).collect();
+    assert!(
+        missing.is_empty(),
+        "routes without documentation: {missing:?}"
+    );
+    assert!(
+        extra.is_empty(),
+        "documented routes the API lacks: {extra:?}"
+    );
+}
+
+#[test]
+fn the_scan_reads_methods_and_paths() {
+    let source = r#".route("/v1/a/{m}", get(list).post(create))
+        .route(
+            "/v1/b",
+            put(set).delete(remove),
+        )"#;
+    let routes = routes_in_source(source);
+    let expected: BTreeSet<(String, String)> = [
+        ("/v1/a/{m}", "get"),
+        ("/v1/a/{m}", "post"),
+        ("/v1/b", "delete"),
+        ("/v1/b", "put"),
+    ]
+    .into_iter()
+    .map(|(p, m)| (p.to_owned(), m.to_owned()))
+    .collect();
+    assert_eq!(routes, expected);
+}
