@@ -12,6 +12,7 @@ pub struct Model {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewModel {
     pub name: String,
     #[serde(default)]
@@ -100,14 +101,22 @@ pub struct Version {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewVersion {
+    /// The label; the next integer when absent.
     #[serde(default)]
     pub version: Option<String>,
+    /// `onnx` or `libtorch` (TorchScript), as `gateway/src/control/runtimes.rs` lists them.
     pub runtime: String,
+    /// Path of the model file on the gateway's machine.
     pub artifact: String,
+    /// Serving settings: the keys of `model.toml`.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub config: Option<serde_json::Value>,
+    /// Free-form metadata kept with the version.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub metadata: Option<serde_json::Value>,
 }
 
@@ -124,6 +133,7 @@ pub struct Score {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewScores {
     pub metrics: BTreeMap<String, f64>,
     #[serde(default)]

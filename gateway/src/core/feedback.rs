@@ -9,10 +9,13 @@ use crate::core::Gateway;
 use crate::error::GatewayError;
 use crate::routing::FeedbackError;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Feedback {
+    /// The `id` of a response the gateway gave.
     pub request_id: String,
+    /// In [0, 1].
+    #[schema(minimum = 0, maximum = 1)]
     pub reward: f64,
 }
 

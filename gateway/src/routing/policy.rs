@@ -195,6 +195,87 @@ fn default_bandit_floor() -> f64 {
     DEFAULT_BANDIT_FLOOR
 }
 
+/// The JSON shape for the management API's OpenAPI document, written next to the hand-written
+/// serde impls that it describes.
+impl utoipa::PartialSchema for TrafficPolicy {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        let field = |kind: Type, description: &str| {
+            ObjectBuilder::new()
+                .schema_type(kind)
+                .description(Some(description))
+        };
+        let shadow = ObjectBuilder::new()
+            .property(
+                "version",
+                field(Type::String, "the version or alias mirrored to"),
+            )
+            .property(
+                "fraction",
+                field(Type::Number, "the share of requests mirrored")
+                    .minimum(Some(0.0))
+                    .maximum(Some(1.0)),
+            )
+            .required("version")
+            .required("fraction");
+        ObjectBuilder::new()
+            .property(
+                "mode",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(["fixed", "sticky", "score", "bandit"])),
+            )
+            .property(
+                "header",
+                field(
+                    Type::String,
+                    "sticky: the header (gRPC metadata key or request parameter) whose value is the key",
+                ),
+            )
+            .property(
+                "metric",
+                field(
+                    Type::String,
+                    "score: the registry metric whose latest score sets the weights",
+                ),
+            )
+            .property(
+                "exponent",
+                field(Type::Number, "score: weight = base weight x score^exponent")
+                    .default(Some(DEFAULT_SCORE_EXPONENT.into())),
+            )
+            .property(
+                "floor",
+                field(Type::Number, "bandit: least share of traffic per version")
+                    .default(Some(DEFAULT_BANDIT_FLOOR.into())),
+            )
+            .property(
+                "latency_objective_ms",
+                field(
+                    Type::Integer,
+                    "bandit: a success within this is a reward of 1 when the model has no feedback",
+                ),
+            )
+            .property("shadow", shadow)
+            .property(
+                "max_error_rate",
+                field(
+                    Type::Number,
+                    "versions with a higher recent error rate get no traffic from the policy",
+                )
+                .default(Some(DEFAULT_MAX_ERROR_RATE.into())),
+            )
+            .required("mode")
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for TrafficPolicy {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "Policy".into()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

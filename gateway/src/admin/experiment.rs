@@ -1,0 +1,104 @@
+//! The live routing experiment and the feedback that feeds it.
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+
+use super::{AdminState, ApiResult, ok};
+use crate::core::feedback::Feedback;
+use crate::routing;
+
+/// Live figures of the routing experiment per version, from this gateway: requests, errors, recent error rate, eligibility, p50/p99 latency, reward mean and 95% interval, traffic and effective weights, shadow comparisons.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{m}/experiment",
+    params(("m" = String, Path, description = "the model")),
+    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn experiment(
+    State(state): State<AdminState>,
+    Path(model): Path<String>,
+) -> ApiResult {
+    let table = state.gateway.snapshot();
+    let model = table.model(&model)?;
+    let candidates = model.candidates();
+    let weights = routing::effective_weights(&model.policy, &candidates);
+    let effective = |label: &str| {
+        candidates
+            .iter()
+            .zip(&weights)
+            .find(|(candidate, _)| candidate.label == label)
+            .map_or(0.0, |(_, weight)| *weight)
+    };
+    let versions: Vec<Value> = model
+        .versions
+        .iter()
+        .map(|version| {
+            let stats = &version.stats;
+            let rewards = stats.rewards();
+            let (mean, low, high) = routing::reward_interval(&rewards);
+            let shadow: serde_json::Map<String, Value> = stats
+                .shadow()
+                .into_iter()
+                .map(|(primary, tally)| {
+                    let argmax_agreement = (tally.argmax_compared > 0)
+                        .then(|| tally.argmax_agreed as f64 / tally.argmax_compared as f64);
+                    (
+                        primary.to_string(),
+                        json!({
+                            "pairs": tally.pairs,
+                            "errors": tally.errors,
+                            "max_abs_diff": tally.max_abs_diff,
+                            "mean_max_abs_diff": tally.mean_max_abs_diff(),
+                            "argmax_agreement": argmax_agreement,
+                        }),
+                    )
+                })
+                .collect();
+            json!({
+                "version": &*version.label,
+                "state": version.status.name(),
+                "eligible": model.eligible(version),
+                "traffic_weight": model
+                    .traffic
+                    .iter()
+                    .find(|(label, _)| *label == version.label)
+                    .map_or(0, |(_, weight)| *weight),
+                "effective_weight": effective(&version.label),
+                "score": version.score,
+                "requests": stats.requests(),
+                "errors": stats.errors(),
+                "recent_error_rate": stats.recent_error_rate(),
+                "latency_ms": {"p50": stats.latency_ms(0.5), "p99": stats.latency_ms(0.99)},
+                "reward": {
+                    "observations": rewards.successes + rewards.failures,
+                    "mean": mean,
+                    "ci95": [low, high],
+                },
+                "shadow_of": shadow,
+            })
+        })
+        .collect();
+    ok(
+        StatusCode::OK,
+        json!({
+            "model": &*model.name,
+            "policy": model.policy,
+            "feedback_received": state.gateway.experiments().has_feedback(&model.name),
+            "versions": versions,
+        }),
+    )
+}
+
+/// A reward in [0, 1] for a recent request, credited to the version that served it (404 for an unknown request id).
+#[utoipa::path(
+    post,
+    path = "/v1/feedback",
+    request_body = crate::core::feedback::Feedback,
+    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn feedback(State(state): State<AdminState>, body: Bytes) -> ApiResult {
+    let answer = Feedback::parse(&body)?.apply(&state.gateway)?;
+    ok(StatusCode::OK, answer)
+}

@@ -1,0 +1,241 @@
+//! Models, versions and their scores.
+
+use std::path::PathBuf;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde_json::{Value, json};
+use switchyard_registry::{NewModel, NewScores, NewVersion, VersionState};
+
+use super::{Actor, AdminState, ApiResult, bad_request, internal, ok, parse};
+use crate::control::import::version_settings;
+use crate::control::runtimes;
+use crate::core::Gateway;
+
+/// What this gateway process is doing with a version, next to the registry's record.
+pub(super) fn serving_state(gateway: &Gateway, model: &str, label: &str) -> Value {
+    let table = gateway.snapshot();
+    let version = table
+        .model(model)
+        .ok()
+        .and_then(|m| m.versions.iter().find(|v| &*v.label == label).cloned());
+    match version.as_ref().map(|v| &v.status) {
+        Some(status) => json!(status.name()),
+        None => Value::Null,
+    }
+}
+
+/// List models with their versions, traffic and aliases.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    responses((status = 200, description = "success", body = Object))
+)]
+pub(super) async fn list_models(State(state): State<AdminState>) -> ApiResult {
+    let snapshot = state.store.snapshot().await?;
+    ok(
+        StatusCode::OK,
+        json!({ "revision": snapshot.revision, "models": snapshot.models }),
+    )
+}
+
+/// Create a model.
+#[utoipa::path(
+    post,
+    path = "/v1/models",
+    request_body = switchyard_registry::NewModel,
+    responses((status = 201, description = "created", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn create_model(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    body: Bytes,
+) -> ApiResult {
+    let model: NewModel = parse(&body)?;
+    let name = model.name.clone();
+    let revision = state.store.create_model(&actor.0, model).await?;
+    let record = state.store.model(&name).await?;
+    ok(
+        StatusCode::CREATED,
+        json!({ "revision": revision, "model": record }),
+    )
+}
+
+/// A model with its versions (and how this gateway serves each), traffic and aliases.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{m}",
+    params(("m" = String, Path, description = "the model")),
+    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn get_model(
+    State(state): State<AdminState>,
+    Path(model): Path<String>,
+) -> ApiResult {
+    let record = state.store.model(&model).await?;
+    let mut body = serde_json::to_value(&record).map_err(internal)?;
+    if let Some(versions) = body["versions"].as_array_mut() {
+        for version in versions {
+            let label = version["label"].as_str().unwrap_or_default().to_owned();
+            version["serving"] = serving_state(&state.gateway, &model, &label);
+        }
+    }
+    ok(StatusCode::OK, body)
+}
+
+/// List a model's versions.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{m}/versions",
+    params(("m" = String, Path, description = "the model")),
+    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn list_versions(
+    State(state): State<AdminState>,
+    Path(model): Path<String>,
+) -> ApiResult {
+    let record = state.store.model(&model).await?;
+    ok(StatusCode::OK, json!({ "versions": record.versions }))
+}
+
+/// Register a version; it loads in the background (state `loading`, then `ready` or `failed`).
+#[utoipa::path(
+    post,
+    path = "/v1/models/{m}/versions",
+    params(("m" = String, Path, description = "the model")),
+    request_body = switchyard_registry::NewVersion,
+    responses((status = 201, description = "created", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn register_version(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let mut version: NewVersion = parse(&body)?;
+    if !runtimes::is_available(&version.runtime) {
+        return Err(bad_request(runtimes::unavailable(&version.runtime)));
+    }
+    let artifact =
+        std::path::absolute(&version.artifact).unwrap_or_else(|_| PathBuf::from(&version.artifact));
+    if let Err(error) = std::fs::File::open(&artifact).and_then(|file| {
+        if file.metadata()?.is_file() {
+            Ok(())
+        } else {
+            Err(std::io::Error::other("not a file"))
+        }
+    }) {
+        return Err(bad_request(format!(
+            "artifact {} cannot be read: {error}",
+            artifact.display()
+        )));
+    }
+    version.artifact = artifact.display().to_string();
+    match &version.config {
+        Some(config) => {
+            version_settings(config, &state.defaults).map_err(bad_request)?;
+        }
+        // A new version is served like the model's latest one unless told otherwise.
+        None => {
+            let record = state.store.model(&model).await?;
+            version.config = record.versions.last().map(|latest| latest.config.clone());
+        }
+    }
+    let (created, revision) = state
+        .store
+        .register_version(&actor.0, &model, version)
+        .await?;
+    // The gateway picks the new version up at once and records it loading (or failed); answer
+    // with that state, waiting two seconds at most. Writing it here instead could overwrite
+    // the gateway's own later `ready`.
+    let mut changes = state.store.subscribe();
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(2);
+    let mut current = created;
+    while current.state == VersionState::Registered {
+        if !matches!(
+            tokio::time::timeout_at(deadline, changes.changed()).await,
+            Ok(Ok(()))
+        ) {
+            break;
+        }
+        current = state.store.version(&model, &current.label).await?;
+    }
+    ok(
+        StatusCode::CREATED,
+        json!({ "revision": revision, "version": current }),
+    )
+}
+
+/// A version, and how this gateway serves it.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{m}/versions/{v}",
+    params(("m" = String, Path, description = "the model"), ("v" = String, Path, description = "the version label or alias")),
+    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn get_version(
+    State(state): State<AdminState>,
+    Path((model, label)): Path<(String, String)>,
+) -> ApiResult {
+    let version = state.store.version(&model, &label).await?;
+    let mut body = serde_json::to_value(&version).map_err(internal)?;
+    body["serving"] = serving_state(&state.gateway, &model, &label);
+    ok(StatusCode::OK, body)
+}
+
+/// Remove a version: it drains, then retires. Refused (409) while it has traffic weight or an alias.
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{m}/versions/{v}",
+    params(("m" = String, Path, description = "the model"), ("v" = String, Path, description = "the version label or alias")),
+    responses((status = 202, description = "accepted: draining", body = Object), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn remove_version(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path((model, label)): Path<(String, String)>,
+) -> ApiResult {
+    let revision = state.store.remove_version(&actor.0, &model, &label).await?;
+    ok(
+        StatusCode::ACCEPTED,
+        json!({ "revision": revision, "state": VersionState::Draining }),
+    )
+}
+
+/// Record scores.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{m}/versions/{v}/scores",
+    params(("m" = String, Path, description = "the model"), ("v" = String, Path, description = "the version label or alias")),
+    request_body = switchyard_registry::NewScores,
+    responses((status = 201, description = "created", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn add_scores(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path((model, label)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let scores: NewScores = parse(&body)?;
+    let revision = state
+        .store
+        .add_scores(&actor.0, &model, &label, scores)
+        .await?;
+    ok(StatusCode::CREATED, json!({ "revision": revision }))
+}
+
+/// A version's score history.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{m}/versions/{v}/scores",
+    params(("m" = String, Path, description = "the model"), ("v" = String, Path, description = "the version label or alias")),
+    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn list_scores(
+    State(state): State<AdminState>,
+    Path((model, label)): Path<(String, String)>,
+) -> ApiResult {
+    let scores = state.store.scores(&model, &label).await?;
+    ok(StatusCode::OK, json!({ "scores": scores }))
+}

@@ -1,0 +1,70 @@
+//! The gateway as a whole: resources, the audit log and repository import.
+
+use axum::extract::{Query, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{AdminState, ApiResult, bad_request, ok};
+use crate::control::import::import_repository;
+use crate::error::GatewayError;
+
+/// Devices (total, budget, reserved, measured, free) and each version's replicas, devices, reservations and autoscaler target, as this gateway accounts for them.
+#[utoipa::path(
+    get,
+    path = "/v1/resources",
+    responses((status = 200, description = "success", body = Object))
+)]
+pub(super) async fn resources(State(state): State<AdminState>) -> ApiResult {
+    let table = state.gateway.snapshot();
+    ok(StatusCode::OK, state.capacity.report(&table))
+}
+
+#[derive(Deserialize)]
+pub(super) struct EventsQuery {
+    #[serde(default)]
+    after: i64,
+    #[serde(default = "default_limit")]
+    limit: i64,
+}
+
+pub(super) fn default_limit() -> i64 {
+    100
+}
+
+/// The audit log and change feed, oldest first.
+#[utoipa::path(
+    get,
+    path = "/v1/events",
+    params(("after" = Option<i64>, Query, description = "only events after this revision"), ("limit" = Option<i64>, Query, description = "at most this many events (default 100, at most 1000)")),
+    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn events(
+    State(state): State<AdminState>,
+    query: Result<Query<EventsQuery>, axum::extract::rejection::QueryRejection>,
+) -> ApiResult {
+    let Query(query) = query.map_err(|e| bad_request(e.body_text()))?;
+    let events = state.store.events_after(query.after, query.limit).await?;
+    let next_after = events.last().map_or(query.after, |event| event.revision);
+    ok(
+        StatusCode::OK,
+        json!({ "events": events, "next_after": next_after }),
+    )
+}
+
+/// Register the model repository's folders that the registry does not know yet.
+#[utoipa::path(
+    post,
+    path = "/v1/repository/import",
+    responses((status = 200, description = "success", body = Object), (status = 500, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn import(State(state): State<AdminState>) -> ApiResult {
+    let imported = import_repository(state.store.as_ref(), &state.models_dir, &state.defaults)
+        .await
+        .map_err(|e| GatewayError::internal(format!("{e:#}")))?;
+    let revision = state.store.revision().await?;
+    ok(
+        StatusCode::OK,
+        json!({ "imported": imported, "revision": revision }),
+    )
+}

@@ -1,0 +1,170 @@
+//! How traffic is split: weights, the routing policy and aliases.
+
+use std::collections::BTreeMap;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::{Actor, AdminState, ApiResult, bad_request, internal, ok, parse};
+use crate::routing::TrafficPolicy;
+
+/// A model's traffic weights.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{m}/traffic",
+    params(("m" = String, Path, description = "the model")),
+    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn get_traffic(
+    State(state): State<AdminState>,
+    Path(model): Path<String>,
+) -> ApiResult {
+    let record = state.store.model(&model).await?;
+    let revision = state.store.revision().await?;
+    ok(
+        StatusCode::OK,
+        json!({ "weights": record.traffic, "revision": revision }),
+    )
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct TrafficBody {
+    /// Weight per version label; a version's share is its weight over the sum.
+    weights: BTreeMap<String, u64>,
+}
+
+/// Replace a model's traffic weights.
+#[utoipa::path(
+    put,
+    path = "/v1/models/{m}/traffic",
+    params(("m" = String, Path, description = "the model")),
+    request_body = TrafficBody,
+    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn set_traffic(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let traffic: TrafficBody = parse(&body)?;
+    let revision = state
+        .store
+        .set_traffic(&actor.0, &model, traffic.weights.clone())
+        .await?;
+    ok(
+        StatusCode::OK,
+        json!({ "weights": traffic.weights, "revision": revision }),
+    )
+}
+
+/// A model's routing policy.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{m}/policy",
+    params(("m" = String, Path, description = "the model")),
+    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn get_policy(
+    State(state): State<AdminState>,
+    Path(model): Path<String>,
+) -> ApiResult {
+    let record = state.store.model(&model).await?;
+    ok(StatusCode::OK, json!({ "policy": record.policy }))
+}
+
+/// Replace a model's routing policy (validated; a shadow must name a live version or alias).
+#[utoipa::path(
+    put,
+    path = "/v1/models/{m}/policy",
+    params(("m" = String, Path, description = "the model")),
+    request_body = crate::routing::TrafficPolicy,
+    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn set_policy(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let policy: TrafficPolicy = parse(&body)?;
+    policy.validate().map_err(bad_request)?;
+    let record = state.store.model(&model).await?;
+    if let Some(shadow) = &policy.shadow {
+        let target = record
+            .aliases
+            .get(&shadow.version)
+            .unwrap_or(&shadow.version);
+        let known = record
+            .versions
+            .iter()
+            .any(|v| v.label == *target && v.state.is_live());
+        if !known {
+            return Err(bad_request(format!(
+                "shadow version '{}' is not a live version or alias of model '{model}'",
+                shadow.version
+            )));
+        }
+    }
+    let stored = serde_json::to_value(&policy).map_err(internal)?;
+    let revision = state
+        .store
+        .set_policy(&actor.0, &model, stored.clone())
+        .await?;
+    ok(
+        StatusCode::OK,
+        json!({ "policy": stored, "revision": revision }),
+    )
+}
+
+#[derive(Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AliasBody {
+    /// The version label the alias names.
+    version: String,
+}
+
+/// Point an alias at a version.
+#[utoipa::path(
+    put,
+    path = "/v1/models/{m}/aliases/{a}",
+    params(("m" = String, Path, description = "the model"), ("a" = String, Path, description = "the alias")),
+    request_body = AliasBody,
+    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn set_alias(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path((model, alias)): Path<(String, String)>,
+    body: Bytes,
+) -> ApiResult {
+    let target: AliasBody = parse(&body)?;
+    let revision = state
+        .store
+        .set_alias(&actor.0, &model, &alias, &target.version)
+        .await?;
+    ok(
+        StatusCode::OK,
+        json!({ "alias": alias, "version": target.version, "revision": revision }),
+    )
+}
+
+/// Remove an alias.
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{m}/aliases/{a}",
+    params(("m" = String, Path, description = "the model"), ("a" = String, Path, description = "the alias")),
+    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn remove_alias(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path((model, alias)): Path<(String, String)>,
+) -> ApiResult {
+    let revision = state.store.remove_alias(&actor.0, &model, &alias).await?;
+    ok(StatusCode::OK, json!({ "revision": revision }))
+}
