@@ -1,8 +1,8 @@
 use std::fmt;
 use std::str::FromStr;
 
-/// Where a model runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+/// Where a model runs. Ordered CPU first, then GPUs by index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub enum Device {
     #[default]
     Cpu,

@@ -45,48 +45,12 @@ pub struct Running {
 /// starts serving. Versions load in the background; `/v2/health/ready` turns ready once the
 /// versions known at start have loaded or failed.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
-    let store: Arc<dyn Store> = Arc::new(
-        SqlStore::open(&config.registry.url)
-            .await
-            .with_context(|| format!("cannot open the registry {}", config.registry.url))?,
-    );
-    let models_dir = &config.models.dir;
-    let first_start = store.list_models().await?.is_empty();
-    if first_start || config.models.import_on_start {
-        if models_dir.is_dir() {
-            let imported = import_repository(store.as_ref(), models_dir, &config.serving).await?;
-            tracing::info!(dir = %models_dir.display(), count = imported.len(), "imported the model repository");
-        } else {
-            tracing::warn!(dir = %models_dir.display(), "no model repository to import");
-        }
-    }
-
-    let library =
-        Some(config.onnxruntime.library.clone()).filter(|path| !path.as_os_str().is_empty());
-    let mut runtimes = Runtimes::new(RuntimeSettings {
-        onnxruntime_library: library,
-    });
-    // Fail fast, with the instructions, when the versions to serve need a runtime this machine
-    // lacks.
-    let snapshot = store.snapshot().await?;
-    for version in snapshot.models.iter().flat_map(|m| &m.versions) {
-        let to_load =
-            version.state.is_live() || version.state == switchyard_registry::VersionState::Failed;
-        if to_load && runtimes::is_available(&version.runtime) {
-            runtimes.get(&version.runtime).map_err(anyhow::Error::msg)?;
-        }
-    }
-
-    for device in &config.devices {
-        device
-            .id
-            .parse::<switchyard_runtimes::Device>()
-            .map_err(|e| anyhow::anyhow!("invalid [[devices]] entry: {e}"))?;
-    }
+    let store = open_registry(config).await?;
+    let runtimes = runtimes_for(config, store.as_ref()).await?;
     let handles = Handles {
         tables: Arc::new(TableHandle::default()),
         experiments: Arc::new(Experiments::default()),
-        capacity: Arc::new(Capacity::new(config.devices.clone())),
+        capacity: Arc::new(Capacity::new(&config.devices).map_err(anyhow::Error::msg)?),
         metrics: Metrics::new(config.metrics.enabled),
     };
     let gateway = Arc::new(Gateway::new(
@@ -110,40 +74,12 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         handles.capacity.clone(),
         store.clone(),
     ));
-    let upkeep = {
-        let handles = handles.clone();
-        let store = store.clone();
-        tokio::spawn(async move {
-            let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
-            for tick in 0u64.. {
-                every.tick().await;
-                // Rewards go to the registry often, so that gateways share what their bandits
-                // learn and a restart loses little.
-                flush_rewards(&handles.experiments, &*store).await;
-                if tick % 5 == 0 {
-                    handles.metrics.run_upkeep();
-                }
-            }
-        })
-    };
+    let upkeep = tokio::spawn(upkeep(handles.clone(), store.clone()));
 
-    let http_listener = TcpListener::bind(config.http.addr)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", config.http.addr))?;
-    let grpc_listener = TcpListener::bind(config.grpc.addr)
-        .await
-        .with_context(|| format!("cannot listen for gRPC on {}", config.grpc.addr))?;
-    let metrics_listener = TcpListener::bind(config.metrics.addr)
-        .await
-        .with_context(|| format!("cannot listen for metrics on {}", config.metrics.addr))?;
-    let admin_listener = TcpListener::bind(config.admin.addr)
-        .await
-        .with_context(|| {
-            format!(
-                "cannot listen for the management API on {}",
-                config.admin.addr
-            )
-        })?;
+    let http_listener = bind(config.http.addr, "HTTP").await?;
+    let grpc_listener = bind(config.grpc.addr, "gRPC").await?;
+    let metrics_listener = bind(config.metrics.addr, "metrics").await?;
+    let admin_listener = bind(config.admin.addr, "the management API").await?;
     let http_addr = http_listener.local_addr()?;
     let grpc_addr = grpc_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
@@ -196,6 +132,65 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         upkeep,
         autoscaler,
     })
+}
+
+/// Opens the registry, importing the model repository on first start (or always, with
+/// `models.import_on_start`).
+async fn open_registry(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
+    let store: Arc<dyn Store> = Arc::new(
+        SqlStore::open(&config.registry.url)
+            .await
+            .with_context(|| format!("cannot open the registry {}", config.registry.url))?,
+    );
+    let models_dir = &config.models.dir;
+    let first_start = store.list_models().await?.is_empty();
+    if first_start || config.models.import_on_start {
+        if models_dir.is_dir() {
+            let imported = import_repository(store.as_ref(), models_dir, &config.serving).await?;
+            tracing::info!(dir = %models_dir.display(), count = imported.len(), "imported the model repository");
+        } else {
+            tracing::warn!(dir = %models_dir.display(), "no model repository to import");
+        }
+    }
+    Ok(store)
+}
+
+/// The runtime factories, with every runtime the registry's versions need already made, so
+/// that a machine lacking one fails at start with the instructions.
+async fn runtimes_for(config: &Config, store: &dyn Store) -> anyhow::Result<Runtimes> {
+    let library =
+        Some(config.onnxruntime.library.clone()).filter(|path| !path.as_os_str().is_empty());
+    let mut runtimes = Runtimes::new(RuntimeSettings {
+        onnxruntime_library: library,
+    });
+    let snapshot = store.snapshot().await?;
+    for version in snapshot.models.iter().flat_map(|m| &m.versions) {
+        let to_load =
+            version.state.is_live() || version.state == switchyard_registry::VersionState::Failed;
+        if to_load && runtimes::is_available(&version.runtime) {
+            runtimes.get(&version.runtime).map_err(anyhow::Error::msg)?;
+        }
+    }
+    Ok(runtimes)
+}
+
+/// Every second: the bandit's rewards go to the registry, so that gateways share what they
+/// learn and a restart loses little; every five, the histograms are folded.
+async fn upkeep(handles: Handles, store: Arc<dyn Store>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    for tick in 0u64.. {
+        every.tick().await;
+        flush_rewards(&handles.experiments, &*store).await;
+        if tick % 5 == 0 {
+            handles.metrics.run_upkeep();
+        }
+    }
+}
+
+async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("cannot listen for {what} on {addr}"))
 }
 
 fn metrics_router(handles: Handles, pipeline: Arc<Pipeline>) -> axum::Router {

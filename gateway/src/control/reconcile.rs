@@ -25,7 +25,7 @@ use crate::version_key::VersionKey;
 
 const ACTOR: &str = "gateway";
 
-struct Loaded {
+struct LoadOutcome {
     key: VersionKey,
     result: Result<ReadyVersion, String>,
     elapsed: Duration,
@@ -43,8 +43,8 @@ pub struct Reconciler {
     startup: Option<HashSet<VersionKey>>,
     /// Removed versions still answering the requests they hold, and since when.
     draining: Vec<(VersionKey, Arc<ReadyVersion>, Instant)>,
-    loaded_tx: mpsc::UnboundedSender<Loaded>,
-    loaded_rx: mpsc::UnboundedReceiver<Loaded>,
+    loaded_tx: mpsc::UnboundedSender<LoadOutcome>,
+    loaded_rx: mpsc::UnboundedReceiver<LoadOutcome>,
 }
 
 impl Reconciler {
@@ -165,7 +165,7 @@ impl Reconciler {
                 .clamp(scaling.min_replicas, scaling.max_replicas),
             None => u32::try_from(settings.replicas).unwrap_or(u32::MAX),
         };
-        let devices = match self.handles.capacity.admit(
+        let devices = match self.handles.capacity.reserve_first_replicas(
             &key,
             reserve_bytes,
             count,
@@ -212,7 +212,7 @@ impl Reconciler {
                 }
                 Err(_) => capacity.release_version(&key),
             }
-            let _ = loaded_tx.send(Loaded {
+            let _ = loaded_tx.send(LoadOutcome {
                 key,
                 result,
                 elapsed: started.elapsed(),
@@ -220,8 +220,8 @@ impl Reconciler {
         });
     }
 
-    async fn finish_load(&mut self, loaded: Loaded) {
-        let Loaded {
+    async fn finish_load(&mut self, loaded: LoadOutcome) {
+        let LoadOutcome {
             key,
             result,
             elapsed,

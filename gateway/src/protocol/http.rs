@@ -21,7 +21,7 @@ use crate::core::feedback::Feedback;
 use crate::error::{ErrorKind, GatewayError};
 use crate::protocol::json::{EncodedResponse, decode_request, encode_response};
 use crate::protocol::metadata::{self, ConfigTensor};
-use crate::protocol::pipeline::{Call, Pipeline, admit_http};
+use crate::protocol::pipeline::{Call, Pipeline};
 use crate::telemetry::Protocol;
 
 /// Header of the binary tensor data extension: the length of the JSON part of the body.
@@ -40,16 +40,6 @@ impl HttpState {
 }
 
 pub fn router(pipeline: Arc<Pipeline>, max_request_bytes: usize) -> Router {
-    let inference = Router::new()
-        .route("/v2/models/{model}/infer", post(model_infer))
-        .route(
-            "/v2/models/{model}/versions/{version}/infer",
-            post(version_infer),
-        )
-        .route_layer(axum::middleware::from_fn_with_state(
-            pipeline.clone(),
-            admit_http,
-        ));
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -69,7 +59,11 @@ pub fn router(pipeline: Arc<Pipeline>, max_request_bytes: usize) -> Router {
             "/v2/models/{model}/versions/{version}/config",
             get(version_config),
         )
-        .merge(inference)
+        .route("/v2/models/{model}/infer", post(model_infer))
+        .route(
+            "/v2/models/{model}/versions/{version}/infer",
+            post(version_infer),
+        )
         // Rewards for the routing experiment, from applications holding an inference key.
         .route(
             "/v1/feedback",
@@ -265,6 +259,7 @@ async fn infer(
     request: Request,
 ) -> Result<Response, GatewayError> {
     let received = Instant::now();
+    let _admission = state.pipeline.admit()?;
     let (parts, body) = request.into_parts();
     let mut body = read_body(&parts.headers, body, state.max_request_bytes).await?;
     let json_length = json_header_length(&parts.headers, body.len())?;

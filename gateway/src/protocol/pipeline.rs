@@ -2,9 +2,9 @@
 //! [`InferRequest`] and the [`InferResponse`] back, and nothing else; everything a request goes
 //! through on its way is here, once:
 //!
-//! 1. admission: an in-flight slot, taken by the admission middleware of either router
-//!    ([`admit_http`], [`admit_grpc`]) before the body is read, refused at once with 429 /
-//!    RESOURCE_EXHAUSTED past `serving.max_in_flight`;
+//! 1. admission ([`Pipeline::admit`]): an in-flight slot, taken before the body is read (by
+//!    the HTTP handler, and by [`admit_grpc`] before tonic reads the message), refused at once
+//!    with 429 / RESOURCE_EXHAUSTED past `serving.max_in_flight`;
 //! 2. the request span, continuing the caller's `traceparent`;
 //! 3. the cheap refusal of a request whose version's queues are all full, before decoding;
 //! 4. `decode` (in its span), the deadline (the transport's and the `timeout` parameter);
@@ -17,7 +17,7 @@ use std::time::Instant;
 
 use axum::extract::{Request, State};
 use axum::middleware::Next;
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use http::HeaderMap;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
@@ -133,18 +133,6 @@ impl Pipeline {
     fn refused(&self, error: GatewayError) -> GatewayError {
         self.metrics.reject(error.kind);
         error
-    }
-}
-
-/// Admission for the HTTP inference routes: the slot lives as long as the handler.
-pub async fn admit_http(
-    State(pipeline): State<Arc<Pipeline>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    match pipeline.admit() {
-        Ok(_admission) => next.run(request).await,
-        Err(error) => error.into_response(),
     }
 }
 

@@ -13,4 +13,4 @@ pub use choose::{
 };
 pub use experiments::{Experiments, FeedbackError};
 pub use policy::{PolicyMode, ShadowPolicy, TrafficPolicy};
-pub use stats::{ShadowTally, VersionStats};
+pub use stats::{LatencyHistogram, ShadowTally, VersionStats};

@@ -49,15 +49,21 @@ impl RecentWindow {
 }
 
 /// Latency in logarithmic buckets (four per power of two of microseconds), lock-free.
-struct LatencyHistogram {
+pub struct LatencyHistogram {
     buckets: Vec<AtomicU64>,
 }
 
 const SUB_BUCKETS: u32 = 4;
 const LATENCY_BUCKETS: usize = 40 * SUB_BUCKETS as usize;
 
+impl Default for LatencyHistogram {
+    fn default() -> Self {
+        LatencyHistogram::new()
+    }
+}
+
 impl LatencyHistogram {
-    fn new() -> LatencyHistogram {
+    pub fn new() -> LatencyHistogram {
         LatencyHistogram {
             buckets: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
         }
@@ -81,14 +87,14 @@ impl LatencyHistogram {
         2f64.powi(exponent) * (1.0 + (fraction + 1.0) / f64::from(SUB_BUCKETS))
     }
 
-    fn record(&self, latency: Duration) {
+    pub fn record(&self, latency: Duration) {
         let index = Self::index(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
         self.buckets[index].fetch_add(1, Ordering::Relaxed);
     }
 
     /// The latency below which a fraction `q` of requests fell, in milliseconds (at most 19%
     /// above the true value: a bucket's width).
-    fn quantile_ms(&self, q: f64) -> Option<f64> {
+    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
         let counts: Vec<u64> = self
             .buckets
             .iter()

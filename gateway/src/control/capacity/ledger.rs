@@ -1,31 +1,31 @@
 //! Memory accounting and replica placement: the ledger of reservations per device, best-fit
 //! placement, and the priority plan. Pure: no I/O and no clock reads.
 
-use serde::{Deserialize, Serialize};
+use switchyard_runtimes::Device;
 
 /// Bytes a device may hand out: `min(declared, physical) - reserve`, computed by the caller.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DeviceBudget {
-    pub id: String,
+    pub id: Device,
     pub budget: u64,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Reservation {
     pub model: String,
     pub version: String,
     pub replica: u32,
-    pub device: String,
+    pub device: Device,
     pub bytes: u64,
     /// False while `bytes` is the declared figure, true once warm-up measured it.
     pub measured: bool,
 }
 
 /// Why a replica could not be given memory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Refusal {
     /// The roomiest allowed device, or None when no allowed device is configured.
-    pub device: Option<String>,
+    pub device: Option<Device>,
     pub asked: u64,
     /// Largest free space among the allowed devices.
     pub free: u64,
@@ -72,14 +72,14 @@ impl Ledger {
         &self.reservations
     }
 
-    fn budget(&self, device: &str) -> Option<u64> {
+    fn budget(&self, device: Device) -> Option<u64> {
         self.devices
             .iter()
             .find(|d| d.id == device)
             .map(|d| d.budget)
     }
 
-    pub fn reserved(&self, device: &str) -> u64 {
+    pub fn reserved(&self, device: Device) -> u64 {
         self.reservations
             .iter()
             .filter(|r| r.device == device)
@@ -87,12 +87,12 @@ impl Ledger {
     }
 
     /// None = unknown device.
-    pub fn free(&self, device: &str) -> Option<u64> {
+    pub fn free(&self, device: Device) -> Option<u64> {
         self.budget(device)
             .map(|budget| budget.saturating_sub(self.reserved(device)))
     }
 
-    fn replicas_on(&self, model: &str, version: &str, device: &str) -> usize {
+    fn replicas_on(&self, model: &str, version: &str, device: Device) -> usize {
         self.reservations
             .iter()
             .filter(|r| r.model == model && r.version == version && r.device == device)
@@ -113,28 +113,28 @@ impl Ledger {
         model: &str,
         version: &str,
         bytes: u64,
-        allowed: &[String],
-    ) -> Result<String, Refusal> {
+        allowed: &[Device],
+    ) -> Result<Device, Refusal> {
         allowed
             .iter()
-            .filter_map(|id| {
+            .filter_map(|&id| {
                 let free = self.free(id).filter(|free| bytes <= *free)?;
                 Some((self.replicas_on(model, version, id), free - bytes, id))
             })
             .min()
-            .map(|(_, _, id)| id.clone())
+            .map(|(_, _, id)| id)
             .ok_or_else(|| self.refusal(model, version, bytes, allowed))
     }
 
-    fn refusal(&self, model: &str, version: &str, bytes: u64, allowed: &[String]) -> Refusal {
-        let mut known: Vec<(&str, u64, u64)> = allowed
+    fn refusal(&self, model: &str, version: &str, bytes: u64, allowed: &[Device]) -> Refusal {
+        let mut known: Vec<(Device, u64, u64)> = allowed
             .iter()
-            .filter_map(|id| Some((id.as_str(), self.budget(id)?, self.reserved(id))))
+            .filter_map(|&id| Some((id, self.budget(id)?, self.reserved(id))))
             .collect();
         // Roomiest first: that is the device an operator would free space on.
         known.sort_by(|a, b| {
-            let free = |d: &(&str, u64, u64)| d.1.saturating_sub(d.2);
-            free(b).cmp(&free(a)).then(a.0.cmp(b.0))
+            let free = |d: &(Device, u64, u64)| d.1.saturating_sub(d.2);
+            free(b).cmp(&free(a)).then(a.0.cmp(&b.0))
         });
         known.dedup_by(|a, b| a.0 == b.0);
         let need = format!(
@@ -148,7 +148,11 @@ impl Ledger {
                 free: 0,
                 message: format!(
                     "{need} but none of its allowed devices [{}] is configured",
-                    allowed.join(", ")
+                    allowed
+                        .iter()
+                        .map(Device::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             };
         };
@@ -164,7 +168,7 @@ impl Ledger {
             })
             .collect();
         Refusal {
-            device: Some(best.to_string()),
+            device: Some(best),
             asked: bytes,
             free: best_budget.saturating_sub(best_reserved),
             message: format!("{need} but {}", reports.join(", ")),
@@ -176,7 +180,7 @@ impl Ledger {
         let r = &reservation;
         // Two reservations for one replica would count its memory twice.
         let duplicate = self.position(&r.model, &r.version, r.replica).is_some();
-        if !duplicate && self.free(&r.device).is_some_and(|free| r.bytes <= free) {
+        if !duplicate && self.free(r.device).is_some_and(|free| r.bytes <= free) {
             self.reservations.push(reservation);
             return Ok(());
         }
@@ -223,13 +227,13 @@ impl Ledger {
         let reservation = &mut self.reservations[index];
         reservation.bytes = bytes;
         reservation.measured = true;
-        let device = reservation.device.clone();
-        self.budget(&device)
-            .is_some_and(|budget| self.reserved(&device) > budget)
+        let device = reservation.device;
+        self.budget(device)
+            .is_some_and(|budget| self.reserved(device) > budget)
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Demand {
     pub model: String,
     pub version: String,
@@ -239,16 +243,16 @@ pub struct Demand {
     /// Below this many replicas the version is not worth any memory (usually 1).
     pub minimum: u32,
     pub bytes_per_replica: u64,
-    pub allowed: Vec<String>,
+    pub allowed: Vec<Device>,
     /// Devices of the replicas it already has, in replica order.
-    pub current: Vec<String>,
+    pub current: Vec<Device>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PlanEntry {
     pub model: String,
     pub version: String,
-    pub devices: Vec<String>,
+    pub devices: Vec<Device>,
     /// Why it got fewer replicas than wanted.
     pub refused: Option<Refusal>,
 }
@@ -275,22 +279,22 @@ pub fn plan(devices: &[DeviceBudget], demands: &[Demand]) -> Vec<PlanEntry> {
 
 fn plan_demand(ledger: &mut Ledger, demand: &Demand) -> PlanEntry {
     let wanted = demand.wanted as usize;
-    let mut devices: Vec<String> = Vec::new();
+    let mut devices: Vec<Device> = Vec::new();
     let mut refused = None;
-    let replica_on = |device: &str, replica: usize| Reservation {
+    let replica_on = |device: Device, replica: usize| Reservation {
         model: demand.model.clone(),
         version: demand.version.clone(),
         replica: u32::try_from(replica).unwrap_or(u32::MAX),
-        device: device.to_string(),
+        device,
         bytes: demand.bytes_per_replica,
         measured: false,
     };
     // Existing replicas first, where still allowed and still fitting: keeping them costs no reload.
-    for device in demand.current.iter().take(wanted) {
-        if demand.allowed.contains(device)
+    for &device in demand.current.iter().take(wanted) {
+        if demand.allowed.contains(&device)
             && ledger.reserve(replica_on(device, devices.len())).is_ok()
         {
-            devices.push(device.clone());
+            devices.push(device);
         }
     }
     while devices.len() < wanted {
@@ -302,7 +306,7 @@ fn plan_demand(ledger: &mut Ledger, demand: &Demand) -> PlanEntry {
                 &demand.allowed,
             )
             .and_then(|device| {
-                ledger.reserve(replica_on(&device, devices.len()))?;
+                ledger.reserve(replica_on(device, devices.len()))?;
                 Ok(device)
             });
         match placed {
@@ -341,13 +345,17 @@ mod tests {
     const MIB: u64 = 1 << 20;
     const GIB: u64 = 1 << 30;
 
-    fn ids(list: &[&str]) -> Vec<String> {
-        list.iter().map(|id| id.to_string()).collect()
+    fn dev(id: &str) -> Device {
+        id.parse().unwrap()
+    }
+
+    fn ids(list: &[&str]) -> Vec<Device> {
+        list.iter().map(|id| dev(id)).collect()
     }
 
     fn budgets(list: &[(&str, u64)]) -> Vec<DeviceBudget> {
         let to_budget = |&(id, budget): &(&str, u64)| DeviceBudget {
-            id: id.into(),
+            id: dev(id),
             budget,
         };
         list.iter().map(to_budget).collect()
@@ -362,7 +370,7 @@ mod tests {
             model: model.into(),
             version: version.into(),
             replica,
-            device: device.into(),
+            device: dev(device),
             bytes,
             measured: false,
         }
@@ -374,15 +382,15 @@ mod tests {
         let mut full = ledger_with(&[("cuda:0", 1000)]);
         full.reserve(held("a", "1", 0, "cuda:0", 350)).unwrap();
         full.reserve(held("b", "1", 0, "cuda:0", 250)).unwrap();
-        assert_eq!(full.place("mlp", "3", 400, &gpu).unwrap(), "cuda:0");
+        assert_eq!(full.place("mlp", "3", 400, &gpu).unwrap(), dev("cuda:0"));
         full.reserve(held("mlp", "3", 0, "cuda:0", 400)).unwrap();
         assert_eq!(
-            (full.reserved("cuda:0"), full.free("cuda:0")),
+            (full.reserved(dev("cuda:0")), full.free(dev("cuda:0"))),
             (1000, Some(0))
         );
 
         let refusal = full.place("mlp", "3", 1, &gpu).unwrap_err();
-        assert_eq!(refusal.device.as_deref(), Some("cuda:0"));
+        assert_eq!(refusal.device, Some(dev("cuda:0")));
         assert_eq!((refusal.asked, refusal.free), (1, 0));
         assert!(
             refusal
@@ -423,14 +431,17 @@ mod tests {
     fn best_fit_prefers_tighter_device_but_spreads_replicas_of_one_version() {
         let both = ids(&["cuda:0", "cuda:1"]);
         let mut ledger = ledger_with(&[("cuda:0", 1000), ("cuda:1", 600)]);
-        assert_eq!(ledger.place("mlp", "3", 500, &both).unwrap(), "cuda:1");
+        assert_eq!(ledger.place("mlp", "3", 500, &both).unwrap(), dev("cuda:1"));
 
         ledger.reserve(held("mlp", "3", 0, "cuda:1", 100)).unwrap();
-        assert_eq!(ledger.place("mlp", "3", 100, &both).unwrap(), "cuda:0");
-        assert_eq!(ledger.place("other", "1", 100, &both).unwrap(), "cuda:1");
+        assert_eq!(ledger.place("mlp", "3", 100, &both).unwrap(), dev("cuda:0"));
+        assert_eq!(
+            ledger.place("other", "1", 100, &both).unwrap(),
+            dev("cuda:1")
+        );
 
         let twins = ledger_with(&[("cuda:1", 500), ("cuda:0", 500)]);
-        assert_eq!(twins.place("mlp", "3", 100, &both).unwrap(), "cuda:0");
+        assert_eq!(twins.place("mlp", "3", 100, &both).unwrap(), dev("cuda:0"));
     }
 
     #[test]
@@ -442,17 +453,17 @@ mod tests {
         assert!(ledger.record_measured("mlp", "3", 1, 700));
         assert!(ledger.reservations().iter().all(|r| r.measured));
         assert_eq!(
-            (ledger.reserved("cuda:0"), ledger.free("cuda:0")),
+            (ledger.reserved(dev("cuda:0")), ledger.free(dev("cuda:0"))),
             (1150, Some(0))
         );
         assert!(!ledger.record_measured("mlp", "3", 7, 1));
 
         assert_eq!(ledger.release("mlp", "3", 1).map(|r| r.bytes), Some(700));
-        assert_eq!(ledger.free("cuda:0"), Some(550));
+        assert_eq!(ledger.free(dev("cuda:0")), Some(550));
         ledger.reserve(held("cnn", "1", 0, "cuda:0", 10)).unwrap();
         assert_eq!(ledger.release_version("mlp", "3").len(), 1);
         assert_eq!(
-            (ledger.free("cuda:0"), ledger.release("mlp", "3", 0)),
+            (ledger.free(dev("cuda:0")), ledger.release("mlp", "3", 0)),
             (Some(990), None)
         );
     }

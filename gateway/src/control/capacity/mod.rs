@@ -9,15 +9,17 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
-use switchyard_registry::Store;
 use switchyard_runtimes::{Device, memory};
 
 use crate::config::DeviceConfig;
-use crate::core::{ModelEntry, ModelTable, ReadyVersion, Scaling, TableHandle, VersionStatus};
+use crate::core::{ModelEntry, ModelTable, ReadyVersion, Scaling, VersionStatus};
 use crate::version_key::VersionKey as Key;
 
+mod apply;
 pub mod autoscaler;
 pub mod ledger;
+
+pub use apply::run;
 
 use autoscaler::{Autoscaler, ScalingPolicy};
 use ledger::{Demand, DeviceBudget, Ledger, Refusal, Reservation, plan};
@@ -49,14 +51,30 @@ struct State {
     /// not decide again what an earlier one is still carrying out.
     adding: HashMap<Key, u32>,
     /// Physical size of each device, where known.
-    physical: BTreeMap<String, Option<u64>>,
-    configured: Vec<DeviceConfig>,
+    physical: BTreeMap<Device, Option<u64>>,
+    /// `[[devices]]`: the declared memory and the reserve of each configured device.
+    configured: Vec<(Device, Option<u64>, u64)>,
     scalers: HashMap<Key, VersionScaler>,
 }
 
 /// The gateway's devices, reservations and autoscalers.
 pub struct Capacity {
     state: Mutex<State>,
+}
+
+/// A version that scales, as one round sees it.
+struct Scaled {
+    key: Key,
+    ready: Arc<ReadyVersion>,
+    max_replicas: u32,
+    to_zero_after: Option<Duration>,
+}
+
+/// What one autoscaling round decided: the changes to apply, and the events to record.
+#[derive(Default)]
+struct Round {
+    changes: Vec<Change>,
+    events: Vec<(Key, Value)>,
 }
 
 /// A change to make to a version's replicas, decided under the lock and applied outside it.
@@ -80,45 +98,53 @@ enum Change {
 }
 
 /// The physical memory of a device: the host's RAM for the CPU, NVML's total for a GPU.
-fn physical_memory(device: &str) -> Option<u64> {
-    match device.parse::<Device>().ok()? {
+fn physical_memory(device: Device) -> Option<u64> {
+    match device {
         Device::Cpu => memory::host_memory_bytes(),
         Device::Cuda(index) => memory::gpu_totals(index).map(|(total, _)| total),
     }
 }
 
 impl Capacity {
-    pub fn new(configured: Vec<DeviceConfig>) -> Capacity {
+    /// Fails on a `[[devices]]` entry that names no device.
+    pub fn new(configured: &[DeviceConfig]) -> Result<Capacity, String> {
+        let configured = configured
+            .iter()
+            .map(|d| {
+                let device: Device =
+                    d.id.parse()
+                        .map_err(|e| format!("invalid [[devices]] entry: {e}"))?;
+                Ok((device, d.memory.map(|m| m.0), d.reserve.0))
+            })
+            .collect::<Result<Vec<_>, String>>()?;
         let mut state = State {
             ledger: Ledger::new(Vec::new()),
             adding: HashMap::new(),
             physical: BTreeMap::new(),
-            configured,
+            configured: configured.clone(),
             scalers: HashMap::new(),
         };
-        let ids: Vec<String> = state.configured.iter().map(|d| d.id.clone()).collect();
-        for id in ids {
-            state.ensure_device(&id);
+        for (device, _, _) in configured {
+            state.ensure_device(device);
         }
-        Capacity {
+        Ok(Capacity {
             state: Mutex::new(state),
-        }
+        })
     }
 
     /// Reserves memory for the first replicas of a version: up to `count` of them, placed by
     /// best fit among `allowed`; at least one, or the refusal that says why none fits.
-    pub fn admit(
+    pub fn reserve_first_replicas(
         &self,
         key: &Key,
         bytes_per_replica: u64,
         count: u32,
-        allowed_devices: &[Device],
+        allowed: &[Device],
     ) -> Result<Vec<Device>, Refusal> {
         let (model, version) = (&*key.model, &*key.version);
         let mut state = lock(&self.state);
-        let allowed: Vec<String> = allowed_devices.iter().map(Device::to_string).collect();
-        for id in &allowed {
-            state.ensure_device(id);
+        for &device in allowed {
+            state.ensure_device(device);
         }
         // A reload starts from nothing.
         state.ledger.release_version(model, version);
@@ -126,20 +152,16 @@ impl Capacity {
         for replica in 0..count.max(1) {
             let device = match state
                 .ledger
-                .place(model, version, bytes_per_replica, &allowed)
+                .place(model, version, bytes_per_replica, allowed)
             {
                 Ok(device) => device,
                 Err(refusal) if placed.is_empty() => return Err(refusal),
                 Err(_) => break,
             };
-            state.ledger.reserve(declared(
-                model,
-                version,
-                replica,
-                &device,
-                bytes_per_replica,
-            ))?;
-            placed.extend(allowed_device(&device, allowed_devices));
+            state
+                .ledger
+                .reserve(declared(model, version, replica, device, bytes_per_replica))?;
+            placed.push(device);
         }
         Ok(placed)
     }
@@ -167,166 +189,20 @@ impl Capacity {
     fn decide(&self, table: &ModelTable, now: Instant) -> (Vec<Change>, Vec<(Key, Value)>) {
         let mut state = lock(&self.state);
         let state = &mut *state;
-        let mut scaled = Vec::new();
-        for model in table.models.values() {
-            for version in &model.versions {
-                let VersionStatus::Ready(ready) = &version.status else {
-                    continue;
-                };
-                let Some(scaling) = &ready.scaling else {
-                    continue;
-                };
-                let key = Key {
-                    model: model.name.clone(),
-                    version: version.label.clone(),
-                };
-                let scaler = state
-                    .scalers
-                    .entry(key.clone())
-                    .or_insert_with(|| VersionScaler {
-                        autoscaler: Autoscaler::new(policy(scaling)),
-                        target: u32::try_from(ready.replicas.replica_count()).unwrap_or(1),
-                        reason: "initial replicas".into(),
-                        seen_requests: 0,
-                        last_active: now,
-                    });
-                scaler
-                    .autoscaler
-                    .observe(now, ready.replicas.outstanding() as f64);
-                let requests = version.stats.requests();
-                if requests != scaler.seen_requests
-                    || ready.replicas.outstanding() > 0
-                    || ready.replicas.cold_waiters() > 0
-                {
-                    scaler.seen_requests = requests;
-                    scaler.last_active = now;
+        let mut round = Round::default();
+        for scaled in state.observe(table, now) {
+            let adding = state.adding.get(&scaled.key).copied().unwrap_or(0);
+            if scaled.ready.replicas.replica_count() == 0 {
+                if adding == 0 {
+                    state.cold_start(&scaled, &mut round);
                 }
-                scaled.push((
-                    key,
-                    ready.clone(),
-                    scaling.max_replicas,
-                    scaling.to_zero_after,
-                ));
-            }
-        }
-        let mut changes = Vec::new();
-        let mut events = Vec::new();
-        for (key, ready, max_replicas, to_zero_after) in scaled {
-            let adding = state.adding.get(&key).copied().unwrap_or(0);
-            let live = ready.replicas.replica_count();
-            if live == 0 {
-                // Scaled to zero: a waiting request brings one replica back (the autoscaler
-                // takes it from there); without one, nothing to decide.
-                let waiting = ready.replicas.cold_waiters();
-                if adding == 0 && waiting > 0 {
-                    let bytes = new_replica_bytes(&ready);
-                    let room = state.room_for(&key, bytes, &ready.allowed, 1);
-                    if let Some(change) = room
-                        .first()
-                        .and_then(|device| state.reserve_addition(&key, &ready, device, bytes))
-                    {
-                        let reason =
-                            format!("cold start: {waiting} request(s) waiting for a replica");
-                        if let Some(scaler) = state.scalers.get_mut(&key) {
-                            scaler.target = 1;
-                            scaler.reason = reason.clone();
-                        }
-                        changes.push(change);
-                        events.push((
-                            key.clone(),
-                            json!({"version": key.version, "from": 0, "to": 1, "reason": reason,
-                                   "bytes_per_replica": bytes}),
-                        ));
-                    }
-                }
-                continue;
-            }
-            if let (Some(idle_limit), 0) = (to_zero_after, adding) {
-                let idle = state.scalers.get(&key).map_or(Duration::ZERO, |s| {
-                    now.saturating_duration_since(s.last_active)
-                });
-                if idle >= idle_limit {
-                    let reason = format!(
-                        "scale to zero: no request for {:.1}s (scale_to_zero_after {:.1}s)",
-                        idle.as_secs_f64(),
-                        idle_limit.as_secs_f64()
-                    );
-                    if let Some(scaler) = state.scalers.get_mut(&key) {
-                        scaler.target = 0;
-                        scaler.reason = reason.clone();
-                    }
-                    tracing::info!(model = %key.model, version = %key.version, %reason, "scaling");
-                    events.push((
-                        key.clone(),
-                        json!({"version": key.version, "from": live, "to": 0, "reason": reason}),
-                    ));
-                    changes.push(Change::RemoveAll {
-                        key: key.clone(),
-                        ready: ready.clone(),
-                    });
-                    continue;
-                }
-            }
-            let current = u32::try_from(ready.replicas.replica_count())
-                .unwrap_or(u32::MAX)
-                .saturating_add(adding);
-            let bytes = new_replica_bytes(&ready);
-            // What the budget allows: what higher-priority versions' wishes leave (the plan),
-            // and what really fits now on the ledger, which also holds loading and draining
-            // versions. Priority never shrinks a version here; it only stops it growing.
-            let planned = state.placement_for(table, &key, &ready, max_replicas, now);
-            let room = state.room_for(
-                &key,
-                bytes,
-                &ready.allowed,
-                max_replicas.saturating_sub(current),
-            );
-            let cap = u32::try_from(planned.len())
-                .unwrap_or(u32::MAX)
-                .min(current.saturating_add(u32::try_from(room.len()).unwrap_or(u32::MAX)))
-                .max(current.min(max_replicas))
-                .max(1);
-            let Some(scaler) = state.scalers.get_mut(&key) else {
-                continue;
-            };
-            if adding > 0 {
-                // Let the replicas being added arrive before deciding again.
-                continue;
-            }
-            let Some(decision) = scaler.autoscaler.decide(now, current, cap) else {
-                continue;
-            };
-            scaler.target = decision.to;
-            scaler.reason = decision.reason.clone();
-            if decision.to > current {
-                let count = decision.to - current;
-                for device in room.iter().take(count as usize) {
-                    let Some(change) = state.reserve_addition(&key, &ready, device, bytes) else {
-                        break;
-                    };
-                    changes.push(change);
-                }
+            } else if adding == 0 && state.idle_too_long(&scaled, now, &mut round) {
+                // Scaled to zero this round.
             } else {
-                for _ in decision.to..current {
-                    changes.push(Change::Remove {
-                        key: key.clone(),
-                        ready: ready.clone(),
-                    });
-                }
+                state.scale_by_load(table, &scaled, adding, now, &mut round);
             }
-            tracing::info!(model = %key.model, version = %key.version, from = decision.from, to = decision.to, reason = %decision.reason, "scaling");
-            events.push((
-                key.clone(),
-                json!({
-                    "version": key.version,
-                    "from": decision.from,
-                    "to": decision.to,
-                    "reason": decision.reason,
-                    "bytes_per_replica": bytes,
-                }),
-            ));
         }
-        (changes, events)
+        (round.changes, round.events)
     }
 
     /// What `GET /v1/resources` shows.
@@ -347,15 +223,15 @@ impl Capacity {
                     .filter(|r| r.measured)
                     .map(|r| r.bytes)
                     .sum();
-                let in_use = device.id.parse::<Device>().ok().and_then(memory::in_use);
+                let in_use = memory::in_use(device.id);
                 json!({
-                    "id": device.id,
+                    "id": device.id.to_string(),
                     "total": state.physical.get(&device.id).copied().flatten(),
                     "budget": (device.budget != u64::MAX).then_some(device.budget),
-                    "reserved": state.ledger.reserved(&device.id),
+                    "reserved": state.ledger.reserved(device.id),
                     "measured": measured,
                     "process_in_use": in_use,
-                    "free": state.ledger.free(&device.id).filter(|_| device.budget != u64::MAX),
+                    "free": state.ledger.free(device.id).filter(|_| device.budget != u64::MAX),
                 })
             })
             .collect();
@@ -420,7 +296,7 @@ impl Capacity {
             .devices()
             .iter()
             .filter(|d| d.budget != u64::MAX)
-            .map(|d| (d.id.clone(), d.budget, state.ledger.reserved(&d.id)))
+            .map(|d| (d.id.to_string(), d.budget, state.ledger.reserved(d.id)))
             .collect()
     }
 
@@ -435,17 +311,197 @@ impl Capacity {
 }
 
 impl State {
+    /// Samples the concurrency of every ready version that scales, and notes when it last
+    /// had work; returns those versions.
+    fn observe(&mut self, table: &ModelTable, now: Instant) -> Vec<Scaled> {
+        let mut scaled = Vec::new();
+        for model in table.models.values() {
+            for version in &model.versions {
+                let VersionStatus::Ready(ready) = &version.status else {
+                    continue;
+                };
+                let Some(scaling) = &ready.scaling else {
+                    continue;
+                };
+                let key = Key {
+                    model: model.name.clone(),
+                    version: version.label.clone(),
+                };
+                let scaler = self
+                    .scalers
+                    .entry(key.clone())
+                    .or_insert_with(|| VersionScaler {
+                        autoscaler: Autoscaler::new(policy(scaling)),
+                        target: u32::try_from(ready.replicas.replica_count()).unwrap_or(1),
+                        reason: "initial replicas".into(),
+                        seen_requests: 0,
+                        last_active: now,
+                    });
+                let outstanding = ready.replicas.outstanding();
+                scaler.autoscaler.observe(now, outstanding as f64);
+                let requests = version.stats.requests();
+                if requests != scaler.seen_requests
+                    || outstanding > 0
+                    || ready.replicas.cold_waiters() > 0
+                {
+                    scaler.seen_requests = requests;
+                    scaler.last_active = now;
+                }
+                scaled.push(Scaled {
+                    key,
+                    ready: ready.clone(),
+                    max_replicas: scaling.max_replicas,
+                    to_zero_after: scaling.to_zero_after,
+                });
+            }
+        }
+        scaled
+    }
+
+    fn set_target(&mut self, key: &Key, target: u32, reason: &str) {
+        if let Some(scaler) = self.scalers.get_mut(key) {
+            scaler.target = target;
+            scaler.reason = reason.to_owned();
+        }
+    }
+
+    /// A version scaled to zero: a waiting request brings one replica back (the autoscaler
+    /// takes it from there); without one, nothing to decide.
+    fn cold_start(&mut self, scaled: &Scaled, round: &mut Round) {
+        let (key, ready) = (&scaled.key, &scaled.ready);
+        let waiting = ready.replicas.cold_waiters();
+        if waiting == 0 {
+            return;
+        }
+        let bytes = new_replica_bytes(ready);
+        let room = self.room_for(key, bytes, &ready.allowed, 1);
+        let Some(change) = room
+            .first()
+            .and_then(|&device| self.reserve_addition(key, ready, device, bytes))
+        else {
+            return;
+        };
+        let reason = format!("cold start: {waiting} request(s) waiting for a replica");
+        self.set_target(key, 1, &reason);
+        round.changes.push(change);
+        round.events.push((
+            key.clone(),
+            json!({"version": key.version, "from": 0, "to": 1, "reason": reason,
+                   "bytes_per_replica": bytes}),
+        ));
+    }
+
+    /// Scales an idle version to zero once `scale_to_zero_after` has passed; true if it did.
+    fn idle_too_long(&mut self, scaled: &Scaled, now: Instant, round: &mut Round) -> bool {
+        let Some(idle_limit) = scaled.to_zero_after else {
+            return false;
+        };
+        let key = &scaled.key;
+        let idle = self.scalers.get(key).map_or(Duration::ZERO, |s| {
+            now.saturating_duration_since(s.last_active)
+        });
+        if idle < idle_limit {
+            return false;
+        }
+        let reason = format!(
+            "scale to zero: no request for {:.1}s (scale_to_zero_after {:.1}s)",
+            idle.as_secs_f64(),
+            idle_limit.as_secs_f64()
+        );
+        self.set_target(key, 0, &reason);
+        let live = scaled.ready.replicas.replica_count();
+        tracing::info!(version = %key, %reason, "scaling");
+        round.events.push((
+            key.clone(),
+            json!({"version": key.version, "from": live, "to": 0, "reason": reason}),
+        ));
+        round.changes.push(Change::RemoveAll {
+            key: key.clone(),
+            ready: scaled.ready.clone(),
+        });
+        true
+    }
+
+    /// The autoscaler's decision for a serving version, capped by what the budget allows:
+    /// what higher-priority versions' wishes leave (the plan), and what really fits now on the
+    /// ledger, which also holds loading and draining versions. Priority never shrinks a
+    /// version here; it only stops it growing.
+    fn scale_by_load(
+        &mut self,
+        table: &ModelTable,
+        scaled: &Scaled,
+        adding: u32,
+        now: Instant,
+        round: &mut Round,
+    ) {
+        let (key, ready, max_replicas) = (&scaled.key, &scaled.ready, scaled.max_replicas);
+        let current = u32::try_from(ready.replicas.replica_count())
+            .unwrap_or(u32::MAX)
+            .saturating_add(adding);
+        let bytes = new_replica_bytes(ready);
+        let planned = self.placement_for(table, key, ready, max_replicas, now);
+        let room = self.room_for(
+            key,
+            bytes,
+            &ready.allowed,
+            max_replicas.saturating_sub(current),
+        );
+        let cap = u32::try_from(planned.len())
+            .unwrap_or(u32::MAX)
+            .min(current.saturating_add(u32::try_from(room.len()).unwrap_or(u32::MAX)))
+            .max(current.min(max_replicas))
+            .max(1);
+        // Let the replicas being added arrive before deciding again.
+        if adding > 0 {
+            return;
+        }
+        let Some(decision) = self
+            .scalers
+            .get_mut(key)
+            .and_then(|scaler| scaler.autoscaler.decide(now, current, cap))
+        else {
+            return;
+        };
+        self.set_target(key, decision.to, &decision.reason);
+        if decision.to > current {
+            let count = decision.to - current;
+            for &device in room.iter().take(count as usize) {
+                let Some(change) = self.reserve_addition(key, ready, device, bytes) else {
+                    break;
+                };
+                round.changes.push(change);
+            }
+        } else {
+            for _ in decision.to..current {
+                round.changes.push(Change::Remove {
+                    key: key.clone(),
+                    ready: ready.clone(),
+                });
+            }
+        }
+        tracing::info!(version = %key, from = decision.from, to = decision.to, reason = %decision.reason, "scaling");
+        round.events.push((
+            key.clone(),
+            json!({
+                "version": key.version,
+                "from": decision.from,
+                "to": decision.to,
+                "reason": decision.reason,
+                "bytes_per_replica": bytes,
+            }),
+        ));
+    }
     /// Adds a device the first time a version names it: its configured budget, else its
     /// physical memory.
-    fn ensure_device(&mut self, id: &str) {
-        if self.physical.contains_key(id) {
+    fn ensure_device(&mut self, id: Device) {
+        if self.physical.contains_key(&id) {
             return;
         }
         let physical = physical_memory(id);
-        self.physical.insert(id.to_owned(), physical);
-        let configured = self.configured.iter().find(|d| d.id == id);
-        let declared = configured.and_then(|d| d.memory).map(|m| m.0);
-        let reserve = configured.map_or(0, |d| d.reserve.0);
+        self.physical.insert(id, physical);
+        let configured = self.configured.iter().find(|(device, _, _)| *device == id);
+        let declared = configured.and_then(|(_, memory, _)| *memory);
+        let reserve = configured.map_or(0, |(_, _, reserve)| *reserve);
         let size = match (declared, physical) {
             (Some(declared), Some(physical)) => declared.min(physical),
             (Some(declared), None) => declared,
@@ -454,14 +510,14 @@ impl State {
             // accounted, so that the runtime says what is missing when it loads there.
             (None, None) => {
                 tracing::warn!(
-                    device = id,
+                    device = %id,
                     "no memory figure for this device (no [[devices]] entry, no NVML): its reservations are not limited"
                 );
                 u64::MAX
             }
         };
         self.ledger.add_device(DeviceBudget {
-            id: id.to_owned(),
+            id,
             budget: size.saturating_sub(reserve),
         });
     }
@@ -472,10 +528,9 @@ impl State {
         &mut self,
         key: &Key,
         ready: &Arc<ReadyVersion>,
-        device: &str,
+        device: Device,
         bytes: u64,
     ) -> Option<Change> {
-        let placed = allowed_device(device, &ready.allowed)?;
         let index = ready.replicas.claim_index();
         self.ledger
             .reserve(declared(&key.model, &key.version, index, device, bytes))
@@ -485,21 +540,19 @@ impl State {
             key: key.clone(),
             ready: ready.clone(),
             index,
-            device: placed,
+            device,
         })
     }
 
     /// Devices where up to `count` more replicas of `bytes` fit now, by best fit.
-    fn room_for(&self, key: &Key, bytes: u64, allowed: &[Device], count: u32) -> Vec<String> {
-        let allowed: Vec<String> = allowed.iter().map(Device::to_string).collect();
+    fn room_for(&self, key: &Key, bytes: u64, allowed: &[Device], count: u32) -> Vec<Device> {
         let mut trial = self.ledger.clone();
         let mut devices = Vec::new();
         for replica in 0..count {
-            let Ok(device) = trial.place(&key.model, &key.version, bytes, &allowed) else {
+            let Ok(device) = trial.place(&key.model, &key.version, bytes, allowed) else {
                 break;
             };
-            let reservation =
-                declared(&key.model, &key.version, u32::MAX - replica, &device, bytes);
+            let reservation = declared(&key.model, &key.version, u32::MAX - replica, device, bytes);
             if trial.reserve(reservation).is_err() {
                 break;
             }
@@ -517,9 +570,9 @@ impl State {
         ready: &ReadyVersion,
         wanted: u32,
         now: Instant,
-    ) -> Vec<String> {
-        for device in &ready.allowed {
-            self.ensure_device(&device.to_string());
+    ) -> Vec<Device> {
+        for &device in &ready.allowed {
+            self.ensure_device(device);
         }
         let mut demands = Vec::new();
         for other_model in table.models.values() {
@@ -532,12 +585,8 @@ impl State {
                     version: version.label.clone(),
                 };
                 let is_self = other_key == *key;
-                let current: Vec<String> = other
-                    .replicas
-                    .replicas()
-                    .iter()
-                    .map(|r| r.device.to_string())
-                    .collect();
+                let current: Vec<Device> =
+                    other.replicas.replicas().iter().map(|r| r.device).collect();
                 let other_wanted = if is_self {
                     wanted
                 } else {
@@ -562,7 +611,7 @@ impl State {
                     wanted: other_wanted,
                     minimum: 1,
                     bytes_per_replica: bytes,
-                    allowed: other.allowed.iter().map(Device::to_string).collect(),
+                    allowed: other.allowed.clone(),
                     current,
                 });
             }
@@ -614,29 +663,13 @@ fn policy(scaling: &Scaling) -> ScalingPolicy {
     }
 }
 
-/// The allowed device the ledger placed a replica on: the ledger's ids are the allowed
-/// devices' names, so this finds one unless the ledger broke its contract.
-fn allowed_device(id: &str, allowed: &[Device]) -> Option<Device> {
-    let found = allowed
-        .iter()
-        .find(|device| device.to_string() == id)
-        .copied();
-    if found.is_none() {
-        tracing::error!(
-            device = id,
-            "the ledger placed a replica on a device it was not offered"
-        );
-    }
-    found
-}
-
 /// A replica's reservation before it is measured.
-fn declared(model: &str, version: &str, replica: u32, device: &str, bytes: u64) -> Reservation {
+fn declared(model: &str, version: &str, replica: u32, device: Device, bytes: u64) -> Reservation {
     Reservation {
         model: model.to_owned(),
         version: version.to_owned(),
         replica,
-        device: device.to_owned(),
+        device,
         bytes,
         measured: false,
     }
@@ -650,77 +683,4 @@ fn new_replica_bytes(ready: &ReadyVersion) -> u64 {
         .memory_per_replica()
         .map_or(0, |bytes| bytes.max(ready.artifact_bytes));
     ready.reserve_bytes.max(measured)
-}
-
-/// Samples, decides and applies, every [`SCALE_INTERVAL`], until the task is dropped.
-pub async fn run(tables: Arc<TableHandle>, capacity: Arc<Capacity>, store: Arc<dyn Store>) {
-    let mut every = tokio::time::interval(SCALE_INTERVAL);
-    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        every.tick().await;
-        let table = tables.snapshot();
-        let (changes, events) = capacity.decide(&table, Instant::now());
-        drop(table);
-        for change in changes {
-            // A replica can take seconds to load: the next rounds go on meanwhile.
-            let capacity = capacity.clone();
-            tokio::spawn(async move { apply(&capacity, change).await });
-        }
-        for (key, payload) in events {
-            if let Err(error) = store
-                .log_event(ACTOR, &key.model, "replicas.scale", payload)
-                .await
-            {
-                tracing::warn!(model = %key.model, %error, "cannot record a scaling decision");
-            }
-        }
-    }
-}
-
-async fn apply(capacity: &Capacity, change: Change) {
-    match change {
-        Change::Add {
-            key,
-            ready,
-            index,
-            device,
-        } => {
-            let added = ready.replicas.add_replica(index, device).await;
-            if let Some(adding) = lock(&capacity.state).adding.get_mut(&key) {
-                *adding = adding.saturating_sub(1);
-            }
-            match added {
-                Ok(added) => {
-                    if let Some(bytes) = added.memory_bytes {
-                        let bytes = bytes.max(ready.artifact_bytes);
-                        capacity.record_measured(&key, index, bytes);
-                    }
-                    tracing::info!(model = %key.model, version = %key.version, replica = index, %device, "replica added");
-                }
-                Err(error) => {
-                    lock(&capacity.state)
-                        .ledger
-                        .release(&key.model, &key.version, index);
-                    tracing::error!(model = %key.model, version = %key.version, %error, "a new replica failed to load");
-                }
-            }
-        }
-        Change::RemoveAll { key, ready } => {
-            let mut state = lock(&capacity.state);
-            for removed in ready.replicas.remove_all() {
-                state
-                    .ledger
-                    .release(&key.model, &key.version, removed.index);
-            }
-            tracing::info!(model = %key.model, version = %key.version, "scaled to zero");
-        }
-        Change::Remove { key, ready } => {
-            if let Some(removed) = ready.replicas.remove_replica() {
-                lock(&capacity.state)
-                    .ledger
-                    .release(&key.model, &key.version, removed.index);
-                tracing::info!(model = %key.model, version = %key.version, replica = removed.index, "replica removed");
-            }
-        }
-    }
 }
