@@ -1,0 +1,234 @@
+//! Tests of the JSON codec: flat and nested data, every datatype, refusals with their reasons,
+//! binary inputs and outputs.
+
+use super::*;
+
+fn decode(json: &str) -> Result<InferRequest, GatewayError> {
+    decode_request("m", None, json.as_bytes(), Bytes::new()).map(|(request, _)| request)
+}
+
+fn floats(tensor: &Tensor) -> Vec<f32> {
+    tensor
+        .data()
+        .as_chunks::<4>()
+        .0
+        .iter()
+        .map(|c| f32::from_le_bytes(*c))
+        .collect()
+}
+
+#[test]
+fn flat_and_nested_data_give_the_same_tensor() {
+    let flat =
+        decode(r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[1,2.5,3,4]}]}"#)
+            .expect("flat");
+    let nested = decode(
+        r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"FP32","data":[[1,2.5],[3,4]]}]}"#,
+    )
+    .expect("nested");
+    assert_eq!(flat.inputs, nested.inputs);
+    assert_eq!(floats(&flat.inputs[0].tensor), [1.0, 2.5, 3.0, 4.0]);
+}
+
+#[test]
+fn scalar_data_fills_a_scalar_shape() {
+    let request =
+        decode(r#"{"inputs":[{"name":"sr","shape":[],"datatype":"INT64","data":16000}]}"#)
+            .expect("scalar");
+    assert_eq!(
+        request.inputs[0].tensor.data().as_ref(),
+        16000i64.to_le_bytes()
+    );
+}
+
+#[test]
+fn every_datatype_decodes() {
+    for (dtype, data, bytes) in [
+        ("BOOL", "[true,false]", vec![1u8, 0]),
+        ("UINT8", "[0,255]", vec![0, 255]),
+        ("INT8", "[-1,1]", vec![255, 1]),
+        ("UINT16", "[1,2]", vec![1, 0, 2, 0]),
+        ("INT16", "[-2,3]", vec![254, 255, 3, 0]),
+        (
+            "FP16",
+            "[1.0,-2]",
+            [
+                f16::from_f32(1.0).to_le_bytes(),
+                f16::from_f32(-2.0).to_le_bytes(),
+            ]
+            .concat(),
+        ),
+        (
+            "BF16",
+            "[1.0,0.5]",
+            [
+                bf16::from_f32(1.0).to_le_bytes(),
+                bf16::from_f32(0.5).to_le_bytes(),
+            ]
+            .concat(),
+        ),
+        (
+            "UINT32",
+            "[7,8]",
+            [7u32.to_le_bytes(), 8u32.to_le_bytes()].concat(),
+        ),
+        (
+            "INT32",
+            "[-7,8]",
+            [(-7i32).to_le_bytes(), 8i32.to_le_bytes()].concat(),
+        ),
+        (
+            "FP32",
+            "[0.25,1]",
+            [0.25f32.to_le_bytes(), 1f32.to_le_bytes()].concat(),
+        ),
+        (
+            "UINT64",
+            "[18446744073709551615,0]",
+            [u64::MAX.to_le_bytes(), 0u64.to_le_bytes()].concat(),
+        ),
+        (
+            "INT64",
+            "[-9,9]",
+            [(-9i64).to_le_bytes(), 9i64.to_le_bytes()].concat(),
+        ),
+        (
+            "FP64",
+            "[0.1,2]",
+            [0.1f64.to_le_bytes(), 2f64.to_le_bytes()].concat(),
+        ),
+        (
+            "BYTES",
+            r#"["ab",""]"#,
+            vec![2, 0, 0, 0, b'a', b'b', 0, 0, 0, 0],
+        ),
+    ] {
+        let json = format!(
+            r#"{{"inputs":[{{"name":"t","shape":[2],"datatype":"{dtype}","data":{data}}}]}}"#
+        );
+        let request = decode(&json).unwrap_or_else(|e| panic!("{dtype}: {e}"));
+        assert_eq!(request.inputs[0].tensor.data().as_ref(), bytes, "{dtype}");
+    }
+}
+
+#[test]
+fn bad_data_is_refused_with_a_reason() {
+    for (json, expected) in [
+        (
+            r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#,
+            "needs 3 elements",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1,2]}]}"#,
+            "more elements",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FLOAT","data":[1]}]}"#,
+            "unknown datatype",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[256]}]}"#,
+            "out of range",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"INT32","data":[1.5]}]}"#,
+            "whole number",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":["a"]}]}"#,
+            "string",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[-1],"datatype":"FP32","data":[1]}]}"#,
+            "negative",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32"}]}"#,
+            "no data",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":{"a":1}}]}"#,
+            "FP32 elements",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}"#,
+            "malformed",
+        ),
+        (
+            r#"{"inputs":[{"name":"x","shape":[4611686018427387904,4],"datatype":"FP32","data":[1]}]}"#,
+            "too large",
+        ),
+    ] {
+        let error = decode(json).expect_err(json);
+        assert!(
+            error.message.contains(expected),
+            "{json}: {}",
+            error.message
+        );
+    }
+}
+
+#[test]
+fn binary_inputs_are_sliced_in_order() {
+    let json = r#"{"inputs":[
+        {"name":"a","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}},
+        {"name":"b","shape":[1],"datatype":"INT64","parameters":{"binary_data_size":8}}]}"#;
+    let mut binary = Vec::new();
+    binary.extend_from_slice(&1.5f32.to_le_bytes());
+    binary.extend_from_slice(&2.5f32.to_le_bytes());
+    binary.extend_from_slice(&42i64.to_le_bytes());
+    let (request, _) =
+        decode_request("m", None, json.as_bytes(), Bytes::from(binary)).expect("binary");
+    assert_eq!(floats(&request.inputs[0].tensor), [1.5, 2.5]);
+    assert_eq!(
+        request.inputs[1].tensor.data().as_ref(),
+        42i64.to_le_bytes()
+    );
+
+    let short = decode_request("m", None, json.as_bytes(), Bytes::from(vec![0u8; 12]));
+    assert!(short.is_err());
+    let extra = decode_request("m", None, json.as_bytes(), Bytes::from(vec![0u8; 20]));
+    assert!(
+        extra
+            .expect_err("extra")
+            .message
+            .contains("no input claims")
+    );
+}
+
+#[test]
+fn responses_encode_json_and_binary_outputs() {
+    let tensor = Tensor::from_slice(DataType::Fp32, vec![1, 2], &[0.5f32, -1.0]).expect("tensor");
+    let response = InferResponse {
+        model_name: "m".into(),
+        model_version: "3".into(),
+        id: Some("req-1".into()),
+        outputs: vec![NamedTensor {
+            name: "y".into(),
+            tensor,
+        }],
+    };
+    let json = encode_response(&response, &OutputEncoding::default()).expect("json");
+    assert!(json.binary.is_empty());
+    let value: serde_json::Value = serde_json::from_slice(&json.json).expect("valid JSON");
+    assert_eq!(
+        value,
+        serde_json::json!({"model_name":"m","model_version":"3","id":"req-1",
+            "outputs":[{"name":"y","datatype":"FP32","shape":[1,2],"data":[0.5,-1.0]}]})
+    );
+    let binary = encode_response(
+        &response,
+        &OutputEncoding {
+            requested_binary: vec![],
+            default_binary: true,
+        },
+    )
+    .expect("binary");
+    let value: serde_json::Value = serde_json::from_slice(&binary.json).expect("valid JSON");
+    assert_eq!(value["outputs"][0]["parameters"]["binary_data_size"], 8);
+    assert!(value["outputs"][0].get("data").is_none());
+    assert_eq!(
+        binary.binary.concat(),
+        [0.5f32.to_le_bytes(), (-1.0f32).to_le_bytes()].concat()
+    );
+}
