@@ -106,6 +106,10 @@ pub struct InferenceConfig {
     /// API keys of the inference endpoints (HTTP and gRPC), as SHA-256 hex digests; empty
     /// leaves them open. SWITCHYARD_API_KEY adds one.
     pub api_keys: Vec<String>,
+    /// The key of the MAC in the request ids the gateway issues, 128 hex digits; empty: the
+    /// one stored in the registry (the first gateway to start makes it), so that every
+    /// gateway sharing a registry accepts feedback on the others' ids.
+    pub request_id_key: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -35,6 +35,10 @@ pub enum ErrorKind {
     Conflict,
     /// The endpoint exists but not with this method.
     MethodNotAllowed,
+    /// The body is not in the content type the endpoint takes.
+    UnsupportedMediaType,
+    /// The change conflicts with what was already done (feedback given twice).
+    AlreadyDone,
 }
 
 /// How one kind is reported everywhere.
@@ -65,7 +69,7 @@ const fn row(
 }
 
 /// The table, in the order of [`ErrorKind::index`].
-pub const ERROR_TABLE: [ErrorRow; 11] = [
+pub const ERROR_TABLE: [ErrorRow; 13] = [
     row(
         ErrorKind::InvalidArgument,
         StatusCode::BAD_REQUEST,
@@ -144,6 +148,20 @@ pub const ERROR_TABLE: [ErrorRow; 11] = [
         Code::Unimplemented,
         "method_not_allowed",
         "method_not_allowed",
+    ),
+    row(
+        ErrorKind::UnsupportedMediaType,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        Code::InvalidArgument,
+        "unsupported_media_type",
+        "unsupported_media_type",
+    ),
+    row(
+        ErrorKind::AlreadyDone,
+        StatusCode::CONFLICT,
+        Code::AlreadyExists,
+        "already_done",
+        "already_done",
     ),
 ];
 

@@ -9,6 +9,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
+use switchyard_gateway::core::request_id::RequestIds;
 use switchyard_gateway::core::{
     Gateway, InferRequest, ModelEntry, ModelTable, ReadyVersion, TableHandle, VersionEntry,
     VersionStatus,
@@ -91,7 +92,8 @@ async fn gateway(failing_two: bool) -> (Gateway, FakeRuntime) {
         },
         7,
     );
-    (Gateway::new(tables, experiments), two)
+    let ids = RequestIds::new(&[1; 64]);
+    (Gateway::new(tables, experiments, ids), two)
 }
 
 fn request(version: Option<&str>, rows: usize) -> InferRequest {

@@ -371,6 +371,58 @@ async fn feedback_drives_the_bandit_and_survives_a_restart() {
         .await
         .unwrap();
     assert_eq!(out_of_range.status(), 400);
+
+    // Refused feedback changes nothing: a replay (409), an id whose MAC was forged (404), and a
+    // cross-site form post (415).
+    let before = experiment(&gateway).await;
+    let (_, response) = gateway
+        .post_json("/v2/models/mlp/infer", &infer_body(1))
+        .await;
+    let id = response["id"].as_str().unwrap().to_owned();
+    let first = client
+        .post(gateway.url("/v1/feedback"))
+        .json(&json!({"request_id": id, "reward": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(first.status(), 200);
+    let counted = experiment(&gateway).await;
+    let replay = client
+        .post(gateway.url("/v1/feedback"))
+        .json(&json!({"request_id": id, "reward": 1.0}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(replay.status(), 409);
+    let (body, tag) = id.rsplit_once('-').unwrap();
+    let forged_tag: String = tag
+        .chars()
+        .map(|c| if c == '0' { '1' } else { '0' })
+        .collect();
+    for forged in [format!("{body}-{forged_tag}"), format!("{body}0-{tag}")] {
+        let refused = client
+            .post(gateway.url("/v1/feedback"))
+            .json(&json!({"request_id": forged, "reward": 1.0}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(refused.status(), 404, "{forged}");
+    }
+    let cross_site = client
+        .post(gateway.url("/v1/feedback"))
+        .header("content-type", "text/plain")
+        .body(json!({"request_id": id, "reward": 1.0}).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(cross_site.status(), 415);
+    let after = experiment(&gateway).await;
+    let observations = |figures: &BTreeMap<String, Value>| {
+        figures["1"]["reward"]["observations"].as_f64().unwrap()
+            + figures["2"]["reward"]["observations"].as_f64().unwrap()
+    };
+    assert_eq!(observations(&counted), observations(&before) + 1.0);
+    assert_eq!(observations(&after), observations(&counted));
     let figures = experiment(&gateway).await;
     // The very first request also earned an outcome reward, before any feedback had arrived.
     assert!(

@@ -84,6 +84,10 @@ pub trait Store: Send + Sync {
         added: Rewards,
     ) -> Result<Rewards, RegistryError>;
 
+    /// The secret named `name` that every process sharing this registry uses: `proposed` if
+    /// none was stored yet (it is stored then), else the stored one. Not a revision.
+    async fn shared_secret(&self, name: &str, proposed: &str) -> Result<String, RegistryError>;
+
     /// Sets top-level keys of a version's metadata (measured memory, say), keeping the others.
     async fn merge_version_metadata(
         &self,

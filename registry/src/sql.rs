@@ -776,6 +776,22 @@ impl Store for SqlStore {
         Ok(total)
     }
 
+    async fn shared_secret(&self, name: &str, proposed: &str) -> Result<String, RegistryError> {
+        // One statement, so that gateways starting at once agree on whichever came first.
+        sqlx::query(
+            "INSERT INTO secrets (name, value) VALUES ($1, $2) ON CONFLICT (name) DO NOTHING",
+        )
+        .bind(name)
+        .bind(proposed)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query("SELECT value FROM secrets WHERE name = $1")
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("value")?)
+    }
+
     async fn merge_version_metadata(
         &self,
         actor: &str,

@@ -58,6 +58,18 @@ fn weights(pairs: &[(&str, u64)]) -> BTreeMap<String, u64> {
 }
 
 async fn suite(store: &dyn Store) {
+    // A shared secret: the first proposal is kept, later ones get it back.
+    let name = format!(
+        "suite-{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    let first = store.shared_secret(&name, "aaaa").await.unwrap();
+    let second = store.shared_secret(&name, "bbbb").await.unwrap();
+    assert_eq!((first.as_str(), second.as_str()), ("aaaa", "aaaa"));
+
     let mut changes = store.subscribe();
     let start = store.revision().await.unwrap();
     assert_eq!(start, 0);

@@ -96,9 +96,13 @@ pub(super) async fn experiment(
     post,
     path = "/v1/feedback",
     request_body = crate::core::feedback::Feedback,
-    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse), (status = 415, response = super::openapi::ErrorResponse))
 )]
-pub(super) async fn feedback(State(state): State<AdminState>, body: Bytes) -> ApiResult {
-    let answer = Feedback::parse(&body)?.apply(&state.gateway)?;
+pub(super) async fn feedback(
+    State(state): State<AdminState>,
+    headers: axum::http::HeaderMap,
+    body: Bytes,
+) -> ApiResult {
+    let answer = Feedback::from_http(&headers, &body)?.apply(&state.gateway)?;
     ok(StatusCode::OK, answer)
 }

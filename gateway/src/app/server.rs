@@ -20,6 +20,7 @@ use crate::control::import::import_repository;
 use crate::control::reconcile::Reconciler;
 use crate::control::rewards::flush_rewards;
 use crate::control::runtimes::{self, RuntimeSettings, Runtimes};
+use crate::core::request_id::{IdKey, RequestIds, random_key};
 use crate::core::{Gateway, TableHandle};
 use crate::protocol::{Pipeline, auth, grpc, http};
 use crate::routing::Experiments;
@@ -53,9 +54,11 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         capacity: Arc::new(Capacity::new(&config.devices).map_err(anyhow::Error::msg)?),
         metrics: Metrics::new(config.metrics.enabled),
     };
+    let ids = RequestIds::new(&request_id_key(config, store.as_ref()).await?);
     let gateway = Arc::new(Gateway::new(
         handles.tables.clone(),
         handles.experiments.clone(),
+        ids,
     ));
     let pipeline = Arc::new(Pipeline::new(
         gateway.clone(),
@@ -185,6 +188,30 @@ async fn upkeep(handles: Handles, store: Arc<dyn Store>) {
             handles.metrics.run_upkeep();
         }
     }
+}
+
+/// The request-id MAC key: configured, else shared through the registry.
+async fn request_id_key(config: &Config, store: &dyn Store) -> anyhow::Result<IdKey> {
+    let configured = config.inference.request_id_key.trim();
+    let hex = if configured.is_empty() {
+        let proposed: String = random_key().iter().map(|b| format!("{b:02x}")).collect();
+        store.shared_secret("request_id_key", &proposed).await?
+    } else {
+        configured.to_owned()
+    };
+    let mut key = [0u8; 64];
+    let valid = hex.len() == 128
+        && key.iter_mut().enumerate().all(|(index, byte)| {
+            hex.get(index * 2..index * 2 + 2)
+                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
+                .map(|value| *byte = value)
+                .is_some()
+        });
+    anyhow::ensure!(
+        valid,
+        "inference.request_id_key must be 128 hex digits (64 bytes)"
+    );
+    Ok(key)
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

@@ -2,11 +2,12 @@
 //! bandit policy learns from. Both the inference port and the management API take it, in the
 //! same JSON shape, through this one function.
 
+use http::HeaderMap;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
 use crate::core::Gateway;
-use crate::error::GatewayError;
+use crate::error::{ErrorKind, GatewayError};
 use crate::routing::FeedbackError;
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -20,6 +21,18 @@ pub struct Feedback {
 }
 
 impl Feedback {
+    /// The body of an HTTP request, which must say it is JSON: a form or a text/plain body, as
+    /// any web page can post across sites without asking, is refused with 415.
+    pub fn from_http(headers: &HeaderMap, body: &[u8]) -> Result<Feedback, GatewayError> {
+        if !is_json(headers) {
+            return Err(GatewayError::new(
+                ErrorKind::UnsupportedMediaType,
+                "feedback must be sent as Content-Type: application/json",
+            ));
+        }
+        Feedback::parse(body)
+    }
+
     pub fn parse(body: &[u8]) -> Result<Feedback, GatewayError> {
         serde_json::from_slice(body)
             .map_err(|e| GatewayError::invalid(format!("invalid request body: {e}")))
@@ -37,6 +50,18 @@ impl Feedback {
             Err(error @ FeedbackError::UnknownRequest(_)) => {
                 Err(GatewayError::not_found(error.to_string()))
             }
+            Err(error @ FeedbackError::AlreadyRewarded(_)) => {
+                Err(GatewayError::new(ErrorKind::AlreadyDone, error.to_string()))
+            }
         }
     }
+}
+
+/// Whether a request's body is declared JSON (`application/json`, parameters allowed).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }

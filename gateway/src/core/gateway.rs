@@ -3,29 +3,36 @@
 //! replica, and feeds the outcome to the experiment's figures and the shadow.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use switchyard_runtimes::NamedTensor;
 
 use crate::core::request::{InferRequest, InferResponse, select_outputs, validate};
+use crate::core::request_id::RequestIds;
 use crate::core::route::{Route, ShadowTarget, route};
 use crate::core::table::{ModelTable, ReadyVersion, TableHandle, VersionStatus};
 use crate::error::{ErrorKind, GatewayError};
 use crate::routing::{self, Experiments, FeedbackError};
 use crate::telemetry::tracing::{TRACE_TARGET, child};
 
-/// The serving core: the published model table and the experiment's figures.
+/// The serving core: the published model table, the experiment's figures, and the ids it
+/// gives requests that bring none.
 pub struct Gateway {
     tables: Arc<TableHandle>,
     experiments: Arc<Experiments>,
+    ids: RequestIds,
 }
 
 impl Gateway {
-    pub fn new(tables: Arc<TableHandle>, experiments: Arc<Experiments>) -> Gateway {
+    pub fn new(
+        tables: Arc<TableHandle>,
+        experiments: Arc<Experiments>,
+        ids: RequestIds,
+    ) -> Gateway {
         Gateway {
             tables,
             experiments,
+            ids,
         }
     }
 
@@ -95,7 +102,7 @@ impl Gateway {
         };
         let span = tracing::Span::current();
         span.record("version", &*routed.label);
-        let id = request.id.get_or_insert_with(new_request_id);
+        let id = request.id.get_or_insert_with(|| self.ids.issue());
         span.record("request_id", id.as_str());
         let shadow_inputs = routed.shadow.as_ref().map(|_| request.inputs.clone());
         let received = request.received.unwrap_or_else(Instant::now);
@@ -168,8 +175,13 @@ impl Gateway {
         }
     }
 
-    /// Credits the version that served `request_id` with `reward`; returns the model's name.
+    /// Credits the version that served `request_id` with `reward`, once; returns the model's
+    /// name. An id in the gateway's own format must carry its MAC: a forged one is unknown,
+    /// whatever the log holds.
     pub fn feedback(&self, request_id: &str, reward: f64) -> Result<Arc<str>, FeedbackError> {
+        if RequestIds::is_gateway_id(request_id) && !self.ids.verify(request_id) {
+            return Err(FeedbackError::UnknownRequest(request_id.to_owned()));
+        }
         self.experiments.feedback(request_id, reward)
     }
 }
@@ -247,17 +259,4 @@ async fn run_shadow(
     shadow
         .stats
         .record_shadow(&primary, &primary_outputs, outputs.as_deref());
-}
-
-/// A request id for requests that bring none: unique within the process and unlikely to
-/// collide across processes.
-fn new_request_id() -> String {
-    use std::sync::OnceLock;
-    static PREFIX: OnceLock<u32> = OnceLock::new();
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    let prefix = *PREFIX.get_or_init(|| fastrand::u32(..));
-    format!(
-        "sy-{prefix:08x}-{:x}",
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
 }

@@ -5,6 +5,7 @@
 pub mod feedback;
 pub mod gateway;
 pub mod request;
+pub mod request_id;
 pub mod route;
 pub mod table;
 

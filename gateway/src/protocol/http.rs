@@ -67,13 +67,15 @@ pub fn router(pipeline: Arc<Pipeline>, max_request_bytes: usize) -> Router {
         // Rewards for the routing experiment, from applications holding an inference key.
         .route(
             "/v1/feedback",
-            post(|State(state): State<HttpState>, body: Bytes| async move {
-                Feedback::parse(&body)
-                    .and_then(|feedback| feedback.apply(state.gateway()))
-                    .map_or_else(IntoResponse::into_response, |answer| {
-                        axum::Json(answer).into_response()
-                    })
-            }),
+            post(
+                |State(state): State<HttpState>, headers: HeaderMap, body: Bytes| async move {
+                    Feedback::from_http(&headers, &body)
+                        .and_then(|feedback| feedback.apply(state.gateway()))
+                        .map_or_else(IntoResponse::into_response, |answer| {
+                            axum::Json(answer).into_response()
+                        })
+                },
+            ),
         )
         .fallback(|| async { GatewayError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

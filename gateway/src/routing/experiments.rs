@@ -34,7 +34,8 @@ pub struct Experiments {
 /// the log the same whatever its length.
 #[derive(Default)]
 struct RequestLog {
-    by_id: HashMap<u64, (Arc<str>, Arc<VersionStats>)>,
+    /// The model, the version's figures, and whether the request was rewarded already.
+    by_id: HashMap<u64, (Arc<str>, Arc<VersionStats>, bool)>,
     order: VecDeque<u64>,
 }
 
@@ -51,9 +52,11 @@ pub enum FeedbackError {
     #[error("reward must be a number in [0, 1], got {0}")]
     InvalidReward(f64),
     #[error(
-        "unknown request id '{0}': feedback must refer to one of the last {FEEDBACK_LOG_CAPACITY} requests"
+        "unknown request id '{0}': feedback must refer to one of the last {FEEDBACK_LOG_CAPACITY} requests served under a bandit policy"
     )]
     UnknownRequest(String),
+    #[error("request '{0}' was rewarded already; a request is rewarded once")]
+    AlreadyRewarded(String),
 }
 
 impl Experiments {
@@ -93,7 +96,7 @@ impl Experiments {
         }
         if log
             .by_id
-            .insert(key, (model.clone(), stats.clone()))
+            .insert(key, (model.clone(), stats.clone(), false))
             .is_none()
         {
             log.order.push_back(key);
@@ -105,11 +108,17 @@ impl Experiments {
         if !(0.0..=1.0).contains(&reward) {
             return Err(FeedbackError::InvalidReward(reward));
         }
-        let (model, stats) = lock(&self.requests)
+        let mut log = lock(&self.requests);
+        let (model, stats, rewarded) = log
             .by_id
-            .get(&id_hash(request_id))
-            .cloned()
+            .get_mut(&id_hash(request_id))
             .ok_or_else(|| FeedbackError::UnknownRequest(request_id.to_owned()))?;
+        if *rewarded {
+            return Err(FeedbackError::AlreadyRewarded(request_id.to_owned()));
+        }
+        *rewarded = true;
+        let (model, stats) = (model.clone(), stats.clone());
+        drop(log);
         stats.record_reward(reward);
         lock(&self.with_feedback).insert(model.clone());
         Ok(model)
@@ -153,6 +162,10 @@ mod tests {
         experiments.remember("req-1", &model, &stats);
         assert!(!experiments.has_feedback("mlp"));
         assert_eq!(experiments.feedback("req-1", 1.0), Ok(model.clone()));
+        assert_eq!(
+            experiments.feedback("req-1", 1.0),
+            Err(FeedbackError::AlreadyRewarded("req-1".into()))
+        );
         assert!(experiments.has_feedback("mlp"));
         assert_eq!(
             stats.rewards(),
