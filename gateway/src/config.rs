@@ -22,6 +22,7 @@ pub struct Config {
     pub models: ModelsConfig,
     pub onnxruntime: OnnxRuntimeConfig,
     pub serving: ServingConfig,
+    pub connections: ConnectionsConfig,
     pub log: LogConfig,
     /// Devices and their memory budgets; a device not listed gets its physical memory (the
     /// host's RAM for `cpu`, NVML's figure for `cuda:N`) less nothing.
@@ -184,6 +185,37 @@ pub struct ServingConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// What every listener (HTTP, gRPC, management, metrics) allows a connection.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ConnectionsConfig {
+    /// Connections open at once per listener; past it a new one is closed at once.
+    pub max: usize,
+    /// HTTP/1: how long a request's headers may take to arrive.
+    pub header_read_timeout: HumanDuration,
+    /// A connection on which nothing was read or written for this long is closed.
+    pub idle_timeout: HumanDuration,
+    /// HTTP/2 and gRPC: how often the server pings a connection, and how long it waits for the
+    /// answer before closing it.
+    pub keepalive_interval: HumanDuration,
+    pub keepalive_timeout: HumanDuration,
+    /// HTTP/2 and gRPC: streams (requests) open at once on one connection.
+    pub max_concurrent_streams: u32,
+}
+
+impl Default for ConnectionsConfig {
+    fn default() -> Self {
+        ConnectionsConfig {
+            max: 4096,
+            header_read_timeout: HumanDuration(Duration::from_secs(10)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            keepalive_interval: HumanDuration(Duration::from_secs(20)),
+            keepalive_timeout: HumanDuration(Duration::from_secs(10)),
+            max_concurrent_streams: 256,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]

@@ -5,13 +5,13 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use anyhow::Context;
-use axum::serve::ListenerExt;
 use switchyard_registry::{SqlStore, Store};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::app::listener;
 use crate::auth::ApiKeys;
 use crate::config::{ByteSize, Config};
 use crate::control::Handles;
@@ -46,6 +46,7 @@ pub struct Running {
 /// starts serving. Versions load in the background; `/v2/health/ready` turns ready once the
 /// versions known at start have loaded or failed.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    listener::raise_open_file_limit();
     let store = open_registry(config).await?;
     let runtimes = runtimes_for(config, store.as_ref()).await?;
     let handles = Handles {
@@ -104,21 +105,20 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.models.dir.clone(),
         config.serving.clone(),
     ));
+    let metrics_app = metrics_router(handles.clone(), pipeline);
+    let serve = |name, listener, app| {
+        let limits = config.connections.clone();
+        let metrics = handles.metrics.clone();
+        (
+            name,
+            listener::serve(name, listener, app, limits, metrics, stop.clone()),
+        )
+    };
     let servers = vec![
-        ("HTTP", serve(http_listener, http_app, stop.clone())),
-        ("gRPC", serve(grpc_listener, grpc_app, stop.clone())),
-        (
-            "management API",
-            serve(admin_listener, admin_app, stop.clone()),
-        ),
-        (
-            "metrics",
-            serve(
-                metrics_listener,
-                metrics_router(handles.clone(), pipeline),
-                stop,
-            ),
-        ),
+        serve("HTTP", http_listener, http_app),
+        serve("gRPC", grpc_listener, grpc_app),
+        serve("management API", admin_listener, admin_app),
+        serve("metrics", metrics_listener, metrics_app),
     ];
     tracing::info!(%http_addr, %grpc_addr, %admin_addr, registry = store.backend(), "serving");
     Ok(Running {
@@ -241,25 +241,6 @@ fn metrics_router(handles: Handles, pipeline: Arc<Pipeline>) -> axum::Router {
 
 fn byte_limit(size: ByteSize) -> usize {
     usize::try_from(size.0).unwrap_or(usize::MAX)
-}
-
-fn serve(
-    listener: TcpListener,
-    app: axum::Router,
-    mut stop: watch::Receiver<bool>,
-) -> JoinHandle<std::io::Result<()>> {
-    // Small answers must leave at once: without TCP_NODELAY, a response written in more than
-    // one segment (HTTP/2 headers, data and trailers) waits for the peer's delayed ACK.
-    let listener = listener.tap_io(|stream| {
-        let _ = stream.set_nodelay(true);
-    });
-    tokio::spawn(async move {
-        axum::serve(listener, app)
-            .with_graceful_shutdown(async move {
-                let _ = stop.wait_for(|stopped| *stopped).await;
-            })
-            .await
-    })
 }
 
 impl Running {

@@ -221,6 +221,18 @@ impl Metrics {
         }
     }
 
+    /// Counts a connection closed at once because its listener holds its limit.
+    pub fn refuse_connection(&self, listener: &'static str) {
+        if self.enabled {
+            counter(
+                &self.recorder,
+                "switchyard_connections_refused_total",
+                vec![Label::new("listener", listener)],
+            )
+            .increment(1);
+        }
+    }
+
     /// Counts a refused or failed request by its reason.
     pub fn reject(&self, kind: ErrorKind) {
         self.rejections[kind.index()].increment(1);
@@ -363,6 +375,10 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             "switchyard_rejections_total",
             "Inference requests refused or failed, by reason.",
+        ),
+        (
+            "switchyard_connections_refused_total",
+            "Connections closed at once because their listener held connections.max.",
         ),
         (
             "switchyard_routing_decisions_total",

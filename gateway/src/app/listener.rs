@@ -1,0 +1,213 @@
+//! Serving one listener: accepting connections within a cap, each on hyper with the limits a
+//! hostile client must not get around: a header read timeout on HTTP/1, keep-alive pings with
+//! a timeout and a bound on concurrent streams on HTTP/2, and an idle timeout on every
+//! connection. A stop lets the connections finish what they hold, then ends.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use axum::extract::ConnectInfo;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, watch};
+use tokio::task::JoinHandle;
+use tower::ServiceExt;
+
+use crate::config::ConnectionsConfig;
+use crate::telemetry::Metrics;
+
+/// How long connections may take to finish after a stop before they are dropped.
+const DRAIN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Serves `app` on `listener` until `stop` turns true.
+pub fn serve(
+    name: &'static str,
+    listener: TcpListener,
+    app: axum::Router,
+    limits: ConnectionsConfig,
+    metrics: Arc<Metrics>,
+    mut stop: watch::Receiver<bool>,
+) -> JoinHandle<io::Result<()>> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout.0);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Some(limits.keepalive_interval.0))
+        .keep_alive_timeout(limits.keepalive_timeout.0)
+        .max_concurrent_streams(limits.max_concurrent_streams);
+    let builder = Arc::new(builder);
+    let open = Arc::new(Semaphore::new(limits.max.max(1)));
+    tokio::spawn(async move {
+        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+        loop {
+            let (stream, peer) = tokio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok(accepted) => accepted,
+                    Err(error) => {
+                        // Out of file descriptors, typically: wait rather than spin.
+                        tracing::warn!(listener = name, %error, "cannot accept a connection");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                () = async { drop(stop.wait_for(|stopped| *stopped).await) } => break,
+            };
+            let Ok(permit) = open.clone().try_acquire_owned() else {
+                // Closing at once is the cheapest refusal, and frees the descriptor.
+                metrics.refuse_connection(name);
+                drop(stream);
+                continue;
+            };
+            // Small answers must leave at once: without TCP_NODELAY, a response written in
+            // more than one segment waits for the peer's delayed ACK.
+            let _ = stream.set_nodelay(true);
+            let app = app.clone();
+            let service =
+                hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
+                    request.extensions_mut().insert(ConnectInfo(peer));
+                    let app = app.clone();
+                    async move {
+                        Ok::<_, Infallible>(
+                            app.oneshot(request)
+                                .await
+                                .unwrap_or_else(|never| match never {}),
+                        )
+                    }
+                });
+            let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout.0));
+            let connection = builder
+                .serve_connection_with_upgrades(io, service)
+                .into_owned();
+            let connection = graceful.watch(connection);
+            tokio::spawn(async move {
+                let _ = connection.await;
+                drop(permit);
+            });
+        }
+        drop(listener);
+        if tokio::time::timeout(DRAIN_LIMIT, graceful.shutdown())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                listener = name,
+                "connections still open after the drain limit"
+            );
+        }
+        Ok(())
+    })
+}
+
+/// A connection that fails once nothing was read or written on it for `limit`: idle sockets,
+/// and peers that stall mid-request, are closed and give their descriptor back.
+struct IdleTimeout {
+    stream: TcpStream,
+    limit: Duration,
+    deadline: Pin<Box<tokio::time::Sleep>>,
+}
+
+impl IdleTimeout {
+    fn new(stream: TcpStream, limit: Duration) -> Self {
+        IdleTimeout {
+            stream,
+            limit,
+            deadline: Box::pin(tokio::time::sleep(limit)),
+        }
+    }
+
+    fn touch(&mut self) {
+        let next = tokio::time::Instant::now() + self.limit;
+        self.deadline.as_mut().reset(next);
+    }
+
+    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
+        self.deadline.as_mut().poll(cx).is_ready()
+    }
+}
+
+fn idle_error() -> io::Error {
+    io::Error::new(io::ErrorKind::TimedOut, "the connection was idle too long")
+}
+
+impl AsyncRead for IdleTimeout {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let filled = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(result) => {
+                if buf.filled().len() > filled {
+                    self.touch();
+                }
+                Poll::Ready(result)
+            }
+            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+impl AsyncWrite for IdleTimeout {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        let written = ready!(Pin::new(&mut self.stream).poll_write(cx, data))?;
+        if written > 0 {
+            self.touch();
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let written = ready!(Pin::new(&mut self.stream).poll_write_vectored(cx, bufs))?;
+        if written > 0 {
+            self.touch();
+        }
+        Poll::Ready(Ok(written))
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+}
+
+/// The peer of a connection, as handlers see it.
+pub type Peer = ConnectInfo<SocketAddr>;
+
+/// Raises the process's open-file soft limit to its hard limit, so that the connection caps,
+/// not the descriptor table, decide how many clients are held.
+pub fn raise_open_file_limit() {
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(limit) => tracing::debug!(limit, "open-file limit"),
+        Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
+    }
+}
