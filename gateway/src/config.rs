@@ -46,6 +46,9 @@ pub struct DeviceConfig {
 pub struct HttpConfig {
     pub addr: SocketAddr,
     pub max_request_size: ByteSize,
+    /// How long a request's body (or a gRPC message) may take to arrive, from its first byte
+    /// to its last; past it the request is refused with 408 / DEADLINE_EXCEEDED.
+    pub request_read_timeout: HumanDuration,
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -173,6 +176,9 @@ pub struct OnnxRuntimeConfig {
 pub struct ServingConfig {
     /// Inference requests handled at once by the whole gateway; past it, 429 at once.
     pub max_in_flight: usize,
+    /// Bytes of request bodies being read or handled, with what decoding them takes; past it,
+    /// 429 / RESOURCE_EXHAUSTED at once.
+    pub max_in_flight_bytes: ByteSize,
     pub queue_capacity: usize,
     pub intra_op_threads: usize,
     pub replicas: usize,
@@ -230,6 +236,7 @@ impl Default for HttpConfig {
         HttpConfig {
             addr: SocketAddr::from(([0, 0, 0, 0], 8000)),
             max_request_size: ByteSize(64 * 1024 * 1024),
+            request_read_timeout: HumanDuration(Duration::from_secs(10)),
         }
     }
 }
@@ -256,6 +263,7 @@ impl Default for ServingConfig {
     fn default() -> Self {
         ServingConfig {
             max_in_flight: 1024,
+            max_in_flight_bytes: ByteSize(1 << 30),
             queue_capacity: 128,
             intra_op_threads: 1,
             replicas: 1,

@@ -39,6 +39,8 @@ pub enum ErrorKind {
     UnsupportedMediaType,
     /// The change conflicts with what was already done (feedback given twice).
     AlreadyDone,
+    /// The request did not arrive in time (a stalled or slow client).
+    RequestTimeout,
 }
 
 /// How one kind is reported everywhere.
@@ -69,7 +71,7 @@ const fn row(
 }
 
 /// The table, in the order of [`ErrorKind::index`].
-pub const ERROR_TABLE: [ErrorRow; 13] = [
+pub const ERROR_TABLE: [ErrorRow; 14] = [
     row(
         ErrorKind::InvalidArgument,
         StatusCode::BAD_REQUEST,
@@ -163,6 +165,13 @@ pub const ERROR_TABLE: [ErrorRow; 13] = [
         "already_done",
         "already_done",
     ),
+    row(
+        ErrorKind::RequestTimeout,
+        StatusCode::REQUEST_TIMEOUT,
+        Code::DeadlineExceeded,
+        "request_timeout",
+        "request_timeout",
+    ),
 ];
 
 impl ErrorKind {
@@ -203,12 +212,26 @@ pub struct GatewayError {
     pub message: String,
 }
 
+/// The longest message an error carries: messages quote what the client sent (a model name,
+/// a shape), and a client must not get its own megabytes back, nor break its metadata limits.
+pub const MAX_MESSAGE_CHARS: usize = 512;
+
+/// What a message quotes of the client's own words (a name): at most 64 characters.
+pub fn quoted(text: &str) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(64) {
+        Some((cut, _)) => format!("{}...", &text[..cut]).into(),
+        None => text.into(),
+    }
+}
+
 impl GatewayError {
     pub fn new(kind: ErrorKind, message: impl Into<String>) -> Self {
-        GatewayError {
-            kind,
-            message: message.into(),
+        let mut message = message.into();
+        if let Some((cut, _)) = message.char_indices().nth(MAX_MESSAGE_CHARS) {
+            message.truncate(cut);
+            message.push_str("... (truncated)");
         }
+        GatewayError { kind, message }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -273,6 +296,14 @@ impl From<GatewayError> for tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn messages_are_bounded() {
+        let echoed = GatewayError::not_found(format!("unknown model '{}'", "m".repeat(100_000)));
+        assert!(echoed.message.len() < MAX_MESSAGE_CHARS + 20);
+        assert!(echoed.message.ends_with("(truncated)"));
+        assert_eq!(GatewayError::invalid("short").message, "short");
+    }
 
     #[test]
     fn the_table_is_indexed_by_kind() {

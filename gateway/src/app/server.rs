@@ -22,6 +22,7 @@ use crate::control::rewards::flush_rewards;
 use crate::control::runtimes::{self, RuntimeSettings, Runtimes};
 use crate::core::request_id::{IdKey, RequestIds, random_key};
 use crate::core::{Gateway, TableHandle};
+use crate::protocol::pipeline::PipelineLimits;
 use crate::protocol::{Pipeline, auth, grpc, http};
 use crate::routing::Experiments;
 use crate::telemetry::Metrics;
@@ -61,10 +62,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         handles.experiments.clone(),
         ids,
     ));
+    let limits = PipelineLimits {
+        max_in_flight: config.serving.max_in_flight,
+        max_in_flight_bytes: byte_limit(config.serving.max_in_flight_bytes),
+        read_timeout: config.http.request_read_timeout.0,
+    };
     let pipeline = Arc::new(Pipeline::new(
         gateway.clone(),
         handles.metrics.clone(),
-        config.serving.max_in_flight,
+        limits,
     ));
     let reconciler = Reconciler::new(
         handles.clone(),

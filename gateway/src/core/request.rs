@@ -10,6 +10,15 @@ use switchyard_runtimes::{NamedTensor, Signature, TensorSpec};
 use crate::error::GatewayError;
 use crate::telemetry::Protocol;
 
+/// Inputs, outputs (and raw contents) a request may name, each.
+pub const MAX_TENSORS: usize = 1024;
+/// Parameters of a request, and of each of its inputs and outputs.
+pub const MAX_PARAMETERS: usize = 1024;
+/// Dimensions of one input's shape.
+pub const MAX_DIMS: usize = 64;
+/// A parameter's name or string value.
+pub const MAX_PARAMETER_BYTES: usize = 64 * 1024;
+
 /// A request parameter, as the protocol allows them.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Parameter {

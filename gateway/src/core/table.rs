@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use switchyard_runtimes::{Device, Signature};
 
-use crate::error::GatewayError;
+use crate::error::{GatewayError, quoted};
 use crate::routing::{Candidate, TrafficPolicy, VersionStats};
 use crate::serving::ReplicaSet;
 use crate::telemetry::VersionMetrics;
@@ -114,8 +114,9 @@ impl ModelEntry {
             .find(|version| &*version.label == label)
             .ok_or_else(|| {
                 GatewayError::not_found(format!(
-                    "model '{}' has no version '{label}' (versions: {})",
+                    "model '{}' has no version '{}' (versions: {})",
                     self.name,
+                    quoted(label),
                     self.labels().join(", ")
                 ))
             })
@@ -194,7 +195,7 @@ impl ModelTable {
     pub fn model(&self, name: &str) -> Result<&Arc<ModelEntry>, GatewayError> {
         self.models
             .get(name)
-            .ok_or_else(|| GatewayError::not_found(format!("unknown model '{name}'")))
+            .ok_or_else(|| GatewayError::not_found(format!("unknown model '{}'", quoted(name))))
     }
 }
 

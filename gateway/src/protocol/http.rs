@@ -11,7 +11,6 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
-use http_body_util::{BodyExt, LengthLimitError, Limited};
 use serde::Serialize;
 use serde_json::json;
 use switchyard_runtimes::{Device, TensorSpec};
@@ -88,10 +87,6 @@ pub fn router(pipeline: Arc<Pipeline>, max_request_bytes: usize) -> Router {
             pipeline,
             max_request_bytes,
         })
-        // A client that stops sending its body must not hold its place for ever.
-        .layer(tower_http::timeout::RequestBodyTimeoutLayer::new(
-            std::time::Duration::from_secs(30),
-        ))
 }
 
 async fn server_metadata() -> Response {
@@ -261,10 +256,24 @@ async fn infer(
     request: Request,
 ) -> Result<Response, GatewayError> {
     let received = Instant::now();
-    let _admission = state.pipeline.admit()?;
     let (parts, body) = request.into_parts();
-    let mut body = read_body(&parts.headers, body, state.max_request_bytes).await?;
+    let declared = parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<u64>().ok());
+    let (mut body, mut budget) = state
+        .pipeline
+        .read_body(body, declared, state.max_request_bytes, received)
+        .await?;
     let json_length = json_header_length(&parts.headers, body.len())?;
+    // Decoding JSON data can take up to four times its text (a one-digit element of an 8-byte
+    // datatype and its comma); binary data is sliced, not copied.
+    let json_part = json_length.unwrap_or(body.len());
+    state
+        .pipeline
+        .charge(&mut budget, json_part.saturating_mul(4))?;
+    let _admission = state.pipeline.admit()?;
     let binary = match json_length {
         Some(length) => body.split_off(length),
         None => Bytes::new(),
@@ -317,30 +326,6 @@ fn http_answer(encoded: EncodedResponse) -> Response {
         HeaderValue::from(json_length),
     );
     response
-}
-
-/// Reads the whole body, refusing it with 413 as soon as it passes the limit.
-async fn read_body(headers: &HeaderMap, body: Body, limit: usize) -> Result<Bytes, GatewayError> {
-    let too_large = || {
-        GatewayError::new(
-            ErrorKind::PayloadTooLarge,
-            format!("request body is larger than the limit of {limit} bytes"),
-        )
-    };
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<u64>().ok());
-    if declared.is_some_and(|length| length > limit as u64) {
-        return Err(too_large());
-    }
-    match Limited::new(body, limit).collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(error) if error.downcast_ref::<LengthLimitError>().is_some() => Err(too_large()),
-        Err(error) => Err(GatewayError::invalid(format!(
-            "cannot read the request body: {error}"
-        ))),
-    }
 }
 
 fn json_header_length(

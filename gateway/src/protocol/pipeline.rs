@@ -2,9 +2,13 @@
 //! [`InferRequest`] and the [`InferResponse`] back, and nothing else; everything a request goes
 //! through on its way is here, once:
 //!
-//! 1. admission ([`Pipeline::admit`]): an in-flight slot, taken before the body is read (by
-//!    the HTTP handler, and by [`admit_grpc`] before tonic reads the message), refused at once
-//!    with 429 / RESOURCE_EXHAUSTED past `serving.max_in_flight`;
+//! 1. arrival ([`Pipeline::read_body`]): the whole body or message within
+//!    `http.request_read_timeout` (408 / DEADLINE_EXCEEDED past it), each byte charged to
+//!    `serving.max_in_flight_bytes` as it arrives (429 / RESOURCE_EXHAUSTED at once past it);
+//!    a client that stalls holds no slot while it does;
+//!    then admission ([`Pipeline::admit`]): an in-flight slot, refused at once with 429 /
+//!    RESOURCE_EXHAUSTED past `serving.max_in_flight` (the HTTP handler takes both, and gRPC's
+//!    `arrive_then_admit` before tonic decodes the message, which it scans first);
 //! 2. the request span, continuing the caller's `traceparent`;
 //! 3. the cheap refusal of a request whose version's queues are all full, before decoding;
 //! 4. `decode` (in its span), the deadline (the transport's and the `timeout` parameter);
@@ -13,12 +17,12 @@
 //! 7. counting every refusal or failure by its reason.
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::middleware::Next;
-use axum::response::Response;
+use axum::body::Body;
+use bytes::{Bytes, BytesMut};
 use http::HeaderMap;
+use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
@@ -27,9 +31,6 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::telemetry::tracing::{TRACE_TARGET, child, request_span};
 use crate::telemetry::{Metrics, Protocol};
 
-/// The gRPC method that carries inference, the only one admission applies to there.
-pub const GRPC_MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
-
 pub struct Pipeline {
     gateway: Arc<Gateway>,
     metrics: Arc<Metrics>,
@@ -37,6 +38,32 @@ pub struct Pipeline {
     /// when clients send faster than the models can serve.
     in_flight: Arc<Semaphore>,
     max_in_flight: usize,
+    /// Bytes of request bodies and messages being read or handled, and of what decoding them
+    /// takes: the bound on the memory clients can make the gateway hold.
+    body_bytes: Arc<Semaphore>,
+    max_in_flight_bytes: usize,
+    read_timeout: Duration,
+}
+
+/// Where [`Pipeline::new`] takes its bounds from.
+#[derive(Debug, Clone, Copy)]
+pub struct PipelineLimits {
+    pub max_in_flight: usize,
+    pub max_in_flight_bytes: usize,
+    /// From the first byte of a request's body to its last.
+    pub read_timeout: Duration,
+}
+
+/// Bytes of the in-flight budget held for one request, given back when it is dropped.
+pub struct BodyBudget(Option<OwnedSemaphorePermit>);
+
+impl BodyBudget {
+    fn grow(&mut self, more: OwnedSemaphorePermit) {
+        match &mut self.0 {
+            Some(held) => held.merge(more),
+            None => self.0 = Some(more),
+        }
+    }
 }
 
 /// Held while an inference request is being handled.
@@ -56,14 +83,126 @@ pub struct Call<'a> {
 }
 
 impl Pipeline {
-    pub fn new(gateway: Arc<Gateway>, metrics: Arc<Metrics>, max_in_flight: usize) -> Pipeline {
-        let max_in_flight = max_in_flight.max(1);
+    pub fn new(gateway: Arc<Gateway>, metrics: Arc<Metrics>, limits: PipelineLimits) -> Pipeline {
+        let max_in_flight = limits.max_in_flight.max(1);
+        // A semaphore holds at most this many permits.
+        let max_in_flight_bytes = limits.max_in_flight_bytes.clamp(1, usize::MAX >> 4);
         Pipeline {
             gateway,
             metrics,
             in_flight: Arc::new(Semaphore::new(max_in_flight)),
             max_in_flight,
+            body_bytes: Arc::new(Semaphore::new(max_in_flight_bytes)),
+            max_in_flight_bytes,
+            read_timeout: limits.read_timeout,
         }
+    }
+
+    /// Charges `bytes` more to a request's share of the in-flight byte budget, or refuses it
+    /// (and counts the refusal) at once.
+    pub fn charge(&self, budget: &mut BodyBudget, bytes: usize) -> Result<(), GatewayError> {
+        let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
+        match self.body_bytes.clone().try_acquire_many_owned(permits) {
+            Ok(more) => {
+                budget.grow(more);
+                Ok(())
+            }
+            Err(_) => Err(self.refused(GatewayError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "the gateway holds its limit of {} bytes of requests (serving.max_in_flight_bytes); retry shortly",
+                    self.max_in_flight_bytes
+                ),
+            ))),
+        }
+    }
+
+    /// Reads a whole body within the read deadline, `limit` and the in-flight byte budget.
+    /// `declared` (a Content-Length) is charged up front, so that a body that cannot fit is
+    /// refused before a byte of it is read.
+    pub async fn read_body(
+        &self,
+        body: Body,
+        declared: Option<u64>,
+        limit: usize,
+        received: Instant,
+    ) -> Result<(Bytes, BodyBudget), GatewayError> {
+        let too_large = || {
+            GatewayError::new(
+                ErrorKind::PayloadTooLarge,
+                format!("request too large: over the limit of {limit} bytes"),
+            )
+        };
+        let mut budget = BodyBudget(None);
+        if let Some(declared) = declared {
+            let declared = usize::try_from(declared).unwrap_or(usize::MAX);
+            if declared > limit {
+                return Err(self.refused(too_large()));
+            }
+            self.charge(&mut budget, declared)?;
+        }
+        let deadline = tokio::time::Instant::from_std(received + self.read_timeout);
+        let charged = declared.map_or(0, |d| usize::try_from(d).unwrap_or(usize::MAX));
+        let read =
+            tokio::time::timeout_at(deadline, self.collect(body, limit, charged, &mut budget));
+        match read.await {
+            Ok(Ok(bytes)) => Ok((bytes, budget)),
+            Ok(Err(error)) => Err(self.refused(error)),
+            Err(_) => Err(self.refused(GatewayError::new(
+                ErrorKind::RequestTimeout,
+                format!(
+                    "the request did not arrive within {:?} (http.request_read_timeout)",
+                    self.read_timeout
+                ),
+            ))),
+        }
+    }
+
+    async fn collect(
+        &self,
+        mut body: Body,
+        limit: usize,
+        mut charged: usize,
+        budget: &mut BodyBudget,
+    ) -> Result<Bytes, GatewayError> {
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        let mut length = 0usize;
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|error| {
+                GatewayError::invalid(format!("cannot read the request body: {error}"))
+            })?;
+            let Ok(data) = frame.into_data() else {
+                continue;
+            };
+            length = length.saturating_add(data.len());
+            if length > limit {
+                return Err(GatewayError::new(
+                    ErrorKind::PayloadTooLarge,
+                    format!("request too large: over the limit of {limit} bytes"),
+                ));
+            }
+            if length > charged {
+                self.charge(budget, length - charged)?;
+                charged = length;
+            }
+            // One frame, the usual case, is kept as it is: no copy.
+            match (&mut first, &mut joined) {
+                (None, None) => first = Some(data),
+                (Some(only), None) => {
+                    let mut buffer = BytesMut::with_capacity(length);
+                    buffer.extend_from_slice(only);
+                    buffer.extend_from_slice(&data);
+                    joined = Some(buffer);
+                    first = None;
+                }
+                (_, Some(buffer)) => buffer.extend_from_slice(&data),
+            }
+        }
+        Ok(match joined {
+            Some(buffer) => buffer.freeze(),
+            None => first.unwrap_or_default(),
+        })
     }
 
     pub fn gateway(&self) -> &Arc<Gateway> {
@@ -130,24 +269,9 @@ impl Pipeline {
             .in_scope(|| encode(response, wire))
     }
 
-    fn refused(&self, error: GatewayError) -> GatewayError {
+    /// Counts a refusal by its reason, and passes it on.
+    pub fn refused(&self, error: GatewayError) -> GatewayError {
         self.metrics.reject(error.kind);
         error
-    }
-}
-
-/// Admission for gRPC's `ModelInfer`, taken before tonic reads the message, so that at most
-/// `max_in_flight` messages are held in memory at once.
-pub async fn admit_grpc(
-    State(pipeline): State<Arc<Pipeline>>,
-    request: Request,
-    next: Next,
-) -> Response {
-    if request.uri().path() != GRPC_MODEL_INFER {
-        return next.run(request).await;
-    }
-    match pipeline.admit() {
-        Ok(_admission) => next.run(request).await,
-        Err(error) => tonic::Status::from(error).into_http::<axum::body::Body>(),
     }
 }

@@ -119,16 +119,21 @@ impl Metrics {
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         describe(&recorder);
-        let rejections = by_kind(|row| {
-            if !enabled {
-                return Counter::noop();
-            }
-            counter(
-                &recorder,
-                "switchyard_rejections_total",
-                vec![Label::new("reason", row.reason)],
-            )
-        });
+        // Every kind: refusals before a request reaches a version (a stalled body, a full byte
+        // budget) count here too.
+        let rejections = ERROR_TABLE
+            .iter()
+            .map(|row| {
+                if !enabled {
+                    return Counter::noop();
+                }
+                counter(
+                    &recorder,
+                    "switchyard_rejections_total",
+                    vec![Label::new("reason", row.reason)],
+                )
+            })
+            .collect();
         gauge(
             &recorder,
             "switchyard_build_info",

@@ -7,6 +7,7 @@ use bytes::Bytes;
 use switchyard_runtimes::{DataType, NamedTensor, Tensor, TensorView, push_bytes_element};
 
 use super::pb;
+use crate::core::request::MAX_PARAMETER_BYTES;
 use crate::core::{InferRequest, InferResponse, Parameter};
 use crate::error::GatewayError;
 use pb::model_infer_request::InferInputTensor;
@@ -33,6 +34,15 @@ pub(super) fn config_data_type(dtype: DataType) -> pb::DataType {
 }
 
 fn parameter(name: &str, value: InferParameter) -> Result<Parameter, GatewayError> {
+    let value_bytes = match &value.parameter_choice {
+        Some(ParameterChoice::StringParam(text)) => text.len(),
+        _ => 0,
+    };
+    if name.len() > MAX_PARAMETER_BYTES || value_bytes > MAX_PARAMETER_BYTES {
+        return Err(GatewayError::invalid(format!(
+            "a parameter's name or value is longer than {MAX_PARAMETER_BYTES} bytes"
+        )));
+    }
     Ok(match value.parameter_choice {
         Some(ParameterChoice::BoolParam(b)) => Parameter::Bool(b),
         Some(ParameterChoice::Int64Param(i)) => Parameter::Int(i),

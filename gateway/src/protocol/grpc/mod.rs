@@ -2,6 +2,7 @@
 //! `ModelConfig`, and the standard `grpc.health.v1` health service.
 
 mod convert;
+pub mod scan;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,7 +14,7 @@ use tonic::{Request, Response, Status};
 use crate::core::Gateway;
 use crate::error::{ErrorKind, GatewayError};
 use crate::protocol::metadata::{self, ConfigTensor};
-use crate::protocol::pipeline::{Call, Pipeline, admit_grpc};
+use crate::protocol::pipeline::{Call, Pipeline};
 use crate::telemetry::Protocol;
 use convert::{config_data_type, decode_request, encode_response};
 
@@ -60,7 +61,44 @@ pub fn router(pipeline: Arc<Pipeline>, max_message_bytes: usize) -> axum::Router
         .layer(axum::middleware::map_response(
             oversized_is_resource_exhausted,
         ))
-        .layer(axum::middleware::from_fn_with_state(pipeline, admit_grpc))
+        .layer(axum::middleware::from_fn_with_state(
+            // One message and its 5-byte frame header.
+            (pipeline, max_message_bytes.saturating_add(5)),
+            arrive_then_admit,
+        ))
+}
+
+/// The gRPC method that carries inference, the only one the in-flight bounds apply to.
+pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
+
+/// Runs before tonic reads a `ModelInfer` message: reads it whole within the read deadline and
+/// the byte budget, scans it (refusing counts past the limits, and charging what decoding will
+/// take), then takes the in-flight slot, which lives until the answer is ready.
+async fn arrive_then_admit(
+    axum::extract::State((pipeline, limit)): axum::extract::State<(Arc<Pipeline>, usize)>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> axum::response::Response {
+    if request.uri().path() != MODEL_INFER {
+        return next.run(request).await;
+    }
+    let received = Instant::now();
+    let (parts, body) = request.into_parts();
+    let arrived = async {
+        let (bytes, mut budget) = pipeline.read_body(body, None, limit, received).await?;
+        let scanned = scan::scan_frames(&bytes, &scan::ScanLimits::default())
+            .map_err(|error| pipeline.refused(error))?;
+        pipeline.charge(&mut budget, scanned.decoded_bytes)?;
+        let admission = pipeline.admit()?;
+        Ok::<_, GatewayError>((bytes, budget, admission))
+    };
+    match arrived.await {
+        Ok((bytes, _budget, _admission)) => {
+            let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
+            next.run(request).await
+        }
+        Err(error) => Status::from(error).into_http::<axum::body::Body>(),
+    }
 }
 
 /// tonic refuses a message over the size limit with OUT_OF_RANGE before any handler runs;

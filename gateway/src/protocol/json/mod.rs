@@ -16,27 +16,31 @@ use switchyard_runtimes::{
     DataType, NamedTensor, Tensor, TensorView, element_count, push_bytes_element,
 };
 
+use crate::core::request::MAX_PARAMETER_BYTES;
 use crate::core::{InferRequest, InferResponse, Parameter};
-use crate::error::GatewayError;
+use crate::error::{GatewayError, quoted};
+
+mod bounds;
 
 #[derive(Deserialize)]
 struct RequestBody<'a> {
     #[serde(default)]
     id: Option<String>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounds::parameters")]
     parameters: Option<BTreeMap<String, JsonParameter>>,
-    #[serde(borrow)]
+    #[serde(borrow, deserialize_with = "bounds::tensors")]
     inputs: Vec<InputBody<'a>>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounds::optional_tensors")]
     outputs: Option<Vec<OutputBody>>,
 }
 
 #[derive(Deserialize)]
 struct InputBody<'a> {
     name: String,
+    #[serde(deserialize_with = "bounds::dims")]
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounds::parameters")]
     parameters: Option<BTreeMap<String, JsonParameter>>,
     #[serde(borrow, default)]
     data: Option<&'a RawValue>,
@@ -45,7 +49,7 @@ struct InputBody<'a> {
 #[derive(Deserialize)]
 struct OutputBody {
     name: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "bounds::parameters")]
     parameters: Option<BTreeMap<String, JsonParameter>>,
 }
 
@@ -172,6 +176,12 @@ pub fn decode_request(
 }
 
 fn decode_input(input: InputBody<'_>, binary: &mut Bytes) -> Result<NamedTensor, GatewayError> {
+    if input.name.len() > MAX_PARAMETER_BYTES {
+        return Err(GatewayError::invalid(format!(
+            "input name '{}' is longer than {MAX_PARAMETER_BYTES} bytes",
+            quoted(&input.name)
+        )));
+    }
     let name = input.name;
     let dtype: DataType = input
         .datatype
