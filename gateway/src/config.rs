@@ -145,6 +145,9 @@ pub enum AdminRole {
 pub struct RegistryConfig {
     /// `sqlite://PATH` or `postgres://...`.
     pub url: String,
+    /// Where the artifacts of versions registered through the API may be; empty: the model
+    /// repository and `data/`.
+    pub artifact_roots: Vec<PathBuf>,
 }
 
 impl Default for AdminConfig {
@@ -160,6 +163,7 @@ impl Default for RegistryConfig {
     fn default() -> Self {
         RegistryConfig {
             url: "sqlite://data/registry.db".into(),
+            artifact_roots: Vec::new(),
         }
     }
 }

@@ -164,12 +164,17 @@ impl Client {
         body: Option<Value>,
     ) -> anyhow::Result<Value> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.request(method, &url);
+        let mut request = self.http.request(method.clone(), &url);
         if let Some(token) = &self.token {
             request = request.bearer_auth(token);
         }
-        if let Some(body) = body {
-            request = request.json(&body);
+        match body {
+            Some(body) => request = request.json(&body),
+            // The API takes writes as JSON only, bodiless ones included.
+            None if method != reqwest::Method::GET && method != reqwest::Method::DELETE => {
+                request = request.header(reqwest::header::CONTENT_TYPE, "application/json");
+            }
+            None => {}
         }
         let response = request
             .send()

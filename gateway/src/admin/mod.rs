@@ -1,13 +1,14 @@
 //! The management API (`/v1/...`) over the registry: JSON over HTTP on its own listener,
 //! behind bearer tokens with a read and a write role; and the command-line client ([`cli`]).
 
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{Request, State};
-use axum::http::{Method, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{Method, StatusCode, header};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -23,10 +24,11 @@ mod system;
 mod traffic;
 
 use crate::auth;
-use crate::config::{AdminConfig, AdminRole, ServingConfig};
+use crate::config::{AdminRole, Config, ServingConfig};
 use crate::control::capacity::Capacity;
 use crate::core::Gateway;
-use crate::error::{ErrorKind, GatewayError};
+use crate::core::feedback::is_json;
+use crate::error::{ErrorKind, GatewayError, quoted};
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -38,6 +40,9 @@ pub struct AdminState {
     open: bool,
     models_dir: PathBuf,
     defaults: ServingConfig,
+    /// Where registered artifacts may be, resolved (symlinks followed); see
+    /// `registry.artifact_roots`.
+    artifact_roots: Arc<Vec<PathBuf>>,
 }
 
 impl AdminState {
@@ -45,10 +50,9 @@ impl AdminState {
         store: Arc<dyn Store>,
         gateway: Arc<Gateway>,
         capacity: Arc<Capacity>,
-        config: &AdminConfig,
-        models_dir: PathBuf,
-        defaults: ServingConfig,
+        whole: &Config,
     ) -> AdminState {
+        let config = &whole.admin;
         let mut tokens: Vec<([u8; 32], AdminRole)> = config
             .tokens
             .iter()
@@ -75,10 +79,26 @@ impl AdminState {
             capacity,
             tokens: Arc::new(tokens),
             open,
-            models_dir,
-            defaults,
+            models_dir: whole.models.dir.clone(),
+            defaults: whole.serving.clone(),
+            artifact_roots: Arc::new(artifact_roots(whole)),
         }
     }
+}
+
+/// `registry.artifact_roots`, or the model repository and `data/`; each resolved, and left out
+/// when it does not exist.
+fn artifact_roots(config: &Config) -> Vec<PathBuf> {
+    let configured = &config.registry.artifact_roots;
+    let roots = if configured.is_empty() {
+        vec![config.models.dir.clone(), PathBuf::from("data")]
+    } else {
+        configured.clone()
+    };
+    roots
+        .iter()
+        .filter_map(|root| std::fs::canonicalize(root).ok())
+        .collect()
 }
 
 /// A registry refusal in the API's terms: the kind decides the status, as everywhere.
@@ -129,6 +149,9 @@ async fn authenticate(
         AdminRole::Write
     };
     let actor = if state.open {
+        if let Err(refusal) = local_only(&request, needs) {
+            return refusal.into_response();
+        }
         Actor("loopback".into())
     } else {
         let Some(presented) = auth::presented_secret(request.headers()) else {
@@ -152,6 +175,72 @@ async fn authenticate(
     };
     request.extensions_mut().insert(actor);
     next.run(request).await
+}
+
+/// Without tokens the API trusts whoever reaches it, so it makes sure that is a program on this
+/// machine and not a web page driving a browser here: the peer is on loopback, the Host names
+/// loopback (no DNS rebinding), no other origin sent the request, and writes come as JSON (a
+/// page can post a form or text/plain across sites without asking, but not JSON).
+fn local_only(request: &Request, needs: AdminRole) -> Result<(), GatewayError> {
+    let refuse = |message: String| Err(GatewayError::new(ErrorKind::PermissionDenied, message));
+    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>()
+        && !peer.ip().is_loopback()
+    {
+        return refuse(format!(
+            "without admin tokens the management API answers loopback clients only, not {}",
+            peer.ip()
+        ));
+    }
+    let headers = request.headers();
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .or_else(|| request.uri().authority().map(|a| a.as_str()));
+    if let Some(host) = host
+        && !is_loopback_host(host)
+    {
+        return refuse(format!(
+            "Host '{}' is not a loopback name; without admin tokens the management API answers \
+             requests to localhost only",
+            quoted(host)
+        ));
+    }
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|value| value.to_str().ok());
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    let foreign_origin = origin.is_some_and(|origin| {
+        let host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        !is_loopback_host(host)
+    });
+    if cross_site || foreign_origin {
+        return refuse("cross-origin requests are refused without admin tokens".into());
+    }
+    let writes_a_body = matches!(
+        *request.method(),
+        Method::POST | Method::PUT | Method::PATCH
+    );
+    if needs == AdminRole::Write && writes_a_body && !is_json(headers) {
+        return Err(GatewayError::new(
+            ErrorKind::UnsupportedMediaType,
+            "writes must be sent as Content-Type: application/json",
+        ));
+    }
+    Ok(())
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
+fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 pub fn router(state: AdminState) -> Router {

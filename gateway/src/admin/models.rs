@@ -12,6 +12,7 @@ use super::{Actor, AdminState, ApiResult, bad_request, internal, ok, parse};
 use crate::control::import::version_settings;
 use crate::control::runtimes;
 use crate::core::Gateway;
+use crate::error::GatewayError;
 
 /// What this gateway process is doing with a version, next to the registry's record.
 pub(super) fn serving_state(gateway: &Gateway, model: &str, label: &str) -> Value {
@@ -117,20 +118,7 @@ pub(super) async fn register_version(
     if !runtimes::is_available(&version.runtime) {
         return Err(bad_request(runtimes::unavailable(&version.runtime)));
     }
-    let artifact =
-        std::path::absolute(&version.artifact).unwrap_or_else(|_| PathBuf::from(&version.artifact));
-    if let Err(error) = std::fs::File::open(&artifact).and_then(|file| {
-        if file.metadata()?.is_file() {
-            Ok(())
-        } else {
-            Err(std::io::Error::other("not a file"))
-        }
-    }) {
-        return Err(bad_request(format!(
-            "artifact {} cannot be read: {error}",
-            artifact.display()
-        )));
-    }
+    let artifact = readable_artifact(&state.artifact_roots, &version.artifact).await?;
     version.artifact = artifact.display().to_string();
     match &version.config {
         Some(config) => {
@@ -238,4 +226,47 @@ pub(super) async fn list_scores(
 ) -> ApiResult {
     let scores = state.store.scores(&model, &label).await?;
     ok(StatusCode::OK, json!({ "scores": scores }))
+}
+
+/// How long checking an artifact may take: a path on a hung network mount must not hold a
+/// request for ever.
+const ARTIFACT_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The artifact as it will be loaded: resolved (symlinks followed), under one of the roots, a
+/// regular file (never a FIFO or a device, which would block the loader), and readable. The
+/// check runs off the executor with a timeout; a refusal names the roots and says nothing of
+/// whether the path exists.
+async fn readable_artifact(
+    roots: &std::sync::Arc<Vec<PathBuf>>,
+    asked: &str,
+) -> Result<PathBuf, GatewayError> {
+    let refusal = || {
+        let listed: Vec<String> = roots
+            .iter()
+            .map(|root| root.display().to_string())
+            .collect();
+        bad_request(format!(
+            "artifact '{}' cannot be read: it must be a readable regular file under one of the \
+             artifact roots [{}] (registry.artifact_roots)",
+            crate::error::quoted(asked),
+            listed.join(", ")
+        ))
+    };
+    let (roots_held, asked_owned) = (roots.clone(), asked.to_owned());
+    let check = tokio::task::spawn_blocking(move || -> Option<PathBuf> {
+        let resolved = std::fs::canonicalize(&asked_owned).ok()?;
+        if !roots_held.iter().any(|root| resolved.starts_with(root)) {
+            return None;
+        }
+        // Checked before opening: opening a FIFO would block until a writer comes.
+        if !std::fs::metadata(&resolved).ok()?.is_file() {
+            return None;
+        }
+        std::fs::File::open(&resolved).ok()?;
+        Some(resolved)
+    });
+    match tokio::time::timeout(ARTIFACT_CHECK_TIMEOUT, check).await {
+        Ok(Ok(Some(resolved))) => Ok(resolved),
+        _ => Err(refusal()),
+    }
 }

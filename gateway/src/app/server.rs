@@ -107,9 +107,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         store.clone(),
         gateway.clone(),
         handles.capacity.clone(),
-        &config.admin,
-        config.models.dir.clone(),
-        config.serving.clone(),
+        config,
     ));
     let metrics_app = metrics_router(handles.clone(), pipeline);
     let serve = |name, listener, app| {

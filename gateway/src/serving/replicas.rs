@@ -66,6 +66,15 @@ impl Replica {
         std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
+                // A FIFO or a device would block the runtime's open, and with it every load:
+                // refused here, before the loading lock.
+                if std::fs::metadata(&artifact).is_ok_and(|metadata| !metadata.is_file()) {
+                    let _ = loaded_tx.send(Err(RuntimeError::Load {
+                        path: artifact.clone(),
+                        message: "not a regular file".into(),
+                    }));
+                    return;
+                }
                 // One load at a time in the process, so that each one's memory is its own.
                 let _measuring = LOADING
                     .lock()

@@ -53,6 +53,8 @@ impl TestGateway {
         config.admin.addr = "127.0.0.1:0".parse().unwrap();
         config.metrics.addr = "127.0.0.1:0".parse().unwrap();
         config.models.dir = models.to_path_buf();
+        // Tests register the repository's own sample models beside their temporary ones.
+        config.registry.artifact_roots = vec![models.to_path_buf(), repo_root().join("models")];
         config.registry.url = format!(
             "sqlite://{}",
             registry_dir.path().join("registry.db").display()
@@ -309,12 +311,16 @@ impl TestGateway {
         token: Option<&str>,
         body: Option<serde_json::Value>,
     ) -> (u16, serde_json::Value) {
+        let writes = method == reqwest::Method::POST || method == reqwest::Method::PUT;
         let mut request = self.client.request(method, format!("{}{path}", self.admin));
         if let Some(token) = token {
             request = request.bearer_auth(token);
         }
-        if let Some(body) = body {
-            request = request.json(&body);
+        match body {
+            Some(body) => request = request.json(&body),
+            // The API takes writes as JSON only, bodiless ones included.
+            None if writes => request = request.header("content-type", "application/json"),
+            None => {}
         }
         let response = request.send().await.expect("admin call");
         let status = response.status().as_u16();
