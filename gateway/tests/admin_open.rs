@@ -129,3 +129,90 @@ async fn artifacts_must_be_regular_files_under_the_roots() {
     assert_eq!(status, 201, "{error}");
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn aliases_wait_for_a_loading_version_and_refuse_a_failed_one() {
+    let repo = mlp_repository("");
+    let gateway = TestGateway::start(repo.path()).await;
+    let client = reqwest::Client::new();
+    let admin = |path: &str| format!("{}{path}", gateway.admin);
+
+    // A version that fails to load: no alias may name it.
+    let corrupt = repo.path().join("corrupt.onnx");
+    std::fs::write(&corrupt, b"not a model").unwrap();
+    let response = client
+        .post(admin("/v1/models/mlp/versions"))
+        .json(&json!({"version": "5", "runtime": "onnx", "artifact": corrupt}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), StatusCode::CREATED);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, version) = gateway
+            .admin(
+                reqwest::Method::GET,
+                "/v1/models/mlp/versions/5",
+                None,
+                None,
+            )
+            .await;
+        if version["state"] == "failed" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{version}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let refused = client
+        .put(admin("/v1/models/mlp/aliases/canary"))
+        .json(&json!({"version": "5"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), StatusCode::CONFLICT);
+
+    // A version still loading: a request through its alias waits for it instead of 503.
+    let heavy = common::models_dir().join("mlp_heavy/1/model.onnx");
+    let registered: serde_json::Value = client
+        .post(admin("/v1/models/mlp/versions"))
+        .json(&json!({"version": "6", "runtime": "onnx", "artifact": heavy}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let alias = client
+        .put(admin("/v1/models/mlp/aliases/canary"))
+        .json(&json!({"version": "6"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(alias.status(), StatusCode::OK);
+    // Once this gateway's table has the alias, a request through it is answered, whether the
+    // version has finished loading or not.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let state_then = loop {
+        let (status, metadata) = gateway.get("/v2/models/mlp/versions/canary").await;
+        if status != 404 {
+            break metadata["state"].clone();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the alias never reached the table"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    };
+    let body = json!({"inputs": [{"name": "x", "shape": [1, 512], "datatype": "FP32",
+                                  "data": vec![0.5f32; 512]}]});
+    let (status, answer) = gateway
+        .post_json("/v2/models/mlp/versions/canary/infer", &body)
+        .await;
+    assert_eq!(
+        status, 200,
+        "{answer} (registered as {}, {state_then} when first seen)",
+        registered["version"]["state"]
+    );
+    assert_eq!(answer["model_version"], "6");
+    gateway.stop().await;
+}

@@ -9,7 +9,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{Actor, AdminState, ApiResult, bad_request, internal, ok, parse};
+use crate::error::{ErrorKind, GatewayError};
 use crate::routing::TrafficPolicy;
+use switchyard_registry::VersionState;
 
 /// A model's traffic weights.
 #[utoipa::path(
@@ -134,7 +136,7 @@ pub(super) struct AliasBody {
     path = "/v1/models/{m}/aliases/{a}",
     params(("m" = String, Path, description = "the model"), ("a" = String, Path, description = "the alias")),
     request_body = AliasBody,
-    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn set_alias(
     State(state): State<AdminState>,
@@ -143,6 +145,18 @@ pub(super) async fn set_alias(
     body: Bytes,
 ) -> ApiResult {
     let target: AliasBody = parse(&body)?;
+    // An alias to a version that failed would answer every request with 503.
+    if let Ok(version) = state.store.version(&model, &target.version).await
+        && version.state == VersionState::Failed
+    {
+        return Err(GatewayError::new(
+            ErrorKind::Conflict,
+            format!(
+                "version '{}' of model '{model}' failed to load ({}); an alias may not name it",
+                version.label, version.state_reason
+            ),
+        ));
+    }
     let revision = state
         .store
         .set_alias(&actor.0, &model, &alias, &target.version)

@@ -25,6 +25,18 @@ use crate::version_key::VersionKey;
 
 const ACTOR: &str = "gateway";
 
+/// The longest wait between two tries of a registry write.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// A version state the registry refused to record, to be written again.
+struct UnwrittenState {
+    key: VersionKey,
+    state: VersionState,
+    reason: String,
+    attempts: u32,
+    next: Instant,
+}
+
 struct LoadOutcome {
     key: VersionKey,
     result: Result<ReadyVersion, String>,
@@ -43,6 +55,8 @@ pub struct Reconciler {
     startup: Option<HashSet<VersionKey>>,
     /// Removed versions still answering the requests they hold, and since when.
     draining: Vec<(VersionKey, Arc<ReadyVersion>, Instant)>,
+    /// States the registry refused to record, retried with backoff.
+    unwritten: Vec<UnwrittenState>,
     loaded_tx: mpsc::UnboundedSender<LoadOutcome>,
     loaded_rx: mpsc::UnboundedReceiver<LoadOutcome>,
 }
@@ -64,6 +78,7 @@ impl Reconciler {
             snapshot: None,
             startup: Some(HashSet::new()),
             draining: Vec::new(),
+            unwritten: Vec::new(),
             loaded_tx,
             loaded_rx,
         }
@@ -89,6 +104,9 @@ impl Reconciler {
                         synced = self.sync().await;
                     } else {
                         self.retry_pending().await;
+                    }
+                    if !self.unwritten.is_empty() {
+                        self.retry_unwritten().await;
                     }
                 }
                 Some(loaded) = self.loaded_rx.recv() => self.finish_load(loaded).await,
@@ -348,17 +366,64 @@ impl Reconciler {
 
     /// Records a version's state; false when the registry refuses because the version is
     /// being removed.
-    async fn write_state(&self, key: &VersionKey, state: VersionState, reason: &str) -> bool {
+    async fn write_state(&mut self, key: &VersionKey, state: VersionState, reason: &str) -> bool {
         match self
             .store
             .set_version_state(ACTOR, &key.model, &key.version, state, reason)
             .await
         {
-            Ok(_) => true,
+            Ok(_) => {
+                // A newer state supersedes one still waiting to be written.
+                self.unwritten.retain(|write| write.key != *key);
+                true
+            }
             Err(RegistryError::Conflict(_)) => false,
             Err(error) => {
-                tracing::warn!(version = %key, %error, "cannot record the version's state");
+                self.handles.metrics.registry_write_failed();
+                tracing::warn!(version = %key, %error, "cannot record the version's state; retrying");
+                self.unwritten.retain(|write| write.key != *key);
+                self.unwritten.push(UnwrittenState {
+                    key: key.clone(),
+                    state,
+                    reason: reason.to_owned(),
+                    attempts: 1,
+                    next: Instant::now() + Duration::from_secs(1),
+                });
                 true
+            }
+        }
+    }
+
+    /// Writes again the states the registry refused, each with its own backoff (1 s, doubling
+    /// up to a minute); never dropped while the version is known.
+    async fn retry_unwritten(&mut self) {
+        let now = Instant::now();
+        for mut write in std::mem::take(&mut self.unwritten) {
+            if write.next > now {
+                self.unwritten.push(write);
+                continue;
+            }
+            let result = self
+                .store
+                .set_version_state(
+                    ACTOR,
+                    &write.key.model,
+                    &write.key.version,
+                    write.state,
+                    &write.reason,
+                )
+                .await;
+            match result {
+                Ok(_) | Err(RegistryError::Conflict(_) | RegistryError::NotFound(_)) => {}
+                Err(error) => {
+                    self.handles.metrics.registry_write_failed();
+                    write.attempts += 1;
+                    let backoff =
+                        Duration::from_secs(1u64 << write.attempts.min(6)).min(MAX_BACKOFF);
+                    tracing::error!(version = %write.key, attempts = write.attempts, %error, "the registry still refuses the version's state");
+                    write.next = now + backoff;
+                    self.unwritten.push(write);
+                }
             }
         }
     }

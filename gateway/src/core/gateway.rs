@@ -96,10 +96,7 @@ impl Gateway {
     /// the inputs, queues them on a replica and returns the outputs the caller asked for. A
     /// request without an id gets one, so that feedback can refer to it.
     pub async fn infer(&self, mut request: InferRequest) -> Result<InferResponse, GatewayError> {
-        let routed = {
-            let _route = child(|| tracing::debug_span!(target: TRACE_TARGET, "route")).entered();
-            route(&self.tables.peek(), &request)?
-        };
+        let routed = self.route_waiting_for_loads(&request).await?;
         let span = tracing::Span::current();
         span.record("version", &*routed.label);
         let id = request.id.get_or_insert_with(|| self.ids.issue());
@@ -140,6 +137,37 @@ impl Gateway {
             ));
         }
         Ok(response)
+    }
+
+    /// Routes a request; one that names a version (or an alias of one) still loading waits for
+    /// it, bounded by its deadline, as a request waits for a cold start.
+    async fn route_waiting_for_loads(&self, request: &InferRequest) -> Result<Route, GatewayError> {
+        let received = request.received.unwrap_or_else(Instant::now);
+        let deadline = request.deadline.unwrap_or(received + LOADING_WAIT);
+        let mut published = self.tables.watch_published();
+        loop {
+            let routed = {
+                let _route =
+                    child(|| tracing::debug_span!(target: TRACE_TARGET, "route")).entered();
+                let table = self.tables.peek();
+                match route(&table, request) {
+                    Err(error) if named_version_loading(&table, request) => Err(error),
+                    other => return other,
+                }
+            };
+            let wait = tokio::time::timeout_at(deadline.into(), published.changed()).await;
+            if !matches!(wait, Ok(Ok(()))) {
+                return routed.map_err(|error| {
+                    GatewayError::new(
+                        ErrorKind::DeadlineExceeded,
+                        format!(
+                            "{} (waited for it until the request's deadline)",
+                            error.message
+                        ),
+                    )
+                });
+            }
+        }
     }
 
     /// Feeds a request's outcome to its version's figures: the error rate that can take it out
@@ -184,6 +212,20 @@ impl Gateway {
         }
         self.experiments.feedback(request_id, reward)
     }
+}
+
+/// How long a request naming a loading version, and no deadline, waits for it.
+const LOADING_WAIT: Duration = Duration::from_secs(30);
+
+/// Whether the request names a version (or an alias of one) that is still loading.
+fn named_version_loading(table: &ModelTable, request: &InferRequest) -> bool {
+    let Some(label) = &request.version else {
+        return false;
+    };
+    table
+        .model(&request.model)
+        .and_then(|model| model.version(label))
+        .is_ok_and(|version| matches!(version.status, VersionStatus::Loading))
 }
 
 /// The part of `infer` after the version is chosen; also returns the model's compute time.

@@ -206,6 +206,8 @@ pub struct TableHandle {
     revision: AtomicI64,
     /// Readiness as it changes, for those who must push it (the gRPC health service).
     ready: tokio::sync::watch::Sender<bool>,
+    /// Bumped at every publish, for requests waiting for a version that is loading.
+    published: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for TableHandle {
@@ -214,6 +216,7 @@ impl Default for TableHandle {
             table: ArcSwap::from_pointee(ModelTable::default()),
             revision: AtomicI64::new(0),
             ready: tokio::sync::watch::Sender::new(false),
+            published: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -234,6 +237,13 @@ impl TableHandle {
     pub fn publish(&self, table: ModelTable, revision: i64) {
         self.table.store(Arc::new(table));
         self.revision.store(revision, Ordering::Relaxed);
+        self.published
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// Follows publishes: `changed()` resolves after the next one.
+    pub fn watch_published(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// The registry revision the current table was built from.

@@ -226,6 +226,18 @@ impl Metrics {
         }
     }
 
+    /// Counts a registry write of the gateway's that failed (it is retried).
+    pub fn registry_write_failed(&self) {
+        if self.enabled {
+            counter(
+                &self.recorder,
+                "switchyard_registry_write_failures_total",
+                Vec::new(),
+            )
+            .increment(1);
+        }
+    }
+
     /// Counts a connection closed at once because its listener holds its limit.
     pub fn refuse_connection(&self, listener: &'static str) {
         if self.enabled {
@@ -380,6 +392,10 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             "switchyard_rejections_total",
             "Inference requests refused or failed, by reason.",
+        ),
+        (
+            "switchyard_registry_write_failures_total",
+            "Writes of version states to the registry that failed; each is retried with backoff.",
         ),
         (
             "switchyard_connections_refused_total",
