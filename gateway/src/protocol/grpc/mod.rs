@@ -68,6 +68,17 @@ pub fn router(pipeline: Arc<Pipeline>, max_message_bytes: usize) -> axum::Router
         ))
 }
 
+/// A `ModelInferRequest` message as this front decodes it: scanned, then decoded by prost, then
+/// converted to the core's request. The path every message takes, for tests that feed it
+/// arbitrary bytes.
+pub fn decode_message(message: &[u8]) -> Result<crate::core::InferRequest, GatewayError> {
+    use prost::Message;
+    scan::scan_model_infer(message, &scan::ScanLimits::default())?;
+    let decoded = pb::ModelInferRequest::decode(message)
+        .map_err(|error| GatewayError::invalid(format!("malformed ModelInferRequest: {error}")))?;
+    decode_request(decoded).map(|(request, _)| request)
+}
+
 /// The gRPC method that carries inference, the only one the in-flight bounds apply to.
 pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
