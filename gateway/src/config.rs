@@ -23,6 +23,7 @@ pub struct Config {
     pub onnxruntime: OnnxRuntimeConfig,
     pub serving: ServingConfig,
     pub connections: ConnectionsConfig,
+    pub tls: TlsConfig,
     pub log: LogConfig,
     /// Devices and their memory budgets; a device not listed gets its physical memory (the
     /// host's RAM for `cpu`, NVML's figure for `cuda:N`) less nothing.
@@ -195,6 +196,24 @@ pub struct ServingConfig {
 pub enum LogFormat {
     Text,
     Json,
+}
+
+/// TLS on the HTTP, gRPC and management listeners: on when a certificate and key are set.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TlsConfig {
+    /// The certificate chain, PEM.
+    pub cert: PathBuf,
+    /// Its private key, PEM.
+    pub key: PathBuf,
+    /// A CA (PEM) whose client certificates the management API then requires (mutual TLS).
+    pub admin_client_ca: PathBuf,
+}
+
+impl TlsConfig {
+    pub fn enabled(&self) -> bool {
+        !self.cert.as_os_str().is_empty() && !self.key.as_os_str().is_empty()
+    }
 }
 
 /// What every listener (HTTP, gRPC, management, metrics) allows a connection.

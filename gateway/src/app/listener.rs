@@ -1,7 +1,8 @@
 //! Serving one listener: accepting connections within a cap, each on hyper with the limits a
 //! hostile client must not get around: a header read timeout on HTTP/1, keep-alive pings with
 //! a timeout and a bound on concurrent streams on HTTP/2, and an idle timeout on every
-//! connection. A stop lets the connections finish what they hold, then ends.
+//! connection; TLS (rustls) when the listener has a certificate. A stop lets the connections
+//! finish what they hold, then ends.
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -20,6 +21,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
+use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
 use crate::config::ConnectionsConfig;
@@ -35,6 +37,7 @@ pub fn serve(
     app: axum::Router,
     limits: ConnectionsConfig,
     metrics: Arc<Metrics>,
+    tls: Option<TlsAcceptor>,
     mut stop: watch::Receiver<bool>,
 ) -> JoinHandle<io::Result<()>> {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -87,13 +90,28 @@ pub fn serve(
                         )
                     }
                 });
-            let io = TokioIo::new(IdleTimeout::new(stream, limits.idle_timeout.0));
-            let connection = builder
-                .serve_connection_with_upgrades(io, service)
-                .into_owned();
-            let connection = graceful.watch(connection);
+            let io = IdleTimeout::new(stream, limits.idle_timeout.0);
+            let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+            let handshake_limit = limits.header_read_timeout.0;
             tokio::spawn(async move {
-                let _ = connection.await;
+                match tls {
+                    None => {
+                        let connection =
+                            builder.serve_connection_with_upgrades(TokioIo::new(io), service);
+                        let _ = watcher.watch(connection.into_owned()).await;
+                    }
+                    // The handshake is bounded like a request's headers: a client that opens
+                    // TLS and stalls is closed.
+                    Some(acceptor) => {
+                        let accepted =
+                            tokio::time::timeout(handshake_limit, acceptor.accept(io)).await;
+                        if let Ok(Ok(stream)) = accepted {
+                            let connection = builder
+                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let _ = watcher.watch(connection.into_owned()).await;
+                        }
+                    }
+                }
                 drop(permit);
             });
         }
@@ -210,4 +228,45 @@ pub fn raise_open_file_limit() {
         Ok(limit) => tracing::debug!(limit, "open-file limit"),
         Err(error) => tracing::warn!(%error, "cannot raise the open-file limit"),
     }
+}
+
+/// A TLS acceptor for a listener: the certificate chain and key (PEM), HTTP/2 and HTTP/1.1 by
+/// ALPN, and, with `client_ca`, client certificates required and checked against that CA.
+pub fn tls_acceptor(
+    cert: &std::path::Path,
+    key: &std::path::Path,
+    client_ca: Option<&std::path::Path>,
+) -> anyhow::Result<TlsAcceptor> {
+    use anyhow::Context;
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = CertificateDer::pem_file_iter(cert)
+        .with_context(|| format!("cannot read the certificate {}", cert.display()))?
+        .collect::<Result<Vec<_>, _>>()
+        .with_context(|| format!("invalid certificate {}", cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(key)
+        .with_context(|| format!("cannot read the private key {}", key.display()))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for certificate in CertificateDer::pem_file_iter(ca)
+                .with_context(|| format!("cannot read the client CA {}", ca.display()))?
+            {
+                roots.add(certificate?)?;
+            }
+            let verifier =
+                rustls::server::WebPkiClientVerifier::builder_with_provider(roots.into(), provider)
+                    .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder
+        .with_single_cert(chain, key)
+        .context("the certificate and the key do not match")?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
 }

@@ -26,6 +26,7 @@ use crate::protocol::pipeline::PipelineLimits;
 use crate::protocol::{Pipeline, auth, grpc, http};
 use crate::routing::Experiments;
 use crate::telemetry::Metrics;
+use tokio_rustls::TlsAcceptor;
 
 /// A started gateway.
 pub struct Running {
@@ -110,19 +111,21 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config,
     ));
     let metrics_app = metrics_router(handles.clone(), pipeline);
-    let serve = |name, listener, app| {
+    let (inference_tls, admin_tls) = tls_acceptors(config)?;
+    let serve = |name, listener, app, tls| {
         let limits = config.connections.clone();
         let metrics = handles.metrics.clone();
         (
             name,
-            listener::serve(name, listener, app, limits, metrics, stop.clone()),
+            listener::serve(name, listener, app, limits, metrics, tls, stop.clone()),
         )
     };
     let servers = vec![
-        serve("HTTP", http_listener, http_app),
-        serve("gRPC", grpc_listener, grpc_app),
-        serve("management API", admin_listener, admin_app),
-        serve("metrics", metrics_listener, metrics_app),
+        serve("HTTP", http_listener, http_app, inference_tls.clone()),
+        serve("gRPC", grpc_listener, grpc_app, inference_tls),
+        serve("management API", admin_listener, admin_app, admin_tls),
+        // Prometheus scrapes in plain text; keep it on a private network.
+        serve("metrics", metrics_listener, metrics_app, None),
     ];
     tracing::info!(%http_addr, %grpc_addr, %admin_addr, registry = store.backend(), "serving");
     Ok(Running {
@@ -192,6 +195,19 @@ async fn upkeep(handles: Handles, store: Arc<dyn Store>) {
             handles.metrics.run_upkeep();
         }
     }
+}
+
+/// The TLS acceptors of the inference listeners and of the management API, when `[tls]` has a
+/// certificate.
+fn tls_acceptors(config: &Config) -> anyhow::Result<(Option<TlsAcceptor>, Option<TlsAcceptor>)> {
+    let tls = &config.tls;
+    if !tls.enabled() {
+        return Ok((None, None));
+    }
+    let inference = listener::tls_acceptor(&tls.cert, &tls.key, None)?;
+    let client_ca = Some(tls.admin_client_ca.as_path()).filter(|ca| !ca.as_os_str().is_empty());
+    let admin = listener::tls_acceptor(&tls.cert, &tls.key, client_ca)?;
+    Ok((Some(inference), Some(admin)))
 }
 
 /// The request-id MAC key: configured, else shared through the registry.

@@ -1,0 +1,159 @@
+//! TLS on the listeners, with a throwaway CA made at run time (rcgen) and a real TLS client
+//! (curl): HTTPS inference, gRPC over TLS, and the management API with mutual TLS.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::{MLP_IN, TestGateway, mlp_repository, sample_inputs};
+use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair};
+
+struct Pki {
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn make_pki(dir: &Path) -> Pki {
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    // Distinct names: a certificate whose issuer is its own subject looks self-signed.
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "switchyard test CA");
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let server_key = KeyPair::generate().unwrap();
+    let mut server_params =
+        CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    server_params
+        .distinguished_name
+        .push(DnType::CommonName, "localhost");
+    let server = server_params.signed_by(&server_key, &ca, &ca_key).unwrap();
+    let client_key = KeyPair::generate().unwrap();
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "switchyard test client");
+    let client = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+    let write = |name: &str, text: String| {
+        let path = dir.join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    Pki {
+        ca: write("ca.pem", ca.pem()),
+        cert: write("server.pem", server.pem()),
+        key: write("server-key.pem", server_key.serialize_pem()),
+        client_cert: write("client.pem", client.pem()),
+        client_key: write("client-key.pem", client_key.serialize_pem()),
+    }
+}
+
+/// curl's exit status and what it wrote to standard output.
+fn curl(args: &[&str]) -> (bool, Vec<u8>) {
+    let output = Command::new("curl")
+        .args(["-sS", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl runs");
+    if !output.status.success() {
+        eprintln!("curl {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+    }
+    (output.status.success(), output.stdout)
+}
+
+fn https(url: &str) -> String {
+    url.replace("http://", "https://")
+}
+
+// curl blocks its thread: the gateway, in this process, serves from the other workers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_listener_speaks_tls_and_the_management_api_wants_a_client_certificate() {
+    let repo = mlp_repository("max_batch_size = 8\n");
+    let pki = make_pki(repo.path());
+    let (cert, key, ca) = (pki.cert.clone(), pki.key.clone(), pki.ca.clone());
+    let gateway = TestGateway::start_with(repo.path(), move |config| {
+        config.tls.cert = cert;
+        config.tls.key = key;
+        config.tls.admin_client_ca = ca;
+    })
+    .await;
+    let ca = pki.ca.to_str().unwrap();
+
+    // HTTPS inference, over HTTP/2 and HTTP/1.1.
+    let ready = https(&format!("{}/v2/health/ready", gateway.base));
+    let (ok, body) = curl(&["--cacert", ca, &ready]);
+    assert!(ok, "{}", String::from_utf8_lossy(&body));
+    assert_eq!(body, br#"{"ready":true}"#);
+    let infer = https(&format!("{}/v2/models/mlp/infer", gateway.base));
+    let request = serde_json::json!({"inputs": [{"name": "x", "shape": [1, MLP_IN],
+        "datatype": "FP32", "data": sample_inputs(MLP_IN, 5)}]})
+    .to_string();
+    for version in ["--http2", "--http1.1"] {
+        let (ok, body) = curl(&[
+            "--cacert",
+            ca,
+            version,
+            "-H",
+            "content-type: application/json",
+            "-d",
+            &request,
+            &infer,
+        ]);
+        assert!(ok);
+        let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(answer["model_name"], "mlp", "{answer}");
+    }
+    // Plain HTTP is not answered on a TLS listener.
+    let (ok, _) = curl(&[&format!("{}/v2/health/ready", gateway.base)]);
+    assert!(!ok);
+
+    // gRPC over TLS: ServerLive, one empty message framed by hand.
+    let frame = repo.path().join("frame.bin");
+    std::fs::write(&frame, [0u8, 0, 0, 0, 0]).unwrap();
+    let live = format!(
+        "https://{}/inference.GRPCInferenceService/ServerLive",
+        gateway.grpc_addr
+    );
+    let data = format!("@{}", frame.display());
+    let (ok, body) = curl(&[
+        "--cacert",
+        ca,
+        "--http2",
+        "-H",
+        "content-type: application/grpc",
+        "-H",
+        "te: trailers",
+        "--data-binary",
+        &data,
+        &live,
+    ]);
+    assert!(ok);
+    // A ServerLiveResponse { live: true }: the frame header, then field 1 = 1.
+    assert_eq!(body, [0, 0, 0, 0, 2, 0x08, 0x01]);
+
+    // The management API: no client certificate, no answer; with one, an answer.
+    let models = https(&format!("{}/v1/models", gateway.admin));
+    let (ok, _) = curl(&["--cacert", ca, &models]);
+    assert!(!ok, "a client without a certificate was answered");
+    let (ok, body) = curl(&[
+        "--cacert",
+        ca,
+        "--cert",
+        pki.client_cert.to_str().unwrap(),
+        "--key",
+        pki.client_key.to_str().unwrap(),
+        &models,
+    ]);
+    assert!(ok);
+    let listing: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(listing["models"].to_string().contains("mlp"), "{listing}");
+    gateway.stop().await;
+}
