@@ -7,6 +7,7 @@ Exits non-zero on the first mismatch. scripts/test runs it against the freshly b
 """
 
 import argparse
+import ssl
 import pathlib
 import sys
 
@@ -39,10 +40,17 @@ def check_close(name: str, actual: np.ndarray, expected: np.ndarray) -> None:
 class Transport:
     """The parts where tritonclient's HTTP and gRPC modules differ."""
 
-    def __init__(self, name, module, url):
+    def __init__(self, name, module, url, ca=None):
         self.name = name
         self.module = module
-        self.client = module.InferenceServerClient(url=url)
+        if ca is None:
+            self.client = module.InferenceServerClient(url=url)
+        elif name == "grpc":
+            self.client = module.InferenceServerClient(url=url, ssl=True, root_certificates=ca)
+        else:
+            self.client = module.InferenceServerClient(
+                url=url, ssl=True, ssl_context_factory=lambda: ssl.create_default_context(cafile=ca)
+            )
 
     def config(self, model):
         if self.name == "grpc":
@@ -152,9 +160,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--http", default="127.0.0.1:8000")
     parser.add_argument("--grpc", default="127.0.0.1:8001")
+    parser.add_argument("--ca", help="the CA (PEM) of a gateway serving TLS; unset: plain text")
     args = parser.parse_args()
-    passed = check_transport(Transport("http", httpclient, args.http))
-    passed += check_transport(Transport("grpc", grpcclient, args.grpc))
+    passed = check_transport(Transport("http", httpclient, args.http, args.ca))
+    passed += check_transport(Transport("grpc", grpcclient, args.grpc, args.ca))
     print(f"triton client check: {passed} passed, 0 failed")
     return 0
 
