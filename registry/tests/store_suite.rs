@@ -461,6 +461,40 @@ async fn suite(store: &dyn Store) {
 }
 
 #[tokio::test]
+async fn postgres_over_tls_passes_the_suite() {
+    let ca = std::env::var("SWITCHYARD_TEST_POSTGRES_CA").expect(
+        "SWITCHYARD_TEST_POSTGRES_CA is not set: run the tests through scripts/with-postgres",
+    );
+    let url = format!(
+        "{}?sslmode=verify-full&sslrootcert={ca}",
+        postgres_url().await
+    );
+    // The connection is encrypted, as the server itself reports it.
+    let mut connection = <sqlx::PgConnection as sqlx::Connection>::connect(&url)
+        .await
+        .unwrap();
+    let encrypted: bool =
+        sqlx::query_scalar("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()")
+            .fetch_one(&mut connection)
+            .await
+            .unwrap();
+    assert!(encrypted);
+    // A CA that did not sign the server's certificate is refused.
+    let wrong_ca = std::env::temp_dir().join(format!("not-the-ca-{}.pem", std::process::id()));
+    std::fs::write(
+        &wrong_ca,
+        std::fs::read_to_string(&ca).unwrap().replace('A', "B"),
+    )
+    .unwrap();
+    let refused = url.replace(&ca, wrong_ca.to_str().unwrap());
+    assert!(SqlStore::open(&refused).await.is_err());
+    let _ = std::fs::remove_file(&wrong_ca);
+    let store = SqlStore::open(&url).await.unwrap();
+    assert_eq!(store.backend(), "postgres");
+    suite(&store).await;
+}
+
+#[tokio::test]
 async fn sqlite_store_passes_the_suite() {
     let (store, _dir) = sqlite_store().await;
     assert_eq!(store.backend(), "sqlite");
