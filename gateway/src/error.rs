@@ -281,6 +281,11 @@ impl IntoResponse for GatewayError {
             ErrorKind::Unauthenticated => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
             }
+            // The rest of a late body was never read: the connection cannot carry another
+            // request.
+            ErrorKind::RequestTimeout => {
+                headers.insert(header::CONNECTION, HeaderValue::from_static("close"));
+            }
             _ => {}
         }
         response

@@ -235,10 +235,22 @@ async fn request_id_key(config: &Config, store: &dyn Store) -> anyhow::Result<Id
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen for {what} on {addr}"))
+    let listen = || -> std::io::Result<TcpListener> {
+        let socket = if addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()?
+        } else {
+            tokio::net::TcpSocket::new_v6()?
+        };
+        socket.set_reuseaddr(true)?;
+        socket.bind(addr)?;
+        // Room for bursts of new connections while the accept loop catches up (the kernel caps
+        // it at net.core.somaxconn).
+        socket.listen(LISTEN_BACKLOG)
+    };
+    listen().with_context(|| format!("cannot listen for {what} on {addr}"))
 }
+
+const LISTEN_BACKLOG: u32 = 4096;
 
 fn metrics_router(handles: Handles, pipeline: Arc<Pipeline>) -> axum::Router {
     axum::Router::new().route(
