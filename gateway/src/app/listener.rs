@@ -130,10 +130,13 @@ pub fn serve(
 }
 
 /// A connection that fails once nothing was read or written on it for `limit`: idle sockets,
-/// and peers that stall mid-request, are closed and give their descriptor back.
+/// and peers that stall mid-request, are closed and give their descriptor back. Activity only
+/// stamps a time; the timer is moved when it fires, so the IO path never touches the timer
+/// wheel.
 struct IdleTimeout {
     stream: TcpStream,
     limit: Duration,
+    last_activity: tokio::time::Instant,
     deadline: Pin<Box<tokio::time::Sleep>>,
 }
 
@@ -142,17 +145,28 @@ impl IdleTimeout {
         IdleTimeout {
             stream,
             limit,
+            last_activity: tokio::time::Instant::now(),
             deadline: Box::pin(tokio::time::sleep(limit)),
         }
     }
 
     fn touch(&mut self) {
-        let next = tokio::time::Instant::now() + self.limit;
-        self.deadline.as_mut().reset(next);
+        self.last_activity = tokio::time::Instant::now();
     }
 
+    /// Whether the connection has been idle for the limit; re-arms the timer when there was
+    /// activity since it was set.
     fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        self.deadline.as_mut().poll(cx).is_ready()
+        loop {
+            if self.deadline.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            let due = self.last_activity + self.limit;
+            if due <= tokio::time::Instant::now() {
+                return true;
+            }
+            self.deadline.as_mut().reset(due);
+        }
     }
 }
 
