@@ -111,6 +111,19 @@ async fn every_listener_speaks_tls_and_the_management_api_wants_a_client_certifi
         let answer: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(answer["model_name"], "mlp", "{answer}");
     }
+    // hyper's own refusals come through TLS in the protocol's form too.
+    let long_target = https(&format!(
+        "{}/v2/models/{}/ready",
+        gateway.base,
+        "m".repeat(70_000)
+    ));
+    let (ok, body) = curl(&["--cacert", ca, "--http1.1", &long_target]);
+    assert!(ok);
+    let refusal: serde_json::Value = serde_json::from_slice(&body).unwrap();
+    assert!(
+        refusal["error"].as_str().unwrap().contains("65534 bytes"),
+        "{refusal}"
+    );
     // Plain HTTP is not answered on a TLS listener.
     let (ok, _) = curl(&[&format!("{}/v2/health/ready", gateway.base)]);
     assert!(!ok);

@@ -1,29 +1,27 @@
 //! Serving one listener: accepting connections within a cap, each on hyper with the limits a
-//! hostile client must not get around: a header read timeout on HTTP/1, keep-alive pings with
-//! a timeout and a bound on concurrent streams on HTTP/2, and an idle timeout on every
-//! connection; TLS (rustls) when the listener has a certificate. A stop lets the connections
+//! hostile client must not get around: keep-alive pings with a timeout and a bound on
+//! concurrent streams on HTTP/2, and, through the [`guard`](super::guard), a header read
+//! timeout on HTTP/1 and an idle timeout on every connection; TLS (rustls) when the listener
+//! has a certificate. A stop lets the connections
 //! finish what they hold, then ends.
 
 use std::convert::Infallible;
-use std::future::Future;
 use std::io;
 use std::net::SocketAddr;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
 use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 use tokio::task::JoinHandle;
 use tokio_rustls::TlsAcceptor;
 use tower::ServiceExt;
 
+use super::guard::{ConnectionGuard, Finishing, GuardLimits, RequestCounts};
 use crate::config::ConnectionsConfig;
 use crate::telemetry::Metrics;
 
@@ -44,7 +42,8 @@ pub fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout.0);
+        // The guard times heads itself, to answer an overdue one with 408 and a body.
+        .header_read_timeout(None);
     builder
         .http2()
         .timer(TokioTimer::new())
@@ -78,24 +77,32 @@ pub fn serve(
             // more than one segment waits for the peer's delayed ACK.
             let _ = stream.set_nodelay(true);
             let app = app.clone();
+            let requests = Arc::new(RequestCounts::default());
+            let counts = requests.clone();
             let service =
                 hyper::service::service_fn(move |mut request: hyper::Request<Incoming>| {
                     request.extensions_mut().insert(ConnectInfo(peer));
                     let app = app.clone();
+                    let token = counts.start();
                     async move {
-                        Ok::<_, Infallible>(
-                            app.oneshot(request)
-                                .await
-                                .unwrap_or_else(|never| match never {}),
-                        )
+                        let response = app
+                            .oneshot(request)
+                            .await
+                            .unwrap_or_else(|never| match never {});
+                        Ok::<_, Infallible>(response.map(|body| Finishing::new(body, token)))
                     }
                 });
-            let io = IdleTimeout::new(stream, limits.idle_timeout.0);
+            let guard_limits = GuardLimits {
+                idle: limits.idle_timeout.0,
+                head: limits.header_read_timeout.0,
+            };
+            let metrics = metrics.clone();
             let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
             let handshake_limit = limits.header_read_timeout.0;
             tokio::spawn(async move {
                 match tls {
                     None => {
+                        let io = ConnectionGuard::new(stream, guard_limits, requests, metrics);
                         let connection =
                             builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                         let _ = watcher.watch(connection.into_owned()).await;
@@ -104,10 +111,11 @@ pub fn serve(
                     // TLS and stalls is closed.
                     Some(acceptor) => {
                         let accepted =
-                            tokio::time::timeout(handshake_limit, acceptor.accept(io)).await;
+                            tokio::time::timeout(handshake_limit, acceptor.accept(stream)).await;
                         if let Ok(Ok(stream)) = accepted {
-                            let connection = builder
-                                .serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let io = ConnectionGuard::new(stream, guard_limits, requests, metrics);
+                            let connection =
+                                builder.serve_connection_with_upgrades(TokioIo::new(io), service);
                             let _ = watcher.watch(connection.into_owned()).await;
                         }
                     }
@@ -127,109 +135,6 @@ pub fn serve(
         }
         Ok(())
     })
-}
-
-/// A connection that fails once nothing was read or written on it for `limit`: idle sockets,
-/// and peers that stall mid-request, are closed and give their descriptor back. Activity only
-/// stamps a time; the timer is moved when it fires, so the IO path never touches the timer
-/// wheel.
-struct IdleTimeout {
-    stream: TcpStream,
-    limit: Duration,
-    last_activity: tokio::time::Instant,
-    deadline: Pin<Box<tokio::time::Sleep>>,
-}
-
-impl IdleTimeout {
-    fn new(stream: TcpStream, limit: Duration) -> Self {
-        IdleTimeout {
-            stream,
-            limit,
-            last_activity: tokio::time::Instant::now(),
-            deadline: Box::pin(tokio::time::sleep(limit)),
-        }
-    }
-
-    fn touch(&mut self) {
-        self.last_activity = tokio::time::Instant::now();
-    }
-
-    /// Whether the connection has been idle for the limit; re-arms the timer when there was
-    /// activity since it was set.
-    fn expired(&mut self, cx: &mut Context<'_>) -> bool {
-        loop {
-            if self.deadline.as_mut().poll(cx).is_pending() {
-                return false;
-            }
-            let due = self.last_activity + self.limit;
-            if due <= tokio::time::Instant::now() {
-                return true;
-            }
-            self.deadline.as_mut().reset(due);
-        }
-    }
-}
-
-fn idle_error() -> io::Error {
-    io::Error::new(io::ErrorKind::TimedOut, "the connection was idle too long")
-}
-
-impl AsyncRead for IdleTimeout {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let filled = buf.filled().len();
-        match Pin::new(&mut self.stream).poll_read(cx, buf) {
-            Poll::Ready(result) => {
-                if buf.filled().len() > filled {
-                    self.touch();
-                }
-                Poll::Ready(result)
-            }
-            Poll::Pending if self.expired(cx) => Poll::Ready(Err(idle_error())),
-            Poll::Pending => Poll::Pending,
-        }
-    }
-}
-
-impl AsyncWrite for IdleTimeout {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        data: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        let written = ready!(Pin::new(&mut self.stream).poll_write(cx, data))?;
-        if written > 0 {
-            self.touch();
-        }
-        Poll::Ready(Ok(written))
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.stream).poll_shutdown(cx)
-    }
-
-    fn poll_write_vectored(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let written = ready!(Pin::new(&mut self.stream).poll_write_vectored(cx, bufs))?;
-        if written > 0 {
-            self.touch();
-        }
-        Poll::Ready(Ok(written))
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        self.stream.is_write_vectored()
-    }
 }
 
 /// The peer of a connection, as handlers see it.
