@@ -204,14 +204,11 @@ impl<S> ConnectionGuard<S> {
 
     fn wrote(&mut self) {
         self.last_activity = Instant::now();
-        match &mut self.phase {
-            // The tail of an earlier response, written while the next head arrives: the head's
-            // time starts once the connection is free to read it.
-            Phase::Head { since, quiet } => {
-                *since = self.last_activity;
-                *quiet = false;
-            }
-            _ => {}
+        // The tail of an earlier response, written while the next head arrives: the head's
+        // time starts once the connection is free to read it.
+        if let Phase::Head { since, quiet } = &mut self.phase {
+            *since = self.last_activity;
+            *quiet = false;
         }
     }
 
