@@ -818,3 +818,85 @@ async fn everything_acknowledged_survives_kill_9() {
     second.child.kill().unwrap();
     second.child.wait().unwrap();
 }
+
+/// The metric of registry writes that failed, as `/metrics` shows it.
+async fn registry_write_failures(gateway: &TestGateway) -> f64 {
+    let metrics = reqwest::get(&gateway.metrics)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    metrics
+        .lines()
+        .find(|line| line.starts_with("switchyard_registry_write_failures_total"))
+        .and_then(|line| line.rsplit(' ').next()?.parse().ok())
+        .unwrap_or(0.0)
+}
+
+#[tokio::test]
+async fn a_state_the_registry_refuses_is_written_once_it_accepts_again() {
+    use sqlx::{Connection, Executor};
+    let repo = mlp_repository("max_batch_size = 64\n");
+    let url = postgres_url().await;
+    let gateway = start(repo.path(), Some(url.clone())).await;
+    // The registry refuses every change to a version's row, as a full disk or a read-only
+    // replica would; registering (an insert) still works.
+    let mut registry = sqlx::AnyConnection::connect(&url).await.unwrap();
+    registry
+        .execute(
+            "CREATE FUNCTION refuse_updates() RETURNS trigger LANGUAGE plpgsql AS \
+             $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+        )
+        .await
+        .unwrap();
+    registry
+        .execute(
+            "CREATE TRIGGER refuse_updates BEFORE UPDATE ON versions \
+             FOR EACH ROW EXECUTE FUNCTION refuse_updates()",
+        )
+        .await
+        .unwrap();
+    let failures_before = registry_write_failures(&gateway).await;
+    let (status, body) = call(
+        Method::POST,
+        format!("{}/v1/models/mlp/versions", gateway.admin),
+        Some(json!({"runtime": "onnx", "artifact": second_artifact(&repo)})),
+    )
+    .await;
+    assert_eq!(status, 201, "{body}");
+    let version_url = format!("{}/v1/models/mlp/versions/2", gateway.admin);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, version) = call(Method::GET, version_url.clone(), None).await;
+        if version["serving"] == "READY" {
+            // Loaded and serving here, but the registry could not be told.
+            assert_ne!(version["state"], "ready", "{version}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "{version}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let (status, body) = gateway
+        .post_json("/v2/models/mlp/versions/2/infer", &infer_body())
+        .await;
+    assert_eq!(status, 200, "{body}");
+    assert!(registry_write_failures(&gateway).await > failures_before);
+
+    // Once the registry accepts writes again, the retry records the state.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    registry
+        .execute("DROP TRIGGER refuse_updates ON versions")
+        .await
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, version) = call(Method::GET, version_url.clone(), None).await;
+        if version["state"] == "ready" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "never recorded: {version}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gateway.stop().await;
+}
