@@ -285,6 +285,7 @@ async fn infer(
         received,
         deadline: None,
         headers: parts.headers,
+        decode_bytes: json_part,
     };
     state
         .pipeline

@@ -80,7 +80,14 @@ pub struct Call<'a> {
     pub deadline: Option<Instant>,
     /// HTTP headers or gRPC metadata: the trace parent and the sticky key live there.
     pub headers: HeaderMap,
+    /// The bytes `decode` parses (0 when the transport decoded the message already): past
+    /// [`DECODE_OFF_WORKER_BYTES`] the decoding gives up its executor thread while it runs.
+    pub decode_bytes: usize,
 }
+
+/// A body this large takes a millisecond or more to parse (JSON numbers, at about 200 MB/s):
+/// long enough to stall every task queued on the same executor thread.
+pub const DECODE_OFF_WORKER_BYTES: usize = 256 << 10;
 
 impl Pipeline {
     pub fn new(gateway: Arc<Gateway>, metrics: Arc<Metrics>, limits: PipelineLimits) -> Pipeline {
@@ -257,8 +264,16 @@ impl Pipeline {
         // Under overload, refuse before decoding: the cheapest 429.
         self.gateway
             .refuse_if_queues_full(call.model, call.version)?;
-        let (mut request, wire) =
-            child(|| tracing::debug_span!(target: TRACE_TARGET, "decode")).in_scope(decode)?;
+        let span = child(|| tracing::debug_span!(target: TRACE_TARGET, "decode"));
+        let (mut request, wire) = if call.decode_bytes >= DECODE_OFF_WORKER_BYTES
+            && tokio::runtime::Handle::current().runtime_flavor()
+                == tokio::runtime::RuntimeFlavor::MultiThread
+        {
+            // The executor moves this thread's other tasks to another thread meanwhile.
+            tokio::task::block_in_place(|| span.in_scope(decode))?
+        } else {
+            span.in_scope(decode)?
+        };
         request.deadline = call.deadline;
         request.apply_timeout_parameter(call.received)?;
         request.received = Some(call.received);

@@ -347,6 +347,8 @@ impl GrpcInferenceService for GrpcFront {
             received,
             deadline,
             headers: metadata.into_headers(),
+            // prost decoded the message already; what is left borrows or copies tensors.
+            decode_bytes: 0,
         };
         let encoded = self
             .pipeline
