@@ -222,7 +222,7 @@ impl TlsConfig {
 pub struct ConnectionsConfig {
     /// Connections open at once per listener; past it a new one is closed at once.
     pub max: usize,
-    /// HTTP/1: how long a request's headers may take to arrive.
+    /// HTTP/1: from the first byte of a request's head to its last; an overdue head gets 408.
     pub header_read_timeout: HumanDuration,
     /// A connection on which nothing was read or written for this long is closed.
     pub idle_timeout: HumanDuration,

@@ -2,7 +2,7 @@
 //! gRPC streams that never send their message, 1,100 HTTP bodies trickling at a byte a second
 //! and 2,000 idle sockets. Meanwhile a good client makes 500 requests, and every one is
 //! answered; then the stalled ones are cut off at the read deadline and the idle ones closed.
-//! (The latency of the good requests under this crowd is measured by `loadtest/hostile` on the
+//! (The latency of the good requests under this crowd is measured by `loadtest/soak` on the
 //! release build, not asserted here.)
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
@@ -134,7 +134,7 @@ async fn a_hostile_crowd_does_not_starve_a_good_client() {
     }
     assert!(started.elapsed() < Duration::from_secs(12));
 
-    // The idle sockets are closed once their headers are overdue, or by the idle timeout.
+    // The idle sockets, which never sent a byte, are closed by the idle timeout.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
     let mut closed = 0;
     for socket in &mut idle {
