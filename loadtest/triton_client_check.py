@@ -77,6 +77,22 @@ class Transport:
             wanted = [self.module.InferRequestedOutput(name) for name in outputs]
         return self.client.infer(model, requests, model_version=version, outputs=wanted)
 
+    def statistics(self, model, version):
+        """The figures of one version from Triton's statistics extension, as numbers."""
+        if self.name == "grpc":
+            stats = self.client.get_inference_statistics(model, version, as_json=True)
+        else:
+            stats = self.client.get_inference_statistics(model, version)
+        (stat,) = stats["model_stats"]
+        check(stat["name"] == model and stat["version"] == version, f"statistics of {stat}")
+        # gRPC's JSON form writes uint64 as strings, and leaves zeros out.
+        figures = stat["inference_stats"]
+        return {
+            "success_count": int(figures.get("success", {}).get("count", 0)),
+            "compute_infer_ns": int(figures.get("compute_infer", {}).get("ns", 0)),
+            "inference_count": int(stat.get("inference_count", 0)),
+        }
+
     def version_of(self, result):
         response = result.get_response(as_json=True) if self.name == "grpc" else result.get_response()
         return response["model_version"]
@@ -100,6 +116,7 @@ def check_transport(transport: Transport) -> int:
     check([int(d) for d in config["input"][0]["dims"]] == [64], f"mlp config: {config}")
     check(client.is_model_ready("mlp"), "mlp not ready")
     mlp = session(ROOT / "models/mlp/1/model.onnx")
+    stats_before = transport.statistics("mlp", "1")
     rng = np.random.default_rng(7)
     for batch in (1, 8):
         x = rng.standard_normal((batch, 64)).astype(np.float32)
@@ -111,6 +128,16 @@ def check_transport(transport: Transport) -> int:
                 check(transport.version_of(result) == (version or "2"), "mlp version")
                 check_close(f"{transport.name} mlp v{version or '-'} batch {batch}", result.as_numpy("y"), expected)
                 passed += 1
+    # Triton's statistics extension counts what version 1 just served: one success per
+    # request, and its rows (batches of 1 and 8).
+    stats_after = transport.statistics("mlp", "1")
+    served = len(transport.encodings())
+    success = stats_after["success_count"] - stats_before["success_count"]
+    rows = stats_after["inference_count"] - stats_before["inference_count"]
+    check(success == 2 * served, f"mlp v1 statistics: {success} successes for {2 * served} requests")
+    check(rows == 9 * served, f"mlp v1 statistics: {rows} inferences for {9 * served} rows")
+    check(stats_after["compute_infer_ns"] > stats_before["compute_infer_ns"], "no compute time counted")
+    passed += 1
     for version, platform in (("1", "onnxruntime_onnx"), ("2", "pytorch_libtorch")):
         metadata = transport.metadata("mlp", version)
         check(metadata["platform"] == platform, f"mlp {version} metadata: {metadata}")

@@ -649,3 +649,110 @@ async fn an_api_key_guards_inference_but_not_health() {
     assert!(grpc.model_infer(request).await.is_ok());
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn statistics_count_what_each_version_served_on_both_transports() {
+    let gateway = TestGateway::start(&models_dir()).await;
+    let mut grpc = client(&gateway).await;
+    for seed in 0..5 {
+        let body = json!({"inputs": [{"name": "x", "shape": [3, MLP_IN], "datatype": "FP32",
+            "data": sample_inputs(3 * MLP_IN, seed)}]});
+        let (status, answer) = gateway
+            .post_json("/v2/models/mlp/versions/1/infer", &body)
+            .await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    let wrong = json!({"inputs": [{"name": "x", "shape": [1, 3], "datatype": "FP32",
+        "data": [0.0, 0.0, 0.0]}]});
+    let (status, _) = gateway
+        .post_json("/v2/models/mlp/versions/1/infer", &wrong)
+        .await;
+    assert_eq!(status, 400);
+
+    let (status, stats) = gateway.get("/v2/models/mlp/versions/1/stats").await;
+    assert_eq!(status, 200, "{stats}");
+    let stat = &stats["model_stats"][0];
+    assert_eq!(
+        (&stat["name"], &stat["version"]),
+        (&json!("mlp"), &json!("1"))
+    );
+    let figures = &stat["inference_stats"];
+    let count = |name: &str| figures[name]["count"].as_u64().unwrap();
+    let ns = |name: &str| figures[name]["ns"].as_u64().unwrap();
+    assert_eq!(count("success"), 5, "{stat}");
+    assert_eq!(count("fail"), 1, "{stat}");
+    assert_eq!(count("queue"), 5, "{stat}");
+    assert_eq!(count("compute_infer"), 5, "{stat}");
+    assert_eq!(stat["inference_count"], 15, "{stat}");
+    let executions = stat["execution_count"].as_u64().unwrap();
+    assert!((1..=5).contains(&executions), "{stat}");
+    // Each request's time from arrival includes its share of the model's.
+    assert!(
+        ns("compute_infer") > 0 && ns("success") >= ns("compute_infer"),
+        "{stat}"
+    );
+    let batches = stat["batch_stats"].as_array().unwrap();
+    let executed: u64 = batches
+        .iter()
+        .map(|batch| batch["compute_infer"]["count"].as_u64().unwrap())
+        .sum();
+    assert_eq!(executed, executions, "{stat}");
+    assert!(
+        batches
+            .iter()
+            .all(|batch| batch["batch_size"].as_u64().unwrap() % 3 == 0),
+        "{stat}"
+    );
+    assert!(stat["last_inference"].as_u64().unwrap() > 1_700_000_000_000);
+
+    // gRPC's ModelStatistics reports the same figures.
+    let response = grpc
+        .model_statistics(pb::ModelStatisticsRequest {
+            name: "mlp".into(),
+            version: "1".into(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    let stat = &response.model_stats[0];
+    let figures = stat.inference_stats.as_ref().unwrap();
+    assert_eq!(figures.success.as_ref().unwrap().count, 5);
+    assert_eq!(figures.fail.as_ref().unwrap().count, 1);
+    assert_eq!(stat.inference_count, 15);
+    assert_eq!(stat.execution_count, executions);
+
+    // Every loaded version, of one model or of all; unknown names are refused.
+    let (_, model) = gateway.get("/v2/models/mlp/stats").await;
+    let versions: Vec<&str> = model["model_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|stat| stat["version"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, ["1", "2"]);
+    let (_, all) = gateway.get("/v2/models/stats").await;
+    let names: Vec<&str> = all["model_stats"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|stat| stat["name"].as_str().unwrap())
+        .collect();
+    assert!(
+        names.contains(&"mlp") && names.contains(&"silero_vad"),
+        "{all}"
+    );
+    let (status, error) = gateway.get("/v2/models/nope/stats").await;
+    assert_eq!(status, 404);
+    assert!(error["error"].as_str().unwrap().contains("nope"), "{error}");
+    let missing = grpc
+        .model_statistics(pb::ModelStatisticsRequest {
+            name: "nope".into(),
+            version: String::new(),
+        })
+        .await
+        .unwrap_err();
+    assert_eq!(missing.code(), Code::NotFound);
+    let (_, server) = gateway.get("/v2").await;
+    assert!(server["extensions"].to_string().contains("statistics"));
+    gateway.stop().await;
+}

@@ -43,6 +43,12 @@ pub fn router(pipeline: Arc<Pipeline>, max_request_bytes: usize) -> Router {
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
         .route("/v2/health/ready", get(ready))
+        .route("/v2/models/stats", get(all_statistics))
+        .route("/v2/models/{model}/stats", get(model_statistics))
+        .route(
+            "/v2/models/{model}/versions/{version}/stats",
+            get(version_statistics),
+        )
         .route("/v2/models/{model}", get(model_metadata))
         .route("/v2/models/{model}/ready", get(model_ready))
         .route("/v2/models/{model}/config", get(model_config))
@@ -225,6 +231,53 @@ async fn version_config(
 ) -> Response {
     config_response(state.gateway(), &model, Some(&version))
         .unwrap_or_else(IntoResponse::into_response)
+}
+
+/// Triton's statistics extension, in its JSON form.
+fn statistics_response(gateway: &Gateway, model: Option<&str>, version: Option<&str>) -> Response {
+    let stats = match metadata::model_statistics(&gateway.snapshot(), model, version) {
+        Ok(stats) => stats,
+        Err(error) => return error.into_response(),
+    };
+    let model_stats: Vec<_> = stats
+        .iter()
+        .map(|stat| {
+            let figures = &stat.figures;
+            json!({
+                "name": stat.name,
+                "version": stat.version,
+                "last_inference": figures.last_inference,
+                "inference_count": figures.inference_count,
+                "execution_count": figures.execution_count,
+                "inference_stats": {
+                    "success": figures.success,
+                    "fail": figures.fail,
+                    "queue": figures.queue,
+                    "compute_input": figures.compute_input,
+                    "compute_infer": figures.compute_infer,
+                    "compute_output": figures.compute_output,
+                    "cache_hit": {"count": 0, "ns": 0},
+                },
+                "batch_stats": figures.batches,
+            })
+        })
+        .collect();
+    axum::Json(json!({ "model_stats": model_stats })).into_response()
+}
+
+async fn all_statistics(State(state): State<HttpState>) -> Response {
+    statistics_response(state.gateway(), None, None)
+}
+
+async fn model_statistics(State(state): State<HttpState>, Path(model): Path<String>) -> Response {
+    statistics_response(state.gateway(), Some(&model), None)
+}
+
+async fn version_statistics(
+    State(state): State<HttpState>,
+    Path((model, version)): Path<(String, String)>,
+) -> Response {
+    statistics_response(state.gateway(), Some(&model), Some(&version))
 }
 
 async fn model_infer(

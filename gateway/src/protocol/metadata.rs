@@ -7,10 +7,11 @@ use switchyard_runtimes::{DataType, Device, TensorSpec};
 
 use crate::core::{ModelEntry, ModelTable, VersionEntry, VersionStatus};
 use crate::error::GatewayError;
+use crate::telemetry::statistics::StatisticsSnapshot;
 
 pub const SERVER_NAME: &str = "switchyard";
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration"];
+pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "statistics"];
 
 pub struct ModelMetadata {
     pub name: Arc<str>,
@@ -146,4 +147,51 @@ pub fn model_config(
         device: ready.device,
         instance_count: u32::try_from(ready.replicas.replica_count()).unwrap_or(u32::MAX),
     })
+}
+
+/// Triton's statistics of one loaded version.
+pub struct VersionStatistics {
+    pub name: Arc<str>,
+    pub version: Arc<str>,
+    pub figures: StatisticsSnapshot,
+}
+
+/// The statistics of every loaded version of every model (`model` empty), of one model
+/// (`version` empty), or of one version or alias, which must be loaded.
+pub fn model_statistics(
+    table: &ModelTable,
+    model: Option<&str>,
+    version: Option<&str>,
+) -> Result<Vec<VersionStatistics>, GatewayError> {
+    let of = |model: &ModelEntry, entry: &VersionEntry| match &entry.status {
+        VersionStatus::Ready(ready) => Some(VersionStatistics {
+            name: model.name.clone(),
+            version: entry.label.clone(),
+            figures: ready.metrics.statistics.snapshot(),
+        }),
+        _ => None,
+    };
+    let Some(name) = model else {
+        return Ok(table
+            .models
+            .values()
+            .flat_map(|model| model.versions.iter().filter_map(|v| of(model, v)))
+            .collect());
+    };
+    let model = table.model(name)?;
+    match version {
+        None => Ok(model.versions.iter().filter_map(|v| of(model, v)).collect()),
+        Some(label) => {
+            let entry = model.version(label)?;
+            of(model, entry)
+                .map(|figures| vec![figures])
+                .ok_or_else(|| {
+                    GatewayError::unavailable(format!(
+                        "version '{}' of model '{}' is not loaded",
+                        crate::error::quoted(&entry.label),
+                        crate::error::quoted(&model.name)
+                    ))
+                })
+        }
+    }
 }

@@ -13,6 +13,7 @@ use tokio::sync::oneshot;
 use crate::error::{ErrorKind, GatewayError};
 use crate::serving::batching::{Batching, concatenate, split};
 use crate::telemetry::VersionMetrics;
+use crate::telemetry::statistics::ExecutionTimes;
 use crate::telemetry::tracing::TRACE_TARGET;
 
 /// Outputs and the compute time of the model call that produced them.
@@ -160,11 +161,9 @@ impl Worker {
         let started = Instant::now();
         if let Some(metrics) = &self.metrics {
             for job in jobs {
-                metrics.queue_time.record(
-                    started
-                        .saturating_duration_since(job.enqueued)
-                        .as_secs_f64(),
-                );
+                let queued = started.saturating_duration_since(job.enqueued);
+                metrics.queue_time.record(queued.as_secs_f64());
+                metrics.statistics.queue.add(1, queued);
             }
             metrics.batch_size.record(rows.max(1) as f64);
         }
@@ -195,6 +194,13 @@ impl Worker {
         if let Some(mut job) = job.answer_if_dead(Instant::now(), &self.outstanding) {
             job.queued = tracing::Span::none();
             let result = self.call_model(&job.inputs, std::slice::from_ref(&job), job.rows);
+            if let (Some(metrics), Ok((_, compute))) = (&self.metrics, &result) {
+                let times = ExecutionTimes {
+                    infer: *compute,
+                    ..ExecutionTimes::default()
+                };
+                metrics.statistics.execution(1, job.rows, times);
+            }
             self.answer(job, result);
         }
     }
@@ -223,12 +229,24 @@ impl Worker {
             // Closes the job's queue span: its wait is over.
             job.queued = tracing::Span::none();
         }
+        let started = Instant::now();
         let outputs = concatenate(&batch, rows).and_then(|inputs| {
+            let input = started.elapsed();
             let (outputs, compute) = self.call_model(&inputs, &batch, rows)?;
-            Ok((split(outputs, &batch, rows)?, compute))
+            let splitting = Instant::now();
+            let per_job = split(outputs, &batch, rows)?;
+            let times = ExecutionTimes {
+                input,
+                infer: compute,
+                output: splitting.elapsed(),
+            };
+            Ok((per_job, compute, times))
         });
         match outputs {
-            Ok((per_job, compute)) => {
+            Ok((per_job, compute, times)) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.statistics.execution(batch.len(), rows, times);
+                }
                 for (job, outputs) in batch.into_iter().zip(per_job) {
                     self.answer(job, Ok((outputs, compute)));
                 }

@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder
 use switchyard_runtimes::{Device, memory};
 
 use crate::error::{ERROR_TABLE, ErrorKind, ErrorRow};
+use crate::telemetry::statistics::Statistics;
 
 /// The protocol a request came by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -63,6 +64,8 @@ pub struct VersionMetrics {
     pub compute_time: Histogram,
     pub batch_size: Histogram,
     routed: Counter,
+    /// Triton's statistics extension; kept even when metrics are off.
+    pub statistics: Statistics,
 }
 
 impl VersionMetrics {
@@ -160,6 +163,7 @@ impl Metrics {
                 compute_time: Histogram::noop(),
                 batch_size: Histogram::noop(),
                 routed: Counter::noop(),
+                statistics: Statistics::default(),
             };
         }
         let labels = || {
@@ -215,6 +219,7 @@ impl Metrics {
             compute_time: histogram(r, "switchyard_compute_time_seconds", labels()),
             batch_size: histogram(r, "switchyard_batch_size", labels()),
             routed: counter(r, "switchyard_routing_decisions_total", labels()),
+            statistics: Statistics::default(),
         }
     }
 

@@ -1,7 +1,9 @@
 //! Telemetry, a leaf that anything may use and that uses no other layer: Prometheus metrics
-//! ([`metrics`]) and logs and traces ([`tracing`]).
+//! ([`metrics`]), Triton's per-version statistics ([`statistics`]), and logs and traces
+//! ([`tracing`]).
 
 pub mod metrics;
+pub mod statistics;
 pub mod tracing;
 
 pub use metrics::{Gauges, Metrics, Protocol, VersionGauges, VersionMetrics};

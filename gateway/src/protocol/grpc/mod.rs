@@ -16,6 +16,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::protocol::metadata::{self, ConfigTensor};
 use crate::protocol::pipeline::{Call, Pipeline};
 use crate::telemetry::Protocol;
+use crate::telemetry::statistics::DurationFigure;
 use convert::{config_data_type, decode_request, encode_response};
 
 /// The generated protocol types and service traits.
@@ -324,6 +325,58 @@ impl GrpcInferenceService for GrpcFront {
                 }],
             }),
         }))
+    }
+
+    async fn model_statistics(
+        &self,
+        request: Request<pb::ModelStatisticsRequest>,
+    ) -> Result<Response<pb::ModelStatisticsResponse>, Status> {
+        let request = request.into_inner();
+        let model = (!request.name.is_empty()).then_some(request.name.as_str());
+        let stats = metadata::model_statistics(
+            &self.gateway().snapshot(),
+            model,
+            version_of(&request.version),
+        )?;
+        let duration = |figure: DurationFigure| {
+            Some(pb::StatisticDuration {
+                count: figure.count,
+                ns: figure.ns,
+            })
+        };
+        let model_stats = stats
+            .into_iter()
+            .map(|stat| {
+                let figures = stat.figures;
+                pb::ModelStatistics {
+                    name: stat.name.to_string(),
+                    version: stat.version.to_string(),
+                    last_inference: figures.last_inference,
+                    inference_count: figures.inference_count,
+                    execution_count: figures.execution_count,
+                    inference_stats: Some(pb::InferStatistics {
+                        success: duration(figures.success),
+                        fail: duration(figures.fail),
+                        queue: duration(figures.queue),
+                        compute_input: duration(figures.compute_input),
+                        compute_infer: duration(figures.compute_infer),
+                        compute_output: duration(figures.compute_output),
+                        cache_hit: duration(DurationFigure::default()),
+                    }),
+                    batch_stats: figures
+                        .batches
+                        .iter()
+                        .map(|batch| pb::InferBatchStatistics {
+                            batch_size: batch.batch_size,
+                            compute_input: duration(batch.compute_input),
+                            compute_infer: duration(batch.compute_infer),
+                            compute_output: duration(batch.compute_output),
+                        })
+                        .collect(),
+                }
+            })
+            .collect();
+        Ok(Response::new(pb::ModelStatisticsResponse { model_stats }))
     }
 
     async fn model_infer(

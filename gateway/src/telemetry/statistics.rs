@@ -1,0 +1,211 @@
+//! Triton's statistics extension: per version, the counts and cumulative durations that
+//! `perf_analyzer` and `tritonclient` read (`GET /v2/models/{m}/stats`, gRPC
+//! `ModelStatistics`). Relaxed atomic adds on the request path, a short lock per model
+//! execution for the per-batch-size figures; kept whether or not Prometheus metrics are on.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+/// A count and a cumulative duration, as Triton reports them.
+#[derive(Default)]
+pub struct DurationStat {
+    count: AtomicU64,
+    ns: AtomicU64,
+}
+
+impl DurationStat {
+    pub fn add(&self, times: u64, elapsed: Duration) {
+        self.count.fetch_add(times, Ordering::Relaxed);
+        self.ns.fetch_add(nanos(elapsed), Ordering::Relaxed);
+    }
+
+    pub fn read(&self) -> DurationFigure {
+        DurationFigure {
+            count: self.count.load(Ordering::Relaxed),
+            ns: self.ns.load(Ordering::Relaxed),
+        }
+    }
+}
+
+fn nanos(elapsed: Duration) -> u64 {
+    u64::try_from(elapsed.as_nanos()).unwrap_or(u64::MAX)
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DurationFigure {
+    pub count: u64,
+    pub ns: u64,
+}
+
+impl DurationFigure {
+    fn add(&mut self, elapsed: Duration) {
+        self.count += 1;
+        self.ns = self.ns.saturating_add(nanos(elapsed));
+    }
+}
+
+/// The figures of one batch size: executions, and their input, model and output times.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct BatchFigures {
+    pub batch_size: u64,
+    pub compute_input: DurationFigure,
+    pub compute_infer: DurationFigure,
+    pub compute_output: DurationFigure,
+}
+
+/// The times of one model execution: preparing the batch's inputs, running the model, and
+/// splitting its outputs among the requests.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ExecutionTimes {
+    pub input: Duration,
+    pub infer: Duration,
+    pub output: Duration,
+}
+
+/// One version's statistics since it loaded.
+#[derive(Default)]
+pub struct Statistics {
+    /// Requests answered, and their time from arrival to answer.
+    pub success: DurationStat,
+    /// Requests that reached the version and failed, and their time.
+    pub fail: DurationStat,
+    /// Time each request waited in its replica's queue.
+    pub queue: DurationStat,
+    pub compute_input: DurationStat,
+    pub compute_infer: DurationStat,
+    pub compute_output: DurationStat,
+    /// Rows inferred (a request of batch 8 counts 8).
+    inference_count: AtomicU64,
+    /// Model executions (a batch of several requests counts 1).
+    execution_count: AtomicU64,
+    last_inference_ms: AtomicU64,
+    /// By batch size; sizes are bounded by the version's maximum batch size.
+    batches: Mutex<BTreeMap<u64, BatchFigures>>,
+}
+
+impl Statistics {
+    /// A request answered (or failed) after `elapsed` from its arrival.
+    pub fn request_done(&self, ok: bool, elapsed: Duration) {
+        if ok {
+            self.success.add(1, elapsed);
+        } else {
+            self.fail.add(1, elapsed);
+        }
+        let now_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(0));
+        self.last_inference_ms.store(now_ms, Ordering::Relaxed);
+    }
+
+    /// A model execution that served `requests` requests of `rows` rows in all (0 for a
+    /// model without a batch axis).
+    pub fn execution(&self, requests: usize, rows: usize, times: ExecutionTimes) {
+        let requests = requests as u64;
+        let batch_size = (rows as u64).max(1);
+        self.inference_count
+            .fetch_add((rows as u64).max(requests), Ordering::Relaxed);
+        self.execution_count.fetch_add(1, Ordering::Relaxed);
+        // Triton counts the compute figures per request: each shares its execution's time.
+        self.compute_input.add(requests, times.input);
+        self.compute_infer.add(requests, times.infer);
+        self.compute_output.add(requests, times.output);
+        let mut batches = self
+            .batches
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        let figures = batches.entry(batch_size).or_insert(BatchFigures {
+            batch_size,
+            ..BatchFigures::default()
+        });
+        figures.compute_input.add(times.input);
+        figures.compute_infer.add(times.infer);
+        figures.compute_output.add(times.output);
+    }
+
+    pub fn snapshot(&self) -> StatisticsSnapshot {
+        StatisticsSnapshot {
+            last_inference: self.last_inference_ms.load(Ordering::Relaxed),
+            inference_count: self.inference_count.load(Ordering::Relaxed),
+            execution_count: self.execution_count.load(Ordering::Relaxed),
+            success: self.success.read(),
+            fail: self.fail.read(),
+            queue: self.queue.read(),
+            compute_input: self.compute_input.read(),
+            compute_infer: self.compute_infer.read(),
+            compute_output: self.compute_output.read(),
+            batches: self
+                .batches
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .values()
+                .copied()
+                .collect(),
+        }
+    }
+}
+
+/// What a statistics request shows of one version.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct StatisticsSnapshot {
+    /// Milliseconds since the epoch; 0 before the first request.
+    pub last_inference: u64,
+    pub inference_count: u64,
+    pub execution_count: u64,
+    pub success: DurationFigure,
+    pub fail: DurationFigure,
+    pub queue: DurationFigure,
+    pub compute_input: DurationFigure,
+    pub compute_infer: DurationFigure,
+    pub compute_output: DurationFigure,
+    pub batches: Vec<BatchFigures>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn executions_are_counted_per_request_and_per_batch_size() {
+        let statistics = Statistics::default();
+        let ms = Duration::from_millis;
+        let times = ExecutionTimes {
+            input: ms(1),
+            infer: ms(4),
+            output: ms(2),
+        };
+        statistics.execution(3, 5, times);
+        statistics.execution(1, 0, times);
+        statistics.request_done(true, ms(10));
+        statistics.request_done(false, ms(3));
+        let snapshot = statistics.snapshot();
+        assert_eq!(snapshot.inference_count, 6);
+        assert_eq!(snapshot.execution_count, 2);
+        assert_eq!(
+            snapshot.compute_infer,
+            DurationFigure {
+                count: 4,
+                ns: 8_000_000
+            }
+        );
+        assert_eq!(
+            snapshot.success,
+            DurationFigure {
+                count: 1,
+                ns: 10_000_000
+            }
+        );
+        assert_eq!(snapshot.fail.count, 1);
+        assert!(snapshot.last_inference > 1_700_000_000_000);
+        let sizes: Vec<u64> = snapshot.batches.iter().map(|b| b.batch_size).collect();
+        assert_eq!(sizes, [1, 5]);
+        assert_eq!(
+            snapshot.batches[1].compute_output,
+            DurationFigure {
+                count: 1,
+                ns: 2_000_000
+            }
+        );
+    }
+}
