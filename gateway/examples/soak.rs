@@ -490,7 +490,7 @@ async fn amplification(args: Args, until: Instant, tally: Arc<Tally>) {
             &format!("grpc-status {code}"),
             code == "3" || code == "8",
         );
-        if round % 2 == 0 {
+        if round.is_multiple_of(2) {
             let calls: Vec<_> = (0..4)
                 .map(|_| {
                     http.post(format!("http://{}/v2/models/mlp/infer", args.http))

@@ -85,8 +85,9 @@ pub struct Call<'a> {
     pub decode_bytes: usize,
 }
 
-/// A body this large takes a millisecond or more to parse (JSON numbers, at about 200 MB/s):
-/// long enough to stall every task queued on the same executor thread.
+/// A JSON body this large takes milliseconds to parse: long enough to stall every task queued
+/// on the same executor thread, and long enough that handing the thread's other tasks to
+/// another thread costs little beside it.
 pub const DECODE_OFF_WORKER_BYTES: usize = 256 << 10;
 
 impl Pipeline {
