@@ -1,7 +1,8 @@
 //! Hostile clients against a real gateway on loopback: stalled bodies and gRPC messages hold
 //! no in-flight slot and are cut off at the read deadline, a small message cannot make the
-//! gateway allocate much, bodies are charged to the byte budget as they arrive, lists and
-//! parameters are bounded, and errors quote little of what the client sent.
+//! gateway allocate much, bodies are charged to the byte budget as they arrive (64 large ones
+//! at once stay within it plus a fixed margin), lists and parameters are bounded, and errors
+//! quote little of what the client sent.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -256,5 +257,107 @@ async fn lists_parameters_and_echoes_are_bounded() {
         .await;
     assert_eq!(status, 404);
     assert!(body["error"].as_str().unwrap().len() < 200, "{body}");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sixty_four_large_bodies_at_once_stay_within_the_byte_budget() {
+    // Three requests fit at once (each charged its 8 MiB and four times that for decoding).
+    // The margin covers what is not charged: hyper's buffers on 64 connections (up to about
+    // 400 KiB each) and the allocator's slack; measured growth here was 157-170 MiB.
+    const BUDGET: u64 = 128 << 20;
+    const MARGIN: u64 = 96 << 20;
+    let gateway = gateway(|config| {
+        config.serving.max_in_flight = 64;
+        config.serving.max_in_flight_bytes = ByteSize(BUDGET);
+        config.http.request_read_timeout = HumanDuration(Duration::from_secs(10));
+    })
+    .await;
+    let addr = gateway.base.trim_start_matches("http://").to_owned();
+    // 8 MiB of JSON: two million numbers for a [1, 64] input, refused (400) once decoded. One
+    // copy, shared by every client, so that the clients add little to this process's memory.
+    let mut body = Vec::with_capacity(8 << 20);
+    body.extend_from_slice(
+        br#"{"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": ["#,
+    );
+    while body.len() < (8 << 20) - 16 {
+        body.extend_from_slice(b"0.5,");
+    }
+    body.extend_from_slice(b"0.5]}]}");
+    let body = std::sync::Arc::new(body);
+    let before = peak_rss_bytes();
+    let clients: Vec<_> = (0..64)
+        .map(|_| {
+            let (addr, body) = (addr.clone(), body.clone());
+            tokio::spawn(async move {
+                let socket = TcpStream::connect(&addr).await.unwrap();
+                let (mut reader, mut writer) = socket.into_split();
+                let head = format!(
+                    "POST /v2/models/mlp/versions/1/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+                     Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+                    body.len()
+                );
+                let sent = Instant::now();
+                writer.write_all(head.as_bytes()).await.unwrap();
+                // A refusal may come before the body is sent: stop sending once it has.
+                let send = async move {
+                    let _ = writer.write_all(&body).await;
+                    std::future::pending::<()>().await;
+                };
+                let read = async move {
+                    let mut answer = Vec::new();
+                    let mut chunk = [0u8; 4096];
+                    loop {
+                        match reader.read(&mut chunk).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => answer.extend_from_slice(&chunk[..n]),
+                        }
+                        if answer.ends_with(b"}") {
+                            break;
+                        }
+                    }
+                    (
+                        String::from_utf8_lossy(&answer).into_owned(),
+                        sent.elapsed(),
+                    )
+                };
+                tokio::select! {
+                    () = send => unreachable!(),
+                    answered = read => answered,
+                }
+            })
+        })
+        .collect();
+    let (mut admitted, mut refused) = (0, 0);
+    for client in clients {
+        let (answer, waited) = tokio::time::timeout(Duration::from_secs(60), client)
+            .await
+            .expect("every client is answered")
+            .unwrap();
+        if answer.starts_with("HTTP/1.1 429") {
+            assert!(answer.contains("max_in_flight_bytes"), "{answer}");
+            assert!(waited < Duration::from_secs(2), "a refusal took {waited:?}");
+            refused += 1;
+        } else {
+            assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+            admitted += 1;
+        }
+    }
+    let grew = peak_rss_bytes().saturating_sub(before);
+    eprintln!(
+        "{admitted} admitted, {refused} refused; peak RSS grew {} MiB",
+        grew >> 20
+    );
+    assert!(
+        admitted >= 1 && refused >= 1,
+        "{admitted} admitted, {refused} refused"
+    );
+    assert!(
+        grew < BUDGET + MARGIN,
+        "peak RSS grew by {} MiB, past the {} MiB budget and a {} MiB margin",
+        grew >> 20,
+        BUDGET >> 20,
+        MARGIN >> 20
+    );
     gateway.stop().await;
 }
