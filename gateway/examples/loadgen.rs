@@ -16,10 +16,13 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::HashMap;
+#[path = "common/flags.rs"]
+mod flags;
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use flags::Flags;
 use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard_gateway::protocol::grpc::pb;
 
@@ -41,20 +44,8 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut values: HashMap<String, String> = HashMap::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"));
-        values.insert(flag.trim_start_matches("--").to_owned(), value);
-    }
-    let get = |key: &str, default: &str| {
-        values
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| default.to_owned())
-    };
+    let flags = Flags::from_args();
+    let get = |key: &str, default: &str| flags.get(key, default);
     Args {
         http: get("http", "127.0.0.1:8000"),
         grpc: get("grpc", "127.0.0.1:8001"),

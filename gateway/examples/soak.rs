@@ -12,11 +12,15 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use std::collections::{BTreeMap, HashMap};
+#[path = "common/flags.rs"]
+mod flags;
+
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use flags::Flags;
 use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
 use switchyard_gateway::protocol::grpc::pb;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -41,20 +45,8 @@ struct Args {
 }
 
 fn parse_args() -> Args {
-    let mut values: HashMap<String, String> = HashMap::new();
-    let mut args = std::env::args().skip(1);
-    while let Some(flag) = args.next() {
-        let value = args
-            .next()
-            .unwrap_or_else(|| panic!("{flag} needs a value"));
-        values.insert(flag.trim_start_matches("--").to_owned(), value);
-    }
-    let get = |key: &str, default: &str| {
-        values
-            .get(key)
-            .cloned()
-            .unwrap_or_else(|| default.to_owned())
-    };
+    let flags = Flags::from_args();
+    let get = |key: &str, default: &str| flags.get(key, default);
     Args {
         http: get("http", "127.0.0.1:8000"),
         grpc: get("grpc", "127.0.0.1:8001"),
@@ -417,6 +409,20 @@ async fn malformed(args: Args, until: Instant, tally: Arc<Tally>) {
     }
 }
 
+/// The `grpc-status` a gRPC call ended with ("none" if it did not get one).
+fn grpc_status_of(response: reqwest::Result<reqwest::Response>) -> String {
+    response
+        .ok()
+        .and_then(|r| {
+            r.headers()
+                .get("grpc-status")?
+                .to_str()
+                .ok()
+                .map(str::to_owned)
+        })
+        .unwrap_or_else(|| "none".into())
+}
+
 fn status_of(response: reqwest::Result<reqwest::Response>) -> u16 {
     response.map_or(0, |r| r.status().as_u16())
 }
@@ -474,16 +480,7 @@ async fn amplification(args: Args, until: Instant, tally: Arc<Tally>) {
             .body(frame.clone())
             .send()
             .await;
-        let code = response
-            .ok()
-            .and_then(|r| {
-                r.headers()
-                    .get("grpc-status")?
-                    .to_str()
-                    .ok()
-                    .map(str::to_owned)
-            })
-            .unwrap_or_else(|| "none".into());
+        let code = grpc_status_of(response);
         // INVALID_ARGUMENT, or RESOURCE_EXHAUSTED past the byte budget.
         tally.count(
             "a million empty inputs",
@@ -659,16 +656,7 @@ async fn main() {
                     .body(reqwest::Body::wrap_stream(never))
                     .send()
                     .await;
-                let code = response
-                    .ok()
-                    .and_then(|r| {
-                        r.headers()
-                            .get("grpc-status")?
-                            .to_str()
-                            .ok()
-                            .map(str::to_owned)
-                    })
-                    .unwrap_or_else(|| "none".into());
+                let code = grpc_status_of(response);
                 tally.count(
                     "stalled gRPC stream",
                     &format!("grpc-status {code}"),
