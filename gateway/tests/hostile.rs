@@ -133,18 +133,10 @@ async fn stalled_clients_hold_no_slot_and_are_cut_off() {
             .unwrap();
         assert_eq!(status, "4", "DEADLINE_EXCEEDED");
     }
-    let metrics = reqwest::get(&gateway.metrics)
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    let timeouts = metrics
-        .lines()
-        .find(|l| l.starts_with("switchyard_rejections_total{reason=\"request_timeout\"}"))
-        .and_then(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .unwrap();
-    assert_eq!(timeouts, 24.0);
+    let timeouts = gateway
+        .metric(r#"switchyard_rejections_total{reason="request_timeout"}"#)
+        .await;
+    assert_eq!(timeouts, Some(24.0));
     gateway.stop().await;
 }
 

@@ -109,7 +109,7 @@ enum Phase {
         since: Instant,
         quiet: bool,
     },
-    /// The service has the request; ends when its response starts.
+    /// The service has a request whose response body hyper has not finished sending.
     Serving,
     /// HTTP/2, framed by h2 itself: only idleness is timed.
     Multiplexed,

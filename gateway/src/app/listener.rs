@@ -2,8 +2,7 @@
 //! hostile client must not get around: keep-alive pings with a timeout and a bound on
 //! concurrent streams on HTTP/2, and, through the [`guard`](super::guard), a header read
 //! timeout on HTTP/1 and an idle timeout on every connection; TLS (rustls) when the listener
-//! has a certificate. A stop lets the connections
-//! finish what they hold, then ends.
+//! has a certificate. A stop lets the connections finish what they hold, then ends.
 
 use std::convert::Infallible;
 use std::io;

@@ -418,8 +418,9 @@ impl Reconciler {
                 Err(error) => {
                     self.handles.metrics.registry_write_failed();
                     write.attempts += 1;
+                    // 1 s after the first failure, then 2, 4, ... up to the maximum.
                     let backoff =
-                        Duration::from_secs(1u64 << write.attempts.min(6)).min(MAX_BACKOFF);
+                        Duration::from_secs(1u64 << (write.attempts - 1).min(6)).min(MAX_BACKOFF);
                     tracing::error!(version = %write.key, attempts = write.attempts, %error, "the registry still refuses the version's state");
                     write.next = now + backoff;
                     self.unwritten.push(write);

@@ -117,11 +117,6 @@ impl Gateway {
             .ready
             .metrics
             .record(protocol, outcome, elapsed, compute);
-        routed
-            .ready
-            .metrics
-            .statistics
-            .request_done(outcome.is_ok(), elapsed);
         self.record_outcome(&routed, outcome, caller_deadline, elapsed);
         let (response, _) = result?;
         if routed.takes_feedback

@@ -85,6 +85,13 @@ pub struct Call<'a> {
     pub decode_bytes: usize,
 }
 
+fn too_large(limit: usize) -> GatewayError {
+    GatewayError::new(
+        ErrorKind::PayloadTooLarge,
+        format!("request too large: over the limit of {limit} bytes"),
+    )
+}
+
 /// A JSON body this large takes milliseconds to parse: long enough to stall every task queued
 /// on the same executor thread, and long enough that handing the thread's other tasks to
 /// another thread costs little beside it.
@@ -135,22 +142,15 @@ impl Pipeline {
         limit: usize,
         received: Instant,
     ) -> Result<(Bytes, BodyBudget), GatewayError> {
-        let too_large = || {
-            GatewayError::new(
-                ErrorKind::PayloadTooLarge,
-                format!("request too large: over the limit of {limit} bytes"),
-            )
-        };
         let mut budget = BodyBudget(None);
-        if let Some(declared) = declared {
-            let declared = usize::try_from(declared).unwrap_or(usize::MAX);
-            if declared > limit {
-                return Err(self.refused(too_large()));
-            }
-            self.charge(&mut budget, declared)?;
+        let charged = declared.map_or(0, |d| usize::try_from(d).unwrap_or(usize::MAX));
+        if charged > limit {
+            return Err(self.refused(too_large(limit)));
+        }
+        if charged > 0 {
+            self.charge(&mut budget, charged)?;
         }
         let deadline = tokio::time::Instant::from_std(received + self.read_timeout);
-        let charged = declared.map_or(0, |d| usize::try_from(d).unwrap_or(usize::MAX));
         let read =
             tokio::time::timeout_at(deadline, self.collect(body, limit, charged, &mut budget));
         match read.await {
@@ -185,10 +185,7 @@ impl Pipeline {
             };
             length = length.saturating_add(data.len());
             if length > limit {
-                return Err(GatewayError::new(
-                    ErrorKind::PayloadTooLarge,
-                    format!("request too large: over the limit of {limit} bytes"),
-                ));
+                return Err(too_large(limit));
             }
             if length > charged {
                 self.charge(budget, length - charged)?;

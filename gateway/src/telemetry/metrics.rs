@@ -69,7 +69,8 @@ pub struct VersionMetrics {
 }
 
 impl VersionMetrics {
-    /// Counts a request that reached this version, and how long it took.
+    /// Counts a request that reached this version, and how long it took, in the metrics and
+    /// in Triton's statistics.
     pub fn record(
         &self,
         protocol: Protocol,
@@ -83,6 +84,7 @@ impl VersionMetrics {
             Ok(()) => success.increment(1),
             Err(kind) => failures[kind.index()].increment(1),
         }
+        self.statistics.request_done(result.is_ok(), total);
         if result.is_ok() {
             self.duration[protocol].record(total.as_secs_f64());
             self.overhead[protocol].record(total.saturating_sub(compute).as_secs_f64());

@@ -3,6 +3,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+pub mod pki;
+
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -91,6 +93,22 @@ impl TestGateway {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// The value of one series on `/metrics`, named with its labels as Prometheus prints it
+    /// (`switchyard_rejections_total{reason="request_timeout"}`); `None` while it is absent.
+    pub async fn metric(&self, series: &str) -> Option<f64> {
+        let text = self
+            .client
+            .get(&self.metrics)
+            .send()
+            .await
+            .expect("GET /metrics")
+            .text()
+            .await
+            .expect("the metrics text");
+        text.lines()
+            .find_map(|line| line.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
     }
 
     pub async fn get(&self, path: &str) -> (u16, serde_json::Value) {
