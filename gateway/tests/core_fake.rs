@@ -58,6 +58,8 @@ async fn ready_version(label: &str, runtime: FakeRuntime) -> Arc<ReadyVersion> {
         reserve_bytes: 0,
         artifact_bytes: 0,
         allowed: vec![Device::Cpu],
+        sequence: None,
+        open_sequences: Default::default(),
     })
 }
 

@@ -10,12 +10,13 @@ pub use server::{Running, start};
 use crate::control::Handles;
 use crate::core::VersionStatus;
 use crate::protocol::Pipeline;
-use crate::telemetry::{Gauges, VersionGauges};
+use crate::telemetry::{Gauges, SequenceGauges, VersionGauges};
 
 /// The gauges' values now: every version's state and replicas from the model table, the
 /// in-flight count from the pipeline, budgets and targets from the capacity.
 pub fn gauges(handles: &Handles, pipeline: &Pipeline) -> Gauges {
     let table = handles.tables.snapshot();
+    let sequences = pipeline.gateway().sequences().figures();
     let versions = table
         .models
         .values()
@@ -33,6 +34,18 @@ pub fn gauges(handles: &Handles, pipeline: &Pipeline) -> Gauges {
                     queue_depth: ready.map_or(0, |r| r.replicas.outstanding()),
                     device: ready.map(|r| r.device),
                     memory_per_replica: ready.and_then(|r| r.replicas.memory_per_replica()),
+                    sequences: ready.and_then(|r| r.sequence.as_ref()).map(|settings| {
+                        let open = sequences
+                            .get(&(model.name.clone(), version.label.clone()))
+                            .cloned()
+                            .unwrap_or_default();
+                        SequenceGauges {
+                            open: open.open,
+                            slots: settings.max_per_replica
+                                * ready.map_or(0, |r| r.replicas.replica_count()),
+                            state_bytes: open.state_bytes,
+                        }
+                    }),
                 }
             })
         })

@@ -85,7 +85,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         handles.capacity.clone(),
         store.clone(),
     ));
-    let upkeep = tokio::spawn(upkeep(handles.clone(), store.clone()));
+    let upkeep = tokio::spawn(upkeep(handles.clone(), store.clone(), gateway.clone()));
 
     let http_listener = bind(config.http.addr, "HTTP").await?;
     let grpc_listener = bind(config.grpc.addr, "gRPC").await?;
@@ -185,12 +185,17 @@ async fn runtimes_for(config: &Config, store: &dyn Store) -> anyhow::Result<Runt
 }
 
 /// Every second: the bandit's rewards go to the registry, so that gateways share what they
-/// learn and a restart loses little; every five, the histograms are folded.
-async fn upkeep(handles: Handles, store: Arc<dyn Store>) {
+/// learn and a restart loses little, and sequences idle past their timeout are released (their
+/// next request finds out at once either way); every five, the histograms are folded.
+async fn upkeep(handles: Handles, store: Arc<dyn Store>, gateway: Arc<Gateway>) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     for tick in 0u64.. {
         every.tick().await;
         flush_rewards(&handles.experiments, &*store).await;
+        let released = gateway.sequences().sweep();
+        if released > 0 {
+            tracing::info!(released, "idle sequences released");
+        }
         if tick % 5 == 0 {
             handles.metrics.run_upkeep();
         }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_registry::{RegistryError, Snapshot, Store, Version, VersionState};
-use switchyard_runtimes::{Device, LoadOptions, Runtime};
+use switchyard_runtimes::{Device, LoadOptions, Runtime, Signature};
 
 use tokio::sync::mpsc;
 
@@ -17,7 +17,9 @@ use crate::control::Handles;
 use crate::control::import::version_settings;
 use crate::control::repository::ModelSettings;
 use crate::control::runtimes::{self, Runtimes};
-use crate::core::{ModelEntry, ModelTable, ReadyVersion, VersionEntry, VersionStatus};
+use crate::core::{
+    ModelEntry, ModelTable, ReadyVersion, SequenceSettings, VersionEntry, VersionStatus,
+};
 use crate::routing::{BetaStats, PolicyMode, TrafficPolicy};
 use crate::serving::{Batching, ReplicaLoad, ReplicaSet};
 use crate::telemetry::VersionMetrics;
@@ -544,6 +546,9 @@ async fn load(
         .await
         .map_err(|e| e.to_string())?;
     let max_batch_size = u32::try_from(replicas.max_batch_size()).unwrap_or(u32::MAX);
+    if let Some(sequence) = &settings.sequence {
+        check_states(sequence, replicas.signature())?;
+    }
     Ok(ReadyVersion {
         replicas,
         metrics,
@@ -555,5 +560,35 @@ async fn load(
         reserve_bytes,
         artifact_bytes,
         allowed: settings.devices,
+        sequence: settings.sequence,
+        open_sequences: Default::default(),
     })
+}
+
+/// Refuses a version whose `[[state]]` names an input or output the model lacks, or a state
+/// of another datatype: caught at load, not at a sequence's first request.
+fn check_states(sequence: &SequenceSettings, signature: &Signature) -> Result<(), String> {
+    for state in &sequence.states {
+        let input = signature.input(&state.input).ok_or_else(|| {
+            format!(
+                "[[state]] names input '{}', which the model lacks",
+                state.input
+            )
+        })?;
+        if input.dtype != state.initial.dtype() {
+            return Err(format!(
+                "[[state]] '{}' is {}, but the model's input is {}",
+                state.input,
+                state.initial.dtype(),
+                input.dtype
+            ));
+        }
+        if signature.output(&state.output).is_none() {
+            return Err(format!(
+                "[[state]] names output '{}', which the model lacks",
+                state.output
+            ));
+        }
+    }
+    Ok(())
 }

@@ -4,16 +4,18 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
-use switchyard_runtimes::{DataType, Device, Signature, TensorSpec};
+use switchyard_runtimes::{DataType, Device, Signature, Tensor, TensorSpec};
 
 use switchyard_registry::compare_labels;
 
 use crate::config::{ByteSize, HumanDuration, ServingConfig};
 use crate::control::runtimes::RUNTIME_KINDS;
-use crate::core::Scaling;
+use crate::core::{Scaling, SequenceSettings, StateSpec};
+use crate::serving::JoinAxes;
 use crate::serving::Warmup;
 
 /// Serving settings of one model, from its `model.toml`; unset keys take the gateway defaults.
@@ -62,7 +64,54 @@ pub struct ModelToml {
     /// With autoscaling: no replica at all after this long without a request, e.g. "10m"; the
     /// next request waits (at most until its deadline) for a cold start.
     pub scale_to_zero_after: Option<String>,
+    /// Serves the model as sequences: requests with a `sequence_id` stay on one version.
+    pub sequence: Option<SequenceToml>,
+    /// Implicit state the gateway carries between a sequence's requests; implies `[sequence]`.
+    pub state: Option<Vec<StateToml>>,
 }
+
+/// `[sequence]`: how a model's sequences are served.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SequenceToml {
+    /// Open sequences per replica; default 64.
+    pub max_sequences: Option<usize>,
+    /// A sequence without a request for this long is released, e.g. "30s"; default 60s.
+    pub idle_timeout: Option<String>,
+    /// Most sequences' calls joined into one model call; default `max_sequences`; 1 runs each
+    /// call alone.
+    pub max_batch: Option<usize>,
+    /// How long a call waits for other open sequences' calls to join it, e.g. "1ms" (the
+    /// default); it never waits when its sequence is the only one open.
+    pub max_queue_delay: Option<String>,
+    /// The axis along which concurrent sequences' data inputs and outputs join, by tensor
+    /// name, e.g. `{ input = 0, output = 0 }`; inputs not named here or in `[[state]]` (a
+    /// sampling rate) must be equal in the calls joined. Unset: nothing joins.
+    pub axes: BTreeMap<String, usize>,
+}
+
+/// `[[state]]`: one implicit state, e.g. `{ input = "state", output = "stateN",
+/// datatype = "FP32", dims = [2, 1, 128], axis = 1 }`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateToml {
+    pub input: String,
+    pub output: String,
+    pub datatype: String,
+    /// One sequence's state, every dimension fixed.
+    pub dims: Vec<usize>,
+    /// The axis along which the states of sequences joined into one call are stacked.
+    #[serde(default)]
+    pub axis: usize,
+    /// Every element's value when a sequence starts; default 0.
+    #[serde(default)]
+    pub initial: f64,
+}
+
+/// The most elements one state may hold.
+const MAX_STATE_ELEMENTS: usize = 1 << 22;
+/// The most open sequences per replica.
+const MAX_SEQUENCES_PER_REPLICA: usize = 4096;
 
 /// One declared input or output: `{ name = "x", datatype = "FP32", dims = [-1, 64] }`, where
 /// `-1` is a dimension of any size (the batch axis among them).
@@ -107,6 +156,7 @@ pub struct ModelSettings {
     /// Where replicas may go, in preference order (never empty).
     pub devices: Vec<Device>,
     pub scaling: Option<Scaling>,
+    pub sequence: Option<Arc<SequenceSettings>>,
 }
 
 impl ModelSettings {
@@ -188,6 +238,7 @@ impl ModelSettings {
                 })
             }
         };
+        let sequence = sequence_settings(toml.sequence, toml.state.unwrap_or_default())?;
         Ok(ModelSettings {
             description: toml.description.unwrap_or_default(),
             max_batch_size: toml.max_batch_size,
@@ -207,8 +258,113 @@ impl ModelSettings {
             memory,
             devices,
             scaling,
+            sequence,
         })
     }
+}
+
+fn sequence_settings(
+    sequence: Option<SequenceToml>,
+    states: Vec<StateToml>,
+) -> Result<Option<Arc<SequenceSettings>>, String> {
+    if sequence.is_none() && states.is_empty() {
+        return Ok(None);
+    }
+    let sequence = sequence.unwrap_or_default();
+    let max_per_replica = sequence.max_sequences.unwrap_or(64);
+    if !(1..=MAX_SEQUENCES_PER_REPLICA).contains(&max_per_replica) {
+        return Err(format!(
+            "[sequence] max_sequences must be 1 to {MAX_SEQUENCES_PER_REPLICA}"
+        ));
+    }
+    let idle_timeout = match sequence.idle_timeout {
+        None => Duration::from_secs(60),
+        Some(text) => HumanDuration::parse(&text)?.0,
+    };
+    if idle_timeout.is_zero() || idle_timeout > Duration::from_secs(24 * 3600) {
+        return Err("[sequence] idle_timeout must be more than 0 and at most 24h".into());
+    }
+    let max_calls = sequence.max_batch.unwrap_or(max_per_replica);
+    if max_calls == 0 || max_calls > max_per_replica {
+        return Err(format!(
+            "[sequence] max_batch must be 1 to max_sequences ({max_per_replica})"
+        ));
+    }
+    let max_delay = match sequence.max_queue_delay {
+        None => Duration::from_millis(1),
+        Some(text) => HumanDuration::parse(&text)?.0,
+    };
+    if max_delay > Duration::from_secs(1) {
+        return Err("[sequence] max_queue_delay may be at most 1s".into());
+    }
+    let mut inputs = Vec::new();
+    let mut outputs = Vec::new();
+    for (name, axis) in &sequence.axes {
+        inputs.push((name.clone(), *axis));
+        outputs.push((name.clone(), *axis));
+    }
+    let mut specs = Vec::with_capacity(states.len());
+    for state in states {
+        let dtype: DataType = state
+            .datatype
+            .parse()
+            .map_err(|e| format!("[[state]] '{}': {e}", state.input))?;
+        if dtype.element_size().is_none() {
+            return Err(format!(
+                "[[state]] '{}': a state needs a fixed-size datatype, not {dtype}",
+                state.input
+            ));
+        }
+        state
+            .dims
+            .iter()
+            .try_fold(1usize, |count, &dim| count.checked_mul(dim))
+            .filter(|&count| count > 0 && count <= MAX_STATE_ELEMENTS)
+            .ok_or_else(|| {
+                format!(
+                    "[[state]] '{}': dims {:?} must all be positive and hold at most {MAX_STATE_ELEMENTS} elements",
+                    state.input, state.dims
+                )
+            })?;
+        if state.axis >= state.dims.len() {
+            return Err(format!(
+                "[[state]] '{}': axis {} is past its {} dims",
+                state.input,
+                state.axis,
+                state.dims.len()
+            ));
+        }
+        if state.input == state.output || specs.iter().any(|s: &StateSpec| s.input == state.input) {
+            return Err(format!(
+                "[[state]] '{}' is declared twice or feeds itself",
+                state.input
+            ));
+        }
+        let initial = Tensor::filled(dtype, state.dims.clone(), state.initial)
+            .map_err(|e| format!("[[state]] '{}': {e}", state.input))?;
+        inputs.push((state.input.clone(), state.axis));
+        outputs.push((state.output.clone(), state.axis));
+        specs.push(StateSpec {
+            input: state.input,
+            output: state.output,
+            initial,
+        });
+    }
+    Ok(Some(Arc::new(SequenceSettings {
+        max_per_replica,
+        idle_timeout,
+        states: specs,
+        join: Arc::new(JoinAxes {
+            inputs,
+            outputs,
+            max_delay,
+            max_calls: if sequence.axes.is_empty() {
+                1
+            } else {
+                max_calls
+            },
+        }),
+    })))
 }
 
 fn declared_specs(tensors: Vec<TensorToml>, role: &str) -> Result<Vec<TensorSpec>, String> {

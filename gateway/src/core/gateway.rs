@@ -3,6 +3,7 @@
 //! replica, and feeds the outcome to the experiment's figures and the shadow.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use switchyard_runtimes::NamedTensor;
@@ -10,6 +11,7 @@ use switchyard_runtimes::NamedTensor;
 use crate::core::request::{InferRequest, InferResponse, select_outputs, validate};
 use crate::core::request_id::RequestIds;
 use crate::core::route::{Route, ShadowTarget, route};
+use crate::core::sequence::{SequenceControl, Sequences, next_states, sequence_control};
 use crate::core::table::{ModelTable, ReadyVersion, TableHandle, VersionStatus};
 use crate::error::{ErrorKind, GatewayError};
 use crate::routing::{self, Experiments, FeedbackError};
@@ -21,6 +23,7 @@ pub struct Gateway {
     tables: Arc<TableHandle>,
     experiments: Arc<Experiments>,
     ids: RequestIds,
+    sequences: Sequences,
 }
 
 impl Gateway {
@@ -33,6 +36,7 @@ impl Gateway {
             tables,
             experiments,
             ids,
+            sequences: Sequences::default(),
         }
     }
 
@@ -96,6 +100,9 @@ impl Gateway {
     /// the inputs, queues them on a replica and returns the outputs the caller asked for. A
     /// request without an id gets one, so that feedback can refer to it.
     pub async fn infer(&self, mut request: InferRequest) -> Result<InferResponse, GatewayError> {
+        if let Some(control) = sequence_control(&request)? {
+            return self.infer_in_sequence(request, control).await;
+        }
         let routed = self.route_waiting_for_loads(&request).await?;
         let span = tracing::Span::current();
         span.record("version", &*routed.label);
@@ -137,6 +144,107 @@ impl Gateway {
             ));
         }
         Ok(response)
+    }
+
+    /// Serves one request of a sequence: the first is routed as any request is and opens the
+    /// sequence on that version; the others go where it lives. The sequence's state goes in
+    /// with the request's inputs and comes back out of its outputs.
+    async fn infer_in_sequence(
+        &self,
+        mut request: InferRequest,
+        control: SequenceControl,
+    ) -> Result<InferResponse, GatewayError> {
+        let turn = if control.start {
+            let routed = self.route_waiting_for_loads(&request).await?;
+            let Some(settings) = routed.ready.sequence.clone() else {
+                return Err(GatewayError::invalid(format!(
+                    "version '{}' of model '{}' does not serve sequences (model.toml has no \
+                     [sequence] or [[state]]); send the request without sequence parameters",
+                    routed.label, routed.model_name
+                )));
+            };
+            self.sequences.start(&control, &routed, &settings)?
+        } else {
+            // An unknown model is 404, as for any request.
+            self.tables.peek().model(&request.model)?;
+            self.sequences.resume(&request.model, &control)?
+        };
+        let route = turn.route.clone();
+        if let Some(asked) = &request.version
+            && *asked != *route.label
+            && !self
+                .tables
+                .peek()
+                .model(&request.model)
+                .and_then(|model| model.version(asked))
+                .is_ok_and(|version| version.label == route.label)
+        {
+            return Err(GatewayError::invalid(format!(
+                "sequence {} runs on version '{}', not '{}'",
+                control.id,
+                route.label,
+                crate::error::quoted(asked)
+            )));
+        }
+        let span = tracing::Span::current();
+        span.record("version", &*route.label);
+        let id = request.id.get_or_insert_with(|| self.ids.issue());
+        span.record("request_id", id.as_str());
+        // State the caller sends itself (explicit state) wins over the one the gateway keeps.
+        for state in &turn.states {
+            if !request.inputs.iter().any(|input| input.name == state.name) {
+                request.inputs.push(state.clone());
+            }
+        }
+        let received = request.received.unwrap_or_else(Instant::now);
+        let protocol = request.protocol;
+        let ready = &route.ready;
+        let result = async {
+            validate(
+                &route.model_name,
+                ready.signature(),
+                ready.max_batch_size,
+                &request,
+            )?;
+            let deadline = effective_deadline(ready, request.deadline)?;
+            let inputs = std::mem::take(&mut request.inputs);
+            ready
+                .replicas
+                .infer_sequence(
+                    inputs,
+                    Some(deadline),
+                    turn.replica,
+                    &turn.settings.join,
+                    ready.open_sequences.load(Ordering::Relaxed),
+                )
+                .await
+        }
+        .await;
+        let elapsed = received.elapsed();
+        let compute = result.as_ref().map_or(Duration::ZERO, |(_, c, _)| *c);
+        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
+        ready.metrics.record(protocol, outcome, elapsed, compute);
+        let version_fault = matches!(outcome, Err(ErrorKind::Internal | ErrorKind::Unavailable));
+        if !matches!(
+            outcome,
+            Err(ErrorKind::InvalidArgument | ErrorKind::Overloaded)
+        ) {
+            route.stats.record(version_fault, elapsed);
+        }
+        let (mut outputs, _, replica) = result?;
+        let states = next_states(&turn.settings, &mut outputs, &request.outputs)?;
+        turn.finish(states, replica);
+        Ok(InferResponse {
+            model_name: route.model_name.clone(),
+            model_version: route.label.clone(),
+            id: request.id,
+            outputs: select_outputs(outputs, &request.outputs),
+        })
+    }
+
+    /// The open sequences, for the periodic sweep and the gauges.
+    pub fn sequences(&self) -> &Sequences {
+        &self.sequences
     }
 
     /// Routes a request; one that names a version (or an alias of one) still loading waits for

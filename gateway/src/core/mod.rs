@@ -7,10 +7,12 @@ pub mod gateway;
 pub mod request;
 pub mod request_id;
 pub mod route;
+pub mod sequence;
 pub mod table;
 
 pub use gateway::Gateway;
 pub use request::{InferRequest, InferResponse, Parameter};
 pub use table::{
-    ModelEntry, ModelTable, ReadyVersion, Scaling, TableHandle, VersionEntry, VersionStatus,
+    ModelEntry, ModelTable, ReadyVersion, Scaling, SequenceSettings, StateSpec, TableHandle,
+    VersionEntry, VersionStatus,
 };

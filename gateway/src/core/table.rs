@@ -3,15 +3,15 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use switchyard_runtimes::{Device, Signature};
+use switchyard_runtimes::{Device, Signature, Tensor};
 
 use crate::error::{GatewayError, quoted};
 use crate::routing::{Candidate, TrafficPolicy, VersionStats};
-use crate::serving::ReplicaSet;
+use crate::serving::{JoinAxes, ReplicaSet};
 use crate::telemetry::VersionMetrics;
 
 /// How a version scales with its load.
@@ -44,6 +44,43 @@ pub struct ReadyVersion {
     pub artifact_bytes: u64,
     /// Devices its replicas may be placed on.
     pub allowed: Vec<Device>,
+    /// Set for a model served as sequences (`[sequence]` and `[[state]]` in model.toml).
+    pub sequence: Option<Arc<SequenceSettings>>,
+    /// Its open sequences (kept by `core::sequence`).
+    pub open_sequences: AtomicUsize,
+}
+
+/// How a version serves sequences: the requests that share a `sequence_id` go to one version
+/// and replica, one after the other, and the gateway carries the model's state between them.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceSettings {
+    /// Open sequences per replica (Triton's direct slots); past them a new sequence gets 429.
+    pub max_per_replica: usize,
+    /// A sequence without a request for this long is released.
+    pub idle_timeout: Duration,
+    /// The implicit state: fed in by the gateway, taken from the outputs.
+    pub states: Vec<StateSpec>,
+    /// How concurrent sequences' calls join into one model call.
+    pub join: Arc<JoinAxes>,
+}
+
+/// One implicit state: the input it is fed to, the output its next value comes from, and the
+/// value a sequence starts with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StateSpec {
+    pub input: String,
+    pub output: String,
+    pub initial: Tensor,
+}
+
+impl SequenceSettings {
+    /// Bytes of state one sequence holds.
+    pub fn state_bytes(&self) -> usize {
+        self.states
+            .iter()
+            .map(|state| state.initial.data().len())
+            .sum()
+    }
 }
 
 impl ReadyVersion {

@@ -3,6 +3,7 @@
 //! knows runtimes and tensors, not models, policies or protocols.
 
 mod batching;
+mod joining;
 mod replicas;
 mod warmup;
 mod worker;
@@ -11,5 +12,6 @@ mod worker;
 mod tests;
 
 pub use batching::{Batching, DEFAULT_MAX_BATCH_SIZE};
+pub use joining::JoinAxes;
 pub use replicas::{ReplicaInfo, ReplicaLoad, ReplicaSet};
 pub use warmup::Warmup;

@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::serving::batching::Batching;
+use crate::serving::joining::JoinAxes;
 use crate::serving::warmup::{Warmup, warm_up};
 use crate::serving::worker::{Job, Worker, deadline_passed};
 use crate::telemetry::VersionMetrics;
@@ -391,12 +392,51 @@ impl ReplicaSet {
         } else {
             0
         };
+        let (outputs, compute, _) = self.submit(inputs, deadline, rows, None, None).await?;
+        Ok((outputs, compute))
+    }
+
+    /// Queues one call of a sequence on the replica the sequence is pinned to (`pinned`, an
+    /// index; the least loaded one for a new sequence, or when that replica was scaled away),
+    /// where it may join other sequences' calls along `join`'s axes (waiting for them when
+    /// `open_sequences` say more may come). Also returns the index of the replica that ran it.
+    pub async fn infer_sequence(
+        &self,
+        inputs: Vec<NamedTensor>,
+        deadline: Option<Instant>,
+        pinned: Option<u32>,
+        join: &Arc<JoinAxes>,
+        open_sequences: usize,
+    ) -> Result<(Vec<NamedTensor>, Duration, u32), GatewayError> {
+        let extent = join.extent(&inputs);
+        let company = open_sequences.div_ceil(self.replica_count().max(1));
+        self.submit(
+            inputs,
+            deadline,
+            extent,
+            Some((join.clone(), company)),
+            pinned,
+        )
+        .await
+    }
+
+    async fn submit(
+        &self,
+        inputs: Vec<NamedTensor>,
+        deadline: Option<Instant>,
+        rows: usize,
+        join: Option<(Arc<JoinAxes>, usize)>,
+        pinned: Option<u32>,
+    ) -> Result<(Vec<NamedTensor>, Duration, u32), GatewayError> {
         if self.replicas.load().is_empty() {
             self.wait_for_replica(deadline).await?;
         }
         let replicas = self.replicas.load();
-        let replica = ReplicaSet::pick(&replicas)
+        let replica = pinned
+            .and_then(|index| replicas.iter().find(|replica| replica.index == index))
+            .or_else(|| ReplicaSet::pick(&replicas))
             .ok_or_else(|| GatewayError::unavailable("the version has no replica"))?;
+        let mut index = replica.index;
         let (reply, outputs) = oneshot::channel();
         let span = tracing::Span::current();
         let queued = crate::telemetry::tracing::child(
@@ -409,6 +449,8 @@ impl ReplicaSet {
             rows,
             enqueued: Instant::now(),
             deadline,
+            company: join.as_ref().map_or(0, |(_, company)| *company),
+            join: join.map(|(axes, _)| axes),
             reply,
         };
         let mut attempt = enqueue(replica, job);
@@ -423,6 +465,7 @@ impl ReplicaSet {
                 let Err(TrySendError::Full(job)) = attempt else {
                     break;
                 };
+                index = other.index;
                 attempt = enqueue(other, job);
             }
         }
@@ -447,8 +490,9 @@ impl ReplicaSet {
                 .await
                 .map_err(|_| deadline_passed())?,
         };
-        answered
-            .map_err(|_| GatewayError::internal("the model's worker stopped before answering"))?
+        let (outputs, compute) = answered
+            .map_err(|_| GatewayError::internal("the model's worker stopped before answering"))??;
+        Ok((outputs, compute, index))
     }
 }
 

@@ -12,6 +12,7 @@ use tokio::sync::oneshot;
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::serving::batching::{Batching, concatenate, split};
+use crate::serving::joining::{self, JoinAxes};
 use crate::telemetry::VersionMetrics;
 use crate::telemetry::statistics::ExecutionTimes;
 use crate::telemetry::tracing::TRACE_TARGET;
@@ -29,6 +30,12 @@ pub(super) struct Job {
     pub(super) rows: usize,
     pub(super) enqueued: Instant,
     pub(super) deadline: Option<Instant>,
+    /// Set for a call of a sequence: how it joins other sequences' calls (`rows` is then its
+    /// extent along the join).
+    pub(super) join: Option<Arc<JoinAxes>>,
+    /// For a call of a sequence: how many sequences are open on its replica, so how many calls
+    /// it may wait for.
+    pub(super) company: usize,
     pub(super) reply: Reply,
 }
 
@@ -94,6 +101,11 @@ impl Worker {
             let Some(first) = first.answer_if_dead(Instant::now(), &self.outstanding) else {
                 continue;
             };
+            if let Some(axes) = first.join.clone() {
+                let batch = self.collect_joined(first, &axes, &mut held);
+                self.run_joined(batch, &axes);
+                continue;
+            }
             if !self.batching.enabled() || first.rows == 0 {
                 self.run_batch(vec![first], 0);
                 continue;
@@ -148,6 +160,95 @@ impl Worker {
             }
         }
         (batch, rows)
+    }
+
+    /// Adds the queued calls of other sequences that can join `first`, up to the join's bound;
+    /// while fewer have come than there are sequences open, waits for them up to the join's
+    /// delay (and no longer than the first call's deadline).
+    fn collect_joined(&self, first: Job, axes: &Arc<JoinAxes>, held: &mut Option<Job>) -> Vec<Job> {
+        let mut flush_at = first
+            .enqueued
+            .checked_add(axes.max_delay)
+            .unwrap_or(first.enqueued);
+        if let Some(deadline) = first.deadline {
+            flush_at = flush_at.min(deadline);
+        }
+        let wanted = axes.max_calls.min(first.company.max(1));
+        let mut batch = vec![first];
+        while batch.len() < axes.max_calls {
+            let next = match self.queue.try_recv() {
+                Ok(job) => job,
+                Err(TryRecvError::Disconnected) => break,
+                Err(TryRecvError::Empty) => {
+                    let now = Instant::now();
+                    if batch.len() >= wanted || now >= flush_at {
+                        break;
+                    }
+                    match self.queue.recv_timeout(flush_at - now) {
+                        Ok(job) => job,
+                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
+                    }
+                }
+            };
+            let Some(next) = next.answer_if_dead(Instant::now(), &self.outstanding) else {
+                continue;
+            };
+            let joins = next
+                .join
+                .as_ref()
+                .is_some_and(|theirs| Arc::ptr_eq(theirs, axes))
+                && axes.joinable(&batch[0].inputs, &next.inputs);
+            if !joins {
+                *held = Some(next);
+                break;
+            }
+            batch.push(next);
+        }
+        batch
+    }
+
+    fn run_joined(&mut self, batch: Vec<Job>, axes: &JoinAxes) {
+        if batch.len() <= 1 {
+            for job in batch {
+                self.run_alone(job);
+            }
+            return;
+        }
+        let mut batch = batch;
+        for job in &mut batch {
+            job.queued = tracing::Span::none();
+        }
+        let started = Instant::now();
+        let extents: Vec<usize> = batch.iter().map(|job| job.rows).collect();
+        let rows = extents.iter().sum();
+        let calls: Vec<&[NamedTensor]> = batch.iter().map(|job| &job.inputs[..]).collect();
+        let outputs = joining::join(&calls, axes).and_then(|inputs| {
+            let input = started.elapsed();
+            let (outputs, compute) = self.call_model(&inputs, &batch, rows)?;
+            let cutting = Instant::now();
+            let per_job = joining::cut(outputs, &extents, axes)?;
+            let times = ExecutionTimes {
+                input,
+                infer: compute,
+                output: cutting.elapsed(),
+            };
+            Ok((per_job, compute, times))
+        });
+        match outputs {
+            Ok((per_job, compute, times)) => {
+                if let Some(metrics) = &self.metrics {
+                    metrics.statistics.execution(batch.len(), rows, times);
+                }
+                for (job, outputs) in batch.into_iter().zip(per_job) {
+                    self.answer(job, Ok((outputs, compute)));
+                }
+            }
+            Err(_) => {
+                for job in batch {
+                    self.run_alone(job);
+                }
+            }
+        }
     }
 
     /// Runs the model, turning a panic inside the runtime into an error so that the worker,

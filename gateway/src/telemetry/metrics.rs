@@ -289,6 +289,12 @@ impl Metrics {
                 }
             }
             gauge(r, "switchyard_queue_depth", labels()).set(version.queue_depth as f64);
+            if let Some(sequences) = &version.sequences {
+                gauge(r, "switchyard_sequences_open", labels()).set(sequences.open as f64);
+                gauge(r, "switchyard_sequence_slots", labels()).set(sequences.slots as f64);
+                gauge(r, "switchyard_sequence_state_bytes", labels())
+                    .set(sequences.state_bytes as f64);
+            }
             for state in VERSION_STATES {
                 let mut labels = labels();
                 labels.push(Label::new("state", state));
@@ -370,6 +376,18 @@ pub struct VersionGauges {
     /// Where a ready version runs.
     pub device: Option<Device>,
     pub memory_per_replica: Option<u64>,
+    /// For a version that serves sequences.
+    pub sequences: Option<SequenceGauges>,
+}
+
+/// A sequence model's gauges.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SequenceGauges {
+    pub open: usize,
+    /// Sequence slots across its replicas.
+    pub slots: usize,
+    /// Bytes of implicit state its open sequences hold.
+    pub state_bytes: usize,
 }
 
 fn key(name: &'static str, labels: Vec<Label>) -> Key {
@@ -454,6 +472,18 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             "switchyard_queue_depth",
             "Requests a version holds: queued or running.",
+        ),
+        (
+            "switchyard_sequences_open",
+            "Open sequences of a version that serves sequences (requests with a sequence_id).",
+        ),
+        (
+            "switchyard_sequence_slots",
+            "Sequences a version can hold open: [sequence] max_sequences times its ready replicas.",
+        ),
+        (
+            "switchyard_sequence_state_bytes",
+            "Bytes of implicit state ([[state]]) the gateway holds for a version's open sequences.",
         ),
         (
             "switchyard_model_state",

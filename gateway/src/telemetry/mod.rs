@@ -6,4 +6,4 @@ pub mod metrics;
 pub mod statistics;
 pub mod tracing;
 
-pub use metrics::{Gauges, Metrics, Protocol, VersionGauges, VersionMetrics};
+pub use metrics::{Gauges, Metrics, Protocol, SequenceGauges, VersionGauges, VersionMetrics};

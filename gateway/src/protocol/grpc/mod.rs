@@ -413,6 +413,88 @@ impl GrpcInferenceService for GrpcFront {
             .await?;
         Ok(Response::new(encoded))
     }
+
+    type ModelStreamInferStream = tonic::codegen::BoxStream<pb::ModelStreamInferResponse>;
+
+    /// Answers a stream's requests one after the other, so that a sequence's chunks keep their
+    /// order; each takes an in-flight slot while it runs, and a failure is that response's
+    /// `error_message`, not the end of the stream.
+    async fn model_stream_infer(
+        &self,
+        request: Request<tonic::Streaming<pb::ModelInferRequest>>,
+    ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
+        let (metadata, _, mut incoming) = request.into_parts();
+        let headers = metadata.into_headers();
+        let pipeline = self.pipeline.clone();
+        // One answer waits to be sent at most: a client that stops reading stops the stream.
+        let (answers, outgoing) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            loop {
+                let message = match incoming.message().await {
+                    Ok(Some(message)) => message,
+                    Ok(None) => return,
+                    Err(status) => {
+                        let _ = answers.send(Err(status)).await;
+                        return;
+                    }
+                };
+                let answer = stream_answer(&pipeline, &headers, message).await;
+                if answers.send(Ok(answer)).await.is_err() {
+                    return;
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tonic::codegen::tokio_stream::wrappers::ReceiverStream::new(outgoing),
+        )))
+    }
+}
+
+/// One request of a `ModelStreamInfer` stream, answered in Triton's stream form.
+async fn stream_answer(
+    pipeline: &Pipeline,
+    headers: &http::HeaderMap,
+    message: pb::ModelInferRequest,
+) -> pb::ModelStreamInferResponse {
+    let received = Instant::now();
+    let model = message.model_name.clone();
+    let version = message.model_version.clone();
+    let id = message.id.clone();
+    let answered = async {
+        let _admission = pipeline.admit()?;
+        let call = Call {
+            protocol: Protocol::Grpc,
+            model: &model,
+            version: version_of(&version),
+            received,
+            deadline: None,
+            headers: headers.clone(),
+            decode_bytes: 0,
+        };
+        pipeline
+            .infer(
+                call,
+                || decode_request(message),
+                |response, raw| Ok(encode_response(response, raw)),
+            )
+            .await
+    };
+    match answered.await {
+        Ok(response) => pb::ModelStreamInferResponse {
+            error_message: String::new(),
+            infer_response: Some(response),
+        },
+        // Triton names the request the error belongs to, so that a client can match it.
+        Err(error) => pb::ModelStreamInferResponse {
+            error_message: error.message,
+            infer_response: Some(pb::ModelInferResponse {
+                model_name: model,
+                model_version: version,
+                id,
+                ..pb::ModelInferResponse::default()
+            }),
+        },
+    }
 }
 
 /// Parses gRPC's `grpc-timeout` header: up to 8 digits and a unit (H, M, S, m, u, n).

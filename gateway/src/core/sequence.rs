@@ -1,0 +1,396 @@
+//! Stateful models served as sequences, with Triton's `sequence_id`, `sequence_start` and
+//! `sequence_end` request parameters. A sequence's first request is routed by the policy;
+//! every later one goes to the same version and, while it serves, the same replica, so that a
+//! weight change never moves a live stream. The gateway keeps each sequence's implicit state
+//! (`[[state]]` in model.toml) between its requests and feeds it in, so clients send only the
+//! data inputs. A sequence holds its version: a removed version drains until its sequences end
+//! or go idle.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use switchyard_runtimes::NamedTensor;
+
+use crate::core::request::{InferRequest, Parameter};
+use crate::core::route::Route;
+use crate::core::table::{ReadyVersion, SequenceSettings};
+use crate::error::{ErrorKind, GatewayError};
+
+/// Longest string `sequence_id`.
+pub const MAX_SEQUENCE_ID_BYTES: usize = 256;
+
+/// Triton's correlation id: a number or a string.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum SequenceId {
+    Number(u64),
+    Text(String),
+}
+
+impl fmt::Display for SequenceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SequenceId::Number(n) => write!(f, "{n}"),
+            SequenceId::Text(text) => write!(f, "'{}'", crate::error::quoted(text)),
+        }
+    }
+}
+
+/// The sequence parameters of one request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SequenceControl {
+    pub id: SequenceId,
+    pub start: bool,
+    pub end: bool,
+}
+
+/// Reads Triton's sequence parameters. A `sequence_id` of 0 or "" means the request is not
+/// part of a sequence, as in Triton; `sequence_start` or `sequence_end` without an id is an
+/// error.
+pub fn sequence_control(request: &InferRequest) -> Result<Option<SequenceControl>, GatewayError> {
+    let flag = |name: &str| match request.parameters.get(name) {
+        None => Ok(false),
+        Some(Parameter::Bool(value)) => Ok(*value),
+        Some(_) => Err(GatewayError::invalid(format!(
+            "parameter '{name}' must be a boolean"
+        ))),
+    };
+    let start = flag("sequence_start")?;
+    let end = flag("sequence_end")?;
+    let id = match request.parameters.get("sequence_id") {
+        None | Some(Parameter::Int(0)) => None,
+        Some(Parameter::String(text)) if text.is_empty() => None,
+        Some(Parameter::Int(n)) if *n > 0 => Some(SequenceId::Number(*n as u64)),
+        Some(Parameter::String(text)) if text.len() <= MAX_SEQUENCE_ID_BYTES => {
+            Some(SequenceId::Text(text.clone()))
+        }
+        Some(Parameter::String(_)) => {
+            return Err(GatewayError::invalid(format!(
+                "parameter 'sequence_id' may be at most {MAX_SEQUENCE_ID_BYTES} bytes"
+            )));
+        }
+        Some(_) => {
+            return Err(GatewayError::invalid(
+                "parameter 'sequence_id' must be a positive integer or a string",
+            ));
+        }
+    };
+    match id {
+        Some(id) => Ok(Some(SequenceControl { id, start, end })),
+        None if start || end => Err(GatewayError::invalid(
+            "parameters 'sequence_start' and 'sequence_end' need a non-zero 'sequence_id'",
+        )),
+        None => Ok(None),
+    }
+}
+
+/// One open sequence; counted in its version's `open_sequences` while it lives.
+struct Open {
+    route: Arc<SequenceRoute>,
+    settings: Arc<SequenceSettings>,
+    /// The replica it runs on; `None` until its first call.
+    replica: Option<u32>,
+    /// Its state; `None` while one of its requests runs (the request holds it).
+    states: Option<Vec<NamedTensor>>,
+    last_used: Instant,
+}
+
+/// Where a sequence's requests go: the version it began on.
+pub struct SequenceRoute {
+    pub model_name: Arc<str>,
+    pub label: Arc<str>,
+    pub ready: Arc<ReadyVersion>,
+    pub stats: Arc<crate::routing::VersionStats>,
+}
+
+impl Open {
+    fn new(route: Arc<SequenceRoute>, settings: Arc<SequenceSettings>, now: Instant) -> Open {
+        route.ready.open_sequences.fetch_add(1, Ordering::Relaxed);
+        Open {
+            route,
+            settings,
+            replica: None,
+            states: None,
+            last_used: now,
+        }
+    }
+}
+
+impl Drop for Open {
+    fn drop(&mut self) {
+        self.route
+            .ready
+            .open_sequences
+            .fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+type Key = (Arc<str>, SequenceId);
+
+/// Every open sequence of the gateway.
+#[derive(Default)]
+pub struct Sequences {
+    open: Mutex<HashMap<Key, Open>>,
+}
+
+/// Figures of one version's sequences, for `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct SequenceFigures {
+    pub open: usize,
+    pub state_bytes: usize,
+}
+
+/// A request's turn in its sequence: it holds the state while it runs and gives it back (the
+/// new one, or the old one if the request failed or was dropped).
+pub struct Turn<'s> {
+    sequences: &'s Sequences,
+    key: Key,
+    pub route: Arc<SequenceRoute>,
+    pub settings: Arc<SequenceSettings>,
+    pub replica: Option<u32>,
+    pub states: Vec<NamedTensor>,
+    end: bool,
+    finished: bool,
+}
+
+impl Sequences {
+    fn lock(&self) -> MutexGuard<'_, HashMap<Key, Open>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Opens a sequence on the version `route` chose (or restarts it, as Triton does when a
+    /// sequence starts again); 429 when that version's sequence slots are all taken.
+    pub fn start(
+        &self,
+        control: &SequenceControl,
+        route: &Route,
+        settings: &Arc<SequenceSettings>,
+    ) -> Result<Turn<'_>, GatewayError> {
+        let now = Instant::now();
+        let key: Key = (route.model_name.clone(), control.id.clone());
+        let mut open = self.lock();
+        sweep_locked(&mut open, now);
+        if open
+            .get(&key)
+            .is_some_and(|sequence| sequence.states.is_none())
+        {
+            return Err(in_flight(&control.id));
+        }
+        open.remove(&key);
+        let slots = settings
+            .max_per_replica
+            .saturating_mul(route.ready.replicas.replica_count().max(1));
+        if route.ready.open_sequences.load(Ordering::Relaxed) >= slots {
+            return Err(GatewayError::new(
+                ErrorKind::Overloaded,
+                format!(
+                    "version '{}' of model '{}' holds its limit of {slots} open sequences \
+                     ([sequence] max_sequences per replica); retry when one ends",
+                    route.label, route.model_name
+                ),
+            ));
+        }
+        let sequence_route = Arc::new(SequenceRoute {
+            model_name: route.model_name.clone(),
+            label: route.label.clone(),
+            ready: route.ready.clone(),
+            stats: route.stats.clone(),
+        });
+        open.insert(
+            key.clone(),
+            Open::new(sequence_route.clone(), settings.clone(), now),
+        );
+        Ok(Turn {
+            sequences: self,
+            key,
+            route: sequence_route,
+            settings: settings.clone(),
+            replica: None,
+            states: settings
+                .states
+                .iter()
+                .map(|state| NamedTensor {
+                    name: state.input.clone(),
+                    tensor: state.initial.clone(),
+                })
+                .collect(),
+            end: control.end,
+            finished: false,
+        })
+    }
+
+    /// Takes the turn of a request that continues an open sequence; 400 for a sequence that is
+    /// not open (never started, ended, or released after its idle timeout) and for one whose
+    /// previous request still runs.
+    pub fn resume(&self, model: &str, control: &SequenceControl) -> Result<Turn<'_>, GatewayError> {
+        let now = Instant::now();
+        let mut open = self.lock();
+        let key: Key = (Arc::from(model), control.id.clone());
+        let idle = open.get(&key).and_then(|sequence| {
+            (sequence.states.is_some() && expired(sequence, now))
+                .then_some(sequence.settings.idle_timeout)
+        });
+        if let Some(idle_timeout) = idle {
+            open.remove(&key);
+            return Err(GatewayError::invalid(format!(
+                "sequence {} of model '{}' was released after {idle_timeout:?} without a request \
+                 ([sequence] idle_timeout); start it again with sequence_start",
+                control.id,
+                crate::error::quoted(model)
+            )));
+        }
+        let Some(sequence) = open.get_mut(&key) else {
+            return Err(GatewayError::invalid(format!(
+                "sequence {} of model '{}' is not open: its first request needs \
+                 sequence_start = true (a sequence closes at sequence_end, and after its idle \
+                 timeout)",
+                control.id,
+                crate::error::quoted(model)
+            )));
+        };
+        let Some(states) = sequence.states.take() else {
+            return Err(in_flight(&control.id));
+        };
+        sequence.last_used = now;
+        Ok(Turn {
+            sequences: self,
+            key,
+            route: sequence.route.clone(),
+            settings: sequence.settings.clone(),
+            replica: sequence.replica,
+            states,
+            end: control.end,
+            finished: false,
+        })
+    }
+
+    /// Releases the sequences idle past their timeout; returns how many.
+    pub fn sweep(&self) -> usize {
+        sweep_locked(&mut self.lock(), Instant::now())
+    }
+
+    /// Open sequences and their state bytes, by (model, version).
+    pub fn figures(&self) -> HashMap<(Arc<str>, Arc<str>), SequenceFigures> {
+        let mut figures: HashMap<(Arc<str>, Arc<str>), SequenceFigures> = HashMap::new();
+        for sequence in self.lock().values() {
+            let entry = figures
+                .entry((
+                    sequence.route.model_name.clone(),
+                    sequence.route.label.clone(),
+                ))
+                .or_default();
+            entry.open += 1;
+            entry.state_bytes += sequence.settings.state_bytes();
+        }
+        figures
+    }
+}
+
+fn expired(sequence: &Open, now: Instant) -> bool {
+    now.saturating_duration_since(sequence.last_used) > sequence.settings.idle_timeout
+}
+
+fn sweep_locked(open: &mut HashMap<Key, Open>, now: Instant) -> usize {
+    let before = open.len();
+    // A sequence whose request is running is never idle.
+    open.retain(|_, sequence| sequence.states.is_none() || !expired(sequence, now));
+    before - open.len()
+}
+
+fn in_flight(id: &SequenceId) -> GatewayError {
+    GatewayError::invalid(format!(
+        "sequence {id} has a request in flight; send a sequence's requests one after the other"
+    ))
+}
+
+impl Turn<'_> {
+    /// Ends the turn after its request succeeded: the sequence keeps the new state (or closes,
+    /// at `sequence_end`) and stays on the replica that ran it.
+    pub fn finish(mut self, states: Vec<NamedTensor>, replica: u32) {
+        self.finished = true;
+        self.give_back(Some((states, replica)));
+    }
+
+    fn give_back(&mut self, outcome: Option<(Vec<NamedTensor>, u32)>) {
+        let mut open = self.sequences.lock();
+        if self.end {
+            open.remove(&self.key);
+            return;
+        }
+        let Some(sequence) = open.get_mut(&self.key) else {
+            return;
+        };
+        if !Arc::ptr_eq(&sequence.route, &self.route) {
+            // Restarted meanwhile; the new sequence owns the slot.
+            return;
+        }
+        sequence.last_used = Instant::now();
+        match outcome {
+            Some((states, replica)) => {
+                sequence.states = Some(states);
+                sequence.replica = Some(replica);
+            }
+            None => sequence.states = Some(std::mem::take(&mut self.states)),
+        }
+    }
+}
+
+impl Drop for Turn<'_> {
+    fn drop(&mut self) {
+        if !self.finished {
+            // The request failed or its caller went away: the state it began with stays, so the
+            // same chunk can be sent again.
+            self.give_back(None);
+        }
+    }
+}
+
+/// The state outputs of a call, renamed to the inputs they feed next time; `None` if the model
+/// left one out.
+pub fn next_states(
+    settings: &SequenceSettings,
+    outputs: &mut Vec<NamedTensor>,
+    keep: &[String],
+) -> Result<Vec<NamedTensor>, GatewayError> {
+    settings
+        .states
+        .iter()
+        .map(|state| {
+            let index = outputs
+                .iter()
+                .position(|output| output.name == state.output)
+                .ok_or_else(|| {
+                    GatewayError::internal(format!(
+                        "the model returned no state output '{}'",
+                        state.output
+                    ))
+                })?;
+            let tensor = if keep.contains(&state.output) {
+                outputs[index].tensor.clone()
+            } else {
+                outputs.remove(index).tensor
+            };
+            if tensor.shape() != state.initial.shape() || tensor.dtype() != state.initial.dtype() {
+                return Err(GatewayError::internal(format!(
+                    "state output '{}' has shape {:?} ({}), but the state is {:?} ({})",
+                    state.output,
+                    tensor.shape(),
+                    tensor.dtype(),
+                    state.initial.shape(),
+                    state.initial.dtype()
+                )));
+            }
+            Ok(NamedTensor {
+                name: state.input.clone(),
+                tensor,
+            })
+        })
+        .collect()
+}
+
+/// How long the periodic sweep waits between runs.
+pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);
