@@ -7,8 +7,10 @@ Exits non-zero on the first mismatch. scripts/test runs it against the freshly b
 """
 
 import argparse
-import ssl
+import json
 import pathlib
+import queue
+import ssl
 import sys
 
 import numpy as np
@@ -167,6 +169,8 @@ def check_transport(transport: Transport) -> int:
             check_close(f"{transport.name} silero_vad {version} stateN", result.as_numpy("stateN"), expected_state)
             passed += 1
 
+    passed += check_sequences(transport)
+
     # Errors surface as the client's exception with the server's message.
     try:
         transport.infer("mlp", [("x", np.zeros((1, 63), np.float32), "FP32")], ["y"], True)
@@ -181,6 +185,79 @@ def check_transport(transport: Transport) -> int:
         check("unknown model" in str(error), f"unexpected error text: {error}")
         passed += 1
     return passed
+
+
+CHUNK, CONTEXT = 512, 64
+
+
+def check_sequences(transport: Transport) -> int:
+    """Streams the spoken test audio (data/silero_vad, made by scripts/setup) through
+    silero_vad as a sequence with tritonclient's sequence arguments, sending only the audio and
+    the rate: the gateway carries the state. Over gRPC also with start_stream /
+    async_stream_infer. Each chunk's probability must match Python's whole-file run."""
+    data = ROOT / "data/silero_vad"
+    reference = json.loads((data / "stream_reference.json").read_text())
+    expected = reference["probabilities"]["2"]
+    audio = np.fromfile(data / "stream_reference.f32", dtype="<f4")
+    chunks = 40
+    sr = np.array(16000, dtype=np.int64)
+
+    def window(index):
+        context = np.zeros(CONTEXT, np.float32) if index == 0 else audio[index * CHUNK - CONTEXT : index * CHUNK]
+        return np.concatenate([context, audio[index * CHUNK : (index + 1) * CHUNK]])[None, :]
+
+    def inputs(index):
+        tensors = []
+        for name, value, datatype in (("input", window(index), "FP32"), ("sr", sr, "INT64")):
+            tensor = transport.module.InferInput(name, list(value.shape), datatype)
+            tensor.set_data_from_numpy(value)
+            tensors.append(tensor)
+        return tensors
+
+    passed = 0
+    sequence_id = 4242 if transport.name == "http" else 4343
+    for index in range(chunks):
+        result = transport.client.infer(
+            "silero_vad",
+            inputs(index),
+            model_version="2",
+            sequence_id=sequence_id,
+            sequence_start=index == 0,
+            sequence_end=index == chunks - 1,
+        )
+        check(result.as_numpy("stateN") is None, "the implicit state came back to the client")
+        probability = float(result.as_numpy("output").ravel()[0])
+        check(abs(probability - expected[index]) <= TOLERANCE, f"{transport.name} sequence chunk {index}: {probability} != {expected[index]}")
+    passed += 1
+    try:
+        transport.client.infer("silero_vad", inputs(1), model_version="2", sequence_id=sequence_id)
+        check(False, "a chunk of an ended sequence was accepted")
+    except InferenceServerException as error:
+        check("not open" in str(error), f"unexpected error text: {error}")
+        passed += 1
+    if transport.name != "grpc":
+        return passed
+
+    answers = queue.Queue()
+    transport.client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    try:
+        for index in range(chunks):
+            transport.client.async_stream_infer(
+                "silero_vad",
+                inputs(index),
+                model_version="2",
+                sequence_id="stream-check",
+                sequence_start=index == 0,
+                sequence_end=index == chunks - 1,
+            )
+        for index in range(chunks):
+            result, error = answers.get(timeout=30)
+            check(error is None, f"stream chunk {index}: {error}")
+            probability = float(result.as_numpy("output").ravel()[0])
+            check(abs(probability - expected[index]) <= TOLERANCE, f"stream chunk {index}: {probability} != {expected[index]}")
+    finally:
+        transport.client.stop_stream()
+    return passed + 1
 
 
 def main() -> int:

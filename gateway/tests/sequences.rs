@@ -665,3 +665,46 @@ async fn a_model_without_sequence_settings_refuses_sequence_parameters() {
     );
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_stream_message_past_the_limits_is_refused_before_it_is_decoded() {
+    let speech = Speech::load();
+    let gateway = TestGateway::start(&models_dir()).await;
+    let mut grpc = grpc_client(&gateway).await;
+    let (sender, requests) = tokio::sync::mpsc::channel(2);
+    let mut responses = grpc
+        .model_stream_infer(ReceiverStream::new(requests))
+        .await
+        .unwrap()
+        .into_inner();
+    // A good chunk first: the stream works.
+    sender
+        .send(grpc_chunk("2", &speech.window(0, 0), 77, true, false))
+        .await
+        .unwrap();
+    let message = responses.message().await.unwrap().unwrap();
+    assert_eq!(message.error_message, "");
+    // Then 5,000 empty inputs: a few bytes each on the wire, hundreds once decoded.
+    let mut flood = grpc_chunk("2", &speech.window(0, 1), 77, false, false);
+    flood.inputs = vec![InferInputTensor::default(); 5000];
+    flood.raw_input_contents.clear();
+    sender.send(flood).await.unwrap();
+    let status = responses
+        .message()
+        .await
+        .expect_err("the flood ends the stream");
+    assert_eq!(status.code(), tonic::Code::InvalidArgument, "{status:?}");
+    assert!(status.message().contains("inputs"), "{status:?}");
+    // The gateway serves on, and the sequence kept the state of its good chunk.
+    let response = grpc
+        .model_infer(grpc_chunk("2", &speech.window(0, 1), 77, false, true))
+        .await
+        .unwrap()
+        .into_inner();
+    assert_close(
+        grpc_probability(&response),
+        speech.reference["2"][1],
+        "after the refused flood",
+    );
+    gateway.stop().await;
+}

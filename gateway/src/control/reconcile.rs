@@ -178,7 +178,11 @@ impl Reconciler {
         // Until a replica is measured it reserves what its model.toml declares, else at least
         // the size of its weights.
         let artifact_bytes = std::fs::metadata(&artifact).map_or(0, |metadata| metadata.len());
-        let reserve_bytes = settings.memory.unwrap_or(artifact_bytes);
+        let reserve_bytes = settings.memory.unwrap_or(artifact_bytes)
+            + settings
+                .sequence
+                .as_ref()
+                .map_or(0, |sequence| sequence.slot_bytes());
         let count = match &settings.scaling {
             Some(scaling) => u32::try_from(settings.replicas)
                 .unwrap_or(u32::MAX)
@@ -225,7 +229,7 @@ impl Reconciler {
                             capacity.record_measured(
                                 &key,
                                 replica.index,
-                                bytes.max(artifact_bytes),
+                                ready.replica_bytes(bytes),
                             );
                         }
                     }

@@ -81,11 +81,26 @@ impl SequenceSettings {
             .map(|state| state.initial.data().len())
             .sum()
     }
+
+    /// Bytes of state a replica's sequence slots hold when all are open.
+    pub fn slot_bytes(&self) -> u64 {
+        (self.state_bytes() as u64).saturating_mul(self.max_per_replica as u64)
+    }
 }
 
 impl ReadyVersion {
     pub fn signature(&self) -> &Signature {
         self.replicas.signature()
+    }
+
+    /// What one replica holds on its device, from what it measured: never less than its
+    /// artifact, plus the state of the sequences it can hold open.
+    pub fn replica_bytes(&self, measured: u64) -> u64 {
+        measured.max(self.artifact_bytes)
+            + self
+                .sequence
+                .as_ref()
+                .map_or(0, |sequence| sequence.slot_bytes())
     }
 }
 

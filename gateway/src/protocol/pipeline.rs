@@ -55,6 +55,7 @@ pub struct PipelineLimits {
 }
 
 /// Bytes of the in-flight budget held for one request, given back when it is dropped.
+#[derive(Default)]
 pub struct BodyBudget(Option<OwnedSemaphorePermit>);
 
 impl BodyBudget {

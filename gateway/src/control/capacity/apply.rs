@@ -49,8 +49,7 @@ async fn apply(capacity: &Capacity, change: Change) {
             match added {
                 Ok(added) => {
                     if let Some(bytes) = added.memory_bytes {
-                        let bytes = bytes.max(ready.artifact_bytes);
-                        capacity.record_measured(&key, index, bytes);
+                        capacity.record_measured(&key, index, ready.replica_bytes(bytes));
                     }
                     tracing::info!(model = %key.model, version = %key.version, replica = index, %device, "replica added");
                 }

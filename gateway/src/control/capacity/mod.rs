@@ -681,6 +681,6 @@ fn new_replica_bytes(ready: &ReadyVersion) -> u64 {
     let measured = ready
         .replicas
         .memory_per_replica()
-        .map_or(0, |bytes| bytes.max(ready.artifact_bytes));
+        .map_or(0, |bytes| ready.replica_bytes(bytes));
     ready.reserve_bytes.max(measured)
 }

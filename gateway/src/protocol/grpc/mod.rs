@@ -3,6 +3,7 @@
 
 mod convert;
 pub mod scan;
+mod stream;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -91,6 +92,17 @@ async fn arrive_then_admit(
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
+    if request.uri().path() == stream::MODEL_STREAM_INFER {
+        let (parts, body) = request.into_parts();
+        let body = axum::body::Body::new(stream::ScannedMessages::new(
+            body,
+            pipeline,
+            limit.saturating_sub(5),
+        ));
+        return next
+            .run(axum::extract::Request::from_parts(parts, body))
+            .await;
+    }
     if request.uri().path() != MODEL_INFER {
         return next.run(request).await;
     }

@@ -1,0 +1,126 @@
+//! `ModelStreamInfer`'s request side. tonic decodes a stream's messages itself, one by one, so
+//! the scan that unary `ModelInfer` gets before decoding runs here, in the body: each message
+//! is held until it has arrived whole, scanned (counts past the limits refused, what decoding
+//! will take charged to the in-flight byte budget with the message itself), and only then
+//! handed to tonic. A stream holds the budget of the message it last passed on.
+
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::{Body, HttpBody};
+use bytes::{Bytes, BytesMut};
+use http_body::Frame;
+use tonic::Status;
+
+use crate::error::{ErrorKind, GatewayError};
+use crate::protocol::grpc::scan::{self, ScanLimits};
+use crate::protocol::pipeline::{BodyBudget, Pipeline};
+
+/// The gRPC method of the bidirectional stream.
+pub const MODEL_STREAM_INFER: &str = "/inference.GRPCInferenceService/ModelStreamInfer";
+
+/// A stream's request body, passed on to tonic one scanned message at a time.
+pub struct ScannedMessages {
+    inner: Body,
+    pipeline: Arc<Pipeline>,
+    /// The most bytes one message may have.
+    limit: usize,
+    /// Bytes of messages not yet passed on.
+    pending: BytesMut,
+    /// What the message last passed on holds of the in-flight byte budget.
+    held: Option<BodyBudget>,
+    done: bool,
+}
+
+impl ScannedMessages {
+    pub fn new(inner: Body, pipeline: Arc<Pipeline>, limit: usize) -> ScannedMessages {
+        ScannedMessages {
+            inner,
+            pipeline,
+            limit,
+            pending: BytesMut::new(),
+            held: None,
+            done: false,
+        }
+    }
+
+    /// The next whole frame in `pending`, scanned and charged; `None` until one has arrived.
+    fn next_frame(&mut self) -> Result<Option<Bytes>, GatewayError> {
+        let Some(header) = self.pending.first_chunk::<5>() else {
+            return Ok(None);
+        };
+        let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
+        if length > self.limit {
+            return Err(self.pipeline.refused(GatewayError::new(
+                ErrorKind::PayloadTooLarge,
+                format!(
+                    "a stream message of {length} bytes is over the limit of {} bytes (grpc.max_message_size)",
+                    self.limit
+                ),
+            )));
+        }
+        if self.pending.len() < 5 + length {
+            // Room for the rest of it, once, rather than growing chunk by chunk.
+            self.pending.reserve(5 + length - self.pending.len());
+            return Ok(None);
+        }
+        let frame = self.pending.split_to(5 + length).freeze();
+        let scanned = scan::scan_frames(&frame, &ScanLimits::default())
+            .map_err(|error| self.pipeline.refused(error))?;
+        // The previous message's share goes back before this one takes its own.
+        self.held = None;
+        let mut budget = BodyBudget::default();
+        self.pipeline.charge(
+            &mut budget,
+            frame.len().saturating_add(scanned.decoded_bytes),
+        )?;
+        self.held = Some(budget);
+        Ok(Some(frame))
+    }
+}
+
+impl HttpBody for ScannedMessages {
+    type Data = Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        let this = &mut *self;
+        loop {
+            match this.next_frame() {
+                Ok(Some(frame)) => return Poll::Ready(Some(Ok(Frame::data(frame)))),
+                Ok(None) => {}
+                Err(error) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Status::from(error))));
+                }
+            }
+            if this.done {
+                if this.pending.is_empty() {
+                    return Poll::Ready(None);
+                }
+                // What is left is not a whole message: tonic reports the truncation.
+                let rest = this.pending.split().freeze();
+                return Poll::Ready(Some(Ok(Frame::data(rest))));
+            }
+            match Pin::new(&mut this.inner).poll_frame(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(None) => this.done = true,
+                Poll::Ready(Some(Err(error))) => {
+                    this.done = true;
+                    return Poll::Ready(Some(Err(Status::cancelled(format!(
+                        "the request stream broke: {error}"
+                    )))));
+                }
+                Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+                    Ok(data) => this.pending.extend_from_slice(&data),
+                    // Trailers pass as they are, after every message.
+                    Err(frame) => return Poll::Ready(Some(Ok(frame))),
+                },
+            }
+        }
+    }
+}
