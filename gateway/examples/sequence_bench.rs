@@ -1,7 +1,9 @@
 //! Sequence batching measured: `streams` silero_vad sequences at once, each a gRPC
 //! `ModelStreamInfer` stream sending the spoken test audio chunk after chunk, against an
-//! in-process gateway twice: with the model's `[sequence]` settings (calls of concurrent
-//! sequences join into one model call) and with `max_batch = 1` (each call alone).
+//! in-process gateway three times: with the model's `[sequence]` settings (a free replica joins
+//! the queued calls of concurrent sequences into one model call), with
+//! `max_queue_delay = "1ms"` (the first call also waits for the other open sequences' calls)
+//! and with `max_batch = 1` (each call alone).
 //!
 //!     cargo run --release --example sequence_bench -- [--streams 64] [--seconds 10]
 //!
@@ -191,10 +193,13 @@ async fn main() {
     let streams: usize = flags.get("streams", "64").parse().unwrap();
     let seconds: u64 = flags.get("seconds", "10").parse().unwrap();
     let joined = repository(|toml| toml);
+    let waiting =
+        repository(|toml| toml.replace("[sequence]\n", "[sequence]\nmax_queue_delay = \"1ms\"\n"));
     let alone = repository(|toml| toml.replace("[sequence]\n", "[sequence]\nmax_batch = 1\n"));
+    measure("joined (model.toml)", joined.path(), streams, seconds).await;
     measure(
-        "joined (sequence batching)",
-        joined.path(),
+        "joined, waiting up to 1 ms",
+        waiting.path(),
         streams,
         seconds,
     )

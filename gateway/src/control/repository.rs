@@ -81,8 +81,8 @@ pub struct SequenceToml {
     /// Most sequences' calls joined into one model call; default `max_sequences`; 1 runs each
     /// call alone.
     pub max_batch: Option<usize>,
-    /// How long a call waits for other open sequences' calls to join it, e.g. "1ms" (the
-    /// default); it never waits when its sequence is the only one open.
+    /// How long a call may wait for other open sequences' calls to join it, e.g. "1ms"; it
+    /// never waits when its sequence is the only one open. Default 0: join what is queued.
     pub max_queue_delay: Option<String>,
     /// The axis along which concurrent sequences' data inputs and outputs join, by tensor
     /// name, e.g. `{ input = 0, output = 0 }`; inputs not named here or in `[[state]]` (a
@@ -291,7 +291,7 @@ fn sequence_settings(
         ));
     }
     let max_delay = match sequence.max_queue_delay {
-        None => Duration::from_millis(1),
+        None => Duration::ZERO,
         Some(text) => HumanDuration::parse(&text)?.0,
     };
     if max_delay > Duration::from_secs(1) {
