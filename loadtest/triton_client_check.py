@@ -146,6 +146,13 @@ def check_transport(transport: Transport) -> int:
 
     config = transport.config("silero_vad")
     check(int(config.get("max_batch_size", 0)) == 0, f"silero_vad config: {config}")
+    (state,) = config["sequence_batching"]["state"]
+    check(
+        (state["input_name"], state["output_name"], state["data_type"]) == ("state", "stateN", "TYPE_FP32")
+        and [int(d) for d in state["dims"]] == [2, 1, 128],
+        f"silero_vad sequence_batching: {config['sequence_batching']}",
+    )
+    check("sequence_batching" not in transport.config("mlp"), "mlp has no sequence batching")
     t = np.arange(512) / 16000.0
     audio = (0.4 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)[None, :]
     state = np.zeros((2, 1, 128), dtype=np.float32)

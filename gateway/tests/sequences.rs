@@ -723,3 +723,82 @@ async fn a_stream_message_past_the_limits_is_refused_before_it_is_decoded() {
     );
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_removed_version_drains_until_its_open_sequence_ends() {
+    let speech = Speech::load();
+    let registry = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", registry.path().join("registry.db").display());
+    let gateway = TestGateway::start_with(&models_dir(), |config| {
+        config.admin.tokens = test_tokens();
+        config.registry.url = url;
+    })
+    .await;
+    let w = Some(WRITER_TOKEN);
+    let pinned = "/v2/models/silero_vad/versions/1/infer";
+    let path = "/v2/models/silero_vad/infer";
+    for index in 0..10 {
+        let (served, _) = http_step(
+            &gateway,
+            pinned,
+            &speech.window(0, index),
+            21,
+            index == 0,
+            false,
+        )
+        .await;
+        assert_eq!(served, "1");
+    }
+    let (status, body) = gateway
+        .admin(Method::DELETE, "/v1/models/silero_vad/versions/1", w, None)
+        .await;
+    assert_eq!(status, 202, "{body}");
+    // Out of the table at once: a new request for it is 404, a new sequence goes to 2 ...
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gateway.get("/v2/models/silero_vad/versions/1").await.0 != 404 {
+        assert!(Instant::now() < deadline, "version 1 stayed in the table");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (served, _) = http_step(&gateway, path, &speech.window(0, 0), 22, true, true).await;
+    assert_eq!(served, "2");
+    // ... but the open sequence keeps its version, state intact, and holds it from retiring.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for index in 10..40 {
+        let (served, p) = http_step(
+            &gateway,
+            path,
+            &speech.window(0, index),
+            21,
+            false,
+            index == 39,
+        )
+        .await;
+        assert_eq!(
+            served, "1",
+            "chunk {index} of the draining version's sequence"
+        );
+        assert_close(p, speech.reference["1"][index], "while draining");
+        if index == 10 {
+            let (_, version) = gateway
+                .admin(Method::GET, "/v1/models/silero_vad/versions/1", w, None)
+                .await;
+            assert_eq!(version["state"], "draining", "{version}");
+        }
+    }
+    // Its last chunk ended it: the version retires.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (_, version) = gateway
+            .admin(Method::GET, "/v1/models/silero_vad/versions/1", w, None)
+            .await;
+        if version["state"] == "retired" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "version 1 never retired: {version}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    gateway.stop().await;
+}

@@ -209,7 +209,7 @@ fn config_response(
         Device::Cuda(_) => "KIND_GPU",
         Device::Cpu => "KIND_CPU",
     };
-    Ok(axum::Json(json!({
+    let mut body = json!({
         "name": &*config.name,
         "platform": config.platform,
         "backend": config.backend,
@@ -217,8 +217,20 @@ fn config_response(
         "input": tensors(&config.inputs),
         "output": tensors(&config.outputs),
         "instance_group": [{ "name": &*config.name, "kind": kind, "count": config.instance_count }],
-    }))
-    .into_response())
+    });
+    if let Some(sequence) = &config.sequence {
+        body["sequence_batching"] = json!({
+            "max_sequence_idle_microseconds": sequence.idle_timeout.as_micros() as u64,
+            "direct": {"max_queue_delay_microseconds": sequence.join.max_delay.as_micros() as u64},
+            "state": sequence.states.iter().map(|state| json!({
+                "input_name": state.input,
+                "output_name": state.output,
+                "data_type": state.initial.dtype().triton_config_name(),
+                "dims": state.initial.shape(),
+            })).collect::<Vec<_>>(),
+        });
+    }
+    Ok(axum::Json(body).into_response())
 }
 
 async fn model_config(State(state): State<HttpState>, Path(model): Path<String>) -> Response {

@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use switchyard_runtimes::{DataType, Device, TensorSpec};
 
-use crate::core::{ModelEntry, ModelTable, VersionEntry, VersionStatus};
+use crate::core::{ModelEntry, ModelTable, SequenceSettings, VersionEntry, VersionStatus};
 use crate::error::GatewayError;
 use crate::telemetry::statistics::StatisticsSnapshot;
 
@@ -45,6 +45,8 @@ pub struct ModelConfig {
     pub outputs: Vec<ConfigTensor>,
     pub device: Device,
     pub instance_count: u32,
+    /// Set for a model served as sequences.
+    pub sequence: Option<Arc<SequenceSettings>>,
 }
 
 pub struct ConfigTensor {
@@ -146,6 +148,7 @@ pub fn model_config(
         outputs: config_tensors(&ready.signature().outputs),
         device: ready.device,
         instance_count: u32::try_from(ready.replicas.replica_count()).unwrap_or(u32::MAX),
+        sequence: ready.sequence.clone(),
     })
 }
 

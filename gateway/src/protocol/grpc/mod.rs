@@ -335,6 +335,28 @@ impl GrpcInferenceService for GrpcFront {
                     gpus,
                     kind: kind as i32,
                 }],
+                sequence_batching: config.sequence.as_ref().map(|sequence| {
+                    pb::ModelSequenceBatching {
+                        max_sequence_idle_microseconds: sequence.idle_timeout.as_micros() as u64,
+                        strategy_choice: Some(pb::model_sequence_batching::StrategyChoice::Direct(
+                            pb::model_sequence_batching::StrategyDirect {
+                                max_queue_delay_microseconds: sequence.join.max_delay.as_micros()
+                                    as u64,
+                                minimum_slot_utilization: 0.0,
+                            },
+                        )),
+                        state: sequence
+                            .states
+                            .iter()
+                            .map(|state| pb::model_sequence_batching::State {
+                                input_name: state.input.clone(),
+                                output_name: state.output.clone(),
+                                data_type: data_type(state.initial.dtype()),
+                                dims: state.initial.shape().iter().map(|&d| d as i64).collect(),
+                            })
+                            .collect(),
+                    }
+                }),
             }),
         }))
     }
