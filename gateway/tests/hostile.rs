@@ -353,3 +353,41 @@ async fn sixty_four_large_bodies_at_once_stay_within_the_byte_budget() {
     );
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn a_stalled_stream_message_is_cut_off_at_the_read_deadline() {
+    let gateway = gateway(|_| {}).await;
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    // A ModelStreamInfer stream whose first message claims 60 MiB, sends ten bytes of it, then
+    // nothing: it must be cut off, not waited for (nor its claimed size set aside).
+    let mut start = vec![0u8];
+    start.extend_from_slice(&(60u32 << 20).to_be_bytes());
+    start.extend_from_slice(&[0u8; 10]);
+    let first = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from(start))]);
+    let body = futures_util::StreamExt::chain(first, futures_util::stream::pending());
+    let started = Instant::now();
+    let response = h2
+        .post(format!(
+            "http://{}/inference.GRPCInferenceService/ModelStreamInfer",
+            gateway.grpc_addr
+        ))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    let ended = tokio::time::timeout(Duration::from_secs(10), response.bytes()).await;
+    assert!(ended.is_ok(), "the stalled stream was never ended");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    assert_eq!(
+        gateway
+            .metric(r#"switchyard_rejections_total{reason="request_timeout"}"#)
+            .await,
+        Some(1.0)
+    );
+    gateway.stop().await;
+}

@@ -211,6 +211,11 @@ impl Pipeline {
         })
     }
 
+    /// How long a request's body, or one message of a stream, may take to arrive.
+    pub fn read_timeout(&self) -> Duration {
+        self.read_timeout
+    }
+
     pub fn gateway(&self) -> &Arc<Gateway> {
         &self.gateway
     }

@@ -1,12 +1,15 @@
 //! `ModelStreamInfer`'s request side. tonic decodes a stream's messages itself, one by one, so
-//! the scan that unary `ModelInfer` gets before decoding runs here, in the body: each message
-//! is held until it has arrived whole, scanned (counts past the limits refused, what decoding
-//! will take charged to the in-flight byte budget with the message itself), and only then
-//! handed to tonic. A stream holds the budget of the message it last passed on.
+//! what unary `ModelInfer` gets before decoding happens here, in the body: each message must
+//! arrive whole within `http.request_read_timeout` of its first byte, every byte is charged to
+//! the in-flight byte budget as it arrives, and a whole message is scanned (counts past the
+//! limits refused, what decoding will take charged too) before it is handed to tonic. A stream
+//! holds the budget of the message it last passed on and of the one arriving.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use axum::body::{Body, HttpBody};
 use bytes::{Bytes, BytesMut};
@@ -26,10 +29,13 @@ pub struct ScannedMessages {
     pipeline: Arc<Pipeline>,
     /// The most bytes one message may have.
     limit: usize,
-    /// Bytes of messages not yet passed on.
+    /// Bytes of messages not yet passed on, and their share of the byte budget.
     pending: BytesMut,
-    /// What the message last passed on holds of the in-flight byte budget.
-    held: Option<BodyBudget>,
+    arriving: BodyBudget,
+    /// What the message last passed on holds of the budget.
+    held: BodyBudget,
+    /// When the message now arriving must be whole.
+    deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
 }
 
@@ -40,7 +46,9 @@ impl ScannedMessages {
             pipeline,
             limit,
             pending: BytesMut::new(),
-            held: None,
+            arriving: BodyBudget::default(),
+            held: BodyBudget::default(),
+            deadline: None,
             done: false,
         }
     }
@@ -61,22 +69,34 @@ impl ScannedMessages {
             )));
         }
         if self.pending.len() < 5 + length {
-            // Room for the rest of it, once, rather than growing chunk by chunk.
-            self.pending.reserve(5 + length - self.pending.len());
             return Ok(None);
         }
         let frame = self.pending.split_to(5 + length).freeze();
         let scanned = scan::scan_frames(&frame, &ScanLimits::default())
             .map_err(|error| self.pipeline.refused(error))?;
-        // The previous message's share goes back before this one takes its own.
-        self.held = None;
-        let mut budget = BodyBudget::default();
-        self.pipeline.charge(
-            &mut budget,
-            frame.len().saturating_add(scanned.decoded_bytes),
-        )?;
-        self.held = Some(budget);
+        // The previous message's share goes back; this one keeps what its bytes took, and
+        // takes what decoding it will.
+        self.held = std::mem::take(&mut self.arriving);
+        self.pipeline
+            .charge(&mut self.held, scanned.decoded_bytes)?;
+        self.deadline = None;
         Ok(Some(frame))
+    }
+
+    fn start_deadline(&mut self) {
+        if self.deadline.is_none() && !self.pending.is_empty() {
+            let timeout = self.pipeline.read_timeout();
+            self.deadline = Some(Box::pin(tokio::time::sleep(timeout)));
+        }
+    }
+
+    fn overdue(&self, timeout: Duration) -> GatewayError {
+        self.pipeline.refused(GatewayError::new(
+            ErrorKind::RequestTimeout,
+            format!(
+                "a stream message did not arrive within {timeout:?} of its first byte (http.request_read_timeout)"
+            ),
+        ))
     }
 }
 
@@ -106,6 +126,14 @@ impl HttpBody for ScannedMessages {
                 let rest = this.pending.split().freeze();
                 return Poll::Ready(Some(Ok(Frame::data(rest))));
             }
+            this.start_deadline();
+            if let Some(deadline) = &mut this.deadline
+                && deadline.as_mut().poll(cx).is_ready()
+            {
+                this.done = true;
+                let error = this.overdue(this.pipeline.read_timeout());
+                return Poll::Ready(Some(Err(Status::from(error))));
+            }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => this.done = true,
@@ -116,7 +144,13 @@ impl HttpBody for ScannedMessages {
                     )))));
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
-                    Ok(data) => this.pending.extend_from_slice(&data),
+                    Ok(data) => {
+                        if let Err(error) = this.pipeline.charge(&mut this.arriving, data.len()) {
+                            this.done = true;
+                            return Poll::Ready(Some(Err(Status::from(error))));
+                        }
+                        this.pending.extend_from_slice(&data);
+                    }
                     // Trailers pass as they are, after every message.
                     Err(frame) => return Poll::Ready(Some(Ok(frame))),
                 },
