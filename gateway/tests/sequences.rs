@@ -642,6 +642,20 @@ async fn bad_sequence_requests_get_clear_errors() {
         .await;
     assert_eq!(status, 200, "{body}");
 
+    // A last chunk that fails does not end its sequence: it can be sent again.
+    let mut wrong_dtype = http_chunk(&window, 1, false, true);
+    wrong_dtype["inputs"][0]["datatype"] = json!("FP64");
+    let (status, body) = gateway.post_json(path, &wrong_dtype).await;
+    assert_eq!(status, 400, "{body}");
+    let (status, body) = gateway
+        .post_json(path, &http_chunk(&window, 1, false, true))
+        .await;
+    assert_eq!(status, 200, "the failed end left the sequence open: {body}");
+    let (status, _) = gateway
+        .post_json(path, &http_chunk(&window, 1, false, false))
+        .await;
+    assert_eq!(status, 400, "the successful end closed it");
+
     // Sequence parameters of the wrong type, or without an id.
     let mut wrong = http_chunk(&window, 1, false, false);
     wrong["parameters"]["sequence_start"] = json!("yes");
@@ -800,5 +814,20 @@ async fn a_removed_version_drains_until_its_open_sequence_ends() {
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn a_state_that_does_not_fit_the_model_fails_the_load_with_the_reason() {
+    let repo = silero_repository(|toml| toml.replace("dims = [2, 1, 128]", "dims = [2, 1, 64]"));
+    let gateway = TestGateway::start(repo.path()).await;
+    let (status, body) = gateway.get("/v2/models/vad/versions/1").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["state"], "FAILED", "{body}");
+    let reason = body["reason"].as_str().unwrap();
+    assert!(
+        reason.contains("[[state]] 'state'") && reason.contains("[2, 1, 64]"),
+        "{reason}"
+    );
     gateway.stop().await;
 }

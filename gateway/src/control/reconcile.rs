@@ -587,10 +587,33 @@ fn check_states(sequence: &SequenceSettings, signature: &Signature) -> Result<()
                 input.dtype
             ));
         }
-        if signature.output(&state.output).is_none() {
+        let dims = state.initial.shape();
+        let fits = |spec: &[i64]| {
+            spec.len() == dims.len()
+                && spec
+                    .iter()
+                    .zip(dims)
+                    .all(|(&expected, &dim)| expected < 0 || expected == dim as i64)
+        };
+        if !fits(&input.dims) {
             return Err(format!(
+                "[[state]] '{}' has dims {dims:?}, but the model's input is {:?}",
+                state.input, input.dims
+            ));
+        }
+        let output = signature.output(&state.output).ok_or_else(|| {
+            format!(
                 "[[state]] names output '{}', which the model lacks",
                 state.output
+            )
+        })?;
+        if output.dtype != state.initial.dtype() || !fits(&output.dims) {
+            return Err(format!(
+                "[[state]] output '{}' is {} {:?}, but the state is {} {dims:?}",
+                state.output,
+                output.dtype,
+                output.dims,
+                state.initial.dtype()
             ));
         }
     }

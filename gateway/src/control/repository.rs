@@ -334,9 +334,13 @@ fn sequence_settings(
                 state.dims.len()
             ));
         }
-        if state.input == state.output || specs.iter().any(|s: &StateSpec| s.input == state.input) {
+        if state.input == state.output
+            || specs
+                .iter()
+                .any(|s: &StateSpec| s.input == state.input || s.output == state.output)
+        {
             return Err(format!(
-                "[[state]] '{}' is declared twice or feeds itself",
+                "[[state]] '{}' is declared twice, shares its output, or feeds itself",
                 state.input
             ));
         }

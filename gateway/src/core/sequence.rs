@@ -10,7 +10,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use switchyard_runtimes::NamedTensor;
 
@@ -317,15 +317,17 @@ impl Turn<'_> {
 
     fn give_back(&mut self, outcome: Option<(Vec<NamedTensor>, u32)>) {
         let mut open = self.sequences.lock();
-        if self.end {
-            open.remove(&self.key);
-            return;
-        }
         let Some(sequence) = open.get_mut(&self.key) else {
             return;
         };
         if !Arc::ptr_eq(&sequence.route, &self.route) {
             // Restarted meanwhile; the new sequence owns the slot.
+            return;
+        }
+        // Only a request that succeeded ends its sequence: a failed last chunk can be sent
+        // again.
+        if self.end && outcome.is_some() {
+            open.remove(&self.key);
             return;
         }
         sequence.last_used = Instant::now();
@@ -391,6 +393,3 @@ pub fn next_states(
         })
         .collect()
 }
-
-/// How long the periodic sweep waits between runs.
-pub const SWEEP_INTERVAL: Duration = Duration::from_millis(250);

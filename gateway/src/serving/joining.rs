@@ -41,10 +41,25 @@ impl JoinAxes {
             .unwrap_or(1)
     }
 
-    /// Whether two calls can share a model call: joined inputs agree on every dimension but
-    /// their axis, and the others are equal, element for element.
+    /// Whether every joined input of a call has the same extent along its axis: otherwise its
+    /// outputs could not be cut back by one extent.
+    fn consistent(&self, inputs: &[NamedTensor]) -> bool {
+        let mut extents = inputs.iter().filter_map(|input| {
+            let axis = self.input_axis(&input.name)?;
+            Some(input.tensor.shape().get(axis).copied())
+        });
+        match extents.next() {
+            None => true,
+            Some(first) => first.is_some() && extents.all(|extent| extent == first),
+        }
+    }
+
+    /// Whether two calls can share a model call: each is consistent, joined inputs agree on
+    /// every dimension but their axis, and the others are equal, element for element.
     pub(super) fn joinable(&self, first: &[NamedTensor], other: &[NamedTensor]) -> bool {
-        first.len() == other.len()
+        self.consistent(first)
+            && self.consistent(other)
+            && first.len() == other.len()
             && first.iter().all(|input| {
                 let Some(theirs) = other.iter().find(|o| o.name == input.name) else {
                     return false;
@@ -279,6 +294,19 @@ mod tests {
             f32_tensor("x", vec![1, 3], &[3.0, 4.0, 5.0]),
             f32_tensor("sr", vec![], &[16.0]),
         ];
+        // Two rows of x beside a state of one sequence: its outputs could not be cut back.
+        let inconsistent = vec![
+            f32_tensor("x", vec![2, 2], &[1.0, 2.0, 3.0, 4.0]),
+            f32_tensor("state", vec![2, 1, 2], &[0.0; 4]),
+            f32_tensor("sr", vec![], &[16.0]),
+        ];
+        let fine = vec![
+            f32_tensor("x", vec![1, 2], &[1.0, 2.0]),
+            f32_tensor("state", vec![2, 1, 2], &[0.0; 4]),
+            f32_tensor("sr", vec![], &[16.0]),
+        ];
+        assert!(!axes().joinable(&fine, &inconsistent));
+        assert!(axes().joinable(&fine, &fine));
         assert!(!axes().joinable(&a, &other_rate));
         assert!(!axes().joinable(&a, &other_width));
         assert!(axes().joinable(&a, &a));

@@ -146,7 +146,11 @@ impl Worker {
             let Some(next) = next.answer_if_dead(Instant::now(), &self.outstanding) else {
                 continue;
             };
-            if rows + next.rows > self.batching.max_batch_size || !batch[0].batches_with(&next) {
+            // A call of a sequence joins only its kind (`collect_joined`).
+            if next.join.is_some()
+                || rows + next.rows > self.batching.max_batch_size
+                || !batch[0].batches_with(&next)
+            {
                 *held = Some(next);
                 break;
             }
@@ -208,6 +212,12 @@ impl Worker {
     }
 
     fn run_joined(&mut self, batch: Vec<Job>, axes: &JoinAxes) {
+        // A deadline may have passed while the calls gathered.
+        let now = Instant::now();
+        let batch: Vec<Job> = batch
+            .into_iter()
+            .filter_map(|job| job.answer_if_dead(now, &self.outstanding))
+            .collect();
         if batch.len() <= 1 {
             for job in batch {
                 self.run_alone(job);

@@ -3,7 +3,9 @@
 //! arrive whole within `http.request_read_timeout` of its first byte, every byte is charged to
 //! the in-flight byte budget as it arrives, and a whole message is scanned (counts past the
 //! limits refused, what decoding will take charged too) before it is handed to tonic. A stream
-//! holds the budget of the message it last passed on and of the one arriving.
+//! holds the budget of the message it last passed on until tonic asks for the next one (the
+//! stream is answered one message at a time, so by then that message has been served), and of
+//! the one arriving.
 
 use std::future::Future;
 use std::pin::Pin;
@@ -37,6 +39,8 @@ pub struct ScannedMessages {
     /// When the message now arriving must be whole.
     deadline: Option<Pin<Box<tokio::time::Sleep>>>,
     done: bool,
+    /// Set once an error has been reported: nothing follows it.
+    failed: bool,
 }
 
 impl ScannedMessages {
@@ -50,6 +54,7 @@ impl ScannedMessages {
             held: BodyBudget::default(),
             deadline: None,
             done: false,
+            failed: false,
         }
     }
 
@@ -83,6 +88,15 @@ impl ScannedMessages {
         Ok(Some(frame))
     }
 
+    /// Reports `status` and ends the body; what was held goes back to the budget.
+    fn fail(&mut self, status: Status) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
+        self.failed = true;
+        self.pending = BytesMut::new();
+        self.arriving = BodyBudget::default();
+        self.held = BodyBudget::default();
+        Poll::Ready(Some(Err(status)))
+    }
+
     fn start_deadline(&mut self) {
         if self.deadline.is_none() && !self.pending.is_empty() {
             let timeout = self.pipeline.read_timeout();
@@ -109,14 +123,16 @@ impl HttpBody for ScannedMessages {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, Status>>> {
         let this = &mut *self;
+        if this.failed {
+            return Poll::Ready(None);
+        }
+        // Asked for more: the message passed on last has been answered.
+        this.held = BodyBudget::default();
         loop {
             match this.next_frame() {
                 Ok(Some(frame)) => return Poll::Ready(Some(Ok(Frame::data(frame)))),
                 Ok(None) => {}
-                Err(error) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(Status::from(error))));
-                }
+                Err(error) => return this.fail(Status::from(error)),
             }
             if this.done {
                 if this.pending.is_empty() {
@@ -130,24 +146,21 @@ impl HttpBody for ScannedMessages {
             if let Some(deadline) = &mut this.deadline
                 && deadline.as_mut().poll(cx).is_ready()
             {
-                this.done = true;
                 let error = this.overdue(this.pipeline.read_timeout());
-                return Poll::Ready(Some(Err(Status::from(error))));
+                return this.fail(Status::from(error));
             }
             match Pin::new(&mut this.inner).poll_frame(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(None) => this.done = true,
                 Poll::Ready(Some(Err(error))) => {
-                    this.done = true;
-                    return Poll::Ready(Some(Err(Status::cancelled(format!(
+                    return this.fail(Status::cancelled(format!(
                         "the request stream broke: {error}"
-                    )))));
+                    )));
                 }
                 Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
                     Ok(data) => {
                         if let Err(error) = this.pipeline.charge(&mut this.arriving, data.len()) {
-                            this.done = true;
-                            return Poll::Ready(Some(Err(Status::from(error))));
+                            return this.fail(Status::from(error));
                         }
                         this.pending.extend_from_slice(&data);
                     }
