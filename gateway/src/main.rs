@@ -49,6 +49,15 @@ enum Command {
     },
     /// Register the model repository's folders the registry does not know yet.
     Import,
+    /// Devices (budget, reserved and measured memory) and each version's replicas.
+    Resources,
+    /// A reward in [0, 1] for a request the gateway served (bandit policies learn from it).
+    Feedback { request_id: String, reward: f64 },
+    /// Shell completions, printed: `switchyard completions bash > /etc/bash_completion.d/switchyard`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Args)]
@@ -140,6 +149,16 @@ async fn main() -> ExitCode {
     let parsed = Cli::parse();
     let args = match parsed.command {
         Command::Serve(args) => args,
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "switchyard",
+                &mut std::io::stdout(),
+            );
+            return ExitCode::SUCCESS;
+        }
         command => return client(&parsed.client, command).await,
     };
     let mut config = match Config::load(args.config.as_deref()) {
@@ -169,31 +188,47 @@ async fn main() -> ExitCode {
     }
 }
 
-/// Runs one management API call and prints its answer.
+/// Runs one management API call and prints its answer; with `--watch`, again every two
+/// seconds, redrawn in place, until interrupted.
 async fn client(args: &cli::ClientArgs, command: Command) -> ExitCode {
     let client = cli::Client::new(args);
-    let answer = match command {
-        Command::Serve(_) => return ExitCode::FAILURE,
-        Command::Models(command) => client.models(command).await,
-        Command::Versions(command) => client.versions(command).await,
-        Command::Traffic(command) => client.traffic(command).await,
-        Command::Policy(command) => client.policy(command).await,
-        Command::Scores(command) => client.scores(command).await,
-        Command::Aliases(command) => client.aliases(command).await,
-        Command::Events { after, limit } => client.events(after, limit).await,
-        Command::Import => client.import().await,
-    };
-    match answer {
-        Ok(value) => {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&value).unwrap_or_default()
-            );
-            ExitCode::SUCCESS
+    let watch = matches!(
+        command,
+        Command::Models(cli::ModelsCommand::Show { watch: true, .. })
+            | Command::Policy(cli::PolicyCommand::Experiment { watch: true, .. })
+    );
+    loop {
+        let answer = match &command {
+            Command::Serve(_) | Command::Completions { .. } => return ExitCode::FAILURE,
+            Command::Models(command) => client.models(command).await,
+            Command::Versions(command) => client.versions(command).await,
+            Command::Traffic(command) => client.traffic(command).await,
+            Command::Policy(command) => client.policy(command).await,
+            Command::Scores(command) => client.scores(command).await,
+            Command::Aliases(command) => client.aliases(command).await,
+            Command::Events { after, limit } => client.events(*after, *limit).await,
+            Command::Import => client.import().await,
+            Command::Resources => client.resources().await,
+            Command::Feedback { request_id, reward } => client.feedback(request_id, *reward).await,
+        };
+        let answer = match answer {
+            Ok(answer) => answer,
+            Err(error) => {
+                eprintln!("switchyard: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        };
+        let text = answer.render(args.output);
+        if !watch {
+            print!("{text}");
+            return ExitCode::SUCCESS;
         }
-        Err(error) => {
-            eprintln!("switchyard: {error:#}");
-            ExitCode::FAILURE
+        // Home and clear, then the figures: the terminal shows the latest only.
+        print!("\x1b[H\x1b[2J{text}");
+        let _ = std::io::Write::flush(&mut std::io::stdout());
+        tokio::select! {
+            _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
+            _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,
         }
     }
 }

@@ -9,8 +9,8 @@ use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
 use common::{
-    MLP_IN, READER_TOKEN, TestGateway, WRITER_TOKEN, mlp_repository, postgres_url, sample_inputs,
-    spawn_switchyard, test_tokens,
+    MLP_IN, READER_TOKEN, TestGateway, WRITER_TOKEN, mlp_repository, models_dir, postgres_url,
+    sample_inputs, spawn_switchyard, test_tokens,
 };
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -610,24 +610,145 @@ async fn a_new_version_and_a_traffic_shift_under_load_lose_no_request() {
 }
 
 /// Runs the `switchyard` binary's command-line client against a gateway (off the runtime's
-/// thread, which also serves the gateway).
+/// thread, which also serves the gateway), asking for JSON.
 async fn cli(gateway: &TestGateway, args: &[&str]) -> (bool, Value, String) {
+    let (ok, stdout, stderr) = cli_text(gateway, args).await;
+    (
+        ok,
+        serde_json::from_str(&stdout).unwrap_or(Value::Null),
+        stderr,
+    )
+}
+
+/// The same, with the output as printed; `-o json` is the default here unless `args` say
+/// otherwise (a later `-o` wins).
+async fn cli_text(gateway: &TestGateway, args: &[&str]) -> (bool, String, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
     command
-        .args(["--admin-url", &gateway.admin, "--token", WRITER_TOKEN])
+        .args([
+            "--admin-url",
+            &gateway.admin,
+            "--token",
+            WRITER_TOKEN,
+            "-o",
+            "json",
+        ])
         .args(args)
         .env_remove("SWITCHYARD_ADMIN_TOKEN");
     let output = tokio::task::spawn_blocking(move || command.output())
         .await
         .unwrap()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
-    let value = serde_json::from_str(&stdout).unwrap_or(Value::Null);
     (
         output.status.success(),
-        value,
+        String::from_utf8_lossy(&output.stdout).into_owned(),
         String::from_utf8_lossy(&output.stderr).into_owned(),
     )
+}
+
+#[tokio::test]
+async fn the_command_line_client_prints_tables_and_infers_the_runtime() {
+    let toml = std::fs::read_to_string(models_dir().join("mlp/model.toml")).unwrap();
+    let repo = mlp_repository(&toml);
+    let gateway = start(repo.path(), None).await;
+    // A TorchScript file registered without --runtime: its extension says libtorch.
+    let torchscript = repo.path().join("mlp-v2.pt");
+    std::fs::copy(models_dir().join("mlp/2/model.pt"), &torchscript).unwrap();
+    let (ok, body, err) = cli(
+        &gateway,
+        &[
+            "versions",
+            "register",
+            "mlp",
+            "--artifact",
+            &torchscript.display().to_string(),
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(body["version"]["runtime"], "libtorch", "{body}");
+    gateway.wait_for_serving("mlp", "2").await;
+    let (_, metadata) = gateway.get("/v2/models/mlp/versions/2").await;
+    assert_eq!(metadata["platform"], "pytorch_libtorch");
+    let (ok, _, err) = cli(
+        &gateway,
+        &[
+            "versions",
+            "register",
+            "mlp",
+            "--artifact",
+            "/tmp/weights.bin",
+        ],
+    )
+    .await;
+    assert!(!ok);
+    assert!(err.contains("pass --runtime"), "{err}");
+
+    cli(&gateway, &["traffic", "set", "mlp", "1=75", "2=25"]).await;
+    cli(&gateway, &["aliases", "set", "mlp", "stable", "1"]).await;
+    cli(&gateway, &["scores", "add", "mlp", "2", "accuracy=0.9"]).await;
+    // Tables by default: a header, then a row per version.
+    let (ok, table, err) = cli_text(&gateway, &["models", "list", "-o", "table"]).await;
+    assert!(ok, "{err}");
+    let lines: Vec<Vec<&str>> = table
+        .lines()
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    assert_eq!(
+        lines[0],
+        [
+            "MODEL", "VERSION", "STATE", "RUNTIME", "DEVICE", "REPLICAS", "WEIGHT", "ALIASES",
+            "SCORES"
+        ],
+        "{table}"
+    );
+    assert_eq!(
+        lines[1],
+        [
+            "mlp", "1", "ready", "onnx", "cpu", "1", "75%", "stable", "-"
+        ],
+        "{table}"
+    );
+    assert_eq!(
+        lines[2],
+        [
+            "mlp",
+            "2",
+            "ready",
+            "libtorch",
+            "cpu",
+            "1",
+            "25%",
+            "-",
+            "accuracy=0.9"
+        ],
+        "{table}"
+    );
+    let (ok, table, _) = cli_text(&gateway, &["versions", "list", "mlp", "-o", "table"]).await;
+    assert!(ok);
+    let header: Vec<&str> = table.lines().next().unwrap().split_whitespace().collect();
+    assert_eq!(header[..3], ["VERSION", "STATE", "RUNTIME"], "{table}");
+    assert_eq!(table.lines().count(), 3, "{table}");
+    // JSON parses back to the API's answer; YAML names the same things.
+    let (ok, listed, _) = cli(&gateway, &["versions", "list", "mlp"]).await;
+    assert!(ok);
+    assert_eq!(listed["versions"][1]["runtime"], "libtorch");
+    let (ok, yaml, _) = cli_text(&gateway, &["traffic", "get", "mlp", "-o", "yaml"]).await;
+    assert!(ok);
+    assert!(
+        yaml.contains("weights:\n") && yaml.contains("  \"1\": 75\n"),
+        "{yaml}"
+    );
+    let (ok, table, _) = cli_text(&gateway, &["resources", "-o", "table"]).await;
+    assert!(ok);
+    assert!(
+        table.starts_with("DEVICE") && table.contains("\nMODEL"),
+        "{table}"
+    );
+    // Completions come from the same definition.
+    let (ok, script, _) = cli_text(&gateway, &["completions", "bash"]).await;
+    assert!(ok && script.contains("switchyard") && script.contains("versions"));
+    gateway.stop().await;
 }
 
 #[tokio::test]

@@ -1,5 +1,6 @@
 //! The command-line client of the management API: `switchyard models ...`, `switchyard traffic
-//! ...`, and so on. Each command is one HTTP call; the answer is printed as JSON.
+//! ...`, and so on. Each command is one HTTP call; the answer is printed as a table
+//! ([`super::output`]), or as the API's JSON or YAML with `-o json|yaml`.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -7,6 +8,9 @@ use std::path::PathBuf;
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
 use serde_json::{Value, json};
+
+use super::output::{Format, View};
+use crate::control::runtimes::RUNTIME_KINDS;
 
 #[derive(Args, Debug, Clone)]
 pub struct ClientArgs {
@@ -26,6 +30,34 @@ pub struct ClientArgs {
         global = true
     )]
     pub token: Option<String>,
+    /// How answers are printed.
+    #[arg(
+        short = 'o',
+        long = "output",
+        value_enum,
+        default_value = "table",
+        global = true
+    )]
+    pub output: Format,
+}
+
+/// An answer of the API, and how to draw it as a table.
+pub struct Answer {
+    pub value: Value,
+    pub view: View,
+}
+
+impl Answer {
+    fn raw(value: Value) -> Answer {
+        Answer {
+            value,
+            view: View::Raw,
+        }
+    }
+
+    pub fn render(&self, format: Format) -> String {
+        super::output::render(format, self.view, &self.value)
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -33,7 +65,12 @@ pub enum ModelsCommand {
     /// List models with their versions, traffic and aliases.
     List,
     /// Show one model.
-    Show { model: String },
+    Show {
+        model: String,
+        /// Redraw every two seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
     /// Create a model.
     Create {
         model: String,
@@ -55,8 +92,9 @@ pub enum VersionsCommand {
         /// Label; the next integer when left out.
         #[arg(long)]
         version: Option<String>,
-        #[arg(long, default_value = "onnx")]
-        runtime: String,
+        /// `onnx` or `libtorch`; unset: from the artifact's extension (`.onnx`, `.pt`).
+        #[arg(long)]
+        runtime: Option<String>,
         /// Serving settings as JSON (the keys of model.toml).
         #[arg(long)]
         config: Option<String>,
@@ -94,7 +132,12 @@ pub enum PolicyCommand {
         policy: String,
     },
     /// The live figures of a model's routing experiment.
-    Experiment { model: String },
+    Experiment {
+        model: String,
+        /// Redraw every two seconds until interrupted.
+        #[arg(long)]
+        watch: bool,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -137,6 +180,30 @@ fn pairs(items: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> 
         .collect()
 }
 
+/// The runtime whose artifact file has the extension of `artifact`.
+fn runtime_of(artifact: &std::path::Path) -> anyhow::Result<String> {
+    let extension = artifact.extension().and_then(|e| e.to_str()).unwrap_or("");
+    RUNTIME_KINDS
+        .iter()
+        .find(|kind| {
+            std::path::Path::new(kind.artifact_file)
+                .extension()
+                .is_some_and(|own| own == extension)
+        })
+        .map(|kind| kind.name.to_owned())
+        .with_context(|| {
+            let known: Vec<String> = RUNTIME_KINDS
+                .iter()
+                .map(|kind| format!("{}: {}", kind.artifact_file, kind.name))
+                .collect();
+            format!(
+                "cannot tell the runtime of '{}' from its extension ({}); pass --runtime",
+                artifact.display(),
+                known.join(", ")
+            )
+        })
+}
+
 fn json_arg(text: Option<String>, name: &str) -> anyhow::Result<Option<Value>> {
     text.map(|t| serde_json::from_str(&t).with_context(|| format!("--{name} is not JSON")))
         .transpose()
@@ -146,6 +213,7 @@ pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    output: Format,
 }
 
 impl Client {
@@ -154,6 +222,7 @@ impl Client {
             http: reqwest::Client::new(),
             base: args.admin_url.trim_end_matches('/').to_owned(),
             token: args.token.clone().filter(|t| !t.is_empty()),
+            output: args.output,
         }
     }
 
@@ -189,15 +258,28 @@ impl Client {
         Ok(body)
     }
 
-    pub async fn models(&self, command: ModelsCommand) -> anyhow::Result<Value> {
+    async fn get(&self, path: &str, view: View) -> anyhow::Result<Answer> {
+        let value = self.call(reqwest::Method::GET, path, None).await?;
+        Ok(Answer { value, view })
+    }
+
+    async fn write(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> anyhow::Result<Answer> {
+        self.call(method, path, body).await.map(Answer::raw)
+    }
+
+    pub async fn models(&self, command: &ModelsCommand) -> anyhow::Result<Answer> {
         match command {
-            ModelsCommand::List => self.call(reqwest::Method::GET, "/v1/models", None).await,
-            ModelsCommand::Show { model } => {
-                self.call(reqwest::Method::GET, &format!("/v1/models/{model}"), None)
-                    .await
+            ModelsCommand::List => self.get("/v1/models", View::Models).await,
+            ModelsCommand::Show { model, .. } => {
+                self.get(&format!("/v1/models/{model}"), View::Model).await
             }
             ModelsCommand::Create { model, description } => {
-                self.call(
+                self.write(
                     reqwest::Method::POST,
                     "/v1/models",
                     Some(json!({"name": model, "description": description})),
@@ -207,16 +289,20 @@ impl Client {
         }
     }
 
-    pub async fn versions(&self, command: VersionsCommand) -> anyhow::Result<Value> {
+    pub async fn versions(&self, command: &VersionsCommand) -> anyhow::Result<Answer> {
         match command {
-            VersionsCommand::List { model } => {
-                self.call(
-                    reqwest::Method::GET,
-                    &format!("/v1/models/{model}/versions"),
-                    None,
-                )
-                .await
-            }
+            // The model's own record holds what the table needs beside each version: its
+            // weight, aliases and scores.
+            VersionsCommand::List { model } => match self.output_is_table() {
+                true => {
+                    self.get(&format!("/v1/models/{model}"), View::Versions)
+                        .await
+                }
+                false => {
+                    self.get(&format!("/v1/models/{model}/versions"), View::Raw)
+                        .await
+                }
+            },
             VersionsCommand::Register {
                 model,
                 artifact,
@@ -225,15 +311,19 @@ impl Client {
                 config,
                 metadata,
             } => {
-                let artifact = std::path::absolute(&artifact).unwrap_or(artifact);
+                let runtime = match runtime {
+                    Some(runtime) => runtime.clone(),
+                    None => runtime_of(artifact)?,
+                };
+                let artifact = std::path::absolute(artifact).unwrap_or(artifact.clone());
                 let body = json!({
                     "version": version,
                     "runtime": runtime,
                     "artifact": artifact.display().to_string(),
-                    "config": json_arg(config, "config")?,
-                    "metadata": json_arg(metadata, "metadata")?,
+                    "config": json_arg(config.clone(), "config")?,
+                    "metadata": json_arg(metadata.clone(), "metadata")?,
                 });
-                self.call(
+                self.write(
                     reqwest::Method::POST,
                     &format!("/v1/models/{model}/versions"),
                     Some(body),
@@ -241,15 +331,11 @@ impl Client {
                 .await
             }
             VersionsCommand::Show { model, version } => {
-                self.call(
-                    reqwest::Method::GET,
-                    &format!("/v1/models/{model}/versions/{version}"),
-                    None,
-                )
-                .await
+                self.get(&format!("/v1/models/{model}/versions/{version}"), View::Raw)
+                    .await
             }
             VersionsCommand::Remove { model, version } => {
-                self.call(
+                self.write(
                     reqwest::Method::DELETE,
                     &format!("/v1/models/{model}/versions/{version}"),
                     None,
@@ -259,19 +345,15 @@ impl Client {
         }
     }
 
-    pub async fn traffic(&self, command: TrafficCommand) -> anyhow::Result<Value> {
+    pub async fn traffic(&self, command: &TrafficCommand) -> anyhow::Result<Answer> {
         match command {
             TrafficCommand::Get { model } => {
-                self.call(
-                    reqwest::Method::GET,
-                    &format!("/v1/models/{model}/traffic"),
-                    None,
-                )
-                .await
+                self.get(&format!("/v1/models/{model}/traffic"), View::Traffic)
+                    .await
             }
             TrafficCommand::Set { model, weights } => {
                 let mut parsed = BTreeMap::new();
-                for (version, weight) in pairs(&weights, "VERSION=WEIGHT")? {
+                for (version, weight) in pairs(weights, "VERSION=WEIGHT")? {
                     let weight: u64 = weight.parse().with_context(|| {
                         format!(
                             "weight '{weight}' of version '{version}' is not a whole number >= 0"
@@ -279,7 +361,7 @@ impl Client {
                     })?;
                     parsed.insert(version, weight);
                 }
-                self.call(
+                self.write(
                     reqwest::Method::PUT,
                     &format!("/v1/models/{model}/traffic"),
                     Some(json!({"weights": parsed})),
@@ -289,38 +371,30 @@ impl Client {
         }
     }
 
-    pub async fn policy(&self, command: PolicyCommand) -> anyhow::Result<Value> {
+    pub async fn policy(&self, command: &PolicyCommand) -> anyhow::Result<Answer> {
         match command {
             PolicyCommand::Get { model } => {
-                self.call(
-                    reqwest::Method::GET,
-                    &format!("/v1/models/{model}/policy"),
-                    None,
-                )
-                .await
+                self.get(&format!("/v1/models/{model}/policy"), View::Raw)
+                    .await
             }
             PolicyCommand::Set { model, policy } => {
                 let policy: Value =
-                    serde_json::from_str(&policy).context("the policy is not valid JSON")?;
-                self.call(
+                    serde_json::from_str(policy).context("the policy is not valid JSON")?;
+                self.write(
                     reqwest::Method::PUT,
                     &format!("/v1/models/{model}/policy"),
                     Some(policy),
                 )
                 .await
             }
-            PolicyCommand::Experiment { model } => {
-                self.call(
-                    reqwest::Method::GET,
-                    &format!("/v1/models/{model}/experiment"),
-                    None,
-                )
-                .await
+            PolicyCommand::Experiment { model, .. } => {
+                self.get(&format!("/v1/models/{model}/experiment"), View::Experiment)
+                    .await
             }
         }
     }
 
-    pub async fn scores(&self, command: ScoresCommand) -> anyhow::Result<Value> {
+    pub async fn scores(&self, command: &ScoresCommand) -> anyhow::Result<Answer> {
         match command {
             ScoresCommand::Add {
                 model,
@@ -330,14 +404,14 @@ impl Client {
                 dataset,
             } => {
                 let mut parsed = BTreeMap::new();
-                for (metric, value) in pairs(&metrics, "METRIC=VALUE")? {
+                for (metric, value) in pairs(metrics, "METRIC=VALUE")? {
                     let value: f64 = value
                         .parse()
                         .with_context(|| format!("'{value}' is not a number"))?;
                     parsed.insert(metric, value);
                 }
                 let body = json!({"metrics": parsed, "source": source, "dataset": dataset});
-                self.call(
+                self.write(
                     reqwest::Method::POST,
                     &format!("/v1/models/{model}/versions/{version}/scores"),
                     Some(body),
@@ -345,24 +419,23 @@ impl Client {
                 .await
             }
             ScoresCommand::List { model, version } => {
-                self.call(
-                    reqwest::Method::GET,
+                self.get(
                     &format!("/v1/models/{model}/versions/{version}/scores"),
-                    None,
+                    View::Scores,
                 )
                 .await
             }
         }
     }
 
-    pub async fn aliases(&self, command: AliasesCommand) -> anyhow::Result<Value> {
+    pub async fn aliases(&self, command: &AliasesCommand) -> anyhow::Result<Answer> {
         match command {
             AliasesCommand::Set {
                 model,
                 alias,
                 version,
             } => {
-                self.call(
+                self.write(
                     reqwest::Method::PUT,
                     &format!("/v1/models/{model}/aliases/{alias}"),
                     Some(json!({"version": version})),
@@ -370,7 +443,7 @@ impl Client {
                 .await
             }
             AliasesCommand::Remove { model, alias } => {
-                self.call(
+                self.write(
                     reqwest::Method::DELETE,
                     &format!("/v1/models/{model}/aliases/{alias}"),
                     None,
@@ -380,17 +453,34 @@ impl Client {
         }
     }
 
-    pub async fn events(&self, after: i64, limit: i64) -> anyhow::Result<Value> {
-        self.call(
-            reqwest::Method::GET,
+    pub async fn events(&self, after: i64, limit: i64) -> anyhow::Result<Answer> {
+        self.get(
             &format!("/v1/events?after={after}&limit={limit}"),
-            None,
+            View::Events,
         )
         .await
     }
 
-    pub async fn import(&self) -> anyhow::Result<Value> {
-        self.call(reqwest::Method::POST, "/v1/repository/import", None)
+    pub async fn resources(&self) -> anyhow::Result<Answer> {
+        self.get("/v1/resources", View::Resources).await
+    }
+
+    /// A reward in [0, 1] for a request the gateway served.
+    pub async fn feedback(&self, request_id: &str, reward: f64) -> anyhow::Result<Answer> {
+        self.write(
+            reqwest::Method::POST,
+            "/v1/feedback",
+            Some(json!({"request_id": request_id, "reward": reward})),
+        )
+        .await
+    }
+
+    pub async fn import(&self) -> anyhow::Result<Answer> {
+        self.write(reqwest::Method::POST, "/v1/repository/import", None)
             .await
+    }
+
+    fn output_is_table(&self) -> bool {
+        self.output == Format::Table
     }
 }

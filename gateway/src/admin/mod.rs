@@ -20,6 +20,7 @@ pub mod cli;
 mod experiment;
 mod models;
 pub mod openapi;
+pub mod output;
 mod system;
 mod traffic;
 
