@@ -203,8 +203,12 @@ async fn health_metadata_ready_and_config() {
         .config
         .unwrap();
     assert_eq!(silero.max_batch_size, 0);
-    let state = silero.input.iter().find(|i| i.name == "state").unwrap();
-    assert_eq!(state.dims, [2, -1, 128]);
+    assert!(silero.input.iter().all(|i| i.name != "state"), "implicit");
+    let state = &silero.sequence_batching.as_ref().unwrap().state[0];
+    assert_eq!(
+        (state.input_name.as_str(), state.dims.as_slice()),
+        ("state", &[2, 1, 128][..])
+    );
     let sr = silero.input.iter().find(|i| i.name == "sr").unwrap();
     assert_eq!(sr.data_type, pb::DataType::TypeInt64 as i32);
 

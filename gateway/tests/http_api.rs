@@ -60,7 +60,9 @@ async fn model_metadata_ready_and_config() {
         .iter()
         .map(|i| i["name"].as_str().unwrap())
         .collect();
-    assert_eq!(inputs, ["input", "state", "sr"]);
+    // The state is implicit ([[state]] in model.toml): the gateway feeds it, so clients are not
+    // asked for it, as in Triton.
+    assert_eq!(inputs, ["input", "sr"]);
     let (_, silero_all) = gateway.get("/v2/models/silero_vad").await;
     assert_eq!(silero_all["versions"], json!(["1", "2"]));
 
@@ -105,13 +107,16 @@ async fn model_metadata_ready_and_config() {
     let (status, config) = gateway.get("/v2/models/silero_vad/versions/2/config").await;
     assert_eq!(status, 200);
     assert_eq!(config["max_batch_size"], 0);
-    let state = config["input"]
+    let names: Vec<&str> = config["input"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|i| i["name"] == "state")
-        .unwrap();
-    assert_eq!(state["dims"], json!([2, -1, 128]));
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["input", "sr"]);
+    let state = &config["sequence_batching"]["state"][0];
+    assert_eq!(state["input_name"], "state");
+    assert_eq!(state["dims"], json!([2, 1, 128]));
     assert_eq!(state["data_type"], "TYPE_FP32");
     gateway.stop().await;
 }

@@ -5,7 +5,9 @@ use std::sync::Arc;
 
 use switchyard_runtimes::{DataType, Device, TensorSpec};
 
-use crate::core::{ModelEntry, ModelTable, SequenceSettings, VersionEntry, VersionStatus};
+use crate::core::{
+    ModelEntry, ModelTable, ReadyVersion, SequenceSettings, VersionEntry, VersionStatus,
+};
 use crate::error::GatewayError;
 use crate::telemetry::statistics::StatisticsSnapshot;
 
@@ -69,6 +71,27 @@ fn resolve<'t>(
     }
 }
 
+/// A version's inputs and outputs as clients see them: without its implicit state, which the
+/// gateway feeds and takes itself (Triton lists it under `sequence_batching` only). A client
+/// may still send the state, or ask for it, by name.
+fn visible(ready: &ReadyVersion) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
+    let signature = ready.signature();
+    let states = ready.sequence.as_ref().map_or(&[][..], |s| &s.states[..]);
+    let inputs = signature
+        .inputs
+        .iter()
+        .filter(|spec| !states.iter().any(|state| state.input == spec.name))
+        .cloned()
+        .collect();
+    let outputs = signature
+        .outputs
+        .iter()
+        .filter(|spec| !states.iter().any(|state| state.output == spec.name))
+        .cloned()
+        .collect();
+    (inputs, outputs)
+}
+
 pub fn model_metadata(
     table: &ModelTable,
     model: &str,
@@ -77,10 +100,7 @@ pub fn model_metadata(
     let model = table.model(model)?;
     let chosen = resolve(model, version)?;
     let (inputs, outputs) = match &chosen.status {
-        VersionStatus::Ready(ready) => (
-            ready.signature().inputs.clone(),
-            ready.signature().outputs.clone(),
-        ),
+        VersionStatus::Ready(ready) => visible(ready),
         _ => (Vec::new(), Vec::new()),
     };
     let versions = match version {
@@ -144,8 +164,8 @@ pub fn model_config(
         platform: chosen.platform,
         backend: chosen.backend,
         max_batch_size,
-        inputs: config_tensors(&ready.signature().inputs),
-        outputs: config_tensors(&ready.signature().outputs),
+        inputs: config_tensors(&visible(ready).0),
+        outputs: config_tensors(&visible(ready).1),
         device: ready.device,
         instance_count: u32::try_from(ready.replicas.replica_count()).unwrap_or(u32::MAX),
         sequence: ready.sequence.clone(),
