@@ -580,6 +580,15 @@ async fn bad_sequence_requests_get_clear_errors() {
         "{error}"
     );
 
+    // An unknown model is 404, sequence or not.
+    let (status, body) = gateway
+        .post_json(
+            "/v2/models/nope/infer",
+            &http_chunk(&window, 5, false, false),
+        )
+        .await;
+    assert_eq!(status, 404, "{body}");
+
     // Two slots: the third sequence is refused, until one ends.
     for id in [1, 2] {
         let (status, body) = gateway

@@ -165,9 +165,14 @@ impl Gateway {
             };
             self.sequences.start(&control, &routed, &settings)?
         } else {
-            // An unknown model is 404, as for any request.
-            self.tables.peek().model(&request.model)?;
-            self.sequences.resume(&request.model, &control)?
+            // An open sequence goes on even if its model was removed meanwhile (its version
+            // drains); otherwise an unknown model is 404, as for any request.
+            self.sequences
+                .resume(&request.model, &control)
+                .map_err(|error| match self.tables.peek().model(&request.model) {
+                    Err(unknown) => unknown,
+                    Ok(_) => error,
+                })?
         };
         let route = turn.route.clone();
         if let Some(asked) = &request.version
