@@ -205,14 +205,7 @@ impl Gateway {
         let protocol = request.protocol;
         let ready = &route.ready;
         let result = async {
-            validate(
-                &route.model_name,
-                ready.signature(),
-                ready.max_batch_size,
-                &request,
-            )?;
-            let deadline = effective_deadline(ready, request.deadline)?;
-            let inputs = std::mem::take(&mut request.inputs);
+            let (inputs, deadline) = checked_inputs(&route.model_name, ready, &mut request)?;
             ready
                 .replicas
                 .infer_sequence(
@@ -347,14 +340,7 @@ async fn serve(
     mut request: InferRequest,
 ) -> Result<(InferResponse, Duration), GatewayError> {
     let ready = &routed.ready;
-    validate(
-        &routed.model_name,
-        ready.signature(),
-        ready.max_batch_size,
-        &request,
-    )?;
-    let deadline = effective_deadline(ready, request.deadline)?;
-    let inputs = std::mem::take(&mut request.inputs);
+    let (inputs, deadline) = checked_inputs(&routed.model_name, ready, &mut request)?;
     let (outputs, compute) = ready.replicas.infer(inputs, Some(deadline)).await?;
     let response = InferResponse {
         model_name: routed.model_name.clone(),
@@ -363,6 +349,18 @@ async fn serve(
         outputs: select_outputs(outputs, &request.outputs),
     };
     Ok((response, compute))
+}
+
+/// Checks a request against the version that will serve it; takes its inputs, and gives the
+/// deadline that applies.
+fn checked_inputs(
+    model: &str,
+    ready: &ReadyVersion,
+    request: &mut InferRequest,
+) -> Result<(Vec<NamedTensor>, Instant), GatewayError> {
+    validate(model, ready.signature(), ready.max_batch_size, request)?;
+    let deadline = effective_deadline(ready, request.deadline)?;
+    Ok((std::mem::take(&mut request.inputs), deadline))
 }
 
 /// The earlier of the caller's deadline and the version's timeout; 504 if it already passed.

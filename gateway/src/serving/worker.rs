@@ -107,11 +107,11 @@ impl Worker {
                 continue;
             }
             if !self.batching.enabled() || first.rows == 0 {
-                self.run_batch(vec![first], 0);
+                self.run_batch(vec![first]);
                 continue;
             }
-            let (batch, rows) = self.collect_batch(first, &mut held);
-            self.run_batch(batch, rows);
+            let (batch, _) = self.collect_batch(first, &mut held);
+            self.run_batch(batch);
         }
     }
 
@@ -211,54 +211,20 @@ impl Worker {
         batch
     }
 
+    /// Runs the calls of several sequences as one model call, each tensor joined along its
+    /// axis.
     fn run_joined(&mut self, batch: Vec<Job>, axes: &JoinAxes) {
-        // A deadline may have passed while the calls gathered.
-        let now = Instant::now();
-        let batch: Vec<Job> = batch
-            .into_iter()
-            .filter_map(|job| job.answer_if_dead(now, &self.outstanding))
-            .collect();
-        if batch.len() <= 1 {
-            for job in batch {
-                self.run_alone(job);
-            }
-            return;
-        }
-        let mut batch = batch;
-        for job in &mut batch {
-            job.queued = tracing::Span::none();
-        }
-        let started = Instant::now();
-        let extents: Vec<usize> = batch.iter().map(|job| job.rows).collect();
-        let rows = extents.iter().sum();
-        let calls: Vec<&[NamedTensor]> = batch.iter().map(|job| &job.inputs[..]).collect();
-        let outputs = joining::join(&calls, axes).and_then(|inputs| {
-            let input = started.elapsed();
-            let (outputs, compute) = self.call_model(&inputs, &batch, rows)?;
-            let cutting = Instant::now();
-            let per_job = joining::cut(outputs, &extents, axes)?;
-            let times = ExecutionTimes {
-                input,
-                infer: compute,
-                output: cutting.elapsed(),
-            };
-            Ok((per_job, compute, times))
-        });
-        match outputs {
-            Ok((per_job, compute, times)) => {
-                if let Some(metrics) = &self.metrics {
-                    metrics.statistics.execution(batch.len(), rows, times);
-                }
-                for (job, outputs) in batch.into_iter().zip(per_job) {
-                    self.answer(job, Ok((outputs, compute)));
-                }
-            }
-            Err(_) => {
-                for job in batch {
-                    self.run_alone(job);
-                }
-            }
-        }
+        self.run_together(
+            batch,
+            |batch, _| {
+                let calls: Vec<&[NamedTensor]> = batch.iter().map(|job| &job.inputs[..]).collect();
+                joining::join(&calls, axes)
+            },
+            |outputs, batch, _| {
+                let extents: Vec<usize> = batch.iter().map(|job| job.rows).collect();
+                joining::cut(outputs, &extents, axes)
+            },
+        );
     }
 
     /// Runs the model, turning a panic inside the runtime into an error so that the worker,
@@ -316,40 +282,47 @@ impl Worker {
         }
     }
 
-    pub(super) fn run_batch(&mut self, batch: Vec<Job>, rows: usize) {
+    pub(super) fn run_batch(&mut self, batch: Vec<Job>) {
+        self.run_together(batch, concatenate, split);
+    }
+
+    /// Runs the jobs still worth running as one model call: `join` forms its inputs from theirs
+    /// (given the rows in all), `cut` hands each job its part of the outputs. A single job runs
+    /// alone; if joining, the call or cutting fails, each job runs alone, so that one request
+    /// does not fail its neighbours.
+    fn run_together(
+        &mut self,
+        batch: Vec<Job>,
+        join: impl FnOnce(&[Job], usize) -> Result<Vec<NamedTensor>, GatewayError>,
+        cut: impl FnOnce(Vec<NamedTensor>, &[Job], usize) -> Result<Vec<Vec<NamedTensor>>, GatewayError>,
+    ) {
         // A deadline may have passed while the batch formed.
         let now = Instant::now();
-        let before = batch.len();
-        let batch: Vec<Job> = batch
+        let mut batch: Vec<Job> = batch
             .into_iter()
             .filter_map(|job| job.answer_if_dead(now, &self.outstanding))
             .collect();
-        let rows = if batch.len() == before {
-            rows
-        } else {
-            batch.iter().map(|job| job.rows).sum()
-        };
         if batch.len() <= 1 {
             for job in batch {
                 self.run_alone(job);
             }
             return;
         }
-        let mut batch = batch;
         for job in &mut batch {
             // Closes the job's queue span: its wait is over.
             job.queued = tracing::Span::none();
         }
+        let rows = batch.iter().map(|job| job.rows).sum();
         let started = Instant::now();
-        let outputs = concatenate(&batch, rows).and_then(|inputs| {
+        let outputs = join(&batch, rows).and_then(|inputs| {
             let input = started.elapsed();
             let (outputs, compute) = self.call_model(&inputs, &batch, rows)?;
-            let splitting = Instant::now();
-            let per_job = split(outputs, &batch, rows)?;
+            let cutting = Instant::now();
+            let per_job = cut(outputs, &batch, rows)?;
             let times = ExecutionTimes {
                 input,
                 infer: compute,
-                output: splitting.elapsed(),
+                output: cutting.elapsed(),
             };
             Ok((per_job, compute, times))
         });
@@ -362,8 +335,6 @@ impl Worker {
                     self.answer(job, Ok((outputs, compute)));
                 }
             }
-            // One request must not fail its neighbours: run each alone so each gets its own
-            // answer.
             Err(_) => {
                 for job in batch {
                     self.run_alone(job);
