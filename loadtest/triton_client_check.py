@@ -153,6 +153,8 @@ def check_transport(transport: Transport) -> int:
         f"silero_vad sequence_batching: {config['sequence_batching']}",
     )
     check("sequence_batching" not in transport.config("mlp"), "mlp has no sequence batching")
+    (rate,) = [i for i in config["input"] if i["name"] == "sr"]
+    check([int(d) for d in rate["dims"]] == [1] and "reshape" in rate, f"silero_vad sr: {rate}")
     t = np.arange(512) / 16000.0
     audio = (0.4 * np.sin(2 * np.pi * 300 * t)).astype(np.float32)[None, :]
     state = np.zeros((2, 1, 128), dtype=np.float32)
@@ -215,7 +217,10 @@ def check_sequences(transport: Transport) -> int:
 
     def inputs(index):
         tensors = []
-        for name, value, datatype in (("input", window(index), "FP32"), ("sr", sr, "INT64")):
+        # The config says dims [1] (reshaped to []) for the scalar rate, as Triton's would:
+        # both shapes are taken.
+        rate = sr if index % 2 == 0 else sr.reshape(1)
+        for name, value, datatype in (("input", window(index), "FP32"), ("sr", rate, "INT64")):
             tensor = transport.module.InferInput(name, list(value.shape), datatype)
             tensor.set_data_from_numpy(value)
             tensors.append(tensor)

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use switchyard_runtimes::NamedTensor;
 
-use crate::core::request::{InferRequest, InferResponse, select_outputs, validate};
+use crate::core::request::{
+    InferRequest, InferResponse, reshape_scalars, select_outputs, validate,
+};
 use crate::core::request_id::RequestIds;
 use crate::core::route::{Route, ShadowTarget, route};
 use crate::core::sequence::{SequenceControl, Sequences, next_states, sequence_control};
@@ -360,7 +362,9 @@ fn checked_inputs(
 ) -> Result<(Vec<NamedTensor>, Instant), GatewayError> {
     validate(model, ready.signature(), ready.max_batch_size, request)?;
     let deadline = effective_deadline(ready, request.deadline)?;
-    Ok((std::mem::take(&mut request.inputs), deadline))
+    let mut inputs = std::mem::take(&mut request.inputs);
+    reshape_scalars(ready.signature(), &mut inputs);
+    Ok((inputs, deadline))
 }
 
 /// The earlier of the caller's deadline and the version's timeout; 504 if it already passed.
@@ -398,7 +402,9 @@ async fn run_shadow(
     let outputs = match validate(&model, ready.signature(), ready.max_batch_size, &probe) {
         Ok(()) => {
             let deadline = Instant::now() + ready.timeout;
-            let result = ready.replicas.infer(probe.inputs, Some(deadline)).await;
+            let mut inputs = probe.inputs;
+            reshape_scalars(ready.signature(), &mut inputs);
+            let result = ready.replicas.infer(inputs, Some(deadline)).await;
             if let Err(error) = &result {
                 tracing::debug!(%model, shadow = %shadow.label, %error, "the shadow failed");
             }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_runtimes::{NamedTensor, Signature, TensorSpec};
+use switchyard_runtimes::{NamedTensor, Signature, Tensor, TensorSpec};
 
 use crate::error::GatewayError;
 use crate::telemetry::Protocol;
@@ -112,11 +112,14 @@ pub fn validate(
             )));
         }
         let shape = tensor.shape();
-        let fits = shape.len() == spec.dims.len()
+        // A scalar may also come as one element of shape [1], as Triton's config (dims [1],
+        // reshape []) tells clients to send it.
+        let fits = (shape.len() == spec.dims.len()
             && shape
                 .iter()
                 .zip(&spec.dims)
-                .all(|(&dim, &expected)| expected < 0 || dim as i64 == expected);
+                .all(|(&dim, &expected)| expected < 0 || dim as i64 == expected))
+            || (spec.dims.is_empty() && shape == [1]);
         if !fits {
             return Err(GatewayError::invalid(format!(
                 "input '{}' has shape {shape:?}, but model '{model}' expects {:?} (-1: any size)",
@@ -186,6 +189,21 @@ fn names(specs: &[TensorSpec]) -> String {
         .map(|spec| spec.name.as_str())
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Gives a scalar input sent as shape [1] the shape [] the model takes (Triton's reshape).
+pub fn reshape_scalars(signature: &Signature, inputs: &mut [NamedTensor]) {
+    for input in inputs {
+        let scalar = signature
+            .input(&input.name)
+            .is_some_and(|spec| spec.dims.is_empty());
+        if scalar && input.tensor.shape() == [1] {
+            let tensor = &input.tensor;
+            if let Ok(reshaped) = Tensor::new(tensor.dtype(), Vec::new(), tensor.data().clone()) {
+                input.tensor = reshaped;
+            }
+        }
+    }
 }
 
 /// Keeps the requested outputs, in the requested order (all of them when none were named).
@@ -306,6 +324,28 @@ mod tests {
         let mut unknown_output = request(vec![input("a", DataType::Fp32, vec![2, 4]), b()]);
         unknown_output.outputs = vec!["w".into()];
         assert!(error_of(&unknown_output, 8).contains("no output 'w'"));
+    }
+
+    #[test]
+    fn a_scalar_may_come_as_one_element_and_reaches_the_model_as_a_scalar() {
+        let signature = Signature {
+            inputs: vec![TensorSpec {
+                name: "sr".into(),
+                dtype: DataType::Int64,
+                dims: vec![],
+            }],
+            outputs: vec![],
+        };
+        for shape in [vec![], vec![1]] {
+            let ok = request(vec![input("sr", DataType::Int64, shape)]);
+            assert!(validate("m", &signature, 0, &ok).is_ok());
+        }
+        let two = request(vec![input("sr", DataType::Int64, vec![2])]);
+        assert!(validate("m", &signature, 0, &two).is_err());
+        let mut inputs = vec![input("sr", DataType::Int64, vec![1])];
+        reshape_scalars(&signature, &mut inputs);
+        assert_eq!(inputs[0].tensor.shape(), &[] as &[usize]);
+        assert_eq!(inputs[0].tensor.data().len(), 8);
     }
 
     #[test]

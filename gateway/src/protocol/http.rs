@@ -202,7 +202,13 @@ fn config_response(
     let tensors = |tensors: &[ConfigTensor]| {
         tensors
             .iter()
-            .map(|t| json!({"name": t.name, "data_type": t.dtype.triton_config_name(), "dims": t.dims}))
+            .map(|t| {
+                let mut tensor = json!({"name": t.name, "data_type": t.dtype.triton_config_name(), "dims": t.dims});
+                if let Some(shape) = &t.reshape {
+                    tensor["reshape"] = json!({ "shape": shape });
+                }
+                tensor
+            })
             .collect::<Vec<_>>()
     };
     let kind = match config.device {

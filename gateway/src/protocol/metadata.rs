@@ -55,6 +55,17 @@ pub struct ConfigTensor {
     pub name: String,
     pub dtype: DataType,
     pub dims: Vec<i64>,
+    /// For a scalar input, Triton's way to say so: `dims` [1], reshaped to this ([]).
+    pub reshape: Option<Vec<i64>>,
+}
+
+/// Triton's config cannot say "no dimensions": a scalar input is dims [1], reshaped to [].
+fn client_dims(dims: &[i64]) -> (Vec<i64>, Option<Vec<i64>>) {
+    if dims.is_empty() {
+        (vec![1], Some(Vec::new()))
+    } else {
+        (dims.to_vec(), None)
+    }
 }
 
 /// The version a metadata request is about: the named one, or the model's default (the
@@ -99,10 +110,14 @@ pub fn model_metadata(
 ) -> Result<ModelMetadata, GatewayError> {
     let model = table.model(model)?;
     let chosen = resolve(model, version)?;
-    let (inputs, outputs) = match &chosen.status {
+    let (mut inputs, outputs) = match &chosen.status {
         VersionStatus::Ready(ready) => visible(ready),
         _ => (Vec::new(), Vec::new()),
     };
+    // As in the config: a scalar input is shown as shape [1], which it accepts beside [].
+    for input in &mut inputs {
+        input.dims = client_dims(&input.dims).0;
+    }
     let versions = match version {
         Some(_) => vec![chosen.label.clone()],
         None => model.versions.iter().map(|v| v.label.clone()).collect(),
@@ -149,13 +164,21 @@ pub fn model_config(
     let ready = chosen.ready(&model.name)?;
     let max_batch_size = ready.max_batch_size;
     let skip = usize::from(max_batch_size > 0);
-    let config_tensors = |specs: &[TensorSpec]| {
+    let config_tensors = |specs: &[TensorSpec], inputs: bool| {
         specs
             .iter()
-            .map(|spec| ConfigTensor {
-                name: spec.name.clone(),
-                dtype: spec.dtype,
-                dims: spec.dims.get(skip..).unwrap_or_default().to_vec(),
+            .map(|spec| {
+                let dims = spec.dims.get(skip..).unwrap_or_default();
+                let (dims, reshape) = match inputs {
+                    true => client_dims(dims),
+                    false => (dims.to_vec(), None),
+                };
+                ConfigTensor {
+                    name: spec.name.clone(),
+                    dtype: spec.dtype,
+                    dims,
+                    reshape,
+                }
             })
             .collect()
     };
@@ -164,8 +187,8 @@ pub fn model_config(
         platform: chosen.platform,
         backend: chosen.backend,
         max_batch_size,
-        inputs: config_tensors(&visible(ready).0),
-        outputs: config_tensors(&visible(ready).1),
+        inputs: config_tensors(&visible(ready).0, true),
+        outputs: config_tensors(&visible(ready).1, false),
         device: ready.device,
         instance_count: u32::try_from(ready.replicas.replica_count()).unwrap_or(u32::MAX),
         sequence: ready.sequence.clone(),

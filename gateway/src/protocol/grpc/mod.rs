@@ -301,6 +301,9 @@ impl GrpcInferenceService for GrpcFront {
                     name: t.name.clone(),
                     data_type: data_type(t.dtype),
                     dims: t.dims.clone(),
+                    reshape: t.reshape.as_ref().map(|shape| pb::ModelTensorReshape {
+                        shape: shape.clone(),
+                    }),
                 })
                 .collect()
         };
