@@ -14,36 +14,22 @@
 
 #[path = "common/flags.rs"]
 mod flags;
+// The example needs the requests and the audio the sequence tests use.
+#[path = "../tests/common/speech.rs"]
+mod speech;
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use flags::Flags;
 use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
-use pb::infer_parameter::ParameterChoice;
-use pb::model_infer_request::InferInputTensor;
+use speech::{CHUNK, grpc_chunk, window};
 use switchyard_gateway::Config;
 use switchyard_gateway::protocol::grpc::pb;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 
-const CHUNK: usize = 512;
-const CONTEXT: usize = 64;
-
 fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
-
-fn audio() -> Vec<f32> {
-    let path = root().join("data/silero_vad/stream_reference.f32");
-    std::fs::read(&path)
-        .unwrap_or_else(|e| panic!("{}: {e} (run scripts/setup)", path.display()))
-        .as_chunks::<4>()
-        .0
-        .iter()
-        .map(|c| f32::from_le_bytes(*c))
-        .collect()
 }
 
 /// A repository holding silero_vad version 2 alone, with its model.toml edited by `adjust`.
@@ -58,56 +44,11 @@ fn repository(adjust: impl Fn(String) -> String) -> tempfile::TempDir {
     dir
 }
 
-fn chunk_request(audio: &[f32], index: usize, id: i64, start: bool) -> pb::ModelInferRequest {
-    let begin = index * CHUNK;
-    let mut window = vec![0.0f32; CONTEXT];
-    if begin >= CONTEXT && !start {
-        window.copy_from_slice(&audio[begin - CONTEXT..begin]);
-    }
-    window.extend_from_slice(&audio[begin..begin + CHUNK]);
-    let raw: Vec<u8> = window.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let parameter = |choice| pb::InferParameter {
-        parameter_choice: Some(choice),
-    };
-    pb::ModelInferRequest {
-        model_name: "silero_vad".into(),
-        parameters: HashMap::from([
-            (
-                "sequence_id".into(),
-                parameter(ParameterChoice::Int64Param(id)),
-            ),
-            (
-                "sequence_start".into(),
-                parameter(ParameterChoice::BoolParam(start)),
-            ),
-        ]),
-        inputs: vec![
-            InferInputTensor {
-                name: "input".into(),
-                datatype: "FP32".into(),
-                shape: vec![1, window.len() as i64],
-                ..Default::default()
-            },
-            InferInputTensor {
-                name: "sr".into(),
-                datatype: "INT64".into(),
-                shape: vec![],
-                ..Default::default()
-            },
-        ],
-        raw_input_contents: vec![
-            Bytes::from(raw),
-            Bytes::copy_from_slice(&16000i64.to_le_bytes()),
-        ],
-        ..Default::default()
-    }
-}
-
 /// One stream: chunk after chunk until the deadline, starting over at the end of the audio.
 async fn stream(
     addr: std::net::SocketAddr,
     audio: std::sync::Arc<Vec<f32>>,
-    id: i64,
+    id: u64,
     deadline: Instant,
 ) -> Vec<Duration> {
     let mut client = GrpcInferenceServiceClient::connect(format!("http://{addr}"))
@@ -122,21 +63,18 @@ async fn stream(
     let chunks = audio.len() / CHUNK;
     let mut latencies = Vec::new();
     let mut index = (id as usize * 7) % chunks;
-    let mut start = true;
+    let mut first = index;
     while Instant::now() < deadline {
         let sent = Instant::now();
-        sender
-            .send(chunk_request(&audio, index, id, start))
-            .await
-            .unwrap();
+        let request = grpc_chunk("", &window(&audio, first, index), id, index == first, false);
+        sender.send(request).await.unwrap();
         let message = responses.message().await.unwrap().unwrap();
         assert_eq!(message.error_message, "");
         latencies.push(sent.elapsed());
-        start = false;
         index += 1;
         if index == chunks {
             index = 0;
-            start = true;
+            first = 0;
         }
     }
     latencies
@@ -157,7 +95,7 @@ async fn measure(name: &str, repo: &Path, streams: usize, seconds: u64) {
         assert!(Instant::now() < ready, "the gateway never became ready");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let audio = std::sync::Arc::new(audio());
+    let audio = std::sync::Arc::new(speech::audio());
     let started = Instant::now();
     let deadline = started + Duration::from_secs(seconds);
     let tasks: Vec<_> = (0..streams)
@@ -165,7 +103,7 @@ async fn measure(name: &str, repo: &Path, streams: usize, seconds: u64) {
             tokio::spawn(stream(
                 running.grpc_addr,
                 audio.clone(),
-                id as i64 + 1,
+                id as u64 + 1,
                 deadline,
             ))
         })

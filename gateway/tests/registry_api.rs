@@ -375,20 +375,9 @@ async fn exercise(gateway: &TestGateway, repo: &tempfile::TempDir) {
             .0,
         202
     );
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let (_, version) = gateway
-            .admin(Method::GET, "/v1/models/mlp/versions/2", w, None)
-            .await;
-        if version["state"] == "retired" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "version 2 never retired: {version}"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    gateway
+        .wait_for_version("mlp", "2", "state", "retired", Duration::from_secs(5))
+        .await;
     assert_eq!(gateway.get("/v2/models/mlp/versions/2").await.0, 404);
 
     // The audit log.

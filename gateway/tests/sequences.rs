@@ -16,10 +16,9 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use common::{TestGateway, WRITER_TOKEN, models_dir, repo_root, test_tokens};
+use common::speech::{self, CHUNK, CONTEXT, grpc_chunk};
+use common::{TestGateway, WRITER_TOKEN, models_dir, test_tokens};
 use pb::grpc_inference_service_client::GrpcInferenceServiceClient;
-use pb::infer_parameter::ParameterChoice;
 use pb::model_infer_request::InferInputTensor;
 use reqwest::Method;
 use serde_json::{Value, json};
@@ -27,8 +26,6 @@ use switchyard_gateway::protocol::grpc::pb;
 use tonic::codegen::tokio_stream::wrappers::ReceiverStream;
 use tonic::transport::Channel;
 
-const CHUNK: usize = 512;
-const CONTEXT: usize = 64;
 const TOLERANCE: f32 = 1e-5;
 
 /// The spoken stream and what Python's onnxruntime makes of it, chunk by chunk.
@@ -40,21 +37,14 @@ struct Speech {
 
 impl Speech {
     fn load() -> Speech {
-        let dir = repo_root().join("data/silero_vad");
-        let json = dir.join("stream_reference.json");
+        let json = speech::data_dir().join("stream_reference.json");
         assert!(
             json.is_file(),
             "data/silero_vad/stream_reference.json is missing: run scripts/setup"
         );
         let reference: Value = serde_json::from_slice(&std::fs::read(&json).unwrap()).unwrap();
         assert_eq!(reference["context"], CONTEXT);
-        let audio: Vec<f32> = std::fs::read(dir.join("stream_reference.f32"))
-            .unwrap()
-            .as_chunks::<4>()
-            .0
-            .iter()
-            .map(|c| f32::from_le_bytes(*c))
-            .collect();
+        let audio = speech::audio();
         assert_eq!(
             audio.len(),
             reference["chunks"].as_u64().unwrap() as usize * CHUNK
@@ -72,16 +62,8 @@ impl Speech {
         self.audio.len() / CHUNK
     }
 
-    /// What a streaming client sends for chunk `index` of a stream that began at `first`: the
-    /// chunk with the 64 samples before it in front (zeros for a stream's first chunk).
     fn window(&self, first: usize, index: usize) -> Vec<f32> {
-        let start = index * CHUNK;
-        let mut window = vec![0.0; CONTEXT];
-        if index > first {
-            window.copy_from_slice(&self.audio[start - CONTEXT..start]);
-        }
-        window.extend_from_slice(&self.audio[start..start + CHUNK]);
-        window
+        speech::window(&self.audio, first, index)
     }
 }
 
@@ -124,59 +106,6 @@ async fn http_step(
         body["model_version"].as_str().unwrap().to_owned(),
         probability,
     )
-}
-
-fn parameter(choice: ParameterChoice) -> pb::InferParameter {
-    pb::InferParameter {
-        parameter_choice: Some(choice),
-    }
-}
-
-fn grpc_chunk(
-    version: &str,
-    window: &[f32],
-    id: u64,
-    start: bool,
-    end: bool,
-) -> pb::ModelInferRequest {
-    let raw: Vec<u8> = window.iter().flat_map(|v| v.to_le_bytes()).collect();
-    pb::ModelInferRequest {
-        model_name: "silero_vad".into(),
-        model_version: version.into(),
-        parameters: HashMap::from([
-            (
-                "sequence_id".into(),
-                parameter(ParameterChoice::Int64Param(id as i64)),
-            ),
-            (
-                "sequence_start".into(),
-                parameter(ParameterChoice::BoolParam(start)),
-            ),
-            (
-                "sequence_end".into(),
-                parameter(ParameterChoice::BoolParam(end)),
-            ),
-        ]),
-        inputs: vec![
-            InferInputTensor {
-                name: "input".into(),
-                datatype: "FP32".into(),
-                shape: vec![1, window.len() as i64],
-                ..Default::default()
-            },
-            InferInputTensor {
-                name: "sr".into(),
-                datatype: "INT64".into(),
-                shape: vec![],
-                ..Default::default()
-            },
-        ],
-        raw_input_contents: vec![
-            Bytes::from(raw),
-            Bytes::copy_from_slice(&16000i64.to_le_bytes()),
-        ],
-        ..Default::default()
-    }
 }
 
 fn grpc_probability(response: &pb::ModelInferResponse) -> f32 {
@@ -428,6 +357,11 @@ async fn sixty_four_concurrent_sequences_join_into_batches_and_match_separate_ru
     );
 }
 
+/// The sample models, behind the test tokens (the registry API's writes need the writer's).
+async fn with_tokens() -> TestGateway {
+    TestGateway::start_with(&models_dir(), |config| config.admin.tokens = test_tokens()).await
+}
+
 async fn set_weights(gateway: &TestGateway, weights: Value) {
     let (status, body) = gateway
         .admin(
@@ -469,13 +403,7 @@ async fn wait_for_route(gateway: &TestGateway, speech: &Speech, version: &str) {
 async fn open_sequences_stay_on_their_version_through_a_weight_change() {
     const OPEN: u64 = 8;
     let speech = Speech::load();
-    let registry = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", registry.path().join("registry.db").display());
-    let gateway = TestGateway::start_with(&models_dir(), |config| {
-        config.admin.tokens = test_tokens();
-        config.registry.url = url;
-    })
-    .await;
+    let gateway = with_tokens().await;
     set_weights(&gateway, json!({"1": 100, "2": 0})).await;
     wait_for_route(&gateway, &speech, "1").await;
     let chunks = speech.chunks();
@@ -750,13 +678,7 @@ async fn a_stream_message_past_the_limits_is_refused_before_it_is_decoded() {
 #[tokio::test]
 async fn a_removed_version_drains_until_its_open_sequence_ends() {
     let speech = Speech::load();
-    let registry = tempfile::tempdir().unwrap();
-    let url = format!("sqlite://{}", registry.path().join("registry.db").display());
-    let gateway = TestGateway::start_with(&models_dir(), |config| {
-        config.admin.tokens = test_tokens();
-        config.registry.url = url;
-    })
-    .await;
+    let gateway = with_tokens().await;
     let w = Some(WRITER_TOKEN);
     let pinned = "/v2/models/silero_vad/versions/1/infer";
     let path = "/v2/models/silero_vad/infer";
@@ -809,20 +731,15 @@ async fn a_removed_version_drains_until_its_open_sequence_ends() {
         }
     }
     // Its last chunk ended it: the version retires.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let (_, version) = gateway
-            .admin(Method::GET, "/v1/models/silero_vad/versions/1", w, None)
-            .await;
-        if version["state"] == "retired" {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "version 1 never retired: {version}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    gateway
+        .wait_for_version(
+            "silero_vad",
+            "1",
+            "state",
+            "retired",
+            Duration::from_secs(10),
+        )
+        .await;
     gateway.stop().await;
 }
 

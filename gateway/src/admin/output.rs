@@ -33,27 +33,28 @@ pub enum View {
 }
 
 pub fn render(format: Format, view: View, value: &Value) -> String {
-    match format {
-        Format::Json => serde_json::to_string_pretty(value).unwrap_or_default() + "\n",
-        Format::Yaml => {
+    match (format, view) {
+        (Format::Json, _) | (Format::Table, View::Raw) => {
+            serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
+        }
+        (Format::Yaml, _) => {
             let mut out = String::new();
             yaml(value, 0, &mut out);
-            if out.is_empty() || !out.ends_with('\n') {
+            if !out.ends_with('\n') {
                 out.push('\n');
             }
             out
         }
-        Format::Table => match view {
-            View::Models => models(value),
-            View::Model => model(value),
-            View::Versions => table(&VERSION_COLUMNS[1..], &version_rows(value, false)),
-            View::Traffic => traffic(value),
-            View::Experiment => experiment(value),
-            View::Resources => resources(value),
-            View::Events => events(value),
-            View::Scores => scores(value),
-            View::Raw => serde_json::to_string_pretty(value).unwrap_or_default() + "\n",
-        },
+        (Format::Table, View::Models) => models(value),
+        (Format::Table, View::Model) => model(value),
+        (Format::Table, View::Versions) => {
+            table(&VERSION_COLUMNS[1..], &version_rows(value, false))
+        }
+        (Format::Table, View::Traffic) => traffic(value),
+        (Format::Table, View::Experiment) => experiment(value),
+        (Format::Table, View::Resources) => resources(value),
+        (Format::Table, View::Events) => events(value),
+        (Format::Table, View::Scores) => scores(value),
     }
 }
 

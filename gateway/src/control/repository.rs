@@ -169,15 +169,11 @@ impl ModelSettings {
         if queue_capacity == 0 {
             return Err("queue_capacity must be at least 1".into());
         }
-        let duration = |text: Option<String>, default: HumanDuration| match text {
-            None => Ok(default.0),
-            Some(text) => HumanDuration::parse(&text).map(|d| d.0),
-        };
-        let max_queue_delay = duration(toml.max_queue_delay, defaults.max_queue_delay)?;
+        let max_queue_delay = duration(toml.max_queue_delay, defaults.max_queue_delay.0)?;
         if max_queue_delay > Duration::from_secs(10) {
             return Err("max_queue_delay may be at most 10s".into());
         }
-        let timeout = duration(toml.timeout, defaults.timeout)?;
+        let timeout = duration(toml.timeout, defaults.timeout.0)?;
         if timeout > Duration::from_secs(24 * 3600) || timeout.is_zero() {
             return Err("timeout must be more than 0 and at most 24h".into());
         }
@@ -223,7 +219,7 @@ impl ModelSettings {
                 if !(target_concurrency.is_finite() && target_concurrency > 0.0) {
                     return Err("target_concurrency must be a number above 0".into());
                 }
-                let seconds = |secs| HumanDuration(Duration::from_secs(secs));
+                let seconds = Duration::from_secs;
                 Some(Scaling {
                     min_replicas,
                     max_replicas,
@@ -263,6 +259,14 @@ impl ModelSettings {
     }
 }
 
+/// A duration from model.toml ("500us", "30s"), or `default` when unset.
+fn duration(text: Option<String>, default: Duration) -> Result<Duration, String> {
+    match text {
+        None => Ok(default),
+        Some(text) => HumanDuration::parse(&text).map(|d| d.0),
+    }
+}
+
 fn sequence_settings(
     sequence: Option<SequenceToml>,
     states: Vec<StateToml>,
@@ -277,10 +281,7 @@ fn sequence_settings(
             "[sequence] max_sequences must be 1 to {MAX_SEQUENCES_PER_REPLICA}"
         ));
     }
-    let idle_timeout = match sequence.idle_timeout {
-        None => Duration::from_secs(60),
-        Some(text) => HumanDuration::parse(&text)?.0,
-    };
+    let idle_timeout = duration(sequence.idle_timeout, Duration::from_secs(60))?;
     if idle_timeout.is_zero() || idle_timeout > Duration::from_secs(24 * 3600) {
         return Err("[sequence] idle_timeout must be more than 0 and at most 24h".into());
     }
@@ -290,10 +291,7 @@ fn sequence_settings(
             "[sequence] max_batch must be 1 to max_sequences ({max_per_replica})"
         ));
     }
-    let max_delay = match sequence.max_queue_delay {
-        None => Duration::ZERO,
-        Some(text) => HumanDuration::parse(&text)?.0,
-    };
+    let max_delay = duration(sequence.max_queue_delay, Duration::ZERO)?;
     if max_delay > Duration::from_secs(1) {
         return Err("[sequence] max_queue_delay may be at most 1s".into());
     }

@@ -106,17 +106,10 @@ impl Gateway {
             return self.infer_in_sequence(request, control).await;
         }
         let routed = self.route_waiting_for_loads(&request).await?;
-        let span = tracing::Span::current();
-        span.record("version", &*routed.label);
-        let id = request.id.get_or_insert_with(|| self.ids.issue());
-        span.record("request_id", id.as_str());
+        self.name_request(&mut request, &routed.label);
         let shadow_inputs = routed.shadow.as_ref().map(|_| request.inputs.clone());
         let received = request.received.unwrap_or_else(Instant::now);
-        // The caller's deadline, when it comes before the version's own timeout, is the one
-        // that fires; missing it says nothing about the version.
-        let caller_deadline = request
-            .deadline
-            .is_some_and(|deadline| deadline < received + routed.ready.timeout);
+        let caller_deadline = caller_deadline_first(&request, &routed.ready, received);
         let protocol = request.protocol;
         let result = serve(&routed, request).await;
         let elapsed = received.elapsed();
@@ -193,10 +186,7 @@ impl Gateway {
                 crate::error::quoted(asked)
             )));
         }
-        let span = tracing::Span::current();
-        span.record("version", &*route.label);
-        let id = request.id.get_or_insert_with(|| self.ids.issue());
-        span.record("request_id", id.as_str());
+        self.name_request(&mut request, &route.label);
         // State the caller sends itself (explicit state) wins over the one the gateway keeps.
         for state in &turn.states {
             if !request.inputs.iter().any(|input| input.name == state.name) {
@@ -206,6 +196,7 @@ impl Gateway {
         let received = request.received.unwrap_or_else(Instant::now);
         let protocol = request.protocol;
         let ready = &route.ready;
+        let caller_deadline = caller_deadline_first(&request, ready, received);
         let result = async {
             let (inputs, deadline) = checked_inputs(&route.model_name, ready, &mut request)?;
             ready
@@ -224,12 +215,8 @@ impl Gateway {
         let compute = result.as_ref().map_or(Duration::ZERO, |(_, c, _)| *c);
         let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
         ready.metrics.record(protocol, outcome, elapsed, compute);
-        let version_fault = matches!(outcome, Err(ErrorKind::Internal | ErrorKind::Unavailable));
-        if !matches!(
-            outcome,
-            Err(ErrorKind::InvalidArgument | ErrorKind::Overloaded)
-        ) {
-            route.stats.record(version_fault, elapsed);
+        if let Some(fault) = version_fault(outcome, caller_deadline) {
+            route.stats.record(fault, elapsed);
         }
         let (mut outputs, _, replica) = result?;
         let states = next_states(&turn.settings, &mut outputs, &request.outputs)?;
@@ -240,6 +227,15 @@ impl Gateway {
             id: request.id,
             outputs: select_outputs(outputs, &request.outputs),
         })
+    }
+
+    /// Names the request in its span: the version that serves it, and its id (one is issued
+    /// if it brought none, so that feedback can refer to it).
+    fn name_request(&self, request: &mut InferRequest, label: &str) {
+        let span = tracing::Span::current();
+        span.record("version", label);
+        let id = request.id.get_or_insert_with(|| self.ids.issue());
+        span.record("request_id", id.as_str());
     }
 
     /// The open sequences, for the periodic sweep and the gauges.
@@ -287,17 +283,9 @@ impl Gateway {
         caller_deadline: bool,
         elapsed: Duration,
     ) {
-        let version_fault = match outcome {
-            Err(ErrorKind::Internal | ErrorKind::Unavailable) => true,
-            Err(ErrorKind::DeadlineExceeded) => !caller_deadline,
-            _ => false,
-        };
-        if matches!(
-            outcome,
-            Err(ErrorKind::InvalidArgument | ErrorKind::Overloaded)
-        ) {
+        let Some(version_fault) = version_fault(outcome, caller_deadline) else {
             return;
-        }
+        };
         routed.stats.record(version_fault, elapsed);
         if let Some(objective_ms) = routed.bandit_objective_ms
             && !self.experiments.has_feedback(&routed.model_name)
@@ -320,6 +308,25 @@ impl Gateway {
         }
         self.experiments.feedback(request_id, reward)
     }
+}
+
+/// Whether an outcome is the version's fault, for its error rate; `None` for outcomes that say
+/// nothing about it (the caller's bad input, overload).
+fn version_fault(outcome: Result<(), ErrorKind>, caller_deadline: bool) -> Option<bool> {
+    match outcome {
+        Err(ErrorKind::InvalidArgument | ErrorKind::Overloaded) => None,
+        Err(ErrorKind::Internal | ErrorKind::Unavailable) => Some(true),
+        Err(ErrorKind::DeadlineExceeded) => Some(!caller_deadline),
+        _ => Some(false),
+    }
+}
+
+/// Whether the caller's deadline comes before the version's own timeout: then it is the one
+/// that fires, and missing it says nothing about the version.
+fn caller_deadline_first(request: &InferRequest, ready: &ReadyVersion, received: Instant) -> bool {
+    request
+        .deadline
+        .is_some_and(|deadline| deadline < received + ready.timeout)
 }
 
 /// How long a request naming a loading version, and no deadline, waits for it.

@@ -351,8 +351,9 @@ impl Drop for Turn<'_> {
     }
 }
 
-/// The state outputs of a call, renamed to the inputs they feed next time; `None` if the model
-/// left one out.
+/// Takes the state outputs out of a call's outputs (leaving those the caller asked for by
+/// name), renamed to the inputs they feed next time; an error if the model left one out or
+/// changed its shape.
 pub fn next_states(
     settings: &SequenceSettings,
     outputs: &mut Vec<NamedTensor>,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 use switchyard_runtimes::{DataType, Device, TensorSpec};
 
 use crate::core::{
-    ModelEntry, ModelTable, ReadyVersion, SequenceSettings, VersionEntry, VersionStatus,
+    ModelEntry, ModelTable, ReadyVersion, SequenceSettings, StateSpec, VersionEntry, VersionStatus,
 };
 use crate::error::GatewayError;
 use crate::telemetry::statistics::StatisticsSnapshot;
@@ -88,19 +88,17 @@ fn resolve<'t>(
 fn visible(ready: &ReadyVersion) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
     let signature = ready.signature();
     let states = ready.sequence.as_ref().map_or(&[][..], |s| &s.states[..]);
-    let inputs = signature
-        .inputs
-        .iter()
-        .filter(|spec| !states.iter().any(|state| state.input == spec.name))
-        .cloned()
-        .collect();
-    let outputs = signature
-        .outputs
-        .iter()
-        .filter(|spec| !states.iter().any(|state| state.output == spec.name))
-        .cloned()
-        .collect();
-    (inputs, outputs)
+    let without = |specs: &[TensorSpec], state_name: fn(&StateSpec) -> &str| {
+        specs
+            .iter()
+            .filter(|spec| !states.iter().any(|state| state_name(state) == spec.name))
+            .cloned()
+            .collect()
+    };
+    (
+        without(&signature.inputs, |state| &state.input),
+        without(&signature.outputs, |state| &state.output),
+    )
 }
 
 pub fn model_metadata(

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
+use std::sync::mpsc::{Receiver, TryRecvError};
 use std::time::{Duration, Instant};
 
 use switchyard_runtimes::{LoadedModel, NamedTensor, RuntimeError, Tensor};
@@ -64,6 +64,15 @@ impl Job {
     }
 }
 
+/// When a batch that `first` opens stops waiting for company: after `delay`, and never past
+/// the first job's deadline.
+fn flush_time(first: &Job, delay: Duration) -> Instant {
+    let flush_at = first.enqueued.checked_add(delay).unwrap_or(first.enqueued);
+    first
+        .deadline
+        .map_or(flush_at, |deadline| flush_at.min(deadline))
+}
+
 pub(super) fn find_input<'j>(job: &'j Job, name: &str) -> Option<&'j Tensor> {
     job.inputs
         .iter()
@@ -118,30 +127,12 @@ impl Worker {
     /// Adds queued jobs to `first` until the batch is full, reaches a preferred size, or the
     /// first job has waited `max_queue_delay`.
     pub(super) fn collect_batch(&self, first: Job, held: &mut Option<Job>) -> (Vec<Job>, usize) {
-        // No job waits for company past its own deadline.
-        let mut flush_at = first
-            .enqueued
-            .checked_add(self.batching.max_queue_delay)
-            .unwrap_or(first.enqueued);
-        if let Some(deadline) = first.deadline {
-            flush_at = flush_at.min(deadline);
-        }
+        let mut flush_at = flush_time(&first, self.batching.max_queue_delay);
         let mut rows = first.rows;
         let mut batch = vec![first];
         while rows < self.batching.max_batch_size {
-            let next = match self.queue.try_recv() {
-                Ok(job) => job,
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {
-                    let now = Instant::now();
-                    if now >= flush_at {
-                        break;
-                    }
-                    match self.queue.recv_timeout(flush_at - now) {
-                        Ok(job) => job,
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                    }
-                }
+            let Some(next) = self.next_queued(flush_at, true) else {
+                break;
             };
             let Some(next) = next.answer_if_dead(Instant::now(), &self.outstanding) else {
                 continue;
@@ -166,33 +157,32 @@ impl Worker {
         (batch, rows)
     }
 
+    /// The next job in the queue; when there is none, waits for one until `flush_at` if `wait`
+    /// says so. `None` ends the batch.
+    fn next_queued(&self, flush_at: Instant, wait: bool) -> Option<Job> {
+        match self.queue.try_recv() {
+            Ok(job) => Some(job),
+            Err(TryRecvError::Disconnected) => None,
+            Err(TryRecvError::Empty) => {
+                let now = Instant::now();
+                if !wait || now >= flush_at {
+                    return None;
+                }
+                self.queue.recv_timeout(flush_at - now).ok()
+            }
+        }
+    }
+
     /// Adds the queued calls of other sequences that can join `first`, up to the join's bound;
     /// while fewer have come than there are sequences open, waits for them up to the join's
     /// delay (and no longer than the first call's deadline).
     fn collect_joined(&self, first: Job, axes: &Arc<JoinAxes>, held: &mut Option<Job>) -> Vec<Job> {
-        let mut flush_at = first
-            .enqueued
-            .checked_add(axes.max_delay)
-            .unwrap_or(first.enqueued);
-        if let Some(deadline) = first.deadline {
-            flush_at = flush_at.min(deadline);
-        }
+        let flush_at = flush_time(&first, axes.max_delay);
         let wanted = axes.max_calls.min(first.company.max(1));
         let mut batch = vec![first];
         while batch.len() < axes.max_calls {
-            let next = match self.queue.try_recv() {
-                Ok(job) => job,
-                Err(TryRecvError::Disconnected) => break,
-                Err(TryRecvError::Empty) => {
-                    let now = Instant::now();
-                    if batch.len() >= wanted || now >= flush_at {
-                        break;
-                    }
-                    match self.queue.recv_timeout(flush_at - now) {
-                        Ok(job) => job,
-                        Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => break,
-                    }
-                }
+            let Some(next) = self.next_queued(flush_at, batch.len() < wanted) else {
+                break;
             };
             let Some(next) = next.answer_if_dead(Instant::now(), &self.outstanding) else {
                 continue;

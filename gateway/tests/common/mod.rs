@@ -4,6 +4,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 pub mod pki;
+pub mod speech;
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -351,7 +352,21 @@ impl TestGateway {
 
     /// Waits until the management API reports the version as served READY by this gateway.
     pub async fn wait_for_serving(&self, model: &str, version: &str) {
-        let deadline = Instant::now() + Duration::from_secs(30);
+        self.wait_for_version(model, version, "serving", "READY", Duration::from_secs(30))
+            .await;
+    }
+
+    /// Waits, at most `within`, until the management API shows the version with `field` set
+    /// to `value` (`"state"`, `"retired"`).
+    pub async fn wait_for_version(
+        &self,
+        model: &str,
+        version: &str,
+        field: &str,
+        value: &str,
+        within: Duration,
+    ) {
+        let deadline = Instant::now() + within;
         loop {
             let (status, body) = self
                 .admin(
@@ -361,12 +376,12 @@ impl TestGateway {
                     None,
                 )
                 .await;
-            if status == 200 && body["serving"] == "READY" {
+            if status == 200 && body[field] == value {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "{model}/{version} never became ready: {body}"
+                "{model}/{version} never had {field} {value}: {body}"
             );
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
