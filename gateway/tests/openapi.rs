@@ -53,7 +53,11 @@ fn routes_in_source(source: &str) -> BTreeSet<(String, String)> {
 fn every_management_route_is_documented_and_nothing_else() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let source = std::fs::read_to_string(root.join("src/admin/mod.rs")).unwrap();
-    let routes = routes_in_source(&source);
+    // The dashboard's page and assets (`/`, `/assets/..`) are not API operations.
+    let routes: BTreeSet<_> = routes_in_source(&source)
+        .into_iter()
+        .filter(|(path, _)| path.starts_with("/v1/"))
+        .collect();
     assert!(
         routes.len() > 15,
         "only {} routes read: is the scan broken?",
@@ -69,15 +73,6 @@ fn every_management_route_is_documented_and_nothing_else() {
             }
         }
     }
-    // Authenticated operations say so, with the 401 and 403 they can answer.
-    let import = &document["paths"]["/v1/repository/import"]["post"];
-    assert!(import["responses"]["401"].is_object(), "{import}");
-    assert!(document["components"]["securitySchemes"]["bearer"].is_object());
-    let register = &document["paths"]["/v1/models/{m}/versions"]["post"]["requestBody"];
-    assert!(
-        register.to_string().contains("NewVersion"),
-        "the request body is the API's own type: {register}"
-    );
     // Authenticated operations say so, with the 401 and 403 they can answer.
     let import = &document["paths"]["/v1/repository/import"]["post"];
     assert!(import["responses"]["401"].is_object(), "{import}");

@@ -17,7 +17,9 @@ use serde_json::Value;
 use switchyard_registry::{RegistryError, Store};
 
 pub mod cli;
+mod dashboard;
 mod experiment;
+pub mod figures;
 mod models;
 pub mod openapi;
 pub mod output;
@@ -30,6 +32,7 @@ use crate::control::capacity::Capacity;
 use crate::core::Gateway;
 use crate::core::feedback::is_json;
 use crate::error::{ErrorKind, GatewayError, quoted};
+use figures::FigureHistory;
 
 #[derive(Clone)]
 pub struct AdminState {
@@ -44,6 +47,7 @@ pub struct AdminState {
     /// Where registered artifacts may be, resolved (symlinks followed); see
     /// `registry.artifact_roots`.
     artifact_roots: Arc<Vec<PathBuf>>,
+    figures: Arc<FigureHistory>,
 }
 
 impl AdminState {
@@ -51,6 +55,7 @@ impl AdminState {
         store: Arc<dyn Store>,
         gateway: Arc<Gateway>,
         capacity: Arc<Capacity>,
+        figures: Arc<FigureHistory>,
         whole: &Config,
     ) -> AdminState {
         let config = &whole.admin;
@@ -83,6 +88,7 @@ impl AdminState {
             models_dir: whole.models.dir.clone(),
             defaults: whole.serving.clone(),
             artifact_roots: Arc::new(artifact_roots(whole)),
+            figures,
         }
     }
 }
@@ -272,6 +278,7 @@ pub fn router(state: AdminState) -> Router {
             get(traffic::get_policy).put(traffic::set_policy),
         )
         .route("/v1/models/{m}/experiment", get(experiment::experiment))
+        .route("/v1/models/{m}/figures", get(figures::figures))
         .route("/v1/feedback", post(experiment::feedback))
         .route("/v1/resources", get(system::resources))
         .route(
@@ -283,6 +290,8 @@ pub fn router(state: AdminState) -> Router {
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));
     Router::new()
         .route("/v1/openapi.json", get(openapi::document))
+        .route("/", get(dashboard::index))
+        .route("/assets/{name}", get(dashboard::asset))
         .merge(api)
         .fallback(|| async { GatewayError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {

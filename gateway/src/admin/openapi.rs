@@ -8,7 +8,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{RefOr, Response};
 use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
 
-use super::{experiment, models, system, traffic};
+use super::{experiment, figures, models, system, traffic};
 
 /// The protocol's error body, as every refusal carries it.
 #[derive(ToSchema, ToResponse)]
@@ -42,6 +42,7 @@ pub struct ErrorResponse {
         traffic::set_alias,
         traffic::remove_alias,
         experiment::experiment,
+        figures::figures,
         experiment::feedback,
         system::resources,
         system::events,

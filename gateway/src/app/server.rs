@@ -11,6 +11,7 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::admin;
+use crate::admin::figures::{self, FigureHistory};
 use crate::app::listener;
 use crate::auth::ApiKeys;
 use crate::config::{ByteSize, Config};
@@ -85,7 +86,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         handles.capacity.clone(),
         store.clone(),
     ));
-    let upkeep = tokio::spawn(upkeep(handles.clone(), store.clone(), gateway.clone()));
+    let figures = FigureHistory::new();
+    let upkeep = tokio::spawn(upkeep(
+        handles.clone(),
+        store.clone(),
+        gateway.clone(),
+        figures.clone(),
+    ));
 
     let http_listener = bind(config.http.addr, "HTTP").await?;
     let grpc_listener = bind(config.grpc.addr, "gRPC").await?;
@@ -108,6 +115,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         store.clone(),
         gateway.clone(),
         handles.capacity.clone(),
+        figures,
         config,
     ));
     let metrics_app = metrics_router(handles.clone(), pipeline);
@@ -186,11 +194,21 @@ async fn runtimes_for(config: &Config, store: &dyn Store) -> anyhow::Result<Runt
 
 /// Every second: the bandit's rewards go to the registry, so that gateways share what they
 /// learn and a restart loses little, and sequences idle past their timeout are released (their
-/// next request finds out at once either way); every five, the histograms are folded.
-async fn upkeep(handles: Handles, store: Arc<dyn Store>, gateway: Arc<Gateway>) {
+/// next request finds out at once either way); every two, the dashboard's figures are sampled;
+/// every five, the histograms are folded.
+async fn upkeep(
+    handles: Handles,
+    store: Arc<dyn Store>,
+    gateway: Arc<Gateway>,
+    figures: Arc<FigureHistory>,
+) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    let sample_every = figures::SAMPLE_EVERY.as_secs().max(1);
     for tick in 0u64.. {
         every.tick().await;
+        if tick % sample_every == 0 {
+            figures.sample(&gateway.snapshot());
+        }
         flush_rewards(&handles.experiments, &*store).await;
         let released = gateway.sequences().sweep();
         if released > 0 {

@@ -95,11 +95,20 @@ impl LatencyHistogram {
     /// The latency below which a fraction `q` of requests fell, in milliseconds (at most 19%
     /// above the true value: a bucket's width).
     pub fn quantile_ms(&self, q: f64) -> Option<f64> {
-        let counts: Vec<u64> = self
-            .buckets
+        Self::quantile_ms_of(&self.counts(), q)
+    }
+
+    /// Every bucket's count as of now: two readings' difference is the histogram of what
+    /// happened between them.
+    pub fn counts(&self) -> Vec<u64> {
+        self.buckets
             .iter()
             .map(|b| b.load(Ordering::Relaxed))
-            .collect();
+            .collect()
+    }
+
+    /// [`LatencyHistogram::quantile_ms`] of bucket counts taken with [`LatencyHistogram::counts`].
+    pub fn quantile_ms_of(counts: &[u64], q: f64) -> Option<f64> {
         let total: u64 = counts.iter().sum();
         if total == 0 {
             return None;
@@ -227,6 +236,10 @@ impl VersionStats {
 
     pub fn latency_ms(&self, q: f64) -> Option<f64> {
         self.latency.quantile_ms(q)
+    }
+
+    pub fn latency(&self) -> &LatencyHistogram {
+        &self.latency
     }
 
     pub fn shadow(&self) -> BTreeMap<Arc<str>, ShadowTally> {

@@ -396,6 +396,16 @@ pub fn free_port() -> u16 {
         .port()
 }
 
+/// A child process that is killed when the test ends, even by a failed assertion.
+pub struct Child(pub std::process::Child);
+
+impl Drop for Child {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 pub struct Process {
     pub child: std::process::Child,
     pub http: String,
