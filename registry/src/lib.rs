@@ -141,4 +141,33 @@ pub trait Store: Send + Sync {
 
     /// Events after `revision`, oldest first, at most `limit`.
     async fn events_after(&self, revision: i64, limit: i64) -> Result<Vec<Event>, RegistryError>;
+
+    /// Creates or updates a rollout, with its traffic, policy and alias changes, as one
+    /// revision and one event; returns the rollout as written and the revision.
+    async fn write_rollout(
+        &self,
+        actor: &str,
+        model: &str,
+        write: RolloutWrite,
+    ) -> Result<(RolloutRecord, i64), RegistryError>;
+
+    /// A model's rollouts, newest first, at most `limit`.
+    async fn rollouts(&self, model: &str, limit: i64) -> Result<Vec<RolloutRecord>, RegistryError>;
+
+    /// Every active rollout (pending, running or paused), of every model.
+    async fn active_rollouts(&self) -> Result<Vec<RolloutRecord>, RegistryError>;
+
+    /// Replaces this gateway's running totals of the given versions: (model, version, body).
+    async fn put_counters(
+        &self,
+        gateway: &str,
+        rows: Vec<(String, String, serde_json::Value)>,
+    ) -> Result<(), RegistryError>;
+
+    /// Every gateway's running totals of a model's versions.
+    async fn counters(&self, model: &str) -> Result<Vec<CounterRow>, RegistryError>;
+
+    /// Whether this process drives rollouts: always on SQLite (one process); on PostgreSQL
+    /// the holder of a session advisory lock, kept until the process or its connection dies.
+    async fn try_lead(&self) -> Result<bool, RegistryError>;
 }

@@ -10,12 +10,18 @@ use sqlx::{AnyPool, Executor, Row, Transaction};
 use tokio::sync::watch;
 
 use crate::{
-    Event, Model, ModelRecord, NewModel, NewScores, NewVersion, RegistryError, Rewards, Score,
-    Snapshot, Store, Version, VersionState, valid_name,
+    CounterRow, Event, Model, ModelRecord, NewModel, NewScores, NewVersion, RegistryError, Rewards,
+    RolloutRecord, RolloutWrite, Score, Snapshot, Store, Version, VersionState, valid_name,
 };
 
 /// The PostgreSQL channel that carries new revisions between gateway processes.
 const CHANNEL: &str = "switchyard_registry";
+
+/// The PostgreSQL advisory lock whose holder drives rollouts.
+const ROLLOUT_LEADER_LOCK: i64 = 0x5357_5952_4f4c_4c53; // "SWYROLLS"
+
+/// A gateway's counters untouched this long belong to a gateway long gone.
+const STALE_COUNTERS_MS: i64 = 3_600_000;
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -28,6 +34,10 @@ enum Backend {
 pub struct SqlStore {
     pool: AnyPool,
     backend: Backend,
+    options: AnyConnectOptions,
+    /// PostgreSQL: the connection that holds (or tries for) the rollout leader's lock, and
+    /// whether it holds it.
+    leader: tokio::sync::Mutex<Option<(sqlx::AnyConnection, bool)>>,
     revision: watch::Sender<i64>,
     listener: Option<tokio::task::JoinHandle<()>>,
 }
@@ -102,7 +112,7 @@ impl SqlStore {
                     Ok(())
                 })
             })
-            .connect_with(options)
+            .connect_with(options.clone())
             .await
             .map_err(|e| {
                 RegistryError::Storage(format!("cannot open the registry at {url}: {e}"))
@@ -124,6 +134,8 @@ impl SqlStore {
         Ok(SqlStore {
             pool,
             backend,
+            options,
+            leader: tokio::sync::Mutex::new(None),
             revision,
             listener,
         })
@@ -335,6 +347,64 @@ impl SqlStore {
     }
 
     /// A read transaction that sees one state of the whole registry.
+    /// Replaces a model's weights; every weighted version must be live.
+    async fn replace_traffic(
+        tx: &mut Transaction<'static, sqlx::Any>,
+        model: &str,
+        weights: &BTreeMap<String, u64>,
+    ) -> Result<(), RegistryError> {
+        for label in weights.keys() {
+            SqlStore::require_live_version(tx, model, label, "take traffic").await?;
+        }
+        sqlx::query("DELETE FROM traffic WHERE model = $1")
+            .bind(model)
+            .execute(&mut **tx)
+            .await?;
+        for (label, weight) in weights {
+            sqlx::query("INSERT INTO traffic (model, version, weight) VALUES ($1, $2, $3)")
+                .bind(model)
+                .bind(label)
+                .bind(*weight as i64)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn put_alias(
+        tx: &mut Transaction<'static, sqlx::Any>,
+        model: &str,
+        alias: &str,
+        label: &str,
+    ) -> Result<(), RegistryError> {
+        if !valid_name(alias) {
+            return Err(RegistryError::Invalid(format!(
+                "'{alias}' is not a valid alias"
+            )));
+        }
+        if SqlStore::read_version(&mut **tx, model, alias)
+            .await
+            .is_ok()
+        {
+            return Err(RegistryError::Invalid(format!(
+                "'{alias}' is a version label of model '{model}'; an alias needs another name"
+            )));
+        }
+        SqlStore::require_live_version(tx, model, label, "be aliased").await?;
+        sqlx::query("DELETE FROM aliases WHERE model = $1 AND alias = $2")
+            .bind(model)
+            .bind(alias)
+            .execute(&mut **tx)
+            .await?;
+        sqlx::query("INSERT INTO aliases (model, alias, version) VALUES ($1, $2, $3)")
+            .bind(model)
+            .bind(alias)
+            .bind(label)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
     async fn begin_read(&self) -> Result<Transaction<'static, sqlx::Any>, RegistryError> {
         let mut tx = self.pool.begin().await?;
         if self.backend == Backend::Postgres {
@@ -435,6 +505,32 @@ pub fn compare_labels(a: &str, b: &str) -> std::cmp::Ordering {
         (Err(_), Ok(_)) => std::cmp::Ordering::Greater,
         (Err(_), Err(_)) => a.cmp(b),
     }
+}
+
+fn check_weights(weights: &BTreeMap<String, u64>) -> Result<(), RegistryError> {
+    if weights.values().all(|&w| w == 0) {
+        return Err(RegistryError::Invalid(
+            "weights must give at least one version a positive weight".into(),
+        ));
+    }
+    if let Some((label, _)) = weights.iter().find(|(_, w)| **w > i64::MAX as u64) {
+        return Err(RegistryError::Invalid(format!(
+            "weight of '{label}' is too large"
+        )));
+    }
+    Ok(())
+}
+
+fn rollout_from_row(row: &AnyRow) -> Result<RolloutRecord, RegistryError> {
+    Ok(RolloutRecord {
+        id: row.try_get("id")?,
+        model: row.try_get("model")?,
+        state: row.try_get("state")?,
+        generation: row.try_get("generation")?,
+        body: json_column(row, "body")?,
+        created_ms: row.try_get("created_ms")?,
+        updated_ms: row.try_get("updated_ms")?,
+    })
 }
 
 fn require_object(
@@ -974,33 +1070,10 @@ impl Store for SqlStore {
         model: &str,
         weights: BTreeMap<String, u64>,
     ) -> Result<i64, RegistryError> {
-        if weights.values().all(|&w| w == 0) {
-            return Err(RegistryError::Invalid(
-                "weights must give at least one version a positive weight".into(),
-            ));
-        }
-        if let Some((label, _)) = weights.iter().find(|(_, w)| **w > i64::MAX as u64) {
-            return Err(RegistryError::Invalid(format!(
-                "weight of '{label}' is too large"
-            )));
-        }
+        check_weights(&weights)?;
         let (mut tx, revision) = self.begin_write().await?;
         SqlStore::require_model(&mut tx, model).await?;
-        for label in weights.keys() {
-            SqlStore::require_live_version(&mut tx, model, label, "take traffic").await?;
-        }
-        sqlx::query("DELETE FROM traffic WHERE model = $1")
-            .bind(model)
-            .execute(&mut *tx)
-            .await?;
-        for (label, weight) in &weights {
-            sqlx::query("INSERT INTO traffic (model, version, weight) VALUES ($1, $2, $3)")
-                .bind(model)
-                .bind(label)
-                .bind(*weight as i64)
-                .execute(&mut *tx)
-                .await?;
-        }
+        SqlStore::replace_traffic(&mut tx, model, &weights).await?;
         let payload = serde_json::json!({"weights": weights});
         self.finish_write(tx, revision, actor, "traffic.set", model, payload)
             .await
@@ -1013,30 +1086,9 @@ impl Store for SqlStore {
         alias: &str,
         label: &str,
     ) -> Result<i64, RegistryError> {
-        if !valid_name(alias) {
-            return Err(RegistryError::Invalid(format!(
-                "'{alias}' is not a valid alias"
-            )));
-        }
         let (mut tx, revision) = self.begin_write().await?;
         SqlStore::require_model(&mut tx, model).await?;
-        if SqlStore::read_version(&mut *tx, model, alias).await.is_ok() {
-            return Err(RegistryError::Invalid(format!(
-                "'{alias}' is a version label of model '{model}'; an alias needs another name"
-            )));
-        }
-        SqlStore::require_live_version(&mut tx, model, label, "be aliased").await?;
-        sqlx::query("DELETE FROM aliases WHERE model = $1 AND alias = $2")
-            .bind(model)
-            .bind(alias)
-            .execute(&mut *tx)
-            .await?;
-        sqlx::query("INSERT INTO aliases (model, alias, version) VALUES ($1, $2, $3)")
-            .bind(model)
-            .bind(alias)
-            .bind(label)
-            .execute(&mut *tx)
-            .await?;
+        SqlStore::put_alias(&mut tx, model, alias, label).await?;
         let payload = serde_json::json!({"alias": alias, "version": label});
         self.finish_write(tx, revision, actor, "alias.set", model, payload)
             .await
@@ -1086,5 +1138,245 @@ impl Store for SqlStore {
             })
         })
         .collect()
+    }
+
+    async fn write_rollout(
+        &self,
+        actor: &str,
+        model: &str,
+        write: RolloutWrite,
+    ) -> Result<(RolloutRecord, i64), RegistryError> {
+        if !RolloutRecord::is_active(&write.state)
+            && !matches!(write.state.as_str(), "promoted" | "rolled_back" | "aborted")
+        {
+            return Err(RegistryError::Invalid(format!(
+                "'{}' is not a rollout state",
+                write.state
+            )));
+        }
+        if let Some(weights) = &write.weights {
+            check_weights(weights)?;
+        }
+        if write
+            .policy
+            .as_ref()
+            .is_some_and(|policy| !policy.is_object())
+        {
+            return Err(RegistryError::Invalid("a policy is a JSON object".into()));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        let now = now_ms();
+        let record = match write.existing {
+            None => {
+                let active: i64 = sqlx::query(
+                    "SELECT COUNT(*) AS n FROM rollouts WHERE model = $1 \
+                     AND state IN ('pending', 'running', 'paused')",
+                )
+                .bind(model)
+                .fetch_one(&mut *tx)
+                .await?
+                .try_get("n")?;
+                if active > 0 {
+                    return Err(RegistryError::Conflict(format!(
+                        "model '{model}' has a rollout in progress; pause, promote or abort it first"
+                    )));
+                }
+                let id: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) + 1 AS id FROM rollouts")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("id")?;
+                sqlx::query(
+                    "INSERT INTO rollouts (id, model, state, generation, body, created_ms, \
+                     updated_ms) VALUES ($1, $2, $3, 1, $4, $5, $5)",
+                )
+                .bind(id)
+                .bind(model)
+                .bind(&write.state)
+                .bind(write.body.to_string())
+                .bind(now)
+                .execute(&mut *tx)
+                .await?;
+                RolloutRecord {
+                    id,
+                    model: model.to_owned(),
+                    state: write.state.clone(),
+                    generation: 1,
+                    body: write.body.clone(),
+                    created_ms: now,
+                    updated_ms: now,
+                }
+            }
+            Some((id, expected)) => {
+                let row = sqlx::query(
+                    "SELECT generation, created_ms FROM rollouts WHERE id = $1 AND model = $2",
+                )
+                .bind(id)
+                .bind(model)
+                .fetch_optional(&mut *tx)
+                .await?
+                .ok_or_else(|| {
+                    RegistryError::NotFound(format!("model '{model}' has no rollout {id}"))
+                })?;
+                let generation: i64 = row.try_get("generation")?;
+                if generation != expected {
+                    return Err(RegistryError::Conflict(format!(
+                        "rollout {id} of '{model}' changed meanwhile (generation {generation}, \
+                         not {expected})"
+                    )));
+                }
+                sqlx::query(
+                    "UPDATE rollouts SET state = $1, generation = $2, body = $3, updated_ms = $4 \
+                     WHERE id = $5",
+                )
+                .bind(&write.state)
+                .bind(expected + 1)
+                .bind(write.body.to_string())
+                .bind(now)
+                .bind(id)
+                .execute(&mut *tx)
+                .await?;
+                RolloutRecord {
+                    id,
+                    model: model.to_owned(),
+                    state: write.state.clone(),
+                    generation: expected + 1,
+                    body: write.body.clone(),
+                    created_ms: row.try_get("created_ms")?,
+                    updated_ms: now,
+                }
+            }
+        };
+        if let Some(weights) = &write.weights {
+            SqlStore::replace_traffic(&mut tx, model, weights).await?;
+        }
+        if let Some(policy) = &write.policy {
+            sqlx::query("UPDATE models SET policy = $1 WHERE name = $2")
+                .bind(policy.to_string())
+                .bind(model)
+                .execute(&mut *tx)
+                .await?;
+        }
+        if let Some((alias, label)) = &write.alias {
+            SqlStore::put_alias(&mut tx, model, alias, label).await?;
+        }
+        let revision = self
+            .finish_write(tx, revision, actor, &write.action, model, write.payload)
+            .await?;
+        Ok((record, revision))
+    }
+
+    async fn rollouts(&self, model: &str, limit: i64) -> Result<Vec<RolloutRecord>, RegistryError> {
+        let mut tx = self.begin_read().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        let rows = sqlx::query(
+            "SELECT id, model, state, generation, body, created_ms, updated_ms FROM rollouts \
+             WHERE model = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(model)
+        .bind(limit.clamp(1, 100))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter().map(rollout_from_row).collect()
+    }
+
+    async fn active_rollouts(&self) -> Result<Vec<RolloutRecord>, RegistryError> {
+        sqlx::query(
+            "SELECT id, model, state, generation, body, created_ms, updated_ms FROM rollouts \
+             WHERE state IN ('pending', 'running', 'paused') ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(rollout_from_row)
+        .collect()
+    }
+
+    async fn put_counters(
+        &self,
+        gateway: &str,
+        rows: Vec<(String, String, serde_json::Value)>,
+    ) -> Result<(), RegistryError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        for (model, version, body) in rows {
+            sqlx::query(
+                "INSERT INTO version_counters (gateway, model, version, body, updated_ms) \
+                 VALUES ($1, $2, $3, $4, $5) ON CONFLICT (gateway, model, version) DO UPDATE \
+                 SET body = excluded.body, updated_ms = excluded.updated_ms",
+            )
+            .bind(gateway)
+            .bind(model)
+            .bind(version)
+            .bind(body.to_string())
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM version_counters WHERE updated_ms < $1")
+            .bind(now - STALE_COUNTERS_MS)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn counters(&self, model: &str) -> Result<Vec<CounterRow>, RegistryError> {
+        sqlx::query(
+            "SELECT gateway, version, body, updated_ms FROM version_counters WHERE model = $1 \
+             ORDER BY gateway, version",
+        )
+        .bind(model)
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(CounterRow {
+                gateway: row.try_get("gateway")?,
+                version: row.try_get("version")?,
+                body: json_column(row, "body")?,
+                updated_ms: row.try_get("updated_ms")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn try_lead(&self) -> Result<bool, RegistryError> {
+        use sqlx::Connection;
+        if self.backend == Backend::Sqlite {
+            return Ok(true);
+        }
+        let mut leader = self.leader.lock().await;
+        if let Some((connection, held)) = leader.as_mut() {
+            let answer = if *held {
+                sqlx::query("SELECT 1 AS alive")
+                    .fetch_one(&mut *connection)
+                    .await
+                    .map(|_| true)
+            } else {
+                sqlx::query("SELECT pg_try_advisory_lock($1) AS held")
+                    .bind(ROLLOUT_LEADER_LOCK)
+                    .fetch_one(&mut *connection)
+                    .await
+                    .and_then(|row| row.try_get::<bool, _>("held"))
+            };
+            match answer {
+                Ok(now_held) => {
+                    *held = now_held;
+                    return Ok(now_held);
+                }
+                // The connection is gone, and with it any lock it held.
+                Err(_) => *leader = None,
+            }
+        }
+        let mut connection = sqlx::AnyConnection::connect_with(&self.options).await?;
+        let held: bool = sqlx::query("SELECT pg_try_advisory_lock($1) AS held")
+            .bind(ROLLOUT_LEADER_LOCK)
+            .fetch_one(&mut connection)
+            .await?
+            .try_get("held")?;
+        *leader = Some((connection, held));
+        Ok(held)
     }
 }

@@ -218,3 +218,53 @@ pub fn valid_name(name: &str) -> bool {
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
+
+/// A rollout as the registry keeps it: `body` is the gateway's document of its steps, gates,
+/// progress and analyses; the registry knows only its model, state and generation.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RolloutRecord {
+    pub id: i64,
+    pub model: String,
+    /// `pending`, `running` and `paused` are active; at most one per model.
+    pub state: String,
+    /// Grows by one with every write.
+    pub generation: i64,
+    pub body: serde_json::Value,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+}
+
+impl RolloutRecord {
+    pub fn is_active(state: &str) -> bool {
+        matches!(state, "pending" | "running" | "paused")
+    }
+}
+
+/// One write of a rollout, applied in one transaction with what it does to the model's
+/// traffic, so that a crash never leaves the rollout and the weights apart.
+#[derive(Debug, Clone, Default)]
+pub struct RolloutWrite {
+    /// `None` creates a rollout; `Some(g)` updates the one with that id whose generation is
+    /// still `g` (else [`RegistryError::Conflict`]).
+    pub existing: Option<(i64, i64)>,
+    pub state: String,
+    pub body: serde_json::Value,
+    /// The event's action (`rollout.started`, `rollout.step`, ...) and payload.
+    pub action: String,
+    pub payload: serde_json::Value,
+    /// New traffic weights for the model.
+    pub weights: Option<BTreeMap<String, u64>>,
+    /// A new routing policy for the model (JSON object).
+    pub policy: Option<serde_json::Value>,
+    /// (alias, version) to set.
+    pub alias: Option<(String, String)>,
+}
+
+/// One gateway's running totals for one version (a JSON document the gateway defines).
+#[derive(Debug, Clone, PartialEq)]
+pub struct CounterRow {
+    pub gateway: String,
+    pub version: String,
+    pub body: serde_json::Value,
+    pub updated_ms: i64,
+}

@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use switchyard_registry::{
-    NewModel, NewScores, NewVersion, RegistryError, Rewards, SqlStore, Store, VersionState,
+    NewModel, NewScores, NewVersion, RegistryError, Rewards, RolloutWrite, SqlStore, Store,
+    VersionState,
 };
 
 async fn sqlite_store() -> (SqlStore, tempfile::TempDir) {
@@ -595,4 +596,147 @@ async fn concurrent_writers_get_distinct_revisions() {
     revisions.sort();
     assert_eq!(labels, (1..=16).collect::<Vec<_>>());
     assert_eq!(revisions, (2..=17).collect::<Vec<_>>());
+}
+
+/// Rollouts: one active per model, writes that carry the traffic with them, and a write from a
+/// stale read refused; counters summed by whoever reads them.
+async fn rollout_suite(store: &dyn Store) {
+    store
+        .create_model(
+            "alice",
+            NewModel {
+                name: "m".into(),
+                ..NewModel::default()
+            },
+        )
+        .await
+        .unwrap();
+    for label in ["1", "2"] {
+        let version = NewVersion {
+            version: Some(label.into()),
+            ..onnx("m.onnx")
+        };
+        store.register_version("alice", "m", version).await.unwrap();
+    }
+    let start = |state: &str| RolloutWrite {
+        state: state.into(),
+        body: serde_json::json!({"target": "2"}),
+        action: "rollout.started".into(),
+        payload: serde_json::json!({"target": "2"}),
+        weights: Some(weights(&[("1", 95), ("2", 5)])),
+        ..RolloutWrite::default()
+    };
+    let (created, revision) = store
+        .write_rollout("alice", "m", start("running"))
+        .await
+        .unwrap();
+    assert_eq!((created.generation, created.state.as_str()), (1, "running"));
+    let record = store.model("m").await.unwrap();
+    assert_eq!(
+        record.traffic,
+        weights(&[("1", 95), ("2", 5)]),
+        "the weights came with it"
+    );
+    let events = store.events_after(revision - 1, 10).await.unwrap();
+    assert_eq!(events[0].action, "rollout.started");
+    let second = store.write_rollout("alice", "m", start("running")).await;
+    assert!(
+        matches!(second, Err(RegistryError::Conflict(_))),
+        "{second:?}"
+    );
+
+    let promote = RolloutWrite {
+        existing: Some((created.id, 1)),
+        state: "promoted".into(),
+        body: serde_json::json!({"target": "2", "done": true}),
+        action: "rollout.promoted".into(),
+        weights: Some(weights(&[("2", 100)])),
+        alias: Some(("stable".into(), "2".into())),
+        ..RolloutWrite::default()
+    };
+    let (promoted, _) = store
+        .write_rollout("gw", "m", promote.clone())
+        .await
+        .unwrap();
+    assert_eq!(promoted.generation, 2);
+    // The same write again comes from a stale read: refused, and nothing changes.
+    let stale = store.write_rollout("gw", "m", promote).await;
+    assert!(
+        matches!(stale, Err(RegistryError::Conflict(_))),
+        "{stale:?}"
+    );
+    let record = store.model("m").await.unwrap();
+    assert_eq!(record.aliases["stable"], "2");
+    assert_eq!(record.traffic, weights(&[("2", 100)]));
+    let listed = store.rollouts("m", 10).await.unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].body["done"], true);
+    assert!(store.active_rollouts().await.unwrap().is_empty());
+    // A write that cannot apply its traffic writes nothing.
+    let bad = RolloutWrite {
+        weights: Some(weights(&[("9", 100)])),
+        ..start("running")
+    };
+    assert!(store.write_rollout("alice", "m", bad).await.is_err());
+    assert_eq!(store.rollouts("m", 10).await.unwrap().len(), 1);
+
+    store
+        .put_counters(
+            "a",
+            vec![("m".into(), "1".into(), serde_json::json!({"requests": 3}))],
+        )
+        .await
+        .unwrap();
+    store
+        .put_counters(
+            "b",
+            vec![("m".into(), "1".into(), serde_json::json!({"requests": 4}))],
+        )
+        .await
+        .unwrap();
+    store
+        .put_counters(
+            "a",
+            vec![("m".into(), "1".into(), serde_json::json!({"requests": 5}))],
+        )
+        .await
+        .unwrap();
+    let rows = store.counters("m").await.unwrap();
+    let total: i64 = rows
+        .iter()
+        .map(|r| r.body["requests"].as_i64().unwrap())
+        .sum();
+    assert_eq!((rows.len(), total), (2, 9));
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_rollouts() {
+    let (store, _dir) = sqlite_store().await;
+    rollout_suite(&store).await;
+    assert!(store.try_lead().await.unwrap(), "the only process leads");
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_rollouts() {
+    let store = SqlStore::open(&postgres_url().await).await.unwrap();
+    rollout_suite(&store).await;
+}
+
+#[tokio::test]
+async fn one_postgres_process_leads_and_another_takes_over_when_it_goes() {
+    let url = postgres_url().await;
+    let first = SqlStore::open(&url).await.unwrap();
+    let second = SqlStore::open(&url).await.unwrap();
+    assert!(first.try_lead().await.unwrap());
+    assert!(first.try_lead().await.unwrap(), "it keeps the lead");
+    assert!(!second.try_lead().await.unwrap());
+    drop(first);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !second.try_lead().await.unwrap() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the lead was never released"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
