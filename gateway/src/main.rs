@@ -39,6 +39,9 @@ enum Command {
     /// Aliases of a model.
     #[command(subcommand)]
     Aliases(cli::AliasesCommand),
+    /// Rollouts of a model: start, status, watch, pause, resume, promote, abort.
+    #[command(subcommand)]
+    Rollout(cli::RolloutCommand),
     /// The registry's audit log.
     Events {
         /// Only events after this revision.
@@ -196,6 +199,7 @@ async fn client(args: &cli::ClientArgs, command: Command) -> ExitCode {
         command,
         Command::Models(cli::ModelsCommand::Show { watch: true, .. })
             | Command::Policy(cli::PolicyCommand::Experiment { watch: true, .. })
+            | Command::Rollout(cli::RolloutCommand::Watch { .. })
     );
     loop {
         let answer = match &command {
@@ -206,6 +210,7 @@ async fn client(args: &cli::ClientArgs, command: Command) -> ExitCode {
             Command::Policy(command) => client.policy(command).await,
             Command::Scores(command) => client.scores(command).await,
             Command::Aliases(command) => client.aliases(command).await,
+            Command::Rollout(command) => client.rollout(command).await,
             Command::Events { after, limit } => client.events(*after, *limit).await,
             Command::Import => client.import().await,
             Command::Resources => client.resources().await,
@@ -226,6 +231,13 @@ async fn client(args: &cli::ClientArgs, command: Command) -> ExitCode {
         // Home and clear, then the figures: the terminal shows the latest only.
         print!("\x1b[H\x1b[2J{text}");
         let _ = std::io::Write::flush(&mut std::io::stdout());
+        // A rollout that has ended has nothing more to show.
+        let state = answer.value["state"].as_str().unwrap_or("");
+        if matches!(command, Command::Rollout(_))
+            && matches!(state, "promoted" | "rolled_back" | "aborted")
+        {
+            return ExitCode::SUCCESS;
+        }
         tokio::select! {
             _ = tokio::time::sleep(std::time::Duration::from_secs(2)) => {}
             _ = tokio::signal::ctrl_c() => return ExitCode::SUCCESS,

@@ -266,7 +266,23 @@ async fn the_dashboard_in_a_real_browser() {
         )
         .await;
     assert_eq!(status, 200);
-    assert_eq!(traffic["weights"], json!({"1": 100, "2": 0}));
+    // The page set {1: 100, 2: 0}; the rollout it then aborted gave the baseline all of it.
+    assert_eq!(traffic["weights"], json!({"1": 100}));
+    let (_, rollout) = gateway
+        .admin(
+            Method::GET,
+            "/v1/models/mlp/rollouts/latest",
+            Some(READER_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(rollout["state"], "aborted", "{rollout}");
+    assert!(
+        rollout["reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("aborted by token:")
+    );
     let (_, events) = gateway
         .admin(
             Method::GET,

@@ -734,6 +734,75 @@ async fn the_command_line_client_prints_tables_and_infers_the_runtime() {
         table.starts_with("DEVICE") && table.contains("\nMODEL"),
         "{table}"
     );
+    // A rollout from the command line: started, shown as a table, paused, aborted.
+    let (ok, started, err) = cli(
+        &gateway,
+        &[
+            "rollout",
+            "start",
+            "mlp",
+            "--target",
+            "2",
+            "--steps",
+            "10,100",
+            "--hold",
+            "60s",
+            "--gates",
+            r#"{"min_requests": 5}"#,
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(
+        started["rollout"]["baseline"], "1",
+        "the stable alias: {started}"
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let table = loop {
+        let (ok, table, err) =
+            cli_text(&gateway, &["rollout", "status", "mlp", "-o", "table"]).await;
+        assert!(ok, "{err}");
+        if table.contains("State:   running") {
+            break table;
+        }
+        assert!(std::time::Instant::now() < deadline, "{table}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    assert!(
+        table.starts_with("Rollout 1 of mlp: version 2 replacing 1"),
+        "{table}"
+    );
+    assert!(
+        table.contains("STAGE") && table.contains("1=90% 2=10%"),
+        "{table}"
+    );
+    assert!(
+        table.contains("(now)") && table.contains("Gates:"),
+        "{table}"
+    );
+    let (ok, paused, _) = cli(&gateway, &["rollout", "pause", "mlp"]).await;
+    assert!(ok);
+    assert_eq!(paused["rollout"]["state"], "paused");
+    let (ok, _, err) = cli(&gateway, &["rollout", "pause", "mlp"]).await;
+    assert!(!ok && err.contains("409"), "{err}");
+    let (ok, aborted, _) = cli(&gateway, &["rollout", "abort", "mlp"]).await;
+    assert!(ok);
+    assert_eq!(aborted["rollout"]["state"], "aborted");
+    let (_, traffic) = gateway
+        .admin(
+            reqwest::Method::GET,
+            "/v1/models/mlp/traffic",
+            Some(WRITER_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(traffic["weights"], serde_json::json!({"1": 100}));
+    let (ok, list, _) = cli_text(&gateway, &["rollout", "list", "mlp", "-o", "table"]).await;
+    assert!(
+        ok && list.lines().nth(1).unwrap().contains("aborted"),
+        "{list}"
+    );
+
     // Completions come from the same definition.
     let (ok, script, _) = cli_text(&gateway, &["completions", "bash"]).await;
     assert!(ok && script.contains("switchyard") && script.contains("versions"));

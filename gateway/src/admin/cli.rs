@@ -169,6 +169,75 @@ pub enum AliasesCommand {
     Remove { model: String, alias: String },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum RolloutCommand {
+    /// Start a rollout: `switchyard rollout start mlp --target 3 --steps 5,25,50,100 --hold 30s`.
+    Start {
+        model: String,
+        /// The version to roll out.
+        #[arg(long)]
+        target: String,
+        /// The version it replaces; unset: the `stable` alias, else the most weighted one.
+        #[arg(long)]
+        baseline: Option<String>,
+        /// Percentages of live traffic, one step each.
+        #[arg(long, value_delimiter = ',', default_value = "5,25,50,100")]
+        steps: Vec<f64>,
+        /// How long each step holds, at least.
+        #[arg(long, default_value = "30s")]
+        hold: String,
+        /// A first phase mirroring this percentage of requests to the target, with no live
+        /// traffic.
+        #[arg(long)]
+        shadow: Option<f64>,
+        /// How long the shadow phase holds (default: --hold).
+        #[arg(long)]
+        shadow_hold: Option<String>,
+        /// The gates as JSON: `{"min_requests": 200, "max_p99_ratio": 1.5}` (others keep their
+        /// defaults).
+        #[arg(long)]
+        gates: Option<String>,
+    },
+    /// A rollout's stage, weights and figures against its gates (the latest unless --id).
+    Status {
+        model: String,
+        #[arg(long, default_value = "latest")]
+        id: String,
+    },
+    /// Redraw the status every second until the rollout ends or Ctrl-C.
+    Watch {
+        model: String,
+        #[arg(long, default_value = "latest")]
+        id: String,
+    },
+    /// Hold the current step.
+    Pause {
+        model: String,
+        #[arg(long, default_value = "latest")]
+        id: String,
+    },
+    /// Go on from a pause (the step's hold starts again).
+    Resume {
+        model: String,
+        #[arg(long, default_value = "latest")]
+        id: String,
+    },
+    /// Give the target all the traffic and the `stable` alias now.
+    Promote {
+        model: String,
+        #[arg(long, default_value = "latest")]
+        id: String,
+    },
+    /// Give the baseline all the traffic back now.
+    Abort {
+        model: String,
+        #[arg(long, default_value = "latest")]
+        id: String,
+    },
+    /// A model's rollouts, newest first.
+    List { model: String },
+}
+
 fn pairs(items: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
     items
         .iter()
@@ -451,6 +520,63 @@ impl Client {
                 .await
             }
         }
+    }
+
+    pub async fn rollout(&self, command: &RolloutCommand) -> anyhow::Result<Answer> {
+        let control = |model: &str, id: &str, action: &str| {
+            format!("/v1/models/{model}/rollouts/{id}/{action}")
+        };
+        let path = match command {
+            RolloutCommand::Start {
+                model,
+                target,
+                baseline,
+                steps,
+                hold,
+                shadow,
+                shadow_hold,
+                gates,
+            } => {
+                let body = json!({
+                    "target": target,
+                    "baseline": baseline,
+                    "steps": steps,
+                    "hold": hold,
+                    "shadow": shadow.map(|percent| json!({"percent": percent, "hold": shadow_hold})),
+                    "gates": json_arg(gates.clone(), "gates")?,
+                });
+                let value = self
+                    .call(
+                        reqwest::Method::POST,
+                        &format!("/v1/models/{model}/rollouts"),
+                        Some(body),
+                    )
+                    .await?;
+                return Ok(Answer {
+                    value,
+                    view: View::Rollout,
+                });
+            }
+            RolloutCommand::Status { model, id } | RolloutCommand::Watch { model, id } => {
+                return self
+                    .get(&format!("/v1/models/{model}/rollouts/{id}"), View::Rollout)
+                    .await;
+            }
+            RolloutCommand::List { model } => {
+                return self
+                    .get(&format!("/v1/models/{model}/rollouts"), View::Rollouts)
+                    .await;
+            }
+            RolloutCommand::Pause { model, id } => control(model, id, "pause"),
+            RolloutCommand::Resume { model, id } => control(model, id, "resume"),
+            RolloutCommand::Promote { model, id } => control(model, id, "promote"),
+            RolloutCommand::Abort { model, id } => control(model, id, "abort"),
+        };
+        let value = self.call(reqwest::Method::POST, &path, None).await?;
+        Ok(Answer {
+            value,
+            view: View::Rollout,
+        })
     }
 
     pub async fn events(&self, after: i64, limit: i64) -> anyhow::Result<Answer> {

@@ -23,12 +23,14 @@ pub mod figures;
 mod models;
 pub mod openapi;
 pub mod output;
+mod rollouts;
 mod system;
 mod traffic;
 
 use crate::auth;
 use crate::config::{AdminRole, Config, ServingConfig};
 use crate::control::capacity::Capacity;
+use crate::control::rollout::RolloutStatus;
 use crate::core::Gateway;
 use crate::core::feedback::is_json;
 use crate::error::{ErrorKind, GatewayError, quoted};
@@ -48,6 +50,7 @@ pub struct AdminState {
     /// `registry.artifact_roots`.
     artifact_roots: Arc<Vec<PathBuf>>,
     figures: Arc<FigureHistory>,
+    rollouts: Arc<RolloutStatus>,
 }
 
 impl AdminState {
@@ -56,6 +59,7 @@ impl AdminState {
         gateway: Arc<Gateway>,
         capacity: Arc<Capacity>,
         figures: Arc<FigureHistory>,
+        rollouts: Arc<RolloutStatus>,
         whole: &Config,
     ) -> AdminState {
         let config = &whole.admin;
@@ -89,6 +93,7 @@ impl AdminState {
             defaults: whole.serving.clone(),
             artifact_roots: Arc::new(artifact_roots(whole)),
             figures,
+            rollouts,
         }
     }
 }
@@ -279,6 +284,15 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/v1/models/{m}/experiment", get(experiment::experiment))
         .route("/v1/models/{m}/figures", get(figures::figures))
+        .route(
+            "/v1/models/{m}/rollouts",
+            get(rollouts::list_rollouts).post(rollouts::start_rollout),
+        )
+        .route("/v1/models/{m}/rollouts/{id}", get(rollouts::get_rollout))
+        .route(
+            "/v1/models/{m}/rollouts/{id}/{action}",
+            post(rollouts::control_rollout),
+        )
         .route("/v1/feedback", post(experiment::feedback))
         .route("/v1/resources", get(system::resources))
         .route(

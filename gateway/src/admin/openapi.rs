@@ -8,7 +8,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{RefOr, Response};
 use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
 
-use super::{experiment, figures, models, system, traffic};
+use super::{experiment, figures, models, rollouts, system, traffic};
 
 /// The protocol's error body, as every refusal carries it.
 #[derive(ToSchema, ToResponse)]
@@ -43,6 +43,10 @@ pub struct ErrorResponse {
         traffic::remove_alias,
         experiment::experiment,
         figures::figures,
+        rollouts::start_rollout,
+        rollouts::list_rollouts,
+        rollouts::get_rollout,
+        rollouts::control_rollout,
         experiment::feedback,
         system::resources,
         system::events,

@@ -28,6 +28,10 @@ pub enum View {
     Resources,
     Events,
     Scores,
+    /// One rollout (or a write's answer holding one): its stages, figures and gates.
+    Rollout,
+    /// `GET /v1/models/{m}/rollouts`.
+    Rollouts,
     /// Everything else (writes, single versions): the JSON, as the API gave it.
     Raw,
 }
@@ -55,6 +59,8 @@ pub fn render(format: Format, view: View, value: &Value) -> String {
         (Format::Table, View::Resources) => resources(value),
         (Format::Table, View::Events) => events(value),
         (Format::Table, View::Scores) => scores(value),
+        (Format::Table, View::Rollout) => rollout(value.get("rollout").unwrap_or(value)),
+        (Format::Table, View::Rollouts) => rollouts(value),
     }
 }
 
@@ -458,6 +464,182 @@ fn yaml_key(key: &str) -> String {
     } else {
         Value::String(key.to_owned()).to_string()
     }
+}
+
+fn percent(value: &Value) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".into(), |v| format!("{}%", trim_float(v * 100.0)))
+}
+
+fn milliseconds(value: &Value) -> String {
+    value
+        .as_f64()
+        .map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+}
+
+fn stage_name(stage: &Value) -> (String, String) {
+    match stage["kind"].as_str() {
+        Some("shadow") => (
+            "shadow".into(),
+            format!(
+                "0% (mirror {}%)",
+                trim_float(stage["percent"].as_f64().unwrap_or(0.0))
+            ),
+        ),
+        _ => {
+            let weights = stage["weights"].as_object();
+            let total: f64 = weights
+                .map(|w| w.values().filter_map(Value::as_f64).sum())
+                .unwrap_or(0.0);
+            let text = weights
+                .map(|w| {
+                    w.iter()
+                        .map(|(label, weight)| {
+                            let share = weight.as_f64().unwrap_or(0.0) * 100.0 / total.max(1.0);
+                            format!("{label}={}%", trim_float(share))
+                        })
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default();
+            ("live".into(), text)
+        }
+    }
+}
+
+/// `rollout status` and `watch`: where it stands, each stage with its figures and verdict,
+/// and the gates.
+fn rollout(value: &Value) -> String {
+    let mut out = String::new();
+    let stages = value["stages"].as_array().cloned().unwrap_or_default();
+    let current = value["current"].as_u64().unwrap_or(0) as usize;
+    let state = text(&value["state"]);
+    let _ = writeln!(
+        out,
+        "Rollout {} of {}: version {} replacing {}",
+        text(&value["id"]),
+        text(&value["model"]),
+        text(&value["target"]),
+        text(&value["baseline"])
+    );
+    let _ = writeln!(
+        out,
+        "State:   {state}, stage {} of {} (target {}% of live traffic){}",
+        current + 1,
+        stages.len(),
+        trim_float(value["target_percent"].as_f64().unwrap_or(0.0)),
+        if value["driven_by_this_gateway"] == true {
+            ", driven by this gateway"
+        } else {
+            ""
+        }
+    );
+    let status = value["live"]["status"]
+        .as_str()
+        .map(str::to_owned)
+        .unwrap_or_else(|| text(&value["reason"]));
+    let _ = writeln!(out, "Status:  {status}\n");
+    let history = value["history"].as_array().cloned().unwrap_or_default();
+    let rows: Vec<Vec<String>> = stages
+        .iter()
+        .enumerate()
+        .map(|(index, stage)| {
+            let analysis = history.iter().find(|a| a["stage"] == index);
+            let (figures, verdict) = match analysis {
+                Some(a) => (&a["figures"], text(&a["verdict"])),
+                None if index == current && state == "running" => {
+                    (&value["live"]["figures"], "(now)".to_string())
+                }
+                None if index == current && state == "paused" => {
+                    (&value["live"]["figures"], "(paused)".to_string())
+                }
+                None => (&Value::Null, "-".to_string()),
+            };
+            let (kind, split) = stage_name(stage);
+            let hold = stage["hold_ms"].as_u64().unwrap_or(0);
+            let shadow = &figures["shadow"];
+            vec![
+                index.to_string(),
+                kind,
+                split,
+                format!("{}s", trim_float(hold as f64 / 1000.0)),
+                text(&figures["target"]["requests"]),
+                percent(&figures["target"]["error_rate"]),
+                milliseconds(&figures["target"]["p99_ms"]),
+                percent(&figures["baseline"]["error_rate"]),
+                milliseconds(&figures["baseline"]["p99_ms"]),
+                if kind_is_shadow(stage) {
+                    format!(
+                        "{} mirrored, agree {}",
+                        text(&shadow["mirrored"]),
+                        percent(&shadow["argmax_agreement"])
+                    )
+                } else {
+                    "-".into()
+                },
+                verdict,
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "STAGE",
+            "KIND",
+            "WEIGHTS",
+            "HOLD",
+            "REQUESTS",
+            "ERRORS",
+            "P99_MS",
+            "BASE_ERRORS",
+            "BASE_P99_MS",
+            "SHADOW",
+            "VERDICT",
+        ],
+        &rows,
+    ));
+    let gates = value["gates"].as_object().cloned().unwrap_or_default();
+    let listed: Vec<String> = gates
+        .iter()
+        .filter(|(_, v)| !v.is_null())
+        .map(|(k, v)| format!("{k}={}", text(v)))
+        .collect();
+    let _ = writeln!(out, "\nGates:   {}", listed.join(" "));
+    if let Some(reason) = value["reason"].as_str().filter(|r| !r.is_empty()) {
+        let _ = writeln!(out, "Reason:  {reason}");
+    }
+    out
+}
+
+fn kind_is_shadow(stage: &Value) -> bool {
+    stage["kind"] == "shadow"
+}
+
+fn rollouts(value: &Value) -> String {
+    let empty = Vec::new();
+    let rows: Vec<Vec<String>> = value["rollouts"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|r| {
+            vec![
+                text(&r["id"]),
+                text(&r["target"]),
+                text(&r["baseline"]),
+                text(&r["state"]),
+                format!(
+                    "{}/{}",
+                    r["current"].as_u64().unwrap_or(0) + 1,
+                    r["stages"].as_array().map_or(0, Vec::len)
+                ),
+                text(&r["reason"]),
+            ]
+        })
+        .collect();
+    table(
+        &["ID", "TARGET", "BASELINE", "STATE", "STAGE", "REASON"],
+        &rows,
+    )
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@ use crate::control::capacity::{self, Capacity};
 use crate::control::import::import_repository;
 use crate::control::reconcile::Reconciler;
 use crate::control::rewards::flush_rewards;
+use crate::control::rollout::{RolloutDriver, RolloutStatus};
 use crate::control::runtimes::{self, RuntimeSettings, Runtimes};
 use crate::core::request_id::{IdKey, RequestIds, random_key};
 use crate::core::{Gateway, TableHandle};
@@ -41,6 +42,7 @@ pub struct Running {
     reconciler: JoinHandle<()>,
     upkeep: JoinHandle<()>,
     autoscaler: JoinHandle<()>,
+    rollouts: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
     servers: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
 }
@@ -86,6 +88,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         handles.capacity.clone(),
         store.clone(),
     ));
+    let rollout_status = RolloutStatus::new();
+    let rollouts = tokio::spawn(
+        RolloutDriver::new(
+            store.clone(),
+            handles.tables.clone(),
+            rollout_status.clone(),
+        )
+        .run(),
+    );
     let figures = FigureHistory::new();
     let upkeep = tokio::spawn(upkeep(
         handles.clone(),
@@ -116,6 +127,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         gateway.clone(),
         handles.capacity.clone(),
         figures,
+        rollout_status,
         config,
     ));
     let metrics_app = metrics_router(handles.clone(), pipeline);
@@ -149,6 +161,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         reconciler,
         upkeep,
         autoscaler,
+        rollouts,
     })
 }
 
@@ -305,6 +318,7 @@ impl Running {
         self.reconciler.abort();
         self.upkeep.abort();
         self.autoscaler.abort();
+        self.rollouts.abort();
         for (name, server) in self.servers {
             server
                 .await

@@ -9,6 +9,7 @@ pub mod import;
 pub mod reconcile;
 pub mod repository;
 pub mod rewards;
+pub mod rollout;
 pub mod runtimes;
 
 use std::sync::Arc;

@@ -189,9 +189,19 @@ try {
   });
   log(`pending version shown with its reason: ${shown.reason}`);
 
-  // Rollouts do not exist yet; the panel says so.
+  // No rollout yet: the panel says so. Then one starts, and the page follows it.
   const rollouts = await page.locator('#rollouts-body').textContent();
   check(rollouts.includes('No rollout is running'), `rollouts panel: ${rollouts}`);
+  const started = await apiPost('/v1/models/mlp/rollouts', {
+    target: '2', baseline: '1', steps: [50, 100], hold: '120s', gates: { min_requests: 20 },
+  });
+  const card = page.locator(`#rollouts-body .rollout[data-rollout="${started.rollout.id}"]`);
+  await waitFor('the rollout running in the page', async () => {
+    const state = await card.getAttribute('data-state').catch(() => null);
+    const now = state === 'running' ? await card.locator('tr.current td').nth(3).textContent() : null;
+    return { ok: state === 'running' && Number(now) > 0, state, now };
+  });
+  log('the rollout runs in the page, with its current stage\'s figures');
 
   // Resources: the CPU's bar and every version's replicas.
   const device = page.locator('#devices-body [data-device="cpu"] .bar');
@@ -209,6 +219,31 @@ try {
     await page.screenshot({ path: `${screenshots}/dashboard-1280.png`, fullPage: true });
     log(`screenshots in ${screenshots}`);
   }
+
+  // Paused and aborted from the page: the registry follows, and the baseline has it all back.
+  await card.getByRole('button', { name: 'Pause the rollout of mlp' }).click();
+  await waitFor('the pause in the registry', async () => {
+    const latest = await apiGet('/v1/models/mlp/rollouts/latest');
+    return { ok: latest.state === 'paused', state: latest.state };
+  });
+  await waitFor('the page to show the pause', async () => {
+    const state = await card.getAttribute('data-state');
+    return { ok: state === 'paused', state };
+  });
+  check(await card.getByRole('button', { name: 'Resume the rollout of mlp' }).isEnabled(), 'resume is offered');
+  await card.getByRole('button', { name: 'Abort the rollout of mlp' }).click();
+  await waitFor('the abort in the registry', async () => {
+    const latest = await apiGet('/v1/models/mlp/rollouts/latest');
+    return { ok: latest.state === 'aborted', state: latest.state, reason: latest.reason };
+  });
+  const afterAbort = await apiGet('/v1/models/mlp/traffic');
+  check(JSON.stringify(afterAbort.weights) === '{"1":100}', `after the abort: ${JSON.stringify(afterAbort.weights)}`);
+  await waitFor('the page to show the abort and no rollout running', async () => {
+    const state = await card.getAttribute('data-state');
+    const text = await page.locator('#rollouts-body').textContent();
+    return { ok: state === 'aborted' && text.includes('No rollout is running') && text.includes('aborted by token:'), state };
+  });
+  log('the rollout was paused, then aborted, from the page');
 
   // At phone width nothing runs off the side, and the charts fit.
   await page.setViewportSize({ width: 390, height: 844 });

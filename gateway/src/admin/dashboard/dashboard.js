@@ -374,6 +374,80 @@
       rows.length ? rows : [el('tr', {}, el('td', { colspan: 7, class: 'empty', text: 'Nothing placed.' }))]));
   }
 
+  // Rollouts: the latest of each model, its stages with their figures, and the hand controls.
+  const ACTIVE = new Set(['pending', 'running', 'paused']);
+
+  function pct(value) {
+    return value === null || value === undefined ? '—' : `${(value * 100).toFixed(2)}%`;
+  }
+
+  function stageSplit(stage) {
+    if (stage.kind === 'shadow') return `mirror ${stage.percent}%`;
+    const total = Object.values(stage.weights).reduce((a, b) => a + b, 0) || 1;
+    return Object.entries(stage.weights).map(([label, w]) => `${label}: ${((w * 100) / total).toFixed(0)}%`).join(' · ');
+  }
+
+  function renderRollouts(latest) {
+    const cards = [];
+    const anyActive = [...latest.values()].some((r) => ACTIVE.has(r.state));
+    for (const [name, r] of latest) {
+      const rows = r.stages.map((stage, index) => {
+        const analysis = r.history.find((a) => a.stage === index);
+        const now = !analysis && index === r.current && ACTIVE.has(r.state);
+        const figures = analysis ? analysis.figures : (now && r.live ? r.live.figures : null);
+        const verdict = analysis ? analysis.verdict : (now ? (r.state === 'paused' ? 'paused' : 'now') : '—');
+        return el('tr', { 'data-stage': index, class: now ? 'current' : null },
+          el('th', { scope: 'row', text: index + 1 }),
+          el('td', { text: stage.kind }),
+          el('td', { text: stageSplit(stage) }),
+          el('td', { class: 'num', text: `${stage.hold_ms / 1000} s` }),
+          el('td', { class: 'num', text: figures ? (stage.kind === 'shadow' ? figures.shadow.mirrored : figures.target.requests) : '—' }),
+          el('td', { class: 'num', text: figures ? pct(figures.target.error_rate) : '—' }),
+          el('td', { class: 'num', text: figures ? number(figures.target.p99_ms, 2) : '—' }),
+          el('td', { class: 'num', text: figures ? pct(figures.baseline.error_rate) : '—' }),
+          el('td', { class: 'num', text: figures ? number(figures.baseline.p99_ms, 2) : '—' }),
+          el('td', { class: 'num', text: figures && stage.kind === 'shadow' ? pct(figures.shadow.argmax_agreement) : '—' }),
+          el('td', {}, stateBadge(verdict)));
+      });
+      const gates = Object.entries(r.gates).filter(([, v]) => v !== null)
+        .map(([k, v]) => `${k} ${typeof v === 'object' ? `${v.metric} ≥ ${v.min}` : v}`).join(' · ');
+      const active = ACTIVE.has(r.state);
+      const result = el('span', { class: 'status-line result', role: 'status', 'aria-live': 'polite' });
+      const control = (action, label, enabled) => el('button', {
+        type: 'button', class: action === 'abort' ? 'danger' : 'secondary', text: label,
+        disabled: !enabled, 'aria-label': `${label} the rollout of ${name}`,
+        onclick: () => controlRollout(name, r.id, action, result),
+      });
+      const status = r.live ? r.live.status : (r.reason || '');
+      cards.push(el('div', { class: 'rollout', 'data-model': name, 'data-state': r.state, 'data-rollout': r.id },
+        el('h3', {}, `${name}: version ${r.baseline} → ${r.target} `, stateBadge(r.state)),
+        el('p', { class: 'status-line', text: `Rollout ${r.id}, stage ${r.current + 1} of ${r.stages.length}, target at ${r.target_percent.toFixed(1)}% of live traffic${r.driven_by_this_gateway ? ', driven by this gateway' : ''}.` }),
+        el('p', { class: 'rollout-status', text: status }),
+        table(null, ['Stage', 'Kind', 'Split', { text: 'Hold', num: true }, { text: 'Requests', num: true },
+          { text: 'Errors', num: true }, { text: 'p99 ms', num: true }, { text: 'Base errors', num: true },
+          { text: 'Base p99 ms', num: true }, { text: 'Agreement', num: true }, 'Verdict'], rows),
+        el('p', { class: 'hint', text: `Gates: ${gates}` }),
+        el('div', { class: 'actions' },
+          control('pause', 'Pause', r.state === 'running' || r.state === 'pending'),
+          control('resume', 'Resume', r.state === 'paused'),
+          control('promote', 'Promote', active),
+          control('abort', 'Abort', active),
+          result)));
+    }
+    const note = anyActive ? null : el('p', { class: 'empty', text: 'No rollout is running.' });
+    replace($('rollouts-body'), note, cards);
+  }
+
+  async function controlRollout(name, id, action, result) {
+    try {
+      const answer = await api(`/v1/models/${enc(name)}/rollouts/${id}/${action}`, { method: 'POST' });
+      result.textContent = `${action}: done at registry revision ${answer.revision}; the rollout is ${answer.rollout.state}.`;
+      await refresh();
+    } catch (error) {
+      result.textContent = `${action} refused: ${error.message}`;
+    }
+  }
+
   async function pollEvents(revision) {
     if (eventsAfter === null) eventsAfter = Math.max(0, revision - 100);
     for (let page = 0; page < 5; page += 1) {
@@ -407,11 +481,17 @@
   async function refresh() {
     const snapshot = await api('/v1/models');
     const names = snapshot.models.map((m) => m.model.name);
-    const [resources, experimentList, figureList] = await Promise.all([
+    const [resources, experimentList, figureList, rolloutList] = await Promise.all([
       api('/v1/resources'),
       Promise.all(names.map((n) => api(`/v1/models/${enc(n)}/experiment`).catch(() => null))),
       Promise.all(names.map((n) => api(`/v1/models/${enc(n)}/figures`).catch(() => null))),
+      Promise.all(names.map((n) => api(`/v1/models/${enc(n)}/rollouts`).catch(() => null))),
     ]);
+    const rollouts = new Map();
+    names.forEach((n, i) => {
+      const listed = rolloutList[i] && rolloutList[i].rollouts;
+      if (listed && listed.length) rollouts.set(n, listed[0]);
+    });
     const experiments = new Map();
     const figures = new Map();
     names.forEach((n, i) => {
@@ -422,6 +502,7 @@
     renderTraffic(snapshot, experiments);
     renderFigures(figures);
     renderResources(resources);
+    renderRollouts(rollouts);
     await pollEvents(snapshot.revision);
     $('revision').textContent = `registry revision ${snapshot.revision}`;
     $('updated').textContent = `updated ${new Date().toLocaleTimeString()}`;
