@@ -699,3 +699,63 @@ async fn the_rollout_api_refuses_what_it_cannot_do_and_writes_nothing() {
     assert_eq!(status, 409, "{again}");
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_kill_9_the_restarted_gateway_goes_on_at_the_same_step() {
+    let repo = repository(&models_dir().join("mlp/1/model.onnx"));
+    let registry = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", registry.path().join("r.db").display());
+    let mut gateway = spawn_switchyard(repo.path(), &url, &[]).await;
+    stable_on_one(&gateway).await;
+    let load = Load::start(&gateway.http, 4, 0.0, Duration::from_secs(30));
+    must(
+        &gateway,
+        Method::POST,
+        "/v1/models/mlp/rollouts",
+        Some(json!({"target": "2", "steps": [20, 50, 100], "hold": "3s",
+                    "gates": {"min_requests": 20}})),
+    )
+    .await;
+    let mut polls = Vec::new();
+    let before = wait_for(&gateway, Duration::from_secs(30), &mut polls, |r| {
+        r["current"] == 1
+    })
+    .await;
+    gateway.child.kill().unwrap();
+    gateway.child.wait().unwrap();
+    load.finish().await;
+
+    let restarted = spawn_switchyard(repo.path(), &url, &[]).await;
+    let resumed = rollout(&restarted).await;
+    assert_eq!(resumed["current"], 1, "{resumed}");
+    assert_eq!(
+        resumed["history"], before["history"],
+        "stage 0's verdict is kept as it was"
+    );
+    let load = Load::start(&restarted.http, 4, 0.0, Duration::from_secs(60));
+    let done = wait_for(&restarted, Duration::from_secs(40), &mut polls, |r| {
+        !matches!(r["state"].as_str(), Some("pending" | "running"))
+    })
+    .await;
+    let outcomes = load.finish().await;
+    assert_eq!(done["state"], "promoted", "{done}");
+    let stages: Vec<u64> = done["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["stage"].as_u64().unwrap())
+        .collect();
+    assert_eq!(stages, [0, 1, 2], "no verdict skipped or repeated: {done}");
+    let events = must(&restarted, Method::GET, "/v1/events?limit=1000", None).await;
+    assert_eq!(
+        actions(&events),
+        [
+            "rollout.created",
+            "rollout.started",
+            "rollout.step",
+            "rollout.step",
+            "rollout.promoted"
+        ]
+    );
+    assert!(outcomes.iter().all(|o| o.status == 200));
+}
