@@ -98,7 +98,7 @@ def main(mlp_dir: pathlib.Path, out: pathlib.Path) -> None:
     ]
     save(nodes, inits, out, "faulty")
 
-    # slow: y = mlp(x) + 0 * sum(x A B^10).
+    # slow: y = mlp(x) + 0 * sum(x A B^20).
     rng = np.random.default_rng(7)
     nodes, inits = mlp_nodes(layers, "clean")
     inits += [const("A", (rng.standard_normal((64, 2048)) * 0.05).astype(np.float32)),
@@ -106,7 +106,7 @@ def main(mlp_dir: pathlib.Path, out: pathlib.Path) -> None:
               const("zero", np.array(0.0, np.float32))]
     nodes += [helper.make_node("MatMul", ["x", "A"], ["s0"])]
     current = "s0"
-    for index in range(1, 11):
+    for index in range(1, 21):
         nodes.append(helper.make_node("MatMul", [current, "B"], [f"s{index}"]))
         current = f"s{index}"
     nodes += [

@@ -20,9 +20,7 @@ use crate::error::GatewayError;
 const LISTED: i64 = 20;
 
 fn document(record: &RolloutRecord) -> Result<Rollout, GatewayError> {
-    let mut rollout: Rollout = serde_json::from_value(record.body.clone()).map_err(internal)?;
-    rollout.id = record.id;
-    Ok(rollout)
+    Rollout::from_record(record).map_err(internal)
 }
 
 /// The current stage's figures from every gateway's counters, and what the leader would
@@ -56,13 +54,21 @@ async fn shown(state: &AdminState, record: &RolloutRecord) -> Result<Value, Gate
     } else {
         None
     };
-    Ok(status_json(
+    let mut shown = status_json(
         record,
         &rollout,
         live.as_ref()
             .map(|(figures, status)| (figures, status.clone())),
         state.rollouts.leading(),
-    ))
+    );
+    if live.is_none() && rollout.state.is_active() {
+        let waiting = match rollout.state {
+            RolloutState::Paused => "paused before it started",
+            _ => "waiting for the leader to start it",
+        };
+        shown["live"] = json!({ "status": waiting });
+    }
+    Ok(shown)
 }
 
 async fn find(state: &AdminState, model: &str, id: &str) -> Result<RolloutRecord, GatewayError> {

@@ -153,9 +153,7 @@ impl RolloutDriver {
     }
 
     async fn drive(&self, record: &RolloutRecord) -> Result<(), RegistryError> {
-        let mut rollout: Rollout = serde_json::from_value(record.body.clone())
-            .map_err(|e| RegistryError::Invalid(format!("rollout {}: {e}", record.id)))?;
-        rollout.id = record.id;
+        let mut rollout = Rollout::from_record(record).map_err(RegistryError::Invalid)?;
         let model = self.store.model(&rollout.model).await?;
         let now = totals(self.store.as_ref(), &rollout, &model).await?;
         let now_ms = now_ms();

@@ -250,6 +250,18 @@ pub struct Rollout {
 }
 
 impl Rollout {
+    /// The document of a registry row, checked: a row this build cannot read is an error,
+    /// never a panic.
+    pub fn from_record(record: &switchyard_registry::RolloutRecord) -> Result<Rollout, String> {
+        let mut rollout: Rollout = serde_json::from_value(record.body.clone())
+            .map_err(|e| format!("rollout {} cannot be read: {e}", record.id))?;
+        if rollout.stages.is_empty() {
+            return Err(format!("rollout {} has no stages", record.id));
+        }
+        rollout.id = record.id;
+        Ok(rollout)
+    }
+
     pub fn stage(&self) -> &Stage {
         &self.stages[self.current.min(self.stages.len() - 1)]
     }
