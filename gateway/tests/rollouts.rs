@@ -220,6 +220,24 @@ fn actions(events: &Value) -> Vec<String> {
         .collect()
 }
 
+/// The stages of a rollout's history, in the order they were judged.
+fn judged_stages(rollout: &Value) -> Vec<u64> {
+    rollout["history"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["stage"].as_u64().unwrap())
+        .collect()
+}
+
+/// The rollout's events of a promotion through `steps` live steps.
+fn promoted_through(steps: usize) -> Vec<String> {
+    let mut expected = vec!["rollout.created".to_string(), "rollout.started".to_string()];
+    expected.extend(std::iter::repeat_n("rollout.step".to_string(), steps - 1));
+    expected.push("rollout.promoted".into());
+    expected
+}
+
 fn k6() -> PathBuf {
     let bundled = repo_root().join(".tools/bin/k6");
     if bundled.is_file() {
@@ -290,10 +308,7 @@ export default function () {
     assert_eq!(done["state"], "promoted", "{done}");
     // Every step was judged once, in order, and passed.
     let history = done["history"].as_array().unwrap();
-    let stages: Vec<u64> = history
-        .iter()
-        .map(|a| a["stage"].as_u64().unwrap())
-        .collect();
+    let stages = judged_stages(&done);
     assert_eq!(stages, [0, 1, 2, 3], "{done}");
     assert!(history.iter().all(|a| a["verdict"] == "passed"), "{done}");
     assert!(
@@ -316,17 +331,7 @@ export default function () {
     let model = must(&gateway, Method::GET, "/v1/models/mlp", None).await;
     assert_eq!(model["aliases"]["stable"], "2");
     let events = must(&gateway, Method::GET, "/v1/events?limit=1000", None).await;
-    assert_eq!(
-        actions(&events),
-        [
-            "rollout.created",
-            "rollout.started",
-            "rollout.step",
-            "rollout.step",
-            "rollout.step",
-            "rollout.promoted"
-        ]
-    );
+    assert_eq!(actions(&events), promoted_through(4));
 
     let deadline = Instant::now() + Duration::from_secs(40);
     let status = loop {
@@ -556,24 +561,10 @@ async fn two_gateways_judge_their_sum_and_the_second_takes_over_when_the_leader_
     assert_eq!(done["state"], "promoted", "{done}");
     assert!(done["driven_by_this_gateway"] == true, "{done}");
     // Each stage was judged once: none skipped, none repeated.
-    let stages: Vec<u64> = done["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["stage"].as_u64().unwrap())
-        .collect();
+    let stages = judged_stages(&done);
     assert_eq!(stages, [0, 1, 2], "{done}");
     let events = must(&follower, Method::GET, "/v1/events?limit=1000", None).await;
-    assert_eq!(
-        actions(&events),
-        [
-            "rollout.created",
-            "rollout.started",
-            "rollout.step",
-            "rollout.step",
-            "rollout.promoted"
-        ]
-    );
+    assert_eq!(actions(&events), promoted_through(3));
     // The steps after the kill were written by the follower.
     let drivers: Vec<&str> = events["events"]
         .as_array()
@@ -613,8 +604,16 @@ async fn the_rollout_api_refuses_what_it_cannot_do_and_writes_nothing() {
     for (body, expected) in [
         (json!({"target": "9"}), "no live version '9'"),
         (json!({"target": "2", "baseline": "2"}), "must be different"),
-        (json!({"target": "2", "steps": [0]}), "more than 0"),
-        (json!({"target": "2", "steps": [150]}), "at most 100"),
+        (json!({"target": "2", "steps": [0]}), "from 0.1 to 100"),
+        (json!({"target": "2", "steps": [150]}), "from 0.1 to 100"),
+        (
+            json!({"target": "2", "steps": [{"weights": {"1": 5}}]}),
+            "give the target",
+        ),
+        (
+            json!({"target": "2", "steps": [{"weights": {"2": 5, "1": u64::MAX}}]}),
+            "each at most",
+        ),
         (json!({"target": "2", "steps": []}), "1 to 20 steps"),
         (json!({"target": "2", "hold": "forever"}), "not a duration"),
         (json!({"target": "2", "hold": "400d"}), "at most"),
@@ -624,7 +623,7 @@ async fn the_rollout_api_refuses_what_it_cannot_do_and_writes_nothing() {
             "unknown field",
         ),
         (
-            json!({"target": "2", "steps": [{"weights": {"7": 1}}]}),
+            json!({"target": "2", "steps": [{"weights": {"7": 1, "2": 1}}]}),
             "no live version",
         ),
         (json!({"target": "2", "surprise": true}), "unknown field"),
@@ -739,23 +738,9 @@ async fn after_kill_9_the_restarted_gateway_goes_on_at_the_same_step() {
     .await;
     let outcomes = load.finish().await;
     assert_eq!(done["state"], "promoted", "{done}");
-    let stages: Vec<u64> = done["history"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|a| a["stage"].as_u64().unwrap())
-        .collect();
+    let stages = judged_stages(&done);
     assert_eq!(stages, [0, 1, 2], "no verdict skipped or repeated: {done}");
     let events = must(&restarted, Method::GET, "/v1/events?limit=1000", None).await;
-    assert_eq!(
-        actions(&events),
-        [
-            "rollout.created",
-            "rollout.started",
-            "rollout.step",
-            "rollout.step",
-            "rollout.promoted"
-        ]
-    );
+    assert_eq!(actions(&events), promoted_through(3));
     assert!(outcomes.iter().all(|o| o.status == 200));
 }

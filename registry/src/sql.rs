@@ -20,8 +20,13 @@ const CHANNEL: &str = "switchyard_registry";
 /// The PostgreSQL advisory lock whose holder drives rollouts.
 const ROLLOUT_LEADER_LOCK: i64 = 0x5357_5952_4f4c_4c53; // "SWYROLLS"
 
-/// A gateway's counters untouched this long belong to a gateway long gone.
-const STALE_COUNTERS_MS: i64 = 3_600_000;
+/// A gateway's counters untouched this long belong to a gateway long gone (live gateways
+/// rewrite theirs every minute).
+const STALE_COUNTERS_MS: i64 = 24 * 3_600_000;
+
+/// A leader's session idle this long is ended by the server, and its lock with it: a leader
+/// whose host froze or lost the network gives way (it asks every 500 ms while it leads).
+const LEADER_IDLE_SESSION: &str = "SET idle_session_timeout = '10s'";
 
 static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 
@@ -1371,6 +1376,10 @@ impl Store for SqlStore {
             }
         }
         let mut connection = sqlx::AnyConnection::connect_with(&self.options).await?;
+        // PostgreSQL 14 and later; older servers keep the session until TCP gives up.
+        if let Err(error) = connection.execute(LEADER_IDLE_SESSION).await {
+            tracing::debug!(%error, "the server does not end idle sessions");
+        }
         let held: bool = sqlx::query("SELECT pg_try_advisory_lock($1) AS held")
             .bind(ROLLOUT_LEADER_LOCK)
             .fetch_one(&mut connection)

@@ -131,7 +131,12 @@ pub(super) async fn list_rollouts(
     let records = state.store.rollouts(&model, LISTED).await?;
     let mut rollouts = Vec::with_capacity(records.len());
     for record in &records {
-        rollouts.push(shown(&state, record).await?);
+        // One row this build cannot read must not hide the others.
+        rollouts.push(match shown(&state, record).await {
+            Ok(shown) => shown,
+            Err(error) => json!({"id": record.id, "model": record.model, "state": record.state,
+                                 "error": error.to_string()}),
+        });
     }
     ok(StatusCode::OK, json!({"rollouts": rollouts}))
 }
@@ -170,7 +175,27 @@ pub(super) async fn control_rollout(
         )));
     }
     let record = find(&state, &model, &id).await?;
-    let rollout = document(&record)?;
+    let rollout = match document(&record) {
+        Ok(rollout) => rollout,
+        // A row this build cannot read can still be ended, so that the model can have another.
+        Err(error) if action == "abort" && RolloutRecord::is_active(&record.state) => {
+            let write = switchyard_registry::RolloutWrite {
+                existing: Some((record.id, record.generation)),
+                state: RolloutState::Aborted.as_str().into(),
+                body: record.body.clone(),
+                action: "rollout.aborted".into(),
+                payload: json!({"rollout": record.id, "by": actor.0,
+                                "reason": format!("unreadable: {error}")}),
+                ..Default::default()
+            };
+            let (_, revision) = state.store.write_rollout(&actor.0, &model, write).await?;
+            return ok(
+                StatusCode::OK,
+                json!({"revision": revision, "rollout": {"id": record.id, "state": "aborted"}}),
+            );
+        }
+        Err(error) => return Err(error),
+    };
     if !rollout.state.is_active() {
         return Err(GatewayError::new(
             crate::error::ErrorKind::Conflict,

@@ -412,7 +412,7 @@
       const gates = Object.entries(r.gates).filter(([, v]) => v !== null)
         .map(([k, v]) => `${k} ${typeof v === 'object' ? `${v.metric} ≥ ${v.min}` : v}`).join(' · ');
       const active = ACTIVE.has(r.state);
-      const result = el('span', { class: 'status-line result', role: 'status', 'aria-live': 'polite' });
+      const result = el('span', { class: 'status-line result', role: 'status', 'aria-live': 'polite', text: rolloutMessages.get(name) || '' });
       const control = (action, label, enabled) => el('button', {
         type: 'button', class: action === 'abort' ? 'danger' : 'secondary', text: label,
         disabled: !enabled, 'aria-label': `${label} the rollout of ${name}`,
@@ -438,14 +438,18 @@
     replace($('rollouts-body'), note, cards);
   }
 
+  // The last hand control's outcome per model, kept across the cards' redraws.
+  const rolloutMessages = new Map();
+
   async function controlRollout(name, id, action, result) {
     try {
       const answer = await api(`/v1/models/${enc(name)}/rollouts/${id}/${action}`, { method: 'POST' });
-      result.textContent = `${action}: done at registry revision ${answer.revision}; the rollout is ${answer.rollout.state}.`;
-      await refresh();
+      rolloutMessages.set(name, `${action}: done at registry revision ${answer.revision}; the rollout is ${answer.rollout.state}.`);
     } catch (error) {
-      result.textContent = `${action} refused: ${error.message}`;
+      rolloutMessages.set(name, `${action} refused: ${error.message}`);
     }
+    result.textContent = rolloutMessages.get(name);
+    await refresh();
   }
 
   async function pollEvents(revision) {

@@ -155,6 +155,14 @@ pub fn stage_figures(rollout: &Rollout, now: &Totals, now_ms: i64) -> StageFigur
     }
 }
 
+/// The figures as of look `look` instead of the clock's: the leader never tests twice at one
+/// look, whatever its ticks and the clock do.
+pub fn at_look(mut figures: StageFigures, gates: &Gates, look: u64) -> StageFigures {
+    figures.look = look;
+    figures.alpha_per_test = alpha_per_test(gates, look);
+    figures
+}
+
 /// Decides what a running rollout does now. `scores` are the target's latest offline scores.
 pub fn decide(
     rollout: &Rollout,
@@ -400,7 +408,7 @@ pub fn z_critical(alpha: f64) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::control::rollout::{Stage, StageKind};
+    use crate::control::rollout::{PerGateway, Stage, StageKind};
     use rand::{Rng, SeedableRng};
 
     fn live(target_percent: u64, hold_ms: u64) -> Stage {
@@ -414,24 +422,17 @@ mod tests {
     }
 
     fn rollout(stages: Vec<Stage>) -> Rollout {
-        Rollout {
-            id: 1,
-            model: "m".into(),
-            target: "2".into(),
-            baseline: "1".into(),
+        let mut rollout = Rollout::new(
+            "m".into(),
+            "2".into(),
+            "1".into(),
             stages,
-            gates: Gates::default(),
-            state: RolloutState::Running,
-            current: 0,
-            started_ms: 0,
-            stage_started_ms: 0,
-            at_start: Totals::default(),
-            at_stage_start: Totals::default(),
-            history: Vec::new(),
-            reason: String::new(),
-            policy_before: serde_json::json!({"mode": "fixed"}),
-            created_by: "test".into(),
-        }
+            Gates::default(),
+            serde_json::json!({"mode": "fixed"}),
+            "test".into(),
+        );
+        rollout.state = RolloutState::Running;
+        rollout
     }
 
     /// Latency buckets with `n` requests all in the bucket of `micros`.
@@ -451,8 +452,8 @@ mod tests {
             shadow: BTreeMap::new(),
         };
         Totals {
-            target: counters(target),
-            baseline: counters(baseline),
+            target: PerGateway::one(counters(target)),
+            baseline: PerGateway::one(counters(baseline)),
             ..Totals::default()
         }
     }
@@ -578,13 +579,13 @@ mod tests {
             );
             counters
         };
-        now.target = shadow(200, 150);
+        now.target = PerGateway::one(shadow(200, 150));
         let figures = stage_figures(&rollout, &now, 1_000);
         assert_eq!(
             decide(&rollout, &figures, &BTreeMap::new(), 1_000),
             Decision::RollBack("argmax agreement with the baseline 0.7500 is below 0.99".into())
         );
-        now.target = shadow(200, 200);
+        now.target = PerGateway::one(shadow(200, 200));
         let figures = stage_figures(&rollout, &now, 6_000);
         assert_eq!(
             decide(&rollout, &figures, &BTreeMap::new(), 6_000),
@@ -624,9 +625,9 @@ mod tests {
                 let share = rollout.target_percent(rollout.stage()) / 100.0;
                 for _ in 0..200 {
                     let (counters, rate) = if rng.random::<f64>() < share {
-                        (&mut now.target, target_error)
+                        (now.target.single(), target_error)
                     } else {
-                        (&mut now.baseline, 0.02)
+                        (now.baseline.single(), 0.02)
                     };
                     counters.requests += 1;
                     counters.errors += u64::from(rng.random::<f64>() < rate);

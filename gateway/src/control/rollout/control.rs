@@ -9,7 +9,7 @@ use serde_json::{Value, json};
 use switchyard_registry::{ModelRecord, RegistryError, RolloutRecord, RolloutWrite, Store};
 
 use super::analysis::{self, StageFigures};
-use super::{Analysis, Counters, Gates, Rollout, RolloutState, Stage, StageKind, Totals};
+use super::{Counters, Gates, Rollout, RolloutState, Stage, StageKind, Totals};
 use crate::config::HumanDuration;
 use crate::routing::TrafficPolicy;
 
@@ -77,13 +77,15 @@ fn hold_ms(text: Option<&str>, default: &str) -> Result<u64, String> {
 }
 
 fn check_percent(percent: f64, what: &str) -> Result<f64, String> {
-    if !(percent.is_finite() && percent > 0.0 && percent <= 100.0) {
-        return Err(format!(
-            "{what} must be more than 0 and at most 100, not {percent}"
-        ));
+    // Weights are in thousandths of the traffic: 0.1% is the smallest share a step can give.
+    if !(percent.is_finite() && (0.1..=100.0).contains(&percent)) {
+        return Err(format!("{what} must be from 0.1 to 100, not {percent}"));
     }
     Ok(percent)
 }
+
+/// The most one version may weigh in a step's explicit weights.
+const MAX_STEP_WEIGHT: u64 = 1_000_000_000;
 
 fn live_weights(baseline: &str, target: &str, percent: f64) -> BTreeMap<String, u64> {
     let target_weight = (percent * WEIGHT_SCALE).round() as u64;
@@ -135,13 +137,23 @@ fn check_gates(gates: &Gates) -> Result<(), String> {
 
 /// The version a rollout starts from when the request names none.
 fn default_baseline(model: &ModelRecord, target: &str) -> Option<String> {
-    if let Some(stable) = model.aliases.get("stable").filter(|v| *v != target) {
+    let live = |label: &str| {
+        model
+            .versions
+            .iter()
+            .any(|v| v.label == label && v.state.is_live())
+    };
+    if let Some(stable) = model
+        .aliases
+        .get("stable")
+        .filter(|v| *v != target && live(v))
+    {
         return Some(stable.clone());
     }
     if let Some((label, _)) = model
         .traffic
         .iter()
-        .filter(|(label, weight)| *label != target && **weight > 0)
+        .filter(|(label, weight)| *label != target && **weight > 0 && live(label))
         .max_by_key(|(_, weight)| **weight)
     {
         return Some(label.clone());
@@ -229,10 +241,15 @@ pub fn new_rollout(
                 weights: Some(weights),
                 hold,
             } => {
-                if weights.len() > 64 || weights.values().all(|w| *w == 0) {
-                    return Err(
-                        "a step's weights name 1 to 64 versions, one of them positive".into(),
-                    );
+                if weights.len() > 64 || weights.values().any(|w| *w > MAX_STEP_WEIGHT) {
+                    return Err(format!(
+                        "a step's weights name 1 to 64 versions, each at most {MAX_STEP_WEIGHT}"
+                    ));
+                }
+                if weights.get(&target).is_none_or(|w| *w == 0) {
+                    return Err(format!(
+                        "a step's weights must give the target, version {target}, some traffic"
+                    ));
                 }
                 if let Some(unknown) = weights.keys().find(|label| !live(label)) {
                     return Err(format!(
@@ -252,24 +269,15 @@ pub fn new_rollout(
     }
     let gates = request.gates.unwrap_or_default();
     check_gates(&gates)?;
-    let rollout = Rollout {
-        id: 0,
-        model: name.clone(),
+    let rollout = Rollout::new(
+        name.clone(),
         target,
         baseline,
         stages,
         gates,
-        state: RolloutState::Pending,
-        current: 0,
-        started_ms: 0,
-        stage_started_ms: 0,
-        at_start: Totals::default(),
-        at_stage_start: Totals::default(),
-        history: Vec::new(),
-        reason: String::new(),
-        policy_before: model.policy.clone(),
-        created_by: actor.to_owned(),
-    };
+        model.policy.clone(),
+        actor.to_owned(),
+    );
     let write = RolloutWrite {
         existing: None,
         state: rollout.state.as_str().into(),
@@ -287,8 +295,17 @@ fn to_value(rollout: &Rollout) -> Value {
 }
 
 /// The policy during a stage: the one before the rollout, plus the shadow of a shadow stage.
+/// A bandit or a score policy would move the weights itself, so the stages route by fixed
+/// weights (keeping the error shedding); sticky routing keeps to the weights and stays.
 fn stage_policy(rollout: &Rollout, stage: &Stage) -> Result<Value, String> {
     let mut policy = rollout.policy_before.clone();
+    if matches!(policy["mode"].as_str(), Some("bandit" | "score")) {
+        let mut fixed = json!({"mode": "fixed"});
+        if let Some(shed) = policy.get("max_error_rate") {
+            fixed["max_error_rate"] = shed.clone();
+        }
+        policy = fixed;
+    }
     if let StageKind::Shadow { percent } = stage.kind
         && let Some(object) = policy.as_object_mut()
     {
@@ -345,15 +362,7 @@ pub fn finish_write(
     now_ms: i64,
 ) -> RolloutWrite {
     let started = rollout.started_ms > 0;
-    rollout.history.push(Analysis {
-        stage: rollout.current,
-        stage_kind: rollout.stage().kind.clone(),
-        started_ms: rollout.stage_started_ms,
-        ended_ms: now_ms,
-        figures,
-        verdict: verdict.into(),
-        reason: reason.clone(),
-    });
+    rollout.close_stage(figures, verdict, &reason, now_ms);
     rollout.state = state;
     rollout.reason = reason.clone();
     let (weights, alias) = match state {
@@ -388,25 +397,21 @@ pub async fn totals(
     rollout: &Rollout,
     model: &ModelRecord,
 ) -> Result<Totals, RegistryError> {
-    let mut target = Counters::default();
-    let mut baseline = Counters::default();
+    let mut totals = Totals::default();
     for row in store.counters(&rollout.model).await? {
         let Ok(counters) = serde_json::from_value::<Counters>(row.body) else {
             continue;
         };
         if row.version == rollout.target {
-            target.add(&counters);
+            totals.target.0.insert(row.gateway, counters);
         } else if row.version == rollout.baseline {
-            baseline.add(&counters);
+            totals.baseline.0.insert(row.gateway, counters);
         }
     }
     let rewards = |label: &str| model.rewards.get(label).copied().unwrap_or_default();
-    Ok(Totals {
-        target,
-        baseline,
-        target_rewards: rewards(&rollout.target),
-        baseline_rewards: rewards(&rollout.baseline),
-    })
+    totals.target_rewards = rewards(&rollout.target);
+    totals.baseline_rewards = rewards(&rollout.baseline);
+    Ok(totals)
 }
 
 /// A hand control: `pause`, `resume`, `promote` or `abort`.
@@ -515,5 +520,115 @@ pub fn describe(decision: &analysis::Decision) -> String {
         analysis::Decision::Advance => "the stage has passed; advancing".into(),
         analysis::Decision::Promote => "the last stage has passed; promoting".into(),
         analysis::Decision::RollBack(reason) => format!("breached: {reason}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::rollout::{PerGateway, ShadowCounts};
+
+    fn record() -> RolloutRecord {
+        RolloutRecord {
+            id: 1,
+            model: "m".into(),
+            state: "running".into(),
+            generation: 3,
+            body: Value::Null,
+            created_ms: 0,
+            updated_ms: 0,
+        }
+    }
+
+    fn rollout(policy: Value, stages: Vec<Stage>) -> Rollout {
+        let mut rollout = Rollout::new(
+            "m".into(),
+            "2".into(),
+            "1".into(),
+            stages,
+            Gates::default(),
+            policy,
+            "test".into(),
+        );
+        rollout.state = RolloutState::Running;
+        rollout.started_ms = 1;
+        rollout
+    }
+
+    #[test]
+    fn stages_route_by_fixed_weights_and_the_policy_comes_back_at_the_end() {
+        let bandit = json!({"mode": "bandit", "floor": 0.05, "latency_objective_ms": 50,
+                            "max_error_rate": 0.3});
+        let stages = vec![
+            Stage {
+                kind: StageKind::Shadow { percent: 20.0 },
+                hold_ms: 1000,
+            },
+            Stage {
+                kind: StageKind::Live {
+                    weights: live_weights("1", "2", 5.0),
+                },
+                hold_ms: 1000,
+            },
+        ];
+        let mut rollout = rollout(bandit.clone(), stages);
+        let shadow = stage_write(&record(), &rollout, "rollout.started").unwrap();
+        assert_eq!(
+            shadow.policy.unwrap(),
+            json!({"mode": "fixed", "max_error_rate": 0.3,
+                   "shadow": {"version": "2", "fraction": 0.2}})
+        );
+        assert_eq!(shadow.weights.unwrap(), BTreeMap::from([("1".into(), 100)]));
+        rollout.current = 1;
+        let live = stage_write(&record(), &rollout, "rollout.step").unwrap();
+        assert_eq!(
+            live.policy.unwrap(),
+            json!({"mode": "fixed", "max_error_rate": 0.3})
+        );
+        assert_eq!(
+            live.weights.unwrap(),
+            BTreeMap::from([("1".into(), 950), ("2".into(), 50)])
+        );
+        let ended = finish_write(
+            &record(),
+            rollout,
+            RolloutState::RolledBack,
+            "failed",
+            "a reason".into(),
+            StageFigures::default(),
+            5,
+        );
+        assert_eq!(ended.policy.unwrap(), bandit);
+        assert_eq!(ended.weights.unwrap(), BTreeMap::from([("1".into(), 100)]));
+        assert_eq!(
+            ended.existing,
+            Some((1, 3)),
+            "written against the generation read"
+        );
+    }
+
+    #[test]
+    fn a_gateway_that_restarts_or_goes_away_never_adds_to_the_figures() {
+        let counters = |requests, errors| Counters {
+            requests,
+            errors,
+            buckets: Vec::new(),
+            shadow: BTreeMap::<String, ShadowCounts>::new(),
+        };
+        let earlier = PerGateway(BTreeMap::from([
+            ("a".to_string(), counters(100, 10)),
+            ("b".to_string(), counters(50, 0)),
+            ("c".to_string(), counters(70, 7)),
+        ]));
+        let now = PerGateway(BTreeMap::from([
+            // 20 more requests, 1 more error.
+            ("a".to_string(), counters(120, 11)),
+            // Restarted in place: counts from zero again, all of them new.
+            ("b".to_string(), counters(5, 1)),
+            // A new gateway: everything is new. Gateway c's row is gone: nothing.
+            ("d".to_string(), counters(8, 0)),
+        ]));
+        let since = now.since(&earlier);
+        assert_eq!((since.requests, since.errors), (33, 2));
     }
 }

@@ -6,14 +6,14 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde_json::Value;
-use switchyard_registry::{RegistryError, RolloutRecord, Store};
+use switchyard_registry::{RegistryError, RolloutRecord, Store, VersionState};
 
 use super::analysis::{self, Decision, LOOK_INTERVAL_MS};
 use super::control::{finish_write, stage_write, totals};
-use super::{Analysis, Counters, Rollout, RolloutState, ShadowCounts};
+use super::{Counters, Rollout, RolloutState, ShadowCounts};
 use crate::core::TableHandle;
 
 /// Who this gateway is to the others, and whether it drives rollouts now.
@@ -46,9 +46,15 @@ pub struct RolloutDriver {
     store: Arc<dyn Store>,
     tables: Arc<TableHandle>,
     status: Arc<RolloutStatus>,
-    /// What this gateway last wrote, per (model, version): unchanged rows are not rewritten.
-    written: BTreeMap<(String, String), Counters>,
+    /// What this gateway last wrote, and when, per (model, version): unchanged rows are
+    /// rewritten only every [`REFRESH_COUNTERS`], so that the registry keeps the rows of live
+    /// gateways.
+    written: BTreeMap<(String, String), (Counters, Instant)>,
+    /// Per rollout, the last look tested: each look is tested once.
+    looks: BTreeMap<i64, u64>,
 }
+
+const REFRESH_COUNTERS: Duration = Duration::from_secs(60);
 
 impl RolloutDriver {
     pub fn new(
@@ -61,6 +67,7 @@ impl RolloutDriver {
             tables,
             status,
             written: BTreeMap::new(),
+            looks: BTreeMap::new(),
         }
     }
 
@@ -92,6 +99,8 @@ impl RolloutDriver {
         if !leading {
             return Ok(());
         }
+        self.looks
+            .retain(|id, _| active.iter().any(|record| record.id == *id));
         for record in active {
             if let Err(error) = self.drive(&record).await {
                 tracing::warn!(model = %record.model, rollout = record.id, %error, "rollout step not applied");
@@ -129,7 +138,11 @@ impl RolloutDriver {
                         .collect(),
                 };
                 let key = (name.to_string(), version.label.to_string());
-                if self.written.get(&key) == Some(&counters) {
+                let fresh = self
+                    .written
+                    .get(&key)
+                    .is_some_and(|(last, at)| *last == counters && at.elapsed() < REFRESH_COUNTERS);
+                if fresh {
                     continue;
                 }
                 let body = serde_json::to_value(&counters).unwrap_or(Value::Null);
@@ -146,13 +159,14 @@ impl RolloutDriver {
         self.store
             .put_counters(&self.status.gateway, writes)
             .await?;
+        let now = Instant::now();
         for (key, counters, _) in rows {
-            self.written.insert(key, counters);
+            self.written.insert(key, (counters, now));
         }
         Ok(())
     }
 
-    async fn drive(&self, record: &RolloutRecord) -> Result<(), RegistryError> {
+    async fn drive(&mut self, record: &RolloutRecord) -> Result<(), RegistryError> {
         let mut rollout = Rollout::from_record(record).map_err(RegistryError::Invalid)?;
         let model = self.store.model(&rollout.model).await?;
         let now = totals(self.store.as_ref(), &rollout, &model).await?;
@@ -170,6 +184,54 @@ impl RolloutDriver {
             }
             RolloutState::Running => {
                 let figures = analysis::stage_figures(&rollout, &now, now_ms);
+                let look = self
+                    .looks
+                    .get(&record.id)
+                    .map_or(figures.look, |last| figures.look.max(last + 1));
+                self.looks.insert(record.id, look);
+                let figures = analysis::at_look(figures, &rollout.gates, look);
+                let not_live = |label: &str| {
+                    model.versions.iter().find(|v| v.label == label).map_or(
+                        Some("removed".to_string()),
+                        |v| {
+                            matches!(
+                                v.state,
+                                VersionState::Failed
+                                    | VersionState::Draining
+                                    | VersionState::Retired
+                            )
+                            .then(|| v.state.as_str().to_string())
+                        },
+                    )
+                };
+                if let Some(state) = not_live(&rollout.target) {
+                    let reason = format!("the target, version {}, is {state}", rollout.target);
+                    let write = finish_write(
+                        record,
+                        rollout,
+                        RolloutState::RolledBack,
+                        "failed",
+                        reason,
+                        figures,
+                        now_ms,
+                    );
+                    return self.apply(record, &actor, write).await;
+                }
+                if let Some(state) = not_live(&rollout.baseline) {
+                    // Nothing to go back to: the rollout ends where it stands.
+                    let reason = format!("the baseline, version {}, is {state}", rollout.baseline);
+                    let mut write = finish_write(
+                        record,
+                        rollout,
+                        RolloutState::Aborted,
+                        "aborted",
+                        reason,
+                        figures,
+                        now_ms,
+                    );
+                    write.weights = None;
+                    return self.apply(record, &actor, write).await;
+                }
                 let scores = model
                     .latest_scores
                     .get(&rollout.target)
@@ -178,15 +240,7 @@ impl RolloutDriver {
                 match analysis::decide(&rollout, &figures, &scores, now_ms) {
                     Decision::Hold(_) => return Ok(()),
                     Decision::Advance => {
-                        rollout.history.push(Analysis {
-                            stage: rollout.current,
-                            stage_kind: rollout.stage().kind.clone(),
-                            started_ms: rollout.stage_started_ms,
-                            ended_ms: now_ms,
-                            figures,
-                            verdict: "passed".into(),
-                            reason: String::new(),
-                        });
+                        rollout.close_stage(figures, "passed", "", now_ms);
                         rollout.current += 1;
                         rollout.stage_started_ms = now_ms;
                         rollout.at_stage_start = now;
@@ -218,7 +272,16 @@ impl RolloutDriver {
             }
             _ => return Ok(()),
         };
-        match self.store.write_rollout(&actor, &record.model, write).await {
+        self.apply(record, &actor, write).await
+    }
+
+    async fn apply(
+        &self,
+        record: &RolloutRecord,
+        actor: &str,
+        write: switchyard_registry::RolloutWrite,
+    ) -> Result<(), RegistryError> {
+        match self.store.write_rollout(actor, &record.model, write).await {
             Ok((written, revision)) => {
                 tracing::info!(model = %record.model, rollout = record.id, state = %written.state, revision, "rollout moved");
                 Ok(())

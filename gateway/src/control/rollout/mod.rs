@@ -201,11 +201,41 @@ impl Counters {
     }
 }
 
+/// One version's counters per gateway. What happened between two readings is summed gateway
+/// by gateway, so that a gateway that restarts (new counters, a new row) or whose row is gone
+/// can only make the figures smaller, never larger.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct PerGateway(pub BTreeMap<String, Counters>);
+
+impl PerGateway {
+    /// One gateway's counters, as tests and simulations have it.
+    pub fn one(counters: Counters) -> PerGateway {
+        PerGateway(BTreeMap::from([("gateway".to_string(), counters)]))
+    }
+
+    pub fn single(&mut self) -> &mut Counters {
+        self.0.entry("gateway".into()).or_default()
+    }
+
+    pub fn since(&self, earlier: &PerGateway) -> Counters {
+        let mut total = Counters::default();
+        for (gateway, now) in &self.0 {
+            let difference = match earlier.0.get(gateway) {
+                Some(before) if now.requests >= before.requests => now.since(before),
+                // Counters that went back started again: all of them are new.
+                Some(_) | None => now.clone(),
+            };
+            total.add(&difference);
+        }
+        total
+    }
+}
+
 /// The totals of the two versions a rollout compares, at one moment.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Totals {
-    pub target: Counters,
-    pub baseline: Counters,
+    pub target: PerGateway,
+    pub baseline: PerGateway,
     pub target_rewards: Rewards,
     pub baseline_rewards: Rewards,
 }
@@ -250,6 +280,55 @@ pub struct Rollout {
 }
 
 impl Rollout {
+    /// A rollout not started yet: `pending`, at its first stage, with no history.
+    pub fn new(
+        model: String,
+        target: String,
+        baseline: String,
+        stages: Vec<Stage>,
+        gates: Gates,
+        policy_before: serde_json::Value,
+        created_by: String,
+    ) -> Rollout {
+        Rollout {
+            id: 0,
+            model,
+            target,
+            baseline,
+            stages,
+            gates,
+            state: RolloutState::Pending,
+            current: 0,
+            started_ms: 0,
+            stage_started_ms: 0,
+            at_start: Totals::default(),
+            at_stage_start: Totals::default(),
+            history: Vec::new(),
+            reason: String::new(),
+            policy_before,
+            created_by,
+        }
+    }
+
+    /// Records the verdict on the current stage.
+    pub fn close_stage(
+        &mut self,
+        figures: analysis::StageFigures,
+        verdict: &str,
+        reason: &str,
+        now_ms: i64,
+    ) {
+        self.history.push(Analysis {
+            stage: self.current,
+            stage_kind: self.stage().kind.clone(),
+            started_ms: self.stage_started_ms,
+            ended_ms: now_ms,
+            figures,
+            verdict: verdict.into(),
+            reason: reason.into(),
+        });
+    }
+
     /// The document of a registry row, checked: a row this build cannot read is an error,
     /// never a panic.
     pub fn from_record(record: &switchyard_registry::RolloutRecord) -> Result<Rollout, String> {
@@ -271,7 +350,7 @@ impl Rollout {
         match &stage.kind {
             StageKind::Shadow { .. } => 0.0,
             StageKind::Live { weights } => {
-                let total: u64 = weights.values().sum();
+                let total: u128 = weights.values().map(|w| u128::from(*w)).sum();
                 let target = weights.get(&self.target).copied().unwrap_or(0);
                 if total == 0 {
                     0.0
