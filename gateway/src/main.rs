@@ -4,6 +4,7 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 use switchyard_gateway::admin::cli;
+use switchyard_gateway::app::eval as app_eval;
 use switchyard_gateway::config::{ByteSize, Config, LogFormat};
 use switchyard_gateway::telemetry::tracing as tracing_setup;
 
@@ -42,6 +43,9 @@ enum Command {
     /// Rollouts of a model: start, status, watch, pause, resume, promote, abort.
     #[command(subcommand)]
     Rollout(cli::RolloutCommand),
+    /// Score versions on a labelled dataset through the inference API:
+    /// `switchyard eval digits --dataset data/digits/test.npz --versions all --post`.
+    Eval(switchyard_gateway::app::eval::EvalArgs),
     /// The registry's audit log.
     Events {
         /// Only events after this revision.
@@ -162,6 +166,7 @@ async fn main() -> ExitCode {
             );
             return ExitCode::SUCCESS;
         }
+        Command::Eval(eval) => return evaluate(&parsed.client, &eval).await,
         command => return client(&parsed.client, command).await,
     };
     let mut config = match Config::load(args.config.as_deref()) {
@@ -191,6 +196,57 @@ async fn main() -> ExitCode {
     }
 }
 
+/// `switchyard eval`: the report, printed; with `--post`, each version's metrics recorded as
+/// registry scores. Fails when a request failed, and then posts nothing.
+async fn evaluate(args: &cli::ClientArgs, eval: &app_eval::EvalArgs) -> ExitCode {
+    let report = match app_eval::evaluate(eval).await {
+        Ok(report) => report,
+        Err(error) => {
+            eprintln!("switchyard: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let format = eval.format.unwrap_or(match args.output {
+        switchyard_gateway::admin::output::Format::Json => app_eval::EvalFormat::Json,
+        _ => app_eval::EvalFormat::Table,
+    });
+    print!("{}", app_eval::render(&report, format));
+    let versions = report["versions"].as_object().cloned().unwrap_or_default();
+    if let Some((label, failed)) = versions
+        .iter()
+        .find(|(_, v)| v["failed_requests"].as_u64().unwrap_or(0) > 0)
+    {
+        eprintln!(
+            "switchyard: {} requests to version {label} failed ({}); nothing posted",
+            failed["failed_requests"], failed["first_error"]
+        );
+        return ExitCode::FAILURE;
+    }
+    if eval.post {
+        let client = cli::Client::new(args);
+        let dataset = &report["dataset"];
+        let name = dataset["name"].as_str().unwrap_or("");
+        let source = format!(
+            "switchyard eval of {name} sha256:{}",
+            dataset["sha256"].as_str().unwrap_or("")
+        );
+        for (label, version) in &versions {
+            let body = serde_json::json!({
+                "metrics": app_eval::scores_of(version),
+                "source": source,
+                "dataset": name,
+            });
+            let path = format!("/v1/models/{}/versions/{label}/scores", eval.model);
+            if let Err(error) = client.call(reqwest::Method::POST, &path, Some(body)).await {
+                eprintln!("switchyard: cannot post the scores of version {label}: {error:#}");
+                return ExitCode::FAILURE;
+            }
+        }
+        eprintln!("posted the scores of {} versions", versions.len());
+    }
+    ExitCode::SUCCESS
+}
+
 /// Runs one management API call and prints its answer; with `--watch`, again every two
 /// seconds, redrawn in place, until interrupted.
 async fn client(args: &cli::ClientArgs, command: Command) -> ExitCode {
@@ -203,7 +259,9 @@ async fn client(args: &cli::ClientArgs, command: Command) -> ExitCode {
     );
     loop {
         let answer = match &command {
-            Command::Serve(_) | Command::Completions { .. } => return ExitCode::FAILURE,
+            Command::Serve(_) | Command::Completions { .. } | Command::Eval(_) => {
+                return ExitCode::FAILURE;
+            }
             Command::Models(command) => client.models(command).await,
             Command::Versions(command) => client.versions(command).await,
             Command::Traffic(command) => client.traffic(command).await,

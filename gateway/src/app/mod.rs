@@ -1,6 +1,7 @@
 //! App wiring, the top layer: [`server`] starts and stops the gateway, and [`gauges`] gathers
 //! what `/metrics` shows from the layers that hold it.
 
+pub mod eval;
 mod guard;
 pub mod listener;
 pub mod server;

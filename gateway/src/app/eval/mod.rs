@@ -1,0 +1,678 @@
+//! `switchyard eval`: every example of a labelled dataset through the gateway's inference API
+//! (HTTP or gRPC), pinned to each version, with bounded concurrency; per version the
+//! classification metrics, latency and throughput, side by side; with `--post`, the metrics
+//! recorded as registry scores whose source names the dataset and its SHA-256.
+//!
+//! It is a client of the inference API like any other, so it lives beside the server that
+//! serves it, not in the management layer.
+
+mod dataset;
+pub mod metrics;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use clap::Args;
+use serde_json::{Value, json};
+
+pub use dataset::Dataset;
+
+use crate::protocol::grpc::pb;
+
+const MAX_CONCURRENCY: usize = 64;
+const MAX_BATCH: usize = 1024;
+
+#[derive(Args, Debug, Clone)]
+pub struct EvalArgs {
+    /// The model.
+    pub model: String,
+    /// Labelled examples: `.npz` (an array per model input, named after it, examples on the
+    /// first axis, plus `labels`) or `.jsonl` (`{"<input>": [...], "label": 3}` per line).
+    #[arg(long)]
+    pub dataset: PathBuf,
+    /// `all`, or labels: `1,3`.
+    #[arg(long, default_value = "all")]
+    pub versions: String,
+    /// The metric the table leads with and the versions are ranked by.
+    #[arg(long, default_value = "accuracy")]
+    pub metric: String,
+    /// Record every metric as a registry score of each version (needs a write token).
+    #[arg(long)]
+    pub post: bool,
+    /// The inference API over HTTP.
+    #[arg(long, default_value = "http://127.0.0.1:8000")]
+    pub url: String,
+    /// Use gRPC at this host:port instead of HTTP.
+    #[arg(long)]
+    pub grpc: Option<String>,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 8)]
+    pub concurrency: usize,
+    /// Examples per request.
+    #[arg(long, default_value_t = 16)]
+    pub batch: usize,
+    /// The output tensor to read predictions from (default: the model's first).
+    #[arg(long = "output-tensor")]
+    pub output_tensor: Option<String>,
+    /// For a single score per example: class 1 at or above this.
+    #[arg(long, default_value_t = 0.5)]
+    pub threshold: f64,
+    /// table, json or markdown (default: from -o).
+    #[arg(long)]
+    pub format: Option<EvalFormat>,
+    /// No progress on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum EvalFormat {
+    Table,
+    Json,
+    Markdown,
+}
+
+struct Tensor {
+    name: String,
+    datatype: String,
+}
+
+struct Model {
+    versions: Vec<String>,
+    inputs: Vec<Tensor>,
+    outputs: Vec<String>,
+}
+
+#[derive(Clone)]
+enum Transport {
+    Http {
+        client: reqwest::Client,
+        url: String,
+    },
+    Grpc(pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>),
+}
+
+/// One version's report.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct VersionReport {
+    #[serde(flatten)]
+    pub classification: metrics::Classification,
+    pub latency_ms: BTreeMap<&'static str, Option<f64>>,
+    pub examples_per_s: f64,
+    pub requests: usize,
+    pub failed_requests: usize,
+    pub first_error: Option<String>,
+}
+
+impl Transport {
+    async fn connect(args: &EvalArgs) -> anyhow::Result<Transport> {
+        match &args.grpc {
+            Some(address) => {
+                let endpoint = if address.contains("://") {
+                    address.clone()
+                } else {
+                    format!("http://{address}")
+                };
+                let client =
+                    pb::grpc_inference_service_client::GrpcInferenceServiceClient::connect(
+                        endpoint,
+                    )
+                    .await
+                    .with_context(|| format!("cannot reach the gRPC API at {address}"))?;
+                Ok(Transport::Grpc(client))
+            }
+            None => Ok(Transport::Http {
+                client: reqwest::Client::new(),
+                url: args.url.trim_end_matches('/').to_owned(),
+            }),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Transport::Http { .. } => "http",
+            Transport::Grpc(_) => "grpc",
+        }
+    }
+
+    async fn model(&self, model: &str) -> anyhow::Result<Model> {
+        match self {
+            Transport::Http { client, url } => {
+                let response = client
+                    .get(format!("{url}/v2/models/{model}"))
+                    .send()
+                    .await
+                    .with_context(|| format!("cannot reach the inference API at {url}"))?;
+                let status = response.status();
+                let body: Value = response.json().await.unwrap_or(Value::Null);
+                ensure!(
+                    status.is_success(),
+                    "model '{model}': {status} {}",
+                    body["error"]
+                );
+                let tensors = |key: &str| -> Vec<Tensor> {
+                    body[key]
+                        .as_array()
+                        .map(|list| {
+                            list.iter()
+                                .map(|t| Tensor {
+                                    name: t["name"].as_str().unwrap_or_default().to_owned(),
+                                    datatype: t["datatype"].as_str().unwrap_or_default().to_owned(),
+                                })
+                                .collect()
+                        })
+                        .unwrap_or_default()
+                };
+                Ok(Model {
+                    versions: body["versions"]
+                        .as_array()
+                        .map(|v| {
+                            v.iter()
+                                .filter_map(|v| v.as_str().map(str::to_owned))
+                                .collect()
+                        })
+                        .unwrap_or_default(),
+                    inputs: tensors("inputs"),
+                    outputs: tensors("outputs").into_iter().map(|t| t.name).collect(),
+                })
+            }
+            Transport::Grpc(client) => {
+                let answer = client
+                    .clone()
+                    .model_metadata(pb::ModelMetadataRequest {
+                        name: model.to_owned(),
+                        version: String::new(),
+                    })
+                    .await
+                    .with_context(|| format!("model '{model}'"))?
+                    .into_inner();
+                Ok(Model {
+                    versions: answer.versions,
+                    inputs: answer
+                        .inputs
+                        .into_iter()
+                        .map(|t| Tensor {
+                            name: t.name,
+                            datatype: t.datatype,
+                        })
+                        .collect(),
+                    outputs: answer.outputs.into_iter().map(|t| t.name).collect(),
+                })
+            }
+        }
+    }
+
+    /// One request of `rows` examples; the output's values, row after row.
+    async fn infer(
+        &self,
+        model: &str,
+        version: &str,
+        inputs: &[(String, String, Vec<i64>, Vec<f64>)],
+        output: &str,
+    ) -> anyhow::Result<(Vec<f64>, usize)> {
+        match self {
+            Transport::Http { client, url } => {
+                let tensors: Vec<Value> = inputs
+                    .iter()
+                    .map(|(name, datatype, shape, values)| {
+                        json!({"name": name, "datatype": datatype, "shape": shape, "data": values})
+                    })
+                    .collect();
+                let body = json!({"inputs": tensors, "outputs": [{"name": output}]});
+                let response = client
+                    .post(format!("{url}/v2/models/{model}/versions/{version}/infer"))
+                    .json(&body)
+                    .send()
+                    .await?;
+                let status = response.status();
+                let answer: Value = response.json().await.unwrap_or(Value::Null);
+                ensure!(status.is_success(), "{status}: {}", answer["error"]);
+                let tensor = answer["outputs"]
+                    .as_array()
+                    .and_then(|outputs| outputs.iter().find(|o| o["name"] == output))
+                    .context("the answer has no such output")?;
+                let width = row_width(
+                    tensor["shape"]
+                        .as_array()
+                        .map(|s| s.iter().filter_map(Value::as_i64).collect::<Vec<_>>()),
+                );
+                let values = tensor["data"]
+                    .as_array()
+                    .context("the output has no data")?
+                    .iter()
+                    .map(|v| v.as_f64().unwrap_or(f64::NAN))
+                    .collect();
+                Ok((values, width))
+            }
+            Transport::Grpc(client) => {
+                let tensors = inputs
+                    .iter()
+                    .map(|(name, datatype, shape, values)| {
+                        Ok(pb::model_infer_request::InferInputTensor {
+                            name: name.clone(),
+                            datatype: datatype.clone(),
+                            shape: shape.clone(),
+                            contents: Some(typed_contents(datatype, values)?),
+                            ..Default::default()
+                        })
+                    })
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                let request = pb::ModelInferRequest {
+                    model_name: model.to_owned(),
+                    model_version: version.to_owned(),
+                    inputs: tensors,
+                    outputs: vec![pb::model_infer_request::InferRequestedOutputTensor {
+                        name: output.to_owned(),
+                        ..Default::default()
+                    }],
+                    ..Default::default()
+                };
+                let answer = client
+                    .clone()
+                    .model_infer(request)
+                    .await
+                    .map_err(|status| anyhow::anyhow!("{}: {}", status.code(), status.message()))?
+                    .into_inner();
+                let index = answer
+                    .outputs
+                    .iter()
+                    .position(|o| o.name == output)
+                    .context("the answer has no such output")?;
+                let tensor = &answer.outputs[index];
+                let width = row_width(Some(tensor.shape.clone()));
+                let values = match answer.raw_output_contents.get(index) {
+                    Some(raw) => decode_raw(&tensor.datatype, raw)?,
+                    None => tensor
+                        .contents
+                        .as_ref()
+                        .map(|c| c.fp32_contents.iter().map(|v| f64::from(*v)).collect())
+                        .unwrap_or_default(),
+                };
+                Ok((values, width))
+            }
+        }
+    }
+}
+
+/// The values per example of an output shaped [rows, ...].
+fn row_width(shape: Option<Vec<i64>>) -> usize {
+    shape
+        .map(|s| s.iter().skip(1).map(|d| (*d).max(1) as usize).product())
+        .unwrap_or(1)
+}
+
+fn typed_contents(datatype: &str, values: &[f64]) -> anyhow::Result<pb::InferTensorContents> {
+    let mut contents = pb::InferTensorContents::default();
+    match datatype {
+        "FP32" => contents.fp32_contents = values.iter().map(|v| *v as f32).collect(),
+        "FP64" => contents.fp64_contents = values.to_vec(),
+        "INT64" => contents.int64_contents = values.iter().map(|v| *v as i64).collect(),
+        "INT32" | "INT16" | "INT8" => {
+            contents.int_contents = values.iter().map(|v| *v as i32).collect()
+        }
+        "UINT8" | "UINT16" | "UINT32" => {
+            contents.uint_contents = values.iter().map(|v| *v as u32).collect()
+        }
+        "BOOL" => contents.bool_contents = values.iter().map(|v| *v != 0.0).collect(),
+        other => bail!("eval sends numbers; input datatype {other} is not one"),
+    }
+    Ok(contents)
+}
+
+fn decode_raw(datatype: &str, raw: &[u8]) -> anyhow::Result<Vec<f64>> {
+    Ok(match datatype {
+        "FP32" => raw
+            .chunks_exact(4)
+            .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+            .collect(),
+        "FP64" => raw
+            .chunks_exact(8)
+            .map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()))
+            .collect(),
+        "INT64" => raw
+            .chunks_exact(8)
+            .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()) as f64)
+            .collect(),
+        "INT32" => raw
+            .chunks_exact(4)
+            .map(|b| f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+            .collect(),
+        other => bail!("eval reads numeric outputs; {other} is not one"),
+    })
+}
+
+/// Runs the evaluation and returns the report as JSON.
+pub async fn evaluate(args: &EvalArgs) -> anyhow::Result<Value> {
+    ensure!(
+        (1..=MAX_CONCURRENCY).contains(&args.concurrency),
+        "--concurrency must be 1 to {MAX_CONCURRENCY}"
+    );
+    ensure!(
+        (1..=MAX_BATCH).contains(&args.batch),
+        "--batch must be 1 to {MAX_BATCH}"
+    );
+    let dataset = Arc::new(Dataset::read(&args.dataset)?);
+    let transport = Transport::connect(args).await?;
+    let model = transport.model(&args.model).await?;
+    for input in &model.inputs {
+        ensure!(
+            dataset.inputs.contains_key(&input.name),
+            "the dataset has no array '{}' for the model's input of that name (it has: {})",
+            input.name,
+            dataset
+                .inputs
+                .keys()
+                .cloned()
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    let output = match &args.output_tensor {
+        Some(output) => {
+            ensure!(
+                model.outputs.contains(output),
+                "the model has no output '{output}'"
+            );
+            output.clone()
+        }
+        None => model
+            .outputs
+            .first()
+            .cloned()
+            .context("the model has no outputs")?,
+    };
+    let versions: Vec<String> = if args.versions == "all" {
+        let mut versions = model.versions.clone();
+        versions.sort_by(|a, b| switchyard_registry::compare_labels(a, b));
+        versions
+    } else {
+        args.versions
+            .split(',')
+            .map(|v| v.trim().to_owned())
+            .filter(|v| !v.is_empty())
+            .collect()
+    };
+    ensure!(!versions.is_empty(), "no versions to evaluate");
+    let mut reports = BTreeMap::new();
+    for version in &versions {
+        let report = evaluate_version(args, &transport, &model, &dataset, version, &output).await?;
+        reports.insert(version.clone(), report);
+    }
+    let mut report = json!({
+        "model": args.model,
+        "dataset": {"name": dataset.name, "sha256": dataset.sha256, "examples": dataset.len()},
+        "protocol": transport.name(),
+        "output": output,
+        "metric": args.metric,
+        "versions": reports,
+    });
+    if args.post {
+        report["posted"] = json!(true);
+    }
+    Ok(report)
+}
+
+async fn evaluate_version(
+    args: &EvalArgs,
+    transport: &Transport,
+    model: &Model,
+    dataset: &Arc<Dataset>,
+    version: &str,
+    output: &str,
+) -> anyhow::Result<VersionReport> {
+    let examples = dataset.len();
+    let chunks: Vec<(usize, usize)> = (0..examples)
+        .step_by(args.batch)
+        .map(|start| (start, (start + args.batch).min(examples)))
+        .collect();
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    let datatypes: Vec<(String, String)> = model
+        .inputs
+        .iter()
+        .map(|t| (t.name.clone(), t.datatype.clone()))
+        .collect();
+    for (index, (start, end)) in chunks.iter().copied().enumerate() {
+        let permit = semaphore.clone().acquire_owned().await?;
+        let (transport, dataset, datatypes) =
+            (transport.clone(), dataset.clone(), datatypes.clone());
+        let (model_name, pinned, output) =
+            (args.model.clone(), version.to_owned(), output.to_owned());
+        tasks.spawn(async move {
+            let inputs: Vec<(String, String, Vec<i64>, Vec<f64>)> = datatypes
+                .iter()
+                .map(|(name, datatype)| {
+                    let column = &dataset.inputs[name];
+                    let width = column.example_len();
+                    let mut shape = vec![(end - start) as i64];
+                    shape.extend(column.example_shape.iter().map(|d| *d as i64));
+                    let values = column.values[start * width..end * width].to_vec();
+                    (name.clone(), datatype.clone(), shape, values)
+                })
+                .collect();
+            let sent = Instant::now();
+            let result = transport
+                .infer(&model_name, &pinned, &inputs, &output)
+                .await;
+            drop(permit);
+            (index, result, sent.elapsed())
+        });
+        if !args.quiet && (index + 1) % (chunks.len() / 10).max(1) == 0 {
+            eprint!(
+                "\r{} version {version}: {:>3}% sent",
+                args.model,
+                (index + 1) * 100 / chunks.len()
+            );
+        }
+    }
+    let mut answers: Vec<Option<(Vec<f64>, usize)>> = vec![None; chunks.len()];
+    let mut latencies = Vec::with_capacity(chunks.len());
+    let mut failed = 0;
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        let (index, result, latency) = joined?;
+        latencies.push(latency.as_secs_f64() * 1000.0);
+        match result {
+            Ok(answer) => answers[index] = Some(answer),
+            Err(error) => {
+                failed += 1;
+                first_error.get_or_insert_with(|| format!("{error:#}"));
+            }
+        }
+    }
+    let elapsed = started.elapsed().max(Duration::from_micros(1));
+    if !args.quiet {
+        eprintln!(
+            "\r{} version {version}: done in {:.2} s      ",
+            args.model,
+            elapsed.as_secs_f64()
+        );
+    }
+    // Predictions in order. A failed request's examples count as wrong answers, in no
+    // class's column (-1).
+    let mut predicted = Vec::with_capacity(examples);
+    let mut scores = Vec::with_capacity(examples);
+    let mut widest = 0;
+    for ((start, end), answer) in chunks.iter().zip(&answers) {
+        let rows = end - start;
+        match answer {
+            Some((values, width)) if values.len() == rows * width => {
+                widest = widest.max(*width);
+                for row in values.chunks(*width) {
+                    let (class, score) = match row {
+                        [score] => (i64::from(*score >= args.threshold), *score),
+                        // Two logits: their difference orders the examples as class 1's
+                        // probability does.
+                        [zero, one] => (i64::from(one > zero), one - zero),
+                        _ => {
+                            let best = row
+                                .iter()
+                                .enumerate()
+                                .max_by(|a, b| a.1.total_cmp(b.1))
+                                .map_or(0, |(i, _)| i);
+                            (best as i64, 0.0)
+                        }
+                    };
+                    predicted.push(class);
+                    scores.push(score);
+                }
+            }
+            _ => {
+                predicted.extend(std::iter::repeat_n(-1, rows));
+                scores.extend(std::iter::repeat_n(f64::NAN, rows));
+            }
+        }
+    }
+    let answered: Vec<usize> = (0..examples).filter(|&i| predicted[i] >= 0).collect();
+    let kept_labels: Vec<i64> = answered.iter().map(|&i| dataset.labels[i]).collect();
+    let kept_predicted: Vec<i64> = answered.iter().map(|&i| predicted[i]).collect();
+    let kept_scores: Vec<f64> = answered.iter().map(|&i| scores[i]).collect();
+    let mut classification = metrics::classification(
+        &kept_labels,
+        &kept_predicted,
+        (widest <= 2).then_some(kept_scores.as_slice()),
+    );
+    classification.examples = examples;
+    classification.accuracy = classification.accuracy * kept_labels.len() as f64 / examples as f64;
+    let mut latency_ms = BTreeMap::new();
+    latency_ms.insert("p50", metrics::quantile(&mut latencies, 0.5));
+    latency_ms.insert("p99", metrics::quantile(&mut latencies, 0.99));
+    Ok(VersionReport {
+        classification,
+        latency_ms,
+        examples_per_s: examples as f64 / elapsed.as_secs_f64(),
+        requests: chunks.len(),
+        failed_requests: failed,
+        first_error,
+    })
+}
+
+/// The scores `--post` records for a version.
+pub fn scores_of(report: &Value) -> BTreeMap<String, f64> {
+    let mut scores = BTreeMap::new();
+    for metric in [
+        "accuracy",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "roc_auc",
+    ] {
+        if let Some(value) = report[metric].as_f64() {
+            scores.insert(metric.to_owned(), value);
+        }
+    }
+    scores
+}
+
+const ROWS: &[(&str, &str)] = &[
+    ("accuracy", "accuracy"),
+    ("precision_macro", "precision (macro)"),
+    ("recall_macro", "recall (macro)"),
+    ("f1_macro", "F1 (macro)"),
+    ("roc_auc", "ROC AUC"),
+];
+
+/// The versions side by side: a table, or Markdown.
+pub fn render(report: &Value, format: EvalFormat) -> String {
+    if format == EvalFormat::Json {
+        return serde_json::to_string_pretty(report).unwrap_or_default() + "\n";
+    }
+    let versions = report["versions"].as_object().cloned().unwrap_or_default();
+    let mut labels: Vec<&String> = versions.keys().collect();
+    let metric = report["metric"].as_str().unwrap_or("accuracy");
+    labels.sort_by(|a, b| {
+        let score = |l: &String| versions[l.as_str()][metric].as_f64().unwrap_or(f64::MIN);
+        score(b).total_cmp(&score(a))
+    });
+    let number = |v: &Value, digits: usize| {
+        v.as_f64()
+            .map_or_else(|| "-".into(), |v| format!("{v:.digits$}"))
+    };
+    let mut rows: Vec<Vec<String>> = Vec::new();
+    let mut ordered: Vec<&(&str, &str)> = ROWS.iter().filter(|(key, _)| *key == metric).collect();
+    ordered.extend(ROWS.iter().filter(|(key, _)| *key != metric));
+    for (key, title) in ordered {
+        let mut row = vec![(*title).to_owned()];
+        row.extend(labels.iter().map(|l| number(&versions[l.as_str()][key], 4)));
+        rows.push(row);
+    }
+    let mut extra = |title: &str, value: &dyn Fn(&Value) -> String| {
+        let mut row = vec![title.to_owned()];
+        row.extend(labels.iter().map(|l| value(&versions[l.as_str()])));
+        rows.push(row);
+    };
+    extra("p50 ms", &|v| number(&v["latency_ms"]["p50"], 2));
+    extra("p99 ms", &|v| number(&v["latency_ms"]["p99"], 2));
+    extra("examples/s", &|v| number(&v["examples_per_s"], 0));
+    extra("failed requests", &|v| v["failed_requests"].to_string());
+    let mut headers = vec![format!(
+        "{} (version)",
+        report["model"].as_str().unwrap_or("")
+    )];
+    headers.extend(labels.iter().map(|l| (*l).clone()));
+    let mut out = format!(
+        "{} examples of {} (sha256 {}), over {}\n\n",
+        report["dataset"]["examples"],
+        report["dataset"]["name"].as_str().unwrap_or(""),
+        &report["dataset"]["sha256"].as_str().unwrap_or("")
+            [..12.min(report["dataset"]["sha256"].as_str().unwrap_or("").len())],
+        report["protocol"].as_str().unwrap_or("")
+    );
+    match format {
+        EvalFormat::Markdown => {
+            let _ = writeln!(out, "| {} |", headers.join(" | "));
+            let _ = writeln!(out, "|{}", "---|".repeat(headers.len()));
+            for row in &rows {
+                let _ = writeln!(out, "| {} |", row.join(" | "));
+            }
+        }
+        _ => {
+            let widths: Vec<usize> = (0..headers.len())
+                .map(|i| {
+                    rows.iter()
+                        .map(|r| r[i].len())
+                        .chain([headers[i].len()])
+                        .max()
+                        .unwrap_or(0)
+                })
+                .collect();
+            let line = |cells: &[String]| {
+                cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_owned()
+            };
+            let upper: Vec<String> = headers.iter().map(|h| h.to_uppercase()).collect();
+            let _ = writeln!(out, "{}", line(&upper));
+            for row in &rows {
+                let _ = writeln!(out, "{}", line(row));
+            }
+        }
+    }
+    for label in &labels {
+        let confusion = &versions[label.as_str()]["confusion"];
+        if let Some(matrix) = confusion.as_array().filter(|m| m.len() <= 20) {
+            let _ = writeln!(
+                out,
+                "\nconfusion of version {label} (rows: true class, columns: predicted):"
+            );
+            for row in matrix {
+                let cells: Vec<String> = row
+                    .as_array()
+                    .map(|r| r.iter().map(|c| format!("{:>5}", c.to_string())).collect())
+                    .unwrap_or_default();
+                let _ = writeln!(out, "{}", cells.join(""));
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,256 @@
+//! `switchyard eval`, the real binary against a real gateway serving `digits` (four versions
+//! trained by scripts/build_digits.py, ONNX and TorchScript): each version's accuracy on the
+//! held-out set is the one the training script computed, to the fourth decimal, over HTTP and
+//! gRPC and from NPZ or JSON lines; `--post` records the scores with the dataset's digest.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{READER_TOKEN, TestGateway, WRITER_TOKEN, models_dir, repo_root, test_tokens};
+use reqwest::Method;
+use serde_json::Value;
+
+/// A repository holding only digits, copied from models/.
+fn digits_repository() -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    let source = models_dir().join("digits");
+    for label in ["1", "2", "3", "4"] {
+        let from = source.join(label);
+        assert!(
+            from.is_dir(),
+            "models/digits/{label} is missing: run scripts/setup"
+        );
+        let to = repo.path().join("digits").join(label);
+        std::fs::create_dir_all(&to).unwrap();
+        for file in ["model.onnx", "model.pt"] {
+            if from.join(file).is_file() {
+                std::fs::copy(from.join(file), to.join(file)).unwrap();
+            }
+        }
+    }
+    std::fs::copy(
+        source.join("model.toml"),
+        repo.path().join("digits/model.toml"),
+    )
+    .unwrap();
+    repo
+}
+
+fn data(file: &str) -> PathBuf {
+    let path = repo_root().join("data/digits").join(file);
+    assert!(
+        path.is_file(),
+        "{} is missing: run scripts/setup",
+        path.display()
+    );
+    path
+}
+
+/// Runs `switchyard eval` with these arguments; (succeeded, stdout, stderr).
+async fn eval(gateway: &TestGateway, token: &str, args: &[&str]) -> (bool, String, String) {
+    let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+    command
+        .args([
+            "--admin-url",
+            &gateway.admin,
+            "--token",
+            token,
+            "eval",
+            "digits",
+        ])
+        .args(["--url", &gateway.base, "--quiet"])
+        .args(args)
+        .env_remove("SWITCHYARD_ADMIN_TOKEN");
+    let output = tokio::task::spawn_blocking(move || command.output())
+        .await
+        .unwrap()
+        .unwrap();
+    (
+        output.status.success(),
+        String::from_utf8_lossy(&output.stdout).into_owned(),
+        String::from_utf8_lossy(&output.stderr).into_owned(),
+    )
+}
+
+async fn report(gateway: &TestGateway, dataset: &Path, extra: &[&str]) -> Value {
+    let dataset = dataset.display().to_string();
+    let mut args = vec![
+        "--dataset",
+        &dataset,
+        "--versions",
+        "all",
+        "--format",
+        "json",
+    ];
+    args.extend_from_slice(extra);
+    let (ok, stdout, stderr) = eval(gateway, WRITER_TOKEN, &args).await;
+    assert!(ok, "{stderr}");
+    serde_json::from_str(&stdout).unwrap_or_else(|_| panic!("not JSON: {stdout}"))
+}
+
+#[tokio::test]
+async fn eval_reproduces_the_training_scripts_accuracy_over_http_and_grpc_and_posts_it() {
+    let repo = digits_repository();
+    let gateway = TestGateway::start_with(repo.path(), |config| {
+        config.admin.tokens = test_tokens();
+    })
+    .await;
+    for label in ["1", "2", "3", "4"] {
+        gateway.wait_for_serving("digits", label).await;
+    }
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(data("expected.json")).unwrap()).unwrap();
+    let examples = expected["examples"].as_u64().unwrap();
+
+    let over_http = report(&gateway, &data("test.npz"), &[]).await;
+    assert_eq!(over_http["dataset"]["examples"].as_u64(), Some(examples));
+    for label in ["1", "2", "3", "4"] {
+        let measured = over_http["versions"][label]["accuracy"].as_f64().unwrap();
+        let trained = expected["versions"][label]["accuracy"].as_f64().unwrap();
+        assert!(
+            (measured - trained).abs() < 5e-5,
+            "version {label}: eval {measured:.4}, training script {trained:.4}"
+        );
+        let confusion = over_http["versions"][label]["confusion"]
+            .as_array()
+            .unwrap();
+        let total: u64 = confusion
+            .iter()
+            .flat_map(|row| row.as_array().unwrap())
+            .map(|c| c.as_u64().unwrap())
+            .sum();
+        assert_eq!(total, examples, "every example is in the confusion matrix");
+        assert!(over_http["versions"][label]["f1_macro"].as_f64().unwrap() > 0.5);
+    }
+    // The versions differ in quality, as trained: the under-trained MLP is the worst.
+    let accuracy = |label: &str| over_http["versions"][label]["accuracy"].as_f64().unwrap();
+    assert!(accuracy("2") < accuracy("1") && accuracy("1") < accuracy("3"));
+    assert_eq!(
+        accuracy("3"),
+        accuracy("4"),
+        "ONNX and TorchScript of one network"
+    );
+
+    // gRPC, and the same examples as JSON lines, give the same report.
+    let grpc = gateway.grpc_addr.to_string();
+    let over_grpc = report(&gateway, &data("test.npz"), &["--grpc", &grpc]).await;
+    let from_jsonl = report(&gateway, &data("test.jsonl"), &["--batch", "7"]).await;
+    assert_eq!(over_grpc["protocol"], "grpc");
+    for label in ["1", "2", "3", "4"] {
+        for other in [&over_grpc, &from_jsonl] {
+            assert_eq!(
+                other["versions"][label]["confusion"], over_http["versions"][label]["confusion"],
+                "version {label}"
+            );
+        }
+    }
+
+    // The table puts the versions side by side, best first; --post records the scores.
+    let dataset = data("test.npz").display().to_string();
+    let (ok, table, stderr) = eval(
+        &gateway,
+        WRITER_TOKEN,
+        &["--dataset", &dataset, "--versions", "1,3", "--post"],
+    )
+    .await;
+    assert!(ok, "{stderr}");
+    let header: Vec<&str> = table
+        .lines()
+        .find(|l| l.starts_with("DIGITS"))
+        .unwrap()
+        .split_whitespace()
+        .collect();
+    assert_eq!(header, ["DIGITS", "(VERSION)", "3", "1"], "{table}");
+    assert!(table.contains("\naccuracy "), "{table}");
+    let sha = over_http["dataset"]["sha256"].as_str().unwrap();
+    for label in ["1", "3"] {
+        let (status, scores) = gateway
+            .admin(
+                Method::GET,
+                &format!("/v1/models/digits/versions/{label}/scores"),
+                Some(READER_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        let scores = scores["scores"].as_array().unwrap();
+        let accuracy = scores.iter().find(|s| s["metric"] == "accuracy").unwrap();
+        assert!(
+            (accuracy["value"].as_f64().unwrap()
+                - expected["versions"][label]["accuracy"].as_f64().unwrap())
+            .abs()
+                < 5e-5
+        );
+        assert!(
+            accuracy["source"].as_str().unwrap().contains(sha),
+            "{accuracy}"
+        );
+        assert_eq!(accuracy["dataset"], "test.npz");
+    }
+    // A reader's token may evaluate but not post.
+    let (ok, _, stderr) = eval(
+        &gateway,
+        READER_TOKEN,
+        &["--dataset", &dataset, "--versions", "2", "--post"],
+    )
+    .await;
+    assert!(!ok && stderr.contains("403"), "{stderr}");
+    gateway.stop().await;
+}
+
+#[tokio::test]
+async fn eval_refuses_what_it_cannot_read_with_the_reason() {
+    let repo = digits_repository();
+    let gateway = TestGateway::start(repo.path()).await;
+    let scratch = tempfile::tempdir().unwrap();
+    let write = |name: &str, bytes: &[u8]| {
+        let path = scratch.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        path.display().to_string()
+    };
+    let cases = [
+        (
+            write("missing.npz", b"") + ".nope",
+            "cannot read the dataset",
+        ),
+        (write("corrupt.npz", b"PK\x03\x04 not really"), "not an NPZ"),
+        (write("data.csv", b"1,2,3\n"), "neither .npz nor .jsonl"),
+        (
+            write("wrong.jsonl", b"{\"z\": [1, 2], \"label\": 1}\n"),
+            "no array 'x'",
+        ),
+        (
+            write("unlabelled.jsonl", b"{\"x\": [1, 2]}\n"),
+            "no integer 'label'",
+        ),
+        (
+            write("negative.jsonl", b"{\"x\": [1], \"label\": -3}\n"),
+            "not a class index",
+        ),
+    ];
+    for (path, expected) in cases {
+        let (ok, _, stderr) = eval(&gateway, WRITER_TOKEN, &["--dataset", &path]).await;
+        assert!(!ok, "{path}");
+        assert!(stderr.contains(expected), "{path}: {stderr}");
+    }
+    // A shape the model refuses: every request fails, and the eval says so and posts nothing.
+    let short = write("short.jsonl", b"{\"x\": [0.5, 0.5], \"label\": 1}\n");
+    let (ok, _, stderr) = eval(&gateway, WRITER_TOKEN, &["--dataset", &short, "--post"]).await;
+    assert!(!ok && stderr.contains("nothing posted"), "{stderr}");
+    let (ok, _, stderr) = eval(
+        &gateway,
+        WRITER_TOKEN,
+        &[
+            "--dataset",
+            &data("test.npz").display().to_string(),
+            "--versions",
+            "9",
+        ],
+    )
+    .await;
+    assert!(!ok && stderr.contains("failed"), "{stderr}");
+    gateway.stop().await;
+}
