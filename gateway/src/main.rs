@@ -6,6 +6,7 @@ use clap::{Args, Parser, Subcommand};
 use switchyard_gateway::admin::cli;
 use switchyard_gateway::app::eval as app_eval;
 use switchyard_gateway::config::{ByteSize, Config, LogFormat};
+use switchyard_gateway::control::evaluation;
 use switchyard_gateway::telemetry::tracing as tracing_setup;
 
 /// Switchyard: serve ONNX and TorchScript models over the Open Inference Protocol.
@@ -226,13 +227,10 @@ async fn evaluate(args: &cli::ClientArgs, eval: &app_eval::EvalArgs) -> ExitCode
         let client = cli::Client::new(args);
         let dataset = &report["dataset"];
         let name = dataset["name"].as_str().unwrap_or("");
-        let source = format!(
-            "switchyard eval of {name} sha256:{}",
-            dataset["sha256"].as_str().unwrap_or("")
-        );
+        let source = evaluation::score_source(name, dataset["sha256"].as_str().unwrap_or(""));
         for (label, version) in &versions {
             let body = serde_json::json!({
-                "metrics": app_eval::scores_of(version),
+                "metrics": evaluation::scores_of(version),
                 "source": source,
                 "dataset": name,
             });

@@ -254,3 +254,155 @@ async fn eval_refuses_what_it_cannot_read_with_the_reason() {
     assert!(!ok && stderr.contains("failed"), "{stderr}");
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_runs_an_evaluation_job_beside_live_traffic_and_posts_the_scores() {
+    let repo = digits_repository();
+    let gateway = TestGateway::start_with(repo.path(), |config| {
+        config.admin.tokens = test_tokens();
+        config
+            .registry
+            .artifact_roots
+            .push(repo_root().join("data"));
+    })
+    .await;
+    for label in ["1", "2", "3", "4"] {
+        gateway.wait_for_serving("digits", label).await;
+    }
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(data("expected.json")).unwrap()).unwrap();
+    let path = "/v1/models/digits/evaluations";
+    let dataset = data("test.npz").display().to_string();
+
+    for (token, body, status, says) in [
+        (
+            WRITER_TOKEN,
+            serde_json::json!({"dataset": "/etc/passwd"}),
+            400,
+            "artifact roots",
+        ),
+        (
+            WRITER_TOKEN,
+            serde_json::json!({"dataset": dataset, "versions": ["9"]}),
+            404,
+            "9",
+        ),
+        (
+            WRITER_TOKEN,
+            serde_json::json!({"dataset": dataset, "surprise": 1}),
+            400,
+            "unknown field",
+        ),
+        (
+            READER_TOKEN,
+            serde_json::json!({"dataset": dataset}),
+            403,
+            "only read",
+        ),
+    ] {
+        let (got, answer) = gateway
+            .admin(Method::POST, path, Some(token), Some(body.clone()))
+            .await;
+        assert_eq!(got, status, "{body}: {answer}");
+        assert!(
+            answer["error"].as_str().unwrap().contains(says),
+            "{body}: {answer}"
+        );
+    }
+
+    // Live traffic the whole time: none of it may be refused or fail.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let (stop, url, client) = (
+            stop.clone(),
+            gateway.url("/v2/models/digits/infer"),
+            gateway.client.clone(),
+        );
+        workers.push(tokio::spawn(async move {
+            let body = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": vec![0.25f32; 64]}]});
+            let mut statuses = Vec::new();
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && std::time::Instant::now() < deadline {
+                let response = client.post(&url).json(&body).send().await.unwrap();
+                statuses.push(response.status().as_u16());
+            }
+            statuses
+        }));
+    }
+    let (status, started) = gateway
+        .admin(
+            Method::POST,
+            path,
+            Some(WRITER_TOKEN),
+            Some(serde_json::json!({"dataset": dataset})),
+        )
+        .await;
+    assert_eq!(status, 202, "{started}");
+    assert_eq!(started["evaluation"]["state"], "running");
+    let (status, second) = gateway
+        .admin(
+            Method::POST,
+            path,
+            Some(WRITER_TOKEN),
+            Some(serde_json::json!({"dataset": dataset})),
+        )
+        .await;
+    assert_eq!(status, 409, "one at a time: {second}");
+
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let done = loop {
+        let (_, latest) = gateway
+            .admin(
+                Method::GET,
+                &format!("{path}/latest"),
+                Some(READER_TOKEN),
+                None,
+            )
+            .await;
+        if latest["state"] != "running" {
+            break latest;
+        }
+        assert!(std::time::Instant::now() < deadline, "{latest}");
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut live = Vec::new();
+    for worker in workers {
+        live.extend(worker.await.unwrap());
+    }
+    assert_eq!(done["state"], "done", "{done}");
+    let report = &done["report"];
+    for label in ["1", "2", "3", "4"] {
+        let measured = report["versions"][label]["accuracy"].as_f64().unwrap();
+        let trained = expected["versions"][label]["accuracy"].as_f64().unwrap();
+        assert!(
+            (measured - trained).abs() < 5e-5,
+            "version {label}: {measured} vs {trained}"
+        );
+    }
+    assert_eq!(report["posted"], serde_json::json!(["1", "2", "3", "4"]));
+    let (_, scores) = gateway
+        .admin(
+            Method::GET,
+            "/v1/models/digits/versions/2/scores",
+            Some(READER_TOKEN),
+            None,
+        )
+        .await;
+    let sha = report["dataset"]["sha256"].as_str().unwrap();
+    assert!(
+        scores["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|s| s["metric"] == "f1_macro" && s["source"].as_str().unwrap().contains(sha)),
+        "{scores}"
+    );
+    assert!(live.len() > 50, "live requests: {}", live.len());
+    assert!(
+        live.iter().all(|s| *s == 200),
+        "live traffic was refused or failed"
+    );
+    gateway.stop().await;
+}

@@ -167,6 +167,30 @@ pub trait Store: Send + Sync {
     /// Every gateway's running totals of a model's versions.
     async fn counters(&self, model: &str) -> Result<Vec<CounterRow>, RegistryError>;
 
+    /// Records a new evaluation job, `running`.
+    async fn create_evaluation(
+        &self,
+        actor: &str,
+        model: &str,
+        request: serde_json::Value,
+    ) -> Result<(EvaluationRecord, i64), RegistryError>;
+
+    /// Ends a running evaluation job: `done` or `failed`, with its report.
+    async fn finish_evaluation(
+        &self,
+        actor: &str,
+        id: i64,
+        state: &str,
+        report: serde_json::Value,
+    ) -> Result<i64, RegistryError>;
+
+    /// A model's evaluations, newest first, at most `limit`.
+    async fn evaluations(
+        &self,
+        model: &str,
+        limit: i64,
+    ) -> Result<Vec<EvaluationRecord>, RegistryError>;
+
     /// Whether this process drives rollouts: always on SQLite (one process); on PostgreSQL
     /// the holder of a session advisory lock, kept until the process or its connection dies.
     async fn try_lead(&self) -> Result<bool, RegistryError>;

@@ -10,8 +10,9 @@ use sqlx::{AnyPool, Executor, Row, Transaction};
 use tokio::sync::watch;
 
 use crate::{
-    CounterRow, Event, Model, ModelRecord, NewModel, NewScores, NewVersion, RegistryError, Rewards,
-    RolloutRecord, RolloutWrite, Score, Snapshot, Store, Version, VersionState, valid_name,
+    CounterRow, EvaluationRecord, Event, Model, ModelRecord, NewModel, NewScores, NewVersion,
+    RegistryError, Rewards, RolloutRecord, RolloutWrite, Score, Snapshot, Store, Version,
+    VersionState, valid_name,
 };
 
 /// The PostgreSQL channel that carries new revisions between gateway processes.
@@ -1345,6 +1346,115 @@ impl Store for SqlStore {
             })
         })
         .collect()
+    }
+
+    async fn create_evaluation(
+        &self,
+        actor: &str,
+        model: &str,
+        request: serde_json::Value,
+    ) -> Result<(EvaluationRecord, i64), RegistryError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        let id: i64 = sqlx::query("SELECT COALESCE(MAX(id), 0) + 1 AS id FROM evaluations")
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("id")?;
+        let now = now_ms();
+        sqlx::query(
+            "INSERT INTO evaluations (id, model, state, request, report, created_ms, finished_ms) \
+             VALUES ($1, $2, 'running', $3, '{}', $4, 0)",
+        )
+        .bind(id)
+        .bind(model)
+        .bind(request.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        let payload = serde_json::json!({"evaluation": id, "request": request});
+        let revision = self
+            .finish_write(tx, revision, actor, "evaluation.started", model, payload)
+            .await?;
+        let record = EvaluationRecord {
+            id,
+            model: model.to_owned(),
+            state: "running".into(),
+            request,
+            report: serde_json::json!({}),
+            created_ms: now,
+            finished_ms: 0,
+        };
+        Ok((record, revision))
+    }
+
+    async fn finish_evaluation(
+        &self,
+        actor: &str,
+        id: i64,
+        state: &str,
+        report: serde_json::Value,
+    ) -> Result<i64, RegistryError> {
+        if !matches!(state, "done" | "failed") {
+            return Err(RegistryError::Invalid(format!(
+                "'{state}' is not how an evaluation ends"
+            )));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        let row = sqlx::query("SELECT model, state FROM evaluations WHERE id = $1")
+            .bind(id)
+            .fetch_optional(&mut *tx)
+            .await?
+            .ok_or_else(|| RegistryError::NotFound(format!("no evaluation {id}")))?;
+        let model: String = row.try_get("model")?;
+        let current: String = row.try_get("state")?;
+        if current != "running" {
+            return Err(RegistryError::Conflict(format!(
+                "evaluation {id} is {current} already"
+            )));
+        }
+        sqlx::query(
+            "UPDATE evaluations SET state = $1, report = $2, finished_ms = $3 WHERE id = $4",
+        )
+        .bind(state)
+        .bind(report.to_string())
+        .bind(now_ms())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        let payload = serde_json::json!({"evaluation": id, "state": state});
+        self.finish_write(tx, revision, actor, "evaluation.finished", &model, payload)
+            .await
+    }
+
+    async fn evaluations(
+        &self,
+        model: &str,
+        limit: i64,
+    ) -> Result<Vec<EvaluationRecord>, RegistryError> {
+        let mut tx = self.begin_read().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        let rows = sqlx::query(
+            "SELECT id, model, state, request, report, created_ms, finished_ms FROM evaluations \
+             WHERE model = $1 ORDER BY id DESC LIMIT $2",
+        )
+        .bind(model)
+        .bind(limit.clamp(1, 100))
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                Ok(EvaluationRecord {
+                    id: row.try_get("id")?,
+                    model: row.try_get("model")?,
+                    state: row.try_get("state")?,
+                    request: json_column(row, "request")?,
+                    report: json_column(row, "report")?,
+                    created_ms: row.try_get("created_ms")?,
+                    finished_ms: row.try_get("finished_ms")?,
+                })
+            })
+            .collect()
     }
 
     async fn try_lead(&self) -> Result<bool, RegistryError> {

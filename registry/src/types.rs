@@ -268,3 +268,17 @@ pub struct CounterRow {
     pub body: serde_json::Value,
     pub updated_ms: i64,
 }
+
+/// An evaluation job: `running`, then `done` (with its report) or `failed` (with the reason in
+/// the report's `error`).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct EvaluationRecord {
+    pub id: i64,
+    pub model: String,
+    pub state: String,
+    pub request: serde_json::Value,
+    pub report: serde_json::Value,
+    pub created_ms: i64,
+    /// 0 while running.
+    pub finished_ms: i64,
+}

@@ -18,6 +18,7 @@ use switchyard_registry::{RegistryError, Store};
 
 pub mod cli;
 mod dashboard;
+mod evaluations;
 mod experiment;
 pub mod figures;
 mod models;
@@ -51,6 +52,8 @@ pub struct AdminState {
     artifact_roots: Arc<Vec<PathBuf>>,
     figures: Arc<FigureHistory>,
     rollouts: Arc<RolloutStatus>,
+    /// One evaluation job at a time.
+    evaluations: Arc<tokio::sync::Semaphore>,
 }
 
 impl AdminState {
@@ -94,6 +97,7 @@ impl AdminState {
             artifact_roots: Arc::new(artifact_roots(whole)),
             figures,
             rollouts,
+            evaluations: Arc::new(tokio::sync::Semaphore::new(1)),
         }
     }
 }
@@ -289,6 +293,14 @@ pub fn router(state: AdminState) -> Router {
             get(rollouts::list_rollouts).post(rollouts::start_rollout),
         )
         .route("/v1/models/{m}/rollouts/{id}", get(rollouts::get_rollout))
+        .route(
+            "/v1/models/{m}/evaluations",
+            get(evaluations::list_evaluations).post(evaluations::start_evaluation),
+        )
+        .route(
+            "/v1/models/{m}/evaluations/{id}",
+            get(evaluations::get_evaluation),
+        )
         .route(
             "/v1/models/{m}/rollouts/{id}/{action}",
             post(rollouts::control_rollout),

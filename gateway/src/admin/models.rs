@@ -236,7 +236,7 @@ const ARTIFACT_CHECK_TIMEOUT: std::time::Duration = std::time::Duration::from_se
 /// regular file (never a FIFO or a device, which would block the loader), and readable. The
 /// check runs off the executor with a timeout; a refusal names the roots and says nothing of
 /// whether the path exists.
-async fn readable_artifact(
+pub(super) async fn readable_artifact(
     roots: &std::sync::Arc<Vec<PathBuf>>,
     asked: &str,
 ) -> Result<PathBuf, GatewayError> {

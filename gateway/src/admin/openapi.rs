@@ -8,7 +8,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{RefOr, Response};
 use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
 
-use super::{experiment, figures, models, rollouts, system, traffic};
+use super::{evaluations, experiment, figures, models, rollouts, system, traffic};
 
 /// The protocol's error body, as every refusal carries it.
 #[derive(ToSchema, ToResponse)]
@@ -43,6 +43,9 @@ pub struct ErrorResponse {
         traffic::remove_alias,
         experiment::experiment,
         figures::figures,
+        evaluations::start_evaluation,
+        evaluations::list_evaluations,
+        evaluations::get_evaluation,
         rollouts::start_rollout,
         rollouts::list_rollouts,
         rollouts::get_rollout,

@@ -5,6 +5,7 @@
 //! and the management API reach the registry.
 
 pub mod capacity;
+pub mod evaluation;
 pub mod import;
 pub mod reconcile;
 pub mod repository;

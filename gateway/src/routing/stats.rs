@@ -312,7 +312,7 @@ fn argmax(values: &[f64]) -> Option<usize> {
 }
 
 /// The elements of a floating-point or 32/64-bit integer tensor, as `f64`.
-fn as_f64s(tensor: &Tensor) -> Option<Vec<f64>> {
+pub(crate) fn as_f64s(tensor: &Tensor) -> Option<Vec<f64>> {
     fn widen<T: Copy>(values: &[T], to_f64: impl Fn(T) -> f64) -> Option<Vec<f64>> {
         Some(values.iter().map(|&v| to_f64(v)).collect())
     }

@@ -6,9 +6,6 @@
 //! It is a client of the inference API like any other, so it lives beside the server that
 //! serves it, not in the management layer.
 
-mod dataset;
-pub mod metrics;
-
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -19,8 +16,7 @@ use anyhow::{Context, bail, ensure};
 use clap::Args;
 use serde_json::{Value, json};
 
-pub use dataset::Dataset;
-
+use crate::control::evaluation::{self, Dataset, VersionReport};
 use crate::protocol::grpc::pb;
 
 const MAX_CONCURRENCY: usize = 64;
@@ -94,18 +90,6 @@ enum Transport {
         url: String,
     },
     Grpc(pb::grpc_inference_service_client::GrpcInferenceServiceClient<tonic::transport::Channel>),
-}
-
-/// One version's report.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct VersionReport {
-    #[serde(flatten)]
-    pub classification: metrics::Classification,
-    pub latency_ms: BTreeMap<&'static str, Option<f64>>,
-    pub examples_per_s: f64,
-    pub requests: usize,
-    pub failed_requests: usize,
-    pub first_error: Option<String>,
 }
 
 impl Transport {
@@ -355,7 +339,10 @@ pub async fn evaluate(args: &EvalArgs) -> anyhow::Result<Value> {
         (1..=MAX_BATCH).contains(&args.batch),
         "--batch must be 1 to {MAX_BATCH}"
     );
-    let dataset = Arc::new(Dataset::read(&args.dataset)?);
+    let dataset = Arc::new(Dataset::read(
+        &args.dataset,
+        evaluation::dataset::MAX_FILE_BYTES,
+    )?);
     let transport = Transport::connect(args).await?;
     let model = transport.model(&args.model).await?;
     for input in &model.inputs {
@@ -425,10 +412,7 @@ async fn evaluate_version(
     output: &str,
 ) -> anyhow::Result<VersionReport> {
     let examples = dataset.len();
-    let chunks: Vec<(usize, usize)> = (0..examples)
-        .step_by(args.batch)
-        .map(|start| (start, (start + args.batch).min(examples)))
-        .collect();
+    let chunks = evaluation::chunks(examples, args.batch);
     let started = Instant::now();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
@@ -472,7 +456,6 @@ async fn evaluate_version(
     }
     let mut answers: Vec<Option<(Vec<f64>, usize)>> = vec![None; chunks.len()];
     let mut latencies = Vec::with_capacity(chunks.len());
-    let mut failed = 0;
     let mut first_error = None;
     while let Some(joined) = tasks.join_next().await {
         let (index, result, latency) = joined?;
@@ -480,7 +463,6 @@ async fn evaluate_version(
         match result {
             Ok(answer) => answers[index] = Some(answer),
             Err(error) => {
-                failed += 1;
                 first_error.get_or_insert_with(|| format!("{error:#}"));
             }
         }
@@ -493,80 +475,15 @@ async fn evaluate_version(
             elapsed.as_secs_f64()
         );
     }
-    // Predictions in order. A failed request's examples count as wrong answers, in no
-    // class's column (-1).
-    let mut predicted = Vec::with_capacity(examples);
-    let mut scores = Vec::with_capacity(examples);
-    let mut widest = 0;
-    for ((start, end), answer) in chunks.iter().zip(&answers) {
-        let rows = end - start;
-        match answer {
-            Some((values, width)) if values.len() == rows * width => {
-                widest = widest.max(*width);
-                for row in values.chunks(*width) {
-                    let (class, score) = match row {
-                        [score] => (i64::from(*score >= args.threshold), *score),
-                        // Two logits: their difference orders the examples as class 1's
-                        // probability does.
-                        [zero, one] => (i64::from(one > zero), one - zero),
-                        _ => {
-                            let best = row
-                                .iter()
-                                .enumerate()
-                                .max_by(|a, b| a.1.total_cmp(b.1))
-                                .map_or(0, |(i, _)| i);
-                            (best as i64, 0.0)
-                        }
-                    };
-                    predicted.push(class);
-                    scores.push(score);
-                }
-            }
-            _ => {
-                predicted.extend(std::iter::repeat_n(-1, rows));
-                scores.extend(std::iter::repeat_n(f64::NAN, rows));
-            }
-        }
-    }
-    let answered: Vec<usize> = (0..examples).filter(|&i| predicted[i] >= 0).collect();
-    let kept_labels: Vec<i64> = answered.iter().map(|&i| dataset.labels[i]).collect();
-    let kept_predicted: Vec<i64> = answered.iter().map(|&i| predicted[i]).collect();
-    let kept_scores: Vec<f64> = answered.iter().map(|&i| scores[i]).collect();
-    let mut classification = metrics::classification(
-        &kept_labels,
-        &kept_predicted,
-        (widest <= 2).then_some(kept_scores.as_slice()),
-    );
-    classification.examples = examples;
-    classification.accuracy = classification.accuracy * kept_labels.len() as f64 / examples as f64;
-    let mut latency_ms = BTreeMap::new();
-    latency_ms.insert("p50", metrics::quantile(&mut latencies, 0.5));
-    latency_ms.insert("p99", metrics::quantile(&mut latencies, 0.99));
-    Ok(VersionReport {
-        classification,
-        latency_ms,
-        examples_per_s: examples as f64 / elapsed.as_secs_f64(),
-        requests: chunks.len(),
-        failed_requests: failed,
+    Ok(VersionReport::new(
+        dataset,
+        &chunks,
+        &answers,
+        latencies,
+        elapsed,
+        args.threshold,
         first_error,
-    })
-}
-
-/// The scores `--post` records for a version.
-pub fn scores_of(report: &Value) -> BTreeMap<String, f64> {
-    let mut scores = BTreeMap::new();
-    for metric in [
-        "accuracy",
-        "precision_macro",
-        "recall_macro",
-        "f1_macro",
-        "roc_auc",
-    ] {
-        if let Some(value) = report[metric].as_f64() {
-            scores.insert(metric.to_owned(), value);
-        }
-    }
-    scores
+    ))
 }
 
 const ROWS: &[(&str, &str)] = &[

@@ -12,8 +12,8 @@ use std::path::Path;
 use anyhow::{Context, bail, ensure};
 use sha2::Digest;
 
-/// The most a dataset file may hold.
-const MAX_FILE_BYTES: u64 = 2 << 30;
+/// The most a dataset file may hold, read by the command line.
+pub const MAX_FILE_BYTES: u64 = 2 << 30;
 const MAX_EXAMPLES: usize = 10_000_000;
 /// Labels are class indices.
 pub const MAX_CLASSES: i64 = 100_000;
@@ -49,15 +49,17 @@ impl Dataset {
         self.labels.is_empty()
     }
 
-    /// Reads an NPZ or JSON-lines file (by its extension: `.npz`, `.jsonl` or `.json`).
-    pub fn read(path: &Path) -> anyhow::Result<Dataset> {
+    /// Reads an NPZ or JSON-lines file (by its extension: `.npz`, `.jsonl` or `.json`) of at
+    /// most `max_bytes`.
+    pub fn read(path: &Path, max_bytes: u64) -> anyhow::Result<Dataset> {
         let size = std::fs::metadata(path)
             .with_context(|| format!("cannot read the dataset {}", path.display()))?
             .len();
         ensure!(
-            size <= MAX_FILE_BYTES,
-            "the dataset {} is {size} bytes; at most {MAX_FILE_BYTES} are read",
-            path.display()
+            size <= max_bytes.min(MAX_FILE_BYTES),
+            "the dataset {} is {size} bytes; at most {} are read",
+            path.display(),
+            max_bytes.min(MAX_FILE_BYTES)
         );
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read the dataset {}", path.display()))?;

@@ -1,0 +1,200 @@
+//! Evaluation jobs: the gateway scores versions on a labelled dataset itself, at low priority,
+//! records the report and posts the scores.
+
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::{Path, State};
+use axum::http::StatusCode;
+use serde::Deserialize;
+use serde_json::json;
+use switchyard_runtimes::DataType;
+
+use super::{Actor, AdminState, ApiResult, bad_request, ok, parse};
+use crate::control::evaluation::Dataset;
+use crate::control::evaluation::job::{self, Job};
+use crate::core::table::VersionStatus;
+use crate::error::{ErrorKind, GatewayError};
+
+/// The largest dataset the gateway reads into its own memory for a job.
+const MAX_JOB_DATASET_BYTES: u64 = 256 << 20;
+const LISTED: i64 = 20;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct EvaluationRequest {
+    /// A `.npz` or `.jsonl` file under the artifact roots.
+    dataset: String,
+    /// Labels, or all the model's ready versions when absent.
+    #[serde(default)]
+    versions: Option<Vec<String>>,
+    /// The output tensor to read predictions from (default: the model's first).
+    #[serde(default)]
+    output: Option<String>,
+    #[serde(default = "default_threshold")]
+    threshold: f64,
+    /// Record the metrics as registry scores (default true).
+    #[serde(default = "default_post")]
+    post: bool,
+}
+
+fn default_threshold() -> f64 {
+    0.5
+}
+
+fn default_post() -> bool {
+    true
+}
+
+/// Start an evaluation: every example of a labelled dataset (a `.npz` or `.jsonl` file under the artifact roots, at most 256 MiB) through this gateway, pinned to each version, two requests in flight at most and waiting out overload; then the report is stored and, unless `post` is false, each version's metrics become registry scores. 202 at once; one evaluation at a time per gateway (409).
+#[utoipa::path(
+    post,
+    path = "/v1/models/{m}/evaluations",
+    params(("m" = String, Path, description = "the model")),
+    request_body = Object,
+    responses((status = 202, description = "started", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn start_evaluation(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let request: EvaluationRequest = parse(&body)?;
+    if !(request.threshold.is_finite()) {
+        return Err(bad_request("threshold must be a number"));
+    }
+    let path = super::models::readable_artifact(&state.artifact_roots, &request.dataset).await?;
+    let table = state.gateway.snapshot();
+    let entry = table.model(&model)?;
+    let versions: Vec<String> = match &request.versions {
+        Some(versions) if versions.is_empty() || versions.len() > 64 => {
+            return Err(bad_request("versions names 1 to 64 versions"));
+        }
+        Some(versions) => versions.clone(),
+        None => entry
+            .versions
+            .iter()
+            .filter(|v| matches!(v.status, VersionStatus::Ready(_)))
+            .map(|v| v.label.to_string())
+            .collect(),
+    };
+    let mut signature = None;
+    for label in &versions {
+        let version = entry.version(label)?;
+        let VersionStatus::Ready(ready) = &version.status else {
+            return Err(GatewayError::unavailable(format!(
+                "version '{label}' of '{model}' is not ready"
+            )));
+        };
+        signature.get_or_insert_with(|| ready.signature().clone());
+    }
+    let signature = signature.ok_or_else(|| bad_request("the model has no ready version"))?;
+    let output = match request.output {
+        Some(output) if signature.outputs.iter().any(|o| o.name == output) => output,
+        Some(output) => {
+            return Err(bad_request(format!(
+                "the model has no output '{}'",
+                crate::error::quoted(&output)
+            )));
+        }
+        None => signature
+            .outputs
+            .first()
+            .map(|o| o.name.clone())
+            .ok_or_else(|| bad_request("the model has no outputs"))?,
+    };
+    let inputs: Vec<(String, DataType)> = signature
+        .inputs
+        .iter()
+        .map(|i| (i.name.clone(), i.dtype))
+        .collect();
+    // Held until the job ends: one at a time.
+    let permit = state.evaluations.clone().try_acquire_owned().map_err(|_| {
+        GatewayError::new(
+            ErrorKind::Conflict,
+            "an evaluation is already running on this gateway; try again when it is done",
+        )
+    })?;
+    let read_path = path.clone();
+    let dataset =
+        tokio::task::spawn_blocking(move || Dataset::read(&read_path, MAX_JOB_DATASET_BYTES))
+            .await
+            .map_err(super::internal)?
+            .map_err(|e| bad_request(format!("{e:#}")))?;
+    for (name, _) in &inputs {
+        if !dataset.inputs.contains_key(name) {
+            return Err(bad_request(format!(
+                "the dataset has no array '{name}' for the model's input of that name"
+            )));
+        }
+    }
+    let recorded = json!({"dataset": path.display().to_string(), "sha256": dataset.sha256,
+                          "versions": versions, "output": output,
+                          "threshold": request.threshold, "post": request.post});
+    let (record, revision) = state
+        .store
+        .create_evaluation(&actor.0, &model, recorded)
+        .await?;
+    let job = Arc::new(Job {
+        model: model.clone(),
+        versions,
+        inputs,
+        output,
+        threshold: request.threshold,
+    });
+    let (gateway, store) = (state.gateway.clone(), state.store.clone());
+    let (id, post, actor) = (record.id, request.post, actor.0.clone());
+    tokio::spawn(async move {
+        job::run_and_record(gateway, store, actor, id, job, Arc::new(dataset), post).await;
+        drop(permit);
+    });
+    ok(
+        StatusCode::ACCEPTED,
+        json!({"revision": revision, "evaluation": record}),
+    )
+}
+
+/// A model's evaluations, newest first (at most 20), each with its request and, once done, its report: per version accuracy, macro precision, recall and F1, ROC AUC for two classes, the confusion matrix, latency and throughput.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{m}/evaluations",
+    params(("m" = String, Path, description = "the model")),
+    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn list_evaluations(
+    State(state): State<AdminState>,
+    Path(model): Path<String>,
+) -> ApiResult {
+    let evaluations = state.store.evaluations(&model, LISTED).await?;
+    ok(StatusCode::OK, json!({"evaluations": evaluations}))
+}
+
+/// One evaluation (`latest` names the newest).
+#[utoipa::path(
+    get,
+    path = "/v1/models/{m}/evaluations/{id}",
+    params(("m" = String, Path, description = "the model"), ("id" = String, Path, description = "the evaluation's id, or latest")),
+    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn get_evaluation(
+    State(state): State<AdminState>,
+    Path((model, id)): Path<(String, String)>,
+) -> ApiResult {
+    let evaluations = state.store.evaluations(&model, 100).await?;
+    let found = if id == "latest" {
+        evaluations.into_iter().next()
+    } else {
+        let id: i64 = id.parse().map_err(|_| {
+            bad_request(format!(
+                "'{}' is not an evaluation id (a number, or latest)",
+                crate::error::quoted(&id)
+            ))
+        })?;
+        evaluations.into_iter().find(|e| e.id == id)
+    };
+    let found = found.ok_or_else(|| {
+        GatewayError::not_found(format!("model '{model}' has no evaluation '{id}'"))
+    })?;
+    ok(StatusCode::OK, json!(found))
+}
