@@ -346,6 +346,7 @@ export default function () {
     let checks = &summary["metrics"]["checks"];
     let requests = summary["metrics"]["http_reqs"]["count"].as_u64().unwrap();
     assert!(requests > 1000, "{summary}");
+    println!("good: k6 sent {requests} requests during the rollout");
     assert_eq!(
         checks["fails"].as_u64(),
         Some(0),
