@@ -36,7 +36,7 @@ use crate::routing::LatencyHistogram;
 pub const LOOK_INTERVAL_MS: i64 = 500;
 
 /// The p99 ratio is judged once both versions have this many requests (or `min_requests`).
-pub const P99_MIN_REQUESTS: u64 = 200;
+pub const P99_MIN_REQUESTS: u64 = 500;
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct VersionFigures {
@@ -63,6 +63,10 @@ pub struct ShadowFigures {
 pub struct StageFigures {
     pub target: VersionFigures,
     pub baseline: VersionFigures,
+    /// The baseline during this stage alone: its p99 is compared with the target's when it has
+    /// enough requests, so that a hiccup of the whole machine weighs on both alike.
+    #[serde(default)]
+    pub baseline_in_stage: VersionFigures,
     pub shadow: ShadowFigures,
     /// The look this is (from the rollout's start) and the one-sided level each test had.
     pub look: u64,
@@ -128,6 +132,7 @@ pub fn alpha_per_test(gates: &Gates, k: u64) -> f64 {
 pub fn stage_figures(rollout: &Rollout, now: &Totals, now_ms: i64) -> StageFigures {
     let target = now.target.since(&rollout.at_stage_start.target);
     let baseline = now.baseline.since(&rollout.at_start.baseline);
+    let baseline_in_stage = now.baseline.since(&rollout.at_stage_start.baseline);
     let shadow = target
         .shadow
         .get(&rollout.baseline)
@@ -143,6 +148,7 @@ pub fn stage_figures(rollout: &Rollout, now: &Totals, now_ms: i64) -> StageFigur
             &baseline,
             rewards_since(now.baseline_rewards, rollout.at_start.baseline_rewards),
         ),
+        baseline_in_stage: version_figures(&baseline_in_stage, Default::default()),
         shadow: ShadowFigures {
             mirrored: shadow.pairs + shadow.errors,
             errors: shadow.errors,
@@ -294,9 +300,14 @@ fn judge_live(
     }
     // A p99 of fewer requests is little more than their slowest one.
     let latency_known = |requests: u64| requests >= gates.min_requests.max(P99_MIN_REQUESTS);
-    if let (Some(max), Some(t), Some(b)) = (gates.max_p99_ratio, target.p99_ms, baseline.p99_ms)
+    let compared = if latency_known(figures.baseline_in_stage.requests) {
+        &figures.baseline_in_stage
+    } else {
+        baseline
+    };
+    if let (Some(max), Some(t), Some(b)) = (gates.max_p99_ratio, target.p99_ms, compared.p99_ms)
         && latency_known(target.requests)
-        && latency_known(baseline.requests)
+        && latency_known(compared.requests)
         && b > 0.0
         && t / b > max
     {

@@ -204,19 +204,6 @@ impl RolloutDriver {
                         },
                     )
                 };
-                if let Some(state) = not_live(&rollout.target) {
-                    let reason = format!("the target, version {}, is {state}", rollout.target);
-                    let write = finish_write(
-                        record,
-                        rollout,
-                        RolloutState::RolledBack,
-                        "failed",
-                        reason,
-                        figures,
-                        now_ms,
-                    );
-                    return self.apply(record, &actor, write).await;
-                }
                 if let Some(state) = not_live(&rollout.baseline) {
                     // Nothing to go back to: the rollout ends where it stands.
                     let reason = format!("the baseline, version {}, is {state}", rollout.baseline);
@@ -237,7 +224,14 @@ impl RolloutDriver {
                     .get(&rollout.target)
                     .cloned()
                     .unwrap_or_default();
-                match analysis::decide(&rollout, &figures, &scores, now_ms) {
+                let decision = match not_live(&rollout.target) {
+                    Some(state) => Decision::RollBack(format!(
+                        "the target, version {}, is {state}",
+                        rollout.target
+                    )),
+                    None => analysis::decide(&rollout, &figures, &scores, now_ms),
+                };
+                match decision {
                     Decision::Hold(_) => return Ok(()),
                     Decision::Advance => {
                         rollout.close_stage(figures, "passed", "", now_ms);
