@@ -569,7 +569,7 @@ fn rollout(value: &Value) -> String {
                 milliseconds(&figures["target"]["p99_ms"]),
                 percent(&figures["baseline"]["error_rate"]),
                 milliseconds(&figures["baseline"]["p99_ms"]),
-                if kind_is_shadow(stage) {
+                if stage["kind"] == "shadow" {
                     format!(
                         "{} mirrored, agree {}",
                         text(&shadow["mirrored"]),
@@ -609,10 +609,6 @@ fn rollout(value: &Value) -> String {
         let _ = writeln!(out, "Reason:  {reason}");
     }
     out
-}
-
-fn kind_is_shadow(stage: &Value) -> bool {
-    stage["kind"] == "shadow"
 }
 
 fn rollouts(value: &Value) -> String {

@@ -72,23 +72,15 @@ async fn shown(state: &AdminState, record: &RolloutRecord) -> Result<Value, Gate
 }
 
 async fn find(state: &AdminState, model: &str, id: &str) -> Result<RolloutRecord, GatewayError> {
-    let records = state.store.rollouts(model, LISTED).await?;
+    // The registry keeps a model's last 100 rollouts within reach of an id.
+    let records = state.store.rollouts(model, 100).await?;
     let found = if id == "latest" {
         records.into_iter().next()
     } else {
         let id: i64 = id.parse().map_err(|_| {
             bad_request(format!("'{id}' is not a rollout id (a number, or latest)"))
         })?;
-        match records.into_iter().find(|r| r.id == id) {
-            Some(record) => Some(record),
-            // Older than the listed ones.
-            None => state
-                .store
-                .rollouts(model, 100)
-                .await?
-                .into_iter()
-                .find(|r| r.id == id),
-        }
+        records.into_iter().find(|r| r.id == id)
     };
     found.ok_or_else(|| GatewayError::not_found(format!("model '{model}' has no rollout '{id}'")))
 }

@@ -12,12 +12,13 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
+use anyhow::{Context, ensure};
 use clap::Args;
 use serde_json::{Value, json};
 
 use crate::control::evaluation::{self, Dataset, VersionReport};
 use crate::protocol::grpc::pb;
+use switchyard_runtimes::DataType;
 
 const MAX_CONCURRENCY: usize = 64;
 const MAX_BATCH: usize = 1024;
@@ -72,14 +73,14 @@ pub enum EvalFormat {
     Markdown,
 }
 
-struct Tensor {
+struct TensorInfo {
     name: String,
     datatype: String,
 }
 
 struct Model {
     versions: Vec<String>,
-    inputs: Vec<Tensor>,
+    inputs: Vec<TensorInfo>,
     outputs: Vec<String>,
 }
 
@@ -138,12 +139,12 @@ impl Transport {
                     "model '{model}': {status} {}",
                     body["error"]
                 );
-                let tensors = |key: &str| -> Vec<Tensor> {
+                let tensors = |key: &str| -> Vec<TensorInfo> {
                     body[key]
                         .as_array()
                         .map(|list| {
                             list.iter()
-                                .map(|t| Tensor {
+                                .map(|t| TensorInfo {
                                     name: t["name"].as_str().unwrap_or_default().to_owned(),
                                     datatype: t["datatype"].as_str().unwrap_or_default().to_owned(),
                                 })
@@ -179,7 +180,7 @@ impl Transport {
                     inputs: answer
                         .inputs
                         .into_iter()
-                        .map(|t| Tensor {
+                        .map(|t| TensorInfo {
                             name: t.name,
                             datatype: t.datatype,
                         })
@@ -233,22 +234,26 @@ impl Transport {
                 Ok((values, width))
             }
             Transport::Grpc(client) => {
-                let tensors = inputs
-                    .iter()
-                    .map(|(name, datatype, shape, values)| {
-                        Ok(pb::model_infer_request::InferInputTensor {
-                            name: name.clone(),
-                            datatype: datatype.clone(),
-                            shape: shape.clone(),
-                            contents: Some(typed_contents(datatype, values)?),
-                            ..Default::default()
-                        })
-                    })
-                    .collect::<anyhow::Result<Vec<_>>>()?;
+                // Raw contents, as tritonclient sends them, made by the same conversion the
+                // in-gateway job uses.
+                let mut tensors = Vec::with_capacity(inputs.len());
+                let mut raw = Vec::with_capacity(inputs.len());
+                for (name, datatype, shape, values) in inputs {
+                    let dtype: DataType = datatype.parse()?;
+                    let dims = shape.iter().map(|d| *d as usize).collect();
+                    raw.push(evaluation::tensor_of(dtype, dims, values)?.data().clone());
+                    tensors.push(pb::model_infer_request::InferInputTensor {
+                        name: name.clone(),
+                        datatype: datatype.clone(),
+                        shape: shape.clone(),
+                        ..Default::default()
+                    });
+                }
                 let request = pb::ModelInferRequest {
                     model_name: model.to_owned(),
                     model_version: version.to_owned(),
                     inputs: tensors,
+                    raw_input_contents: raw,
                     outputs: vec![pb::model_infer_request::InferRequestedOutputTensor {
                         name: output.to_owned(),
                         ..Default::default()
@@ -268,14 +273,14 @@ impl Transport {
                     .context("the answer has no such output")?;
                 let tensor = &answer.outputs[index];
                 let width = row_width(Some(tensor.shape.clone()));
-                let values = match answer.raw_output_contents.get(index) {
-                    Some(raw) => decode_raw(&tensor.datatype, raw)?,
-                    None => tensor
-                        .contents
-                        .as_ref()
-                        .map(|c| c.fp32_contents.iter().map(|v| f64::from(*v)).collect())
-                        .unwrap_or_default(),
-                };
+                let raw = answer
+                    .raw_output_contents
+                    .get(index)
+                    .context("the answer has no raw contents for the output")?;
+                let dims = tensor.shape.iter().map(|d| (*d).max(0) as usize).collect();
+                let output =
+                    switchyard_runtimes::Tensor::new(tensor.datatype.parse()?, dims, raw.clone())?;
+                let values = evaluation::values_of(&output)?;
                 Ok((values, width))
             }
         }
@@ -287,46 +292,6 @@ fn row_width(shape: Option<Vec<i64>>) -> usize {
     shape
         .map(|s| s.iter().skip(1).map(|d| (*d).max(1) as usize).product())
         .unwrap_or(1)
-}
-
-fn typed_contents(datatype: &str, values: &[f64]) -> anyhow::Result<pb::InferTensorContents> {
-    let mut contents = pb::InferTensorContents::default();
-    match datatype {
-        "FP32" => contents.fp32_contents = values.iter().map(|v| *v as f32).collect(),
-        "FP64" => contents.fp64_contents = values.to_vec(),
-        "INT64" => contents.int64_contents = values.iter().map(|v| *v as i64).collect(),
-        "INT32" | "INT16" | "INT8" => {
-            contents.int_contents = values.iter().map(|v| *v as i32).collect()
-        }
-        "UINT8" | "UINT16" | "UINT32" => {
-            contents.uint_contents = values.iter().map(|v| *v as u32).collect()
-        }
-        "BOOL" => contents.bool_contents = values.iter().map(|v| *v != 0.0).collect(),
-        other => bail!("eval sends numbers; input datatype {other} is not one"),
-    }
-    Ok(contents)
-}
-
-fn decode_raw(datatype: &str, raw: &[u8]) -> anyhow::Result<Vec<f64>> {
-    Ok(match datatype {
-        "FP32" => raw
-            .chunks_exact(4)
-            .map(|b| f64::from(f32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-            .collect(),
-        "FP64" => raw
-            .chunks_exact(8)
-            .map(|b| f64::from_le_bytes(b.try_into().unwrap_or_default()))
-            .collect(),
-        "INT64" => raw
-            .chunks_exact(8)
-            .map(|b| i64::from_le_bytes(b.try_into().unwrap_or_default()) as f64)
-            .collect(),
-        "INT32" => raw
-            .chunks_exact(4)
-            .map(|b| f64::from(i32::from_le_bytes([b[0], b[1], b[2], b[3]])))
-            .collect(),
-        other => bail!("eval reads numeric outputs; {other} is not one"),
-    })
 }
 
 /// Runs the evaluation and returns the report as JSON.
@@ -532,12 +497,12 @@ pub fn render(report: &Value, format: EvalFormat) -> String {
         report["model"].as_str().unwrap_or("")
     )];
     headers.extend(labels.iter().map(|l| (*l).clone()));
+    let sha256 = report["dataset"]["sha256"].as_str().unwrap_or("");
     let mut out = format!(
         "{} examples of {} (sha256 {}), over {}\n\n",
         report["dataset"]["examples"],
         report["dataset"]["name"].as_str().unwrap_or(""),
-        &report["dataset"]["sha256"].as_str().unwrap_or("")
-            [..12.min(report["dataset"]["sha256"].as_str().unwrap_or("").len())],
+        sha256.get(..12).unwrap_or(sha256),
         report["protocol"].as_str().unwrap_or("")
     );
     match format {

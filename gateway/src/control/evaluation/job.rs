@@ -12,13 +12,14 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use serde_json::{Value, json};
 use switchyard_registry::{NewScores, Store};
-use switchyard_runtimes::{DataType, NamedTensor, Tensor};
+use switchyard_runtimes::{DataType, NamedTensor};
 
-use super::{Answer, Dataset, VersionReport, chunks, score_source, scores_of};
+use super::{
+    Answer, Dataset, VersionReport, chunks, score_source, scores_of, tensor_of, values_of,
+};
 use crate::core::Gateway;
 use crate::core::request::InferRequest;
 use crate::error::ErrorKind;
-use crate::routing::stats::as_f64s;
 
 pub const BATCH: usize = 16;
 const IN_FLIGHT: usize = 2;
@@ -37,30 +38,6 @@ pub struct Job {
     pub threshold: f64,
 }
 
-fn tensor(datatype: DataType, shape: Vec<usize>, values: &[f64]) -> anyhow::Result<Tensor> {
-    let made = match datatype {
-        DataType::Fp32 => {
-            let values: Vec<f32> = values.iter().map(|v| *v as f32).collect();
-            Tensor::from_slice(datatype, shape, &values)
-        }
-        DataType::Fp64 => Tensor::from_slice(datatype, shape, values),
-        DataType::Int64 => {
-            let values: Vec<i64> = values.iter().map(|v| *v as i64).collect();
-            Tensor::from_slice(datatype, shape, &values)
-        }
-        DataType::Int32 => {
-            let values: Vec<i32> = values.iter().map(|v| *v as i32).collect();
-            Tensor::from_slice(datatype, shape, &values)
-        }
-        DataType::Uint8 | DataType::Bool => {
-            let values: Vec<u8> = values.iter().map(|v| *v as u8).collect();
-            Tensor::from_slice(datatype, shape, &values)
-        }
-        other => bail!("an evaluation sends numbers; input datatype {other} is not one"),
-    };
-    made.context("a dataset tensor")
-}
-
 /// One request of examples `[start, end)`, sent again while the gateway is overloaded.
 async fn ask(
     gateway: &Gateway,
@@ -77,7 +54,7 @@ async fn ask(
         shape.extend(&column.example_shape);
         inputs.push(NamedTensor {
             name: name.clone(),
-            tensor: tensor(*datatype, shape, &column.values[start * width..end * width])?,
+            tensor: tensor_of(*datatype, shape, &column.values[start * width..end * width])?,
         });
     }
     for _ in 0..OVERLOAD_RETRIES {
@@ -103,7 +80,7 @@ async fn ask(
                     .skip(1)
                     .product::<usize>()
                     .max(1);
-                let values = as_f64s(&output.tensor).context("the output is not numeric")?;
+                let values = values_of(&output.tensor)?;
                 return Ok((values, width));
             }
             Err(error) if error.kind == ErrorKind::Overloaded => {

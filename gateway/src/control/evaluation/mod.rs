@@ -10,6 +10,7 @@ pub mod metrics;
 use std::collections::BTreeMap;
 
 use serde_json::Value;
+use switchyard_runtimes::{DataType, Tensor};
 
 pub use dataset::Dataset;
 
@@ -116,6 +117,37 @@ impl VersionReport {
             first_error,
         }
     }
+}
+
+/// A dataset's values as a tensor of the model's input datatype.
+pub fn tensor_of(datatype: DataType, shape: Vec<usize>, values: &[f64]) -> anyhow::Result<Tensor> {
+    let made = match datatype {
+        DataType::Fp32 => {
+            let values: Vec<f32> = values.iter().map(|v| *v as f32).collect();
+            Tensor::from_slice(datatype, shape, &values)
+        }
+        DataType::Fp64 => Tensor::from_slice(datatype, shape, values),
+        DataType::Int64 => {
+            let values: Vec<i64> = values.iter().map(|v| *v as i64).collect();
+            Tensor::from_slice(datatype, shape, &values)
+        }
+        DataType::Int32 => {
+            let values: Vec<i32> = values.iter().map(|v| *v as i32).collect();
+            Tensor::from_slice(datatype, shape, &values)
+        }
+        DataType::Uint8 | DataType::Bool => {
+            let values: Vec<u8> = values.iter().map(|v| *v as u8).collect();
+            Tensor::from_slice(datatype, shape, &values)
+        }
+        other => anyhow::bail!("an evaluation sends numbers; input datatype {other} is not one"),
+    };
+    anyhow::Context::context(made, "a dataset tensor")
+}
+
+/// A numeric output's values.
+pub fn values_of(tensor: &Tensor) -> anyhow::Result<Vec<f64>> {
+    crate::routing::stats::as_f64s(tensor)
+        .ok_or_else(|| anyhow::anyhow!("the output ({}) is not numeric", tensor.dtype()))
 }
 
 /// The registry scores of a version's report.

@@ -433,17 +433,7 @@ mod tests {
     }
 
     fn rollout(stages: Vec<Stage>) -> Rollout {
-        let mut rollout = Rollout::new(
-            "m".into(),
-            "2".into(),
-            "1".into(),
-            stages,
-            Gates::default(),
-            serde_json::json!({"mode": "fixed"}),
-            "test".into(),
-        );
-        rollout.state = RolloutState::Running;
-        rollout
+        Rollout::running(stages, serde_json::json!({"mode": "fixed"}))
     }
 
     /// Latency buckets with `n` requests all in the bucket of `micros`.

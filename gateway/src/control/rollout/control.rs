@@ -541,16 +541,7 @@ mod tests {
     }
 
     fn rollout(policy: Value, stages: Vec<Stage>) -> Rollout {
-        let mut rollout = Rollout::new(
-            "m".into(),
-            "2".into(),
-            "1".into(),
-            stages,
-            Gates::default(),
-            policy,
-            "test".into(),
-        );
-        rollout.state = RolloutState::Running;
+        let mut rollout = Rollout::running(stages, policy);
         rollout.started_ms = 1;
         rollout
     }

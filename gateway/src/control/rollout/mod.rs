@@ -209,10 +209,12 @@ pub struct PerGateway(pub BTreeMap<String, Counters>);
 
 impl PerGateway {
     /// One gateway's counters, as tests and simulations have it.
+    #[cfg(test)]
     pub fn one(counters: Counters) -> PerGateway {
         PerGateway(BTreeMap::from([("gateway".to_string(), counters)]))
     }
 
+    #[cfg(test)]
     pub fn single(&mut self) -> &mut Counters {
         self.0.entry("gateway".into()).or_default()
     }
@@ -308,6 +310,22 @@ impl Rollout {
             policy_before,
             created_by,
         }
+    }
+
+    /// A running rollout of version 2 from 1 of model `m`, for tests.
+    #[cfg(test)]
+    pub fn running(stages: Vec<Stage>, policy_before: serde_json::Value) -> Rollout {
+        let mut rollout = Rollout::new(
+            "m".into(),
+            "2".into(),
+            "1".into(),
+            stages,
+            Gates::default(),
+            policy_before,
+            "test".into(),
+        );
+        rollout.state = RolloutState::Running;
+        rollout
     }
 
     /// Records the verdict on the current stage.
