@@ -9,7 +9,7 @@ use super::{AdminState, ApiResult, ok};
 use crate::core::feedback::Feedback;
 use crate::routing;
 
-/// Live figures of the routing experiment per version, from this gateway: requests, errors, recent error rate, eligibility, p50/p99 latency, reward mean and 95% interval, traffic and effective weights, shadow comparisons.
+/// Live figures of the routing experiment per version, from this gateway: requests, errors, recent error rate, eligibility, p50/p99 latency, reward mean and 95% interval, traffic and effective weights, shadow comparisons; under the objective policy, its plan (quality P_i, capacity_i, offered load, shares w_i, the objective's value).
 #[utoipa::path(
     get,
     path = "/v1/models/{m}/experiment",
@@ -86,6 +86,7 @@ pub(super) async fn experiment(
             "model": &*model.name,
             "policy": model.policy,
             "feedback_received": state.gateway.experiments().has_feedback(&model.name),
+            "objective": state.gateway.experiments().objective_plan(&model.name),
             "versions": versions,
         }),
     )

@@ -303,6 +303,64 @@ fn experiment(value: &Value) -> String {
         ],
         &rows,
     ));
+    if let Some(plan) = value["objective"].as_object() {
+        out.push_str(&objective(plan));
+    }
+    out
+}
+
+/// The objective policy's plan under the experiment's table.
+fn objective(plan: &serde_json::Map<String, Value>) -> String {
+    let number = |value: &Value, digits: usize| {
+        value
+            .as_f64()
+            .map_or("-".into(), |n| format!("{n:.digits$}"))
+    };
+    let mut out = format!(
+        "\nObjective: offered {} req/s, value {} ({}), utilisation {}, floor {}\n\n",
+        number(&plan["offered_load"], 1),
+        number(&plan["value"], 4),
+        if plan["fits"].as_bool() == Some(false) {
+            "more than the versions can carry"
+        } else {
+            "within capacity"
+        },
+        number(&plan["utilisation"], 2),
+        number(&plan["floor"], 3),
+    );
+    let empty = Vec::new();
+    let rows: Vec<Vec<String>> = plan["versions"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|v| {
+            vec![
+                text(&v["version"]),
+                number(&v["quality"], 4),
+                number(&v["capacity_per_replica"], 1),
+                text(&v["replicas"]),
+                number(&v["capacity"], 1),
+                number(&v["pinned_load"], 1),
+                number(&v["room"], 1),
+                v["share"]
+                    .as_f64()
+                    .map_or("-".into(), |s| format!("{}%", trim_float(s * 100.0))),
+            ]
+        })
+        .collect();
+    out.push_str(&table(
+        &[
+            "VERSION",
+            "QUALITY",
+            "PER-REPLICA",
+            "REPLICAS",
+            "CAPACITY",
+            "PINNED",
+            "ROOM",
+            "SHARE",
+        ],
+        &rows,
+    ));
     out
 }
 

@@ -18,6 +18,7 @@ use crate::config::{ByteSize, Config};
 use crate::control::Handles;
 use crate::control::capacity::{self, Capacity};
 use crate::control::import::import_repository;
+use crate::control::objective::ObjectiveLoop;
 use crate::control::reconcile::Reconciler;
 use crate::control::rewards::flush_rewards;
 use crate::control::rollout::{RolloutDriver, RolloutStatus};
@@ -205,7 +206,7 @@ async fn runtimes_for(config: &Config, store: &dyn Store) -> anyhow::Result<Runt
     Ok(runtimes)
 }
 
-/// Every second: the bandit's rewards go to the registry, so that gateways share what they
+/// Every second: the objective policy re-plans its shares; the bandit's rewards go to the registry, so that gateways share what they
 /// learn and a restart loses little, and sequences idle past their timeout are released (their
 /// next request finds out at once either way); every two, the dashboard's figures are sampled;
 /// every five, the histograms are folded.
@@ -217,8 +218,10 @@ async fn upkeep(
 ) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     let sample_every = figures::SAMPLE_EVERY.as_secs().max(1);
+    let mut objective = ObjectiveLoop::default();
     for tick in 0u64.. {
         every.tick().await;
+        objective.tick(&gateway.snapshot(), &handles.experiments, &handles.capacity);
         if tick % sample_every == 0 {
             figures.sample(&gateway.snapshot());
         }

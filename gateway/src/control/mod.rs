@@ -1,12 +1,14 @@
 //! The control plane, beside the request path: the reconciler that turns registry changes into
 //! a published model table ([`reconcile`]), the model repository and its import
 //! ([`repository`], [`import`]), the runtime factories ([`runtimes`]), memory accounting,
-//! placement and autoscaling ([`capacity`]), and the reward flush ([`rewards`]). Only this layer
+//! placement and autoscaling ([`capacity`]), the objective policy's loop ([`objective`]), and
+//! the reward flush ([`rewards`]). Only this layer
 //! and the management API reach the registry.
 
 pub mod capacity;
 pub mod evaluation;
 pub mod import;
+pub mod objective;
 pub mod reconcile;
 pub mod repository;
 pub mod rewards;

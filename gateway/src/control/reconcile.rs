@@ -20,7 +20,7 @@ use crate::control::runtimes::{self, Runtimes};
 use crate::core::{
     ModelEntry, ModelTable, ReadyVersion, SequenceSettings, VersionEntry, VersionStatus,
 };
-use crate::routing::{BetaStats, PolicyMode, TrafficPolicy};
+use crate::routing::{BetaStats, TrafficPolicy};
 use crate::serving::{Batching, ReplicaLoad, ReplicaSet};
 use crate::telemetry::VersionMetrics;
 use crate::version_key::VersionKey;
@@ -450,10 +450,6 @@ impl Reconciler {
                     TrafficPolicy::default()
                 }
             };
-            let score_metric = match &policy.mode {
-                PolicyMode::Score { metric, .. } => Some(metric.as_str()),
-                _ => None,
-            };
             let versions = record
                 .versions
                 .iter()
@@ -466,13 +462,10 @@ impl Reconciler {
                     });
                     let stats = self.handles.experiments.version(&key, stored);
                     let kind = runtimes::kind(&version.runtime);
-                    let score = score_metric.and_then(|metric| {
-                        record
-                            .latest_scores
-                            .get(&version.label)?
-                            .get(metric)
-                            .copied()
-                    });
+                    let score = record
+                        .latest_scores
+                        .get(&version.label)
+                        .and_then(|latest| policy.quality(latest));
                     Some(Arc::new(VersionEntry {
                         label: key.version,
                         platform: kind.map_or("unknown", |kind| kind.platform),

@@ -43,6 +43,7 @@ pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Route, Gatewa
     let policy_routed = request.version.is_none();
     if policy_routed {
         ready.metrics.routed();
+        version.stats.routed();
     }
     let shadow = policy_routed
         .then(|| routing::shadow_target(&model.policy, &version.label, &mut rng))

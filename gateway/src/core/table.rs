@@ -142,7 +142,8 @@ pub struct VersionEntry {
     pub status: VersionStatus,
     /// The experiment's figures of this version (kept across table swaps).
     pub stats: Arc<VersionStats>,
-    /// The latest registry score of the metric the policy follows (score mode).
+    /// The version's quality under the policy: the latest registry score of the metric it
+    /// follows, or the weighted sum of several (score and objective modes).
     pub score: Option<f64>,
 }
 
@@ -197,6 +198,7 @@ impl ModelEntry {
                     eligible: self.eligible(version),
                     score: version.score,
                     reward: version.stats.rewards(),
+                    planned_share: version.stats.planned_share(),
                 })
             })
             .collect()

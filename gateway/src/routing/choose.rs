@@ -7,6 +7,7 @@ use rand::SeedableRng;
 use rand_distr::Distribution;
 use serde::{Deserialize, Serialize};
 
+use crate::routing::objective;
 use crate::routing::policy::{DEFAULT_SCORE_EXPONENT, PolicyMode, TrafficPolicy};
 
 /// Enough for displayed shares to be stable to about one percentage point.
@@ -25,6 +26,8 @@ pub struct Candidate<'a> {
     pub score: Option<f64>,
     /// Bandit statistics, for bandit mode.
     pub reward: BetaStats,
+    /// The objective policy's latest share for it, once planned (objective mode).
+    pub planned_share: Option<f64>,
 }
 
 impl Candidate<'_> {
@@ -92,6 +95,7 @@ pub fn effective_weights(policy: &TrafficPolicy, candidates: &[Candidate]) -> Ve
         }
         PolicyMode::Score { exponent, .. } => score_weights(candidates, *exponent),
         PolicyMode::Bandit { floor, .. } => bandit_shares(candidates, *floor),
+        PolicyMode::Objective { floor, .. } => objective_shares(candidates, *floor),
     };
     normalised(raw)
 }
@@ -137,6 +141,46 @@ fn score_weights(candidates: &[Candidate], exponent: f64) -> Vec<f64> {
             weight * (score / best).powf(exponent)
         })
         .collect()
+}
+
+/// The planned shares of the usable candidates; before the first plan (or when every usable
+/// candidate is new to it), the objective with nothing measured yet: no capacity binds.
+fn objective_shares(candidates: &[Candidate], floor: f64) -> Vec<f64> {
+    let usable: Vec<bool> = candidates.iter().map(|c| c.usable_weight() > 0.0).collect();
+    let planned = candidates
+        .iter()
+        .zip(&usable)
+        .any(|(candidate, usable)| *usable && candidate.planned_share.is_some());
+    if planned {
+        return candidates
+            .iter()
+            .zip(&usable)
+            .map(|(candidate, usable)| {
+                if *usable {
+                    candidate.planned_share.unwrap_or(0.0)
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+    }
+    let arms: Vec<usize> = (0..candidates.len())
+        .filter(|&index| usable[index])
+        .collect();
+    let qualities = objective::filled_qualities(arms.iter().map(|&index| candidates[index].score));
+    let unmeasured: Vec<objective::Arm> = qualities
+        .into_iter()
+        .map(|quality| objective::Arm {
+            quality,
+            room: None,
+        })
+        .collect();
+    let solution = objective::solve(&unmeasured, 0.0, floor);
+    let mut shares = vec![0.0; candidates.len()];
+    for (index, share) in arms.into_iter().zip(solution.shares) {
+        shares[index] = share;
+    }
+    shares
 }
 
 fn bandit_arms(candidates: &[Candidate]) -> Vec<usize> {
@@ -342,6 +386,7 @@ mod tests {
             eligible: true,
             score: None,
             reward,
+            planned_share: None,
         };
         labels.into_iter().zip(weights).map(make).collect()
     }

@@ -7,6 +7,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use crate::routing::BetaStats;
+use crate::routing::objective::ObjectivePlan;
 use crate::routing::stats::VersionStats;
 use crate::version_key::VersionKey;
 
@@ -28,6 +29,8 @@ pub struct Experiments {
     /// request outcomes.
     with_feedback: Mutex<HashSet<Arc<str>>>,
     requests: Mutex<RequestLog>,
+    /// The objective policy's latest plan of each model under it.
+    objective_plans: Mutex<HashMap<Arc<str>, ObjectivePlan>>,
 }
 
 /// Request ids are kept as 64-bit hashes: no allocation per request, and a client's id costs
@@ -78,6 +81,19 @@ impl Experiments {
             }
         }
         stats
+    }
+
+    /// Keeps a model's latest objective plan; `None` once the model leaves the policy.
+    pub fn set_objective_plan(&self, model: &Arc<str>, plan: Option<ObjectivePlan>) {
+        let mut plans = lock(&self.objective_plans);
+        match plan {
+            Some(plan) => plans.insert(model.clone(), plan),
+            None => plans.remove(model),
+        };
+    }
+
+    pub fn objective_plan(&self, model: &str) -> Option<ObjectivePlan> {
+        lock(&self.objective_plans).get(model).cloned()
     }
 
     /// Drops a retired version's figures.

@@ -4,6 +4,7 @@
 
 pub mod choose;
 pub mod experiments;
+pub mod objective;
 pub mod policy;
 pub mod stats;
 

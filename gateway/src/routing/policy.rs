@@ -17,6 +17,7 @@ use serde::de::Error as _;
 use serde::ser::{Error as _, SerializeMap};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
+use std::collections::BTreeMap;
 
 pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.5;
 /// Scores such as accuracy sit close together (0.9 vs 0.6); the fourth power
@@ -24,6 +25,11 @@ pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.5;
 /// model" usually means in practice.
 pub const DEFAULT_SCORE_EXPONENT: f64 = 4.0;
 pub const DEFAULT_BANDIT_FLOOR: f64 = 0.05;
+/// Below 1 so that a version's queue has slack for bursts: at 0.8 a replica is busy four
+/// fifths of the time and queueing stays short.
+pub const DEFAULT_OBJECTIVE_UTILISATION: f64 = 0.8;
+/// Enough traffic for every version's latency and capacity to stay measured.
+pub const DEFAULT_OBJECTIVE_FLOOR: f64 = 0.02;
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct TrafficPolicy {
@@ -53,6 +59,19 @@ pub enum PolicyMode {
         #[serde(default = "default_bandit_floor")]
         floor: f64,
         latency_objective_ms: u64,
+    },
+    /// Shares that maximise Σ w_i·P_i within each version's measured capacity
+    /// (`routing::objective`); P_i is the latest score of `metric`, or Σ weight·score over
+    /// `metrics`. Exactly one of the two is given.
+    Objective {
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metric: Option<String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        metrics: Option<BTreeMap<String, f64>>,
+        #[serde(default = "default_objective_utilisation")]
+        utilisation: f64,
+        #[serde(default = "default_objective_floor")]
+        floor: f64,
     },
 }
 
@@ -110,6 +129,52 @@ impl TrafficPolicy {
                     return Err("bandit latency_objective_ms must be > 0".into());
                 }
             }
+            // Checked below, where it reads more easily on its own.
+            PolicyMode::Objective { .. } => {}
+        }
+        if let PolicyMode::Objective {
+            metric,
+            metrics,
+            utilisation,
+            floor,
+        } = &self.mode
+        {
+            match (metric, metrics) {
+                (Some(_), Some(_)) | (None, None) => {
+                    return Err(
+                        "objective takes either `metric` or `metrics`, not both or neither".into(),
+                    );
+                }
+                (Some(metric), None) if metric.trim().is_empty() => {
+                    return Err("objective metric is empty".into());
+                }
+                (None, Some(metrics))
+                    if metrics.is_empty() || metrics.len() > MAX_OBJECTIVE_METRICS =>
+                {
+                    return Err(format!(
+                        "objective metrics must name 1 to {MAX_OBJECTIVE_METRICS} metrics"
+                    ));
+                }
+                (None, Some(metrics)) => {
+                    if let Some((name, weight)) = metrics
+                        .iter()
+                        .find(|(name, weight)| name.trim().is_empty() || !weight.is_finite())
+                    {
+                        return Err(format!(
+                            "objective metric {name:?} with weight {weight} needs a name and a finite weight"
+                        ));
+                    }
+                }
+                _ => {}
+            }
+            if !(*utilisation > 0.0 && *utilisation <= 1.0) {
+                return Err(format!(
+                    "objective utilisation {utilisation} is not in (0, 1]"
+                ));
+            }
+            if !(0.0..1.0).contains(floor) {
+                return Err(format!("objective floor {floor} is not in [0, 1)"));
+            }
         }
         if let Some(shadow) = &self.shadow {
             if shadow.version.trim().is_empty() {
@@ -125,6 +190,44 @@ impl TrafficPolicy {
         Ok(())
     }
 }
+
+/// The metrics whose scores make a version's quality P, and their weights: the score policy's
+/// metric, or the objective's. Empty for modes that do not look at scores.
+impl TrafficPolicy {
+    pub fn quality_metrics(&self) -> Vec<(&str, f64)> {
+        match &self.mode {
+            PolicyMode::Score { metric, .. }
+            | PolicyMode::Objective {
+                metric: Some(metric),
+                ..
+            } => vec![(metric.as_str(), 1.0)],
+            PolicyMode::Objective {
+                metrics: Some(metrics),
+                ..
+            } => metrics
+                .iter()
+                .map(|(name, weight)| (name.as_str(), *weight))
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// P of a version from its latest scores: the weighted sum of the policy's metrics, or
+    /// None when the policy follows no score or one of them is missing.
+    pub fn quality(&self, latest: &BTreeMap<String, f64>) -> Option<f64> {
+        let metrics = self.quality_metrics();
+        if metrics.is_empty() {
+            return None;
+        }
+        metrics
+            .iter()
+            .map(|(name, weight)| latest.get(*name).map(|score| score * weight))
+            .sum()
+    }
+}
+
+/// A weighted objective is a handful of metrics; the bound keeps a stored policy small.
+pub const MAX_OBJECTIVE_METRICS: usize = 16;
 
 /// RFC 9110 `token`, the grammar of header field names.
 fn is_http_token(name: &str) -> bool {
@@ -195,6 +298,14 @@ fn default_bandit_floor() -> f64 {
     DEFAULT_BANDIT_FLOOR
 }
 
+fn default_objective_utilisation() -> f64 {
+    DEFAULT_OBJECTIVE_UTILISATION
+}
+
+fn default_objective_floor() -> f64 {
+    DEFAULT_OBJECTIVE_FLOOR
+}
+
 /// The JSON shape for the management API's OpenAPI document, written next to the hand-written
 /// serde impls that it describes.
 impl utoipa::PartialSchema for TrafficPolicy {
@@ -223,7 +334,7 @@ impl utoipa::PartialSchema for TrafficPolicy {
                 "mode",
                 ObjectBuilder::new()
                     .schema_type(Type::String)
-                    .enum_values(Some(["fixed", "sticky", "score", "bandit"])),
+                    .enum_values(Some(["fixed", "sticky", "score", "bandit", "objective"])),
             )
             .property(
                 "header",
@@ -236,8 +347,24 @@ impl utoipa::PartialSchema for TrafficPolicy {
                 "metric",
                 field(
                     Type::String,
-                    "score: the registry metric whose latest score sets the weights",
+                    "score, objective: the registry metric whose latest score is a version's quality",
                 ),
+            )
+            .property(
+                "metrics",
+                ObjectBuilder::new()
+                    .schema_type(Type::Object)
+                    .description(Some(
+                        "objective: metric -> weight; a version's quality is the weighted sum of its latest scores (instead of `metric`)",
+                    )),
+            )
+            .property(
+                "utilisation",
+                field(
+                    Type::Number,
+                    "objective: the share of its measured capacity a version is given at most",
+                )
+                .default(Some(DEFAULT_OBJECTIVE_UTILISATION.into())),
             )
             .property(
                 "exponent",
@@ -246,8 +373,10 @@ impl utoipa::PartialSchema for TrafficPolicy {
             )
             .property(
                 "floor",
-                field(Type::Number, "bandit: least share of traffic per version")
-                    .default(Some(DEFAULT_BANDIT_FLOOR.into())),
+                field(
+                    Type::Number,
+                    "bandit, objective: least share of traffic per version (defaults 0.05 and 0.02)",
+                ),
             )
             .property(
                 "latency_objective_ms",
@@ -364,6 +493,70 @@ mod tests {
             let error = parse(json).unwrap_err();
             assert!(error.contains(message), "{json}: {error}");
         }
+    }
+
+    #[test]
+    fn objective_policies_parse_validate_and_weigh_metrics() {
+        let single = parse(r#"{"mode":"objective","metric":"accuracy"}"#).unwrap();
+        assert_eq!(
+            single.mode,
+            PolicyMode::Objective {
+                metric: Some("accuracy".into()),
+                metrics: None,
+                utilisation: DEFAULT_OBJECTIVE_UTILISATION,
+                floor: DEFAULT_OBJECTIVE_FLOOR,
+            }
+        );
+        assert!(single.validate().is_ok());
+        let weighted =
+            parse(r#"{"mode":"objective","metrics":{"accuracy":1,"f1_macro":0.5},"utilisation":0.7,"floor":0}"#)
+                .unwrap();
+        assert!(weighted.validate().is_ok());
+        let round_trip = serde_json::to_string(&weighted).unwrap();
+        assert_eq!(parse(&round_trip), Ok(weighted.clone()));
+        assert!(!round_trip.contains("\"metric\""), "{round_trip}");
+        let scores: BTreeMap<String, f64> =
+            [("accuracy".to_owned(), 0.9), ("f1_macro".to_owned(), 0.8)].into();
+        assert_eq!(weighted.quality(&scores), Some(0.9 + 0.4));
+        assert_eq!(single.quality(&scores), Some(0.9));
+        let partial: BTreeMap<String, f64> = [("accuracy".to_owned(), 0.9)].into();
+        assert_eq!(
+            weighted.quality(&partial),
+            None,
+            "a missing metric leaves P unknown"
+        );
+        assert_eq!(fixed().quality(&scores), None);
+        let invalid = [
+            (r#"{"mode":"objective"}"#, "either `metric` or `metrics`"),
+            (
+                r#"{"mode":"objective","metric":"a","metrics":{"b":1}}"#,
+                "either `metric` or `metrics`",
+            ),
+            (
+                r#"{"mode":"objective","metric":" "}"#,
+                "objective metric is empty",
+            ),
+            (r#"{"mode":"objective","metrics":{}}"#, "1 to 16 metrics"),
+            (r#"{"mode":"objective","metrics":{"":1}}"#, "needs a name"),
+            (
+                r#"{"mode":"objective","metric":"a","utilisation":0}"#,
+                "utilisation 0 is not in (0, 1]",
+            ),
+            (
+                r#"{"mode":"objective","metric":"a","utilisation":1.5}"#,
+                "utilisation",
+            ),
+            (
+                r#"{"mode":"objective","metric":"a","floor":1}"#,
+                "objective floor",
+            ),
+        ];
+        for (json, message) in invalid {
+            let error = parse(json).unwrap().validate().unwrap_err();
+            assert!(error.contains(message), "{json}: {error}");
+        }
+        let error = parse(r#"{"mode":"objective","metric":"a","exponent":2}"#).unwrap_err();
+        assert!(error.contains("unknown field `exponent`"), "{error}");
     }
 
     #[test]

@@ -156,6 +156,10 @@ impl ShadowTally {
 
 /// The figures of one version.
 pub struct VersionStats {
+    /// Requests the policy sent here (before any queue could refuse them): the offered load.
+    routed: AtomicU64,
+    /// The objective policy's share for this version, as f64 bits; NaN until planned.
+    planned_share: AtomicU64,
     requests: AtomicU64,
     errors: AtomicU64,
     recent: Mutex<RecentWindow>,
@@ -168,6 +172,8 @@ pub struct VersionStats {
 impl VersionStats {
     pub(crate) fn new(stored: BetaStats) -> VersionStats {
         VersionStats {
+            routed: AtomicU64::new(0),
+            planned_share: AtomicU64::new(f64::NAN.to_bits()),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             recent: Mutex::new(RecentWindow::default()),
@@ -193,6 +199,25 @@ impl VersionStats {
         recent.roll(Instant::now());
         recent.requests += 1;
         recent.errors += u64::from(failed);
+    }
+
+    /// Counts a request the policy sent here.
+    pub fn routed(&self) {
+        self.routed.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn routed_total(&self) -> u64 {
+        self.routed.load(Ordering::Relaxed)
+    }
+
+    /// The objective policy's share, once it has planned one.
+    pub fn planned_share(&self) -> Option<f64> {
+        Some(f64::from_bits(self.planned_share.load(Ordering::Relaxed))).filter(|s| s.is_finite())
+    }
+
+    pub fn set_planned_share(&self, share: Option<f64>) {
+        let bits = share.unwrap_or(f64::NAN).to_bits();
+        self.planned_share.store(bits, Ordering::Relaxed);
     }
 
     /// Errors among recent requests, once there are enough of them to judge.

@@ -135,6 +135,8 @@
     const parts = [policy.mode || 'weighted'];
     if (policy.header) parts.push(`on the ${policy.header} header`);
     if (policy.metric) parts.push(`by ${policy.metric}`);
+    if (policy.metrics) parts.push(`by ${Object.entries(policy.metrics).map(([m, w]) => `${w} × ${m}`).join(' + ')}`);
+    if (policy.utilisation !== undefined) parts.push(`within ${policy.utilisation * 100}% of each version's capacity`);
     if (policy.shadow) parts.push(`shadowing ${policy.shadow.fraction * 100}% to version ${policy.shadow.version}`);
     if (policy.max_error_rate !== undefined) parts.push(`versions above ${policy.max_error_rate * 100}% errors shed`);
     return parts.join(', ');

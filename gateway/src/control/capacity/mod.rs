@@ -13,11 +13,13 @@ use switchyard_runtimes::{Device, memory};
 
 use crate::config::DeviceConfig;
 use crate::core::{ModelEntry, ModelTable, ReadyVersion, Scaling, VersionStatus};
+use crate::routing::objective::ObjectivePlan;
 use crate::version_key::VersionKey as Key;
 
 mod apply;
 pub mod autoscaler;
 pub mod ledger;
+pub mod quality;
 
 pub use apply::run;
 
@@ -55,6 +57,15 @@ struct State {
     /// `[[devices]]`: the declared memory and the reserve of each configured device.
     configured: Vec<(Device, Option<u64>, u64)>,
     scalers: HashMap<Key, VersionScaler>,
+    /// Models under the objective policy: the replicas their objective would give each
+    /// version within the memory left to them.
+    quality_plans: BTreeMap<Arc<str>, ModelQualityPlan>,
+}
+
+struct ModelQualityPlan {
+    offered_load: f64,
+    labels: Vec<String>,
+    plan: quality::QualityPlan,
 }
 
 /// The gateway's devices, reservations and autoscalers.
@@ -123,6 +134,7 @@ impl Capacity {
             physical: BTreeMap::new(),
             configured: configured.clone(),
             scalers: HashMap::new(),
+            quality_plans: BTreeMap::new(),
         };
         for (device, _, _) in configured {
             state.ensure_device(device);
@@ -205,6 +217,61 @@ impl Capacity {
         (round.changes, round.events)
     }
 
+    /// Plans the replicas of each model under the objective policy by quality per byte, from
+    /// its latest objective plan (what each version sustains, the offered load), within the
+    /// memory other models leave; the plan then ranks the model's versions when memory is
+    /// shared out ([`State::priority`]).
+    pub fn set_objective_plans(&self, table: &ModelTable, plans: &[(Arc<str>, ObjectivePlan)]) {
+        let mut state = lock(&self.state);
+        let state = &mut *state;
+        state.quality_plans.clear();
+        for (name, objective) in plans {
+            let Ok(model) = table.model(name) else {
+                continue;
+            };
+            let mut free = state.ledger.clone();
+            let mut demands = Vec::new();
+            for planned in &objective.versions {
+                let Some(version) = model.versions.iter().find(|v| *v.label == *planned.version)
+                else {
+                    continue;
+                };
+                let VersionStatus::Ready(ready) = &version.status else {
+                    continue;
+                };
+                free.release_version(name, &version.label);
+                let max_replicas = ready.scaling.as_ref().map_or_else(
+                    || u32::try_from(ready.replicas.replica_count().max(1)).unwrap_or(1),
+                    |scaling| scaling.max_replicas.max(1),
+                );
+                demands.push(quality::QualityDemand {
+                    version: planned.version.clone(),
+                    quality: planned.quality,
+                    capacity_per_replica: planned.capacity_per_replica,
+                    bytes_per_replica: new_replica_bytes(ready),
+                    allowed: ready.allowed.clone(),
+                    max_replicas,
+                });
+            }
+            let plan = quality::plan_replicas(
+                free,
+                name,
+                &demands,
+                objective.offered_load,
+                objective.utilisation,
+                objective.floor,
+            );
+            state.quality_plans.insert(
+                name.clone(),
+                ModelQualityPlan {
+                    offered_load: objective.offered_load,
+                    labels: demands.into_iter().map(|d| d.version).collect(),
+                    plan,
+                },
+            );
+        }
+    }
+
     /// What `GET /v1/resources` shows.
     pub fn report(&self, table: &ModelTable) -> Value {
         let state = lock(&self.state);
@@ -278,14 +345,43 @@ impl Capacity {
                     "model": &*key.model,
                     "version": &*key.version,
                     "state": version.status.name(),
-                    "priority": priority(model, &version.label),
+                    "priority": state.priority(model, &version.label),
                     "replicas": replicas,
                     "reserved_bytes": reservations.iter().map(|r| r.bytes).sum::<u64>(),
                     "autoscaler": autoscaler,
                 }));
             }
         }
-        json!({ "devices": devices, "versions": versions })
+        let objective: Vec<Value> = state
+            .quality_plans
+            .iter()
+            .map(|(model, planned)| {
+                let versions: Vec<Value> = planned
+                    .labels
+                    .iter()
+                    .zip(&planned.plan.replicas)
+                    .zip(&planned.plan.shares)
+                    .map(|((label, replicas), share)| {
+                        json!({"version": label, "replicas": replicas, "share": share})
+                    })
+                    .collect();
+                let steps: Vec<Value> = planned
+                    .plan
+                    .steps
+                    .iter()
+                    .map(|(version, per_gib)| json!({"version": version, "value_per_gib": per_gib}))
+                    .collect();
+                json!({
+                    "model": &**model,
+                    "offered_load": planned.offered_load,
+                    "value": planned.plan.value,
+                    "memory_binds": planned.plan.memory_binds,
+                    "versions": versions,
+                    "steps": steps,
+                })
+            })
+            .collect();
+        json!({ "devices": devices, "versions": versions, "objective": objective })
     }
 
     /// Device figures for the metrics: (device, budget, reserved).
@@ -607,7 +703,7 @@ impl State {
                 demands.push(Demand {
                     model: other_key.model.to_string(),
                     version: other_key.version.to_string(),
-                    priority: priority(other_model, &version.label),
+                    priority: self.priority(other_model, &version.label),
                     wanted: other_wanted,
                     minimum: 1,
                     bytes_per_replica: bytes,
@@ -624,11 +720,34 @@ impl State {
     }
 }
 
+impl State {
+    /// [`priority`], except that under the objective policy a version's share is the one the
+    /// quality plan gives it, and a version the plan gives no replica ranks with the unweighted.
+    fn priority(&self, model: &ModelEntry, label: &str) -> i64 {
+        let Some(planned) = self.quality_plans.get(&model.name) else {
+            return priority(model, label);
+        };
+        if model.aliases.get("stable").is_some_and(|v| &**v == label) {
+            return STABLE_PRIORITY;
+        }
+        let index = planned.labels.iter().position(|l| l == label);
+        match index.map(|i| (planned.plan.replicas[i], planned.plan.shares[i])) {
+            Some((replicas, share)) if replicas > 0 => {
+                WEIGHTED_PRIORITY + (share.clamp(0.0, 1.0) * 1_000_000.0) as i64
+            }
+            _ => 0,
+        }
+    }
+}
+
+const STABLE_PRIORITY: i64 = 3_000_000;
+const WEIGHTED_PRIORITY: i64 = 1_000_000;
+
 /// Which versions keep their memory first: the one holding the `stable` alias, then by share
 /// of the traffic; versions without weight (canaries not yet weighted) after, shadows last.
 pub fn priority(model: &ModelEntry, label: &str) -> i64 {
     if model.aliases.get("stable").is_some_and(|v| &**v == label) {
-        return 3_000_000;
+        return STABLE_PRIORITY;
     }
     // Weights may be any u64: shares in floating point cannot overflow.
     let total: f64 = model.traffic.iter().map(|(_, w)| *w as f64).sum();
@@ -638,7 +757,7 @@ pub fn priority(model: &ModelEntry, label: &str) -> i64 {
         .find(|(l, _)| &**l == label)
         .map_or(0.0, |(_, w)| *w as f64);
     if weight > 0.0 && total > 0.0 {
-        return 1_000_000 + (weight / total * 1_000_000.0) as i64;
+        return WEIGHTED_PRIORITY + (weight / total * 1_000_000.0) as i64;
     }
     let shadow = model.policy.shadow.as_ref().map(|shadow| {
         model

@@ -295,11 +295,14 @@ fn to_value(rollout: &Rollout) -> Value {
 }
 
 /// The policy during a stage: the one before the rollout, plus the shadow of a shadow stage.
-/// A bandit or a score policy would move the weights itself, so the stages route by fixed
+/// A bandit, score or objective policy would move the weights itself, so the stages route by fixed
 /// weights (keeping the error shedding); sticky routing keeps to the weights and stays.
 fn stage_policy(rollout: &Rollout, stage: &Stage) -> Result<Value, String> {
     let mut policy = rollout.policy_before.clone();
-    if matches!(policy["mode"].as_str(), Some("bandit" | "score")) {
+    if matches!(
+        policy["mode"].as_str(),
+        Some("bandit" | "score" | "objective")
+    ) {
         let mut fixed = json!({"mode": "fixed"});
         if let Some(shed) = policy.get("max_error_rate") {
             fixed["max_error_rate"] = shed.clone();

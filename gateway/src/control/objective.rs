@@ -1,0 +1,242 @@
+//! The `objective` policy's loop: every second, for each model under it, the offered load and
+//! each version's capacity are measured, the shares that maximise Σ w_i·P_i within them are
+//! solved for (`routing::objective`), and each version's share is stored where the request path
+//! reads it without a lock (`VersionStats::planned_share`). The plan also goes to the
+//! experiment report, and its figures to the capacity planner, which gives memory to the
+//! versions with the most quality per byte when memory binds.
+//!
+//! Capacity is measured, not declared: a version's requests executed per second of compute
+//! (summed over its replicas, so per replica), over the last few seconds, times its ready
+//! replicas. That holds at any load, since it divides by busy time rather than wall time; it
+//! includes what batching gains at the current batch sizes, so it errs low when the load grows.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::control::capacity::Capacity;
+use crate::core::{ModelEntry, ModelTable, VersionStatus};
+use crate::routing::objective::{self, Arm, ObjectivePlan, PlannedVersion};
+use crate::routing::{Experiments, PolicyMode};
+use crate::version_key::VersionKey;
+
+/// Seconds of figures behind a capacity estimate: enough executions to be steady, few enough
+/// to follow a replica that slows down.
+const CAPACITY_WINDOW: usize = 5;
+/// Seconds of figures behind the offered load: short, so that a surge is followed within two.
+const LOAD_WINDOW: usize = 2;
+/// Less compute than this in the window says too little about capacity; the last estimate
+/// stands.
+const MIN_BUSY_NS: u64 = 20_000_000;
+
+/// Counters of one version at one tick.
+#[derive(Clone, Copy, Default)]
+struct Reading {
+    at: Option<Instant>,
+    routed: u64,
+    reached: u64,
+    executed: u64,
+    busy_ns: u64,
+}
+
+/// What happened to one version between two ticks.
+#[derive(Clone, Copy, Default)]
+struct Delta {
+    seconds: f64,
+    routed: u64,
+    reached: u64,
+    executed: u64,
+    busy_ns: u64,
+}
+
+#[derive(Default)]
+struct Measured {
+    last: Reading,
+    deltas: VecDeque<Delta>,
+    capacity_per_replica: Option<f64>,
+}
+
+impl Measured {
+    fn observe(&mut self, now: Reading) {
+        if let Some(then) = self.last.at
+            && let Some(at) = now.at
+        {
+            self.deltas.push_back(Delta {
+                seconds: at.saturating_duration_since(then).as_secs_f64(),
+                routed: now.routed.saturating_sub(self.last.routed),
+                reached: now.reached.saturating_sub(self.last.reached),
+                executed: now.executed.saturating_sub(self.last.executed),
+                busy_ns: now.busy_ns.saturating_sub(self.last.busy_ns),
+            });
+            while self.deltas.len() > CAPACITY_WINDOW {
+                self.deltas.pop_front();
+            }
+        }
+        self.last = now;
+        let (executed, busy_ns) = self
+            .deltas
+            .iter()
+            .fold((0u64, 0u64), |(e, b), d| (e + d.executed, b + d.busy_ns));
+        if busy_ns >= MIN_BUSY_NS {
+            self.capacity_per_replica = Some(executed as f64 / (busy_ns as f64 / 1e9));
+        }
+    }
+
+    /// Requests/s over the last `LOAD_WINDOW` seconds: (routed here by the policy, reaching
+    /// here by any path).
+    fn recent_rates(&self) -> (f64, f64) {
+        let recent = self.deltas.iter().rev().take(LOAD_WINDOW);
+        let (seconds, routed, reached) = recent.fold((0.0, 0u64, 0u64), |(s, r, h), d| {
+            (s + d.seconds, r + d.routed, h + d.reached)
+        });
+        if seconds <= 0.0 {
+            return (0.0, 0.0);
+        }
+        (routed as f64 / seconds, reached as f64 / seconds)
+    }
+}
+
+/// The loop's memory between ticks.
+#[derive(Default)]
+pub struct ObjectiveLoop {
+    measured: HashMap<VersionKey, Measured>,
+    planned: HashSet<Arc<str>>,
+}
+
+impl ObjectiveLoop {
+    /// One tick over the current table.
+    pub fn tick(&mut self, table: &ModelTable, experiments: &Experiments, capacity: &Capacity) {
+        let now = Instant::now();
+        let mut live = HashSet::new();
+        let mut plans = Vec::new();
+        for model in table.models.values() {
+            let PolicyMode::Objective {
+                utilisation, floor, ..
+            } = &model.policy.mode
+            else {
+                if self.planned.remove(&model.name) {
+                    model
+                        .versions
+                        .iter()
+                        .for_each(|v| v.stats.set_planned_share(None));
+                    experiments.set_objective_plan(&model.name, None);
+                }
+                continue;
+            };
+            for version in &model.versions {
+                let key = VersionKey::new(&model.name, &version.label);
+                let reading = read(version, now);
+                self.measured
+                    .entry(key.clone())
+                    .or_default()
+                    .observe(reading);
+                live.insert(key);
+            }
+            let plan = self.plan(model, *utilisation, *floor);
+            plans.push((model.name.clone(), plan.clone()));
+            experiments.set_objective_plan(&model.name, Some(plan));
+            self.planned.insert(model.name.clone());
+        }
+        self.measured.retain(|key, _| live.contains(key));
+        self.planned.retain(|name| table.models.contains_key(name));
+        capacity.set_objective_plans(table, &plans);
+    }
+
+    /// Solves one model's shares and stores them on its versions.
+    fn plan(&self, model: &ModelEntry, utilisation: f64, floor: f64) -> ObjectivePlan {
+        let measured = |label: &str| self.measured.get(&VersionKey::new(&model.name, label));
+        let offered_load: f64 = model
+            .versions
+            .iter()
+            .filter_map(|version| measured(&version.label))
+            .map(|m| m.recent_rates().0)
+            .sum();
+        let candidates = model.candidates();
+        let arms: Vec<&Arc<crate::core::VersionEntry>> = candidates
+            .iter()
+            .filter(|candidate| candidate.eligible && candidate.base_weight > 0.0)
+            .filter_map(|candidate| model.versions.iter().find(|v| *v.label == *candidate.label))
+            .collect();
+        let qualities = objective::filled_qualities(arms.iter().map(|v| v.score));
+        let mut planned: Vec<PlannedVersion> = Vec::with_capacity(arms.len());
+        for (version, quality) in arms.iter().zip(qualities) {
+            let replicas = match &version.status {
+                VersionStatus::Ready(ready) => ready.replicas.replica_count(),
+                _ => 0,
+            };
+            let figures = measured(&version.label);
+            let capacity_per_replica = figures.and_then(|m| m.capacity_per_replica);
+            let (routed, reached) = figures.map_or((0.0, 0.0), Measured::recent_rates);
+            // Requests that reached it without the policy (pinned, mirrored) use its capacity
+            // too; refused routed requests make this err low, never high.
+            let pinned_load = (reached - routed).max(0.0);
+            let capacity = capacity_per_replica.map(|per| per * replicas as f64);
+            planned.push(PlannedVersion {
+                version: version.label.to_string(),
+                quality,
+                quality_measured: version.score.is_some(),
+                capacity_per_replica,
+                replicas,
+                capacity,
+                pinned_load,
+                room: capacity.map(|c| (c * utilisation - pinned_load).max(0.0)),
+                share: 0.0,
+            });
+        }
+        let problem: Vec<Arm> = planned
+            .iter()
+            .map(|p| Arm {
+                quality: p.quality,
+                room: p.room,
+            })
+            .collect();
+        let solution = objective::solve(&problem, offered_load, floor);
+        for (entry, share) in planned.iter_mut().zip(&solution.shares) {
+            entry.share = *share;
+        }
+        for version in &model.versions {
+            let share = planned
+                .iter()
+                .find(|p| *p.version == *version.label)
+                .map(|p| p.share);
+            // A version out of the plan gets nothing while the others are planned.
+            version.stats.set_planned_share(Some(share.unwrap_or(0.0)));
+        }
+        ObjectivePlan {
+            offered_load,
+            utilisation,
+            floor: objective::capped_floor(floor, planned.len()),
+            value: solution.value,
+            fits: solution.fits,
+            versions: planned,
+        }
+    }
+}
+
+fn read(version: &crate::core::VersionEntry, now: Instant) -> Reading {
+    let routed = version.stats.routed_total();
+    let VersionStatus::Ready(ready) = &version.status else {
+        return Reading {
+            at: Some(now),
+            routed,
+            ..Reading::default()
+        };
+    };
+    let statistics = &ready.metrics.statistics;
+    let (success, fail) = (statistics.success.read(), statistics.fail.read());
+    let busy_ns = [
+        &statistics.compute_input,
+        &statistics.compute_infer,
+        &statistics.compute_output,
+    ]
+    .iter()
+    .map(|stat| stat.read().ns)
+    .fold(0u64, u64::saturating_add);
+    Reading {
+        at: Some(now),
+        routed,
+        reached: success.count + fail.count,
+        executed: statistics.compute_infer.read().count,
+        busy_ns,
+    }
+}
