@@ -23,7 +23,9 @@ use crate::version_key::VersionKey;
 /// Seconds of figures behind a capacity estimate: enough executions to be steady, few enough
 /// to follow a replica that slows down.
 const CAPACITY_WINDOW: usize = 5;
-/// Seconds of figures behind the offered load: short, so that a surge is followed within two.
+/// Seconds of figures behind the offered load: the higher of the last two seconds' rates, so
+/// that a surge is planned for at the next tick and a lull believed only after two (shares
+/// are fractions of the load, so planning for less load than arrives overfills the best).
 const LOAD_WINDOW: usize = 2;
 /// Less compute than this in the window says too little about capacity; the last estimate
 /// stands.
@@ -80,6 +82,17 @@ impl Measured {
         if busy_ns >= MIN_BUSY_NS {
             self.capacity_per_replica = Some(executed as f64 / (busy_ns as f64 / 1e9));
         }
+    }
+
+    /// Requests/s the policy routed here in the second `back` ticks ago (0: the last).
+    fn routed_rate(&self, back: usize) -> f64 {
+        let Some(delta) = self.deltas.iter().rev().nth(back) else {
+            return 0.0;
+        };
+        if delta.seconds <= 0.0 {
+            return 0.0;
+        }
+        delta.routed as f64 / delta.seconds
     }
 
     /// Requests/s over the last `LOAD_WINDOW` seconds: (routed here by the policy, reaching
@@ -145,12 +158,16 @@ impl ObjectiveLoop {
     /// Solves one model's shares and stores them on its versions.
     fn plan(&self, model: &ModelEntry, utilisation: f64, floor: f64) -> ObjectivePlan {
         let measured = |label: &str| self.measured.get(&VersionKey::new(&model.name, label));
-        let offered_load: f64 = model
-            .versions
-            .iter()
-            .filter_map(|version| measured(&version.label))
-            .map(|m| m.recent_rates().0)
-            .sum();
+        let offered_load = (0..LOAD_WINDOW)
+            .map(|back| {
+                model
+                    .versions
+                    .iter()
+                    .filter_map(|version| measured(&version.label))
+                    .map(|m| m.routed_rate(back))
+                    .sum::<f64>()
+            })
+            .fold(0.0, f64::max);
         let candidates = model.candidates();
         let arms: Vec<&Arc<crate::core::VersionEntry>> = candidates
             .iter()
