@@ -1,7 +1,9 @@
 //! `switchyard eval`, the real binary against a real gateway serving `digits` (four versions
 //! trained by scripts/build_digits.py, ONNX and TorchScript): each version's accuracy on the
 //! held-out set is the one the training script computed, to the fourth decimal, over HTTP and
-//! gRPC and from NPZ or JSON lines; `--post` records the scores with the dataset's digest.
+//! gRPC and from NPZ or JSON lines; `--post` records the scores with the dataset's digest. And
+//! silero_vad on speech clips labelled by construction, each clip streamed as a sequence: the F1
+//! of speech at 0.5 is the one ONNX Runtime gives when run directly.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -403,6 +405,145 @@ async fn the_gateway_runs_an_evaluation_job_beside_live_traffic_and_posts_the_sc
     assert!(
         live.iter().all(|s| *s == 200),
         "live traffic was refused or failed"
+    );
+    gateway.stop().await;
+}
+
+/// A repository holding only silero_vad, copied from models/.
+fn silero_repository() -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    let source = models_dir().join("silero_vad");
+    for label in ["1", "2"] {
+        let from = source.join(label).join("model.onnx");
+        assert!(
+            from.is_file(),
+            "{} is missing: run scripts/setup",
+            from.display()
+        );
+        let to = repo.path().join("silero_vad").join(label);
+        std::fs::create_dir_all(&to).unwrap();
+        std::fs::copy(from, to.join("model.onnx")).unwrap();
+    }
+    std::fs::copy(
+        source.join("model.toml"),
+        repo.path().join("silero_vad/model.toml"),
+    )
+    .unwrap();
+    repo
+}
+
+/// The speech clips of scripts/build_vad_eval.py: each clip is a stream, sent as a sequence
+/// whose state the gateway carries; each 32 ms frame's speech probability is scored against
+/// its label at 0.5. The F1 of speech is the one ONNX Runtime gives run directly, over HTTP
+/// and gRPC alike, and --post records it.
+#[tokio::test]
+async fn eval_streams_speech_clips_as_sequences_and_scores_f1_at_the_threshold() {
+    let repo = silero_repository();
+    let gateway = TestGateway::start_with(repo.path(), |config| {
+        config.admin.tokens = test_tokens();
+        config
+            .registry
+            .artifact_roots
+            .push(repo_root().join("data"));
+    })
+    .await;
+    for label in ["1", "2"] {
+        gateway.wait_for_serving("silero_vad", label).await;
+    }
+    let speech = repo_root().join("data/silero_vad");
+    let dataset = speech.join("eval.npz");
+    assert!(
+        dataset.is_file(),
+        "{} is missing: run scripts/setup",
+        dataset.display()
+    );
+    let expected: Value =
+        serde_json::from_str(&std::fs::read_to_string(speech.join("eval.json")).unwrap()).unwrap();
+    let frames = expected["frames"].as_u64().unwrap();
+    let name = dataset.display().to_string();
+    let silero_eval = |extra: Vec<String>| {
+        let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
+        command
+            .args(["--admin-url", &gateway.admin, "--token", WRITER_TOKEN])
+            .args(["eval", "silero_vad", "--url", &gateway.base, "--quiet"])
+            .args(["--dataset", &name, "--metric", "f1", "--format", "json"])
+            .args(extra)
+            .env_remove("SWITCHYARD_ADMIN_TOKEN");
+        command
+    };
+    let run = |mut command: std::process::Command| async move {
+        let output = tokio::task::spawn_blocking(move || command.output())
+            .await
+            .unwrap()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+        assert!(
+            output.status.success(),
+            "{stdout}{}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        serde_json::from_str::<Value>(&stdout).unwrap()
+    };
+    let over_http = run(silero_eval(vec!["--post".into()])).await;
+    let grpc = gateway.grpc_addr.to_string();
+    let over_grpc = run(silero_eval(vec!["--grpc".into(), grpc])).await;
+    assert_eq!(over_http["dataset"]["examples"].as_u64(), Some(frames));
+    for label in ["1", "2"] {
+        let report = &over_http["versions"][label];
+        assert_eq!(report["failed_requests"], 0, "{report}");
+        for metric in ["f1", "precision", "recall", "accuracy"] {
+            let measured = report[metric].as_f64().unwrap();
+            let direct = expected["expected"][label][metric].as_f64().unwrap();
+            assert!(
+                (measured - direct).abs() < 1e-4,
+                "version {label} {metric}: through the gateway {measured:.4}, ONNX Runtime directly {direct:.4}"
+            );
+        }
+        assert!(report["roc_auc"].as_f64().unwrap() > 0.9, "{report}");
+        assert_eq!(
+            over_grpc["versions"][label]["confusion"], report["confusion"],
+            "gRPC gives the same answers"
+        );
+        let (status, scores) = gateway
+            .admin(
+                Method::GET,
+                &format!("/v1/models/silero_vad/versions/{label}/scores"),
+                Some(READER_TOKEN),
+                None,
+            )
+            .await;
+        assert_eq!(status, 200);
+        let f1 = scores["scores"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|s| s["metric"] == "f1")
+            .unwrap_or_else(|| panic!("no f1 score: {scores}"));
+        assert!((f1["value"].as_f64().unwrap() - report["f1"].as_f64().unwrap()).abs() < 1e-9);
+        assert_eq!(f1["dataset"], "eval.npz");
+    }
+    // Every sequence was ended: none is left open.
+    for label in ["1", "2"] {
+        let series =
+            format!(r#"switchyard_sequences_open{{model="silero_vad",version="{label}"}}"#);
+        assert_eq!(gateway.metric(&series).await, Some(0.0), "{series}");
+    }
+    // The in-gateway job sends independent examples only, and says so.
+    let (status, refused) = gateway
+        .admin(
+            Method::POST,
+            "/v1/models/silero_vad/evaluations",
+            Some(WRITER_TOKEN),
+            Some(serde_json::json!({"dataset": name})),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"]
+            .as_str()
+            .unwrap()
+            .contains("switchyard eval"),
+        "{refused}"
     );
     gateway.stop().await;
 }

@@ -122,6 +122,11 @@ pub(super) async fn start_evaluation(
             .await
             .map_err(super::internal)?
             .map_err(|e| bad_request(format!("{e:#}")))?;
+    if dataset.streams.is_some() {
+        return Err(bad_request(
+            "a dataset of streams (with a 'sequence' array) is evaluated by `switchyard eval`, which sends each stream as a sequence; the in-gateway job sends independent examples only",
+        ));
+    }
     for (name, _) in &inputs {
         if !dataset.inputs.contains_key(name) {
             return Err(bad_request(format!(

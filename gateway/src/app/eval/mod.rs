@@ -191,13 +191,15 @@ impl Transport {
         }
     }
 
-    /// One request of `rows` examples; the output's values, row after row.
+    /// One request of `rows` examples (or one step of a sequence); the output's values, row
+    /// after row.
     async fn infer(
         &self,
         model: &str,
         version: &str,
         inputs: &[(String, String, Vec<i64>, Vec<f64>)],
         output: &str,
+        sequence: Option<SequenceStep>,
     ) -> anyhow::Result<(Vec<f64>, usize)> {
         match self {
             Transport::Http { client, url } => {
@@ -207,7 +209,14 @@ impl Transport {
                         json!({"name": name, "datatype": datatype, "shape": shape, "data": values})
                     })
                     .collect();
-                let body = json!({"inputs": tensors, "outputs": [{"name": output}]});
+                let mut body = json!({"inputs": tensors, "outputs": [{"name": output}]});
+                if let Some(step) = sequence {
+                    body["parameters"] = json!({
+                        "sequence_id": step.id,
+                        "sequence_start": step.start,
+                        "sequence_end": step.end,
+                    });
+                }
                 let response = client
                     .post(format!("{url}/v2/models/{model}/versions/{version}/infer"))
                     .json(&body)
@@ -249,9 +258,33 @@ impl Transport {
                         ..Default::default()
                     });
                 }
+                let parameter = |choice| pb::InferParameter {
+                    parameter_choice: Some(choice),
+                };
+                use pb::infer_parameter::ParameterChoice;
+                let parameters = sequence
+                    .map(|step| {
+                        [
+                            (
+                                "sequence_id".to_owned(),
+                                parameter(ParameterChoice::Int64Param(step.id as i64)),
+                            ),
+                            (
+                                "sequence_start".to_owned(),
+                                parameter(ParameterChoice::BoolParam(step.start)),
+                            ),
+                            (
+                                "sequence_end".to_owned(),
+                                parameter(ParameterChoice::BoolParam(step.end)),
+                            ),
+                        ]
+                        .into()
+                    })
+                    .unwrap_or_default();
                 let request = pb::ModelInferRequest {
                     model_name: model.to_owned(),
                     model_version: version.to_owned(),
+                    parameters,
                     inputs: tensors,
                     raw_input_contents: raw,
                     outputs: vec![pb::model_infer_request::InferRequestedOutputTensor {
@@ -285,6 +318,14 @@ impl Transport {
             }
         }
     }
+}
+
+/// Where a request stands in its sequence (Triton's sequence parameters).
+#[derive(Clone, Copy, Debug)]
+struct SequenceStep {
+    id: u64,
+    start: bool,
+    end: bool,
 }
 
 /// The values per example of an output shaped [rows, ...].
@@ -351,7 +392,12 @@ pub async fn evaluate(args: &EvalArgs) -> anyhow::Result<Value> {
     ensure!(!versions.is_empty(), "no versions to evaluate");
     let mut reports = BTreeMap::new();
     for version in &versions {
-        let report = evaluate_version(args, &transport, &model, &dataset, version, &output).await?;
+        let report = match &dataset.streams {
+            Some(_) => {
+                evaluate_streams(args, &transport, &model, &dataset, version, &output).await?
+            }
+            None => evaluate_version(args, &transport, &model, &dataset, version, &output).await?,
+        };
         reports.insert(version.clone(), report);
     }
     let mut report = json!({
@@ -406,7 +452,7 @@ async fn evaluate_version(
                 .collect();
             let sent = Instant::now();
             let result = transport
-                .infer(&model_name, &pinned, &inputs, &output)
+                .infer(&model_name, &pinned, &inputs, &output, None)
                 .await;
             drop(permit);
             (index, result, sent.elapsed())
@@ -451,11 +497,111 @@ async fn evaluate_version(
     ))
 }
 
+/// A dataset of streams: each stream is one sequence of one-example requests, sent in order;
+/// up to `--concurrency` streams at once. A stream whose request fails is ended there (its
+/// remaining examples count as wrong), so that its sequence does not stay open.
+async fn evaluate_streams(
+    args: &EvalArgs,
+    transport: &Transport,
+    model: &Model,
+    dataset: &Arc<Dataset>,
+    version: &str,
+    output: &str,
+) -> anyhow::Result<VersionReport> {
+    let streams = dataset.streams.clone().unwrap_or_default();
+    let chunks = evaluation::chunks(dataset.len(), 1);
+    let started = Instant::now();
+    let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
+    let mut tasks = tokio::task::JoinSet::new();
+    let datatypes: Vec<(String, String)> = model
+        .inputs
+        .iter()
+        .map(|t| (t.name.clone(), t.datatype.clone()))
+        .collect();
+    // Sequence ids of this run: random high bits, so that they meet no live stream's; below
+    // 2^62, so that they stay positive as gRPC's int64 parameter.
+    let base = (fastrand::u64(..) >> 2 & !0xffff_ffff) | 1 << 61;
+    for (number, (first, last)) in streams.iter().copied().enumerate() {
+        let permit = semaphore.clone().acquire_owned().await?;
+        let (transport, dataset, datatypes) =
+            (transport.clone(), dataset.clone(), datatypes.clone());
+        let (model_name, pinned, output) =
+            (args.model.clone(), version.to_owned(), output.to_owned());
+        let id = base + number as u64;
+        tasks.spawn(async move {
+            let mut results = Vec::with_capacity(last - first);
+            for index in first..last {
+                let inputs: Vec<(String, String, Vec<i64>, Vec<f64>)> = datatypes
+                    .iter()
+                    .map(|(name, datatype)| {
+                        let column = &dataset.inputs[name];
+                        let width = column.example_len();
+                        let shape = column.example_shape.iter().map(|d| *d as i64).collect();
+                        let values = column.values[index * width..(index + 1) * width].to_vec();
+                        (name.clone(), datatype.clone(), shape, values)
+                    })
+                    .collect();
+                let step = SequenceStep {
+                    id,
+                    start: index == first,
+                    end: index + 1 == last,
+                };
+                let sent = Instant::now();
+                let result = transport
+                    .infer(&model_name, &pinned, &inputs, &output, Some(step))
+                    .await;
+                let failed = result.is_err();
+                results.push((index, result, sent.elapsed()));
+                if failed {
+                    break;
+                }
+            }
+            drop(permit);
+            results
+        });
+    }
+    let mut answers: Vec<evaluation::Answer> = vec![None; chunks.len()];
+    let mut latencies = Vec::with_capacity(chunks.len());
+    let mut first_error = None;
+    while let Some(joined) = tasks.join_next().await {
+        for (index, result, latency) in joined? {
+            latencies.push(latency.as_secs_f64() * 1000.0);
+            match result {
+                Ok(answer) => answers[index] = Some(answer),
+                Err(error) => {
+                    first_error.get_or_insert_with(|| format!("{error:#}"));
+                }
+            }
+        }
+    }
+    let elapsed = started.elapsed().max(Duration::from_micros(1));
+    if !args.quiet {
+        eprintln!(
+            "{} version {version}: {} streams in {:.2} s",
+            args.model,
+            streams.len(),
+            elapsed.as_secs_f64()
+        );
+    }
+    Ok(VersionReport::new(
+        dataset,
+        &chunks,
+        &answers,
+        latencies,
+        elapsed,
+        args.threshold,
+        first_error,
+    ))
+}
+
 const ROWS: &[(&str, &str)] = &[
     ("accuracy", "accuracy"),
     ("precision_macro", "precision (macro)"),
     ("recall_macro", "recall (macro)"),
     ("f1_macro", "F1 (macro)"),
+    ("precision", "precision (class 1)"),
+    ("recall", "recall (class 1)"),
+    ("f1", "F1 (class 1)"),
     ("roc_auc", "ROC AUC"),
 ];
 

@@ -2,6 +2,11 @@
 //! input, named after it, with the example on the first axis, and `labels`) or JSON lines (one
 //! example per line: `{"<input>": [...], "label": 3}`).
 //!
+//! A dataset for a stateful model (served as sequences) also has `sequence`: one stream id per
+//! example. The examples of a stream are consecutive and in order, and each is one request,
+//! sent with exactly its shape (no batch axis is added): `switchyard eval` sends each stream as
+//! one Triton sequence.
+//!
 //! Both are read whole, with bounds: the file is the operator's, but a wrong path or a corrupt
 //! file must give a clear error, never an allocation the size a header claims.
 
@@ -38,7 +43,12 @@ pub struct Dataset {
     pub sha256: String,
     pub inputs: BTreeMap<String, Column>,
     pub labels: Vec<i64>,
+    /// For a dataset of streams: each stream's examples, `[start, end)`, in order.
+    pub streams: Option<Vec<(usize, usize)>>,
 }
+
+/// The name of the array (or JSON key) that says which stream an example belongs to.
+pub const SEQUENCE_ARRAY: &str = "sequence";
 
 impl Dataset {
     pub fn len(&self) -> usize {
@@ -71,7 +81,7 @@ impl Dataset {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
-        let (inputs, labels) = match path.extension().and_then(|e| e.to_str()) {
+        let (mut inputs, labels) = match path.extension().and_then(|e| e.to_str()) {
             Some("npz") => read_npz(&bytes)?,
             Some("jsonl" | "json") => read_jsonl(&bytes)?,
             _ => bail!(
@@ -89,6 +99,10 @@ impl Dataset {
                 column.example_shape
             );
         }
+        let streams = inputs
+            .remove(SEQUENCE_ARRAY)
+            .map(|column| streams_of(&column))
+            .transpose()?;
         if let Some(bad) = labels.iter().find(|l| !(0..MAX_CLASSES).contains(*l)) {
             bail!(
                 "label {bad} is not a class index from 0 to {}",
@@ -100,8 +114,37 @@ impl Dataset {
             sha256,
             inputs,
             labels,
+            streams,
         })
     }
+}
+
+/// The streams of a `sequence` column: runs of one id, each id in one run only.
+fn streams_of(column: &Column) -> anyhow::Result<Vec<(usize, usize)>> {
+    ensure!(
+        column.example_shape.is_empty(),
+        "'{SEQUENCE_ARRAY}' must be one stream id per example, not shape {:?}",
+        column.example_shape
+    );
+    let mut streams: Vec<(usize, usize)> = Vec::new();
+    let mut seen = std::collections::HashSet::new();
+    let mut current = None;
+    for (index, id) in column.values.iter().enumerate() {
+        ensure!(id.fract() == 0.0, "stream id {id} is not a whole number");
+        if current == Some(*id as i64) {
+            if let Some(last) = streams.last_mut() {
+                last.1 = index + 1;
+            }
+            continue;
+        }
+        ensure!(
+            seen.insert(*id as i64),
+            "stream {id} resumes at example {index}: a stream's examples must be consecutive"
+        );
+        current = Some(*id as i64);
+        streams.push((index, index + 1));
+    }
+    Ok(streams)
 }
 
 type Read_ = (BTreeMap<String, Column>, Vec<i64>);
@@ -381,5 +424,30 @@ mod tests {
         assert!(read_jsonl(ragged).is_err());
         let unlabelled = b"{\"x\": [1, 2]}\n";
         assert!(read_jsonl(unlabelled).is_err());
+    }
+
+    #[test]
+    fn streams_are_runs_of_one_id_that_never_resume() {
+        let column = |ids: &[f64], shape: Vec<usize>| Column {
+            values: ids.to_vec(),
+            example_shape: shape,
+        };
+        let streams = streams_of(&column(&[4.0, 4.0, 4.0, 9.0, 2.0, 2.0], vec![])).unwrap();
+        assert_eq!(streams, [(0, 3), (3, 4), (4, 6)]);
+        let resumed = streams_of(&column(&[1.0, 2.0, 1.0], vec![])).unwrap_err();
+        assert!(
+            resumed
+                .to_string()
+                .contains("stream 1 resumes at example 2"),
+            "{resumed}"
+        );
+        assert!(
+            streams_of(&column(&[1.5], vec![])).is_err(),
+            "a fractional id"
+        );
+        assert!(
+            streams_of(&column(&[1.0, 1.0], vec![2])).is_err(),
+            "one id per example"
+        );
     }
 }

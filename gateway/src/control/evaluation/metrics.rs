@@ -11,6 +11,10 @@ pub struct Classification {
     pub precision_macro: f64,
     pub recall_macro: f64,
     pub f1_macro: f64,
+    /// Two classes only: precision, recall and F1 of class 1 (the positive: speech, say).
+    pub precision: Option<f64>,
+    pub recall: Option<f64>,
+    pub f1: Option<f64>,
     /// Two classes only.
     pub roc_auc: Option<f64>,
     /// `confusion[true][predicted]`.
@@ -40,6 +44,7 @@ pub fn classification(labels: &[i64], predicted: &[i64], scores: Option<&[f64]>)
         }
     };
     let (mut precision, mut recall, mut f1) = (0.0, 0.0, 0.0);
+    let mut positive = None;
     for &c in &seen {
         let tp = confusion[c][c];
         let predicted_c: u64 = (0..classes).map(|t| confusion[t][c]).sum();
@@ -48,11 +53,15 @@ pub fn classification(labels: &[i64], predicted: &[i64], scores: Option<&[f64]>)
         let r = ratio(tp, actual_c);
         precision += p;
         recall += r;
-        f1 += if p + r > 0.0 {
+        let f = if p + r > 0.0 {
             2.0 * p * r / (p + r)
         } else {
             0.0
         };
+        f1 += f;
+        if c == 1 && classes == 2 {
+            positive = Some((p, r, f));
+        }
     }
     let n = seen.len().max(1) as f64;
     let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
@@ -66,6 +75,9 @@ pub fn classification(labels: &[i64], predicted: &[i64], scores: Option<&[f64]>)
         precision_macro: precision / n,
         recall_macro: recall / n,
         f1_macro: f1 / n,
+        precision: positive.map(|(p, _, _)| p),
+        recall: positive.map(|(_, r, _)| r),
+        f1: positive.map(|(_, _, f)| f),
         roc_auc,
         confusion,
     }

@@ -158,6 +158,9 @@ pub fn scores_of(report: &Value) -> BTreeMap<String, f64> {
         "precision_macro",
         "recall_macro",
         "f1_macro",
+        "precision",
+        "recall",
+        "f1",
         "roc_auc",
     ] {
         if let Some(value) = report[metric].as_f64() {
