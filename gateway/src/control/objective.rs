@@ -9,6 +9,10 @@
 //! (summed over its replicas, so per replica), over the last few seconds, times its ready
 //! replicas. That holds at any load, since it divides by busy time rather than wall time; it
 //! includes what batching gains at the current batch sizes, so it errs low when the load grows.
+//! A version whose queues refused requests in the last second carried less than it was given,
+//! whatever its busy time says (a machine under contention preempts it mid-call): its capacity
+//! is then at most what it answered in that second, so that the next plan moves the excess
+//! away at once.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
@@ -37,6 +41,8 @@ struct Reading {
     at: Option<Instant>,
     routed: u64,
     reached: u64,
+    answered: u64,
+    refused: u64,
     executed: u64,
     busy_ns: u64,
 }
@@ -47,6 +53,8 @@ struct Delta {
     seconds: f64,
     routed: u64,
     reached: u64,
+    answered: u64,
+    refused: u64,
     executed: u64,
     busy_ns: u64,
 }
@@ -66,7 +74,13 @@ impl Measured {
             self.deltas.push_back(Delta {
                 seconds: at.saturating_duration_since(then).as_secs_f64(),
                 routed: now.routed.saturating_sub(self.last.routed),
-                reached: now.reached.saturating_sub(self.last.reached),
+                // Refusals count as failures in the statistics, but never reached a replica.
+                reached: now
+                    .reached
+                    .saturating_sub(self.last.reached)
+                    .saturating_sub(now.refused.saturating_sub(self.last.refused)),
+                answered: now.answered.saturating_sub(self.last.answered),
+                refused: now.refused.saturating_sub(self.last.refused),
                 executed: now.executed.saturating_sub(self.last.executed),
                 busy_ns: now.busy_ns.saturating_sub(self.last.busy_ns),
             });
@@ -82,6 +96,14 @@ impl Measured {
         if busy_ns >= MIN_BUSY_NS {
             self.capacity_per_replica = Some(executed as f64 / (busy_ns as f64 / 1e9));
         }
+    }
+
+    /// Requests/s it answered in the last second, when its queues refused some then (a few
+    /// refusals in a burst say nothing; a steady share of them does).
+    fn saturated_rate(&self) -> Option<f64> {
+        let last = self.deltas.back()?;
+        let refusing = last.refused >= 3 && last.refused * 100 >= last.routed.max(1);
+        (refusing && last.seconds > 0.0).then(|| last.answered as f64 / last.seconds)
     }
 
     /// Requests/s the policy routed here in the second `back` ticks ago (0: the last).
@@ -187,7 +209,14 @@ impl ObjectiveLoop {
             // Requests that reached it without the policy (pinned, mirrored) use its capacity
             // too; refused routed requests make this err low, never high.
             let pinned_load = (reached - routed).max(0.0);
-            let capacity = capacity_per_replica.map(|per| per * replicas as f64);
+            let saturated_at = figures.and_then(Measured::saturated_rate);
+            let capacity = match (
+                capacity_per_replica.map(|per| per * replicas as f64),
+                saturated_at,
+            ) {
+                (Some(measured), Some(answered)) => Some(measured.min(answered)),
+                (measured, answered) => measured.or(answered),
+            };
             planned.push(PlannedVersion {
                 version: version.label.to_string(),
                 quality,
@@ -195,6 +224,7 @@ impl ObjectiveLoop {
                 capacity_per_replica,
                 replicas,
                 capacity,
+                saturated: saturated_at.is_some(),
                 pinned_load,
                 room: capacity.map(|c| (c * utilisation - pinned_load).max(0.0)),
                 share: 0.0,
@@ -236,11 +266,13 @@ fn read(version: &crate::core::VersionEntry, now: Instant) -> Reading {
         return Reading {
             at: Some(now),
             routed,
+            refused: version.stats.refused_total(),
             ..Reading::default()
         };
     };
     let statistics = &ready.metrics.statistics;
     let (success, fail) = (statistics.success.read(), statistics.fail.read());
+    let refused = version.stats.refused_total();
     let busy_ns = [
         &statistics.compute_input,
         &statistics.compute_infer,
@@ -253,7 +285,58 @@ fn read(version: &crate::core::VersionEntry, now: Instant) -> Reading {
         at: Some(now),
         routed,
         reached: success.count + fail.count,
+        answered: success.count,
+        refused,
         executed: statistics.compute_infer.read().count,
         busy_ns,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+    use super::*;
+    use std::time::Duration;
+
+    fn reading(at: Instant, routed: u64, answered: u64, refused: u64, busy_ms: u64) -> Reading {
+        Reading {
+            at: Some(at),
+            routed,
+            // Refusals count as failures in Triton's statistics.
+            reached: answered + refused,
+            answered,
+            refused,
+            executed: answered,
+            busy_ns: busy_ms * 1_000_000,
+        }
+    }
+
+    #[test]
+    fn capacity_is_executions_per_busy_second_and_refusals_cap_it() {
+        let start = Instant::now();
+        let second = |n: u32| start + Duration::from_secs(u64::from(n));
+        let mut measured = Measured::default();
+        measured.observe(reading(second(0), 0, 0, 0, 0));
+        assert_eq!(measured.capacity_per_replica, None, "nothing measured yet");
+        // 100 answered in 400 ms of compute: 250/s per replica, not refusing.
+        measured.observe(reading(second(1), 100, 100, 0, 400));
+        assert!((measured.capacity_per_replica.unwrap() - 250.0).abs() < 1e-9);
+        assert_eq!(measured.saturated_rate(), None);
+        assert_eq!(measured.recent_rates(), (100.0, 100.0));
+        // Next second: 300 routed, 180 answered, 120 refused.
+        measured.observe(reading(second(2), 400, 280, 120, 1100));
+        assert_eq!(measured.saturated_rate(), Some(180.0));
+        assert!((measured.routed_rate(0) - 300.0).abs() < 1e-9);
+        assert!((measured.routed_rate(1) - 100.0).abs() < 1e-9);
+        // Refused requests never reached a replica: nothing came pinned.
+        let (routed, reached) = measured.recent_rates();
+        assert!((routed - 200.0).abs() < 1e-9 && (reached - 140.0).abs() < 1e-9);
+        // Two refusals in a burst are not saturation.
+        measured.observe(reading(second(3), 700, 578, 122, 2300));
+        assert_eq!(measured.saturated_rate(), None);
+        // Counters that go back (a reload) count as nothing rather than wrapping.
+        measured.observe(reading(second(4), 800, 5, 122, 10));
+        assert_eq!(measured.deltas.back().unwrap().answered, 0);
+        assert!(measured.deltas.len() <= CAPACITY_WINDOW);
     }
 }

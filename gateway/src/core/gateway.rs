@@ -215,6 +215,9 @@ impl Gateway {
         let compute = result.as_ref().map_or(Duration::ZERO, |(_, c, _)| *c);
         let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
         ready.metrics.record(protocol, outcome, elapsed, compute);
+        if outcome == Err(ErrorKind::Overloaded) {
+            route.stats.refused();
+        }
         if let Some(fault) = version_fault(outcome, caller_deadline) {
             route.stats.record(fault, elapsed);
         }
@@ -283,6 +286,9 @@ impl Gateway {
         caller_deadline: bool,
         elapsed: Duration,
     ) {
+        if outcome == Err(ErrorKind::Overloaded) {
+            routed.stats.refused();
+        }
         let Some(version_fault) = version_fault(outcome, caller_deadline) else {
             return;
         };

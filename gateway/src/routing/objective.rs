@@ -66,8 +66,10 @@ pub struct PlannedVersion {
     /// measured.
     pub capacity_per_replica: Option<f64>,
     pub replicas: usize,
-    /// capacity_i: capacity per replica × ready replicas.
+    /// capacity_i: capacity per replica × ready replicas, or what it answered in the last
+    /// second if that is less and its queues refused requests then (`saturated`).
     pub capacity: Option<f64>,
+    pub saturated: bool,
     /// Requests/s that reach it pinned to it (not through the policy): they use its capacity.
     pub pinned_load: f64,
     /// c_i: u × capacity_i − pinned load.

@@ -158,6 +158,8 @@ impl ShadowTally {
 pub struct VersionStats {
     /// Requests the policy sent here (before any queue could refuse them): the offered load.
     routed: AtomicU64,
+    /// Requests its queues refused (429): the sign that it carries less than it was given.
+    refused: AtomicU64,
     /// The objective policy's share for this version, as f64 bits; NaN until planned.
     planned_share: AtomicU64,
     requests: AtomicU64,
@@ -173,6 +175,7 @@ impl VersionStats {
     pub(crate) fn new(stored: BetaStats) -> VersionStats {
         VersionStats {
             routed: AtomicU64::new(0),
+            refused: AtomicU64::new(0),
             planned_share: AtomicU64::new(f64::NAN.to_bits()),
             requests: AtomicU64::new(0),
             errors: AtomicU64::new(0),
@@ -208,6 +211,15 @@ impl VersionStats {
 
     pub fn routed_total(&self) -> u64 {
         self.routed.load(Ordering::Relaxed)
+    }
+
+    /// Counts a request its queues had no room for.
+    pub fn refused(&self) {
+        self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn refused_total(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
     }
 
     /// The objective policy's share, once it has planned one.
