@@ -491,11 +491,17 @@ async fn eval_streams_speech_clips_as_sequences_and_scores_f1_at_the_threshold()
     for label in ["1", "2"] {
         let report = &over_http["versions"][label];
         assert_eq!(report["failed_requests"], 0, "{report}");
+        // Joined calls may differ from single ones in the last bits: equal unless a frame sits
+        // within 1e-4 of the threshold, then one frame may land on the other side.
+        let margin = expected["expected"][label]["closest_to_threshold"]
+            .as_f64()
+            .unwrap();
+        let tolerance = if margin > 1e-4 { 1e-6 } else { 3e-3 };
         for metric in ["f1", "precision", "recall", "accuracy"] {
             let measured = report[metric].as_f64().unwrap();
             let direct = expected["expected"][label][metric].as_f64().unwrap();
             assert!(
-                (measured - direct).abs() < 1e-4,
+                (measured - direct).abs() < tolerance,
                 "version {label} {metric}: through the gateway {measured:.4}, ONNX Runtime directly {direct:.4}"
             );
         }
@@ -528,6 +534,20 @@ async fn eval_streams_speech_clips_as_sequences_and_scores_f1_at_the_threshold()
             format!(r#"switchyard_sequences_open{{model="silero_vad",version="{label}"}}"#);
         assert_eq!(gateway.metric(&series).await, Some(0.0), "{series}");
     }
+    // The objective policy plans requests per second, and a sequence model routes per sequence.
+    let (status, refused) = gateway
+        .admin(
+            Method::PUT,
+            "/v1/models/silero_vad/policy",
+            Some(WRITER_TOKEN),
+            Some(serde_json::json!({"mode": "objective", "metric": "f1"})),
+        )
+        .await;
+    assert_eq!(status, 400, "{refused}");
+    assert!(
+        refused["error"].as_str().unwrap().contains("sequences"),
+        "{refused}"
+    );
     // The in-gateway job sends independent examples only, and says so.
     let (status, refused) = gateway
         .admin(

@@ -112,6 +112,21 @@ pub(super) async fn set_policy(
             )));
         }
     }
+    // The objective plans requests per second; a model served as sequences is routed once per
+    // sequence, whose length the plan cannot know.
+    if matches!(policy.mode, crate::routing::PolicyMode::Objective { .. }) {
+        let table = state.gateway.snapshot();
+        let sequences = table.model(&model).is_ok_and(|entry| {
+            entry.versions.iter().any(|version| {
+                matches!(&version.status, crate::core::VersionStatus::Ready(ready) if ready.sequence.is_some())
+            })
+        });
+        if sequences {
+            return Err(bad_request(format!(
+                "model '{model}' is served as sequences, routed once per sequence: the objective policy plans requests per second and cannot serve it (use fixed, sticky, score or bandit)"
+            )));
+        }
+    }
     let stored = serde_json::to_value(&policy).map_err(internal)?;
     let revision = state
         .store

@@ -42,6 +42,7 @@ pub struct Running {
     experiments: Arc<Experiments>,
     reconciler: JoinHandle<()>,
     upkeep: JoinHandle<()>,
+    objective: JoinHandle<()>,
     autoscaler: JoinHandle<()>,
     rollouts: JoinHandle<()>,
     shutdown: watch::Sender<bool>,
@@ -99,6 +100,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .run(),
     );
     let figures = FigureHistory::new();
+    let objective = tokio::spawn(objective_loop(handles.clone(), gateway.clone()));
     let upkeep = tokio::spawn(upkeep(
         handles.clone(),
         store.clone(),
@@ -161,6 +163,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         servers,
         reconciler,
         upkeep,
+        objective,
         autoscaler,
         rollouts,
     })
@@ -206,7 +209,19 @@ async fn runtimes_for(config: &Config, store: &dyn Store) -> anyhow::Result<Runt
     Ok(runtimes)
 }
 
-/// Every second: the objective policy re-plans its shares; the bandit's rewards go to the registry, so that gateways share what they
+/// Every second, on its own so that nothing it waits for delays the plan (and a late tick is
+/// not made up with a burst): the objective policy re-plans its shares.
+async fn objective_loop(handles: Handles, gateway: Arc<Gateway>) {
+    let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut objective = ObjectiveLoop::default();
+    loop {
+        every.tick().await;
+        objective.tick(&gateway.snapshot(), &handles.experiments, &handles.capacity);
+    }
+}
+
+/// Every second: the bandit's rewards go to the registry, so that gateways share what they
 /// learn and a restart loses little, and sequences idle past their timeout are released (their
 /// next request finds out at once either way); every two, the dashboard's figures are sampled;
 /// every five, the histograms are folded.
@@ -218,10 +233,8 @@ async fn upkeep(
 ) {
     let mut every = tokio::time::interval(std::time::Duration::from_secs(1));
     let sample_every = figures::SAMPLE_EVERY.as_secs().max(1);
-    let mut objective = ObjectiveLoop::default();
     for tick in 0u64.. {
         every.tick().await;
-        objective.tick(&gateway.snapshot(), &handles.experiments, &handles.capacity);
         if tick % sample_every == 0 {
             figures.sample(&gateway.snapshot());
         }
@@ -320,6 +333,7 @@ impl Running {
         self.shutdown.send_replace(true);
         self.reconciler.abort();
         self.upkeep.abort();
+        self.objective.abort();
         self.autoscaler.abort();
         self.rollouts.abort();
         for (name, server) in self.servers {

@@ -34,6 +34,8 @@ const LOAD_WINDOW: usize = 2;
 /// Less compute than this in the window says too little about capacity; the last estimate
 /// stands.
 const MIN_BUSY_NS: u64 = 20_000_000;
+/// Slices of figures shorter than this are merged into the next one.
+const MIN_SLICE_S: f64 = 0.5;
 
 /// Counters of one version at one tick.
 #[derive(Clone, Copy, Default)]
@@ -71,21 +73,37 @@ impl Measured {
         if let Some(then) = self.last.at
             && let Some(at) = now.at
         {
-            self.deltas.push_back(Delta {
-                seconds: at.saturating_duration_since(then).as_secs_f64(),
-                routed: now.routed.saturating_sub(self.last.routed),
-                // Refusals count as failures in the statistics, but never reached a replica.
-                reached: now
-                    .reached
-                    .saturating_sub(self.last.reached)
-                    .saturating_sub(now.refused.saturating_sub(self.last.refused)),
-                answered: now.answered.saturating_sub(self.last.answered),
-                refused: now.refused.saturating_sub(self.last.refused),
-                executed: now.executed.saturating_sub(self.last.executed),
-                busy_ns: now.busy_ns.saturating_sub(self.last.busy_ns),
-            });
-            while self.deltas.len() > CAPACITY_WINDOW {
-                self.deltas.pop_front();
+            let seconds = at.saturating_duration_since(then).as_secs_f64();
+            // A tick that came late and one right after it: the short slice would make a few
+            // requests look like a surge. Its counts go into the next slice instead.
+            if seconds < MIN_SLICE_S {
+                return;
+            }
+            let last = &self.last;
+            let went_back = now.routed < last.routed
+                || now.reached < last.reached
+                || now.answered < last.answered
+                || now.refused < last.refused
+                || now.executed < last.executed
+                || now.busy_ns < last.busy_ns;
+            // A counter that went back (the version reloaded, its statistics anew) leaves this
+            // slice unknown: its fields would not belong together.
+            if !went_back {
+                let refused = now.refused - last.refused;
+                self.deltas.push_back(Delta {
+                    seconds,
+                    routed: now.routed - last.routed,
+                    // Refusals count as failures in the statistics, but never reached a
+                    // replica.
+                    reached: (now.reached - last.reached).saturating_sub(refused),
+                    answered: now.answered - last.answered,
+                    refused,
+                    executed: now.executed - last.executed,
+                    busy_ns: now.busy_ns - last.busy_ns,
+                });
+                while self.deltas.len() > CAPACITY_WINDOW {
+                    self.deltas.pop_front();
+                }
             }
         }
         self.last = now;
@@ -98,12 +116,16 @@ impl Measured {
         }
     }
 
-    /// Requests/s it answered in the last second, when its queues refused some then (a few
-    /// refusals in a burst say nothing; a steady share of them does).
+    /// The least it answered per second in a second when its queues refused requests, over
+    /// the capacity window (a few refusals in a burst say nothing; a steady share of them
+    /// does). Held for the window, so that the share does not swing back the next second to
+    /// what the busy time claims.
     fn saturated_rate(&self) -> Option<f64> {
-        let last = self.deltas.back()?;
-        let refusing = last.refused >= 3 && last.refused * 100 >= last.routed.max(1);
-        (refusing && last.seconds > 0.0).then(|| last.answered as f64 / last.seconds)
+        self.deltas
+            .iter()
+            .filter(|d| d.refused >= 3 && d.refused * 100 >= d.routed.max(1))
+            .map(|d| d.answered as f64 / d.seconds)
+            .reduce(f64::min)
     }
 
     /// Requests/s the policy routed here in the second `back` ticks ago (0: the last).
@@ -173,7 +195,13 @@ impl ObjectiveLoop {
             self.planned.insert(model.name.clone());
         }
         self.measured.retain(|key, _| live.contains(key));
-        self.planned.retain(|name| table.models.contains_key(name));
+        self.planned.retain(|name| {
+            let kept = table.models.contains_key(name);
+            if !kept {
+                experiments.set_objective_plan(name, None);
+            }
+            kept
+        });
         capacity.set_objective_plans(table, &plans);
     }
 
@@ -220,7 +248,7 @@ impl ObjectiveLoop {
             planned.push(PlannedVersion {
                 version: version.label.to_string(),
                 quality,
-                quality_measured: version.score.is_some(),
+                quality_measured: version.score.is_some_and(f64::is_finite),
                 capacity_per_replica,
                 replicas,
                 capacity,
@@ -230,6 +258,9 @@ impl ObjectiveLoop {
                 share: 0.0,
             });
         }
+        // A version not measured yet has no bound: too little compute to measure is itself the
+        // sign of a fast version (capping it would push its traffic onto a slower one); a slow
+        // one is measured within a tick or two, or refuses and is bounded by what it answered.
         let problem: Vec<Arm> = planned
             .iter()
             .map(|p| Arm {
@@ -331,12 +362,37 @@ mod tests {
         // Refused requests never reached a replica: nothing came pinned.
         let (routed, reached) = measured.recent_rates();
         assert!((routed - 200.0).abs() < 1e-9 && (reached - 140.0).abs() < 1e-9);
-        // Two refusals in a burst are not saturation.
+        // Two refusals in a burst are not saturation, but the last saturation holds for the
+        // capacity window.
         measured.observe(reading(second(3), 700, 578, 122, 2300));
-        assert_eq!(measured.saturated_rate(), None);
-        // Counters that go back (a reload) count as nothing rather than wrapping.
-        measured.observe(reading(second(4), 800, 5, 122, 10));
-        assert_eq!(measured.deltas.back().unwrap().answered, 0);
-        assert!(measured.deltas.len() <= CAPACITY_WINDOW);
+        assert_eq!(measured.deltas.back().unwrap().refused, 2);
+        assert_eq!(measured.saturated_rate(), Some(180.0));
+        // A slice under half a second waits for the next tick.
+        measured.observe(reading(
+            second(3) + Duration::from_millis(100),
+            710,
+            580,
+            122,
+            2310,
+        ));
+        assert_eq!(measured.deltas.len(), 3);
+        measured.observe(reading(second(4), 800, 678, 122, 2700));
+        assert_eq!(measured.deltas.len(), 4);
+        assert_eq!(measured.deltas.back().unwrap().routed, 100);
+        // Counters that go back (a reload) leave that slice out rather than mixing fields.
+        measured.observe(reading(second(5), 900, 5, 122, 10));
+        assert_eq!(measured.deltas.len(), 4);
+        measured.observe(reading(second(6), 1000, 105, 122, 410));
+        assert_eq!(measured.deltas.len(), 5);
+        assert_eq!(measured.deltas.back().unwrap().answered, 100);
+        for seconds in 7..20 {
+            measured.observe(reading(second(seconds), 1000, 105, 122, 410));
+        }
+        assert_eq!(measured.deltas.len(), CAPACITY_WINDOW);
+        assert_eq!(
+            measured.saturated_rate(),
+            None,
+            "saturation forgotten after the window"
+        );
     }
 }

@@ -147,11 +147,16 @@ fn score_weights(candidates: &[Candidate], exponent: f64) -> Vec<f64> {
 /// candidate is new to it), the objective with nothing measured yet: no capacity binds.
 fn objective_shares(candidates: &[Candidate], floor: f64) -> Vec<f64> {
     let usable: Vec<bool> = candidates.iter().map(|c| c.usable_weight() > 0.0).collect();
-    let planned = candidates
+    // A plan whose usable shares are all 0 (the versions it planned for left the candidates
+    // since) is no plan.
+    let planned: f64 = candidates
         .iter()
         .zip(&usable)
-        .any(|(candidate, usable)| *usable && candidate.planned_share.is_some());
-    if planned {
+        .filter(|(_, usable)| **usable)
+        .filter_map(|(candidate, _)| candidate.planned_share)
+        .filter(|share| share.is_finite())
+        .sum();
+    if planned > 0.0 {
         return candidates
             .iter()
             .zip(&usable)
@@ -450,6 +455,38 @@ mod tests {
         assert!(
             close && actual.len() == expected.len(),
             "{actual:?} vs {expected:?}"
+        );
+    }
+
+    #[test]
+    fn objective_follows_the_plan_and_falls_back_to_quality_without_one() {
+        let policy = parse(r#"{"mode":"objective","metric":"accuracy","floor":0.05}"#).unwrap();
+        let mut three = versions(&[1.0, 1.0, 1.0]);
+        for (candidate, score) in three.iter_mut().zip([0.9, 0.95, 0.8]) {
+            candidate.score = Some(score);
+        }
+        // No plan yet: the best takes all but the others' floors.
+        assert_close(
+            &effective_weights(&policy, &three),
+            &[0.05, 0.9, 0.05],
+            1e-9,
+        );
+        // The plan's shares, renormalised over the eligible versions.
+        for (candidate, share) in three.iter_mut().zip([0.5, 0.3, 0.2]) {
+            candidate.planned_share = Some(share);
+        }
+        assert_close(&effective_weights(&policy, &three), &[0.5, 0.3, 0.2], 1e-9);
+        assert_close(&shares(&policy, &three, 7), &[0.5, 0.3, 0.2], 0.01);
+        three[0].eligible = false;
+        assert_close(&effective_weights(&policy, &three), &[0.0, 0.6, 0.4], 1e-9);
+        // A plan that gives the eligible nothing is no plan: quality decides.
+        for candidate in &mut three {
+            candidate.planned_share = Some(0.0);
+        }
+        assert_close(
+            &effective_weights(&policy, &three),
+            &[0.0, 0.95, 0.05],
+            1e-9,
         );
     }
 

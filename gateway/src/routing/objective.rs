@@ -141,11 +141,7 @@ pub fn solve(arms: &[Arm], load: f64, floor: f64) -> Solution {
         let mut left = 1.0 - floor * n as f64;
         let mut order: Vec<usize> = (0..n).collect();
         // Best first; ties to the lower index, so that the answer is stable between ticks.
-        order.sort_by(|&a, &b| {
-            quality(&arms[b])
-                .total_cmp(&quality(&arms[a]))
-                .then(a.cmp(&b))
-        });
+        order.sort_by(|&a, &b| rank(&arms[b]).total_cmp(&rank(&arms[a])).then(a.cmp(&b)));
         for index in order {
             let taken = (upper[index] - floor).min(left).max(0.0);
             shares[index] += taken;
@@ -163,8 +159,23 @@ pub fn solve(arms: &[Arm], load: f64, floor: f64) -> Solution {
     }
 }
 
+/// P as the objective counts it: any finite value (a weighted sum may be negative), 0 for
+/// anything else.
 fn quality(arm: &Arm) -> f64 {
-    non_negative(arm.quality)
+    if arm.quality.is_finite() {
+        arm.quality
+    } else {
+        0.0
+    }
+}
+
+/// The order of preference: by P, a version whose P is not a number last.
+fn rank(arm: &Arm) -> f64 {
+    if arm.quality.is_finite() {
+        arm.quality
+    } else {
+        f64::NEG_INFINITY
+    }
 }
 
 /// Σ w_i·P_i.
@@ -314,10 +325,14 @@ mod tests {
             (served_value(&arms, &over.shares, 800.0) - (0.9 * 100.0 + 0.5 * 300.0) / 800.0).abs()
                 < 1e-12
         );
-        // NaN quality and negative room count as nothing, and a floor over 1/n is an equal split.
+        // NaN quality ranks last, negative room counts as none, and a floor over 1/n is an
+        // equal split.
         let odd = [arm(f64::NAN, Some(-5.0)), arm(0.7, None)];
         let solution = solve(&odd, 10.0, 0.9);
         assert_close(&solution.shares, &[0.5, 0.5]);
         assert!(solve(&[], 10.0, 0.1).shares.is_empty());
+        // Negative qualities (a weighted sum with a negative weight) still order the versions.
+        let negative = [arm(-0.5, None), arm(-0.1, None), arm(f64::NAN, None)];
+        assert_close(&solve(&negative, 10.0, 0.0).shares, &[0.0, 1.0, 0.0]);
     }
 }

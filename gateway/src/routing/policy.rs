@@ -7,7 +7,8 @@
 //! JSON shape of [`TrafficPolicy`]: one flat object whose `mode` tag selects which
 //! other mode fields are allowed, e.g.
 //! `{"mode":"sticky","header":"x-user-id","shadow":{"version":"2","fraction":0.1}}`.
-//! `max_error_rate` defaults to 0.5, score `exponent` to 4, bandit `floor` to 0.05.
+//! `max_error_rate` defaults to 0.5, score `exponent` to 4, bandit `floor` to 0.05, objective
+//! `utilisation` to 0.8 and `floor` to 0.02.
 //! serde cannot combine `#[serde(flatten)]` with `deny_unknown_fields` (it then
 //! rejects every field), so `TrafficPolicy` has small hand-written serde impls
 //! that keep this flat shape and still reject unknown fields, including fields

@@ -222,17 +222,21 @@ impl Capacity {
     /// memory other models leave; the plan then ranks the model's versions when memory is
     /// shared out ([`State::priority`]).
     pub fn set_objective_plans(&self, table: &ModelTable, plans: &[(Arc<str>, ObjectivePlan)]) {
-        let mut state = lock(&self.state);
-        let state = &mut *state;
-        state.quality_plans.clear();
+        // The inputs are taken under the lock, the search runs without it: the autoscaler and
+        // the reconciler take it too.
+        let ledger = lock(&self.state).ledger.clone();
+        let mut planned = BTreeMap::new();
         for (name, objective) in plans {
             let Ok(model) = table.model(name) else {
                 continue;
             };
-            let mut free = state.ledger.clone();
+            let mut free = ledger.clone();
             let mut demands = Vec::new();
-            for planned in &objective.versions {
-                let Some(version) = model.versions.iter().find(|v| *v.label == *planned.version)
+            for version_plan in &objective.versions {
+                let Some(version) = model
+                    .versions
+                    .iter()
+                    .find(|v| *v.label == *version_plan.version)
                 else {
                     continue;
                 };
@@ -244,10 +248,16 @@ impl Capacity {
                     || u32::try_from(ready.replicas.replica_count().max(1)).unwrap_or(1),
                     |scaling| scaling.max_replicas.max(1),
                 );
+                // What one replica carries now: the capacity the objective used (a saturated
+                // version's is what it answered), per replica.
+                let capacity_per_replica = match (version_plan.capacity, version_plan.replicas) {
+                    (Some(capacity), replicas) if replicas > 0 => Some(capacity / replicas as f64),
+                    _ => version_plan.capacity_per_replica,
+                };
                 demands.push(quality::QualityDemand {
-                    version: planned.version.clone(),
-                    quality: planned.quality,
-                    capacity_per_replica: planned.capacity_per_replica,
+                    version: version_plan.version.clone(),
+                    quality: version_plan.quality,
+                    capacity_per_replica,
                     bytes_per_replica: new_replica_bytes(ready),
                     allowed: ready.allowed.clone(),
                     max_replicas,
@@ -261,7 +271,7 @@ impl Capacity {
                 objective.utilisation,
                 objective.floor,
             );
-            state.quality_plans.insert(
+            planned.insert(
                 name.clone(),
                 ModelQualityPlan {
                     offered_load: objective.offered_load,
@@ -270,6 +280,7 @@ impl Capacity {
                 },
             );
         }
+        lock(&self.state).quality_plans = planned;
     }
 
     /// What `GET /v1/resources` shows.
@@ -735,7 +746,8 @@ impl State {
             Some((replicas, share)) if replicas > 0 => {
                 WEIGHTED_PRIORITY + (share.clamp(0.0, 1.0) * 1_000_000.0) as i64
             }
-            _ => 0,
+            // Out of the plan: with the unweighted, or last if it is the shadow.
+            _ => priority(model, label).min(0),
         }
     }
 }

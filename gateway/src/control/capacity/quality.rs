@@ -44,7 +44,9 @@ pub struct QualityPlan {
     pub memory_binds: bool,
 }
 
-/// The shares and the served objective with `replicas` of each version.
+/// The shares and the served objective with `replicas` of each version. Every version is a
+/// candidate of the routing policy, so each keeps its floor share; one without replicas has no
+/// room, and that share is refused.
 fn evaluate(
     demands: &[QualityDemand],
     replicas: &[u32],
@@ -52,34 +54,41 @@ fn evaluate(
     utilisation: f64,
     floor: f64,
 ) -> (Vec<f64>, f64) {
-    let present: Vec<usize> = (0..demands.len()).filter(|&i| replicas[i] > 0).collect();
-    let arms: Vec<Arm> = present
+    let arms: Vec<Arm> = demands
         .iter()
-        .map(|&i| Arm {
-            quality: demands[i].quality,
-            room: demands[i]
-                .capacity_per_replica
-                .map(|per| per * f64::from(replicas[i]) * utilisation),
+        .zip(replicas)
+        .map(|(demand, &count)| Arm {
+            quality: demand.quality,
+            room: if count == 0 {
+                Some(0.0)
+            } else {
+                demand
+                    .capacity_per_replica
+                    .map(|per| per * f64::from(count) * utilisation)
+            },
         })
         .collect();
     let solution = objective::solve(&arms, load, floor);
     let value = objective::served_value(&arms, &solution.shares, load);
-    let mut shares = vec![0.0; demands.len()];
-    for (&index, share) in present.iter().zip(solution.shares) {
-        shares[index] = share;
-    }
-    (shares, value)
+    (solution.shares, value)
 }
 
 /// Bounds the greedy loop whatever the demands say.
 const MAX_STEPS: usize = 256;
-/// Up to this many combinations of counts are all tried.
-pub const EXACT_COMBINATIONS: u64 = 4096;
+/// Up to this much work (combinations of counts, times the replicas placed in each) the
+/// planner tries every combination.
+pub const EXACT_COMBINATIONS: u64 = 32_768;
 
+/// Combinations of counts, times the replicas each places at most: the work of the exhaustive
+/// search.
 fn combinations(demands: &[QualityDemand]) -> u64 {
-    demands.iter().fold(1u64, |product, demand| {
-        product.saturating_mul(u64::from(demand.max_replicas) + 1)
-    })
+    let replicas: u64 = demands.iter().map(|d| u64::from(d.max_replicas)).sum();
+    demands
+        .iter()
+        .fold(1u64, |product, demand| {
+            product.saturating_mul(u64::from(demand.max_replicas) + 1)
+        })
+        .saturating_mul(replicas.max(1))
 }
 
 /// Whether `replicas` of each version fit in `ledger`, placed one by one by best fit.
