@@ -498,8 +498,9 @@ async fn evaluate_version(
 }
 
 /// A dataset of streams: each stream is one sequence of one-example requests, sent in order;
-/// up to `--concurrency` streams at once. A stream whose request fails is ended there (its
-/// remaining examples count as wrong), so that its sequence does not stay open.
+/// up to `--concurrency` streams at once. A stream whose request fails stops there (its
+/// remaining examples count as failed); the gateway releases its sequence after the model's
+/// idle timeout.
 async fn evaluate_streams(
     args: &EvalArgs,
     transport: &Transport,
