@@ -320,6 +320,51 @@ impl Transport {
     }
 }
 
+/// The answers to a version's requests as they come back, in the order of the chunks.
+struct Collected {
+    answers: Vec<evaluation::Answer>,
+    latencies: Vec<f64>,
+    first_error: Option<String>,
+}
+
+impl Collected {
+    fn new(chunks: usize) -> Collected {
+        Collected {
+            answers: vec![None; chunks],
+            latencies: Vec::with_capacity(chunks),
+            first_error: None,
+        }
+    }
+
+    fn add(&mut self, index: usize, result: anyhow::Result<(Vec<f64>, usize)>, latency: Duration) {
+        self.latencies.push(latency.as_secs_f64() * 1000.0);
+        match result {
+            Ok(answer) => self.answers[index] = Some(answer),
+            Err(error) => {
+                self.first_error.get_or_insert_with(|| format!("{error:#}"));
+            }
+        }
+    }
+
+    fn report(
+        self,
+        dataset: &Dataset,
+        chunks: &[(usize, usize)],
+        elapsed: Duration,
+        threshold: f64,
+    ) -> VersionReport {
+        VersionReport::new(
+            dataset,
+            chunks,
+            &self.answers,
+            self.latencies,
+            elapsed,
+            threshold,
+            self.first_error,
+        )
+    }
+}
+
 /// Where a request stands in its sequence (Triton's sequence parameters).
 #[derive(Clone, Copy, Debug)]
 struct SequenceStep {
@@ -465,18 +510,10 @@ async fn evaluate_version(
             );
         }
     }
-    let mut answers: Vec<Option<(Vec<f64>, usize)>> = vec![None; chunks.len()];
-    let mut latencies = Vec::with_capacity(chunks.len());
-    let mut first_error = None;
+    let mut collected = Collected::new(chunks.len());
     while let Some(joined) = tasks.join_next().await {
         let (index, result, latency) = joined?;
-        latencies.push(latency.as_secs_f64() * 1000.0);
-        match result {
-            Ok(answer) => answers[index] = Some(answer),
-            Err(error) => {
-                first_error.get_or_insert_with(|| format!("{error:#}"));
-            }
-        }
+        collected.add(index, result, latency);
     }
     let elapsed = started.elapsed().max(Duration::from_micros(1));
     if !args.quiet {
@@ -486,15 +523,7 @@ async fn evaluate_version(
             elapsed.as_secs_f64()
         );
     }
-    Ok(VersionReport::new(
-        dataset,
-        &chunks,
-        &answers,
-        latencies,
-        elapsed,
-        args.threshold,
-        first_error,
-    ))
+    Ok(collected.report(dataset, &chunks, elapsed, args.threshold))
 }
 
 /// A dataset of streams: each stream is one sequence of one-example requests, sent in order;
@@ -561,18 +590,10 @@ async fn evaluate_streams(
             results
         });
     }
-    let mut answers: Vec<evaluation::Answer> = vec![None; chunks.len()];
-    let mut latencies = Vec::with_capacity(chunks.len());
-    let mut first_error = None;
+    let mut collected = Collected::new(chunks.len());
     while let Some(joined) = tasks.join_next().await {
         for (index, result, latency) in joined? {
-            latencies.push(latency.as_secs_f64() * 1000.0);
-            match result {
-                Ok(answer) => answers[index] = Some(answer),
-                Err(error) => {
-                    first_error.get_or_insert_with(|| format!("{error:#}"));
-                }
-            }
+            collected.add(index, result, latency);
         }
     }
     let elapsed = started.elapsed().max(Duration::from_micros(1));
@@ -584,15 +605,7 @@ async fn evaluate_streams(
             elapsed.as_secs_f64()
         );
     }
-    Ok(VersionReport::new(
-        dataset,
-        &chunks,
-        &answers,
-        latencies,
-        elapsed,
-        args.threshold,
-        first_error,
-    ))
+    Ok(collected.report(dataset, &chunks, elapsed, args.threshold))
 }
 
 const ROWS: &[(&str, &str)] = &[
