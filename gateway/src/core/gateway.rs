@@ -90,6 +90,18 @@ impl Gateway {
             }
         };
         if full {
+            if version.is_none() {
+                // Offered to the policy, and refused by every version: the objective's load and
+                // saturation must see it, though no version was chosen.
+                if let Some(highest) = model.highest_ready() {
+                    highest.stats.routed();
+                }
+                model
+                    .versions
+                    .iter()
+                    .filter(|v| matches!(v.status, VersionStatus::Ready(_)))
+                    .for_each(|v| v.stats.refused());
+            }
             return Err(GatewayError::new(
                 ErrorKind::Overloaded,
                 "the model's queue is full; retry shortly",
