@@ -270,11 +270,11 @@ async fn objective_spills_what_the_best_version_cannot_carry_where_score_gets_42
         refused_by_score
     );
     // None in a quiet run; a machine busy with something else can preempt the twin for a
-    // moment, so a few refusals (at most 0.5%, and a twentieth of the score policy's) pass.
+    // moment, so a few refusals (at most 1%, and a twentieth of the score policy's) pass.
     let refused_by_objective = count(&objective.hold["refused"]);
     assert_eq!(count(&objective.hold["failed"]), 0, "{}", objective.hold);
     assert!(
-        refused_by_objective * 200 <= objective_offered
+        refused_by_objective * 100 <= objective_offered
             && refused_by_objective * 20 <= refused_by_score,
         "the objective policy spills instead of refusing: {} (score refused {refused_by_score})",
         objective.hold
