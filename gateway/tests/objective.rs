@@ -21,7 +21,7 @@ mod common;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use common::{Process, WRITER_TOKEN, models_dir, repo_root, spawn_switchyard};
+use common::{Process, WRITER_TOKEN, k6, models_dir, must, repo_root, spawn_switchyard};
 use reqwest::Method;
 use serde_json::{Value, json};
 use switchyard_gateway::routing::objective::{Arm, solve};
@@ -81,22 +81,6 @@ dims = [-1, 10]
     repo
 }
 
-async fn admin(gateway: &Process, method: Method, path: &str, body: Option<Value>) -> Value {
-    let client = reqwest::Client::new();
-    let mut request = client
-        .request(method, format!("{}{path}", gateway.admin))
-        .bearer_auth(WRITER_TOKEN)
-        .header("content-type", "application/json");
-    if let Some(body) = body {
-        request = request.body(body.to_string());
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status();
-    let text = response.text().await.unwrap();
-    assert!(status.is_success(), "{path}: {status} {text}");
-    serde_json::from_str(&text).unwrap_or(Value::Null)
-}
-
 /// `switchyard eval digits --versions all --post` on the held-out set: the registry's scores.
 fn post_accuracies(gateway: &Process) -> (f64, f64) {
     let dataset = repo_root().join("data/digits/test.npz");
@@ -131,14 +115,6 @@ fn post_accuracies(gateway: &Process) -> (f64, f64) {
     (accuracy("1"), accuracy("3"))
 }
 
-fn k6() -> PathBuf {
-    let bundled = repo_root().join(".tools/bin/k6");
-    if bundled.is_file() {
-        return bundled;
-    }
-    PathBuf::from("k6")
-}
-
 struct Run {
     hold: Value,
     /// The objective's plans seen during the hold.
@@ -171,13 +147,13 @@ async fn run_load(gateway: &Process) -> Run {
     let mut plans = Vec::new();
     tokio::time::sleep(Duration::from_secs(u64::from(RAMP_S) + 2)).await;
     for _ in 0..hold_s() - 3 {
-        let experiment = admin(gateway, Method::GET, "/v1/models/digits/experiment", None).await;
+        let experiment = must(gateway, Method::GET, "/v1/models/digits/experiment", None).await;
         if !experiment["objective"].is_null() {
             plans.push(experiment["objective"].clone());
         }
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
-    let resources = admin(gateway, Method::GET, "/v1/resources", None).await;
+    let resources = must(gateway, Method::GET, "/v1/resources", None).await;
     let status = tokio::task::spawn_blocking(move || {
         let status = k6.0.wait();
         drop(k6);
@@ -217,7 +193,7 @@ async fn objective_spills_what_the_best_version_cannot_carry_where_score_gets_42
     let gateway = spawn_switchyard(repo.path(), &url, &[]).await;
     let (p1, p3) = post_accuracies(&gateway);
     assert!(p3 > p1, "the twin keeps version 3's accuracy: {p3} vs {p1}");
-    admin(
+    must(
         &gateway,
         Method::PUT,
         "/v1/models/digits/traffic",
@@ -226,7 +202,7 @@ async fn objective_spills_what_the_best_version_cannot_carry_where_score_gets_42
     .await;
 
     // Score: the best nearly always, whatever it can carry.
-    admin(
+    must(
         &gateway,
         Method::PUT,
         "/v1/models/digits/policy",
@@ -241,7 +217,7 @@ async fn objective_spills_what_the_best_version_cannot_carry_where_score_gets_42
     );
 
     // Objective: the best up to 80% of what it sustains, the rest to version 1.
-    admin(
+    must(
         &gateway,
         Method::PUT,
         "/v1/models/digits/policy",

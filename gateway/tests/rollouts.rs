@@ -16,7 +16,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{Process, WRITER_TOKEN, models_dir, postgres_url, repo_root, spawn_switchyard};
+use common::admin_as_writer as admin;
+use common::{
+    Process, WRITER_TOKEN, k6, models_dir, must, postgres_url, repo_root, spawn_switchyard,
+};
 use reqwest::Method;
 use serde_json::{Value, json};
 
@@ -48,26 +51,6 @@ fn variant(name: &str) -> PathBuf {
         path.display()
     );
     path
-}
-
-async fn admin(gateway: &Process, method: Method, path: &str, body: Option<Value>) -> (u16, Value) {
-    let client = reqwest::Client::new();
-    let mut request = client
-        .request(method, format!("{}{path}", gateway.admin))
-        .bearer_auth(WRITER_TOKEN)
-        .header("content-type", "application/json");
-    if let Some(body) = body {
-        request = request.body(body.to_string());
-    }
-    let response = request.send().await.unwrap();
-    let status = response.status().as_u16();
-    (status, response.json().await.unwrap_or(Value::Null))
-}
-
-async fn must(gateway: &Process, method: Method, path: &str, body: Option<Value>) -> Value {
-    let (status, value) = admin(gateway, method, path, body).await;
-    assert!((200..300).contains(&status), "{path}: {status} {value}");
-    value
 }
 
 /// Version 1 takes all the traffic and is `stable`; both versions are ready.
@@ -236,14 +219,6 @@ fn promoted_through(steps: usize) -> Vec<String> {
     expected.extend(std::iter::repeat_n("rollout.step".to_string(), steps - 1));
     expected.push("rollout.promoted".into());
     expected
-}
-
-fn k6() -> PathBuf {
-    let bundled = repo_root().join(".tools/bin/k6");
-    if bundled.is_file() {
-        return bundled;
-    }
-    PathBuf::from("k6")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -16,7 +16,7 @@ use crate::core::route::{Route, ShadowTarget, route};
 use crate::core::sequence::{SequenceControl, Sequences, next_states, sequence_control};
 use crate::core::table::{ModelTable, ReadyVersion, TableHandle, VersionStatus};
 use crate::error::{ErrorKind, GatewayError};
-use crate::routing::{self, Experiments, FeedbackError};
+use crate::routing::{self, Experiments, FeedbackError, VersionStats};
 use crate::telemetry::tracing::{TRACE_TARGET, child};
 
 /// The serving core: the published model table, the experiment's figures, and the ids it
@@ -227,12 +227,7 @@ impl Gateway {
         let compute = result.as_ref().map_or(Duration::ZERO, |(_, c, _)| *c);
         let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
         ready.metrics.record(protocol, outcome, elapsed, compute);
-        if outcome == Err(ErrorKind::Overloaded) {
-            route.stats.refused();
-        }
-        if let Some(fault) = version_fault(outcome, caller_deadline) {
-            route.stats.record(fault, elapsed);
-        }
+        count_outcome(&route.stats, outcome, caller_deadline, elapsed);
         let (mut outputs, _, replica) = result?;
         let states = next_states(&turn.settings, &mut outputs, &request.outputs)?;
         turn.finish(states, replica);
@@ -298,13 +293,10 @@ impl Gateway {
         caller_deadline: bool,
         elapsed: Duration,
     ) {
-        if outcome == Err(ErrorKind::Overloaded) {
-            routed.stats.refused();
-        }
-        let Some(version_fault) = version_fault(outcome, caller_deadline) else {
+        let Some(version_fault) = count_outcome(&routed.stats, outcome, caller_deadline, elapsed)
+        else {
             return;
         };
-        routed.stats.record(version_fault, elapsed);
         if let Some(objective_ms) = routed.bandit_objective_ms
             && !self.experiments.has_feedback(&routed.model_name)
         {
@@ -326,6 +318,23 @@ impl Gateway {
         }
         self.experiments.feedback(request_id, reward)
     }
+}
+
+/// Feeds an outcome to a version's figures: a refusal (the objective's sign of saturation), or
+/// whether it was the version's fault (its error rate). Returns the fault, when the outcome
+/// says something of the version.
+fn count_outcome(
+    stats: &VersionStats,
+    outcome: Result<(), ErrorKind>,
+    caller_deadline: bool,
+    elapsed: Duration,
+) -> Option<bool> {
+    if outcome == Err(ErrorKind::Overloaded) {
+        stats.refused();
+    }
+    let fault = version_fault(outcome, caller_deadline)?;
+    stats.record(fault, elapsed);
+    Some(fault)
 }
 
 /// Whether an outcome is the version's fault, for its error rate; `None` for outcomes that say

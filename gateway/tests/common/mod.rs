@@ -422,6 +422,50 @@ impl Drop for Process {
     }
 }
 
+/// A management API call to a spawned gateway with the writer's token: (status, JSON body).
+pub async fn admin_as_writer(
+    gateway: &Process,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> (u16, serde_json::Value) {
+    let client = reqwest::Client::new();
+    let mut request = client
+        .request(method, format!("{}{path}", gateway.admin))
+        .bearer_auth(WRITER_TOKEN)
+        .header("content-type", "application/json");
+    if let Some(body) = body {
+        request = request.body(body.to_string());
+    }
+    let response = request.send().await.unwrap();
+    let status = response.status().as_u16();
+    (
+        status,
+        response.json().await.unwrap_or(serde_json::Value::Null),
+    )
+}
+
+/// [`admin_as_writer`] that must succeed; its JSON body.
+pub async fn must(
+    gateway: &Process,
+    method: reqwest::Method,
+    path: &str,
+    body: Option<serde_json::Value>,
+) -> serde_json::Value {
+    let (status, value) = admin_as_writer(gateway, method, path, body).await;
+    assert!((200..300).contains(&status), "{path}: {status} {value}");
+    value
+}
+
+/// The k6 that `scripts/setup` installs, else the one on PATH.
+pub fn k6() -> PathBuf {
+    let bundled = repo_root().join(".tools/bin/k6");
+    if bundled.is_file() {
+        return bundled;
+    }
+    PathBuf::from("k6")
+}
+
 /// Starts the real `switchyard` binary and waits until it is ready.
 pub async fn spawn_switchyard(repo: &std::path::Path, registry: &str, extra: &[&str]) -> Process {
     let (http, grpc, admin, metrics) = (free_port(), free_port(), free_port(), free_port());

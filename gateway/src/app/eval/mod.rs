@@ -365,6 +365,32 @@ impl Collected {
     }
 }
 
+/// A request's inputs: (name, datatype, shape, values) of examples `[start, end)` of each of
+/// the model's inputs, with the examples along a leading batch axis, or (a sequence's one
+/// example) with exactly the example's shape.
+fn request_inputs(
+    dataset: &Dataset,
+    datatypes: &[(String, String)],
+    start: usize,
+    end: usize,
+    batch_axis: bool,
+) -> Vec<(String, String, Vec<i64>, Vec<f64>)> {
+    datatypes
+        .iter()
+        .map(|(name, datatype)| {
+            let column = &dataset.inputs[name];
+            let width = column.example_len();
+            let batch = batch_axis.then_some((end - start) as i64);
+            let shape = batch
+                .into_iter()
+                .chain(column.example_shape.iter().map(|d| *d as i64))
+                .collect();
+            let values = column.values[start * width..end * width].to_vec();
+            (name.clone(), datatype.clone(), shape, values)
+        })
+        .collect()
+}
+
 /// Where a request stands in its sequence (Triton's sequence parameters).
 #[derive(Clone, Copy, Debug)]
 struct SequenceStep {
@@ -484,17 +510,7 @@ async fn evaluate_version(
         let (model_name, pinned, output) =
             (args.model.clone(), version.to_owned(), output.to_owned());
         tasks.spawn(async move {
-            let inputs: Vec<(String, String, Vec<i64>, Vec<f64>)> = datatypes
-                .iter()
-                .map(|(name, datatype)| {
-                    let column = &dataset.inputs[name];
-                    let width = column.example_len();
-                    let mut shape = vec![(end - start) as i64];
-                    shape.extend(column.example_shape.iter().map(|d| *d as i64));
-                    let values = column.values[start * width..end * width].to_vec();
-                    (name.clone(), datatype.clone(), shape, values)
-                })
-                .collect();
+            let inputs = request_inputs(&dataset, &datatypes, start, end, true);
             let sent = Instant::now();
             let result = transport
                 .infer(&model_name, &pinned, &inputs, &output, None)
@@ -561,16 +577,7 @@ async fn evaluate_streams(
         tasks.spawn(async move {
             let mut results = Vec::with_capacity(last - first);
             for index in first..last {
-                let inputs: Vec<(String, String, Vec<i64>, Vec<f64>)> = datatypes
-                    .iter()
-                    .map(|(name, datatype)| {
-                        let column = &dataset.inputs[name];
-                        let width = column.example_len();
-                        let shape = column.example_shape.iter().map(|d| *d as i64).collect();
-                        let values = column.values[index * width..(index + 1) * width].to_vec();
-                        (name.clone(), datatype.clone(), shape, values)
-                    })
-                    .collect();
+                let inputs = request_inputs(&dataset, &datatypes, index, index + 1, false);
                 let step = SequenceStep {
                     id,
                     start: index == first,

@@ -735,11 +735,12 @@ impl State {
     /// [`priority`], except that under the objective policy a version's share is the one the
     /// quality plan gives it, and a version the plan gives no replica ranks with the unweighted.
     fn priority(&self, model: &ModelEntry, label: &str) -> i64 {
+        let by_weight = priority(model, label);
         let Some(planned) = self.quality_plans.get(&model.name) else {
-            return priority(model, label);
+            return by_weight;
         };
-        if model.aliases.get("stable").is_some_and(|v| &**v == label) {
-            return STABLE_PRIORITY;
+        if by_weight == STABLE_PRIORITY {
+            return by_weight;
         }
         let index = planned.labels.iter().position(|l| l == label);
         match index.map(|i| (planned.plan.replicas[i], planned.plan.shares[i])) {
@@ -747,7 +748,7 @@ impl State {
                 WEIGHTED_PRIORITY + (share.clamp(0.0, 1.0) * 1_000_000.0) as i64
             }
             // Out of the plan: with the unweighted, or last if it is the shadow.
-            _ => priority(model, label).min(0),
+            _ => by_weight.min(0),
         }
     }
 }
