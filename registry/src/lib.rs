@@ -194,4 +194,28 @@ pub trait Store: Send + Sync {
     /// Whether this process drives rollouts: always on SQLite (one process); on PostgreSQL
     /// the holder of a session advisory lock, kept until the process or its connection dies.
     async fn try_lead(&self) -> Result<bool, RegistryError>;
+
+    /// Writes a node's heartbeat: its record (its beat grows by one) and its per-version
+    /// state, replacing what it wrote before. Not a revision.
+    async fn heartbeat(&self, beat: Heartbeat) -> Result<(), RegistryError>;
+
+    /// Removes a node and its per-version state (a node that stops cleanly).
+    async fn remove_node(&self, node: &str) -> Result<(), RegistryError>;
+
+    /// Every node that ever wrote a heartbeat and was not removed, by id.
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, RegistryError>;
+
+    /// Every node's per-version state, by node, model and version.
+    async fn node_versions(&self) -> Result<Vec<NodeVersion>, RegistryError>;
+
+    /// The cluster placer's last decision, sorted.
+    async fn placements(&self) -> Result<Vec<PlacementRow>, RegistryError>;
+
+    /// Replaces the placement whole, as one revision with a `cluster.placed` event.
+    async fn write_placements(
+        &self,
+        actor: &str,
+        rows: Vec<PlacementRow>,
+        payload: serde_json::Value,
+    ) -> Result<i64, RegistryError>;
 }

@@ -10,9 +10,9 @@ use sqlx::{AnyPool, Executor, Row, Transaction};
 use tokio::sync::watch;
 
 use crate::{
-    CounterRow, EvaluationRecord, Event, Model, ModelRecord, NewModel, NewScores, NewVersion,
-    RegistryError, Rewards, RolloutRecord, RolloutWrite, Score, Snapshot, Store, Version,
-    VersionState, valid_name,
+    CounterRow, EvaluationRecord, Event, Heartbeat, Model, ModelRecord, NewModel, NewScores,
+    NewVersion, NodeRecord, NodeVersion, PlacementRow, RegistryError, Rewards, RolloutRecord,
+    RolloutWrite, Score, Snapshot, Store, Version, VersionState, valid_name,
 };
 
 /// The PostgreSQL channel that carries new revisions between gateway processes.
@@ -1497,5 +1497,150 @@ impl Store for SqlStore {
             .try_get("held")?;
         *leader = Some((connection, held));
         Ok(held)
+    }
+
+    async fn heartbeat(&self, beat: Heartbeat) -> Result<(), RegistryError> {
+        let now = now_ms();
+        let mut tx = self.pool.begin().await?;
+        sqlx::query(
+            "INSERT INTO nodes (id, address, body, beat, started_ms, heartbeat_ms) \
+             VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (id) DO UPDATE \
+             SET address = excluded.address, body = excluded.body, beat = nodes.beat + 1, \
+             heartbeat_ms = excluded.heartbeat_ms",
+        )
+        .bind(&beat.node)
+        .bind(&beat.address)
+        .bind(beat.body.to_string())
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query("DELETE FROM node_versions WHERE node = $1")
+            .bind(&beat.node)
+            .execute(&mut *tx)
+            .await?;
+        for (model, version, state, reason, replicas) in beat.versions {
+            sqlx::query(
+                "INSERT INTO node_versions \
+                 (node, model, version, state, reason, replicas, updated_ms) \
+                 VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            )
+            .bind(&beat.node)
+            .bind(model)
+            .bind(version)
+            .bind(state)
+            .bind(reason)
+            .bind(replicas)
+            .bind(now)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn remove_node(&self, node: &str) -> Result<(), RegistryError> {
+        let mut tx = self.pool.begin().await?;
+        for statement in [
+            "DELETE FROM node_versions WHERE node = $1",
+            "DELETE FROM nodes WHERE id = $1",
+        ] {
+            sqlx::query(statement).bind(node).execute(&mut *tx).await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    async fn nodes(&self) -> Result<Vec<NodeRecord>, RegistryError> {
+        sqlx::query(
+            "SELECT id, address, body, beat, started_ms, heartbeat_ms FROM nodes ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(NodeRecord {
+                id: row.try_get("id")?,
+                address: row.try_get("address")?,
+                body: json_column(row, "body")?,
+                beat: row.try_get("beat")?,
+                started_ms: row.try_get("started_ms")?,
+                heartbeat_ms: row.try_get("heartbeat_ms")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn node_versions(&self) -> Result<Vec<NodeVersion>, RegistryError> {
+        sqlx::query(
+            "SELECT node, model, version, state, reason, replicas, updated_ms FROM node_versions \
+             ORDER BY node, model, version",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(NodeVersion {
+                node: row.try_get("node")?,
+                model: row.try_get("model")?,
+                version: row.try_get("version")?,
+                state: row.try_get("state")?,
+                reason: row.try_get("reason")?,
+                replicas: row.try_get("replicas")?,
+                updated_ms: row.try_get("updated_ms")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn placements(&self) -> Result<Vec<PlacementRow>, RegistryError> {
+        sqlx::query(
+            "SELECT model, version, node, device, replicas FROM placements \
+             ORDER BY model, version, node, device",
+        )
+        .fetch_all(&self.pool)
+        .await?
+        .iter()
+        .map(|row| {
+            Ok(PlacementRow {
+                model: row.try_get("model")?,
+                version: row.try_get("version")?,
+                node: row.try_get("node")?,
+                device: row.try_get("device")?,
+                replicas: row.try_get("replicas")?,
+            })
+        })
+        .collect()
+    }
+
+    async fn write_placements(
+        &self,
+        actor: &str,
+        rows: Vec<PlacementRow>,
+        payload: serde_json::Value,
+    ) -> Result<i64, RegistryError> {
+        if rows.iter().any(|row| row.replicas < 1) {
+            return Err(RegistryError::Invalid(
+                "a placement holds at least one replica".into(),
+            ));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        sqlx::query("DELETE FROM placements")
+            .execute(&mut *tx)
+            .await?;
+        for row in rows {
+            sqlx::query(
+                "INSERT INTO placements (model, version, node, device, replicas) \
+                 VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(row.model)
+            .bind(row.version)
+            .bind(row.node)
+            .bind(row.device)
+            .bind(row.replicas)
+            .execute(&mut *tx)
+            .await?;
+        }
+        self.finish_write(tx, revision, actor, "cluster.placed", "", payload)
+            .await
     }
 }

@@ -282,3 +282,51 @@ pub struct EvaluationRecord {
     /// 0 while running.
     pub finished_ms: i64,
 }
+
+/// A gateway of the cluster, as its heartbeat last wrote it.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeRecord {
+    pub id: String,
+    /// host:port of its gRPC listener, for peers that forward to it.
+    pub address: String,
+    /// Its devices with their budgets, free memory and load (a JSON document the gateway
+    /// defines).
+    pub body: serde_json::Value,
+    /// Grows by one with every heartbeat.
+    pub beat: i64,
+    pub started_ms: i64,
+    pub heartbeat_ms: i64,
+}
+
+/// What one node does with one version.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct NodeVersion {
+    pub node: String,
+    pub model: String,
+    pub version: String,
+    /// `loading`, `ready`, `failed`, `pending` or `draining`.
+    pub state: String,
+    pub reason: String,
+    pub replicas: i64,
+    pub updated_ms: i64,
+}
+
+/// One heartbeat: the node's record and the whole of its per-version state, written together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Heartbeat {
+    pub node: String,
+    pub address: String,
+    pub body: serde_json::Value,
+    /// (model, version, state, reason, replicas).
+    pub versions: Vec<(String, String, String, String, i64)>,
+}
+
+/// Replicas of a version that the cluster placer put on a node's device.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+pub struct PlacementRow {
+    pub model: String,
+    pub version: String,
+    pub node: String,
+    pub device: String,
+    pub replicas: i64,
+}

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use switchyard_registry::{
-    NewModel, NewScores, NewVersion, RegistryError, Rewards, RolloutWrite, SqlStore, Store,
-    VersionState,
+    Heartbeat, NewModel, NewScores, NewVersion, PlacementRow, RegistryError, Rewards, RolloutWrite,
+    SqlStore, Store, VersionState,
 };
 
 async fn sqlite_store() -> (SqlStore, tempfile::TempDir) {
@@ -739,4 +739,130 @@ async fn one_postgres_process_leads_and_another_takes_over_when_it_goes() {
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+}
+
+async fn cluster_suite(store: &dyn Store) {
+    let beat = |node: &str, versions: Vec<(String, String, String, String, i64)>| Heartbeat {
+        node: node.into(),
+        address: format!("{node}:8001"),
+        body: serde_json::json!({"load": 1}),
+        versions,
+    };
+    let row = |version: &str, state: &str| {
+        (
+            "mlp".to_owned(),
+            version.to_owned(),
+            state.to_owned(),
+            String::new(),
+            1,
+        )
+    };
+    let before = store.revision().await.unwrap();
+    store
+        .heartbeat(beat("a", vec![row("1", "loading")]))
+        .await
+        .unwrap();
+    store
+        .heartbeat(beat("b", vec![row("1", "ready"), row("2", "ready")]))
+        .await
+        .unwrap();
+    store
+        .heartbeat(beat("a", vec![row("1", "ready")]))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.revision().await.unwrap(),
+        before,
+        "heartbeats are not revisions"
+    );
+    let nodes = store.nodes().await.unwrap();
+    assert_eq!(
+        nodes
+            .iter()
+            .map(|n| (n.id.as_str(), n.beat))
+            .collect::<Vec<_>>(),
+        [("a", 2), ("b", 1)],
+        "each heartbeat moves the node's beat"
+    );
+    assert_eq!(nodes[0].address, "a:8001");
+    let states: Vec<_> = store
+        .node_versions()
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|v| (v.node, v.version, v.state))
+        .collect();
+    assert_eq!(
+        states,
+        [
+            ("a".into(), "1".into(), "ready".into()),
+            ("b".into(), "1".into(), "ready".into()),
+            ("b".into(), "2".into(), "ready".into()),
+        ],
+        "a heartbeat replaces its node's rows, and only its node's"
+    );
+
+    let placed = |node: &str, version: &str| PlacementRow {
+        model: "mlp".into(),
+        version: version.into(),
+        node: node.into(),
+        device: "cpu".into(),
+        replicas: 1,
+    };
+    let revision = store
+        .write_placements(
+            "leader",
+            vec![placed("b", "2"), placed("a", "1")],
+            serde_json::json!({"moved": 0}),
+        )
+        .await
+        .unwrap();
+    assert_eq!(revision, before + 1, "a placement is a revision");
+    assert_eq!(
+        store.placements().await.unwrap(),
+        [placed("a", "1"), placed("b", "2")]
+    );
+    let events = store.events_after(before, 10).await.unwrap();
+    assert_eq!(events.last().unwrap().action, "cluster.placed");
+    store
+        .write_placements("leader", vec![placed("a", "2")], serde_json::json!({}))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.placements().await.unwrap(),
+        [placed("a", "2")],
+        "a placement replaces the last one whole"
+    );
+    let mut empty = placed("a", "3");
+    empty.replicas = 0;
+    assert!(matches!(
+        store
+            .write_placements("leader", vec![empty], serde_json::json!({}))
+            .await,
+        Err(RegistryError::Invalid(_))
+    ));
+    assert_eq!(store.placements().await.unwrap(), [placed("a", "2")]);
+
+    store.remove_node("a").await.unwrap();
+    assert_eq!(store.nodes().await.unwrap().len(), 1);
+    assert!(
+        store
+            .node_versions()
+            .await
+            .unwrap()
+            .iter()
+            .all(|v| v.node == "b")
+    );
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_the_cluster() {
+    let (store, _dir) = sqlite_store().await;
+    cluster_suite(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_the_cluster() {
+    let store = SqlStore::open(&postgres_url().await).await.unwrap();
+    cluster_suite(&store).await;
 }
