@@ -25,6 +25,7 @@ pub struct Config {
     pub connections: ConnectionsConfig,
     pub tls: TlsConfig,
     pub log: LogConfig,
+    pub cluster: ClusterConfig,
     /// Devices and their memory budgets; a device not listed gets its physical memory (the
     /// host's RAM for `cpu`, NVML's figure for `cuda:N`) less nothing.
     pub devices: Vec<DeviceConfig>,
@@ -165,6 +166,37 @@ impl Default for RegistryConfig {
         RegistryConfig {
             url: "sqlite://data/registry.db".into(),
             artifact_roots: Vec::new(),
+        }
+    }
+}
+
+/// `[cluster]`: gateways sharing a PostgreSQL registry as one cluster (see docs/cluster.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ClusterConfig {
+    pub enabled: bool,
+    /// This node's id; empty: the host name.
+    pub node_id: String,
+    /// host:port at which peers reach this node's gRPC listener; empty: the node id and the
+    /// gRPC port when the listener binds every address, else the listener's address.
+    pub advertise: String,
+    /// How often the node writes its heartbeat (and reads the others').
+    pub heartbeat: HumanDuration,
+    /// A node whose heartbeat has not moved for this long is dead.
+    pub dead_after: HumanDuration,
+    /// `auction` or `best_fit` (see docs/cluster.md for the comparison).
+    pub placer: String,
+}
+
+impl Default for ClusterConfig {
+    fn default() -> Self {
+        ClusterConfig {
+            enabled: false,
+            node_id: String::new(),
+            advertise: String::new(),
+            heartbeat: HumanDuration(Duration::from_secs(1)),
+            dead_after: HumanDuration(Duration::from_secs(3)),
+            placer: "auction".into(),
         }
     }
 }

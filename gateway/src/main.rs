@@ -109,6 +109,15 @@ struct ServeArgs {
     /// Log format.
     #[arg(long, env = "SWITCHYARD_LOG_FORMAT")]
     log_format: Option<LogFormat>,
+    /// Join the cluster of gateways sharing the (PostgreSQL) registry.
+    #[arg(long, env = "SWITCHYARD_CLUSTER")]
+    cluster: bool,
+    /// This node's id in the cluster (default: the host name).
+    #[arg(long, env = "SWITCHYARD_NODE_ID")]
+    node_id: Option<String>,
+    /// host:port at which peers reach this node's gRPC listener.
+    #[arg(long, env = "SWITCHYARD_ADVERTISE")]
+    advertise: Option<String>,
 }
 
 impl ServeArgs {
@@ -148,6 +157,15 @@ impl ServeArgs {
         }
         if let Some(format) = self.log_format {
             config.log.format = format;
+        }
+        if self.cluster {
+            config.cluster.enabled = true;
+        }
+        if let Some(id) = self.node_id {
+            config.cluster.node_id = id;
+        }
+        if let Some(address) = self.advertise {
+            config.cluster.advertise = address;
         }
     }
 }

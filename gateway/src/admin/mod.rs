@@ -54,6 +54,9 @@ pub struct AdminState {
     rollouts: Arc<RolloutStatus>,
     /// One evaluation job at a time.
     evaluations: Arc<tokio::sync::Semaphore>,
+    /// In a cluster: this node's id, and how long a silent node takes to be dead.
+    cluster_node: Option<String>,
+    cluster_dead_after: std::time::Duration,
 }
 
 impl AdminState {
@@ -98,6 +101,12 @@ impl AdminState {
             figures,
             rollouts,
             evaluations: Arc::new(tokio::sync::Semaphore::new(1)),
+            cluster_node: whole
+                .cluster
+                .enabled
+                .then(|| crate::control::cluster::node_id(&whole.cluster).ok())
+                .flatten(),
+            cluster_dead_after: whole.cluster.dead_after.0,
         }
     }
 }
@@ -307,6 +316,7 @@ pub fn router(state: AdminState) -> Router {
         )
         .route("/v1/feedback", post(experiment::feedback))
         .route("/v1/resources", get(system::resources))
+        .route("/v1/cluster", get(system::cluster))
         .route(
             "/v1/models/{m}/aliases/{a}",
             put(traffic::set_alias).delete(traffic::remove_alias),

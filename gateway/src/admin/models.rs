@@ -75,11 +75,18 @@ pub(super) async fn get_model(
     Path(model): Path<String>,
 ) -> ApiResult {
     let record = state.store.model(&model).await?;
+    let on_nodes = state.store.node_versions().await?;
     let mut body = serde_json::to_value(&record).map_err(internal)?;
     if let Some(versions) = body["versions"].as_array_mut() {
         for version in versions {
             let label = version["label"].as_str().unwrap_or_default().to_owned();
             version["serving"] = serving_state(&state.gateway, &model, &label);
+            // In a cluster: what each node does with it (see /v1/cluster for their liveness).
+            version["nodes"] = on_nodes
+                .iter()
+                .filter(|v| v.model == model && v.version == label)
+                .map(|v| json!({"node": v.node, "state": v.state, "reason": v.reason, "replicas": v.replicas}))
+                .collect();
         }
     }
     ok(StatusCode::OK, body)

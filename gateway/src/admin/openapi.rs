@@ -52,6 +52,7 @@ pub struct ErrorResponse {
         rollouts::control_rollout,
         experiment::feedback,
         system::resources,
+        system::cluster,
         system::events,
         system::import,
         document,

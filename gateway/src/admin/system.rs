@@ -1,4 +1,4 @@
-//! The gateway as a whole: resources, the audit log and repository import.
+//! The gateway as a whole: resources, the cluster, the audit log and repository import.
 
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
@@ -18,6 +18,51 @@ use crate::error::GatewayError;
 pub(super) async fn resources(State(state): State<AdminState>) -> ApiResult {
     let table = state.gateway.snapshot();
     ok(StatusCode::OK, state.capacity.report(&table))
+}
+
+/// The cluster's nodes (alive or not, address, devices with budget and free memory, load, and
+/// each version's state on the node) and the leader's placement. Empty outside a cluster.
+#[utoipa::path(
+    get,
+    path = "/v1/cluster",
+    responses((status = 200, description = "success", body = Object))
+)]
+pub(super) async fn cluster(State(state): State<AdminState>) -> ApiResult {
+    let (nodes, versions, placements) = tokio::try_join!(
+        state.store.nodes(),
+        state.store.node_versions(),
+        state.store.placements()
+    )?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64);
+    let dead_after_ms = state.cluster_dead_after.as_millis() as i64;
+    let nodes: Vec<_> = nodes
+        .iter()
+        .map(|node| {
+            let age_ms = now.saturating_sub(node.heartbeat_ms).max(0);
+            json!({
+                "id": node.id,
+                "address": node.address,
+                "alive": age_ms < dead_after_ms,
+                "heartbeat_age_ms": age_ms,
+                "started_ms": node.started_ms,
+                "devices": node.body.get("devices"),
+                "load": node.body.get("load"),
+                "versions": versions.iter().filter(|v| v.node == node.id).map(|v| json!({
+                    "model": v.model,
+                    "version": v.version,
+                    "state": v.state,
+                    "reason": v.reason,
+                    "replicas": v.replicas,
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    ok(
+        StatusCode::OK,
+        json!({ "enabled": state.cluster_node.is_some(), "node": state.cluster_node, "nodes": nodes, "placements": placements }),
+    )
 }
 
 #[derive(Deserialize)]

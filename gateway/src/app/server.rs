@@ -17,14 +17,17 @@ use crate::auth::ApiKeys;
 use crate::config::{ByteSize, Config};
 use crate::control::Handles;
 use crate::control::capacity::{self, Capacity};
+use crate::control::cluster::{self, ClusterView, NodeSettings};
 use crate::control::import::import_repository;
 use crate::control::objective::ObjectiveLoop;
-use crate::control::reconcile::Reconciler;
+use crate::control::reconcile::{ClusterLink, Reconciler};
 use crate::control::rewards::flush_rewards;
 use crate::control::rollout::{RolloutDriver, RolloutStatus};
 use crate::control::runtimes::{self, RuntimeSettings, Runtimes};
+use crate::core::forward::Forwarding;
 use crate::core::request_id::{IdKey, RequestIds, random_key};
 use crate::core::{Gateway, TableHandle};
+use crate::protocol::grpc::forward::GrpcForwarder;
 use crate::protocol::pipeline::PipelineLimits;
 use crate::protocol::{Pipeline, auth, grpc, http};
 use crate::routing::Experiments;
@@ -45,6 +48,8 @@ pub struct Running {
     objective: JoinHandle<()>,
     autoscaler: JoinHandle<()>,
     rollouts: JoinHandle<()>,
+    /// On a node of a cluster: its membership task, and its id.
+    cluster: Option<(JoinHandle<()>, String)>,
     shutdown: watch::Sender<bool>,
     servers: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
 }
@@ -63,11 +68,28 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         metrics: Metrics::new(config.metrics.enabled),
     };
     let ids = RequestIds::new(&request_id_key(config, store.as_ref()).await?);
-    let gateway = Arc::new(Gateway::new(
-        handles.tables.clone(),
-        handles.experiments.clone(),
-        ids,
-    ));
+    let mut gateway = Gateway::new(handles.tables.clone(), handles.experiments.clone(), ids);
+    let (view, view_rx) = watch::channel(Arc::new(ClusterView::default()));
+    let (hosted, hosted_rx) = watch::channel(Arc::default());
+    let node = if config.cluster.enabled {
+        if store.backend() != "postgres" {
+            anyhow::bail!(
+                "cluster.enabled needs a PostgreSQL registry that the nodes share (--registry \
+                 postgres://...); the registry is {}",
+                store.backend()
+            );
+        }
+        let node = cluster::node_id(&config.cluster).map_err(anyhow::Error::msg)?;
+        gateway = gateway.with_forwarding(Forwarding {
+            node: node.as_str().into(),
+            forwarder: Arc::new(GrpcForwarder::new(byte_limit(config.grpc.max_message_size))),
+            metrics: handles.metrics.clone(),
+        });
+        Some(node)
+    } else {
+        None
+    };
+    let gateway = Arc::new(gateway);
     let limits = PipelineLimits {
         max_in_flight: config.serving.max_in_flight,
         max_in_flight_bytes: byte_limit(config.serving.max_in_flight_bytes),
@@ -78,12 +100,19 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         handles.metrics.clone(),
         limits,
     ));
-    let reconciler = Reconciler::new(
+    let mut reconciler = Reconciler::new(
         handles.clone(),
         store.clone(),
         config.serving.clone(),
         runtimes,
     );
+    if let Some(node) = &node {
+        reconciler = reconciler.in_cluster(ClusterLink {
+            node: node.clone(),
+            view: view_rx,
+            hosted,
+        });
+    }
     let reconciler = tokio::spawn(reconciler.run());
     let autoscaler = tokio::spawn(capacity::run(
         handles.tables.clone(),
@@ -116,6 +145,23 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let grpc_addr = grpc_listener.local_addr()?;
     let admin_addr = admin_listener.local_addr()?;
     let metrics_addr = metrics_listener.local_addr()?;
+
+    let cluster = match node {
+        Some(_) => {
+            let settings = NodeSettings::resolve(&config.cluster, grpc_addr, &config.serving)
+                .map_err(anyhow::Error::msg)?;
+            let node = settings.node.clone();
+            let task = tokio::spawn(cluster::run(
+                settings,
+                handles.clone(),
+                store.clone(),
+                view,
+                hosted_rx,
+            ));
+            Some((task, node))
+        }
+        None => None,
+    };
 
     let (shutdown, stop) = watch::channel(false);
     let keys = ApiKeys::new(&config.inference.api_keys);
@@ -166,6 +212,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         objective,
         autoscaler,
         rollouts,
+        cluster,
     })
 }
 
@@ -336,6 +383,10 @@ impl Running {
         self.objective.abort();
         self.autoscaler.abort();
         self.rollouts.abort();
+        if let Some((task, node)) = &self.cluster {
+            task.abort();
+            cluster::leave(&*self.store, node).await;
+        }
         for (name, server) in self.servers {
             server
                 .await

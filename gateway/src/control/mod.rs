@@ -1,11 +1,13 @@
 //! The control plane, beside the request path: the reconciler that turns registry changes into
 //! a published model table ([`reconcile`]), the model repository and its import
 //! ([`repository`], [`import`]), the runtime factories ([`runtimes`]), memory accounting,
-//! placement and autoscaling ([`capacity`]), the objective policy's loop ([`objective`]), and
+//! placement and autoscaling ([`capacity`]), the cluster's membership and placement
+//! ([`cluster`]), the objective policy's loop ([`objective`]), and
 //! the reward flush ([`rewards`]). Only this layer
 //! and the management API reach the registry.
 
 pub mod capacity;
+pub mod cluster;
 pub mod evaluation;
 pub mod import;
 pub mod objective;

@@ -7,16 +7,18 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use switchyard_registry::{RegistryError, Snapshot, Store, Version, VersionState};
+use switchyard_registry::{PlacementRow, RegistryError, Snapshot, Store, Version, VersionState};
 use switchyard_runtimes::{Device, LoadOptions, Runtime, Signature};
 
 use tokio::sync::mpsc;
 
 use crate::config::ServingConfig;
 use crate::control::Handles;
+use crate::control::cluster::ClusterView;
 use crate::control::import::version_settings;
 use crate::control::repository::ModelSettings;
 use crate::control::runtimes::{self, Runtimes};
+use crate::core::forward::RemoteVersion;
 use crate::core::{
     ModelEntry, ModelTable, ReadyVersion, SequenceSettings, VersionEntry, VersionStatus,
 };
@@ -45,8 +47,24 @@ struct LoadOutcome {
     elapsed: Duration,
 }
 
+/// A node's link to its cluster: what the leader placed on it, and the view of its peers.
+pub struct ClusterLink {
+    pub node: String,
+    pub view: tokio::sync::watch::Receiver<Arc<ClusterView>>,
+    /// The versions this node hosts (loading, serving, pending or failed here), for its
+    /// heartbeat: the table also lists the versions it forwards or waits for.
+    pub hosted: tokio::sync::watch::Sender<Arc<HashSet<VersionKey>>>,
+}
+
 pub struct Reconciler {
     handles: Handles,
+    /// Set on a node of a cluster: it loads only what the leader placed on it, reports its
+    /// states in its heartbeat (not as the version's), and forwards the rest.
+    cluster: Option<ClusterLink>,
+    /// In a cluster: this node's replicas of each version placed on it, by device.
+    placed: HashMap<VersionKey, Vec<(Device, u32)>>,
+    /// In a cluster: every version the leader placed on some node.
+    placed_anywhere: HashSet<VersionKey>,
     store: Arc<dyn Store>,
     defaults: ServingConfig,
     runtimes: Runtimes,
@@ -73,6 +91,9 @@ impl Reconciler {
         let (loaded_tx, loaded_rx) = mpsc::unbounded_channel();
         Reconciler {
             handles,
+            cluster: None,
+            placed: HashMap::new(),
+            placed_anywhere: HashSet::new(),
             store,
             defaults,
             runtimes,
@@ -84,6 +105,12 @@ impl Reconciler {
             loaded_tx,
             loaded_rx,
         }
+    }
+
+    /// Makes this reconciler a cluster node's.
+    pub fn in_cluster(mut self, link: ClusterLink) -> Self {
+        self.cluster = Some(link);
+        self
     }
 
     /// Follows the registry until it closes.
@@ -112,6 +139,11 @@ impl Reconciler {
                     }
                 }
                 Some(loaded) = self.loaded_rx.recv() => self.finish_load(loaded).await,
+                changed = peers_changed(&mut self.cluster) => {
+                    if changed {
+                        self.publish();
+                    }
+                }
                 _ = drain_check.tick(), if !self.draining.is_empty() => self.retire_drained().await,
             }
         }
@@ -126,6 +158,21 @@ impl Reconciler {
                 return false;
             }
         };
+        if let Some(link) = &self.cluster {
+            match self.store.placements().await {
+                Ok(rows) => {
+                    self.placed = placed_on(&link.node, &rows);
+                    self.placed_anywhere = rows
+                        .iter()
+                        .map(|row| VersionKey::new(&row.model, &row.version))
+                        .collect();
+                }
+                Err(error) => {
+                    tracing::error!(%error, "cannot read the cluster's placement; retrying");
+                    return false;
+                }
+            }
+        }
         for record in &snapshot.models {
             for version in &record.versions {
                 let key = VersionKey::new(&version.model, &version.label);
@@ -133,8 +180,10 @@ impl Reconciler {
                     version.state,
                     VersionState::Draining | VersionState::Retired
                 );
+                let hosted_here = self.cluster.is_none() || self.placed.contains_key(&key);
                 match (removing, self.local.get(&key)) {
-                    (false, None) => self.start_load(key, version).await,
+                    (false, None) if hosted_here => self.start_load(key, version).await,
+                    (false, Some(_)) if !hosted_here => self.stop_hosting(&key),
                     (true, Some(_)) => {
                         let draining = self.start_drain(&key);
                         if !draining {
@@ -183,17 +232,23 @@ impl Reconciler {
                 .sequence
                 .as_ref()
                 .map_or(0, |sequence| sequence.slot_bytes());
-        let count = match &settings.scaling {
+        let mut count = match &settings.scaling {
             Some(scaling) => u32::try_from(settings.replicas)
                 .unwrap_or(u32::MAX)
                 .clamp(scaling.min_replicas, scaling.max_replicas),
             None => u32::try_from(settings.replicas).unwrap_or(u32::MAX),
         };
+        let mut allowed = settings.devices.clone();
+        if let Some(placed) = self.placed.get(&key) {
+            // The leader chose the devices and the count for this node.
+            count = placed.iter().map(|(_, replicas)| replicas).sum();
+            allowed = placed.iter().map(|(device, _)| *device).collect();
+        }
         let devices = match self.handles.capacity.reserve_first_replicas(
             &key,
             reserve_bytes,
             count,
-            &settings.devices,
+            &allowed,
         ) {
             Ok(devices) => devices,
             Err(refusal) => {
@@ -333,6 +388,15 @@ impl Reconciler {
         }
     }
 
+    /// Stops hosting a version the leader placed elsewhere: a serving one drains; one waiting
+    /// for memory or failed is forgotten.
+    fn stop_hosting(&mut self, key: &VersionKey) {
+        tracing::info!(version = %key, "placed on other nodes; no longer hosted here");
+        if !self.start_drain(key) {
+            self.local.remove(key);
+        }
+    }
+
     /// Takes a removed version out of service; true if it was serving and now drains (it
     /// retires once no request holds it), false if there was nothing to drain.
     fn start_drain(&mut self, key: &VersionKey) -> bool {
@@ -373,6 +437,10 @@ impl Reconciler {
     /// Records a version's state; false when the registry refuses because the version is
     /// being removed.
     async fn write_state(&mut self, key: &VersionKey, state: VersionState, reason: &str) -> bool {
+        if self.cluster.is_some() {
+            // A node reports its states in its heartbeat; the leader derives the version's.
+            return true;
+        }
         match self
             .store
             .set_version_state(ACTOR, &key.model, &key.version, state, reason)
@@ -455,7 +523,10 @@ impl Reconciler {
                 .iter()
                 .filter_map(|version| {
                     let key = VersionKey::new(&version.model, &version.label);
-                    let status = self.local.get(&key)?.clone();
+                    let status = match self.local.get(&key) {
+                        Some(status) => status.clone(),
+                        None => self.remote(&key, version)?,
+                    };
                     let stored = record.rewards.get(&version.label).map(|r| BetaStats {
                         successes: r.successes,
                         failures: r.failures,
@@ -499,7 +570,63 @@ impl Reconciler {
         self.handles
             .tables
             .publish(ModelTable { models }, snapshot.revision);
+        if let Some(link) = &self.cluster {
+            link.hosted
+                .send_replace(Arc::new(self.local.keys().cloned().collect()));
+        }
     }
+}
+
+impl Reconciler {
+    /// A version this node does not host: forwarded where peers serve it; otherwise as the
+    /// registry says, so that a request naming a version that is being placed again (its
+    /// node died) waits for it as for any loading version, instead of finding no such
+    /// version. `None` outside a cluster, or for a version being removed.
+    fn remote(&self, key: &VersionKey, version: &Version) -> Option<VersionStatus> {
+        let link = self.cluster.as_ref()?;
+        let peers = link.view.borrow().peers_for(key);
+        match version.state {
+            VersionState::Draining | VersionState::Retired => None,
+            _ if !peers.is_empty() => {
+                Some(VersionStatus::Remote(Arc::new(RemoteVersion { peers })))
+            }
+            // Placed, and loading there (or ready, and this node's view a heartbeat behind).
+            _ if self.placed_anywhere.contains(key) => Some(VersionStatus::Loading),
+            VersionState::Failed => Some(VersionStatus::Failed(version.state_reason.clone())),
+            VersionState::Pending => Some(VersionStatus::Pending(version.state_reason.clone())),
+            VersionState::Registered | VersionState::Loading | VersionState::Ready => {
+                Some(VersionStatus::Loading)
+            }
+        }
+    }
+}
+
+/// Resolves when the cluster's view changed (true) or its sender is gone (false, and then
+/// never again); never resolves outside a cluster.
+async fn peers_changed(cluster: &mut Option<ClusterLink>) -> bool {
+    let Some(link) = cluster else {
+        return std::future::pending().await;
+    };
+    if link.view.changed().await.is_ok() {
+        return true;
+    }
+    std::future::pending().await
+}
+
+/// This node's share of the placement: each version's replicas per device.
+fn placed_on(node: &str, rows: &[PlacementRow]) -> HashMap<VersionKey, Vec<(Device, u32)>> {
+    let mut placed: HashMap<VersionKey, Vec<(Device, u32)>> = HashMap::new();
+    for row in rows.iter().filter(|row| row.node == node) {
+        let Ok(device) = row.device.parse::<Device>() else {
+            tracing::warn!(device = %row.device, "the placement names a device this node cannot parse");
+            continue;
+        };
+        placed
+            .entry(VersionKey::new(&row.model, &row.version))
+            .or_default()
+            .push((device, u32::try_from(row.replicas).unwrap_or(0)));
+    }
+    placed
 }
 
 /// How a device's memory figure is measured (see `switchyard_runtimes::memory`).

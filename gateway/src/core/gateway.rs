@@ -8,11 +8,12 @@ use std::time::{Duration, Instant};
 
 use switchyard_runtimes::NamedTensor;
 
+use crate::core::forward::{ForwardError, Forwarding, InFlight, forwarded_from};
 use crate::core::request::{
     InferRequest, InferResponse, reshape_scalars, select_outputs, validate,
 };
 use crate::core::request_id::RequestIds;
-use crate::core::route::{Route, ShadowTarget, route};
+use crate::core::route::{RemoteRoute, Route, Routed, ShadowTarget, route};
 use crate::core::sequence::{SequenceControl, Sequences, next_states, sequence_control};
 use crate::core::table::{ModelTable, ReadyVersion, TableHandle, VersionStatus};
 use crate::error::{ErrorKind, GatewayError};
@@ -26,6 +27,8 @@ pub struct Gateway {
     experiments: Arc<Experiments>,
     ids: RequestIds,
     sequences: Sequences,
+    /// Set in a cluster: how requests for versions only peers host reach them.
+    forwarding: Option<Forwarding>,
 }
 
 impl Gateway {
@@ -39,7 +42,14 @@ impl Gateway {
             experiments,
             ids,
             sequences: Sequences::default(),
+            forwarding: None,
         }
+    }
+
+    /// Makes this gateway a node of a cluster that forwards what it does not host.
+    pub fn with_forwarding(mut self, forwarding: Forwarding) -> Gateway {
+        self.forwarding = Some(forwarding);
+        self
     }
 
     pub fn tables(&self) -> &Arc<TableHandle> {
@@ -80,12 +90,13 @@ impl Gateway {
                 .version(label)
                 .is_ok_and(|version| surely_full(&version.status)),
             // Routing may pick any ready version: refuse only when all of them are full.
+            // A version on a peer has queues of its own there: never refused here.
             None => {
                 model.highest_ready().is_some()
                     && model
                         .versions
                         .iter()
-                        .filter(|v| matches!(v.status, VersionStatus::Ready(_)))
+                        .filter(|v| v.status.can_serve())
                         .all(|v| surely_full(&v.status))
             }
         };
@@ -117,7 +128,11 @@ impl Gateway {
         if let Some(control) = sequence_control(&request)? {
             return self.infer_in_sequence(request, control).await;
         }
-        let routed = self.route_waiting_for_loads(&request).await?;
+        self.note_forwarded(&request);
+        let routed = match self.route_waiting_for_loads(&request).await? {
+            Routed::Local(routed) => routed,
+            Routed::Remote(remote) => return self.forward(request, &remote, None).await,
+        };
         self.name_request(&mut request, &routed.label);
         let shadow_inputs = routed.shadow.as_ref().map(|_| request.inputs.clone());
         let received = request.received.unwrap_or_else(Instant::now);
@@ -161,8 +176,15 @@ impl Gateway {
         mut request: InferRequest,
         control: SequenceControl,
     ) -> Result<InferResponse, GatewayError> {
+        self.note_forwarded(&request);
         let turn = if control.start {
-            let routed = self.route_waiting_for_loads(&request).await?;
+            let routed = match self.route_waiting_for_loads(&request).await? {
+                Routed::Local(routed) => routed,
+                Routed::Remote(remote) => {
+                    let pin = control.id.pin();
+                    return self.forward(request, &remote, Some(pin)).await;
+                }
+            };
             let Some(settings) = routed.ready.sequence.clone() else {
                 return Err(GatewayError::invalid(format!(
                     "version '{}' of model '{}' does not serve sequences (model.toml has no \
@@ -174,12 +196,23 @@ impl Gateway {
         } else {
             // An open sequence goes on even if its model was removed meanwhile (its version
             // drains); otherwise an unknown model is 404, as for any request.
-            self.sequences
-                .resume(&request.model, &control)
-                .map_err(|error| match self.tables.peek().model(&request.model) {
-                    Err(unknown) => unknown,
-                    Ok(_) => error,
-                })?
+            match self.sequences.resume(&request.model, &control) {
+                Ok(turn) => turn,
+                Err(error) => {
+                    // Not open here: in a cluster it lives on the peer its start went to.
+                    let routed = route(&self.tables.peek(), &request);
+                    match routed {
+                        Ok(Routed::Remote(remote)) => {
+                            let pin = control.id.pin();
+                            return self.forward(request, &remote, Some(pin)).await;
+                        }
+                        Err(unknown) if self.tables.peek().model(&request.model).is_err() => {
+                            return Err(unknown);
+                        }
+                        _ => return Err(error),
+                    }
+                }
+            }
         };
         let route = turn.route.clone();
         if let Some(asked) = &request.version
@@ -239,6 +272,115 @@ impl Gateway {
         })
     }
 
+    /// Marks a request another node forwarded here, in its span and the metrics.
+    fn note_forwarded(&self, request: &InferRequest) {
+        if let Some(from) = forwarded_from(request) {
+            tracing::Span::current().record("forwarded_from", from);
+            if let Some(forwarding) = &self.forwarding {
+                forwarding.metrics.received_forwarded(from);
+            }
+        }
+    }
+
+    /// Sends a request for a version only peers host to one of them: the least loaded (a
+    /// sequence: always the same one), then the next when one cannot be reached. The version
+    /// is pinned, so the peer does not route it again, and the peer never forwards it on.
+    async fn forward(
+        &self,
+        mut request: InferRequest,
+        route: &RemoteRoute,
+        sequence: Option<u64>,
+    ) -> Result<InferResponse, GatewayError> {
+        let not_here = || {
+            format!(
+                "model '{}' version '{}' is not hosted on this node",
+                route.model_name, route.label
+            )
+        };
+        let Some(forwarding) = &self.forwarding else {
+            return Err(GatewayError::unavailable(not_here()));
+        };
+        if let Some(from) = forwarded_from(&request) {
+            return Err(GatewayError::unavailable(format!(
+                "{}, and node '{}' already forwarded the request here (requests are forwarded \
+                 at most once)",
+                not_here(),
+                crate::error::quoted(from)
+            )));
+        }
+        self.name_request(&mut request, &route.label);
+        request.version = Some(route.label.to_string());
+        let deadline = request.deadline;
+        let received = request.received.unwrap_or_else(Instant::now);
+        let mut unreachable = Vec::new();
+        for peer in route
+            .remote
+            .order(sequence)
+            .into_iter()
+            .take(MAX_FORWARD_TRIES)
+        {
+            if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+                break;
+            }
+            tracing::Span::current().record("forwarded_to", &*peer.node);
+            let _in_flight = InFlight::start(peer);
+            let answer = forwarding
+                .forwarder
+                .forward(peer, &forwarding.node, request.clone(), deadline)
+                .await;
+            let outcome = match &answer {
+                Ok(_) => Ok(()),
+                Err(ForwardError::Answered(error)) => Err(error.kind),
+                Err(ForwardError::Unreachable(reason)) => {
+                    forwarding.metrics.forwarded(
+                        &route.model_name,
+                        &route.label,
+                        &peer.node,
+                        "unreachable",
+                    );
+                    tracing::warn!(model = %route.model_name, version = %route.label, peer = %peer.node, %reason, "peer unreachable; trying the next");
+                    unreachable.push(format!("node '{}': {reason}", peer.node));
+                    continue;
+                }
+            };
+            let label = match outcome {
+                Ok(()) => "success",
+                Err(kind) => kind.row().outcome,
+            };
+            forwarding
+                .metrics
+                .forwarded(&route.model_name, &route.label, &peer.node, label);
+            count_outcome(
+                &route.stats,
+                outcome,
+                deadline.is_some(),
+                received.elapsed(),
+            );
+            return answer.map_err(|error| match error {
+                ForwardError::Answered(error) => error,
+                ForwardError::Unreachable(reason) => GatewayError::unavailable(reason),
+            });
+        }
+        count_outcome(
+            &route.stats,
+            Err(ErrorKind::Unavailable),
+            false,
+            received.elapsed(),
+        );
+        Err(GatewayError::unavailable(if unreachable.is_empty() {
+            format!(
+                "{}, and no live node hosts it (or the request's deadline passed)",
+                not_here()
+            )
+        } else {
+            format!(
+                "{}, and no node hosting it could be reached ({})",
+                not_here(),
+                unreachable.join("; ")
+            )
+        }))
+    }
+
     /// Names the request in its span: the version that serves it, and its id (one is issued
     /// if it brought none, so that feedback can refer to it).
     fn name_request(&self, request: &mut InferRequest, label: &str) {
@@ -255,7 +397,10 @@ impl Gateway {
 
     /// Routes a request; one that names a version (or an alias of one) still loading waits for
     /// it, bounded by its deadline, as a request waits for a cold start.
-    async fn route_waiting_for_loads(&self, request: &InferRequest) -> Result<Route, GatewayError> {
+    async fn route_waiting_for_loads(
+        &self,
+        request: &InferRequest,
+    ) -> Result<Routed, GatewayError> {
         let received = request.received.unwrap_or_else(Instant::now);
         let deadline = request.deadline.unwrap_or(received + LOADING_WAIT);
         let mut published = self.tables.watch_published();
@@ -355,6 +500,10 @@ fn caller_deadline_first(request: &InferRequest, ready: &ReadyVersion, received:
         .deadline
         .is_some_and(|deadline| deadline < received + ready.timeout)
 }
+
+/// Peers a forwarded request tries before it fails: a dead node is taken out of the view
+/// within a few seconds, so more tries would only add latency.
+const MAX_FORWARD_TRIES: usize = 3;
 
 /// How long a request naming a loading version, and no deadline, waits for it.
 const LOADING_WAIT: Duration = Duration::from_secs(30);

@@ -3,6 +3,7 @@
 //! ([`route`]) and `infer` ([`gateway`]).
 
 pub mod feedback;
+pub mod forward;
 pub mod gateway;
 pub mod request;
 pub mod request_id;

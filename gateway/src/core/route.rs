@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use crate::core::forward::RemoteVersion;
 use crate::core::request::{InferRequest, Parameter};
 use crate::core::table::{ModelEntry, ModelTable, ReadyVersion, VersionEntry, VersionStatus};
 use crate::error::GatewayError;
@@ -24,6 +25,21 @@ pub struct Route {
     pub shadow: Option<ShadowTarget>,
 }
 
+/// A version only peers host: the request is forwarded to one of them. Shadows and bandit
+/// rewards are left to the node that serves it.
+pub struct RemoteRoute {
+    pub model_name: Arc<str>,
+    pub label: Arc<str>,
+    pub remote: Arc<RemoteVersion>,
+    pub stats: Arc<VersionStats>,
+}
+
+/// Where a request goes: a version served here, or one served by peers.
+pub enum Routed {
+    Local(Route),
+    Remote(RemoteRoute),
+}
+
 /// A version that also receives a copy of a request, for comparison only.
 pub struct ShadowTarget {
     pub label: Arc<str>,
@@ -32,15 +48,26 @@ pub struct ShadowTarget {
 }
 
 /// Picks the version for a request, and the shadow to mirror it to.
-pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Route, GatewayError> {
+pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Routed, GatewayError> {
     let model = table.model(&request.model)?;
     let mut rng = fastrand::Rng::new();
     let version = match &request.version {
         Some(label) => model.version(label)?,
         None => policy_choice(model, sticky_key(&model.policy, request), &mut rng)?,
     };
-    let ready = version.ready(&model.name)?.clone();
     let policy_routed = request.version.is_none();
+    if let VersionStatus::Remote(remote) = &version.status {
+        if policy_routed {
+            version.stats.routed();
+        }
+        return Ok(Routed::Remote(RemoteRoute {
+            model_name: model.name.clone(),
+            label: version.label.clone(),
+            remote: remote.clone(),
+            stats: version.stats.clone(),
+        }));
+    }
+    let ready = version.ready(&model.name)?.clone();
     if policy_routed {
         ready.metrics.routed();
         version.stats.routed();
@@ -64,7 +91,7 @@ pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Route, Gatewa
         } if policy_routed => Some(*latency_objective_ms),
         _ => None,
     };
-    Ok(Route {
+    Ok(Routed::Local(Route {
         model_name: model.name.clone(),
         label: version.label.clone(),
         ready,
@@ -72,7 +99,7 @@ pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Route, Gatewa
         bandit_objective_ms,
         takes_feedback: matches!(model.policy.mode, PolicyMode::Bandit { .. }),
         shadow,
-    })
+    }))
 }
 
 /// The version that serves a request naming none, by the model's policy (`key` is the sticky
@@ -115,7 +142,7 @@ fn why_no_version(model: &ModelEntry) -> String {
             VersionStatus::Pending(reason) => {
                 format!("version '{}' is pending: {reason}", version.label)
             }
-            VersionStatus::Ready(_) => format!(
+            VersionStatus::Ready(_) | VersionStatus::Remote(_) => format!(
                 "version '{}' has a recent error rate of {:.0}%, over the policy's limit of {:.0}%",
                 version.label,
                 version.stats.recent_error_rate().unwrap_or(0.0) * 100.0,

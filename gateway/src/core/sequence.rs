@@ -38,6 +38,19 @@ impl fmt::Display for SequenceId {
     }
 }
 
+impl SequenceId {
+    /// A number that picks the same peer for every request of the sequence, on every node.
+    pub fn pin(&self) -> u64 {
+        match self {
+            SequenceId::Number(n) => *n,
+            // FNV-1a: stable across processes, unlike the std hasher.
+            SequenceId::Text(text) => text.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
+                (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+            }),
+        }
+    }
+}
+
 /// The sequence parameters of one request.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SequenceControl {

@@ -9,6 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use switchyard_runtimes::{Device, Signature, Tensor};
 
+use crate::core::forward::RemoteVersion;
 use crate::error::{GatewayError, quoted};
 use crate::routing::{Candidate, TrafficPolicy, VersionStats};
 use crate::serving::{JoinAxes, ReplicaSet};
@@ -111,6 +112,8 @@ pub enum VersionStatus {
     Failed(String),
     /// Waiting for memory on an allowed device; why.
     Pending(String),
+    /// Hosted by other nodes of the cluster only: requests are forwarded to one of them.
+    Remote(Arc<RemoteVersion>),
 }
 
 impl VersionStatus {
@@ -118,7 +121,7 @@ impl VersionStatus {
     pub fn name(&self) -> &'static str {
         match self {
             VersionStatus::Loading => "LOADING",
-            VersionStatus::Ready(_) => "READY",
+            VersionStatus::Ready(_) | VersionStatus::Remote(_) => "READY",
             VersionStatus::Failed(_) => "FAILED",
             VersionStatus::Pending(_) => "PENDING",
         }
@@ -130,6 +133,11 @@ impl VersionStatus {
             VersionStatus::Failed(reason) | VersionStatus::Pending(reason) => Some(reason),
             _ => None,
         }
+    }
+
+    /// Whether requests can be sent to it: served here, or by a peer.
+    pub fn can_serve(&self) -> bool {
+        matches!(self, VersionStatus::Ready(_) | VersionStatus::Remote(_))
     }
 }
 
@@ -178,7 +186,7 @@ impl ModelEntry {
     /// Whether the policy may send requests to a version: it is ready, and its recent error
     /// rate is not over the policy's threshold.
     pub fn eligible(&self, version: &VersionEntry) -> bool {
-        matches!(version.status, VersionStatus::Ready(_))
+        version.status.can_serve()
             && version
                 .stats
                 .recent_error_rate()
@@ -204,11 +212,12 @@ impl ModelEntry {
             .collect()
     }
 
+    /// The highest version that can serve, here or on a peer.
     pub fn highest_ready(&self) -> Option<&Arc<VersionEntry>> {
         self.versions
             .iter()
             .rev()
-            .find(|version| matches!(version.status, VersionStatus::Ready(_)))
+            .find(|version| version.status.can_serve())
     }
 
     /// The highest ready version, or the highest version when none is ready (to report why).
@@ -236,6 +245,10 @@ impl VersionEntry {
                     self.label
                 )))
             }
+            VersionStatus::Remote(_) => Err(GatewayError::unavailable(format!(
+                "model '{model}' version '{}' is served by other nodes of the cluster only",
+                self.label
+            ))),
         }
     }
 }

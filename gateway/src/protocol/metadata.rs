@@ -149,7 +149,11 @@ pub fn model_ready(
     if version.is_none() && model.highest_ready().is_some() {
         return Ok(());
     }
-    resolve(model, version)?.ready(&model.name).map(|_| ())
+    let chosen = resolve(model, version)?;
+    if matches!(chosen.status, VersionStatus::Remote(_)) {
+        return Ok(());
+    }
+    chosen.ready(&model.name).map(|_| ())
 }
 
 pub fn model_config(

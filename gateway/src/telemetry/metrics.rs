@@ -257,6 +257,36 @@ impl Metrics {
         }
     }
 
+    /// Counts a request this node forwarded to a peer that hosts its version, by how it ended
+    /// (`success`, an error outcome, or `unreachable` when the peer could not be reached).
+    pub fn forwarded(&self, model: &str, version: &str, peer: &str, outcome: &'static str) {
+        if self.enabled {
+            counter(
+                &self.recorder,
+                "switchyard_forwarded_requests_total",
+                vec![
+                    Label::new("model", model.to_owned()),
+                    Label::new("version", version.to_owned()),
+                    Label::new("peer", peer.to_owned()),
+                    Label::new("outcome", outcome),
+                ],
+            )
+            .increment(1);
+        }
+    }
+
+    /// Counts a request another node forwarded to this one.
+    pub fn received_forwarded(&self, from: &str) {
+        if self.enabled {
+            counter(
+                &self.recorder,
+                "switchyard_forwarded_received_total",
+                vec![Label::new("from", from.to_owned())],
+            )
+            .increment(1);
+        }
+    }
+
     /// Counts a refused or failed request by its reason.
     pub fn reject(&self, kind: ErrorKind) {
         self.rejections[kind.index()].increment(1);
@@ -429,6 +459,14 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             "switchyard_routing_decisions_total",
             "Requests naming no version that the routing policy sent to each version.",
+        ),
+        (
+            "switchyard_forwarded_requests_total",
+            "Requests this node forwarded to a peer hosting their version, by outcome.",
+        ),
+        (
+            "switchyard_forwarded_received_total",
+            "Requests other nodes forwarded to this one, by the node that forwarded them.",
         ),
     ];
     for (name, help) in counters {

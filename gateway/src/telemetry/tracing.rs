@@ -143,12 +143,44 @@ pub fn request_span(protocol: &'static str, model: &str, headers: &HeaderMap) ->
         model,
         version = tracing::field::Empty,
         request_id = tracing::field::Empty,
+        forwarded_to = tracing::field::Empty,
+        forwarded_from = tracing::field::Empty,
     );
     if !span.is_disabled() && headers.contains_key("traceparent") {
         let parent = TraceContextPropagator::new().extract(&Headers(headers));
         let _ = span.set_parent(parent);
     }
     span
+}
+
+/// Writes the trace context a forwarded request carries: the current span's when the request
+/// is traced here (the peer's spans become its children), else the caller's `traceparent` as
+/// it came, so that a trace sampled elsewhere still joins up.
+pub fn inject_context(from: &HeaderMap, into: &mut tonic::metadata::MetadataMap) {
+    let span = tracing::Span::current();
+    if !span.is_none() {
+        let context = span.context();
+        let mut carrier = std::collections::HashMap::new();
+        TraceContextPropagator::new().inject_context(&context, &mut carrier);
+        for (key, value) in carrier {
+            if let (Ok(key), Ok(value)) = (
+                tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                value.parse(),
+            ) {
+                into.insert(key, value);
+            }
+        }
+        if into.contains_key("traceparent") {
+            return;
+        }
+    }
+    for name in ["traceparent", "tracestate"] {
+        if let Some(value) = from.get(name).and_then(|v| v.to_str().ok())
+            && let Ok(value) = value.parse()
+        {
+            into.insert(name, value);
+        }
+    }
 }
 
 /// A child of the current request span, or no span when the request is not traced (so that an

@@ -243,6 +243,95 @@ pub(super) fn encode_response(
     }
 }
 
+/// A core request as the gRPC request a peer decodes: raw contents (the tensors' bytes are
+/// shared, not copied), its parameters, and the outputs it asks for.
+pub(super) fn encode_request(request: InferRequest) -> pb::ModelInferRequest {
+    let mut inputs = Vec::with_capacity(request.inputs.len());
+    let mut raw_input_contents = Vec::with_capacity(request.inputs.len());
+    for input in request.inputs {
+        inputs.push(InferInputTensor {
+            name: input.name,
+            datatype: input.tensor.dtype().as_str().into(),
+            shape: input.tensor.shape().iter().map(|&d| d as i64).collect(),
+            parameters: HashMap::new(),
+            contents: None,
+        });
+        raw_input_contents.push(input.tensor.data().clone());
+    }
+    let parameters = request
+        .parameters
+        .into_iter()
+        .map(|(name, value)| {
+            let choice = match value {
+                Parameter::Bool(b) => ParameterChoice::BoolParam(b),
+                Parameter::Int(i) => ParameterChoice::Int64Param(i),
+                Parameter::Double(d) => ParameterChoice::DoubleParam(d),
+                Parameter::String(s) => ParameterChoice::StringParam(s),
+            };
+            (
+                name,
+                InferParameter {
+                    parameter_choice: Some(choice),
+                },
+            )
+        })
+        .collect();
+    pb::ModelInferRequest {
+        model_name: request.model,
+        model_version: request.version.unwrap_or_default(),
+        id: request.id.unwrap_or_default(),
+        parameters,
+        inputs,
+        outputs: request
+            .outputs
+            .into_iter()
+            .map(|name| pb::model_infer_request::InferRequestedOutputTensor {
+                name,
+                parameters: HashMap::new(),
+            })
+            .collect(),
+        raw_input_contents,
+    }
+}
+
+/// A peer's gRPC response as the core's, checked as a request's inputs are: a peer is another
+/// process, and what it sends is not trusted to be well formed.
+pub(super) fn decode_response(
+    response: pb::ModelInferResponse,
+) -> Result<InferResponse, GatewayError> {
+    let raw = !response.raw_output_contents.is_empty();
+    if raw && response.raw_output_contents.len() != response.outputs.len() {
+        return Err(GatewayError::internal(format!(
+            "the peer's response has {} raw contents for {} outputs",
+            response.raw_output_contents.len(),
+            response.outputs.len()
+        )));
+    }
+    let mut raw_contents = response.raw_output_contents.into_iter();
+    let outputs = response
+        .outputs
+        .into_iter()
+        .map(|output| {
+            let input = InferInputTensor {
+                name: output.name,
+                datatype: output.datatype,
+                shape: output.shape,
+                parameters: HashMap::new(),
+                contents: output.contents,
+            };
+            decode_input(input, raw_contents.next()).map_err(|error| {
+                GatewayError::internal(format!("the peer's response: {}", error.message))
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(InferResponse {
+        model_name: response.model_name.into(),
+        model_version: response.model_version.into(),
+        id: (!response.id.is_empty()).then_some(response.id),
+        outputs,
+    })
+}
+
 fn typed_contents(tensor: &Tensor) -> InferTensorContents {
     let mut contents = InferTensorContents::default();
     match tensor.view() {

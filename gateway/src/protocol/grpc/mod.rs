@@ -2,6 +2,7 @@
 //! `ModelConfig`, and the standard `grpc.health.v1` health service.
 
 mod convert;
+pub mod forward;
 pub mod scan;
 mod stream;
 

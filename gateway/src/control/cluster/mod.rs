@@ -1,0 +1,687 @@
+//! The cluster: gateways sharing a PostgreSQL registry as nodes (docs/cluster.md).
+//!
+//! Every node runs [`run`]: each heartbeat it writes its record (address, device budgets, free
+//! memory, load) and its state for each version, reads everyone's, and publishes the
+//! [`ClusterView`] the reconciler turns into remote versions (forwarded to peers). The node
+//! holding the leader's advisory lock also places every version's replicas on the live nodes
+//! ([`placer`]), writes the placement as a revision (every node then loads what it must host),
+//! and derives each version's registry state from the nodes' states.
+
+pub mod placer;
+pub mod simulate;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use serde_json::{Value, json};
+use switchyard_registry::{
+    Heartbeat, NodeRecord, NodeVersion, PlacementRow, Snapshot, Store, Version, VersionState,
+};
+use tokio::sync::watch;
+
+use crate::config::{ClusterConfig, ServingConfig};
+use crate::control::Handles;
+use crate::control::capacity;
+use crate::control::import::version_settings;
+use crate::core::forward::Peer;
+use crate::core::{ModelTable, VersionStatus};
+use crate::version_key::VersionKey;
+use placer::{Assignment, Bin, Demand, NodeCapacity, Placer};
+
+const ACTOR: &str = "cluster";
+
+/// Nodes whose heartbeat stopped this long ago are forgotten (their rows removed).
+const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// What this node knows of the others, as of its last heartbeat.
+#[derive(Default)]
+pub struct ClusterView {
+    /// Live peers (this node excluded), by id; the same `Arc` from one view to the next, so
+    /// that the forwards in flight to a peer keep counting.
+    pub peers: BTreeMap<String, Arc<Peer>>,
+    /// The live peers on which each version is ready.
+    pub ready_on: BTreeMap<VersionKey, Vec<String>>,
+}
+
+impl ClusterView {
+    /// The same peers at the same addresses, hosting the same versions (loads aside).
+    fn same_as(&self, other: &ClusterView) -> bool {
+        self.ready_on == other.ready_on
+            && self.peers.len() == other.peers.len()
+            && self
+                .peers
+                .iter()
+                .zip(&other.peers)
+                .all(|((a, pa), (b, pb))| a == b && pa.address == pb.address)
+    }
+
+    /// The peers that serve a version, if any does.
+    pub fn peers_for(&self, key: &VersionKey) -> Vec<Arc<Peer>> {
+        self.ready_on.get(key).map_or_else(Vec::new, |nodes| {
+            nodes
+                .iter()
+                .filter_map(|node| self.peers.get(node).cloned())
+                .collect()
+        })
+    }
+}
+
+/// This node's settings, resolved at start.
+#[derive(Clone)]
+pub struct NodeSettings {
+    pub node: String,
+    pub address: String,
+    pub heartbeat: Duration,
+    pub dead_after: Duration,
+    pub placer: String,
+    pub defaults: ServingConfig,
+}
+
+impl NodeSettings {
+    /// Fills in the id (the host name) and the address peers use (the gRPC listener's, with
+    /// the id as host when it binds every address).
+    pub fn resolve(
+        config: &ClusterConfig,
+        grpc_addr: std::net::SocketAddr,
+        defaults: &ServingConfig,
+    ) -> Result<NodeSettings, String> {
+        let node = node_id(config)?;
+        let address = if !config.advertise.is_empty() {
+            config.advertise.clone()
+        } else if grpc_addr.ip().is_unspecified() {
+            format!("{node}:{}", grpc_addr.port())
+        } else {
+            grpc_addr.to_string()
+        };
+        if placer::by_name(&config.placer).is_none() {
+            return Err(format!(
+                "cluster.placer '{}' is neither 'best_fit' nor 'auction'",
+                config.placer
+            ));
+        }
+        if config.dead_after.0 < config.heartbeat.0 * 2 {
+            return Err("cluster.dead_after must be at least two heartbeats".into());
+        }
+        Ok(NodeSettings {
+            node,
+            address,
+            heartbeat: config.heartbeat.0,
+            dead_after: config.dead_after.0,
+            placer: config.placer.clone(),
+            defaults: defaults.clone(),
+        })
+    }
+}
+
+/// This node's id: `cluster.node_id`, else the host name.
+pub fn node_id(config: &ClusterConfig) -> Result<String, String> {
+    let node = if config.node_id.is_empty() {
+        host_name().ok_or("cluster.node_id is empty and the host name is unknown")?
+    } else {
+        config.node_id.clone()
+    };
+    if !switchyard_registry::valid_name(&node) {
+        return Err(format!(
+            "cluster node id '{node}' must be 1-128 letters, digits, '_', '-' or '.'"
+        ));
+    }
+    Ok(node)
+}
+
+fn host_name() -> Option<String> {
+    std::env::var("HOSTNAME")
+        .ok()
+        .filter(|name| !name.is_empty())
+        .or_else(|| {
+            std::fs::read_to_string("/proc/sys/kernel/hostname")
+                .ok()
+                .map(|name| name.trim().to_owned())
+                .filter(|name| !name.is_empty())
+        })
+}
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as i64)
+}
+
+/// Which nodes are alive, judged by this node's own clock: a node is alive while its beat
+/// keeps moving, so clocks that disagree between machines do not matter.
+#[derive(Default)]
+struct Liveness {
+    /// Node -> (its last beat seen, when this node saw it move).
+    seen: HashMap<String, (i64, Instant)>,
+}
+
+impl Liveness {
+    fn observe(&mut self, nodes: &[NodeRecord], dead_after: Duration) -> BTreeSet<String> {
+        let now = Instant::now();
+        let wall = now_ms();
+        self.seen.retain(|id, _| nodes.iter().any(|n| &n.id == id));
+        let mut live = BTreeSet::new();
+        for node in nodes {
+            let moved_at = match self.seen.get(&node.id) {
+                Some((beat, at)) if *beat == node.beat => *at,
+                Some(_) => now,
+                // First sight: trust its own timestamp once, so that a node dead before this
+                // one started is not taken for alive for `dead_after`.
+                None => {
+                    let age_ms = wall.saturating_sub(node.heartbeat_ms).max(0) as u64;
+                    now.checked_sub(Duration::from_millis(age_ms))
+                        .unwrap_or(now)
+                }
+            };
+            self.seen.insert(node.id.clone(), (node.beat, moved_at));
+            if now.duration_since(moved_at) < dead_after {
+                live.insert(node.id.clone());
+            }
+        }
+        live
+    }
+}
+
+/// Runs this node's part of the cluster until the registry closes: the heartbeat, the view,
+/// and, while it leads, the placement and the versions' states.
+pub async fn run(
+    settings: NodeSettings,
+    handles: Handles,
+    store: Arc<dyn Store>,
+    view: watch::Sender<Arc<ClusterView>>,
+    hosted: watch::Receiver<Arc<HashSet<VersionKey>>>,
+) {
+    let mut every = tokio::time::interval(settings.heartbeat);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut liveness = Liveness::default();
+    let mut peers: BTreeMap<String, Arc<Peer>> = BTreeMap::new();
+    let placer = placer::by_name(&settings.placer).unwrap_or_else(|| Box::new(placer::BestFit));
+    tracing::info!(node = %settings.node, address = %settings.address, placer = placer.name(), "joining the cluster");
+    loop {
+        every.tick().await;
+        let table = handles.tables.snapshot();
+        let beat = heartbeat(&settings, &handles, &table, &hosted.borrow());
+        if let Err(error) = store.heartbeat(beat).await {
+            tracing::warn!(%error, "cannot write the heartbeat; retrying");
+            continue;
+        }
+        let (nodes, states) = match tokio::try_join!(store.nodes(), store.node_versions()) {
+            Ok(read) => read,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the cluster");
+                continue;
+            }
+        };
+        let live = liveness.observe(&nodes, settings.dead_after);
+        let next = build_view(&settings.node, &nodes, &states, &live, &mut peers);
+        view.send_if_modified(|current| {
+            if current.same_as(&next) {
+                false
+            } else {
+                *current = Arc::new(next);
+                true
+            }
+        });
+        match store.try_lead().await {
+            Ok(true) => {
+                if let Err(error) =
+                    lead(&settings, &*placer, &store, &table, &nodes, &states, &live).await
+                {
+                    tracing::warn!(%error, "cannot place the cluster's versions this round");
+                }
+            }
+            Ok(false) => {}
+            Err(error) => tracing::warn!(%error, "cannot tell whether this node leads"),
+        }
+    }
+}
+
+/// Removes this node from the registry, for a clean stop: its peers stop forwarding to it at
+/// once instead of after `dead_after`.
+pub async fn leave(store: &dyn Store, node: &str) {
+    if let Err(error) = store.remove_node(node).await {
+        tracing::warn!(%error, "cannot remove this node from the cluster");
+    }
+}
+
+/// This node's record: its devices' budgets and what is free on them, its load, and what it
+/// does with each version it holds.
+fn heartbeat(
+    settings: &NodeSettings,
+    handles: &Handles,
+    table: &ModelTable,
+    hosted: &HashSet<VersionKey>,
+) -> Heartbeat {
+    let devices: Vec<Value> = handles
+        .capacity
+        .device_figures()
+        .into_iter()
+        .map(|(id, budget, reserved)| {
+            json!({"id": id, "budget": budget, "free": budget.saturating_sub(reserved)})
+        })
+        .collect();
+    let mut load = 0usize;
+    let mut versions = Vec::new();
+    for model in table.models.values() {
+        for version in &model.versions {
+            if !hosted.contains(&VersionKey::new(&model.name, &version.label)) {
+                continue;
+            }
+            let (state, reason, replicas) = match &version.status {
+                VersionStatus::Ready(ready) => {
+                    load += ready.replicas.outstanding();
+                    ("ready", String::new(), ready.replicas.replica_count())
+                }
+                VersionStatus::Loading => ("loading", String::new(), 0),
+                VersionStatus::Failed(reason) => ("failed", reason.clone(), 0),
+                VersionStatus::Pending(reason) => ("pending", reason.clone(), 0),
+                VersionStatus::Remote(_) => continue,
+            };
+            versions.push((
+                model.name.to_string(),
+                version.label.to_string(),
+                state.to_owned(),
+                reason,
+                replicas as i64,
+            ));
+        }
+    }
+    Heartbeat {
+        node: settings.node.clone(),
+        address: settings.address.clone(),
+        body: json!({"devices": devices, "load": load}),
+        versions,
+    }
+}
+
+fn build_view(
+    this: &str,
+    nodes: &[NodeRecord],
+    states: &[NodeVersion],
+    live: &BTreeSet<String>,
+    peers: &mut BTreeMap<String, Arc<Peer>>,
+) -> ClusterView {
+    peers.retain(|id, _| live.contains(id));
+    for node in nodes {
+        if node.id == this || !live.contains(&node.id) {
+            continue;
+        }
+        let peer = peers
+            .entry(node.id.clone())
+            .or_insert_with(|| Arc::new(Peer::new(&node.id, &node.address)));
+        if *peer.address != *node.address {
+            *peer = Arc::new(Peer::new(&node.id, &node.address));
+        }
+        let load = node.body.get("load").and_then(Value::as_u64).unwrap_or(0);
+        peer.reported_load.store(load, Ordering::Relaxed);
+    }
+    let mut ready_on: BTreeMap<VersionKey, Vec<String>> = BTreeMap::new();
+    for state in states {
+        if state.state == "ready" && peers.contains_key(&state.node) {
+            ready_on
+                .entry(VersionKey::new(&state.model, &state.version))
+                .or_default()
+                .push(state.node.clone());
+        }
+    }
+    ClusterView {
+        peers: peers.clone(),
+        ready_on,
+    }
+}
+
+/// One round of the leader: place, then bring each version's registry state in line with
+/// what the nodes say, and forget nodes long gone.
+async fn lead(
+    settings: &NodeSettings,
+    placer: &dyn Placer,
+    store: &Arc<dyn Store>,
+    table: &ModelTable,
+    nodes: &[NodeRecord],
+    states: &[NodeVersion],
+    live: &BTreeSet<String>,
+) -> Result<(), switchyard_registry::RegistryError> {
+    let snapshot = store.snapshot().await?;
+    let current = store.placements().await?;
+    let capacities: Vec<NodeCapacity> = nodes
+        .iter()
+        .filter(|node| live.contains(&node.id))
+        .map(node_capacity)
+        .collect();
+    let demands = demands(&snapshot, table, &settings.defaults);
+    let current_assignments = assignments(&current);
+    let started = Instant::now();
+    let placement = placer.place(&capacities, &demands, &current_assignments);
+    let decided_us = started.elapsed().as_micros() as u64;
+    let rows = rows(&placement.assignments);
+    if rows != current {
+        let moved = moves(&current_assignments, &placement.assignments, live);
+        let payload = json!({
+            "placer": placer.name(),
+            "nodes": capacities.len(),
+            "versions": demands.len(),
+            "replicas": placement.assignments.len(),
+            "moved": moved,
+            "refused": placement.refused.iter().map(|r| json!({
+                "model": r.model, "version": r.version, "wanted": r.wanted, "placed": r.placed,
+            })).collect::<Vec<_>>(),
+            "decided_us": decided_us,
+        });
+        tracing::info!(
+            placer = placer.name(),
+            replicas = placement.assignments.len(),
+            moved,
+            decided_us,
+            "placing the cluster's versions"
+        );
+        store.write_placements(ACTOR, rows.clone(), payload).await?;
+    }
+    let refused: BTreeMap<VersionKey, &placer::Refused> = placement
+        .refused
+        .iter()
+        .map(|r| (VersionKey::new(&r.model, &r.version), r))
+        .collect();
+    for version in snapshot.models.iter().flat_map(|m| &m.versions) {
+        let key = VersionKey::new(&version.model, &version.label);
+        let on_live: Vec<&NodeVersion> = states
+            .iter()
+            .filter(|s| {
+                live.contains(&s.node) && s.model == version.model && s.version == version.label
+            })
+            .collect();
+        let placed = rows
+            .iter()
+            .any(|r| r.model == version.model && r.version == version.label);
+        if let Some((state, reason)) =
+            version_state(version, &on_live, placed, refused.get(&key).copied())
+            && (state != version.state || reason != version.state_reason)
+        {
+            store
+                .set_version_state(ACTOR, &version.model, &version.label, state, &reason)
+                .await?;
+        }
+    }
+    let forget_before = now_ms() - FORGET_AFTER.as_millis() as i64;
+    for node in nodes {
+        if !live.contains(&node.id) && node.heartbeat_ms < forget_before {
+            store.remove_node(&node.id).await?;
+        }
+    }
+    Ok(())
+}
+
+/// A version's registry state from its nodes': ready where any live node serves it, else
+/// loading, else failed where every node that tried failed; pending when no node has room;
+/// retired once it drained everywhere. `None`: leave it as it is.
+fn version_state(
+    version: &Version,
+    on_live: &[&NodeVersion],
+    placed: bool,
+    refused: Option<&placer::Refused>,
+) -> Option<(VersionState, String)> {
+    match version.state {
+        VersionState::Retired => return None,
+        VersionState::Draining => {
+            return on_live
+                .is_empty()
+                .then(|| (VersionState::Retired, String::new()));
+        }
+        _ => {}
+    }
+    let has = |state: &str| on_live.iter().any(|s| s.state == state);
+    if has("ready") {
+        return Some((VersionState::Ready, String::new()));
+    }
+    if has("loading") {
+        return Some((VersionState::Loading, String::new()));
+    }
+    if let Some(failed) = on_live.iter().find(|s| s.state == "failed")
+        && on_live.iter().all(|s| s.state == "failed")
+    {
+        return Some((
+            VersionState::Failed,
+            format!("on node {}: {}", failed.node, failed.reason),
+        ));
+    }
+    if !placed && let Some(refused) = refused {
+        return Some((
+            VersionState::Pending,
+            format!(
+                "no live node has room for its {} replica(s) ({} placed)",
+                refused.wanted, refused.placed
+            ),
+        ));
+    }
+    None
+}
+
+fn node_capacity(node: &NodeRecord) -> NodeCapacity {
+    let bins = node
+        .body
+        .get("devices")
+        .and_then(Value::as_array)
+        .map(|devices| {
+            devices
+                .iter()
+                .filter_map(|device| {
+                    Some(Bin {
+                        device: device.get("id")?.as_str()?.to_owned(),
+                        budget_bytes: device.get("budget")?.as_u64()?,
+                    })
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    NodeCapacity {
+        node: node.id.clone(),
+        bins,
+    }
+}
+
+/// What each version the cluster should serve asks for: its replicas (the model.toml's count,
+/// at least the autoscaler's minimum), what one takes (measured where a node measured it,
+/// else declared, else its artifact's size), the devices it may use, and its priority.
+fn demands(snapshot: &Snapshot, table: &ModelTable, defaults: &ServingConfig) -> Vec<Demand> {
+    let mut demands = Vec::new();
+    for record in &snapshot.models {
+        for version in &record.versions {
+            if !version.state.is_live() {
+                continue;
+            }
+            let Ok(settings) = version_settings(&version.config, defaults) else {
+                continue;
+            };
+            let artifact_bytes = std::fs::metadata(&version.artifact).map_or(0, |m| m.len());
+            let measured = version
+                .metadata
+                .pointer("/measured_memory/bytes_per_replica")
+                .and_then(Value::as_u64)
+                .unwrap_or(0);
+            let slots = settings
+                .sequence
+                .as_ref()
+                .map_or(0, |sequence| sequence.slot_bytes());
+            let bytes = settings
+                .memory
+                .unwrap_or(artifact_bytes)
+                .max(measured.max(artifact_bytes) + slots);
+            let replicas = match &settings.scaling {
+                Some(scaling) => u32::try_from(settings.replicas)
+                    .unwrap_or(u32::MAX)
+                    .clamp(scaling.min_replicas.max(1), scaling.max_replicas.max(1)),
+                None => u32::try_from(settings.replicas).unwrap_or(u32::MAX).max(1),
+            };
+            let priority = table
+                .models
+                .get(record.model.name.as_str())
+                .map_or(0, |model| capacity::priority(model, &version.label));
+            demands.push(Demand {
+                model: version.model.clone(),
+                version: version.label.clone(),
+                priority,
+                replicas,
+                bytes_per_replica: bytes,
+                allowed: settings.devices.iter().map(ToString::to_string).collect(),
+            });
+        }
+    }
+    demands
+}
+
+fn assignments(rows: &[PlacementRow]) -> Vec<Assignment> {
+    rows.iter()
+        .flat_map(|row| {
+            (0..row.replicas.max(0)).map(|_| Assignment {
+                model: row.model.clone(),
+                version: row.version.clone(),
+                node: row.node.clone(),
+                device: row.device.clone(),
+            })
+        })
+        .collect()
+}
+
+fn rows(assignments: &[Assignment]) -> Vec<PlacementRow> {
+    let mut counts: BTreeMap<(&str, &str, &str, &str), i64> = BTreeMap::new();
+    for a in assignments {
+        *counts
+            .entry((&a.model, &a.version, &a.node, &a.device))
+            .or_default() += 1;
+    }
+    counts
+        .into_iter()
+        .map(|((model, version, node, device), replicas)| PlacementRow {
+            model: model.to_owned(),
+            version: version.to_owned(),
+            node: node.to_owned(),
+            device: device.to_owned(),
+            replicas,
+        })
+        .collect()
+}
+
+/// Replicas that were on a live node and are no longer there: the reloads a change cost.
+fn moves(before: &[Assignment], after: &[Assignment], live: &BTreeSet<String>) -> usize {
+    let mut remaining: BTreeMap<(&str, &str, &str), usize> = BTreeMap::new();
+    for a in after {
+        *remaining
+            .entry((&a.model, &a.version, &a.node))
+            .or_default() += 1;
+    }
+    before
+        .iter()
+        .filter(|a| live.contains(&a.node))
+        .filter(|a| {
+            match remaining.get_mut(&(a.model.as_str(), a.version.as_str(), a.node.as_str())) {
+                Some(count) if *count > 0 => {
+                    *count -= 1;
+                    false
+                }
+                _ => true,
+            }
+        })
+        .count()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(id: &str, beat: i64, heartbeat_ms: i64) -> NodeRecord {
+        NodeRecord {
+            id: id.into(),
+            address: format!("{id}:8001"),
+            body: json!({"devices": [{"id": "cpu", "budget": 1000, "free": 400}], "load": 3}),
+            beat,
+            started_ms: 0,
+            heartbeat_ms,
+        }
+    }
+
+    #[test]
+    fn a_node_is_alive_while_its_beat_moves_and_dead_once_it_stops() {
+        let mut liveness = Liveness::default();
+        let dead_after = Duration::from_millis(200);
+        let now = now_ms();
+        let live = liveness.observe(
+            &[record("a", 1, now), record("b", 7, now - 60_000)],
+            dead_after,
+        );
+        assert_eq!(
+            live.into_iter().collect::<Vec<_>>(),
+            ["a"],
+            "a node first seen with an old heartbeat is already dead"
+        );
+        std::thread::sleep(Duration::from_millis(120));
+        let live = liveness.observe(&[record("a", 2, 0), record("b", 7, 0)], dead_after);
+        assert!(
+            live.contains("a"),
+            "its beat moved (whatever its clock says)"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+        let live = liveness.observe(&[record("a", 2, now_ms()), record("b", 8, 0)], dead_after);
+        assert!(!live.contains("a"), "its beat stood still past dead_after");
+        assert!(live.contains("b"), "b's beat moved");
+    }
+
+    #[test]
+    fn the_view_keeps_peers_across_heartbeats_and_lists_where_versions_are_ready() {
+        let nodes = [record("a", 1, 0), record("b", 1, 0), record("c", 1, 0)];
+        let state = |node: &str, version: &str, state: &str| NodeVersion {
+            node: node.into(),
+            model: "mlp".into(),
+            version: version.into(),
+            state: state.into(),
+            reason: String::new(),
+            replicas: 1,
+            updated_ms: 0,
+        };
+        let states = [
+            state("a", "1", "ready"),
+            state("b", "1", "ready"),
+            state("b", "2", "loading"),
+            state("c", "2", "ready"),
+        ];
+        let live: BTreeSet<String> = ["a", "b"].into_iter().map(String::from).collect();
+        let mut peers = BTreeMap::new();
+        let view = build_view("a", &nodes, &states, &live, &mut peers);
+        assert_eq!(
+            view.peers.keys().collect::<Vec<_>>(),
+            ["b"],
+            "itself and the dead are no peers"
+        );
+        assert_eq!(view.peers["b"].reported_load.load(Ordering::Relaxed), 3);
+        assert_eq!(
+            view.ready_on.get(&VersionKey::new("mlp", "1")).unwrap(),
+            &["b"]
+        );
+        assert!(
+            !view.ready_on.contains_key(&VersionKey::new("mlp", "2")),
+            "loading on b and ready only on dead c"
+        );
+        let again = build_view("a", &nodes, &states, &live, &mut peers);
+        assert!(Arc::ptr_eq(&view.peers["b"], &again.peers["b"]));
+        assert!(view.same_as(&again));
+    }
+
+    #[test]
+    fn moves_count_replicas_that_left_a_live_node() {
+        let a = |version: &str, node: &str| Assignment {
+            model: "m".into(),
+            version: version.into(),
+            node: node.into(),
+            device: "cpu".into(),
+        };
+        let live: BTreeSet<String> = ["x", "y"].into_iter().map(String::from).collect();
+        let before = [a("1", "x"), a("2", "y"), a("3", "dead")];
+        let after = [a("1", "x"), a("2", "x"), a("3", "y")];
+        assert_eq!(
+            moves(&before, &after, &live),
+            1,
+            "only version 2 moved; 3 was on a dead node"
+        );
+        assert_eq!(rows(&after).len(), 3);
+        assert_eq!(assignments(&rows(&after)), after);
+    }
+}

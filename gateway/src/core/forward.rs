@@ -1,0 +1,175 @@
+//! Requests for versions this node does not host, in a cluster: the peers that host each one
+//! (as the control plane last saw them), which one takes a request (the least loaded), and the
+//! [`Forwarder`] that carries it there (gRPC, implemented by the protocol layer). A forwarded
+//! request carries [`FORWARDED_FROM`], and a node never forwards such a request again: at
+//! most one hop, so no request can loop between nodes whose views disagree.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
+
+use crate::core::request::{InferRequest, InferResponse};
+use crate::error::GatewayError;
+
+/// The header (HTTP) or metadata key (gRPC) that marks a forwarded request, with the id of the
+/// node that forwarded it.
+pub const FORWARDED_FROM: &str = "switchyard-forwarded-from";
+
+/// A live node of the cluster other than this one.
+pub struct Peer {
+    pub node: Arc<str>,
+    /// host:port of its gRPC listener.
+    pub address: Arc<str>,
+    /// The requests it said it was handling at its last heartbeat.
+    pub reported_load: AtomicU64,
+    /// Requests this node forwarded to it that are not answered yet: a heartbeat is a second
+    /// old, and without this every request of a burst would go to the same peer.
+    pub in_flight: AtomicU64,
+}
+
+impl Peer {
+    pub fn new(node: &str, address: &str) -> Peer {
+        Peer {
+            node: node.into(),
+            address: address.into(),
+            reported_load: AtomicU64::new(0),
+            in_flight: AtomicU64::new(0),
+        }
+    }
+
+    fn load(&self) -> u64 {
+        self.reported_load.load(Ordering::Relaxed) + self.in_flight.load(Ordering::Relaxed)
+    }
+}
+
+/// A version that only other nodes host: the live peers on which it is ready.
+pub struct RemoteVersion {
+    pub peers: Vec<Arc<Peer>>,
+}
+
+impl RemoteVersion {
+    /// The peers in the order to try them: the least loaded first; a sequence always starts on
+    /// the same one (its state lives there), by its id.
+    pub fn order(&self, sequence: Option<u64>) -> Vec<&Arc<Peer>> {
+        let mut peers: Vec<&Arc<Peer>> = self.peers.iter().collect();
+        match sequence {
+            Some(id) if !peers.is_empty() => {
+                peers.sort_by(|a, b| a.node.cmp(&b.node));
+                let first = (id % peers.len() as u64) as usize;
+                peers.rotate_left(first);
+            }
+            _ => peers.sort_by_key(|peer| peer.load()),
+        }
+        peers
+    }
+}
+
+/// Why a forward failed.
+#[derive(Debug)]
+pub enum ForwardError {
+    /// The peer could not be reached, or the connection broke: another peer may serve it.
+    Unreachable(String),
+    /// The peer answered with an error, which is the request's answer.
+    Answered(GatewayError),
+}
+
+pub type ForwardFuture<'a> =
+    Pin<Box<dyn Future<Output = Result<InferResponse, ForwardError>> + Send + 'a>>;
+
+/// Carries a request to a peer and brings its answer back.
+pub trait Forwarder: Send + Sync {
+    /// Sends `request` to `peer`, marked as forwarded by `from`, with what is left of
+    /// `deadline`.
+    fn forward<'a>(
+        &'a self,
+        peer: &'a Peer,
+        from: &'a str,
+        request: InferRequest,
+        deadline: Option<Instant>,
+    ) -> ForwardFuture<'a>;
+}
+
+/// This node's side of forwarding: its id, the forwarder, and the metrics that count what it
+/// forwards and receives.
+pub struct Forwarding {
+    pub node: Arc<str>,
+    pub forwarder: Arc<dyn Forwarder>,
+    pub metrics: Arc<crate::telemetry::Metrics>,
+}
+
+/// Counts a forward in flight to a peer while it lives.
+pub struct InFlight<'a>(&'a Peer);
+
+impl<'a> InFlight<'a> {
+    pub fn start(peer: &'a Peer) -> Self {
+        peer.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(peer)
+    }
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Whether a request was forwarded to this node by another.
+pub fn forwarded_from(request: &InferRequest) -> Option<&str> {
+    request
+        .headers
+        .get(FORWARDED_FROM)
+        .and_then(|value| value.to_str().ok())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(loads: &[(&str, u64)]) -> RemoteVersion {
+        RemoteVersion {
+            peers: loads
+                .iter()
+                .map(|(node, load)| {
+                    let peer = Peer::new(node, "127.0.0.1:1");
+                    peer.reported_load.store(*load, Ordering::Relaxed);
+                    Arc::new(peer)
+                })
+                .collect(),
+        }
+    }
+
+    fn nodes(order: Vec<&Arc<Peer>>) -> Vec<&str> {
+        order.into_iter().map(|peer| &*peer.node).collect()
+    }
+
+    #[test]
+    fn the_least_loaded_peer_comes_first_counting_what_this_node_sent_it() {
+        let version = remote(&[("a", 5), ("b", 2), ("c", 3)]);
+        assert_eq!(nodes(version.order(None)), ["b", "c", "a"]);
+        let _held: Vec<_> = (0..2).map(|_| InFlight::start(&version.peers[1])).collect();
+        assert_eq!(
+            nodes(version.order(None)),
+            ["c", "b", "a"],
+            "two forwards in flight make b (2 + 2) busier than c (3)"
+        );
+        drop(_held);
+        assert_eq!(version.peers[1].in_flight.load(Ordering::Relaxed), 0);
+    }
+
+    #[test]
+    fn a_sequence_always_starts_on_the_same_peer_whatever_the_loads() {
+        let version = remote(&[("b", 9), ("a", 0), ("c", 1)]);
+        let first = nodes(version.order(Some(7)))[0].to_owned();
+        version.peers[0].reported_load.store(0, Ordering::Relaxed);
+        version.peers[1].reported_load.store(50, Ordering::Relaxed);
+        assert_eq!(nodes(version.order(Some(7)))[0], first);
+        assert_eq!(nodes(version.order(Some(7))).len(), 3, "the others follow");
+        assert_ne!(
+            nodes(version.order(Some(7)))[0],
+            nodes(version.order(Some(8)))[0],
+            "other sequences go elsewhere"
+        );
+    }
+}
