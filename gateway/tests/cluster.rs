@@ -1,0 +1,601 @@
+//! Three gateway nodes as one cluster: real `switchyard` processes, each in its own network
+//! namespace (ip netns + veth on a bridge this test creates and removes), sharing one real
+//! PostgreSQL registry. Their CPU budgets hold only some of the versions each, so the leader
+//! must place them; every node answers for every version, forwarding what it does not host;
+//! and after `kill -9` of a node under load its versions are placed again, while the versions
+//! that also live on another node lose no request.
+//!
+//! Needs root (to make namespaces); elsewhere it says why and passes without checking.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use common::{WRITER_TOKEN, models_dir, postgres_url, repo_root};
+use serde_json::{Value, json};
+
+const NODES: usize = 3;
+/// Declared per replica in the test's model.toml files; a node's budget holds four.
+const REPLICA_MIB: u64 = 100;
+const BUDGET_MIB: u64 = 450;
+
+/// The namespaces, their veths and the bridge joining them; removed on drop.
+struct Netns {
+    bridge: String,
+    namespaces: Vec<String>,
+    subnet: [u8; 3],
+}
+
+impl Netns {
+    fn host_ip(&self) -> Ipv4Addr {
+        Ipv4Addr::new(self.subnet[0], self.subnet[1], self.subnet[2], 1)
+    }
+
+    fn node_ip(&self, index: usize) -> Ipv4Addr {
+        Ipv4Addr::new(
+            self.subnet[0],
+            self.subnet[1],
+            self.subnet[2],
+            2 + index as u8,
+        )
+    }
+
+    /// A private /24 no interface of this machine uses, named after this process.
+    fn create(count: usize) -> Netns {
+        let tag = std::process::id() % 100_000;
+        let used = run_output("ip", &["-4", "-o", "addr"]);
+        let third = (0..250u8)
+            .map(|offset| ((tag as u8).wrapping_add(offset)) % 250)
+            .find(|third| !used.contains(&format!("10.243.{third}.")))
+            .expect("no free 10.243.x.0/24 for the test's namespaces");
+        let netns = Netns {
+            bridge: format!("sy{tag}br"),
+            namespaces: (0..count).map(|i| format!("sy{tag}n{i}")).collect(),
+            subnet: [10, 243, third],
+        };
+        run("ip", &["link", "add", &netns.bridge, "type", "bridge"]);
+        let host = format!("{}/24", netns.host_ip());
+        run("ip", &["addr", "add", &host, "dev", &netns.bridge]);
+        run("ip", &["link", "set", &netns.bridge, "up"]);
+        for (index, namespace) in netns.namespaces.iter().enumerate() {
+            let outside = format!("sy{tag}h{index}");
+            let inside = format!("sy{tag}v{index}");
+            run("ip", &["netns", "add", namespace]);
+            run(
+                "ip",
+                &[
+                    "link", "add", &outside, "type", "veth", "peer", "name", &inside,
+                ],
+            );
+            run(
+                "ip",
+                &["link", "set", &outside, "master", &netns.bridge, "up"],
+            );
+            run("ip", &["link", "set", &inside, "netns", namespace]);
+            let address = format!("{}/24", netns.node_ip(index));
+            let exec = |args: &[&str]| {
+                let mut all = vec!["netns", "exec", namespace.as_str()];
+                all.extend_from_slice(args);
+                run("ip", &all);
+            };
+            exec(&["ip", "addr", "add", &address, "dev", &inside]);
+            exec(&["ip", "link", "set", &inside, "up"]);
+            exec(&["ip", "link", "set", "lo", "up"]);
+        }
+        netns
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        for namespace in &self.namespaces {
+            // Deleting a namespace deletes its veth, and with it the peer on the bridge.
+            let _ = Command::new("ip")
+                .args(["netns", "del", namespace])
+                .status();
+        }
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.bridge])
+            .status();
+    }
+}
+
+fn run(program: &str, args: &[&str]) {
+    let status = Command::new(program).args(args).status().unwrap();
+    assert!(status.success(), "{program} {args:?} failed: {status}");
+}
+
+fn run_output(program: &str, args: &[&str]) -> String {
+    String::from_utf8_lossy(&Command::new(program).args(args).output().unwrap().stdout).into()
+}
+
+/// Relays the namespaces' connections to PostgreSQL, which listens on the host's loopback:
+/// the nodes reach it at the bridge's address. A connection closed on one side is closed on
+/// the other, so a killed node's advisory lock goes with it.
+async fn relay(listen: SocketAddr, upstream: SocketAddr) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind(listen).await.unwrap();
+    let bound = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                if let Ok(mut outbound) = tokio::net::TcpStream::connect(upstream).await {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    bound
+}
+
+/// mlp with two ONNX versions of two replicas each, and digits with three ONNX versions of
+/// one replica: seven replicas of 100 MiB declared, for nodes that hold four.
+fn repository() -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    let copy = |from: &str, to: &str| {
+        let target = repo.path().join(to);
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(models_dir().join(from), target).unwrap();
+    };
+    copy("mlp/1/model.onnx", "mlp/1/model.onnx");
+    copy("mlp/1/model.onnx", "mlp/2/model.onnx");
+    for version in 1..=3 {
+        copy(
+            &format!("digits/{version}/model.onnx"),
+            &format!("digits/{version}/model.onnx"),
+        );
+    }
+    let settings = |model: &str, replicas: usize| {
+        let base = std::fs::read_to_string(models_dir().join(model).join("model.toml")).unwrap();
+        format!("replicas = {replicas}\nmemory = \"{REPLICA_MIB}MiB\"\n{base}")
+    };
+    std::fs::write(repo.path().join("mlp/model.toml"), settings("mlp", 2)).unwrap();
+    std::fs::write(repo.path().join("digits/model.toml"), settings("digits", 1)).unwrap();
+    repo
+}
+
+struct Node {
+    id: String,
+    ip: Ipv4Addr,
+    child: Child,
+}
+
+impl Node {
+    fn url(&self, port: u16, path: &str) -> String {
+        format!("http://{}:{port}{path}", self.ip)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn start_node(netns: &Netns, index: usize, repo: &Path, registry: &str, config: &Path) -> Node {
+    let ip = netns.node_ip(index);
+    let id = format!("node-{index}");
+    let logs = std::env::var_os("SWITCHYARD_CLUSTER_LOGS").map(std::path::PathBuf::from);
+    let output = |name: &str| match &logs {
+        Some(dir) => {
+            std::fs::create_dir_all(dir).unwrap();
+            Stdio::from(std::fs::File::create(dir.join(format!("{id}.{name}"))).unwrap())
+        }
+        None => Stdio::null(),
+    };
+    // `ip netns exec` execs the gateway in the namespace: the child is the gateway itself,
+    // and killing it kills the gateway.
+    let child = Command::new("ip")
+        .args(["netns", "exec", &netns.namespaces[index]])
+        .arg(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["serve", "--config"])
+        .arg(config)
+        .arg("--models")
+        .arg(repo)
+        .args(["--registry", registry])
+        .args(["--http-addr", &format!("{ip}:8000")])
+        .args(["--grpc-addr", &format!("{ip}:8001")])
+        .args(["--metrics-addr", &format!("{ip}:8002")])
+        .args(["--admin-addr", &format!("{ip}:8080")])
+        .args(["--cluster", "--node-id", &id])
+        .current_dir(repo_root())
+        .env("SWITCHYARD_ADMIN_TOKEN", WRITER_TOKEN)
+        .stdout(output("out"))
+        .stderr(output("err"))
+        .spawn()
+        .unwrap();
+    Node { id, ip, child }
+}
+
+async fn get(client: &reqwest::Client, url: &str) -> Value {
+    let response = client
+        .get(url)
+        .bearer_auth(WRITER_TOKEN)
+        .send()
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"));
+    assert_eq!(response.status(), 200, "GET {url}");
+    response.json().await.unwrap()
+}
+
+/// One inference request naming its version: Ok(version that answered) or the failure.
+async fn infer(
+    client: &reqwest::Client,
+    node: Ipv4Addr,
+    model: &str,
+    version: &str,
+) -> Result<String, String> {
+    let x: Vec<f32> = (0..64).map(|i| (i % 7) as f32 / 7.0).collect();
+    let body = json!({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": x}]});
+    let url = format!("http://{node}:8000/v2/models/{model}/versions/{version}/infer");
+    let response = client
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    let body: Value = response.json().await.map_err(|e| format!("{url}: {e}"))?;
+    if status != 200 {
+        return Err(format!("{url}: {status} {body}"));
+    }
+    let outputs = body["outputs"][0]["data"].as_array().map_or(0, Vec::len);
+    if outputs != 10 {
+        return Err(format!("{url}: {outputs} logits in {body}"));
+    }
+    Ok(body["model_version"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned())
+}
+
+/// Where the leader placed each version: (model, version) -> nodes.
+fn placement(cluster: &Value) -> BTreeMap<(String, String), Vec<String>> {
+    let mut placed: BTreeMap<(String, String), Vec<String>> = BTreeMap::new();
+    for row in cluster["placements"].as_array().unwrap() {
+        placed
+            .entry((
+                row["model"].as_str().unwrap().into(),
+                row["version"].as_str().unwrap().into(),
+            ))
+            .or_default()
+            .push(row["node"].as_str().unwrap().into());
+    }
+    placed
+}
+
+const VERSIONS: [(&str, &str, usize); 5] = [
+    ("digits", "1", 1),
+    ("digits", "2", 1),
+    ("digits", "3", 1),
+    ("mlp", "1", 2),
+    ("mlp", "2", 2),
+];
+
+/// Whether every version has its replicas placed on live nodes and ready on each of them.
+fn settled(cluster: &Value, dead: Option<&str>) -> bool {
+    let placed = placement(cluster);
+    VERSIONS.iter().all(|(model, version, replicas)| {
+        let Some(nodes) = placed.get(&(model.to_string(), version.to_string())) else {
+            return false;
+        };
+        nodes.len() == *replicas
+            && nodes.iter().all(|node| {
+                Some(node.as_str()) != dead
+                    && cluster["nodes"].as_array().unwrap().iter().any(|n| {
+                        n["id"] == node.as_str()
+                            && n["alive"] == true
+                            && n["versions"].as_array().unwrap().iter().any(|v| {
+                                v["model"] == *model
+                                    && v["version"] == *version
+                                    && v["state"] == "ready"
+                            })
+                    })
+            })
+    })
+}
+
+#[derive(Default)]
+struct Outcomes {
+    ok: u64,
+    failed: u64,
+    /// Failures after the kill: (since the kill, what failed).
+    failures: Vec<(Duration, String)>,
+    /// The longest time without an answer after the kill.
+    longest_gap: Duration,
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_place_forward_and_survive_a_kill() {
+    if run_output("id", &["-u"]).trim() != "0" || Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipped: making network namespaces needs root and iproute2");
+        return;
+    }
+    let netns = Netns::create(NODES);
+    let upstream: SocketAddr = {
+        let url = std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
+            .expect("run through scripts/with-postgres");
+        let host_port = url.split('@').nth(1).unwrap().split('/').next().unwrap();
+        host_port.parse().unwrap()
+    };
+    let relayed = relay(SocketAddr::new(netns.host_ip().into(), 0), upstream).await;
+    let database = postgres_url().await;
+    let name = database.rsplit('/').next().unwrap();
+    let registry = format!("postgres://postgres@{relayed}/{name}");
+    let repo = repository();
+    let config = repo.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!("[[devices]]\nid = \"cpu\"\nmemory = \"{BUDGET_MIB}MiB\"\n"),
+    )
+    .unwrap();
+    let mut nodes: Vec<Node> = (0..NODES)
+        .map(|index| start_node(&netns, index, repo.path(), &registry, &config))
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(20))
+        .build()
+        .unwrap();
+
+    // Every version placed, within the budgets, and ready where it was placed.
+    let started = Instant::now();
+    let cluster = loop {
+        let answer = client
+            .get(nodes[0].url(8080, "/v1/cluster"))
+            .bearer_auth(WRITER_TOKEN)
+            .send()
+            .await;
+        if let Ok(answer) = answer
+            && answer.status() == 200
+        {
+            let cluster: Value = answer.json().await.unwrap();
+            if settled(&cluster, None) {
+                break cluster;
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the cluster did not place and load every version"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    eprintln!("settled after {:?}", started.elapsed());
+    assert_eq!(cluster["enabled"], true);
+    let listed = cluster["nodes"].as_array().unwrap();
+    assert_eq!(listed.len(), NODES, "every node registered: {cluster}");
+    for node in listed {
+        assert_eq!(node["alive"], true, "{node}");
+        assert_eq!(
+            node["devices"][0]["budget"].as_u64(),
+            Some(BUDGET_MIB << 20),
+            "each node reports its budget: {node}"
+        );
+        let hosted = node["versions"].as_array().unwrap().len() as u64;
+        assert!(
+            hosted * REPLICA_MIB <= BUDGET_MIB,
+            "a node holds no more than its budget: {node}"
+        );
+        assert!(
+            hosted < VERSIONS.len() as u64,
+            "no node holds every version"
+        );
+    }
+    let placed = placement(&cluster);
+    for ((model, version), on) in &placed {
+        let mut distinct = on.clone();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            on.len(),
+            "{model} {version}'s replicas are spread: {on:?}"
+        );
+    }
+    eprintln!("placement: {placed:?}");
+
+    // Every node answers for every version, by forwarding what it does not host.
+    for node in &nodes {
+        for (model, version, _) in VERSIONS {
+            let answered = infer(&client, node.ip, model, version).await;
+            assert_eq!(
+                answered.as_deref(),
+                Ok(version),
+                "{} for {model} {version}",
+                node.id
+            );
+        }
+    }
+    let forwarding_node = nodes
+        .iter()
+        .find(|node| {
+            VERSIONS.iter().any(|(model, version, _)| {
+                !placed[&(model.to_string(), version.to_string())].contains(&node.id)
+            })
+        })
+        .unwrap();
+    let metrics = client
+        .get(forwarding_node.url(8002, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.lines().any(
+            |line| line.starts_with("switchyard_forwarded_requests_total")
+                && line.contains("outcome=\"success\"")
+        ),
+        "forwarded requests are counted on {}",
+        forwarding_node.id
+    );
+    let model = get(&client, &nodes[0].url(8080, "/v1/models/mlp")).await;
+    let on_nodes = model["versions"][0]["nodes"].as_array().unwrap();
+    assert_eq!(
+        on_nodes.len(),
+        2,
+        "the API shows the nodes serving mlp 1: {model}"
+    );
+
+    // The victim: the node holding the most versions that live nowhere else, beside at least
+    // one that also lives on another node.
+    let victim = nodes
+        .iter()
+        .enumerate()
+        .max_by_key(|(_, node)| {
+            let mut only_here = 0;
+            let mut shared = 0;
+            for on in placed.values() {
+                if on.contains(&node.id) {
+                    if on.len() == 1 {
+                        only_here += 1;
+                    } else {
+                        shared += 1;
+                    }
+                }
+            }
+            (shared > 0, only_here)
+        })
+        .map(|(index, _)| index)
+        .unwrap();
+    let victim_id = nodes[victim].id.clone();
+    let survivors: Vec<usize> = (0..NODES).filter(|i| *i != victim).collect();
+    eprintln!("killing {victim_id}");
+
+    // Load on the survivors, for every version, before and after the kill.
+    let stop = Arc::new(AtomicBool::new(false));
+    let killed_at: Arc<std::sync::Mutex<Option<Instant>>> = Arc::default();
+    let mut workers = Vec::new();
+    let survivor_nodes: Vec<(String, Ipv4Addr)> = survivors
+        .iter()
+        .map(|&i| (nodes[i].id.clone(), nodes[i].ip))
+        .collect();
+    for (id, ip) in survivor_nodes {
+        for (model, version, _) in VERSIONS {
+            let client = client.clone();
+            let stop = stop.clone();
+            let killed_at = killed_at.clone();
+            let id = id.clone();
+            workers.push(tokio::spawn(async move {
+                let mut outcomes = Outcomes::default();
+                let mut last_answer: Option<Instant> = None;
+                while !stop.load(Ordering::Relaxed) {
+                    let result = infer(&client, ip, model, version).await;
+                    let now = Instant::now();
+                    let kill = *killed_at.lock().unwrap();
+                    match result {
+                        Ok(_) => {
+                            outcomes.ok += 1;
+                            if let (Some(kill), Some(last)) = (kill, last_answer) {
+                                let from = last.max(kill);
+                                outcomes.longest_gap = outcomes
+                                    .longest_gap
+                                    .max(now.saturating_duration_since(from));
+                            }
+                            last_answer = Some(now);
+                        }
+                        Err(error) => {
+                            outcomes.failed += 1;
+                            if let Some(kill) = kill {
+                                outcomes
+                                    .failures
+                                    .push((now.saturating_duration_since(kill), error));
+                            } else {
+                                outcomes
+                                    .failures
+                                    .push((Duration::ZERO, format!("before the kill: {error}")));
+                            }
+                        }
+                    }
+                }
+                ((model, version, id), outcomes)
+            }));
+        }
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Noted first: a request failing the instant the node dies is after the kill.
+    let kill = Instant::now();
+    *killed_at.lock().unwrap() = Some(kill);
+    nodes[victim].child.kill().unwrap();
+    nodes[victim].child.wait().unwrap();
+
+    // Its versions are placed again on the survivors.
+    let replaced = loop {
+        let cluster = get(&client, &nodes[survivors[0]].url(8080, "/v1/cluster")).await;
+        if settled(&cluster, Some(&victim_id)) {
+            break kill.elapsed();
+        }
+        assert!(
+            kill.elapsed() < Duration::from_secs(30),
+            "{victim_id}'s versions were not placed again and loaded: {cluster}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    eprintln!("placed again and ready {replaced:?} after the kill");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut report = Vec::new();
+    for worker in workers {
+        let ((model, version, node), outcomes) = worker.await.unwrap();
+        let on = &placed[&(model.to_string(), version.to_string())];
+        let survived = on.iter().any(|n| *n != victim_id);
+        eprintln!(
+            "{node} {model} {version} (on {on:?}): {} ok, {} failed, longest gap after the kill {:?}",
+            outcomes.ok, outcomes.failed, outcomes.longest_gap
+        );
+        for (at, error) in outcomes.failures.iter().take(3) {
+            eprintln!("    at +{at:?}: {error}");
+        }
+        assert!(outcomes.ok > 0, "{node} answered {model} {version}");
+        if survived {
+            assert_eq!(
+                outcomes.failed, 0,
+                "{model} {version} also lives on a survivor: no request may fail ({node})"
+            );
+        }
+        assert!(
+            outcomes
+                .failures
+                .iter()
+                .all(|(at, error)| *at > Duration::ZERO && !error.starts_with("before")),
+            "nothing fails before the kill"
+        );
+        report.push((
+            model,
+            version,
+            node,
+            survived,
+            outcomes.failed,
+            outcomes.longest_gap,
+        ));
+    }
+    assert!(
+        replaced < Duration::from_secs(10),
+        "{victim_id}'s versions took {replaced:?} to be placed again and ready"
+    );
+    let cluster = get(&client, &nodes[survivors[0]].url(8080, "/v1/cluster")).await;
+    let dead = cluster["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == victim_id.as_str())
+        .unwrap();
+    assert_eq!(
+        dead["alive"], false,
+        "the API shows the killed node dead: {dead}"
+    );
+    assert!(
+        placement(&cluster)
+            .values()
+            .all(|on| !on.contains(&victim_id)),
+        "nothing stays placed on the dead node"
+    );
+    drop(nodes);
+}
