@@ -436,6 +436,28 @@ async fn three_nodes_place_forward_and_survive_a_kill() {
         "forwarded requests are counted on {}",
         forwarding_node.id
     );
+    // Metadata and config of a version a node does not host, as Triton's clients read them
+    // before they send anything.
+    for (model, version, _) in VERSIONS {
+        if placed[&(model.to_string(), version.to_string())].contains(&forwarding_node.id) {
+            continue;
+        }
+        let metadata = get(
+            &client,
+            &forwarding_node.url(8000, &format!("/v2/models/{model}/versions/{version}")),
+        )
+        .await;
+        assert_eq!(metadata["inputs"][0]["name"], "x", "{metadata}");
+        assert_eq!(metadata["inputs"][0]["datatype"], "FP32", "{metadata}");
+        assert_eq!(metadata["outputs"][0]["shape"], json!([-1, 10]), "{metadata}");
+        let config = get(
+            &client,
+            &forwarding_node.url(8000, &format!("/v2/models/{model}/versions/{version}/config")),
+        )
+        .await;
+        assert_eq!(config["max_batch_size"], 64, "{config}");
+        assert_eq!(config["input"][0]["dims"], json!([64]), "{config}");
+    }
     let model = get(&client, &nodes[0].url(8080, "/v1/models/mlp")).await;
     let on_nodes = model["versions"][0]["nodes"].as_array().unwrap();
     assert_eq!(

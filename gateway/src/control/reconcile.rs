@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use switchyard_registry::{PlacementRow, RegistryError, Snapshot, Store, Version, VersionState};
-use switchyard_runtimes::{Device, LoadOptions, Runtime, Signature};
+use switchyard_runtimes::{Device, LoadOptions, Runtime, Signature, TensorSpec};
 
 use tokio::sync::mpsc;
 
@@ -324,31 +324,34 @@ impl Reconciler {
                     elapsed_ms,
                     "version ready"
                 );
-                let measured = ready.replicas.memory_per_replica().map(|bytes| {
-                    serde_json::json!({
+                let mut patch = serde_json::Map::new();
+                if let Some(bytes) = ready.replicas.memory_per_replica() {
+                    // Kept with the version for resource accounting across restarts.
+                    let measured = serde_json::json!({
                         "device": ready.device.to_string(),
                         "bytes_per_replica": bytes,
                         "replicas": ready.replicas.replica_count(),
                         "source": memory_source(ready.device),
-                    })
-                });
+                    });
+                    patch.insert("measured_memory".to_owned(), measured);
+                }
+                if self.cluster.is_some() {
+                    // For the nodes that forward it: they answer its metadata themselves.
+                    patch.insert("signature".to_owned(), signature_json(&ready));
+                }
                 self.local
                     .insert(key.clone(), VersionStatus::Ready(Arc::new(ready)));
                 // Recorded before it is served, so that the registry says ready by the time a
                 // request can reach it; a refusal means it was removed while loading.
                 if !self.write_state(&key, VersionState::Ready, "").await {
                     self.start_drain(&key);
-                } else if let Some(measured) = measured {
-                    // Kept with the version for resource accounting across restarts.
-                    let patch =
-                        serde_json::Map::from_iter([("measured_memory".to_owned(), measured)]);
-                    if let Err(error) = self
+                } else if !patch.is_empty()
+                    && let Err(error) = self
                         .store
                         .merge_version_metadata(ACTOR, &key.model, &key.version, patch)
                         .await
-                    {
-                        tracing::warn!(version = %key, %error, "cannot record the measured memory");
-                    }
+                {
+                    tracing::warn!(version = %key, %error, "cannot record the measured memory and signature");
                 }
                 self.publish();
             }
@@ -588,7 +591,21 @@ impl Reconciler {
         match version.state {
             VersionState::Draining | VersionState::Retired => None,
             _ if !peers.is_empty() => {
-                Some(VersionStatus::Remote(Arc::new(RemoteVersion { peers })))
+                let recorded = version.metadata.get("signature");
+                Some(VersionStatus::Remote(Arc::new(RemoteVersion {
+                    peers,
+                    signature: recorded.map(parse_signature).unwrap_or_default(),
+                    max_batch_size: recorded
+                        .and_then(|s| s.get("max_batch_size"))
+                        .and_then(serde_json::Value::as_u64)
+                        .and_then(|size| u32::try_from(size).ok())
+                        .unwrap_or(0),
+                    device: recorded
+                        .and_then(|s| s.get("device"))
+                        .and_then(serde_json::Value::as_str)
+                        .and_then(|device| device.parse().ok())
+                        .unwrap_or(Device::Cpu),
+                })))
             }
             // Placed, and loading there (or ready, and this node's view a heartbeat behind).
             _ if self.placed_anywhere.contains(key) => Some(VersionStatus::Loading),
@@ -611,6 +628,61 @@ async fn peers_changed(cluster: &mut Option<ClusterLink>) -> bool {
         return true;
     }
     std::future::pending().await
+}
+
+/// What a node that forwards a version needs to answer its metadata: its inputs and outputs
+/// as clients see them, its batch bound and its device.
+fn signature_json(ready: &ReadyVersion) -> serde_json::Value {
+    let specs = |specs: &[TensorSpec]| {
+        specs
+            .iter()
+            .map(|spec| {
+                serde_json::json!({
+                    "name": spec.name,
+                    "datatype": spec.dtype.as_str(),
+                    "dims": spec.dims,
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let visible = ready.visible_signature();
+    serde_json::json!({
+        "inputs": specs(&visible.inputs),
+        "outputs": specs(&visible.outputs),
+        "max_batch_size": ready.max_batch_size,
+        "device": ready.device.to_string(),
+    })
+}
+
+/// The signature another node recorded; what does not parse is left out.
+fn parse_signature(recorded: &serde_json::Value) -> Signature {
+    let specs = |key: &str| {
+        recorded
+            .get(key)
+            .and_then(serde_json::Value::as_array)
+            .map(|specs| {
+                specs
+                    .iter()
+                    .filter_map(|spec| {
+                        Some(TensorSpec {
+                            name: spec.get("name")?.as_str()?.to_owned(),
+                            dtype: spec.get("datatype")?.as_str()?.parse().ok()?,
+                            dims: spec
+                                .get("dims")?
+                                .as_array()?
+                                .iter()
+                                .map(serde_json::Value::as_i64)
+                                .collect::<Option<Vec<i64>>>()?,
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    Signature {
+        inputs: specs("inputs"),
+        outputs: specs("outputs"),
+    }
 }
 
 /// This node's share of the placement: each version's replicas per device.

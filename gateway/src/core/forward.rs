@@ -10,6 +10,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
+use switchyard_runtimes::{Device, Signature};
+
 use crate::core::request::{InferRequest, InferResponse};
 use crate::error::GatewayError;
 
@@ -44,9 +46,14 @@ impl Peer {
     }
 }
 
-/// A version that only other nodes host: the live peers on which it is ready.
+/// A version that only other nodes host: the live peers on which it is ready, and what the
+/// node that loaded it recorded of it (for metadata and config requests answered here).
 pub struct RemoteVersion {
     pub peers: Vec<Arc<Peer>>,
+    /// As clients see it (implicit state left out); empty when no node recorded it yet.
+    pub signature: Signature,
+    pub max_batch_size: u32,
+    pub device: Device,
 }
 
 impl RemoteVersion {
@@ -129,6 +136,9 @@ mod tests {
 
     fn remote(loads: &[(&str, u64)]) -> RemoteVersion {
         RemoteVersion {
+            signature: Signature::default(),
+            max_batch_size: 0,
+            device: Device::Cpu,
             peers: loads
                 .iter()
                 .map(|(node, load)| {

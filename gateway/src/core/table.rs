@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use switchyard_runtimes::{Device, Signature, Tensor};
+use switchyard_runtimes::{Device, Signature, Tensor, TensorSpec};
 
 use crate::core::forward::RemoteVersion;
 use crate::error::{GatewayError, quoted};
@@ -92,6 +92,25 @@ impl SequenceSettings {
 impl ReadyVersion {
     pub fn signature(&self) -> &Signature {
         self.replicas.signature()
+    }
+
+    /// Its inputs and outputs as clients see them: without its implicit state, which the
+    /// gateway feeds and takes itself (Triton lists it under `sequence_batching` only). A
+    /// client may still send the state, or ask for it, by name.
+    pub fn visible_signature(&self) -> Signature {
+        let signature = self.signature();
+        let states = self.sequence.as_ref().map_or(&[][..], |s| &s.states[..]);
+        let without = |specs: &[TensorSpec], state_name: fn(&StateSpec) -> &str| {
+            specs
+                .iter()
+                .filter(|spec| !states.iter().any(|state| state_name(state) == spec.name))
+                .cloned()
+                .collect()
+        };
+        Signature {
+            inputs: without(&signature.inputs, |state| &state.input),
+            outputs: without(&signature.outputs, |state| &state.output),
+        }
     }
 
     /// What one replica holds on its device, from what it measured: never less than its

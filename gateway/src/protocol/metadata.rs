@@ -6,7 +6,7 @@ use std::sync::Arc;
 use switchyard_runtimes::{DataType, Device, TensorSpec};
 
 use crate::core::{
-    ModelEntry, ModelTable, ReadyVersion, SequenceSettings, StateSpec, VersionEntry, VersionStatus,
+    ModelEntry, ModelTable, ReadyVersion, SequenceSettings, VersionEntry, VersionStatus,
 };
 use crate::error::GatewayError;
 use crate::telemetry::statistics::StatisticsSnapshot;
@@ -82,23 +82,9 @@ fn resolve<'t>(
     }
 }
 
-/// A version's inputs and outputs as clients see them: without its implicit state, which the
-/// gateway feeds and takes itself (Triton lists it under `sequence_batching` only). A client
-/// may still send the state, or ask for it, by name.
 fn visible(ready: &ReadyVersion) -> (Vec<TensorSpec>, Vec<TensorSpec>) {
-    let signature = ready.signature();
-    let states = ready.sequence.as_ref().map_or(&[][..], |s| &s.states[..]);
-    let without = |specs: &[TensorSpec], state_name: fn(&StateSpec) -> &str| {
-        specs
-            .iter()
-            .filter(|spec| !states.iter().any(|state| state_name(state) == spec.name))
-            .cloned()
-            .collect()
-    };
-    (
-        without(&signature.inputs, |state| &state.input),
-        without(&signature.outputs, |state| &state.output),
-    )
+    let signature = ready.visible_signature();
+    (signature.inputs, signature.outputs)
 }
 
 pub fn model_metadata(
@@ -110,6 +96,10 @@ pub fn model_metadata(
     let chosen = resolve(model, version)?;
     let (mut inputs, outputs) = match &chosen.status {
         VersionStatus::Ready(ready) => visible(ready),
+        VersionStatus::Remote(remote) => (
+            remote.signature.inputs.clone(),
+            remote.signature.outputs.clone(),
+        ),
         _ => (Vec::new(), Vec::new()),
     };
     // As in the config: a scalar input is shown as shape [1], which it accepts beside [].
@@ -163,38 +153,56 @@ pub fn model_config(
 ) -> Result<ModelConfig, GatewayError> {
     let model = table.model(model)?;
     let chosen = resolve(model, version)?;
+    if let VersionStatus::Remote(remote) = &chosen.status {
+        let (inputs, outputs) = (&remote.signature.inputs, &remote.signature.outputs);
+        return Ok(ModelConfig {
+            name: model.name.clone(),
+            platform: chosen.platform,
+            backend: chosen.backend,
+            max_batch_size: remote.max_batch_size,
+            inputs: config_tensors(inputs, remote.max_batch_size, true),
+            outputs: config_tensors(outputs, remote.max_batch_size, false),
+            device: remote.device,
+            instance_count: u32::try_from(remote.peers.len()).unwrap_or(u32::MAX),
+            sequence: None,
+        });
+    }
     let ready = chosen.ready(&model.name)?;
     let max_batch_size = ready.max_batch_size;
-    let skip = usize::from(max_batch_size > 0);
-    let config_tensors = |specs: &[TensorSpec], inputs: bool| {
-        specs
-            .iter()
-            .map(|spec| {
-                let dims = spec.dims.get(skip..).unwrap_or_default();
-                let (dims, reshape) = match inputs {
-                    true => client_dims(dims),
-                    false => (dims.to_vec(), None),
-                };
-                ConfigTensor {
-                    name: spec.name.clone(),
-                    dtype: spec.dtype,
-                    dims,
-                    reshape,
-                }
-            })
-            .collect()
-    };
+    let (inputs, outputs) = visible(ready);
     Ok(ModelConfig {
         name: model.name.clone(),
         platform: chosen.platform,
         backend: chosen.backend,
         max_batch_size,
-        inputs: config_tensors(&visible(ready).0, true),
-        outputs: config_tensors(&visible(ready).1, false),
+        inputs: config_tensors(&inputs, max_batch_size, true),
+        outputs: config_tensors(&outputs, max_batch_size, false),
         device: ready.device,
         instance_count: u32::try_from(ready.replicas.replica_count()).unwrap_or(u32::MAX),
         sequence: ready.sequence.clone(),
     })
+}
+
+/// Tensors as Triton's config lists them: without the batch axis when the model batches, and
+/// a scalar input as [1] reshaped to [].
+fn config_tensors(specs: &[TensorSpec], max_batch_size: u32, inputs: bool) -> Vec<ConfigTensor> {
+    let skip = usize::from(max_batch_size > 0);
+    specs
+        .iter()
+        .map(|spec| {
+            let dims = spec.dims.get(skip..).unwrap_or_default();
+            let (dims, reshape) = match inputs {
+                true => client_dims(dims),
+                false => (dims.to_vec(), None),
+            };
+            ConfigTensor {
+                name: spec.name.clone(),
+                dtype: spec.dtype,
+                dims,
+                reshape,
+            }
+        })
+        .collect()
 }
 
 /// Triton's statistics of one loaded version.
