@@ -449,10 +449,17 @@ async fn three_nodes_place_forward_and_survive_a_kill() {
         .await;
         assert_eq!(metadata["inputs"][0]["name"], "x", "{metadata}");
         assert_eq!(metadata["inputs"][0]["datatype"], "FP32", "{metadata}");
-        assert_eq!(metadata["outputs"][0]["shape"], json!([-1, 10]), "{metadata}");
+        assert_eq!(
+            metadata["outputs"][0]["shape"],
+            json!([-1, 10]),
+            "{metadata}"
+        );
         let config = get(
             &client,
-            &forwarding_node.url(8000, &format!("/v2/models/{model}/versions/{version}/config")),
+            &forwarding_node.url(
+                8000,
+                &format!("/v2/models/{model}/versions/{version}/config"),
+            ),
         )
         .await;
         assert_eq!(config["max_batch_size"], 64, "{config}");

@@ -275,9 +275,9 @@ impl Gateway {
     /// Marks a request another node forwarded here, in its span and the metrics.
     fn note_forwarded(&self, request: &InferRequest) {
         if let Some(from) = forwarded_from(request) {
-            tracing::Span::current().record("forwarded_from", from);
+            tracing::Span::current().record("forwarded_from", &*crate::error::quoted(from));
             if let Some(forwarding) = &self.forwarding {
-                forwarding.metrics.received_forwarded(from);
+                forwarding.metrics.received_forwarded();
             }
         }
     }
