@@ -76,6 +76,7 @@ async fn gateway(failing_two: bool) -> (Gateway, FakeRuntime) {
             status: VersionStatus::Ready(ready_version(label, runtime).await),
             stats: experiments.version(&VersionKey::new("fake", label), None),
             score: None,
+            peers: Vec::new(),
         }));
     }
     let model = ModelEntry {

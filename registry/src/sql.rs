@@ -147,6 +147,18 @@ impl SqlStore {
         })
     }
 
+    /// Selects the database's time in milliseconds since the epoch, as `now_ms`.
+    fn now_ms_query(&self) -> &'static str {
+        match self.backend {
+            Backend::Sqlite => {
+                "SELECT CAST((julianday('now') - 2440587.5) * 86400000 AS INTEGER) AS now_ms"
+            }
+            Backend::Postgres => {
+                "SELECT CAST(EXTRACT(EPOCH FROM clock_timestamp()) * 1000 AS BIGINT) AS now_ms"
+            }
+        }
+    }
+
     /// Starts a write: the transaction, and the revision it will commit (the revision row is
     /// locked until then, so writes from every process line up).
     async fn begin_write(&self) -> Result<(Transaction<'static, sqlx::Any>, i64), RegistryError> {
@@ -1500,8 +1512,13 @@ impl Store for SqlStore {
     }
 
     async fn heartbeat(&self, beat: Heartbeat) -> Result<(), RegistryError> {
-        let now = now_ms();
         let mut tx = self.pool.begin().await?;
+        // The database's clock, not this process's: every node's heartbeat is then on one
+        // clock, and a reader's judgement of its age does not depend on theirs agreeing.
+        let now: i64 = sqlx::query(self.now_ms_query())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("now_ms")?;
         sqlx::query(
             "INSERT INTO nodes (id, address, body, beat, started_ms, heartbeat_ms) \
              VALUES ($1, $2, $3, 1, $4, $4) ON CONFLICT (id) DO UPDATE \
@@ -1551,23 +1568,31 @@ impl Store for SqlStore {
     }
 
     async fn nodes(&self) -> Result<Vec<NodeRecord>, RegistryError> {
-        sqlx::query(
+        let mut tx = self.begin_read().await?;
+        let now: i64 = sqlx::query(self.now_ms_query())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("now_ms")?;
+        let rows = sqlx::query(
             "SELECT id, address, body, beat, started_ms, heartbeat_ms FROM nodes ORDER BY id",
         )
-        .fetch_all(&self.pool)
-        .await?
-        .iter()
-        .map(|row| {
-            Ok(NodeRecord {
-                id: row.try_get("id")?,
-                address: row.try_get("address")?,
-                body: json_column(row, "body")?,
-                beat: row.try_get("beat")?,
-                started_ms: row.try_get("started_ms")?,
-                heartbeat_ms: row.try_get("heartbeat_ms")?,
+        .fetch_all(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        rows.iter()
+            .map(|row| {
+                let heartbeat_ms: i64 = row.try_get("heartbeat_ms")?;
+                Ok(NodeRecord {
+                    id: row.try_get("id")?,
+                    address: row.try_get("address")?,
+                    body: json_column(row, "body")?,
+                    beat: row.try_get("beat")?,
+                    started_ms: row.try_get("started_ms")?,
+                    heartbeat_ms,
+                    age_ms: now.saturating_sub(heartbeat_ms).max(0),
+                })
             })
-        })
-        .collect()
+            .collect()
     }
 
     async fn node_versions(&self) -> Result<Vec<NodeVersion>, RegistryError> {

@@ -296,6 +296,9 @@ pub struct NodeRecord {
     pub beat: i64,
     pub started_ms: i64,
     pub heartbeat_ms: i64,
+    /// How long ago its last heartbeat was written, by the database's clock (both times are
+    /// the database's, so machines whose clocks disagree agree on this).
+    pub age_ms: i64,
 }
 
 /// What one node does with one version.

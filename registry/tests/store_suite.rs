@@ -785,6 +785,11 @@ async fn cluster_suite(store: &dyn Store) {
         "each heartbeat moves the node's beat"
     );
     assert_eq!(nodes[0].address, "a:8001");
+    assert!(
+        (0..60_000).contains(&nodes[0].age_ms),
+        "a heartbeat just written is young, by the database's clock: {}",
+        nodes[0].age_ms
+    );
     let states: Vec<_> = store
         .node_versions()
         .await

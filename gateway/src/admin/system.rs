@@ -33,14 +33,11 @@ pub(super) async fn cluster(State(state): State<AdminState>) -> ApiResult {
         state.store.node_versions(),
         state.store.placements()
     )?;
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64);
     let dead_after_ms = state.cluster_dead_after.as_millis() as i64;
     let nodes: Vec<_> = nodes
         .iter()
         .map(|node| {
-            let age_ms = now.saturating_sub(node.heartbeat_ms).max(0);
+            let age_ms = node.age_ms;
             json!({
                 "id": node.id,
                 "address": node.address,

@@ -383,9 +383,11 @@ impl Running {
         self.objective.abort();
         self.autoscaler.abort();
         self.rollouts.abort();
-        if let Some((task, node)) = &self.cluster {
+        if let Some((task, node)) = self.cluster {
             task.abort();
-            cluster::leave(&*self.store, node).await;
+            // Awaited first: a heartbeat still being written would bring the node back.
+            let _ = task.await;
+            cluster::leave(&*self.store, &node).await;
         }
         for (name, server) in self.servers {
             server

@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ServingConfig;
 use crate::control::Handles;
-use crate::control::cluster::ClusterView;
+use crate::control::cluster::{ClusterView, Hosted};
 use crate::control::import::version_settings;
 use crate::control::repository::ModelSettings;
 use crate::control::runtimes::{self, Runtimes};
@@ -51,9 +51,8 @@ struct LoadOutcome {
 pub struct ClusterLink {
     pub node: String,
     pub view: tokio::sync::watch::Receiver<Arc<ClusterView>>,
-    /// The versions this node hosts (loading, serving, pending or failed here), for its
-    /// heartbeat: the table also lists the versions it forwards or waits for.
-    pub hosted: tokio::sync::watch::Sender<Arc<HashSet<VersionKey>>>,
+    /// What this node hosts and drains, for its heartbeat.
+    pub hosted: tokio::sync::watch::Sender<Arc<Hosted>>,
 }
 
 pub struct Reconciler {
@@ -141,6 +140,7 @@ impl Reconciler {
                 Some(loaded) = self.loaded_rx.recv() => self.finish_load(loaded).await,
                 changed = peers_changed(&mut self.cluster) => {
                     if changed {
+                        self.release_moved();
                         self.publish();
                     }
                 }
@@ -183,7 +183,6 @@ impl Reconciler {
                 let hosted_here = self.cluster.is_none() || self.placed.contains_key(&key);
                 match (removing, self.local.get(&key)) {
                     (false, None) if hosted_here => self.start_load(key, version).await,
-                    (false, Some(_)) if !hosted_here => self.stop_hosting(&key),
                     (true, Some(_)) => {
                         let draining = self.start_drain(&key);
                         if !draining {
@@ -198,9 +197,33 @@ impl Reconciler {
             }
         }
         self.snapshot = Some(snapshot);
+        self.release_moved();
         self.publish();
         self.check_startup();
         true
+    }
+
+    /// Stops hosting the versions the leader placed elsewhere: at once where they do not serve
+    /// here, else once a peer serves them, so that a moved version keeps answering here while
+    /// it loads there (make before break).
+    fn release_moved(&mut self) {
+        let Some(link) = &self.cluster else {
+            return;
+        };
+        let view = link.view.borrow().clone();
+        let moved: Vec<VersionKey> = self
+            .local
+            .iter()
+            .filter(|(key, status)| {
+                !self.placed.contains_key(*key)
+                    && (!matches!(status, VersionStatus::Ready(_))
+                        || !view.peers_for(key).is_empty())
+            })
+            .map(|(key, _)| key.clone())
+            .collect();
+        for key in &moved {
+            self.stop_hosting(key);
+        }
     }
 
     async fn start_load(&mut self, key: VersionKey, version: &Version) {
@@ -428,6 +451,21 @@ impl Reconciler {
             tracing::info!(version = %key, drained_ms, "version unloaded and retired");
             self.write_state(&key, VersionState::Retired, "").await;
         }
+        self.report_hosted();
+    }
+
+    /// Tells the heartbeat what this node hosts and drains.
+    fn report_hosted(&self) {
+        if let Some(link) = &self.cluster {
+            link.hosted.send_replace(Arc::new(Hosted {
+                local: self.local.keys().cloned().collect(),
+                draining: self
+                    .draining
+                    .iter()
+                    .map(|(key, _, _)| key.clone())
+                    .collect(),
+            }));
+        }
     }
 
     fn check_startup(&mut self) {
@@ -527,7 +565,13 @@ impl Reconciler {
                 .filter_map(|version| {
                     let key = VersionKey::new(&version.model, &version.label);
                     let status = match self.local.get(&key) {
-                        Some(status) => status.clone(),
+                        Some(status @ VersionStatus::Ready(_)) => status.clone(),
+                        // Loading, pending or failed here, while a peer serves it: forwarded
+                        // meanwhile.
+                        Some(status) => self
+                            .remote(&key, version)
+                            .filter(|remote| matches!(remote, VersionStatus::Remote(_)))
+                            .unwrap_or_else(|| status.clone()),
                         None => self.remote(&key, version)?,
                     };
                     let stored = record.rewards.get(&version.label).map(|r| BetaStats {
@@ -540,6 +584,11 @@ impl Reconciler {
                         .latest_scores
                         .get(&version.label)
                         .and_then(|latest| policy.quality(latest));
+                    let peers = self
+                        .cluster
+                        .as_ref()
+                        .map(|link| link.view.borrow().peers_for(&key))
+                        .unwrap_or_default();
                     Some(Arc::new(VersionEntry {
                         label: key.version,
                         platform: kind.map_or("unknown", |kind| kind.platform),
@@ -547,6 +596,7 @@ impl Reconciler {
                         status,
                         stats,
                         score,
+                        peers,
                     }))
                 })
                 .collect();
@@ -573,10 +623,7 @@ impl Reconciler {
         self.handles
             .tables
             .publish(ModelTable { models }, snapshot.revision);
-        if let Some(link) = &self.cluster {
-            link.hosted
-                .send_replace(Arc::new(self.local.keys().cloned().collect()));
-        }
+        self.report_hosted();
     }
 }
 

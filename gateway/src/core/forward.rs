@@ -57,20 +57,40 @@ pub struct RemoteVersion {
 }
 
 impl RemoteVersion {
-    /// The peers in the order to try them: the least loaded first; a sequence always starts on
-    /// the same one (its state lives there), by its id.
+    /// The peers in the order to try them: the least loaded first; for a sequence, its owner
+    /// first (see [`sequence_owner`]), whatever the loads, as its state lives there.
     pub fn order(&self, sequence: Option<u64>) -> Vec<&Arc<Peer>> {
         let mut peers: Vec<&Arc<Peer>> = self.peers.iter().collect();
         match sequence {
-            Some(id) if !peers.is_empty() => {
-                peers.sort_by(|a, b| a.node.cmp(&b.node));
-                let first = (id % peers.len() as u64) as usize;
-                peers.rotate_left(first);
+            Some(pin) => {
+                peers.sort_by_key(|peer| std::cmp::Reverse(rendezvous(pin, &peer.node)));
             }
-            _ => peers.sort_by_key(|peer| peer.load()),
+            None => peers.sort_by_key(|peer| peer.load()),
         }
         peers
     }
+}
+
+/// The node a sequence lives on, among the nodes that serve its version: rendezvous hashing
+/// of its id with each node's id. Every node agrees without asking the others, and when a node
+/// comes or goes only the sequences it owned change owner.
+pub fn sequence_owner<'a>(pin: u64, nodes: impl Iterator<Item = &'a str>) -> Option<&'a str> {
+    nodes.max_by_key(|node| (rendezvous(pin, node), *node))
+}
+
+fn rendezvous(pin: u64, node: &str) -> u64 {
+    // FNV-1a over the node's id, seeded with the pin, then splitmix64's finaliser: stable
+    // across processes and machines, unlike the std hasher.
+    let mut hash = node
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325 ^ pin, |hash, byte| {
+            (hash ^ u64::from(byte)).wrapping_mul(0x0100_0000_01b3)
+        });
+    hash ^= hash >> 30;
+    hash = hash.wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    hash ^= hash >> 27;
+    hash = hash.wrapping_mul(0x94d0_49bb_1331_11eb);
+    hash ^ (hash >> 31)
 }
 
 /// Why a forward failed.
@@ -169,6 +189,32 @@ mod tests {
     }
 
     #[test]
+    fn every_node_agrees_on_a_sequences_owner_and_only_a_gone_nodes_sequences_move() {
+        let all = ["a", "b", "c"];
+        let owners: Vec<&str> = (0..300)
+            .map(|pin| sequence_owner(pin, all.iter().copied()).unwrap())
+            .collect();
+        for node in all {
+            let owned = owners.iter().filter(|owner| **owner == node).count();
+            assert!(owned > 60, "{node} owns {owned} of 300: the ids spread");
+        }
+        for (pin, owner) in owners.iter().enumerate() {
+            let reversed = sequence_owner(pin as u64, all.iter().rev().copied()).unwrap();
+            assert_eq!(
+                reversed, *owner,
+                "the order the nodes are listed in does not matter"
+            );
+            let without_c = sequence_owner(pin as u64, ["a", "b"].into_iter()).unwrap();
+            if *owner != "c" {
+                assert_eq!(
+                    without_c, *owner,
+                    "sequence {pin} moved though its owner stayed"
+                );
+            }
+        }
+    }
+
+    #[test]
     fn a_sequence_always_starts_on_the_same_peer_whatever_the_loads() {
         let version = remote(&[("b", 9), ("a", 0), ("c", 1)]);
         let first = nodes(version.order(Some(7)))[0].to_owned();
@@ -176,10 +222,9 @@ mod tests {
         version.peers[1].reported_load.store(50, Ordering::Relaxed);
         assert_eq!(nodes(version.order(Some(7)))[0], first);
         assert_eq!(nodes(version.order(Some(7))).len(), 3, "the others follow");
-        assert_ne!(
-            nodes(version.order(Some(7)))[0],
-            nodes(version.order(Some(8)))[0],
-            "other sequences go elsewhere"
-        );
+        let firsts: std::collections::BTreeSet<String> = (0..30)
+            .map(|pin| nodes(version.order(Some(pin)))[0].to_owned())
+            .collect();
+        assert_eq!(firsts.len(), 3, "other sequences go to the other peers");
     }
 }

@@ -8,7 +8,9 @@ use std::time::{Duration, Instant};
 
 use switchyard_runtimes::NamedTensor;
 
-use crate::core::forward::{ForwardError, Forwarding, InFlight, forwarded_from};
+use crate::core::forward::{
+    ForwardError, Forwarding, InFlight, RemoteVersion, forwarded_from, sequence_owner,
+};
 use crate::core::request::{
     InferRequest, InferResponse, reshape_scalars, select_outputs, validate,
 };
@@ -177,14 +179,15 @@ impl Gateway {
         control: SequenceControl,
     ) -> Result<InferResponse, GatewayError> {
         self.note_forwarded(&request);
+        let pin = control.id.pin();
         let turn = if control.start {
             let routed = match self.route_waiting_for_loads(&request).await? {
                 Routed::Local(routed) => routed,
-                Routed::Remote(remote) => {
-                    let pin = control.id.pin();
-                    return self.forward(request, &remote, Some(pin)).await;
-                }
+                Routed::Remote(remote) => return self.forward(request, &remote, Some(pin)).await,
             };
+            if let Some(owner) = self.sequence_owner_elsewhere(&request, &routed, pin) {
+                return self.forward(request, &owner, Some(pin)).await;
+            }
             let Some(settings) = routed.ready.sequence.clone() else {
                 return Err(GatewayError::invalid(format!(
                     "version '{}' of model '{}' does not serve sequences (model.toml has no \
@@ -199,17 +202,24 @@ impl Gateway {
             match self.sequences.resume(&request.model, &control) {
                 Ok(turn) => turn,
                 Err(error) => {
-                    // Not open here: in a cluster it lives on the peer its start went to.
+                    // Not open here: in a cluster it lives on the node its start went to.
                     let routed = route(&self.tables.peek(), &request);
                     match routed {
                         Ok(Routed::Remote(remote)) => {
-                            let pin = control.id.pin();
                             return self.forward(request, &remote, Some(pin)).await;
+                        }
+                        Ok(Routed::Local(routed)) => {
+                            match self.sequence_owner_elsewhere(&request, &routed, pin) {
+                                Some(owner) => {
+                                    return self.forward(request, &owner, Some(pin)).await;
+                                }
+                                None => return Err(error),
+                            }
                         }
                         Err(unknown) if self.tables.peek().model(&request.model).is_err() => {
                             return Err(unknown);
                         }
-                        _ => return Err(error),
+                        Err(_) => return Err(error),
                     }
                 }
             }
@@ -272,6 +282,43 @@ impl Gateway {
         })
     }
 
+    /// In a cluster where other nodes also serve the sequence's version: the peer that owns the
+    /// sequence, when that is not this node. Every node computes the same owner (rendezvous
+    /// hashing of the sequence's id over the nodes that serve the version), so a load balancer
+    /// may send each request of a sequence to any node. A forwarded request is served here.
+    fn sequence_owner_elsewhere(
+        &self,
+        request: &InferRequest,
+        routed: &Route,
+        pin: u64,
+    ) -> Option<RemoteRoute> {
+        let forwarding = self.forwarding.as_ref()?;
+        if forwarded_from(request).is_some() {
+            return None;
+        }
+        let table = self.tables.peek();
+        let version = table
+            .model(&routed.model_name)
+            .and_then(|model| model.version(&routed.label))
+            .ok()?;
+        let owner = sequence_owner(
+            pin,
+            std::iter::once(&*forwarding.node).chain(version.peers.iter().map(|p| &*p.node)),
+        )?;
+        let peer = version.peers.iter().find(|peer| &*peer.node == owner)?;
+        Some(RemoteRoute {
+            model_name: routed.model_name.clone(),
+            label: routed.label.clone(),
+            remote: Arc::new(RemoteVersion {
+                peers: vec![peer.clone()],
+                signature: Default::default(),
+                max_batch_size: 0,
+                device: routed.ready.device,
+            }),
+            stats: routed.stats.clone(),
+        })
+    }
+
     /// Marks a request another node forwarded here, in its span and the metrics.
     fn note_forwarded(&self, request: &InferRequest) {
         if let Some(from) = forwarded_from(request) {
@@ -313,12 +360,14 @@ impl Gateway {
         let deadline = request.deadline;
         let received = request.received.unwrap_or_else(Instant::now);
         let mut unreachable = Vec::new();
-        for peer in route
-            .remote
-            .order(sequence)
-            .into_iter()
-            .take(MAX_FORWARD_TRIES)
-        {
+        // A sequence's state lives on the one peer it is pinned to: another peer would open a
+        // second sequence that its later requests never reach.
+        let tries = if sequence.is_some() {
+            1
+        } else {
+            MAX_FORWARD_TRIES
+        };
+        for peer in route.remote.order(sequence).into_iter().take(tries) {
             if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
                 break;
             }
@@ -340,6 +389,21 @@ impl Gateway {
                     );
                     tracing::warn!(model = %route.model_name, version = %route.label, peer = %peer.node, %reason, "peer unreachable; trying the next");
                     unreachable.push(format!("node '{}': {reason}", peer.node));
+                    if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+                        count_outcome(
+                            &route.stats,
+                            Err(ErrorKind::DeadlineExceeded),
+                            true,
+                            received.elapsed(),
+                        );
+                        return Err(GatewayError::new(
+                            ErrorKind::DeadlineExceeded,
+                            format!(
+                                "the request's deadline passed while it was forwarded ({})",
+                                unreachable.join("; ")
+                            ),
+                        ));
+                    }
                     continue;
                 }
             };

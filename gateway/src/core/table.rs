@@ -9,7 +9,7 @@ use std::time::Duration;
 use arc_swap::ArcSwap;
 use switchyard_runtimes::{Device, Signature, Tensor, TensorSpec};
 
-use crate::core::forward::RemoteVersion;
+use crate::core::forward::{Peer, RemoteVersion};
 use crate::error::{GatewayError, quoted};
 use crate::routing::{Candidate, TrafficPolicy, VersionStats};
 use crate::serving::{JoinAxes, ReplicaSet};
@@ -172,6 +172,9 @@ pub struct VersionEntry {
     /// The version's quality under the policy: the latest registry score of the metric it
     /// follows, or the weighted sum of several (score and objective modes).
     pub score: Option<f64>,
+    /// In a cluster: the other live nodes on which it is ready (those a remote version is
+    /// forwarded to; for a version served here too, where its sequences may live).
+    pub peers: Vec<Arc<Peer>>,
 }
 
 pub struct ModelEntry {

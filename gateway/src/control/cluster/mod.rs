@@ -13,7 +13,7 @@ pub mod simulate;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use serde_json::{Value, json};
 use switchyard_registry::{
@@ -66,6 +66,15 @@ impl ClusterView {
                 .collect()
         })
     }
+}
+
+/// What this node's reconciler holds: the versions it hosts (loading, serving, pending or
+/// failed here) and those still draining. The table also lists the versions it forwards or
+/// waits for, so the heartbeat reads this instead.
+#[derive(Debug, Default)]
+pub struct Hosted {
+    pub local: HashSet<VersionKey>,
+    pub draining: Vec<VersionKey>,
 }
 
 /// This node's settings, resolved at start.
@@ -142,12 +151,6 @@ fn host_name() -> Option<String> {
         })
 }
 
-fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as i64)
-}
-
 /// Which nodes are alive, judged by this node's own clock: a node is alive while its beat
 /// keeps moving, so clocks that disagree between machines do not matter.
 #[derive(Default)]
@@ -159,20 +162,17 @@ struct Liveness {
 impl Liveness {
     fn observe(&mut self, nodes: &[NodeRecord], dead_after: Duration) -> BTreeSet<String> {
         let now = Instant::now();
-        let wall = now_ms();
         self.seen.retain(|id, _| nodes.iter().any(|n| &n.id == id));
         let mut live = BTreeSet::new();
         for node in nodes {
             let moved_at = match self.seen.get(&node.id) {
                 Some((beat, at)) if *beat == node.beat => *at,
                 Some(_) => now,
-                // First sight: trust its own timestamp once, so that a node dead before this
-                // one started is not taken for alive for `dead_after`.
-                None => {
-                    let age_ms = wall.saturating_sub(node.heartbeat_ms).max(0) as u64;
-                    now.checked_sub(Duration::from_millis(age_ms))
-                        .unwrap_or(now)
-                }
+                // First sight: its age by the database's clock, so that a node dead before
+                // this one started is not taken for alive for `dead_after`.
+                None => now
+                    .checked_sub(Duration::from_millis(node.age_ms.max(0) as u64))
+                    .unwrap_or(now),
             };
             self.seen.insert(node.id.clone(), (node.beat, moved_at));
             if now.duration_since(moved_at) < dead_after {
@@ -190,7 +190,7 @@ pub async fn run(
     handles: Handles,
     store: Arc<dyn Store>,
     view: watch::Sender<Arc<ClusterView>>,
-    hosted: watch::Receiver<Arc<HashSet<VersionKey>>>,
+    hosted: watch::Receiver<Arc<Hosted>>,
 ) {
     let mut every = tokio::time::interval(settings.heartbeat);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -251,7 +251,7 @@ fn heartbeat(
     settings: &NodeSettings,
     handles: &Handles,
     table: &ModelTable,
-    hosted: &HashSet<VersionKey>,
+    hosted: &Hosted,
 ) -> Heartbeat {
     let devices: Vec<Value> = handles
         .capacity
@@ -265,7 +265,10 @@ fn heartbeat(
     let mut versions = Vec::new();
     for model in table.models.values() {
         for version in &model.versions {
-            if !hosted.contains(&VersionKey::new(&model.name, &version.label)) {
+            if !hosted
+                .local
+                .contains(&VersionKey::new(&model.name, &version.label))
+            {
                 continue;
             }
             let (state, reason, replicas) = match &version.status {
@@ -286,6 +289,17 @@ fn heartbeat(
                 replicas as i64,
             ));
         }
+    }
+    // Until no request holds them: the leader retires a removed version only when no node
+    // reports it any more.
+    for key in &hosted.draining {
+        versions.push((
+            key.model.to_string(),
+            key.version.to_string(),
+            "draining".to_owned(),
+            String::new(),
+            0,
+        ));
     }
     Heartbeat {
         node: settings.node.clone(),
@@ -343,13 +357,16 @@ async fn lead(
     live: &BTreeSet<String>,
 ) -> Result<(), switchyard_registry::RegistryError> {
     let snapshot = store.snapshot().await?;
-    let current = store.placements().await?;
+    // Sorted here, as `rows` are: the database's collation may order names otherwise, and the
+    // comparison below would then rewrite an unchanged placement every round.
+    let mut current = store.placements().await?;
+    current.sort();
     let capacities: Vec<NodeCapacity> = nodes
         .iter()
         .filter(|node| live.contains(&node.id))
         .map(node_capacity)
         .collect();
-    let demands = demands(&snapshot, table, &settings.defaults);
+    let (demands, invalid) = demands(&snapshot, table, &settings.defaults);
     let current_assignments = assignments(&current);
     let started = Instant::now();
     let placement = placer.place(&capacities, &demands, &current_assignments);
@@ -390,11 +407,16 @@ async fn lead(
                 live.contains(&s.node) && s.model == version.model && s.version == version.label
             })
             .collect();
-        let placed = rows
+        let placed_on: Vec<&str> = rows
             .iter()
-            .any(|r| r.model == version.model && r.version == version.label);
-        if let Some((state, reason)) =
-            version_state(version, &on_live, placed, refused.get(&key).copied())
+            .filter(|r| r.model == version.model && r.version == version.label)
+            .map(|r| r.node.as_str())
+            .collect();
+        let derived = match invalid.get(&key) {
+            Some(reason) if version.state.is_live() => Some((VersionState::Failed, reason.clone())),
+            _ => version_state(version, &on_live, &placed_on, refused.get(&key).copied()),
+        };
+        if let Some((state, reason)) = derived
             && (state != version.state || reason != version.state_reason)
         {
             store
@@ -402,9 +424,8 @@ async fn lead(
                 .await?;
         }
     }
-    let forget_before = now_ms() - FORGET_AFTER.as_millis() as i64;
     for node in nodes {
-        if !live.contains(&node.id) && node.heartbeat_ms < forget_before {
+        if !live.contains(&node.id) && node.age_ms > FORGET_AFTER.as_millis() as i64 {
             store.remove_node(&node.id).await?;
         }
     }
@@ -412,12 +433,12 @@ async fn lead(
 }
 
 /// A version's registry state from its nodes': ready where any live node serves it, else
-/// loading, else failed where every node that tried failed; pending when no node has room;
-/// retired once it drained everywhere. `None`: leave it as it is.
+/// loading; failed (or pending) when every node it is placed on says so; pending when no node
+/// has room; retired once it drained everywhere. `None`: leave it as it is.
 fn version_state(
     version: &Version,
     on_live: &[&NodeVersion],
-    placed: bool,
+    placed_on: &[&str],
     refused: Option<&placer::Refused>,
 ) -> Option<(VersionState, String)> {
     match version.state {
@@ -436,15 +457,30 @@ fn version_state(
     if has("loading") {
         return Some((VersionState::Loading, String::new()));
     }
-    if let Some(failed) = on_live.iter().find(|s| s.state == "failed")
-        && on_live.iter().all(|s| s.state == "failed")
-    {
-        return Some((
-            VersionState::Failed,
-            format!("on node {}: {}", failed.node, failed.reason),
-        ));
+    // Only when every node it is placed on has said so: one node's word, while another has
+    // not reported yet, would take the version out of the placement for good.
+    let everywhere = |state: &str| {
+        !placed_on.is_empty()
+            && placed_on
+                .iter()
+                .all(|node| on_live.iter().any(|s| s.node == *node && s.state == state))
+    };
+    for (state, as_version) in [
+        ("failed", VersionState::Failed),
+        ("pending", VersionState::Pending),
+    ] {
+        if everywhere(state)
+            && let Some(first) = on_live.iter().find(|s| s.state == state)
+        {
+            return Some((
+                as_version,
+                format!("on node {}: {}", first.node, first.reason),
+            ));
+        }
     }
-    if !placed && let Some(refused) = refused {
+    if placed_on.is_empty()
+        && let Some(refused) = refused
+    {
         return Some((
             VersionState::Pending,
             format!(
@@ -482,15 +518,31 @@ fn node_capacity(node: &NodeRecord) -> NodeCapacity {
 /// What each version the cluster should serve asks for: its replicas (the model.toml's count,
 /// at least the autoscaler's minimum), what one takes (measured where a node measured it,
 /// else declared, else its artifact's size), the devices it may use, and its priority.
-fn demands(snapshot: &Snapshot, table: &ModelTable, defaults: &ServingConfig) -> Vec<Demand> {
+///
+/// Also returns the versions whose settings do not parse, with why: they are failed, not
+/// placed.
+fn demands(
+    snapshot: &Snapshot,
+    table: &ModelTable,
+    defaults: &ServingConfig,
+) -> (Vec<Demand>, BTreeMap<VersionKey, String>) {
     let mut demands = Vec::new();
+    let mut invalid = BTreeMap::new();
     for record in &snapshot.models {
         for version in &record.versions {
             if !version.state.is_live() {
                 continue;
             }
-            let Ok(settings) = version_settings(&version.config, defaults) else {
-                continue;
+            let settings = match version.metadata.get("import_error").and_then(Value::as_str) {
+                Some(reason) => Err(reason.to_owned()),
+                None => version_settings(&version.config, defaults),
+            };
+            let settings = match settings {
+                Ok(settings) => settings,
+                Err(reason) => {
+                    invalid.insert(VersionKey::new(&version.model, &version.label), reason);
+                    continue;
+                }
             };
             let artifact_bytes = std::fs::metadata(&version.artifact).map_or(0, |m| m.len());
             let measured = version
@@ -502,10 +554,13 @@ fn demands(snapshot: &Snapshot, table: &ModelTable, defaults: &ServingConfig) ->
                 .sequence
                 .as_ref()
                 .map_or(0, |sequence| sequence.slot_bytes());
+            // As the node reserves it: the declared figure (else the artifact), or what a
+            // replica measured if that is more, plus the sequences' state either way.
             let bytes = settings
                 .memory
                 .unwrap_or(artifact_bytes)
-                .max(measured.max(artifact_bytes) + slots);
+                .max(measured.max(artifact_bytes))
+                + slots;
             let replicas = match &settings.scaling {
                 Some(scaling) => u32::try_from(settings.replicas)
                     .unwrap_or(u32::MAX)
@@ -526,7 +581,7 @@ fn demands(snapshot: &Snapshot, table: &ModelTable, defaults: &ServingConfig) ->
             });
         }
     }
-    demands
+    (demands, invalid)
 }
 
 fn assignments(rows: &[PlacementRow]) -> Vec<Assignment> {
@@ -588,14 +643,15 @@ fn moves(before: &[Assignment], after: &[Assignment], live: &BTreeSet<String>) -
 mod tests {
     use super::*;
 
-    fn record(id: &str, beat: i64, heartbeat_ms: i64) -> NodeRecord {
+    fn record(id: &str, beat: i64, age_ms: i64) -> NodeRecord {
         NodeRecord {
             id: id.into(),
             address: format!("{id}:8001"),
             body: json!({"devices": [{"id": "cpu", "budget": 1000, "free": 400}], "load": 3}),
             beat,
             started_ms: 0,
-            heartbeat_ms,
+            heartbeat_ms: 0,
+            age_ms,
         }
     }
 
@@ -603,11 +659,7 @@ mod tests {
     fn a_node_is_alive_while_its_beat_moves_and_dead_once_it_stops() {
         let mut liveness = Liveness::default();
         let dead_after = Duration::from_millis(200);
-        let now = now_ms();
-        let live = liveness.observe(
-            &[record("a", 1, now), record("b", 7, now - 60_000)],
-            dead_after,
-        );
+        let live = liveness.observe(&[record("a", 1, 0), record("b", 7, 60_000)], dead_after);
         assert_eq!(
             live.into_iter().collect::<Vec<_>>(),
             ["a"],
@@ -617,10 +669,10 @@ mod tests {
         let live = liveness.observe(&[record("a", 2, 0), record("b", 7, 0)], dead_after);
         assert!(
             live.contains("a"),
-            "its beat moved (whatever its clock says)"
+            "its beat moved, however old the row says it is"
         );
         std::thread::sleep(Duration::from_millis(250));
-        let live = liveness.observe(&[record("a", 2, now_ms()), record("b", 8, 0)], dead_after);
+        let live = liveness.observe(&[record("a", 2, 0), record("b", 8, 60_000)], dead_after);
         assert!(!live.contains("a"), "its beat stood still past dead_after");
         assert!(live.contains("b"), "b's beat moved");
     }
@@ -663,6 +715,73 @@ mod tests {
         let again = build_view("a", &nodes, &states, &live, &mut peers);
         assert!(Arc::ptr_eq(&view.peers["b"], &again.peers["b"]));
         assert!(view.same_as(&again));
+    }
+
+    fn version(state: VersionState) -> Version {
+        Version {
+            model: "m".into(),
+            label: "1".into(),
+            runtime: "onnx".into(),
+            artifact: String::new(),
+            config: json!({}),
+            metadata: json!({}),
+            state,
+            state_reason: String::new(),
+            created_ms: 0,
+        }
+    }
+
+    fn on(node: &str, state: &str) -> NodeVersion {
+        NodeVersion {
+            node: node.into(),
+            model: "m".into(),
+            version: "1".into(),
+            state: state.into(),
+            reason: format!("{state} there"),
+            replicas: 1,
+            updated_ms: 0,
+        }
+    }
+
+    #[test]
+    fn a_version_fails_only_once_every_node_it_is_placed_on_says_so() {
+        let loading = version(VersionState::Loading);
+        let (a_failed, b_loading, b_failed) =
+            (on("a", "failed"), on("b", "loading"), on("b", "failed"));
+        assert_eq!(
+            version_state(&loading, &[&a_failed, &b_loading], &["a", "b"], None),
+            Some((VersionState::Loading, String::new()))
+        );
+        assert_eq!(
+            version_state(&loading, &[&a_failed], &["a", "b"], None),
+            None,
+            "b has not reported yet"
+        );
+        assert_eq!(
+            version_state(&loading, &[&a_failed, &b_failed], &["a", "b"], None),
+            Some((VersionState::Failed, "on node a: failed there".into()))
+        );
+        let a_ready = on("a", "ready");
+        assert_eq!(
+            version_state(&loading, &[&a_ready, &b_failed], &["a", "b"], None),
+            Some((VersionState::Ready, String::new())),
+            "one node serving it is enough"
+        );
+    }
+
+    #[test]
+    fn a_removed_version_retires_once_no_node_reports_it() {
+        let draining = version(VersionState::Draining);
+        let still = on("a", "draining");
+        assert_eq!(version_state(&draining, &[&still], &[], None), None);
+        assert_eq!(
+            version_state(&draining, &[], &[], None),
+            Some((VersionState::Retired, String::new()))
+        );
+        assert_eq!(
+            version_state(&version(VersionState::Retired), &[], &[], None),
+            None
+        );
     }
 
     #[test]

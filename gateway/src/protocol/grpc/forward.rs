@@ -20,6 +20,15 @@ use crate::telemetry::tracing::inject_context;
 /// request still has time for the next one.
 const CONNECT_TIMEOUT: Duration = Duration::from_millis(500);
 
+/// HTTP/2 pings on a peer's connection, and how long an answer may take: a peer that vanished
+/// without closing its connection (a lost machine) is noticed within seconds.
+const KEEPALIVE_INTERVAL: Duration = Duration::from_secs(5);
+const KEEPALIVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a forwarded request waits for its peer when the caller set no deadline; the
+/// peer applies the version's own timeout as well.
+const FORWARD_TIMEOUT: Duration = Duration::from_secs(120);
+
 /// Headers of the caller's that go with the request: its credentials, for a peer that checks
 /// API keys as this node does.
 const CARRIED_HEADERS: [&str; 2] = ["authorization", "x-api-key"];
@@ -51,6 +60,9 @@ impl GrpcForwarder {
                 ForwardError::Unreachable(format!("bad peer address '{address}': {error}"))
             })?
             .connect_timeout(CONNECT_TIMEOUT)
+            .http2_keep_alive_interval(KEEPALIVE_INTERVAL)
+            .keep_alive_timeout(KEEPALIVE_TIMEOUT)
+            .keep_alive_while_idle(true)
             .tcp_nodelay(true);
         let channel = endpoint.connect_lazy();
         channels.insert(address.clone(), channel.clone());
@@ -86,9 +98,9 @@ impl Forwarder for GrpcForwarder {
             let message = encode_request(request);
             let mut call =
                 tonic::Request::from_parts(metadata, tonic::Extensions::default(), message);
-            if let Some(deadline) = deadline {
-                call.set_timeout(deadline.saturating_duration_since(Instant::now()));
-            }
+            call.set_timeout(deadline.map_or(FORWARD_TIMEOUT, |deadline| {
+                deadline.saturating_duration_since(Instant::now())
+            }));
             match client.model_infer(call).await {
                 Ok(response) => {
                     decode_response(response.into_inner()).map_err(ForwardError::Answered)
@@ -115,6 +127,10 @@ fn from_status(status: &tonic::Status) -> ForwardError {
         Code::NotFound => ErrorKind::NotFound,
         Code::ResourceExhausted => ErrorKind::Overloaded,
         Code::DeadlineExceeded => ErrorKind::DeadlineExceeded,
+        Code::Unauthenticated => ErrorKind::Unauthenticated,
+        Code::PermissionDenied => ErrorKind::PermissionDenied,
+        Code::AlreadyExists => ErrorKind::AlreadyDone,
+        Code::Aborted => ErrorKind::Conflict,
         _ => ErrorKind::Internal,
     };
     ForwardError::Answered(GatewayError::new(kind, status.message()))
