@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use switchyard_runtimes::NamedTensor;
 
 use crate::core::forward::{
-    ForwardError, Forwarding, InFlight, RemoteVersion, forwarded_from, sequence_owner,
+    ForwardError, Forwarding, InFlight, Peer, RemoteVersion, forwarded_from, sequence_owner,
 };
 use crate::core::request::{
     InferRequest, InferResponse, reshape_scalars, select_outputs, validate,
 };
 use crate::core::request_id::RequestIds;
 use crate::core::route::{RemoteRoute, Route, Routed, ShadowTarget, route};
-use crate::core::sequence::{SequenceControl, Sequences, next_states, sequence_control};
+use crate::core::sequence::{NOT_OPEN, SequenceControl, Sequences, next_states, sequence_control};
 use crate::core::table::{ModelTable, ReadyVersion, TableHandle, VersionStatus};
 use crate::error::{ErrorKind, GatewayError};
 use crate::routing::{self, Experiments, FeedbackError, VersionStats};
@@ -133,7 +133,7 @@ impl Gateway {
         self.note_forwarded(&request);
         let routed = match self.route_waiting_for_loads(&request).await? {
             Routed::Local(routed) => routed,
-            Routed::Remote(remote) => return self.forward(request, &remote, None).await,
+            Routed::Remote(remote) => return self.forward(request, &remote, Hop::Any).await,
         };
         self.name_request(&mut request, &routed.label);
         let shadow_inputs = routed.shadow.as_ref().map(|_| request.inputs.clone());
@@ -183,10 +183,12 @@ impl Gateway {
         let turn = if control.start {
             let routed = match self.route_waiting_for_loads(&request).await? {
                 Routed::Local(routed) => routed,
-                Routed::Remote(remote) => return self.forward(request, &remote, Some(pin)).await,
+                Routed::Remote(remote) => {
+                    return self.forward(request, &remote, Hop::Start(pin)).await;
+                }
             };
             if let Some(owner) = self.sequence_owner_elsewhere(&request, &routed, pin) {
-                return self.forward(request, &owner, Some(pin)).await;
+                return self.forward(request, &owner, Hop::Start(pin)).await;
             }
             let Some(settings) = routed.ready.sequence.clone() else {
                 return Err(GatewayError::invalid(format!(
@@ -206,16 +208,14 @@ impl Gateway {
                     let routed = route(&self.tables.peek(), &request);
                     match routed {
                         Ok(Routed::Remote(remote)) => {
-                            return self.forward(request, &remote, Some(pin)).await;
+                            return self.forward(request, &remote, Hop::Turn(pin)).await;
                         }
-                        Ok(Routed::Local(routed)) => {
-                            match self.sequence_owner_elsewhere(&request, &routed, pin) {
-                                Some(owner) => {
-                                    return self.forward(request, &owner, Some(pin)).await;
-                                }
-                                None => return Err(error),
+                        Ok(Routed::Local(routed)) => match self.other_hosts(&request, &routed) {
+                            Some(hosts) => {
+                                return self.forward(request, &hosts, Hop::Turn(pin)).await;
                             }
-                        }
+                            None => return Err(error),
+                        },
                         Err(unknown) if self.tables.peek().model(&request.model).is_err() => {
                             return Err(unknown);
                         }
@@ -306,17 +306,22 @@ impl Gateway {
             std::iter::once(&*forwarding.node).chain(version.peers.iter().map(|p| &*p.node)),
         )?;
         let peer = version.peers.iter().find(|peer| &*peer.node == owner)?;
-        Some(RemoteRoute {
-            model_name: routed.model_name.clone(),
-            label: routed.label.clone(),
-            remote: Arc::new(RemoteVersion {
-                peers: vec![peer.clone()],
-                signature: Default::default(),
-                max_batch_size: 0,
-                device: routed.ready.device,
-            }),
-            stats: routed.stats.clone(),
-        })
+        Some(remote_route(routed, vec![peer.clone()]))
+    }
+
+    /// In a cluster: the other nodes that serve a version served here too, for a sequence's
+    /// request that finds its sequence not open here (its start went to one of them).
+    fn other_hosts(&self, request: &InferRequest, routed: &Route) -> Option<RemoteRoute> {
+        self.forwarding.as_ref()?;
+        if forwarded_from(request).is_some() {
+            return None;
+        }
+        let table = self.tables.peek();
+        let version = table
+            .model(&routed.model_name)
+            .and_then(|model| model.version(&routed.label))
+            .ok()?;
+        (!version.peers.is_empty()).then(|| remote_route(routed, version.peers.clone()))
     }
 
     /// Marks a request another node forwarded here, in its span and the metrics.
@@ -336,7 +341,7 @@ impl Gateway {
         &self,
         mut request: InferRequest,
         route: &RemoteRoute,
-        sequence: Option<u64>,
+        hop: Hop,
     ) -> Result<InferResponse, GatewayError> {
         let not_here = || {
             format!(
@@ -360,12 +365,14 @@ impl Gateway {
         let deadline = request.deadline;
         let received = request.received.unwrap_or_else(Instant::now);
         let mut unreachable = Vec::new();
-        // A sequence's state lives on the one peer it is pinned to: another peer would open a
-        // second sequence that its later requests never reach.
-        let tries = if sequence.is_some() {
-            1
-        } else {
-            MAX_FORWARD_TRIES
+        let mut last_refusal = None;
+        let (sequence, tries) = match hop {
+            Hop::Any => (None, MAX_FORWARD_TRIES),
+            // Its owner only: another peer would open a second sequence that its later
+            // requests never reach.
+            Hop::Start(pin) => (Some(pin), 1),
+            // Owner first, then the others: one that does not hold it ran nothing.
+            Hop::Turn(pin) => (Some(pin), route.remote.peers.len().min(MAX_SEQUENCE_HOSTS)),
         };
         for peer in route.remote.order(sequence).into_iter().take(tries) {
             if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
@@ -378,6 +385,20 @@ impl Gateway {
                 .forward(peer, &forwarding.node, request.clone(), deadline)
                 .await;
             let outcome = match &answer {
+                // Views of who serves a version lag a heartbeat behind a change, so the start
+                // may have gone to another host than this node takes for the owner.
+                Err(ForwardError::Answered(error))
+                    if matches!(hop, Hop::Turn(_))
+                        && error.kind == ErrorKind::InvalidArgument
+                        && error.message.contains(NOT_OPEN) =>
+                {
+                    unreachable.push(format!(
+                        "node '{}': the sequence is not open there",
+                        peer.node
+                    ));
+                    last_refusal = Some(error.clone());
+                    continue;
+                }
                 Ok(_) => Ok(()),
                 Err(ForwardError::Answered(error)) => Err(error.kind),
                 Err(ForwardError::Unreachable(reason)) => {
@@ -424,6 +445,9 @@ impl Gateway {
                 ForwardError::Answered(error) => error,
                 ForwardError::Unreachable(reason) => GatewayError::unavailable(reason),
             });
+        }
+        if let Some(refusal) = last_refusal {
+            return Err(refusal);
         }
         count_outcome(
             &route.stats,
@@ -563,6 +587,36 @@ fn caller_deadline_first(request: &InferRequest, ready: &ReadyVersion, received:
     request
         .deadline
         .is_some_and(|deadline| deadline < received + ready.timeout)
+}
+
+/// How a request is forwarded.
+#[derive(Clone, Copy)]
+enum Hop {
+    /// To the least loaded peer, then the next when one cannot be reached.
+    Any,
+    /// A sequence's start: to its owner only.
+    Start(u64),
+    /// A later request of a sequence: its owner, then the other hosts while they do not hold
+    /// it.
+    Turn(u64),
+}
+
+/// Hosts a later request of a sequence may ask for it.
+const MAX_SEQUENCE_HOSTS: usize = 8;
+
+/// A route to a version served here that goes to some of the peers that also serve it.
+fn remote_route(routed: &Route, peers: Vec<Arc<Peer>>) -> RemoteRoute {
+    RemoteRoute {
+        model_name: routed.model_name.clone(),
+        label: routed.label.clone(),
+        remote: Arc::new(RemoteVersion {
+            peers,
+            signature: Default::default(),
+            max_batch_size: 0,
+            device: routed.ready.device,
+        }),
+        stats: routed.stats.clone(),
+    }
 }
 
 /// Peers a forwarded request tries before it fails: a dead node is taken out of the view

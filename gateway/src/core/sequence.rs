@@ -19,6 +19,10 @@ use crate::core::route::Route;
 use crate::core::table::{ReadyVersion, SequenceSettings};
 use crate::error::{ErrorKind, GatewayError};
 
+/// What the refusal of a request for a sequence not open here says: a node of a cluster that
+/// gets it from a peer knows nothing ran there, and may ask the next.
+pub const NOT_OPEN: &str = "is not open";
+
 /// Longest string `sequence_id`.
 pub const MAX_SEQUENCE_ID_BYTES: usize = 256;
 
@@ -258,7 +262,7 @@ impl Sequences {
         }
         let Some(sequence) = open.get_mut(&key) else {
             return Err(GatewayError::invalid(format!(
-                "sequence {} of model '{}' is not open: its first request needs \
+                "sequence {} of model '{}' {NOT_OPEN}: its first request needs \
                  sequence_start = true (a sequence closes at sequence_end, and after its idle \
                  timeout)",
                 control.id,
