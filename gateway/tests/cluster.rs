@@ -531,6 +531,40 @@ async fn three_nodes_place_forward_and_survive_a_kill() {
         assert_eq!(config["max_batch_size"], 64, "{config}");
         assert_eq!(config["input"][0]["dims"], json!([64]), "{config}");
     }
+    // The mark of a forwarded request is the caller's to send, too: it only stops a second
+    // hop, with a clear error, and names nothing the metrics keep.
+    let (model, version, _) = VERSIONS
+        .iter()
+        .find(|(m, v, _)| !placed[&(m.to_string(), v.to_string())].contains(&forwarding_node.id))
+        .unwrap();
+    let x: Vec<f32> = vec![0.5; 64];
+    let forged = client
+        .post(forwarding_node.url(
+            8000,
+            &format!("/v2/models/{model}/versions/{version}/infer"),
+        ))
+        .header("switchyard-forwarded-from", "a-client-pretending")
+        .json(&json!({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": x}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(forged.status(), 503);
+    let error: Value = forged.json().await.unwrap();
+    assert!(
+        error["error"]
+            .as_str()
+            .unwrap()
+            .contains("forwarded at most once"),
+        "{error}"
+    );
+    // The cluster's figures follow the management API's auth rules.
+    let anonymous = client
+        .get(forwarding_node.url(8080, "/v1/cluster"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anonymous.status(), 401, "/v1/cluster without the token");
+
     let model = get(&client, &nodes[0].url(8080, "/v1/models/mlp")).await;
     let on_nodes = model["versions"][0]["nodes"].as_array().unwrap();
     assert_eq!(
