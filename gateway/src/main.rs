@@ -59,6 +59,9 @@ enum Command {
     Import,
     /// Devices (budget, reserved and measured memory) and each version's replicas.
     Resources,
+    /// The cluster's nodes (alive, address, load, free memory, the versions each holds) and
+    /// where the leader placed each version.
+    Cluster,
     /// A reward in [0, 1] for a request the gateway served (bandit policies learn from it).
     Feedback { request_id: String, reward: f64 },
     /// Shell completions, printed: `switchyard completions bash > /etc/bash_completion.d/switchyard`.
@@ -288,6 +291,7 @@ async fn client(args: &cli::ClientArgs, command: Command) -> ExitCode {
             Command::Events { after, limit } => client.events(*after, *limit).await,
             Command::Import => client.import().await,
             Command::Resources => client.resources().await,
+            Command::Cluster => client.cluster().await,
             Command::Feedback { request_id, reward } => client.feedback(request_id, *reward).await,
         };
         let answer = match answer {

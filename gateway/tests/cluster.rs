@@ -564,6 +564,28 @@ async fn three_nodes_place_forward_and_survive_a_kill() {
         .await
         .unwrap();
     assert_eq!(anonymous.status(), 401, "/v1/cluster without the token");
+    // And the CLI draws them: a row per node, a row per placed version.
+    let printed = Command::new(env!("CARGO_BIN_EXE_switchyard"))
+        .args(["cluster", "--admin-url", &forwarding_node.url(8080, "")])
+        .args(["--token", WRITER_TOKEN])
+        .output()
+        .unwrap();
+    let printed = String::from_utf8_lossy(&printed.stdout);
+    for node in &nodes {
+        assert!(
+            printed
+                .lines()
+                .any(|line| line.starts_with(&node.id) && line.contains(" yes ")),
+            "{} alive in `switchyard cluster`:\n{printed}",
+            node.id
+        );
+    }
+    assert!(
+        printed
+            .lines()
+            .any(|line| line.starts_with("mlp") && line.contains("(cpu x1)")),
+        "{printed}"
+    );
 
     let model = get(&client, &nodes[0].url(8080, "/v1/models/mlp")).await;
     let on_nodes = model["versions"][0]["nodes"].as_array().unwrap();

@@ -591,6 +591,10 @@ impl Client {
         self.get("/v1/resources", View::Resources).await
     }
 
+    pub async fn cluster(&self) -> anyhow::Result<Answer> {
+        self.get("/v1/cluster", View::Cluster).await
+    }
+
     /// A reward in [0, 1] for a request the gateway served.
     pub async fn feedback(&self, request_id: &str, reward: f64) -> anyhow::Result<Answer> {
         self.write(

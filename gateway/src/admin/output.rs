@@ -26,6 +26,8 @@ pub enum View {
     Traffic,
     Experiment,
     Resources,
+    /// `GET /v1/cluster`: a row per node, then a row per placed version.
+    Cluster,
     Events,
     Scores,
     /// One rollout (or a write's answer holding one): its stages, figures and gates.
@@ -57,6 +59,7 @@ pub fn render(format: Format, view: View, value: &Value) -> String {
         (Format::Table, View::Traffic) => traffic(value),
         (Format::Table, View::Experiment) => experiment(value),
         (Format::Table, View::Resources) => resources(value),
+        (Format::Table, View::Cluster) => cluster(value),
         (Format::Table, View::Events) => events(value),
         (Format::Table, View::Scores) => scores(value),
         (Format::Table, View::Rollout) => rollout(value.get("rollout").unwrap_or(value)),
@@ -361,6 +364,87 @@ fn objective(plan: &serde_json::Map<String, Value>) -> String {
         ],
         &rows,
     ));
+    out
+}
+
+fn cluster(value: &Value) -> String {
+    if value["enabled"] != true && value["nodes"].as_array().is_none_or(Vec::is_empty) {
+        return "not a cluster: this gateway runs without [cluster] enabled = true\n".into();
+    }
+    let empty = Vec::new();
+    let nodes: Vec<Vec<String>> = value["nodes"]
+        .as_array()
+        .unwrap_or(&empty)
+        .iter()
+        .map(|node| {
+            let devices = node["devices"].as_array().unwrap_or(&empty);
+            let free = devices
+                .iter()
+                .map(|d| {
+                    format!(
+                        "{} {}/{}",
+                        text(&d["id"]),
+                        bytes(&d["free"]),
+                        bytes(&d["budget"])
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let versions = node["versions"].as_array().unwrap_or(&empty);
+            let held = versions
+                .iter()
+                .map(|v| {
+                    format!(
+                        "{}/{} {}",
+                        text(&v["model"]),
+                        text(&v["version"]),
+                        text(&v["state"])
+                    )
+                })
+                .collect::<Vec<_>>()
+                .join(", ");
+            let alive = if node["alive"] == true { "yes" } else { "no" };
+            vec![
+                text(&node["id"]),
+                alive.into(),
+                text(&node["address"]),
+                text(&node["load"]),
+                if free.is_empty() { "-".into() } else { free },
+                if held.is_empty() { "-".into() } else { held },
+            ]
+        })
+        .collect();
+    let mut placed: Vec<(String, String, Vec<String>)> = Vec::new();
+    for row in value["placements"].as_array().unwrap_or(&empty) {
+        let (model, version) = (text(&row["model"]), text(&row["version"]));
+        let on = format!(
+            "{} ({} x{})",
+            text(&row["node"]),
+            text(&row["device"]),
+            text(&row["replicas"])
+        );
+        match placed.last_mut() {
+            Some((m, v, nodes)) if *m == model && *v == version => nodes.push(on),
+            _ => placed.push((model, version, vec![on])),
+        }
+    }
+    let placed: Vec<Vec<String>> = placed
+        .into_iter()
+        .map(|(model, version, nodes)| vec![model, version, nodes.join(", ")])
+        .collect();
+    let mut out = table(
+        &[
+            "NODE",
+            "ALIVE",
+            "ADDRESS",
+            "LOAD",
+            "FREE/BUDGET",
+            "VERSIONS",
+        ],
+        &nodes,
+    );
+    out.push('\n');
+    out.push_str(&table(&["MODEL", "VERSION", "PLACED ON"], &placed));
     out
 }
 
@@ -711,6 +795,40 @@ mod tests {
             ],
         );
         assert_eq!(text, "A          LONGER\nx          -\nwide cell  1\n");
+    }
+
+    #[test]
+    fn the_cluster_is_a_row_per_node_then_per_placed_version() {
+        let value = json!({
+            "enabled": true,
+            "nodes": [
+                {"id": "a", "alive": true, "address": "a:8001", "load": 2,
+                 "devices": [{"id": "cpu", "budget": 1024, "free": 512}],
+                 "versions": [{"model": "mlp", "version": "1", "state": "ready"}]},
+                {"id": "b", "alive": false, "address": "b:8001", "load": 0,
+                 "devices": [], "versions": []},
+            ],
+            "placements": [
+                {"model": "mlp", "version": "1", "node": "a", "device": "cpu", "replicas": 1},
+                {"model": "mlp", "version": "1", "node": "b", "device": "cpu", "replicas": 2},
+            ],
+        });
+        let text = cluster(&value);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[1].starts_with("a     yes"), "{text}");
+        assert!(
+            lines[1].contains("cpu 512 B/1.0 KiB") && lines[1].ends_with("mlp/1 ready"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("b     no") && lines[2].ends_with("-"),
+            "{text}"
+        );
+        assert!(
+            text.contains("mlp    1        a (cpu x1), b (cpu x2)"),
+            "{text}"
+        );
+        assert!(cluster(&json!({"enabled": false, "nodes": []})).starts_with("not a cluster"));
     }
 
     #[test]
