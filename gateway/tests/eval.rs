@@ -51,6 +51,19 @@ fn data(file: &str) -> PathBuf {
     path
 }
 
+/// A gateway on `repo` with the test tokens, that takes datasets from data/ (the artifact
+/// roots an evaluation job's dataset must be under).
+async fn with_tokens_and_data(repo: &Path) -> TestGateway {
+    TestGateway::start_with(repo, |config| {
+        config.admin.tokens = test_tokens();
+        config
+            .registry
+            .artifact_roots
+            .push(repo_root().join("data"));
+    })
+    .await
+}
+
 /// Runs `switchyard eval` with these arguments; (succeeded, stdout, stderr).
 async fn eval(gateway: &TestGateway, token: &str, args: &[&str]) -> (bool, String, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
@@ -260,14 +273,7 @@ async fn eval_refuses_what_it_cannot_read_with_the_reason() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_runs_an_evaluation_job_beside_live_traffic_and_posts_the_scores() {
     let repo = digits_repository();
-    let gateway = TestGateway::start_with(repo.path(), |config| {
-        config.admin.tokens = test_tokens();
-        config
-            .registry
-            .artifact_roots
-            .push(repo_root().join("data"));
-    })
-    .await;
+    let gateway = with_tokens_and_data(repo.path()).await;
     for label in ["1", "2", "3", "4"] {
         gateway.wait_for_serving("digits", label).await;
     }
@@ -439,14 +445,7 @@ fn silero_repository() -> tempfile::TempDir {
 #[tokio::test]
 async fn eval_streams_speech_clips_as_sequences_and_scores_f1_at_the_threshold() {
     let repo = silero_repository();
-    let gateway = TestGateway::start_with(repo.path(), |config| {
-        config.admin.tokens = test_tokens();
-        config
-            .registry
-            .artifact_roots
-            .push(repo_root().join("data"));
-    })
-    .await;
+    let gateway = with_tokens_and_data(repo.path()).await;
     for label in ["1", "2"] {
         gateway.wait_for_serving("silero_vad", label).await;
     }

@@ -89,6 +89,22 @@ pub async fn import_repository(
     Ok(imported)
 }
 
+/// A registered version's serving settings, or why it cannot be served: the error its import
+/// recorded, or its config's.
+pub fn registered_settings(
+    version: &switchyard_registry::Version,
+    defaults: &ServingConfig,
+) -> Result<ModelSettings, String> {
+    match version
+        .metadata
+        .get("import_error")
+        .and_then(|e| e.as_str())
+    {
+        Some(reason) => Err(reason.to_owned()),
+        None => version_settings(&version.config, defaults),
+    }
+}
+
 /// Reads a version's serving settings from its registry config (a model.toml as JSON).
 pub fn version_settings(
     config: &serde_json::Value,

@@ -15,7 +15,7 @@ use tokio::sync::mpsc;
 use crate::config::ServingConfig;
 use crate::control::Handles;
 use crate::control::cluster::{ClusterView, Hosted};
-use crate::control::import::version_settings;
+use crate::control::import::registered_settings;
 use crate::control::repository::ModelSettings;
 use crate::control::runtimes::{self, Runtimes};
 use crate::core::forward::RemoteVersion;
@@ -228,14 +228,7 @@ impl Reconciler {
 
     async fn start_load(&mut self, key: VersionKey, version: &Version) {
         let runtime = self.runtimes.get(&version.runtime);
-        let settings = match version
-            .metadata
-            .get("import_error")
-            .and_then(|e| e.as_str())
-        {
-            Some(reason) => Err(reason.to_owned()),
-            None => version_settings(&version.config, &self.defaults),
-        };
+        let settings = registered_settings(version, &self.defaults);
         let (runtime, settings) = match (runtime, settings) {
             (Ok(runtime), Ok(settings)) => (runtime, settings),
             (Err(reason), _) | (_, Err(reason)) => {
@@ -250,17 +243,8 @@ impl Reconciler {
         // Until a replica is measured it reserves what its model.toml declares, else at least
         // the size of its weights.
         let artifact_bytes = std::fs::metadata(&artifact).map_or(0, |metadata| metadata.len());
-        let reserve_bytes = settings.memory.unwrap_or(artifact_bytes)
-            + settings
-                .sequence
-                .as_ref()
-                .map_or(0, |sequence| sequence.slot_bytes());
-        let mut count = match &settings.scaling {
-            Some(scaling) => u32::try_from(settings.replicas)
-                .unwrap_or(u32::MAX)
-                .clamp(scaling.min_replicas, scaling.max_replicas),
-            None => u32::try_from(settings.replicas).unwrap_or(u32::MAX),
-        };
+        let reserve_bytes = settings.reserve_bytes(artifact_bytes);
+        let mut count = settings.starting_replicas();
         let mut allowed = settings.devices.clone();
         if let Some(placed) = self.placed.get(&key) {
             // The leader chose the devices and the count for this node.

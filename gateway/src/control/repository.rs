@@ -160,6 +160,29 @@ pub struct ModelSettings {
 }
 
 impl ModelSettings {
+    /// What a replica reserves until it is measured: the declared memory, else at least the
+    /// size of its weights, plus the state of the sequences it can hold open.
+    pub fn reserve_bytes(&self, artifact_bytes: u64) -> u64 {
+        self.memory.unwrap_or(artifact_bytes) + self.slot_bytes()
+    }
+
+    /// The state its sequences hold when every slot of a replica is open (0 for a model not
+    /// served as sequences).
+    pub fn slot_bytes(&self) -> u64 {
+        self.sequence
+            .as_ref()
+            .map_or(0, |sequence| sequence.slot_bytes())
+    }
+
+    /// The replicas a version starts with: `replicas`, within the autoscaler's bounds.
+    pub fn starting_replicas(&self) -> u32 {
+        let replicas = u32::try_from(self.replicas).unwrap_or(u32::MAX);
+        match &self.scaling {
+            Some(scaling) => replicas.clamp(scaling.min_replicas, scaling.max_replicas),
+            None => replicas,
+        }
+    }
+
     pub fn resolve(toml: ModelToml, defaults: &ServingConfig) -> Result<ModelSettings, String> {
         let device = match toml.device {
             None => Device::Cpu,

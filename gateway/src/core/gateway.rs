@@ -292,26 +292,26 @@ impl Gateway {
         routed: &Route,
         pin: u64,
     ) -> Option<RemoteRoute> {
-        let forwarding = self.forwarding.as_ref()?;
-        if forwarded_from(request).is_some() {
-            return None;
-        }
-        let table = self.tables.peek();
-        let version = table
-            .model(&routed.model_name)
-            .and_then(|model| model.version(&routed.label))
-            .ok()?;
+        let node = &self.forwarding.as_ref()?.node;
+        let peers = self.peers_also_serving(request, routed)?;
         let owner = sequence_owner(
             pin,
-            std::iter::once(&*forwarding.node).chain(version.peers.iter().map(|p| &*p.node)),
+            std::iter::once(&**node).chain(peers.iter().map(|p| &*p.node)),
         )?;
-        let peer = version.peers.iter().find(|peer| &*peer.node == owner)?;
+        let peer = peers.iter().find(|peer| *peer.node == *owner)?;
         Some(remote_route(routed, vec![peer.clone()]))
     }
 
     /// In a cluster: the other nodes that serve a version served here too, for a sequence's
     /// request that finds its sequence not open here (its start went to one of them).
     fn other_hosts(&self, request: &InferRequest, routed: &Route) -> Option<RemoteRoute> {
+        let peers = self.peers_also_serving(request, routed)?;
+        Some(remote_route(routed, peers))
+    }
+
+    /// In a cluster, for a request no other node forwarded here (that one is served here): the
+    /// other live nodes that serve the version it was routed to here, if any.
+    fn peers_also_serving(&self, request: &InferRequest, routed: &Route) -> Option<Vec<Arc<Peer>>> {
         self.forwarding.as_ref()?;
         if forwarded_from(request).is_some() {
             return None;
@@ -321,7 +321,7 @@ impl Gateway {
             .model(&routed.model_name)
             .and_then(|model| model.version(&routed.label))
             .ok()?;
-        (!version.peers.is_empty()).then(|| remote_route(routed, version.peers.clone()))
+        (!version.peers.is_empty()).then(|| version.peers.clone())
     }
 
     /// Marks a request another node forwarded here, in its span and the metrics.
@@ -364,8 +364,23 @@ impl Gateway {
         request.version = Some(route.label.to_string());
         let deadline = request.deadline;
         let received = request.received.unwrap_or_else(Instant::now);
-        let mut unreachable = Vec::new();
+        let mut unreachable: Vec<String> = Vec::new();
         let mut last_refusal = None;
+        let deadline_passed = |unreachable: &[String]| {
+            count_outcome(
+                &route.stats,
+                Err(ErrorKind::DeadlineExceeded),
+                true,
+                received.elapsed(),
+            );
+            GatewayError::new(
+                ErrorKind::DeadlineExceeded,
+                format!(
+                    "the request's deadline passed while it was forwarded ({})",
+                    unreachable.join("; ")
+                ),
+            )
+        };
         let (sequence, tries) = match hop {
             Hop::Any => (None, MAX_FORWARD_TRIES),
             // Its owner only: another peer would open a second sequence that its later
@@ -374,15 +389,26 @@ impl Gateway {
             // Owner first, then the others: one that does not hold it ran nothing.
             Hop::Turn(pin) => (Some(pin), route.remote.peers.len().min(MAX_SEQUENCE_HOSTS)),
         };
-        for peer in route.remote.order(sequence).into_iter().take(tries) {
+        let mut peers = route.remote.order(sequence);
+        peers.truncate(tries);
+        let mut request = Some(request);
+        for (index, peer) in peers.iter().enumerate() {
             if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
-                break;
+                return Err(deadline_passed(&unreachable));
             }
+            // Kept for the next peer only while there is one.
+            let sent = match index + 1 < peers.len() {
+                true => request.clone(),
+                false => request.take(),
+            };
+            let Some(sent) = sent else {
+                break;
+            };
             tracing::Span::current().record("forwarded_to", &*peer.node);
             let _in_flight = InFlight::start(peer);
             let answer = forwarding
                 .forwarder
-                .forward(peer, &forwarding.node, request.clone(), deadline)
+                .forward(peer, &forwarding.node, sent, deadline)
                 .await;
             let outcome = match &answer {
                 // Views of who serves a version lag a heartbeat behind a change, so the start
@@ -410,21 +436,6 @@ impl Gateway {
                     );
                     tracing::warn!(model = %route.model_name, version = %route.label, peer = %peer.node, %reason, "peer unreachable; trying the next");
                     unreachable.push(format!("node '{}': {reason}", peer.node));
-                    if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
-                        count_outcome(
-                            &route.stats,
-                            Err(ErrorKind::DeadlineExceeded),
-                            true,
-                            received.elapsed(),
-                        );
-                        return Err(GatewayError::new(
-                            ErrorKind::DeadlineExceeded,
-                            format!(
-                                "the request's deadline passed while it was forwarded ({})",
-                                unreachable.join("; ")
-                            ),
-                        ));
-                    }
                     continue;
                 }
             };
@@ -449,6 +460,9 @@ impl Gateway {
         if let Some(refusal) = last_refusal {
             return Err(refusal);
         }
+        if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+            return Err(deadline_passed(&unreachable));
+        }
         count_outcome(
             &route.stats,
             Err(ErrorKind::Unavailable),
@@ -456,10 +470,7 @@ impl Gateway {
             received.elapsed(),
         );
         Err(GatewayError::unavailable(if unreachable.is_empty() {
-            format!(
-                "{}, and no live node hosts it (or the request's deadline passed)",
-                not_here()
-            )
+            format!("{}, and no live node hosts it", not_here())
         } else {
             format!(
                 "{}, and no node hosting it could be reached ({})",

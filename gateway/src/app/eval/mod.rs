@@ -498,11 +498,7 @@ async fn evaluate_version(
     let started = Instant::now();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
-    let datatypes: Vec<(String, String)> = model
-        .inputs
-        .iter()
-        .map(|t| (t.name.clone(), t.datatype.clone()))
-        .collect();
+    let datatypes = input_datatypes(model);
     for (index, (start, end)) in chunks.iter().copied().enumerate() {
         let permit = semaphore.clone().acquire_owned().await?;
         let (transport, dataset, datatypes) =
@@ -542,6 +538,15 @@ async fn evaluate_version(
     Ok(collected.report(dataset, &chunks, elapsed, args.threshold))
 }
 
+/// Each input's name and datatype, as the model's metadata gives them.
+fn input_datatypes(model: &Model) -> Vec<(String, String)> {
+    model
+        .inputs
+        .iter()
+        .map(|t| (t.name.clone(), t.datatype.clone()))
+        .collect()
+}
+
 /// A dataset of streams: each stream is one sequence of one-example requests, sent in order;
 /// up to `--concurrency` streams at once. A stream whose request fails stops there (its
 /// remaining examples count as failed); the gateway releases its sequence after the model's
@@ -559,11 +564,7 @@ async fn evaluate_streams(
     let started = Instant::now();
     let semaphore = Arc::new(tokio::sync::Semaphore::new(args.concurrency));
     let mut tasks = tokio::task::JoinSet::new();
-    let datatypes: Vec<(String, String)> = model
-        .inputs
-        .iter()
-        .map(|t| (t.name.clone(), t.datatype.clone()))
-        .collect();
+    let datatypes = input_datatypes(model);
     // Sequence ids of this run: random high bits, so that they meet no live stream's; below
     // 2^62, so that they stay positive as gRPC's int64 parameter.
     let base = (fastrand::u64(..) >> 2 & !0xffff_ffff) | 1 << 61;

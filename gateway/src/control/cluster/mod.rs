@@ -24,7 +24,7 @@ use tokio::sync::watch;
 use crate::config::{ClusterConfig, ServingConfig};
 use crate::control::Handles;
 use crate::control::capacity;
-use crate::control::import::version_settings;
+use crate::control::import::registered_settings;
 use crate::core::forward::Peer;
 use crate::core::{ModelTable, VersionStatus};
 use crate::version_key::VersionKey;
@@ -533,11 +533,7 @@ fn demands(
             if !version.state.is_live() {
                 continue;
             }
-            let settings = match version.metadata.get("import_error").and_then(Value::as_str) {
-                Some(reason) => Err(reason.to_owned()),
-                None => version_settings(&version.config, defaults),
-            };
-            let settings = match settings {
+            let settings = match registered_settings(version, defaults) {
                 Ok(settings) => settings,
                 Err(reason) => {
                     invalid.insert(VersionKey::new(&version.model, &version.label), reason);
@@ -550,23 +546,13 @@ fn demands(
                 .pointer("/measured_memory/bytes_per_replica")
                 .and_then(Value::as_u64)
                 .unwrap_or(0);
-            let slots = settings
-                .sequence
-                .as_ref()
-                .map_or(0, |sequence| sequence.slot_bytes());
-            // As the node reserves it: the declared figure (else the artifact), or what a
-            // replica measured if that is more, plus the sequences' state either way.
+            // As the node reserves it, or what a replica measured (never below its weights)
+            // if that is more, plus the sequences' state either way.
             let bytes = settings
-                .memory
-                .unwrap_or(artifact_bytes)
-                .max(measured.max(artifact_bytes))
-                + slots;
-            let replicas = match &settings.scaling {
-                Some(scaling) => u32::try_from(settings.replicas)
-                    .unwrap_or(u32::MAX)
-                    .clamp(scaling.min_replicas.max(1), scaling.max_replicas.max(1)),
-                None => u32::try_from(settings.replicas).unwrap_or(u32::MAX).max(1),
-            };
+                .reserve_bytes(artifact_bytes)
+                .max(measured.max(artifact_bytes) + settings.slot_bytes());
+            // At least one: a version scaled to zero is still placed somewhere.
+            let replicas = settings.starting_replicas().max(1);
             let priority = table
                 .models
                 .get(record.model.name.as_str())
