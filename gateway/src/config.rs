@@ -221,6 +221,9 @@ pub struct ServingConfig {
     pub replicas: usize,
     pub max_queue_delay: HumanDuration,
     pub timeout: HumanDuration,
+    /// How long a replica's worker whose queue ran dry polls it (yielding its core between
+    /// polls) before it sleeps; zero sleeps at once.
+    pub worker_spin: HumanDuration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -314,6 +317,10 @@ impl Default for ModelsConfig {
     }
 }
 
+/// Long enough to cover a loopback client's turn-around between two requests (about 100 µs
+/// here), short enough that a worker spins only while requests keep coming.
+pub const DEFAULT_WORKER_SPIN: Duration = Duration::from_micros(250);
+
 impl Default for ServingConfig {
     fn default() -> Self {
         ServingConfig {
@@ -324,6 +331,7 @@ impl Default for ServingConfig {
             replicas: 1,
             max_queue_delay: HumanDuration(Duration::ZERO),
             timeout: HumanDuration(Duration::from_secs(30)),
+            worker_spin: HumanDuration(DEFAULT_WORKER_SPIN),
         }
     }
 }

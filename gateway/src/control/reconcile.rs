@@ -767,6 +767,7 @@ async fn load(
         warmup: settings.warmup.clone(),
         queue_capacity: settings.queue_capacity,
         metrics: Some(metrics.clone()),
+        worker_spin: settings.worker_spin,
     };
     let thread_name = format!("sy-{}-{}", key.model, key.version);
     let replicas = ReplicaSet::start(load, batching, &devices, &thread_name)

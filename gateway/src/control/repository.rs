@@ -35,6 +35,9 @@ pub struct ModelToml {
     pub replicas: Option<usize>,
     /// How long a batch may wait for more requests, e.g. "500us".
     pub max_queue_delay: Option<String>,
+    /// How long a worker whose queue ran dry polls it before it sleeps, e.g. "250us"; "0us"
+    /// sleeps at once.
+    pub worker_spin: Option<String>,
     /// Batch sizes sent at once when reached.
     pub preferred_batch_sizes: Option<Vec<usize>>,
     /// How long a request may take, queue included, e.g. "30s".
@@ -108,6 +111,10 @@ pub struct StateToml {
     pub initial: f64,
 }
 
+/// A worker spinning longer than this would hold a core for nothing: a gap that long is no
+/// burst, and a wake-up costs a few percent of it.
+const MAX_WORKER_SPIN: Duration = Duration::from_millis(10);
+
 /// The most elements one state may hold.
 const MAX_STATE_ELEMENTS: usize = 1 << 22;
 /// The most open sequences per replica.
@@ -147,6 +154,7 @@ pub struct ModelSettings {
     pub intra_op_threads: usize,
     pub replicas: usize,
     pub max_queue_delay: Duration,
+    pub worker_spin: Duration,
     pub preferred_batch_sizes: Vec<usize>,
     pub timeout: Duration,
     pub declared: Option<Signature>,
@@ -195,6 +203,13 @@ impl ModelSettings {
         let max_queue_delay = duration(toml.max_queue_delay, defaults.max_queue_delay.0)?;
         if max_queue_delay > Duration::from_secs(10) {
             return Err("max_queue_delay may be at most 10s".into());
+        }
+        let worker_spin = duration(toml.worker_spin, defaults.worker_spin.0)?;
+        if worker_spin > MAX_WORKER_SPIN {
+            return Err(format!(
+                "worker_spin may be at most {}",
+                humantime::format_duration(MAX_WORKER_SPIN)
+            ));
         }
         let timeout = duration(toml.timeout, defaults.timeout.0)?;
         if timeout > Duration::from_secs(24 * 3600) || timeout.is_zero() {
@@ -266,6 +281,7 @@ impl ModelSettings {
             intra_op_threads: toml.intra_op_threads.unwrap_or(defaults.intra_op_threads),
             replicas,
             max_queue_delay,
+            worker_spin,
             preferred_batch_sizes: toml.preferred_batch_sizes.unwrap_or_default(),
             timeout,
             declared,

@@ -18,7 +18,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::serving::batching::Batching;
 use crate::serving::joining::JoinAxes;
 use crate::serving::warmup::{Warmup, warm_up};
-use crate::serving::worker::{Job, Worker, deadline_passed};
+use crate::serving::worker::{IdleWait, Job, Worker, deadline_passed};
 use crate::telemetry::VersionMetrics;
 use crate::telemetry::tracing::TRACE_TARGET;
 
@@ -57,6 +57,7 @@ impl Replica {
             warmup,
             queue_capacity,
             metrics,
+            worker_spin,
         } = load.clone();
         options.device = device;
         let (jobs, queue) = mpsc::sync_channel::<Job>(queue_capacity);
@@ -123,6 +124,7 @@ impl Replica {
                     },
                     outstanding: worker_outstanding,
                     metrics,
+                    idle: IdleWait::new(worker_spin),
                 }
                 .run();
             })
@@ -155,6 +157,9 @@ pub struct ReplicaLoad {
     pub queue_capacity: usize,
     /// Where workers record queue time, compute time and batch sizes.
     pub metrics: Option<Arc<VersionMetrics>>,
+    /// How long a worker whose queue ran dry polls it before it sleeps
+    /// (`serving.worker_spin`).
+    pub worker_spin: Duration,
 }
 
 /// What a replica reports once loaded.

@@ -31,6 +31,7 @@ fn test_load(runtime: Arc<dyn Runtime>, queue_capacity: usize) -> ReplicaLoad {
         },
         queue_capacity,
         metrics: None,
+        worker_spin: crate::config::DEFAULT_WORKER_SPIN,
     }
 }
 
