@@ -3,6 +3,7 @@
 //! Tensor `data` is read straight into little-endian bytes of the declared datatype: the JSON
 //! arrays (flat or nested) are walked once by a seeded visitor, with no intermediate values.
 
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -34,16 +35,205 @@ struct RequestBody<'a> {
     outputs: Option<Vec<OutputBody>>,
 }
 
-#[derive(Deserialize)]
+/// One input of a request. Its `data` is read straight into the tensor's bytes as the body is
+/// parsed when `datatype` and `shape` come before it, as every client we know sends them;
+/// otherwise it is kept as text and read once they are known. Either way the numbers are
+/// parsed once.
 struct InputBody<'a> {
     name: String,
-    #[serde(deserialize_with = "bounds::dims")]
     shape: Vec<i64>,
     datatype: String,
-    #[serde(default, deserialize_with = "bounds::parameters")]
     parameters: Option<BTreeMap<String, JsonParameter>>,
-    #[serde(borrow, default)]
-    data: Option<&'a RawValue>,
+    data: Option<InputData<'a>>,
+}
+
+enum InputData<'a> {
+    /// Read as it arrived: the elements' bytes, their count checked against the shape.
+    Read(Vec<u8>),
+    /// Arrived before the datatype or the shape: read by `decode_input`.
+    Text(&'a RawValue),
+}
+
+thread_local! {
+    /// Why the data of an input read in place was refused (an element of the wrong kind or out
+    /// of range, a count that does not match the shape), in the words the caller gets; serde
+    /// has no way to hand it back beside its own error, which would call the body malformed.
+    /// Set and taken on the same thread, within one `decode_request`.
+    static DATA_REFUSAL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+}
+
+/// `shape`, bounded.
+#[derive(Deserialize)]
+struct Dims(#[serde(deserialize_with = "bounds::dims")] Vec<i64>);
+
+/// `parameters`, bounded.
+#[derive(Deserialize)]
+struct Parameters(
+    #[serde(deserialize_with = "bounds::parameters")] Option<BTreeMap<String, JsonParameter>>,
+);
+
+#[derive(Deserialize)]
+#[serde(field_identifier, rename_all = "lowercase")]
+enum InputField {
+    Name,
+    Shape,
+    Datatype,
+    Parameters,
+    Data,
+    #[serde(other)]
+    Other,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for InputBody<'a> {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer.deserialize_map(InputVisitor(std::marker::PhantomData))
+    }
+}
+
+struct InputVisitor<'a>(std::marker::PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'a> {
+    type Value = InputBody<'a>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("an input tensor: name, shape, datatype and data")
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, mut map: A) -> Result<InputBody<'a>, A::Error> {
+        let mut name: Option<String> = None;
+        let mut shape: Option<Vec<i64>> = None;
+        let mut datatype: Option<String> = None;
+        let mut parameters: Option<Option<BTreeMap<String, JsonParameter>>> = None;
+        let mut data: Option<InputData<'a>> = None;
+        fn once<T, E: de::Error>(slot: &Option<T>, field: &'static str) -> Result<(), E> {
+            match slot {
+                Some(_) => Err(E::duplicate_field(field)),
+                None => Ok(()),
+            }
+        }
+        while let Some(field) = map.next_key::<InputField>()? {
+            match field {
+                InputField::Name => {
+                    once(&name, "name")?;
+                    name = Some(map.next_value()?);
+                }
+                InputField::Shape => {
+                    once(&shape, "shape")?;
+                    shape = Some(map.next_value::<Dims>()?.0);
+                }
+                InputField::Datatype => {
+                    once(&datatype, "datatype")?;
+                    datatype = Some(map.next_value()?);
+                }
+                InputField::Parameters => {
+                    once(&parameters, "parameters")?;
+                    parameters = Some(map.next_value::<Parameters>()?.0);
+                }
+                InputField::Data => {
+                    once(&data, "data")?;
+                    let known = datatype
+                        .as_deref()
+                        .and_then(|text| text.parse::<DataType>().ok())
+                        .zip(shape.as_deref().and_then(shape_count));
+                    data = Some(match known {
+                        Some((dtype, count)) => {
+                            let mut refused = false;
+                            match map.next_value_seed(DataSeed {
+                                dtype,
+                                count,
+                                refused: &mut refused,
+                            }) {
+                                Ok(bytes) => InputData::Read(bytes),
+                                Err(error) => {
+                                    if refused {
+                                        let name = name.as_deref().unwrap_or_default();
+                                        let reason = format!("input '{}': {error}", quoted(name));
+                                        DATA_REFUSAL.with(|slot| *slot.borrow_mut() = Some(reason));
+                                    }
+                                    return Err(error);
+                                }
+                            }
+                        }
+                        None => InputData::Text(map.next_value()?),
+                    });
+                }
+                InputField::Other => {
+                    map.next_value::<de::IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(InputBody {
+            name: match name {
+                Some(name) => name,
+                None => return Err(de::Error::missing_field("name")),
+            },
+            shape: match shape {
+                Some(shape) => shape,
+                None => return Err(de::Error::missing_field("shape")),
+            },
+            datatype: match datatype {
+                Some(datatype) => datatype,
+                None => return Err(de::Error::missing_field("datatype")),
+            },
+            parameters: parameters.flatten(),
+            data,
+        })
+    }
+}
+
+/// The element count of a shape from the body, if every dimension is a size and their product
+/// fits.
+fn shape_count(shape: &[i64]) -> Option<usize> {
+    let mut count = 1usize;
+    for &dim in shape {
+        count = count.checked_mul(usize::try_from(dim).ok()?)?;
+    }
+    Some(count)
+}
+
+/// Reads `data` where it stands in the body.
+struct DataSeed<'r> {
+    dtype: DataType,
+    count: usize,
+    /// Set when the data itself was refused (an element of the wrong kind, too many), as
+    /// opposed to a body that is not JSON.
+    refused: &'r mut bool,
+}
+
+/// Bytes reserved up front for data read in place: a shape can claim far more elements than
+/// the body holds, so past this the buffer grows with what actually arrives.
+const DATA_RESERVE_BYTES: usize = 64 << 10;
+
+impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
+    type Value = Vec<u8>;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Vec<u8>, D::Error> {
+        let wanted = self
+            .dtype
+            .element_size()
+            .map_or(0, |size| self.count.saturating_mul(size));
+        let mut out = Vec::with_capacity(wanted.min(DATA_RESERVE_BYTES));
+        let mut seen = 0usize;
+        let refused = Cell::new(false);
+        let read = ElementWriter {
+            dtype: self.dtype,
+            out: &mut out,
+            seen: &mut seen,
+            limit: self.count,
+            refused: &refused,
+        }
+        .deserialize(deserializer);
+        *self.refused = refused.get();
+        read?;
+        if seen != self.count {
+            *self.refused = true;
+            return Err(de::Error::custom(format!(
+                "shape needs {} elements but data holds {seen}",
+                self.count
+            )));
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Deserialize)]
@@ -53,13 +243,51 @@ struct OutputBody {
     parameters: Option<BTreeMap<String, JsonParameter>>,
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
 enum JsonParameter {
     Bool(bool),
     Int(i64),
     Double(f64),
     String(String),
+}
+
+/// By the JSON value's own kind, without the buffering and failed attempts of an untagged enum.
+impl<'de> Deserialize<'de> for JsonParameter {
+    fn deserialize<D: de::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ParameterVisitor;
+        impl<'de> Visitor<'de> for ParameterVisitor {
+            type Value = JsonParameter;
+
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a parameter: true or false, a number or a string")
+            }
+
+            fn visit_bool<E: de::Error>(self, value: bool) -> Result<JsonParameter, E> {
+                Ok(JsonParameter::Bool(value))
+            }
+
+            fn visit_i64<E: de::Error>(self, value: i64) -> Result<JsonParameter, E> {
+                Ok(JsonParameter::Int(value))
+            }
+
+            fn visit_u64<E: de::Error>(self, value: u64) -> Result<JsonParameter, E> {
+                Ok(i64::try_from(value)
+                    .map_or(JsonParameter::Double(value as f64), JsonParameter::Int))
+            }
+
+            fn visit_f64<E: de::Error>(self, value: f64) -> Result<JsonParameter, E> {
+                Ok(JsonParameter::Double(value))
+            }
+
+            fn visit_str<E: de::Error>(self, value: &str) -> Result<JsonParameter, E> {
+                Ok(JsonParameter::String(value.to_owned()))
+            }
+
+            fn visit_string<E: de::Error>(self, value: String) -> Result<JsonParameter, E> {
+                Ok(JsonParameter::String(value))
+            }
+        }
+        deserializer.deserialize_any(ParameterVisitor)
+    }
 }
 
 impl From<JsonParameter> for Parameter {
@@ -112,8 +340,14 @@ pub fn decode_request(
     json: &[u8],
     mut binary: Bytes,
 ) -> Result<(InferRequest, OutputEncoding), GatewayError> {
-    let body: RequestBody<'_> = serde_json::from_slice(json)
-        .map_err(|e| GatewayError::invalid(format!("malformed inference request: {e}")))?;
+    DATA_REFUSAL.with(|slot| slot.borrow_mut().take());
+    let body: RequestBody<'_> = serde_json::from_slice(json).map_err(|e| {
+        GatewayError::invalid(
+            DATA_REFUSAL
+                .with(|slot| slot.borrow_mut().take())
+                .unwrap_or_else(|| format!("malformed inference request: {e}")),
+        )
+    })?;
     let default_binary = bool_parameter(&body.parameters, "binary_data_output")?;
     let mut inputs = Vec::with_capacity(body.inputs.len());
     for input in body.inputs {
@@ -232,7 +466,10 @@ fn decode_input(input: InputBody<'_>, binary: &mut Bytes) -> Result<NamedTensor,
             }
             binary.split_to(size)
         }
-        (None, Some(raw)) => Bytes::from(read_json_data(&name, dtype, count, raw)?),
+        (None, Some(InputData::Read(bytes))) => Bytes::from(bytes),
+        (None, Some(InputData::Text(raw))) => {
+            Bytes::from(read_json_data(&name, dtype, count, raw)?)
+        }
     };
     let tensor = Tensor::new(dtype, shape, data)
         .map_err(|e| GatewayError::invalid(format!("input '{name}': {e}")))?;
@@ -258,6 +495,7 @@ fn read_json_data(
         out: &mut out,
         seen: &mut seen,
         limit: count,
+        refused: &Cell::new(false),
     }
     .deserialize(&mut deserializer)
     .map_err(|e| GatewayError::invalid(format!("input '{name}': {e}")))?;
@@ -275,6 +513,9 @@ struct ElementWriter<'o> {
     out: &'o mut Vec<u8>,
     seen: &'o mut usize,
     limit: usize,
+    /// Set when an element is refused (of the wrong kind, out of range, one too many), as
+    /// opposed to text that is not JSON.
+    refused: &'o Cell<bool>,
 }
 
 impl ElementWriter<'_> {
@@ -376,6 +617,7 @@ impl<'de> Visitor<'de> for ElementWriter<'_> {
             out,
             seen,
             limit,
+            refused,
         } = self;
         while seq
             .next_element_seed(ElementWriter {
@@ -383,6 +625,7 @@ impl<'de> Visitor<'de> for ElementWriter<'_> {
                 out: &mut *out,
                 seen: &mut *seen,
                 limit,
+                refused,
             })?
             .is_some()
         {}
@@ -390,36 +633,70 @@ impl<'de> Visitor<'de> for ElementWriter<'_> {
     }
 
     fn visit_bool<E: de::Error>(mut self, value: bool) -> Result<(), E> {
-        if self.dtype != DataType::Bool {
-            return Err(E::custom(format!("true/false is not a {}", self.dtype)));
-        }
-        self.count()?;
-        self.out.push(u8::from(value));
-        Ok(())
+        let refused = self.refused;
+        noting(
+            refused,
+            (|| {
+                if self.dtype != DataType::Bool {
+                    return Err(E::custom(format!("true/false is not a {}", self.dtype)));
+                }
+                self.count()?;
+                self.out.push(u8::from(value));
+                Ok(())
+            })(),
+        )
     }
 
     fn visit_i64<E: de::Error>(mut self, value: i64) -> Result<(), E> {
-        self.integer(i128::from(value))
+        noting(self.refused, self.integer(i128::from(value)))
     }
 
     fn visit_u64<E: de::Error>(mut self, value: u64) -> Result<(), E> {
-        self.integer(i128::from(value))
+        noting(self.refused, self.integer(i128::from(value)))
     }
 
     fn visit_f64<E: de::Error>(mut self, value: f64) -> Result<(), E> {
-        self.float(value)
+        noting(self.refused, self.float(value))
     }
 
     fn visit_str<E: de::Error>(mut self, value: &str) -> Result<(), E> {
-        if self.dtype != DataType::Bytes {
-            return Err(E::custom(format!(
-                "a string is not a {} element",
-                self.dtype
-            )));
-        }
-        self.count()?;
-        push_bytes_element(self.out, value.as_bytes()).map_err(E::custom)
+        let refused = self.refused;
+        noting(
+            refused,
+            (|| {
+                if self.dtype != DataType::Bytes {
+                    return Err(E::custom(format!(
+                        "a string is not a {} element",
+                        self.dtype
+                    )));
+                }
+                self.count()?;
+                push_bytes_element(self.out, value.as_bytes()).map_err(E::custom)
+            })(),
+        )
     }
+
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        noting(
+            self.refused,
+            Err(E::invalid_type(de::Unexpected::Unit, &self)),
+        )
+    }
+
+    fn visit_map<A: de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
+        noting(
+            self.refused,
+            Err(de::Error::invalid_type(de::Unexpected::Map, &self)),
+        )
+    }
+}
+
+/// Passes an element's result on, noting a refusal.
+fn noting<E>(refused: &Cell<bool>, result: Result<(), E>) -> Result<(), E> {
+    if result.is_err() {
+        refused.set(true);
+    }
+    result
 }
 
 #[derive(Serialize)]

@@ -232,3 +232,98 @@ fn responses_encode_json_and_binary_outputs() {
         [0.5f32.to_le_bytes(), (-1.0f32).to_le_bytes()].concat()
     );
 }
+
+#[test]
+fn data_before_its_datatype_and_shape_reads_the_same() {
+    let in_place = decode(
+        r#"{"inputs":[{"name":"x","shape":[2,2],"datatype":"INT32","data":[[1,2],[3,-4]]}]}"#,
+    )
+    .expect("datatype and shape first");
+    let text_first = decode(
+        r#"{"inputs":[{"data":[[1,2],[3,-4]],"name":"x","datatype":"INT32","shape":[2,2]}]}"#,
+    )
+    .expect("data first");
+    assert_eq!(in_place.inputs, text_first.inputs);
+    assert_eq!(
+        in_place.inputs[0].tensor.data().as_ref(),
+        [1i32, 2, 3, -4]
+            .iter()
+            .flat_map(|v| v.to_le_bytes())
+            .collect::<Vec<u8>>()
+    );
+}
+
+#[test]
+fn refused_data_names_its_input_wherever_it_stands() {
+    for json in [
+        r#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[256]}]}"#,
+        r#"{"inputs":[{"data":[256],"name":"x","shape":[1],"datatype":"UINT8"}]}"#,
+    ] {
+        let error = decode(json).expect_err(json);
+        assert!(
+            error
+                .message
+                .starts_with("input 'x': 256 is out of range for UINT8"),
+            "{json}: {}",
+            error.message
+        );
+    }
+    // A refusal in a later input names that one, not the first.
+    let error = decode(
+        r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","data":[1]},
+                      {"name":"b","shape":[2],"datatype":"FP32","data":[1,null]}]}"#,
+    )
+    .expect_err("null element");
+    assert!(
+        error.message.starts_with("input 'b': "),
+        "{}",
+        error.message
+    );
+    // Text that is not JSON inside the data is a malformed body.
+    let error = decode(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,}]}"#)
+        .expect_err("broken array");
+    assert!(
+        error.message.starts_with("malformed inference request"),
+        "{}",
+        error.message
+    );
+    // Fewer elements than the shape needs, read in place.
+    let error = decode(r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#)
+        .expect_err("short");
+    assert!(
+        error
+            .message
+            .starts_with("input 'x': shape needs 3 elements but data holds 2"),
+        "{}",
+        error.message
+    );
+    // A body that repeats a field is refused, as serde's own structs do.
+    let error =
+        decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1],"data":[2]}]}"#)
+            .expect_err("duplicate");
+    assert!(
+        error.message.contains("duplicate field `data`"),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn parameters_keep_their_kind() {
+    let request = decode(
+        r#"{"parameters":{"b":true,"i":-3,"big":18446744073709551615,"d":0.5,"s":"text"},
+            "inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+    )
+    .expect("parameters");
+    let get = |key: &str| request.parameters.get(key).cloned();
+    assert_eq!(get("b"), Some(Parameter::Bool(true)));
+    assert_eq!(get("i"), Some(Parameter::Int(-3)));
+    assert_eq!(get("big"), Some(Parameter::Double(18446744073709551615.0)));
+    assert_eq!(get("d"), Some(Parameter::Double(0.5)));
+    assert_eq!(get("s"), Some(Parameter::String("text".into())));
+    let error = decode(
+        r#"{"parameters":{"n":null},"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#,
+    )
+    .expect_err("null parameter");
+    assert!(error.message.contains("a parameter"), "{}", error.message);
+}
