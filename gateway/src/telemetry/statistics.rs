@@ -107,10 +107,17 @@ impl Statistics {
         self.inference_count
             .fetch_add((rows as u64).max(requests), Ordering::Relaxed);
         self.execution_count.fetch_add(1, Ordering::Relaxed);
-        // Triton counts the compute figures per request: each shares its execution's time.
-        self.compute_input.add(requests, times.input);
-        self.compute_infer.add(requests, times.infer);
-        self.compute_output.add(requests, times.output);
+        // Triton counts the compute figures per request, each with its execution's whole time
+        // (a backend reports the batch's timestamps on every request in it), so that a
+        // request's success time is its queue time, plus the compute, plus what is left:
+        // perf_analyzer's server-side breakdown subtracts them in that way.
+        let each = u32::try_from(requests).unwrap_or(u32::MAX);
+        self.compute_input
+            .add(requests, times.input.saturating_mul(each));
+        self.compute_infer
+            .add(requests, times.infer.saturating_mul(each));
+        self.compute_output
+            .add(requests, times.output.saturating_mul(each));
         let mut batches = self
             .batches
             .lock()
@@ -182,11 +189,12 @@ mod tests {
         let snapshot = statistics.snapshot();
         assert_eq!(snapshot.inference_count, 6);
         assert_eq!(snapshot.execution_count, 2);
+        // Every request of an execution is counted with the execution's whole time.
         assert_eq!(
             snapshot.compute_infer,
             DurationFigure {
                 count: 4,
-                ns: 8_000_000
+                ns: 16_000_000
             }
         );
         assert_eq!(
