@@ -224,6 +224,9 @@ pub struct ServingConfig {
     /// How long a replica's worker whose queue ran dry polls it (yielding its core between
     /// polls) before it sleeps; zero sleeps at once.
     pub worker_spin: HumanDuration,
+    /// The nice value of the replicas' worker threads (-20 to 19; below 0 needs
+    /// CAP_SYS_NICE, and is left at 0 with a warning without it).
+    pub nice: i32,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -332,6 +335,7 @@ impl Default for ServingConfig {
             max_queue_delay: HumanDuration(Duration::ZERO),
             timeout: HumanDuration(Duration::from_secs(30)),
             worker_spin: HumanDuration(DEFAULT_WORKER_SPIN),
+            nice: 0,
         }
     }
 }

@@ -38,6 +38,7 @@ async fn ready_version(label: &str, runtime: FakeRuntime) -> Arc<ReadyVersion> {
         queue_capacity: 8,
         metrics: Some(metrics.clone()),
         worker_spin: switchyard_gateway::config::DEFAULT_WORKER_SPIN,
+        nice: 0,
     };
     let batching = Batching {
         max_batch_size: 0,

@@ -768,6 +768,7 @@ async fn load(
         queue_capacity: settings.queue_capacity,
         metrics: Some(metrics.clone()),
         worker_spin: settings.worker_spin,
+        nice: settings.nice,
     };
     let thread_name = format!("sy-{}-{}", key.model, key.version);
     let replicas = ReplicaSet::start(load, batching, &devices, &thread_name)

@@ -38,6 +38,8 @@ pub struct ModelToml {
     /// How long a worker whose queue ran dry polls it before it sleeps, e.g. "250us"; "0us"
     /// sleeps at once.
     pub worker_spin: Option<String>,
+    /// The nice value of its replicas' worker threads, -20 (first) to 19 (last).
+    pub nice: Option<i32>,
     /// Batch sizes sent at once when reached.
     pub preferred_batch_sizes: Option<Vec<usize>>,
     /// How long a request may take, queue included, e.g. "30s".
@@ -155,6 +157,7 @@ pub struct ModelSettings {
     pub replicas: usize,
     pub max_queue_delay: Duration,
     pub worker_spin: Duration,
+    pub nice: i32,
     pub preferred_batch_sizes: Vec<usize>,
     pub timeout: Duration,
     pub declared: Option<Signature>,
@@ -210,6 +213,10 @@ impl ModelSettings {
                 "worker_spin may be at most {}",
                 humantime::format_duration(MAX_WORKER_SPIN)
             ));
+        }
+        let nice = toml.nice.unwrap_or(defaults.nice);
+        if !(-20..=19).contains(&nice) {
+            return Err(format!("nice must be between -20 and 19, not {nice}"));
         }
         let timeout = duration(toml.timeout, defaults.timeout.0)?;
         if timeout > Duration::from_secs(24 * 3600) || timeout.is_zero() {
@@ -282,6 +289,7 @@ impl ModelSettings {
             replicas,
             max_queue_delay,
             worker_spin,
+            nice,
             preferred_batch_sizes: toml.preferred_batch_sizes.unwrap_or_default(),
             timeout,
             declared,
@@ -611,5 +619,28 @@ mod tests {
         assert_eq!(alpha.timeout, Duration::from_secs(30));
         let beta = models[1].toml.as_ref().expect_err("unknown key");
         assert!(beta.contains("max_batch"), "{beta}");
+    }
+
+    #[test]
+    fn worker_settings_take_the_defaults_and_their_bounds() {
+        let defaults = ServingConfig::default();
+        let plain = ModelSettings::resolve(ModelToml::default(), &defaults).expect("defaults");
+        assert_eq!(
+            (plain.worker_spin, plain.nice),
+            (crate::config::DEFAULT_WORKER_SPIN, 0)
+        );
+        let set: ModelToml =
+            toml::from_str("worker_spin = \"0us\"\nnice = -10\n").expect("model.toml");
+        let set = ModelSettings::resolve(set, &defaults).expect("settings");
+        assert_eq!((set.worker_spin, set.nice), (Duration::ZERO, -10));
+        for (text, refusal) in [
+            ("nice = -21", "nice must be between -20 and 19"),
+            ("nice = 20", "nice must be between -20 and 19"),
+            ("worker_spin = \"11ms\"", "worker_spin may be at most 10ms"),
+        ] {
+            let toml: ModelToml = toml::from_str(text).expect("model.toml");
+            let error = ModelSettings::resolve(toml, &defaults).expect_err(text);
+            assert!(error.contains(refusal), "{text}: {error}");
+        }
     }
 }

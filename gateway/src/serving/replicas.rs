@@ -58,6 +58,7 @@ impl Replica {
             queue_capacity,
             metrics,
             worker_spin,
+            nice,
         } = load.clone();
         options.device = device;
         let (jobs, queue) = mpsc::sync_channel::<Job>(queue_capacity);
@@ -110,6 +111,9 @@ impl Replica {
                 let memory_bytes =
                     memory::in_use(options.device).map(|after| after.saturating_sub(before));
                 drop(_measuring);
+                // Once loaded: loading and warming up run at the default priority, beside the
+                // replicas already serving.
+                set_nice(nice);
                 let _ = loaded_tx.send(Ok(Loaded {
                     signature: model.signature().clone(),
                     max_batch_size,
@@ -143,6 +147,31 @@ impl Replica {
     }
 }
 
+/// Gives the calling worker thread its nice value, as Triton gives its backend threads theirs:
+/// a model whose calls take milliseconds can go before the I/O threads when the cores are
+/// short (they wait for it rather than it for them), one whose calls are short can give way.
+/// Best effort: going below 0 needs CAP_SYS_NICE, and without it the thread keeps running at
+/// the default.
+fn set_nice(nice: i32) {
+    if nice == 0 {
+        return;
+    }
+    let thread = std::thread::current();
+    let name = thread.name().unwrap_or("worker");
+    #[cfg(target_os = "linux")]
+    match rustix::process::setpriority_process(Some(rustix::thread::gettid()), nice) {
+        Ok(()) => tracing::debug!(thread = name, nice, "worker thread at its nice value"),
+        Err(error) => tracing::warn!(
+            thread = name,
+            nice,
+            %error,
+            "cannot give the worker thread its nice value (below 0 needs CAP_SYS_NICE); it runs at the default"
+        ),
+    }
+    #[cfg(not(target_os = "linux"))]
+    tracing::warn!(thread = name, nice, "nice is only applied on Linux");
+}
+
 /// Held while a replica loads, warms up and is measured.
 pub(super) static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -160,6 +189,8 @@ pub struct ReplicaLoad {
     /// How long a worker whose queue ran dry polls it before it sleeps
     /// (`serving.worker_spin`).
     pub worker_spin: Duration,
+    /// The worker thread's nice value (`serving.nice`); 0 leaves it as it is.
+    pub nice: i32,
 }
 
 /// What a replica reports once loaded.

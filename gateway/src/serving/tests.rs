@@ -32,6 +32,7 @@ fn test_load(runtime: Arc<dyn Runtime>, queue_capacity: usize) -> ReplicaLoad {
         queue_capacity,
         metrics: None,
         worker_spin: crate::config::DEFAULT_WORKER_SPIN,
+        nice: 0,
     }
 }
 
@@ -475,4 +476,107 @@ fn batch_bound_follows_the_signature() {
     assert_eq!(Batching::resolve(None, &fixed), Ok(0));
     assert_eq!(Batching::resolve(Some(0), &fixed), Ok(0));
     assert!(Batching::resolve(Some(4), &fixed).is_err());
+}
+
+/// The nice value of this process's thread named `name`, from /proc.
+#[cfg(target_os = "linux")]
+fn thread_nice(name: &str) -> Option<i64> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .and_then(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            // The fields after the command's closing parenthesis: state is field 3, nice 19.
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            fields.get(16)?.parse().ok()
+        })
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn a_worker_thread_runs_at_its_nice_value() {
+    let doubler = Doubler::default();
+    let batching = Batching {
+        max_batch_size: 0,
+        configured_max_batch_size: Some(8),
+        max_queue_delay: Duration::ZERO,
+        preferred_batch_sizes: Vec::new(),
+    };
+    let mut load = test_load(Arc::new(doubler.clone()), 4);
+    // Above 0: allowed without privileges, so the test holds for any user.
+    load.nice = 7;
+    let set = ReplicaSet::start(load, batching.clone(), &[Device::Cpu], "nice7")
+        .await
+        .unwrap();
+    let plain = ReplicaSet::start(
+        test_load(Arc::new(doubler), 4),
+        batching,
+        &[Device::Cpu],
+        "nice0",
+    )
+    .await
+    .unwrap();
+    assert_eq!(thread_nice("nice7#0"), Some(7));
+    assert_eq!(thread_nice("nice0#0"), Some(0));
+    // It still serves.
+    let set = Arc::new(set);
+    assert!(submit(&set, rows(1, 1.0), None).await.unwrap().is_ok());
+    drop(plain);
+}
+
+/// CPU time of this process's thread named `name`, in clock ticks, from /proc.
+#[cfg(target_os = "linux")]
+fn thread_ticks(name: &str) -> Option<u64> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+        .and_then(|task| {
+            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+            // utime and stime: fields 14 and 15.
+            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+        })
+}
+
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn an_idle_worker_stops_spinning_and_sleeps() {
+    let doubler = Doubler::default();
+    let batching = Batching {
+        max_batch_size: 0,
+        configured_max_batch_size: Some(8),
+        max_queue_delay: Duration::ZERO,
+        preferred_batch_sizes: Vec::new(),
+    };
+    let set = Arc::new(
+        ReplicaSet::start(
+            test_load(Arc::new(doubler), 4),
+            batching,
+            &[Device::Cpu],
+            "spinner",
+        )
+        .await
+        .unwrap(),
+    );
+    // A burst: each request comes within the spin of the last, so the worker spins between them.
+    for i in 0..50 {
+        assert!(submit(&set, rows(1, i as f32), None).await.unwrap().is_ok());
+    }
+    // Then nothing: after at most one spin the worker sleeps, and a sleeping thread takes no
+    // CPU time. Half a second of spinning would be 50 ticks.
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let before = thread_ticks("spinner#0").expect("the worker thread");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = thread_ticks("spinner#0").expect("the worker thread");
+    assert!(
+        after - before <= 2,
+        "the idle worker took {} ticks in 500 ms",
+        after - before
+    );
 }
