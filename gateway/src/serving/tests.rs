@@ -136,20 +136,24 @@ fn rows(count: usize, first: f32) -> Vec<NamedTensor> {
     }]
 }
 
+/// Batches of up to eight rows, the first waiting up to `max_queue_delay` for company.
+fn batches_of_eight(max_queue_delay: Duration) -> Batching {
+    Batching {
+        max_batch_size: 0,
+        configured_max_batch_size: Some(8),
+        max_queue_delay,
+        preferred_batch_sizes: Vec::new(),
+    }
+}
+
 async fn start(
     doubler: &Doubler,
     max_queue_delay: Duration,
     queue_capacity: usize,
 ) -> Arc<ReplicaSet> {
-    let batching = Batching {
-        max_batch_size: 0,
-        configured_max_batch_size: Some(8),
-        max_queue_delay,
-        preferred_batch_sizes: Vec::new(),
-    };
     let set = ReplicaSet::start(
         test_load(Arc::new(doubler.clone()), queue_capacity),
-        batching,
+        batches_of_eight(max_queue_delay),
         &[Device::Cpu],
         "test",
     )
@@ -478,33 +482,38 @@ fn batch_bound_follows_the_signature() {
     assert!(Batching::resolve(Some(4), &fixed).is_err());
 }
 
-/// The nice value of this process's thread named `name`, from /proc.
+/// The fields of /proc's stat line of this process's thread named `name`, from the state on
+/// (field 3 of proc(5) is index 0).
 #[cfg(target_os = "linux")]
-fn thread_nice(name: &str) -> Option<i64> {
-    std::fs::read_dir("/proc/self/task")
+fn thread_stat(name: &str) -> Option<Vec<String>> {
+    let task = std::fs::read_dir("/proc/self/task")
         .ok()?
         .flatten()
         .find(|task| {
             std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
-        })
-        .and_then(|task| {
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            // The fields after the command's closing parenthesis: state is field 3, nice 19.
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            fields.get(16)?.parse().ok()
-        })
+        })?;
+    let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+    // The command, in parentheses, may hold spaces: the fields start after its last ')'.
+    Some(
+        stat.rsplit_once(')')?
+            .1
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect(),
+    )
+}
+
+/// The nice value (field 19) of this process's thread named `name`.
+#[cfg(target_os = "linux")]
+fn thread_nice(name: &str) -> Option<i64> {
+    thread_stat(name)?.get(16)?.parse().ok()
 }
 
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn a_worker_thread_runs_at_its_nice_value() {
     let doubler = Doubler::default();
-    let batching = Batching {
-        max_batch_size: 0,
-        configured_max_batch_size: Some(8),
-        max_queue_delay: Duration::ZERO,
-        preferred_batch_sizes: Vec::new(),
-    };
+    let batching = batches_of_eight(Duration::ZERO);
     let mut load = test_load(Arc::new(doubler.clone()), 4);
     // Above 0: allowed without privileges, so the test holds for any user.
     load.nice = 7;
@@ -527,33 +536,19 @@ async fn a_worker_thread_runs_at_its_nice_value() {
     drop(plain);
 }
 
-/// CPU time of this process's thread named `name`, in clock ticks, from /proc.
+/// CPU time (utime and stime, fields 14 and 15) of this process's thread named `name`, in
+/// clock ticks.
 #[cfg(target_os = "linux")]
 fn thread_ticks(name: &str) -> Option<u64> {
-    std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .flatten()
-        .find(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
-        })
-        .and_then(|task| {
-            let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
-            let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-            // utime and stime: fields 14 and 15.
-            Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
-        })
+    let fields = thread_stat(name)?;
+    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn an_idle_worker_stops_spinning_and_sleeps() {
     let doubler = Doubler::default();
-    let batching = Batching {
-        max_batch_size: 0,
-        configured_max_batch_size: Some(8),
-        max_queue_delay: Duration::ZERO,
-        preferred_batch_sizes: Vec::new(),
-    };
+    let batching = batches_of_eight(Duration::ZERO);
     let set = Arc::new(
         ReplicaSet::start(
             test_load(Arc::new(doubler), 4),
