@@ -304,14 +304,8 @@ fn read(version: &crate::core::VersionEntry, now: Instant) -> Reading {
     let statistics = &ready.metrics.statistics;
     let (success, fail) = (statistics.success.read(), statistics.fail.read());
     let refused = version.stats.refused_total();
-    let busy_ns = [
-        &statistics.compute_input,
-        &statistics.compute_infer,
-        &statistics.compute_output,
-    ]
-    .iter()
-    .map(|stat| stat.read().ns)
-    .fold(0u64, u64::saturating_add);
+    // Each execution once: the compute figures count a batch's time once per request in it.
+    let busy_ns = statistics.busy.read().ns;
     Reading {
         at: Some(now),
         routed,

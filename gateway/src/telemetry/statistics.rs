@@ -76,6 +76,9 @@ pub struct Statistics {
     pub compute_input: DurationStat,
     pub compute_infer: DurationStat,
     pub compute_output: DurationStat,
+    /// Executions, and the time the replicas were busy with them (input, model and output),
+    /// each execution counted once: the compute figures above count it once per request.
+    pub busy: DurationStat,
     /// Rows inferred (a request of batch 8 counts 8).
     inference_count: AtomicU64,
     /// Model executions (a batch of several requests counts 1).
@@ -111,6 +114,13 @@ impl Statistics {
         // (a backend reports the batch's timestamps on every request in it), so that a
         // request's success time is its queue time, plus the compute, plus what is left:
         // perf_analyzer's server-side breakdown subtracts them in that way.
+        self.busy.add(
+            1,
+            times
+                .input
+                .saturating_add(times.infer)
+                .saturating_add(times.output),
+        );
         let each = u32::try_from(requests).unwrap_or(u32::MAX);
         self.compute_input
             .add(requests, times.input.saturating_mul(each));
@@ -189,12 +199,20 @@ mod tests {
         let snapshot = statistics.snapshot();
         assert_eq!(snapshot.inference_count, 6);
         assert_eq!(snapshot.execution_count, 2);
-        // Every request of an execution is counted with the execution's whole time.
+        // Every request of an execution is counted with the execution's whole time; the busy
+        // time counts each execution once.
         assert_eq!(
             snapshot.compute_infer,
             DurationFigure {
                 count: 4,
                 ns: 16_000_000
+            }
+        );
+        assert_eq!(
+            statistics.busy.read(),
+            DurationFigure {
+                count: 2,
+                ns: 14_000_000
             }
         );
         assert_eq!(
