@@ -54,12 +54,29 @@ enum InputData<'a> {
     Text(&'a RawValue),
 }
 
-thread_local! {
+/// What reading data in place needs beyond serde's own state, which has no room for it. Set
+/// and taken on the same thread, within one `decode_request`.
+struct Decoding {
+    /// The length of the JSON being decoded: the bound on what a claimed shape may reserve.
+    body_bytes: Cell<usize>,
     /// Why the data of an input read in place was refused (an element of the wrong kind or out
-    /// of range, a count that does not match the shape), in the words the caller gets; serde
-    /// has no way to hand it back beside its own error, which would call the body malformed.
-    /// Set and taken on the same thread, within one `decode_request`.
-    static DATA_REFUSAL: std::cell::RefCell<Option<String>> = const { std::cell::RefCell::new(None) };
+    /// of range, a count that does not match the shape), in the words the caller gets; serde's
+    /// own error would call the body malformed.
+    refusal: std::cell::RefCell<Option<String>>,
+    /// Inputs read in place, for the tests to tell the two paths apart.
+    #[cfg(test)]
+    read_in_place: Cell<usize>,
+}
+
+thread_local! {
+    static DECODING: Decoding = const {
+        Decoding {
+            body_bytes: Cell::new(0),
+            refusal: std::cell::RefCell::new(None),
+            #[cfg(test)]
+            read_in_place: Cell::new(0),
+        }
+    };
 }
 
 /// `shape`, bounded.
@@ -105,6 +122,8 @@ impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'a> {
         let mut datatype: Option<String> = None;
         let mut parameters: Option<Option<BTreeMap<String, JsonParameter>>> = None;
         let mut data: Option<InputData<'a>> = None;
+        // `data: null` counts as no data, as it did when it was an `Option`.
+        let mut data_seen = false;
         fn once<T, E: de::Error>(slot: &Option<T>, field: &'static str) -> Result<(), E> {
             match slot {
                 Some(_) => Err(E::duplicate_field(field)),
@@ -130,32 +149,39 @@ impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'a> {
                     parameters = Some(map.next_value::<Parameters>()?.0);
                 }
                 InputField::Data => {
-                    once(&data, "data")?;
-                    let known = datatype
+                    if data_seen {
+                        return Err(de::Error::duplicate_field("data"));
+                    }
+                    data_seen = true;
+                    // In place only when a refusal can name its input, and the datatype and
+                    // shape tell what to read.
+                    let known = name
                         .as_deref()
-                        .and_then(|text| text.parse::<DataType>().ok())
+                        .zip(datatype.as_deref())
+                        .and_then(|(name, text)| Some((name, text.parse::<DataType>().ok()?)))
                         .zip(shape.as_deref().and_then(shape_count));
-                    data = Some(match known {
-                        Some((dtype, count)) => {
+                    data = match known {
+                        Some(((name, dtype), count)) => {
                             let mut refused = false;
                             match map.next_value_seed(DataSeed {
                                 dtype,
                                 count,
                                 refused: &mut refused,
                             }) {
-                                Ok(bytes) => InputData::Read(bytes),
+                                Ok(bytes) => bytes.map(InputData::Read),
                                 Err(error) => {
                                     if refused {
-                                        let name = name.as_deref().unwrap_or_default();
                                         let reason = format!("input '{}': {error}", quoted(name));
-                                        DATA_REFUSAL.with(|slot| *slot.borrow_mut() = Some(reason));
+                                        DECODING.with(|decoding| {
+                                            *decoding.refusal.borrow_mut() = Some(reason)
+                                        });
                                     }
                                     return Err(error);
                                 }
                             }
                         }
-                        None => InputData::Text(map.next_value()?),
-                    });
+                        None => map.next_value::<Option<&RawValue>>()?.map(InputData::Text),
+                    };
                 }
                 InputField::Other => {
                     map.next_value::<de::IgnoredAny>()?;
@@ -200,19 +226,56 @@ struct DataSeed<'r> {
     refused: &'r mut bool,
 }
 
-/// Bytes reserved up front for data read in place: a shape can claim far more elements than
-/// the body holds, so past this the buffer grows with what actually arrives.
+/// Bytes reserved up front for data read in place whose shape claims more than the body can
+/// hold.
 const DATA_RESERVE_BYTES: usize = 64 << 10;
 
 impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
-    type Value = Vec<u8>;
+    /// `None` for `null`.
+    type Value = Option<Vec<u8>>;
 
-    fn deserialize<D: de::Deserializer<'de>>(self, deserializer: D) -> Result<Vec<u8>, D::Error> {
+    fn deserialize<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_option(self)
+    }
+}
+
+impl<'de> Visitor<'de> for DataSeed<'_> {
+    type Value = Option<Vec<u8>>;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} elements, as a flat or nested array", self.dtype)
+    }
+
+    fn visit_none<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_unit<E: de::Error>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+
+    fn visit_some<D: de::Deserializer<'de>>(
+        self,
+        deserializer: D,
+    ) -> Result<Self::Value, D::Error> {
         let wanted = self
             .dtype
             .element_size()
             .map_or(0, |size| self.count.saturating_mul(size));
-        let mut out = Vec::with_capacity(wanted.min(DATA_RESERVE_BYTES));
+        // Data that fills its shape takes at most four times its text (a one-digit element of
+        // eight bytes and its comma), so such a reservation is charged already
+        // (`http.rs::infer`); a shape claiming more cannot be filled, and the buffer then grows
+        // only with what arrives.
+        let body_bytes = DECODING.with(|decoding| decoding.body_bytes.get());
+        let reserve = if wanted <= body_bytes.saturating_mul(4) {
+            wanted
+        } else {
+            wanted.min(DATA_RESERVE_BYTES)
+        };
+        let mut out = Vec::with_capacity(reserve);
         let mut seen = 0usize;
         let refused = Cell::new(false);
         let read = ElementWriter {
@@ -232,7 +295,9 @@ impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
                 self.count
             )));
         }
-        Ok(out)
+        #[cfg(test)]
+        DECODING.with(|decoding| decoding.read_in_place.set(decoding.read_in_place.get() + 1));
+        Ok(Some(out))
     }
 }
 
@@ -340,11 +405,14 @@ pub fn decode_request(
     json: &[u8],
     mut binary: Bytes,
 ) -> Result<(InferRequest, OutputEncoding), GatewayError> {
-    DATA_REFUSAL.with(|slot| slot.borrow_mut().take());
+    DECODING.with(|decoding| {
+        decoding.body_bytes.set(json.len());
+        decoding.refusal.borrow_mut().take();
+    });
     let body: RequestBody<'_> = serde_json::from_slice(json).map_err(|e| {
         GatewayError::invalid(
-            DATA_REFUSAL
-                .with(|slot| slot.borrow_mut().take())
+            DECODING
+                .with(|decoding| decoding.refusal.borrow_mut().take())
                 .unwrap_or_else(|| format!("malformed inference request: {e}")),
         )
     })?;

@@ -327,3 +327,80 @@ fn parameters_keep_their_kind() {
     .expect_err("null parameter");
     assert!(error.message.contains("a parameter"), "{}", error.message);
 }
+
+/// Inputs read in place by this thread so far.
+fn read_in_place() -> usize {
+    DECODING.with(|decoding| decoding.read_in_place.get())
+}
+
+#[test]
+fn data_after_its_name_datatype_and_shape_is_read_in_place() {
+    let before = read_in_place();
+    decode(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,2]}]}"#)
+        .expect("in place");
+    assert_eq!(read_in_place(), before + 1);
+    // Before any of them, it is kept as text and read afterwards, with the same result.
+    for json in [
+        r#"{"inputs":[{"data":[1,2],"name":"x","shape":[2],"datatype":"FP32"}]}"#,
+        r#"{"inputs":[{"shape":[2],"datatype":"FP32","data":[1,2],"name":"x"}]}"#,
+    ] {
+        decode(json).expect(json);
+        assert_eq!(read_in_place(), before + 1, "{json}");
+    }
+    // Refused before its name came: still named, by the text path.
+    let error = decode(r#"{"inputs":[{"shape":[1],"datatype":"UINT8","data":[256],"name":"x"}]}"#)
+        .expect_err("out of range");
+    assert!(
+        error.message.starts_with("input 'x': "),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn null_data_is_no_data() {
+    for json in [
+        r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":null,"parameters":{"binary_data_size":8}}]}"#,
+        r#"{"inputs":[{"data":null,"name":"x","shape":[2],"datatype":"FP32","parameters":{"binary_data_size":8}}]}"#,
+    ] {
+        let mut binary = Vec::new();
+        binary.extend_from_slice(&1.5f32.to_le_bytes());
+        binary.extend_from_slice(&2.5f32.to_le_bytes());
+        let (request, _) =
+            decode_request("m", None, json.as_bytes(), Bytes::from(binary)).expect(json);
+        assert_eq!(floats(&request.inputs[0].tensor), [1.5, 2.5], "{json}");
+    }
+    let error = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":null}]}"#)
+        .expect_err("null and no binary data");
+    assert!(error.message.contains("has no data"), "{}", error.message);
+    let error =
+        decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":null,"data":[1]}]}"#)
+            .expect_err("data twice");
+    assert!(
+        error.message.contains("duplicate field `data`"),
+        "{}",
+        error.message
+    );
+}
+
+#[test]
+fn data_read_in_place_reserves_what_it_holds() {
+    // A shape the body can fill: the tensor's bytes, exactly.
+    let (request, _) = decode_request(
+        "m",
+        None,
+        br#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP64","data":[1,2,3]}]}"#,
+        Bytes::new(),
+    )
+    .expect("fits");
+    assert_eq!(request.inputs[0].tensor.data().len(), 24);
+    // A shape claiming far more than the body holds is refused, without reserving it.
+    let error =
+        decode(r#"{"inputs":[{"name":"x","shape":[1000000000],"datatype":"FP64","data":[1]}]}"#)
+            .expect_err("short data");
+    assert!(
+        error.message.contains("shape needs 1000000000 elements"),
+        "{}",
+        error.message
+    );
+}
