@@ -21,6 +21,7 @@ use crate::control::cluster::{self, ClusterView, NodeSettings};
 use crate::control::import::import_repository;
 use crate::control::objective::ObjectiveLoop;
 use crate::control::reconcile::{ClusterLink, Reconciler};
+use crate::control::repository::{ModelSettings, ModelToml};
 use crate::control::rewards::flush_rewards;
 use crate::control::rollout::{RolloutDriver, RolloutStatus};
 use crate::control::runtimes::{self, RuntimeSettings, Runtimes};
@@ -58,6 +59,9 @@ pub struct Running {
 /// starts serving. Versions load in the background; `/v2/health/ready` turns ready once the
 /// versions known at start have loaded or failed.
 pub async fn start(config: &Config) -> anyhow::Result<Running> {
+    // The defaults every model takes: refused here, once, rather than by each model's load.
+    ModelSettings::resolve(ModelToml::default(), &config.serving)
+        .map_err(|reason| anyhow::anyhow!("invalid [serving] settings: {reason}"))?;
     listener::raise_open_file_limit();
     let store = open_registry(config).await?;
     let runtimes = runtimes_for(config, store.as_ref()).await?;

@@ -17,6 +17,7 @@ use switchyard_runtimes::{
 use super::batching::*;
 use super::replicas::*;
 use super::warmup::Warmup;
+use super::worker::{IdleWait, Waited};
 use crate::error::{ErrorKind, GatewayError};
 
 fn test_load(runtime: Arc<dyn Runtime>, queue_capacity: usize) -> ReplicaLoad {
@@ -536,42 +537,97 @@ async fn a_worker_thread_runs_at_its_nice_value() {
     drop(plain);
 }
 
-/// CPU time (utime and stime, fields 14 and 15) of this process's thread named `name`, in
-/// clock ticks.
+/// CPU time of this process's thread named `name`: the scheduler's own count in nanoseconds
+/// (/proc's schedstat), else utime and stime (fields 14 and 15, in clock ticks of 10 ms).
 #[cfg(target_os = "linux")]
-fn thread_ticks(name: &str) -> Option<u64> {
+fn thread_cpu(name: &str) -> Option<Duration> {
+    let task = std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .find(|task| {
+            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })?;
+    if let Some(ns) = std::fs::read_to_string(task.path().join("schedstat"))
+        .ok()
+        .and_then(|text| text.split_whitespace().next()?.parse::<u64>().ok())
+    {
+        return Some(Duration::from_nanos(ns));
+    }
     let fields = thread_stat(name)?;
-    Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
+    let ticks = fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?;
+    Some(Duration::from_millis(ticks * 10))
+}
+
+#[test]
+fn a_worker_polls_only_while_jobs_come_within_its_spin() {
+    let (jobs, queue) = std::sync::mpsc::sync_channel::<u32>(4);
+    // Wide margins, so that a busy machine's late wake-ups do not blur short and long.
+    let spin = Duration::from_millis(50);
+    let mut idle = IdleWait::new(spin);
+    let sender = std::thread::spawn(move || {
+        // Gaps of 1, 1, 1 ms (within the spin), 150, 150 ms (beyond it), then 1, 1 ms again.
+        for (job, gap) in [1u64, 1, 1, 150, 150, 1, 1].into_iter().enumerate() {
+            std::thread::sleep(Duration::from_millis(gap));
+            jobs.send(job as u32).unwrap();
+        }
+    });
+    let waits: Vec<Waited> = (0..7)
+        .map(|job| {
+            assert_eq!(idle.next(&queue), Some(job));
+            idle.last
+        })
+        .collect();
+    sender.join().unwrap();
+    assert_eq!(idle.next(&queue), None, "a closed queue ends the wait");
+    let slept = |polled_first| Waited::Slept { polled_first };
+    assert_eq!(
+        waits,
+        [
+            Waited::Polled,
+            Waited::Polled,
+            Waited::Polled,
+            // Polled the whole spin, then slept: the gap was long,
+            slept(true),
+            // so the next wait sleeps at once;
+            slept(false),
+            // a short gap again: slept at once, but short,
+            slept(false),
+            // so the worker polls again.
+            Waited::Polled,
+        ]
+    );
 }
 
 #[cfg(target_os = "linux")]
 #[tokio::test]
-async fn an_idle_worker_stops_spinning_and_sleeps() {
+async fn an_idle_worker_stops_polling_and_sleeps() {
     let doubler = Doubler::default();
-    let batching = batches_of_eight(Duration::ZERO);
+    let mut load = test_load(Arc::new(doubler), 4);
+    load.worker_spin = Duration::from_millis(5);
     let set = Arc::new(
         ReplicaSet::start(
-            test_load(Arc::new(doubler), 4),
-            batching,
+            load,
+            batches_of_eight(Duration::ZERO),
             &[Device::Cpu],
             "spinner",
         )
         .await
         .unwrap(),
     );
-    // A burst: each request comes within the spin of the last, so the worker spins between them.
+    // A burst: each request comes within the spin of the last, so the worker polls between
+    // them.
     for i in 0..50 {
         assert!(submit(&set, rows(1, i as f32), None).await.unwrap().is_ok());
     }
-    // Then nothing: after at most one spin the worker sleeps, and a sleeping thread takes no
-    // CPU time. Half a second of spinning would be 50 ticks.
-    tokio::time::sleep(Duration::from_millis(50)).await;
-    let before = thread_ticks("spinner#0").expect("the worker thread");
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let after = thread_ticks("spinner#0").expect("the worker thread");
+    // Then nothing: after one spin the worker sleeps, and a sleeping thread takes no CPU time
+    // (a worker that kept polling would take a good share of 300 ms, however busy the machine).
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let cpu = || thread_cpu("spinner#0").expect("the worker thread");
+    let before = cpu();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let idle = cpu() - before;
     assert!(
-        after - before <= 2,
-        "the idle worker took {} ticks in 500 ms",
-        after - before
+        idle <= Duration::from_millis(10),
+        "the idle worker took {idle:?} in 300 ms"
     );
 }

@@ -100,8 +100,8 @@ pub(super) struct Worker {
 /// its queue costs tens of microseconds on a virtual machine (the futex, and the scheduler
 /// bringing an idle core back), and the model's first call after a sleep runs on cold caches:
 /// together most of what a small model's request costs beyond the HTTP stack at low
-/// concurrency. So the worker first polls its queue for up to `spin`, yielding its core to any
-/// other runnable thread between polls, and sleeps only after that. It spins only while jobs
+/// concurrency. So the worker first polls its queue for up to `spin`, yielding its core between
+/// bursts of polls to the threads waiting for it, and sleeps only after that. It spins only while jobs
 /// have been coming within `spin` of each other: a worker whose last gap was longer sleeps at
 /// once, so a version that gets a request now and then costs no CPU between them.
 pub(super) struct IdleWait {
@@ -109,6 +109,17 @@ pub(super) struct IdleWait {
     pub(super) spin: Duration,
     /// Whether the last gap between jobs was shorter than `spin`.
     recent_gap_short: bool,
+    /// How the last job was waited for.
+    pub(super) last: Waited,
+}
+
+/// How a job was waited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Waited {
+    /// It came while the worker polled.
+    Polled,
+    /// The worker slept until it came, having polled first or not.
+    Slept { polled_first: bool },
 }
 
 /// Polls of the queue between two yields of a spinning worker.
@@ -119,19 +130,24 @@ impl IdleWait {
         IdleWait {
             spin,
             recent_gap_short: true,
+            last: Waited::Polled,
         }
     }
 
     /// The next job; `None` once the queue is closed and empty.
-    fn next(&mut self, queue: &Receiver<Job>) -> Option<Job> {
+    pub(super) fn next<T>(&mut self, queue: &Receiver<T>) -> Option<T> {
         let idle_since = Instant::now();
-        if !self.spin.is_zero() && self.recent_gap_short {
+        let poll = !self.spin.is_zero() && self.recent_gap_short;
+        if poll {
             loop {
                 // Polls a few dozen times (a microsecond or two) between yields: a yield is a
                 // system call, and yielding after every poll cost about ten per request.
                 for _ in 0..POLLS_PER_YIELD {
                     match queue.try_recv() {
-                        Ok(job) => return Some(job),
+                        Ok(job) => {
+                            self.last = Waited::Polled;
+                            return Some(job);
+                        }
                         Err(TryRecvError::Disconnected) => return None,
                         Err(TryRecvError::Empty) => std::hint::spin_loop(),
                     }
@@ -144,6 +160,7 @@ impl IdleWait {
         }
         let job = queue.recv().ok()?;
         self.recent_gap_short = idle_since.elapsed() < self.spin;
+        self.last = Waited::Slept { polled_first: poll };
         Some(job)
     }
 }
