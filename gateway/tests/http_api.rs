@@ -645,3 +645,34 @@ async fn a_cuda_version_without_a_gpu_fails_with_what_is_missing() {
     }
     gateway.stop().await;
 }
+
+#[tokio::test]
+async fn serving_defaults_out_of_bounds_stop_the_start() {
+    for (adjust, refusal) in [
+        (
+            (|config: &mut switchyard_gateway::Config| {
+                config.serving.worker_spin =
+                    switchyard_gateway::config::HumanDuration(std::time::Duration::from_secs(1))
+            }) as fn(&mut switchyard_gateway::Config),
+            "worker_spin may be at most 10ms",
+        ),
+        (
+            |config: &mut switchyard_gateway::Config| config.serving.nice = -40,
+            "nice must be between -20 and 19",
+        ),
+    ] {
+        let mut config = switchyard_gateway::Config::default();
+        adjust(&mut config);
+        // Refused before anything is opened or bound.
+        match switchyard_gateway::start(&config).await {
+            Ok(_) => panic!("a gateway started with {refusal:?} broken"),
+            Err(error) => {
+                let message = format!("{error:#}");
+                assert!(
+                    message.contains("invalid [serving] settings") && message.contains(refusal),
+                    "{message}"
+                );
+            }
+        }
+    }
+}
