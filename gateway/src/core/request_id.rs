@@ -34,15 +34,21 @@ impl RequestIds {
         }
     }
 
-    /// A fresh id: `sy-<process>-<serial>-<mac>`, all hex.
+    /// A fresh id: `sy-<process>-<serial>-<mac>`, all hex. Every request without an id of its
+    /// own takes one, so it is written into one buffer of its final size.
     pub fn issue(&self) -> String {
         let serial = self.counter.fetch_add(1, Ordering::Relaxed);
-        let body = format!("{PREFIX}{:08x}-{serial:x}", self.process);
-        let tag = self.tag(&body);
-        let mut id = body;
+        // "sy-" + 8 + "-" + up to 16 + "-" + the tag's hex.
+        let mut id = String::with_capacity(PREFIX.len() + 8 + 1 + 16 + 1 + TAG_BYTES * 2);
+        id.push_str(PREFIX);
+        push_hex(&mut id, u64::from(self.process), 8);
+        id.push('-');
+        let serial_digits = (64 - serial.leading_zeros()).div_ceil(4).max(1) as usize;
+        push_hex(&mut id, serial, serial_digits);
+        let tag = self.tag(&id);
         id.push('-');
         for byte in tag {
-            id.push_str(&format!("{byte:02x}"));
+            push_hex(&mut id, u64::from(byte), 2);
         }
         id
     }
@@ -76,6 +82,14 @@ impl RequestIds {
         let mut tag = [0u8; TAG_BYTES];
         tag.copy_from_slice(&full[..TAG_BYTES]);
         tag
+    }
+}
+
+/// Appends the low `digits` hex digits of `value`, lowercase, most significant first.
+fn push_hex(out: &mut String, value: u64, digits: usize) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for position in (0..digits).rev() {
+        out.push(char::from(HEX[(value >> (position * 4)) as usize & 0xf]));
     }
 }
 
@@ -116,5 +130,22 @@ mod tests {
         assert!(!ids.verify(&first[..first.len() - 2]));
         assert!(!ids.verify("sy-00000000-1-zz"));
         assert!(!RequestIds::is_gateway_id("req-42"));
+    }
+
+    #[test]
+    fn ids_are_written_as_format_would() {
+        let ids = RequestIds::new(&[7; 64]);
+        ids.counter.store(0xffff_fffe, Ordering::Relaxed);
+        for serial in [0xffff_fffe_u64, 0xffff_ffff, 0x1_0000_0000] {
+            let id = ids.issue();
+            let body = format!("{PREFIX}{:08x}-{serial:x}", ids.process);
+            let tag: String = ids.tag(&body).iter().map(|b| format!("{b:02x}")).collect();
+            assert_eq!(id, format!("{body}-{tag}"));
+        }
+        ids.counter.store(0, Ordering::Relaxed);
+        assert!(ids.issue().contains("-0-"), "serial 0 is one digit");
+        ids.counter.store(u64::MAX, Ordering::Relaxed);
+        let last = ids.issue();
+        assert!(last.contains("-ffffffffffffffff-") && ids.verify(&last));
     }
 }
