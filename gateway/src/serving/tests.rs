@@ -483,17 +483,24 @@ fn batch_bound_follows_the_signature() {
     assert!(Batching::resolve(Some(4), &fixed).is_err());
 }
 
+/// /proc's directory of this process's thread named `name`.
+#[cfg(target_os = "linux")]
+fn thread_dir(name: &str) -> Option<std::path::PathBuf> {
+    std::fs::read_dir("/proc/self/task")
+        .ok()?
+        .flatten()
+        .map(|task| task.path())
+        .find(|task| {
+            std::fs::read_to_string(task.join("comm")).is_ok_and(|comm| comm.trim() == name)
+        })
+}
+
 /// The fields of /proc's stat line of this process's thread named `name`, from the state on
 /// (field 3 of proc(5) is index 0).
 #[cfg(target_os = "linux")]
 fn thread_stat(name: &str) -> Option<Vec<String>> {
-    let task = std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .flatten()
-        .find(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
-        })?;
-    let stat = std::fs::read_to_string(task.path().join("stat")).ok()?;
+    let task = thread_dir(name)?;
+    let stat = std::fs::read_to_string(task.join("stat")).ok()?;
     // The command, in parentheses, may hold spaces: the fields start after its last ')'.
     Some(
         stat.rsplit_once(')')?
@@ -541,13 +548,8 @@ async fn a_worker_thread_runs_at_its_nice_value() {
 /// (/proc's schedstat), else utime and stime (fields 14 and 15, in clock ticks of 10 ms).
 #[cfg(target_os = "linux")]
 fn thread_cpu(name: &str) -> Option<Duration> {
-    let task = std::fs::read_dir("/proc/self/task")
-        .ok()?
-        .flatten()
-        .find(|task| {
-            std::fs::read_to_string(task.path().join("comm")).is_ok_and(|comm| comm.trim() == name)
-        })?;
-    if let Some(ns) = std::fs::read_to_string(task.path().join("schedstat"))
+    let task = thread_dir(name)?;
+    if let Some(ns) = std::fs::read_to_string(task.join("schedstat"))
         .ok()
         .and_then(|text| text.split_whitespace().next()?.parse::<u64>().ok())
     {

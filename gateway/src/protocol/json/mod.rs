@@ -162,15 +162,15 @@ impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'a> {
                         .zip(shape.as_deref().and_then(shape_count));
                     data = match known {
                         Some(((name, dtype), count)) => {
-                            let mut refused = false;
+                            let refused = Cell::new(false);
                             match map.next_value_seed(DataSeed {
                                 dtype,
                                 count,
-                                refused: &mut refused,
+                                refused: &refused,
                             }) {
                                 Ok(bytes) => bytes.map(InputData::Read),
                                 Err(error) => {
-                                    if refused {
+                                    if refused.get() {
                                         let reason = format!("input '{}': {error}", quoted(name));
                                         DECODING.with(|decoding| {
                                             *decoding.refusal.borrow_mut() = Some(reason)
@@ -189,18 +189,9 @@ impl<'de: 'a, 'a> Visitor<'de> for InputVisitor<'a> {
             }
         }
         Ok(InputBody {
-            name: match name {
-                Some(name) => name,
-                None => return Err(de::Error::missing_field("name")),
-            },
-            shape: match shape {
-                Some(shape) => shape,
-                None => return Err(de::Error::missing_field("shape")),
-            },
-            datatype: match datatype {
-                Some(datatype) => datatype,
-                None => return Err(de::Error::missing_field("datatype")),
-            },
+            name: name.ok_or_else(|| de::Error::missing_field("name"))?,
+            shape: shape.ok_or_else(|| de::Error::missing_field("shape"))?,
+            datatype: datatype.ok_or_else(|| de::Error::missing_field("datatype"))?,
             parameters: parameters.flatten(),
             data,
         })
@@ -221,9 +212,9 @@ fn shape_count(shape: &[i64]) -> Option<usize> {
 struct DataSeed<'r> {
     dtype: DataType,
     count: usize,
-    /// Set when the data itself was refused (an element of the wrong kind, too many), as
-    /// opposed to a body that is not JSON.
-    refused: &'r mut bool,
+    /// Set when the data itself was refused (an element of the wrong kind, too many, too
+    /// few), as opposed to a body that is not JSON.
+    refused: &'r Cell<bool>,
 }
 
 /// Bytes reserved up front for data read in place whose shape claims more than the body can
@@ -277,23 +268,19 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
         };
         let mut out = Vec::with_capacity(reserve);
         let mut seen = 0usize;
-        let refused = Cell::new(false);
-        let read = ElementWriter {
+        ElementWriter {
             dtype: self.dtype,
             out: &mut out,
             seen: &mut seen,
             limit: self.count,
-            refused: &refused,
+            refused: self.refused,
         }
-        .deserialize(deserializer);
-        *self.refused = refused.get();
-        read?;
+        .deserialize(deserializer)?;
         if seen != self.count {
-            *self.refused = true;
-            return Err(de::Error::custom(format!(
-                "shape needs {} elements but data holds {seen}",
-                self.count
-            )));
+            return Err(refuse(
+                self.refused,
+                format!("shape needs {} elements but data holds {seen}", self.count),
+            ));
         }
         #[cfg(test)]
         DECODING.with(|decoding| decoding.read_in_place.set(decoding.read_in_place.get() + 1));
@@ -586,21 +573,32 @@ struct ElementWriter<'o> {
     refused: &'o Cell<bool>,
 }
 
+/// The error for data that was refused, noted as such in `refused`.
+fn refuse<E: de::Error>(refused: &Cell<bool>, reason: impl fmt::Display) -> E {
+    refused.set(true);
+    E::custom(reason)
+}
+
 impl ElementWriter<'_> {
     fn count<E: de::Error>(&mut self) -> Result<(), E> {
         *self.seen += 1;
         if *self.seen > self.limit {
-            return Err(E::custom(format!(
-                "data holds more elements than the shape's {}",
-                self.limit
-            )));
+            return Err(refuse(
+                self.refused,
+                format_args!("data holds more elements than the shape's {}", self.limit),
+            ));
         }
         Ok(())
     }
 
     fn integer<E: de::Error>(&mut self, value: i128) -> Result<(), E> {
         self.count()?;
-        let out_of_range = || E::custom(format!("{value} is out of range for {}", self.dtype));
+        let out_of_range = || {
+            refuse(
+                self.refused,
+                format_args!("{value} is out of range for {}", self.dtype),
+            )
+        };
         macro_rules! put {
             ($t:ty) => {
                 self.out.extend_from_slice(
@@ -630,12 +628,15 @@ impl ElementWriter<'_> {
             DataType::Bool => match value {
                 0 | 1 => self.out.push(value as u8),
                 _ => {
-                    return Err(E::custom(format!(
-                        "{value} is not a BOOL (use true or false)"
-                    )));
+                    return Err(refuse(
+                        self.refused,
+                        format_args!("{value} is not a BOOL (use true or false)"),
+                    ));
                 }
             },
-            DataType::Bytes => return Err(E::custom("BYTES elements must be strings")),
+            DataType::Bytes => {
+                return Err(refuse(self.refused, "BYTES elements must be strings"));
+            }
         }
         Ok(())
     }
@@ -654,10 +655,10 @@ impl ElementWriter<'_> {
                 return self.integer(value as i128);
             }
             _ => {
-                return Err(E::custom(format!(
-                    "{value} is not a whole number, as {} needs",
-                    self.dtype
-                )));
+                return Err(refuse(
+                    self.refused,
+                    format_args!("{value} is not a whole number, as {} needs", self.dtype),
+                ));
             }
         }
         self.count()
@@ -701,70 +702,49 @@ impl<'de> Visitor<'de> for ElementWriter<'_> {
     }
 
     fn visit_bool<E: de::Error>(mut self, value: bool) -> Result<(), E> {
-        let refused = self.refused;
-        noting(
-            refused,
-            (|| {
-                if self.dtype != DataType::Bool {
-                    return Err(E::custom(format!("true/false is not a {}", self.dtype)));
-                }
-                self.count()?;
-                self.out.push(u8::from(value));
-                Ok(())
-            })(),
-        )
+        if self.dtype != DataType::Bool {
+            return Err(refuse(
+                self.refused,
+                format_args!("true/false is not a {}", self.dtype),
+            ));
+        }
+        self.count()?;
+        self.out.push(u8::from(value));
+        Ok(())
     }
 
     fn visit_i64<E: de::Error>(mut self, value: i64) -> Result<(), E> {
-        noting(self.refused, self.integer(i128::from(value)))
+        self.integer(i128::from(value))
     }
 
     fn visit_u64<E: de::Error>(mut self, value: u64) -> Result<(), E> {
-        noting(self.refused, self.integer(i128::from(value)))
+        self.integer(i128::from(value))
     }
 
     fn visit_f64<E: de::Error>(mut self, value: f64) -> Result<(), E> {
-        noting(self.refused, self.float(value))
+        self.float(value)
     }
 
     fn visit_str<E: de::Error>(mut self, value: &str) -> Result<(), E> {
-        let refused = self.refused;
-        noting(
-            refused,
-            (|| {
-                if self.dtype != DataType::Bytes {
-                    return Err(E::custom(format!(
-                        "a string is not a {} element",
-                        self.dtype
-                    )));
-                }
-                self.count()?;
-                push_bytes_element(self.out, value.as_bytes()).map_err(E::custom)
-            })(),
-        )
+        if self.dtype != DataType::Bytes {
+            return Err(refuse(
+                self.refused,
+                format_args!("a string is not a {} element", self.dtype),
+            ));
+        }
+        self.count()?;
+        push_bytes_element(self.out, value.as_bytes()).map_err(|e| refuse(self.refused, e))
     }
 
     fn visit_unit<E: de::Error>(self) -> Result<(), E> {
-        noting(
-            self.refused,
-            Err(E::invalid_type(de::Unexpected::Unit, &self)),
-        )
+        self.refused.set(true);
+        Err(E::invalid_type(de::Unexpected::Unit, &self))
     }
 
     fn visit_map<A: de::MapAccess<'de>>(self, _map: A) -> Result<(), A::Error> {
-        noting(
-            self.refused,
-            Err(de::Error::invalid_type(de::Unexpected::Map, &self)),
-        )
+        self.refused.set(true);
+        Err(de::Error::invalid_type(de::Unexpected::Map, &self))
     }
-}
-
-/// Passes an element's result on, noting a refusal.
-fn noting<E>(refused: &Cell<bool>, result: Result<(), E>) -> Result<(), E> {
-    if result.is_err() {
-        refused.set(true);
-    }
-    result
 }
 
 #[derive(Serialize)]

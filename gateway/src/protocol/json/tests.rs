@@ -7,6 +7,11 @@ fn decode(json: &str) -> Result<InferRequest, GatewayError> {
     decode_request("m", None, json.as_bytes(), Bytes::new()).map(|(request, _)| request)
 }
 
+/// Why `json` was refused; panics if it was not.
+fn refusal(json: &str) -> String {
+    decode(json).expect_err(json).message
+}
+
 fn floats(tensor: &Tensor) -> Vec<f32> {
     tensor
         .data()
@@ -259,53 +264,35 @@ fn refused_data_names_its_input_wherever_it_stands() {
         r#"{"inputs":[{"name":"x","shape":[1],"datatype":"UINT8","data":[256]}]}"#,
         r#"{"inputs":[{"data":[256],"name":"x","shape":[1],"datatype":"UINT8"}]}"#,
     ] {
-        let error = decode(json).expect_err(json);
+        let message = refusal(json);
         assert!(
-            error
-                .message
-                .starts_with("input 'x': 256 is out of range for UINT8"),
-            "{json}: {}",
-            error.message
+            message.starts_with("input 'x': 256 is out of range for UINT8"),
+            "{json}: {message}"
         );
     }
     // A refusal in a later input names that one, not the first.
-    let error = decode(
+    let message = refusal(
         r#"{"inputs":[{"name":"a","shape":[1],"datatype":"FP32","data":[1]},
                       {"name":"b","shape":[2],"datatype":"FP32","data":[1,null]}]}"#,
-    )
-    .expect_err("null element");
-    assert!(
-        error.message.starts_with("input 'b': "),
-        "{}",
-        error.message
     );
+    assert!(message.starts_with("input 'b': "), "{message}");
     // Text that is not JSON inside the data is a malformed body.
-    let error = decode(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,}]}"#)
-        .expect_err("broken array");
+    let message = refusal(r#"{"inputs":[{"name":"x","shape":[2],"datatype":"FP32","data":[1,}]}"#);
     assert!(
-        error.message.starts_with("malformed inference request"),
-        "{}",
-        error.message
+        message.starts_with("malformed inference request"),
+        "{message}"
     );
     // Fewer elements than the shape needs, read in place.
-    let error = decode(r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#)
-        .expect_err("short");
+    let message =
+        refusal(r#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP32","data":[1,2]}]}"#);
     assert!(
-        error
-            .message
-            .starts_with("input 'x': shape needs 3 elements but data holds 2"),
-        "{}",
-        error.message
+        message.starts_with("input 'x': shape needs 3 elements but data holds 2"),
+        "{message}"
     );
     // A body that repeats a field is refused, as serde's own structs do.
-    let error =
-        decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1],"data":[2]}]}"#)
-            .expect_err("duplicate");
-    assert!(
-        error.message.contains("duplicate field `data`"),
-        "{}",
-        error.message
-    );
+    let message =
+        refusal(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1],"data":[2]}]}"#);
+    assert!(message.contains("duplicate field `data`"), "{message}");
 }
 
 #[test]
@@ -321,11 +308,10 @@ fn parameters_keep_their_kind() {
     assert_eq!(get("big"), Some(Parameter::Double(18446744073709551615.0)));
     assert_eq!(get("d"), Some(Parameter::Double(0.5)));
     assert_eq!(get("s"), Some(Parameter::String("text".into())));
-    let error = decode(
+    let message = refusal(
         r#"{"parameters":{"n":null},"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":[1]}]}"#,
-    )
-    .expect_err("null parameter");
-    assert!(error.message.contains("a parameter"), "{}", error.message);
+    );
+    assert!(message.contains("a parameter"), "{message}");
 }
 
 /// Inputs read in place by this thread so far.
@@ -348,13 +334,9 @@ fn data_after_its_name_datatype_and_shape_is_read_in_place() {
         assert_eq!(read_in_place(), before + 1, "{json}");
     }
     // Refused before its name came: still named, by the text path.
-    let error = decode(r#"{"inputs":[{"shape":[1],"datatype":"UINT8","data":[256],"name":"x"}]}"#)
-        .expect_err("out of range");
-    assert!(
-        error.message.starts_with("input 'x': "),
-        "{}",
-        error.message
-    );
+    let message =
+        refusal(r#"{"inputs":[{"shape":[1],"datatype":"UINT8","data":[256],"name":"x"}]}"#);
+    assert!(message.starts_with("input 'x': "), "{message}");
 }
 
 #[test]
@@ -370,17 +352,12 @@ fn null_data_is_no_data() {
             decode_request("m", None, json.as_bytes(), Bytes::from(binary)).expect(json);
         assert_eq!(floats(&request.inputs[0].tensor), [1.5, 2.5], "{json}");
     }
-    let error = decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":null}]}"#)
-        .expect_err("null and no binary data");
-    assert!(error.message.contains("has no data"), "{}", error.message);
-    let error =
-        decode(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":null,"data":[1]}]}"#)
-            .expect_err("data twice");
-    assert!(
-        error.message.contains("duplicate field `data`"),
-        "{}",
-        error.message
+    let message = refusal(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":null}]}"#);
+    assert!(message.contains("has no data"), "{message}");
+    let message = refusal(
+        r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":null,"data":[1]}]}"#,
     );
+    assert!(message.contains("duplicate field `data`"), "{message}");
 }
 
 #[test]
@@ -395,12 +372,10 @@ fn data_read_in_place_reserves_what_it_holds() {
     .expect("fits");
     assert_eq!(request.inputs[0].tensor.data().len(), 24);
     // A shape claiming far more than the body holds is refused, without reserving it.
-    let error =
-        decode(r#"{"inputs":[{"name":"x","shape":[1000000000],"datatype":"FP64","data":[1]}]}"#)
-            .expect_err("short data");
+    let message =
+        refusal(r#"{"inputs":[{"name":"x","shape":[1000000000],"datatype":"FP64","data":[1]}]}"#);
     assert!(
-        error.message.contains("shape needs 1000000000 elements"),
-        "{}",
-        error.message
+        message.contains("shape needs 1000000000 elements"),
+        "{message}"
     );
 }
