@@ -8,7 +8,7 @@ mod common;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{MLP_IN, free_port, mlp_raw_request, mlp_repository, sample_inputs, spawn_switchyard};
+use common::{MLP_IN, mlp_raw_request, mlp_repository, sample_inputs, spawn_switchyard};
 use opentelemetry_proto::tonic::collector::trace::v1::trace_service_server::{
     TraceService, TraceServiceServer,
 };
@@ -90,15 +90,16 @@ const ALL_SPANS: &[&str] = &[
 #[tokio::test]
 async fn spans_continue_the_callers_trace_over_http_and_grpc() {
     let receiver = Receiver::default();
-    let port = free_port();
+    // Bound before the gateway's ports are drawn, so none of them can be this one.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
     let server = tokio::spawn(
         tonic::transport::Server::builder()
             .add_service(TraceServiceServer::new(receiver.clone()))
-            .serve(format!("127.0.0.1:{port}").parse().unwrap()),
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener)),
     );
     let repo = mlp_repository("max_batch_size = 64\n");
     let registry = format!("sqlite://{}", repo.path().join("registry.db").display());
-    let endpoint = format!("http://127.0.0.1:{port}");
     let process = spawn_switchyard(repo.path(), &registry, &["--otlp-endpoint", &endpoint]).await;
     let grpc_addr = process.grpc.clone();
 

@@ -412,6 +412,15 @@ pub struct Process {
     pub admin: String,
     /// host:port of the gRPC listener.
     pub grpc: String,
+    /// Where the child writes its log (stderr), for a failing test to show.
+    pub log: tempfile::NamedTempFile,
+}
+
+impl Process {
+    /// The child's log so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log.path()).unwrap_or_default()
+    }
 }
 
 impl Drop for Process {
@@ -467,8 +476,31 @@ pub fn k6() -> PathBuf {
 }
 
 /// Starts the real `switchyard` binary and waits until it is ready.
+///
+/// Its ports are drawn here and bound by the child a moment later; in between, another test's
+/// listener or an outgoing connection can take one. A child that could not listen is started
+/// again on fresh ports; any other early exit, or a gateway that is not ready in time, fails
+/// the test with the child's log.
 pub async fn spawn_switchyard(repo: &std::path::Path, registry: &str, extra: &[&str]) -> Process {
+    const ATTEMPTS: usize = 3;
+    for attempt in 1..=ATTEMPTS {
+        match try_spawn_switchyard(repo, registry, extra).await {
+            Ok(process) => return process,
+            Err(log) if log.contains("cannot listen") && attempt < ATTEMPTS => continue,
+            Err(log) => panic!("switchyard exited before it was ready; its log:\n{log}"),
+        }
+    }
+    unreachable!("the last attempt returns or panics")
+}
+
+/// One start: the ready gateway, or the log of a child that exited first.
+async fn try_spawn_switchyard(
+    repo: &std::path::Path,
+    registry: &str,
+    extra: &[&str],
+) -> Result<Process, String> {
     let (http, grpc, admin, metrics) = (free_port(), free_port(), free_port(), free_port());
+    let log = tempfile::NamedTempFile::new().unwrap();
     let child = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
         .args(["serve", "--models"])
         .arg(repo)
@@ -480,26 +512,39 @@ pub async fn spawn_switchyard(repo: &std::path::Path, registry: &str, extra: &[&
         .args(extra)
         .env("SWITCHYARD_ADMIN_TOKEN", WRITER_TOKEN)
         .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
+        .stderr(log.reopen().unwrap())
         .spawn()
         .unwrap();
-    let process = Process {
+    let mut process = Process {
         child,
         http: format!("http://127.0.0.1:{http}"),
         admin: format!("http://127.0.0.1:{admin}"),
         grpc: format!("127.0.0.1:{grpc}"),
+        log,
     };
-    let client = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
+    // A connection the child accepted but never answers must not outlast the deadline.
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    // Generous: on CI's 2 cores this start shares the machine with other tests' gateways.
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let ready = client
             .get(format!("{}/v2/health/ready", process.http))
             .send()
             .await;
         if ready.is_ok_and(|r| r.status() == 200) {
-            return process;
+            return Ok(process);
         }
-        assert!(Instant::now() < deadline, "switchyard did not become ready");
+        if let Ok(Some(status)) = process.child.try_wait() {
+            return Err(format!("({status})\n{}", process.log_text()));
+        }
+        assert!(
+            Instant::now() < deadline,
+            "switchyard did not become ready in 60 s; its log:\n{}",
+            process.log_text()
+        );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
