@@ -575,8 +575,9 @@ fn a_worker_polls_only_while_jobs_come_within_its_spin() {
     });
     let waits: Vec<Waited> = (0..7)
         .map(|job| {
-            assert_eq!(idle.next(&queue), Some(job));
-            idle.last
+            let (got, waited) = idle.next(&queue).expect("a job");
+            assert_eq!(got, job);
+            waited
         })
         .collect();
     sender.join().unwrap();

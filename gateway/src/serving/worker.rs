@@ -101,16 +101,14 @@ pub(super) struct Worker {
 /// bringing an idle core back), and the model's first call after a sleep runs on cold caches:
 /// together most of what a small model's request costs beyond the HTTP stack at low
 /// concurrency. So the worker first polls its queue for up to `spin`, yielding its core between
-/// bursts of polls to the threads waiting for it, and sleeps only after that. It spins only while jobs
-/// have been coming within `spin` of each other: a worker whose last gap was longer sleeps at
-/// once, so a version that gets a request now and then costs no CPU between them.
+/// bursts of polls to the threads waiting for it, and sleeps only after that. It spins only
+/// while jobs have been coming within `spin` of each other: a worker whose last gap was longer
+/// sleeps at once, so a version that gets a request now and then costs no CPU between them.
 pub(super) struct IdleWait {
     /// `serving.worker_spin`; zero sleeps at once.
-    pub(super) spin: Duration,
+    spin: Duration,
     /// Whether the last gap between jobs was shorter than `spin`.
     recent_gap_short: bool,
-    /// How the last job was waited for.
-    pub(super) last: Waited,
 }
 
 /// How a job was waited for.
@@ -130,12 +128,11 @@ impl IdleWait {
         IdleWait {
             spin,
             recent_gap_short: true,
-            last: Waited::Polled,
         }
     }
 
-    /// The next job; `None` once the queue is closed and empty.
-    pub(super) fn next<T>(&mut self, queue: &Receiver<T>) -> Option<T> {
+    /// The next job and how it was waited for; `None` once the queue is closed and empty.
+    pub(super) fn next<T>(&mut self, queue: &Receiver<T>) -> Option<(T, Waited)> {
         let idle_since = Instant::now();
         let poll = !self.spin.is_zero() && self.recent_gap_short;
         if poll {
@@ -144,10 +141,7 @@ impl IdleWait {
                 // system call, and yielding after every poll cost about ten per request.
                 for _ in 0..POLLS_PER_YIELD {
                     match queue.try_recv() {
-                        Ok(job) => {
-                            self.last = Waited::Polled;
-                            return Some(job);
-                        }
+                        Ok(job) => return Some((job, Waited::Polled)),
                         Err(TryRecvError::Disconnected) => return None,
                         Err(TryRecvError::Empty) => std::hint::spin_loop(),
                     }
@@ -160,8 +154,7 @@ impl IdleWait {
         }
         let job = queue.recv().ok()?;
         self.recent_gap_short = idle_since.elapsed() < self.spin;
-        self.last = Waited::Slept { polled_first: poll };
-        Some(job)
+        Some((job, Waited::Slept { polled_first: poll }))
     }
 }
 
@@ -173,7 +166,7 @@ impl Worker {
             let first = match held.take() {
                 Some(job) => job,
                 None => match self.idle.next(&self.queue) {
-                    Some(job) => job,
+                    Some((job, _)) => job,
                     None => return,
                 },
             };

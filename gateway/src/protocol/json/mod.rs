@@ -217,8 +217,7 @@ struct DataSeed<'r> {
     refused: &'r Cell<bool>,
 }
 
-/// Bytes reserved up front for data read in place whose shape claims more than the body can
-/// hold.
+/// Bytes reserved up front for data whose shape claims more than its text can hold.
 const DATA_RESERVE_BYTES: usize = 64 << 10;
 
 impl<'de> DeserializeSeed<'de> for DataSeed<'_> {
@@ -252,36 +251,14 @@ impl<'de> Visitor<'de> for DataSeed<'_> {
         self,
         deserializer: D,
     ) -> Result<Self::Value, D::Error> {
-        let wanted = self
-            .dtype
-            .element_size()
-            .map_or(0, |size| self.count.saturating_mul(size));
-        // Data that fills its shape takes at most four times its text (a one-digit element of
-        // eight bytes and its comma), so such a reservation is charged already
-        // (`http.rs::infer`); a shape claiming more cannot be filled, and the buffer then grows
-        // only with what arrives.
         let body_bytes = DECODING.with(|decoding| decoding.body_bytes.get());
-        let reserve = if wanted <= body_bytes.saturating_mul(4) {
-            wanted
-        } else {
-            wanted.min(DATA_RESERVE_BYTES)
-        };
-        let mut out = Vec::with_capacity(reserve);
-        let mut seen = 0usize;
-        ElementWriter {
-            dtype: self.dtype,
-            out: &mut out,
-            seen: &mut seen,
-            limit: self.count,
-            refused: self.refused,
-        }
-        .deserialize(deserializer)?;
-        if seen != self.count {
-            return Err(refuse(
-                self.refused,
-                format!("shape needs {} elements but data holds {seen}", self.count),
-            ));
-        }
+        let out = read_elements(
+            deserializer,
+            self.dtype,
+            self.count,
+            body_bytes,
+            self.refused,
+        )?;
         #[cfg(test)]
         DECODING.with(|decoding| decoding.read_in_place.set(decoding.read_in_place.get() + 1));
         Ok(Some(out))
@@ -537,27 +514,55 @@ fn read_json_data(
     count: usize,
     raw: &RawValue,
 ) -> Result<Vec<u8>, GatewayError> {
-    let capacity = dtype
+    let text = raw.get();
+    let mut deserializer = serde_json::Deserializer::from_str(text);
+    read_elements(
+        &mut deserializer,
+        dtype,
+        count,
+        text.len(),
+        &Cell::new(false),
+    )
+    .map_err(|e| GatewayError::invalid(format!("input '{name}': {e}")))
+}
+
+/// Reads a tensor's `data`, a flat or nested array, as little-endian `dtype` bytes, and checks
+/// that it holds the shape's `count` elements. `text_bytes` is the length of the JSON it is read
+/// from, in place (the whole body) or as text (the data alone).
+fn read_elements<'de, D: de::Deserializer<'de>>(
+    deserializer: D,
+    dtype: DataType,
+    count: usize,
+    text_bytes: usize,
+    refused: &Cell<bool>,
+) -> Result<Vec<u8>, D::Error> {
+    let wanted = dtype
         .element_size()
         .map_or(0, |size| count.saturating_mul(size));
-    // The capacity is bounded by the body size: a shape claiming more elements than the body
-    // could hold is refused below, before anything that large is allocated.
-    let mut out = Vec::with_capacity(capacity.min(raw.get().len().saturating_mul(8)));
+    // Data that fills its shape takes at most four times its text (a one-digit element of
+    // eight bytes and its comma), so such a reservation is charged already (`http.rs::infer`
+    // charges a JSON body four times its length); a shape claiming more cannot be filled, and
+    // the buffer then grows only with what arrives.
+    let reserve = if wanted <= text_bytes.saturating_mul(4) {
+        wanted
+    } else {
+        wanted.min(DATA_RESERVE_BYTES)
+    };
+    let mut out = Vec::with_capacity(reserve);
     let mut seen = 0usize;
-    let mut deserializer = serde_json::Deserializer::from_str(raw.get());
     ElementWriter {
         dtype,
         out: &mut out,
         seen: &mut seen,
         limit: count,
-        refused: &Cell::new(false),
+        refused,
     }
-    .deserialize(&mut deserializer)
-    .map_err(|e| GatewayError::invalid(format!("input '{name}': {e}")))?;
+    .deserialize(deserializer)?;
     if seen != count {
-        return Err(GatewayError::invalid(format!(
-            "input '{name}': shape needs {count} elements but data holds {seen}"
-        )));
+        return Err(refuse(
+            refused,
+            format_args!("shape needs {count} elements but data holds {seen}"),
+        ));
     }
     Ok(out)
 }
