@@ -30,6 +30,26 @@ impl Signature {
     /// Checks a declared signature against the model's own: the same names, in any order,
     /// with the same element types and dimensions (a declared `-1` accepts any size, and a
     /// model's `-1` accepts a declared fixed size).
+    /// Fixes the dimensions the model leaves dynamic where the declaration gives a size, so that
+    /// requests are checked against what the configuration says (call after `check_declared`).
+    pub fn narrow_to(&mut self, declared: &Signature) {
+        let specs = self.inputs.iter_mut().chain(&mut self.outputs);
+        for spec in specs {
+            let found = declared
+                .inputs
+                .iter()
+                .chain(&declared.outputs)
+                .find(|d| d.name == spec.name && d.dims.len() == spec.dims.len());
+            if let Some(found) = found {
+                for (dim, &given) in spec.dims.iter_mut().zip(&found.dims) {
+                    if *dim == -1 {
+                        *dim = given;
+                    }
+                }
+            }
+        }
+    }
+
     pub fn check_declared(&self, declared: &Signature) -> Result<(), String> {
         let pairs = [
             ("input", &self.inputs, &declared.inputs),

@@ -131,31 +131,42 @@ impl Tensor {
     }
 
     /// A tensor whose every element is `value`, converted to `dtype` (`BYTES` elements hold
-    /// its decimal text). Used for synthetic warm-up inputs.
+    /// its decimal text). Used for synthetic warm-up inputs and initial states.
     pub fn filled(dtype: DataType, shape: Vec<usize>, value: f64) -> Result<Self, TensorError> {
         let count =
             element_count(&shape).ok_or_else(|| TensorError::ShapeOverflow(shape.clone()))?;
-        fn repeat<T: bytemuck::Pod>(count: usize, element: T) -> Bytes {
-            Bytes::from(bytemuck::cast_slice::<T, u8>(&vec![element; count]).to_vec())
+        Tensor::from_f64s(dtype, shape, &vec![value; count])
+    }
+
+    /// A tensor of `values` (one per element), each converted to `dtype` (`BYTES` elements hold
+    /// the decimal text).
+    pub fn from_f64s(
+        dtype: DataType,
+        shape: Vec<usize>,
+        values: &[f64],
+    ) -> Result<Self, TensorError> {
+        fn convert<T: bytemuck::Pod>(values: &[f64], element: impl Fn(f64) -> T) -> Bytes {
+            let elements: Vec<T> = values.iter().map(|&value| element(value)).collect();
+            Bytes::from(bytemuck::cast_slice::<T, u8>(&elements).to_vec())
         }
-        // `as` saturates, which is what a fill value out of a type's range should do.
+        // `as` saturates, which is what a value out of a type's range should do.
         let data = match dtype {
-            DataType::Bool => repeat(count, u8::from(value != 0.0)),
-            DataType::Uint8 => repeat(count, value as u8),
-            DataType::Uint16 => repeat(count, value as u16),
-            DataType::Uint32 => repeat(count, value as u32),
-            DataType::Uint64 => repeat(count, value as u64),
-            DataType::Int8 => repeat(count, value as i8),
-            DataType::Int16 => repeat(count, value as i16),
-            DataType::Int32 => repeat(count, value as i32),
-            DataType::Int64 => repeat(count, value as i64),
-            DataType::Fp16 => repeat(count, half::f16::from_f64(value)),
-            DataType::Bf16 => repeat(count, half::bf16::from_f64(value)),
-            DataType::Fp32 => repeat(count, value as f32),
-            DataType::Fp64 => repeat(count, value),
+            DataType::Bool => convert(values, |v| u8::from(v != 0.0)),
+            DataType::Uint8 => convert(values, |v| v as u8),
+            DataType::Uint16 => convert(values, |v| v as u16),
+            DataType::Uint32 => convert(values, |v| v as u32),
+            DataType::Uint64 => convert(values, |v| v as u64),
+            DataType::Int8 => convert(values, |v| v as i8),
+            DataType::Int16 => convert(values, |v| v as i16),
+            DataType::Int32 => convert(values, |v| v as i32),
+            DataType::Int64 => convert(values, |v| v as i64),
+            DataType::Fp16 => convert(values, half::f16::from_f64),
+            DataType::Bf16 => convert(values, half::bf16::from_f64),
+            DataType::Fp32 => convert(values, |v| v as f32),
+            DataType::Fp64 => convert(values, |v| v),
             DataType::Bytes => {
-                let text = value.to_string();
-                return Tensor::from_byte_strings(shape, &vec![text; count]);
+                let texts: Vec<String> = values.iter().map(f64::to_string).collect();
+                return Tensor::from_byte_strings(shape, &texts);
             }
         };
         Tensor::new(dtype, shape, data)

@@ -17,8 +17,10 @@ use ort::value::{
 
 use crate::{
     DataType, Device, LoadOptions, LoadedModel, NamedTensor, Runtime, RuntimeError, Signature,
-    Tensor, TensorSpec, bytes_elements,
+    Tensor, TensorSpec,
 };
+
+mod strings;
 
 /// The ONNX Runtime version whose library the project ships and `ort` was built against.
 pub const ONNXRUNTIME_VERSION: &str = "1.31.1";
@@ -169,7 +171,7 @@ impl Runtime for OnnxRuntime {
         let session = builder
             .commit_from_file(artifact)
             .map_err(|e| load_error(e.to_string()))?;
-        let signature = Signature {
+        let mut signature = Signature {
             inputs: session
                 .inputs()
                 .iter()
@@ -185,6 +187,7 @@ impl Runtime for OnnxRuntime {
         };
         if let Some(declared) = &options.declared {
             signature.check_declared(declared).map_err(load_error)?;
+            signature.narrow_to(declared);
         }
         Ok(Box::new(OnnxModel { session, signature }))
     }
@@ -296,21 +299,7 @@ fn to_ort_value<'a>(name: &str, tensor: &'a Tensor) -> Result<SessionInputValue<
         DataType::Bf16 => view::<bf16>(name, shape, data),
         DataType::Fp32 => view::<f32>(name, shape, data),
         DataType::Fp64 => view::<f64>(name, shape, data),
-        DataType::Bytes => {
-            let strings = bytes_elements(data)
-                .map(|element| {
-                    let element = element.map_err(|e| RuntimeError::InvalidInput(e.to_string()))?;
-                    String::from_utf8(element.to_vec()).map_err(|_| {
-                        RuntimeError::InvalidInput(format!(
-                            "input '{name}': ONNX string tensors must hold UTF-8 text"
-                        ))
-                    })
-                })
-                .collect::<Result<Vec<String>, _>>()?;
-            let value = OrtTensor::from_string_array((shape.to_vec(), strings.as_slice()))
-                .map_err(|e| input_error(name, e))?;
-            Ok(value.into())
-        }
+        DataType::Bytes => Ok(strings::string_tensor(name, shape, data)?.into()),
     }
 }
 
@@ -381,8 +370,8 @@ fn from_ort_value(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError> 
         DataType::Fp32 => extract::<f32>(value).map_err(execution_error)?,
         DataType::Fp64 => extract::<f64>(value).map_err(execution_error)?,
         DataType::Bytes => {
-            let (_, strings) = value.try_extract_strings().map_err(execution_error)?;
-            return Tensor::from_byte_strings(dims, &strings)
+            let count = dims.iter().product();
+            return strings::string_elements(value, dims, count)
                 .map_err(|e| RuntimeError::Execution(format!("output '{name}': {e}")));
         }
     };
