@@ -4,7 +4,7 @@
 use std::collections::HashMap;
 
 use bytes::Bytes;
-use switchyard_runtimes::{DataType, NamedTensor, Tensor, TensorView, push_bytes_element};
+use switchyard_runtimes::{DataType, NamedTensor, Tensor, push_bytes_element};
 
 use super::pb;
 use crate::core::request::MAX_PARAMETER_BYTES;
@@ -13,25 +13,6 @@ use crate::error::GatewayError;
 use pb::model_infer_request::InferInputTensor;
 use pb::model_infer_response::InferOutputTensor;
 use pb::{InferParameter, InferTensorContents, infer_parameter::ParameterChoice};
-
-pub(super) fn config_data_type(dtype: DataType) -> pb::DataType {
-    match dtype {
-        DataType::Bool => pb::DataType::TypeBool,
-        DataType::Uint8 => pb::DataType::TypeUint8,
-        DataType::Uint16 => pb::DataType::TypeUint16,
-        DataType::Uint32 => pb::DataType::TypeUint32,
-        DataType::Uint64 => pb::DataType::TypeUint64,
-        DataType::Int8 => pb::DataType::TypeInt8,
-        DataType::Int16 => pb::DataType::TypeInt16,
-        DataType::Int32 => pb::DataType::TypeInt32,
-        DataType::Int64 => pb::DataType::TypeInt64,
-        DataType::Fp16 => pb::DataType::TypeFp16,
-        DataType::Bf16 => pb::DataType::TypeBf16,
-        DataType::Fp32 => pb::DataType::TypeFp32,
-        DataType::Fp64 => pb::DataType::TypeFp64,
-        DataType::Bytes => pb::DataType::TypeString,
-    }
-}
 
 fn parameter(name: &str, value: InferParameter) -> Result<Parameter, GatewayError> {
     let value_bytes = match &value.parameter_choice {
@@ -61,11 +42,8 @@ fn parameter(name: &str, value: InferParameter) -> Result<Parameter, GatewayErro
     })
 }
 
-/// Decodes a request; also says whether its inputs came as raw contents, so the response can
-/// answer in kind.
-pub(super) fn decode_request(
-    request: pb::ModelInferRequest,
-) -> Result<(InferRequest, bool), GatewayError> {
+/// Decodes a request, its inputs in typed or raw contents.
+pub(super) fn decode_request(request: pb::ModelInferRequest) -> Result<InferRequest, GatewayError> {
     let raw = !request.raw_input_contents.is_empty();
     if raw && request.raw_input_contents.len() != request.inputs.len() {
         return Err(GatewayError::invalid(format!(
@@ -88,21 +66,18 @@ pub(super) fn decode_request(
             Ok((name, value))
         })
         .collect::<Result<_, GatewayError>>()?;
-    Ok((
-        InferRequest {
-            model: request.model_name,
-            version: (!request.model_version.is_empty()).then_some(request.model_version),
-            id: (!request.id.is_empty()).then_some(request.id),
-            inputs,
-            outputs: request.outputs.into_iter().map(|o| o.name).collect(),
-            parameters,
-            deadline: None,
-            received: None,
-            protocol: Default::default(),
-            headers: Default::default(),
-        },
-        raw,
-    ))
+    Ok(InferRequest {
+        model: request.model_name,
+        version: (!request.model_version.is_empty()).then_some(request.model_version),
+        id: (!request.id.is_empty()).then_some(request.id),
+        inputs,
+        outputs: request.outputs.into_iter().map(|o| o.name).collect(),
+        parameters,
+        deadline: None,
+        received: None,
+        protocol: Default::default(),
+        headers: Default::default(),
+    })
 }
 
 fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<NamedTensor, GatewayError> {
@@ -205,33 +180,21 @@ fn typed_to_bytes(
     })
 }
 
-pub(super) fn encode_response(
-    response: InferResponse,
-    raw_requested: bool,
-) -> pb::ModelInferResponse {
-    // FP16 and BF16 have no typed field: such outputs force raw contents for the whole response.
-    let raw = raw_requested
-        || response
-            .outputs
-            .iter()
-            .any(|o| matches!(o.tensor.dtype(), DataType::Fp16 | DataType::Bf16));
+/// Answers in `raw_output_contents` whatever form the request used, as Triton does: clients
+/// read raw contents, and the tensors' bytes go out without a copy.
+pub(super) fn encode_response(response: InferResponse) -> pb::ModelInferResponse {
     let mut outputs = Vec::with_capacity(response.outputs.len());
-    let mut raw_output_contents = Vec::new();
+    let mut raw_output_contents = Vec::with_capacity(response.outputs.len());
     for output in response.outputs {
         let tensor = output.tensor;
-        let contents = if raw {
-            raw_output_contents.push(tensor.data().clone());
-            None
-        } else {
-            Some(typed_contents(&tensor))
-        };
         outputs.push(InferOutputTensor {
             name: output.name,
             datatype: tensor.dtype().as_str().into(),
             shape: tensor.shape().iter().map(|&d| d as i64).collect(),
             parameters: HashMap::new(),
-            contents,
+            contents: None,
         });
+        raw_output_contents.push(tensor.data().clone());
     }
     pb::ModelInferResponse {
         model_name: response.model_name.to_string(),
@@ -332,34 +295,42 @@ pub(super) fn decode_response(
     })
 }
 
-fn typed_contents(tensor: &Tensor) -> InferTensorContents {
-    let mut contents = InferTensorContents::default();
-    match tensor.view() {
-        TensorView::Bool(v) => contents.bool_contents = v.iter().map(|&b| b != 0).collect(),
-        TensorView::Int8(v) => contents.int_contents = v.iter().map(|&x| i32::from(x)).collect(),
-        TensorView::Int16(v) => contents.int_contents = v.iter().map(|&x| i32::from(x)).collect(),
-        TensorView::Int32(v) => contents.int_contents = v.into_owned(),
-        TensorView::Uint8(v) => contents.uint_contents = v.iter().map(|&x| u32::from(x)).collect(),
-        TensorView::Uint16(v) => {
-            contents.uint_contents = v.iter().map(|&x| u32::from(x)).collect();
-        }
-        TensorView::Uint32(v) => contents.uint_contents = v.into_owned(),
-        TensorView::Int64(v) => contents.int64_contents = v.into_owned(),
-        TensorView::Uint64(v) => contents.uint64_contents = v.into_owned(),
-        TensorView::Fp32(v) => contents.fp32_contents = v.into_owned(),
-        TensorView::Fp64(v) => contents.fp64_contents = v.into_owned(),
-        TensorView::Bytes(v) => {
-            contents.bytes_contents = v.into_iter().map(Bytes::copy_from_slice).collect();
-        }
-        // Callers send these raw.
-        TensorView::Fp16(_) | TensorView::Bf16(_) => {}
-    }
-    contents
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use switchyard_runtimes::TensorView;
+
+    /// The typed form of a tensor: the inverse of `typed_to_bytes`, for its round trip.
+    fn typed_contents(tensor: &Tensor) -> InferTensorContents {
+        let mut contents = InferTensorContents::default();
+        match tensor.view() {
+            TensorView::Bool(v) => contents.bool_contents = v.iter().map(|&b| b != 0).collect(),
+            TensorView::Int8(v) => {
+                contents.int_contents = v.iter().map(|&x| i32::from(x)).collect()
+            }
+            TensorView::Int16(v) => {
+                contents.int_contents = v.iter().map(|&x| i32::from(x)).collect()
+            }
+            TensorView::Int32(v) => contents.int_contents = v.into_owned(),
+            TensorView::Uint8(v) => {
+                contents.uint_contents = v.iter().map(|&x| u32::from(x)).collect()
+            }
+            TensorView::Uint16(v) => {
+                contents.uint_contents = v.iter().map(|&x| u32::from(x)).collect();
+            }
+            TensorView::Uint32(v) => contents.uint_contents = v.into_owned(),
+            TensorView::Int64(v) => contents.int64_contents = v.into_owned(),
+            TensorView::Uint64(v) => contents.uint64_contents = v.into_owned(),
+            TensorView::Fp32(v) => contents.fp32_contents = v.into_owned(),
+            TensorView::Fp64(v) => contents.fp64_contents = v.into_owned(),
+            TensorView::Bytes(v) => {
+                contents.bytes_contents = v.into_iter().map(Bytes::copy_from_slice).collect();
+            }
+            // Callers send these raw.
+            TensorView::Fp16(_) | TensorView::Bf16(_) => {}
+        }
+        contents
+    }
 
     #[test]
     fn typed_contents_round_trip_every_typed_datatype() {
