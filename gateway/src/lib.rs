@@ -11,8 +11,8 @@
 //! - [`core`]: requests and responses, the model table, `infer`.
 //! - [`routing`] (policies, experiment figures) and [`serving`] (replicas, batching).
 //!
-//! [`error`], [`config`], [`auth`], [`telemetry`] and [`version_key`] are leaves that anything
-//! may use.
+//! [`error`], [`config`], [`auth`], [`telemetry`], [`version_key`] and [`wire`] (the types
+//! generated from `proto/`) are leaves that anything may use.
 
 pub mod admin;
 pub mod app;
@@ -26,6 +26,7 @@ pub mod routing;
 pub mod serving;
 pub mod telemetry;
 pub mod version_key;
+pub mod wire;
 
 pub use app::{Running, start};
 pub use config::Config;

@@ -7,7 +7,14 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 /// The modules every layer may use: they use no layer themselves.
-const LEAVES: &[&str] = &["error", "config", "auth", "telemetry", "version_key"];
+const LEAVES: &[&str] = &[
+    "error",
+    "config",
+    "auth",
+    "telemetry",
+    "version_key",
+    "wire",
+];
 
 /// Each layer and the layers below it that it may use (besides the leaves and itself).
 const RULE: &[(&str, &[&str])] = &[
