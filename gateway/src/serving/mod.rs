@@ -14,4 +14,4 @@ mod tests;
 pub use batching::{Batching, DEFAULT_MAX_BATCH_SIZE};
 pub use joining::JoinAxes;
 pub use replicas::{ReplicaInfo, ReplicaLoad, ReplicaSet};
-pub use warmup::Warmup;
+pub use warmup::{Warmup, WarmupOutcome};

@@ -3,9 +3,9 @@
 //! request goes to.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, SyncSender, TrySendError};
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
@@ -17,8 +17,8 @@ use tokio::sync::oneshot;
 use crate::error::{ErrorKind, GatewayError};
 use crate::serving::batching::Batching;
 use crate::serving::joining::JoinAxes;
-use crate::serving::warmup::{Warmup, warm_up};
-use crate::serving::worker::{IdleWait, Job, Worker, deadline_passed};
+use crate::serving::warmup::{Warmup, WarmupOutcome, warm_up};
+use crate::serving::worker::{FirstRun, IdleWait, Job, Worker, deadline_passed};
 use crate::telemetry::VersionMetrics;
 use crate::telemetry::tracing::TRACE_TARGET;
 
@@ -31,6 +31,17 @@ pub(super) struct Replica {
     pub(super) device: Device,
     /// Memory the load and warm-up took on the device, where it can be measured.
     pub(super) memory_bytes: Option<u64>,
+    /// What its first request added, measured when it had no warm-up.
+    pub(super) first_run_bytes: Arc<OnceLock<u64>>,
+}
+
+impl Replica {
+    /// Its memory on the device: the load's and warm-up's, and its first request's when it ran
+    /// cold.
+    fn measured_bytes(&self) -> Option<u64> {
+        let first_run = self.first_run_bytes.get().copied().unwrap_or(0);
+        self.memory_bytes.map(|bytes| bytes + first_run)
+    }
 }
 
 /// What the resource accounting needs to know of a replica.
@@ -65,6 +76,8 @@ impl Replica {
         let outstanding = Arc::new(AtomicUsize::new(0));
         let (loaded_tx, loaded_rx) = oneshot::channel();
         let worker_outstanding = outstanding.clone();
+        let first_run_bytes = Arc::new(OnceLock::new());
+        let worker_first_run = first_run_bytes.clone();
         let configured_max_batch = batching.configured_max_batch_size;
         std::thread::Builder::new()
             .name(thread_name)
@@ -91,17 +104,18 @@ impl Replica {
                     };
                     let max_batch_size = Batching::resolve(configured_max_batch, model.signature())
                         .map_err(load_error)?;
-                    if warmup.enabled {
-                        warm_up(model.as_mut(), &warmup).map_err(|message| {
+                    let warmed = warm_up(model.as_mut(), &warmup, max_batch_size > 0).map_err(
+                        |message| {
                             load_error(format!(
                                 "the warm-up run failed: {message} (the [warmup] table of \
-                                 model.toml sets its input shapes and values, or turns it off)"
+                                 model.toml, or model_warmup in config.pbtxt, sets its input \
+                                 shapes and values, or turns it off)"
                             ))
-                        })?;
-                    }
-                    Ok((model, max_batch_size))
+                        },
+                    )?;
+                    Ok((model, max_batch_size, warmed))
                 });
-                let (model, max_batch_size) = match loaded {
+                let (model, max_batch_size, warmed) = match loaded {
                     Ok(loaded) => loaded,
                     Err(error) => {
                         let _ = loaded_tx.send(Err(error));
@@ -114,10 +128,15 @@ impl Replica {
                 // Once loaded: loading and warming up run at the default priority, beside the
                 // replicas already serving.
                 set_nice(nice);
+                let first_run = warmed.skipped().then(|| FirstRun {
+                    bytes: worker_first_run.clone(),
+                    device: options.device,
+                });
                 let _ = loaded_tx.send(Ok(Loaded {
                     signature: model.signature().clone(),
                     max_batch_size,
                     memory_bytes,
+                    warmup: warmed,
                 }));
                 Worker {
                     model,
@@ -129,6 +148,7 @@ impl Replica {
                     outstanding: worker_outstanding,
                     metrics,
                     idle: IdleWait::new(worker_spin),
+                    first_run,
                 }
                 .run();
             })
@@ -142,6 +162,7 @@ impl Replica {
             index,
             device,
             memory_bytes: loaded.memory_bytes,
+            first_run_bytes,
         };
         Ok((replica, loaded))
     }
@@ -199,6 +220,7 @@ pub(super) struct Loaded {
     pub(super) max_batch_size: usize,
     /// Memory the load and warm-up took on the replica's device, where it can be measured.
     pub(super) memory_bytes: Option<u64>,
+    pub(super) warmup: WarmupOutcome,
 }
 
 /// The replicas of one version, which can grow and shrink while it serves. Dropping it closes
@@ -216,6 +238,8 @@ pub struct ReplicaSet {
     pub(super) count: tokio::sync::watch::Sender<usize>,
     /// Requests waiting for a replica while the version is scaled to zero.
     pub(super) cold_waiters: AtomicUsize,
+    /// How its first replica was warmed up (the others ran the same).
+    pub(super) warmup: WarmupOutcome,
 }
 
 impl ReplicaSet {
@@ -236,6 +260,7 @@ impl ReplicaSet {
         };
         let mut replicas = Vec::with_capacity(devices.len());
         let mut signature = Signature::default();
+        let mut warmup = WarmupOutcome::Skipped("no replica loaded".into());
         for (index, device) in (0u32..).zip(devices) {
             let (replica, loaded) = Replica::start(
                 &load,
@@ -248,6 +273,7 @@ impl ReplicaSet {
             replicas.push(Arc::new(replica));
             signature = loaded.signature;
             batching.max_batch_size = loaded.max_batch_size;
+            warmup = loaded.warmup;
         }
         let next_index = AtomicU32::new(u32::try_from(replicas.len()).unwrap_or(u32::MAX));
         Ok(ReplicaSet {
@@ -260,6 +286,7 @@ impl ReplicaSet {
             next_index,
             count: tokio::sync::watch::Sender::new(devices.len()),
             cold_waiters: AtomicUsize::new(0),
+            warmup,
         })
     }
 
@@ -356,8 +383,13 @@ impl ReplicaSet {
         self.replicas
             .load()
             .iter()
-            .filter_map(|replica| replica.memory_bytes)
+            .filter_map(|replica| replica.measured_bytes())
             .max()
+    }
+
+    /// How its replicas were warmed up.
+    pub fn warmup(&self) -> &WarmupOutcome {
+        &self.warmup
     }
 
     pub fn signature(&self) -> &Signature {

@@ -27,8 +27,10 @@ fn test_load(runtime: Arc<dyn Runtime>, queue_capacity: usize) -> ReplicaLoad {
         options: LoadOptions::default(),
         warmup: Warmup {
             enabled: false,
+            configured: false,
             dims: Default::default(),
             fill: Default::default(),
+            random: Default::default(),
         },
         queue_capacity,
         metrics: None,

@@ -94,6 +94,14 @@ pub(super) struct Worker {
     pub(super) outstanding: Arc<AtomicUsize>,
     pub(super) metrics: Option<Arc<VersionMetrics>>,
     pub(super) idle: IdleWait,
+    /// Set while a replica that had no warm-up has not run yet: its first call is measured.
+    pub(super) first_run: Option<FirstRun>,
+}
+
+/// Where the memory a cold replica's first call takes goes.
+pub(super) struct FirstRun {
+    pub(super) bytes: Arc<std::sync::OnceLock<u64>>,
+    pub(super) device: switchyard_runtimes::Device,
 }
 
 /// How a worker whose queue ran dry waits for the next job. Waking a thread that sleeps on
@@ -308,10 +316,26 @@ impl Worker {
                 (batch, infer)
             })
             .collect();
+        // A replica that had no warm-up measures what its first call adds, as a load is
+        // measured: while no load runs. Best effort: the worker never waits for a load to end;
+        // when one runs, the next call measures instead.
+        let measuring = self.first_run.as_ref().and_then(|first| {
+            let lock = super::replicas::LOADING.try_lock().ok()?;
+            let before = switchyard_runtimes::memory::in_use(first.device)?;
+            Some((lock, before))
+        });
         let model = &mut self.model;
         let outputs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| model.run(inputs)))
-            .unwrap_or_else(|_| Err(RuntimeError::Execution("the runtime panicked".into())))
-            .map_err(GatewayError::from)?;
+            .unwrap_or_else(|_| Err(RuntimeError::Execution("the runtime panicked".into())));
+        if let Some((lock, before)) = measuring {
+            if let Some(first) = self.first_run.take()
+                && let Some(after) = switchyard_runtimes::memory::in_use(first.device)
+            {
+                let _ = first.bytes.set(after.saturating_sub(before));
+            }
+            drop(lock);
+        }
+        let outputs = outputs.map_err(GatewayError::from)?;
         let compute = started.elapsed();
         drop(spans);
         if let Some(metrics) = &self.metrics {
