@@ -169,7 +169,11 @@ async fn health_metadata_ready_and_config() {
         .await
         .unwrap_err();
     assert_eq!(missing.code(), Code::NotFound);
-    assert!(missing.message().contains("unknown model 'nope'"));
+    assert!(
+        missing
+            .message()
+            .starts_with("Request for unknown model: 'nope' is not found")
+    );
 
     let config = grpc
         .model_config(pb::ModelConfigRequest {
@@ -204,7 +208,12 @@ async fn health_metadata_ready_and_config() {
         .unwrap();
     assert_eq!(silero.max_batch_size, 0);
     assert!(silero.input.iter().all(|i| i.name != "state"), "implicit");
-    let state = &silero.sequence_batching.as_ref().unwrap().state[0];
+    let Some(pb::model_config::SchedulingChoice::SequenceBatching(sequence)) =
+        &silero.scheduling_choice
+    else {
+        panic!("silero_vad is served as sequences: {silero:?}");
+    };
+    let state = &sequence.state[0];
     assert_eq!(
         (state.input_name.as_str(), state.dims.as_slice()),
         ("state", &[2, 1, 128][..])
@@ -260,7 +269,10 @@ async fn mlp_typed_and_raw_match_the_weights_and_the_http_path() {
         assert_eq!(raw.outputs[0].name, "y");
         assert_eq!(raw.outputs[0].datatype, "FP32");
         assert_eq!(raw.outputs[0].shape, [rows as i64, MLP_OUT as i64]);
-        assert!(raw.outputs[0].contents.is_none(), "raw in, raw out");
+        assert!(
+            raw.outputs[0].contents.is_none(),
+            "answered in raw contents"
+        );
         let raw_y = f32s(&raw.raw_output_contents[0]);
         assert_close(&raw_y, &expected, 1e-5);
 
@@ -269,14 +281,9 @@ async fn mlp_typed_and_raw_match_the_weights_and_the_http_path() {
             .await
             .unwrap()
             .into_inner();
-        assert!(typed.raw_output_contents.is_empty(), "typed in, typed out");
-        let typed_y = typed.outputs[0]
-            .contents
-            .as_ref()
-            .unwrap()
-            .fp32_contents
-            .clone();
-        assert_eq!(typed_y, raw_y);
+        // Triton answers in raw contents whatever form the request used, and clients read them.
+        assert!(typed.outputs[0].contents.is_none(), "typed in, raw out");
+        assert_eq!(f32s(&typed.raw_output_contents[0]), raw_y);
 
         let body = json!({"inputs": [{"name": "x", "shape": [rows, MLP_IN], "datatype": "FP32", "data": x}]});
         let (status, http) = gateway.post_json("/v2/models/mlp/infer", &body).await;
@@ -372,7 +379,7 @@ async fn silero_vad_over_grpc_matches_python_onnxruntime() {
 
         let typed = grpc.model_infer(typed).await.unwrap().into_inner();
         assert_eq!(typed.model_version, version);
-        for output in &typed.outputs {
+        for (output, raw_contents) in typed.outputs.iter().zip(&typed.raw_output_contents) {
             let expected = &case["outputs"][output.name.as_str()];
             let expected_shape: Vec<i64> = expected["shape"]
                 .as_array()
@@ -381,11 +388,8 @@ async fn silero_vad_over_grpc_matches_python_onnxruntime() {
                 .map(|d| d.as_i64().unwrap())
                 .collect();
             assert_eq!(output.shape, expected_shape);
-            assert_close(
-                &output.contents.as_ref().unwrap().fp32_contents,
-                &as_f32s(&expected["data"]),
-                1e-5,
-            );
+            assert!(output.contents.is_none(), "typed in, raw out");
+            assert_close(&f32s(raw_contents), &as_f32s(&expected["data"]), 1e-5);
         }
         let raw = grpc.model_infer(raw).await.unwrap().into_inner();
         assert_eq!(raw.outputs.len(), 1, "only the requested output");
@@ -441,8 +445,16 @@ async fn bad_requests_get_the_right_status_codes() {
         (extra_raw, Code::InvalidArgument, "one per input"),
         (unknown_datatype, Code::InvalidArgument, "unknown datatype"),
         (short_typed, Code::InvalidArgument, "fp32_contents holds 10"),
-        (unknown_model, Code::NotFound, "unknown model 'nope'"),
-        (unknown_version, Code::NotFound, "no version '4'"),
+        (
+            unknown_model,
+            Code::NotFound,
+            "Request for unknown model: 'nope' is not found",
+        ),
+        (
+            unknown_version,
+            Code::NotFound,
+            "Request for unknown model: 'mlp' version 4 is not found",
+        ),
         (unknown_output, Code::InvalidArgument, "no output 'z'"),
     ];
     for (request, code, message) in cases {

@@ -95,13 +95,24 @@ async fn model_metadata_ready_and_config() {
     assert_eq!(config["backend"], "onnxruntime");
     assert_eq!(config["input"], torch_config["input"]);
     assert_eq!(config["max_batch_size"], 64);
+    // Triton's JSON form: every field, defaults included.
+    let (input, output) = (&config["input"][0], &config["output"][0]);
+    assert_eq!(config["input"].as_array().unwrap().len(), 1);
     assert_eq!(
-        config["input"],
-        json!([{"name": "x", "data_type": "TYPE_FP32", "dims": [64]}])
+        (&input["name"], &input["data_type"], &input["dims"]),
+        (&json!("x"), &json!("TYPE_FP32"), &json!([64]))
     );
     assert_eq!(
-        config["output"],
-        json!([{"name": "y", "data_type": "TYPE_FP32", "dims": [10]}])
+        (&input["format"], &input["optional"]),
+        (&json!("FORMAT_NONE"), &json!(false))
+    );
+    assert_eq!(
+        (&output["name"], &output["data_type"], &output["dims"]),
+        (&json!("y"), &json!("TYPE_FP32"), &json!([10]))
+    );
+    assert_eq!(
+        config["dynamic_batching"]["default_queue_policy"]["allow_timeout_override"],
+        true
     );
     // silero_vad has no batch axis (its state is batched on axis 1): full shapes, max_batch_size 0.
     let (status, config) = gateway.get("/v2/models/silero_vad/versions/2/config").await;
@@ -355,10 +366,10 @@ async fn bad_requests_get_the_protocol_error_body() {
          400, "rejected the inputs"),
         ("/v2/models/nope/infer",
          json!({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": ones}]}).to_string(),
-         404, "unknown model 'nope'"),
+         404, "Request for unknown model: 'nope' is not found"),
         ("/v2/models/mlp/versions/9/infer",
          json!({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32", "data": ones}]}).to_string(),
-         404, "no version '9'"),
+         404, "Request for unknown model: 'mlp' version 9 is not found"),
     ];
     for (path, body, expected_status, expected_message) in cases {
         let (status, response) = gateway.post_raw(path, body.into_bytes()).await;
@@ -465,7 +476,12 @@ async fn a_corrupt_model_fails_alone() {
 
     let (status, body) = gateway.get("/v2/models/broken/versions/1/ready").await;
     assert_eq!(status, 503);
-    assert!(body["error"].as_str().unwrap().contains("not ready"));
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("version 1 is not at ready state")
+    );
     let (status, body) = gateway
         .post_json("/v2/models/broken/infer", &json!({"inputs": []}))
         .await;

@@ -1,6 +1,6 @@
 //! The control plane, beside the request path: the reconciler that turns registry changes into
 //! a published model table ([`reconcile`]), the model repository and its import
-//! ([`repository`], [`import`]), the runtime factories ([`runtimes`]), memory accounting,
+//! ([`repository`], Triton's `config.pbtxt` in [`triton`], [`import`]), the runtime factories ([`runtimes`]), memory accounting,
 //! placement and autoscaling ([`capacity`]), the cluster's membership and placement
 //! ([`cluster`]), the objective policy's loop ([`objective`]), and
 //! the reward flush ([`rewards`]). Only this layer
@@ -16,6 +16,7 @@ pub mod repository;
 pub mod rewards;
 pub mod rollout;
 pub mod runtimes;
+pub mod triton;
 
 use std::sync::Arc;
 

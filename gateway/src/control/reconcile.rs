@@ -18,6 +18,7 @@ use crate::control::cluster::{ClusterView, Hosted};
 use crate::control::import::registered_settings;
 use crate::control::repository::ModelSettings;
 use crate::control::runtimes::{self, Runtimes};
+use crate::control::triton;
 use crate::core::forward::RemoteVersion;
 use crate::core::{
     ModelEntry, ModelTable, ReadyVersion, SequenceSettings, VersionEntry, VersionStatus,
@@ -231,7 +232,9 @@ impl Reconciler {
         let settings = registered_settings(version, &self.defaults);
         let (runtime, settings) = match (runtime, settings) {
             (Ok(runtime), Ok(settings)) => (runtime, settings),
-            (Err(reason), _) | (_, Err(reason)) => {
+            // The settings' reason first: a model whose config cannot be served was registered
+            // with no runtime it could load.
+            (_, Err(reason)) | (Err(reason), _) => {
                 tracing::error!(version = %key, %reason, "version not loaded");
                 self.local
                     .insert(key.clone(), VersionStatus::Failed(reason.clone()));
@@ -342,6 +345,10 @@ impl Reconciler {
                     });
                     patch.insert("measured_memory".to_owned(), measured);
                 }
+                patch.insert(
+                    "warmup".to_owned(),
+                    serde_json::json!(ready.replicas.warmup().describe()),
+                );
                 if self.cluster.is_some() {
                     // For the nodes that forward it: they answer its metadata themselves.
                     patch.insert("signature".to_owned(), signature_json(&ready));
@@ -760,6 +767,7 @@ async fn load(
         max_queue_delay: settings.max_queue_delay,
         preferred_batch_sizes: settings.preferred_batch_sizes.clone(),
     };
+    let runtime_name = runtime.name();
     let load = ReplicaLoad {
         runtime,
         artifact,
@@ -777,7 +785,16 @@ async fn load(
     let max_batch_size = u32::try_from(replicas.max_batch_size()).unwrap_or(u32::MAX);
     if let Some(sequence) = &settings.sequence {
         check_states(sequence, replicas.signature())?;
+        check_controls(sequence, replicas.signature())?;
     }
+    let config = triton::effective_config(&triton::ServedVersion {
+        model: &key.model,
+        runtime: runtime_name,
+        settings: &settings,
+        signature: replicas.signature(),
+        max_batch_size,
+        warmup: replicas.warmup(),
+    });
     Ok(ReadyVersion {
         replicas,
         metrics,
@@ -791,7 +808,29 @@ async fn load(
         allowed: settings.devices,
         sequence: settings.sequence,
         open_sequences: Default::default(),
+        interface: settings.interface,
+        config: Arc::new(config),
     })
+}
+
+/// Refuses a version whose control inputs the model lacks or takes in another datatype:
+/// caught at load, not at a sequence's first request.
+fn check_controls(sequence: &SequenceSettings, signature: &Signature) -> Result<(), String> {
+    for control in &sequence.controls {
+        let input = signature.input(&control.input).ok_or_else(|| {
+            format!(
+                "control input '{}' is not one of the model's inputs",
+                control.input
+            )
+        })?;
+        if input.dtype != control.dtype {
+            return Err(format!(
+                "control input '{}' is fed as {}, but the model takes {}",
+                control.input, control.dtype, input.dtype
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// Refuses a version whose `[[state]]` names an input or output the model lacks, or a state

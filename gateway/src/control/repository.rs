@@ -14,7 +14,10 @@ use switchyard_registry::compare_labels;
 
 use crate::config::{ByteSize, HumanDuration, ServingConfig};
 use crate::control::runtimes::RUNTIME_KINDS;
-use crate::core::{Scaling, SequenceSettings, StateSpec};
+use crate::control::triton;
+use crate::core::{
+    ControlKind, ControlSpec, Interface, Reshape, Scaling, SequenceSettings, StateSpec,
+};
 use crate::serving::JoinAxes;
 use crate::serving::Warmup;
 
@@ -73,6 +76,44 @@ pub struct ModelToml {
     pub sequence: Option<SequenceToml>,
     /// Implicit state the gateway carries between a sequence's requests; implies `[sequence]`.
     pub state: Option<Vec<StateToml>>,
+    /// The runtime of the model's versions (`onnx` or `libtorch`), as Triton's `platform` or
+    /// `backend` names it. Unset: the artifact file in each version folder decides.
+    pub runtime: Option<String>,
+    /// The artifact's file name in each version folder, instead of the runtime's default
+    /// (`model.onnx`, `model.pt`): Triton's `default_model_filename`.
+    pub default_model_filename: Option<String>,
+    /// Which version folders are served (Triton's `version_policy`). Unset: every one.
+    pub version_policy: Option<VersionPolicyToml>,
+    /// Free-form parameters, as Triton's `parameters` (kept and shown in the model's config;
+    /// `intra_op_thread_count` sets `intra_op_threads`, the others have no effect, as in
+    /// Triton's ONNX Runtime backend).
+    pub parameters: Option<BTreeMap<String, String>>,
+}
+
+/// `version_policy`: `{ latest = 2 }`, `{ all = true }` or `{ specific = ["1", "3"] }`.
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case", deny_unknown_fields)]
+pub enum VersionPolicyToml {
+    /// The highest N version labels.
+    Latest(u32),
+    All(bool),
+    /// These labels only.
+    Specific(Vec<String>),
+}
+
+impl VersionPolicyToml {
+    /// Whether a version label is served, among `labels` (sorted, lowest first).
+    pub fn serves(&self, label: &str, labels: &[&str]) -> bool {
+        match self {
+            VersionPolicyToml::All(_) => true,
+            VersionPolicyToml::Specific(chosen) => chosen.iter().any(|c| c == label),
+            VersionPolicyToml::Latest(count) => labels
+                .iter()
+                .rev()
+                .take(*count as usize)
+                .any(|latest| *latest == label),
+        }
+    }
 }
 
 /// `[sequence]`: how a model's sequences are served.
@@ -89,10 +130,31 @@ pub struct SequenceToml {
     /// How long a call may wait for other open sequences' calls to join it, e.g. "1ms"; it
     /// never waits when its sequence is the only one open. Default 0: join what is queued.
     pub max_queue_delay: Option<String>,
+    /// Triton's scheduling strategy: `direct` (each sequence holds a slot of a replica; the
+    /// default) or `oldest` (calls of the oldest sequences joined first); both join calls as
+    /// `axes`, `max_batch` and `max_queue_delay` say, and differ in nothing else here.
+    pub strategy: Option<String>,
+    /// Control inputs the gateway feeds on every request of a sequence (Triton's
+    /// `control_input`), e.g. `{ input = "START", kind = "start", datatype = "INT32",
+    /// false_true = [0, 1] }`.
+    pub control: Vec<ControlToml>,
     /// The axis along which concurrent sequences' data inputs and outputs join, by tensor
     /// name, e.g. `{ input = 0, output = 0 }`; inputs not named here or in `[[state]]` (a
     /// sampling rate) must be equal in the calls joined. Unset: nothing joins.
     pub axes: BTreeMap<String, usize>,
+}
+
+/// One control input of a sequence model: `kind` is `start`, `end`, `ready` (1 on every
+/// request the gateway runs) or `corrid` (the sequence's id, in `datatype`: an integer type or
+/// BYTES); the flags take `false_true` in `datatype` (INT32, FP32 or BOOL).
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ControlToml {
+    pub input: String,
+    pub kind: String,
+    pub datatype: String,
+    /// The values for false and true; default `[0, 1]`. Not for `corrid`.
+    pub false_true: Option<[f64; 2]>,
 }
 
 /// `[[state]]`: one implicit state, e.g. `{ input = "state", output = "stateN",
@@ -129,7 +191,22 @@ const MAX_SEQUENCES_PER_REPLICA: usize = 4096;
 pub struct TensorToml {
     pub name: String,
     pub datatype: String,
+    /// The shape clients see, the batch axis included.
     pub dims: Vec<i64>,
+    /// The shape the model takes when it differs from `dims` (Triton's `reshape`), the batch
+    /// axis included: requests are reshaped on the way in, answers on the way out.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reshape: Option<Vec<i64>>,
+    /// An input clients may leave out (Triton's `optional`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub optional: bool,
+    /// An image input's layout, `NCHW` or `NHWC` (Triton's `format`), told to clients.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub format: Option<String>,
+    /// An output's class labels, one per line, in a file of the model's folder (Triton's
+    /// `label_filename`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub label_filename: Option<String>,
 }
 
 /// Before a replica is ready it runs once on a synthetic input whose elements are all 1 (never
@@ -144,6 +221,8 @@ pub struct WarmupToml {
     pub dims: BTreeMap<String, Vec<usize>>,
     /// The value an input is filled with instead of 1, e.g. `{ sr = 16000 }`.
     pub fill: BTreeMap<String, f64>,
+    /// Inputs filled with random values instead (Triton's `random_data`).
+    pub random: Vec<String>,
 }
 
 /// The settings a version is served with, after defaults are applied.
@@ -168,6 +247,10 @@ pub struct ModelSettings {
     pub devices: Vec<Device>,
     pub scaling: Option<Scaling>,
     pub sequence: Option<Arc<SequenceSettings>>,
+    /// Optional inputs and reshaped tensors.
+    pub interface: Interface,
+    /// What the settings were resolved from, for the configuration the version reports.
+    pub source: ModelToml,
 }
 
 impl ModelSettings {
@@ -195,6 +278,7 @@ impl ModelSettings {
     }
 
     pub fn resolve(toml: ModelToml, defaults: &ServingConfig) -> Result<ModelSettings, String> {
+        let source = toml.clone();
         let device = match toml.device {
             None => Device::Cpu,
             Some(text) => text.parse().map_err(|e| format!("{e}"))?,
@@ -226,12 +310,43 @@ impl ModelSettings {
         if replicas == 0 {
             return Err("replicas must be at least 1".into());
         }
-        let declared = match (toml.input, toml.output) {
-            (None, None) => None,
-            (Some(inputs), Some(outputs)) => Some(Signature {
-                inputs: declared_specs(inputs, "input")?,
-                outputs: declared_specs(outputs, "output")?,
-            }),
+        let sequence = sequence_settings(toml.sequence, toml.state.unwrap_or_default())?;
+        let (declared, interface) = match (toml.input, toml.output) {
+            (None, None) => (None, Interface::default()),
+            (Some(inputs), Some(outputs)) => {
+                let interface = interface(&inputs, &outputs)?;
+                let mut inputs = declared_specs(inputs, "input")?;
+                // The model takes the inputs the gateway feeds besides those clients send.
+                let fed = sequence.iter().flat_map(|sequence| {
+                    let controls = sequence.controls.iter().map(|control| TensorSpec {
+                        name: control.input.clone(),
+                        dtype: control.dtype,
+                        dims: control_dims(toml.max_batch_size),
+                    });
+                    let states = sequence.states.iter().map(|state| TensorSpec {
+                        name: state.input.clone(),
+                        dtype: state.initial.dtype(),
+                        dims: state.initial.shape().iter().map(|&d| d as i64).collect(),
+                    });
+                    controls.chain(states).collect::<Vec<_>>()
+                });
+                for spec in fed {
+                    if !inputs.iter().any(|input| input.name == spec.name) {
+                        inputs.push(spec);
+                    }
+                }
+                let mut outputs = declared_specs(outputs, "output")?;
+                for state in sequence.iter().flat_map(|sequence| &sequence.states) {
+                    if !outputs.iter().any(|output| output.name == state.output) {
+                        outputs.push(TensorSpec {
+                            name: state.output.clone(),
+                            dtype: state.initial.dtype(),
+                            dims: state.initial.shape().iter().map(|&d| d as i64).collect(),
+                        });
+                    }
+                }
+                (Some(Signature { inputs, outputs }), interface)
+            }
             _ => return Err("declare both [[input]] and [[output]], or neither".into()),
         };
         let warmup = toml.warmup.unwrap_or_default();
@@ -279,13 +394,36 @@ impl ModelSettings {
                 })
             }
         };
-        let sequence = sequence_settings(toml.sequence, toml.state.unwrap_or_default())?;
+        let intra_op_threads = match toml
+            .parameters
+            .as_ref()
+            .and_then(|p| p.get("intra_op_thread_count"))
+        {
+            Some(text) => text
+                .trim()
+                .parse::<usize>()
+                .ok()
+                .filter(|&threads| (1..=256).contains(&threads))
+                .ok_or_else(|| {
+                    format!("parameters: intra_op_thread_count must be 1 to 256, not '{text}'")
+                })?,
+            None => toml.intra_op_threads.unwrap_or(defaults.intra_op_threads),
+        };
+        if let Some(name) = &toml.default_model_filename
+            && !is_valid_name(name)
+        {
+            return Err(format!(
+                "default_model_filename '{name}' must be a file name in the version folder"
+            ));
+        }
+        let warmup_configured =
+            !warmup.dims.is_empty() || !warmup.fill.is_empty() || !warmup.random.is_empty();
         Ok(ModelSettings {
             description: toml.description.unwrap_or_default(),
             max_batch_size: toml.max_batch_size,
             device,
             queue_capacity,
-            intra_op_threads: toml.intra_op_threads.unwrap_or(defaults.intra_op_threads),
+            intra_op_threads,
             replicas,
             max_queue_delay,
             worker_spin,
@@ -295,15 +433,94 @@ impl ModelSettings {
             declared,
             warmup: Warmup {
                 enabled: warmup.enabled.unwrap_or(true),
+                configured: warmup_configured,
                 dims: warmup.dims,
                 fill: warmup.fill,
+                random: warmup.random,
             },
             memory,
             devices,
             scaling,
             sequence,
+            interface,
+            source,
         })
     }
+}
+
+/// A control input's dims: one value per batch row when the model batches.
+fn control_dims(max_batch_size: Option<u32>) -> Vec<i64> {
+    match max_batch_size {
+        Some(0) => vec![1],
+        _ => vec![-1, 1],
+    }
+}
+
+/// Optional inputs and reshapes of the declared tensors, checked: a reshape keeps the batch
+/// axis and the number of elements of a row.
+fn interface(inputs: &[TensorToml], outputs: &[TensorToml]) -> Result<Interface, String> {
+    let mut interface = Interface::default();
+    for tensor in inputs.iter().chain(outputs) {
+        let Some(model) = &tensor.reshape else {
+            continue;
+        };
+        let client = &tensor.dims;
+        let batched = client.first() == Some(&-1) && model.first() == Some(&-1);
+        let rest = |dims: &[i64]| dims[usize::from(batched)..].to_vec();
+        let (client_rest, model_rest) = (rest(client), rest(model));
+        let elements = |dims: &[i64]| -> Option<i64> {
+            dims.iter()
+                .try_fold(1i64, |count, &d| (d >= 0).then(|| count.checked_mul(d))?)
+        };
+        match (elements(&client_rest), elements(&model_rest)) {
+            (Some(a), Some(b)) if a == b => {}
+            _ => {
+                return Err(format!(
+                    "'{}': reshape {model:?} must hold the elements of dims {client:?}, with fixed \
+                     dimensions besides the batch axis",
+                    tensor.name
+                ));
+            }
+        }
+        interface.reshapes.push(Reshape {
+            name: tensor.name.clone(),
+            client: client.clone(),
+            model: model.clone(),
+        });
+    }
+    interface.optional = inputs
+        .iter()
+        .filter(|input| input.optional)
+        .map(|input| input.name.clone())
+        .collect();
+    for output in outputs {
+        if output.optional {
+            return Err(format!(
+                "output '{}': only inputs can be optional",
+                output.name
+            ));
+        }
+        if output.format.is_some() {
+            return Err(format!(
+                "output '{}': only inputs have a format",
+                output.name
+            ));
+        }
+    }
+    for input in inputs {
+        if input.label_filename.is_some() {
+            return Err(format!("input '{}': only outputs have labels", input.name));
+        }
+        if let Some(format) = &input.format
+            && !matches!(format.as_str(), "NCHW" | "NHWC")
+        {
+            return Err(format!(
+                "input '{}': format must be NCHW or NHWC, not '{format}'",
+                input.name
+            ));
+        }
+    }
+    Ok(interface)
 }
 
 /// A duration from model.toml ("500us", "30s"), or `default` when unset.
@@ -342,11 +559,38 @@ fn sequence_settings(
     if max_delay > Duration::from_secs(1) {
         return Err("[sequence] max_queue_delay may be at most 1s".into());
     }
+    if let Some(strategy) = &sequence.strategy
+        && !matches!(strategy.as_str(), "direct" | "oldest")
+    {
+        return Err(format!(
+            "[sequence] strategy must be 'direct' or 'oldest', not '{strategy}'"
+        ));
+    }
     let mut inputs = Vec::new();
     let mut outputs = Vec::new();
     for (name, axis) in &sequence.axes {
         inputs.push((name.clone(), *axis));
         outputs.push((name.clone(), *axis));
+    }
+    let controls = sequence
+        .control
+        .iter()
+        .map(control_spec)
+        .collect::<Result<Vec<_>, _>>()?;
+    for (index, control) in controls.iter().enumerate() {
+        if controls[..index]
+            .iter()
+            .any(|other| other.input == control.input || other.kind == control.kind)
+        {
+            return Err(format!(
+                "[sequence] control '{}': each control input and each kind may appear once",
+                control.input
+            ));
+        }
+        if !sequence.axes.is_empty() {
+            // One value per call, joined along the batch axis as the data inputs are.
+            inputs.push((control.input.clone(), 0));
+        }
     }
     let mut specs = Vec::with_capacity(states.len());
     for state in states {
@@ -399,10 +643,20 @@ fn sequence_settings(
             initial,
         });
     }
+    if let Some(clash) = controls
+        .iter()
+        .find(|control| specs.iter().any(|state| state.input == control.input))
+    {
+        return Err(format!(
+            "[sequence] control '{}' is also a state input",
+            clash.input
+        ));
+    }
     Ok(Some(Arc::new(SequenceSettings {
         max_per_replica,
         idle_timeout,
         states: specs,
+        controls,
         join: Arc::new(JoinAxes {
             inputs,
             outputs,
@@ -414,6 +668,69 @@ fn sequence_settings(
             },
         }),
     })))
+}
+
+/// One `[[sequence.control]]`, checked: a flag takes INT32, FP32 or BOOL values, a correlation
+/// id an integer type or BYTES.
+fn control_spec(control: &ControlToml) -> Result<ControlSpec, String> {
+    let error = |message: String| format!("[sequence] control '{}': {message}", control.input);
+    let kind = match control.kind.as_str() {
+        "start" => ControlKind::Start,
+        "end" => ControlKind::End,
+        "ready" => ControlKind::Ready,
+        "corrid" => ControlKind::CorrelationId,
+        other => {
+            return Err(error(format!(
+                "kind must be start, end, ready or corrid, not '{other}'"
+            )));
+        }
+    };
+    let dtype: DataType = control
+        .datatype
+        .parse()
+        .map_err(|e| error(format!("{e}")))?;
+    if control.input.is_empty() {
+        return Err(error("the input needs a name".into()));
+    }
+    let allowed: &[DataType] = match kind {
+        ControlKind::CorrelationId => &[
+            DataType::Uint64,
+            DataType::Int64,
+            DataType::Uint32,
+            DataType::Int32,
+            DataType::Bytes,
+        ],
+        _ => &[DataType::Int32, DataType::Fp32, DataType::Bool],
+    };
+    if !allowed.contains(&dtype) {
+        return Err(error(format!(
+            "{} cannot carry it; it takes {}",
+            dtype,
+            allowed
+                .iter()
+                .map(|d| d.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )));
+    }
+    let false_true = match (kind, control.false_true) {
+        (ControlKind::CorrelationId, Some(_)) => {
+            return Err(error("a correlation id has no false_true values".into()));
+        }
+        (_, Some(values)) if values.iter().any(|v| !v.is_finite()) => {
+            return Err(error("false_true must be numbers".into()));
+        }
+        (_, Some([no, yes])) if dtype == DataType::Bool && (no > 1.0 || yes > 1.0) => {
+            return Err(error("BOOL false_true values are 0 or 1".into()));
+        }
+        (_, values) => values.unwrap_or([0.0, 1.0]),
+    };
+    Ok(ControlSpec {
+        input: control.input.clone(),
+        kind,
+        dtype,
+        false_true,
+    })
 }
 
 fn declared_specs(tensors: Vec<TensorToml>, role: &str) -> Result<Vec<TensorSpec>, String> {
@@ -438,10 +755,26 @@ fn declared_specs(tensors: Vec<TensorToml>, role: &str) -> Result<Vec<TensorSpec
                 tensor.name, tensor.dims
             ));
         }
+        if let Some(labels) = &tensor.label_filename
+            && !is_valid_name(labels)
+        {
+            return Err(format!(
+                "{role} '{}': label_filename '{labels}' must be a file name in the model's folder",
+                tensor.name
+            ));
+        }
+        // The model takes the reshaped form; clients see `dims`.
+        let dims = tensor.reshape.unwrap_or(tensor.dims);
+        if dims.iter().any(|&d| d < -1) {
+            return Err(format!(
+                "{role} '{}': reshape must be sizes or -1, got {dims:?}",
+                tensor.name
+            ));
+        }
         specs.push(TensorSpec {
             name: tensor.name,
             dtype,
-            dims: tensor.dims,
+            dims,
         });
     }
     Ok(specs)
@@ -479,8 +812,12 @@ fn is_valid_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
 }
 
-/// Lists the models and versions under `dir`. A version is a folder holding one artifact (see
-/// [`RUNTIME_KINDS`]); anything else is skipped with a warning.
+/// Lists the models and versions under `dir`. A model's settings come from its `model.toml`,
+/// its `config.pbtxt` (Triton's), or both (`control::triton::combine` says how); a version is a
+/// folder holding one artifact (see [`RUNTIME_KINDS`], or the file `default_model_filename`
+/// names), among those the version policy serves; anything else is skipped with a warning. A
+/// model whose settings cannot be used still lists its version folders, so that each is
+/// registered failed with the reason.
 pub fn scan(dir: &Path, defaults: &ServingConfig) -> Result<Vec<ModelEntry>, RepositoryError> {
     let read_error = |path: &Path| {
         let path = path.to_path_buf();
@@ -495,34 +832,48 @@ pub fn scan(dir: &Path, defaults: &ServingConfig) -> Result<Vec<ModelEntry>, Rep
             tracing::warn!(folder = %model_dir.display(), "skipping: model names may hold only letters, digits, '_', '-' and '.'");
             continue;
         }
-        let toml = read_model_toml(&model_dir.join("model.toml"))
-            .and_then(|toml| ModelSettings::resolve(toml.clone(), defaults).map(|_| toml))
-            .map_err(|e| format!("invalid {}: {e}", model_dir.join("model.toml").display()));
+        let toml = model_settings(&model_dir, &name).and_then(|toml| {
+            ModelSettings::resolve(toml.clone(), defaults)
+                .map(|_| toml)
+                .map_err(|e| format!("invalid settings in {}: {e}", model_dir.display()))
+        });
         let mut versions = Vec::new();
         for version_dir in sorted_subdirs(&model_dir).map_err(read_error(&model_dir))? {
             let Some(label) = file_name(&version_dir) else {
                 continue;
             };
-            let artifacts: Vec<(&'static str, PathBuf)> = RUNTIME_KINDS
-                .iter()
-                .map(|kind| (kind.name, version_dir.join(kind.artifact_file)))
-                .filter(|(_, path)| path.is_file())
-                .collect();
             if !is_valid_name(&label) {
                 tracing::warn!(folder = %version_dir.display(), "skipping: version labels may hold only letters, digits, '_', '-' and '.'");
-            } else if let [(runtime, artifact)] = artifacts.as_slice() {
-                versions.push(VersionEntry {
+                continue;
+            }
+            match version_artifact(&version_dir, toml.as_ref().ok()) {
+                Ok(Some((runtime, artifact))) => versions.push(VersionEntry {
                     label,
-                    artifact: artifact.clone(),
+                    artifact,
                     runtime,
-                });
-            } else if artifacts.is_empty() {
-                tracing::warn!(folder = %version_dir.display(), "skipping: no model.onnx or model.pt inside");
-            } else {
-                tracing::warn!(folder = %version_dir.display(), "skipping: both model.onnx and model.pt inside; a version has one artifact");
+                }),
+                Ok(None) => {}
+                Err(warning) => {
+                    tracing::warn!(folder = %version_dir.display(), "skipping: {warning}");
+                }
             }
         }
         versions.sort_by(|a, b| compare_labels(&a.label, &b.label));
+        if let Ok(ModelToml {
+            version_policy: Some(policy),
+            ..
+        }) = &toml
+        {
+            let labels: Vec<String> = versions.iter().map(|v| v.label.clone()).collect();
+            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+            versions.retain(|version| {
+                let served = policy.serves(&version.label, &labels);
+                if !served {
+                    tracing::info!(model = %name, version = %version.label, "not served: the version policy leaves it out");
+                }
+                served
+            });
+        }
         if versions.is_empty() {
             tracing::warn!(model = %name, "skipping: the model has no version folders");
             continue;
@@ -536,10 +887,92 @@ pub fn scan(dir: &Path, defaults: &ServingConfig) -> Result<Vec<ModelEntry>, Rep
     Ok(models)
 }
 
-fn read_model_toml(path: &Path) -> Result<ModelToml, String> {
+/// A model folder's settings: its `config.pbtxt` and its `model.toml`, combined, or why they
+/// cannot be used.
+fn model_settings(model_dir: &Path, name: &str) -> Result<ModelToml, String> {
+    let toml_path = model_dir.join("model.toml");
+    let from_toml =
+        read_model_toml(&toml_path).map_err(|e| format!("invalid {}: {e}", toml_path.display()))?;
+    match (triton::read_config(model_dir, name)?, from_toml) {
+        (Some(from_config), Some(from_toml)) => triton::combine(from_config, from_toml)
+            .map_err(|e| format!("{} and model.toml do not combine: {e}", triton::CONFIG_FILE)),
+        (Some(from_config), None) => Ok(from_config),
+        (None, from_toml) => Ok(from_toml.unwrap_or_default()),
+    }
+}
+
+/// The artifact a version folder holds and the runtime that loads it; `Ok(None)` for a folder
+/// that is not a version; `Err` (a warning) for one that cannot be used. With no usable settings
+/// (`toml` is `None`), a folder with any file is a version, registered to fail with the reason.
+fn version_artifact(
+    version_dir: &Path,
+    toml: Option<&ModelToml>,
+) -> Result<Option<(&'static str, PathBuf)>, String> {
+    let Some(toml) = toml else {
+        let any_file = std::fs::read_dir(version_dir)
+            .map_err(|e| e.to_string())?
+            .filter_map(Result::ok)
+            .map(|entry| entry.path())
+            .find(|path| path.is_file());
+        return Ok(any_file.map(|file| (UNSERVABLE_RUNTIME, file)));
+    };
+    let kinds: Vec<_> = RUNTIME_KINDS
+        .iter()
+        .filter(|kind| toml.runtime.as_deref().is_none_or(|name| name == kind.name))
+        .collect();
+    let artifacts: Vec<(&'static str, PathBuf)> = match &toml.default_model_filename {
+        Some(file) => {
+            let path = version_dir.join(file);
+            let runtime = match kinds.as_slice() {
+                [kind] => kind.name,
+                _ => kinds
+                    .iter()
+                    .find(|kind| {
+                        Path::new(kind.artifact_file).extension() == Path::new(file).extension()
+                    })
+                    .map(|kind| kind.name)
+                    .ok_or_else(|| {
+                        format!(
+                            "default_model_filename '{file}' names no runtime; set the platform"
+                        )
+                    })?,
+            };
+            path.is_file()
+                .then_some((runtime, path))
+                .into_iter()
+                .collect()
+        }
+        None => kinds
+            .iter()
+            .map(|kind| (kind.name, version_dir.join(kind.artifact_file)))
+            .filter(|(_, path)| path.is_file())
+            .collect(),
+    };
+    match artifacts.as_slice() {
+        [(runtime, artifact)] => Ok(Some((runtime, artifact.clone()))),
+        [] => Err(format!(
+            "no {} inside",
+            kinds
+                .iter()
+                .map(|kind| toml
+                    .default_model_filename
+                    .as_deref()
+                    .unwrap_or(kind.artifact_file))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        )),
+        _ => Err("both model.onnx and model.pt inside; a version has one artifact".into()),
+    }
+}
+
+/// The runtime a version is registered with when its model's settings cannot be used: it never
+/// loads, and the registry keeps why.
+pub const UNSERVABLE_RUNTIME: &str = "unservable";
+
+fn read_model_toml(path: &Path) -> Result<Option<ModelToml>, String> {
     match std::fs::read_to_string(path) {
-        Ok(text) => toml::from_str(&text).map_err(|e| e.to_string()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(ModelToml::default()),
+        Ok(text) => toml::from_str(&text).map(Some).map_err(|e| e.to_string()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(e.to_string()),
     }
 }

@@ -12,11 +12,13 @@ use crate::core::forward::{
     ForwardError, Forwarding, InFlight, Peer, RemoteVersion, forwarded_from, sequence_owner,
 };
 use crate::core::request::{
-    InferRequest, InferResponse, reshape_scalars, select_outputs, validate,
+    InferRequest, InferResponse, apply_reshapes, reshape_scalars, select_outputs, validate,
 };
 use crate::core::request_id::RequestIds;
 use crate::core::route::{RemoteRoute, Route, Routed, ShadowTarget, route};
-use crate::core::sequence::{NOT_OPEN, SequenceControl, Sequences, next_states, sequence_control};
+use crate::core::sequence::{
+    NOT_OPEN, SequenceControl, Sequences, add_controls, next_states, sequence_control,
+};
 use crate::core::table::{ModelTable, ReadyVersion, TableHandle, VersionStatus};
 use crate::error::{ErrorKind, GatewayError};
 use crate::routing::{self, Experiments, FeedbackError, VersionStats};
@@ -248,6 +250,15 @@ impl Gateway {
                 request.inputs.push(state.clone());
             }
         }
+        if !turn.settings.controls.is_empty() {
+            add_controls(
+                &route.model_name,
+                &turn.settings.controls,
+                &control,
+                route.ready.max_batch_size > 0,
+                &mut request.inputs,
+            )?;
+        }
         let received = request.received.unwrap_or_else(Instant::now);
         let protocol = request.protocol;
         let ready = &route.ready;
@@ -278,7 +289,7 @@ impl Gateway {
             model_name: route.model_name.clone(),
             model_version: route.label.clone(),
             id: request.id,
-            outputs: select_outputs(outputs, &request.outputs),
+            outputs: client_outputs(ready, outputs, &request.outputs),
         })
     }
 
@@ -654,13 +665,25 @@ async fn serve(
     mut request: InferRequest,
 ) -> Result<(InferResponse, Duration), GatewayError> {
     let ready = &routed.ready;
+    if ready
+        .sequence
+        .as_ref()
+        .is_some_and(|sequence| !sequence.controls.is_empty())
+    {
+        // Its control inputs exist only within a sequence.
+        return Err(GatewayError::invalid(format!(
+            "inference request to model '{}' must specify a non-zero or non-empty correlation \
+             ID (sequence_id, with sequence_start on a sequence's first request)",
+            routed.model_name
+        )));
+    }
     let (inputs, deadline) = checked_inputs(&routed.model_name, ready, &mut request)?;
     let (outputs, compute) = ready.replicas.infer(inputs, Some(deadline)).await?;
     let response = InferResponse {
         model_name: routed.model_name.clone(),
         model_version: routed.label.clone(),
         id: request.id,
-        outputs: select_outputs(outputs, &request.outputs),
+        outputs: client_outputs(ready, outputs, &request.outputs),
     };
     Ok((response, compute))
 }
@@ -672,11 +695,55 @@ fn checked_inputs(
     ready: &ReadyVersion,
     request: &mut InferRequest,
 ) -> Result<(Vec<NamedTensor>, Instant), GatewayError> {
-    validate(model, ready.signature(), ready.max_batch_size, request)?;
+    check_request(model, ready, request)?;
     let deadline = effective_deadline(ready, request.deadline)?;
     let mut inputs = std::mem::take(&mut request.inputs);
-    reshape_scalars(ready.signature(), &mut inputs);
+    prepare_inputs(ready, &mut inputs);
     Ok((inputs, deadline))
+}
+
+/// Checks a request's inputs and outputs against what the version takes from clients.
+fn check_request(
+    model: &str,
+    ready: &ReadyVersion,
+    request: &InferRequest,
+) -> Result<(), GatewayError> {
+    let interface = &ready.interface;
+    if interface.reshapes.is_empty() {
+        validate(
+            model,
+            ready.signature(),
+            ready.max_batch_size,
+            &interface.optional,
+            request,
+        )
+    } else {
+        let signature = ready.request_signature();
+        validate(
+            model,
+            &signature,
+            ready.max_batch_size,
+            &interface.optional,
+            request,
+        )
+    }
+}
+
+/// Checked inputs in the form the model takes them.
+fn prepare_inputs(ready: &ReadyVersion, inputs: &mut [NamedTensor]) {
+    reshape_scalars(ready.signature(), inputs);
+    apply_reshapes(&ready.interface.reshapes, true, inputs);
+}
+
+/// A request's outputs as the client sees them: those it asked for, reshaped as configured.
+fn client_outputs(
+    ready: &ReadyVersion,
+    outputs: Vec<NamedTensor>,
+    requested: &[String],
+) -> Vec<NamedTensor> {
+    let mut outputs = select_outputs(outputs, requested);
+    apply_reshapes(&ready.interface.reshapes, false, &mut outputs);
+    outputs
 }
 
 /// The earlier of the caller's deadline and the version's timeout; 504 if it already passed.
@@ -711,11 +778,11 @@ async fn run_shadow(
         ..InferRequest::default()
     };
     let ready = &shadow.ready;
-    let outputs = match validate(&model, ready.signature(), ready.max_batch_size, &probe) {
+    let outputs = match check_request(&model, ready, &probe) {
         Ok(()) => {
             let deadline = Instant::now() + ready.timeout;
             let mut inputs = probe.inputs;
-            reshape_scalars(ready.signature(), &mut inputs);
+            prepare_inputs(ready, &mut inputs);
             let result = ready.replicas.infer(inputs, Some(deadline)).await;
             if let Err(error) = &result {
                 tracing::debug!(%model, shadow = %shadow.label, %error, "the shadow failed");

@@ -14,6 +14,6 @@ pub mod table;
 pub use gateway::Gateway;
 pub use request::{InferRequest, InferResponse, Parameter};
 pub use table::{
-    ModelEntry, ModelTable, ReadyVersion, Scaling, SequenceSettings, StateSpec, TableHandle,
-    VersionEntry, VersionStatus,
+    ControlKind, ControlSpec, Interface, ModelEntry, ModelTable, ReadyVersion, Reshape, Scaling,
+    SequenceSettings, StateSpec, TableHandle, VersionEntry, VersionStatus,
 };

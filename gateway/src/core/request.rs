@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_runtimes::{NamedTensor, Signature, Tensor, TensorSpec};
 
+use crate::core::table::Reshape;
 use crate::error::GatewayError;
 use crate::telemetry::Protocol;
 
@@ -83,6 +84,7 @@ pub fn validate(
     model: &str,
     signature: &Signature,
     max_batch_size: u32,
+    optional: &[String],
     request: &InferRequest,
 ) -> Result<(), GatewayError> {
     for (index, input) in request.inputs.iter().enumerate() {
@@ -127,11 +129,10 @@ pub fn validate(
             )));
         }
     }
-    if let Some(missing) = signature
-        .inputs
-        .iter()
-        .find(|spec| !request.inputs.iter().any(|input| input.name == spec.name))
-    {
+    if let Some(missing) = signature.inputs.iter().find(|spec| {
+        !optional.contains(&spec.name)
+            && !request.inputs.iter().any(|input| input.name == spec.name)
+    }) {
         return Err(GatewayError::invalid(format!(
             "missing input '{}' ({} {:?}) for model '{model}'",
             missing.name, missing.dtype, missing.dims
@@ -198,11 +199,33 @@ pub fn reshape_scalars(signature: &Signature, inputs: &mut [NamedTensor]) {
             .input(&input.name)
             .is_some_and(|spec| spec.dims.is_empty());
         if scalar && input.tensor.shape() == [1] {
-            let tensor = &input.tensor;
-            if let Ok(reshaped) = Tensor::new(tensor.dtype(), Vec::new(), tensor.data().clone()) {
-                input.tensor = reshaped;
-            }
+            reshape(input, Vec::new());
         }
+    }
+}
+
+/// Gives the tensors a configuration reshapes the shape they go on in: `to_model` for inputs
+/// on their way to the model, else for outputs on their way to the client. The bytes are
+/// shared, not copied.
+pub fn apply_reshapes(reshapes: &[Reshape], to_model: bool, tensors: &mut [NamedTensor]) {
+    for tensor in tensors {
+        let Some(rule) = reshapes.iter().find(|rule| rule.name == tensor.name) else {
+            continue;
+        };
+        let (from, to) = match to_model {
+            true => (&rule.client, &rule.model),
+            false => (&rule.model, &rule.client),
+        };
+        let shape = Reshape::convert(tensor.tensor.shape(), from, to);
+        reshape(tensor, shape);
+    }
+}
+
+/// The same bytes in another shape of as many elements (left as it is otherwise).
+fn reshape(tensor: &mut NamedTensor, shape: Vec<usize>) {
+    let current = &tensor.tensor;
+    if let Ok(reshaped) = Tensor::new(current.dtype(), shape, current.data().clone()) {
+        tensor.tensor = reshaped;
     }
 }
 
@@ -275,7 +298,7 @@ mod tests {
     }
 
     fn error_of(request: &InferRequest, max_batch_size: u32) -> String {
-        validate("m", &signature(), max_batch_size, request)
+        validate("m", &signature(), max_batch_size, &[], request)
             .expect_err("request should be refused")
             .message
     }
@@ -286,7 +309,7 @@ mod tests {
             input("a", DataType::Fp32, vec![2, 4]),
             input("b", DataType::Int64, vec![2]),
         ]);
-        assert!(validate("m", &signature(), 8, &ok).is_ok());
+        assert!(validate("m", &signature(), 8, &[], &ok).is_ok());
     }
 
     #[test]
@@ -338,14 +361,44 @@ mod tests {
         };
         for shape in [vec![], vec![1]] {
             let ok = request(vec![input("sr", DataType::Int64, shape)]);
-            assert!(validate("m", &signature, 0, &ok).is_ok());
+            assert!(validate("m", &signature, 0, &[], &ok).is_ok());
         }
         let two = request(vec![input("sr", DataType::Int64, vec![2])]);
-        assert!(validate("m", &signature, 0, &two).is_err());
+        assert!(validate("m", &signature, 0, &[], &two).is_err());
         let mut inputs = vec![input("sr", DataType::Int64, vec![1])];
         reshape_scalars(&signature, &mut inputs);
         assert_eq!(inputs[0].tensor.shape(), &[] as &[usize]);
         assert_eq!(inputs[0].tensor.data().len(), 8);
+    }
+
+    #[test]
+    fn optional_inputs_may_be_left_out() {
+        let only_a = request(vec![input("a", DataType::Fp32, vec![2, 4])]);
+        assert!(validate("m", &signature(), 8, &[], &only_a).is_err());
+        assert!(validate("m", &signature(), 8, &["b".to_owned()], &only_a).is_ok());
+    }
+
+    #[test]
+    fn reshapes_keep_the_batch_axis_and_the_bytes() {
+        let rules = [Reshape {
+            name: "x".into(),
+            client: vec![-1, 6],
+            model: vec![-1, 2, 3],
+        }];
+        let mut tensors = vec![input("x", DataType::Fp32, vec![4, 6])];
+        apply_reshapes(&rules, true, &mut tensors);
+        assert_eq!(tensors[0].tensor.shape(), [4, 2, 3]);
+        apply_reshapes(&rules, false, &mut tensors);
+        assert_eq!(tensors[0].tensor.shape(), [4, 6]);
+        let unbatched = [Reshape {
+            name: "x".into(),
+            client: vec![3, 2, 2],
+            model: vec![1, 3, 2, 2],
+        }];
+        let mut tensors = vec![input("x", DataType::Fp32, vec![3, 2, 2])];
+        apply_reshapes(&unbatched, true, &mut tensors);
+        assert_eq!(tensors[0].tensor.shape(), [1, 3, 2, 2]);
+        assert_eq!(tensors[0].tensor.data().len(), 48);
     }
 
     #[test]
@@ -354,7 +407,7 @@ mod tests {
             input("a", DataType::Fp32, vec![100, 4]),
             input("b", DataType::Int64, vec![7]),
         ]);
-        assert!(validate("m", &signature(), 0, &big).is_ok());
+        assert!(validate("m", &signature(), 0, &[], &big).is_ok());
     }
 
     #[test]

@@ -7,7 +7,9 @@ use std::sync::Arc;
 
 use crate::core::forward::RemoteVersion;
 use crate::core::request::{InferRequest, Parameter};
-use crate::core::table::{ModelEntry, ModelTable, ReadyVersion, VersionEntry, VersionStatus};
+use crate::core::table::{
+    ModelEntry, ModelTable, ReadyVersion, UNKNOWN_MODEL, VersionEntry, VersionStatus,
+};
 use crate::error::GatewayError;
 use crate::routing::{self, PolicyMode, TrafficPolicy, VersionStats};
 
@@ -156,10 +158,10 @@ fn why_no_version(model: &ModelEntry) -> String {
         })
         .collect();
     if reasons.is_empty() {
-        format!("model '{}' has no versions", model.name)
+        format!("{UNKNOWN_MODEL}'{}' has no available versions", model.name)
     } else {
         format!(
-            "model '{}' has no version that can serve ({})",
+            "{UNKNOWN_MODEL}'{}' has no available versions ({})",
             model.name,
             reasons.join("; ")
         )

@@ -12,11 +12,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
-use switchyard_runtimes::NamedTensor;
+use switchyard_runtimes::{DataType, NamedTensor, Tensor};
 
 use crate::core::request::{InferRequest, Parameter};
 use crate::core::route::Route;
-use crate::core::table::{ReadyVersion, SequenceSettings};
+use crate::core::table::{ControlKind, ControlSpec, ReadyVersion, SequenceSettings};
 use crate::error::{ErrorKind, GatewayError};
 
 /// What the refusal of a request for a sequence not open here says: a node of a cluster that
@@ -410,4 +410,208 @@ pub fn next_states(
             })
         })
         .collect()
+}
+
+/// Adds the control inputs a sequence model takes (Triton's `control_input`) to a request of a
+/// sequence: START and END as the request's flags say, READY true (every call the gateway runs
+/// is a real one), and the correlation id in its datatype; one value per request, shaped `[1,
+/// 1]` when the model batches (a sequence's request is one row, as Triton's sequence batcher
+/// requires), else `[1]`. A client may not send them itself.
+pub fn add_controls(
+    model: &str,
+    controls: &[ControlSpec],
+    control: &SequenceControl,
+    batched: bool,
+    inputs: &mut Vec<NamedTensor>,
+) -> Result<(), GatewayError> {
+    if let Some(sent) = inputs
+        .iter()
+        .find(|input| controls.iter().any(|c| c.input == input.name))
+    {
+        return Err(GatewayError::invalid(format!(
+            "input '{}' is a control input of model '{}', which the gateway feeds from the \
+             sequence parameters; leave it out",
+            crate::error::quoted(&sent.name),
+            crate::error::quoted(model)
+        )));
+    }
+    if batched
+        && inputs
+            .first()
+            .is_some_and(|input| input.tensor.shape().first().is_some_and(|&rows| rows != 1))
+    {
+        return Err(GatewayError::invalid(format!(
+            "inference request to model '{}' must specify batch-size 1 due to requirements of \
+             sequence batcher",
+            crate::error::quoted(model)
+        )));
+    }
+    let shape = if batched { vec![1, 1] } else { vec![1] };
+    for spec in controls {
+        let flag = |on: bool| spec.false_true[usize::from(on)];
+        let tensor = match spec.kind {
+            ControlKind::Start => Tensor::filled(spec.dtype, shape.clone(), flag(control.start)),
+            ControlKind::End => Tensor::filled(spec.dtype, shape.clone(), flag(control.end)),
+            ControlKind::Ready => Tensor::filled(spec.dtype, shape.clone(), flag(true)),
+            ControlKind::CorrelationId => {
+                correlation_tensor(model, spec, &control.id, shape.clone())?
+            }
+        }
+        .map_err(|e| GatewayError::internal(format!("control '{}': {e}", spec.input)))?;
+        inputs.push(NamedTensor {
+            name: spec.input.clone(),
+            tensor,
+        });
+    }
+    Ok(())
+}
+
+/// The correlation id in the control's datatype: a number in an integer type it fits (or as
+/// text in BYTES), a string in BYTES only, as Triton takes them.
+fn correlation_tensor(
+    model: &str,
+    spec: &ControlSpec,
+    id: &SequenceId,
+    shape: Vec<usize>,
+) -> Result<Result<Tensor, switchyard_runtimes::TensorError>, GatewayError> {
+    let mismatch = |sent: &str| {
+        GatewayError::invalid(format!(
+            "sequence batching control '{}' data-type is '{sent}', but model '{}' expects '{}'",
+            spec.input,
+            crate::error::quoted(model),
+            spec.dtype
+        ))
+    };
+    let out_of_range = || {
+        GatewayError::invalid(format!(
+            "sequence_id {id} does not fit control '{}' of model '{}' ({})",
+            spec.input,
+            crate::error::quoted(model),
+            spec.dtype
+        ))
+    };
+    Ok(match (id, spec.dtype) {
+        (SequenceId::Text(text), DataType::Bytes) => {
+            Tensor::from_byte_strings(shape, &[text.as_bytes()])
+        }
+        (SequenceId::Text(_), _) => return Err(mismatch("BYTES")),
+        (SequenceId::Number(n), DataType::Bytes) => {
+            Tensor::from_byte_strings(shape, &[n.to_string()])
+        }
+        (SequenceId::Number(n), DataType::Uint64) => {
+            Tensor::new(DataType::Uint64, shape, n.to_le_bytes().to_vec().into())
+        }
+        (SequenceId::Number(n), DataType::Int64) => {
+            let value = i64::try_from(*n).map_err(|_| out_of_range())?;
+            Tensor::new(DataType::Int64, shape, value.to_le_bytes().to_vec().into())
+        }
+        (SequenceId::Number(n), DataType::Uint32) => {
+            let value = u32::try_from(*n).map_err(|_| out_of_range())?;
+            Tensor::new(DataType::Uint32, shape, value.to_le_bytes().to_vec().into())
+        }
+        (SequenceId::Number(n), DataType::Int32) => {
+            let value = i32::try_from(*n).map_err(|_| out_of_range())?;
+            Tensor::new(DataType::Int32, shape, value.to_le_bytes().to_vec().into())
+        }
+        (SequenceId::Number(_), _) => return Err(mismatch("UINT64")),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(input: &str, kind: ControlKind, dtype: DataType) -> ControlSpec {
+        ControlSpec {
+            input: input.into(),
+            kind,
+            dtype,
+            false_true: [0.0, 1.0],
+        }
+    }
+
+    fn controls() -> Vec<ControlSpec> {
+        vec![
+            spec("START", ControlKind::Start, DataType::Int32),
+            spec("END", ControlKind::End, DataType::Fp32),
+            spec("READY", ControlKind::Ready, DataType::Bool),
+            spec("CORRID", ControlKind::CorrelationId, DataType::Uint64),
+        ]
+    }
+
+    fn data() -> NamedTensor {
+        NamedTensor {
+            name: "INPUT".into(),
+            tensor: Tensor::filled(DataType::Int32, vec![1, 1], 5.0).expect("tensor"),
+        }
+    }
+
+    #[test]
+    fn controls_say_what_the_sequence_parameters_say() {
+        let control = SequenceControl {
+            id: SequenceId::Number(1001),
+            start: true,
+            end: false,
+        };
+        let mut inputs = vec![data()];
+        add_controls("m", &controls(), &control, true, &mut inputs).expect("fed");
+        let by_name = |name: &str| {
+            inputs
+                .iter()
+                .find(|input| input.name == name)
+                .map(|input| (input.tensor.shape().to_vec(), input.tensor.data().to_vec()))
+                .expect(name)
+        };
+        assert_eq!(by_name("START"), (vec![1, 1], 1i32.to_le_bytes().to_vec()));
+        assert_eq!(by_name("END"), (vec![1, 1], 0f32.to_le_bytes().to_vec()));
+        assert_eq!(by_name("READY"), (vec![1, 1], vec![1]));
+        assert_eq!(
+            by_name("CORRID"),
+            (vec![1, 1], 1001u64.to_le_bytes().to_vec())
+        );
+    }
+
+    #[test]
+    fn control_refusals_are_clear() {
+        let text = SequenceControl {
+            id: SequenceId::Text("abc".into()),
+            start: true,
+            end: false,
+        };
+        let error = add_controls("m", &controls(), &text, true, &mut vec![data()])
+            .expect_err("a string id for an integer CORRID");
+        assert!(error.message.contains("expects 'UINT64'"), "{error:?}");
+        let number = SequenceControl {
+            id: SequenceId::Number(7),
+            start: false,
+            end: false,
+        };
+        let mut sent = vec![
+            data(),
+            NamedTensor {
+                name: "START".into(),
+                ..data()
+            },
+        ];
+        let error = add_controls("m", &controls(), &number, true, &mut sent).expect_err("sent");
+        assert!(error.message.contains("control input"), "{error:?}");
+        let mut two_rows = vec![NamedTensor {
+            name: "INPUT".into(),
+            tensor: Tensor::filled(DataType::Int32, vec![2, 1], 5.0).expect("tensor"),
+        }];
+        let error = add_controls("m", &controls(), &number, true, &mut two_rows).expect_err("rows");
+        assert!(error.message.contains("batch-size 1"), "{error:?}");
+        let huge = SequenceControl {
+            id: SequenceId::Number(u64::MAX),
+            start: false,
+            end: false,
+        };
+        let int32 = [spec("CORRID", ControlKind::CorrelationId, DataType::Int32)];
+        let error = add_controls("m", &int32, &huge, false, &mut vec![data()]).expect_err("range");
+        assert!(error.message.contains("does not fit"), "{error:?}");
+        let strings = [spec("CORRID", ControlKind::CorrelationId, DataType::Bytes)];
+        let mut inputs = vec![data()];
+        add_controls("m", &strings, &text, false, &mut inputs).expect("a string id as BYTES");
+        assert_eq!(inputs[1].tensor.shape(), [1]);
+    }
 }

@@ -7,13 +7,27 @@ use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
-use switchyard_runtimes::{Device, Signature, Tensor, TensorSpec};
+use switchyard_runtimes::{DataType, Device, Signature, Tensor};
 
 use crate::core::forward::{Peer, RemoteVersion};
 use crate::error::{GatewayError, quoted};
 use crate::routing::{Candidate, TrafficPolicy, VersionStats};
 use crate::serving::{JoinAxes, ReplicaSet};
 use crate::telemetry::VersionMetrics;
+use crate::wire::pb::ModelConfig;
+
+/// How Triton begins the message of a request for a model or version it cannot serve; clients
+/// (tritonclient's examples among them) match on it. Switchyard's own reason follows.
+pub const UNKNOWN_MODEL: &str = "Request for unknown model: ";
+
+/// A version label as Triton's messages write a version: a number bare, anything else quoted.
+pub fn version_words(label: &str) -> String {
+    if !label.is_empty() && label.bytes().all(|b| b.is_ascii_digit()) {
+        label.to_owned()
+    } else {
+        format!("'{}'", quoted(label))
+    }
+}
 
 /// How a version scales with its load.
 #[derive(Debug, Clone, PartialEq)]
@@ -49,6 +63,46 @@ pub struct ReadyVersion {
     pub sequence: Option<Arc<SequenceSettings>>,
     /// Its open sequences (kept by `core::sequence`).
     pub open_sequences: AtomicUsize,
+    /// What requests may send: the model's inputs as clients see them.
+    pub interface: Interface,
+    /// Its configuration in Triton's form, as `/config` and gRPC `ModelConfig` report it
+    /// (the instance count filled in when asked).
+    pub config: Arc<ModelConfig>,
+}
+
+/// Where the inputs and outputs clients see differ from the model's: inputs they may leave
+/// out, and tensors they see in another shape (Triton's `optional` and `reshape`).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Interface {
+    pub optional: Vec<String>,
+    pub reshapes: Vec<Reshape>,
+}
+
+/// One tensor clients see in another shape than the model's; both shapes hold the batch axis
+/// (-1) first when the model batches, and the same number of elements per batch row.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reshape {
+    pub name: String,
+    pub client: Vec<i64>,
+    pub model: Vec<i64>,
+}
+
+impl Reshape {
+    /// The shape a tensor of shape `from` (in `from_dims`' form) takes in `to_dims`' form: the
+    /// batch axis kept, the rest replaced.
+    pub fn convert(from: &[usize], from_dims: &[i64], to_dims: &[i64]) -> Vec<usize> {
+        let batched = from_dims.first() == Some(&-1) && to_dims.first() == Some(&-1);
+        let mut shape = Vec::with_capacity(to_dims.len());
+        if batched {
+            shape.push(from.first().copied().unwrap_or(1));
+        }
+        shape.extend(
+            to_dims[usize::from(batched)..]
+                .iter()
+                .map(|&d| usize::try_from(d).unwrap_or(1)),
+        );
+        shape
+    }
 }
 
 /// How a version serves sequences: the requests that share a `sequence_id` go to one version
@@ -63,6 +117,27 @@ pub struct SequenceSettings {
     pub states: Vec<StateSpec>,
     /// How concurrent sequences' calls join into one model call.
     pub join: Arc<JoinAxes>,
+    /// Control inputs fed on every request of a sequence (Triton's `control_input`).
+    pub controls: Vec<ControlSpec>,
+}
+
+/// What a control input tells the model on each request of a sequence.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ControlKind {
+    Start,
+    End,
+    Ready,
+    CorrelationId,
+}
+
+/// One control input: its name, what it says, its datatype, and for the flags the values that
+/// mean false and true.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ControlSpec {
+    pub input: String,
+    pub kind: ControlKind,
+    pub dtype: DataType,
+    pub false_true: [f64; 2],
 }
 
 /// One implicit state: the input it is fed to, the output its next value comes from, and the
@@ -94,22 +169,45 @@ impl ReadyVersion {
         self.replicas.signature()
     }
 
-    /// Its inputs and outputs as clients see them: without its implicit state, which the
-    /// gateway feeds and takes itself (Triton lists it under `sequence_batching` only). A
-    /// client may still send the state, or ask for it, by name.
+    /// The signature requests are checked against: the model's, with the shapes clients see
+    /// where the configuration reshapes a tensor.
+    pub fn request_signature(&self) -> Signature {
+        let mut signature = self.signature().clone();
+        for reshape in &self.interface.reshapes {
+            let specs = signature.inputs.iter_mut().chain(&mut signature.outputs);
+            for spec in specs.filter(|spec| spec.name == reshape.name) {
+                spec.dims = reshape.client.clone();
+            }
+        }
+        signature
+    }
+
+    /// Its inputs and outputs as clients see them: reshaped as configured, and without its
+    /// implicit state and control inputs, which the gateway feeds and takes itself (Triton lists
+    /// them under `sequence_batching` only). A client may still send the state, or ask for it,
+    /// by name.
     pub fn visible_signature(&self) -> Signature {
-        let signature = self.signature();
-        let states = self.sequence.as_ref().map_or(&[][..], |s| &s.states[..]);
-        let without = |specs: &[TensorSpec], state_name: fn(&StateSpec) -> &str| {
-            specs
-                .iter()
-                .filter(|spec| !states.iter().any(|state| state_name(state) == spec.name))
-                .cloned()
-                .collect()
+        let signature = self.request_signature();
+        let (states, controls) = self
+            .sequence
+            .as_ref()
+            .map_or((&[][..], &[][..]), |s| (&s.states[..], &s.controls[..]));
+        let fed = |name: &str| {
+            states.iter().any(|state| state.input == name)
+                || controls.iter().any(|control| control.input == name)
         };
+        let taken = |name: &str| states.iter().any(|state| state.output == name);
         Signature {
-            inputs: without(&signature.inputs, |state| &state.input),
-            outputs: without(&signature.outputs, |state| &state.output),
+            inputs: signature
+                .inputs
+                .into_iter()
+                .filter(|spec| !fed(&spec.name))
+                .collect(),
+            outputs: signature
+                .outputs
+                .into_iter()
+                .filter(|spec| !taken(&spec.name))
+                .collect(),
         }
     }
 
@@ -197,9 +295,9 @@ impl ModelEntry {
             .find(|version| &*version.label == label)
             .ok_or_else(|| {
                 GatewayError::not_found(format!(
-                    "model '{}' has no version '{}' (versions: {})",
+                    "{UNKNOWN_MODEL}'{}' version {} is not found (its versions: {})",
                     self.name,
-                    quoted(label),
+                    version_words(label),
                     self.labels().join(", ")
                 ))
             })
@@ -258,18 +356,19 @@ impl VersionEntry {
         match &self.status {
             VersionStatus::Ready(ready) => Ok(ready),
             VersionStatus::Loading => Err(GatewayError::unavailable(format!(
-                "model '{model}' version '{}' is still loading",
-                self.label
+                "{UNKNOWN_MODEL}'{model}' version {} is not at ready state: it is still loading",
+                version_words(&self.label)
             ))),
             VersionStatus::Failed(reason) | VersionStatus::Pending(reason) => {
                 Err(GatewayError::unavailable(format!(
-                    "model '{model}' version '{}' is not ready: {reason}",
-                    self.label
+                    "{UNKNOWN_MODEL}'{model}' version {} is not at ready state: {reason}",
+                    version_words(&self.label)
                 )))
             }
             VersionStatus::Remote(_) => Err(GatewayError::unavailable(format!(
-                "model '{model}' version '{}' is served by other nodes of the cluster only",
-                self.label
+                "{UNKNOWN_MODEL}'{model}' version {} is not at ready state here: it is served \
+                 by other nodes of the cluster only",
+                version_words(&self.label)
             ))),
         }
     }
@@ -282,9 +381,9 @@ pub struct ModelTable {
 
 impl ModelTable {
     pub fn model(&self, name: &str) -> Result<&Arc<ModelEntry>, GatewayError> {
-        self.models
-            .get(name)
-            .ok_or_else(|| GatewayError::not_found(format!("unknown model '{}'", quoted(name))))
+        self.models.get(name).ok_or_else(|| {
+            GatewayError::not_found(format!("{UNKNOWN_MODEL}'{}' is not found", quoted(name)))
+        })
     }
 }
 

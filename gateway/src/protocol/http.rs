@@ -13,15 +13,16 @@ use axum::routing::{get, post};
 use bytes::Bytes;
 use serde::Serialize;
 use serde_json::json;
-use switchyard_runtimes::{Device, TensorSpec};
+use switchyard_runtimes::TensorSpec;
 
 use crate::core::Gateway;
 use crate::core::feedback::Feedback;
 use crate::error::{ErrorKind, GatewayError};
 use crate::protocol::json::{EncodedResponse, decode_request, encode_response};
-use crate::protocol::metadata::{self, ConfigTensor};
+use crate::protocol::metadata;
 use crate::protocol::pipeline::{Call, Pipeline};
 use crate::telemetry::Protocol;
+use crate::wire;
 
 /// Header of the binary tensor data extension: the length of the JSON part of the body.
 pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-length";
@@ -159,6 +160,9 @@ fn metadata_response(
             "bytes_per_replica": memory.bytes_per_replica,
         });
     }
+    if let Some(warmup) = &metadata.warmup {
+        body["warmup"] = json!(warmup);
+    }
     Ok(axum::Json(body).into_response())
 }
 
@@ -199,43 +203,7 @@ fn config_response(
     version: Option<&str>,
 ) -> Result<Response, GatewayError> {
     let config = metadata::model_config(&gateway.snapshot(), model, version)?;
-    let tensors = |tensors: &[ConfigTensor]| {
-        tensors
-            .iter()
-            .map(|t| {
-                let mut tensor = json!({"name": t.name, "data_type": t.dtype.triton_config_name(), "dims": t.dims});
-                if let Some(shape) = &t.reshape {
-                    tensor["reshape"] = json!({ "shape": shape });
-                }
-                tensor
-            })
-            .collect::<Vec<_>>()
-    };
-    let kind = match config.device {
-        Device::Cuda(_) => "KIND_GPU",
-        Device::Cpu => "KIND_CPU",
-    };
-    let mut body = json!({
-        "name": &*config.name,
-        "platform": config.platform,
-        "backend": config.backend,
-        "max_batch_size": config.max_batch_size,
-        "input": tensors(&config.inputs),
-        "output": tensors(&config.outputs),
-        "instance_group": [{ "name": &*config.name, "kind": kind, "count": config.instance_count }],
-    });
-    if let Some(sequence) = &config.sequence {
-        body["sequence_batching"] = json!({
-            "max_sequence_idle_microseconds": sequence.idle_timeout.as_micros() as u64,
-            "direct": {"max_queue_delay_microseconds": sequence.join.max_delay.as_micros() as u64},
-            "state": sequence.states.iter().map(|state| json!({
-                "input_name": state.input,
-                "output_name": state.output,
-                "data_type": state.initial.dtype().triton_config_name(),
-                "dims": state.initial.shape(),
-            })).collect::<Vec<_>>(),
-        });
-    }
+    let body = wire::model_config_to_json(&config).map_err(GatewayError::internal)?;
     Ok(axum::Json(body).into_response())
 }
 

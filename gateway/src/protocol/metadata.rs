@@ -3,13 +3,12 @@
 
 use std::sync::Arc;
 
-use switchyard_runtimes::{DataType, Device, TensorSpec};
+use switchyard_runtimes::{Device, TensorSpec};
 
-use crate::core::{
-    ModelEntry, ModelTable, ReadyVersion, SequenceSettings, VersionEntry, VersionStatus,
-};
+use crate::core::{ModelEntry, ModelTable, ReadyVersion, VersionEntry, VersionStatus};
 use crate::error::GatewayError;
 use crate::telemetry::statistics::StatisticsSnapshot;
+use crate::wire::{self, pb};
 
 pub const SERVER_NAME: &str = "switchyard";
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
@@ -28,44 +27,14 @@ pub struct ModelMetadata {
     pub reason: Option<String>,
     /// What the ready version's replicas take, as measured when they loaded.
     pub memory: Option<MeasuredMemory>,
+    /// How the ready version was warmed up (synthetic shapes, configured, or skipped and why).
+    pub warmup: Option<String>,
 }
 
 pub struct MeasuredMemory {
     pub device: Device,
     pub replicas: usize,
     pub bytes_per_replica: Option<u64>,
-}
-
-/// Triton's model configuration, as far as Switchyard has one.
-pub struct ModelConfig {
-    pub name: Arc<str>,
-    pub platform: &'static str,
-    pub backend: &'static str,
-    pub max_batch_size: u32,
-    /// With a batch axis (max_batch_size > 0) the dims leave it out, as Triton's do.
-    pub inputs: Vec<ConfigTensor>,
-    pub outputs: Vec<ConfigTensor>,
-    pub device: Device,
-    pub instance_count: u32,
-    /// Set for a model served as sequences.
-    pub sequence: Option<Arc<SequenceSettings>>,
-}
-
-pub struct ConfigTensor {
-    pub name: String,
-    pub dtype: DataType,
-    pub dims: Vec<i64>,
-    /// For a scalar input, Triton's way to say so: `dims` [1], reshaped to this ([]).
-    pub reshape: Option<Vec<i64>>,
-}
-
-/// Triton's config cannot say "no dimensions": a scalar input is dims [1], reshaped to [].
-fn client_dims(dims: &[i64]) -> (Vec<i64>, Option<Vec<i64>>) {
-    if dims.is_empty() {
-        (vec![1], Some(Vec::new()))
-    } else {
-        (dims.to_vec(), None)
-    }
 }
 
 /// The version a metadata request is about: the named one, or the model's default (the
@@ -104,7 +73,9 @@ pub fn model_metadata(
     };
     // As in the config: a scalar input is shown as shape [1], which it accepts beside [].
     for input in &mut inputs {
-        input.dims = client_dims(&input.dims).0;
+        if input.dims.is_empty() {
+            input.dims = vec![1];
+        }
     }
     let versions = match version {
         Some(_) => vec![chosen.label.clone()],
@@ -124,6 +95,10 @@ pub fn model_metadata(
                 replicas: ready.replicas.replica_count(),
                 bytes_per_replica: ready.replicas.memory_per_replica(),
             }),
+            _ => None,
+        },
+        warmup: match &chosen.status {
+            VersionStatus::Ready(ready) => Some(ready.replicas.warmup().describe()),
             _ => None,
         },
     })
@@ -146,63 +121,55 @@ pub fn model_ready(
     chosen.ready(&model.name).map(|_| ())
 }
 
+/// Triton's model configuration of a version: the one it was loaded with (its instance count as
+/// it is now), or, for a version only peers serve, what its signature says.
 pub fn model_config(
     table: &ModelTable,
     model: &str,
     version: Option<&str>,
-) -> Result<ModelConfig, GatewayError> {
+) -> Result<pb::ModelConfig, GatewayError> {
     let model = table.model(model)?;
     let chosen = resolve(model, version)?;
     if let VersionStatus::Remote(remote) = &chosen.status {
-        let (inputs, outputs) = (&remote.signature.inputs, &remote.signature.outputs);
-        return Ok(ModelConfig {
-            name: model.name.clone(),
-            platform: chosen.platform,
-            backend: chosen.backend,
-            max_batch_size: remote.max_batch_size,
-            inputs: config_tensors(inputs, remote.max_batch_size, true),
-            outputs: config_tensors(outputs, remote.max_batch_size, false),
-            device: remote.device,
-            instance_count: u32::try_from(remote.peers.len()).unwrap_or(u32::MAX),
-            sequence: None,
+        let skip = usize::from(remote.max_batch_size > 0);
+        let dims = |spec: &TensorSpec| spec.dims.get(skip..).unwrap_or_default().to_vec();
+        return Ok(pb::ModelConfig {
+            name: model.name.to_string(),
+            platform: chosen.platform.into(),
+            backend: chosen.backend.into(),
+            max_batch_size: i32::try_from(remote.max_batch_size).unwrap_or(i32::MAX),
+            input: remote
+                .signature
+                .inputs
+                .iter()
+                .map(|spec| pb::ModelInput {
+                    name: spec.name.clone(),
+                    data_type: wire::config_data_type(spec.dtype) as i32,
+                    dims: dims(spec),
+                    ..Default::default()
+                })
+                .collect(),
+            output: remote
+                .signature
+                .outputs
+                .iter()
+                .map(|spec| pb::ModelOutput {
+                    name: spec.name.clone(),
+                    data_type: wire::config_data_type(spec.dtype) as i32,
+                    dims: dims(spec),
+                    ..Default::default()
+                })
+                .collect(),
+            ..Default::default()
         });
     }
     let ready = chosen.ready(&model.name)?;
-    let max_batch_size = ready.max_batch_size;
-    let (inputs, outputs) = visible(ready);
-    Ok(ModelConfig {
-        name: model.name.clone(),
-        platform: chosen.platform,
-        backend: chosen.backend,
-        max_batch_size,
-        inputs: config_tensors(&inputs, max_batch_size, true),
-        outputs: config_tensors(&outputs, max_batch_size, false),
-        device: ready.device,
-        instance_count: u32::try_from(ready.replicas.replica_count()).unwrap_or(u32::MAX),
-        sequence: ready.sequence.clone(),
-    })
-}
-
-/// Tensors as Triton's config lists them: without the batch axis when the model batches, and
-/// a scalar input as [1] reshaped to [].
-fn config_tensors(specs: &[TensorSpec], max_batch_size: u32, inputs: bool) -> Vec<ConfigTensor> {
-    let skip = usize::from(max_batch_size > 0);
-    specs
-        .iter()
-        .map(|spec| {
-            let dims = spec.dims.get(skip..).unwrap_or_default();
-            let (dims, reshape) = match inputs {
-                true => client_dims(dims),
-                false => (dims.to_vec(), None),
-            };
-            ConfigTensor {
-                name: spec.name.clone(),
-                dtype: spec.dtype,
-                dims,
-                reshape,
-            }
-        })
-        .collect()
+    let mut config = (*ready.config).clone();
+    let count = i32::try_from(ready.replicas.replica_count()).unwrap_or(i32::MAX);
+    for group in &mut config.instance_group {
+        group.count = count;
+    }
+    Ok(config)
 }
 
 /// Triton's statistics of one loaded version.

@@ -10,27 +10,19 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::HeaderValue;
-use switchyard_runtimes::{DataType, Device, TensorSpec};
+use switchyard_runtimes::TensorSpec;
 use tonic::{Request, Response, Status};
 
 use crate::core::Gateway;
 use crate::error::{ErrorKind, GatewayError};
-use crate::protocol::metadata::{self, ConfigTensor};
+use crate::protocol::metadata;
 use crate::protocol::pipeline::{Call, Pipeline};
 use crate::telemetry::Protocol;
 use crate::telemetry::statistics::DurationFigure;
-use convert::{config_data_type, decode_request, encode_response};
+use convert::{decode_request, encode_response};
 
 /// The generated protocol types and service traits.
-pub mod pb {
-    #![allow(
-        clippy::all,
-        clippy::pedantic,
-        clippy::unwrap_used,
-        clippy::expect_used
-    )]
-    tonic::include_proto!("inference");
-}
+pub use crate::wire::pb;
 
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 
@@ -79,7 +71,7 @@ pub fn decode_message(message: &[u8]) -> Result<crate::core::InferRequest, Gatew
     scan::scan_model_infer(message, &scan::ScanLimits::default())?;
     let decoded = pb::ModelInferRequest::decode(message)
         .map_err(|error| GatewayError::invalid(format!("malformed ModelInferRequest: {error}")))?;
-    decode_request(decoded).map(|(request, _)| request)
+    decode_request(decoded)
 }
 
 /// The gRPC method that carries inference, the only one the in-flight bounds apply to.
@@ -294,74 +286,8 @@ impl GrpcInferenceService for GrpcFront {
             &request.name,
             version_of(&request.version),
         )?;
-        let data_type = |dtype: DataType| config_data_type(dtype) as i32;
-        let inputs = |tensors: &[ConfigTensor]| {
-            tensors
-                .iter()
-                .map(|t| pb::ModelInput {
-                    name: t.name.clone(),
-                    data_type: data_type(t.dtype),
-                    dims: t.dims.clone(),
-                    reshape: t.reshape.as_ref().map(|shape| pb::ModelTensorReshape {
-                        shape: shape.clone(),
-                    }),
-                })
-                .collect()
-        };
-        let outputs = |tensors: &[ConfigTensor]| {
-            tensors
-                .iter()
-                .map(|t| pb::ModelOutput {
-                    name: t.name.clone(),
-                    data_type: data_type(t.dtype),
-                    dims: t.dims.clone(),
-                })
-                .collect()
-        };
-        let (kind, gpus) = match config.device {
-            Device::Cuda(index) => (
-                pb::model_instance_group::Kind::Gpu,
-                vec![i32::try_from(index).unwrap_or(i32::MAX)],
-            ),
-            Device::Cpu => (pb::model_instance_group::Kind::Cpu, Vec::new()),
-        };
         Ok(Response::new(pb::ModelConfigResponse {
-            config: Some(pb::ModelConfig {
-                name: config.name.to_string(),
-                platform: config.platform.into(),
-                backend: config.backend.into(),
-                max_batch_size: i32::try_from(config.max_batch_size).unwrap_or(i32::MAX),
-                input: inputs(&config.inputs),
-                output: outputs(&config.outputs),
-                instance_group: vec![pb::ModelInstanceGroup {
-                    name: config.name.to_string(),
-                    count: i32::try_from(config.instance_count).unwrap_or(i32::MAX),
-                    gpus,
-                    kind: kind as i32,
-                }],
-                sequence_batching: config.sequence.as_ref().map(|sequence| {
-                    pb::ModelSequenceBatching {
-                        max_sequence_idle_microseconds: sequence.idle_timeout.as_micros() as u64,
-                        strategy_choice: Some(pb::model_sequence_batching::StrategyChoice::Direct(
-                            pb::model_sequence_batching::StrategyDirect {
-                                max_queue_delay_microseconds: sequence.join.max_delay.as_micros()
-                                    as u64,
-                                minimum_slot_utilization: 0.0,
-                            },
-                        )),
-                        state: sequence
-                            .states
-                            .iter()
-                            .map(|state| pb::model_sequence_batching::State {
-                                input_name: state.input.clone(),
-                                output_name: state.output.clone(),
-                                data_type: data_type(state.initial.dtype()),
-                                dims: state.initial.shape().iter().map(|&d| d as i64).collect(),
-                            })
-                            .collect(),
-                    }
-                }),
-            }),
+            config: Some(config),
         }))
     }
 
@@ -445,8 +371,8 @@ impl GrpcInferenceService for GrpcFront {
             .pipeline
             .infer(
                 call,
-                || decode_request(message),
-                |response, raw| Ok(encode_response(response, raw)),
+                || decode_request(message).map(|request| (request, ())),
+                |response, ()| Ok(encode_response(response)),
             )
             .await?;
         Ok(Response::new(encoded))
@@ -512,8 +438,8 @@ async fn stream_answer(
         pipeline
             .infer(
                 call,
-                || decode_request(message),
-                |response, raw| Ok(encode_response(response, raw)),
+                || decode_request(message).map(|request| (request, ())),
+                |response, ()| Ok(encode_response(response)),
             )
             .await
     };
