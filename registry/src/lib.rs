@@ -47,6 +47,18 @@ pub trait Store: Send + Sync {
 
     async fn version(&self, model: &str, label: &str) -> Result<Version, RegistryError>;
 
+    /// Serves a retired version again, from the runtime, artifact, config and metadata given
+    /// (the label stays; `version.version`, if set, must be it): state `registered`, its
+    /// scores and history kept. Refused unless it is retired. Triton's repository `load` of an
+    /// unloaded model, or of a changed one, comes back this way.
+    async fn reinstate_version(
+        &self,
+        actor: &str,
+        model: &str,
+        label: &str,
+        version: NewVersion,
+    ) -> Result<i64, RegistryError>;
+
     /// Moves a version through its lifecycle.
     async fn set_version_state(
         &self,

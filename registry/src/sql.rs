@@ -751,6 +751,64 @@ impl Store for SqlStore {
         Ok((created, revision))
     }
 
+    async fn reinstate_version(
+        &self,
+        actor: &str,
+        model: &str,
+        label: &str,
+        version: NewVersion,
+    ) -> Result<i64, RegistryError> {
+        if version.runtime.trim().is_empty() {
+            return Err(RegistryError::Invalid("runtime must be given".into()));
+        }
+        if version.artifact.trim().is_empty() {
+            return Err(RegistryError::Invalid("artifact must be given".into()));
+        }
+        if version
+            .version
+            .as_deref()
+            .is_some_and(|given| given != label)
+        {
+            return Err(RegistryError::Invalid(format!(
+                "a reinstated version keeps its label '{label}'"
+            )));
+        }
+        let config = require_object(version.config, "config")?;
+        let metadata = require_object(version.metadata, "metadata")?;
+        let (mut tx, revision) = self.begin_write().await?;
+        SqlStore::require_model(&mut tx, model).await?;
+        let current = SqlStore::read_version(&mut *tx, model, label).await?;
+        if current.state != VersionState::Retired {
+            return Err(RegistryError::Conflict(format!(
+                "version '{label}' of model '{model}' is {}, not retired",
+                current.state
+            )));
+        }
+        sqlx::query(
+            "UPDATE versions SET runtime = $1, artifact = $2, config = $3, metadata = $4, \
+             state = $5, state_reason = $6 WHERE model = $7 AND label = $8",
+        )
+        .bind(&version.runtime)
+        .bind(&version.artifact)
+        .bind(config.to_string())
+        .bind(metadata.to_string())
+        .bind(VersionState::Registered.as_str())
+        .bind("")
+        .bind(model)
+        .bind(label)
+        .execute(&mut *tx)
+        .await?;
+        let payload = serde_json::json!({
+            "version": label,
+            "runtime": version.runtime,
+            "artifact": version.artifact,
+            "config": config,
+            "metadata": metadata,
+        });
+        self.finish_write(tx, revision, actor, "version.reinstate", model, payload)
+            .await
+    }
+
     async fn version(&self, model: &str, label: &str) -> Result<Version, RegistryError> {
         let models = sqlx::query("SELECT name FROM models WHERE name = $1")
             .bind(model)

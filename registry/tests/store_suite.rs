@@ -435,6 +435,45 @@ async fn suite(store: &dyn Store) {
         VersionState::Retired
     );
 
+    // A retired version can be served again, from another config, keeping its label; only a
+    // retired one.
+    let again = |config: serde_json::Value| NewVersion {
+        version: None,
+        runtime: "onnx".into(),
+        artifact: "/models/mlp/7/model.onnx".into(),
+        config: Some(config),
+        metadata: None,
+    };
+    assert!(matches!(
+        store
+            .reinstate_version("bob", "mlp", "1", again(serde_json::json!({})))
+            .await,
+        Err(RegistryError::Conflict(_))
+    ));
+    assert!(matches!(
+        store
+            .reinstate_version("bob", "mlp", "7", again(serde_json::json!([1])))
+            .await,
+        Err(RegistryError::Invalid(_))
+    ));
+    store
+        .reinstate_version(
+            "bob",
+            "mlp",
+            "7",
+            again(serde_json::json!({"max_batch_size": 16})),
+        )
+        .await
+        .unwrap();
+    let reinstated = store.version("mlp", "7").await.unwrap();
+    assert_eq!(reinstated.state, VersionState::Registered);
+    assert_eq!(reinstated.config["max_batch_size"], 16);
+    store.remove_version("bob", "mlp", "7").await.unwrap();
+    store
+        .set_version_state("gateway", "mlp", "7", VersionState::Retired, "")
+        .await
+        .unwrap();
+
     // The audit log: every write, in order, with its actor.
     let events = store.events_after(0, 1000).await.unwrap();
     let revisions: Vec<i64> = events.iter().map(|e| e.revision).collect();
