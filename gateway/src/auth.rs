@@ -1,11 +1,16 @@
 //! Credentials, a leaf: keys and tokens kept as SHA-256 digests and compared in constant time,
-//! the secret a request presents, and the inference API's keys. The inference fronts
-//! (`protocol::auth`) and the management API check requests with these.
+//! the secret a request presents, the inference API's keys, and the management tokens with the
+//! rule for calls that come without one. The inference fronts (`protocol::auth`) and the
+//! management API check requests with these.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::http::{HeaderMap, header};
+use axum::http::{self, HeaderMap, header};
 use sha2::{Digest, Sha256};
+
+use crate::config::{AdminRole, AdminToken};
+use crate::error::{ErrorKind, GatewayError, quoted};
 
 pub type Sha256Digest = [u8; 32];
 
@@ -79,4 +84,171 @@ impl ApiKeys {
             .map(digest)
             .is_some_and(|presented| self.0.iter().any(|key| same_digest(key, &presented)))
     }
+}
+
+/// The management API's tokens and its rule for calls without one, shared by the management
+/// API and the inference ports' endpoints that change what is served (Triton's repository and
+/// shared-memory extensions): a token of the role the call needs, or, when no token is
+/// configured, a program on this machine.
+#[derive(Clone, Default)]
+pub struct ManagementTokens {
+    tokens: Arc<Vec<(Sha256Digest, AdminRole)>>,
+}
+
+/// What a management call needs.
+pub struct Call<'a> {
+    pub method: &'a http::Method,
+    pub uri: &'a http::Uri,
+    pub headers: &'a HeaderMap,
+    /// The peer, where the listener knows it.
+    pub peer: Option<SocketAddr>,
+    pub needs: AdminRole,
+    /// Whether a write without a token must come as JSON (a web page can post a form or text
+    /// across sites without asking, but not JSON). Clients of Triton's extensions send no
+    /// content type; the origin checks stand for it there.
+    pub json_writes: bool,
+}
+
+impl ManagementTokens {
+    /// From configured digests (hex) and, if set, the plain token in `SWITCHYARD_ADMIN_TOKEN`
+    /// (a writer).
+    pub fn new(configured: &[AdminToken]) -> ManagementTokens {
+        let mut tokens: Vec<(Sha256Digest, AdminRole)> = configured
+            .iter()
+            .filter_map(|token| match decode_hex(&token.sha256) {
+                Some(digest) => Some((digest, token.role)),
+                None => {
+                    tracing::error!("ignoring an admin token whose sha256 is not 64 hex digits");
+                    None
+                }
+            })
+            .collect();
+        if let Ok(token) = std::env::var("SWITCHYARD_ADMIN_TOKEN")
+            && !token.is_empty()
+        {
+            tokens.push((digest(&token), AdminRole::Write));
+        }
+        ManagementTokens {
+            tokens: Arc::new(tokens),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.tokens.is_empty()
+    }
+
+    /// Who makes the call, for the audit log (`loopback`, or the token's digest prefix); or
+    /// why it is refused. `local_fallback`: without tokens, calls from this machine are
+    /// accepted (else refused).
+    pub fn authorize(&self, call: &Call<'_>, local_fallback: bool) -> Result<String, GatewayError> {
+        if self.tokens.is_empty() {
+            if !local_fallback {
+                return Err(GatewayError::new(
+                    ErrorKind::Unauthenticated,
+                    "a bearer token is required",
+                ));
+            }
+            local_only(call)?;
+            return Ok("loopback".into());
+        }
+        let Some(presented) = presented_secret(call.headers) else {
+            return Err(GatewayError::new(
+                ErrorKind::Unauthenticated,
+                "a bearer token is required",
+            ));
+        };
+        let digest = digest(presented);
+        let Some((_, role)) = self
+            .tokens
+            .iter()
+            .find(|(known, _)| same_digest(known, &digest))
+        else {
+            return Err(GatewayError::new(
+                ErrorKind::Unauthenticated,
+                "unknown token",
+            ));
+        };
+        if call.needs == AdminRole::Write && *role == AdminRole::Read {
+            return Err(GatewayError::new(
+                ErrorKind::PermissionDenied,
+                "this token may only read",
+            ));
+        }
+        let prefix: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+        Ok(format!("token:{prefix}"))
+    }
+}
+
+/// Without tokens a call is trusted only from a program on this machine, not from a web page
+/// driving a browser here: the peer is on loopback, the Host names loopback (no DNS
+/// rebinding), no other origin sent the request, and (where asked) writes come as JSON.
+pub fn local_only(call: &Call<'_>) -> Result<(), GatewayError> {
+    let refuse = |message: String| Err(GatewayError::new(ErrorKind::PermissionDenied, message));
+    if let Some(peer) = call.peer
+        && !peer.ip().is_loopback()
+    {
+        return refuse(format!(
+            "without admin tokens this answers loopback clients only, not {}",
+            peer.ip()
+        ));
+    }
+    let headers = call.headers;
+    let host = headers
+        .get(header::HOST)
+        .and_then(|value| value.to_str().ok())
+        .or_else(|| call.uri.authority().map(|a| a.as_str()));
+    if let Some(host) = host
+        && !is_loopback_host(host)
+    {
+        return refuse(format!(
+            "Host '{}' is not a loopback name; without admin tokens this answers requests to \
+             localhost only",
+            quoted(host)
+        ));
+    }
+    let origin = headers
+        .get(header::ORIGIN)
+        .and_then(|value| value.to_str().ok());
+    let cross_site = headers
+        .get("sec-fetch-site")
+        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"cross-site"));
+    let foreign_origin = origin.is_some_and(|origin| {
+        let host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
+        !is_loopback_host(host)
+    });
+    if cross_site || foreign_origin {
+        return refuse("cross-origin requests are refused without admin tokens".into());
+    }
+    let writes_a_body = matches!(
+        *call.method,
+        http::Method::POST | http::Method::PUT | http::Method::PATCH
+    );
+    if call.json_writes && call.needs == AdminRole::Write && writes_a_body && !is_json(headers) {
+        return Err(GatewayError::new(
+            ErrorKind::UnsupportedMediaType,
+            "writes must be sent as Content-Type: application/json",
+        ));
+    }
+    Ok(())
+}
+
+/// Whether a body is declared as JSON (`Content-Type: application/json`, any parameters).
+pub fn is_json(headers: &HeaderMap) -> bool {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
+pub fn is_loopback_host(host: &str) -> bool {
+    let name = match host.strip_prefix('[') {
+        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
+        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }

@@ -6,7 +6,8 @@ use axum::extract::{Path, Request, State};
 use axum::http::{HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 
-use super::{AdminState, local_only};
+use super::{AdminState, management_call};
+use crate::auth;
 use crate::config::AdminRole;
 use crate::error::GatewayError;
 
@@ -70,7 +71,7 @@ pub(super) async fn asset(
 fn serve(state: &AdminState, request: &Request, asset: &Asset) -> Response {
     // Without tokens the API answers this machine only; the page follows the same rule.
     if state.open
-        && let Err(refusal) = local_only(request, AdminRole::Read)
+        && let Err(refusal) = auth::local_only(&management_call(request, AdminRole::Read))
     {
         return refusal.into_response();
     }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, Request, State};
-use axum::http::{Method, StatusCode, header};
+use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -33,8 +33,7 @@ use crate::config::{AdminRole, Config, ServingConfig};
 use crate::control::capacity::Capacity;
 use crate::control::rollout::RolloutStatus;
 use crate::core::Gateway;
-use crate::core::feedback::is_json;
-use crate::error::{ErrorKind, GatewayError, quoted};
+use crate::error::{ErrorKind, GatewayError};
 use figures::FigureHistory;
 
 #[derive(Clone)]
@@ -42,7 +41,7 @@ pub struct AdminState {
     store: Arc<dyn Store>,
     gateway: Arc<Gateway>,
     capacity: Arc<Capacity>,
-    tokens: Arc<Vec<([u8; 32], AdminRole)>>,
+    tokens: auth::ManagementTokens,
     /// No token is configured: only a loopback listener may then answer, to anyone on it.
     open: bool,
     models_dir: PathBuf,
@@ -69,22 +68,7 @@ impl AdminState {
         whole: &Config,
     ) -> AdminState {
         let config = &whole.admin;
-        let mut tokens: Vec<([u8; 32], AdminRole)> = config
-            .tokens
-            .iter()
-            .filter_map(|token| match auth::decode_hex(&token.sha256) {
-                Some(digest) => Some((digest, token.role)),
-                None => {
-                    tracing::error!("ignoring an admin token whose sha256 is not 64 hex digits");
-                    None
-                }
-            })
-            .collect();
-        if let Ok(token) = std::env::var("SWITCHYARD_ADMIN_TOKEN")
-            && !token.is_empty()
-        {
-            tokens.push((auth::digest(&token), AdminRole::Write));
-        }
+        let tokens = auth::ManagementTokens::new(&config.tokens);
         let open = tokens.is_empty() && config.addr.ip().is_loopback();
         if open {
             tracing::warn!(addr = %config.addr, "no admin token configured: the management API is open to loopback clients");
@@ -93,7 +77,7 @@ impl AdminState {
             store,
             gateway,
             capacity,
-            tokens: Arc::new(tokens),
+            tokens,
             open,
             models_dir: whole.models.dir.clone(),
             defaults: whole.serving.clone(),
@@ -173,99 +157,30 @@ async fn authenticate(
     } else {
         AdminRole::Write
     };
-    let actor = if state.open {
-        if let Err(refusal) = local_only(&request, needs) {
-            return refusal.into_response();
-        }
-        Actor("loopback".into())
-    } else {
-        let Some(presented) = auth::presented_secret(request.headers()) else {
-            return GatewayError::new(ErrorKind::Unauthenticated, "a bearer token is required")
-                .into_response();
-        };
-        let digest = auth::digest(presented);
-        let Some((_, role)) = state
-            .tokens
-            .iter()
-            .find(|(known, _)| auth::same_digest(known, &digest))
-        else {
-            return GatewayError::new(ErrorKind::Unauthenticated, "unknown token").into_response();
-        };
-        if needs == AdminRole::Write && *role == AdminRole::Read {
-            return GatewayError::new(ErrorKind::PermissionDenied, "this token may only read")
-                .into_response();
-        }
-        let prefix: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-        Actor(format!("token:{prefix}"))
+    let actor = match state
+        .tokens
+        .authorize(&management_call(&request, needs), state.open)
+    {
+        Ok(actor) => Actor(actor),
+        Err(refusal) => return refusal.into_response(),
     };
     request.extensions_mut().insert(actor);
     next.run(request).await
 }
 
-/// Without tokens the API trusts whoever reaches it, so it makes sure that is a program on this
-/// machine and not a web page driving a browser here: the peer is on loopback, the Host names
-/// loopback (no DNS rebinding), no other origin sent the request, and writes come as JSON (a
-/// page can post a form or text/plain across sites without asking, but not JSON).
-fn local_only(request: &Request, needs: AdminRole) -> Result<(), GatewayError> {
-    let refuse = |message: String| Err(GatewayError::new(ErrorKind::PermissionDenied, message));
-    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>()
-        && !peer.ip().is_loopback()
-    {
-        return refuse(format!(
-            "without admin tokens the management API answers loopback clients only, not {}",
-            peer.ip()
-        ));
+/// A request as the management rule sees it; writes without a token must come as JSON.
+fn management_call(request: &Request, needs: AdminRole) -> auth::Call<'_> {
+    auth::Call {
+        method: request.method(),
+        uri: request.uri(),
+        headers: request.headers(),
+        peer: request
+            .extensions()
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(peer)| *peer),
+        needs,
+        json_writes: true,
     }
-    let headers = request.headers();
-    let host = headers
-        .get(header::HOST)
-        .and_then(|value| value.to_str().ok())
-        .or_else(|| request.uri().authority().map(|a| a.as_str()));
-    if let Some(host) = host
-        && !is_loopback_host(host)
-    {
-        return refuse(format!(
-            "Host '{}' is not a loopback name; without admin tokens the management API answers \
-             requests to localhost only",
-            quoted(host)
-        ));
-    }
-    let origin = headers
-        .get(header::ORIGIN)
-        .and_then(|value| value.to_str().ok());
-    let cross_site = headers
-        .get("sec-fetch-site")
-        .is_some_and(|value| value.as_bytes().eq_ignore_ascii_case(b"cross-site"));
-    let foreign_origin = origin.is_some_and(|origin| {
-        let host = origin.split_once("://").map_or(origin, |(_, rest)| rest);
-        !is_loopback_host(host)
-    });
-    if cross_site || foreign_origin {
-        return refuse("cross-origin requests are refused without admin tokens".into());
-    }
-    let writes_a_body = matches!(
-        *request.method(),
-        Method::POST | Method::PUT | Method::PATCH
-    );
-    if needs == AdminRole::Write && writes_a_body && !is_json(headers) {
-        return Err(GatewayError::new(
-            ErrorKind::UnsupportedMediaType,
-            "writes must be sent as Content-Type: application/json",
-        ));
-    }
-    Ok(())
-}
-
-/// `localhost`, `127.x.x.x` or `[::1]`, with or without a port.
-fn is_loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(bracketed) => bracketed.split(']').next().unwrap_or(""),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    name.eq_ignore_ascii_case("localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
 }
 
 pub fn router(state: AdminState) -> Router {

@@ -24,7 +24,7 @@ impl Feedback {
     /// The body of an HTTP request, which must say it is JSON: a form or a text/plain body, as
     /// any web page can post across sites without asking, is refused with 415.
     pub fn from_http(headers: &HeaderMap, body: &[u8]) -> Result<Feedback, GatewayError> {
-        if !is_json(headers) {
+        if !crate::auth::is_json(headers) {
             return Err(GatewayError::new(
                 ErrorKind::UnsupportedMediaType,
                 "feedback must be sent as Content-Type: application/json",
@@ -55,13 +55,4 @@ impl Feedback {
             }
         }
     }
-}
-
-/// Whether a request's body is declared JSON (`application/json`, parameters allowed).
-pub fn is_json(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.split(';').next())
-        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"))
 }
