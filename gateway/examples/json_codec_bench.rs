@@ -64,7 +64,8 @@ fn main() {
     for (model, input_width, output_width) in [("mlp", 64, 10), ("mlp_heavy", 512, 1000)] {
         let body = request_body(input_width);
         let decode = fastest(200, 200, || {
-            let decoded = decode_request("mlp", Some("1"), black_box(&body), Bytes::new()).unwrap();
+            let decoded =
+                decode_request("mlp", Some("1"), black_box(&body), Bytes::new(), None).unwrap();
             black_box(decoded);
         });
         println!("decode {model},{},{decode:.0}", body.len());

@@ -26,6 +26,7 @@ pub struct Config {
     pub tls: TlsConfig,
     pub log: LogConfig,
     pub cluster: ClusterConfig,
+    pub shared_memory: SharedMemoryConfig,
     /// Devices and their memory budgets; a device not listed gets its physical memory (the
     /// host's RAM for `cpu`, NVML's figure for `cuda:N`) less nothing.
     pub devices: Vec<DeviceConfig>,
@@ -68,6 +69,59 @@ pub struct ModelsConfig {
     /// Register model folders that the registry does not know yet at every start (the first
     /// start always imports the whole repository).
     pub import_on_start: bool,
+    /// How the repository folder and the served models follow each other (Triton's
+    /// `--model-control-mode`): `none`, `poll` or `explicit`.
+    pub control_mode: ControlMode,
+    /// With `poll`: how often the folder is read again.
+    pub poll_interval: HumanDuration,
+    /// With `explicit`: the models loaded at start (`*`: every one), as Triton's `--load-model`.
+    pub load: Vec<String>,
+    /// How long a repository load or unload waits for the versions it changed.
+    pub load_timeout: HumanDuration,
+}
+
+/// Triton's system shared-memory extension: bounds on what clients may register.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct SharedMemoryConfig {
+    /// Regions registered at once.
+    pub max_regions: usize,
+    /// The sum of the registered regions' sizes.
+    pub max_total_size: ByteSize,
+}
+
+impl Default for SharedMemoryConfig {
+    fn default() -> Self {
+        SharedMemoryConfig {
+            max_regions: 256,
+            max_total_size: ByteSize(16 << 30),
+        }
+    }
+}
+
+/// How the model repository's folder and the served models follow each other.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum ControlMode {
+    /// Imported at the first start (or every start with `import_on_start`); Triton's
+    /// repository load and unload are refused.
+    #[default]
+    None,
+    /// Imported at every start, then read again every `poll_interval`: new models and
+    /// versions registered, changed ones reloaded, removed ones unloaded.
+    Poll,
+    /// Only what `load` names at start, then what the repository extension's load asks.
+    Explicit,
+}
+
+impl ControlMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ControlMode::None => "none",
+            ControlMode::Poll => "poll",
+            ControlMode::Explicit => "explicit",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -316,6 +370,10 @@ impl Default for ModelsConfig {
         ModelsConfig {
             dir: PathBuf::from("models"),
             import_on_start: false,
+            control_mode: ControlMode::None,
+            poll_interval: HumanDuration(Duration::from_secs(5)),
+            load: Vec::new(),
+            load_timeout: HumanDuration(Duration::from_secs(120)),
         }
     }
 }

@@ -234,6 +234,11 @@ impl GatewayError {
         GatewayError { kind, message }
     }
 
+    /// The same kind, its message rewritten (a context put in front, say).
+    pub fn with_prefix(self, rewrite: impl FnOnce(String) -> String) -> Self {
+        GatewayError::new(self.kind, rewrite(self.message))
+    }
+
     pub fn invalid(message: impl Into<String>) -> Self {
         GatewayError::new(ErrorKind::InvalidArgument, message)
     }

@@ -5,7 +5,7 @@ use std::process::ExitCode;
 use clap::{Args, Parser, Subcommand};
 use switchyard_gateway::admin::cli;
 use switchyard_gateway::app::eval as app_eval;
-use switchyard_gateway::config::{ByteSize, Config, LogFormat};
+use switchyard_gateway::config::{ByteSize, Config, ControlMode, LogFormat};
 use switchyard_gateway::control::evaluation;
 use switchyard_gateway::telemetry::tracing as tracing_setup;
 
@@ -94,6 +94,14 @@ struct ServeArgs {
     /// Register model folders the registry does not know yet.
     #[arg(long)]
     import_models: bool,
+    /// How the repository folder and the served models follow each other, as Triton's flag:
+    /// none, poll (read the folder again every models.poll_interval) or explicit (only what
+    /// --load-model and the repository extension's load ask).
+    #[arg(long, env = "SWITCHYARD_MODEL_CONTROL_MODE")]
+    model_control_mode: Option<ControlMode>,
+    /// With --model-control-mode explicit: a model to load at start (repeat it; `*` loads all).
+    #[arg(long = "load-model")]
+    load_model: Vec<String>,
     /// Address of the gRPC listener (host:port).
     #[arg(long, env = "SWITCHYARD_GRPC_ADDR")]
     grpc_addr: Option<SocketAddr>,
@@ -142,6 +150,12 @@ impl ServeArgs {
         }
         if self.import_models {
             config.models.import_on_start = true;
+        }
+        if let Some(mode) = self.model_control_mode {
+            config.models.control_mode = mode;
+        }
+        if !self.load_model.is_empty() {
+            config.models.load = self.load_model;
         }
         if let Some(addr) = self.grpc_addr {
             config.grpc.addr = addr;

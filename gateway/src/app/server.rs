@@ -14,11 +14,13 @@ use crate::admin;
 use crate::admin::figures::{self, FigureHistory};
 use crate::app::listener;
 use crate::auth::ApiKeys;
-use crate::config::{ByteSize, Config};
+use crate::auth::ManagementTokens;
+use crate::config::{ByteSize, Config, ControlMode};
 use crate::control::Handles;
 use crate::control::capacity::{self, Capacity};
 use crate::control::cluster::{self, ClusterView, NodeSettings};
-use crate::control::import::import_repository;
+use crate::control::import::import_models;
+use crate::control::model_control::{self, ModelControl};
 use crate::control::objective::ObjectiveLoop;
 use crate::control::reconcile::{ClusterLink, Reconciler};
 use crate::control::repository::{ModelSettings, ModelToml};
@@ -28,8 +30,10 @@ use crate::control::runtimes::{self, RuntimeSettings, Runtimes};
 use crate::core::forward::Forwarding;
 use crate::core::request_id::{IdKey, RequestIds, random_key};
 use crate::core::{Gateway, TableHandle};
+use crate::protocol::extensions::{self, Extensions};
 use crate::protocol::grpc::forward::GrpcForwarder;
 use crate::protocol::pipeline::PipelineLimits;
+use crate::protocol::shared_memory::{self, SharedMemory};
 use crate::protocol::{Pipeline, auth, grpc, http};
 use crate::routing::Experiments;
 use crate::telemetry::Metrics;
@@ -51,6 +55,8 @@ pub struct Running {
     rollouts: JoinHandle<()>,
     /// On a node of a cluster: its membership task, and its id.
     cluster: Option<(JoinHandle<()>, String)>,
+    /// With `models.control_mode = "poll"`: the task that reads the repository again.
+    poller: Option<JoinHandle<()>>,
     shutdown: watch::Sender<bool>,
     servers: Vec<(&'static str, JoinHandle<std::io::Result<()>>)>,
 }
@@ -168,13 +174,58 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     };
 
     let (shutdown, stop) = watch::channel(false);
+    let model_control = Arc::new(ModelControl::new(
+        store.clone(),
+        handles.tables.clone(),
+        config.models.dir.clone(),
+        config.serving.clone(),
+        config.models.control_mode,
+        config.models.load_timeout.0,
+    ));
+    let poller = (config.models.control_mode == ControlMode::Poll).then(|| {
+        tokio::spawn(model_control::poll(
+            model_control.clone(),
+            config.models.poll_interval.0,
+        ))
+    });
+    let tokens = ManagementTokens::new(&config.admin.tokens);
+    let extensions = Arc::new(Extensions {
+        repository: model_control,
+        shared_memory: Arc::new(SharedMemory::new(shared_memory::Limits {
+            max_regions: config.shared_memory.max_regions,
+            max_total_bytes: config.shared_memory.max_total_size.0,
+        })),
+        tokens: tokens.clone(),
+    });
     let keys = ApiKeys::new(&config.inference.api_keys);
-    let http_app = http::router(pipeline.clone(), byte_limit(config.http.max_request_size)).layer(
-        axum::middleware::from_fn_with_state(keys.clone(), auth::require_http_key),
-    );
-    let grpc_app = grpc::router(pipeline.clone(), byte_limit(config.grpc.max_message_size)).layer(
-        axum::middleware::from_fn_with_state(keys, auth::require_grpc_key),
-    );
+    // The inference key first, then the management rule for the extensions that change what
+    // is served.
+    let http_app = http::router(
+        pipeline.clone(),
+        extensions.clone(),
+        byte_limit(config.http.max_request_size),
+    )
+    .layer(axum::middleware::from_fn_with_state(
+        tokens.clone(),
+        extensions::require_management,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        keys.clone(),
+        auth::require_http_key,
+    ));
+    let grpc_app = grpc::router(
+        pipeline.clone(),
+        extensions,
+        byte_limit(config.grpc.max_message_size),
+    )
+    .layer(axum::middleware::from_fn_with_state(
+        tokens,
+        extensions::require_management,
+    ))
+    .layer(axum::middleware::from_fn_with_state(
+        keys,
+        auth::require_grpc_key,
+    ));
     let admin_app = admin::router(admin::AdminState::new(
         store.clone(),
         gateway.clone(),
@@ -217,11 +268,13 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         autoscaler,
         rollouts,
         cluster,
+        poller,
     })
 }
 
 /// Opens the registry, importing the model repository on first start (or always, with
-/// `models.import_on_start`).
+/// `models.import_on_start` or `models.control_mode = "poll"`); in `explicit` mode, only the
+/// models `models.load` names.
 async fn open_registry(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     let store: Arc<dyn Store> = Arc::new(
         SqlStore::open(&config.registry.url)
@@ -230,9 +283,18 @@ async fn open_registry(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
     );
     let models_dir = &config.models.dir;
     let first_start = store.list_models().await?.is_empty();
-    if first_start || config.models.import_on_start {
+    let only = match config.models.control_mode {
+        ControlMode::Explicit => Some(config.models.load.as_slice()),
+        ControlMode::None | ControlMode::Poll => None,
+    };
+    let import = match config.models.control_mode {
+        ControlMode::None => first_start || config.models.import_on_start,
+        ControlMode::Poll => true,
+        ControlMode::Explicit => !config.models.load.is_empty(),
+    };
+    if import {
         if models_dir.is_dir() {
-            let imported = import_repository(store.as_ref(), models_dir, &config.serving).await?;
+            let imported = import_models(store.as_ref(), models_dir, &config.serving, only).await?;
             tracing::info!(dir = %models_dir.display(), count = imported.len(), "imported the model repository");
         } else {
             tracing::warn!(dir = %models_dir.display(), "no model repository to import");
@@ -387,6 +449,9 @@ impl Running {
         self.objective.abort();
         self.autoscaler.abort();
         self.rollouts.abort();
+        if let Some(poller) = &self.poller {
+            poller.abort();
+        }
         if let Some((task, node)) = self.cluster {
             task.abort();
             // Awaited first: a heartbeat still being written would bring the node back.

@@ -10,6 +10,7 @@ pub mod capacity;
 pub mod cluster;
 pub mod evaluation;
 pub mod import;
+pub mod model_control;
 pub mod objective;
 pub mod reconcile;
 pub mod repository;

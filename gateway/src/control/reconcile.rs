@@ -16,12 +16,12 @@ use crate::config::ServingConfig;
 use crate::control::Handles;
 use crate::control::cluster::{ClusterView, Hosted};
 use crate::control::import::registered_settings;
-use crate::control::repository::ModelSettings;
+use crate::control::repository::{self, ModelSettings};
 use crate::control::runtimes::{self, Runtimes};
 use crate::control::triton;
 use crate::core::forward::RemoteVersion;
 use crate::core::{
-    ModelEntry, ModelTable, ReadyVersion, SequenceSettings, VersionEntry, VersionStatus,
+    Interface, ModelEntry, ModelTable, ReadyVersion, SequenceSettings, VersionEntry, VersionStatus,
 };
 use crate::routing::{BetaStats, TrafficPolicy};
 use crate::serving::{Batching, ReplicaLoad, ReplicaSet};
@@ -768,6 +768,13 @@ async fn load(
         preferred_batch_sizes: settings.preferred_batch_sizes.clone(),
     };
     let runtime_name = runtime.name();
+    // A version's folder is in its model's folder, where the label files are.
+    let model_dir = artifact
+        .parent()
+        .and_then(std::path::Path::parent)
+        .map(std::path::Path::to_path_buf)
+        .unwrap_or_default();
+    let labels = repository::output_labels(&model_dir, &settings.source)?;
     let load = ReplicaLoad {
         runtime,
         artifact,
@@ -808,7 +815,10 @@ async fn load(
         allowed: settings.devices,
         sequence: settings.sequence,
         open_sequences: Default::default(),
-        interface: settings.interface,
+        interface: Interface {
+            labels,
+            ..settings.interface
+        },
         config: Arc::new(config),
     })
 }

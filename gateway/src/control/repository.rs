@@ -323,10 +323,11 @@ impl ModelSettings {
                         dtype: control.dtype,
                         dims: control_dims(toml.max_batch_size),
                     });
+                    // Joined sequences' states stack along their axis: any size there.
                     let states = sequence.states.iter().map(|state| TensorSpec {
                         name: state.input.clone(),
                         dtype: state.initial.dtype(),
-                        dims: state.initial.shape().iter().map(|&d| d as i64).collect(),
+                        dims: state_dims(state, sequence.join.input_axis(&state.input)),
                     });
                     controls.chain(states).collect::<Vec<_>>()
                 });
@@ -336,13 +337,15 @@ impl ModelSettings {
                     }
                 }
                 let mut outputs = declared_specs(outputs, "output")?;
-                for state in sequence.iter().flat_map(|sequence| &sequence.states) {
-                    if !outputs.iter().any(|output| output.name == state.output) {
-                        outputs.push(TensorSpec {
-                            name: state.output.clone(),
-                            dtype: state.initial.dtype(),
-                            dims: state.initial.shape().iter().map(|&d| d as i64).collect(),
-                        });
+                if let Some(sequence) = &sequence {
+                    for state in &sequence.states {
+                        if !outputs.iter().any(|output| output.name == state.output) {
+                            outputs.push(TensorSpec {
+                                name: state.output.clone(),
+                                dtype: state.initial.dtype(),
+                                dims: state_dims(state, sequence.join.output_axis(&state.output)),
+                            });
+                        }
                     }
                 }
                 (Some(Signature { inputs, outputs }), interface)
@@ -446,6 +449,17 @@ impl ModelSettings {
             source,
         })
     }
+}
+
+/// A state's dims as the model sees them: one sequence's, any size along the axis it joins on.
+fn state_dims(state: &StateSpec, axis: Option<usize>) -> Vec<i64> {
+    state
+        .initial
+        .shape()
+        .iter()
+        .enumerate()
+        .map(|(index, &dim)| if Some(index) == axis { -1 } else { dim as i64 })
+        .collect()
 }
 
 /// A control input's dims: one value per batch row when the model batches.
@@ -780,6 +794,50 @@ fn declared_specs(tensors: Vec<TensorToml>, role: &str) -> Result<Vec<TensorSpec
     Ok(specs)
 }
 
+/// An output's name and its class labels.
+pub type OutputLabels = (String, Arc<[String]>);
+
+/// The most bytes of one label file: labels, not a dataset.
+const MAX_LABEL_FILE_BYTES: u64 = 16 << 20;
+
+/// The class labels of the outputs that name a `label_filename`, read from the model's folder
+/// (the parent of its version folders), one label per line.
+pub fn output_labels(model_dir: &Path, toml: &ModelToml) -> Result<Vec<OutputLabels>, String> {
+    let mut labels = Vec::new();
+    for output in toml.output.iter().flatten() {
+        let Some(file) = &output.label_filename else {
+            continue;
+        };
+        let path = model_dir.join(file);
+        let size = std::fs::metadata(&path)
+            .map_err(|e| {
+                format!(
+                    "output '{}': label file {}: {e}",
+                    output.name,
+                    path.display()
+                )
+            })?
+            .len();
+        if size > MAX_LABEL_FILE_BYTES {
+            return Err(format!(
+                "output '{}': label file {} is over {MAX_LABEL_FILE_BYTES} bytes",
+                output.name,
+                path.display()
+            ));
+        }
+        let text = std::fs::read_to_string(&path).map_err(|e| {
+            format!(
+                "output '{}': label file {}: {e}",
+                output.name,
+                path.display()
+            )
+        })?;
+        let lines: Vec<String> = text.lines().map(str::to_owned).collect();
+        labels.push((output.name.clone(), Arc::from(lines)));
+    }
+    Ok(labels)
+}
+
 /// A model found in the repository.
 #[derive(Debug, Clone)]
 pub struct ModelEntry {
@@ -804,7 +862,8 @@ pub struct RepositoryError {
     pub source: std::io::Error,
 }
 
-fn is_valid_name(name: &str) -> bool {
+/// A name a model or version folder may have.
+pub fn is_valid_name(name: &str) -> bool {
     !name.is_empty()
         && !name.starts_with('.')
         && name
@@ -832,64 +891,94 @@ pub fn scan(dir: &Path, defaults: &ServingConfig) -> Result<Vec<ModelEntry>, Rep
             tracing::warn!(folder = %model_dir.display(), "skipping: model names may hold only letters, digits, '_', '-' and '.'");
             continue;
         }
-        let toml = model_settings(&model_dir, &name).and_then(|toml| {
-            ModelSettings::resolve(toml.clone(), defaults)
-                .map(|_| toml)
-                .map_err(|e| format!("invalid settings in {}: {e}", model_dir.display()))
-        });
-        let mut versions = Vec::new();
-        for version_dir in sorted_subdirs(&model_dir).map_err(read_error(&model_dir))? {
-            let Some(label) = file_name(&version_dir) else {
-                continue;
-            };
-            if !is_valid_name(&label) {
-                tracing::warn!(folder = %version_dir.display(), "skipping: version labels may hold only letters, digits, '_', '-' and '.'");
-                continue;
-            }
-            match version_artifact(&version_dir, toml.as_ref().ok()) {
-                Ok(Some((runtime, artifact))) => versions.push(VersionEntry {
-                    label,
-                    artifact,
-                    runtime,
-                }),
-                Ok(None) => {}
-                Err(warning) => {
-                    tracing::warn!(folder = %version_dir.display(), "skipping: {warning}");
-                }
-            }
+        let toml = resolved_settings(&model_dir, &name, defaults);
+        match scan_model(&model_dir, name, toml).map_err(read_error(&model_dir))? {
+            Some(entry) => models.push(entry),
+            None => continue,
         }
-        versions.sort_by(|a, b| compare_labels(&a.label, &b.label));
-        if let Ok(ModelToml {
-            version_policy: Some(policy),
-            ..
-        }) = &toml
-        {
-            let labels: Vec<String> = versions.iter().map(|v| v.label.clone()).collect();
-            let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
-            versions.retain(|version| {
-                let served = policy.serves(&version.label, &labels);
-                if !served {
-                    tracing::info!(model = %name, version = %version.label, "not served: the version policy leaves it out");
-                }
-                served
-            });
-        }
-        if versions.is_empty() {
-            tracing::warn!(model = %name, "skipping: the model has no version folders");
-            continue;
-        }
-        models.push(ModelEntry {
-            name,
-            toml,
-            versions,
-        });
     }
     Ok(models)
 }
 
+/// A model folder's settings, checked: its `config.pbtxt` and its `model.toml`, combined, or
+/// why they cannot be used.
+pub fn resolved_settings(
+    model_dir: &Path,
+    name: &str,
+    defaults: &ServingConfig,
+) -> Result<ModelToml, String> {
+    model_settings(model_dir, name).and_then(|toml| checked(toml, model_dir, defaults))
+}
+
+/// Settings that resolve, or why not (named by the model's folder).
+pub fn checked(
+    toml: ModelToml,
+    model_dir: &Path,
+    defaults: &ServingConfig,
+) -> Result<ModelToml, String> {
+    ModelSettings::resolve(toml.clone(), defaults)
+        .map(|_| toml)
+        .map_err(|e| format!("invalid settings in {}: {e}", model_dir.display()))
+}
+
+/// One model folder's versions, as `toml` (its settings, or why they cannot be used) selects
+/// them; `None` when it holds no version folder.
+pub fn scan_model(
+    model_dir: &Path,
+    name: String,
+    toml: Result<ModelToml, String>,
+) -> std::io::Result<Option<ModelEntry>> {
+    let mut versions = Vec::new();
+    for version_dir in sorted_subdirs(model_dir)? {
+        let Some(label) = file_name(&version_dir) else {
+            continue;
+        };
+        if !is_valid_name(&label) {
+            tracing::warn!(folder = %version_dir.display(), "skipping: version labels may hold only letters, digits, '_', '-' and '.'");
+            continue;
+        }
+        match version_artifact(&version_dir, toml.as_ref().ok()) {
+            Ok(Some((runtime, artifact))) => versions.push(VersionEntry {
+                label,
+                artifact,
+                runtime,
+            }),
+            Ok(None) => {}
+            Err(warning) => {
+                tracing::warn!(folder = %version_dir.display(), "skipping: {warning}");
+            }
+        }
+    }
+    versions.sort_by(|a, b| compare_labels(&a.label, &b.label));
+    if let Ok(ModelToml {
+        version_policy: Some(policy),
+        ..
+    }) = &toml
+    {
+        let labels: Vec<String> = versions.iter().map(|v| v.label.clone()).collect();
+        let labels: Vec<&str> = labels.iter().map(String::as_str).collect();
+        versions.retain(|version| {
+            let served = policy.serves(&version.label, &labels);
+            if !served {
+                tracing::info!(model = %name, version = %version.label, "not served: the version policy leaves it out");
+            }
+            served
+        });
+    }
+    if versions.is_empty() {
+        tracing::warn!(model = %name, "skipping: the model has no version folders");
+        return Ok(None);
+    }
+    Ok(Some(ModelEntry {
+        name,
+        toml,
+        versions,
+    }))
+}
+
 /// A model folder's settings: its `config.pbtxt` and its `model.toml`, combined, or why they
 /// cannot be used.
-fn model_settings(model_dir: &Path, name: &str) -> Result<ModelToml, String> {
+pub fn model_settings(model_dir: &Path, name: &str) -> Result<ModelToml, String> {
     let toml_path = model_dir.join("model.toml");
     let from_toml =
         read_model_toml(&toml_path).map_err(|e| format!("invalid {}: {e}", toml_path.display()))?;
@@ -977,7 +1066,7 @@ fn read_model_toml(path: &Path) -> Result<Option<ModelToml>, String> {
     }
 }
 
-fn sorted_subdirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
+pub fn sorted_subdirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     let mut dirs = Vec::new();
     for entry in std::fs::read_dir(dir)? {
         let path = entry?.path();
@@ -989,7 +1078,7 @@ fn sorted_subdirs(dir: &Path) -> std::io::Result<Vec<PathBuf>> {
     Ok(dirs)
 }
 
-fn file_name(path: &Path) -> Option<String> {
+pub fn file_name(path: &Path) -> Option<String> {
     path.file_name()
         .and_then(|name| name.to_str())
         .map(str::to_owned)

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_runtimes::NamedTensor;
 
+use crate::core::classification::classify;
 use crate::core::forward::{
     ForwardError, Forwarding, InFlight, Peer, RemoteVersion, forwarded_from, sequence_owner,
 };
@@ -285,11 +286,12 @@ impl Gateway {
         let (mut outputs, _, replica) = result?;
         let states = next_states(&turn.settings, &mut outputs, &request.outputs)?;
         turn.finish(states, replica);
+        let outputs = client_outputs(ready, outputs, &request)?;
         Ok(InferResponse {
             model_name: route.model_name.clone(),
             model_version: route.label.clone(),
             id: request.id,
-            outputs: client_outputs(ready, outputs, &request.outputs),
+            outputs,
         })
     }
 
@@ -679,11 +681,12 @@ async fn serve(
     }
     let (inputs, deadline) = checked_inputs(&routed.model_name, ready, &mut request)?;
     let (outputs, compute) = ready.replicas.infer(inputs, Some(deadline)).await?;
+    let outputs = client_outputs(ready, outputs, &request)?;
     let response = InferResponse {
         model_name: routed.model_name.clone(),
         model_version: routed.label.clone(),
         id: request.id,
-        outputs: client_outputs(ready, outputs, &request.outputs),
+        outputs,
     };
     Ok((response, compute))
 }
@@ -735,15 +738,27 @@ fn prepare_inputs(ready: &ReadyVersion, inputs: &mut [NamedTensor]) {
     apply_reshapes(&ready.interface.reshapes, true, inputs);
 }
 
-/// A request's outputs as the client sees them: those it asked for, reshaped as configured.
+/// A request's outputs as the client sees them: those it asked for, reshaped as configured, and
+/// those it asked to have classified as their top classes.
 fn client_outputs(
     ready: &ReadyVersion,
     outputs: Vec<NamedTensor>,
-    requested: &[String],
-) -> Vec<NamedTensor> {
-    let mut outputs = select_outputs(outputs, requested);
+    request: &InferRequest,
+) -> Result<Vec<NamedTensor>, GatewayError> {
+    let mut outputs = select_outputs(outputs, &request.outputs);
     apply_reshapes(&ready.interface.reshapes, false, &mut outputs);
-    outputs
+    for (name, count) in &request.classification {
+        if let Some(output) = outputs.iter_mut().find(|output| &output.name == name) {
+            output.tensor = classify(
+                name,
+                &output.tensor,
+                *count,
+                ready.max_batch_size > 0,
+                ready.interface.labels(name),
+            )?;
+        }
+    }
+    Ok(outputs)
 }
 
 /// The earlier of the caller's deadline and the version's timeout; 504 if it already passed.

@@ -2,9 +2,11 @@
 //! response and their validation ([`request`]), the model table ([`table`]), choosing a version
 //! ([`route`]) and `infer` ([`gateway`]).
 
+pub mod classification;
 pub mod feedback;
 pub mod forward;
 pub mod gateway;
+pub mod repository;
 pub mod request;
 pub mod request_id;
 pub mod route;

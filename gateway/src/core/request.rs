@@ -38,6 +38,8 @@ pub struct InferRequest {
     pub inputs: Vec<NamedTensor>,
     /// Outputs to return, in this order; empty means all of them, in the model's order.
     pub outputs: Vec<String>,
+    /// Outputs to answer as their top k classes (Triton's classification extension): name, k.
+    pub classification: Vec<(String, usize)>,
     pub parameters: BTreeMap<String, Parameter>,
     /// When the caller stops waiting; the version's timeout applies as well.
     pub deadline: Option<Instant>,

@@ -76,6 +76,17 @@ pub struct ReadyVersion {
 pub struct Interface {
     pub optional: Vec<String>,
     pub reshapes: Vec<Reshape>,
+    /// Class labels of outputs, by output name (Triton's `label_filename`), for classification.
+    pub labels: Vec<(String, Arc<[String]>)>,
+}
+
+impl Interface {
+    pub fn labels(&self, output: &str) -> Option<&[String]> {
+        self.labels
+            .iter()
+            .find(|(name, _)| name == output)
+            .map(|(_, labels)| &labels[..])
+    }
 }
 
 /// One tensor clients see in another shape than the model's; both shapes hold the batch axis

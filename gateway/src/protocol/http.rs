@@ -18,9 +18,11 @@ use switchyard_runtimes::TensorSpec;
 use crate::core::Gateway;
 use crate::core::feedback::Feedback;
 use crate::error::{ErrorKind, GatewayError};
+use crate::protocol::extensions::{Actor, Extensions};
 use crate::protocol::json::{EncodedResponse, decode_request, encode_response};
 use crate::protocol::metadata;
 use crate::protocol::pipeline::{Call, Pipeline};
+use crate::protocol::shared_memory::Access;
 use crate::telemetry::Protocol;
 use crate::wire;
 
@@ -30,6 +32,7 @@ pub const INFERENCE_HEADER_CONTENT_LENGTH: &str = "inference-header-content-leng
 #[derive(Clone)]
 struct HttpState {
     pipeline: Arc<Pipeline>,
+    extensions: Arc<Extensions>,
     max_request_bytes: usize,
 }
 
@@ -39,7 +42,11 @@ impl HttpState {
     }
 }
 
-pub fn router(pipeline: Arc<Pipeline>, max_request_bytes: usize) -> Router {
+pub fn router(
+    pipeline: Arc<Pipeline>,
+    extensions: Arc<Extensions>,
+    max_request_bytes: usize,
+) -> Router {
     Router::new()
         .route("/v2", get(server_metadata))
         .route("/v2/health/live", get(live))
@@ -83,6 +90,56 @@ pub fn router(pipeline: Arc<Pipeline>, max_request_bytes: usize) -> Router {
                 },
             ),
         )
+        // Triton's repository extension.
+        .route("/v2/repository/index", post(repository_index))
+        .route("/v2/repository/models/{model}/load", post(repository_load))
+        .route(
+            "/v2/repository/models/{model}/unload",
+            post(repository_unload),
+        )
+        // Triton's shared-memory extensions.
+        .route("/v2/systemsharedmemory/status", get(shm_status))
+        .route(
+            "/v2/systemsharedmemory/region/{region}/status",
+            get(shm_region_status),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{region}/register",
+            post(shm_register),
+        )
+        .route(
+            "/v2/systemsharedmemory/unregister",
+            post(shm_unregister_all),
+        )
+        .route(
+            "/v2/systemsharedmemory/region/{region}/unregister",
+            post(shm_unregister),
+        )
+        .route(
+            "/v2/cudasharedmemory/status",
+            get(|| async { axum::Json(json!([])) }),
+        )
+        .route(
+            "/v2/cudasharedmemory/region/{region}/status",
+            get(|Path(region): Path<String>| async move {
+                GatewayError::not_found(format!(
+                    "Unable to find cuda shared memory region: '{}'",
+                    crate::error::quoted(&region)
+                ))
+            }),
+        )
+        .route(
+            "/v2/cudasharedmemory/region/{region}/register",
+            post(|| async { metadata::cuda_shared_memory_refusal() }),
+        )
+        .route(
+            "/v2/cudasharedmemory/unregister",
+            post(|| async { empty_ok() }),
+        )
+        .route(
+            "/v2/cudasharedmemory/region/{region}/unregister",
+            post(|| async { empty_ok() }),
+        )
         .fallback(|| async { GatewayError::not_found("no such endpoint") })
         .method_not_allowed_fallback(|| async {
             GatewayError::new(
@@ -92,8 +149,206 @@ pub fn router(pipeline: Arc<Pipeline>, max_request_bytes: usize) -> Router {
         })
         .with_state(HttpState {
             pipeline,
+            extensions,
             max_request_bytes,
         })
+}
+
+/// Triton's answer to an extension call that succeeded: 200 and no body.
+fn empty_ok() -> Response {
+    axum::http::StatusCode::OK.into_response()
+}
+
+/// An extension call's JSON body; none is an empty object.
+fn extension_body<T: serde::de::DeserializeOwned + Default>(
+    body: &Bytes,
+) -> Result<T, GatewayError> {
+    if body.iter().all(u8::is_ascii_whitespace) {
+        return Ok(T::default());
+    }
+    serde_json::from_slice(body)
+        .map_err(|e| GatewayError::invalid(format!("invalid request body: {e}")))
+}
+
+fn actor(extensions: &axum::http::Extensions) -> String {
+    extensions
+        .get::<Actor>()
+        .map_or_else(|| "http".to_owned(), |Actor(actor)| actor.clone())
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IndexRequest {
+    #[serde(default)]
+    ready: bool,
+}
+
+async fn repository_index(State(state): State<HttpState>, body: Bytes) -> Response {
+    let answer = async {
+        let request: IndexRequest = extension_body(&body)?;
+        let entries = state.extensions.repository.index(request.ready).await?;
+        let index: Vec<serde_json::Value> = entries
+            .into_iter()
+            .map(|entry| {
+                let mut line = json!({ "name": entry.name });
+                if !entry.version.is_empty() {
+                    line["version"] = json!(entry.version);
+                }
+                if !entry.state.is_empty() {
+                    line["state"] = json!(entry.state);
+                }
+                if !entry.reason.is_empty() {
+                    line["reason"] = json!(entry.reason);
+                }
+                line
+            })
+            .collect();
+        Ok::<_, GatewayError>(axum::Json(index).into_response())
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LoadRequest {
+    #[serde(default)]
+    parameters: serde_json::Map<String, serde_json::Value>,
+}
+
+async fn repository_load(
+    State(state): State<HttpState>,
+    Path(model): Path<String>,
+    request: Request,
+) -> Response {
+    let answer = async {
+        let actor = actor(request.extensions());
+        let body = axum::body::to_bytes(request.into_body(), state.max_request_bytes)
+            .await
+            .map_err(|e| GatewayError::invalid(format!("cannot read the request body: {e}")))?;
+        let load: LoadRequest = extension_body(&body)?;
+        let mut config = None;
+        for (key, value) in &load.parameters {
+            match (key.as_str(), value) {
+                ("config", serde_json::Value::String(text)) => config = Some(text.as_str()),
+                ("config", _) => {
+                    return Err(GatewayError::invalid(
+                        "the load parameter 'config' must be a string (the model's configuration in JSON)",
+                    ));
+                }
+                (file, _) if file.starts_with("file:") => {
+                    return Err(GatewayError::invalid(
+                        "loading a model from files sent with the request is not supported; put \
+                         them in the model repository",
+                    ));
+                }
+                (other, _) => {
+                    return Err(GatewayError::invalid(format!(
+                        "unknown load parameter '{}'",
+                        crate::error::quoted(other)
+                    )));
+                }
+            }
+        }
+        state
+            .extensions
+            .repository
+            .load(&actor, &model, config)
+            .await?;
+        Ok(empty_ok())
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+async fn repository_unload(
+    State(state): State<HttpState>,
+    Path(model): Path<String>,
+    request: Request,
+) -> Response {
+    let answer = async {
+        let actor = actor(request.extensions());
+        let body = axum::body::to_bytes(request.into_body(), state.max_request_bytes)
+            .await
+            .map_err(|e| GatewayError::invalid(format!("cannot read the request body: {e}")))?;
+        // `unload_dependents` has no meaning without ensembles.
+        let _: LoadRequest = extension_body(&body)?;
+        state.extensions.repository.unload(&actor, &model).await?;
+        Ok::<_, GatewayError>(empty_ok())
+    };
+    answer.await.unwrap_or_else(IntoResponse::into_response)
+}
+
+fn regions_json(regions: Vec<crate::protocol::shared_memory::RegionStatus>) -> Response {
+    let regions: Vec<serde_json::Value> = regions
+        .into_iter()
+        .map(|region| {
+            json!({
+                "name": region.name,
+                "key": region.key,
+                "offset": region.offset,
+                "byte_size": region.byte_size,
+            })
+        })
+        .collect();
+    axum::Json(regions).into_response()
+}
+
+async fn shm_status(State(state): State<HttpState>) -> Response {
+    state
+        .extensions
+        .shared_memory
+        .status(None)
+        .map_or_else(IntoResponse::into_response, regions_json)
+}
+
+async fn shm_region_status(State(state): State<HttpState>, Path(region): Path<String>) -> Response {
+    state
+        .extensions
+        .shared_memory
+        .status(Some(&region))
+        .map_or_else(IntoResponse::into_response, regions_json)
+}
+
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RegisterRequest {
+    key: String,
+    #[serde(default)]
+    offset: u64,
+    byte_size: u64,
+}
+
+async fn shm_register(
+    State(state): State<HttpState>,
+    Path(region): Path<String>,
+    body: Bytes,
+) -> Response {
+    let registered = serde_json::from_slice::<RegisterRequest>(&body)
+        .map_err(|e| GatewayError::invalid(format!("invalid request body: {e}")))
+        .and_then(|request| {
+            state.extensions.shared_memory.register(
+                &region,
+                &request.key,
+                request.offset,
+                request.byte_size,
+            )
+        });
+    registered.map_or_else(IntoResponse::into_response, |()| empty_ok())
+}
+
+async fn shm_unregister_all(State(state): State<HttpState>) -> Response {
+    state
+        .extensions
+        .shared_memory
+        .unregister(None)
+        .map_or_else(IntoResponse::into_response, |()| empty_ok())
+}
+
+async fn shm_unregister(State(state): State<HttpState>, Path(region): Path<String>) -> Response {
+    state
+        .extensions
+        .shared_memory
+        .unregister(Some(&region))
+        .map_or_else(IntoResponse::into_response, |()| empty_ok())
 }
 
 async fn server_metadata() -> Response {
@@ -330,7 +585,13 @@ async fn infer(
         .pipeline
         .infer(
             call,
-            || decode_request(model, version, &body, binary),
+            || {
+                let memory = Access {
+                    memory: &state.extensions.shared_memory,
+                    max_input_bytes: state.max_request_bytes,
+                };
+                decode_request(model, version, &body, binary, Some(&memory))
+            },
             |response, encoding| Ok(http_answer(encode_response(&response, &encoding)?)),
         )
         .await

@@ -12,7 +12,24 @@ use crate::wire::{self, pb};
 
 pub const SERVER_NAME: &str = "switchyard";
 pub const SERVER_VERSION: &str = env!("CARGO_PKG_VERSION");
-pub const EXTENSIONS: &[&str] = &["binary_tensor_data", "model_configuration", "statistics"];
+/// Triton's protocol extensions this server implements, and no other.
+pub const EXTENSIONS: &[&str] = &[
+    "classification",
+    "sequence",
+    "model_repository",
+    "model_configuration",
+    "system_shared_memory",
+    "binary_tensor_data",
+    "statistics",
+];
+
+/// What a CUDA shared-memory registration gets: no GPU memory is shared here.
+pub fn cuda_shared_memory_refusal() -> GatewayError {
+    GatewayError::invalid(
+        "CUDA shared memory is not supported by this server: it shares no GPU memory with \
+         clients (use system shared memory, or send the tensors in the request)",
+    )
+}
 
 pub struct ModelMetadata {
     pub name: Arc<str>,

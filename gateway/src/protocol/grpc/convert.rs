@@ -10,6 +10,7 @@ use super::pb;
 use crate::core::request::MAX_PARAMETER_BYTES;
 use crate::core::{InferRequest, InferResponse, Parameter};
 use crate::error::GatewayError;
+use crate::protocol::shared_memory::{Access, Placement, Reference, place_output, read_input};
 use pb::model_infer_request::InferInputTensor;
 use pb::model_infer_response::InferOutputTensor;
 use pb::{InferParameter, InferTensorContents, infer_parameter::ParameterChoice};
@@ -42,21 +43,84 @@ fn parameter(name: &str, value: InferParameter) -> Result<Parameter, GatewayErro
     })
 }
 
-/// Decodes a request, its inputs in typed or raw contents.
-pub(super) fn decode_request(request: pb::ModelInferRequest) -> Result<InferRequest, GatewayError> {
-    let raw = !request.raw_input_contents.is_empty();
-    if raw && request.raw_input_contents.len() != request.inputs.len() {
-        return Err(GatewayError::invalid(format!(
-            "raw_input_contents has {} entries for {} inputs; it needs one per input",
-            request.raw_input_contents.len(),
-            request.inputs.len()
-        )));
-    }
+/// Where the outputs a request asked to have written into shared memory go, in request order.
+#[derive(Default)]
+pub(super) struct OutputPlacements(Vec<(String, Placement)>);
+
+/// A tensor's shared-memory parameters in a gRPC request.
+fn shared_memory_reference(
+    parameters: &HashMap<String, InferParameter>,
+    tensor: &str,
+) -> Result<Reference, GatewayError> {
+    let number = |key: &str| match parameters
+        .get(key)
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => Ok(None),
+        Some(ParameterChoice::Int64Param(value)) => Ok(Some(*value)),
+        Some(ParameterChoice::Uint64Param(value)) => i64::try_from(*value)
+            .map(Some)
+            .map_err(|_| GatewayError::invalid(format!("'{tensor}': {key} is out of range"))),
+        Some(_) => Err(GatewayError::invalid(format!(
+            "'{tensor}': {key} must be an integer"
+        ))),
+    };
+    let region = match parameters
+        .get("shared_memory_region")
+        .and_then(|p| p.parameter_choice.as_ref())
+    {
+        None => None,
+        Some(ParameterChoice::StringParam(name)) => Some(name.clone()),
+        Some(_) => {
+            return Err(GatewayError::invalid(format!(
+                "'{tensor}': shared_memory_region must be a string"
+            )));
+        }
+    };
+    Ok(Reference {
+        region,
+        offset: number("shared_memory_offset")?,
+        byte_size: number("shared_memory_byte_size")?,
+    })
+}
+
+/// Decodes a request, its inputs in typed or raw contents or in shared memory. As in Triton,
+/// `raw_input_contents`, when sent, holds one entry per input that does not name a region, in
+/// order (and no input has typed contents then).
+pub(super) fn decode_request(
+    request: pb::ModelInferRequest,
+    memory: Option<&Access<'_>>,
+) -> Result<(InferRequest, OutputPlacements), GatewayError> {
     let mut raw_contents = request.raw_input_contents.into_iter();
+    let raw_count = raw_contents.len();
+    let mut raw_used = 0;
     let mut inputs = Vec::with_capacity(request.inputs.len());
     for input in request.inputs {
-        let data = raw_contents.next();
-        inputs.push(decode_input(input, data)?);
+        let reference = shared_memory_reference(&input.parameters, &input.name)?;
+        if reference.names_a_region(&input.name)? {
+            if input.contents.is_some() {
+                return Err(GatewayError::invalid(format!(
+                    "input '{}' names a shared memory region and carries contents too",
+                    input.name
+                )));
+            }
+            let data = read_input(memory, &input.name, &reference)?;
+            inputs.push(tensor(input, data)?);
+            continue;
+        }
+        let data = if raw_count > 0 {
+            raw_used += 1;
+            raw_contents.next()
+        } else {
+            None
+        };
+        inputs.push(decode_input(input, data, raw_count > 0)?);
+    }
+    if raw_count > 0 && raw_used != raw_count {
+        return Err(GatewayError::invalid(format!(
+            "raw_input_contents has {raw_count} entries for {raw_used} inputs; it needs one per \
+             input that does not name a shared memory region"
+        )));
     }
     let parameters = request
         .parameters
@@ -66,21 +130,74 @@ pub(super) fn decode_request(request: pb::ModelInferRequest) -> Result<InferRequ
             Ok((name, value))
         })
         .collect::<Result<_, GatewayError>>()?;
-    Ok(InferRequest {
-        model: request.model_name,
-        version: (!request.model_version.is_empty()).then_some(request.model_version),
-        id: (!request.id.is_empty()).then_some(request.id),
-        inputs,
-        outputs: request.outputs.into_iter().map(|o| o.name).collect(),
-        parameters,
-        deadline: None,
-        received: None,
-        protocol: Default::default(),
-        headers: Default::default(),
-    })
+    let mut outputs = Vec::with_capacity(request.outputs.len());
+    let mut classification = Vec::new();
+    let mut placements = Vec::new();
+    for output in request.outputs {
+        match output
+            .parameters
+            .get("classification")
+            .and_then(|p| p.parameter_choice.as_ref())
+        {
+            None => {}
+            Some(ParameterChoice::Int64Param(count)) if *count > 0 => {
+                classification.push((output.name.clone(), *count as usize));
+            }
+            Some(_) => {
+                return Err(GatewayError::invalid(format!(
+                    "output '{}': classification must be a positive integer",
+                    output.name
+                )));
+            }
+        }
+        let reference = shared_memory_reference(&output.parameters, &output.name)?;
+        if reference.names_a_region(&output.name)? {
+            let placement = place_output(memory, &output.name, &reference)?;
+            placements.push((output.name.clone(), placement));
+        }
+        outputs.push(output.name);
+    }
+    Ok((
+        InferRequest {
+            model: request.model_name,
+            version: (!request.model_version.is_empty()).then_some(request.model_version),
+            id: (!request.id.is_empty()).then_some(request.id),
+            inputs,
+            outputs,
+            classification,
+            parameters,
+            deadline: None,
+            received: None,
+            protocol: Default::default(),
+            headers: Default::default(),
+        },
+        OutputPlacements(placements),
+    ))
 }
 
-fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<NamedTensor, GatewayError> {
+fn tensor(input: InferInputTensor, data: Bytes) -> Result<NamedTensor, GatewayError> {
+    let name = input.name;
+    let invalid = |message: String| GatewayError::invalid(format!("input '{name}': {message}"));
+    let dtype: DataType = input
+        .datatype
+        .parse()
+        .map_err(|e| invalid(format!("{e}")))?;
+    let shape = input
+        .shape
+        .iter()
+        .map(|&dim| usize::try_from(dim))
+        .collect::<Result<Vec<usize>, _>>()
+        .map_err(|_| invalid(format!("shape {:?} has a negative dimension", input.shape)))?;
+    let tensor = Tensor::new(dtype, shape, data).map_err(|e| invalid(e.to_string()))?;
+    Ok(NamedTensor { name, tensor })
+}
+
+/// An input from its typed contents or its raw entry; `raw_sent`: the request has raw contents.
+fn decode_input(
+    input: InferInputTensor,
+    raw: Option<Bytes>,
+    raw_sent: bool,
+) -> Result<NamedTensor, GatewayError> {
     let name = input.name;
     let invalid = |message: String| GatewayError::invalid(format!("input '{name}': {message}"));
     let dtype: DataType = input
@@ -101,6 +218,11 @@ fn decode_input(input: InferInputTensor, raw: Option<Bytes>) -> Result<NamedTens
         }
         (Some(raw), None) => raw,
         (None, Some(contents)) => typed_to_bytes(dtype, &shape, contents).map_err(invalid)?,
+        (None, None) if raw_sent => {
+            return Err(invalid(
+                "no contents, and raw_input_contents has no entry left for it".into(),
+            ));
+        }
         (None, None) => return Err(invalid("no contents and no raw_input_contents".into())),
     };
     let tensor = Tensor::new(dtype, shape, data).map_err(|e| invalid(e.to_string()))?;
@@ -182,11 +304,23 @@ fn typed_to_bytes(
 
 /// Answers in `raw_output_contents` whatever form the request used, as Triton does: clients
 /// read raw contents, and the tensors' bytes go out without a copy.
-pub(super) fn encode_response(response: InferResponse) -> pb::ModelInferResponse {
+/// An output written into shared memory is answered with its name, datatype and shape, and an
+/// empty raw entry, so that the others' entries stay in step with the outputs.
+pub(super) fn encode_response(
+    response: InferResponse,
+    placements: &OutputPlacements,
+) -> Result<pb::ModelInferResponse, GatewayError> {
     let mut outputs = Vec::with_capacity(response.outputs.len());
     let mut raw_output_contents = Vec::with_capacity(response.outputs.len());
     for output in response.outputs {
         let tensor = output.tensor;
+        match placements.0.iter().find(|(name, _)| *name == output.name) {
+            Some((_, placement)) => {
+                placement.write(tensor.data())?;
+                raw_output_contents.push(Bytes::new());
+            }
+            None => raw_output_contents.push(tensor.data().clone()),
+        }
         outputs.push(InferOutputTensor {
             name: output.name,
             datatype: tensor.dtype().as_str().into(),
@@ -194,16 +328,15 @@ pub(super) fn encode_response(response: InferResponse) -> pb::ModelInferResponse
             parameters: HashMap::new(),
             contents: None,
         });
-        raw_output_contents.push(tensor.data().clone());
     }
-    pb::ModelInferResponse {
+    Ok(pb::ModelInferResponse {
         model_name: response.model_name.to_string(),
         model_version: response.model_version.to_string(),
         id: response.id.unwrap_or_default(),
         parameters: HashMap::new(),
         outputs,
         raw_output_contents,
-    }
+    })
 }
 
 /// A core request as the gRPC request a peer decodes: raw contents (the tensors' bytes are
@@ -248,9 +381,17 @@ pub(super) fn encode_request(request: InferRequest) -> pb::ModelInferRequest {
         outputs: request
             .outputs
             .into_iter()
-            .map(|name| pb::model_infer_request::InferRequestedOutputTensor {
-                name,
-                parameters: HashMap::new(),
+            .map(|name| {
+                let mut parameters = HashMap::new();
+                if let Some((_, count)) = request.classification.iter().find(|(n, _)| *n == name) {
+                    parameters.insert(
+                        "classification".to_owned(),
+                        InferParameter {
+                            parameter_choice: Some(ParameterChoice::Int64Param(*count as i64)),
+                        },
+                    );
+                }
+                pb::model_infer_request::InferRequestedOutputTensor { name, parameters }
             })
             .collect(),
         raw_input_contents,
@@ -282,7 +423,7 @@ pub(super) fn decode_response(
                 parameters: HashMap::new(),
                 contents: output.contents,
             };
-            decode_input(input, raw_contents.next()).map_err(|error| {
+            decode_input(input, raw_contents.next(), raw).map_err(|error| {
                 GatewayError::internal(format!("the peer's response: {}", error.message))
             })
         })

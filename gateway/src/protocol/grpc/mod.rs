@@ -15,8 +15,10 @@ use tonic::{Request, Response, Status};
 
 use crate::core::Gateway;
 use crate::error::{ErrorKind, GatewayError};
+use crate::protocol::extensions::{Actor, Extensions};
 use crate::protocol::metadata;
 use crate::protocol::pipeline::{Call, Pipeline};
+use crate::protocol::shared_memory::Access;
 use crate::telemetry::Protocol;
 use crate::telemetry::statistics::DurationFigure;
 use convert::{decode_request, encode_response};
@@ -27,9 +29,15 @@ pub use crate::wire::pb;
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
 
 /// The gRPC routes: the inference service and the health service, ready to be served.
-pub fn router(pipeline: Arc<Pipeline>, max_message_bytes: usize) -> axum::Router {
+pub fn router(
+    pipeline: Arc<Pipeline>,
+    extensions: Arc<Extensions>,
+    max_message_bytes: usize,
+) -> axum::Router {
     let inference = GrpcInferenceServiceServer::new(GrpcFront {
         pipeline: pipeline.clone(),
+        extensions,
+        max_message_bytes,
     })
     .max_decoding_message_size(max_message_bytes)
     .max_encoding_message_size(max_message_bytes);
@@ -71,7 +79,7 @@ pub fn decode_message(message: &[u8]) -> Result<crate::core::InferRequest, Gatew
     scan::scan_model_infer(message, &scan::ScanLimits::default())?;
     let decoded = pb::ModelInferRequest::decode(message)
         .map_err(|error| GatewayError::invalid(format!("malformed ModelInferRequest: {error}")))?;
-    decode_request(decoded)
+    decode_request(decoded, None).map(|(request, _)| request)
 }
 
 /// The gRPC method that carries inference, the only one the in-flight bounds apply to.
@@ -188,12 +196,29 @@ fn percent_encode(text: &str) -> String {
 
 struct GrpcFront {
     pipeline: Arc<Pipeline>,
+    extensions: Arc<Extensions>,
+    max_message_bytes: usize,
 }
 
 impl GrpcFront {
     fn gateway(&self) -> &Gateway {
         self.pipeline.gateway()
     }
+
+    fn shared_memory(&self) -> Access<'_> {
+        Access {
+            memory: &self.extensions.shared_memory,
+            max_input_bytes: self.max_message_bytes,
+        }
+    }
+}
+
+/// Who made an extension call, as the management check recorded it.
+fn actor<T>(request: &Request<T>) -> String {
+    request
+        .extensions()
+        .get::<Actor>()
+        .map_or_else(|| "grpc".to_owned(), |Actor(actor)| actor.clone())
 }
 
 fn version_of(version: &str) -> Option<&str> {
@@ -367,15 +392,162 @@ impl GrpcInferenceService for GrpcFront {
             // prost decoded the message already; what is left borrows or copies tensors.
             decode_bytes: 0,
         };
+        let memory = self.shared_memory();
         let encoded = self
             .pipeline
             .infer(
                 call,
-                || decode_request(message).map(|request| (request, ())),
-                |response, ()| Ok(encode_response(response)),
+                || decode_request(message, Some(&memory)),
+                |response, placements| encode_response(response, &placements),
             )
             .await?;
         Ok(Response::new(encoded))
+    }
+
+    async fn repository_index(
+        &self,
+        request: Request<pb::RepositoryIndexRequest>,
+    ) -> Result<Response<pb::RepositoryIndexResponse>, Status> {
+        let ready = request.into_inner().ready;
+        let entries = self.extensions.repository.index(ready).await?;
+        let models = entries
+            .into_iter()
+            .map(|entry| pb::repository_index_response::ModelIndex {
+                name: entry.name,
+                version: entry.version,
+                state: entry.state.to_owned(),
+                reason: entry.reason,
+            })
+            .collect();
+        Ok(Response::new(pb::RepositoryIndexResponse { models }))
+    }
+
+    async fn repository_model_load(
+        &self,
+        request: Request<pb::RepositoryModelLoadRequest>,
+    ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
+        let actor = actor(&request);
+        let load = request.into_inner();
+        let mut config = None;
+        for (key, value) in &load.parameters {
+            use pb::model_repository_parameter::ParameterChoice;
+            match (key.as_str(), &value.parameter_choice) {
+                ("config", Some(ParameterChoice::StringParam(text))) => {
+                    config = Some(text.as_str())
+                }
+                ("config", _) => {
+                    return Err(GatewayError::invalid(
+                        "the load parameter 'config' must be a string (the model's configuration in JSON)",
+                    )
+                    .into());
+                }
+                (file, _) if file.starts_with("file:") => {
+                    return Err(GatewayError::invalid(
+                        "loading a model from files sent with the request is not supported; \
+                         put them in the model repository",
+                    )
+                    .into());
+                }
+                (other, _) => {
+                    return Err(GatewayError::invalid(format!(
+                        "unknown load parameter '{}'",
+                        crate::error::quoted(other)
+                    ))
+                    .into());
+                }
+            }
+        }
+        self.extensions
+            .repository
+            .load(&actor, &load.model_name, config)
+            .await?;
+        Ok(Response::new(pb::RepositoryModelLoadResponse {}))
+    }
+
+    async fn repository_model_unload(
+        &self,
+        request: Request<pb::RepositoryModelUnloadRequest>,
+    ) -> Result<Response<pb::RepositoryModelUnloadResponse>, Status> {
+        let actor = actor(&request);
+        let unload = request.into_inner();
+        self.extensions
+            .repository
+            .unload(&actor, &unload.model_name)
+            .await?;
+        Ok(Response::new(pb::RepositoryModelUnloadResponse {}))
+    }
+
+    async fn system_shared_memory_status(
+        &self,
+        request: Request<pb::SystemSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryStatusResponse>, Status> {
+        let name = request.into_inner().name;
+        let regions = self
+            .extensions
+            .shared_memory
+            .status((!name.is_empty()).then_some(name.as_str()))?
+            .into_iter()
+            .map(|region| {
+                (
+                    region.name.clone(),
+                    pb::system_shared_memory_status_response::RegionStatus {
+                        name: region.name,
+                        key: region.key,
+                        offset: region.offset,
+                        byte_size: region.byte_size,
+                    },
+                )
+            })
+            .collect();
+        Ok(Response::new(pb::SystemSharedMemoryStatusResponse {
+            regions,
+        }))
+    }
+
+    async fn system_shared_memory_register(
+        &self,
+        request: Request<pb::SystemSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryRegisterResponse>, Status> {
+        let region = request.into_inner();
+        self.extensions.shared_memory.register(
+            &region.name,
+            &region.key,
+            region.offset,
+            region.byte_size,
+        )?;
+        Ok(Response::new(pb::SystemSharedMemoryRegisterResponse {}))
+    }
+
+    async fn system_shared_memory_unregister(
+        &self,
+        request: Request<pb::SystemSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::SystemSharedMemoryUnregisterResponse>, Status> {
+        let name = request.into_inner().name;
+        self.extensions
+            .shared_memory
+            .unregister((!name.is_empty()).then_some(name.as_str()))?;
+        Ok(Response::new(pb::SystemSharedMemoryUnregisterResponse {}))
+    }
+
+    async fn cuda_shared_memory_status(
+        &self,
+        _: Request<pb::CudaSharedMemoryStatusRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryStatusResponse>, Status> {
+        Ok(Response::new(pb::CudaSharedMemoryStatusResponse::default()))
+    }
+
+    async fn cuda_shared_memory_register(
+        &self,
+        _: Request<pb::CudaSharedMemoryRegisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryRegisterResponse>, Status> {
+        Err(metadata::cuda_shared_memory_refusal().into())
+    }
+
+    async fn cuda_shared_memory_unregister(
+        &self,
+        _: Request<pb::CudaSharedMemoryUnregisterRequest>,
+    ) -> Result<Response<pb::CudaSharedMemoryUnregisterResponse>, Status> {
+        Ok(Response::new(pb::CudaSharedMemoryUnregisterResponse {}))
     }
 
     type ModelStreamInferStream = tonic::codegen::BoxStream<pb::ModelStreamInferResponse>;
@@ -390,6 +562,8 @@ impl GrpcInferenceService for GrpcFront {
         let (metadata, _, mut incoming) = request.into_parts();
         let headers = metadata.into_headers();
         let pipeline = self.pipeline.clone();
+        let extensions = self.extensions.clone();
+        let max_input_bytes = self.max_message_bytes;
         // One answer waits to be sent at most: a client that stops reading stops the stream.
         let (answers, outgoing) = tokio::sync::mpsc::channel(1);
         tokio::spawn(async move {
@@ -402,7 +576,11 @@ impl GrpcInferenceService for GrpcFront {
                         return;
                     }
                 };
-                let answer = stream_answer(&pipeline, &headers, message).await;
+                let memory = Access {
+                    memory: &extensions.shared_memory,
+                    max_input_bytes,
+                };
+                let answer = stream_answer(&pipeline, &memory, &headers, message).await;
                 if answers.send(Ok(answer)).await.is_err() {
                     return;
                 }
@@ -417,6 +595,7 @@ impl GrpcInferenceService for GrpcFront {
 /// One request of a `ModelStreamInfer` stream, answered in Triton's stream form.
 async fn stream_answer(
     pipeline: &Pipeline,
+    memory: &Access<'_>,
     headers: &http::HeaderMap,
     message: pb::ModelInferRequest,
 ) -> pb::ModelStreamInferResponse {
@@ -438,8 +617,8 @@ async fn stream_answer(
         pipeline
             .infer(
                 call,
-                || decode_request(message).map(|request| (request, ())),
-                |response, ()| Ok(encode_response(response)),
+                || decode_request(message, Some(memory)),
+                |response, placements| encode_response(response, &placements),
             )
             .await
     };

@@ -20,6 +20,7 @@ use switchyard_runtimes::{
 use crate::core::request::MAX_PARAMETER_BYTES;
 use crate::core::{InferRequest, InferResponse, Parameter};
 use crate::error::{GatewayError, quoted};
+use crate::protocol::shared_memory::{Access, Placement, Reference, place_output, read_input};
 
 mod bounds;
 
@@ -343,13 +344,16 @@ fn bool_parameter(
     }
 }
 
-/// How the caller wants each output encoded: `true` for the binary extension.
-#[derive(Debug, Clone, Default)]
+/// How the caller wants each output encoded: `true` for the binary extension; or written into
+/// a shared-memory region.
+#[derive(Debug, Default)]
 pub struct OutputEncoding {
     /// Per requested output, in request order.
     pub requested_binary: Vec<bool>,
     /// For outputs not named in the request.
     pub default_binary: bool,
+    /// Per requested output, in request order: where it goes in shared memory, if it does.
+    pub placements: Vec<Option<Placement>>,
 }
 
 impl OutputEncoding {
@@ -358,6 +362,58 @@ impl OutputEncoding {
             .get(position)
             .copied()
             .unwrap_or(self.default_binary)
+    }
+
+    fn placement(&self, position: usize) -> Option<&Placement> {
+        self.placements.get(position).and_then(Option::as_ref)
+    }
+}
+
+/// A tensor's shared-memory parameters in a JSON request.
+fn shared_memory_reference(
+    parameters: &Option<BTreeMap<String, JsonParameter>>,
+    tensor: &str,
+) -> Result<Reference, GatewayError> {
+    let Some(parameters) = parameters else {
+        return Ok(Reference::default());
+    };
+    let number = |key: &str| match parameters.get(key) {
+        None => Ok(None),
+        Some(JsonParameter::Int(value)) => Ok(Some(*value)),
+        Some(_) => Err(GatewayError::invalid(format!(
+            "'{}': {key} must be an integer",
+            quoted(tensor)
+        ))),
+    };
+    let region = match parameters.get("shared_memory_region") {
+        None => None,
+        Some(JsonParameter::String(name)) => Some(name.clone()),
+        Some(_) => {
+            return Err(GatewayError::invalid(format!(
+                "'{}': shared_memory_region must be a string",
+                quoted(tensor)
+            )));
+        }
+    };
+    Ok(Reference {
+        region,
+        offset: number("shared_memory_offset")?,
+        byte_size: number("shared_memory_byte_size")?,
+    })
+}
+
+/// An output's `classification` parameter: how many classes to answer.
+fn classification(
+    parameters: &Option<BTreeMap<String, JsonParameter>>,
+    output: &str,
+) -> Result<Option<usize>, GatewayError> {
+    match parameters.as_ref().and_then(|p| p.get("classification")) {
+        None => Ok(None),
+        Some(JsonParameter::Int(count)) if *count > 0 => Ok(Some(*count as usize)),
+        Some(_) => Err(GatewayError::invalid(format!(
+            "output '{}': classification must be a positive integer",
+            quoted(output)
+        ))),
     }
 }
 
@@ -368,6 +424,7 @@ pub fn decode_request(
     version: Option<&str>,
     json: &[u8],
     mut binary: Bytes,
+    memory: Option<&Access<'_>>,
 ) -> Result<(InferRequest, OutputEncoding), GatewayError> {
     DECODING.with(|decoding| {
         decoding.body_bytes.set(json.len());
@@ -383,7 +440,7 @@ pub fn decode_request(
     let default_binary = bool_parameter(&body.parameters, "binary_data_output")?;
     let mut inputs = Vec::with_capacity(body.inputs.len());
     for input in body.inputs {
-        inputs.push(decode_input(input, &mut binary)?);
+        inputs.push(decode_input(input, &mut binary, memory)?);
     }
     if !binary.is_empty() {
         return Err(GatewayError::invalid(format!(
@@ -394,16 +451,18 @@ pub fn decode_request(
     }
     let mut outputs = Vec::new();
     let mut requested_binary = Vec::new();
+    let mut placements = Vec::new();
+    let mut classified = Vec::new();
     for output in body.outputs.unwrap_or_default() {
-        if output
-            .parameters
-            .as_ref()
-            .is_some_and(|p| p.contains_key("classification"))
-        {
-            return Err(GatewayError::invalid(
-                "the classification extension is not supported",
-            ));
+        if let Some(count) = classification(&output.parameters, &output.name)? {
+            classified.push((output.name.clone(), count));
         }
+        let reference = shared_memory_reference(&output.parameters, &output.name)?;
+        placements.push(if reference.names_a_region(&output.name)? {
+            Some(place_output(memory, &output.name, &reference)?)
+        } else {
+            None
+        });
         let explicit = output
             .parameters
             .as_ref()
@@ -428,6 +487,7 @@ pub fn decode_request(
             id: body.id,
             inputs,
             outputs,
+            classification: classified,
             parameters,
             deadline: None,
             received: None,
@@ -437,11 +497,16 @@ pub fn decode_request(
         OutputEncoding {
             requested_binary,
             default_binary,
+            placements,
         },
     ))
 }
 
-fn decode_input(input: InputBody<'_>, binary: &mut Bytes) -> Result<NamedTensor, GatewayError> {
+fn decode_input(
+    input: InputBody<'_>,
+    binary: &mut Bytes,
+    memory: Option<&Access<'_>>,
+) -> Result<NamedTensor, GatewayError> {
     if input.name.len() > MAX_PARAMETER_BYTES {
         return Err(GatewayError::invalid(format!(
             "input name '{}' is longer than {MAX_PARAMETER_BYTES} bytes",
@@ -480,6 +545,18 @@ fn decode_input(input: InputBody<'_>, binary: &mut Bytes) -> Result<NamedTensor,
             )));
         }
     };
+    let reference = shared_memory_reference(&input.parameters, &name)?;
+    if reference.names_a_region(&name)? {
+        if binary_size.is_some() || input.data.is_some() {
+            return Err(GatewayError::invalid(format!(
+                "input '{name}' names a shared memory region and carries data too"
+            )));
+        }
+        let data = read_input(memory, &name, &reference)?;
+        let tensor = Tensor::new(dtype, shape, data)
+            .map_err(|e| GatewayError::invalid(format!("input '{name}': {e}")))?;
+        return Ok(NamedTensor { name, tensor });
+    }
     let data = match (binary_size, input.data) {
         (Some(_), Some(_)) => {
             return Err(GatewayError::invalid(format!(
@@ -767,13 +844,14 @@ struct OutputJson<'a> {
     datatype: &'static str,
     shape: &'a [usize],
     #[serde(skip_serializing_if = "Option::is_none")]
-    parameters: Option<BinarySize>,
+    parameters: Option<OutputParameters>,
     #[serde(skip_serializing_if = "Option::is_none")]
     data: Option<TensorData<'a>>,
 }
 
+/// Where an output's bytes are when they follow the JSON.
 #[derive(Serialize)]
-struct BinarySize {
+struct OutputParameters {
     binary_data_size: usize,
 }
 
@@ -829,21 +907,33 @@ pub fn encode_response(
         .enumerate()
         .map(|(position, output)| {
             let tensor = &output.tensor;
+            if let Some(placement) = encoding.placement(position) {
+                // As Triton answers it: the output's name, datatype and shape; its bytes are in
+                // the region.
+                placement.write(tensor.data())?;
+                return Ok(OutputJson {
+                    name: &output.name,
+                    datatype: tensor.dtype().as_str(),
+                    shape: tensor.shape(),
+                    parameters: None,
+                    data: None,
+                });
+            }
             let as_binary = encoding.binary(position);
             if as_binary {
                 binary.push(tensor.data().clone());
             }
-            OutputJson {
+            Ok(OutputJson {
                 name: &output.name,
                 datatype: tensor.dtype().as_str(),
                 shape: tensor.shape(),
-                parameters: as_binary.then(|| BinarySize {
+                parameters: as_binary.then(|| OutputParameters {
                     binary_data_size: tensor.data().len(),
                 }),
                 data: (!as_binary).then_some(TensorData(tensor)),
-            }
+            })
         })
-        .collect();
+        .collect::<Result<Vec<_>, GatewayError>>()?;
     let body = ResponseBody {
         model_name: &response.model_name,
         model_version: &response.model_version,

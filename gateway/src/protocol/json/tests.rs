@@ -4,7 +4,7 @@
 use super::*;
 
 fn decode(json: &str) -> Result<InferRequest, GatewayError> {
-    decode_request("m", None, json.as_bytes(), Bytes::new()).map(|(request, _)| request)
+    decode_request("m", None, json.as_bytes(), Bytes::new(), None).map(|(request, _)| request)
 }
 
 /// Why `json` was refused; panics if it was not.
@@ -183,16 +183,16 @@ fn binary_inputs_are_sliced_in_order() {
     binary.extend_from_slice(&2.5f32.to_le_bytes());
     binary.extend_from_slice(&42i64.to_le_bytes());
     let (request, _) =
-        decode_request("m", None, json.as_bytes(), Bytes::from(binary)).expect("binary");
+        decode_request("m", None, json.as_bytes(), Bytes::from(binary), None).expect("binary");
     assert_eq!(floats(&request.inputs[0].tensor), [1.5, 2.5]);
     assert_eq!(
         request.inputs[1].tensor.data().as_ref(),
         42i64.to_le_bytes()
     );
 
-    let short = decode_request("m", None, json.as_bytes(), Bytes::from(vec![0u8; 12]));
+    let short = decode_request("m", None, json.as_bytes(), Bytes::from(vec![0u8; 12]), None);
     assert!(short.is_err());
-    let extra = decode_request("m", None, json.as_bytes(), Bytes::from(vec![0u8; 20]));
+    let extra = decode_request("m", None, json.as_bytes(), Bytes::from(vec![0u8; 20]), None);
     assert!(
         extra
             .expect_err("extra")
@@ -224,6 +224,7 @@ fn responses_encode_json_and_binary_outputs() {
     let binary = encode_response(
         &response,
         &OutputEncoding {
+            placements: Vec::new(),
             requested_binary: vec![],
             default_binary: true,
         },
@@ -349,7 +350,7 @@ fn null_data_is_no_data() {
         binary.extend_from_slice(&1.5f32.to_le_bytes());
         binary.extend_from_slice(&2.5f32.to_le_bytes());
         let (request, _) =
-            decode_request("m", None, json.as_bytes(), Bytes::from(binary)).expect(json);
+            decode_request("m", None, json.as_bytes(), Bytes::from(binary), None).expect(json);
         assert_eq!(floats(&request.inputs[0].tensor), [1.5, 2.5], "{json}");
     }
     let message = refusal(r#"{"inputs":[{"name":"x","shape":[1],"datatype":"FP32","data":null}]}"#);
@@ -368,6 +369,7 @@ fn data_read_in_place_reserves_what_it_holds() {
         None,
         br#"{"inputs":[{"name":"x","shape":[3],"datatype":"FP64","data":[1,2,3]}]}"#,
         Bytes::new(),
+        None,
     )
     .expect("fits");
     assert_eq!(request.inputs[0].tensor.data().len(), 24);
