@@ -10,7 +10,10 @@ with an embedded NUL and arbitrary bytes; sequences whose control inputs (START,
 CORRID) the gateway feeds, sync and streamed, with the direct and oldest strategies and with
 integer and string correlation ids; typed gRPC contents answered in raw contents; Triton's
 wording for an unknown model; the detector's answers against ONNX Runtime's run of the same
-file. Exits non-zero on the first mismatch; scripts/test runs it.
+file; system shared memory for numbers and strings, inputs and outputs; classification with
+labels. With --control-http/--control-grpc, a second gateway started with
+--model-control-mode explicit: the repository index, load with a config override, unload, and
+the refusals. Exits non-zero on the first mismatch; scripts/test runs it.
 """
 
 import argparse
@@ -27,8 +30,9 @@ import tritonclient.grpc as grpcclient
 import tritonclient.grpc.aio as grpcaio
 import tritonclient.http as httpclient
 import tritonclient.http.aio as httpaio
+import tritonclient.utils.shared_memory as shm
 from tritonclient.grpc import service_pb2, service_pb2_grpc
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, serialize_byte_tensor, serialized_byte_size
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 REPOSITORY = ROOT / "data/triton_repository"
@@ -40,6 +44,7 @@ MODELS = [
     "simple_sequence",
     "simple_dyna_sequence",
     "simple_string_dyna_sequence",
+    "classifier",
     "detector",
 ]
 onnxruntime.set_default_logger_severity(3)
@@ -327,10 +332,159 @@ def check_detector(module, client, name: str) -> int:
     return 1
 
 
+def check_shared_memory(module, client, name: str) -> int:
+    """Inputs read from and outputs written into system shared memory, numbers and strings, as
+    Triton's shm examples do; then the refusals: an unknown region, a place past a region's
+    end, a region too small for the output."""
+    tag = f"{name}-{uuid.uuid4().hex[:6]}"
+    client.unregister_system_shared_memory()
+    handles = []
+    try:
+        # Numbers: simple's two inputs in one region, its two outputs in another.
+        in0 = np.arange(16, dtype=np.int32).reshape(1, 16)
+        in1 = np.ones((1, 16), dtype=np.int32)
+        size = in0.nbytes
+        inputs_handle = shm.create_shared_memory_region(f"in-{tag}", f"/in-{tag}", size * 2)
+        outputs_handle = shm.create_shared_memory_region(f"out-{tag}", f"/out-{tag}", size * 2)
+        handles += [inputs_handle, outputs_handle]
+        shm.set_shared_memory_region(inputs_handle, [in0])
+        shm.set_shared_memory_region(inputs_handle, [in1], offset=size)
+        client.register_system_shared_memory(f"in-{tag}", f"/in-{tag}", size * 2)
+        client.register_system_shared_memory(f"out-{tag}", f"/out-{tag}", size * 2)
+        status = client.get_system_shared_memory_status()
+        regions = status if name == "http" else list(status.regions.values())
+        check(len(regions) == 2, f"{name} shm status: {status}")
+        tensors = [module.InferInput("INPUT0", [1, 16], "INT32"), module.InferInput("INPUT1", [1, 16], "INT32")]
+        tensors[0].set_shared_memory(f"in-{tag}", size)
+        tensors[1].set_shared_memory(f"in-{tag}", size, offset=size)
+        wanted = [module.InferRequestedOutput("OUTPUT0"), module.InferRequestedOutput("OUTPUT1")]
+        wanted[0].set_shared_memory(f"out-{tag}", size)
+        wanted[1].set_shared_memory(f"out-{tag}", size, offset=size)
+        result = client.infer("simple", tensors, outputs=wanted)
+        output = result.get_output("OUTPUT0")
+        shape = output["shape"] if name == "http" else output.shape
+        check(list(shape) == [1, 16], f"{name} shm output shape {shape}")
+        total = shm.get_contents_as_numpy(outputs_handle, np.int32, [1, 16])
+        difference = shm.get_contents_as_numpy(outputs_handle, np.int32, [1, 16], offset=size)
+        check(np.array_equal(total, in0 + in1), f"{name} shm sum {total}")
+        check(np.array_equal(difference, in0 - in1), f"{name} shm difference {difference}")
+
+        # Strings: simple_string's inputs and outputs, serialized as Triton's clients do.
+        strings0 = np.array([str(x).encode() for x in range(16)], dtype=np.object_).reshape(1, 16)
+        strings1 = np.array([b"1"] * 16, dtype=np.object_).reshape(1, 16)
+        bytes0, bytes1 = serialize_byte_tensor(strings0), serialize_byte_tensor(strings1)
+        size0, size1 = serialized_byte_size(bytes0), serialized_byte_size(bytes1)
+        string_in = shm.create_shared_memory_region(f"sin-{tag}", f"/sin-{tag}", size0 + size1)
+        string_out = shm.create_shared_memory_region(f"sout-{tag}", f"/sout-{tag}", 512)
+        handles += [string_in, string_out]
+        shm.set_shared_memory_region(string_in, [bytes0])
+        shm.set_shared_memory_region(string_in, [bytes1], offset=size0)
+        client.register_system_shared_memory(f"sin-{tag}", f"/sin-{tag}", size0 + size1)
+        client.register_system_shared_memory(f"sout-{tag}", f"/sout-{tag}", 512)
+        tensors = [module.InferInput("INPUT0", [1, 16], "BYTES"), module.InferInput("INPUT1", [1, 16], "BYTES")]
+        tensors[0].set_shared_memory(f"sin-{tag}", size0)
+        tensors[1].set_shared_memory(f"sin-{tag}", size1, offset=size0)
+        wanted = [module.InferRequestedOutput("OUTPUT0")]
+        wanted[0].set_shared_memory(f"sout-{tag}", 512)
+        result = client.infer("simple_string", tensors, outputs=wanted)
+        sums = shm.get_contents_as_numpy(string_out, np.object_, [1, 16])
+        check([int(x) for x in sums.ravel()] == list(range(1, 17)), f"{name} shm strings {sums}")
+
+        # Refusals, each a clear error.
+        def refused(build, words):
+            tensors, wanted = build()
+            try:
+                client.infer("simple", tensors, outputs=wanted)
+                check(False, f"{name}: {words} was accepted")
+            except InferenceServerException as error:
+                check(words in str(error), f"{name} {words}: {error}")
+
+        def request(region=f"in-{tag}", offset=0, out_size=size):
+            def build():
+                tensors = [module.InferInput("INPUT0", [1, 16], "INT32"), module.InferInput("INPUT1", [1, 16], "INT32")]
+                tensors[0].set_shared_memory(region, size, offset=offset)
+                tensors[1].set_shared_memory(f"in-{tag}", size)
+                wanted = [module.InferRequestedOutput("OUTPUT0")]
+                wanted[0].set_shared_memory(f"out-{tag}", out_size)
+                return tensors, wanted
+            return build
+
+        refused(request(region="no-such-region"), "Unable to find system shared memory region")
+        refused(request(offset=size * 2 - 8), "runs past shared memory region")
+        refused(request(out_size=8), "more than the 8")
+    finally:
+        client.unregister_system_shared_memory()
+        for handle in handles:
+            shm.destroy_shared_memory_region(handle)
+    check(not (client.get_system_shared_memory_status() if name == "http" else client.get_system_shared_memory_status().regions), f"{name}: regions left")
+    return 1
+
+
+def check_classification(module, client, name: str) -> int:
+    """The classifier's scores as its top classes with their labels, as Triton's image
+    client asks for them; computed here from ONNX Runtime's run of the same file."""
+    reference = onnxruntime.InferenceSession(str(REPOSITORY / "classifier/1/model.onnx"), providers=["CPUExecutionProvider"])
+    labels = (REPOSITORY / "classifier/labels.txt").read_text().splitlines()
+    image = np.random.default_rng(11).random((3, 8, 8), dtype=np.float32)
+    (scores,) = reference.run(None, {"data_0": image[None]})
+    scores = scores.ravel()
+    top = np.argsort(-scores, kind="stable")[:3]
+    expected = [f"{scores[i]:.6f}:{i}:{labels[i]}" for i in top]
+    tensor = module.InferInput("data_0", [3, 8, 8], "FP32")
+    tensor.set_data_from_numpy(image)
+    wanted = [module.InferRequestedOutput("fc6_1", class_count=3)]
+    result = client.infer("classifier", [tensor], outputs=wanted)
+    answer = [x.decode() if isinstance(x, bytes) else str(x) for x in result.as_numpy("fc6_1").ravel()]
+    check(answer == expected, f"{name} classification: {answer} != {expected}")
+    return 1
+
+
+def check_model_control(http_url: str, grpc_url: str) -> int:
+    """Against a gateway started with --model-control-mode explicit on the same repository:
+    the index, a load, a load with a config override (and one that does not parse), an
+    unload, and an unknown model, over both transports."""
+    http = httpclient.InferenceServerClient(url=http_url)
+    grpc_client = grpcclient.InferenceServerClient(url=grpc_url)
+    index = http.get_model_repository_index()
+    names = sorted({entry["name"] for entry in index})
+    check(names == sorted(MODELS), f"index: {names}")
+    check(not http.is_model_ready("simple"), "simple served before it was loaded")
+    for name, client in (("http", http), ("grpc", grpc_client)):
+        client.load_model("simple")
+        check(client.is_model_ready("simple"), f"{name}: simple not ready after load")
+        try:
+            client.load_model("simple", config='"parameters": {"config": {{"max_batch_size": "16"}}}')
+            check(False, f"{name}: a malformed override was accepted")
+        except InferenceServerException as error:
+            check("failed to load" in error.message(), f"{name}: {error}")
+        client.load_model("simple", config='{"max_batch_size":"16"}')
+        config = client.get_model_config("simple")
+        batch = config["max_batch_size"] if name == "http" else config.config.max_batch_size
+        check(int(batch) == 16, f"{name}: max_batch_size {batch} after the override")
+        inputs, total, _ = simple_inputs(client.__module__.startswith("tritonclient.http") and httpclient or grpcclient, rows=12)
+        result = client.infer("simple", inputs)
+        check(np.array_equal(result.as_numpy("OUTPUT0"), total), f"{name}: 12 rows after the override")
+        client.unload_model("simple")
+        check(not client.is_model_ready("simple"), f"{name}: simple still ready after unload")
+        try:
+            client.load_model("wrong_model_name")
+            check(False, f"{name}: an unknown model was loaded")
+        except InferenceServerException as error:
+            check("failed to load" in error.message(), f"{name}: {error}")
+    ready = http.get_model_repository_index(query_params=None)
+    states = {(e["name"], e.get("version")): e.get("state") for e in ready}
+    check(states.get(("simple", "1")) == "UNAVAILABLE", f"index after unload: {states}")
+    http.close()
+    grpc_client.close()
+    return 1
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--http", default="127.0.0.1:8000")
     parser.add_argument("--grpc", default="127.0.0.1:8001")
+    parser.add_argument("--control-http", help="a gateway in explicit model control mode (HTTP)")
+    parser.add_argument("--control-grpc", help="the same gateway's gRPC address")
     args = parser.parse_args()
     passed = 0
     for name, module, url in (("http", httpclient, args.http), ("grpc", grpcclient, args.grpc)):
@@ -342,10 +496,14 @@ def main() -> int:
         passed += check_sequences_sync(module, client, name)
         passed += check_unknown_model(module, client, name)
         passed += check_detector(module, client, name)
+        passed += check_shared_memory(module, client, name)
+        passed += check_classification(module, client, name)
         client.close()
     passed += asyncio.run(check_aio(args.http, args.grpc))
     passed += check_sequences_streamed(args.grpc)
     passed += check_explicit_contents(args.grpc)
+    if args.control_http and args.control_grpc:
+        passed += check_model_control(args.control_http, args.control_grpc)
     print(f"triton repository check: {passed} passed, 0 failed")
     return 0
 

@@ -8,6 +8,9 @@ arithmetic, plus three models of our own:
 - simple_string_dyna_sequence: a sequence model with a string correlation id (CONTROL_SEQUENCE_
   CORRID as TYPE_STRING) and an implicit state, the accumulator Triton's sequence examples
   expect of it;
+- classifier: a densenet_onnx-shaped classifier (no batch axis; input dims [3, 8, 8] reshaped to
+  the model's [1, 3, 8, 8], scores [5] reshaped from [1, 5, 1, 1]) with a label file, for the
+  classification extension;
 - detector: a small stand-in for a YOLOv8 export, with no config at all: input images
   [batch, 3, H, W] with H and W dynamic, features downsampled to strides 8, 16 and 32, an
   upsampling path that concatenates them (which fails when every dynamic dimension is 1), and
@@ -259,6 +262,51 @@ def detector(classes: int = 80) -> onnx.GraphProto:
     )
 
 
+CLASSIFIER_LABELS = ["tench", "goldfish", "great white shark", "tiger shark", "hammerhead"]
+
+CLASSIFIER_CONFIG = """name: "classifier"
+platform: "onnxruntime_onnx"
+max_batch_size : 0
+input [
+  {
+    name: "data_0"
+    data_type: TYPE_FP32
+    format: FORMAT_NCHW
+    dims: [ 3, 8, 8 ]
+    reshape { shape: [ 1, 3, 8, 8 ] }
+  }
+]
+output [
+  {
+    name: "fc6_1"
+    data_type: TYPE_FP32
+    dims: [ 5 ]
+    reshape { shape: [ 1, 5, 1, 1 ] }
+    label_filename: "labels.txt"
+  }
+]
+"""
+
+
+def classifier() -> onnx.GraphProto:
+    """Global average pooling, then a 1x1 convolution to five scores: [1, 3, 8, 8] ->
+    [1, 5, 1, 1], as densenet's head has it."""
+    rng = np.random.default_rng(5)
+    weights = numpy_helper.from_array(rng.standard_normal((5, 3, 1, 1)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(rng.standard_normal(5).astype(np.float32), "b")
+    nodes = [
+        helper.make_node("GlobalAveragePool", ["data_0"], ["pooled"]),
+        helper.make_node("Conv", ["pooled", "w", "b"], ["fc6_1"]),
+    ]
+    return helper.make_graph(
+        nodes,
+        "classifier",
+        [tensor("data_0", TensorProto.FLOAT, [1, 3, 8, 8])],
+        [tensor("fc6_1", TensorProto.FLOAT, [1, 5, 1, 1])],
+        initializer=[weights, bias],
+    )
+
+
 def main(target: pathlib.Path) -> None:
     models = {
         "simple": (add_sub("simple", TensorProto.INT32, TensorProto.INT32),
@@ -272,12 +320,14 @@ def main(target: pathlib.Path) -> None:
         "simple_dyna_sequence": (sequence("simple_dyna_sequence", corrid=True),
                                  DYNA_SEQUENCE_CONFIG),
         "simple_string_dyna_sequence": (string_dyna_sequence(), STRING_DYNA_SEQUENCE_CONFIG),
+        "classifier": (classifier(), CLASSIFIER_CONFIG),
         "detector": (detector(), None),
     }
     for name, (graph, config) in models.items():
         save(graph, target / name / "1" / "model.onnx")
         if config is not None:
             (target / name / "config.pbtxt").write_text(config)
+    (target / "classifier" / "labels.txt").write_text("\n".join(CLASSIFIER_LABELS) + "\n")
     print(f"wrote {len(models)} models to {target}")
 
 

@@ -142,12 +142,12 @@ proptest! {
     ) {
         let corpus = json_corpus();
         let body = mutated(&corpus[seed % corpus.len()], &edits);
-        check(body.len(), || decode_request("m", None, &body, Bytes::new()));
+        check(body.len(), || decode_request("m", None, &body, Bytes::new(), None));
     }
 
     #[test]
     fn arbitrary_json_never_panics(body in prop::collection::vec(any::<u8>(), 0..2048)) {
-        check(body.len(), || decode_request("m", None, &body, Bytes::new()));
+        check(body.len(), || decode_request("m", None, &body, Bytes::new(), None));
     }
 
     #[test]
@@ -160,7 +160,7 @@ proptest! {
             r#"{{"inputs":[{{"name":"x","shape":[{rows}],"datatype":"FP32","parameters":{{"binary_data_size":{size}}}}}]}}"#
         );
         let total = json.len() + binary.len();
-        check(total, || decode_request("m", None, json.as_bytes(), Bytes::from(binary)));
+        check(total, || decode_request("m", None, json.as_bytes(), Bytes::from(binary), None));
     }
 
     #[test]
@@ -190,7 +190,7 @@ proptest! {
 fn the_corpus_is_refused_cleanly() {
     for body in json_corpus() {
         check(body.len(), || {
-            decode_request("m", None, body.as_bytes(), Bytes::new())
+            decode_request("m", None, body.as_bytes(), Bytes::new(), None)
         });
     }
     let corpus = grpc_corpus(1_000_000);
