@@ -109,6 +109,24 @@ pub struct Call<'a> {
     pub json_writes: bool,
 }
 
+impl<'a> Call<'a> {
+    /// A request as the rule sees it: its method, URI, headers and the peer the listener put in
+    /// its extensions.
+    pub fn of<B>(request: &'a http::Request<B>, needs: AdminRole, json_writes: bool) -> Call<'a> {
+        Call {
+            method: request.method(),
+            uri: request.uri(),
+            headers: request.headers(),
+            peer: request
+                .extensions()
+                .get::<axum::extract::ConnectInfo<SocketAddr>>()
+                .map(|axum::extract::ConnectInfo(peer)| *peer),
+            needs,
+            json_writes,
+        }
+    }
+}
+
 impl ManagementTokens {
     /// From configured digests (hex) and, if set, the plain token in `SWITCHYARD_ADMIN_TOKEN`
     /// (a writer).

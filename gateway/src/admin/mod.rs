@@ -1,13 +1,12 @@
 //! The management API (`/v1/...`) over the registry: JSON over HTTP on its own listener,
 //! behind bearer tokens with a read and a write role; and the command-line client ([`cli`]).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 
 use axum::Router;
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::http::{Method, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -170,17 +169,7 @@ async fn authenticate(
 
 /// A request as the management rule sees it; writes without a token must come as JSON.
 fn management_call(request: &Request, needs: AdminRole) -> auth::Call<'_> {
-    auth::Call {
-        method: request.method(),
-        uri: request.uri(),
-        headers: request.headers(),
-        peer: request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| *peer),
-        needs,
-        json_writes: true,
-    }
+    auth::Call::of(request, needs, true)
 }
 
 pub fn router(state: AdminState) -> Router {

@@ -4,16 +4,16 @@
 //! writes. Those calls follow the management API's rule: a token of the role they need, or,
 //! with no token configured, a program on this machine.
 
-use std::net::SocketAddr;
 use std::sync::Arc;
 
-use axum::extract::{ConnectInfo, Request, State};
+use axum::extract::{Request, State};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
 use crate::auth::{self, ManagementTokens};
 use crate::config::AdminRole;
 use crate::core::repository::ModelRepository;
+use crate::error::{GatewayError, quoted};
 use crate::protocol::shared_memory::SharedMemory;
 
 pub struct Extensions {
@@ -57,6 +57,39 @@ fn needs(path: &str) -> Option<AdminRole> {
     }
 }
 
+/// The config override of a repository load, from its parameters (name, and the value when it
+/// is a string): `config`, Triton's `ModelConfig` in JSON. Files sent with the request are
+/// refused: models come from the repository folder.
+pub fn load_override<'a>(
+    parameters: impl Iterator<Item = (&'a str, Option<&'a str>)>,
+) -> Result<Option<&'a str>, GatewayError> {
+    let mut config = None;
+    for (key, value) in parameters {
+        match (key, value) {
+            ("config", Some(text)) => config = Some(text),
+            ("config", None) => {
+                return Err(GatewayError::invalid(
+                    "the load parameter 'config' must be a string (the model's configuration \
+                     in JSON)",
+                ));
+            }
+            (file, _) if file.starts_with("file:") => {
+                return Err(GatewayError::invalid(
+                    "loading a model from files sent with the request is not supported; put \
+                     them in the model repository",
+                ));
+            }
+            (other, _) => {
+                return Err(GatewayError::invalid(format!(
+                    "unknown load parameter '{}'",
+                    quoted(other)
+                )));
+            }
+        }
+    }
+    Ok(config)
+}
+
 /// Who makes a call of the extensions (for the audit log), put in the request's extensions.
 #[derive(Clone)]
 pub struct Actor(pub String);
@@ -76,18 +109,8 @@ pub async fn require_management(
         .get(http::header::CONTENT_TYPE)
         .and_then(|value| value.to_str().ok())
         .is_some_and(|value| value.starts_with("application/grpc"));
-    let call = auth::Call {
-        method: request.method(),
-        uri: request.uri(),
-        headers: request.headers(),
-        peer: request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .map(|ConnectInfo(peer)| *peer),
-        needs,
-        json_writes: false,
-    };
-    match tokens.authorize(&call, true) {
+    // Clients of Triton's extensions send no content type; the origin checks stand for it.
+    match tokens.authorize(&auth::Call::of(&request, needs, false), true) {
         Ok(actor) => {
             request.extensions_mut().insert(Actor(actor));
             next.run(request).await

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Path, Request, State};
+use axum::extract::{Extension, Path, Request, State};
 use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,7 +18,7 @@ use switchyard_runtimes::TensorSpec;
 use crate::core::Gateway;
 use crate::core::feedback::Feedback;
 use crate::error::{ErrorKind, GatewayError};
-use crate::protocol::extensions::{Actor, Extensions};
+use crate::protocol::extensions::{self, Actor, Extensions};
 use crate::protocol::json::{EncodedResponse, decode_request, encode_response};
 use crate::protocol::metadata;
 use crate::protocol::pipeline::{Call, Pipeline};
@@ -170,10 +170,8 @@ fn extension_body<T: serde::de::DeserializeOwned + Default>(
         .map_err(|e| GatewayError::invalid(format!("invalid request body: {e}")))
 }
 
-fn actor(extensions: &axum::http::Extensions) -> String {
-    extensions
-        .get::<Actor>()
-        .map_or_else(|| "http".to_owned(), |Actor(actor)| actor.clone())
+fn actor_name(actor: Option<Extension<Actor>>) -> String {
+    actor.map_or_else(|| "http".to_owned(), |Extension(Actor(actor))| actor)
 }
 
 #[derive(Default, serde::Deserialize)]
@@ -215,46 +213,26 @@ struct LoadRequest {
     parameters: serde_json::Map<String, serde_json::Value>,
 }
 
+/// axum's own bound on these bodies (2 MiB) holds: they are small JSON documents.
 async fn repository_load(
     State(state): State<HttpState>,
     Path(model): Path<String>,
-    request: Request,
+    actor: Option<Extension<Actor>>,
+    body: Bytes,
 ) -> Response {
     let answer = async {
-        let actor = actor(request.extensions());
-        let body = axum::body::to_bytes(request.into_body(), state.max_request_bytes)
-            .await
-            .map_err(|e| GatewayError::invalid(format!("cannot read the request body: {e}")))?;
         let load: LoadRequest = extension_body(&body)?;
-        let mut config = None;
-        for (key, value) in &load.parameters {
-            match (key.as_str(), value) {
-                ("config", serde_json::Value::String(text)) => config = Some(text.as_str()),
-                ("config", _) => {
-                    return Err(GatewayError::invalid(
-                        "the load parameter 'config' must be a string (the model's configuration in JSON)",
-                    ));
-                }
-                (file, _) if file.starts_with("file:") => {
-                    return Err(GatewayError::invalid(
-                        "loading a model from files sent with the request is not supported; put \
-                         them in the model repository",
-                    ));
-                }
-                (other, _) => {
-                    return Err(GatewayError::invalid(format!(
-                        "unknown load parameter '{}'",
-                        crate::error::quoted(other)
-                    )));
-                }
-            }
-        }
+        let config = extensions::load_override(
+            load.parameters
+                .iter()
+                .map(|(key, value)| (key.as_str(), value.as_str())),
+        )?;
         state
             .extensions
             .repository
-            .load(&actor, &model, config)
+            .load(&actor_name(actor), &model, config)
             .await?;
-        Ok(empty_ok())
+        Ok::<_, GatewayError>(empty_ok())
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)
 }
@@ -262,16 +240,17 @@ async fn repository_load(
 async fn repository_unload(
     State(state): State<HttpState>,
     Path(model): Path<String>,
-    request: Request,
+    actor: Option<Extension<Actor>>,
+    body: Bytes,
 ) -> Response {
     let answer = async {
-        let actor = actor(request.extensions());
-        let body = axum::body::to_bytes(request.into_body(), state.max_request_bytes)
-            .await
-            .map_err(|e| GatewayError::invalid(format!("cannot read the request body: {e}")))?;
         // `unload_dependents` has no meaning without ensembles.
         let _: LoadRequest = extension_body(&body)?;
-        state.extensions.repository.unload(&actor, &model).await?;
+        state
+            .extensions
+            .repository
+            .unload(&actor_name(actor), &model)
+            .await?;
         Ok::<_, GatewayError>(empty_ok())
     };
     answer.await.unwrap_or_else(IntoResponse::into_response)

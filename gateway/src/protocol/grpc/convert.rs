@@ -175,9 +175,10 @@ pub(super) fn decode_request(
     ))
 }
 
-fn tensor(input: InferInputTensor, data: Bytes) -> Result<NamedTensor, GatewayError> {
-    let name = input.name;
-    let invalid = |message: String| GatewayError::invalid(format!("input '{name}': {message}"));
+/// An input's datatype and shape, checked.
+fn datatype_and_shape(input: &InferInputTensor) -> Result<(DataType, Vec<usize>), GatewayError> {
+    let invalid =
+        |message: String| GatewayError::invalid(format!("input '{}': {message}", input.name));
     let dtype: DataType = input
         .datatype
         .parse()
@@ -188,8 +189,18 @@ fn tensor(input: InferInputTensor, data: Bytes) -> Result<NamedTensor, GatewayEr
         .map(|&dim| usize::try_from(dim))
         .collect::<Result<Vec<usize>, _>>()
         .map_err(|_| invalid(format!("shape {:?} has a negative dimension", input.shape)))?;
-    let tensor = Tensor::new(dtype, shape, data).map_err(|e| invalid(e.to_string()))?;
-    Ok(NamedTensor { name, tensor })
+    Ok((dtype, shape))
+}
+
+/// An input whose bytes came from elsewhere (shared memory).
+fn tensor(input: InferInputTensor, data: Bytes) -> Result<NamedTensor, GatewayError> {
+    let (dtype, shape) = datatype_and_shape(&input)?;
+    let tensor = Tensor::new(dtype, shape, data)
+        .map_err(|e| GatewayError::invalid(format!("input '{}': {e}", input.name)))?;
+    Ok(NamedTensor {
+        name: input.name,
+        tensor,
+    })
 }
 
 /// An input from its typed contents or its raw entry; `raw_sent`: the request has raw contents.
@@ -198,18 +209,9 @@ fn decode_input(
     raw: Option<Bytes>,
     raw_sent: bool,
 ) -> Result<NamedTensor, GatewayError> {
+    let (dtype, shape) = datatype_and_shape(&input)?;
     let name = input.name;
     let invalid = |message: String| GatewayError::invalid(format!("input '{name}': {message}"));
-    let dtype: DataType = input
-        .datatype
-        .parse()
-        .map_err(|e| invalid(format!("{e}")))?;
-    let shape = input
-        .shape
-        .iter()
-        .map(|&dim| usize::try_from(dim))
-        .collect::<Result<Vec<usize>, _>>()
-        .map_err(|_| invalid(format!("shape {:?} has a negative dimension", input.shape)))?;
     let data = match (raw, input.contents) {
         (Some(_), Some(_)) => {
             return Err(invalid(

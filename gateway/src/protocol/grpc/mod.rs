@@ -15,7 +15,7 @@ use tonic::{Request, Response, Status};
 
 use crate::core::Gateway;
 use crate::error::{ErrorKind, GatewayError};
-use crate::protocol::extensions::{Actor, Extensions};
+use crate::protocol::extensions::{self, Actor, Extensions};
 use crate::protocol::metadata;
 use crate::protocol::pipeline::{Call, Pipeline};
 use crate::protocol::shared_memory::Access;
@@ -428,35 +428,14 @@ impl GrpcInferenceService for GrpcFront {
     ) -> Result<Response<pb::RepositoryModelLoadResponse>, Status> {
         let actor = actor(&request);
         let load = request.into_inner();
-        let mut config = None;
-        for (key, value) in &load.parameters {
-            use pb::model_repository_parameter::ParameterChoice;
-            match (key.as_str(), &value.parameter_choice) {
-                ("config", Some(ParameterChoice::StringParam(text))) => {
-                    config = Some(text.as_str())
-                }
-                ("config", _) => {
-                    return Err(GatewayError::invalid(
-                        "the load parameter 'config' must be a string (the model's configuration in JSON)",
-                    )
-                    .into());
-                }
-                (file, _) if file.starts_with("file:") => {
-                    return Err(GatewayError::invalid(
-                        "loading a model from files sent with the request is not supported; \
-                         put them in the model repository",
-                    )
-                    .into());
-                }
-                (other, _) => {
-                    return Err(GatewayError::invalid(format!(
-                        "unknown load parameter '{}'",
-                        crate::error::quoted(other)
-                    ))
-                    .into());
-                }
-            }
-        }
+        use pb::model_repository_parameter::ParameterChoice;
+        let config = extensions::load_override(load.parameters.iter().map(|(key, value)| {
+            let text = match &value.parameter_choice {
+                Some(ParameterChoice::StringParam(text)) => Some(text.as_str()),
+                _ => None,
+            };
+            (key.as_str(), text)
+        }))?;
         self.extensions
             .repository
             .load(&actor, &load.model_name, config)
