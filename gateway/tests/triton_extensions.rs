@@ -474,3 +474,64 @@ async fn classification_answers_the_top_classes_with_their_labels() {
     assert_eq!(status, 400, "{answer}");
     gateway.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn poll_mode_follows_the_folder() {
+    let repo = repository();
+    let gateway = TestGateway::start_with(repo.path(), |config| {
+        config.models.control_mode = ControlMode::Poll;
+        config.models.poll_interval =
+            switchyard_gateway::config::HumanDuration(std::time::Duration::from_millis(100));
+    })
+    .await;
+    let versions = |body: &Value| body["versions"].clone();
+    let (_, simple) = gateway.get("/v2/models/simple").await;
+    assert_eq!(versions(&simple), json!(["1"]));
+    // A new version folder: served (Triton's default policy then serves the latest only).
+    let simple_dir = repo.path().join("simple");
+    std::fs::create_dir_all(simple_dir.join("2")).unwrap();
+    std::fs::copy(
+        simple_dir.join("1/model.onnx"),
+        simple_dir.join("2/model.onnx"),
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let (_, ready) = gateway.get("/v2/models/simple/versions/2/ready").await;
+        let (_, simple) = gateway.get("/v2/models/simple").await;
+        if ready.is_object() && versions(&simple) == json!(["2"]) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "version 2 never took over: {simple}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    assert_eq!(
+        gateway.get("/v2/models/simple/versions/2/ready").await.0,
+        200
+    );
+    // A model whose folder is gone is unloaded.
+    std::fs::remove_dir_all(repo.path().join("classifier")).unwrap();
+    loop {
+        if gateway.get("/v2/models/classifier/ready").await.0 != 200 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "classifier still served"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    // Load and unload are refused in this mode, as in Triton.
+    let (status, body) = post(
+        &gateway,
+        "/v2/repository/models/simple/load",
+        None,
+        json!({}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    gateway.stop().await;
+}

@@ -248,10 +248,14 @@ impl ModelControl {
             }
             .map_err(GatewayError::from)?;
         }
+        // The model's other versions from this folder go; those registered through the
+        // management API (a canary from elsewhere) are not the folder's to remove.
         let wanted: Vec<&str> = entry.versions.iter().map(|v| v.label.as_str()).collect();
+        let folder = self.dir.join(&entry.name);
         for other in &record.versions {
             if !wanted.contains(&other.label.as_str())
                 && (other.state.is_live() || other.state == VersionState::Failed)
+                && imported_from(other) == Some(folder.as_path())
             {
                 revision = store
                     .remove_version(actor, &entry.name, &other.label)
@@ -380,9 +384,12 @@ impl ModelControl {
             if folders.contains(&record.model.name) {
                 continue;
             }
-            for version in record.versions.iter().filter(|v| {
-                v.state.is_live() && imported_from(v).is_some_and(|dir| dir.starts_with(&self.dir))
-            }) {
+            let folder = self.dir.join(&record.model.name);
+            for version in record
+                .versions
+                .iter()
+                .filter(|v| v.state.is_live() && imported_from(v) == Some(folder.as_path()))
+            {
                 if let Err(error) = self
                     .store
                     .remove_version("poll", &record.model.name, &version.label)
