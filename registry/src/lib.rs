@@ -9,7 +9,7 @@
 mod sql;
 mod types;
 
-pub use sql::{SqlStore, compare_labels};
+pub use sql::{SqlStore, compare_labels, redacted};
 pub use types::*;
 
 use std::collections::BTreeMap;

@@ -67,18 +67,48 @@ fn not_found_model(name: &str) -> RegistryError {
     RegistryError::NotFound(format!("unknown model '{name}'"))
 }
 
+/// A registry URL fit for a log or an error: the password of its user part and of a
+/// `password=` query parameter replaced by `***`.
+pub fn redacted(url: &str) -> String {
+    let mut shown = url.to_owned();
+    if let Some(scheme_end) = shown.find("://") {
+        let rest = &shown[scheme_end + 3..];
+        let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
+        if let Some(at) = rest[..authority_end].rfind('@')
+            && let Some(colon) = rest[..at].find(':')
+        {
+            let start = scheme_end + 3 + colon + 1;
+            shown.replace_range(start..scheme_end + 3 + at, "***");
+        }
+    }
+    if let Some(query) = shown.find('?') {
+        let (base, params) = shown.split_at(query + 1);
+        let params: Vec<String> = params
+            .split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((key, _)) if key.eq_ignore_ascii_case("password") => format!("{key}=***"),
+                _ => pair.to_owned(),
+            })
+            .collect();
+        shown = format!("{base}{}", params.join("&"));
+    }
+    shown
+}
+
 impl SqlStore {
     /// Opens (and creates, for SQLite) the registry at `url` — `sqlite://PATH` or
     /// `postgres://...` — and brings its schema up to date.
     pub async fn open(url: &str) -> Result<SqlStore, RegistryError> {
         sqlx::any::install_default_drivers();
+        // What the errors say of the URL: never its password.
+        let shown = redacted(url);
         let backend = if url.starts_with("sqlite:") {
             Backend::Sqlite
         } else if url.starts_with("postgres:") || url.starts_with("postgresql:") {
             Backend::Postgres
         } else {
             return Err(RegistryError::Invalid(format!(
-                "registry URL '{url}' is neither sqlite://PATH nor postgres://..."
+                "registry URL '{shown}' is neither sqlite://PATH nor postgres://..."
             )));
         };
         let connect_url = match backend {
@@ -101,7 +131,7 @@ impl SqlStore {
         };
         let options: AnyConnectOptions = connect_url
             .parse()
-            .map_err(|e| RegistryError::Invalid(format!("bad registry URL '{url}': {e}")))?;
+            .map_err(|e| RegistryError::Invalid(format!("bad registry URL '{shown}': {e}")))?;
         let pool = AnyPoolOptions::new()
             // SQLite takes one writer at a time; one connection keeps writes in order without
             // busy retries. PostgreSQL serialises writers on the revision row.
@@ -121,7 +151,7 @@ impl SqlStore {
             .connect_with(options.clone())
             .await
             .map_err(|e| {
-                RegistryError::Storage(format!("cannot open the registry at {url}: {e}"))
+                RegistryError::Storage(format!("cannot open the registry at {shown}: {e}"))
             })?;
         MIGRATOR.run(&pool).await?;
         let current: i64 = sqlx::query("SELECT revision FROM registry_state WHERE id = 1")
@@ -1725,5 +1755,27 @@ impl Store for SqlStore {
         }
         self.finish_write(tx, revision, actor, "cluster.placed", "", payload)
             .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls_are_shown_without_their_password() {
+        assert_eq!(
+            redacted("postgres://sy:s3cret@db:5432/reg?sslmode=require"),
+            "postgres://sy:***@db:5432/reg?sslmode=require"
+        );
+        assert_eq!(
+            redacted("postgres://db/reg?user=sy&password=s3cret"),
+            "postgres://db/reg?user=sy&password=***"
+        );
+        assert_eq!(redacted("postgres://sy@db/reg"), "postgres://sy@db/reg");
+        assert_eq!(
+            redacted("sqlite://data/registry.db"),
+            "sqlite://data/registry.db"
+        );
     }
 }

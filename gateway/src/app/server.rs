@@ -276,11 +276,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 /// `models.import_on_start` or `models.control_mode = "poll"`); in `explicit` mode, only the
 /// models `models.load` names.
 async fn open_registry(config: &Config) -> anyhow::Result<Arc<dyn Store>> {
-    let store: Arc<dyn Store> = Arc::new(
-        SqlStore::open(&config.registry.url)
-            .await
-            .with_context(|| format!("cannot open the registry {}", config.registry.url))?,
-    );
+    let store: Arc<dyn Store> = Arc::new(SqlStore::open(&config.registry.url).await.with_context(
+        || {
+            format!(
+                "cannot open the registry {}",
+                switchyard_registry::redacted(&config.registry.url)
+            )
+        },
+    )?);
     let models_dir = &config.models.dir;
     let first_start = store.list_models().await?.is_empty();
     let only = match config.models.control_mode {
