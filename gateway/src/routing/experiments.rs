@@ -34,20 +34,20 @@ pub struct Experiments {
 }
 
 /// Request ids are kept as 64-bit hashes: no allocation per request, and a client's id costs
-/// the log the same whatever its length.
+/// the log the same whatever its length. The hash is keyed (SipHash with the process's random
+/// keys), so that a client cannot choose ids that collide with another's request.
 #[derive(Default)]
 struct RequestLog {
     /// The model, the version's figures, and whether the request was rewarded already.
     by_id: HashMap<u64, (Arc<str>, Arc<VersionStats>, bool)>,
     order: VecDeque<u64>,
+    keys: std::hash::RandomState,
 }
 
-/// FNV-1a: fast on short ids, and an accidental collision (1 in 2^64) would only misroute one
-/// reward.
-fn id_hash(id: &str) -> u64 {
-    id.bytes().fold(0xcbf2_9ce4_8422_2325, |hash, byte| {
-        (hash ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
+impl RequestLog {
+    fn id_hash(&self, id: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.keys, id)
+    }
 }
 
 #[derive(Debug, PartialEq, thiserror::Error)]
@@ -102,21 +102,21 @@ impl Experiments {
     }
 
     /// Remembers which version answered a request, for feedback that names its id.
+    /// A request that arrives again with an id the log holds changes nothing: a replay never
+    /// re-arms a reward.
     pub fn remember(&self, id: &str, model: &Arc<str>, stats: &Arc<VersionStats>) {
-        let key = id_hash(id);
         let mut log = lock(&self.requests);
+        let key = log.id_hash(id);
+        if log.by_id.contains_key(&key) {
+            return;
+        }
         if log.by_id.len() >= FEEDBACK_LOG_CAPACITY
             && let Some(oldest) = log.order.pop_front()
         {
             log.by_id.remove(&oldest);
         }
-        if log
-            .by_id
-            .insert(key, (model.clone(), stats.clone(), false))
-            .is_none()
-        {
-            log.order.push_back(key);
-        }
+        log.by_id.insert(key, (model.clone(), stats.clone(), false));
+        log.order.push_back(key);
     }
 
     /// Credits the version that served `request_id` with `reward`; returns the model's name.
@@ -125,9 +125,10 @@ impl Experiments {
             return Err(FeedbackError::InvalidReward(reward));
         }
         let mut log = lock(&self.requests);
+        let key = log.id_hash(request_id);
         let (model, stats, rewarded) = log
             .by_id
-            .get_mut(&id_hash(request_id))
+            .get_mut(&key)
             .ok_or_else(|| FeedbackError::UnknownRequest(request_id.to_owned()))?;
         if *rewarded {
             return Err(FeedbackError::AlreadyRewarded(request_id.to_owned()));
@@ -215,5 +216,24 @@ mod tests {
                 failures: 2.0
             }
         );
+    }
+
+    #[test]
+    fn a_replayed_request_id_never_re_arms_its_reward() {
+        let experiments = Experiments::default();
+        let model: Arc<str> = "mlp".into();
+        let first = experiments.version(&VersionKey::new("mlp", "1"), None);
+        let second = experiments.version(&VersionKey::new("mlp", "2"), None);
+        experiments.remember("req-1", &model, &first);
+        assert_eq!(experiments.feedback("req-1", 1.0), Ok(model.clone()));
+        // The same id again, answered by another version: the log keeps the first entry, so
+        // the reward can neither be given twice nor be moved to the second version.
+        experiments.remember("req-1", &model, &second);
+        assert_eq!(
+            experiments.feedback("req-1", 1.0),
+            Err(FeedbackError::AlreadyRewarded("req-1".into()))
+        );
+        assert_eq!(first.rewards().successes, 1.0);
+        assert_eq!(second.rewards().successes, 0.0);
     }
 }
