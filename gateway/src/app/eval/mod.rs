@@ -710,17 +710,26 @@ pub fn render(report: &Value, format: EvalFormat) -> String {
     }
     for label in &labels {
         let confusion = &versions[label.as_str()]["confusion"];
-        if let Some(matrix) = confusion.as_array().filter(|m| m.len() <= 20) {
+        let classes = &versions[label.as_str()]["classes"];
+        if let Some(matrix) = confusion
+            .as_array()
+            .filter(|m| !m.is_empty() && m.len() <= 20)
+        {
             let _ = writeln!(
                 out,
                 "\nconfusion of version {label} (rows: true class, columns: predicted):"
             );
-            for row in matrix {
+            let names: Vec<String> = classes
+                .as_array()
+                .map(|c| c.iter().map(|c| format!("{:>5}", c.to_string())).collect())
+                .unwrap_or_default();
+            let _ = writeln!(out, "     {}", names.join(""));
+            for (row, name) in matrix.iter().zip(&names) {
                 let cells: Vec<String> = row
                     .as_array()
                     .map(|r| r.iter().map(|c| format!("{:>5}", c.to_string())).collect())
                     .unwrap_or_default();
-                let _ = writeln!(out, "{}", cells.join(""));
+                let _ = writeln!(out, "{name}{}", cells.join(""));
             }
         }
     }

@@ -22,6 +22,33 @@ pub const MAX_FILE_BYTES: u64 = 2 << 30;
 const MAX_EXAMPLES: usize = 10_000_000;
 /// Labels are class indices.
 pub const MAX_CLASSES: i64 = 100_000;
+/// What a dataset may take once decoded (its values as f64, and an NPZ's arrays as they
+/// decompress), as a multiple of its file's bound: a compressed archive or one-byte values
+/// cannot make it grow past this.
+const DECODED_PER_FILE_BYTE: u64 = 4;
+
+/// The bytes a dataset may still take as it is decoded.
+struct Budget {
+    left: u64,
+}
+
+impl Budget {
+    fn charge(&mut self, bytes: u64, what: &str) -> anyhow::Result<()> {
+        ensure!(
+            bytes <= self.left,
+            "{what} decodes past the dataset's budget ({} bytes left of {DECODED_PER_FILE_BYTE} \
+             times the file's bound)",
+            self.left
+        );
+        self.left -= bytes;
+        Ok(())
+    }
+
+    /// Values as f64, eight bytes each.
+    fn charge_values(&mut self, count: usize, what: &str) -> anyhow::Result<()> {
+        self.charge((count as u64).saturating_mul(8), what)
+    }
+}
 
 /// One input's values for every example, flattened, and the shape of one example.
 #[derive(Debug, Clone, PartialEq)]
@@ -81,9 +108,14 @@ impl Dataset {
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let mut budget = Budget {
+            left: max_bytes
+                .min(MAX_FILE_BYTES)
+                .saturating_mul(DECODED_PER_FILE_BYTE),
+        };
         let (mut inputs, labels) = match path.extension().and_then(|e| e.to_str()) {
-            Some("npz") => read_npz(&bytes)?,
-            Some("jsonl" | "json") => read_jsonl(&bytes)?,
+            Some("npz") => read_npz(&bytes, &mut budget)?,
+            Some("jsonl" | "json") => read_jsonl(&bytes, &mut budget)?,
             _ => bail!(
                 "the dataset {} is neither .npz nor .jsonl (see `switchyard eval --help`)",
                 path.display()
@@ -149,7 +181,7 @@ fn streams_of(column: &Column) -> anyhow::Result<Vec<(usize, usize)>> {
 
 type Read_ = (BTreeMap<String, Column>, Vec<i64>);
 
-fn read_npz(bytes: &[u8]) -> anyhow::Result<Read_> {
+fn read_npz(bytes: &[u8], budget: &mut Budget) -> anyhow::Result<Read_> {
     let mut archive =
         zip::ZipArchive::new(std::io::Cursor::new(bytes)).context("not an NPZ (zip) file")?;
     let mut inputs = BTreeMap::new();
@@ -159,18 +191,20 @@ fn read_npz(bytes: &[u8]) -> anyhow::Result<Read_> {
         let Some(name) = entry.name().strip_suffix(".npy").map(str::to_owned) else {
             continue;
         };
+        let claimed = entry.size();
         ensure!(
-            entry.size() <= MAX_FILE_BYTES,
-            "array '{name}' claims {} bytes",
-            entry.size()
+            claimed <= MAX_FILE_BYTES && claimed <= budget.left,
+            "array '{name}' claims {claimed} bytes, past the dataset's budget"
         );
+        // What the entry claims is not trusted: reading stops at the budget.
         let mut data = Vec::new();
         entry
             .by_ref()
-            .take(MAX_FILE_BYTES)
+            .take(budget.left.min(MAX_FILE_BYTES).saturating_add(1))
             .read_to_end(&mut data)
             .with_context(|| format!("cannot read array '{name}'"))?;
-        let (shape, values) = read_npy(&data).with_context(|| format!("array '{name}'"))?;
+        budget.charge(data.len() as u64, &format!("array '{name}'"))?;
+        let (shape, values) = read_npy(&data, budget).with_context(|| format!("array '{name}'"))?;
         ensure!(
             !shape.is_empty(),
             "array '{name}' is a scalar, not one value per example"
@@ -207,8 +241,9 @@ fn read_npz(bytes: &[u8]) -> anyhow::Result<Read_> {
     Ok((inputs, labels))
 }
 
-/// A `.npy` array (format 1, 2 or 3; little-endian or single-byte numbers, C order), as f64.
-pub fn read_npy(data: &[u8]) -> anyhow::Result<(Vec<usize>, Vec<f64>)> {
+/// A `.npy` array (format 1, 2 or 3; little-endian or single-byte numbers, C order), as f64,
+/// charged to `budget`.
+fn read_npy(data: &[u8], budget: &mut Budget) -> anyhow::Result<(Vec<usize>, Vec<f64>)> {
     ensure!(
         data.len() >= 10 && &data[..6] == b"\x93NUMPY",
         "not a .npy array"
@@ -263,7 +298,10 @@ pub fn read_npy(data: &[u8]) -> anyhow::Result<(Vec<usize>, Vec<f64>)> {
         .try_fold(1usize, |n, d| n.checked_mul(*d))
         .context("a .npy shape too large")?;
     let body = &data[start + header_len..];
-    let width = match &descr[1..] {
+    let kind = descr
+        .get(1..)
+        .context("a .npy descr too short to name a dtype")?;
+    let width = match kind {
         "f8" | "i8" | "u8" => 8,
         "f4" | "i4" | "u4" => 4,
         "i2" | "u2" | "f2" => 2,
@@ -279,9 +317,10 @@ pub fn read_npy(data: &[u8]) -> anyhow::Result<(Vec<usize>, Vec<f64>)> {
         "the array holds {} bytes, not {count} values of {width}",
         body.len()
     );
+    budget.charge_values(count, "the array")?;
     let values = body
         .chunks_exact(width)
-        .map(|b| match &descr[1..] {
+        .map(|b| match kind {
             "f8" => f64::from_le_bytes(b.try_into().unwrap_or_default()),
             "f4" => f64::from(f32::from_le_bytes(b.try_into().unwrap_or_default())),
             "f2" => f64::from(half::f16::from_le_bytes(b.try_into().unwrap_or_default())),
@@ -298,7 +337,7 @@ pub fn read_npy(data: &[u8]) -> anyhow::Result<(Vec<usize>, Vec<f64>)> {
     Ok((shape, values))
 }
 
-fn read_jsonl(bytes: &[u8]) -> anyhow::Result<Read_> {
+fn read_jsonl(bytes: &[u8], budget: &mut Budget) -> anyhow::Result<Read_> {
     let text = std::str::from_utf8(bytes).context("the JSON-lines dataset is not UTF-8")?;
     let mut inputs: BTreeMap<String, Column> = BTreeMap::new();
     let mut labels = Vec::new();
@@ -323,6 +362,7 @@ fn read_jsonl(bytes: &[u8]) -> anyhow::Result<Read_> {
             let mut values = Vec::new();
             flatten(value, 0, &mut shape, &mut values)
                 .with_context(|| format!("line {}, input '{name}'", number + 1))?;
+            budget.charge_values(values.len(), &format!("line {}", number + 1))?;
             let column = inputs.entry(name.clone()).or_insert_with(|| Column {
                 values: Vec::new(),
                 example_shape: shape.clone(),
@@ -387,6 +427,35 @@ mod tests {
         out.extend_from_slice(header.as_bytes());
         out.extend_from_slice(body);
         out
+    }
+
+    fn budget() -> Budget {
+        Budget { left: 1 << 20 }
+    }
+
+    fn read_npy(data: &[u8]) -> anyhow::Result<(Vec<usize>, Vec<f64>)> {
+        super::read_npy(data, &mut budget())
+    }
+
+    fn read_jsonl(bytes: &[u8]) -> anyhow::Result<Read_> {
+        super::read_jsonl(bytes, &mut budget())
+    }
+
+    #[test]
+    fn decoding_is_bounded_and_headers_never_panic() {
+        // One-byte values grow eightfold as f64: charged as they are, refused past the budget.
+        let bytes = vec![1u8; 1000];
+        let mut small = Budget { left: 4000 };
+        let error = super::read_npy(&npy("|u1", "(1000,)", &bytes), &mut small).unwrap_err();
+        assert!(error.to_string().contains("budget"), "{error}");
+        let mut enough = Budget { left: 8000 };
+        assert!(super::read_npy(&npy("|u1", "(1000,)", &bytes), &mut enough).is_ok());
+        assert_eq!(enough.left, 0);
+        for descr in ["", "<", "\u{e9}"] {
+            assert!(read_npy(&npy(descr, "(1,)", &[0; 8])).is_err(), "{descr:?}");
+        }
+        let mut tiny = Budget { left: 16 };
+        assert!(super::read_jsonl(b"{\"x\": [1, 2, 3], \"label\": 1}\n", &mut tiny).is_err());
     }
 
     #[test]

@@ -130,15 +130,25 @@ async fn evaluate_version(
             }
         }
     }
-    VersionReport::new(
-        dataset,
-        &chunks,
-        &answers,
-        latencies,
-        started.elapsed(),
-        job.threshold,
-        first_error,
-    )
+    // Scoring sorts and counts every example: off the executor.
+    let (threshold, elapsed) = (job.threshold, started.elapsed());
+    let scored_dataset = dataset.clone();
+    let scored = tokio::task::spawn_blocking(move || {
+        VersionReport::new(
+            &scored_dataset,
+            &chunks,
+            &answers,
+            latencies,
+            elapsed,
+            threshold,
+            first_error,
+        )
+    })
+    .await;
+    scored.unwrap_or_else(|_| {
+        let failed = Some("scoring the answers failed".to_owned());
+        VersionReport::new(dataset, &[], &[], Vec::new(), elapsed, threshold, failed)
+    })
 }
 
 /// Runs the job and returns its report.

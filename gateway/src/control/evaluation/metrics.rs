@@ -2,6 +2,8 @@
 //! F1 over the classes seen in the labels or the predictions, the confusion matrix (rows: the
 //! true class), and ROC AUC for two classes (the Mann-Whitney statistic, ties counted half).
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -17,25 +19,30 @@ pub struct Classification {
     pub f1: Option<f64>,
     /// Two classes only.
     pub roc_auc: Option<f64>,
-    /// `confusion[true][predicted]`.
+    /// The classes seen in the labels or the predictions, in order: the rows and columns of
+    /// `confusion`.
+    pub classes: Vec<i64>,
+    /// `confusion[true][predicted]`, over `classes`; empty past [`MAX_CONFUSION_CLASSES`]
+    /// classes, where the matrix would be the size of the class count squared.
     pub confusion: Vec<Vec<u64>>,
 }
 
-/// `scores`, when given, is one score per example for class 1 (two classes only).
+/// The most classes the confusion matrix is given for.
+pub const MAX_CONFUSION_CLASSES: usize = 256;
+
+/// `scores`, when given, is one score per example for class 1 (two classes only). Everything is
+/// counted over the classes seen, so memory grows with the examples, never with a label's value.
 pub fn classification(labels: &[i64], predicted: &[i64], scores: Option<&[f64]>) -> Classification {
-    let classes = labels
-        .iter()
-        .chain(predicted)
-        .copied()
-        .max()
-        .map_or(0, |max| max as usize + 1);
-    let mut confusion = vec![vec![0u64; classes]; classes];
+    // Per class seen: true positives, how often predicted, how often the truth.
+    let mut counts: BTreeMap<i64, (u64, u64, u64)> = BTreeMap::new();
     for (&truth, &guess) in labels.iter().zip(predicted) {
-        confusion[truth as usize][guess as usize] += 1;
+        counts.entry(truth).or_default().2 += 1;
+        counts.entry(guess).or_default().1 += 1;
+        if truth == guess {
+            counts.entry(truth).or_default().0 += 1;
+        }
     }
-    let seen: Vec<usize> = (0..classes)
-        .filter(|&c| labels.contains(&(c as i64)) || predicted.contains(&(c as i64)))
-        .collect();
+    let classes: Vec<i64> = counts.keys().copied().collect();
     let ratio = |num: u64, den: u64| {
         if den == 0 {
             0.0
@@ -43,12 +50,10 @@ pub fn classification(labels: &[i64], predicted: &[i64], scores: Option<&[f64]>)
             num as f64 / den as f64
         }
     };
+    let binary = classes.iter().all(|class| (0..2).contains(class));
     let (mut precision, mut recall, mut f1) = (0.0, 0.0, 0.0);
     let mut positive = None;
-    for &c in &seen {
-        let tp = confusion[c][c];
-        let predicted_c: u64 = (0..classes).map(|t| confusion[t][c]).sum();
-        let actual_c: u64 = confusion[c].iter().sum();
+    for (&class, &(tp, predicted_c, actual_c)) in &counts {
         let p = ratio(tp, predicted_c);
         let r = ratio(tp, actual_c);
         precision += p;
@@ -59,15 +64,25 @@ pub fn classification(labels: &[i64], predicted: &[i64], scores: Option<&[f64]>)
             0.0
         };
         f1 += f;
-        if c == 1 && classes == 2 {
+        if class == 1 && binary {
             positive = Some((p, r, f));
         }
     }
-    let n = seen.len().max(1) as f64;
-    let correct: u64 = (0..classes).map(|c| confusion[c][c]).sum();
+    let n = classes.len().max(1) as f64;
+    let correct: u64 = counts.values().map(|(tp, _, _)| tp).sum();
     let roc_auc = match scores {
-        Some(scores) if classes <= 2 => roc_auc(labels, scores),
+        Some(scores) if binary => roc_auc(labels, scores),
         _ => None,
+    };
+    let confusion = if classes.len() <= MAX_CONFUSION_CLASSES {
+        let index = |class: i64| classes.binary_search(&class).unwrap_or(0);
+        let mut matrix = vec![vec![0u64; classes.len()]; classes.len()];
+        for (&truth, &guess) in labels.iter().zip(predicted) {
+            matrix[index(truth)][index(guess)] += 1;
+        }
+        matrix
+    } else {
+        Vec::new()
     };
     Classification {
         examples: labels.len(),
@@ -79,6 +94,7 @@ pub fn classification(labels: &[i64], predicted: &[i64], scores: Option<&[f64]>)
         recall: positive.map(|(_, r, _)| r),
         f1: positive.map(|(_, _, f)| f),
         roc_auc,
+        classes,
         confusion,
     }
 }
@@ -151,6 +167,23 @@ mod tests {
             (m.f1_macro - 0.416_666_666_666_666_6).abs() < 1e-12,
             "{m:?}"
         );
+    }
+
+    #[test]
+    fn a_huge_label_costs_what_the_examples_cost() {
+        let labels: Vec<i64> = (0..20)
+            .map(|i| if i == 7 { 99_999 } else { i % 3 })
+            .collect();
+        let predicted: Vec<i64> = (0..20).map(|i| i % 3).collect();
+        let m = classification(&labels, &predicted, None);
+        assert_eq!(m.classes, [0, 1, 2, 99_999]);
+        assert_eq!(m.confusion.len(), 4);
+        assert!((m.accuracy - 19.0 / 20.0).abs() < 1e-12, "{m:?}");
+        // Past the bound of a readable matrix, the metrics stay and the matrix goes.
+        let many: Vec<i64> = (0..1000).collect();
+        let m = classification(&many, &many, None);
+        assert!(m.confusion.is_empty());
+        assert!((m.f1_macro - 1.0).abs() < 1e-12);
     }
 
     #[test]
