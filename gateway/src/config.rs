@@ -314,9 +314,15 @@ impl TlsConfig {
 pub struct ConnectionsConfig {
     /// Connections open at once per listener; past it a new one is closed at once.
     pub max: usize,
+    /// Connections one client address may hold open at once per listener.
+    pub max_per_client: usize,
+    /// A connection this old is shut down gracefully (HTTP/2's GOAWAY; HTTP/1 closes after the
+    /// request in hand), and the client reconnects; "0s": no limit.
+    pub max_age: HumanDuration,
     /// HTTP/1: from the first byte of a request's head to its last; an overdue head gets 408.
     pub header_read_timeout: HumanDuration,
-    /// A connection on which nothing was read or written for this long is closed.
+    /// A connection with no request in service for this long is closed (pings and other
+    /// bytes without a request do not count); one serving a request is never idle.
     pub idle_timeout: HumanDuration,
     /// HTTP/2 and gRPC: how often the server pings a connection, and how long it waits for the
     /// answer before closing it.
@@ -330,6 +336,8 @@ impl Default for ConnectionsConfig {
     fn default() -> Self {
         ConnectionsConfig {
             max: 4096,
+            max_per_client: 1024,
+            max_age: HumanDuration(Duration::from_secs(3600)),
             header_read_timeout: HumanDuration(Duration::from_secs(10)),
             idle_timeout: HumanDuration(Duration::from_secs(60)),
             keepalive_interval: HumanDuration(Duration::from_secs(20)),

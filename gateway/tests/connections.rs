@@ -187,3 +187,111 @@ async fn connections_are_capped_and_idle_or_stalled_ones_closed() {
     assert!(counted >= 20.0, "{counted}");
     gateway.stop().await;
 }
+
+/// A configuration file for the spawned binary: the embedded defaults with these
+/// `[connections]` keys.
+fn connections_config(keys: &str) -> tempfile::NamedTempFile {
+    let file = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(file.path(), format!("[connections]\n{keys}\n")).unwrap();
+    file
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_clients_that_only_answer_pings_are_closed_when_idle() {
+    let config = connections_config(
+        "idle_timeout = \"2s\"\nkeepalive_interval = \"250ms\"\nkeepalive_timeout = \"5s\"",
+    );
+    let registry = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", registry.path().join("r.db").display());
+    let config_path = config.path().display().to_string();
+    let gateway = common::spawn_switchyard(&models_dir(), &url, &["--config", &config_path]).await;
+    let addresses = [
+        gateway.http.trim_start_matches("http://").to_owned(),
+        gateway.grpc.clone(),
+    ];
+    // 200 clients, half on each port: each completes HTTP/2's handshake, answers the
+    // server's pings (h2 does so by itself), and never sends a request.
+    let started = Instant::now();
+    let mut clients = Vec::new();
+    for index in 0..200 {
+        let address = addresses[index % 2].clone();
+        clients.push(tokio::spawn(async move {
+            let socket = TcpStream::connect(&address).await.unwrap();
+            let (_send, connection) = h2::client::handshake(socket).await.unwrap();
+            // Ends when the server closes the connection.
+            let _ = connection.await;
+            Instant::now()
+        }));
+    }
+    for client in clients {
+        let closed_at = tokio::time::timeout(Duration::from_secs(20), client)
+            .await
+            .expect("a ping-only HTTP/2 connection stayed open")
+            .unwrap();
+        let held = closed_at.duration_since(started);
+        assert!(held < Duration::from_secs(2 + 5), "held for {held:?}");
+        assert!(
+            held >= Duration::from_millis(1900),
+            "closed early, after {held:?}"
+        );
+    }
+    // The gateway serves normally afterwards.
+    let live = reqwest::get(format!("{}/v2/health/live", gateway.http))
+        .await
+        .unwrap();
+    assert_eq!(live.status().as_u16(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_longer_than_the_idle_timeout_are_answered() {
+    // A lone request waits max_queue_delay (2 s) for company before it runs: twice the idle
+    // timeout, on every connection it arrives on.
+    let repo = common::mlp_repository("max_batch_size = 64\nmax_queue_delay = \"2s\"\n");
+    let config = connections_config("idle_timeout = \"1s\"");
+    let registry = tempfile::tempdir().unwrap();
+    let url = format!("sqlite://{}", registry.path().join("r.db").display());
+    let config_path = config.path().display().to_string();
+    let gateway = common::spawn_switchyard(repo.path(), &url, &["--config", &config_path]).await;
+    let body = serde_json::json!({"inputs": [{"name": "x", "shape": [1, 64], "datatype": "FP32",
+                                              "data": vec![0.5f32; 64]}]});
+    // HTTP/1 (one connection each) and HTTP/2 (one connection, many streams), concurrently.
+    let http1 = reqwest::Client::builder().http1_only().build().unwrap();
+    let http2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    let url = format!("{}/v2/models/mlp/infer", gateway.http);
+    let started = Instant::now();
+    let mut requests = Vec::new();
+    for client in [&http1, &http2] {
+        for _ in 0..4 {
+            let request = client.post(&url).json(&body).send();
+            requests.push(tokio::spawn(async move {
+                request.await.map(|response| response.status().as_u16())
+            }));
+        }
+    }
+    for request in requests {
+        assert_eq!(request.await.unwrap().expect("answered, not cut"), 200);
+    }
+    assert!(
+        started.elapsed() >= Duration::from_millis(1500),
+        "the requests did not outlast the idle timeout ({:?})",
+        started.elapsed()
+    );
+    // A body that arrives slowly, over longer than the idle timeout, is read whole.
+    let address = gateway.http.trim_start_matches("http://").to_owned();
+    let mut socket = TcpStream::connect(&address).await.unwrap();
+    let text = body.to_string();
+    let head = format!(
+        "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        text.len()
+    );
+    socket.write_all(head.as_bytes()).await.unwrap();
+    let (first, rest) = text.as_bytes().split_at(text.len() / 2);
+    socket.write_all(first).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    socket.write_all(rest).await.unwrap();
+    let answer = read_to_close(&mut socket).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+}

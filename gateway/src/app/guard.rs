@@ -15,7 +15,7 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::task::{Context, Poll, ready};
 use std::time::Duration;
 
@@ -34,11 +34,38 @@ const MAX_HEADERS: usize = 100;
 const MAX_HEAD_BYTES: usize = 8192 + 4096 * 100;
 
 /// The requests hyper has handed the service on one connection, and those whose response
-/// body is done. The guard reads them to tell a request in service from the next head.
-#[derive(Default)]
+/// body is done, and when the last one finished. The guard reads them to tell a request in
+/// service from the next head, and a connection in use from an idle one.
 pub struct RequestCounts {
     started: AtomicU32,
     finished: AtomicU32,
+    opened: Instant,
+    /// When the last request finished, in microseconds since `opened`.
+    last_finished_us: AtomicU64,
+}
+
+impl Default for RequestCounts {
+    fn default() -> Self {
+        RequestCounts {
+            started: AtomicU32::new(0),
+            finished: AtomicU32::new(0),
+            opened: Instant::now(),
+            last_finished_us: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RequestCounts {
+    /// Whether a request is in service (on HTTP/2, any of its streams).
+    fn serving(&self) -> bool {
+        self.started.load(Ordering::Relaxed) != self.finished.load(Ordering::Relaxed)
+    }
+
+    /// Since when no request has been in service: the connection's opening, or the end of its
+    /// last request.
+    fn quiet_since(&self) -> Instant {
+        self.opened + Duration::from_micros(self.last_finished_us.load(Ordering::Relaxed))
+    }
 }
 
 impl RequestCounts {
@@ -54,6 +81,9 @@ pub struct RequestToken(Arc<RequestCounts>);
 
 impl Drop for RequestToken {
     fn drop(&mut self) {
+        let since_open = Instant::now().saturating_duration_since(self.0.opened);
+        let micros = u64::try_from(since_open.as_micros()).unwrap_or(u64::MAX);
+        self.0.last_finished_us.fetch_max(micros, Ordering::Relaxed);
         self.0.finished.fetch_add(1, Ordering::Relaxed);
     }
 }
@@ -95,7 +125,8 @@ impl<B: hyper::body::Body + Unpin> hyper::body::Body for Finishing<B> {
 
 #[derive(Clone, Copy)]
 pub struct GuardLimits {
-    /// Nothing read or written for this long closes the connection.
+    /// No request in service for this long closes the connection. Bytes alone are not use:
+    /// an HTTP/2 client that only answers pings is idle.
     pub idle: Duration,
     /// HTTP/1: from a head's first byte to the service being called.
     pub head: Duration,
@@ -136,7 +167,6 @@ pub struct ConnectionGuard<S> {
     phase: Phase,
     /// How many bytes of the HTTP/2 preface the connection opened with; `None` once decided.
     preface_matched: Option<usize>,
-    last_activity: Instant,
     /// Moved only when it fires, so reads and writes never touch the timer wheel.
     deadline: Pin<Box<Sleep>>,
 }
@@ -156,7 +186,6 @@ impl<S> ConnectionGuard<S> {
             metrics,
             phase: Phase::Idle,
             preface_matched: Some(0),
-            last_activity: Instant::now(),
             deadline: Box::pin(tokio::time::sleep(limits.idle.min(limits.head))),
         }
     }
@@ -181,7 +210,7 @@ impl<S> ConnectionGuard<S> {
     }
 
     fn arrived(&mut self, bytes: &[u8]) {
-        self.last_activity = Instant::now();
+        let now = Instant::now();
         if let Some(matched) = self.preface_matched {
             let compared = bytes.len().min(H2_PREFACE.len() - matched);
             if bytes[..compared] != H2_PREFACE[matched..matched + compared] {
@@ -196,32 +225,31 @@ impl<S> ConnectionGuard<S> {
         }
         if matches!(self.phase, Phase::Idle) {
             self.phase = Phase::Head {
-                since: self.last_activity,
+                since: now,
                 quiet: true,
             };
         }
     }
 
     fn wrote(&mut self) {
-        self.last_activity = Instant::now();
         // The tail of an earlier response, written while the next head arrives: the head's
         // time starts once the connection is free to read it.
         if let Phase::Head { since, quiet } = &mut self.phase {
-            *since = self.last_activity;
+            *since = Instant::now();
             *quiet = false;
         }
     }
 
     /// Whether a deadline has passed, and which; re-arms the timer when none has. The timer
     /// fires at least once per head limit, so a head that starts between firings is still
-    /// refused on time.
+    /// refused on time. A connection with a request in service is never idle, however long the
+    /// request takes; one whose HTTP/1 head is arriving is timed by the head limit alone.
     fn expired(&mut self, cx: &mut Context<'_>) -> Option<Expiry> {
         loop {
             if self.deadline.as_mut().poll(cx).is_pending() {
                 return None;
             }
             let now = Instant::now();
-            let idle_due = self.last_activity + self.limits.idle;
             let head_due = match self.phase {
                 Phase::Head { since, .. } => Some(since + self.limits.head),
                 _ => None,
@@ -229,16 +257,15 @@ impl<S> ConnectionGuard<S> {
             if head_due.is_some_and(|due| due <= now) {
                 return Some(Expiry::Head);
             }
-            if idle_due <= now {
-                // A head that goes quiet is overdue, whichever limit noticed first.
-                return Some(if head_due.is_some() {
-                    Expiry::Head
-                } else {
-                    Expiry::Idle
-                });
+            let idle_due = (head_due.is_none() && !self.requests.serving())
+                .then(|| self.requests.quiet_since() + self.limits.idle);
+            if idle_due.is_some_and(|due| due <= now) {
+                return Some(Expiry::Idle);
             }
             let next = head_due.unwrap_or(now + self.limits.head);
-            self.deadline.as_mut().reset(next.min(idle_due));
+            self.deadline
+                .as_mut()
+                .reset(idle_due.map_or(next, |due| next.min(due)));
         }
     }
 

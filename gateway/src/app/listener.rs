@@ -51,8 +51,9 @@ pub fn serve(
         .max_concurrent_streams(limits.max_concurrent_streams);
     let builder = Arc::new(builder);
     let open = Arc::new(Semaphore::new(limits.max.max(1)));
+    let per_client = Arc::new(PerClient::new(limits.max_per_client));
+    let max_age = limits.max_age.0;
     tokio::spawn(async move {
-        let graceful = hyper_util::server::graceful::GracefulShutdown::new();
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -68,6 +69,12 @@ pub fn serve(
             };
             let Ok(permit) = open.clone().try_acquire_owned() else {
                 // Closing at once is the cheapest refusal, and frees the descriptor.
+                metrics.refuse_connection(name);
+                drop(stream);
+                continue;
+            };
+            // One address may not hold every slot: past its share, the same refusal.
+            let Some(client_slot) = per_client.take(peer.ip()) else {
                 metrics.refuse_connection(name);
                 drop(stream);
                 continue;
@@ -96,7 +103,7 @@ pub fn serve(
                 head: limits.header_read_timeout.0,
             };
             let metrics = metrics.clone();
-            let (builder, watcher, tls) = (builder.clone(), graceful.watcher(), tls.clone());
+            let (builder, tls, stop) = (builder.clone(), tls.clone(), stop.clone());
             let handshake_limit = limits.header_read_timeout.0;
             tokio::spawn(async move {
                 match tls {
@@ -104,7 +111,7 @@ pub fn serve(
                         let io = ConnectionGuard::new(stream, guard_limits, requests, metrics);
                         let connection =
                             builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                        let _ = watcher.watch(connection.into_owned()).await;
+                        drive!(connection, stop, max_age);
                     }
                     // The handshake is bounded like a request's headers: a client that opens
                     // TLS and stalls is closed.
@@ -115,15 +122,18 @@ pub fn serve(
                             let io = ConnectionGuard::new(stream, guard_limits, requests, metrics);
                             let connection =
                                 builder.serve_connection_with_upgrades(TokioIo::new(io), service);
-                            let _ = watcher.watch(connection.into_owned()).await;
+                            drive!(connection, stop, max_age);
                         }
                     }
                 }
+                drop(client_slot);
                 drop(permit);
             });
         }
         drop(listener);
-        if tokio::time::timeout(DRAIN_LIMIT, graceful.shutdown())
+        // Every connection holds a slot until it ends: the drain is over when all are back.
+        let slots = u32::try_from(limits.max.max(1)).unwrap_or(u32::MAX);
+        if tokio::time::timeout(DRAIN_LIMIT, open.acquire_many(slots))
             .await
             .is_err()
         {
@@ -134,6 +144,93 @@ pub fn serve(
         }
         Ok(())
     })
+}
+
+/// Serves a connection until it ends, shutting it down gracefully (HTTP/2's GOAWAY; HTTP/1
+/// closes after the request in hand) when the server stops or the connection reaches its
+/// maximum age (zero: none). A macro, not a function: the connection's type names its whole
+/// stack of IO and service types.
+macro_rules! drive {
+    ($connection:expr, $stop:expr, $max_age:expr) => {{
+        let connection = $connection.into_owned();
+        tokio::pin!(connection);
+        let mut stop = $stop;
+        let aged = tokio::time::sleep(if $max_age.is_zero() {
+            Duration::from_secs(100 * 365 * 24 * 3600)
+        } else {
+            $max_age
+        });
+        tokio::pin!(aged);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                _ = connection.as_mut() => break,
+                () = &mut aged, if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+                _ = stop.wait_for(|stopped| *stopped), if !closing => {
+                    connection.as_mut().graceful_shutdown();
+                    closing = true;
+                }
+            }
+        }
+    }};
+}
+use drive;
+
+/// The connections each client address holds on one listener, within a cap.
+struct PerClient {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in its address's count, given back when dropped.
+struct ClientSlot {
+    clients: Arc<PerClient>,
+    address: std::net::IpAddr,
+}
+
+impl PerClient {
+    fn new(max: usize) -> PerClient {
+        PerClient {
+            max: max.max(1),
+            open: std::sync::Mutex::new(std::collections::HashMap::new()),
+        }
+    }
+
+    fn lock(
+        &self,
+    ) -> std::sync::MutexGuard<'_, std::collections::HashMap<std::net::IpAddr, usize>> {
+        self.open
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    fn take(self: &Arc<Self>, address: std::net::IpAddr) -> Option<ClientSlot> {
+        let mut open = self.lock();
+        let count = open.entry(address).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            clients: self.clone(),
+            address,
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.lock();
+        if let Some(count) = open.get_mut(&self.address) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.address);
+            }
+        }
+    }
 }
 
 /// The peer of a connection, as handlers see it.
