@@ -141,7 +141,8 @@ pub fn version_settings(
     config: &serde_json::Value,
     defaults: &ServingConfig,
 ) -> Result<ModelSettings, String> {
-    let toml: ModelToml =
-        serde_json::from_value(config.clone()).map_err(|e| format!("invalid config: {e}"))?;
+    // The path names the field a refusal is about (`max_batch_size: invalid value ...`).
+    let toml: ModelToml = serde_path_to_error::deserialize(config.clone())
+        .map_err(|e| format!("invalid config: {}: {}", e.path(), e.inner()))?;
     ModelSettings::resolve(toml, defaults).map_err(|e| format!("invalid config: {e}"))
 }

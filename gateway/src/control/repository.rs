@@ -28,7 +28,7 @@ pub struct ModelToml {
     pub description: Option<String>,
     /// Largest batch along axis 0 a request may carry; 0 means the model has no batch axis.
     /// Unset: 64 when every input's first dimension is dynamic, else 0.
-    pub max_batch_size: Option<u32>,
+    pub max_batch_size: Option<u64>,
     /// `cpu` or `cuda:N`.
     pub device: Option<String>,
     /// Requests that may wait per replica; past this the gateway answers 429.
@@ -60,8 +60,8 @@ pub struct ModelToml {
     /// Devices a replica may be placed on (best fit); unset: `device` alone.
     pub devices: Option<Vec<String>>,
     /// Autoscaling bounds; `max_replicas` turns autoscaling on (else `replicas` is fixed).
-    pub min_replicas: Option<u32>,
-    pub max_replicas: Option<u32>,
+    pub min_replicas: Option<u64>,
+    pub max_replicas: Option<u64>,
     /// Requests in flight (queued or running) one replica should carry; default 4.
     pub target_concurrency: Option<f64>,
     /// How long concurrency is averaged over, e.g. "10s".
@@ -278,6 +278,7 @@ impl ModelSettings {
     }
 
     pub fn resolve(toml: ModelToml, defaults: &ServingConfig) -> Result<ModelSettings, String> {
+        check_bounds(&toml)?;
         let source = toml.clone();
         let device = match toml.device {
             None => Device::Cpu,
@@ -372,7 +373,9 @@ impl ModelSettings {
             }
             None => None,
             Some(max_replicas) => {
-                let min_replicas = toml.min_replicas.unwrap_or(1);
+                // Both within MAX_REPLICAS (check_bounds).
+                let max_replicas = max_replicas as u32;
+                let min_replicas = toml.min_replicas.map_or(1, |n| n as u32);
                 if min_replicas == 0 || max_replicas < min_replicas {
                     return Err(format!(
                         "replicas must satisfy 1 <= min_replicas ({min_replicas}) <= max_replicas ({max_replicas})"
@@ -423,7 +426,8 @@ impl ModelSettings {
             !warmup.dims.is_empty() || !warmup.fill.is_empty() || !warmup.random.is_empty();
         Ok(ModelSettings {
             description: toml.description.unwrap_or_default(),
-            max_batch_size: toml.max_batch_size,
+            // Within MAX_BATCH_SIZE (check_bounds).
+            max_batch_size: toml.max_batch_size.map(|size| size as u32),
             device,
             queue_capacity,
             intra_op_threads,
@@ -462,8 +466,150 @@ fn state_dims(state: &StateSpec, axis: Option<usize>) -> Vec<i64> {
         .collect()
 }
 
+/// The most replicas of one version, and the bounds of autoscaling.
+pub const MAX_REPLICAS: u64 = 256;
+/// The largest batch a version may take along its batch axis.
+pub const MAX_BATCH_SIZE: u64 = 1 << 16;
+/// Requests waiting per replica: each slot of a replica's queue is allocated up front.
+pub const MAX_QUEUE_CAPACITY: u64 = 1 << 16;
+/// Threads one replica's runtime may use inside an operator.
+pub const MAX_INTRA_OP_THREADS: u64 = 256;
+/// Entries of the lists and tables a version's settings hold (devices, preferred batch sizes,
+/// parameters, states, declared tensors, sequence axes, warm-up inputs).
+pub const MAX_LIST_ENTRIES: usize = 1024;
+/// Dimensions of a declared tensor or a warm-up shape.
+pub const MAX_RANK: usize = 64;
+/// Elements of one warm-up input: it is allocated and run before the version serves.
+pub const MAX_WARMUP_ELEMENTS: u64 = 1 << 24;
+/// A parameter's key or value.
+pub const MAX_PARAMETER_BYTES: usize = 4096;
+
+/// Every count and list a version's settings hold, within its bound: checked where the settings
+/// enter (the management API, model.toml, config.pbtxt), so that nothing later loops or
+/// allocates in proportion to a number a client chose. An error names the field and its bound.
+fn check_bounds(toml: &ModelToml) -> Result<(), String> {
+    fn within(field: &str, value: Option<u64>, low: u64, high: u64) -> Result<(), String> {
+        match value {
+            Some(value) if !(low..=high).contains(&value) => {
+                Err(format!("{field} must be {low} to {high}, not {value}"))
+            }
+            _ => Ok(()),
+        }
+    }
+    fn entries(field: &str, count: usize) -> Result<(), String> {
+        if count > MAX_LIST_ENTRIES {
+            return Err(format!(
+                "{field} may hold at most {MAX_LIST_ENTRIES} entries, not {count}"
+            ));
+        }
+        Ok(())
+    }
+    let wide = |value: Option<usize>| value.map(|n| n as u64);
+    within("replicas", wide(toml.replicas), 1, MAX_REPLICAS)?;
+    within("min_replicas", toml.min_replicas, 1, MAX_REPLICAS)?;
+    within("max_replicas", toml.max_replicas, 1, MAX_REPLICAS)?;
+    within("max_batch_size", toml.max_batch_size, 0, MAX_BATCH_SIZE)?;
+    within(
+        "queue_capacity",
+        wide(toml.queue_capacity),
+        1,
+        MAX_QUEUE_CAPACITY,
+    )?;
+    within(
+        "intra_op_threads",
+        wide(toml.intra_op_threads),
+        1,
+        MAX_INTRA_OP_THREADS,
+    )?;
+    if let Some(target) = toml.target_concurrency
+        && !(target.is_finite() && target > 0.0 && target <= 1e6)
+    {
+        return Err(format!(
+            "target_concurrency must be above 0 and at most 1000000, not {target}"
+        ));
+    }
+    if let Some(sizes) = &toml.preferred_batch_sizes {
+        entries("preferred_batch_sizes", sizes.len())?;
+        for &size in sizes {
+            within(
+                "preferred_batch_sizes",
+                Some(size as u64),
+                1,
+                MAX_BATCH_SIZE,
+            )?;
+        }
+    }
+    entries("devices", toml.devices.as_ref().map_or(0, Vec::len))?;
+    if let Some(parameters) = &toml.parameters {
+        entries("parameters", parameters.len())?;
+        if let Some((key, _)) = parameters
+            .iter()
+            .find(|(k, v)| k.len() > MAX_PARAMETER_BYTES || v.len() > MAX_PARAMETER_BYTES)
+        {
+            return Err(format!(
+                "parameters: '{}' or its value is over {MAX_PARAMETER_BYTES} bytes",
+                crate::error::quoted(key)
+            ));
+        }
+    }
+    for (field, tensors) in [("input", &toml.input), ("output", &toml.output)] {
+        let tensors = tensors.as_deref().unwrap_or_default();
+        entries(field, tensors.len())?;
+        for tensor in tensors {
+            let ranks = [
+                tensor.dims.len(),
+                tensor.reshape.as_ref().map_or(0, Vec::len),
+            ];
+            if ranks.iter().any(|&rank| rank > MAX_RANK) {
+                return Err(format!(
+                    "{field} '{}': at most {MAX_RANK} dimensions",
+                    tensor.name
+                ));
+            }
+        }
+    }
+    entries("state", toml.state.as_ref().map_or(0, Vec::len))?;
+    if let Some(sequence) = &toml.sequence {
+        within(
+            "[sequence] max_sequences",
+            wide(sequence.max_sequences),
+            1,
+            MAX_SEQUENCES_PER_REPLICA as u64,
+        )?;
+        within(
+            "[sequence] max_batch",
+            wide(sequence.max_batch),
+            1,
+            MAX_SEQUENCES_PER_REPLICA as u64,
+        )?;
+        entries("[sequence] axes", sequence.axes.len())?;
+        entries("[sequence] control", sequence.control.len())?;
+    }
+    if let Some(warmup) = &toml.warmup {
+        entries("[warmup] dims", warmup.dims.len())?;
+        entries("[warmup] fill", warmup.fill.len())?;
+        entries("[warmup] random", warmup.random.len())?;
+        for (input, dims) in &warmup.dims {
+            let elements = dims
+                .iter()
+                .try_fold(1u64, |count, &dim| count.checked_mul(dim as u64));
+            if dims.len() > MAX_RANK || elements.is_none_or(|n| n > MAX_WARMUP_ELEMENTS) {
+                return Err(format!(
+                    "[warmup] dims of '{}': at most {MAX_RANK} dimensions and \
+                     {MAX_WARMUP_ELEMENTS} elements",
+                    crate::error::quoted(input)
+                ));
+            }
+        }
+    }
+    if let Some(VersionPolicyToml::Specific(labels)) = &toml.version_policy {
+        entries("version_policy.specific", labels.len())?;
+    }
+    Ok(())
+}
+
 /// A control input's dims: one value per batch row when the model batches.
-fn control_dims(max_batch_size: Option<u32>) -> Vec<i64> {
+fn control_dims(max_batch_size: Option<u64>) -> Vec<i64> {
     match max_batch_size {
         Some(0) => vec![1],
         _ => vec![-1, 1],

@@ -62,7 +62,7 @@ pub fn to_model_toml(
     };
     let max_batch_size = u32::try_from(config.max_batch_size)
         .map_err(|_| format!("max_batch_size {} is negative", config.max_batch_size))?;
-    toml.max_batch_size = Some(max_batch_size);
+    toml.max_batch_size = Some(u64::from(max_batch_size));
     let batched = max_batch_size > 0;
     refuse_unsupported(config)?;
 
@@ -634,16 +634,14 @@ fn instance_groups(toml: &mut ModelToml, groups: &[pb::ModelInstanceGroup]) -> R
     if kinds.contains(&Kind::Gpu) && kinds.iter().any(|k| *k != Kind::Gpu) {
         return Err("instance_group: CPU and GPU groups in one model are not supported".into());
     }
-    toml.replicas = Some(replicas.min(MAX_CONFIG_REPLICAS));
+    // Bounded where every setting is (ModelSettings::resolve), naming `replicas`.
+    toml.replicas = Some(replicas);
     toml.device = devices.first().cloned();
     if devices.len() > 1 {
         toml.devices = Some(devices);
     }
     Ok(())
 }
-
-/// More instances than this from one config are a mistake, not a plan.
-const MAX_CONFIG_REPLICAS: usize = 256;
 
 fn version_policy(
     policy: Option<&pb::ModelVersionPolicy>,
