@@ -66,9 +66,7 @@ impl RequestCounts {
     fn quiet_since(&self) -> Instant {
         self.opened + Duration::from_micros(self.last_finished_us.load(Ordering::Relaxed))
     }
-}
 
-impl RequestCounts {
     /// Counts a request handed to the service; the returned token counts it finished when it
     /// is dropped, with the response body (or with the service's future, if that is dropped).
     pub fn start(self: &Arc<Self>) -> RequestToken {
