@@ -566,3 +566,111 @@ async fn eval_streams_speech_clips_as_sequences_and_scores_f1_at_the_threshold()
     );
     gateway.stop().await;
 }
+
+/// A dataset of `examples` rows of zeros for digits, written beside the models (an artifact
+/// root): large enough that its job runs for seconds.
+fn zeros_dataset(repo: &Path, examples: usize) -> PathBuf {
+    let row = format!("{{\"x\": [{}], \"label\": 0}}\n", vec!["0"; 64].join(","));
+    let path = repo.join("zeros.jsonl");
+    std::fs::write(&path, row.repeat(examples)).unwrap();
+    path
+}
+
+async fn evaluation_state(gateway: &common::Process, id: i64) -> Value {
+    common::must(
+        gateway,
+        Method::GET,
+        &format!("/v1/models/digits/evaluations/{id}"),
+        None,
+    )
+    .await
+}
+
+/// Cancelling stops the job and frees the gateway for the next one; a gateway killed while it
+/// runs a job marks it failed when it starts again, on the real binary.
+#[tokio::test]
+async fn evaluations_can_be_cancelled_and_none_stays_running_after_a_crash() {
+    let repo = digits_repository();
+    let dataset = zeros_dataset(repo.path(), 200_000).display().to_string();
+    let registry_dir = tempfile::tempdir().unwrap();
+    let registry = format!(
+        "sqlite://{}",
+        registry_dir.path().join("registry.db").display()
+    );
+    let path = "/v1/models/digits/evaluations";
+    let start = serde_json::json!({"dataset": dataset});
+
+    let mut gateway = common::spawn_switchyard(repo.path(), &registry, &[]).await;
+    let first = common::must(&gateway, Method::POST, path, Some(start.clone())).await;
+    let first = first["evaluation"]["id"].as_i64().unwrap();
+    for (id, status, says) in [
+        ("x".to_owned(), 400, "not an evaluation id"),
+        ("999".to_owned(), 404, "no evaluation"),
+    ] {
+        let (got, answer) =
+            common::admin_as_writer(&gateway, Method::POST, &format!("{path}/{id}/cancel"), None)
+                .await;
+        assert_eq!(got, status, "{answer}");
+        assert!(answer["error"].as_str().unwrap().contains(says), "{answer}");
+    }
+    let cancelled = common::must(
+        &gateway,
+        Method::POST,
+        &format!("{path}/{first}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(cancelled["evaluation"]["state"], "cancelled", "{cancelled}");
+    let (status, again) = common::admin_as_writer(
+        &gateway,
+        Method::POST,
+        &format!("{path}/{first}/cancel"),
+        None,
+    )
+    .await;
+    assert_eq!(status, 409, "{again}");
+    // The job has stopped: the one-at-a-time slot is free again at once.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(3);
+    let second = loop {
+        let (status, answer) =
+            common::admin_as_writer(&gateway, Method::POST, path, Some(start.clone())).await;
+        if status == 202 {
+            break answer["evaluation"]["id"].as_i64().unwrap();
+        }
+        assert_eq!(status, 409, "{answer}");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the cancelled job still holds the slot"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    // Its report was never written over the cancel.
+    let record = evaluation_state(&gateway, first).await;
+    assert_eq!(record["state"], "cancelled", "{record}");
+    assert!(
+        record["report"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("cancelled by"),
+        "{record}"
+    );
+
+    // Killed mid-job, started again on the same registry: the job is failed with the reason.
+    assert_eq!(evaluation_state(&gateway, second).await["state"], "running");
+    gateway.child.kill().unwrap();
+    gateway.child.wait().unwrap();
+    drop(gateway);
+    let gateway = common::spawn_switchyard(repo.path(), &registry, &[]).await;
+    let record = evaluation_state(&gateway, second).await;
+    assert_eq!(record["state"], "failed", "{record}");
+    assert!(
+        record["report"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("stopped before it finished"),
+        "{record}"
+    );
+    // And the gateway runs evaluations again.
+    let (status, answer) = common::admin_as_writer(&gateway, Method::POST, path, Some(start)).await;
+    assert_eq!(status, 202, "{answer}");
+}

@@ -187,7 +187,7 @@ pub trait Store: Send + Sync {
         request: serde_json::Value,
     ) -> Result<(EvaluationRecord, i64), RegistryError>;
 
-    /// Ends a running evaluation job: `done` or `failed`, with its report.
+    /// Ends a running evaluation job: `done`, `failed` or `cancelled`, with its report.
     async fn finish_evaluation(
         &self,
         actor: &str,
@@ -195,6 +195,9 @@ pub trait Store: Send + Sync {
         state: &str,
         report: serde_json::Value,
     ) -> Result<i64, RegistryError>;
+
+    /// Every evaluation still `running`, of every model, oldest first.
+    async fn running_evaluations(&self) -> Result<Vec<EvaluationRecord>, RegistryError>;
 
     /// A model's evaluations, newest first, at most `limit`.
     async fn evaluations(

@@ -530,6 +530,18 @@ fn json_column(row: &AnyRow, column: &str) -> Result<serde_json::Value, Registry
         .map_err(|e| RegistryError::Storage(format!("column {column} holds bad JSON: {e}")))
 }
 
+fn evaluation_record(row: &AnyRow) -> Result<EvaluationRecord, RegistryError> {
+    Ok(EvaluationRecord {
+        id: row.try_get("id")?,
+        model: row.try_get("model")?,
+        state: row.try_get("state")?,
+        request: json_column(row, "request")?,
+        report: json_column(row, "report")?,
+        created_ms: row.try_get("created_ms")?,
+        finished_ms: row.try_get("finished_ms")?,
+    })
+}
+
 fn version_from_row(row: &AnyRow) -> Result<Version, RegistryError> {
     let state: String = row.try_get("state")?;
     Ok(Version {
@@ -1494,7 +1506,7 @@ impl Store for SqlStore {
         state: &str,
         report: serde_json::Value,
     ) -> Result<i64, RegistryError> {
-        if !matches!(state, "done" | "failed") {
+        if !matches!(state, "done" | "failed" | "cancelled") {
             return Err(RegistryError::Invalid(format!(
                 "'{state}' is not how an evaluation ends"
             )));
@@ -1526,6 +1538,16 @@ impl Store for SqlStore {
             .await
     }
 
+    async fn running_evaluations(&self) -> Result<Vec<EvaluationRecord>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT id, model, state, request, report, created_ms, finished_ms FROM evaluations \
+             WHERE state = 'running' ORDER BY id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(evaluation_record).collect()
+    }
+
     async fn evaluations(
         &self,
         model: &str,
@@ -1542,19 +1564,7 @@ impl Store for SqlStore {
         .fetch_all(&mut *tx)
         .await?;
         tx.commit().await?;
-        rows.iter()
-            .map(|row| {
-                Ok(EvaluationRecord {
-                    id: row.try_get("id")?,
-                    model: row.try_get("model")?,
-                    state: row.try_get("state")?,
-                    request: json_column(row, "request")?,
-                    report: json_column(row, "report")?,
-                    created_ms: row.try_get("created_ms")?,
-                    finished_ms: row.try_get("finished_ms")?,
-                })
-            })
-            .collect()
+        rows.iter().map(evaluation_record).collect()
     }
 
     async fn try_lead(&self) -> Result<bool, RegistryError> {

@@ -269,8 +269,8 @@ pub struct CounterRow {
     pub updated_ms: i64,
 }
 
-/// An evaluation job: `running`, then `done` (with its report) or `failed` (with the reason in
-/// the report's `error`).
+/// An evaluation job: `running`, then `done` (with its report), `failed` (with the reason in
+/// the report's `error`) or `cancelled`.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct EvaluationRecord {
     pub id: i64,

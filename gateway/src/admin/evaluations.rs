@@ -15,10 +15,14 @@ use crate::control::evaluation::Dataset;
 use crate::control::evaluation::job::{self, Job};
 use crate::core::table::VersionStatus;
 use crate::error::{ErrorKind, GatewayError};
+use crate::routing::experiments::lock;
 
 /// The largest dataset the gateway reads into its own memory for a job.
 const MAX_JOB_DATASET_BYTES: u64 = 256 << 20;
 const LISTED: i64 = 20;
+
+/// The job running on this gateway: its id, and what stops it when it is cancelled.
+pub(super) type RunningJob = (i64, Arc<tokio::sync::Notify>);
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -134,9 +138,11 @@ pub(super) async fn start_evaluation(
             )));
         }
     }
+    let runner = state.cluster_node.clone().unwrap_or_default();
     let recorded = json!({"dataset": path.display().to_string(), "sha256": dataset.sha256,
                           "versions": versions, "output": output,
-                          "threshold": request.threshold, "post": request.post});
+                          "threshold": request.threshold, "post": request.post,
+                          "gateway": runner});
     let (record, revision) = state
         .store
         .create_evaluation(&actor.0, &model, recorded)
@@ -150,14 +156,81 @@ pub(super) async fn start_evaluation(
     });
     let (gateway, store) = (state.gateway.clone(), state.store.clone());
     let (id, post, actor) = (record.id, request.post, actor.0.clone());
+    let cancelled = Arc::new(tokio::sync::Notify::new());
+    *lock(&state.running_evaluation) = Some((id, cancelled.clone()));
+    let running = state.running_evaluation.clone();
     tokio::spawn(async move {
-        job::run_and_record(gateway, store, actor, id, job, Arc::new(dataset), post).await;
+        let watched = store.clone();
+        // A cancel ends the job between two requests: dropping it drops its requests.
+        tokio::select! {
+            () = job::run_and_record(gateway, store, actor, id, job, Arc::new(dataset), post) => {}
+            () = cancelled.notified() => {}
+            () = job::ended_in_registry(watched.as_ref(), id) => {}
+        }
+        lock(&running).take_if(|(running, _)| *running == id);
         drop(permit);
     });
     ok(
         StatusCode::ACCEPTED,
         json!({"revision": revision, "evaluation": record}),
     )
+}
+
+/// Cancel a running evaluation: it is recorded `cancelled` at once, and the job stops within a second, on whichever gateway of the cluster runs it; its scores are not posted. 409 when it has ended already.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{m}/evaluations/{id}/cancel",
+    params(("m" = String, Path, description = "the model"), ("id" = i64, Path, description = "the evaluation's id")),
+    responses((status = 200, description = "cancelled", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn cancel_evaluation(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path((model, id)): Path<(String, String)>,
+) -> ApiResult {
+    let id = evaluation_id(&id)?;
+    let running = state.store.running_evaluations().await?;
+    if !running.iter().any(|e| e.id == id && e.model == model) {
+        // The model's own list tells an unknown id (404) from an ended one (409).
+        let ended = state.store.evaluations(&model, 100).await?;
+        return Err(match ended.into_iter().find(|e| e.id == id) {
+            Some(ended) => GatewayError::new(
+                ErrorKind::Conflict,
+                format!("evaluation {id} of '{model}' is {} already", ended.state),
+            ),
+            None => GatewayError::not_found(format!("model '{model}' has no evaluation '{id}'")),
+        });
+    }
+    let report = json!({"error": format!("cancelled by {}", actor.0)});
+    let revision = state
+        .store
+        .finish_evaluation(&actor.0, id, "cancelled", report)
+        .await?;
+    if let Some((_, cancelled)) = lock(&state.running_evaluation)
+        .as_ref()
+        .filter(|(running, _)| *running == id)
+    {
+        cancelled.notify_one();
+    }
+    let record = state
+        .store
+        .evaluations(&model, 100)
+        .await?
+        .into_iter()
+        .find(|e| e.id == id);
+    ok(
+        StatusCode::OK,
+        json!({"revision": revision, "evaluation": record}),
+    )
+}
+
+fn evaluation_id(id: &str) -> Result<i64, GatewayError> {
+    id.parse().map_err(|_| {
+        bad_request(format!(
+            "'{}' is not an evaluation id",
+            crate::error::quoted(id)
+        ))
+    })
 }
 
 /// A model's evaluations, newest first (at most 20), each with its request and, once done, its report: per version accuracy, macro precision, recall and F1, ROC AUC for two classes, the confusion matrix, latency and throughput.
@@ -190,12 +263,7 @@ pub(super) async fn get_evaluation(
     let found = if id == "latest" {
         evaluations.into_iter().next()
     } else {
-        let id: i64 = id.parse().map_err(|_| {
-            bad_request(format!(
-                "'{}' is not an evaluation id (a number, or latest)",
-                crate::error::quoted(&id)
-            ))
-        })?;
+        let id = evaluation_id(&id)?;
         evaluations.into_iter().find(|e| e.id == id)
     };
     let found = found.ok_or_else(|| {

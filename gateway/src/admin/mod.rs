@@ -52,6 +52,7 @@ pub struct AdminState {
     rollouts: Arc<RolloutStatus>,
     /// One evaluation job at a time.
     evaluations: Arc<tokio::sync::Semaphore>,
+    running_evaluation: Arc<std::sync::Mutex<Option<evaluations::RunningJob>>>,
     /// In a cluster: this node's id, and how long a silent node takes to be dead.
     cluster_node: Option<String>,
     cluster_dead_after: std::time::Duration,
@@ -84,6 +85,7 @@ impl AdminState {
             figures,
             rollouts,
             evaluations: Arc::new(tokio::sync::Semaphore::new(1)),
+            running_evaluation: Arc::default(),
             cluster_node: whole
                 .cluster
                 .enabled
@@ -213,6 +215,10 @@ pub fn router(state: AdminState) -> Router {
         .route(
             "/v1/models/{m}/evaluations/{id}",
             get(evaluations::get_evaluation),
+        )
+        .route(
+            "/v1/models/{m}/evaluations/{id}/cancel",
+            post(evaluations::cancel_evaluation),
         )
         .route(
             "/v1/models/{m}/rollouts/{id}/{action}",

@@ -44,6 +44,7 @@ pub struct ErrorResponse {
         experiment::experiment,
         figures::figures,
         evaluations::start_evaluation,
+        evaluations::cancel_evaluation,
         evaluations::list_evaluations,
         evaluations::get_evaluation,
         rollouts::start_rollout,

@@ -19,6 +19,7 @@ use crate::config::{ByteSize, Config, ControlMode};
 use crate::control::Handles;
 use crate::control::capacity::{self, Capacity};
 use crate::control::cluster::{self, ClusterView, NodeSettings};
+use crate::control::evaluation;
 use crate::control::import::import_models;
 use crate::control::model_control::{self, ModelControl};
 use crate::control::objective::ObjectiveLoop;
@@ -100,6 +101,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         None
     };
     let gateway = Arc::new(gateway);
+    let unfinished =
+        evaluation::job::fail_unfinished(store.as_ref(), node.as_deref().unwrap_or(""))
+            .await
+            .context("cannot end the evaluations this gateway left running")?;
+    if unfinished > 0 {
+        tracing::warn!(
+            evaluations = unfinished,
+            "evaluations left running when this gateway stopped are marked failed"
+        );
+    }
     let limits = PipelineLimits {
         max_in_flight: config.serving.max_in_flight,
         max_in_flight_bytes: byte_limit(config.serving.max_in_flight_bytes),

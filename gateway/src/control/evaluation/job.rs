@@ -27,6 +27,10 @@ const IN_FLIGHT: usize = 2;
 const OVERLOAD_BACKOFF: Duration = Duration::from_millis(20);
 const OVERLOAD_RETRIES: usize = 500;
 
+/// How often a running job asks the registry whether it was cancelled (perhaps through
+/// another gateway of the cluster).
+const CANCEL_POLL: Duration = Duration::from_secs(1);
+
 /// What the job runs.
 #[derive(Debug, Clone)]
 pub struct Job {
@@ -211,7 +215,55 @@ pub async fn run_and_record(
         }
         report["posted"] = json!(posted);
     }
-    if let Err(error) = store.finish_evaluation(&actor, id, state, report).await {
-        tracing::error!(evaluation = id, %error, "the evaluation's report was not recorded");
+    match store.finish_evaluation(&actor, id, state, report).await {
+        Ok(_) => {}
+        Err(switchyard_registry::RegistryError::Conflict(reason)) => {
+            tracing::info!(evaluation = id, %reason, "the evaluation ended before its report");
+        }
+        Err(error) => {
+            tracing::error!(evaluation = id, %error, "the evaluation's report was not recorded");
+        }
     }
+}
+
+/// Returns once evaluation `id` is no longer `running` in the registry: cancelled, perhaps
+/// through another gateway. A registry that cannot be read leaves the job running.
+pub async fn ended_in_registry(store: &dyn Store, id: i64) {
+    loop {
+        tokio::time::sleep(CANCEL_POLL).await;
+        if let Ok(running) = store.running_evaluations().await
+            && !running.iter().any(|evaluation| evaluation.id == id)
+        {
+            return;
+        }
+    }
+}
+
+/// The gateway an evaluation's request names as the one that runs it: a cluster node's id, or
+/// "" for a gateway alone (and for records written before the field existed).
+pub fn runner_of(request: &Value) -> &str {
+    request["gateway"].as_str().unwrap_or("")
+}
+
+/// At start: the evaluations this gateway was running when it stopped can no longer finish;
+/// they are marked failed with the reason. Returns how many.
+pub async fn fail_unfinished(store: &dyn Store, gateway: &str) -> anyhow::Result<usize> {
+    let mut failed = 0;
+    for evaluation in store.running_evaluations().await? {
+        if runner_of(&evaluation.request) != gateway {
+            continue;
+        }
+        let report =
+            json!({"error": "the gateway running this evaluation stopped before it finished"});
+        match store
+            .finish_evaluation("system", evaluation.id, "failed", report)
+            .await
+        {
+            Ok(_) => failed += 1,
+            // Cancelled meanwhile: ended either way.
+            Err(switchyard_registry::RegistryError::Conflict(_)) => {}
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(failed)
 }
