@@ -79,6 +79,9 @@
 use std::cmp::{Ordering, Reverse};
 use std::collections::{BTreeMap, BinaryHeap};
 
+/// The most replicas a version may ask for; see `control::repository`.
+const MAX_REPLICAS: u32 = crate::control::repository::MAX_REPLICAS as u32;
+
 /// Memory on one device of a node that replicas may use.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Bin {
@@ -353,6 +356,10 @@ struct Want<'a> {
     /// Bins it may use and fits in when empty, ascending.
     eligible: Vec<usize>,
     cap: u32,
+    /// The most replicas it could have were the cluster empty: per node, the spread cap or
+    /// what its eligible devices hold, whichever is less. Bidders and placement loops stop
+    /// there, so that they grow with the cluster, not with the replicas a client asked for.
+    placeable: u32,
     /// Bins of its current replicas still worth keeping, ascending, one entry per replica.
     current: Vec<usize>,
 }
@@ -408,9 +415,11 @@ impl<'a> Problem<'a> {
                     .collect();
                 let mut hosts: Vec<usize> = eligible.iter().map(|&bin| bins[bin].node).collect();
                 hosts.dedup();
+                let cap = cap_over(demand.replicas, hosts.len());
                 Want {
                     demand,
-                    cap: cap_over(demand.replicas, hosts.len()),
+                    cap,
+                    placeable: placeable(&bins, &eligible, demand.bytes_per_replica, cap),
                     eligible,
                     current: Vec::new(),
                 }
@@ -454,6 +463,26 @@ impl<'a> Problem<'a> {
             lowest_priority: priorities.first().copied().unwrap_or(0),
         }
     }
+}
+
+/// Per node, the fewer of `cap` and the replicas of `bytes` that its `eligible` bins hold
+/// when empty; summed over the nodes.
+fn placeable(bins: &[Slot], eligible: &[usize], bytes: u64, cap: u32) -> u32 {
+    let mut total = 0u32;
+    let mut index = 0;
+    while index < eligible.len() {
+        let node = bins[eligible[index]].node;
+        let mut on_node = 0u64;
+        while index < eligible.len() && bins[eligible[index]].node == node {
+            on_node = on_node.saturating_add(bins[eligible[index]].budget / bytes.max(1));
+            index += 1;
+        }
+        let on_node = u32::try_from(on_node).unwrap_or(u32::MAX).min(cap);
+        total = total.saturating_add(on_node);
+    }
+    // Replicas of no measured size fit anywhere: the bound a version's settings have when
+    // they enter the registry holds here too, for rows written before it.
+    total.min(MAX_REPLICAS)
 }
 
 /// Who holds which bin, as placement goes.
@@ -562,7 +591,7 @@ impl<'p, 'a> Layout<'p, 'a> {
     fn fill_missing(&mut self) {
         let problem = self.problem;
         for (want, w) in problem.wants.iter().enumerate() {
-            while self.placed[want] < w.demand.replicas {
+            while self.placed[want] < w.demand.replicas.min(w.placeable) {
                 let home = self
                     .homes_left(want)
                     .into_iter()
@@ -764,7 +793,11 @@ impl<'l, 'p, 'a> Market<'l, 'p, 'a> {
         }
         let mut queue = BinaryHeap::new();
         for (want, w) in problem.wants.iter().enumerate() {
-            let missing = w.demand.replicas.saturating_sub(layout.placed[want]) as usize;
+            let missing = w
+                .demand
+                .replicas
+                .min(w.placeable)
+                .saturating_sub(layout.placed[want]) as usize;
             let mut homes = layout.homes_left(want).into_iter();
             for _ in 0..missing {
                 queue.push(Reverse((want, bidders.len())));
@@ -970,6 +1003,53 @@ mod tests {
             })
             .collect();
         (nodes, demands)
+    }
+
+    #[test]
+    fn a_demand_for_billions_of_replicas_places_what_fits_and_stops() {
+        let nodes = [
+            node("a", &[("cpu", 4), ("cuda:0", 2)]),
+            node("b", &[("cpu", 4)]),
+        ];
+        let mut huge = demand("huge", 1, u32::MAX, 1, &[]);
+        let mut small = demand("small", 0, 1, 1, &[]);
+        for placer in PLACERS {
+            let placement = place(placer, &nodes, &[huge.clone(), small.clone()], &[]);
+            assert_eq!(placed_on(&placement, "huge").len(), 10, "{}", placer.name());
+            assert_eq!(
+                placement.refused,
+                vec![
+                    Refused {
+                        model: "huge".into(),
+                        version: "1".into(),
+                        wanted: u32::MAX,
+                        placed: 10,
+                    },
+                    Refused {
+                        model: "small".into(),
+                        version: "1".into(),
+                        wanted: 1,
+                        placed: 0,
+                    },
+                ],
+                "{}",
+                placer.name()
+            );
+        }
+        // Replicas of no size fit anywhere: the registry's bound on replicas stops them.
+        huge.bytes_per_replica = 0;
+        huge.replicas = 1_000_000;
+        small.priority = 2;
+        for placer in PLACERS {
+            let placement = placer.place(&nodes, &[huge.clone(), small.clone()], &[]);
+            assert_eq!(placed_on(&placement, "small").len(), 1, "{}", placer.name());
+            assert_eq!(
+                placed_on(&placement, "huge").len(),
+                MAX_REPLICAS as usize,
+                "{}",
+                placer.name()
+            );
+        }
     }
 
     #[test]
