@@ -1,12 +1,15 @@
 //! Credentials, a leaf: keys and tokens kept as SHA-256 digests and compared in constant time,
-//! the secret a request presents, the inference API's keys, and the management tokens with the
-//! rule for calls that come without one. The inference fronts (`protocol::auth`) and the
+//! the secret a request presents, the inference API's keys, the management tokens with the
+//! rule for calls that come without one, and the credential a node of a cluster signs its
+//! forwards with. The inference fronts (`protocol::auth`) and the
 //! management API check requests with these.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 
 use axum::http::{self, HeaderMap, header};
+use hmac::digest::KeyInit;
+use hmac::{Hmac, Mac};
 use sha2::{Digest, Sha256};
 
 use crate::config::{AdminRole, AdminToken};
@@ -269,4 +272,107 @@ pub fn is_loopback_host(host: &str) -> bool {
         || name
             .parse::<std::net::IpAddr>()
             .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// The header (HTTP) or metadata key (gRPC) with which a node of a cluster proves that it
+/// forwarded a request: `<unix ms>.<hex HMAC-SHA-256 of "<node>\n<unix ms>">` under the
+/// cluster's secret.
+pub const NODE_CREDENTIAL: &str = "switchyard-node-credential";
+
+/// How far a credential's time may be from the receiver's clock: it bounds how long a
+/// credential seen on a plain-text network could be replayed, and tolerates clocks that
+/// disagree between machines.
+const NODE_CREDENTIAL_WINDOW_MS: u64 = 60_000;
+
+/// The cluster's shared secret, as the key that signs and checks node credentials. Every node
+/// reads it from the registry they share; clients never see it.
+#[derive(Clone)]
+pub struct NodeKey(Hmac<Sha256>);
+
+impl NodeKey {
+    pub fn new(secret: &[u8]) -> NodeKey {
+        // HMAC takes keys of any length.
+        NodeKey(
+            <Hmac<Sha256> as Mac>::new_from_slice(secret)
+                .unwrap_or_else(|_| <Hmac<Sha256> as KeyInit>::new(&Default::default())),
+        )
+    }
+
+    fn tag(&self, node: &str, unix_ms: u64) -> [u8; 32] {
+        let mut mac = self.0.clone();
+        mac.update(node.as_bytes());
+        mac.update(b"\n");
+        mac.update(unix_ms.to_string().as_bytes());
+        mac.finalize().into_bytes().into()
+    }
+
+    /// The credential of `node` at `unix_ms`.
+    pub fn sign(&self, node: &str, unix_ms: u64) -> String {
+        let mut credential = unix_ms.to_string();
+        credential.push('.');
+        for byte in self.tag(node, unix_ms) {
+            credential.push_str(&format!("{byte:02x}"));
+        }
+        credential
+    }
+
+    /// Whether `credential` is `node`'s, made within the window around `now_ms`.
+    pub fn verify(&self, node: &str, credential: &str, now_ms: u64) -> bool {
+        let Some((time, tag)) = credential.split_once('.') else {
+            return false;
+        };
+        let (Ok(unix_ms), Some(tag)) = (time.parse::<u64>(), decode_hex(tag)) else {
+            return false;
+        };
+        now_ms.abs_diff(unix_ms) <= NODE_CREDENTIAL_WINDOW_MS
+            && same_digest(&self.tag(node, unix_ms), &tag)
+    }
+}
+
+/// Milliseconds since the Unix epoch, for node credentials.
+pub fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |elapsed| {
+            u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+        })
+}
+
+#[cfg(test)]
+mod node_key_tests {
+    use super::*;
+
+    #[test]
+    fn a_credential_holds_only_for_its_node_its_key_and_its_window() {
+        let key = NodeKey::new(b"the cluster's secret");
+        let now = 1_800_000_000_000;
+        let credential = key.sign("node-1", now);
+        assert!(key.verify("node-1", &credential, now));
+        assert!(key.verify("node-1", &credential, now + 59_000));
+        assert!(!key.verify("node-1", &credential, now + 61_000), "too old");
+        assert!(
+            !key.verify("node-1", &credential, now - 61_000),
+            "from the future"
+        );
+        assert!(
+            !key.verify("node-2", &credential, now),
+            "another node's name"
+        );
+        let other = NodeKey::new(b"another cluster");
+        assert!(!other.verify("node-1", &credential, now), "another secret");
+        let later = credential.replacen(&now.to_string(), &(now + 1).to_string(), 1);
+        assert!(
+            !key.verify("node-1", &later, now),
+            "a time moved under its tag"
+        );
+        for forged in [
+            "",
+            ".",
+            "x.y",
+            &format!("{now}."),
+            &format!("{now}.{}", "0".repeat(64)),
+        ] {
+            assert!(!key.verify("node-1", forged, now), "{forged:?}");
+        }
+    }
 }

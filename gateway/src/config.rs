@@ -240,6 +240,15 @@ pub struct ClusterConfig {
     pub dead_after: HumanDuration,
     /// `auction` or `best_fit` (see docs/cluster.md for the comparison).
     pub placer: String,
+    /// The CA (PEM) that peers' certificates chain to, when `[tls]` is on and forwards go over
+    /// TLS; empty: `tls.cert` itself (one certificate shared by the nodes, or a chain that
+    /// ends in the CA).
+    pub peer_ca: PathBuf,
+    /// Forwards one peer may hold at once; past it, others take the requests, or 429.
+    pub max_forwards_per_peer: u64,
+    /// A peer that answers none of the forwards it holds for this long is out of rotation
+    /// until it answers again.
+    pub peer_stall_timeout: HumanDuration,
 }
 
 impl Default for ClusterConfig {
@@ -251,6 +260,9 @@ impl Default for ClusterConfig {
             heartbeat: HumanDuration(Duration::from_secs(1)),
             dead_after: HumanDuration(Duration::from_secs(3)),
             placer: "auction".into(),
+            peer_ca: PathBuf::new(),
+            max_forwards_per_peer: 512,
+            peer_stall_timeout: HumanDuration(Duration::from_secs(5)),
         }
     }
 }

@@ -297,9 +297,27 @@ impl IntoResponse for GatewayError {
     }
 }
 
+/// Metadata on every error status the gateway writes: a node of a cluster that forwarded the
+/// request tells the gateway's answer from a failure of the connection, which may have come
+/// after the peer ran it.
+pub const ANSWERED_BY_GATEWAY: &str = "switchyard-answer";
+
+/// Metadata on an `UNAVAILABLE` the gateway writes: nothing ran (the version is not hosted,
+/// loading or unloading here), so the node that forwarded the request may try another peer.
+pub const NOT_RUN: &str = "switchyard-not-run";
+
 impl From<GatewayError> for tonic::Status {
     fn from(error: GatewayError) -> Self {
-        tonic::Status::new(error.kind.grpc_code(), error.message)
+        let mut status = tonic::Status::new(error.kind.grpc_code(), error.message);
+        let metadata = status.metadata_mut();
+        metadata.insert(
+            ANSWERED_BY_GATEWAY,
+            tonic::metadata::MetadataValue::from_static("1"),
+        );
+        if error.kind == ErrorKind::Unavailable {
+            metadata.insert(NOT_RUN, tonic::metadata::MetadataValue::from_static("1"));
+        }
+        status
     }
 }
 

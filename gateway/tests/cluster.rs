@@ -3,7 +3,8 @@
 //! PostgreSQL registry. Their CPU budgets hold only some of the versions each, so the leader
 //! must place them; every node answers for every version, forwarding what it does not host;
 //! and after `kill -9` of a node under load its versions are placed again, while the versions
-//! that also live on another node lose no request.
+//! that also live on another node lose no request but the one in flight to the victim (which
+//! may have run there, and is not run again elsewhere).
 //!
 //! Needs root (to make namespaces); elsewhere it says why and passes without checking.
 
@@ -531,8 +532,8 @@ async fn three_nodes_place_forward_and_survive_a_kill() {
         assert_eq!(config["max_batch_size"], 64, "{config}");
         assert_eq!(config["input"][0]["dims"], json!([64]), "{config}");
     }
-    // The mark of a forwarded request is the caller's to send, too: it only stops a second
-    // hop, with a clear error, and names nothing the metrics keep.
+    // The mark of a forwarded request without the node's credential is a forged identity:
+    // refused before anything runs.
     let (model, version, _) = VERSIONS
         .iter()
         .find(|(m, v, _)| !placed[&(m.to_string(), v.to_string())].contains(&forwarding_node.id))
@@ -548,13 +549,13 @@ async fn three_nodes_place_forward_and_survive_a_kill() {
         .send()
         .await
         .unwrap();
-    assert_eq!(forged.status(), 503);
+    assert_eq!(forged.status(), 401);
     let error: Value = forged.json().await.unwrap();
     assert!(
         error["error"]
             .as_str()
             .unwrap()
-            .contains("forwarded at most once"),
+            .contains("no valid node credential"),
         "{error}"
     );
     // The cluster's figures follow the management API's auth rules.
@@ -706,9 +707,17 @@ async fn three_nodes_place_forward_and_survive_a_kill() {
         }
         assert!(outcomes.ok > 0, "{node} answered {model} {version}");
         if survived {
-            assert_eq!(
-                outcomes.failed, 0,
-                "{model} {version} also lives on a survivor: no request may fail ({node})"
+            // Each worker sends one request at a time: the one in flight to the victim when
+            // it died may have run there, so it fails rather than run twice; no other may.
+            assert!(
+                outcomes.failed <= 1
+                    && outcomes
+                        .failures
+                        .iter()
+                        .all(|(_, error)| error.contains("it may have run there")),
+                "{model} {version} also lives on a survivor: only a request in flight to the \
+                 victim may fail ({node}): {:?}",
+                outcomes.failures
             );
         }
         assert!(

@@ -13,8 +13,7 @@ use tokio::task::JoinHandle;
 use crate::admin;
 use crate::admin::figures::{self, FigureHistory};
 use crate::app::listener;
-use crate::auth::ApiKeys;
-use crate::auth::ManagementTokens;
+use crate::auth::{ApiKeys, ManagementTokens, NodeKey};
 use crate::config::{ByteSize, Config, ControlMode};
 use crate::control::Handles;
 use crate::control::capacity::{self, Capacity};
@@ -28,9 +27,10 @@ use crate::control::repository::{ModelSettings, ModelToml};
 use crate::control::rewards::flush_rewards;
 use crate::control::rollout::{RolloutDriver, RolloutStatus};
 use crate::control::runtimes::{self, RuntimeSettings, Runtimes};
-use crate::core::forward::Forwarding;
+use crate::core::forward::{Forwarding, PeerLimits};
 use crate::core::request_id::{IdKey, RequestIds, random_key};
 use crate::core::{Gateway, TableHandle};
+use crate::protocol::auth::InferenceAuth;
 use crate::protocol::extensions::{self, Extensions};
 use crate::protocol::grpc::forward::GrpcForwarder;
 use crate::protocol::pipeline::PipelineLimits;
@@ -39,6 +39,7 @@ use crate::protocol::{Pipeline, auth, grpc, http};
 use crate::routing::Experiments;
 use crate::telemetry::Metrics;
 use tokio_rustls::TlsAcceptor;
+use tonic::transport::ClientTlsConfig;
 
 /// A started gateway.
 pub struct Running {
@@ -82,6 +83,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let mut gateway = Gateway::new(handles.tables.clone(), handles.experiments.clone(), ids);
     let (view, view_rx) = watch::channel(Arc::new(ClusterView::default()));
     let (hosted, hosted_rx) = watch::channel(Arc::default());
+    let node_key = match config.cluster.enabled {
+        true => Some(cluster_key(store.as_ref()).await?),
+        false => None,
+    };
     let node = if config.cluster.enabled {
         if store.backend() != "postgres" {
             anyhow::bail!(
@@ -91,9 +96,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             );
         }
         let node = cluster::node_id(&config.cluster).map_err(anyhow::Error::msg)?;
+        let forwarder = GrpcForwarder::new(
+            byte_limit(config.grpc.max_message_size),
+            node_key.clone().context("a cluster has a key")?,
+            peer_tls(config)?,
+        );
         gateway = gateway.with_forwarding(Forwarding {
             node: node.as_str().into(),
-            forwarder: Arc::new(GrpcForwarder::new(byte_limit(config.grpc.max_message_size))),
+            forwarder: Arc::new(forwarder),
+            limits: PeerLimits {
+                max_in_flight: config.cluster.max_forwards_per_peer.max(1),
+                stall_after: config.cluster.peer_stall_timeout.0,
+            },
             metrics: handles.metrics.clone(),
         });
         Some(node)
@@ -208,7 +222,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         })),
         tokens: tokens.clone(),
     });
-    let keys = ApiKeys::new(&config.inference.api_keys);
+    let keys = InferenceAuth {
+        keys: ApiKeys::new(&config.inference.api_keys),
+        nodes: node_key,
+    };
     // The inference key first, then the management rule for the extensions that change what
     // is served.
     let http_app = http::router(
@@ -390,6 +407,35 @@ fn tls_acceptors(config: &Config) -> anyhow::Result<(Option<TlsAcceptor>, Option
 }
 
 /// The request-id MAC key: configured, else shared through the registry.
+/// The key the nodes of a cluster sign their forwards with: a secret the first node writes
+/// into the registry they share, and every node reads.
+async fn cluster_key(store: &dyn Store) -> anyhow::Result<NodeKey> {
+    let proposed: String = random_key().iter().map(|b| format!("{b:02x}")).collect();
+    let secret = store.shared_secret("cluster_node_key", &proposed).await?;
+    Ok(NodeKey::new(secret.as_bytes()))
+}
+
+/// When the listeners use TLS, forwards to peers do too: their certificates must chain to
+/// `cluster.peer_ca`, or to `tls.cert` itself.
+fn peer_tls(config: &Config) -> anyhow::Result<Option<ClientTlsConfig>> {
+    if !config.tls.enabled() {
+        return Ok(None);
+    }
+    let ca = match config.cluster.peer_ca.as_os_str().is_empty() {
+        true => &config.tls.cert,
+        false => &config.cluster.peer_ca,
+    };
+    let pem = std::fs::read(ca).with_context(|| {
+        format!(
+            "cannot read the peers' CA {} (cluster.peer_ca)",
+            ca.display()
+        )
+    })?;
+    Ok(Some(ClientTlsConfig::new().ca_certificate(
+        tonic::transport::Certificate::from_pem(pem),
+    )))
+}
+
 async fn request_id_key(config: &Config, store: &dyn Store) -> anyhow::Result<IdKey> {
     let configured = config.inference.request_id_key.trim();
     let hex = if configured.is_empty() {

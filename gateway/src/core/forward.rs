@@ -1,14 +1,15 @@
 //! Requests for versions this node does not host, in a cluster: the peers that host each one
-//! (as the control plane last saw them), which one takes a request (the least loaded), and the
-//! [`Forwarder`] that carries it there (gRPC, implemented by the protocol layer). A forwarded
-//! request carries [`FORWARDED_FROM`], and a node never forwards such a request again: at
-//! most one hop, so no request can loop between nodes whose views disagree.
+//! (as the control plane last saw them), which one takes a request (the least loaded, among
+//! those in rotation), and the [`Forwarder`] that carries it there (gRPC, implemented by the
+//! protocol layer). A forwarded request carries [`FORWARDED_FROM`] and the node's credential,
+//! and a node never forwards such a request again: at most one hop, so no request can loop
+//! between nodes whose views disagree.
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Instant;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use switchyard_runtimes::{Device, Signature};
 
@@ -16,8 +17,26 @@ use crate::core::request::{InferRequest, InferResponse};
 use crate::error::GatewayError;
 
 /// The header (HTTP) or metadata key (gRPC) that marks a forwarded request, with the id of the
-/// node that forwarded it.
+/// node that forwarded it. The receiver admits it only with that node's credential
+/// (`auth::NODE_CREDENTIAL`).
 pub const FORWARDED_FROM: &str = "switchyard-forwarded-from";
+
+/// Marks a forwarded request that only asks whether a sequence is open on the peer: it carries
+/// the sequence's id and no inputs, and runs nothing.
+pub const SEQUENCE_PROBE: &str = "switchyard-sequence-probe";
+
+/// Failures in a row after which a peer's breaker opens.
+const BREAKER_FAILURES: u32 = 3;
+/// How long an open breaker keeps a peer out of rotation; then one request tries it again.
+const BREAKER_OPEN: Duration = Duration::from_secs(5);
+
+/// How many forwards one peer may hold at once, and how long it may hold them without
+/// answering any before it is taken out of rotation.
+#[derive(Debug, Clone, Copy)]
+pub struct PeerLimits {
+    pub max_in_flight: u64,
+    pub stall_after: Duration,
+}
 
 /// A live node of the cluster other than this one.
 pub struct Peer {
@@ -29,6 +48,38 @@ pub struct Peer {
     /// Requests this node forwarded to it that are not answered yet: a heartbeat is a second
     /// old, and without this every request of a burst would go to the same peer.
     pub in_flight: AtomicU64,
+    health: Mutex<PeerHealth>,
+}
+
+/// What this node has seen of a peer's answers, for its breaker and its stall.
+#[derive(Default)]
+struct PeerHealth {
+    failures: u32,
+    open_until: Option<Instant>,
+    /// Since when forwards have been in flight to it without a break.
+    busy_since: Option<Instant>,
+    last_answer: Option<Instant>,
+}
+
+/// Why a peer takes no forward now.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfRotation {
+    /// It holds its limit of forwards.
+    Busy,
+    /// Its breaker is open after failures in a row.
+    Broken,
+    /// It has answered none of the forwards it holds for the stall timeout.
+    Stalled,
+}
+
+impl std::fmt::Display for OutOfRotation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            OutOfRotation::Busy => "it holds its limit of forwarded requests",
+            OutOfRotation::Broken => "its last requests failed; it is out of rotation for now",
+            OutOfRotation::Stalled => "it has answered nothing for a while; out of rotation",
+        })
+    }
 }
 
 impl Peer {
@@ -38,11 +89,63 @@ impl Peer {
             address: address.into(),
             reported_load: AtomicU64::new(0),
             in_flight: AtomicU64::new(0),
+            health: Mutex::new(PeerHealth::default()),
         }
     }
 
     fn load(&self) -> u64 {
         self.reported_load.load(Ordering::Relaxed) + self.in_flight.load(Ordering::Relaxed)
+    }
+
+    fn health(&self) -> std::sync::MutexGuard<'_, PeerHealth> {
+        self.health
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Takes a slot for one forward, or says why the peer is out of rotation.
+    pub fn admit(&self, limits: &PeerLimits, now: Instant) -> Result<InFlight<'_>, OutOfRotation> {
+        let mut health = self.health();
+        if health.open_until.is_some_and(|until| until > now) {
+            return Err(OutOfRotation::Broken);
+        }
+        let in_flight = self.in_flight.load(Ordering::Relaxed);
+        if in_flight > 0 {
+            let quiet_since = match (health.busy_since, health.last_answer) {
+                (Some(busy), Some(answer)) => Some(busy.max(answer)),
+                (busy, answer) => busy.or(answer),
+            };
+            if quiet_since
+                .is_some_and(|since| now.saturating_duration_since(since) > limits.stall_after)
+            {
+                return Err(OutOfRotation::Stalled);
+            }
+            if in_flight >= limits.max_in_flight {
+                return Err(OutOfRotation::Busy);
+            }
+        } else {
+            health.busy_since = Some(now);
+        }
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Ok(InFlight(self))
+    }
+
+    /// The peer answered (an error is an answer too): it is alive.
+    pub fn answered(&self, now: Instant) {
+        let mut health = self.health();
+        health.failures = 0;
+        health.open_until = None;
+        health.last_answer = Some(now);
+    }
+
+    /// A forward failed for want of the peer (unreachable, or the connection broke): after
+    /// [`BREAKER_FAILURES`] in a row its breaker opens for [`BREAKER_OPEN`].
+    pub fn failed(&self, now: Instant) {
+        let mut health = self.health();
+        health.failures = health.failures.saturating_add(1);
+        if health.failures >= BREAKER_FAILURES {
+            health.open_until = Some(now + BREAKER_OPEN);
+        }
     }
 }
 
@@ -96,14 +199,21 @@ fn rendezvous(pin: u64, node: &str) -> u64 {
 /// Why a forward failed.
 #[derive(Debug)]
 pub enum ForwardError {
-    /// The peer could not be reached, or the connection broke: another peer may serve it.
+    /// The peer did not run the request: it could not be reached, or it refused before running
+    /// anything. Another peer may serve it.
     Unreachable(String),
+    /// The connection failed after the request was sent: the peer may have run it, so it is
+    /// not sent to another.
+    Broken(String),
+    /// The peer did not answer before the request's deadline, after waiting this long; it may
+    /// have run the request.
+    Silent(Duration),
     /// The peer answered with an error, which is the request's answer.
     Answered(GatewayError),
 }
 
-pub type ForwardFuture<'a> =
-    Pin<Box<dyn Future<Output = Result<InferResponse, ForwardError>> + Send + 'a>>;
+pub type ForwardFuture<'a, T = InferResponse> =
+    Pin<Box<dyn Future<Output = Result<T, ForwardError>> + Send + 'a>>;
 
 /// Carries a request to a peer and brings its answer back.
 pub trait Forwarder: Send + Sync {
@@ -116,25 +226,29 @@ pub trait Forwarder: Send + Sync {
         request: InferRequest,
         deadline: Option<Instant>,
     ) -> ForwardFuture<'a>;
+
+    /// Asks `peer` whether the sequence `request` continues is open there, sending its id and
+    /// not its inputs.
+    fn holds_sequence<'a>(
+        &'a self,
+        peer: &'a Peer,
+        from: &'a str,
+        request: &'a InferRequest,
+        deadline: Option<Instant>,
+    ) -> ForwardFuture<'a, bool>;
 }
 
-/// This node's side of forwarding: its id, the forwarder, and the metrics that count what it
-/// forwards and receives.
+/// This node's side of forwarding: its id, the forwarder, what a peer may hold, and the
+/// metrics that count what it forwards and receives.
 pub struct Forwarding {
     pub node: Arc<str>,
     pub forwarder: Arc<dyn Forwarder>,
+    pub limits: PeerLimits,
     pub metrics: Arc<crate::telemetry::Metrics>,
 }
 
-/// Counts a forward in flight to a peer while it lives.
+/// Counts a forward in flight to a peer while it lives (see [`Peer::admit`]).
 pub struct InFlight<'a>(&'a Peer);
-
-impl<'a> InFlight<'a> {
-    pub fn start(peer: &'a Peer) -> Self {
-        peer.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(peer)
-    }
-}
 
 impl Drop for InFlight<'_> {
     fn drop(&mut self) {
@@ -170,6 +284,61 @@ mod tests {
         }
     }
 
+    const LIMITS: PeerLimits = PeerLimits {
+        max_in_flight: 3,
+        stall_after: Duration::from_secs(5),
+    };
+
+    #[test]
+    fn a_peer_leaves_rotation_when_full_stalled_or_failing_and_comes_back() {
+        let peer = Peer::new("a", "127.0.0.1:1");
+        let start = Instant::now();
+        let held: Vec<_> = (0..3)
+            .map(|_| peer.admit(&LIMITS, start).unwrap())
+            .collect();
+        assert_eq!(peer.admit(&LIMITS, start).err(), Some(OutOfRotation::Busy));
+        // Nothing answered for longer than the stall timeout, while forwards wait on it.
+        let later = start + Duration::from_secs(6);
+        assert_eq!(
+            peer.admit(&LIMITS, later).err(),
+            Some(OutOfRotation::Stalled)
+        );
+        // One answer puts it back.
+        peer.answered(later);
+        drop(held);
+        let one = peer.admit(&LIMITS, later).unwrap();
+        assert_eq!(
+            peer.admit(&LIMITS, later + Duration::from_secs(4)).err(),
+            None,
+            "busy for 4 s of a 5 s stall timeout, and answering: in rotation"
+        );
+        drop(one);
+        // Failures in a row open the breaker for a while; an answer closes it.
+        for _ in 0..BREAKER_FAILURES {
+            peer.failed(later);
+        }
+        assert_eq!(
+            peer.admit(&LIMITS, later).err(),
+            Some(OutOfRotation::Broken)
+        );
+        let reopened = later + BREAKER_OPEN + Duration::from_millis(1);
+        let trial = peer.admit(&LIMITS, reopened).unwrap();
+        drop(trial);
+        peer.failed(reopened);
+        assert_eq!(
+            peer.admit(&LIMITS, reopened).err(),
+            Some(OutOfRotation::Broken),
+            "a failed trial opens it again at once"
+        );
+        peer.answered(reopened);
+        assert!(peer.admit(&LIMITS, reopened).is_ok());
+        assert_eq!(
+            peer.in_flight.load(Ordering::Relaxed),
+            0,
+            "every slot given back"
+        );
+    }
+
     fn nodes(order: Vec<&Arc<Peer>>) -> Vec<&str> {
         order.into_iter().map(|peer| &*peer.node).collect()
     }
@@ -178,7 +347,10 @@ mod tests {
     fn the_least_loaded_peer_comes_first_counting_what_this_node_sent_it() {
         let version = remote(&[("a", 5), ("b", 2), ("c", 3)]);
         assert_eq!(nodes(version.order(None)), ["b", "c", "a"]);
-        let _held: Vec<_> = (0..2).map(|_| InFlight::start(&version.peers[1])).collect();
+        let now = Instant::now();
+        let _held: Vec<_> = (0..2)
+            .map(|_| version.peers[1].admit(&LIMITS, now).unwrap())
+            .collect();
         assert_eq!(
             nodes(version.order(None)),
             ["c", "b", "a"],

@@ -10,7 +10,8 @@ use switchyard_runtimes::NamedTensor;
 
 use crate::core::classification::classify;
 use crate::core::forward::{
-    ForwardError, Forwarding, InFlight, Peer, RemoteVersion, forwarded_from, sequence_owner,
+    ForwardError, Forwarding, OutOfRotation, Peer, RemoteVersion, SEQUENCE_PROBE, forwarded_from,
+    sequence_owner,
 };
 use crate::core::request::{
     InferRequest, InferResponse, apply_reshapes, reshape_scalars, select_outputs, validate,
@@ -182,6 +183,25 @@ impl Gateway {
         control: SequenceControl,
     ) -> Result<InferResponse, GatewayError> {
         self.note_forwarded(&request);
+        if !control.start
+            && forwarded_from(&request).is_some()
+            && request.headers.contains_key(SEQUENCE_PROBE)
+        {
+            // A peer asks, before it sends a body, whether the sequence lives here.
+            if !self.sequences.holds(&request.model, &control.id) {
+                return Err(GatewayError::invalid(format!(
+                    "sequence {} of model '{}' {NOT_OPEN} on this node",
+                    control.id,
+                    crate::error::quoted(&request.model)
+                )));
+            }
+            return Ok(InferResponse {
+                model_name: request.model.as_str().into(),
+                model_version: request.version.as_deref().unwrap_or_default().into(),
+                id: None,
+                outputs: Vec::new(),
+            });
+        }
         let pin = control.id.pin();
         let turn = if control.start {
             let routed = match self.route_waiting_for_loads(&request).await? {
@@ -347,9 +367,10 @@ impl Gateway {
         }
     }
 
-    /// Sends a request for a version only peers host to one of them: the least loaded (a
-    /// sequence: always the same one), then the next when one cannot be reached. The version
-    /// is pinned, so the peer does not route it again, and the peer never forwards it on.
+    /// Sends a request for a version only peers host to one of them: the least loaded in
+    /// rotation (a sequence's start: its owner; a later request of a sequence: the host that
+    /// says it holds it), then the next while one could not have run it. The version is
+    /// pinned, so the peer does not route it again, and the peer never forwards it on.
     async fn forward(
         &self,
         mut request: InferRequest,
@@ -377,9 +398,9 @@ impl Gateway {
         request.version = Some(route.label.to_string());
         let deadline = request.deadline;
         let received = request.received.unwrap_or_else(Instant::now);
-        let mut unreachable: Vec<String> = Vec::new();
-        let mut last_refusal = None;
-        let deadline_passed = |unreachable: &[String]| {
+        let mut passed: Vec<String> = Vec::new();
+        let mut busy = false;
+        let deadline_passed = |passed: &[String]| {
             count_outcome(
                 &route.stats,
                 Err(ErrorKind::DeadlineExceeded),
@@ -390,27 +411,46 @@ impl Gateway {
                 ErrorKind::DeadlineExceeded,
                 format!(
                     "the request's deadline passed while it was forwarded ({})",
-                    unreachable.join("; ")
+                    passed.join("; ")
                 ),
             )
         };
-        let (sequence, tries) = match hop {
-            Hop::Any => (None, MAX_FORWARD_TRIES),
+        let peers: Vec<&Arc<Peer>> = match hop {
+            Hop::Any => route.remote.order(None),
             // Its owner only: another peer would open a second sequence that its later
             // requests never reach.
-            Hop::Start(pin) => (Some(pin), 1),
-            // Owner first, then the others: one that does not hold it ran nothing.
-            Hop::Turn(pin) => (Some(pin), route.remote.peers.len().min(MAX_SEQUENCE_HOSTS)),
-        };
-        let mut peers = route.remote.order(sequence);
-        peers.truncate(tries);
-        let mut request = Some(request);
-        for (index, peer) in peers.iter().enumerate() {
-            if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
-                return Err(deadline_passed(&unreachable));
+            Hop::Start(pin) => route.remote.order(Some(pin)).into_iter().take(1).collect(),
+            // The host that holds it, asked before the body is sent anywhere.
+            Hop::Turn(pin) => {
+                match self
+                    .sequence_holder(forwarding, route, &request, pin, &mut passed)
+                    .await?
+                {
+                    Some(holder) => vec![holder],
+                    None => Vec::new(),
+                }
             }
+        };
+        let mut request = Some(request);
+        let mut tries = 0;
+        for (index, peer) in peers.iter().enumerate() {
+            if tries == MAX_FORWARD_TRIES {
+                break;
+            }
+            if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
+                return Err(deadline_passed(&passed));
+            }
+            let in_flight = match peer.admit(&forwarding.limits, Instant::now()) {
+                Ok(in_flight) => in_flight,
+                Err(why) => {
+                    busy |= why == OutOfRotation::Busy;
+                    passed.push(format!("node '{}': {why}", peer.node));
+                    continue;
+                }
+            };
+            tries += 1;
             // Kept for the next peer only while there is one.
-            let sent = match index + 1 < peers.len() {
+            let sent = match index + 1 < peers.len() && tries < MAX_FORWARD_TRIES {
                 true => request.clone(),
                 false => request.take(),
             };
@@ -418,43 +458,44 @@ impl Gateway {
                 break;
             };
             tracing::Span::current().record("forwarded_to", &*peer.node);
-            let _in_flight = InFlight::start(peer);
             let answer = forwarding
                 .forwarder
                 .forward(peer, &forwarding.node, sent, deadline)
                 .await;
+            drop(in_flight);
+            let now = Instant::now();
             let outcome = match &answer {
-                // Views of who serves a version lag a heartbeat behind a change, so the start
-                // may have gone to another host than this node takes for the owner.
-                Err(ForwardError::Answered(error))
-                    if matches!(hop, Hop::Turn(_))
-                        && error.kind == ErrorKind::InvalidArgument
-                        && error.message.contains(NOT_OPEN) =>
-                {
-                    unreachable.push(format!(
-                        "node '{}': the sequence is not open there",
-                        peer.node
-                    ));
-                    last_refusal = Some(error.clone());
-                    continue;
-                }
                 Ok(_) => Ok(()),
                 Err(ForwardError::Answered(error)) => Err(error.kind),
                 Err(ForwardError::Unreachable(reason)) => {
+                    peer.failed(now);
                     forwarding.metrics.forwarded(
                         &route.model_name,
                         &route.label,
                         &peer.node,
                         "unreachable",
                     );
-                    tracing::warn!(model = %route.model_name, version = %route.label, peer = %peer.node, %reason, "peer unreachable; trying the next");
-                    unreachable.push(format!("node '{}': {reason}", peer.node));
+                    tracing::warn!(model = %route.model_name, version = %route.label, peer = %peer.node, %reason, "peer did not run the request; trying the next");
+                    passed.push(format!("node '{}': {reason}", peer.node));
                     continue;
                 }
+                Err(ForwardError::Broken(_)) => Err(ErrorKind::Unavailable),
+                Err(ForwardError::Silent(_)) => Err(ErrorKind::DeadlineExceeded),
             };
-            let label = match outcome {
-                Ok(()) => "success",
-                Err(kind) => kind.row().outcome,
+            match &answer {
+                Err(ForwardError::Broken(_)) => peer.failed(now),
+                // A short deadline says nothing of the peer; silence for the stall timeout does.
+                Err(ForwardError::Silent(waited)) => {
+                    if *waited >= forwarding.limits.stall_after {
+                        peer.failed(now);
+                    }
+                }
+                _ => peer.answered(now),
+            }
+            let label = match (&answer, outcome) {
+                (Err(ForwardError::Broken(_)), _) => "broken",
+                (_, Ok(())) => "success",
+                (_, Err(kind)) => kind.row().outcome,
             };
             forwarding
                 .metrics
@@ -467,30 +508,111 @@ impl Gateway {
             );
             return answer.map_err(|error| match error {
                 ForwardError::Answered(error) => error,
+                // It may have run there: sending it to another could run it twice.
+                ForwardError::Broken(reason) => GatewayError::unavailable(format!(
+                    "the connection to node '{}' broke after the request was sent ({reason}); \
+                     it may have run there, so it was not sent to another node",
+                    peer.node
+                )),
+                ForwardError::Silent(waited) => GatewayError::new(
+                    ErrorKind::DeadlineExceeded,
+                    format!(
+                        "node '{}' did not answer within the request's deadline ({waited:?}); \
+                         it may have run there, so it was not sent to another node",
+                        peer.node
+                    ),
+                ),
                 ForwardError::Unreachable(reason) => GatewayError::unavailable(reason),
             });
         }
-        if let Some(refusal) = last_refusal {
-            return Err(refusal);
-        }
         if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
-            return Err(deadline_passed(&unreachable));
+            return Err(deadline_passed(&passed));
         }
-        count_outcome(
-            &route.stats,
-            Err(ErrorKind::Unavailable),
-            false,
-            received.elapsed(),
-        );
-        Err(GatewayError::unavailable(if unreachable.is_empty() {
-            format!("{}, and no live node hosts it", not_here())
-        } else {
-            format!(
-                "{}, and no node hosting it could be reached ({})",
-                not_here(),
-                unreachable.join("; ")
-            )
-        }))
+        let (kind, why) = match (busy, passed.is_empty()) {
+            (_, true) => (ErrorKind::Unavailable, "no live node hosts it".to_owned()),
+            (true, false) => (
+                ErrorKind::Overloaded,
+                format!("the nodes hosting it are busy ({})", passed.join("; ")),
+            ),
+            (false, false) => (
+                ErrorKind::Unavailable,
+                format!("no node hosting it could take it ({})", passed.join("; ")),
+            ),
+        };
+        count_outcome(&route.stats, Err(kind), false, received.elapsed());
+        Err(GatewayError::new(
+            kind,
+            format!("{}, and {why}", not_here()),
+        ))
+    }
+
+    /// The host of a later request of a sequence: the hosts are asked in turn, owner first,
+    /// whether the sequence is open there, each with the sequence's id and not its inputs, so
+    /// that the body goes to one node only. `None` when none could be asked (the reasons are
+    /// in `passed`); a refusal when every host that answered says it is not open.
+    async fn sequence_holder<'r>(
+        &self,
+        forwarding: &Forwarding,
+        route: &'r RemoteRoute,
+        request: &InferRequest,
+        pin: u64,
+        passed: &mut Vec<String>,
+    ) -> Result<Option<&'r Arc<Peer>>, GatewayError> {
+        let mut answered = false;
+        for peer in route
+            .remote
+            .order(Some(pin))
+            .into_iter()
+            .take(MAX_SEQUENCE_HOSTS)
+        {
+            let in_flight = match peer.admit(&forwarding.limits, Instant::now()) {
+                Ok(in_flight) => in_flight,
+                Err(why) => {
+                    passed.push(format!("node '{}': {why}", peer.node));
+                    continue;
+                }
+            };
+            let held = forwarding
+                .forwarder
+                .holds_sequence(peer, &forwarding.node, request, request.deadline)
+                .await;
+            drop(in_flight);
+            match held {
+                Ok(true) => {
+                    peer.answered(Instant::now());
+                    return Ok(Some(peer));
+                }
+                Ok(false) => {
+                    peer.answered(Instant::now());
+                    answered = true;
+                }
+                Err(ForwardError::Answered(error)) => {
+                    peer.answered(Instant::now());
+                    return Err(error);
+                }
+                Err(ForwardError::Unreachable(reason) | ForwardError::Broken(reason)) => {
+                    peer.failed(Instant::now());
+                    passed.push(format!("node '{}': {reason}", peer.node));
+                }
+                Err(ForwardError::Silent(waited)) => {
+                    passed.push(format!("node '{}': no answer in {waited:?}", peer.node));
+                }
+            }
+        }
+        if answered && passed.is_empty() {
+            let id = sequence_control(request)
+                .ok()
+                .flatten()
+                .map(|control| control.id.to_string())
+                .unwrap_or_default();
+            return Err(GatewayError::invalid(format!(
+                "sequence {id} of model '{}' {NOT_OPEN} on any node that serves it: its first \
+                 request needs sequence_start = true (a sequence closes at sequence_end, and \
+                 after its idle timeout)",
+                route.model_name
+            )));
+        }
+        Ok(None)
     }
 
     /// Names the request in its span: the version that serves it, and its id (one is issued

@@ -285,6 +285,14 @@ impl Sequences {
         })
     }
 
+    /// Whether the sequence is open here (and not idle past its timeout).
+    pub fn holds(&self, model: &str, id: &SequenceId) -> bool {
+        let key: Key = (Arc::from(model), id.clone());
+        self.lock()
+            .get(&key)
+            .is_some_and(|sequence| sequence.states.is_none() || !expired(sequence, Instant::now()))
+    }
+
     /// Releases the sequences idle past their timeout; returns how many.
     pub fn sweep(&self) -> usize {
         sweep_locked(&mut self.lock(), Instant::now())

@@ -258,7 +258,8 @@ impl Metrics {
     }
 
     /// Counts a request this node forwarded to a peer that hosts its version, by how it ended
-    /// (`success`, an error outcome, or `unreachable` when the peer could not be reached).
+    /// (`success`, an error outcome, `unreachable` when the peer did not run it and the next
+    /// peer was tried, or `broken` when the connection failed after it was sent).
     pub fn forwarded(&self, model: &str, version: &str, peer: &str, outcome: &'static str) {
         if self.enabled {
             counter(
