@@ -79,9 +79,31 @@ fn every_management_route_is_documented_and_nothing_else() {
     assert!(document["components"]["securitySchemes"]["bearer"].is_object());
     let register = &document["paths"]["/v1/models/{m}/versions"]["post"]["requestBody"];
     assert!(
-        register.to_string().contains("NewVersion"),
+        register.to_string().contains("VersionBody"),
         "the request body is the API's own type: {register}"
     );
+    // The schemas are as strict as the checks: the settings of a version are spelled out,
+    // closed, and bounded as the gateway bounds them.
+    let settings = &document["components"]["schemas"]["ModelToml"];
+    assert_eq!(settings["additionalProperties"], false, "{settings}");
+    assert_eq!(settings["properties"]["replicas"]["maximum"], 256, "{settings}");
+    assert_eq!(
+        settings["properties"]["max_batch_size"]["maximum"], 65536,
+        "{settings}"
+    );
+    let model = &document["paths"]["/v1/models/{m}"]["get"]["parameters"][0]["schema"];
+    assert!(model["pattern"].is_string(), "{model}");
+    // Every write with a body lists the 415 it answers to a body that is not JSON.
+    for (path, item) in document["paths"].as_object().unwrap() {
+        for method in ["post", "put"] {
+            if let Some(operation) = item.get(method) {
+                assert!(
+                    operation["responses"]["415"].is_object(),
+                    "{method} {path} does not list 415"
+                );
+            }
+        }
+    }
     let missing: Vec<_> = routes.difference(&documented).collect();
     let extra: Vec<_> = documented.difference(&routes).collect();
     assert!(

@@ -10,9 +10,10 @@ use sqlx::{AnyPool, Executor, Row, Transaction};
 use tokio::sync::watch;
 
 use crate::{
-    CounterRow, EvaluationRecord, Event, Heartbeat, Model, ModelRecord, NewModel, NewScores,
-    NewVersion, NodeRecord, NodeVersion, PlacementRow, RegistryError, Rewards, RolloutRecord,
-    RolloutWrite, Score, Snapshot, Store, Version, VersionState, valid_name,
+    CounterRow, EvaluationRecord, Event, Heartbeat, MAX_DESCRIPTION_BYTES, MAX_METRICS,
+    MAX_WEIGHTS, Model, ModelRecord, NewModel, NewScores, NewVersion, NodeRecord, NodeVersion,
+    PlacementRow, RegistryError, Rewards, RolloutRecord, RolloutWrite, Score, Snapshot, Store,
+    Version, VersionState, valid_name,
 };
 
 /// The PostgreSQL channel that carries new revisions between gateway processes.
@@ -568,6 +569,11 @@ pub fn compare_labels(a: &str, b: &str) -> std::cmp::Ordering {
 }
 
 fn check_weights(weights: &BTreeMap<String, u64>) -> Result<(), RegistryError> {
+    if weights.len() > MAX_WEIGHTS {
+        return Err(RegistryError::Invalid(format!(
+            "weights may name at most {MAX_WEIGHTS} versions"
+        )));
+    }
     if weights.values().all(|&w| w == 0) {
         return Err(RegistryError::Invalid(
             "weights must give at least one version a positive weight".into(),
@@ -633,6 +639,11 @@ impl Store for SqlStore {
             return Err(RegistryError::Invalid(format!(
                 "'{}' is not a valid model name (letters, digits, '_', '-', '.'; at most 128)",
                 model.name
+            )));
+        }
+        if model.description.len() > MAX_DESCRIPTION_BYTES {
+            return Err(RegistryError::Invalid(format!(
+                "description may be at most {MAX_DESCRIPTION_BYTES} bytes"
             )));
         }
         let (mut tx, revision) = self.begin_write().await?;
@@ -1111,10 +1122,17 @@ impl Store for SqlStore {
         label: &str,
         scores: NewScores,
     ) -> Result<i64, RegistryError> {
-        if scores.metrics.is_empty() {
-            return Err(RegistryError::Invalid(
-                "metrics must name at least one metric".into(),
-            ));
+        if scores.metrics.is_empty() || scores.metrics.len() > MAX_METRICS {
+            return Err(RegistryError::Invalid(format!(
+                "metrics must name 1 to {MAX_METRICS} metrics"
+            )));
+        }
+        if scores.source.len() > MAX_DESCRIPTION_BYTES
+            || scores.dataset.len() > MAX_DESCRIPTION_BYTES
+        {
+            return Err(RegistryError::Invalid(format!(
+                "source and dataset may be at most {MAX_DESCRIPTION_BYTES} bytes each"
+            )));
         }
         if let Some((name, _)) = scores.metrics.iter().find(|(_, v)| !v.is_finite()) {
             return Err(RegistryError::Invalid(format!(

@@ -11,11 +11,25 @@ pub struct Model {
     pub created_ms: i64,
 }
 
+/// The longest description a model keeps, and the longest `source` or `dataset` of scores.
+pub const MAX_DESCRIPTION_BYTES: usize = 4096;
+/// The most metrics one write of scores may carry.
+pub const MAX_METRICS: usize = 64;
+/// The most versions one write of traffic weights may name.
+pub const MAX_WEIGHTS: usize = 1024;
+
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewModel {
+    /// Letters, digits, `_`, `-` and `.` (not first); at most 128.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")
+    )]
     pub name: String,
+    /// At most 4096 bytes.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub description: String,
 }
 
@@ -135,11 +149,37 @@ pub struct Score {
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NewScores {
+    /// 1 to 64 metrics: a name (as a model's) and a finite number.
+    #[cfg_attr(feature = "openapi", schema(schema_with = metrics_schema))]
     pub metrics: BTreeMap<String, f64>,
+    /// At most 4096 bytes.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub source: String,
+    /// At most 4096 bytes.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub dataset: String,
+}
+
+/// `{name: number}`, the names as a model's.
+#[cfg(feature = "openapi")]
+fn metrics_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    let mut names = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"))
+        .build();
+    names.max_length = Some(128);
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(names))
+        .additional_properties(Some(AdditionalProperties::RefOr(
+            ObjectBuilder::new().schema_type(Type::Number).into(),
+        )))
+        .min_properties(Some(1))
+        .max_properties(Some(MAX_METRICS))
+        .build()
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -24,17 +24,21 @@ const LISTED: i64 = 20;
 /// The job running on this gateway: its id, and what stops it when it is cancelled.
 pub(super) type RunningJob = (i64, Arc<tokio::sync::Notify>);
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct EvaluationRequest {
     /// A `.npz` or `.jsonl` file under the artifact roots.
+    #[schema(max_length = 4096)]
     dataset: String,
-    /// Labels, or all the model's ready versions when absent.
+    /// 1 to 64 version labels, or all the model's ready versions when absent.
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 64)]
     versions: Option<Vec<String>>,
     /// The output tensor to read predictions from (default: the model's first).
     #[serde(default)]
+    #[schema(max_length = 256)]
     output: Option<String>,
+    /// Scores at or above it are class 1 (one score per example); default 0.5.
     #[serde(default = "default_threshold")]
     threshold: f64,
     /// Record the metrics as registry scores (default true).
@@ -54,8 +58,8 @@ fn default_post() -> bool {
 #[utoipa::path(
     post,
     path = "/v1/models/{m}/evaluations",
-    params(("m" = String, Path, description = "the model")),
-    request_body = Object,
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
+    request_body = EvaluationRequest,
     responses((status = 202, description = "started", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn start_evaluation(
@@ -180,7 +184,7 @@ pub(super) async fn start_evaluation(
 #[utoipa::path(
     post,
     path = "/v1/models/{m}/evaluations/{id}/cancel",
-    params(("m" = String, Path, description = "the model"), ("id" = i64, Path, description = "the evaluation's id")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("id" = i64, Path, description = "the evaluation's id", minimum = 1)),
     responses((status = 200, description = "cancelled", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn cancel_evaluation(
@@ -237,7 +241,7 @@ fn evaluation_id(id: &str) -> Result<i64, GatewayError> {
 #[utoipa::path(
     get,
     path = "/v1/models/{m}/evaluations",
-    params(("m" = String, Path, description = "the model")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn list_evaluations(
@@ -252,7 +256,7 @@ pub(super) async fn list_evaluations(
 #[utoipa::path(
     get,
     path = "/v1/models/{m}/evaluations/{id}",
-    params(("m" = String, Path, description = "the model"), ("id" = String, Path, description = "the evaluation's id, or latest")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("id" = String, Path, description = "the evaluation's id, or latest", pattern = r"^([1-9][0-9]{0,17}|latest)$")),
     responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn get_evaluation(

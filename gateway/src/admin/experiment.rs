@@ -13,7 +13,7 @@ use crate::routing;
 #[utoipa::path(
     get,
     path = "/v1/models/{m}/experiment",
-    params(("m" = String, Path, description = "the model")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn experiment(

@@ -198,7 +198,7 @@ impl VersionSeries {
 #[utoipa::path(
     get,
     path = "/v1/models/{m}/figures",
-    params(("m" = String, Path, description = "the model")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn figures(

@@ -134,8 +134,37 @@ fn internal(error: impl std::fmt::Display) -> ApiError {
     GatewayError::internal(error.to_string())
 }
 
+/// Reads a request body. JSON Schema counts `8.0` as an integer, and clients that build JSON
+/// from the API's document may send it so: a number with no fraction is read as an integer
+/// wherever one is expected.
 fn parse<T: DeserializeOwned>(body: &Bytes) -> Result<T, ApiError> {
-    serde_json::from_slice(body).map_err(|e| bad_request(format!("invalid request body: {e}")))
+    let refused = |e: serde_json::Error| bad_request(format!("invalid request body: {e}"));
+    let mut value: Value = serde_json::from_slice(body).map_err(refused)?;
+    integral_numbers(&mut value);
+    serde_json::from_value(value).map_err(refused)
+}
+
+/// Turns every whole number written with a fraction (`8.0`) into an integer, within the range
+/// a double holds exactly. Recurses no deeper than serde_json's own limit on nesting.
+fn integral_numbers(value: &mut Value) {
+    const EXACT: f64 = 9_007_199_254_740_992.0;
+    match value {
+        Value::Number(number) if number.is_f64() => {
+            if let Some(float) = number.as_f64()
+                && float.fract() == 0.0
+                && float.abs() <= EXACT
+            {
+                *value = if float < 0.0 {
+                    Value::from(float as i64)
+                } else {
+                    Value::from(float as u64)
+                };
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(integral_numbers),
+        Value::Object(fields) => fields.values_mut().for_each(integral_numbers),
+        _ => {}
+    }
 }
 
 type ApiResult = Result<Response, ApiError>;
@@ -247,4 +276,37 @@ pub fn router(state: AdminState) -> Router {
             )
         })
         .with_state(state)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn whole_numbers_written_with_a_fraction_read_as_integers() {
+        #[derive(serde::Deserialize, Debug, PartialEq)]
+        struct Counts {
+            replicas: u64,
+            offset: i64,
+            share: f64,
+            nested: Vec<std::collections::BTreeMap<String, u32>>,
+        }
+        let body = Bytes::from_static(
+            br#"{"replicas": 4.0, "offset": -2.0, "share": 0.5, "nested": [{"a": 1.0}]}"#,
+        );
+        let counts: Counts = parse(&body)
+            .map_err(|_| "refused")
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(counts.replicas, 4);
+        assert_eq!(counts.offset, -2);
+        assert_eq!(counts.share, 0.5);
+        assert_eq!(counts.nested[0]["a"], 1);
+        // A fraction is still no integer, and past 2^53 a double is not exact.
+        for body in [&br#"{"replicas": 4.5}"#[..], br#"{"replicas": 1e300}"#] {
+            assert!(
+                parse::<std::collections::BTreeMap<String, u64>>(&Bytes::from_static(body))
+                    .is_err()
+            );
+        }
+    }
 }

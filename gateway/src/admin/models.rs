@@ -10,6 +10,7 @@ use switchyard_registry::{NewModel, NewScores, NewVersion, VersionState};
 
 use super::{Actor, AdminState, ApiResult, bad_request, internal, ok, parse};
 use crate::control::import::version_settings;
+use crate::control::repository::ModelToml;
 use crate::control::runtimes;
 use crate::core::Gateway;
 use crate::error::GatewayError;
@@ -67,7 +68,7 @@ pub(super) async fn create_model(
 #[utoipa::path(
     get,
     path = "/v1/models/{m}",
-    params(("m" = String, Path, description = "the model")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn get_model(
@@ -96,7 +97,7 @@ pub(super) async fn get_model(
 #[utoipa::path(
     get,
     path = "/v1/models/{m}/versions",
-    params(("m" = String, Path, description = "the model")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn list_versions(
@@ -107,12 +108,33 @@ pub(super) async fn list_versions(
     ok(StatusCode::OK, json!({ "versions": record.versions }))
 }
 
+/// `switchyard_registry::NewVersion` as the document shows it, with its settings spelled
+/// out and bounded as the gateway checks them.
+#[derive(utoipa::ToSchema)]
+#[allow(dead_code)]
+pub(super) struct VersionBody {
+    /// The label; the next integer when absent.
+    #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")]
+    version: Option<String>,
+    /// `onnx` or `libtorch` (TorchScript).
+    #[schema(pattern = r"^(onnx|libtorch)$")]
+    runtime: String,
+    /// Path of the model file on the gateway's machine, under `registry.artifact_roots`.
+    #[schema(max_length = 4096)]
+    artifact: String,
+    /// Serving settings: the keys of `model.toml`. Absent: the model's latest version's.
+    config: Option<ModelToml>,
+    /// Free-form metadata kept with the version.
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
+}
+
 /// Register a version; it loads in the background (state `loading`, then `ready` or `failed`).
 #[utoipa::path(
     post,
     path = "/v1/models/{m}/versions",
-    params(("m" = String, Path, description = "the model")),
-    request_body = switchyard_registry::NewVersion,
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
+    request_body = VersionBody,
     responses((status = 201, description = "created", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn register_version(
@@ -166,7 +188,7 @@ pub(super) async fn register_version(
 #[utoipa::path(
     get,
     path = "/v1/models/{m}/versions/{v}",
-    params(("m" = String, Path, description = "the model"), ("v" = String, Path, description = "the version label or alias")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("v" = String, Path, description = "the version label or alias", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn get_version(
@@ -183,7 +205,7 @@ pub(super) async fn get_version(
 #[utoipa::path(
     delete,
     path = "/v1/models/{m}/versions/{v}",
-    params(("m" = String, Path, description = "the model"), ("v" = String, Path, description = "the version label or alias")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("v" = String, Path, description = "the version label or alias", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     responses((status = 202, description = "accepted: draining", body = Object), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn remove_version(
@@ -202,7 +224,7 @@ pub(super) async fn remove_version(
 #[utoipa::path(
     post,
     path = "/v1/models/{m}/versions/{v}/scores",
-    params(("m" = String, Path, description = "the model"), ("v" = String, Path, description = "the version label or alias")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("v" = String, Path, description = "the version label or alias", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     request_body = switchyard_registry::NewScores,
     responses((status = 201, description = "created", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
 )]
@@ -224,7 +246,7 @@ pub(super) async fn add_scores(
 #[utoipa::path(
     get,
     path = "/v1/models/{m}/versions/{v}/scores",
-    params(("m" = String, Path, description = "the model"), ("v" = String, Path, description = "the version label or alias")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("v" = String, Path, description = "the version label or alias", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn list_scores(

@@ -82,6 +82,16 @@ impl Modify for Conventions {
             if path == "/v1/openapi.json" {
                 continue;
             }
+            // Writes with a body: without tokens, one that is not JSON gets 415 (a page of
+            // another site cannot send JSON without asking first).
+            let writes = [&mut item.put, &mut item.post];
+            for operation in writes.into_iter().flatten() {
+                operation
+                    .responses
+                    .responses
+                    .entry("415".to_owned())
+                    .or_insert_with(|| error.clone());
+            }
             let operations = [
                 &mut item.get,
                 &mut item.put,

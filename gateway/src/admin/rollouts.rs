@@ -89,8 +89,8 @@ async fn find(state: &AdminState, model: &str, id: &str) -> Result<RolloutRecord
 #[utoipa::path(
     post,
     path = "/v1/models/{m}/rollouts",
-    params(("m" = String, Path, description = "the model")),
-    request_body = Object,
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
+    request_body = crate::control::rollout::control::RolloutRequest,
     responses((status = 201, description = "created, pending until the leader starts it", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn start_rollout(
@@ -113,7 +113,7 @@ pub(super) async fn start_rollout(
 #[utoipa::path(
     get,
     path = "/v1/models/{m}/rollouts",
-    params(("m" = String, Path, description = "the model")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn list_rollouts(
@@ -137,7 +137,7 @@ pub(super) async fn list_rollouts(
 #[utoipa::path(
     get,
     path = "/v1/models/{m}/rollouts/{id}",
-    params(("m" = String, Path, description = "the model"), ("id" = String, Path, description = "the rollout's id, or latest")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("id" = String, Path, description = "the rollout's id, or latest", pattern = r"^([1-9][0-9]{0,17}|latest)$")),
     responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn get_rollout(
@@ -152,7 +152,7 @@ pub(super) async fn get_rollout(
 #[utoipa::path(
     post,
     path = "/v1/models/{m}/rollouts/{id}/{action}",
-    params(("m" = String, Path, description = "the model"), ("id" = String, Path, description = "the rollout's id, or latest"), ("action" = String, Path, description = "pause, resume, promote or abort")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("id" = String, Path, description = "the rollout's id, or latest", pattern = r"^([1-9][0-9]{0,17}|latest)$"), ("action" = String, Path, description = "pause, resume, promote or abort", pattern = r"^(pause|resume|promote|abort)$")),
     responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse), (status = 415, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn control_rollout(

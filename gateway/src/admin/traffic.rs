@@ -17,7 +17,7 @@ use switchyard_registry::VersionState;
 #[utoipa::path(
     get,
     path = "/v1/models/{m}/traffic",
-    params(("m" = String, Path, description = "the model")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn get_traffic(
@@ -35,15 +35,37 @@ pub(super) async fn get_traffic(
 #[derive(Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub(super) struct TrafficBody {
-    /// Weight per version label; a version's share is its weight over the sum.
+    /// Weight per version label (1 to 1024 versions, at least one weight above 0); a
+    /// version's share is its weight over the sum.
+    #[schema(schema_with = weights_schema)]
     weights: BTreeMap<String, u64>,
+}
+
+fn weights_schema() -> utoipa::openapi::Object {
+    use utoipa::openapi::schema::{AdditionalProperties, ObjectBuilder, Type};
+    let mut labels = ObjectBuilder::new()
+        .schema_type(Type::String)
+        .pattern(Some(r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"))
+        .build();
+    labels.max_length = Some(128);
+    let weight = ObjectBuilder::new()
+        .schema_type(Type::Integer)
+        .minimum(Some(0.0))
+        .maximum(Some(i64::MAX as f64));
+    ObjectBuilder::new()
+        .schema_type(Type::Object)
+        .property_names(Some(labels))
+        .additional_properties(Some(AdditionalProperties::RefOr(weight.into())))
+        .min_properties(Some(1))
+        .max_properties(Some(switchyard_registry::MAX_WEIGHTS))
+        .build()
 }
 
 /// Replace a model's traffic weights.
 #[utoipa::path(
     put,
     path = "/v1/models/{m}/traffic",
-    params(("m" = String, Path, description = "the model")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     request_body = TrafficBody,
     responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
 )]
@@ -68,7 +90,7 @@ pub(super) async fn set_traffic(
 #[utoipa::path(
     get,
     path = "/v1/models/{m}/policy",
-    params(("m" = String, Path, description = "the model")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn get_policy(
@@ -83,7 +105,7 @@ pub(super) async fn get_policy(
 #[utoipa::path(
     put,
     path = "/v1/models/{m}/policy",
-    params(("m" = String, Path, description = "the model")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     request_body = crate::routing::TrafficPolicy,
     responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
 )]
@@ -142,6 +164,7 @@ pub(super) async fn set_policy(
 #[serde(deny_unknown_fields)]
 pub(super) struct AliasBody {
     /// The version label the alias names.
+    #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")]
     version: String,
 }
 
@@ -149,7 +172,7 @@ pub(super) struct AliasBody {
 #[utoipa::path(
     put,
     path = "/v1/models/{m}/aliases/{a}",
-    params(("m" = String, Path, description = "the model"), ("a" = String, Path, description = "the alias")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("a" = String, Path, description = "the alias", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     request_body = AliasBody,
     responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
@@ -186,7 +209,7 @@ pub(super) async fn set_alias(
 #[utoipa::path(
     delete,
     path = "/v1/models/{m}/aliases/{a}",
-    params(("m" = String, Path, description = "the model"), ("a" = String, Path, description = "the alias")),
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("a" = String, Path, description = "the alias", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn remove_alias(

@@ -22,65 +22,90 @@ use crate::serving::JoinAxes;
 use crate::serving::Warmup;
 
 /// Serving settings of one model, from its `model.toml`; unset keys take the gateway defaults.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct ModelToml {
+    #[schema(max_length = 4096)]
     pub description: Option<String>,
     /// Largest batch along axis 0 a request may carry; 0 means the model has no batch axis.
     /// Unset: 64 when every input's first dimension is dynamic, else 0.
+    #[schema(maximum = 65536)]
     pub max_batch_size: Option<u64>,
     /// `cpu` or `cuda:N`.
+    #[schema(pattern = r"^(cpu|cuda:[0-9]{1,3})$")]
     pub device: Option<String>,
     /// Requests that may wait per replica; past this the gateway answers 429.
+    #[schema(minimum = 1, maximum = 65536)]
     pub queue_capacity: Option<usize>,
+    #[schema(minimum = 1, maximum = 256)]
     pub intra_op_threads: Option<usize>,
     /// Worker threads, each with its own copy of the model.
+    #[schema(minimum = 1, maximum = 256)]
     pub replicas: Option<usize>,
     /// How long a batch may wait for more requests, e.g. "500us".
+    #[schema(pattern = r"^[0-9]{1,9}(ns|us|ms|s|m|h)$")]
     pub max_queue_delay: Option<String>,
     /// How long a worker whose queue ran dry polls it before it sleeps, e.g. "250us"; "0us"
     /// sleeps at once.
+    #[schema(pattern = r"^[0-9]{1,9}(ns|us|ms|s|m|h)$")]
     pub worker_spin: Option<String>,
     /// The nice value of its replicas' worker threads, -20 (first) to 19 (last).
+    #[schema(minimum = -20, maximum = 19)]
     pub nice: Option<i32>,
     /// Batch sizes sent at once when reached.
+    #[schema(max_items = 1024)]
     pub preferred_batch_sizes: Option<Vec<usize>>,
     /// How long a request may take, queue included, e.g. "30s".
+    #[schema(pattern = r"^[0-9]{1,9}(ns|us|ms|s|m|h)$")]
     pub timeout: Option<String>,
     /// The model's inputs, in the order the model takes them. Required for TorchScript, whose
     /// files do not describe them; checked against the model for ONNX.
+    #[schema(max_items = 1024)]
     pub input: Option<Vec<TensorToml>>,
     /// The model's outputs, in the order the model returns them.
+    #[schema(max_items = 1024)]
     pub output: Option<Vec<TensorToml>>,
     /// The run each replica makes before it is ready.
     pub warmup: Option<WarmupToml>,
     /// Memory one replica needs on its device, e.g. "300MiB": what it reserves until its own
     /// use is measured after warm-up. Unset: the size of its artifact file.
+    #[schema(pattern = r"^[0-9]{1,12}(B|KB|KiB|MB|MiB|GB|GiB)?$")]
     pub memory: Option<String>,
     /// Devices a replica may be placed on (best fit); unset: `device` alone.
+    #[schema(max_items = 1024)]
     pub devices: Option<Vec<String>>,
     /// Autoscaling bounds; `max_replicas` turns autoscaling on (else `replicas` is fixed).
+    #[schema(minimum = 1, maximum = 256)]
     pub min_replicas: Option<u64>,
+    #[schema(minimum = 1, maximum = 256)]
     pub max_replicas: Option<u64>,
     /// Requests in flight (queued or running) one replica should carry; default 4.
+    #[schema(exclusive_minimum = 0, maximum = 1000000)]
     pub target_concurrency: Option<f64>,
     /// How long concurrency is averaged over, e.g. "10s".
+    #[schema(pattern = r"^[0-9]{1,9}(ns|us|ms|s|m|h)$")]
     pub scale_window: Option<String>,
     /// How long more (fewer) replicas must be wanted before they are added (removed).
+    #[schema(pattern = r"^[0-9]{1,9}(ns|us|ms|s|m|h)$")]
     pub scale_up_delay: Option<String>,
+    #[schema(pattern = r"^[0-9]{1,9}(ns|us|ms|s|m|h)$")]
     pub scale_down_delay: Option<String>,
     /// With autoscaling: no replica at all after this long without a request, e.g. "10m"; the
     /// next request waits (at most until its deadline) for a cold start.
+    #[schema(pattern = r"^[0-9]{1,9}(ns|us|ms|s|m|h)$")]
     pub scale_to_zero_after: Option<String>,
     /// Serves the model as sequences: requests with a `sequence_id` stay on one version.
     pub sequence: Option<SequenceToml>,
     /// Implicit state the gateway carries between a sequence's requests; implies `[sequence]`.
+    #[schema(max_items = 1024)]
     pub state: Option<Vec<StateToml>>,
     /// The runtime of the model's versions (`onnx` or `libtorch`), as Triton's `platform` or
     /// `backend` names it. Unset: the artifact file in each version folder decides.
+    #[schema(max_length = 64)]
     pub runtime: Option<String>,
     /// The artifact's file name in each version folder, instead of the runtime's default
     /// (`model.onnx`, `model.pt`): Triton's `default_model_filename`.
+    #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,254}$")]
     pub default_model_filename: Option<String>,
     /// Which version folders are served (Triton's `version_policy`). Unset: every one.
     pub version_policy: Option<VersionPolicyToml>,
@@ -91,7 +116,7 @@ pub struct ModelToml {
 }
 
 /// `version_policy`: `{ latest = 2 }`, `{ all = true }` or `{ specific = ["1", "3"] }`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case", deny_unknown_fields)]
 pub enum VersionPolicyToml {
     /// The highest N version labels.
@@ -117,26 +142,32 @@ impl VersionPolicyToml {
 }
 
 /// `[sequence]`: how a model's sequences are served.
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct SequenceToml {
     /// Open sequences per replica; default 64.
+    #[schema(minimum = 1, maximum = 4096)]
     pub max_sequences: Option<usize>,
     /// A sequence without a request for this long is released, e.g. "30s"; default 60s.
+    #[schema(pattern = r"^[0-9]{1,9}(ns|us|ms|s|m|h)$")]
     pub idle_timeout: Option<String>,
     /// Most sequences' calls joined into one model call; default `max_sequences`; 1 runs each
     /// call alone.
+    #[schema(minimum = 1, maximum = 4096)]
     pub max_batch: Option<usize>,
     /// How long a call may wait for other open sequences' calls to join it, e.g. "1ms"; it
     /// never waits when its sequence is the only one open. Default 0: join what is queued.
+    #[schema(pattern = r"^[0-9]{1,9}(ns|us|ms|s|m|h)$")]
     pub max_queue_delay: Option<String>,
     /// Triton's scheduling strategy: `direct` (each sequence holds a slot of a replica; the
     /// default) or `oldest` (calls of the oldest sequences joined first); both join calls as
     /// `axes`, `max_batch` and `max_queue_delay` say, and differ in nothing else here.
+    #[schema(pattern = r"^(direct|oldest)$")]
     pub strategy: Option<String>,
     /// Control inputs the gateway feeds on every request of a sequence (Triton's
     /// `control_input`), e.g. `{ input = "START", kind = "start", datatype = "INT32",
     /// false_true = [0, 1] }`.
+    #[schema(max_items = 1024)]
     pub control: Vec<ControlToml>,
     /// The axis along which concurrent sequences' data inputs and outputs join, by tensor
     /// name, e.g. `{ input = 0, output = 0 }`; inputs not named here or in `[[state]]` (a
@@ -147,25 +178,28 @@ pub struct SequenceToml {
 /// One control input of a sequence model: `kind` is `start`, `end`, `ready` (1 on every
 /// request the gateway runs) or `corrid` (the sequence's id, in `datatype`: an integer type or
 /// BYTES); the flags take `false_true` in `datatype` (INT32, FP32 or BOOL).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ControlToml {
     pub input: String,
+    #[schema(pattern = r"^(start|end|ready|corrid)$")]
     pub kind: String,
     pub datatype: String,
     /// The values for false and true; default `[0, 1]`. Not for `corrid`.
+    #[schema(value_type = Option<Vec<f64>>, min_items = 2, max_items = 2)]
     pub false_true: Option<[f64; 2]>,
 }
 
 /// `[[state]]`: one implicit state, e.g. `{ input = "state", output = "stateN",
 /// datatype = "FP32", dims = [2, 1, 128], axis = 1 }`.
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct StateToml {
     pub input: String,
     pub output: String,
     pub datatype: String,
     /// One sequence's state, every dimension fixed.
+    #[schema(max_items = 64)]
     pub dims: Vec<usize>,
     /// The axis along which the states of sequences joined into one call are stacked.
     #[serde(default)]
@@ -186,16 +220,19 @@ const MAX_SEQUENCES_PER_REPLICA: usize = 4096;
 
 /// One declared input or output: `{ name = "x", datatype = "FP32", dims = [-1, 64] }`, where
 /// `-1` is a dimension of any size (the batch axis among them).
-#[derive(Debug, Clone, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TensorToml {
+    #[schema(max_length = 256)]
     pub name: String,
     pub datatype: String,
     /// The shape clients see, the batch axis included.
+    #[schema(max_items = 64)]
     pub dims: Vec<i64>,
     /// The shape the model takes when it differs from `dims` (Triton's `reshape`), the batch
     /// axis included: requests are reshaped on the way in, answers on the way out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schema(max_items = 64)]
     pub reshape: Option<Vec<i64>>,
     /// An input clients may leave out (Triton's `optional`).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -211,7 +248,7 @@ pub struct TensorToml {
 
 /// Before a replica is ready it runs once on a synthetic input whose elements are all 1 (never
 /// 0, which can take shortcuts that leave lazy initialisation for the first real request).
-#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize, utoipa::ToSchema)]
 #[serde(default, deny_unknown_fields)]
 pub struct WarmupToml {
     /// `false` skips the run.
@@ -503,6 +540,15 @@ fn check_bounds(toml: &ModelToml) -> Result<(), String> {
             ));
         }
         Ok(())
+    }
+    if toml
+        .description
+        .as_ref()
+        .is_some_and(|text| text.len() > MAX_PARAMETER_BYTES)
+    {
+        return Err(format!(
+            "description may be at most {MAX_PARAMETER_BYTES} bytes"
+        ));
     }
     let wide = |value: Option<usize>| value.map(|n| n as u64);
     within("replicas", wide(toml.replicas), 1, MAX_REPLICAS)?;

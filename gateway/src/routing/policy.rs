@@ -97,6 +97,30 @@ impl TrafficPolicy {
     /// Checks what can be checked without the candidate list; `floor * arms < 1`
     /// depends on how many arms are live, so [`choose`] clamps the floor instead.
     pub fn validate(&self) -> Result<(), String> {
+        let named = match &self.mode {
+            PolicyMode::Sticky { header: name } | PolicyMode::Score { metric: name, .. } => {
+                vec![name.as_str()]
+            }
+            PolicyMode::Objective {
+                metric, metrics, ..
+            } => metric
+                .iter()
+                .map(String::as_str)
+                .chain(metrics.iter().flat_map(|m| m.keys().map(String::as_str)))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let shadowed = self.shadow.iter().map(|shadow| shadow.version.as_str());
+        if let Some(long) = named
+            .into_iter()
+            .chain(shadowed)
+            .find(|name| name.len() > MAX_POLICY_NAME_BYTES)
+        {
+            return Err(format!(
+                "'{}' is longer than {MAX_POLICY_NAME_BYTES} bytes",
+                crate::error::quoted(long)
+            ));
+        }
         if !(0.0..=1.0).contains(&self.max_error_rate) {
             return Err(format!(
                 "max_error_rate {} is not in [0, 1]",
@@ -230,6 +254,9 @@ impl TrafficPolicy {
 /// A weighted objective is a handful of metrics; the bound keeps a stored policy small.
 pub const MAX_OBJECTIVE_METRICS: usize = 16;
 
+/// The longest metric name, sticky header or shadow version a policy names.
+const MAX_POLICY_NAME_BYTES: usize = 128;
+
 /// RFC 9110 `token`, the grammar of header field names.
 fn is_http_token(name: &str) -> bool {
     !name.is_empty()
@@ -311,91 +338,155 @@ fn default_objective_floor() -> f64 {
 /// serde impls that it describes.
 impl utoipa::PartialSchema for TrafficPolicy {
     fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
         let field = |kind: Type, description: &str| {
             ObjectBuilder::new()
                 .schema_type(kind)
                 .description(Some(description))
         };
-        let shadow = ObjectBuilder::new()
-            .property(
-                "version",
-                field(Type::String, "the version or alias mirrored to"),
-            )
-            .property(
-                "fraction",
-                field(Type::Number, "the share of requests mirrored")
+        let name = |description: &str| {
+            field(Type::String, description)
+                .min_length(Some(1))
+                .max_length(Some(MAX_POLICY_NAME_BYTES))
+        };
+        let share = |description: &str, high: f64| {
+            field(Type::Number, description)
+                .minimum(Some(0.0))
+                .exclusive_maximum(Some(high))
+        };
+        // Every mode's object: its own fields, the shared ones, nothing else.
+        let mode = |mode: &str, fields: Vec<(&str, ObjectBuilder)>, required: &[&str]| {
+            let shadow = ObjectBuilder::new()
+                .property("version", name("the version or alias mirrored to"))
+                .property(
+                    "fraction",
+                    field(Type::Number, "the share of requests mirrored")
+                        .minimum(Some(0.0))
+                        .maximum(Some(1.0)),
+                )
+                .required("version")
+                .required("fraction")
+                .additional_properties(Some(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                ));
+            let mut object = ObjectBuilder::new()
+                .property(
+                    "mode",
+                    ObjectBuilder::new()
+                        .schema_type(Type::String)
+                        .enum_values(Some([mode])),
+                )
+                .required("mode")
+                .property("shadow", shadow)
+                .property(
+                    "max_error_rate",
+                    field(
+                        Type::Number,
+                        "versions with a higher recent error rate get no traffic from the policy",
+                    )
                     .minimum(Some(0.0))
-                    .maximum(Some(1.0)),
-            )
-            .required("version")
-            .required("fraction");
-        ObjectBuilder::new()
-            .property(
-                "mode",
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .enum_values(Some(["fixed", "sticky", "score", "bandit", "objective"])),
-            )
-            .property(
+                    .maximum(Some(1.0))
+                    .default(Some(DEFAULT_MAX_ERROR_RATE.into())),
+                )
+                .additional_properties(Some(
+                    utoipa::openapi::schema::AdditionalProperties::FreeForm(false),
+                ));
+            for (key, schema) in fields {
+                object = object.property(key, schema);
+            }
+            for key in required {
+                object = object.required(*key);
+            }
+            object
+        };
+        let metrics = ObjectBuilder::new()
+            .schema_type(Type::Object)
+            .description(Some(
+                "metric -> weight; a version's quality is the weighted sum of its latest scores",
+            ))
+            .additional_properties(Some(ObjectBuilder::new().schema_type(Type::Number)))
+            .min_properties(Some(1))
+            .max_properties(Some(MAX_OBJECTIVE_METRICS));
+        let fixed = mode("fixed", Vec::new(), &[]);
+        let sticky = mode(
+            "sticky",
+            vec![(
                 "header",
-                field(
-                    Type::String,
-                    "sticky: the header (gRPC metadata key or request parameter) whose value is the key",
+                name("the header (gRPC metadata key or request parameter) whose value is the key")
+                    .pattern(Some(r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$")),
+            )],
+            &["header"],
+        );
+        let score = mode(
+            "score",
+            vec![
+                (
+                    "metric",
+                    name("the registry metric whose latest score is a version's quality"),
                 ),
+                (
+                    "exponent",
+                    field(Type::Number, "weight = base weight x score^exponent")
+                        .minimum(Some(0.0))
+                        .default(Some(DEFAULT_SCORE_EXPONENT.into())),
+                ),
+            ],
+            &["metric"],
+        );
+        let bandit = mode(
+            "bandit",
+            vec![
+                (
+                    "floor",
+                    share("least share of traffic per version", 1.0)
+                        .default(Some(DEFAULT_BANDIT_FLOOR.into())),
+                ),
+                (
+                    "latency_objective_ms",
+                    field(
+                        Type::Integer,
+                        "a success within this is a reward of 1 when the model has no feedback",
+                    )
+                    .minimum(Some(1.0)),
+                ),
+            ],
+            &["latency_objective_ms"],
+        );
+        let objective = |quality: (&'static str, ObjectBuilder)| {
+            let required = [quality.0];
+            mode(
+                "objective",
+                vec![
+                    quality,
+                    (
+                        "utilisation",
+                        field(
+                            Type::Number,
+                            "the share of its measured capacity a version is given at most",
+                        )
+                        .exclusive_minimum(Some(0.0))
+                        .maximum(Some(1.0))
+                        .default(Some(DEFAULT_OBJECTIVE_UTILISATION.into())),
+                    ),
+                    (
+                        "floor",
+                        share("least share of traffic per version", 1.0)
+                            .default(Some(DEFAULT_OBJECTIVE_FLOOR.into())),
+                    ),
+                ],
+                &required,
             )
-            .property(
+        };
+        OneOfBuilder::new()
+            .item(fixed)
+            .item(sticky)
+            .item(score)
+            .item(bandit)
+            .item(objective((
                 "metric",
-                field(
-                    Type::String,
-                    "score, objective: the registry metric whose latest score is a version's quality",
-                ),
-            )
-            .property(
-                "metrics",
-                ObjectBuilder::new()
-                    .schema_type(Type::Object)
-                    .description(Some(
-                        "objective: metric -> weight; a version's quality is the weighted sum of its latest scores (instead of `metric`)",
-                    )),
-            )
-            .property(
-                "utilisation",
-                field(
-                    Type::Number,
-                    "objective: the share of its measured capacity a version is given at most",
-                )
-                .default(Some(DEFAULT_OBJECTIVE_UTILISATION.into())),
-            )
-            .property(
-                "exponent",
-                field(Type::Number, "score: weight = base weight x score^exponent")
-                    .default(Some(DEFAULT_SCORE_EXPONENT.into())),
-            )
-            .property(
-                "floor",
-                field(
-                    Type::Number,
-                    "bandit, objective: least share of traffic per version (defaults 0.05 and 0.02)",
-                ),
-            )
-            .property(
-                "latency_objective_ms",
-                field(
-                    Type::Integer,
-                    "bandit: a success within this is a reward of 1 when the model has no feedback",
-                ),
-            )
-            .property("shadow", shadow)
-            .property(
-                "max_error_rate",
-                field(
-                    Type::Number,
-                    "versions with a higher recent error rate get no traffic from the policy",
-                )
-                .default(Some(DEFAULT_MAX_ERROR_RATE.into())),
-            )
-            .required("mode")
+                name("the registry metric whose latest score is a version's quality"),
+            )))
+            .item(objective(("metrics", metrics)))
             .into()
     }
 }

@@ -21,20 +21,25 @@ const DEFAULT_HOLD: &str = "30s";
 const WEIGHT_SCALE: f64 = 10.0;
 
 /// `POST /v1/models/{m}/rollouts`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RolloutRequest {
+    /// The version rolled out.
+    #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")]
     pub target: String,
     /// Default: the `stable` alias's version, else the version with the most weight, else
     /// the highest other live version.
     #[serde(default)]
+    #[schema(pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")]
     pub baseline: Option<String>,
     /// Percentages of live traffic (`[5, 25, 50, 100]` by default), or objects with
     /// `percent` or explicit `weights`, and their own `hold`.
     #[serde(default)]
+    #[schema(min_items = 1, max_items = 20)]
     pub steps: Option<Vec<StepRequest>>,
-    /// Each step's hold unless it names its own ("30s" by default).
+    /// Each step's hold unless it names its own ("30s" by default; at most 7 days).
     #[serde(default)]
+    #[schema(pattern = r"^([0-9]{1,6}ms|[0-9]{1,5}s|[0-9]{1,4}m|(1[0-6][0-9]|[1-9]?[0-9])h)$")]
     pub hold: Option<String>,
     /// A first phase with no live traffic: `percent` of requests mirrored to the target.
     #[serde(default)]
@@ -43,25 +48,32 @@ pub struct RolloutRequest {
     pub gates: Option<Gates>,
 }
 
-#[derive(Debug, Deserialize)]
+/// A step: a percent of live traffic (0.1 to 100), or `percent` or `weights` (version ->
+/// weight, up to 64 versions) with the step's own `hold`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(untagged)]
 pub enum StepRequest {
     Percent(f64),
     Detailed {
         #[serde(default)]
+        #[schema(minimum = 0.1, maximum = 100)]
         percent: Option<f64>,
         #[serde(default)]
         weights: Option<BTreeMap<String, u64>>,
         #[serde(default)]
+        #[schema(pattern = r"^([0-9]{1,6}ms|[0-9]{1,5}s|[0-9]{1,4}m|(1[0-6][0-9]|[1-9]?[0-9])h)$")]
         hold: Option<String>,
     },
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ShadowRequest {
+    /// The share of requests mirrored to the target, 0.1 to 100.
+    #[schema(minimum = 0.1, maximum = 100)]
     pub percent: f64,
     #[serde(default)]
+    #[schema(pattern = r"^([0-9]{1,6}ms|[0-9]{1,5}s|[0-9]{1,4}m|(1[0-6][0-9]|[1-9]?[0-9])h)$")]
     pub hold: Option<String>,
 }
 

@@ -74,30 +74,38 @@ pub struct Stage {
 }
 
 /// The gates, each optional; every one is judged throughout a stage.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields, default)]
 pub struct Gates {
     /// No verdict on a stage before the target has answered this many requests in it (or, in
     /// the shadow phase, this many mirrored ones).
+    #[schema(minimum = 1, maximum = 1000000000)]
     pub min_requests: u64,
     /// The target's error rate may not be above this (a one-sided sequential test).
+    #[schema(minimum = 0, maximum = 1)]
     pub max_error_rate: Option<f64>,
     /// The target's error rate may not be more than this above the baseline's (a sequential
     /// two-proportion test).
+    #[schema(minimum = 0, maximum = 1)]
     pub max_error_rate_increase: Option<f64>,
     /// The target's p99 over the baseline's may not be above this.
+    #[schema(minimum = 1)]
     pub max_p99_ratio: Option<f64>,
     /// In the shadow phase: the share of mirrored requests whose argmax agrees with the
     /// baseline's may not be below this.
+    #[schema(minimum = 0, maximum = 1)]
     pub min_argmax_agreement: Option<f64>,
     /// In the shadow phase: no output element may differ from the baseline's by more.
+    #[schema(minimum = 0)]
     pub max_abs_diff: Option<f64>,
     /// With feedback: the target's mean reward may not be more than this below the
     /// baseline's (a sequential test on both means).
+    #[schema(minimum = 0, maximum = 1)]
     pub max_reward_drop: Option<f64>,
     /// The target's latest offline score of `metric` may not be below `min`.
     pub min_score: Option<MinScore>,
     /// The false-rollback rate the sequential tests allow, over the whole rollout.
+    #[schema(exclusive_minimum = 0, maximum = 0.5)]
     pub alpha: f64,
 }
 
@@ -117,9 +125,10 @@ impl Default for Gates {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MinScore {
+    #[schema(min_length = 1, max_length = 128)]
     pub metric: String,
     pub min: f64,
 }
