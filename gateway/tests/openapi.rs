@@ -86,7 +86,10 @@ fn every_management_route_is_documented_and_nothing_else() {
     // closed, and bounded as the gateway bounds them.
     let settings = &document["components"]["schemas"]["ModelToml"];
     assert_eq!(settings["additionalProperties"], false, "{settings}");
-    assert_eq!(settings["properties"]["replicas"]["maximum"], 256, "{settings}");
+    assert_eq!(
+        settings["properties"]["replicas"]["maximum"], 256,
+        "{settings}"
+    );
     assert_eq!(
         settings["properties"]["max_batch_size"]["maximum"], 65536,
         "{settings}"

@@ -88,7 +88,8 @@ pub fn init(config: &Config) -> anyhow::Result<TraceExport> {
         .with(traces)
         .try_init()?;
     let _ = SAMPLING.set(ratio);
-    tracing::info!(endpoint, ratio, "exporting traces over OTLP");
+    let endpoint = switchyard_registry::redacted(endpoint);
+    tracing::info!(%endpoint, ratio, "exporting traces over OTLP");
     Ok(TraceExport {
         provider: Some(provider),
     })
