@@ -295,3 +295,77 @@ async fn requests_longer_than_the_idle_timeout_are_answered() {
     let answer = read_to_close(&mut socket).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
+
+/// A socket to `addr` from the loopback address 127.0.0.`host`.
+async fn connect_from(host: u8, addr: &str) -> TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, host], 0)))
+        .unwrap();
+    socket.connect(addr.parse().unwrap()).await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_client_address_holds_at_most_its_share_and_old_connections_are_retired() {
+    let gateway = TestGateway::start_with(&models_dir(), |config| {
+        config.connections.max_per_client = 5;
+        config.connections.max_age = HumanDuration(Duration::from_secs(2));
+        config.connections.idle_timeout = HumanDuration(Duration::from_secs(30));
+    })
+    .await;
+    let addr = gateway.base.trim_start_matches("http://").to_owned();
+    // The test's own client may hold a keep-alive connection from 127.0.0.1: the crowd comes
+    // from 127.0.0.2.
+    let mut crowd = Vec::new();
+    for _ in 0..8 {
+        crowd.push(connect_from(2, &addr).await);
+    }
+    let mut held = Vec::new();
+    let mut refused = 0;
+    for mut socket in crowd {
+        if closed_within(&mut socket, Duration::from_millis(300)).await {
+            refused += 1;
+        } else {
+            held.push(socket);
+        }
+    }
+    assert_eq!((held.len(), refused), (5, 3), "five held, the rest refused");
+    // Another address is not held back by the first one's share.
+    let mut other = connect_from(3, &addr).await;
+    other
+        .write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let mut answer = [0u8; 256];
+    let read = other.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..read].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &answer[..read]
+    );
+    // Past `max_age` every connection is retired (the idle timeout is far off), and a
+    // closed one frees its share at once.
+    let started = Instant::now();
+    for socket in &mut held {
+        assert!(closed_within(socket, Duration::from_secs(5)).await);
+    }
+    assert!(closed_within(&mut other, Duration::from_secs(5)).await);
+    assert!(
+        started.elapsed() < Duration::from_secs(4),
+        "retired after {:?}",
+        started.elapsed()
+    );
+    drop(held);
+    let mut again = connect_from(2, &addr).await;
+    again
+        .write_all(b"GET /v2/health/live HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        .await
+        .unwrap();
+    let read = again.read(&mut answer).await.unwrap();
+    assert!(
+        answer[..read].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        &answer[..read]
+    );
+    gateway.stop().await;
+}

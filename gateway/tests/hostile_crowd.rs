@@ -21,6 +21,18 @@ const STALLED_GRPC: usize = 1100;
 const SLOW_HTTP: usize = 1100;
 const IDLE: usize = 2000;
 
+/// Hostile sockets come from many addresses, as a crowd would (127.0.0.2 and up, 500 each):
+/// one address's share of connections (`connections.max_per_client`) would otherwise refuse
+/// most of them, and the good client's too, which comes from 127.0.0.1.
+async fn connect_from(index: usize, addr: &str) -> TcpStream {
+    let host = 2 + (index / 500) as u8;
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, host], 0)))
+        .unwrap();
+    socket.connect(addr.parse().unwrap()).await.unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hostile_crowd_does_not_starve_a_good_client() {
     let repo = mlp_repository("max_batch_size = 8\n");
@@ -34,7 +46,7 @@ async fn a_hostile_crowd_does_not_starve_a_good_client() {
 
     let mut idle = Vec::with_capacity(IDLE);
     for index in 0..IDLE {
-        idle.push(TcpStream::connect(&http_addr).await.unwrap());
+        idle.push(connect_from(index, &http_addr).await);
         if index % 200 == 199 {
             // Lets the accept loop keep up, as a kernel's listen backlog would not forever.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -42,10 +54,10 @@ async fn a_hostile_crowd_does_not_starve_a_good_client() {
     }
     let started = Instant::now();
     let slow: Vec<_> = (0..SLOW_HTTP)
-        .map(|_| {
+        .map(|index| {
             let addr = http_addr.clone();
             tokio::spawn(async move {
-                let mut socket = TcpStream::connect(&addr).await.unwrap();
+                let mut socket = connect_from(IDLE + index, &addr).await;
                 let head = "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n\
                             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
                 socket.write_all(head.as_bytes()).await.unwrap();

@@ -497,9 +497,9 @@ async fn poll_mode_follows_the_folder() {
     .unwrap();
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     loop {
-        let (_, ready) = gateway.get("/v2/models/simple/versions/2/ready").await;
+        let (ready, _) = gateway.get("/v2/models/simple/versions/2/ready").await;
         let (_, simple) = gateway.get("/v2/models/simple").await;
-        if ready.is_object() && versions(&simple) == json!(["2"]) {
+        if ready == 200 && versions(&simple) == json!(["2"]) {
             break;
         }
         assert!(

@@ -68,8 +68,8 @@ fn not_found_model(name: &str) -> RegistryError {
     RegistryError::NotFound(format!("unknown model '{name}'"))
 }
 
-/// A URL fit for a log or an error (the registry's, a trace collector's): the password of its
-/// user part and of a `password=` query parameter replaced by `***`.
+/// A registry URL fit for a log or an error: the password of its user part and of a
+/// `password=` query parameter replaced by `***`.
 pub fn redacted(url: &str) -> String {
     let mut shown = url.to_owned();
     if let Some(scheme_end) = shown.find("://") {

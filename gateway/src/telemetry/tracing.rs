@@ -88,8 +88,19 @@ pub fn init(config: &Config) -> anyhow::Result<TraceExport> {
         .with(traces)
         .try_init()?;
     let _ = SAMPLING.set(ratio);
-    let endpoint = switchyard_registry::redacted(endpoint);
-    tracing::info!(%endpoint, ratio, "exporting traces over OTLP");
+    // The collector's host and port only: a user part may carry a password.
+    let collector = endpoint
+        .parse::<http::Uri>()
+        .ok()
+        .and_then(|uri| {
+            let host = uri.host()?.to_owned();
+            Some(match uri.port_u16() {
+                Some(port) => format!("{host}:{port}"),
+                None => host,
+            })
+        })
+        .unwrap_or_else(|| "(unparsed)".into());
+    tracing::info!(%collector, ratio, "exporting traces over OTLP");
     Ok(TraceExport {
         provider: Some(provider),
     })
