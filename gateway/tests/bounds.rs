@@ -159,5 +159,6 @@ async fn a_dataset_with_a_huge_label_costs_what_its_examples_cost() {
     assert!(classes.contains(&json!(99_999)), "{report}");
     assert!(classes.len() <= 20, "{report}");
     let grew = after.saturating_sub(before);
+    eprintln!("resident memory: {before} bytes before the job, {after} after");
     assert!(grew < 50 << 20, "resident memory grew by {grew} bytes");
 }
