@@ -283,6 +283,8 @@ pub struct ServingConfig {
     /// 429 / RESOURCE_EXHAUSTED at once.
     pub max_in_flight_bytes: ByteSize,
     pub queue_capacity: usize,
+    /// Threads ONNX Runtime (or libtorch) may use inside one operator of one call; 0: the
+    /// cores this process may use, shared among a version's replicas.
     pub intra_op_threads: usize,
     pub replicas: usize,
     pub max_queue_delay: HumanDuration,
@@ -408,7 +410,7 @@ impl Default for ServingConfig {
             max_in_flight: 1024,
             max_in_flight_bytes: ByteSize(1 << 30),
             queue_capacity: 128,
-            intra_op_threads: 1,
+            intra_op_threads: 0,
             replicas: 1,
             max_queue_delay: HumanDuration(Duration::ZERO),
             timeout: HumanDuration(Duration::from_secs(30)),

@@ -97,7 +97,8 @@ impl Signature {
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub device: Device,
-    /// Threads the runtime may use inside one operator; 1 keeps replicas from competing for cores.
+    /// Threads the runtime may use inside one operator (the gateway sizes it to the cores it
+    /// shares among a version's replicas).
     pub intra_op_threads: usize,
     /// Inputs and outputs as the version's configuration declares them: required by runtimes
     /// whose artifacts do not describe themselves (TorchScript), checked against the model by

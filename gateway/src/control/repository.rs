@@ -37,7 +37,9 @@ pub struct ModelToml {
     /// Requests that may wait per replica; past this the gateway answers 429.
     #[schema(minimum = 1, maximum = 65536)]
     pub queue_capacity: Option<usize>,
-    #[schema(minimum = 1, maximum = 256)]
+    /// Threads ONNX Runtime (or libtorch) may use inside one operator of one call; 0: the
+    /// cores shared among the replicas (see [`threads_per_replica`]).
+    #[schema(maximum = 256)]
     pub intra_op_threads: Option<usize>,
     /// Worker threads, each with its own copy of the model.
     #[schema(minimum = 1, maximum = 256)]
@@ -442,15 +444,23 @@ impl ModelSettings {
             .as_ref()
             .and_then(|p| p.get("intra_op_thread_count"))
         {
+            // Triton's 0 is ONNX Runtime's own choice, the cores: ours is the same rule.
             Some(text) => text
                 .trim()
                 .parse::<usize>()
                 .ok()
-                .filter(|&threads| (1..=256).contains(&threads))
+                .filter(|&threads| threads <= 256)
                 .ok_or_else(|| {
-                    format!("parameters: intra_op_thread_count must be 1 to 256, not '{text}'")
+                    format!("parameters: intra_op_thread_count must be 0 to 256, not '{text}'")
                 })?,
             None => toml.intra_op_threads.unwrap_or(defaults.intra_op_threads),
+        };
+        let intra_op_threads = match intra_op_threads {
+            0 => threads_per_replica(
+                available_cores(),
+                scaling.as_ref().map_or(replicas as u32, |s| s.max_replicas),
+            ),
+            threads => threads,
         };
         if let Some(name) = &toml.default_model_filename
             && !is_valid_name(name)
@@ -501,6 +511,20 @@ fn state_dims(state: &StateSpec, axis: Option<usize>) -> Vec<i64> {
         .enumerate()
         .map(|(index, &dim)| if Some(index) == axis { -1 } else { dim as i64 })
         .collect()
+}
+
+/// The cores this process may run on (its affinity and cgroup quota), for the default thread
+/// count.
+fn available_cores() -> usize {
+    std::thread::available_parallelism().map_or(1, std::num::NonZeroUsize::get)
+}
+
+/// The default (`intra_op_threads = 0`): the cores shared among the replicas a version may
+/// run at once (`max_replicas` when it autoscales), at least one thread each, so that one
+/// version on an idle machine uses every core, as Triton's default (ONNX Runtime's own pool,
+/// sized to the cores) does, and its replicas at their most do not oversubscribe them.
+pub fn threads_per_replica(cores: usize, replicas: u32) -> usize {
+    (cores / (replicas.max(1) as usize)).max(1)
 }
 
 /// The most replicas of one version, and the bounds of autoscaling.
@@ -564,7 +588,7 @@ fn check_bounds(toml: &ModelToml) -> Result<(), String> {
     within(
         "intra_op_threads",
         wide(toml.intra_op_threads),
-        1,
+        0,
         MAX_INTRA_OP_THREADS,
     )?;
     if let Some(target) = toml.target_concurrency
@@ -1280,6 +1304,32 @@ pub fn file_name(path: &Path) -> Option<String> {
 mod tests {
     use super::*;
     use std::cmp::Ordering;
+
+    #[test]
+    fn by_default_a_version_s_replicas_share_the_cores() {
+        assert_eq!(threads_per_replica(2, 1), 2);
+        assert_eq!(threads_per_replica(8, 3), 2);
+        assert_eq!(threads_per_replica(2, 4), 1, "never fewer than one thread");
+        let defaults = ServingConfig::default();
+        let resolve = |toml: &str| {
+            ModelSettings::resolve(toml::from_str(toml).unwrap(), &defaults)
+                .unwrap()
+                .intra_op_threads
+        };
+        let cores = available_cores();
+        assert_eq!(resolve(""), cores);
+        assert_eq!(resolve("replicas = 2"), threads_per_replica(cores, 2));
+        assert_eq!(
+            resolve("replicas = 1\nmax_replicas = 4"),
+            threads_per_replica(cores, 4),
+            "an autoscaled version divides by its most replicas"
+        );
+        assert_eq!(resolve("intra_op_threads = 3"), 3, "an override stays");
+        assert_eq!(
+            resolve("[parameters]\nintra_op_thread_count = \"0\""),
+            cores
+        );
+    }
 
     #[test]
     fn labels_sort_numerically() {
