@@ -5,6 +5,10 @@
 //! rows_per_s,p50_us,p90_us,p99_us,rejected_p99_us
 //!
 //!     inprocess_bench MODEL_NAME MODEL_PATH INPUT_WIDTH SECONDS BATCH [BATCH...]
+//!
+//! `INPUT_NAME` (default `x`) names the input, `INPUT_SHAPE` (e.g. `3,320,320`) gives one
+//! example's shape instead of `[INPUT_WIDTH]`, and `THREADS` (default 1) is ONNX Runtime's
+//! intra-op thread count, as a version's `intra_op_threads`.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,14 +37,30 @@ fn main() {
     } else {
         vec![1, 32]
     };
+    let input_name = std::env::var("INPUT_NAME").unwrap_or_else(|_| "x".into());
+    let example: Vec<usize> = match std::env::var("INPUT_SHAPE") {
+        Ok(shape) => shape
+            .split(',')
+            .map(|d| d.trim().parse().unwrap())
+            .collect(),
+        Err(_) => vec![width],
+    };
+    let threads: usize = std::env::var("THREADS").map_or(1, |t| t.parse().unwrap());
     let runtime = OnnxRuntime::initialize(&locate_library(None).unwrap()).unwrap();
-    let mut model = runtime.load(&path, &LoadOptions::default()).unwrap();
+    let options = LoadOptions {
+        intra_op_threads: threads,
+        ..LoadOptions::default()
+    };
+    let mut model = runtime.load(&path, &options).unwrap();
 
     for batch in batches {
-        let x: Vec<f32> = (0..batch * width).map(|i| (i % 17) as f32 / 17.0).collect();
+        let mut shape = vec![batch];
+        shape.extend(&example);
+        let elements: usize = shape.iter().product();
+        let x: Vec<f32> = (0..elements).map(|i| (i % 17) as f32 / 17.0).collect();
         let inputs = vec![NamedTensor {
-            name: "x".into(),
-            tensor: Tensor::from_slice(DataType::Fp32, vec![batch, width], &x).unwrap(),
+            name: input_name.clone(),
+            tensor: Tensor::from_slice(DataType::Fp32, shape, &x).unwrap(),
         }];
         let warm_until = Instant::now() + Duration::from_millis(300);
         while Instant::now() < warm_until {
