@@ -535,9 +535,15 @@ async fn infer(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
+    // The binary tensors start after the JSON header: there, the body's buffer is aligned.
+    let binary_at = parts
+        .headers
+        .get(INFERENCE_HEADER_CONTENT_LENGTH)
+        .and_then(|value| value.to_str().ok())
+        .and_then(|value| value.parse::<usize>().ok());
     let (mut body, mut budget) = state
         .pipeline
-        .read_body(body, declared, state.max_request_bytes, received)
+        .read_body(body, declared, binary_at, state.max_request_bytes, received)
         .await?;
     let json_length = json_header_length(&parts.headers, body.len())?;
     // Decoding JSON data can take up to four times its text (a one-digit element of an 8-byte
@@ -576,6 +582,45 @@ async fn infer(
         .await
 }
 
+/// A body sent as the buffers it is made of, one frame each, in order: binary outputs go out
+/// from where the runtime wrote them, not joined into one buffer first. Its length is known,
+/// so the answer carries a Content-Length.
+struct Chunks {
+    chunks: std::collections::VecDeque<Bytes>,
+    remaining: u64,
+}
+
+impl Chunks {
+    fn new(chunks: std::collections::VecDeque<Bytes>) -> Chunks {
+        let remaining = chunks.iter().map(|chunk| chunk.len() as u64).sum();
+        Chunks { chunks, remaining }
+    }
+}
+
+impl http_body::Body for Chunks {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
+        let next = self.chunks.pop_front();
+        if let Some(chunk) = &next {
+            self.remaining -= chunk.len() as u64;
+        }
+        std::task::Poll::Ready(next.map(|chunk| Ok(http_body::Frame::data(chunk))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        http_body::SizeHint::with_exact(self.remaining)
+    }
+}
+
 /// The encoded response as an HTTP answer: plain JSON, or JSON followed by the binary outputs.
 fn http_answer(encoded: EncodedResponse) -> Response {
     if encoded.binary.is_empty() {
@@ -589,13 +634,10 @@ fn http_answer(encoded: EncodedResponse) -> Response {
             .into_response();
     }
     let json_length = encoded.json.len();
-    let total = json_length + encoded.binary.iter().map(Bytes::len).sum::<usize>();
-    let mut payload = Vec::with_capacity(total);
-    payload.extend_from_slice(&encoded.json);
-    for chunk in &encoded.binary {
-        payload.extend_from_slice(chunk);
-    }
-    let mut response = Response::new(Body::from(payload));
+    let mut chunks = std::collections::VecDeque::with_capacity(1 + encoded.binary.len());
+    chunks.push_back(Bytes::from(encoded.json));
+    chunks.extend(encoded.binary);
+    let mut response = Response::new(Body::new(Chunks::new(chunks)));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use http::HeaderMap;
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
@@ -98,6 +98,29 @@ fn too_large(limit: usize) -> GatewayError {
 /// another thread costs little beside it.
 pub const DECODE_OFF_WORKER_BYTES: usize = 256 << 10;
 
+/// Where a joined body's bytes go: its expected length, and the offset to align.
+#[derive(Clone, Copy)]
+struct Layout {
+    expected: usize,
+    aligned_at: usize,
+}
+
+impl Layout {
+    /// An empty buffer for `bytes` of body, and the padding written in it first so that the
+    /// body's byte at `aligned_at` lands on an aligned address.
+    fn buffer(&self, bytes: usize) -> (BytesMut, usize) {
+        let mut buffer = BytesMut::with_capacity(bytes + ALIGNMENT);
+        // Only the offset's remainder matters; the client chose the offset.
+        let start = buffer.as_ptr() as usize + self.aligned_at % ALIGNMENT;
+        let padding = start.next_multiple_of(ALIGNMENT) - start;
+        buffer.put_bytes(0, padding);
+        (buffer, padding)
+    }
+}
+
+/// The alignment of tensor data in a joined body: any element type's, and a cache line.
+const ALIGNMENT: usize = 64;
+
 impl Pipeline {
     pub fn new(gateway: Arc<Gateway>, metrics: Arc<Metrics>, limits: PipelineLimits) -> Pipeline {
         let max_in_flight = limits.max_in_flight.max(1);
@@ -135,11 +158,15 @@ impl Pipeline {
 
     /// Reads a whole body within the read deadline, `limit` and the in-flight byte budget.
     /// `declared` (a Content-Length) is charged up front, so that a body that cannot fit is
-    /// refused before a byte of it is read.
+    /// refused before a byte of it is read, and sizes the buffer a body of several frames is
+    /// joined in. `aligned_at`, an offset in the body (where binary tensor data starts), is
+    /// placed at an address aligned for any element type, so that the runtime can read the
+    /// tensors where they are.
     pub async fn read_body(
         &self,
         body: Body,
         declared: Option<u64>,
+        aligned_at: Option<usize>,
         limit: usize,
         received: Instant,
     ) -> Result<(Bytes, BodyBudget), GatewayError> {
@@ -152,8 +179,14 @@ impl Pipeline {
             self.charge(&mut budget, charged)?;
         }
         let deadline = tokio::time::Instant::from_std(received + self.read_timeout);
-        let read =
-            tokio::time::timeout_at(deadline, self.collect(body, limit, charged, &mut budget));
+        let layout = Layout {
+            expected: charged,
+            aligned_at: aligned_at.unwrap_or(0),
+        };
+        let read = tokio::time::timeout_at(
+            deadline,
+            self.collect(body, limit, charged, layout, &mut budget),
+        );
         match read.await {
             Ok(Ok(bytes)) => Ok((bytes, budget)),
             Ok(Err(error)) => Err(self.refused(error)),
@@ -172,10 +205,13 @@ impl Pipeline {
         mut body: Body,
         limit: usize,
         mut charged: usize,
+        layout: Layout,
         budget: &mut BodyBudget,
     ) -> Result<Bytes, GatewayError> {
         let mut first: Option<Bytes> = None;
-        let mut joined: Option<BytesMut> = None;
+        // The joined frames, after `padding` bytes that put `layout.aligned_at` on an aligned
+        // address.
+        let mut joined: Option<(BytesMut, usize)> = None;
         let mut length = 0usize;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|error| {
@@ -196,17 +232,29 @@ impl Pipeline {
             match (&mut first, &mut joined) {
                 (None, None) => first = Some(data),
                 (Some(only), None) => {
-                    let mut buffer = BytesMut::with_capacity(length);
+                    // Sized once for the whole body when its length was declared: growing
+                    // by doubling would copy it again.
+                    let (mut buffer, padding) = layout.buffer(layout.expected.max(length));
                     buffer.extend_from_slice(only);
                     buffer.extend_from_slice(&data);
-                    joined = Some(buffer);
+                    joined = Some((buffer, padding));
                     first = None;
                 }
-                (_, Some(buffer)) => buffer.extend_from_slice(&data),
+                (_, Some((buffer, padding))) => {
+                    if buffer.capacity() - buffer.len() < data.len() {
+                        // An undeclared length: grown by doubling, keeping the alignment a
+                        // reallocation would lose.
+                        let (mut grown, aligned) =
+                            layout.buffer((length - data.len()) * 2 + data.len());
+                        grown.extend_from_slice(&buffer[*padding..]);
+                        (*buffer, *padding) = (grown, aligned);
+                    }
+                    buffer.extend_from_slice(&data);
+                }
             }
         }
         Ok(match joined {
-            Some(buffer) => buffer.freeze(),
+            Some((buffer, padding)) => buffer.freeze().slice(padding..),
             None => first.unwrap_or_default(),
         })
     }
@@ -292,5 +340,65 @@ impl Pipeline {
     pub fn refused(&self, error: GatewayError) -> GatewayError {
         self.metrics.reject(error.kind);
         error
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pipeline() -> Pipeline {
+        let gateway = Gateway::new(
+            Arc::default(),
+            Arc::default(),
+            crate::core::request_id::RequestIds::new(&[7; 64]),
+        );
+        Pipeline::new(
+            Arc::new(gateway),
+            crate::telemetry::Metrics::new(false),
+            PipelineLimits {
+                max_in_flight: 4,
+                max_in_flight_bytes: 1 << 30,
+                read_timeout: Duration::from_secs(5),
+            },
+        )
+    }
+
+    /// A body of these frames, as hyper hands a large one over.
+    fn framed(frames: Vec<Vec<u8>>) -> Body {
+        let frames = frames.into_iter().map(|frame| {
+            Ok::<_, std::convert::Infallible>(http_body::Frame::data(Bytes::from(frame)))
+        });
+        Body::new(http_body_util::StreamBody::new(futures_util::stream::iter(
+            frames,
+        )))
+    }
+
+    #[tokio::test]
+    async fn a_body_of_many_frames_is_joined_once_with_its_tensors_aligned() {
+        let pipeline = pipeline();
+        let header = b"{\"inputs\": []}".to_vec();
+        let tensors: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i as f32).to_le_bytes())
+            .collect();
+        let mut whole = header.clone();
+        whole.extend(&tensors);
+        for declared in [Some(whole.len() as u64), None] {
+            let frames: Vec<Vec<u8>> = whole.chunks(16_384).map(<[u8]>::to_vec).collect();
+            let (body, _budget) = pipeline
+                .read_body(
+                    framed(frames),
+                    declared,
+                    Some(header.len()),
+                    1 << 24,
+                    Instant::now(),
+                )
+                .await
+                .unwrap_or_else(|_| panic!("read"));
+            assert_eq!(body[..], whole[..], "the bytes, in order");
+            let binary = body.slice(header.len()..);
+            assert_eq!(binary.as_ptr() as usize % ALIGNMENT, 0, "{declared:?}");
+            assert!(bytemuck::try_cast_slice::<u8, f32>(&binary).is_ok());
+        }
     }
 }

@@ -247,7 +247,7 @@ impl LoadedModel for OnnxModel {
                 to_ort_value(&input.name, &input.tensor)?,
             ));
         }
-        let outputs = self.session.run(values).map_err(|e| match e.code() {
+        let mut outputs = self.session.run(values).map_err(|e| match e.code() {
             ort::error::ErrorCode::InvalidArgument => {
                 RuntimeError::InvalidInput(format!("the model rejected the inputs: {e}"))
             }
@@ -257,7 +257,7 @@ impl LoadedModel for OnnxModel {
             .outputs
             .iter()
             .map(|spec| {
-                let value = outputs.get(&spec.name).ok_or_else(|| {
+                let value = outputs.remove(&spec.name).ok_or_else(|| {
                     RuntimeError::Execution(format!("the model produced no output '{}'", spec.name))
                 })?;
                 Ok(NamedTensor {
@@ -337,7 +337,7 @@ fn input_error(name: &str, error: ort::Error) -> RuntimeError {
     RuntimeError::InvalidInput(format!("input '{name}': {error}"))
 }
 
-fn from_ort_value(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError> {
+fn from_ort_value(name: &str, value: DynValue) -> Result<Tensor, RuntimeError> {
     let ValueType::Tensor { ty, shape, .. } = value.dtype() else {
         return Err(RuntimeError::Execution(format!(
             "output '{name}' is not a tensor"
@@ -371,7 +371,7 @@ fn from_ort_value(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError> 
         DataType::Fp64 => extract::<f64>(value).map_err(execution_error)?,
         DataType::Bytes => {
             let count = dims.iter().product();
-            return strings::string_elements(value, dims, count)
+            return strings::string_elements(&value, dims, count)
                 .map_err(|e| RuntimeError::Execution(format!("output '{name}': {e}")));
         }
     };
@@ -379,10 +379,33 @@ fn from_ort_value(name: &str, value: &DynValue) -> Result<Tensor, RuntimeError> 
         .map_err(|e| RuntimeError::Execution(format!("output '{name}': {e}")))
 }
 
-fn extract<T>(value: &DynValue) -> Result<Bytes, ort::Error>
+/// An output's bytes where ONNX Runtime wrote them: the answer reads them there, and the
+/// value that owns them lives until the last reader is done (a response on its way out, or
+/// the slices of a batch split among its requests).
+fn extract<T>(value: DynValue) -> Result<Bytes, ort::Error>
+where
+    T: bytemuck::Pod + PrimitiveTensorElementType + Send + Sync + 'static,
+{
+    // Checked once here, so that `as_ref` below cannot fail.
+    value.try_extract_tensor::<T>()?;
+    Ok(Bytes::from_owner(OutputBytes::<T> {
+        value,
+        element: std::marker::PhantomData,
+    }))
+}
+
+struct OutputBytes<T> {
+    value: DynValue,
+    element: std::marker::PhantomData<T>,
+}
+
+impl<T> AsRef<[u8]> for OutputBytes<T>
 where
     T: bytemuck::Pod + PrimitiveTensorElementType,
 {
-    let (_, elements) = value.try_extract_tensor::<T>()?;
-    Ok(Bytes::copy_from_slice(bytemuck::cast_slice(elements)))
+    fn as_ref(&self) -> &[u8] {
+        self.value
+            .try_extract_tensor::<T>()
+            .map_or(&[], |(_, elements)| bytemuck::cast_slice(elements))
+    }
 }

@@ -110,7 +110,9 @@ async fn arrive_then_admit(
     let received = Instant::now();
     let (parts, body) = request.into_parts();
     let arrived = async {
-        let (bytes, mut budget) = pipeline.read_body(body, None, limit, received).await?;
+        let (bytes, mut budget) = pipeline
+            .read_body(body, None, None, limit, received)
+            .await?;
         let scanned = scan::scan_frames(&bytes, &scan::ScanLimits::default())
             .map_err(|error| pipeline.refused(error))?;
         pipeline.charge(&mut budget, scanned.decoded_bytes)?;
