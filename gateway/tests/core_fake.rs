@@ -16,7 +16,7 @@ use switchyard_gateway::core::{
 };
 use switchyard_gateway::error::ErrorKind;
 use switchyard_gateway::routing::{Experiments, TrafficPolicy};
-use switchyard_gateway::serving::{Batching, ReplicaLoad, ReplicaSet, Warmup};
+use switchyard_gateway::serving::{Batching, ReplicaLoad, ReplicaSet, Threads, Warmup};
 use switchyard_gateway::telemetry::Metrics;
 use switchyard_gateway::version_key::VersionKey;
 use switchyard_runtimes::fake::FakeRuntime;
@@ -41,6 +41,7 @@ async fn ready_version(label: &str, runtime: FakeRuntime) -> Arc<ReadyVersion> {
         metrics: Some(metrics.clone()),
         worker_spin: switchyard_gateway::config::DEFAULT_WORKER_SPIN,
         nice: 0,
+        threads: Threads::Fixed,
     };
     let batching = Batching {
         max_batch_size: 0,

@@ -24,7 +24,7 @@ use crate::core::{
     Interface, ModelEntry, ModelTable, ReadyVersion, SequenceSettings, VersionEntry, VersionStatus,
 };
 use crate::routing::{BetaStats, TrafficPolicy};
-use crate::serving::{Batching, ReplicaLoad, ReplicaSet};
+use crate::serving::{Batching, ReplicaLoad, ReplicaSet, Threads};
 use crate::telemetry::VersionMetrics;
 use crate::version_key::VersionKey;
 
@@ -784,6 +784,11 @@ async fn load(
         metrics: Some(metrics.clone()),
         worker_spin: settings.worker_spin,
         nice: settings.nice,
+        threads: if settings.measure_threads {
+            Threads::measured()
+        } else {
+            Threads::Fixed
+        },
     };
     let thread_name = format!("sy-{}-{}", key.model, key.version);
     let replicas = ReplicaSet::start(load, batching, &devices, &thread_name)

@@ -271,7 +271,10 @@ pub struct ModelSettings {
     pub max_batch_size: Option<u32>,
     pub device: Device,
     pub queue_capacity: usize,
+    /// The threads a call may use: the count, or with `measure_threads` the most that the
+    /// measurement at load may choose (see `serving::threads`).
     pub intra_op_threads: usize,
+    pub measure_threads: bool,
     pub replicas: usize,
     pub max_queue_delay: Duration,
     pub worker_spin: Duration,
@@ -455,6 +458,8 @@ impl ModelSettings {
                 })?,
             None => toml.intra_op_threads.unwrap_or(defaults.intra_op_threads),
         };
+        // Left to the gateway: at most the cores shared among the replicas, measured at load.
+        let measure_threads = intra_op_threads == 0;
         let intra_op_threads = match intra_op_threads {
             0 => threads_per_replica(
                 available_cores(),
@@ -478,6 +483,7 @@ impl ModelSettings {
             device,
             queue_capacity,
             intra_op_threads,
+            measure_threads,
             replicas,
             max_queue_delay,
             worker_spin,

@@ -5,6 +5,7 @@
 mod batching;
 mod joining;
 mod replicas;
+mod threads;
 mod warmup;
 mod worker;
 
@@ -14,4 +15,5 @@ mod tests;
 pub use batching::{Batching, DEFAULT_MAX_BATCH_SIZE};
 pub use joining::JoinAxes;
 pub use replicas::{ReplicaInfo, ReplicaLoad, ReplicaSet};
+pub use threads::Threads;
 pub use warmup::{Warmup, WarmupOutcome};

@@ -10,14 +10,15 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use switchyard_runtimes::{
-    Device, LoadOptions, NamedTensor, Runtime, RuntimeError, Signature, memory,
+    Device, LoadOptions, LoadedModel, NamedTensor, Runtime, RuntimeError, Signature, memory,
 };
 use tokio::sync::oneshot;
 
 use crate::error::{ErrorKind, GatewayError};
 use crate::serving::batching::Batching;
 use crate::serving::joining::JoinAxes;
-use crate::serving::warmup::{Warmup, WarmupOutcome, warm_up};
+use crate::serving::threads::{self, Threads};
+use crate::serving::warmup::{Warmup, WarmupOutcome, measuring_inputs, warm_up};
 use crate::serving::worker::{FirstRun, IdleWait, Job, Worker, deadline_passed};
 use crate::telemetry::VersionMetrics;
 use crate::telemetry::tracing::TRACE_TARGET;
@@ -70,8 +71,11 @@ impl Replica {
             metrics,
             worker_spin,
             nice,
+            threads,
         } = load.clone();
         options.device = device;
+        let most_threads = options.intra_op_threads;
+        options.intra_op_threads = threads.to_load(most_threads);
         let (jobs, queue) = mpsc::sync_channel::<Job>(queue_capacity);
         let outstanding = Arc::new(AtomicUsize::new(0));
         let (loaded_tx, loaded_rx) = oneshot::channel();
@@ -104,18 +108,17 @@ impl Replica {
                     };
                     let max_batch_size = Batching::resolve(configured_max_batch, model.signature())
                         .map_err(load_error)?;
-                    let warmed = warm_up(model.as_mut(), &warmup, max_batch_size > 0).map_err(
-                        |message| {
+                    let (warmed, inputs) = warm_up(model.as_mut(), &warmup, max_batch_size > 0)
+                        .map_err(|message| {
                             load_error(format!(
                                 "the warm-up run failed: {message} (the [warmup] table of \
-                                 model.toml, or model_warmup in config.pbtxt, sets its input \
-                                 shapes and values, or turns it off)"
+                                     model.toml, or model_warmup in config.pbtxt, sets its \
+                                     input shapes and values, or turns it off)"
                             ))
-                        },
-                    )?;
-                    Ok((model, max_batch_size, warmed))
+                        })?;
+                    Ok((model, max_batch_size, warmed, inputs))
                 });
-                let (model, max_batch_size, warmed) = match loaded {
+                let (mut model, max_batch_size, warmed, inputs) = match loaded {
                     Ok(loaded) => loaded,
                     Err(error) => {
                         let _ = loaded_tx.send(Err(error));
@@ -124,6 +127,30 @@ impl Replica {
                 };
                 let memory_bytes =
                     memory::in_use(options.device).map(|after| after.saturating_sub(before));
+                if let Threads::Measured(decided) = &threads
+                    && decided.get().is_none()
+                {
+                    // An image's size where the warm-up guessed a small one, if the model takes
+                    // it; else the warm-up's own inputs.
+                    let mut measuring = inputs;
+                    if matches!(warmed, WarmupOutcome::Synthetic(_))
+                        && let Some(larger) =
+                            measuring_inputs(model.as_ref(), &warmup, max_batch_size > 0)
+                        && model.run(&larger).is_ok()
+                    {
+                        measuring = larger;
+                    }
+                    let chosen;
+                    (model, chosen) = measure_threads(
+                        model,
+                        &*runtime,
+                        &artifact,
+                        &options,
+                        most_threads,
+                        &measuring,
+                    );
+                    let _ = decided.set(chosen);
+                }
                 drop(_measuring);
                 // Once loaded: loading and warming up run at the default priority, beside the
                 // replicas already serving.
@@ -165,6 +192,50 @@ impl Replica {
             first_run_bytes,
         };
         Ok((replica, loaded))
+    }
+}
+
+/// The first replica of a version whose thread count is left to the gateway: `model` ran its
+/// warm-up on one thread; when that call is long enough, a copy with `most` threads is loaded
+/// and timed on the same input, and the faster one is kept (see `serving::threads`). Returns
+/// the model kept and its thread count.
+fn measure_threads(
+    mut model: Box<dyn LoadedModel>,
+    runtime: &dyn Runtime,
+    artifact: &std::path::Path,
+    options: &LoadOptions,
+    most: usize,
+    inputs: &[NamedTensor],
+) -> (Box<dyn LoadedModel>, usize) {
+    let name = std::thread::current().name().unwrap_or("worker").to_owned();
+    if most <= 1 || inputs.is_empty() {
+        return (model, 1);
+    }
+    let Some(one) = threads::median_call(model.as_mut(), inputs) else {
+        return (model, 1);
+    };
+    if one < threads::MEASURE_FROM {
+        tracing::info!(thread = %name, call_us = one.as_micros() as u64, "one intra-op thread: the warm-up call is too short to gain from more");
+        return (model, 1);
+    }
+    let more = LoadOptions {
+        intra_op_threads: most,
+        ..options.clone()
+    };
+    let timed = runtime
+        .load(artifact, &more)
+        .ok()
+        .and_then(|mut many| threads::median_call(many.as_mut(), inputs).map(|time| (many, time)));
+    match timed {
+        Some((many, time)) if threads::worth_it(one, time) => {
+            tracing::info!(thread = %name, threads = most, one_us = one.as_micros() as u64, many_us = time.as_micros() as u64, "intra-op threads measured: more are faster");
+            (many, most)
+        }
+        Some((_, time)) => {
+            tracing::info!(thread = %name, threads = 1, one_us = one.as_micros() as u64, many_us = time.as_micros() as u64, "intra-op threads measured: one is as fast");
+            (model, 1)
+        }
+        None => (model, 1),
     }
 }
 
@@ -212,6 +283,8 @@ pub struct ReplicaLoad {
     pub worker_spin: Duration,
     /// The worker thread's nice value (`serving.nice`); 0 leaves it as it is.
     pub nice: i32,
+    /// Whether `options.intra_op_threads` is the count, or the most a measurement may choose.
+    pub threads: Threads,
 }
 
 /// What a replica reports once loaded.

@@ -16,6 +16,7 @@ use switchyard_runtimes::{
 
 use super::batching::*;
 use super::replicas::*;
+use super::threads::Threads;
 use super::warmup::Warmup;
 use super::worker::{IdleWait, Waited};
 use crate::error::{ErrorKind, GatewayError};
@@ -36,6 +37,7 @@ fn test_load(runtime: Arc<dyn Runtime>, queue_capacity: usize) -> ReplicaLoad {
         metrics: None,
         worker_spin: crate::config::DEFAULT_WORKER_SPIN,
         nice: 0,
+        threads: Threads::Fixed,
     }
 }
 
@@ -635,4 +637,84 @@ async fn an_idle_worker_stops_polling_and_sleeps() {
         idle <= Duration::from_millis(10),
         "the idle worker took {idle:?} in 300 ms"
     );
+}
+
+/// A model whose call takes `call` divided by its threads; records the thread count of each
+/// load.
+#[derive(Clone)]
+struct Parallel {
+    call: Duration,
+    loads: Arc<Mutex<Vec<usize>>>,
+}
+
+struct ParallelModel {
+    call: Duration,
+    signature: Signature,
+}
+
+impl Runtime for Parallel {
+    fn name(&self) -> &'static str {
+        "parallel"
+    }
+    fn platform(&self) -> &'static str {
+        "test"
+    }
+    fn load(&self, _: &Path, options: &LoadOptions) -> Result<Box<dyn LoadedModel>, RuntimeError> {
+        self.loads.lock().unwrap().push(options.intra_op_threads);
+        let spec = |name: &str| TensorSpec {
+            name: name.into(),
+            dtype: DataType::Fp32,
+            dims: vec![-1, 2],
+        };
+        Ok(Box::new(ParallelModel {
+            call: self.call / options.intra_op_threads.max(1) as u32,
+            signature: Signature {
+                inputs: vec![spec("x")],
+                outputs: vec![spec("y")],
+            },
+        }))
+    }
+}
+
+impl LoadedModel for ParallelModel {
+    fn signature(&self) -> &Signature {
+        &self.signature
+    }
+
+    fn run(&mut self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RuntimeError> {
+        std::thread::sleep(self.call);
+        Ok(vec![NamedTensor {
+            name: "y".into(),
+            tensor: inputs[0].tensor.clone(),
+        }])
+    }
+}
+
+#[tokio::test]
+async fn left_to_the_gateway_threads_are_measured_once_and_kept_only_where_they_pay() {
+    for (call, expected) in [
+        (Duration::from_millis(4), 4),
+        (Duration::from_micros(20), 1),
+    ] {
+        let runtime = Parallel {
+            call,
+            loads: Arc::default(),
+        };
+        let mut load = test_load(Arc::new(runtime.clone()), 4);
+        load.warmup.enabled = true;
+        load.options.intra_op_threads = 4;
+        load.threads = Threads::measured();
+        let set = ReplicaSet::start(load, batches_of_eight(Duration::ZERO), &[Device::Cpu], "t")
+            .await
+            .unwrap();
+        let index = set.claim_index();
+        set.add_replica(index, Device::Cpu).await.unwrap();
+        let loads = runtime.loads.lock().unwrap().clone();
+        match expected {
+            // One thread first, the trial with four, then the second replica on four at once.
+            4 => assert_eq!(loads, [1, 4, 4], "{call:?}"),
+            // Too short a call for a trial: every replica on one thread.
+            _ => assert_eq!(loads, [1, 1], "{call:?}"),
+        }
+    }
 }

@@ -67,10 +67,15 @@ impl WarmupOutcome {
 /// upsampled maps still meet.
 const GUESSED_SPATIAL_SIZE: usize = 64;
 
+/// The size of dynamic spatial dimensions when the thread count is measured: a common image
+/// size (ImageNet's), a multiple of the same strides. A 64x64 map is too small for more threads
+/// to show what they do at an image's size.
+const MEASURED_SPATIAL_SIZE: usize = 224;
+
 /// A synthetic input's shape: the batch axis, and an input's first dynamic dimension (a batch
 /// of another axis, as a recurrent state's), are 1; later dynamic dimensions of inputs of rank 3
 /// or more are [`GUESSED_SPATIAL_SIZE`]; the rest 1.
-fn guessed_shape(spec: &TensorSpec, batched: bool) -> Vec<usize> {
+fn guessed_shape(spec: &TensorSpec, batched: bool, spatial: usize) -> Vec<usize> {
     let first_dynamic = if batched {
         Some(0)
     } else {
@@ -82,7 +87,7 @@ fn guessed_shape(spec: &TensorSpec, batched: bool) -> Vec<usize> {
         .map(|(axis, &dim)| match usize::try_from(dim) {
             Ok(size) => size,
             Err(_) if Some(axis) == first_dynamic => 1,
-            Err(_) if spec.dims.len() >= 3 => GUESSED_SPATIAL_SIZE,
+            Err(_) if spec.dims.len() >= 3 => spatial,
             Err(_) => 1,
         })
         .collect()
@@ -94,18 +99,16 @@ fn random_tensor(dtype: DataType, shape: Vec<usize>) -> Result<Tensor, String> {
     Tensor::from_f64s(dtype, shape, &values).map_err(|e| e.to_string())
 }
 
-/// Runs the model once before it serves, as `warmup` says; `batched` when axis 0 is the batch
-/// axis. An error only for a configured run that failed.
-pub(super) fn warm_up(
-    model: &mut dyn LoadedModel,
+/// Each input's name and shape.
+type Shapes = Vec<(String, Vec<usize>)>;
+
+/// The warm-up inputs, with dynamic spatial dimensions guessed at `spatial`; and their shapes.
+fn inputs_for(
+    model: &dyn LoadedModel,
     warmup: &Warmup,
     batched: bool,
-) -> Result<WarmupOutcome, String> {
-    if !warmup.enabled {
-        return Ok(WarmupOutcome::Skipped(
-            "turned off ([warmup] enabled = false)".into(),
-        ));
-    }
+    spatial: usize,
+) -> Result<(Vec<NamedTensor>, Shapes), String> {
     let mut shapes = Vec::new();
     let mut inputs = Vec::new();
     for spec in &model.signature().inputs {
@@ -113,7 +116,7 @@ pub(super) fn warm_up(
             .dims
             .get(&spec.name)
             .cloned()
-            .unwrap_or_else(|| guessed_shape(spec, batched));
+            .unwrap_or_else(|| guessed_shape(spec, batched, spatial));
         let value = warmup.fill.get(&spec.name).copied().unwrap_or(1.0);
         let tensor = if warmup.random.contains(&spec.name) {
             random_tensor(spec.dtype, shape.clone())
@@ -127,6 +130,37 @@ pub(super) fn warm_up(
             tensor,
         });
     }
+    Ok((inputs, shapes))
+}
+
+/// The inputs the thread count is measured on: the warm-up's, with dynamic spatial dimensions
+/// at [`MEASURED_SPATIAL_SIZE`] instead, an image's size rather than the smallest that runs.
+pub(super) fn measuring_inputs(
+    model: &dyn LoadedModel,
+    warmup: &Warmup,
+    batched: bool,
+) -> Option<Vec<NamedTensor>> {
+    inputs_for(model, warmup, batched, MEASURED_SPATIAL_SIZE)
+        .ok()
+        .map(|(inputs, _)| inputs)
+}
+
+/// Runs the model once before it serves, as `warmup` says; `batched` when axis 0 is the batch
+/// axis. An error only for a configured run that failed.
+/// Also returns the inputs of a run that succeeded (empty otherwise), for the thread count to
+/// be measured on.
+pub(super) fn warm_up(
+    model: &mut dyn LoadedModel,
+    warmup: &Warmup,
+    batched: bool,
+) -> Result<(WarmupOutcome, Vec<NamedTensor>), String> {
+    if !warmup.enabled {
+        return Ok((
+            WarmupOutcome::Skipped("turned off ([warmup] enabled = false)".into()),
+            Vec::new(),
+        ));
+    }
+    let (inputs, shapes) = inputs_for(model, warmup, batched, GUESSED_SPATIAL_SIZE)?;
     let ran = model
         .run(&inputs)
         .map_err(|e| e.to_string())
@@ -142,13 +176,16 @@ pub(super) fn warm_up(
             }
         });
     match (ran, warmup.configured) {
-        (Ok(()), true) => Ok(WarmupOutcome::Configured),
-        (Ok(()), false) => Ok(WarmupOutcome::Synthetic(shapes)),
+        (Ok(()), true) => Ok((WarmupOutcome::Configured, inputs)),
+        (Ok(()), false) => Ok((WarmupOutcome::Synthetic(shapes), inputs)),
         (Err(error), true) => Err(error),
-        (Err(error), false) => Ok(WarmupOutcome::Skipped(format!(
-            "the synthetic run on guessed shapes failed ({error}); give the shapes in [warmup] \
-             or Triton's model_warmup to warm it up"
-        ))),
+        (Err(error), false) => Ok((
+            WarmupOutcome::Skipped(format!(
+                "the synthetic run on guessed shapes failed ({error}); give the shapes in \
+                 [warmup] or Triton's model_warmup to warm it up"
+            )),
+            Vec::new(),
+        )),
     }
 }
 
@@ -166,13 +203,16 @@ mod tests {
 
     #[test]
     fn guessed_shapes_keep_feature_maps_large_enough_to_meet() {
-        assert_eq!(guessed_shape(&spec(&[-1, 3, -1, -1]), true), [1, 3, 64, 64]);
-        assert_eq!(guessed_shape(&spec(&[-1, 64]), true), [1, 64]);
-        assert_eq!(guessed_shape(&spec(&[-1, -1]), true), [1, 1]);
-        // Unbatched: the first dynamic dimension is a batch of another kind (a state's).
-        assert_eq!(guessed_shape(&spec(&[2, -1, 128]), false), [2, 1, 128]);
         assert_eq!(
-            guessed_shape(&spec(&[-1, 3, -1, -1]), false),
+            guessed_shape(&spec(&[-1, 3, -1, -1]), true, 64),
+            [1, 3, 64, 64]
+        );
+        assert_eq!(guessed_shape(&spec(&[-1, 64]), true, 64), [1, 64]);
+        assert_eq!(guessed_shape(&spec(&[-1, -1]), true, 64), [1, 1]);
+        // Unbatched: the first dynamic dimension is a batch of another kind (a state's).
+        assert_eq!(guessed_shape(&spec(&[2, -1, 128]), false, 64), [2, 1, 128]);
+        assert_eq!(
+            guessed_shape(&spec(&[-1, 3, -1, -1]), false, 64),
             [1, 3, 64, 64]
         );
     }
