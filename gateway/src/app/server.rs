@@ -245,15 +245,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         pipeline.clone(),
         extensions,
         byte_limit(config.grpc.max_message_size),
-    )
-    .layer(axum::middleware::from_fn_with_state(
-        tokens,
-        extensions::require_management,
-    ))
-    .layer(axum::middleware::from_fn_with_state(
         keys,
-        auth::require_grpc_key,
-    ));
+        tokens,
+    );
     let admin_app = admin::router(admin::AdminState::new(
         store.clone(),
         gateway.clone(),

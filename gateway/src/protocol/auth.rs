@@ -23,7 +23,11 @@ pub struct InferenceAuth {
 
 impl InferenceAuth {
     /// `Ok` for a client with a key, or a node with a valid credential; otherwise the reason.
-    fn admits(&self, headers: &HeaderMap, key_required: &'static str) -> Result<(), GatewayError> {
+    pub(crate) fn admits(
+        &self,
+        headers: &HeaderMap,
+        key_required: &'static str,
+    ) -> Result<(), GatewayError> {
         let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
         let (node, credential) = (text(FORWARDED_FROM), text(NODE_CREDENTIAL));
         if headers.get(FORWARDED_FROM).is_none() && headers.get(NODE_CREDENTIAL).is_none() {
@@ -49,6 +53,10 @@ impl InferenceAuth {
         }
     }
 }
+
+/// gRPC's refusal of a call without a key.
+pub(crate) const GRPC_KEY_REQUIRED: &str =
+    "an API key is required (authorization: Bearer KEY or x-api-key metadata)";
 
 /// HTTP: everything but the health endpoints needs a key, when keys are configured.
 pub async fn require_http_key(
@@ -82,10 +90,7 @@ pub async fn require_grpc_key(
     if open {
         return next.run(request).await;
     }
-    match auth.admits(
-        request.headers(),
-        "an API key is required (authorization: Bearer KEY or x-api-key metadata)",
-    ) {
+    match auth.admits(request.headers(), GRPC_KEY_REQUIRED) {
         Ok(()) => next.run(request).await,
         Err(refusal) => tonic::Status::from(refusal).into_http::<axum::body::Body>(),
     }

@@ -582,45 +582,6 @@ async fn infer(
         .await
 }
 
-/// A body sent as the buffers it is made of, one frame each, in order: binary outputs go out
-/// from where the runtime wrote them, not joined into one buffer first. Its length is known,
-/// so the answer carries a Content-Length.
-struct Chunks {
-    chunks: std::collections::VecDeque<Bytes>,
-    remaining: u64,
-}
-
-impl Chunks {
-    fn new(chunks: std::collections::VecDeque<Bytes>) -> Chunks {
-        let remaining = chunks.iter().map(|chunk| chunk.len() as u64).sum();
-        Chunks { chunks, remaining }
-    }
-}
-
-impl http_body::Body for Chunks {
-    type Data = Bytes;
-    type Error = std::convert::Infallible;
-
-    fn poll_frame(
-        mut self: std::pin::Pin<&mut Self>,
-        _: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, Self::Error>>> {
-        let next = self.chunks.pop_front();
-        if let Some(chunk) = &next {
-            self.remaining -= chunk.len() as u64;
-        }
-        std::task::Poll::Ready(next.map(|chunk| Ok(http_body::Frame::data(chunk))))
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.chunks.is_empty()
-    }
-
-    fn size_hint(&self) -> http_body::SizeHint {
-        http_body::SizeHint::with_exact(self.remaining)
-    }
-}
-
 /// The encoded response as an HTTP answer: plain JSON, or JSON followed by the binary outputs.
 fn http_answer(encoded: EncodedResponse) -> Response {
     if encoded.binary.is_empty() {
@@ -637,7 +598,7 @@ fn http_answer(encoded: EncodedResponse) -> Response {
     let mut chunks = std::collections::VecDeque::with_capacity(1 + encoded.binary.len());
     chunks.push_back(Bytes::from(encoded.json));
     chunks.extend(encoded.binary);
-    let mut response = Response::new(Body::new(Chunks::new(chunks)));
+    let mut response = Response::new(Body::new(crate::protocol::chunks::Chunks::new(chunks)));
     let headers = response.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,

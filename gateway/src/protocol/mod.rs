@@ -4,9 +4,10 @@
 //! readiness and configuration calls of both; [`auth`] checks the inference API key and, for the
 //! calls that change what is served, the management tokens. [`shared_memory`] holds Triton's
 //! registered shared-memory regions, and [`extensions`] what Triton's extensions beside
-//! inference need.
+//! inference need. [`chunks`] is the answer body both fronts send tensors in without joining them.
 
 pub mod auth;
+pub mod chunks;
 pub mod extensions;
 pub mod grpc;
 pub mod http;

@@ -5,6 +5,7 @@ mod convert;
 pub mod forward;
 pub mod scan;
 mod stream;
+mod unary;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -13,8 +14,10 @@ use axum::http::HeaderValue;
 use switchyard_runtimes::TensorSpec;
 use tonic::{Request, Response, Status};
 
+use crate::auth::ManagementTokens;
 use crate::core::Gateway;
 use crate::error::{ErrorKind, GatewayError};
+use crate::protocol::auth::{self, InferenceAuth};
 use crate::protocol::extensions::{self, Actor, Extensions};
 use crate::protocol::metadata;
 use crate::protocol::pipeline::{Call, Pipeline};
@@ -33,14 +36,17 @@ pub fn router(
     pipeline: Arc<Pipeline>,
     extensions: Arc<Extensions>,
     max_message_bytes: usize,
+    auth: InferenceAuth,
+    tokens: ManagementTokens,
 ) -> axum::Router {
-    let inference = GrpcInferenceServiceServer::new(GrpcFront {
+    let front = GrpcFront {
         pipeline: pipeline.clone(),
         extensions,
         max_message_bytes,
-    })
-    .max_decoding_message_size(max_message_bytes)
-    .max_encoding_message_size(max_message_bytes);
+    };
+    let inference = GrpcInferenceServiceServer::new(front.clone())
+        .max_decoding_message_size(max_message_bytes)
+        .max_encoding_message_size(max_message_bytes);
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut ready = pipeline.gateway().tables().watch_ready();
     tokio::spawn(async move {
@@ -58,17 +64,31 @@ pub fn router(
             }
         }
     });
-    tonic::service::Routes::new(inference)
+    let everything_else = tonic::service::Routes::new(inference)
         .add_service(health)
         .into_axum_router()
         .layer(axum::middleware::map_response(
             oversized_is_resource_exhausted,
         ))
         .layer(axum::middleware::from_fn_with_state(
-            // One message and its 5-byte frame header.
-            (pipeline, max_message_bytes.saturating_add(5)),
-            arrive_then_admit,
+            (pipeline, max_message_bytes),
+            scan_streamed_messages,
         ))
+        .layer(axum::middleware::from_fn_with_state(
+            tokens,
+            extensions::require_management,
+        ))
+        .layer(axum::middleware::from_fn_with_state(
+            auth.clone(),
+            auth::require_grpc_key,
+        ));
+    let unary = Arc::new(unary::UnaryInfer { front, auth });
+    axum::Router::new()
+        .route(
+            MODEL_INFER,
+            axum::routing::post(unary::model_infer).with_state(unary),
+        )
+        .fallback_service(everything_else)
 }
 
 /// A `ModelInferRequest` message as this front decodes it: scanned, then decoded by prost, then
@@ -85,47 +105,19 @@ pub fn decode_message(message: &[u8]) -> Result<crate::core::InferRequest, Gatew
 /// The gRPC method that carries inference, the only one the in-flight bounds apply to.
 pub const MODEL_INFER: &str = "/inference.GRPCInferenceService/ModelInfer";
 
-/// Runs before tonic reads a `ModelInfer` message: reads it whole within the read deadline and
-/// the byte budget, scans it (refusing counts past the limits, and charging what decoding will
-/// take), then takes the in-flight slot, which lives until the answer is ready.
-async fn arrive_then_admit(
+/// Bounds and scans each message of a `ModelStreamInfer` stream before tonic reads it.
+async fn scan_streamed_messages(
     axum::extract::State((pipeline, limit)): axum::extract::State<(Arc<Pipeline>, usize)>,
     request: axum::extract::Request,
     next: axum::middleware::Next,
 ) -> axum::response::Response {
-    if request.uri().path() == stream::MODEL_STREAM_INFER {
-        let (parts, body) = request.into_parts();
-        let body = axum::body::Body::new(stream::ScannedMessages::new(
-            body,
-            pipeline,
-            limit.saturating_sub(5),
-        ));
-        return next
-            .run(axum::extract::Request::from_parts(parts, body))
-            .await;
-    }
-    if request.uri().path() != MODEL_INFER {
+    if request.uri().path() != stream::MODEL_STREAM_INFER {
         return next.run(request).await;
     }
-    let received = Instant::now();
     let (parts, body) = request.into_parts();
-    let arrived = async {
-        let (bytes, mut budget) = pipeline
-            .read_body(body, None, None, limit, received)
-            .await?;
-        let scanned = scan::scan_frames(&bytes, &scan::ScanLimits::default())
-            .map_err(|error| pipeline.refused(error))?;
-        pipeline.charge(&mut budget, scanned.decoded_bytes)?;
-        let admission = pipeline.admit()?;
-        Ok::<_, GatewayError>((bytes, budget, admission))
-    };
-    match arrived.await {
-        Ok((bytes, _budget, _admission)) => {
-            let request = axum::extract::Request::from_parts(parts, axum::body::Body::from(bytes));
-            next.run(request).await
-        }
-        Err(error) => Status::from(error).into_http::<axum::body::Body>(),
-    }
+    let body = axum::body::Body::new(stream::ScannedMessages::new(body, pipeline, limit));
+    next.run(axum::extract::Request::from_parts(parts, body))
+        .await
 }
 
 /// tonic refuses a message over the size limit with OUT_OF_RANGE before any handler runs;
@@ -196,6 +188,7 @@ fn percent_encode(text: &str) -> String {
         .collect()
 }
 
+#[derive(Clone)]
 struct GrpcFront {
     pipeline: Arc<Pipeline>,
     extensions: Arc<Extensions>,
@@ -212,6 +205,42 @@ impl GrpcFront {
             memory: &self.extensions.shared_memory,
             max_input_bytes: self.max_message_bytes,
         }
+    }
+}
+
+impl GrpcFront {
+    /// One `ModelInfer` call: its deadline from `grpc-timeout`, then the pipeline.
+    async fn infer_message(
+        &self,
+        headers: http::HeaderMap,
+        message: pb::ModelInferRequest,
+        received: Instant,
+    ) -> Result<pb::ModelInferResponse, GatewayError> {
+        let deadline = headers
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok())
+            .and_then(parse_grpc_timeout)
+            .map(|timeout| received + timeout);
+        let model = message.model_name.clone();
+        let version = message.model_version.clone();
+        let call = Call {
+            protocol: Protocol::Grpc,
+            model: &model,
+            version: version_of(&version),
+            received,
+            deadline,
+            headers,
+            // prost decoded the message already; what is left borrows or copies tensors.
+            decode_bytes: 0,
+        };
+        let memory = self.shared_memory();
+        self.pipeline
+            .infer(
+                call,
+                || decode_request(message, Some(&memory)),
+                |response, placements| encode_response(response, &placements),
+            )
+            .await
     }
 }
 
@@ -375,35 +404,11 @@ impl GrpcInferenceService for GrpcFront {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let received = Instant::now();
-        let deadline = request
-            .metadata()
-            .get("grpc-timeout")
-            .and_then(|value| value.to_str().ok())
-            .and_then(parse_grpc_timeout)
-            .map(|timeout| received + timeout);
         let (metadata, _, message) = request.into_parts();
-        let model = message.model_name.clone();
-        let version = message.model_version.clone();
-        let call = Call {
-            protocol: Protocol::Grpc,
-            model: &model,
-            version: version_of(&version),
-            received,
-            deadline,
-            headers: metadata.into_headers(),
-            // prost decoded the message already; what is left borrows or copies tensors.
-            decode_bytes: 0,
-        };
-        let memory = self.shared_memory();
-        let encoded = self
-            .pipeline
-            .infer(
-                call,
-                || decode_request(message, Some(&memory)),
-                |response, placements| encode_response(response, &placements),
-            )
+        let response = self
+            .infer_message(metadata.into_headers(), message, received)
             .await?;
-        Ok(Response::new(encoded))
+        Ok(Response::new(response))
     }
 
     async fn repository_index(
