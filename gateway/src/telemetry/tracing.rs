@@ -46,7 +46,11 @@ pub fn init(config: &Config) -> anyhow::Result<TraceExport> {
     let filter = EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| EnvFilter::new(format!("{},ort=warn", config.log.level)));
     let logs: Box<dyn Layer<Registry> + Send + Sync> = match config.log.format {
-        LogFormat::Text => tracing_subscriber::fmt::layer().with_filter(filter).boxed(),
+        // Colours only on a terminal: a log file or a service's journal gets plain text.
+        LogFormat::Text => tracing_subscriber::fmt::layer()
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stdout()))
+            .with_filter(filter)
+            .boxed(),
         LogFormat::Json => tracing_subscriber::fmt::layer()
             .json()
             .with_filter(filter)
