@@ -197,7 +197,8 @@ impl Replica {
 
 /// The first replica of a version whose thread count is left to the gateway: `model` ran its
 /// warm-up on one thread; when that call is long enough, a copy with `most` threads is loaded
-/// and timed on the same input, and the faster one is kept (see `serving::threads`). Returns
+/// and the two are timed against each other on the same input, and the faster one is kept
+/// (see `serving::threads`). Returns
 /// the model kept and its thread count.
 fn measure_threads(
     mut model: Box<dyn LoadedModel>,
@@ -211,6 +212,13 @@ fn measure_threads(
     if most <= 1 || inputs.is_empty() {
         return (model, 1);
     }
+    // One version measures at a time: two versions loading together would each time their
+    // threads against the other's calls. (Another process busy on the cores still can; then
+    // one thread is kept, and `intra_op_threads` overrides it.)
+    static MEASURING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _measuring = MEASURING
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
     let Some(one) = threads::median_call(model.as_mut(), inputs) else {
         return (model, 1);
     };
@@ -222,16 +230,16 @@ fn measure_threads(
         intra_op_threads: most,
         ..options.clone()
     };
-    let timed = runtime
-        .load(artifact, &more)
-        .ok()
-        .and_then(|mut many| threads::median_call(many.as_mut(), inputs).map(|time| (many, time)));
+    let timed = runtime.load(artifact, &more).ok().and_then(|mut many| {
+        threads::fastest_calls(model.as_mut(), many.as_mut(), inputs)
+            .map(|(one, time)| (many, one, time))
+    });
     match timed {
-        Some((many, time)) if threads::worth_it(one, time) => {
+        Some((many, one, time)) if threads::worth_it(one, time) => {
             tracing::info!(thread = %name, threads = most, one_us = one.as_micros() as u64, many_us = time.as_micros() as u64, "intra-op threads measured: more are faster");
             (many, most)
         }
-        Some((_, time)) => {
+        Some((_, one, time)) => {
             tracing::info!(thread = %name, threads = 1, one_us = one.as_micros() as u64, many_us = time.as_micros() as u64, "intra-op threads measured: one is as fast");
             (model, 1)
         }

@@ -4,7 +4,8 @@
 //! small MLP served 22,600 requests/s with one thread and 14,500 with two). So a version whose
 //! thread count is left to the gateway loads its first replica with one thread, times its
 //! warm-up input, and only a call of [`MEASURE_FROM`] or longer tries the most threads the
-//! version may use: they are kept if they make the call [`GAIN`] of its time or less. Every
+//! version may use: timed call for call against one thread, interleaved, they are kept if
+//! their fastest call takes [`GAIN`] of one thread's fastest or less. Every
 //! later replica of the version (more replicas, or again after a scale to zero) takes the
 //! decision without measuring.
 
@@ -17,9 +18,11 @@ use switchyard_runtimes::{LoadedModel, NamedTensor};
 pub const MEASURE_FROM: Duration = Duration::from_micros(250);
 /// More threads are kept when the call takes this share of its one-thread time or less.
 pub const GAIN: f64 = 0.85;
-/// Calls timed for each thread count, after one untimed (the warm-up ran it once already on
-/// the first; a new model's first call still allocates).
+/// Calls timed for the first look, after one untimed (the warm-up ran it once already; a new
+/// model's first call still allocates).
 const TIMED_CALLS: usize = 5;
+/// Calls of each thread count in the comparison.
+const INTERLEAVED_CALLS: usize = 7;
 
 /// How a version's replicas get their intra-op threads.
 #[derive(Clone, Debug)]
@@ -57,6 +60,29 @@ pub(super) fn median_call(model: &mut dyn LoadedModel, inputs: &[NamedTensor]) -
     }
     times.sort_unstable();
     Some(times[TIMED_CALLS / 2])
+}
+
+/// The fastest call of each model on `inputs`, their calls interleaved (one, many, one, ...):
+/// whatever else the machine does while they are timed (another version loading, a neighbour)
+/// falls on both alike, and only makes a call slower, so the fastest is the one to compare.
+/// `None` when a call fails.
+pub(super) fn fastest_calls(
+    one: &mut dyn LoadedModel,
+    many: &mut dyn LoadedModel,
+    inputs: &[NamedTensor],
+) -> Option<(Duration, Duration)> {
+    let time = |model: &mut dyn LoadedModel| {
+        let started = Instant::now();
+        model.run(inputs).ok().map(|_| started.elapsed())
+    };
+    // The new model's first call still allocates.
+    time(many)?;
+    let (mut fastest_one, mut fastest_many) = (Duration::MAX, Duration::MAX);
+    for _ in 0..INTERLEAVED_CALLS {
+        fastest_one = fastest_one.min(time(one)?);
+        fastest_many = fastest_many.min(time(many)?);
+    }
+    Some((fastest_one, fastest_many))
 }
 
 /// Whether `many` threads' call time earns its threads over `one`'s.
