@@ -8,7 +8,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{TestGateway, models_dir};
+use common::{TestGateway, connect_from, models_dir};
 use switchyard_gateway::config::HumanDuration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -294,15 +294,6 @@ async fn requests_longer_than_the_idle_timeout_are_answered() {
     socket.write_all(rest).await.unwrap();
     let answer = read_to_close(&mut socket).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
-}
-
-/// A socket to `addr` from the loopback address 127.0.0.`host`.
-async fn connect_from(host: u8, addr: &str) -> TcpStream {
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(std::net::SocketAddr::from(([127, 0, 0, host], 0)))
-        .unwrap();
-    socket.connect(addr.parse().unwrap()).await.unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -24,13 +24,8 @@ const IDLE: usize = 2000;
 /// Hostile sockets come from many addresses, as a crowd would (127.0.0.2 and up, 500 each):
 /// one address's share of connections (`connections.max_per_client`) would otherwise refuse
 /// most of them, and the good client's too, which comes from 127.0.0.1.
-async fn connect_from(index: usize, addr: &str) -> TcpStream {
-    let host = 2 + (index / 500) as u8;
-    let socket = tokio::net::TcpSocket::new_v4().unwrap();
-    socket
-        .bind(std::net::SocketAddr::from(([127, 0, 0, host], 0)))
-        .unwrap();
-    socket.connect(addr.parse().unwrap()).await.unwrap()
+async fn crowd_socket(index: usize, addr: &str) -> TcpStream {
+    common::connect_from(2 + (index / 500) as u8, addr).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -46,7 +41,7 @@ async fn a_hostile_crowd_does_not_starve_a_good_client() {
 
     let mut idle = Vec::with_capacity(IDLE);
     for index in 0..IDLE {
-        idle.push(connect_from(index, &http_addr).await);
+        idle.push(crowd_socket(index, &http_addr).await);
         if index % 200 == 199 {
             // Lets the accept loop keep up, as a kernel's listen backlog would not forever.
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -57,7 +52,7 @@ async fn a_hostile_crowd_does_not_starve_a_good_client() {
         .map(|index| {
             let addr = http_addr.clone();
             tokio::spawn(async move {
-                let mut socket = connect_from(IDLE + index, &addr).await;
+                let mut socket = crowd_socket(IDLE + index, &addr).await;
                 let head = "POST /v2/models/mlp/infer HTTP/1.1\r\nHost: 127.0.0.1\r\n\
                             Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n";
                 socket.write_all(head.as_bytes()).await.unwrap();

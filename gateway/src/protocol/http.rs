@@ -535,17 +535,22 @@ async fn infer(
         .get(header::CONTENT_LENGTH)
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
+    let json_length = json_header_length(&parts.headers);
     // The binary tensors start after the JSON header: there, the body's buffer is aligned.
-    let binary_at = parts
-        .headers
-        .get(INFERENCE_HEADER_CONTENT_LENGTH)
-        .and_then(|value| value.to_str().ok())
-        .and_then(|value| value.parse::<usize>().ok());
+    let binary_at = json_length.as_ref().ok().copied().flatten();
     let (mut body, mut budget) = state
         .pipeline
         .read_body(body, declared, binary_at, state.max_request_bytes, received)
         .await?;
-    let json_length = json_header_length(&parts.headers, body.len())?;
+    let json_length = json_length?;
+    if let Some(length) = json_length
+        && length > body.len()
+    {
+        return Err(GatewayError::invalid(format!(
+            "Inference-Header-Content-Length is {length} but the body has only {} bytes",
+            body.len()
+        )));
+    }
     // Decoding JSON data can take up to four times its text (a one-digit element of an 8-byte
     // datatype and its comma); binary data is sliced, not copied.
     let json_part = json_length.unwrap_or(body.len());
@@ -611,24 +616,16 @@ fn http_answer(encoded: EncodedResponse) -> Response {
     response
 }
 
-fn json_header_length(
-    headers: &HeaderMap,
-    body_length: usize,
-) -> Result<Option<usize>, GatewayError> {
+fn json_header_length(headers: &HeaderMap) -> Result<Option<usize>, GatewayError> {
     let Some(value) = headers.get(INFERENCE_HEADER_CONTENT_LENGTH) else {
         return Ok(None);
     };
-    let length = value
+    value
         .to_str()
         .ok()
         .and_then(|value| value.trim().parse::<usize>().ok())
+        .map(Some)
         .ok_or_else(|| {
             GatewayError::invalid("Inference-Header-Content-Length must be a byte count")
-        })?;
-    if length > body_length {
-        return Err(GatewayError::invalid(format!(
-            "Inference-Header-Content-Length is {length} but the body has only {body_length} bytes"
-        )));
-    }
-    Ok(Some(length))
+        })
 }

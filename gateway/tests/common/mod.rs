@@ -572,3 +572,13 @@ pub fn mlp_raw_request(
         ..Default::default()
     }
 }
+
+/// A socket to `addr` from the loopback address 127.0.0.`host`: clients at different
+/// addresses, as the gateway's per-client limits see them.
+pub async fn connect_from(host: u8, addr: &str) -> tokio::net::TcpStream {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket
+        .bind(std::net::SocketAddr::from(([127, 0, 0, host], 0)))
+        .unwrap();
+    socket.connect(addr.parse().unwrap()).await.unwrap()
+}
