@@ -23,14 +23,8 @@ pub fn digest(secret: &str) -> Sha256Digest {
 
 /// Parses a SHA-256 digest written as 64 hex digits.
 pub fn decode_hex(text: &str) -> Option<Sha256Digest> {
-    let text = text.trim();
-    if text.len() != 64 {
-        return None;
-    }
     let mut out = [0u8; 32];
-    for (index, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text.trim(), &mut out).ok()?;
     Some(out)
 }
 
@@ -195,8 +189,7 @@ impl ManagementTokens {
                 "this token may only read",
             ));
         }
-        let prefix: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
-        Ok(format!("token:{prefix}"))
+        Ok(format!("token:{}", hex::encode(&digest[..4])))
     }
 }
 
@@ -308,12 +301,7 @@ impl NodeKey {
 
     /// The credential of `node` at `unix_ms`.
     pub fn sign(&self, node: &str, unix_ms: u64) -> String {
-        let mut credential = unix_ms.to_string();
-        credential.push('.');
-        for byte in self.tag(node, unix_ms) {
-            credential.push_str(&format!("{byte:02x}"));
-        }
-        credential
+        format!("{unix_ms}.{}", hex::encode(self.tag(node, unix_ms)))
     }
 
     /// Whether `credential` is `node`'s, made within the window around `now_ms`.

@@ -404,7 +404,7 @@ fn tls_acceptors(config: &Config) -> anyhow::Result<(Option<TlsAcceptor>, Option
 /// The key the nodes of a cluster sign their forwards with: a secret the first node writes
 /// into the registry they share, and every node reads.
 async fn cluster_key(store: &dyn Store) -> anyhow::Result<NodeKey> {
-    let proposed: String = random_key().iter().map(|b| format!("{b:02x}")).collect();
+    let proposed = hex::encode(random_key());
     let secret = store.shared_secret("cluster_node_key", &proposed).await?;
     Ok(NodeKey::new(secret.as_bytes()))
 }
@@ -432,22 +432,15 @@ fn peer_tls(config: &Config) -> anyhow::Result<Option<ClientTlsConfig>> {
 
 async fn request_id_key(config: &Config, store: &dyn Store) -> anyhow::Result<IdKey> {
     let configured = config.inference.request_id_key.trim();
-    let hex = if configured.is_empty() {
-        let proposed: String = random_key().iter().map(|b| format!("{b:02x}")).collect();
+    let key_hex = if configured.is_empty() {
+        let proposed = hex::encode(random_key());
         store.shared_secret("request_id_key", &proposed).await?
     } else {
         configured.to_owned()
     };
     let mut key = [0u8; 64];
-    let valid = hex.len() == 128
-        && key.iter_mut().enumerate().all(|(index, byte)| {
-            hex.get(index * 2..index * 2 + 2)
-                .and_then(|pair| u8::from_str_radix(pair, 16).ok())
-                .map(|value| *byte = value)
-                .is_some()
-        });
     anyhow::ensure!(
-        valid,
+        hex::decode_to_slice(&key_hex, &mut key).is_ok(),
         "inference.request_id_key must be 128 hex digits (64 bytes)"
     );
     Ok(key)

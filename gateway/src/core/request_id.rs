@@ -3,6 +3,7 @@
 //! tell an id this gateway (or one sharing its key through the registry) issued from one made
 //! up, without remembering anything.
 
+use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use hmac::digest::KeyInit;
@@ -41,15 +42,14 @@ impl RequestIds {
         // "sy-" + 8 + "-" + up to 16 + "-" + the tag's hex.
         let mut id = String::with_capacity(PREFIX.len() + 8 + 1 + 16 + 1 + TAG_BYTES * 2);
         id.push_str(PREFIX);
-        push_hex(&mut id, u64::from(self.process), 8);
-        id.push('-');
-        let serial_digits = (64 - serial.leading_zeros()).div_ceil(4).max(1) as usize;
-        push_hex(&mut id, serial, serial_digits);
+        // Writing into a String cannot fail.
+        let _ = write!(id, "{:08x}-{serial:x}", self.process);
         let tag = self.tag(&id);
         id.push('-');
-        for byte in tag {
-            push_hex(&mut id, u64::from(byte), 2);
-        }
+        let mut tag_hex = [0u8; TAG_BYTES * 2];
+        // Cannot fail: the buffer is twice the tag's length.
+        let _ = hex::encode_to_slice(tag, &mut tag_hex);
+        id.extend(tag_hex.iter().copied().map(char::from));
         id
     }
 
@@ -85,19 +85,9 @@ impl RequestIds {
     }
 }
 
-/// Appends the low `digits` hex digits of `value`, lowercase, most significant first.
-fn push_hex(out: &mut String, value: u64, digits: usize) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    for position in (0..digits).rev() {
-        out.push(char::from(HEX[(value >> (position * 4)) as usize & 0xf]));
-    }
-}
-
 fn decode_hex(text: &str) -> Option<[u8; TAG_BYTES]> {
     let mut out = [0u8; TAG_BYTES];
-    for (index, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(text.get(index * 2..index * 2 + 2)?, 16).ok()?;
-    }
+    hex::decode_to_slice(text, &mut out).ok()?;
     Some(out)
 }
 
@@ -139,7 +129,7 @@ mod tests {
         for serial in [0xffff_fffe_u64, 0xffff_ffff, 0x1_0000_0000] {
             let id = ids.issue();
             let body = format!("{PREFIX}{:08x}-{serial:x}", ids.process);
-            let tag: String = ids.tag(&body).iter().map(|b| format!("{b:02x}")).collect();
+            let tag = hex::encode(ids.tag(&body));
             assert_eq!(id, format!("{body}-{tag}"));
         }
         ids.counter.store(0, Ordering::Relaxed);

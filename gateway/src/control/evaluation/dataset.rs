@@ -100,10 +100,7 @@ impl Dataset {
         );
         let bytes = std::fs::read(path)
             .with_context(|| format!("cannot read the dataset {}", path.display()))?;
-        let sha256: String = sha2::Sha256::digest(&bytes)
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect();
+        let sha256 = hex::encode(sha2::Sha256::digest(&bytes));
         let name = path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
