@@ -210,6 +210,98 @@ impl ErrorKind {
 pub struct GatewayError {
     pub kind: ErrorKind,
     pub message: String,
+    /// What a peer gateway acts on, where the kind alone does not say enough. It travels in
+    /// the gRPC status's details, so no node matches another's message text.
+    pub reason: Option<Reason>,
+}
+
+/// A machine-readable reason beside an error's kind. On gRPC it is the `reason` of a
+/// `google.rpc.ErrorInfo` (domain [`REASON_DOMAIN`]) in the status details, as Google's
+/// rich error model carries it, so any gRPC client can read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// A sequence's request reached a node that holds no such open sequence.
+    SequenceNotOpen,
+}
+
+/// The `domain` of the gateway's `ErrorInfo`.
+pub const REASON_DOMAIN: &str = "switchyard";
+
+impl Reason {
+    pub fn code(self) -> &'static str {
+        match self {
+            Reason::SequenceNotOpen => "SEQUENCE_NOT_OPEN",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Reason> {
+        match code {
+            "SEQUENCE_NOT_OPEN" => Some(Reason::SequenceNotOpen),
+            _ => None,
+        }
+    }
+}
+
+/// `google.rpc.Status`, the message of a gRPC status's details (`grpc-status-details-bin`).
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<ProtobufAny>,
+}
+
+/// `google.rpc.ErrorInfo`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ErrorInfo {
+    #[prost(string, tag = "1")]
+    reason: String,
+    #[prost(string, tag = "2")]
+    domain: String,
+}
+
+const ERROR_INFO_TYPE: &str = "type.googleapis.com/google.rpc.ErrorInfo";
+
+/// `google.protobuf.Any`.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtobufAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+/// The status details that carry `reason`.
+fn reason_details(code: Code, message: &str, reason: Reason) -> Vec<u8> {
+    use prost::Message as _;
+    let info = ErrorInfo {
+        reason: reason.code().to_owned(),
+        domain: REASON_DOMAIN.to_owned(),
+    };
+    RpcStatus {
+        code: code as i32,
+        message: message.to_owned(),
+        details: vec![ProtobufAny {
+            type_url: ERROR_INFO_TYPE.to_owned(),
+            value: info.encode_to_vec(),
+        }],
+    }
+    .encode_to_vec()
+}
+
+/// The gateway's reason in a status's details, if a gateway put one there.
+pub fn reason_of(status: &tonic::Status) -> Option<Reason> {
+    use prost::Message as _;
+    let details = RpcStatus::decode(status.details()).ok()?;
+    details
+        .details
+        .iter()
+        .filter(|any| any.type_url == ERROR_INFO_TYPE)
+        .filter_map(|any| ErrorInfo::decode(any.value.as_slice()).ok())
+        .find(|info| info.domain == REASON_DOMAIN)
+        .and_then(|info| Reason::from_code(&info.reason))
 }
 
 /// The longest message an error carries: messages quote what the client sent (a model name,
@@ -231,12 +323,24 @@ impl GatewayError {
             message.truncate(cut);
             message.push_str("... (truncated)");
         }
-        GatewayError { kind, message }
+        GatewayError {
+            kind,
+            message,
+            reason: None,
+        }
+    }
+
+    pub fn with_reason(mut self, reason: Reason) -> Self {
+        self.reason = Some(reason);
+        self
     }
 
     /// The same kind, its message rewritten (a context put in front, say).
     pub fn with_prefix(self, rewrite: impl FnOnce(String) -> String) -> Self {
-        GatewayError::new(self.kind, rewrite(self.message))
+        GatewayError {
+            reason: self.reason,
+            ..GatewayError::new(self.kind, rewrite(self.message))
+        }
     }
 
     pub fn invalid(message: impl Into<String>) -> Self {
@@ -308,7 +412,14 @@ pub const NOT_RUN: &str = "switchyard-not-run";
 
 impl From<GatewayError> for tonic::Status {
     fn from(error: GatewayError) -> Self {
-        let mut status = tonic::Status::new(error.kind.grpc_code(), error.message);
+        let code = error.kind.grpc_code();
+        let mut status = match error.reason {
+            Some(reason) => {
+                let details = reason_details(code, &error.message, reason);
+                tonic::Status::with_details(code, error.message, details.into())
+            }
+            None => tonic::Status::new(code, error.message),
+        };
         let metadata = status.metadata_mut();
         metadata.insert(
             ANSWERED_BY_GATEWAY,
@@ -324,6 +435,32 @@ impl From<GatewayError> for tonic::Status {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_reason_travels_in_the_status_details() {
+        let error =
+            GatewayError::invalid("sequence 7 is not open").with_reason(Reason::SequenceNotOpen);
+        let status = tonic::Status::from(error.clone());
+        assert_eq!(status.code(), Code::InvalidArgument);
+        assert_eq!(reason_of(&status), Some(Reason::SequenceNotOpen));
+        // The same text without the reason is only text.
+        let plain = tonic::Status::from(GatewayError::invalid(error.message));
+        assert_eq!(reason_of(&plain), None);
+        // Details that are not google.rpc.Status, or another domain's ErrorInfo, carry none.
+        let garbage = tonic::Status::with_details(Code::InvalidArgument, "x", vec![0xff; 9].into());
+        assert_eq!(reason_of(&garbage), None);
+        let mut foreign = <RpcStatus as prost::Message>::decode(status.details()).expect("details");
+        foreign.details[0].value = prost::Message::encode_to_vec(&ErrorInfo {
+            reason: "SEQUENCE_NOT_OPEN".into(),
+            domain: "example.com".into(),
+        });
+        let foreign = tonic::Status::with_details(
+            Code::InvalidArgument,
+            "x",
+            prost::Message::encode_to_vec(&foreign).into(),
+        );
+        assert_eq!(reason_of(&foreign), None);
+    }
 
     #[test]
     fn messages_are_bounded() {

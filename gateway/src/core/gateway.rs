@@ -22,7 +22,7 @@ use crate::core::sequence::{
     NOT_OPEN, SequenceControl, Sequences, add_controls, next_states, sequence_control,
 };
 use crate::core::table::{ModelTable, ReadyVersion, TableHandle, VersionStatus};
-use crate::error::{ErrorKind, GatewayError};
+use crate::error::{ErrorKind, GatewayError, Reason};
 use crate::routing::{self, Experiments, FeedbackError, VersionStats};
 use crate::telemetry::tracing::{TRACE_TARGET, child};
 
@@ -193,7 +193,8 @@ impl Gateway {
                     "sequence {} of model '{}' {NOT_OPEN} on this node",
                     control.id,
                     crate::error::quoted(&request.model)
-                )));
+                ))
+                .with_reason(Reason::SequenceNotOpen));
             }
             return Ok(InferResponse {
                 model_name: request.model.as_str().into(),
@@ -610,7 +611,8 @@ impl Gateway {
                  request needs sequence_start = true (a sequence closes at sequence_end, and \
                  after its idle timeout)",
                 route.model_name
-            )));
+            ))
+            .with_reason(Reason::SequenceNotOpen));
         }
         Ok(None)
     }

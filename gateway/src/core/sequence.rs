@@ -267,7 +267,8 @@ impl Sequences {
                  timeout)",
                 control.id,
                 crate::error::quoted(model)
-            )));
+            ))
+            .with_reason(crate::error::Reason::SequenceNotOpen));
         };
         let Some(states) = sequence.states.take() else {
             return Err(in_flight(&control.id));

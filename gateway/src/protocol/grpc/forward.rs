@@ -16,9 +16,8 @@ use crate::auth::{NODE_CREDENTIAL, NodeKey, unix_ms};
 use crate::core::forward::{
     FORWARDED_FROM, ForwardError, ForwardFuture, Forwarder, Peer, SEQUENCE_PROBE,
 };
-use crate::core::sequence::NOT_OPEN;
 use crate::core::{InferRequest, InferResponse};
-use crate::error::{ErrorKind, GatewayError, NOT_RUN};
+use crate::error::{ErrorKind, GatewayError, NOT_RUN, Reason};
 use crate::telemetry::tracing::inject_context;
 
 /// How long a connection to a peer may take to open: a dead peer must fail fast, so that the
@@ -169,8 +168,7 @@ impl Forwarder for GrpcForwarder {
             match self.call(peer, metadata, probe, deadline).await {
                 Ok(_) => Ok(true),
                 Err(ForwardError::Answered(error))
-                    if error.kind == ErrorKind::InvalidArgument
-                        && error.message.contains(NOT_OPEN) =>
+                    if error.reason == Some(Reason::SequenceNotOpen) =>
                 {
                     Ok(false)
                 }
@@ -211,7 +209,9 @@ fn from_status(status: &tonic::Status) -> ForwardError {
         Code::Aborted => ErrorKind::Conflict,
         _ => ErrorKind::Internal,
     };
-    ForwardError::Answered(GatewayError::new(kind, status.message()))
+    let mut error = GatewayError::new(kind, status.message());
+    error.reason = crate::error::reason_of(status);
+    ForwardError::Answered(error)
 }
 
 /// Whether the status's cause says the request never reached the peer's service: the
