@@ -187,9 +187,25 @@ impl ServeArgs {
     }
 }
 
+/// The management API's client flags are global, so that they may come before or after a
+/// client command; `serve` and `completions` read none of them, so their help must not list
+/// them. clap does not copy a global flag into a subcommand that has a flag of that id, so
+/// these two get hidden ones that nothing reads.
+fn parse_command_line() -> Cli {
+    use clap::{CommandFactory, FromArgMatches};
+    let mut command = Cli::command();
+    for name in ["serve", "completions"] {
+        command = command.mut_subcommand(name, |subcommand| {
+            subcommand.args(cli::ClientArgs::hidden_placeholders())
+        });
+    }
+    let matches = command.get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+}
+
 #[tokio::main]
 async fn main() -> ExitCode {
-    let parsed = Cli::parse();
+    let parsed = parse_command_line();
     let args = match parsed.command {
         Command::Serve(args) => args,
         Command::Completions { shell } => {

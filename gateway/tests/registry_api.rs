@@ -609,6 +609,34 @@ async fn cli(gateway: &TestGateway, args: &[&str]) -> (bool, Value, String) {
     )
 }
 
+/// `serve --help` lists what serving reads, not the management API client's flags, which the
+/// client commands still take before or after their name.
+#[test]
+fn serve_help_lists_only_what_serving_reads() {
+    let help = |args: &[&str]| {
+        let output = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"))
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        String::from_utf8(output.stdout).unwrap()
+    };
+    let client_flags = ["--admin-url", "--token", "--output"];
+    for command in [&["serve", "--help"][..], &["completions", "--help"]] {
+        let text = help(command);
+        assert!(
+            client_flags.iter().all(|flag| !text.contains(flag)),
+            "{command:?}:\n{text}"
+        );
+    }
+    assert!(help(&["serve", "--help"]).contains("--http-addr"));
+    let models = help(&["models", "list", "--help"]);
+    assert!(
+        client_flags.iter().all(|flag| models.contains(flag)),
+        "{models}"
+    );
+}
+
 /// The same, with the output as printed; `-o json` is the default here unless `args` say
 /// otherwise (a later `-o` wins).
 async fn cli_text(gateway: &TestGateway, args: &[&str]) -> (bool, String, String) {

@@ -41,6 +41,20 @@ pub struct ClientArgs {
     pub output: Format,
 }
 
+impl ClientArgs {
+    /// Hidden flags with the ids of these, for the commands that do not call the API: they
+    /// keep the global ones out of those commands' help (see `main.rs`).
+    pub fn hidden_placeholders() -> [clap::Arg; 3] {
+        let hidden =
+            |id: &'static str, long: &'static str| clap::Arg::new(id).long(long).hide(true);
+        [
+            hidden("admin_url", "admin-url"),
+            hidden("token", "token"),
+            hidden("output", "output").short('o'),
+        ]
+    }
+}
+
 /// An answer of the API, and how to draw it as a table.
 pub struct Answer {
     pub value: Value,
