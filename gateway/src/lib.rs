@@ -7,7 +7,8 @@
 //! - [`protocol`] (the inference fronts and the one pipeline both call) and [`admin`] (the
 //!   management API and the CLI).
 //! - [`control`]: the control plane beside the request path: reconciler, repository import,
-//!   runtime factories, capacity, the reward flush.
+//!   runtime factories, capacity and placement, the cluster, rollouts, evaluation, the
+//!   objective policy's loop, the reward flush.
 //! - [`core`]: requests and responses, the model table, `infer`.
 //! - [`routing`] (policies, experiment figures) and [`serving`] (replicas, batching).
 //!

@@ -1,10 +1,11 @@
 //! The control plane, beside the request path: the reconciler that turns registry changes into
 //! a published model table ([`reconcile`]), the model repository and its import
-//! ([`repository`], Triton's `config.pbtxt` in [`triton`], [`import`]), the runtime factories ([`runtimes`]), memory accounting,
-//! placement and autoscaling ([`capacity`]), the cluster's membership and placement
-//! ([`cluster`]), the objective policy's loop ([`objective`]), and
-//! the reward flush ([`rewards`]). Only this layer
-//! and the management API reach the registry.
+//! ([`repository`], Triton's `config.pbtxt` in [`triton`], [`import`]), Triton's explicit
+//! model control ([`model_control`]), the runtime factories ([`runtimes`]), memory
+//! accounting, placement and autoscaling ([`capacity`]), the cluster's membership and
+//! placement ([`cluster`]), rollouts and their gates ([`rollout`]), evaluation on labelled
+//! data ([`evaluation`]), the objective policy's loop ([`objective`]), and the reward flush
+//! ([`rewards`]). Only this layer and the management API reach the registry.
 
 pub mod capacity;
 pub mod cluster;
