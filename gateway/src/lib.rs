@@ -12,8 +12,15 @@
 //! - [`core`]: requests and responses, the model table, `infer`.
 //! - [`routing`] (policies, experiment figures) and [`serving`] (replicas, batching).
 //!
-//! [`error`], [`config`], [`auth`], [`telemetry`], [`version_key`] and [`wire`] (the types
-//! generated from `proto/`) are leaves that anything may use.
+//! [`error`], [`config`], [`auth`], [`telemetry`], [`tasks`] (every task the gateway starts,
+//! named and counted), [`version_key`] and [`wire`] (the types generated from `proto/`) are
+//! leaves that anything may use.
+//!
+//! The hot path's rules are lints (`clippy.toml`): no await while the model table's guard
+//! (`arc_swap::Guard`) or a lock's guard is held, and no bare `tokio::spawn` in this crate.
+
+// A bare tokio::spawn is denied here (clippy.toml names it); tests and examples may use it.
+#![deny(clippy::disallowed_methods)]
 
 pub mod admin;
 pub mod app;
@@ -25,6 +32,7 @@ pub mod error;
 pub mod protocol;
 pub mod routing;
 pub mod serving;
+pub mod tasks;
 pub mod telemetry;
 pub mod version_key;
 pub mod wire;

@@ -1,3 +1,5 @@
+#![deny(clippy::disallowed_methods)]
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,7 +9,10 @@ use switchyard_gateway::admin::cli;
 use switchyard_gateway::app::eval as app_eval;
 use switchyard_gateway::config::{ByteSize, Config, ControlMode, LogFormat};
 use switchyard_gateway::control::evaluation;
+use switchyard_gateway::tasks::{self, TaskKind};
 use switchyard_gateway::telemetry::tracing as tracing_setup;
+
+static SECOND_SIGNAL: TaskKind = TaskKind::new("second_signal");
 
 /// Switchyard: serve ONNX and TorchScript models over the Open Inference Protocol.
 #[derive(Parser)]
@@ -357,7 +362,7 @@ async fn serve(config: &Config) -> anyhow::Result<()> {
     let running = switchyard_gateway::start(config).await?;
     shutdown_signal().await;
     tracing::info!("shutting down: finishing requests in flight (a second signal exits at once)");
-    tokio::spawn(async {
+    tasks::spawn(&SECOND_SIGNAL, async {
         shutdown_signal().await;
         std::process::exit(130);
     });

@@ -14,6 +14,7 @@ const LEAVES: &[&str] = &[
     "telemetry",
     "version_key",
     "wire",
+    "tasks",
 ];
 
 /// Each layer and the layers below it that it may use (besides the leaves and itself).
@@ -51,20 +52,57 @@ fn layer_of(src: &Path, file: &Path) -> String {
     first.to_string_lossy().trim_end_matches(".rs").to_owned()
 }
 
-/// The crate modules a file names: `crate::NAME`.
+/// The identifier `text` starts with.
+fn leading_name(text: &str) -> String {
+    text.trim_start()
+        .chars()
+        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+        .collect()
+}
+
+/// The first names of a group's entries: `{core::X, routing::{a, b}, self}` gives `core`,
+/// `routing` and `self`. `group` starts after the opening brace.
+fn group_names(group: &str) -> Vec<String> {
+    let mut names = Vec::new();
+    let mut depth = 0usize;
+    let mut start = 0;
+    for (index, c) in group.char_indices() {
+        match c {
+            '{' => depth += 1,
+            '}' if depth == 0 => {
+                names.push(leading_name(&group[start..index]));
+                break;
+            }
+            '}' => depth -= 1,
+            ',' if depth == 0 => {
+                names.push(leading_name(&group[start..index]));
+                start = index + 1;
+            }
+            _ => {}
+        }
+    }
+    names.retain(|name| !name.is_empty());
+    names
+}
+
+/// The crate modules a file names: `crate::NAME`, and each `NAME` of `crate::{NAME::..., ...}`.
 fn crate_modules(text: &str) -> BTreeSet<String> {
     let mut found = BTreeSet::new();
     let mut rest = text;
     while let Some(at) = rest.find("crate::") {
         let after = &rest[at + "crate::".len()..];
-        let name: String = after
-            .chars()
-            .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-            .collect();
         // `$crate::` in macros and `switchyard_gateway::` paths are not this crate's modules.
         let preceding = rest[..at].chars().last();
-        if !name.is_empty() && !matches!(preceding, Some('$' | '_' | 'a'..='z')) {
-            found.insert(name);
+        if !matches!(preceding, Some('$' | '_' | 'a'..='z')) {
+            let names = match after.strip_prefix('{') {
+                Some(group) => group_names(group),
+                None => vec![leading_name(after)],
+            };
+            found.extend(
+                names
+                    .into_iter()
+                    .filter(|name| !name.is_empty() && name != "self"),
+            );
         }
         rest = after;
     }
@@ -118,4 +156,16 @@ fn the_scan_sees_a_violation() {
     let names =
         crate_modules("use crate::core::Gateway;\nlet x = $crate::y; use switchyard_gateway::app;");
     assert_eq!(names, BTreeSet::from(["core".to_owned()]));
+}
+
+#[test]
+fn the_scan_sees_grouped_imports() {
+    let names = crate_modules(
+        "use crate::{\n    core::{Gateway, table::Table},\n    routing::Policy,\n    error,\n};\nuse crate::{self as root};",
+    );
+    // `self as root` names no module of its own.
+    assert_eq!(
+        names,
+        BTreeSet::from(["core", "error", "routing"].map(str::to_owned))
+    );
 }

@@ -208,6 +208,14 @@ async fn a_scrape_counts_what_was_sent() {
     );
     assert!(sample(&text, "switchyard_registry_revision", &[]) > 0.0);
     assert_eq!(sample(&text, "switchyard_build_info", &[]), 1.0);
+    // Every task is counted by kind: one reconciler, a loop per listener, and at least the
+    // connection this scrape came on.
+    assert_eq!(
+        sample(&text, "switchyard_tasks", &[("task", "reconciler")]),
+        1.0
+    );
+    assert!(sample(&text, "switchyard_tasks", &[("task", "accept_loop")]) >= 2.0);
+    assert!(sample(&text, "switchyard_tasks", &[("task", "connection")]) >= 1.0);
     let total = sample(
         &text,
         "switchyard_device_memory_bytes",

@@ -16,6 +16,9 @@ use crate::control::evaluation::job::{self, Job};
 use crate::core::table::VersionStatus;
 use crate::error::{ErrorKind, GatewayError};
 use crate::routing::experiments::lock;
+use crate::tasks::{self, TaskKind};
+
+static EVALUATION: TaskKind = TaskKind::new("evaluation");
 
 /// The largest dataset the gateway reads into its own memory for a job.
 const MAX_JOB_DATASET_BYTES: u64 = 256 << 20;
@@ -163,7 +166,7 @@ pub(super) async fn start_evaluation(
     let cancelled = Arc::new(tokio::sync::Notify::new());
     *lock(&state.running_evaluation) = Some((id, cancelled.clone()));
     let running = state.running_evaluation.clone();
-    tokio::spawn(async move {
+    tasks::spawn(&EVALUATION, async move {
         let watched = store.clone();
         // A cancel ends the job between two requests: dropping it drops its requests.
         tokio::select! {

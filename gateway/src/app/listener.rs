@@ -53,7 +53,7 @@ pub fn serve(
     let open = Arc::new(Semaphore::new(limits.max.max(1)));
     let per_client = Arc::new(PerClient::new(limits.max_per_client));
     let max_age = limits.max_age.0;
-    tokio::spawn(async move {
+    tasks::spawn(&ACCEPT_LOOP, async move {
         loop {
             let (stream, peer) = tokio::select! {
                 accepted = listener.accept() => match accepted {
@@ -105,7 +105,7 @@ pub fn serve(
             let metrics = metrics.clone();
             let (builder, tls, stop) = (builder.clone(), tls.clone(), stop.clone());
             let handshake_limit = limits.header_read_timeout.0;
-            tokio::spawn(async move {
+            tasks::spawn(&CONNECTION, async move {
                 match tls {
                     None => {
                         let io = ConnectionGuard::new(stream, guard_limits, requests, metrics);
@@ -177,7 +177,11 @@ macro_rules! drive {
         }
     }};
 }
+use crate::tasks::{self, TaskKind};
 use drive;
+
+static ACCEPT_LOOP: TaskKind = TaskKind::new("accept_loop");
+static CONNECTION: TaskKind = TaskKind::new("connection");
 
 /// The connections each client address holds on one listener, within a cap.
 struct PerClient {

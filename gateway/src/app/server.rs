@@ -37,9 +37,18 @@ use crate::protocol::pipeline::PipelineLimits;
 use crate::protocol::shared_memory::{self, SharedMemory};
 use crate::protocol::{Pipeline, auth, grpc, http};
 use crate::routing::Experiments;
+use crate::tasks::{self, TaskKind};
 use crate::telemetry::Metrics;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::ClientTlsConfig;
+
+static RECONCILER: TaskKind = TaskKind::new("reconciler");
+static AUTOSCALER: TaskKind = TaskKind::new("autoscaler");
+static ROLLOUTS: TaskKind = TaskKind::new("rollouts");
+static OBJECTIVE: TaskKind = TaskKind::new("objective");
+static UPKEEP: TaskKind = TaskKind::new("upkeep");
+static CLUSTER: TaskKind = TaskKind::new("cluster");
+static REPOSITORY_POLL: TaskKind = TaskKind::new("repository_poll");
 
 /// A started gateway.
 pub struct Running {
@@ -148,14 +157,18 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             hosted,
         });
     }
-    let reconciler = tokio::spawn(reconciler.run());
-    let autoscaler = tokio::spawn(capacity::run(
-        handles.tables.clone(),
-        handles.capacity.clone(),
-        store.clone(),
-    ));
+    let reconciler = tasks::spawn(&RECONCILER, reconciler.run());
+    let autoscaler = tasks::spawn(
+        &AUTOSCALER,
+        capacity::run(
+            handles.tables.clone(),
+            handles.capacity.clone(),
+            store.clone(),
+        ),
+    );
     let rollout_status = RolloutStatus::new();
-    let rollouts = tokio::spawn(
+    let rollouts = tasks::spawn(
+        &ROLLOUTS,
         RolloutDriver::new(
             store.clone(),
             handles.tables.clone(),
@@ -164,13 +177,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         .run(),
     );
     let figures = FigureHistory::new();
-    let objective = tokio::spawn(objective_loop(handles.clone(), gateway.clone()));
-    let upkeep = tokio::spawn(upkeep(
-        handles.clone(),
-        store.clone(),
-        gateway.clone(),
-        figures.clone(),
-    ));
+    let objective = tasks::spawn(&OBJECTIVE, objective_loop(handles.clone(), gateway.clone()));
+    let upkeep = tasks::spawn(
+        &UPKEEP,
+        upkeep(
+            handles.clone(),
+            store.clone(),
+            gateway.clone(),
+            figures.clone(),
+        ),
+    );
 
     let http_listener = bind(config.http.addr, "HTTP").await?;
     let grpc_listener = bind(config.grpc.addr, "gRPC").await?;
@@ -186,13 +202,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             let settings = NodeSettings::resolve(&config.cluster, grpc_addr, &config.serving)
                 .map_err(anyhow::Error::msg)?;
             let node = settings.node.clone();
-            let task = tokio::spawn(cluster::run(
-                settings,
-                handles.clone(),
-                store.clone(),
-                view,
-                hosted_rx,
-            ));
+            let task = tasks::spawn(
+                &CLUSTER,
+                cluster::run(settings, handles.clone(), store.clone(), view, hosted_rx),
+            );
             Some((task, node))
         }
         None => None,
@@ -208,10 +221,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         config.models.load_timeout.0,
     ));
     let poller = (config.models.control_mode == ControlMode::Poll).then(|| {
-        tokio::spawn(model_control::poll(
-            model_control.clone(),
-            config.models.poll_interval.0,
-        ))
+        tasks::spawn(
+            &REPOSITORY_POLL,
+            model_control::poll(model_control.clone(), config.models.poll_interval.0),
+        )
     });
     let tokens = ManagementTokens::new(&config.admin.tokens);
     let extensions = Arc::new(Extensions {

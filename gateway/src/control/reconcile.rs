@@ -25,8 +25,11 @@ use crate::core::{
 };
 use crate::routing::{BetaStats, TrafficPolicy};
 use crate::serving::{Batching, ReplicaLoad, ReplicaSet, Threads};
+use crate::tasks::{self, TaskKind};
 use crate::telemetry::VersionMetrics;
 use crate::version_key::VersionKey;
+
+static VERSION_LOAD: TaskKind = TaskKind::new("version_load");
 
 const ACTOR: &str = "gateway";
 
@@ -283,7 +286,7 @@ impl Reconciler {
         let loaded_tx = self.loaded_tx.clone();
         let metrics = Arc::new(self.handles.metrics.version(&key.model, &key.version));
         let capacity = self.handles.capacity.clone();
-        tokio::spawn(async move {
+        tasks::spawn(&VERSION_LOAD, async move {
             let started = Instant::now();
             let sizes = (reserve_bytes, artifact_bytes);
             let result = load(runtime, &key, artifact, settings, metrics, devices, sizes).await;

@@ -24,7 +24,10 @@ use crate::core::sequence::{
 use crate::core::table::{ModelTable, ReadyVersion, TableHandle, VersionStatus};
 use crate::error::{ErrorKind, GatewayError, Reason};
 use crate::routing::{self, Experiments, FeedbackError, VersionStats};
+use crate::tasks::{self, TaskKind};
 use crate::telemetry::tracing::{TRACE_TARGET, child};
+
+static SHADOW: TaskKind = TaskKind::new("shadow");
 
 /// The serving core: the published model table, the experiment's figures, and the ids it
 /// gives requests that bring none.
@@ -163,13 +166,16 @@ impl Gateway {
         if let (Some(shadow), Some(inputs)) = (routed.shadow, shadow_inputs) {
             // Off the request path: the caller never waits for the shadow or sees its errors.
             let primary_outputs = response.outputs.clone();
-            tokio::spawn(run_shadow(
-                shadow,
-                routed.model_name,
-                routed.label,
-                inputs,
-                primary_outputs,
-            ));
+            tasks::spawn(
+                &SHADOW,
+                run_shadow(
+                    shadow,
+                    routed.model_name,
+                    routed.label,
+                    inputs,
+                    primary_outputs,
+                ),
+            );
         }
         Ok(response)
     }

@@ -569,39 +569,16 @@ impl ReplicaSet {
         .await
     }
 
-    async fn submit(
-        &self,
-        inputs: Vec<NamedTensor>,
-        deadline: Option<Instant>,
-        rows: usize,
-        join: Option<(Arc<JoinAxes>, usize)>,
-        pinned: Option<u32>,
-    ) -> Result<(Vec<NamedTensor>, Duration, u32), GatewayError> {
-        if self.replicas.load().is_empty() {
-            self.wait_for_replica(deadline).await?;
-        }
+    /// Puts `job` on the queue of the pinned replica, or of the better of two picked, or of
+    /// any with room; the index of the replica it went to. Not async: the replica list's
+    /// guard must not be held across an await (clippy.toml).
+    fn enqueue_on_a_replica(&self, job: Job, pinned: Option<u32>) -> Result<u32, GatewayError> {
         let replicas = self.replicas.load();
         let replica = pinned
             .and_then(|index| replicas.iter().find(|replica| replica.index == index))
             .or_else(|| ReplicaSet::pick(&replicas))
             .ok_or_else(|| GatewayError::unavailable("the version has no replica"))?;
         let mut index = replica.index;
-        let (reply, outputs) = oneshot::channel();
-        let span = tracing::Span::current();
-        let queued = crate::telemetry::tracing::child(
-            || tracing::debug_span!(target: TRACE_TARGET, "queue"),
-        );
-        let job = Job {
-            inputs,
-            span,
-            queued,
-            rows,
-            enqueued: Instant::now(),
-            deadline,
-            company: join.as_ref().map_or(0, |(_, company)| *company),
-            join: join.map(|(axes, _)| axes),
-            reply,
-        };
         let mut attempt = enqueue(replica, job);
         if let Err(TrySendError::Full(job)) = attempt {
             // The two picked were full; a saturated replica gets no new request while another
@@ -618,21 +595,46 @@ impl ReplicaSet {
                 attempt = enqueue(other, job);
             }
         }
-        drop(replicas);
         match attempt {
-            Ok(()) => {}
-            Err(error) => {
-                return Err(match error {
-                    TrySendError::Full(_) => GatewayError::new(
-                        ErrorKind::Overloaded,
-                        "the model's queue is full; retry shortly",
-                    ),
-                    TrySendError::Disconnected(_) => {
-                        GatewayError::unavailable("the model is being unloaded")
-                    }
-                });
+            Ok(()) => Ok(index),
+            Err(TrySendError::Full(_)) => Err(GatewayError::new(
+                ErrorKind::Overloaded,
+                "the model's queue is full; retry shortly",
+            )),
+            Err(TrySendError::Disconnected(_)) => {
+                Err(GatewayError::unavailable("the model is being unloaded"))
             }
         }
+    }
+
+    async fn submit(
+        &self,
+        inputs: Vec<NamedTensor>,
+        deadline: Option<Instant>,
+        rows: usize,
+        join: Option<(Arc<JoinAxes>, usize)>,
+        pinned: Option<u32>,
+    ) -> Result<(Vec<NamedTensor>, Duration, u32), GatewayError> {
+        if self.replicas.load().is_empty() {
+            self.wait_for_replica(deadline).await?;
+        }
+        let (reply, outputs) = oneshot::channel();
+        let span = tracing::Span::current();
+        let queued = crate::telemetry::tracing::child(
+            || tracing::debug_span!(target: TRACE_TARGET, "queue"),
+        );
+        let job = Job {
+            inputs,
+            span,
+            queued,
+            rows,
+            enqueued: Instant::now(),
+            deadline,
+            company: join.as_ref().map_or(0, |(_, company)| *company),
+            join: join.map(|(axes, _)| axes),
+            reply,
+        };
+        let index = self.enqueue_on_a_replica(job, pinned)?;
         let answered = match deadline {
             None => outputs.await,
             Some(deadline) => tokio::time::timeout_at(deadline.into(), outputs)

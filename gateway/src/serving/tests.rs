@@ -20,6 +20,9 @@ use super::threads::Threads;
 use super::warmup::Warmup;
 use super::worker::{IdleWait, Waited};
 use crate::error::{ErrorKind, GatewayError};
+use crate::tasks::{self, TaskKind};
+
+static TEST_INFER: TaskKind = TaskKind::new("test_infer");
 
 fn test_load(runtime: Arc<dyn Runtime>, queue_capacity: usize) -> ReplicaLoad {
     ReplicaLoad {
@@ -174,7 +177,7 @@ fn submit(
     deadline: Option<Instant>,
 ) -> tokio::task::JoinHandle<Result<Vec<NamedTensor>, GatewayError>> {
     let set = set.clone();
-    tokio::spawn(async move {
+    tasks::spawn(&TEST_INFER, async move {
         set.infer(inputs, deadline)
             .await
             .map(|(outputs, _)| outputs)

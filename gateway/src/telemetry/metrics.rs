@@ -344,6 +344,9 @@ impl Metrics {
             gauge(r, "switchyard_target_replicas", labels).set(f64::from(*target));
         }
         gauge(r, "switchyard_registry_revision", Vec::new()).set(gauges.revision as f64);
+        for (task, live) in crate::tasks::live() {
+            gauge(r, "switchyard_tasks", vec![Label::new("task", task)]).set(live as f64);
+        }
         self.recorder.handle().render()
     }
 
@@ -548,6 +551,10 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             "switchyard_build_info",
             "Always 1; the version label names the build.",
+        ),
+        (
+            "switchyard_tasks",
+            "Tasks of each kind the gateway started that have not finished (connections, streams, background loops).",
         ),
     ];
     for (name, help) in gauges {

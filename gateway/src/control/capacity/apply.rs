@@ -8,6 +8,9 @@ use switchyard_registry::Store;
 
 use super::{ACTOR, Capacity, Change, SCALE_INTERVAL, lock};
 use crate::core::TableHandle;
+use crate::tasks::{self, TaskKind};
+
+static CAPACITY_CHANGE: TaskKind = TaskKind::new("capacity_change");
 
 /// Samples, decides and applies, every [`SCALE_INTERVAL`], until the task is dropped.
 pub async fn run(tables: Arc<TableHandle>, capacity: Arc<Capacity>, store: Arc<dyn Store>) {
@@ -21,7 +24,10 @@ pub async fn run(tables: Arc<TableHandle>, capacity: Arc<Capacity>, store: Arc<d
         for change in changes {
             // A replica can take seconds to load: the next rounds go on meanwhile.
             let capacity = capacity.clone();
-            tokio::spawn(async move { apply(&capacity, change).await });
+            tasks::spawn(
+                &CAPACITY_CHANGE,
+                async move { apply(&capacity, change).await },
+            );
         }
         for (key, payload) in events {
             if let Err(error) = store

@@ -29,7 +29,11 @@ use convert::{decode_request, encode_response};
 /// The generated protocol types and service traits.
 pub use crate::wire::pb;
 
+use crate::tasks::{self, TaskKind};
 use pb::grpc_inference_service_server::{GrpcInferenceService, GrpcInferenceServiceServer};
+
+static GRPC_HEALTH: TaskKind = TaskKind::new("grpc_health");
+static GRPC_STREAM: TaskKind = TaskKind::new("grpc_stream");
 
 /// The gRPC routes: the inference service and the health service, ready to be served.
 pub fn router(
@@ -49,7 +53,7 @@ pub fn router(
         .max_encoding_message_size(max_message_bytes);
     let (reporter, health) = tonic_health::server::health_reporter();
     let mut ready = pipeline.gateway().tables().watch_ready();
-    tokio::spawn(async move {
+    tasks::spawn(&GRPC_HEALTH, async move {
         loop {
             let status = if *ready.borrow_and_update() {
                 tonic_health::ServingStatus::Serving
@@ -552,7 +556,7 @@ impl GrpcInferenceService for GrpcFront {
         let max_input_bytes = self.max_message_bytes;
         // One answer waits to be sent at most: a client that stops reading stops the stream.
         let (answers, outgoing) = tokio::sync::mpsc::channel(1);
-        tokio::spawn(async move {
+        tasks::spawn(&GRPC_STREAM, async move {
             loop {
                 let message = match incoming.message().await {
                     Ok(Some(message)) => message,
