@@ -15,7 +15,7 @@
 #[path = "common/flags.rs"]
 mod flags;
 // The example needs the requests and the audio the sequence tests use.
-#[path = "../tests/common/speech.rs"]
+#[path = "../tests/it/common/speech.rs"]
 mod speech;
 
 use std::path::{Path, PathBuf};

@@ -9,7 +9,7 @@
 
 // The example needs the files, not the paths the tests read back.
 #[allow(dead_code)]
-#[path = "../tests/common/pki.rs"]
+#[path = "../tests/it/common/pki.rs"]
 mod pki;
 
 fn main() {

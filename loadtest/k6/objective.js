@@ -1,7 +1,7 @@
 // Offered load on `digits` through its policy (no version named): a ramp from RATE/8 to RATE
 // requests/s over RAMP seconds, then HOLD seconds at RATE. Counts, for the hold alone, what
 // each version served and what was refused, so that the objective and the score policies can
-// be compared over the same load (gateway/tests/objective.rs, loadtest/objective).
+// be compared over the same load (gateway/tests/it/objective.rs, loadtest/objective).
 //
 //   k6 run -e BASE_URL=http://127.0.0.1:8000 -e RATE=400 -e RAMP=4 -e HOLD=10 \
 //     -e SUMMARY=out.json loadtest/k6/objective.js

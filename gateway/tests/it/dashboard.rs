@@ -2,12 +2,12 @@
 //! charts, and the page itself in a real browser (Debian's chromium driven by playwright-core,
 //! `gateway/tests/browser/dashboard.mjs`) against a real gateway under load.
 //!
-//! `SWITCHYARD_SCREENSHOTS=docs/dashboard cargo nextest run --test dashboard` also writes a
+//! `SWITCHYARD_SCREENSHOTS=docs/dashboard cargo nextest run -p switchyard-gateway -E 'test(/^dashboard::/)'` also writes a
 //! screenshot of each panel under load there.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};

@@ -3,7 +3,7 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use common::{
     MLP_IN, MLP_OUT, MlpWeights, TestGateway, as_f32s, assert_close, mlp_onnx_and_torchscript,

@@ -3,11 +3,11 @@
 //! with `--features cuda`; CI has none and skips them:
 //!
 //!     SWITCHYARD_TEST_CUDA=1 LIBTORCH=$PWD/.tools/libtorch-gpu/torch \
-//!       cargo test -p switchyard-gateway --features cuda --test cuda -- --ignored
+//!       cargo test -p switchyard-gateway --features cuda --test it cuda:: -- --ignored
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod common;
+use crate::common;
 
 use std::time::Instant;
 
@@ -18,7 +18,7 @@ use common::{
 use serde_json::json;
 
 #[tokio::test]
-#[ignore = "needs an NVIDIA GPU: SWITCHYARD_TEST_CUDA=1 cargo test --features cuda --test cuda -- --ignored"]
+#[ignore = "needs an NVIDIA GPU: SWITCHYARD_TEST_CUDA=1 cargo test --features cuda --test it cuda:: -- --ignored"]
 async fn both_runtimes_on_cuda_match_the_cpu_and_report_their_memory() {
     if std::env::var_os("SWITCHYARD_TEST_CUDA").is_none() {
         eprintln!("SKIPPED: set SWITCHYARD_TEST_CUDA=1 on a machine with an NVIDIA GPU");
