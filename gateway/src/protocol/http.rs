@@ -21,7 +21,7 @@ use crate::error::{ErrorKind, GatewayError};
 use crate::protocol::extensions::{self, Actor, Extensions};
 use crate::protocol::json::{EncodedResponse, decode_request, encode_response};
 use crate::protocol::metadata;
-use crate::protocol::pipeline::{Call, Pipeline};
+use crate::protocol::pipeline::{Arrival, Call, Expected, Pipeline};
 use crate::protocol::shared_memory::Access;
 use crate::telemetry::Protocol;
 use crate::wire;
@@ -536,28 +536,35 @@ async fn infer(
         .and_then(|value| value.to_str().ok())
         .and_then(|value| value.parse::<u64>().ok());
     let json_length = json_header_length(&parts.headers);
-    // The binary tensors start after the JSON header: there, the body's buffer is aligned.
-    let binary_at = json_length.as_ref().ok().copied().flatten();
-    let (mut body, mut budget) = state
+    let expected = Expected {
+        declared,
+        // The binary tensors start after the JSON header: there, the body's buffer is aligned.
+        aligned_at: json_length.as_ref().ok().copied().flatten(),
+        limit: state.max_request_bytes,
+    };
+    let arrival = state
         .pipeline
-        .read_body(body, declared, binary_at, state.max_request_bytes, received)
+        .arrive(body, expected, received, |body| {
+            let json_length = json_length?;
+            if let Some(length) = json_length
+                && length > body.len()
+            {
+                return Err(GatewayError::invalid(format!(
+                    "Inference-Header-Content-Length is {length} but the body has only {} bytes",
+                    body.len()
+                )));
+            }
+            // Decoding JSON data can take up to four times its text (a one-digit element of
+            // an 8-byte datatype and its comma); binary data is sliced, not copied.
+            let json_part = json_length.unwrap_or(body.len());
+            Ok(((body, json_length, json_part), json_part.saturating_mul(4)))
+        })
         .await?;
-    let json_length = json_length?;
-    if let Some(length) = json_length
-        && length > body.len()
-    {
-        return Err(GatewayError::invalid(format!(
-            "Inference-Header-Content-Length is {length} but the body has only {} bytes",
-            body.len()
-        )));
-    }
-    // Decoding JSON data can take up to four times its text (a one-digit element of an 8-byte
-    // datatype and its comma); binary data is sliced, not copied.
-    let json_part = json_length.unwrap_or(body.len());
-    state
-        .pipeline
-        .charge(&mut budget, json_part.saturating_mul(4))?;
-    let _admission = state.pipeline.admit()?;
+    let Arrival {
+        measured: (mut body, json_length, json_part),
+        budget: _budget,
+        admission: _admission,
+    } = arrival;
     let binary = match json_length {
         Some(length) => body.split_off(length),
         None => Bytes::new(),

@@ -70,6 +70,24 @@ impl BodyBudget {
 /// Held while an inference request is being handled.
 pub struct Admission(#[allow(dead_code)] OwnedSemaphorePermit);
 
+/// How a request's body is expected to arrive.
+pub struct Expected {
+    /// The declared length (a Content-Length), charged before a byte is read.
+    pub declared: Option<u64>,
+    /// An offset in the body placed at an aligned address (where binary tensor data starts).
+    pub aligned_at: Option<usize>,
+    /// The largest body taken.
+    pub limit: usize,
+}
+
+/// A request that has arrived and been admitted: what the front measured of its bytes, their
+/// share of the in-flight byte budget and its admission, both held until it is answered.
+pub struct Arrival<T> {
+    pub measured: T,
+    pub budget: BodyBudget,
+    pub admission: Admission,
+}
+
 /// What a front knows of a request before decoding its body.
 pub struct Call<'a> {
     pub protocol: Protocol,
@@ -154,6 +172,36 @@ impl Pipeline {
                 ),
             ))),
         }
+    }
+
+    /// The arrival of a unary request, the same steps in the same order for every front: read
+    /// the body within the read deadline, its limit and the in-flight byte budget; `measure`
+    /// it (the front checks its framing and says how many bytes decoding it will take);
+    /// charge those; admit it. Every refusal on the way is counted.
+    pub async fn arrive<T>(
+        &self,
+        body: Body,
+        expected: Expected,
+        received: Instant,
+        measure: impl FnOnce(Bytes) -> Result<(T, usize), GatewayError>,
+    ) -> Result<Arrival<T>, GatewayError> {
+        let (bytes, mut budget) = self
+            .read_body(
+                body,
+                expected.declared,
+                expected.aligned_at,
+                expected.limit,
+                received,
+            )
+            .await?;
+        let (measured, decode_bytes) = measure(bytes).map_err(|error| self.refused(error))?;
+        self.charge(&mut budget, decode_bytes)?;
+        let admission = self.admit()?;
+        Ok(Arrival {
+            measured,
+            budget,
+            admission,
+        })
     }
 
     /// Reads a whole body within the read deadline, `limit` and the in-flight byte budget.

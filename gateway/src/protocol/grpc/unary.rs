@@ -25,9 +25,10 @@ use tonic::Status;
 
 use super::scan::{ScanLimits, scan_model_infer};
 use super::{GrpcFront, pb};
-use crate::error::GatewayError;
+use crate::error::{ErrorKind, GatewayError};
 use crate::protocol::auth::{GRPC_KEY_REQUIRED, InferenceAuth};
 use crate::protocol::chunks::Chunks;
+use crate::protocol::pipeline::{Arrival, Expected};
 
 /// What the `ModelInfer` handler needs: the front that runs the call (and knows the largest
 /// message) and the key check.
@@ -64,16 +65,24 @@ impl UnaryInfer {
         self.auth.admits(&parts.headers, GRPC_KEY_REQUIRED)?;
         let pipeline = &self.front.pipeline;
         let limit = self.front.max_message_bytes;
-        // One message and its 5-byte frame header.
-        let (bytes, mut budget) = pipeline
-            .read_body(body, None, None, limit.saturating_add(5), received)
+        let expected = Expected {
+            declared: None,
+            aligned_at: None,
+            // One message and its 5-byte frame header.
+            limit: limit.saturating_add(5),
+        };
+        // The budget and the admission are held until the answer is ready.
+        let Arrival {
+            measured: message,
+            budget: _budget,
+            admission: _admission,
+        } = pipeline
+            .arrive(body, expected, received, |bytes| {
+                let message = single_message(bytes, limit)?;
+                let scanned = scan_model_infer(&message, &ScanLimits::default())?;
+                Ok((message, scanned.decoded_bytes))
+            })
             .await?;
-        let message = single_message(bytes, limit)?;
-        let scanned = scan_model_infer(&message, &ScanLimits::default())
-            .map_err(|error| pipeline.refused(error))?;
-        pipeline.charge(&mut budget, scanned.decoded_bytes)?;
-        // Held until the answer is ready, as the in-flight bound counts calls being served.
-        let _admission = pipeline.admit()?;
         let decoded = pb::ModelInferRequest::decode(message).map_err(|error| {
             GatewayError::invalid(format!("malformed ModelInferRequest: {error}"))
         })?;
@@ -86,27 +95,31 @@ impl UnaryInfer {
 }
 
 /// The one message of a unary call's body, as a slice of it.
-fn single_message(mut body: Bytes, limit: usize) -> Result<Bytes, Status> {
+fn single_message(mut body: Bytes, limit: usize) -> Result<Bytes, GatewayError> {
     let Some(header) = body.first_chunk::<5>().copied() else {
-        return Err(Status::invalid_argument(
+        return Err(GatewayError::invalid(
             "the body holds no complete gRPC message (a 5-byte frame header and the message)",
         ));
     };
     let length = u32::from_be_bytes([header[1], header[2], header[3], header[4]]) as usize;
     if length > limit {
-        return Err(Status::resource_exhausted(format!(
-            "request message too large (grpc.max_message_size): {length} bytes, the limit is \
+        return Err(GatewayError::new(
+            ErrorKind::PayloadTooLarge,
+            format!(
+                "request message too large (grpc.max_message_size): {length} bytes, the limit is \
              {limit}"
-        )));
+            ),
+        ));
     }
     if header[0] != 0 {
         // As tonic answers a compressed message when no compression is enabled.
-        return Err(Status::unimplemented(
+        return Err(GatewayError::new(
+            ErrorKind::MethodNotAllowed,
             "compressed messages are not accepted; send ModelInfer uncompressed",
         ));
     }
     if body.len() - 5 != length {
-        return Err(Status::invalid_argument(format!(
+        return Err(GatewayError::invalid(format!(
             "a unary call carries one message: the frame says {length} bytes and the body \
              holds {} after the frame header",
             body.len() - 5
@@ -178,7 +191,7 @@ mod tests {
     fn a_unary_body_is_one_uncompressed_message_within_the_limit() {
         assert_eq!(single_message(frame(b"abc", false), 10).unwrap(), "abc");
         assert_eq!(single_message(frame(b"", false), 10).unwrap(), "");
-        let code = |body: Bytes, limit| single_message(body, limit).unwrap_err().code();
+        let code = |body: Bytes, limit| single_message(body, limit).unwrap_err().kind.grpc_code();
         assert_eq!(
             code(Bytes::from_static(b"\0\0\0"), 10),
             tonic::Code::InvalidArgument
