@@ -1,6 +1,6 @@
 //! The management API's OpenAPI document, generated from the handlers' `#[utoipa::path]`
 //! annotations and the request types themselves, and served at `/v1/openapi.json`. Every
-//! route the router has must be here (`gateway/tests/openapi.rs` checks it).
+//! route the router has must be here (`gateway/tests/it/openapi.rs` checks it).
 
 use std::sync::LazyLock;
 
