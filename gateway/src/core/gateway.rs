@@ -1,6 +1,8 @@
-//! `infer`: what every request runs once a front has decoded it, whatever its protocol. Routes
-//! it ([`crate::core::route`]), checks it against the version's signature, queues it on a
-//! replica, and feeds the outcome to the experiment's figures and the shadow.
+//! `infer`: what every request runs once a front has decoded it, whatever its protocol. It
+//! decides once where the request goes ([`Gateway::destination`]: here, here as a turn of its
+//! sequence, or a peer), then runs that one path: routed ([`crate::core::route`]), checked
+//! against the version's signature, queued on a replica, its outcome fed to the experiment's
+//! figures and the shadow; or forwarded ([`Gateway::forward`]).
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
@@ -19,7 +21,7 @@ use crate::core::request::{
 use crate::core::request_id::RequestIds;
 use crate::core::route::{RemoteRoute, Route, Routed, ShadowTarget, route};
 use crate::core::sequence::{
-    NOT_OPEN, SequenceControl, Sequences, add_controls, next_states, sequence_control,
+    NOT_OPEN, SequenceControl, Sequences, Turn, add_controls, next_states, sequence_control,
 };
 use crate::core::table::{ModelTable, ReadyVersion, TableHandle, VersionStatus};
 use crate::error::{ErrorKind, GatewayError, Reason};
@@ -130,18 +132,98 @@ impl Gateway {
         Ok(())
     }
 
-    /// Serves one request: picks the version (the named one, or the policy's choice), checks
-    /// the inputs, queues them on a replica and returns the outputs the caller asked for. A
-    /// request without an id gets one, so that feedback can refer to it.
-    pub async fn infer(&self, mut request: InferRequest) -> Result<InferResponse, GatewayError> {
-        if let Some(control) = sequence_control(&request)? {
-            return self.infer_in_sequence(request, control).await;
-        }
+    /// Serves one request: decides once where it goes ([`Gateway::destination`]), then runs
+    /// that one path: served here, served here as a turn of its sequence, or forwarded to the
+    /// peer that hosts its version or holds its sequence. A request without an id gets one, so
+    /// that feedback can refer to it.
+    pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, GatewayError> {
         self.note_forwarded(&request);
-        let routed = match self.route_waiting_for_loads(&request).await? {
-            Routed::Local(routed) => routed,
-            Routed::Remote(remote) => return self.forward(request, &remote, Hop::Any).await,
+        match self.destination(&request).await? {
+            Destination::Here(routed) => self.serve_here(request, routed).await,
+            Destination::InSequence(turn, control) => {
+                self.serve_turn(request, turn, &control).await
+            }
+            Destination::Peer(remote, hop) => self.forward(request, &remote, hop).await,
+            Destination::Answered(response) => Ok(response),
+        }
+    }
+
+    /// Where a request goes. Outside a sequence: the version the table routes it to, here or
+    /// on the peers that host it. A sequence's start: routed the same way, but to the node that
+    /// owns the sequence's id when other nodes serve that version too; it opens here
+    /// otherwise. A later request of a sequence: where it is open here, else on the peer
+    /// that holds it. A peer asking whether a sequence is open here is answered at once.
+    async fn destination(&self, request: &InferRequest) -> Result<Destination<'_>, GatewayError> {
+        let Some(control) = sequence_control(request)? else {
+            return Ok(match self.route_waiting_for_loads(request).await? {
+                Routed::Local(routed) => Destination::Here(routed),
+                Routed::Remote(remote) => Destination::Peer(remote, Hop::Any),
+            });
         };
+        if !control.start
+            && forwarded_from(request).is_some()
+            && request.headers.contains_key(SEQUENCE_PROBE)
+        {
+            // A peer asks, before it sends a body, whether the sequence lives here.
+            if !self.sequences.holds(&request.model, &control.id) {
+                return Err(GatewayError::invalid(format!(
+                    "sequence {} of model '{}' {NOT_OPEN} on this node",
+                    control.id,
+                    crate::error::quoted(&request.model)
+                ))
+                .with_reason(Reason::SequenceNotOpen));
+            }
+            return Ok(Destination::Answered(InferResponse {
+                model_name: request.model.as_str().into(),
+                model_version: request.version.as_deref().unwrap_or_default().into(),
+                id: None,
+                outputs: Vec::new(),
+            }));
+        }
+        let pin = control.id.pin();
+        if control.start {
+            let routed = match self.route_waiting_for_loads(request).await? {
+                Routed::Local(routed) => routed,
+                Routed::Remote(remote) => return Ok(Destination::Peer(remote, Hop::Start(pin))),
+            };
+            if let Some(owner) = self.sequence_owner_elsewhere(request, &routed, pin) {
+                return Ok(Destination::Peer(owner, Hop::Start(pin)));
+            }
+            let Some(settings) = routed.ready.sequence.clone() else {
+                return Err(GatewayError::invalid(format!(
+                    "version '{}' of model '{}' does not serve sequences (model.toml has no \
+                     [sequence] or [[state]]); send the request without sequence parameters",
+                    routed.label, routed.model_name
+                )));
+            };
+            let turn = self.sequences.start(&control, &routed, &settings)?;
+            return Ok(Destination::InSequence(turn, control));
+        }
+        // An open sequence goes on even if its model was removed meanwhile (its version
+        // drains); otherwise an unknown model is 404, as for any request.
+        let not_open = match self.sequences.resume(&request.model, &control) {
+            Ok(turn) => return Ok(Destination::InSequence(turn, control)),
+            Err(error) => error,
+        };
+        // Not open here: in a cluster it lives on the node its start went to.
+        match route(&self.tables.peek(), request) {
+            Ok(Routed::Remote(remote)) => Ok(Destination::Peer(remote, Hop::Turn(pin))),
+            Ok(Routed::Local(routed)) => match self.other_hosts(request, &routed) {
+                Some(hosts) => Ok(Destination::Peer(hosts, Hop::Turn(pin))),
+                None => Err(not_open),
+            },
+            Err(unknown) if self.tables.peek().model(&request.model).is_err() => Err(unknown),
+            Err(_) => Err(not_open),
+        }
+    }
+
+    /// Serves a request outside any sequence on the version routed here, then feeds its
+    /// outcome to the figures, the feedback log and the shadow.
+    async fn serve_here(
+        &self,
+        mut request: InferRequest,
+        routed: Route,
+    ) -> Result<InferResponse, GatewayError> {
         self.name_request(&mut request, &routed.label);
         let shadow_inputs = routed.shadow.as_ref().map(|_| request.inputs.clone());
         let received = request.received.unwrap_or_else(Instant::now);
@@ -180,80 +262,14 @@ impl Gateway {
         Ok(response)
     }
 
-    /// Serves one request of a sequence: the first is routed as any request is and opens the
-    /// sequence on that version; the others go where it lives. The sequence's state goes in
-    /// with the request's inputs and comes back out of its outputs.
-    async fn infer_in_sequence(
+    /// Serves a request of a sequence that is open here (or has just opened): the sequence's
+    /// state goes in with the request's inputs and comes back out of its outputs.
+    async fn serve_turn(
         &self,
         mut request: InferRequest,
-        control: SequenceControl,
+        turn: Turn<'_>,
+        control: &SequenceControl,
     ) -> Result<InferResponse, GatewayError> {
-        self.note_forwarded(&request);
-        if !control.start
-            && forwarded_from(&request).is_some()
-            && request.headers.contains_key(SEQUENCE_PROBE)
-        {
-            // A peer asks, before it sends a body, whether the sequence lives here.
-            if !self.sequences.holds(&request.model, &control.id) {
-                return Err(GatewayError::invalid(format!(
-                    "sequence {} of model '{}' {NOT_OPEN} on this node",
-                    control.id,
-                    crate::error::quoted(&request.model)
-                ))
-                .with_reason(Reason::SequenceNotOpen));
-            }
-            return Ok(InferResponse {
-                model_name: request.model.as_str().into(),
-                model_version: request.version.as_deref().unwrap_or_default().into(),
-                id: None,
-                outputs: Vec::new(),
-            });
-        }
-        let pin = control.id.pin();
-        let turn = if control.start {
-            let routed = match self.route_waiting_for_loads(&request).await? {
-                Routed::Local(routed) => routed,
-                Routed::Remote(remote) => {
-                    return self.forward(request, &remote, Hop::Start(pin)).await;
-                }
-            };
-            if let Some(owner) = self.sequence_owner_elsewhere(&request, &routed, pin) {
-                return self.forward(request, &owner, Hop::Start(pin)).await;
-            }
-            let Some(settings) = routed.ready.sequence.clone() else {
-                return Err(GatewayError::invalid(format!(
-                    "version '{}' of model '{}' does not serve sequences (model.toml has no \
-                     [sequence] or [[state]]); send the request without sequence parameters",
-                    routed.label, routed.model_name
-                )));
-            };
-            self.sequences.start(&control, &routed, &settings)?
-        } else {
-            // An open sequence goes on even if its model was removed meanwhile (its version
-            // drains); otherwise an unknown model is 404, as for any request.
-            match self.sequences.resume(&request.model, &control) {
-                Ok(turn) => turn,
-                Err(error) => {
-                    // Not open here: in a cluster it lives on the node its start went to.
-                    let routed = route(&self.tables.peek(), &request);
-                    match routed {
-                        Ok(Routed::Remote(remote)) => {
-                            return self.forward(request, &remote, Hop::Turn(pin)).await;
-                        }
-                        Ok(Routed::Local(routed)) => match self.other_hosts(&request, &routed) {
-                            Some(hosts) => {
-                                return self.forward(request, &hosts, Hop::Turn(pin)).await;
-                            }
-                            None => return Err(error),
-                        },
-                        Err(unknown) if self.tables.peek().model(&request.model).is_err() => {
-                            return Err(unknown);
-                        }
-                        Err(_) => return Err(error),
-                    }
-                }
-            }
-        };
         let route = turn.route.clone();
         if let Some(asked) = &request.version
             && *asked != *route.label
@@ -282,7 +298,7 @@ impl Gateway {
             add_controls(
                 &route.model_name,
                 &turn.settings.controls,
-                &control,
+                control,
                 route.ready.max_batch_size > 0,
                 &mut request.inputs,
             )?;
@@ -741,6 +757,19 @@ fn caller_deadline_first(request: &InferRequest, ready: &ReadyVersion, received:
     request
         .deadline
         .is_some_and(|deadline| deadline < received + ready.timeout)
+}
+
+/// Where a request goes, decided once by [`Gateway::destination`] before anything is served
+/// or sent.
+enum Destination<'g> {
+    /// Outside any sequence, served here on the version routed to.
+    Here(Route),
+    /// A request of a sequence open (or just opened) here, with its turn.
+    InSequence(Turn<'g>, SequenceControl),
+    /// To the peers that host its version or hold its sequence.
+    Peer(RemoteRoute, Hop),
+    /// A peer's question whether a sequence is open here, answered without serving.
+    Answered(InferResponse),
 }
 
 /// How a request is forwarded.
