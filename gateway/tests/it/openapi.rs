@@ -138,3 +138,23 @@ fn the_scan_reads_methods_and_paths() {
     .collect();
     assert_eq!(routes, expected);
 }
+
+/// The document the gateway serves is committed as `docs/openapi.json`, so that a change to the
+/// API shows in review and a client can be generated without a running gateway. A change
+/// regenerates it: `SWITCHYARD_BLESS=1 cargo nextest run -p switchyard-gateway -E
+/// 'test(/^openapi::/)'`.
+#[test]
+fn the_committed_document_is_current() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/openapi.json");
+    let generated = format!("{}\n", switchyard_gateway::admin::openapi::openapi_json());
+    if std::env::var_os("SWITCHYARD_BLESS").is_some() {
+        std::fs::write(&path, &generated).unwrap();
+        return;
+    }
+    let committed = std::fs::read_to_string(&path).unwrap_or_default();
+    assert!(
+        committed == generated,
+        "docs/openapi.json is not the document the gateway serves: regenerate it with \
+         SWITCHYARD_BLESS=1 cargo nextest run -p switchyard-gateway -E 'test(/^openapi::/)'"
+    );
+}
