@@ -19,7 +19,8 @@
 //! The hot path's rules are lints (`clippy.toml`): no await while the model table's guard
 //! (`arc_swap::Guard`) or a lock's guard is held, and no bare `tokio::spawn` in this crate.
 
-// A bare tokio::spawn is denied here (clippy.toml names it); tests and examples may use it.
+// A bare tokio::spawn is denied here, the crate's own unit tests included (clippy.toml names
+// it); integration tests and examples may use it. Tasks in a JoinSet belong to their set.
 #![deny(clippy::disallowed_methods)]
 
 pub mod admin;

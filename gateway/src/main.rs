@@ -197,15 +197,21 @@ impl ServeArgs {
 /// them. clap does not copy a global flag into a subcommand that has a flag of that id, so
 /// these two get hidden ones that nothing reads.
 fn parse_command_line() -> Cli {
-    use clap::{CommandFactory, FromArgMatches};
+    use clap::FromArgMatches;
+    let matches = command_line().get_matches();
+    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+}
+
+/// The command line as parsed and as shell completions describe it.
+fn command_line() -> clap::Command {
+    use clap::CommandFactory;
     let mut command = Cli::command();
     for name in ["serve", "completions"] {
         command = command.mut_subcommand(name, |subcommand| {
             subcommand.args(cli::ClientArgs::hidden_placeholders())
         });
     }
-    let matches = command.get_matches();
-    Cli::from_arg_matches(&matches).unwrap_or_else(|error| error.exit())
+    command
 }
 
 #[tokio::main]
@@ -214,10 +220,9 @@ async fn main() -> ExitCode {
     let args = match parsed.command {
         Command::Serve(args) => args,
         Command::Completions { shell } => {
-            use clap::CommandFactory;
             clap_complete::generate(
                 shell,
-                &mut Cli::command(),
+                &mut command_line(),
                 "switchyard",
                 &mut std::io::stdout(),
             );

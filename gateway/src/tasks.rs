@@ -1,5 +1,7 @@
-//! Every task the gateway starts goes through [`spawn`], with a [`TaskKind`] that names it; a
-//! bare `tokio::spawn` is denied in this crate (`clippy.toml`'s `disallowed-methods`). Each kind
+//! Every task the gateway detaches goes through [`spawn`], with a [`TaskKind`] that names it;
+//! a bare `tokio::spawn` is denied in this crate (`clippy.toml`'s `disallowed-methods`). Tasks
+//! a `JoinSet` owns (an evaluation's concurrent requests) end with their set and are not
+//! counted here. Each kind
 //! counts its live tasks, and `/metrics` shows them as `switchyard_tasks{task}`, so a leak of
 //! connections, streams or background loops shows up as a count that only grows.
 //!

@@ -42,16 +42,15 @@ pub struct ClientArgs {
 }
 
 impl ClientArgs {
-    /// Hidden flags with the ids of these, for the commands that do not call the API: they
-    /// keep the global ones out of those commands' help (see `main.rs`).
-    pub fn hidden_placeholders() -> [clap::Arg; 3] {
-        let hidden =
-            |id: &'static str, long: &'static str| clap::Arg::new(id).long(long).hide(true);
-        [
-            hidden("admin_url", "admin-url"),
-            hidden("token", "token"),
-            hidden("output", "output").short('o'),
-        ]
+    /// Hidden copies of these flags, for the commands that do not call the API: they keep
+    /// the global ones out of those commands' help (see `main.rs`). Copies, so that a value
+    /// given there parses as the global flag's would (clap hands it up to the global).
+    pub fn hidden_placeholders() -> Vec<clap::Arg> {
+        use clap::Args as _;
+        ClientArgs::augment_args(clap::Command::new("client"))
+            .get_arguments()
+            .map(|arg| arg.clone().global(false).hide(true))
+            .collect()
     }
 }
 

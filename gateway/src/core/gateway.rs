@@ -137,7 +137,6 @@ impl Gateway {
     /// peer that hosts its version or holds its sequence. A request without an id gets one, so
     /// that feedback can refer to it.
     pub async fn infer(&self, request: InferRequest) -> Result<InferResponse, GatewayError> {
-        self.note_forwarded(&request);
         match self.destination(&request).await? {
             Destination::Here(routed) => self.serve_here(request, routed).await,
             Destination::InSequence(turn, control) => {
@@ -154,7 +153,9 @@ impl Gateway {
     /// otherwise. A later request of a sequence: where it is open here, else on the peer
     /// that holds it. A peer asking whether a sequence is open here is answered at once.
     async fn destination(&self, request: &InferRequest) -> Result<Destination<'_>, GatewayError> {
-        let Some(control) = sequence_control(request)? else {
+        let control = sequence_control(request)?;
+        self.note_forwarded(request);
+        let Some(control) = control else {
             return Ok(match self.route_waiting_for_loads(request).await? {
                 Routed::Local(routed) => Destination::Here(routed),
                 Routed::Remote(remote) => Destination::Peer(remote, Hop::Any),
@@ -206,7 +207,8 @@ impl Gateway {
             Err(error) => error,
         };
         // Not open here: in a cluster it lives on the node its start went to.
-        match route(&self.tables.peek(), request) {
+        let routed = route(&self.tables.peek(), request);
+        match routed {
             Ok(Routed::Remote(remote)) => Ok(Destination::Peer(remote, Hop::Turn(pin))),
             Ok(Routed::Local(routed)) => match self.other_hosts(request, &routed) {
                 Some(hosts) => Ok(Destination::Peer(hosts, Hop::Turn(pin))),

@@ -2,13 +2,14 @@
 //! [`InferRequest`] and the [`InferResponse`] back, and nothing else; everything a request goes
 //! through on its way is here, once:
 //!
-//! 1. arrival ([`Pipeline::read_body`]): the whole body or message within
-//!    `http.request_read_timeout` (408 / DEADLINE_EXCEEDED past it), each byte charged to
-//!    `serving.max_in_flight_bytes` as it arrives (429 / RESOURCE_EXHAUSTED at once past it);
-//!    a client that stalls holds no slot while it does;
-//!    then admission ([`Pipeline::admit`]): an in-flight slot, refused at once with 429 /
-//!    RESOURCE_EXHAUSTED past `serving.max_in_flight` (the HTTP handler takes both, and gRPC's
-//!    `arrive_then_admit` before tonic decodes the message, which it scans first);
+//! 1. arrival ([`Pipeline::arrive`], which both unary fronts call): the whole body or message
+//!    within `http.request_read_timeout` (408 / DEADLINE_EXCEEDED past it), each byte charged
+//!    to `serving.max_in_flight_bytes` as it arrives (429 / RESOURCE_EXHAUSTED at once past
+//!    it), a client that stalls holding no slot while it does; the front's measure of the
+//!    bytes (gRPC's frame and scan before anything is decoded), and what decoding will take
+//!    charged too; then admission ([`Pipeline::admit`]): an in-flight slot, refused at once
+//!    with 429 / RESOURCE_EXHAUSTED past `serving.max_in_flight`. A `ModelStreamInfer`
+//!    stream takes the same steps per message (`grpc/stream.rs`, then the stream's handler);
 //! 2. the request span, continuing the caller's `traceparent`;
 //! 3. the cheap refusal of a request whose version's queues are all full, before decoding;
 //! 4. `decode` (in its span), the deadline (the transport's and the `timeout` parameter);
@@ -158,19 +159,26 @@ impl Pipeline {
     /// Charges `bytes` more to a request's share of the in-flight byte budget, or refuses it
     /// (and counts the refusal) at once.
     pub fn charge(&self, budget: &mut BodyBudget, bytes: usize) -> Result<(), GatewayError> {
+        self.charge_uncounted(budget, bytes)
+            .map_err(|error| self.refused(error))
+    }
+
+    /// [`Pipeline::charge`], leaving the count of a refusal to the caller (`read_body`
+    /// counts every error of the body's reading once).
+    fn charge_uncounted(&self, budget: &mut BodyBudget, bytes: usize) -> Result<(), GatewayError> {
         let permits = u32::try_from(bytes).unwrap_or(u32::MAX);
         match self.body_bytes.clone().try_acquire_many_owned(permits) {
             Ok(more) => {
                 budget.grow(more);
                 Ok(())
             }
-            Err(_) => Err(self.refused(GatewayError::new(
+            Err(_) => Err(GatewayError::new(
                 ErrorKind::Overloaded,
                 format!(
                     "the gateway holds its limit of {} bytes of requests (serving.max_in_flight_bytes); retry shortly",
                     self.max_in_flight_bytes
                 ),
-            ))),
+            )),
         }
     }
 
@@ -273,7 +281,7 @@ impl Pipeline {
                 return Err(too_large(limit));
             }
             if length > charged {
-                self.charge(budget, length - charged)?;
+                self.charge_uncounted(budget, length - charged)?;
                 charged = length;
             }
             // One frame, the usual case, is kept as it is: no copy.

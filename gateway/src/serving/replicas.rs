@@ -569,17 +569,22 @@ impl ReplicaSet {
         .await
     }
 
-    /// Puts `job` on the queue of the pinned replica, or of the better of two picked, or of
-    /// any with room; the index of the replica it went to. Not async: the replica list's
-    /// guard must not be held across an await (clippy.toml).
-    fn enqueue_on_a_replica(&self, job: Job, pinned: Option<u32>) -> Result<u32, GatewayError> {
+    /// Puts the job `make_job` makes, once a replica is found, on the queue of the pinned
+    /// replica, or of the better of two picked, or of any with room; the index of the replica
+    /// it went to. Not async: the replica list's guard must not be held across an await
+    /// (clippy.toml).
+    fn enqueue_on_a_replica(
+        &self,
+        pinned: Option<u32>,
+        make_job: impl FnOnce() -> Job,
+    ) -> Result<u32, GatewayError> {
         let replicas = self.replicas.load();
         let replica = pinned
             .and_then(|index| replicas.iter().find(|replica| replica.index == index))
             .or_else(|| ReplicaSet::pick(&replicas))
             .ok_or_else(|| GatewayError::unavailable("the version has no replica"))?;
         let mut index = replica.index;
-        let mut attempt = enqueue(replica, job);
+        let mut attempt = enqueue(replica, make_job());
         if let Err(TrySendError::Full(job)) = attempt {
             // The two picked were full; a saturated replica gets no new request while another
             // has room.
@@ -619,22 +624,19 @@ impl ReplicaSet {
             self.wait_for_replica(deadline).await?;
         }
         let (reply, outputs) = oneshot::channel();
-        let span = tracing::Span::current();
-        let queued = crate::telemetry::tracing::child(
-            || tracing::debug_span!(target: TRACE_TARGET, "queue"),
-        );
-        let job = Job {
+        let index = self.enqueue_on_a_replica(pinned, || Job {
             inputs,
-            span,
-            queued,
+            span: tracing::Span::current(),
+            queued: crate::telemetry::tracing::child(
+                || tracing::debug_span!(target: TRACE_TARGET, "queue"),
+            ),
             rows,
             enqueued: Instant::now(),
             deadline,
             company: join.as_ref().map_or(0, |(_, company)| *company),
             join: join.map(|(axes, _)| axes),
             reply,
-        };
-        let index = self.enqueue_on_a_replica(job, pinned)?;
+        })?;
         let answered = match deadline {
             None => outputs.await,
             Some(deadline) => tokio::time::timeout_at(deadline.into(), outputs)

@@ -1,5 +1,5 @@
 // The dashboard in a real browser (Debian's chromium, headless, driven by playwright-core)
-// against a real gateway that gateway/tests/dashboard.rs starts. Every check throws with what it
+// against a real gateway that gateway/tests/it/dashboard.rs starts. Every check throws with what it
 // saw; the process exits non-zero on the first failure.
 //
 // Environment: ADMIN_URL, HTTP_URL, WRITER_TOKEN, READER_TOKEN, CHROMIUM (default

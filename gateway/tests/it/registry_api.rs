@@ -630,6 +630,8 @@ fn serve_help_lists_only_what_serving_reads() {
         );
     }
     assert!(help(&["serve", "--help"]).contains("--http-addr"));
+    // A client flag given to a command that ignores it still parses as the flag's type.
+    assert!(help(&["completions", "bash", "-o", "json", "--token", "t"]).contains("switchyard"));
     let models = help(&["models", "list", "--help"]);
     assert!(
         client_flags.iter().all(|flag| models.contains(flag)),
