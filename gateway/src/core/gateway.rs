@@ -194,7 +194,7 @@ impl Gateway {
                 return Err(GatewayError::invalid(format!(
                     "version '{}' of model '{}' does not serve sequences (model.toml has no \
                      [sequence] or [[state]]); send the request without sequence parameters",
-                    routed.label, routed.model_name
+                    routed.key.version, routed.key.model
                 )));
             };
             let turn = self.sequences.start(&control, &routed, &settings)?;
@@ -226,7 +226,7 @@ impl Gateway {
         mut request: InferRequest,
         routed: Route,
     ) -> Result<InferResponse, GatewayError> {
-        self.name_request(&mut request, &routed.label);
+        self.name_request(&mut request, &routed.key.version);
         let shadow_inputs = routed.shadow.as_ref().map(|_| request.inputs.clone());
         let received = request.received.unwrap_or_else(Instant::now);
         let caller_deadline = caller_deadline_first(&request, &routed.ready, received);
@@ -245,7 +245,7 @@ impl Gateway {
             && let Some(id) = &response.id
         {
             self.experiments
-                .remember(id, &routed.model_name, &routed.stats);
+                .remember(id, &routed.key.model, &routed.stats);
         }
         if let (Some(shadow), Some(inputs)) = (routed.shadow, shadow_inputs) {
             // Off the request path: the caller never waits for the shadow or sees its errors.
@@ -254,8 +254,8 @@ impl Gateway {
                 &SHADOW,
                 run_shadow(
                     shadow,
-                    routed.model_name,
-                    routed.label,
+                    routed.key.model,
+                    routed.key.version,
                     inputs,
                     primary_outputs,
                 ),
@@ -274,22 +274,22 @@ impl Gateway {
     ) -> Result<InferResponse, GatewayError> {
         let route = turn.route.clone();
         if let Some(asked) = &request.version
-            && *asked != *route.label
+            && *asked != *route.key.version
             && !self
                 .tables
                 .peek()
                 .model(&request.model)
                 .and_then(|model| model.version(asked))
-                .is_ok_and(|version| version.label == route.label)
+                .is_ok_and(|version| version.label == route.key.version)
         {
             return Err(GatewayError::invalid(format!(
                 "sequence {} runs on version '{}', not '{}'",
                 control.id,
-                route.label,
+                route.key.version,
                 crate::error::quoted(asked)
             )));
         }
-        self.name_request(&mut request, &route.label);
+        self.name_request(&mut request, &route.key.version);
         // State the caller sends itself (explicit state) wins over the one the gateway keeps.
         for state in &turn.states {
             if !request.inputs.iter().any(|input| input.name == state.name) {
@@ -298,7 +298,7 @@ impl Gateway {
         }
         if !turn.settings.controls.is_empty() {
             add_controls(
-                &route.model_name,
+                &route.key.model,
                 &turn.settings.controls,
                 control,
                 route.ready.max_batch_size > 0,
@@ -310,7 +310,7 @@ impl Gateway {
         let ready = &route.ready;
         let caller_deadline = caller_deadline_first(&request, ready, received);
         let result = async {
-            let (inputs, deadline) = checked_inputs(&route.model_name, ready, &mut request)?;
+            let (inputs, deadline) = checked_inputs(&route.key.model, ready, &mut request)?;
             ready
                 .replicas
                 .infer_sequence(
@@ -333,8 +333,8 @@ impl Gateway {
         turn.finish(states, replica);
         let outputs = client_outputs(ready, outputs, &request)?;
         Ok(InferResponse {
-            model_name: route.model_name.clone(),
-            model_version: route.label.clone(),
+            model_name: route.key.model.clone(),
+            model_version: route.key.version.clone(),
             id: request.id,
             outputs,
         })
@@ -376,8 +376,8 @@ impl Gateway {
         }
         let table = self.tables.peek();
         let version = table
-            .model(&routed.model_name)
-            .and_then(|model| model.version(&routed.label))
+            .model(&routed.key.model)
+            .and_then(|model| model.version(&routed.key.version))
             .ok()?;
         (!version.peers.is_empty()).then(|| version.peers.clone())
     }
@@ -405,7 +405,7 @@ impl Gateway {
         let not_here = || {
             format!(
                 "model '{}' version '{}' is not hosted on this node",
-                route.model_name, route.label
+                route.key.model, route.key.version
             )
         };
         let Some(forwarding) = &self.forwarding else {
@@ -419,8 +419,8 @@ impl Gateway {
                 crate::error::quoted(from)
             )));
         }
-        self.name_request(&mut request, &route.label);
-        request.version = Some(route.label.to_string());
+        self.name_request(&mut request, &route.key.version);
+        request.version = Some(route.key.version.to_string());
         let deadline = request.deadline;
         let received = request.received.unwrap_or_else(Instant::now);
         let mut passed: Vec<String> = Vec::new();
@@ -495,12 +495,12 @@ impl Gateway {
                 Err(ForwardError::Unreachable(reason)) => {
                     peer.failed(now);
                     forwarding.metrics.forwarded(
-                        &route.model_name,
-                        &route.label,
+                        &route.key.model,
+                        &route.key.version,
                         &peer.node,
                         "unreachable",
                     );
-                    tracing::warn!(model = %route.model_name, version = %route.label, peer = %peer.node, %reason, "peer did not run the request; trying the next");
+                    tracing::warn!(model = %route.key.model, version = %route.key.version, peer = %peer.node, %reason, "peer did not run the request; trying the next");
                     passed.push(format!("node '{}': {reason}", peer.node));
                     continue;
                 }
@@ -524,7 +524,7 @@ impl Gateway {
             };
             forwarding
                 .metrics
-                .forwarded(&route.model_name, &route.label, &peer.node, label);
+                .forwarded(&route.key.model, &route.key.version, &peer.node, label);
             count_outcome(
                 &route.stats,
                 outcome,
@@ -634,7 +634,7 @@ impl Gateway {
                 "sequence {id} of model '{}' {NOT_OPEN} on any node that serves it: its first \
                  request needs sequence_start = true (a sequence closes at sequence_end, and \
                  after its idle timeout)",
-                route.model_name
+                route.key.model
             ))
             .with_reason(Reason::SequenceNotOpen));
         }
@@ -703,7 +703,7 @@ impl Gateway {
             return;
         };
         if let Some(objective_ms) = routed.bandit_objective_ms
-            && !self.experiments.has_feedback(&routed.model_name)
+            && !self.experiments.has_feedback(&routed.key.model)
         {
             let elapsed_ms = u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX);
             routed.stats.record_reward(routing::latency_reward(
@@ -792,8 +792,7 @@ const MAX_SEQUENCE_HOSTS: usize = 8;
 /// A route to a version served here that goes to some of the peers that also serve it.
 fn remote_route(routed: &Route, peers: Vec<Arc<Peer>>) -> RemoteRoute {
     RemoteRoute {
-        model_name: routed.model_name.clone(),
-        label: routed.label.clone(),
+        key: routed.key.clone(),
         remote: Arc::new(RemoteVersion {
             peers,
             signature: Default::default(),
@@ -837,15 +836,15 @@ async fn serve(
         return Err(GatewayError::invalid(format!(
             "inference request to model '{}' must specify a non-zero or non-empty correlation \
              ID (sequence_id, with sequence_start on a sequence's first request)",
-            routed.model_name
+            routed.key.model
         )));
     }
-    let (inputs, deadline) = checked_inputs(&routed.model_name, ready, &mut request)?;
+    let (inputs, deadline) = checked_inputs(&routed.key.model, ready, &mut request)?;
     let (outputs, compute) = ready.replicas.infer(inputs, Some(deadline)).await?;
     let outputs = client_outputs(ready, outputs, &request)?;
     let response = InferResponse {
-        model_name: routed.model_name.clone(),
-        model_version: routed.label.clone(),
+        model_name: routed.key.model.clone(),
+        model_version: routed.key.version.clone(),
         id: request.id,
         outputs,
     };

@@ -12,11 +12,12 @@ use crate::core::table::{
 };
 use crate::error::GatewayError;
 use crate::routing::{self, PolicyMode, TrafficPolicy, VersionStats};
+use crate::version_key::VersionKey;
 
 /// The version a request goes to, and what its outcome feeds.
 pub struct Route {
-    pub model_name: Arc<str>,
-    pub label: Arc<str>,
+    /// The model and the version's label.
+    pub key: VersionKey,
     pub ready: Arc<ReadyVersion>,
     pub stats: Arc<VersionStats>,
     /// Set when the policy is a bandit and chose this version: the outcome is a reward.
@@ -30,8 +31,7 @@ pub struct Route {
 /// A version only peers host: the request is forwarded to one of them. Shadows and bandit
 /// rewards are left to the node that serves it.
 pub struct RemoteRoute {
-    pub model_name: Arc<str>,
-    pub label: Arc<str>,
+    pub key: VersionKey,
     pub remote: Arc<RemoteVersion>,
     pub stats: Arc<VersionStats>,
 }
@@ -63,8 +63,10 @@ pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Routed, Gatew
             version.stats.routed();
         }
         return Ok(Routed::Remote(RemoteRoute {
-            model_name: model.name.clone(),
-            label: version.label.clone(),
+            key: VersionKey {
+                model: model.name.clone(),
+                version: version.label.clone(),
+            },
             remote: remote.clone(),
             stats: version.stats.clone(),
         }));
@@ -94,8 +96,10 @@ pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Routed, Gatew
         _ => None,
     };
     Ok(Routed::Local(Route {
-        model_name: model.name.clone(),
-        label: version.label.clone(),
+        key: VersionKey {
+            model: model.name.clone(),
+            version: version.label.clone(),
+        },
         ready,
         stats: version.stats.clone(),
         bandit_objective_ms,

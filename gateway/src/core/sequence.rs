@@ -18,6 +18,7 @@ use crate::core::request::{InferRequest, Parameter};
 use crate::core::route::Route;
 use crate::core::table::{ControlKind, ControlSpec, ReadyVersion, SequenceSettings};
 use crate::error::{ErrorKind, GatewayError};
+use crate::version_key::VersionKey;
 
 /// What the refusal of a request for a sequence not open here says: a node of a cluster that
 /// gets it from a peer knows nothing ran there, and may ask the next.
@@ -116,8 +117,7 @@ struct Open {
 
 /// Where a sequence's requests go: the version it began on.
 pub struct SequenceRoute {
-    pub model_name: Arc<str>,
-    pub label: Arc<str>,
+    pub key: VersionKey,
     pub ready: Arc<ReadyVersion>,
     pub stats: Arc<crate::routing::VersionStats>,
 }
@@ -188,7 +188,7 @@ impl Sequences {
         settings: &Arc<SequenceSettings>,
     ) -> Result<Turn<'_>, GatewayError> {
         let now = Instant::now();
-        let key: Key = (route.model_name.clone(), control.id.clone());
+        let key: Key = (route.key.model.clone(), control.id.clone());
         let mut open = self.lock();
         sweep_locked(&mut open, now);
         if open
@@ -207,13 +207,12 @@ impl Sequences {
                 format!(
                     "version '{}' of model '{}' holds its limit of {slots} open sequences \
                      ([sequence] max_sequences per replica); retry when one ends",
-                    route.label, route.model_name
+                    route.key.version, route.key.model
                 ),
             ));
         }
         let sequence_route = Arc::new(SequenceRoute {
-            model_name: route.model_name.clone(),
-            label: route.label.clone(),
+            key: route.key.clone(),
             ready: route.ready.clone(),
             stats: route.stats.clone(),
         });
@@ -305,8 +304,8 @@ impl Sequences {
         for sequence in self.lock().values() {
             let entry = figures
                 .entry((
-                    sequence.route.model_name.clone(),
-                    sequence.route.label.clone(),
+                    sequence.route.key.model.clone(),
+                    sequence.route.key.version.clone(),
                 ))
                 .or_default();
             entry.open += 1;
