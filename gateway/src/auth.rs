@@ -21,9 +21,9 @@ pub fn digest(secret: &str) -> Sha256Digest {
     Sha256::digest(secret.as_bytes()).into()
 }
 
-/// Parses a SHA-256 digest written as 64 hex digits.
-pub fn decode_hex(text: &str) -> Option<Sha256Digest> {
-    let mut out = [0u8; 32];
+/// Parses `N` bytes written as `2 * N` hex digits (a SHA-256 digest, a MAC's tag).
+pub fn decode_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
+    let mut out = [0u8; N];
     hex::decode_to_slice(text.trim(), &mut out).ok()?;
     Some(out)
 }
@@ -58,7 +58,7 @@ impl ApiKeys {
         let mut keys: Vec<Sha256Digest> = configured
             .iter()
             .filter_map(|hex| {
-                let parsed = decode_hex(hex);
+                let parsed = decode_hex::<32>(hex);
                 if parsed.is_none() {
                     tracing::error!("ignoring an API key whose sha256 is not 64 hex digits");
                 }

@@ -13,7 +13,7 @@ use tokio::task::JoinHandle;
 use crate::admin;
 use crate::admin::figures::{self, FigureHistory};
 use crate::app::listener;
-use crate::auth::{ApiKeys, ManagementTokens, NodeKey};
+use crate::auth::{ApiKeys, ManagementTokens, NodeKey, decode_hex};
 use crate::config::{ByteSize, Config, ControlMode};
 use crate::control::Handles;
 use crate::control::capacity::{self, Capacity};
@@ -451,12 +451,9 @@ async fn request_id_key(config: &Config, store: &dyn Store) -> anyhow::Result<Id
     } else {
         configured.to_owned()
     };
-    let mut key = [0u8; 64];
-    anyhow::ensure!(
-        hex::decode_to_slice(&key_hex, &mut key).is_ok(),
-        "inference.request_id_key must be 128 hex digits (64 bytes)"
-    );
-    Ok(key)
+    decode_hex::<64>(&key_hex).ok_or_else(|| {
+        anyhow::anyhow!("inference.request_id_key must be 128 hex digits (64 bytes)")
+    })
 }
 
 async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {

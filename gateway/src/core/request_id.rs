@@ -11,6 +11,8 @@ use hmac::digest::generic_array::GenericArray;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 
+use crate::auth::decode_hex;
+
 /// A MAC key: the block size of SHA-256, the longest key HMAC uses as it is.
 pub type IdKey = [u8; 64];
 
@@ -67,7 +69,7 @@ impl RequestIds {
         if tag.len() != TAG_BYTES * 2 || !body.starts_with(PREFIX) {
             return false;
         }
-        let Some(presented) = decode_hex(tag) else {
+        let Some(presented) = decode_hex::<TAG_BYTES>(tag) else {
             return false;
         };
         let mut mac = self.keyed.clone();
@@ -83,12 +85,6 @@ impl RequestIds {
         tag.copy_from_slice(&full[..TAG_BYTES]);
         tag
     }
-}
-
-fn decode_hex(text: &str) -> Option<[u8; TAG_BYTES]> {
-    let mut out = [0u8; TAG_BYTES];
-    hex::decode_to_slice(text, &mut out).ok()?;
-    Some(out)
 }
 
 /// A random key, for a gateway without one configured or shared.
