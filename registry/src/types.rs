@@ -5,6 +5,7 @@ use std::str::FromStr;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Model {
     pub name: String,
     pub description: String,
@@ -37,6 +38,7 @@ pub struct NewModel {
 /// `pending` while its memory does not fit on any allowed device; removal goes `draining` ->
 /// `retired`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum VersionState {
     Registered,
@@ -97,6 +99,7 @@ impl FromStr for VersionState {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Version {
     pub model: String,
     pub label: String,
@@ -105,8 +108,10 @@ pub struct Version {
     /// Path of the model file.
     pub artifact: String,
     /// Serving settings, as in a model.toml (JSON object).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub config: serde_json::Value,
     /// Free-form metadata (JSON object).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub metadata: serde_json::Value,
     pub state: VersionState,
     /// Why the version is in its state (a load error, say); empty otherwise.
@@ -135,6 +140,7 @@ pub struct NewVersion {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Score {
     pub model: String,
     pub version: String,
@@ -183,17 +189,20 @@ fn metrics_schema() -> utoipa::openapi::Object {
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Event {
     pub revision: i64,
     pub actor: String,
     pub action: String,
     pub model: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub payload: serde_json::Value,
     pub created_ms: i64,
 }
 
 /// A model with everything that decides how it is served.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ModelRecord {
     pub model: Model,
     pub versions: Vec<Version>,
@@ -202,6 +211,7 @@ pub struct ModelRecord {
     /// Alias -> version label.
     pub aliases: BTreeMap<String, String>,
     /// The routing policy (JSON object; `{"mode": "fixed"}` unless set).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub policy: serde_json::Value,
     /// Version label -> metric -> its latest score.
     pub latest_scores: BTreeMap<String, BTreeMap<String, f64>>,
@@ -212,12 +222,14 @@ pub struct ModelRecord {
 /// Rewards in [0, 1] summed: `successes` holds the sum of rewards, `failures` the sum of
 /// their complements.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Rewards {
     pub successes: f64,
     pub failures: f64,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Snapshot {
     pub revision: i64,
     pub models: Vec<ModelRecord>,
@@ -261,7 +273,8 @@ pub fn valid_name(name: &str) -> bool {
 
 /// A rollout as the registry keeps it: `body` is the gateway's document of its steps, gates,
 /// progress and analyses; the registry knows only its model, state and generation.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RolloutRecord {
     pub id: i64,
     pub model: String,
@@ -269,6 +282,7 @@ pub struct RolloutRecord {
     pub state: String,
     /// Grows by one with every write.
     pub generation: i64,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub body: serde_json::Value,
     pub created_ms: i64,
     pub updated_ms: i64,
@@ -311,12 +325,15 @@ pub struct CounterRow {
 
 /// An evaluation job: `running`, then `done` (with its report), `failed` (with the reason in
 /// the report's `error`) or `cancelled`.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EvaluationRecord {
     pub id: i64,
     pub model: String,
     pub state: String,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub request: serde_json::Value,
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub report: serde_json::Value,
     pub created_ms: i64,
     /// 0 while running.
@@ -324,13 +341,15 @@ pub struct EvaluationRecord {
 }
 
 /// A gateway of the cluster, as its heartbeat last wrote it.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeRecord {
     pub id: String,
     /// host:port of its gRPC listener, for peers that forward to it.
     pub address: String,
     /// Its devices with their budgets, free memory and load (a JSON document the gateway
     /// defines).
+    #[cfg_attr(feature = "openapi", schema(value_type = Object))]
     pub body: serde_json::Value,
     /// Grows by one with every heartbeat.
     pub beat: i64,
@@ -342,7 +361,8 @@ pub struct NodeRecord {
 }
 
 /// What one node does with one version.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NodeVersion {
     pub node: String,
     pub model: String,
@@ -365,7 +385,8 @@ pub struct Heartbeat {
 }
 
 /// Replicas of a version that the cluster placer put on a node's device.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct PlacementRow {
     pub model: String,
     pub version: String,

@@ -7,6 +7,7 @@ use std::path::PathBuf;
 
 use anyhow::{Context, bail};
 use clap::{Args, Subcommand};
+use serde::Deserialize as _;
 use serde_json::{Value, json};
 
 use super::output::{Format, View};
@@ -334,7 +335,8 @@ impl Client {
         let status = response.status();
         let body: Value = response.json().await.unwrap_or(Value::Null);
         if !status.is_success() {
-            let message = body["error"].as_str().unwrap_or("no message");
+            let refusal = super::openapi::ErrorResponse::deserialize(&body);
+            let message = refusal.map_or_else(|_| "no message".into(), |refusal| refusal.error);
             bail!("{status}: {message}");
         }
         Ok(body)

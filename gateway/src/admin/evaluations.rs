@@ -10,6 +10,7 @@ use serde::Deserialize;
 use serde_json::json;
 use switchyard_runtimes::DataType;
 
+use super::api::{EvaluationAnswer, EvaluationList};
 use super::{Actor, AdminState, ApiResult, bad_request, ok, parse};
 use crate::control::evaluation::Dataset;
 use crate::control::evaluation::job::{self, Job};
@@ -63,7 +64,7 @@ fn default_post() -> bool {
     path = "/v1/models/{m}/evaluations",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     request_body = EvaluationRequest,
-    responses((status = 202, description = "started", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
+    responses((status = 202, description = "started", body = super::api::EvaluationAnswer), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn start_evaluation(
     State(state): State<AdminState>,
@@ -179,7 +180,10 @@ pub(super) async fn start_evaluation(
     });
     ok(
         StatusCode::ACCEPTED,
-        json!({"revision": revision, "evaluation": record}),
+        EvaluationAnswer {
+            revision,
+            evaluation: Some(record),
+        },
     )
 }
 
@@ -188,7 +192,7 @@ pub(super) async fn start_evaluation(
     post,
     path = "/v1/models/{m}/evaluations/{id}/cancel",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("id" = i64, Path, description = "the evaluation's id", minimum = 1)),
-    responses((status = 200, description = "cancelled", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "cancelled", body = super::api::EvaluationAnswer), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn cancel_evaluation(
     State(state): State<AdminState>,
@@ -227,7 +231,10 @@ pub(super) async fn cancel_evaluation(
         .find(|e| e.id == id);
     ok(
         StatusCode::OK,
-        json!({"revision": revision, "evaluation": record}),
+        EvaluationAnswer {
+            revision,
+            evaluation: record,
+        },
     )
 }
 
@@ -245,14 +252,14 @@ fn evaluation_id(id: &str) -> Result<i64, GatewayError> {
     get,
     path = "/v1/models/{m}/evaluations",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
-    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::EvaluationList), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn list_evaluations(
     State(state): State<AdminState>,
     Path(model): Path<String>,
 ) -> ApiResult {
     let evaluations = state.store.evaluations(&model, LISTED).await?;
-    ok(StatusCode::OK, json!({"evaluations": evaluations}))
+    ok(StatusCode::OK, EvaluationList { evaluations })
 }
 
 /// One evaluation (`latest` names the newest).
@@ -260,7 +267,7 @@ pub(super) async fn list_evaluations(
     get,
     path = "/v1/models/{m}/evaluations/{id}",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("id" = String, Path, description = "the evaluation's id, or latest", pattern = r"^([1-9][0-9]{0,17}|latest)$")),
-    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = switchyard_registry::EvaluationRecord), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn get_evaluation(
     State(state): State<AdminState>,
@@ -276,5 +283,5 @@ pub(super) async fn get_evaluation(
     let found = found.ok_or_else(|| {
         GatewayError::not_found(format!("model '{model}' has no evaluation '{id}'"))
     })?;
-    ok(StatusCode::OK, json!(found))
+    ok(StatusCode::OK, found)
 }

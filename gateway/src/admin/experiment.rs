@@ -3,8 +3,8 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde_json::{Value, json};
 
+use super::api::{Experiment, ExperimentVersion, Quantiles, RewardEstimate, ShadowComparison};
 use super::{AdminState, ApiResult, ok};
 use crate::core::feedback::Feedback;
 use crate::routing;
@@ -14,7 +14,7 @@ use crate::routing;
     get,
     path = "/v1/models/{m}/experiment",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
-    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::Experiment), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn experiment(
     State(state): State<AdminState>,
@@ -31,64 +31,65 @@ pub(super) async fn experiment(
             .find(|(candidate, _)| candidate.label == label)
             .map_or(0.0, |(_, weight)| *weight)
     };
-    let versions: Vec<Value> = model
+    let versions: Vec<ExperimentVersion> = model
         .versions
         .iter()
         .map(|version| {
             let stats = &version.stats;
             let rewards = stats.rewards();
             let (mean, low, high) = routing::reward_interval(&rewards);
-            let shadow: serde_json::Map<String, Value> = stats
+            let shadow_of = stats
                 .shadow()
                 .into_iter()
                 .map(|(primary, tally)| {
                     let argmax_agreement = (tally.argmax_compared > 0)
                         .then(|| tally.argmax_agreed as f64 / tally.argmax_compared as f64);
-                    (
-                        primary.to_string(),
-                        json!({
-                            "pairs": tally.pairs,
-                            "errors": tally.errors,
-                            "max_abs_diff": tally.max_abs_diff,
-                            "mean_max_abs_diff": tally.mean_max_abs_diff(),
-                            "argmax_agreement": argmax_agreement,
-                        }),
-                    )
+                    let comparison = ShadowComparison {
+                        pairs: tally.pairs,
+                        errors: tally.errors,
+                        max_abs_diff: tally.max_abs_diff,
+                        mean_max_abs_diff: tally.mean_max_abs_diff(),
+                        argmax_agreement,
+                    };
+                    (primary.to_string(), comparison)
                 })
                 .collect();
-            json!({
-                "version": &*version.label,
-                "state": version.status.name(),
-                "eligible": model.eligible(version),
-                "traffic_weight": model
+            ExperimentVersion {
+                version: version.label.to_string(),
+                state: version.status.name().to_owned(),
+                eligible: model.eligible(version),
+                traffic_weight: model
                     .traffic
                     .iter()
                     .find(|(label, _)| *label == version.label)
                     .map_or(0, |(_, weight)| *weight),
-                "effective_weight": effective(&version.label),
-                "score": version.score,
-                "requests": stats.requests(),
-                "errors": stats.errors(),
-                "recent_error_rate": stats.recent_error_rate(),
-                "latency_ms": {"p50": stats.latency_ms(0.5), "p99": stats.latency_ms(0.99)},
-                "reward": {
-                    "observations": rewards.successes + rewards.failures,
-                    "mean": mean,
-                    "ci95": [low, high],
+                effective_weight: effective(&version.label),
+                score: version.score,
+                requests: stats.requests(),
+                errors: stats.errors(),
+                recent_error_rate: stats.recent_error_rate(),
+                latency_ms: Quantiles {
+                    p50: stats.latency_ms(0.5),
+                    p99: stats.latency_ms(0.99),
                 },
-                "shadow_of": shadow,
-            })
+                reward: RewardEstimate {
+                    observations: rewards.successes + rewards.failures,
+                    mean,
+                    ci95: [low, high],
+                },
+                shadow_of,
+            }
         })
         .collect();
     ok(
         StatusCode::OK,
-        json!({
-            "model": &*model.name,
-            "policy": model.policy,
-            "feedback_received": state.gateway.experiments().has_feedback(&model.name),
-            "objective": state.gateway.experiments().objective_plan(&model.name),
-            "versions": versions,
-        }),
+        Experiment {
+            model: model.name.to_string(),
+            policy: model.policy.clone(),
+            feedback_received: state.gateway.experiments().has_feedback(&model.name),
+            objective: state.gateway.experiments().objective_plan(&model.name),
+            versions,
+        },
     )
 }
 
@@ -97,7 +98,7 @@ pub(super) async fn experiment(
     post,
     path = "/v1/feedback",
     request_body = crate::core::feedback::Feedback,
-    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse), (status = 415, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::FeedbackReceipt), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse), (status = 415, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn feedback(
     State(state): State<AdminState>,

@@ -11,8 +11,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde_json::{Value, json};
 
+use super::api::{FigureSeries, VersionSeries as SeriesView};
 use super::{AdminState, ApiResult, ok};
 use crate::core::table::ModelTable;
 use crate::routing::{LatencyHistogram, VersionStats};
@@ -95,31 +95,29 @@ impl FigureHistory {
         }
     }
 
-    /// A model's series as JSON (`None` for a model never sampled).
-    fn model_json(&self, model: &str) -> Option<Value> {
+    /// A model's series (`None` for a model never sampled).
+    fn model_series(&self, model: &str) -> Option<FigureSeries> {
         let models = self.models.lock().unwrap_or_else(PoisonError::into_inner);
         let series = models.get(model)?;
-        let versions: serde_json::Map<String, Value> = series
+        let versions = series
             .versions
             .iter()
             .map(|(label, entry)| {
-                (
-                    label.to_string(),
-                    json!({
-                        "requests_per_s": entry.requests_per_s,
-                        "error_rate": entry.error_rate,
-                        "p50_ms": entry.p50_ms,
-                        "p99_ms": entry.p99_ms,
-                    }),
-                )
+                let view = SeriesView {
+                    requests_per_s: entry.requests_per_s.iter().copied().collect(),
+                    error_rate: entry.error_rate.iter().copied().collect(),
+                    p50_ms: entry.p50_ms.iter().copied().collect(),
+                    p99_ms: entry.p99_ms.iter().copied().collect(),
+                };
+                (label.to_string(), view)
             })
             .collect();
-        Some(json!({
-            "model": model,
-            "interval_s": SAMPLE_EVERY.as_secs_f64(),
-            "times": series.times,
-            "versions": versions,
-        }))
+        Some(FigureSeries {
+            model: model.to_owned(),
+            interval_s: SAMPLE_EVERY.as_secs_f64(),
+            times: series.times.iter().copied().collect(),
+            versions,
+        })
     }
 }
 
@@ -199,7 +197,7 @@ impl VersionSeries {
     get,
     path = "/v1/models/{m}/figures",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
-    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::FigureSeries), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn figures(
     State(state): State<AdminState>,
@@ -208,13 +206,14 @@ pub(super) async fn figures(
     // A model this gateway serves but has not sampled yet has no points.
     let table = state.gateway.snapshot();
     table.model(&model)?;
-    let body = state.figures.model_json(&model).unwrap_or_else(|| {
-        json!({
-            "model": model,
-            "interval_s": SAMPLE_EVERY.as_secs_f64(),
-            "times": [],
-            "versions": {},
-        })
-    });
+    let body = state
+        .figures
+        .model_series(&model)
+        .unwrap_or_else(|| FigureSeries {
+            model,
+            interval_s: SAMPLE_EVERY.as_secs_f64(),
+            times: Vec::new(),
+            versions: BTreeMap::new(),
+        });
     ok(StatusCode::OK, body)
 }

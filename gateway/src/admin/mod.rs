@@ -15,6 +15,7 @@ use serde::de::DeserializeOwned;
 use serde_json::Value;
 use switchyard_registry::{RegistryError, Store};
 
+pub mod api;
 pub mod cli;
 mod dashboard;
 mod evaluations;
@@ -169,7 +170,9 @@ fn integral_numbers(value: &mut Value) {
 
 type ApiResult = Result<Response, ApiError>;
 
-fn ok(status: StatusCode, body: Value) -> ApiResult {
+/// An answer: one of the types of [`api`], so that the document, the CLI and the handler
+/// agree on its shape.
+fn ok(status: StatusCode, body: impl serde::Serialize) -> ApiResult {
     Ok((status, axum::Json(body)).into_response())
 }
 

@@ -5,10 +5,13 @@ use std::path::PathBuf;
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde_json::{Value, json};
 use switchyard_registry::{NewModel, NewScores, NewVersion, VersionState};
 
-use super::{Actor, AdminState, ApiResult, bad_request, internal, ok, parse};
+use super::api::{
+    ModelCreated, ModelList, Revision, ScoreList, ServedModel, ServedVersion, VersionCreated,
+    VersionList, VersionOnNode, VersionRemoved,
+};
+use super::{Actor, AdminState, ApiResult, bad_request, ok, parse};
 use crate::control::import::version_settings;
 use crate::control::repository::ModelToml;
 use crate::control::runtimes;
@@ -16,29 +19,27 @@ use crate::core::Gateway;
 use crate::error::GatewayError;
 
 /// What this gateway process is doing with a version, next to the registry's record.
-pub(super) fn serving_state(gateway: &Gateway, model: &str, label: &str) -> Value {
+pub(super) fn serving_state(gateway: &Gateway, model: &str, label: &str) -> Option<String> {
     let table = gateway.snapshot();
-    let version = table
-        .model(model)
-        .ok()
-        .and_then(|m| m.versions.iter().find(|v| &*v.label == label).cloned());
-    match version.as_ref().map(|v| &v.status) {
-        Some(status) => json!(status.name()),
-        None => Value::Null,
-    }
+    let entry = table.model(model).ok()?;
+    let version = entry.versions.iter().find(|v| &*v.label == label)?;
+    Some(version.status.name().to_owned())
 }
 
 /// List models with their versions, traffic and aliases.
 #[utoipa::path(
     get,
     path = "/v1/models",
-    responses((status = 200, description = "success", body = Object))
+    responses((status = 200, description = "success", body = super::api::ModelList))
 )]
 pub(super) async fn list_models(State(state): State<AdminState>) -> ApiResult {
     let snapshot = state.store.snapshot().await?;
     ok(
         StatusCode::OK,
-        json!({ "revision": snapshot.revision, "models": snapshot.models }),
+        ModelList {
+            revision: snapshot.revision,
+            models: snapshot.models,
+        },
     )
 }
 
@@ -47,7 +48,7 @@ pub(super) async fn list_models(State(state): State<AdminState>) -> ApiResult {
     post,
     path = "/v1/models",
     request_body = switchyard_registry::NewModel,
-    responses((status = 201, description = "created", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
+    responses((status = 201, description = "created", body = super::api::ModelCreated), (status = 400, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn create_model(
     State(state): State<AdminState>,
@@ -60,7 +61,10 @@ pub(super) async fn create_model(
     let record = state.store.model(&name).await?;
     ok(
         StatusCode::CREATED,
-        json!({ "revision": revision, "model": record }),
+        ModelCreated {
+            revision,
+            model: record,
+        },
     )
 }
 
@@ -69,7 +73,7 @@ pub(super) async fn create_model(
     get,
     path = "/v1/models/{m}",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
-    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::ServedModel), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn get_model(
     State(state): State<AdminState>,
@@ -77,20 +81,40 @@ pub(super) async fn get_model(
 ) -> ApiResult {
     let record = state.store.model(&model).await?;
     let on_nodes = state.store.node_versions().await?;
-    let mut body = serde_json::to_value(&record).map_err(internal)?;
-    if let Some(versions) = body["versions"].as_array_mut() {
-        for version in versions {
-            let label = version["label"].as_str().unwrap_or_default().to_owned();
-            version["serving"] = serving_state(&state.gateway, &model, &label);
+    let versions = record
+        .versions
+        .into_iter()
+        .map(|version| {
             // In a cluster: what each node does with it (see /v1/cluster for their liveness).
-            version["nodes"] = on_nodes
+            let nodes = on_nodes
                 .iter()
-                .filter(|v| v.model == model && v.version == label)
-                .map(|v| json!({"node": v.node, "state": v.state, "reason": v.reason, "replicas": v.replicas}))
+                .filter(|v| v.model == model && v.version == version.label)
+                .map(|v| VersionOnNode {
+                    node: v.node.clone(),
+                    state: v.state.clone(),
+                    reason: v.reason.clone(),
+                    replicas: v.replicas,
+                })
                 .collect();
-        }
-    }
-    ok(StatusCode::OK, body)
+            ServedVersion {
+                serving: serving_state(&state.gateway, &model, &version.label),
+                nodes: Some(nodes),
+                version,
+            }
+        })
+        .collect();
+    ok(
+        StatusCode::OK,
+        ServedModel {
+            model: record.model,
+            versions,
+            traffic: record.traffic,
+            aliases: record.aliases,
+            policy: record.policy,
+            latest_scores: record.latest_scores,
+            rewards: record.rewards,
+        },
+    )
 }
 
 /// List a model's versions.
@@ -98,14 +122,19 @@ pub(super) async fn get_model(
     get,
     path = "/v1/models/{m}/versions",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
-    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::VersionList), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn list_versions(
     State(state): State<AdminState>,
     Path(model): Path<String>,
 ) -> ApiResult {
     let record = state.store.model(&model).await?;
-    ok(StatusCode::OK, json!({ "versions": record.versions }))
+    ok(
+        StatusCode::OK,
+        VersionList {
+            versions: record.versions,
+        },
+    )
 }
 
 /// `switchyard_registry::NewVersion` as the document shows it, with its settings spelled
@@ -135,7 +164,7 @@ pub(super) struct VersionBody {
     path = "/v1/models/{m}/versions",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     request_body = VersionBody,
-    responses((status = 201, description = "created", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
+    responses((status = 201, description = "created", body = super::api::VersionCreated), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn register_version(
     State(state): State<AdminState>,
@@ -180,7 +209,10 @@ pub(super) async fn register_version(
     }
     ok(
         StatusCode::CREATED,
-        json!({ "revision": revision, "version": current }),
+        VersionCreated {
+            revision,
+            version: current,
+        },
     )
 }
 
@@ -189,16 +221,21 @@ pub(super) async fn register_version(
     get,
     path = "/v1/models/{m}/versions/{v}",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("v" = String, Path, description = "the version label or alias", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
-    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::ServedVersion), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn get_version(
     State(state): State<AdminState>,
     Path((model, label)): Path<(String, String)>,
 ) -> ApiResult {
     let version = state.store.version(&model, &label).await?;
-    let mut body = serde_json::to_value(&version).map_err(internal)?;
-    body["serving"] = serving_state(&state.gateway, &model, &label);
-    ok(StatusCode::OK, body)
+    ok(
+        StatusCode::OK,
+        ServedVersion {
+            serving: serving_state(&state.gateway, &model, &label),
+            nodes: None,
+            version,
+        },
+    )
 }
 
 /// Remove a version: it drains, then retires. Refused (409) while it has traffic weight or an alias.
@@ -206,7 +243,7 @@ pub(super) async fn get_version(
     delete,
     path = "/v1/models/{m}/versions/{v}",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("v" = String, Path, description = "the version label or alias", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
-    responses((status = 202, description = "accepted: draining", body = Object), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
+    responses((status = 202, description = "accepted: draining", body = super::api::VersionRemoved), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn remove_version(
     State(state): State<AdminState>,
@@ -216,7 +253,10 @@ pub(super) async fn remove_version(
     let revision = state.store.remove_version(&actor.0, &model, &label).await?;
     ok(
         StatusCode::ACCEPTED,
-        json!({ "revision": revision, "state": VersionState::Draining }),
+        VersionRemoved {
+            revision,
+            state: VersionState::Draining,
+        },
     )
 }
 
@@ -226,7 +266,7 @@ pub(super) async fn remove_version(
     path = "/v1/models/{m}/versions/{v}/scores",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("v" = String, Path, description = "the version label or alias", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     request_body = switchyard_registry::NewScores,
-    responses((status = 201, description = "created", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 201, description = "created", body = super::api::Revision), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn add_scores(
     State(state): State<AdminState>,
@@ -239,7 +279,7 @@ pub(super) async fn add_scores(
         .store
         .add_scores(&actor.0, &model, &label, scores)
         .await?;
-    ok(StatusCode::CREATED, json!({ "revision": revision }))
+    ok(StatusCode::CREATED, Revision { revision })
 }
 
 /// A version's score history.
@@ -247,14 +287,14 @@ pub(super) async fn add_scores(
     get,
     path = "/v1/models/{m}/versions/{v}/scores",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("v" = String, Path, description = "the version label or alias", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
-    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::ScoreList), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn list_scores(
     State(state): State<AdminState>,
     Path((model, label)): Path<(String, String)>,
 ) -> ApiResult {
     let scores = state.store.scores(&model, &label).await?;
-    ok(StatusCode::OK, json!({ "scores": scores }))
+    ok(StatusCode::OK, ScoreList { scores })
 }
 
 /// How long checking an artifact may take: a path on a hung network mount must not hold a

@@ -11,7 +11,7 @@ use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
 use super::{evaluations, experiment, figures, models, rollouts, system, traffic};
 
 /// The protocol's error body, as every refusal carries it.
-#[derive(ToSchema, ToResponse)]
+#[derive(serde::Deserialize, ToSchema, ToResponse)]
 #[response(description = "refused: the reason is in `error`")]
 pub struct ErrorResponse {
     pub error: String,

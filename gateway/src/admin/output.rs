@@ -1,10 +1,25 @@
 //! How the CLI prints the management API's answers: tables for people (in the manner of
 //! kubectl: upper-case headers, columns padded, `-` for nothing), or the API's JSON, or the
 //! same as YAML, for scripts.
+//!
+//! A table reads the answer as its type from [`super::api`], the one the handler built: JSON
+//! and YAML print the answer as it came, field for field.
 
+use std::collections::BTreeMap;
 use std::fmt::Write as _;
 
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
 use serde_json::Value;
+use switchyard_registry::Version;
+
+use super::api::{
+    Cluster, Events, Experiment, ModelList, ObjectivePlan, ResourceReport, RolloutAnswer,
+    RolloutEntry, RolloutList, RolloutView, ScoreList, ServedModel, Traffic,
+};
+use crate::control::capacity::MeasuredMemory;
+use crate::control::rollout::{StageKind, VersionFigures};
+use crate::routing::TrafficPolicy;
 
 /// `-o table|json|yaml`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -30,7 +45,7 @@ pub enum View {
     Cluster,
     Events,
     Scores,
-    /// One rollout (or a write's answer holding one): its stages, figures and gates.
+    /// One rollout, or a write's answer holding one: its stages, figures and gates.
     Rollout,
     /// `GET /v1/models/{m}/rollouts`.
     Rollouts,
@@ -40,9 +55,7 @@ pub enum View {
 
 pub fn render(format: Format, view: View, value: &Value) -> String {
     match (format, view) {
-        (Format::Json, _) | (Format::Table, View::Raw) => {
-            serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
-        }
+        (Format::Json, _) | (Format::Table, View::Raw) => pretty(value),
         (Format::Yaml, _) => {
             let mut out = String::new();
             yaml(value, 0, &mut out);
@@ -51,20 +64,61 @@ pub fn render(format: Format, view: View, value: &Value) -> String {
             }
             out
         }
-        (Format::Table, View::Models) => models(value),
-        (Format::Table, View::Model) => model(value),
-        (Format::Table, View::Versions) => {
-            table(&VERSION_COLUMNS[1..], &version_rows(value, false))
-        }
-        (Format::Table, View::Traffic) => traffic(value),
-        (Format::Table, View::Experiment) => experiment(value),
-        (Format::Table, View::Resources) => resources(value),
-        (Format::Table, View::Cluster) => cluster(value),
-        (Format::Table, View::Events) => events(value),
-        (Format::Table, View::Scores) => scores(value),
-        (Format::Table, View::Rollout) => rollout(value.get("rollout").unwrap_or(value)),
-        (Format::Table, View::Rollouts) => rollouts(value),
+        (Format::Table, view) => match draw(view, value) {
+            Ok(Some(table)) => table,
+            Ok(None) => pretty(value),
+            // A gateway of another build may answer in a shape this client does not know:
+            // what it said is still shown.
+            Err(error) => format!(
+                "# this client cannot draw the answer as a table ({error}); as it came:\n{}",
+                pretty(value)
+            ),
+        },
     }
+}
+
+fn pretty(value: &Value) -> String {
+    serde_json::to_string_pretty(value).unwrap_or_default() + "\n"
+}
+
+fn read<T: DeserializeOwned>(value: &Value) -> Result<T, serde_json::Error> {
+    T::deserialize(value)
+}
+
+/// The table of a view, from the answer read as its type; `None` where a table shows nothing
+/// more than the JSON would (a rollout row this build cannot read).
+fn draw(view: View, value: &Value) -> Result<Option<String>, serde_json::Error> {
+    Ok(Some(match view {
+        View::Models => models(&read(value)?),
+        View::Model => model(&read(value)?),
+        View::Versions => {
+            let served: ServedModel = read(value)?;
+            let versions: Vec<&Version> = served.versions.iter().map(|v| &v.version).collect();
+            table(
+                &VERSION_COLUMNS[1..],
+                &version_rows(&Rows::of_served(&served, &versions)),
+            )
+        }
+        View::Traffic => traffic(&read(value)?),
+        View::Experiment => experiment(&read(value)?),
+        View::Resources => resources(&read(value)?),
+        View::Cluster => cluster(&read(value)?),
+        View::Events => events(&read(value)?),
+        View::Scores => scores(&read(value)?),
+        View::Rollout => {
+            // A write answers with the rollout inside; a read with the rollout alone.
+            let shown = match read::<RolloutAnswer>(value) {
+                Ok(answer) => answer.rollout,
+                Err(_) => RolloutEntry::Shown(Box::new(read::<RolloutView>(value)?)),
+            };
+            match shown {
+                RolloutEntry::Shown(view) => rollout(&view),
+                RolloutEntry::Unreadable(_) => return Ok(None),
+            }
+        }
+        View::Rollouts => rollouts(&read(value)?),
+        View::Raw => return Ok(None),
+    }))
 }
 
 /// Columns padded to their widest cell, two spaces apart.
@@ -95,11 +149,26 @@ fn table(headers: &[&str], rows: &[Vec<String>]) -> String {
     out
 }
 
-fn text(value: &Value) -> String {
+/// A cell: `-` for nothing.
+fn cell(text: impl ToString) -> String {
+    let text = text.to_string();
+    if text.is_empty() { "-".into() } else { text }
+}
+
+fn optional(value: Option<impl ToString>) -> String {
+    value.map_or_else(|| "-".into(), cell)
+}
+
+/// A number as a cell: at most four decimals, trailing zeros dropped.
+fn number(value: f64) -> String {
+    trim_float(value)
+}
+
+/// A JSON scalar (a score's metadata, a gate) as a cell.
+fn scalar(value: &Value) -> String {
     match value {
         Value::Null => "-".into(),
-        Value::String(s) if s.is_empty() => "-".into(),
-        Value::String(s) => s.clone(),
+        Value::String(s) => cell(s),
         Value::Number(n) => match n.as_f64() {
             Some(f) if n.is_f64() => trim_float(f),
             _ => n.to_string(),
@@ -114,127 +183,143 @@ fn trim_float(value: f64) -> String {
     text.to_owned()
 }
 
-fn bytes(value: &Value) -> String {
-    let Some(bytes) = value.as_f64() else {
+fn share(value: f64) -> String {
+    format!("{}%", trim_float(value * 100.0))
+}
+
+fn bytes(value: Option<u64>) -> String {
+    let Some(bytes) = value else {
         return "-".into();
     };
     const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut size = bytes;
+    let mut size = bytes as f64;
     let mut unit = 0;
     while size >= 1024.0 && unit + 1 < UNITS.len() {
         size /= 1024.0;
         unit += 1;
     }
     if unit == 0 {
-        format!("{bytes:.0} B")
+        format!("{bytes} B")
     } else {
         format!("{size:.1} {}", UNITS[unit])
     }
+}
+
+fn joined(items: Vec<String>, separator: &str) -> String {
+    if items.is_empty() {
+        "-".into()
+    } else {
+        items.join(separator)
+    }
+}
+
+/// A policy's mode as stored; `-` for one this build cannot read.
+fn policy_mode(policy: &Value) -> String {
+    TrafficPolicy::deserialize(policy).map_or_else(|_| "-".into(), |p| p.mode.name().into())
 }
 
 const VERSION_COLUMNS: [&str; 9] = [
     "MODEL", "VERSION", "STATE", "RUNTIME", "DEVICE", "REPLICAS", "WEIGHT", "ALIASES", "SCORES",
 ];
 
-/// A row per version of one model (`GET /v1/models/{m}` or one entry of the list).
-fn version_rows(model: &Value, with_model: bool) -> Vec<Vec<String>> {
-    let name = text(&model["model"]["name"]);
-    let traffic = model["traffic"].as_object();
-    let total: f64 = traffic
-        .map(|weights| weights.values().filter_map(Value::as_f64).sum())
-        .unwrap_or(0.0);
-    let empty = Vec::new();
-    model["versions"]
-        .as_array()
-        .unwrap_or(&empty)
+/// What a row per version of one model is drawn from, in a list or a model's answer.
+struct Rows<'a> {
+    name: &'a str,
+    versions: &'a [&'a Version],
+    traffic: &'a BTreeMap<String, u64>,
+    aliases: &'a BTreeMap<String, String>,
+    latest_scores: &'a BTreeMap<String, BTreeMap<String, f64>>,
+}
+
+impl<'a> Rows<'a> {
+    fn of_served(model: &'a ServedModel, versions: &'a [&'a Version]) -> Rows<'a> {
+        Rows {
+            name: &model.model.name,
+            versions,
+            traffic: &model.traffic,
+            aliases: &model.aliases,
+            latest_scores: &model.latest_scores,
+        }
+    }
+}
+
+/// A row per version of one model, without the model's name.
+fn version_rows(rows: &Rows<'_>) -> Vec<Vec<String>> {
+    let total: u64 = rows.traffic.values().sum();
+    rows.versions
         .iter()
         .map(|version| {
-            let label = text(&version["label"]);
-            let mut state = text(&version["state"]);
-            if let Some(reason) = version["state_reason"].as_str().filter(|r| !r.is_empty()) {
-                state = format!("{state} ({reason})");
+            let label = &version.label;
+            let mut state = version.state.to_string();
+            if !version.state_reason.is_empty() {
+                state = format!("{state} ({})", version.state_reason);
             }
-            let measured = &version["metadata"]["measured_memory"];
-            let weight = match traffic.and_then(|weights| weights.get(&label)) {
-                Some(weight) if total > 0.0 => {
-                    format!(
-                        "{}%",
-                        trim_float(weight.as_f64().unwrap_or(0.0) * 100.0 / total)
-                    )
+            let measured = MeasuredMemory::of(&version.metadata);
+            let weight = match rows.traffic.get(label) {
+                Some(weight) if total > 0 => {
+                    format!("{}%", trim_float(*weight as f64 * 100.0 / total as f64))
                 }
                 _ => "-".into(),
             };
-            let aliases: Vec<&str> = model["aliases"]
-                .as_object()
-                .map(|aliases| {
-                    aliases
-                        .iter()
-                        .filter(|(_, target)| target.as_str() == Some(label.as_str()))
-                        .map(|(alias, _)| alias.as_str())
-                        .collect()
-                })
-                .unwrap_or_default();
-            let scores: Vec<String> = model["latest_scores"][label.as_str()]
-                .as_object()
+            let aliases: Vec<String> = rows
+                .aliases
+                .iter()
+                .filter(|(_, target)| *target == label)
+                .map(|(alias, _)| alias.clone())
+                .collect();
+            let scores: Vec<String> = rows
+                .latest_scores
+                .get(label)
                 .map(|scores| {
                     scores
                         .iter()
-                        .map(|(metric, value)| format!("{metric}={}", text(value)))
+                        .map(|(metric, value)| format!("{metric}={}", number(*value)))
                         .collect()
                 })
                 .unwrap_or_default();
-            let mut row = vec![
-                label,
+            vec![
+                cell(label),
                 state,
-                text(&version["runtime"]),
-                text(&measured["device"]),
-                text(&measured["replicas"]),
+                cell(&version.runtime),
+                optional(measured.as_ref().map(|m| &m.device)),
+                optional(measured.as_ref().map(|m| m.replicas)),
                 weight,
-                if aliases.is_empty() {
-                    "-".into()
-                } else {
-                    aliases.join(",")
-                },
-                if scores.is_empty() {
-                    "-".into()
-                } else {
-                    scores.join(" ")
-                },
-            ];
-            if with_model {
-                row.insert(0, name.clone());
-            }
-            row
+                joined(aliases, ","),
+                joined(scores, " "),
+            ]
         })
         .collect()
 }
 
-fn models(value: &Value) -> String {
-    let empty = Vec::new();
-    let rows: Vec<Vec<String>> = value["models"]
-        .as_array()
-        .unwrap_or(&empty)
-        .iter()
-        .flat_map(|model| version_rows(model, true))
-        .collect();
+fn models(list: &ModelList) -> String {
+    let mut rows = Vec::new();
+    for record in &list.models {
+        let versions: Vec<&Version> = record.versions.iter().collect();
+        let of_model = Rows {
+            name: &record.model.name,
+            versions: &versions,
+            traffic: &record.traffic,
+            aliases: &record.aliases,
+            latest_scores: &record.latest_scores,
+        };
+        for mut row in version_rows(&of_model) {
+            row.insert(0, cell(of_model.name));
+            rows.push(row);
+        }
+    }
     table(&VERSION_COLUMNS, &rows)
 }
 
-fn model(value: &Value) -> String {
+fn model(served: &ServedModel) -> String {
     let mut out = String::new();
-    let _ = writeln!(out, "Name:         {}", text(&value["model"]["name"]));
-    let _ = writeln!(
-        out,
-        "Description:  {}",
-        text(&value["model"]["description"])
-    );
-    let _ = writeln!(out, "Policy:       {}", text(&value["policy"]["mode"]));
+    let _ = writeln!(out, "Name:         {}", cell(&served.model.name));
+    let _ = writeln!(out, "Description:  {}", cell(&served.model.description));
+    let _ = writeln!(out, "Policy:       {}", policy_mode(&served.policy));
     out.push('\n');
-    let mut rows = version_rows(value, false);
-    let empty = Vec::new();
-    let versions = value["versions"].as_array().unwrap_or(&empty);
-    for (row, version) in rows.iter_mut().zip(versions) {
-        row.insert(2, text(&version["serving"]));
+    let versions: Vec<&Version> = served.versions.iter().map(|v| &v.version).collect();
+    let mut rows = version_rows(&Rows::of_served(served, &versions));
+    for (row, version) in rows.iter_mut().zip(&served.versions) {
+        row.insert(2, optional(version.serving.as_ref()));
     }
     let mut headers: Vec<&str> = VERSION_COLUMNS[1..].to_vec();
     headers.insert(2, "SERVING");
@@ -242,19 +327,19 @@ fn model(value: &Value) -> String {
     out
 }
 
-fn traffic(value: &Value) -> String {
-    let weights = value["weights"].as_object().cloned().unwrap_or_default();
-    if weights.is_empty() {
+fn traffic(traffic: &Traffic) -> String {
+    if traffic.weights.is_empty() {
         return "No traffic weights: requests that name no version go to the highest ready version.\n".into();
     }
-    let total: f64 = weights.values().filter_map(Value::as_f64).sum();
-    let rows: Vec<Vec<String>> = weights
+    let total: u64 = traffic.weights.values().sum();
+    let rows: Vec<Vec<String>> = traffic
+        .weights
         .iter()
         .map(|(version, weight)| {
-            let share = weight.as_f64().unwrap_or(0.0) * 100.0 / total.max(1.0);
+            let share = *weight as f64 * 100.0 / total.max(1) as f64;
             vec![
                 version.clone(),
-                text(weight),
+                weight.to_string(),
                 format!("{}%", trim_float(share)),
             ]
         })
@@ -262,34 +347,27 @@ fn traffic(value: &Value) -> String {
     table(&["VERSION", "WEIGHT", "SHARE"], &rows)
 }
 
-fn experiment(value: &Value) -> String {
-    let empty = Vec::new();
-    let rows: Vec<Vec<String>> = value["versions"]
-        .as_array()
-        .unwrap_or(&empty)
+fn experiment(experiment: &Experiment) -> String {
+    let rows: Vec<Vec<String>> = experiment
+        .versions
         .iter()
         .map(|v| {
-            let share = |key: &str| {
-                v[key]
-                    .as_f64()
-                    .map_or("-".into(), |s| format!("{}%", trim_float(s * 100.0)))
-            };
             vec![
-                text(&v["version"]),
-                text(&v["state"]),
-                text(&v["requests"]),
-                text(&v["errors"]),
-                share("recent_error_rate"),
-                text(&v["latency_ms"]["p50"]),
-                text(&v["latency_ms"]["p99"]),
-                text(&v["traffic_weight"]),
-                share("effective_weight"),
-                text(&v["reward"]["mean"]),
-                text(&v["score"]),
+                cell(&v.version),
+                cell(&v.state),
+                v.requests.to_string(),
+                v.errors.to_string(),
+                optional(v.recent_error_rate.map(share)),
+                optional(v.latency_ms.p50.map(number)),
+                optional(v.latency_ms.p99.map(number)),
+                v.traffic_weight.to_string(),
+                share(v.effective_weight),
+                number(v.reward.mean),
+                optional(v.score.map(number)),
             ]
         })
         .collect();
-    let mut out = format!("Policy: {}\n\n", text(&value["policy"]["mode"]));
+    let mut out = format!("Policy: {}\n\n", experiment.policy.mode.name());
     out.push_str(&table(
         &[
             "VERSION",
@@ -306,48 +384,40 @@ fn experiment(value: &Value) -> String {
         ],
         &rows,
     ));
-    if let Some(plan) = value["objective"].as_object() {
+    if let Some(plan) = &experiment.objective {
         out.push_str(&objective(plan));
     }
     out
 }
 
 /// The objective policy's plan under the experiment's table.
-fn objective(plan: &serde_json::Map<String, Value>) -> String {
-    let number = |value: &Value, digits: usize| {
-        value
-            .as_f64()
-            .map_or("-".into(), |n| format!("{n:.digits$}"))
-    };
+fn objective(plan: &ObjectivePlan) -> String {
+    let fixed = |value: f64, digits: usize| format!("{value:.digits$}");
     let mut out = format!(
         "\nObjective: offered {} req/s, value {} ({}), utilisation {}, floor {}\n\n",
-        number(&plan["offered_load"], 1),
-        number(&plan["value"], 4),
-        if plan["fits"].as_bool() == Some(false) {
-            "more than the versions can carry"
-        } else {
+        fixed(plan.offered_load, 1),
+        fixed(plan.value, 4),
+        if plan.fits {
             "within capacity"
+        } else {
+            "more than the versions can carry"
         },
-        number(&plan["utilisation"], 2),
-        number(&plan["floor"], 3),
+        fixed(plan.utilisation, 2),
+        fixed(plan.floor, 3),
     );
-    let empty = Vec::new();
-    let rows: Vec<Vec<String>> = plan["versions"]
-        .as_array()
-        .unwrap_or(&empty)
+    let rows: Vec<Vec<String>> = plan
+        .versions
         .iter()
         .map(|v| {
             vec![
-                text(&v["version"]),
-                number(&v["quality"], 4),
-                number(&v["capacity_per_replica"], 1),
-                text(&v["replicas"]),
-                number(&v["capacity"], 1),
-                number(&v["pinned_load"], 1),
-                number(&v["room"], 1),
-                v["share"]
-                    .as_f64()
-                    .map_or("-".into(), |s| format!("{}%", trim_float(s * 100.0))),
+                cell(&v.version),
+                fixed(v.quality, 4),
+                optional(v.capacity_per_replica.map(|c| fixed(c, 1))),
+                v.replicas.to_string(),
+                optional(v.capacity.map(|c| fixed(c, 1))),
+                fixed(v.pinned_load, 1),
+                optional(v.room.map(|r| fixed(r, 1))),
+                share(v.share),
             ]
         })
         .collect();
@@ -367,70 +437,48 @@ fn objective(plan: &serde_json::Map<String, Value>) -> String {
     out
 }
 
-fn cluster(value: &Value) -> String {
-    if value["enabled"] != true && value["nodes"].as_array().is_none_or(Vec::is_empty) {
+fn cluster(cluster: &Cluster) -> String {
+    if !cluster.enabled && cluster.nodes.is_empty() {
         return "not a cluster: this gateway runs without [cluster] enabled = true\n".into();
     }
-    let empty = Vec::new();
-    let nodes: Vec<Vec<String>> = value["nodes"]
-        .as_array()
-        .unwrap_or(&empty)
+    let nodes: Vec<Vec<String>> = cluster
+        .nodes
         .iter()
         .map(|node| {
-            let devices = node["devices"].as_array().unwrap_or(&empty);
-            let free = devices
+            let free = node
+                .body
+                .devices
                 .iter()
-                .map(|d| {
-                    format!(
-                        "{} {}/{}",
-                        text(&d["id"]),
-                        bytes(&d["free"]),
-                        bytes(&d["budget"])
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let versions = node["versions"].as_array().unwrap_or(&empty);
-            let held = versions
+                .map(|d| format!("{} {}/{}", d.id, bytes(Some(d.free)), bytes(Some(d.budget))))
+                .collect();
+            let held = node
+                .versions
                 .iter()
-                .map(|v| {
-                    format!(
-                        "{}/{} {}",
-                        text(&v["model"]),
-                        text(&v["version"]),
-                        text(&v["state"])
-                    )
-                })
-                .collect::<Vec<_>>()
-                .join(", ");
-            let alive = if node["alive"] == true { "yes" } else { "no" };
+                .map(|v| format!("{}/{} {}", v.model, v.version, v.state))
+                .collect();
             vec![
-                text(&node["id"]),
-                alive.into(),
-                text(&node["address"]),
-                text(&node["load"]),
-                if free.is_empty() { "-".into() } else { free },
-                if held.is_empty() { "-".into() } else { held },
+                cell(&node.id),
+                if node.alive { "yes" } else { "no" }.into(),
+                cell(&node.address),
+                node.body.load.to_string(),
+                joined(free, ", "),
+                joined(held, ", "),
             ]
         })
         .collect();
-    let mut placed: Vec<(String, String, Vec<String>)> = Vec::new();
-    for row in value["placements"].as_array().unwrap_or(&empty) {
-        let (model, version) = (text(&row["model"]), text(&row["version"]));
-        let on = format!(
-            "{} ({} x{})",
-            text(&row["node"]),
-            text(&row["device"]),
-            text(&row["replicas"])
-        );
+    let mut placed: Vec<(&str, &str, Vec<String>)> = Vec::new();
+    for row in &cluster.placements {
+        let on = format!("{} ({} x{})", row.node, row.device, row.replicas);
         match placed.last_mut() {
-            Some((m, v, nodes)) if *m == model && *v == version => nodes.push(on),
-            _ => placed.push((model, version, vec![on])),
+            Some((model, version, nodes)) if *model == row.model && *version == row.version => {
+                nodes.push(on)
+            }
+            _ => placed.push((&row.model, &row.version, vec![on])),
         }
     }
     let placed: Vec<Vec<String>> = placed
         .into_iter()
-        .map(|(model, version, nodes)| vec![model, version, nodes.join(", ")])
+        .map(|(model, version, nodes)| vec![cell(model), cell(version), nodes.join(", ")])
         .collect();
     let mut out = table(
         &[
@@ -448,45 +496,36 @@ fn cluster(value: &Value) -> String {
     out
 }
 
-fn resources(value: &Value) -> String {
-    let empty = Vec::new();
-    let devices: Vec<Vec<String>> = value["devices"]
-        .as_array()
-        .unwrap_or(&empty)
+fn resources(report: &ResourceReport) -> String {
+    let devices: Vec<Vec<String>> = report
+        .devices
         .iter()
         .map(|d| {
             vec![
-                text(&d["id"]),
-                bytes(&d["total"]),
-                bytes(&d["budget"]),
-                bytes(&d["reserved"]),
-                bytes(&d["measured"]),
-                bytes(&d["free"]),
+                cell(&d.id),
+                bytes(d.total),
+                bytes(d.budget),
+                bytes(Some(d.reserved)),
+                bytes(Some(d.measured)),
+                bytes(d.free),
             ]
         })
         .collect();
-    let versions: Vec<Vec<String>> = value["versions"]
-        .as_array()
-        .unwrap_or(&empty)
+    let versions: Vec<Vec<String>> = report
+        .versions
         .iter()
         .map(|v| {
-            let replicas = v["replicas"].as_array().unwrap_or(&empty);
-            let mut devices: Vec<String> = replicas.iter().map(|r| text(&r["device"])).collect();
+            let mut devices: Vec<String> = v.replicas.iter().map(|r| r.device.clone()).collect();
             devices.dedup();
-            let autoscaler = &v["autoscaler"];
             vec![
-                text(&v["model"]),
-                text(&v["version"]),
-                text(&v["state"]),
-                replicas.len().to_string(),
-                if devices.is_empty() {
-                    "-".into()
-                } else {
-                    devices.join(",")
-                },
-                bytes(&v["reserved_bytes"]),
-                text(&autoscaler["target"]),
-                text(&autoscaler["reason"]),
+                cell(&v.model),
+                cell(&v.version),
+                cell(&v.state),
+                v.replicas.len().to_string(),
+                joined(devices, ","),
+                bytes(Some(v.reserved_bytes)),
+                optional(v.autoscaler.as_ref().map(|a| a.target)),
+                optional(v.autoscaler.as_ref().map(|a| cell(&a.reason))),
             ]
         })
         .collect();
@@ -504,22 +543,20 @@ fn resources(value: &Value) -> String {
     out
 }
 
-fn events(value: &Value) -> String {
-    let empty = Vec::new();
-    let rows: Vec<Vec<String>> = value["events"]
-        .as_array()
-        .unwrap_or(&empty)
+fn events(events: &Events) -> String {
+    let rows: Vec<Vec<String>> = events
+        .events
         .iter()
         .map(|e| {
-            let mut detail = e["payload"].to_string();
+            let mut detail = e.payload.to_string();
             if detail.chars().count() > 80 {
                 detail = detail.chars().take(77).collect::<String>() + "...";
             }
             vec![
-                text(&e["revision"]),
-                text(&e["action"]),
-                text(&e["model"]),
-                text(&e["actor"]),
+                e.revision.to_string(),
+                cell(&e.action),
+                cell(&e.model),
+                cell(&e.actor),
                 detail,
             ]
         })
@@ -527,19 +564,17 @@ fn events(value: &Value) -> String {
     table(&["REVISION", "ACTION", "MODEL", "ACTOR", "PAYLOAD"], &rows)
 }
 
-fn scores(value: &Value) -> String {
-    let empty = Vec::new();
-    let rows: Vec<Vec<String>> = value["scores"]
-        .as_array()
-        .unwrap_or(&empty)
+fn scores(list: &ScoreList) -> String {
+    let rows: Vec<Vec<String>> = list
+        .scores
         .iter()
         .map(|score| {
             vec![
-                text(&score["metric"]),
-                text(&score["value"]),
-                text(&score["source"]),
-                text(&score["dataset"]),
-                text(&score["revision"]),
+                cell(&score.metric),
+                number(score.value),
+                cell(&score.source),
+                cell(&score.dataset),
+                score.revision.to_string(),
             ]
         })
         .collect();
@@ -608,43 +643,30 @@ fn yaml_key(key: &str) -> String {
     }
 }
 
-fn percent(value: &Value) -> String {
-    value
-        .as_f64()
-        .map_or_else(|| "-".into(), |v| format!("{}%", trim_float(v * 100.0)))
+fn percent(value: Option<f64>) -> String {
+    optional(value.map(share))
 }
 
-fn milliseconds(value: &Value) -> String {
-    value
-        .as_f64()
-        .map_or_else(|| "-".into(), |v| format!("{v:.2}"))
+fn milliseconds(value: Option<f64>) -> String {
+    optional(value.map(|v| format!("{v:.2}")))
 }
 
-fn stage_name(stage: &Value) -> (String, String) {
-    match stage["kind"].as_str() {
-        Some("shadow") => (
+fn stage_name(kind: &StageKind) -> (String, String) {
+    match kind {
+        StageKind::Shadow { percent } => (
             "shadow".into(),
-            format!(
-                "0% (mirror {}%)",
-                trim_float(stage["percent"].as_f64().unwrap_or(0.0))
-            ),
+            format!("0% (mirror {}%)", trim_float(*percent)),
         ),
-        _ => {
-            let weights = stage["weights"].as_object();
-            let total: f64 = weights
-                .map(|w| w.values().filter_map(Value::as_f64).sum())
-                .unwrap_or(0.0);
+        StageKind::Live { weights } => {
+            let total: u64 = weights.values().sum();
             let text = weights
-                .map(|w| {
-                    w.iter()
-                        .map(|(label, weight)| {
-                            let share = weight.as_f64().unwrap_or(0.0) * 100.0 / total.max(1.0);
-                            format!("{label}={}%", trim_float(share))
-                        })
-                        .collect::<Vec<_>>()
-                        .join(" ")
+                .iter()
+                .map(|(label, weight)| {
+                    let share = *weight as f64 * 100.0 / total.max(1) as f64;
+                    format!("{label}={}%", trim_float(share))
                 })
-                .unwrap_or_default();
+                .collect::<Vec<_>>()
+                .join(" ");
             ("live".into(), text)
         }
     }
@@ -652,74 +674,79 @@ fn stage_name(stage: &Value) -> (String, String) {
 
 /// `rollout status` and `watch`: where it stands, each stage with its figures and verdict,
 /// and the gates.
-fn rollout(value: &Value) -> String {
+fn rollout(view: &RolloutView) -> String {
     let mut out = String::new();
-    let stages = value["stages"].as_array().cloned().unwrap_or_default();
-    let current = value["current"].as_u64().unwrap_or(0) as usize;
-    let state = text(&value["state"]);
+    let state = view.state.as_str();
     let _ = writeln!(
         out,
         "Rollout {} of {}: version {} replacing {}",
-        text(&value["id"]),
-        text(&value["model"]),
-        text(&value["target"]),
-        text(&value["baseline"])
+        view.id,
+        cell(&view.model),
+        cell(&view.target),
+        cell(&view.baseline)
     );
     let _ = writeln!(
         out,
         "State:   {state}, stage {} of {} (target {}% of live traffic){}",
-        current + 1,
-        stages.len(),
-        trim_float(value["target_percent"].as_f64().unwrap_or(0.0)),
-        if value["driven_by_this_gateway"] == true {
+        view.current + 1,
+        view.stages.len(),
+        trim_float(view.target_percent),
+        if view.driven_by_this_gateway {
             ", driven by this gateway"
         } else {
             ""
         }
     );
-    let status = value["live"]["status"]
-        .as_str()
-        .map(str::to_owned)
-        .unwrap_or_else(|| text(&value["reason"]));
+    let status = view
+        .live
+        .as_ref()
+        .map_or_else(|| cell(&view.reason), |live| live.status.clone());
     let _ = writeln!(out, "Status:  {status}\n");
-    let history = value["history"].as_array().cloned().unwrap_or_default();
-    let rows: Vec<Vec<String>> = stages
+    let live_figures = view.live.as_ref().and_then(|live| live.figures.as_ref());
+    let nothing = VersionFigures::default();
+    let rows: Vec<Vec<String>> = view
+        .stages
         .iter()
         .enumerate()
         .map(|(index, stage)| {
-            let analysis = history.iter().find(|a| a["stage"] == index);
+            let analysis = view.history.iter().find(|a| a.stage == index);
             let (figures, verdict) = match analysis {
-                Some(a) => (&a["figures"], text(&a["verdict"])),
-                None if index == current && state == "running" => {
-                    (&value["live"]["figures"], "(now)".to_string())
+                Some(a) => (Some(&a.figures), cell(&a.verdict)),
+                None if index == view.current && state == "running" => {
+                    (live_figures, "(now)".to_string())
                 }
-                None if index == current && state == "paused" => {
-                    (&value["live"]["figures"], "(paused)".to_string())
+                None if index == view.current && state == "paused" => {
+                    (live_figures, "(paused)".to_string())
                 }
-                None => (&Value::Null, "-".to_string()),
+                None => (None, "-".to_string()),
             };
-            let (kind, split) = stage_name(stage);
-            let hold = stage["hold_ms"].as_u64().unwrap_or(0);
-            let shadow = &figures["shadow"];
+            let (kind, split) = stage_name(&stage.kind);
+            let target = figures.map_or(&nothing, |f| &f.target);
+            let baseline = figures.map_or(&nothing, |f| &f.baseline);
+            let shadow = match (&stage.kind, figures) {
+                (StageKind::Shadow { .. }, Some(f)) => format!(
+                    "{} mirrored, agree {}",
+                    f.shadow.mirrored,
+                    percent(f.shadow.argmax_agreement)
+                ),
+                (StageKind::Shadow { .. }, None) => "- mirrored, agree -".into(),
+                _ => "-".into(),
+            };
             vec![
                 index.to_string(),
                 kind,
                 split,
-                format!("{}s", trim_float(hold as f64 / 1000.0)),
-                text(&figures["target"]["requests"]),
-                percent(&figures["target"]["error_rate"]),
-                milliseconds(&figures["target"]["p99_ms"]),
-                percent(&figures["baseline"]["error_rate"]),
-                milliseconds(&figures["baseline"]["p99_ms"]),
-                if stage["kind"] == "shadow" {
-                    format!(
-                        "{} mirrored, agree {}",
-                        text(&shadow["mirrored"]),
-                        percent(&shadow["argmax_agreement"])
-                    )
+                format!("{}s", trim_float(stage.hold_ms as f64 / 1000.0)),
+                if figures.is_some() {
+                    target.requests.to_string()
                 } else {
                     "-".into()
                 },
+                percent(target.error_rate),
+                milliseconds(target.p99_ms),
+                percent(baseline.error_rate),
+                milliseconds(baseline.p99_ms),
+                shadow,
                 verdict,
             ]
         })
@@ -740,38 +767,43 @@ fn rollout(value: &Value) -> String {
         ],
         &rows,
     ));
-    let gates = value["gates"].as_object().cloned().unwrap_or_default();
+    // The gates as the API writes them, those set, in the document's order.
+    let gates = serde_json::to_value(&view.gates).unwrap_or_default();
     let listed: Vec<String> = gates
-        .iter()
+        .as_object()
+        .into_iter()
+        .flatten()
         .filter(|(_, v)| !v.is_null())
-        .map(|(k, v)| format!("{k}={}", text(v)))
+        .map(|(k, v)| format!("{k}={}", scalar(v)))
         .collect();
     let _ = writeln!(out, "\nGates:   {}", listed.join(" "));
-    if let Some(reason) = value["reason"].as_str().filter(|r| !r.is_empty()) {
-        let _ = writeln!(out, "Reason:  {reason}");
+    if !view.reason.is_empty() {
+        let _ = writeln!(out, "Reason:  {}", view.reason);
     }
     out
 }
 
-fn rollouts(value: &Value) -> String {
-    let empty = Vec::new();
-    let rows: Vec<Vec<String>> = value["rollouts"]
-        .as_array()
-        .unwrap_or(&empty)
+fn rollouts(list: &RolloutList) -> String {
+    let rows: Vec<Vec<String>> = list
+        .rollouts
         .iter()
-        .map(|r| {
-            vec![
-                text(&r["id"]),
-                text(&r["target"]),
-                text(&r["baseline"]),
-                text(&r["state"]),
-                format!(
-                    "{}/{}",
-                    r["current"].as_u64().unwrap_or(0) + 1,
-                    r["stages"].as_array().map_or(0, Vec::len)
-                ),
-                text(&r["reason"]),
-            ]
+        .map(|entry| match entry {
+            RolloutEntry::Shown(r) => vec![
+                r.id.to_string(),
+                cell(&r.target),
+                cell(&r.baseline),
+                r.state.as_str().into(),
+                format!("{}/{}", r.current + 1, r.stages.len()),
+                cell(&r.reason),
+            ],
+            RolloutEntry::Unreadable(r) => vec![
+                r.id.to_string(),
+                "-".into(),
+                "-".into(),
+                cell(&r.state),
+                "-".into(),
+                optional(r.error.as_ref()),
+            ],
         })
         .collect();
     table(
@@ -801,11 +833,15 @@ mod tests {
     fn the_cluster_is_a_row_per_node_then_per_placed_version() {
         let value = json!({
             "enabled": true,
+            "node": "a",
             "nodes": [
                 {"id": "a", "alive": true, "address": "a:8001", "load": 2,
+                 "heartbeat_age_ms": 10, "started_ms": 1,
                  "devices": [{"id": "cpu", "budget": 1024, "free": 512}],
-                 "versions": [{"model": "mlp", "version": "1", "state": "ready"}]},
+                 "versions": [{"model": "mlp", "version": "1", "state": "ready",
+                               "reason": "", "replicas": 1}]},
                 {"id": "b", "alive": false, "address": "b:8001", "load": 0,
+                 "heartbeat_age_ms": 9000, "started_ms": 1,
                  "devices": [], "versions": []},
             ],
             "placements": [
@@ -813,7 +849,7 @@ mod tests {
                 {"model": "mlp", "version": "1", "node": "b", "device": "cpu", "replicas": 2},
             ],
         });
-        let text = cluster(&value);
+        let text = render(Format::Table, View::Cluster, &value);
         let lines: Vec<&str> = text.lines().collect();
         assert!(lines[1].starts_with("a     yes"), "{text}");
         assert!(
@@ -828,7 +864,8 @@ mod tests {
             text.contains("mlp    1        a (cpu x1), b (cpu x2)"),
             "{text}"
         );
-        assert!(cluster(&json!({"enabled": false, "nodes": []})).starts_with("not a cluster"));
+        let alone = json!({"enabled": false, "node": null, "nodes": [], "placements": []});
+        assert!(render(Format::Table, View::Cluster, &alone).starts_with("not a cluster"));
     }
 
     #[test]
@@ -845,16 +882,22 @@ mod tests {
 
     #[test]
     fn a_models_list_is_a_row_per_version() {
-        let value = json!({"models": [{
-            "model": {"name": "mlp"},
+        let version = |label: &str, state: &str, reason: &str, runtime: &str, metadata| {
+            json!({"model": "mlp", "label": label, "runtime": runtime, "artifact": "/m",
+                   "config": {}, "metadata": metadata, "state": state,
+                   "state_reason": reason, "created_ms": 1})
+        };
+        let value = json!({"revision": 7, "models": [{
+            "model": {"name": "mlp", "description": "", "created_ms": 1},
             "traffic": {"1": 90, "2": 10},
             "aliases": {"stable": "1"},
+            "policy": {"mode": "fixed"},
             "latest_scores": {"1": {"accuracy": 0.93}},
+            "rewards": {},
             "versions": [
-                {"label": "1", "state": "ready", "state_reason": "", "runtime": "onnx",
-                 "metadata": {"measured_memory": {"device": "cpu", "replicas": 1}}},
-                {"label": "2", "state": "failed", "state_reason": "corrupt", "runtime": "libtorch",
-                 "metadata": {}},
+                version("1", "ready", "", "onnx",
+                        json!({"measured_memory": {"device": "cpu", "replicas": 1}})),
+                version("2", "failed", "corrupt", "libtorch", json!({})),
             ],
         }]});
         let text = render(Format::Table, View::Models, &value);
@@ -865,5 +908,13 @@ mod tests {
         );
         assert!(lines[1].contains("accuracy=0.93"));
         assert!(lines[2].contains("failed (corrupt)") && lines[2].contains("10%"));
+    }
+
+    #[test]
+    fn an_answer_of_another_shape_is_shown_as_it_came() {
+        let value = json!({"models": "not a list"});
+        let text = render(Format::Table, View::Models, &value);
+        assert!(text.starts_with("# this client cannot draw"), "{text}");
+        assert!(text.contains("\"not a list\""), "{text}");
     }
 }

@@ -4,13 +4,14 @@
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use serde_json::{Value, json};
+use serde_json::json;
 use switchyard_registry::RolloutRecord;
 
+use super::api::{RolloutAnswer, RolloutEntry, RolloutList, UnreadableRollout};
 use super::{Actor, AdminState, ApiResult, bad_request, internal, ok, parse};
 use crate::control::rollout::analysis::{self, StageFigures};
 use crate::control::rollout::control::{
-    RolloutRequest, describe, hand_control, new_rollout, status_json, totals,
+    LiveStage, RolloutRequest, RolloutView, describe, hand_control, new_rollout, totals,
 };
 use crate::control::rollout::driver::now_ms;
 use crate::control::rollout::{Rollout, RolloutState};
@@ -47,28 +48,44 @@ async fn live_figures(
     Ok((figures, decision))
 }
 
-async fn shown(state: &AdminState, record: &RolloutRecord) -> Result<Value, GatewayError> {
+async fn shown(state: &AdminState, record: &RolloutRecord) -> Result<RolloutView, GatewayError> {
     let rollout = document(record)?;
     let live = if rollout.state.is_active() && rollout.started_ms > 0 {
-        Some(live_figures(state, &rollout).await?)
-    } else {
-        None
-    };
-    let mut shown = status_json(
-        record,
-        &rollout,
-        live.as_ref()
-            .map(|(figures, status)| (figures, status.clone())),
-        state.rollouts.leading(),
-    );
-    if live.is_none() && rollout.state.is_active() {
+        let (figures, status) = live_figures(state, &rollout).await?;
+        Some(LiveStage {
+            figures: Some(figures),
+            status,
+        })
+    } else if rollout.state.is_active() {
         let waiting = match rollout.state {
             RolloutState::Paused => "paused before it started",
             _ => "waiting for the leader to start it",
         };
-        shown["live"] = json!({ "status": waiting });
-    }
-    Ok(shown)
+        Some(LiveStage {
+            figures: None,
+            status: waiting.into(),
+        })
+    } else {
+        None
+    };
+    Ok(RolloutView::new(
+        record,
+        rollout,
+        live,
+        state.rollouts.leading(),
+    ))
+}
+
+/// A rollout's answer to a write.
+async fn answer(
+    state: &AdminState,
+    record: &RolloutRecord,
+    revision: i64,
+) -> Result<RolloutAnswer, GatewayError> {
+    Ok(RolloutAnswer {
+        revision,
+        rollout: RolloutEntry::Shown(Box::new(shown(state, record).await?)),
+    })
 }
 
 async fn find(state: &AdminState, model: &str, id: &str) -> Result<RolloutRecord, GatewayError> {
@@ -91,7 +108,7 @@ async fn find(state: &AdminState, model: &str, id: &str) -> Result<RolloutRecord
     path = "/v1/models/{m}/rollouts",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     request_body = crate::control::rollout::control::RolloutRequest,
-    responses((status = 201, description = "created, pending until the leader starts it", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
+    responses((status = 201, description = "created, pending until the leader starts it", body = super::api::RolloutAnswer), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn start_rollout(
     State(state): State<AdminState>,
@@ -105,7 +122,7 @@ pub(super) async fn start_rollout(
     let (written, revision) = state.store.write_rollout(&actor.0, &model, write).await?;
     ok(
         StatusCode::CREATED,
-        json!({"revision": revision, "rollout": shown(&state, &written).await?}),
+        answer(&state, &written, revision).await?,
     )
 }
 
@@ -114,7 +131,7 @@ pub(super) async fn start_rollout(
     get,
     path = "/v1/models/{m}/rollouts",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
-    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::RolloutList), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn list_rollouts(
     State(state): State<AdminState>,
@@ -125,12 +142,16 @@ pub(super) async fn list_rollouts(
     for record in &records {
         // One row this build cannot read must not hide the others.
         rollouts.push(match shown(&state, record).await {
-            Ok(shown) => shown,
-            Err(error) => json!({"id": record.id, "model": record.model, "state": record.state,
-                                 "error": error.to_string()}),
+            Ok(shown) => RolloutEntry::Shown(Box::new(shown)),
+            Err(error) => RolloutEntry::Unreadable(UnreadableRollout {
+                id: record.id,
+                model: record.model.clone(),
+                state: record.state.clone(),
+                error: Some(error.to_string()),
+            }),
         });
     }
-    ok(StatusCode::OK, json!({"rollouts": rollouts}))
+    ok(StatusCode::OK, RolloutList { rollouts })
 }
 
 /// One rollout (`latest` names the newest): its stage, weights, the figures against the gates, and the history of analyses.
@@ -138,7 +159,7 @@ pub(super) async fn list_rollouts(
     get,
     path = "/v1/models/{m}/rollouts/{id}",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("id" = String, Path, description = "the rollout's id, or latest", pattern = r"^([1-9][0-9]{0,17}|latest)$")),
-    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::RolloutView), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn get_rollout(
     State(state): State<AdminState>,
@@ -153,7 +174,7 @@ pub(super) async fn get_rollout(
     post,
     path = "/v1/models/{m}/rollouts/{id}/{action}",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("id" = String, Path, description = "the rollout's id, or latest", pattern = r"^([1-9][0-9]{0,17}|latest)$"), ("action" = String, Path, description = "pause, resume, promote or abort", pattern = r"^(pause|resume|promote|abort)$")),
-    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse), (status = 415, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::RolloutAnswer), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse), (status = 415, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn control_rollout(
     State(state): State<AdminState>,
@@ -181,10 +202,13 @@ pub(super) async fn control_rollout(
                 ..Default::default()
             };
             let (_, revision) = state.store.write_rollout(&actor.0, &model, write).await?;
-            return ok(
-                StatusCode::OK,
-                json!({"revision": revision, "rollout": {"id": record.id, "state": "aborted"}}),
-            );
+            let rollout = RolloutEntry::Unreadable(UnreadableRollout {
+                id: record.id,
+                model: record.model,
+                state: RolloutState::Aborted.as_str().into(),
+                error: None,
+            });
+            return ok(StatusCode::OK, RolloutAnswer { revision, rollout });
         }
         Err(error) => return Err(error),
     };
@@ -206,8 +230,5 @@ pub(super) async fn control_rollout(
     let write = hand_control(&record, rollout, &action, &actor.0, figures, now_ms())
         .map_err(|message| GatewayError::new(crate::error::ErrorKind::Conflict, message))?;
     let (written, revision) = state.store.write_rollout(&actor.0, &model, write).await?;
-    ok(
-        StatusCode::OK,
-        json!({"revision": revision, "rollout": shown(&state, &written).await?}),
-    )
+    ok(StatusCode::OK, answer(&state, &written, revision).await?)
 }

@@ -3,9 +3,10 @@
 use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::json;
 
+use super::api::{Cluster, ClusterNode, Events, Imported, NodeVersionState};
 use super::{AdminState, ApiResult, bad_request, ok};
+use crate::control::cluster::NodeBody;
 use crate::control::import::import_repository;
 use crate::error::GatewayError;
 
@@ -13,7 +14,7 @@ use crate::error::GatewayError;
 #[utoipa::path(
     get,
     path = "/v1/resources",
-    responses((status = 200, description = "success", body = Object))
+    responses((status = 200, description = "success", body = super::api::ResourceReport))
 )]
 pub(super) async fn resources(State(state): State<AdminState>) -> ApiResult {
     let table = state.gateway.snapshot();
@@ -25,7 +26,7 @@ pub(super) async fn resources(State(state): State<AdminState>) -> ApiResult {
 #[utoipa::path(
     get,
     path = "/v1/cluster",
-    responses((status = 200, description = "success", body = Object))
+    responses((status = 200, description = "success", body = super::api::Cluster))
 )]
 pub(super) async fn cluster(State(state): State<AdminState>) -> ApiResult {
     let (nodes, versions, placements) = tokio::try_join!(
@@ -34,31 +35,39 @@ pub(super) async fn cluster(State(state): State<AdminState>) -> ApiResult {
         state.store.placements()
     )?;
     let dead_after_ms = state.cluster_dead_after.as_millis() as i64;
-    let nodes: Vec<_> = nodes
-        .iter()
+    let nodes = nodes
+        .into_iter()
         .map(|node| {
-            let age_ms = node.age_ms;
-            json!({
-                "id": node.id,
-                "address": node.address,
-                "alive": age_ms < dead_after_ms,
-                "heartbeat_age_ms": age_ms,
-                "started_ms": node.started_ms,
-                "devices": node.body.get("devices"),
-                "load": node.body.get("load"),
-                "versions": versions.iter().filter(|v| v.node == node.id).map(|v| json!({
-                    "model": v.model,
-                    "version": v.version,
-                    "state": v.state,
-                    "reason": v.reason,
-                    "replicas": v.replicas,
-                })).collect::<Vec<_>>(),
-            })
+            let versions = versions
+                .iter()
+                .filter(|v| v.node == node.id)
+                .map(|v| NodeVersionState {
+                    model: v.model.clone(),
+                    version: v.version.clone(),
+                    state: v.state.clone(),
+                    reason: v.reason.clone(),
+                    replicas: v.replicas,
+                })
+                .collect();
+            ClusterNode {
+                alive: node.age_ms < dead_after_ms,
+                heartbeat_age_ms: node.age_ms,
+                started_ms: node.started_ms,
+                body: NodeBody::of(&node),
+                id: node.id,
+                address: node.address,
+                versions,
+            }
         })
         .collect();
     ok(
         StatusCode::OK,
-        json!({ "enabled": state.cluster_node.is_some(), "node": state.cluster_node, "nodes": nodes, "placements": placements }),
+        Cluster {
+            enabled: state.cluster_node.is_some(),
+            node: state.cluster_node.clone(),
+            nodes,
+            placements,
+        },
     )
 }
 
@@ -79,7 +88,7 @@ pub(super) fn default_limit() -> i64 {
     get,
     path = "/v1/events",
     params(("after" = Option<i64>, Query, description = "only events after this revision"), ("limit" = Option<i64>, Query, description = "at most this many events (default 100, at most 1000)")),
-    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::Events), (status = 400, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn events(
     State(state): State<AdminState>,
@@ -88,25 +97,19 @@ pub(super) async fn events(
     let Query(query) = query.map_err(|e| bad_request(e.body_text()))?;
     let events = state.store.events_after(query.after, query.limit).await?;
     let next_after = events.last().map_or(query.after, |event| event.revision);
-    ok(
-        StatusCode::OK,
-        json!({ "events": events, "next_after": next_after }),
-    )
+    ok(StatusCode::OK, Events { events, next_after })
 }
 
 /// Register the model repository's folders that the registry does not know yet.
 #[utoipa::path(
     post,
     path = "/v1/repository/import",
-    responses((status = 200, description = "success", body = Object), (status = 500, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::Imported), (status = 500, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn import(State(state): State<AdminState>) -> ApiResult {
     let imported = import_repository(state.store.as_ref(), &state.models_dir, &state.defaults)
         .await
         .map_err(|e| GatewayError::internal(format!("{e:#}")))?;
     let revision = state.store.revision().await?;
-    ok(
-        StatusCode::OK,
-        json!({ "imported": imported, "revision": revision }),
-    )
+    ok(StatusCode::OK, Imported { imported, revision })
 }

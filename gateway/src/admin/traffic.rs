@@ -6,8 +6,8 @@ use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
-use serde_json::json;
 
+use super::api::{AliasSet, PolicyAnswer, Revision, Traffic};
 use super::{Actor, AdminState, ApiResult, bad_request, internal, ok, parse};
 use crate::error::{ErrorKind, GatewayError};
 use crate::routing::TrafficPolicy;
@@ -18,7 +18,7 @@ use switchyard_registry::VersionState;
     get,
     path = "/v1/models/{m}/traffic",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
-    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::Traffic), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn get_traffic(
     State(state): State<AdminState>,
@@ -28,7 +28,10 @@ pub(super) async fn get_traffic(
     let revision = state.store.revision().await?;
     ok(
         StatusCode::OK,
-        json!({ "weights": record.traffic, "revision": revision }),
+        Traffic {
+            weights: record.traffic,
+            revision,
+        },
     )
 }
 
@@ -67,7 +70,7 @@ fn weights_schema() -> utoipa::openapi::Object {
     path = "/v1/models/{m}/traffic",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     request_body = TrafficBody,
-    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::Traffic), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn set_traffic(
     State(state): State<AdminState>,
@@ -82,7 +85,10 @@ pub(super) async fn set_traffic(
         .await?;
     ok(
         StatusCode::OK,
-        json!({ "weights": traffic.weights, "revision": revision }),
+        Traffic {
+            weights: traffic.weights,
+            revision,
+        },
     )
 }
 
@@ -91,14 +97,20 @@ pub(super) async fn set_traffic(
     get,
     path = "/v1/models/{m}/policy",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
-    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::PolicyAnswer), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn get_policy(
     State(state): State<AdminState>,
     Path(model): Path<String>,
 ) -> ApiResult {
     let record = state.store.model(&model).await?;
-    ok(StatusCode::OK, json!({ "policy": record.policy }))
+    ok(
+        StatusCode::OK,
+        PolicyAnswer {
+            policy: record.policy,
+            revision: None,
+        },
+    )
 }
 
 /// Replace a model's routing policy (validated; a shadow must name a live version or alias).
@@ -107,7 +119,7 @@ pub(super) async fn get_policy(
     path = "/v1/models/{m}/policy",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     request_body = crate::routing::TrafficPolicy,
-    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::PolicyAnswer), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn set_policy(
     State(state): State<AdminState>,
@@ -156,7 +168,10 @@ pub(super) async fn set_policy(
         .await?;
     ok(
         StatusCode::OK,
-        json!({ "policy": stored, "revision": revision }),
+        PolicyAnswer {
+            policy: stored,
+            revision: Some(revision),
+        },
     )
 }
 
@@ -174,7 +189,7 @@ pub(super) struct AliasBody {
     path = "/v1/models/{m}/aliases/{a}",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("a" = String, Path, description = "the alias", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
     request_body = AliasBody,
-    responses((status = 200, description = "success", body = Object), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::AliasSet), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse), (status = 409, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn set_alias(
     State(state): State<AdminState>,
@@ -201,7 +216,11 @@ pub(super) async fn set_alias(
         .await?;
     ok(
         StatusCode::OK,
-        json!({ "alias": alias, "version": target.version, "revision": revision }),
+        AliasSet {
+            alias,
+            version: target.version,
+            revision,
+        },
     )
 }
 
@@ -210,7 +229,7 @@ pub(super) async fn set_alias(
     delete,
     path = "/v1/models/{m}/aliases/{a}",
     params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$"), ("a" = String, Path, description = "the alias", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
-    responses((status = 200, description = "success", body = Object), (status = 404, response = super::openapi::ErrorResponse))
+    responses((status = 200, description = "success", body = super::api::Revision), (status = 404, response = super::openapi::ErrorResponse))
 )]
 pub(super) async fn remove_alias(
     State(state): State<AdminState>,
@@ -218,5 +237,5 @@ pub(super) async fn remove_alias(
     Path((model, alias)): Path<(String, String)>,
 ) -> ApiResult {
     let revision = state.store.remove_alias(&actor.0, &model, &alias).await?;
-    ok(StatusCode::OK, json!({ "revision": revision }))
+    ok(StatusCode::OK, Revision { revision })
 }

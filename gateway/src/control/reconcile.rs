@@ -14,6 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ServingConfig;
 use crate::control::Handles;
+use crate::control::capacity::MeasuredMemory;
 use crate::control::cluster::{ClusterView, Hosted};
 use crate::control::import::registered_settings;
 use crate::control::repository::{self, ModelSettings};
@@ -340,13 +341,16 @@ impl Reconciler {
                 let mut patch = serde_json::Map::new();
                 if let Some(bytes) = ready.replicas.memory_per_replica() {
                     // Kept with the version for resource accounting across restarts.
-                    let measured = serde_json::json!({
-                        "device": ready.device.to_string(),
-                        "bytes_per_replica": bytes,
-                        "replicas": ready.replicas.replica_count(),
-                        "source": memory_source(ready.device),
-                    });
-                    patch.insert("measured_memory".to_owned(), measured);
+                    let measured = MeasuredMemory {
+                        device: ready.device.to_string(),
+                        bytes_per_replica: bytes,
+                        replicas: ready.replicas.replica_count(),
+                        source: memory_source(ready.device).to_owned(),
+                    };
+                    patch.insert(
+                        MeasuredMemory::KEY.to_owned(),
+                        serde_json::to_value(measured).unwrap_or_default(),
+                    );
                 }
                 patch.insert(
                     "warmup".to_owned(),

@@ -3,8 +3,7 @@
 //! same JSON shape, through this one function.
 
 use http::HeaderMap;
-use serde::Deserialize;
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
 
 use crate::core::Gateway;
 use crate::error::{ErrorKind, GatewayError};
@@ -17,6 +16,15 @@ pub struct Feedback {
     pub request_id: String,
     /// In [0, 1].
     #[schema(minimum = 0, maximum = 1)]
+    pub reward: f64,
+}
+
+/// What a credited reward answers: the request, the model whose version it credited, and the
+/// reward.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct FeedbackReceipt {
+    pub request_id: String,
+    pub model: String,
     pub reward: f64,
 }
 
@@ -39,11 +47,13 @@ impl Feedback {
     }
 
     /// Credits the version that served the request; the answer names the model.
-    pub fn apply(self, gateway: &Gateway) -> Result<Value, GatewayError> {
+    pub fn apply(self, gateway: &Gateway) -> Result<FeedbackReceipt, GatewayError> {
         match gateway.feedback(&self.request_id, self.reward) {
-            Ok(model) => Ok(
-                json!({ "request_id": self.request_id, "model": &*model, "reward": self.reward }),
-            ),
+            Ok(model) => Ok(FeedbackReceipt {
+                request_id: self.request_id,
+                model: model.to_string(),
+                reward: self.reward,
+            }),
             Err(error @ FeedbackError::InvalidReward(_)) => {
                 Err(GatewayError::invalid(error.to_string()))
             }

@@ -42,7 +42,7 @@ pub struct Solution {
 }
 
 /// What the objective chose for one model, as `GET /v1/models/{m}/experiment` shows it.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct ObjectivePlan {
     /// Offered load: requests/s the policy routed, over the last seconds.
     pub offered_load: f64,
@@ -55,7 +55,7 @@ pub struct ObjectivePlan {
     pub versions: Vec<PlannedVersion>,
 }
 
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
 pub struct PlannedVersion {
     pub version: String,
     /// P_i; `quality_measured` says whether it is the version's own score or the mean of

@@ -83,6 +83,19 @@ pub struct ShadowPolicy {
     pub fraction: f64,
 }
 
+impl PolicyMode {
+    /// The `mode` it is written with.
+    pub fn name(&self) -> &'static str {
+        match self {
+            PolicyMode::Fixed => "fixed",
+            PolicyMode::Sticky { .. } => "sticky",
+            PolicyMode::Score { .. } => "score",
+            PolicyMode::Bandit { .. } => "bandit",
+            PolicyMode::Objective { .. } => "objective",
+        }
+    }
+}
+
 impl Default for TrafficPolicy {
     fn default() -> Self {
         Self {

@@ -8,6 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchyard_runtimes::{Device, memory};
 
@@ -60,6 +61,109 @@ struct State {
     /// Models under the objective policy: the replicas their objective would give each
     /// version within the memory left to them.
     quality_plans: BTreeMap<Arc<str>, ModelQualityPlan>,
+}
+
+/// What one replica of a version measured once warm, kept in the version's registry metadata
+/// (`measured_memory`) so that accounting survives restarts and other nodes can place it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct MeasuredMemory {
+    pub device: String,
+    pub bytes_per_replica: u64,
+    pub replicas: usize,
+    /// How it was measured.
+    pub source: String,
+}
+
+impl MeasuredMemory {
+    /// The key it has in a version's metadata.
+    pub const KEY: &str = "measured_memory";
+
+    /// What a version's metadata holds, if it holds one this build can read.
+    pub fn of(metadata: &Value) -> Option<MeasuredMemory> {
+        MeasuredMemory::deserialize(metadata.get(Self::KEY)?).ok()
+    }
+}
+
+/// `GET /v1/resources`: the devices, each version's replicas and reservations as this gateway
+/// accounts for them, and the objective policy's replica plans.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ResourceReport {
+    pub devices: Vec<DeviceReport>,
+    pub versions: Vec<VersionResources>,
+    pub objective: Vec<QualityPlanReport>,
+}
+
+/// A device, in bytes.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct DeviceReport {
+    pub id: String,
+    /// Its physical memory, where it can be read.
+    pub total: Option<u64>,
+    /// Null when unbounded.
+    pub budget: Option<u64>,
+    pub reserved: u64,
+    /// What of `reserved` was measured, not declared.
+    pub measured: u64,
+    /// What the process holds on it now, where it can be read.
+    pub process_in_use: Option<u64>,
+    /// Null when unbounded.
+    pub free: Option<u64>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct VersionResources {
+    pub model: String,
+    pub version: String,
+    pub state: String,
+    /// Higher keeps its memory first.
+    pub priority: i64,
+    pub replicas: Vec<ReplicaReport>,
+    pub reserved_bytes: u64,
+    /// Null for a version the autoscaler does not scale.
+    pub autoscaler: Option<ScalerReport>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ReplicaReport {
+    pub index: u32,
+    pub device: String,
+    pub reserved_bytes: Option<u64>,
+    pub measured: bool,
+    /// Requests queued or running on it.
+    pub outstanding: usize,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct ScalerReport {
+    pub target: u32,
+    pub desired_now: u32,
+    pub reason: String,
+}
+
+/// The objective policy's replica plan for one model.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QualityPlanReport {
+    pub model: String,
+    pub offered_load: f64,
+    pub value: f64,
+    pub memory_binds: bool,
+    pub versions: Vec<PlannedQuality>,
+    pub steps: Vec<QualityStep>,
+}
+
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct PlannedQuality {
+    pub version: String,
+    pub replicas: u32,
+    pub share: f64,
+}
+
+/// A replica the greedy plan added, and what it added to the objective per GiB.
+#[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct QualityStep {
+    pub version: String,
+    pub value_per_gib: f64,
 }
 
 struct ModelQualityPlan {
@@ -284,33 +388,30 @@ impl Capacity {
     }
 
     /// What `GET /v1/resources` shows.
-    pub fn report(&self, table: &ModelTable) -> Value {
+    pub fn report(&self, table: &ModelTable) -> ResourceReport {
         let state = lock(&self.state);
-        let devices: Vec<Value> = state
+        let devices = state
             .ledger
             .devices()
             .iter()
             .map(|device| {
-                let reservations = state
+                let measured: u64 = state
                     .ledger
                     .reservations()
                     .iter()
-                    .filter(|r| r.device == device.id);
-                let measured: u64 = reservations
-                    .clone()
-                    .filter(|r| r.measured)
+                    .filter(|r| r.device == device.id && r.measured)
                     .map(|r| r.bytes)
                     .sum();
-                let in_use = memory::in_use(device.id);
-                json!({
-                    "id": device.id.to_string(),
-                    "total": state.physical.get(&device.id).copied().flatten(),
-                    "budget": (device.budget != u64::MAX).then_some(device.budget),
-                    "reserved": state.ledger.reserved(device.id),
-                    "measured": measured,
-                    "process_in_use": in_use,
-                    "free": state.ledger.free(device.id).filter(|_| device.budget != u64::MAX),
-                })
+                let bounded = device.budget != u64::MAX;
+                DeviceReport {
+                    id: device.id.to_string(),
+                    total: state.physical.get(&device.id).copied().flatten(),
+                    budget: bounded.then_some(device.budget),
+                    reserved: state.ledger.reserved(device.id),
+                    measured,
+                    process_in_use: memory::in_use(device.id),
+                    free: state.ledger.free(device.id).filter(|_| bounded),
+                }
             })
             .collect();
         let mut versions = Vec::new();
@@ -326,7 +427,7 @@ impl Capacity {
                     .iter()
                     .filter(|r| *r.model == *key.model && *r.version == *key.version)
                     .collect();
-                let replicas: Vec<Value> = match &version.status {
+                let replicas = match &version.status {
                     VersionStatus::Ready(ready) => ready
                         .replicas
                         .replicas()
@@ -334,65 +435,68 @@ impl Capacity {
                         .map(|replica| {
                             let reservation =
                                 reservations.iter().find(|r| r.replica == replica.index);
-                            json!({
-                                "index": replica.index,
-                                "device": replica.device.to_string(),
-                                "reserved_bytes": reservation.map(|r| r.bytes),
-                                "measured": reservation.is_some_and(|r| r.measured),
-                                "outstanding": replica.outstanding,
-                            })
+                            ReplicaReport {
+                                index: replica.index,
+                                device: replica.device.to_string(),
+                                reserved_bytes: reservation.map(|r| r.bytes),
+                                measured: reservation.is_some_and(|r| r.measured),
+                                outstanding: replica.outstanding,
+                            }
                         })
                         .collect(),
                     _ => Vec::new(),
                 };
-                let autoscaler = state.scalers.get(&key).map(|scaler| {
-                    json!({
-                        "target": scaler.target,
-                        "desired_now": scaler.autoscaler.desired(Instant::now()),
-                        "reason": scaler.reason,
-                    })
+                let autoscaler = state.scalers.get(&key).map(|scaler| ScalerReport {
+                    target: scaler.target,
+                    desired_now: scaler.autoscaler.desired(Instant::now()),
+                    reason: scaler.reason.clone(),
                 });
-                versions.push(json!({
-                    "model": &*key.model,
-                    "version": &*key.version,
-                    "state": version.status.name(),
-                    "priority": state.priority(model, &version.label),
-                    "replicas": replicas,
-                    "reserved_bytes": reservations.iter().map(|r| r.bytes).sum::<u64>(),
-                    "autoscaler": autoscaler,
-                }));
+                versions.push(VersionResources {
+                    model: key.model.to_string(),
+                    version: key.version.to_string(),
+                    state: version.status.name().to_owned(),
+                    priority: state.priority(model, &version.label),
+                    replicas,
+                    reserved_bytes: reservations.iter().map(|r| r.bytes).sum(),
+                    autoscaler,
+                });
             }
         }
-        let objective: Vec<Value> = state
+        let objective = state
             .quality_plans
             .iter()
-            .map(|(model, planned)| {
-                let versions: Vec<Value> = planned
+            .map(|(model, planned)| QualityPlanReport {
+                model: model.to_string(),
+                offered_load: planned.offered_load,
+                value: planned.plan.value,
+                memory_binds: planned.plan.memory_binds,
+                versions: planned
                     .labels
                     .iter()
                     .zip(&planned.plan.replicas)
                     .zip(&planned.plan.shares)
-                    .map(|((label, replicas), share)| {
-                        json!({"version": label, "replicas": replicas, "share": share})
+                    .map(|((label, replicas), share)| PlannedQuality {
+                        version: label.clone(),
+                        replicas: *replicas,
+                        share: *share,
                     })
-                    .collect();
-                let steps: Vec<Value> = planned
+                    .collect(),
+                steps: planned
                     .plan
                     .steps
                     .iter()
-                    .map(|(version, per_gib)| json!({"version": version, "value_per_gib": per_gib}))
-                    .collect();
-                json!({
-                    "model": &**model,
-                    "offered_load": planned.offered_load,
-                    "value": planned.plan.value,
-                    "memory_binds": planned.plan.memory_binds,
-                    "versions": versions,
-                    "steps": steps,
-                })
+                    .map(|(version, per_gib)| QualityStep {
+                        version: version.clone(),
+                        value_per_gib: *per_gib,
+                    })
+                    .collect(),
             })
             .collect();
-        json!({ "devices": devices, "versions": versions, "objective": objective })
+        ResourceReport {
+            devices,
+            versions,
+            objective,
+        }
     }
 
     /// Device figures for the metrics: (device, budget, reserved).

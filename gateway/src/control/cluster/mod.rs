@@ -15,7 +15,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use serde_json::{Value, json};
+use serde::{Deserialize, Serialize};
+use serde_json::json;
 use switchyard_registry::{
     Heartbeat, NodeRecord, NodeVersion, PlacementRow, Snapshot, Store, Version, VersionState,
 };
@@ -245,6 +246,35 @@ pub async fn leave(store: &dyn Store, node: &str) {
     }
 }
 
+/// What a node's heartbeat says of it beside its versions (`nodes.body`), as its peers and
+/// `GET /v1/cluster` read it.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct NodeBody {
+    /// Its devices with a budget.
+    pub devices: Vec<NodeDevice>,
+    /// Requests in flight on it.
+    pub load: u64,
+}
+
+/// A device of a node, in bytes.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct NodeDevice {
+    pub id: String,
+    pub budget: u64,
+    /// Its budget less what is reserved on it.
+    pub free: u64,
+}
+
+impl NodeBody {
+    /// A node's body as its heartbeat wrote it; what a node of another build wrote that this
+    /// one cannot read counts as no devices and no load.
+    pub fn of(node: &NodeRecord) -> NodeBody {
+        NodeBody::deserialize(&node.body).unwrap_or_default()
+    }
+}
+
 /// This node's record: its devices' budgets and what is free on them, its load, and what it
 /// does with each version it holds.
 fn heartbeat(
@@ -253,12 +283,14 @@ fn heartbeat(
     table: &ModelTable,
     hosted: &Hosted,
 ) -> Heartbeat {
-    let devices: Vec<Value> = handles
+    let devices: Vec<NodeDevice> = handles
         .capacity
         .device_figures()
         .into_iter()
-        .map(|(id, budget, reserved)| {
-            json!({"id": id, "budget": budget, "free": budget.saturating_sub(reserved)})
+        .map(|(id, budget, reserved)| NodeDevice {
+            id,
+            budget,
+            free: budget.saturating_sub(reserved),
         })
         .collect();
     let mut load = 0usize;
@@ -304,7 +336,11 @@ fn heartbeat(
     Heartbeat {
         node: settings.node.clone(),
         address: settings.address.clone(),
-        body: json!({"devices": devices, "load": load}),
+        body: serde_json::to_value(NodeBody {
+            devices,
+            load: load as u64,
+        })
+        .unwrap_or_default(),
         versions,
     }
 }
@@ -327,8 +363,8 @@ fn build_view(
         if *peer.address != *node.address {
             *peer = Arc::new(Peer::new(&node.id, &node.address));
         }
-        let load = node.body.get("load").and_then(Value::as_u64).unwrap_or(0);
-        peer.reported_load.store(load, Ordering::Relaxed);
+        peer.reported_load
+            .store(NodeBody::of(node).load, Ordering::Relaxed);
     }
     let mut ready_on: BTreeMap<VersionKey, Vec<String>> = BTreeMap::new();
     for state in states {
@@ -493,22 +529,14 @@ fn version_state(
 }
 
 fn node_capacity(node: &NodeRecord) -> NodeCapacity {
-    let bins = node
-        .body
-        .get("devices")
-        .and_then(Value::as_array)
-        .map(|devices| {
-            devices
-                .iter()
-                .filter_map(|device| {
-                    Some(Bin {
-                        device: device.get("id")?.as_str()?.to_owned(),
-                        budget_bytes: device.get("budget")?.as_u64()?,
-                    })
-                })
-                .collect()
+    let bins = NodeBody::of(node)
+        .devices
+        .into_iter()
+        .map(|device| Bin {
+            device: device.id,
+            budget_bytes: device.budget,
         })
-        .unwrap_or_default();
+        .collect();
     NodeCapacity {
         node: node.id.clone(),
         bins,
@@ -541,11 +569,8 @@ fn demands(
                 }
             };
             let artifact_bytes = std::fs::metadata(&version.artifact).map_or(0, |m| m.len());
-            let measured = version
-                .metadata
-                .pointer("/measured_memory/bytes_per_replica")
-                .and_then(Value::as_u64)
-                .unwrap_or(0);
+            let measured = capacity::MeasuredMemory::of(&version.metadata)
+                .map_or(0, |measured| measured.bytes_per_replica);
             // As the node reserves it, or what a replica measured (never below its weights)
             // if that is more, plus the sequences' state either way.
             let bytes = settings

@@ -38,7 +38,7 @@ pub const LOOK_INTERVAL_MS: i64 = 500;
 /// The p99 ratio is judged once both versions have this many requests (or `min_requests`).
 pub const P99_MIN_REQUESTS: u64 = 500;
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct VersionFigures {
     pub requests: u64,
     pub errors: u64,
@@ -48,7 +48,7 @@ pub struct VersionFigures {
     pub reward_mean: Option<f64>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ShadowFigures {
     /// Mirrored requests, answered or failed by the target.
     pub mirrored: u64,
@@ -59,7 +59,7 @@ pub struct ShadowFigures {
 
 /// What a stage is judged on: the target over this stage, the baseline over the whole rollout
 /// (at 100% the baseline serves nothing, and more of its history only sharpens the comparison).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct StageFigures {
     pub target: VersionFigures,
     pub baseline: VersionFigures,

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use switchyard_registry::{ModelRecord, RegistryError, RolloutRecord, RolloutWrite, Store};
 
@@ -498,34 +498,81 @@ pub fn hand_control(
     }
 }
 
-/// A rollout as the API shows it: the record, the document, and the current stage's figures
-/// and what it waits for, computed now from every gateway's counters.
-pub fn status_json(
-    record: &RolloutRecord,
-    rollout: &Rollout,
-    live: Option<(&StageFigures, String)>,
-    leader_here: bool,
-) -> Value {
-    let mut body = serde_json::to_value(rollout).unwrap_or(Value::Null);
-    if let Some(object) = body.as_object_mut() {
-        object.remove("at_start");
-        object.remove("at_stage_start");
-        object.insert("generation".into(), json!(record.generation));
-        object.insert("created_ms".into(), json!(record.created_ms));
-        object.insert("updated_ms".into(), json!(record.updated_ms));
-        object.insert(
-            "target_percent".into(),
-            json!(rollout.target_percent(rollout.stage())),
-        );
-        if let Some((figures, decision)) = live {
-            object.insert(
-                "live".into(),
-                json!({"figures": figures, "status": decision}),
-            );
+/// A rollout as `GET /v1/models/{m}/rollouts/{id}` shows it: the document without its
+/// baseline totals, with the record's generation and times, the target's share of live
+/// traffic now, and (while active) the current stage's live figures.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RolloutView {
+    pub id: i64,
+    pub model: String,
+    pub target: String,
+    pub baseline: String,
+    pub stages: Vec<Stage>,
+    pub gates: Gates,
+    pub state: RolloutState,
+    /// Index into `stages`.
+    pub current: usize,
+    pub started_ms: i64,
+    pub stage_started_ms: i64,
+    /// Each finished stage's figures and verdict.
+    pub history: Vec<super::Analysis>,
+    /// Why it ended, when it did.
+    pub reason: String,
+    /// The model's routing policy before the rollout, restored when it ends.
+    #[schema(value_type = Object)]
+    pub policy_before: Value,
+    pub created_by: String,
+    /// Grows by one with every write.
+    pub generation: i64,
+    pub created_ms: i64,
+    pub updated_ms: i64,
+    /// The target's share of live traffic in the current stage, in percent.
+    pub target_percent: f64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<LiveStage>,
+    /// Whether this gateway is the leader that moves it on.
+    pub driven_by_this_gateway: bool,
+}
+
+/// The current stage as it stands: its figures so far (once started) and what the leader
+/// would decide on them now.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct LiveStage {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub figures: Option<StageFigures>,
+    pub status: String,
+}
+
+impl RolloutView {
+    pub fn new(
+        record: &RolloutRecord,
+        rollout: Rollout,
+        live: Option<LiveStage>,
+        leader_here: bool,
+    ) -> RolloutView {
+        RolloutView {
+            target_percent: rollout.target_percent(rollout.stage()),
+            id: rollout.id,
+            model: rollout.model,
+            target: rollout.target,
+            baseline: rollout.baseline,
+            stages: rollout.stages,
+            gates: rollout.gates,
+            state: rollout.state,
+            current: rollout.current,
+            started_ms: rollout.started_ms,
+            stage_started_ms: rollout.stage_started_ms,
+            history: rollout.history,
+            reason: rollout.reason,
+            policy_before: rollout.policy_before,
+            created_by: rollout.created_by,
+            generation: record.generation,
+            created_ms: record.created_ms,
+            updated_ms: record.updated_ms,
+            live,
+            driven_by_this_gateway: leader_here,
         }
-        object.insert("driven_by_this_gateway".into(), json!(leader_here));
     }
-    body
 }
 
 /// What the decision at this moment would be, in words, for the status.

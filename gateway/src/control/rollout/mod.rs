@@ -23,7 +23,7 @@ pub use analysis::{Decision, StageFigures, VersionFigures};
 pub use driver::{RolloutDriver, RolloutStatus};
 
 /// The rollout's state, as the registry's `rollouts.state` holds it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "snake_case")]
 pub enum RolloutState {
     /// Written by the API; the leader starts it on its next tick.
@@ -56,7 +56,7 @@ impl RolloutState {
 }
 
 /// One stage: mirrored traffic only, or a live split.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum StageKind {
     /// The baseline serves everything; `percent` of its requests are mirrored to the target.
@@ -65,7 +65,7 @@ pub enum StageKind {
     Live { weights: BTreeMap<String, u64> },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Stage {
     #[serde(flatten)]
     pub kind: StageKind,
@@ -252,7 +252,7 @@ pub struct Totals {
 }
 
 /// A finished stage: its figures and verdict.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct Analysis {
     pub stage: usize,
     pub stage_kind: StageKind,
