@@ -62,5 +62,11 @@ pub fn gauges(handles: &Handles, pipeline: &Pipeline) -> Gauges {
             .into_iter()
             .map(|(key, target)| (key.model, key.version, target))
             .collect(),
+        figures: handles
+            .experiments
+            .served_figures()
+            .into_iter()
+            .map(|(key, figures)| (key.model, key.version, figures))
+            .collect(),
     }
 }

@@ -301,8 +301,9 @@ fn read(version: &crate::core::VersionEntry, now: Instant) -> Reading {
             ..Reading::default()
         };
     };
+    let requests = ready.metrics.requests();
+    let (success, fail) = (requests.success, requests.fail);
     let statistics = &ready.metrics.statistics;
-    let (success, fail) = (statistics.success.read(), statistics.fail.read());
     let refused = version.stats.refused_total();
     // Each execution once: the compute figures count a batch's time once per request in it.
     let busy_ns = statistics.busy.read().ns;

@@ -285,7 +285,17 @@ impl Reconciler {
         }
         self.write_state(&key, VersionState::Loading, "").await;
         let loaded_tx = self.loaded_tx.clone();
-        let metrics = Arc::new(self.handles.metrics.version(&key.model, &key.version));
+        let figures = self
+            .handles
+            .experiments
+            .version(&key, None)
+            .figures()
+            .clone();
+        let metrics = Arc::new(
+            self.handles
+                .metrics
+                .version(&key.model, &key.version, figures),
+        );
         let capacity = self.handles.capacity.clone();
         tasks::spawn(&VERSION_LOAD, async move {
             let started = Instant::now();

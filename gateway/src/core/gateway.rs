@@ -27,6 +27,7 @@ use crate::core::table::{ModelTable, ReadyVersion, TableHandle, VersionStatus};
 use crate::error::{ErrorKind, GatewayError, Reason};
 use crate::routing::{self, Experiments, FeedbackError, VersionStats};
 use crate::tasks::{self, TaskKind};
+use crate::telemetry::figures::Outcome;
 use crate::telemetry::tracing::{TRACE_TARGET, child};
 
 static SHADOW: TaskKind = TaskKind::new("shadow");
@@ -116,13 +117,13 @@ impl Gateway {
                 // Offered to the policy, and refused by every version: the objective's load and
                 // saturation must see it, though no version was chosen.
                 if let Some(highest) = model.highest_ready() {
-                    highest.stats.routed();
+                    highest.stats.figures().routed(false);
                 }
                 model
                     .versions
                     .iter()
                     .filter(|v| matches!(v.status, VersionStatus::Ready(_)))
-                    .for_each(|v| v.stats.refused());
+                    .for_each(|v| v.stats.figures().refused());
             }
             return Err(GatewayError::new(
                 ErrorKind::Overloaded,
@@ -234,12 +235,17 @@ impl Gateway {
         let result = serve(&routed, request).await;
         let elapsed = received.elapsed();
         let compute = result.as_ref().map_or(Duration::ZERO, |(_, c)| *c);
-        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
-        routed
-            .ready
-            .metrics
-            .record(protocol, outcome, elapsed, compute);
-        self.record_outcome(&routed, outcome, caller_deadline, elapsed);
+        let fault = record(
+            &routed.stats,
+            Outcome {
+                served_by: Some(protocol),
+                result: result.as_ref().map(|_| ()).map_err(|e| e.kind),
+                caller_deadline,
+                elapsed,
+                compute,
+            },
+        );
+        self.reward_latency(&routed, fault, elapsed);
         let (response, _) = result?;
         if routed.takes_feedback
             && let Some(id) = &response.id
@@ -325,9 +331,16 @@ impl Gateway {
         .await;
         let elapsed = received.elapsed();
         let compute = result.as_ref().map_or(Duration::ZERO, |(_, c, _)| *c);
-        let outcome = result.as_ref().map(|_| ()).map_err(|e| e.kind);
-        ready.metrics.record(protocol, outcome, elapsed, compute);
-        count_outcome(&route.stats, outcome, caller_deadline, elapsed);
+        record(
+            &route.stats,
+            Outcome {
+                served_by: Some(protocol),
+                result: result.as_ref().map(|_| ()).map_err(|e| e.kind),
+                caller_deadline,
+                elapsed,
+                compute,
+            },
+        );
         let (mut outputs, _, replica) = result?;
         let states = next_states(&turn.settings, &mut outputs, &request.outputs)?;
         turn.finish(states, replica);
@@ -426,11 +439,9 @@ impl Gateway {
         let mut passed: Vec<String> = Vec::new();
         let mut busy = false;
         let deadline_passed = |passed: &[String]| {
-            count_outcome(
+            record(
                 &route.stats,
-                Err(ErrorKind::DeadlineExceeded),
-                true,
-                received.elapsed(),
+                Outcome::forwarded(Err(ErrorKind::DeadlineExceeded), true, received),
             );
             GatewayError::new(
                 ErrorKind::DeadlineExceeded,
@@ -525,11 +536,9 @@ impl Gateway {
             forwarding
                 .metrics
                 .forwarded(&route.key.model, &route.key.version, &peer.node, label);
-            count_outcome(
+            record(
                 &route.stats,
-                outcome,
-                deadline.is_some(),
-                received.elapsed(),
+                Outcome::forwarded(outcome, deadline.is_some(), received),
             );
             return answer.map_err(|error| match error {
                 ForwardError::Answered(error) => error,
@@ -564,7 +573,7 @@ impl Gateway {
                 format!("no node hosting it could take it ({})", passed.join("; ")),
             ),
         };
-        count_outcome(&route.stats, Err(kind), false, received.elapsed());
+        record(&route.stats, Outcome::forwarded(Err(kind), false, received));
         Err(GatewayError::new(
             kind,
             format!("{}, and {why}", not_here()),
@@ -689,17 +698,10 @@ impl Gateway {
         }
     }
 
-    /// Feeds a request's outcome to its version's figures: the error rate that can take it out
-    /// of the policy, and, for a bandit without feedback, the reward.
-    fn record_outcome(
-        &self,
-        routed: &Route,
-        outcome: Result<(), ErrorKind>,
-        caller_deadline: bool,
-        elapsed: Duration,
-    ) {
-        let Some(version_fault) = count_outcome(&routed.stats, outcome, caller_deadline, elapsed)
-        else {
+    /// For a bandit without feedback: the reward of a request served, from whether it was the
+    /// version's fault and how long it took.
+    fn reward_latency(&self, routed: &Route, fault: Option<bool>, elapsed: Duration) {
+        let Some(version_fault) = fault else {
             return;
         };
         if let Some(objective_ms) = routed.bandit_objective_ms
@@ -725,32 +727,12 @@ impl Gateway {
     }
 }
 
-/// Feeds an outcome to a version's figures: a refusal (the objective's sign of saturation), or
-/// whether it was the version's fault (its error rate). Returns the fault, when the outcome
-/// says something of the version.
-fn count_outcome(
-    stats: &VersionStats,
-    outcome: Result<(), ErrorKind>,
-    caller_deadline: bool,
-    elapsed: Duration,
-) -> Option<bool> {
-    if outcome == Err(ErrorKind::Overloaded) {
-        stats.refused();
-    }
-    let fault = version_fault(outcome, caller_deadline)?;
-    stats.record(fault, elapsed);
-    Some(fault)
-}
-
-/// Whether an outcome is the version's fault, for its error rate; `None` for outcomes that say
-/// nothing about it (the caller's bad input, overload).
-fn version_fault(outcome: Result<(), ErrorKind>, caller_deadline: bool) -> Option<bool> {
-    match outcome {
-        Err(ErrorKind::InvalidArgument | ErrorKind::Overloaded) => None,
-        Err(ErrorKind::Internal | ErrorKind::Unavailable) => Some(true),
-        Err(ErrorKind::DeadlineExceeded) => Some(!caller_deadline),
-        _ => Some(false),
-    }
+/// The one place a request's outcome is written, on every path (served here, in a sequence,
+/// forwarded): its version's record, which Prometheus, Triton's statistics, the routing
+/// statistics and the dashboard read. Returns whether it was the version's fault, when the
+/// outcome says something of the version.
+fn record(stats: &VersionStats, outcome: Outcome) -> Option<bool> {
+    stats.figures().record(&outcome)
 }
 
 /// Whether the caller's deadline comes before the version's own timeout: then it is the one

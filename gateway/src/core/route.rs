@@ -60,7 +60,7 @@ pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Routed, Gatew
     let policy_routed = request.version.is_none();
     if let VersionStatus::Remote(remote) = &version.status {
         if policy_routed {
-            version.stats.routed();
+            version.stats.figures().routed(false);
         }
         return Ok(Routed::Remote(RemoteRoute {
             key: VersionKey {
@@ -73,8 +73,7 @@ pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Routed, Gatew
     }
     let ready = version.ready(&model.name)?.clone();
     if policy_routed {
-        ready.metrics.routed();
-        version.stats.routed();
+        version.stats.figures().routed(true);
     }
     let shadow = policy_routed
         .then(|| routing::shadow_target(&model.policy, &version.label, &mut rng))

@@ -207,7 +207,7 @@ pub fn model_statistics(
         VersionStatus::Ready(ready) => Some(VersionStatistics {
             name: model.name.clone(),
             version: entry.label.clone(),
-            figures: ready.metrics.statistics.snapshot(),
+            figures: ready.metrics.statistics(),
         }),
         _ => None,
     };

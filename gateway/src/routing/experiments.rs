@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::routing::BetaStats;
 use crate::routing::objective::ObjectivePlan;
 use crate::routing::stats::VersionStats;
+use crate::telemetry::figures::VersionFigures;
 use crate::version_key::VersionKey;
 
 /// Request ids remembered for feedback; the oldest are forgotten first.
@@ -25,6 +26,10 @@ pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 #[derive(Default)]
 pub struct Experiments {
     versions: Mutex<HashMap<VersionKey, Arc<VersionStats>>>,
+    /// Every version's one record of its requests, from its first sight for the life of the
+    /// process: a version retired and served again, or moved away and back in a cluster, keeps
+    /// counting where it was, as Prometheus counters must.
+    figures: Mutex<HashMap<VersionKey, Arc<VersionFigures>>>,
     /// Models that have received feedback: their bandit learns from it alone, not from
     /// request outcomes.
     with_feedback: Mutex<HashSet<Arc<str>>>,
@@ -70,7 +75,10 @@ impl Experiments {
         let mut versions = lock(&self.versions);
         let stats = versions
             .entry(key.clone())
-            .or_insert_with(|| Arc::new(VersionStats::new(stored.unwrap_or_default())))
+            .or_insert_with(|| {
+                let figures = lock(&self.figures).entry(key.clone()).or_default().clone();
+                Arc::new(VersionStats::new(stored.unwrap_or_default(), figures))
+            })
             .clone();
         drop(versions);
         if let Some(stored) = stored {
@@ -81,6 +89,18 @@ impl Experiments {
             }
         }
         stats
+    }
+
+    /// The records of the versions this node served, for Prometheus: those it has held since
+    /// the process started, retired or not.
+    pub fn served_figures(&self) -> Vec<(VersionKey, Arc<VersionFigures>)> {
+        let mut served: Vec<_> = lock(&self.figures)
+            .iter()
+            .filter(|(_, figures)| figures.is_exposed())
+            .map(|(key, figures)| (key.clone(), figures.clone()))
+            .collect();
+        served.sort_by(|a, b| a.0.cmp(&b.0));
+        served
     }
 
     /// Keeps a model's latest objective plan; `None` once the model leaves the policy.

@@ -1,129 +1,19 @@
-//! The live figures of one version in a routing experiment: requests, errors and the recent
-//! error rate (which takes a failing version out of the policy), latency quantiles, the
+//! The live figures of one version in a routing experiment: its request figures (a view of
+//! its one record, [`VersionFigures`]: requests, errors and the recent error rate, which takes
+//! a failing version out of the policy, latency quantiles, offered load and refusals), the
 //! bandit's rewards, and how a shadow version's outputs compare with the primary's.
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
 
 use switchyard_runtimes::{NamedTensor, Tensor, TensorView};
 
 use crate::routing::BetaStats;
 use crate::routing::experiments::lock;
+use crate::telemetry::figures::VersionFigures;
 
-/// The span over which the recent error rate is judged (the current and the previous one).
-const ERROR_WINDOW: Duration = Duration::from_secs(10);
-/// Fewer requests than this in the window say nothing about a version's error rate.
-const ERROR_RATE_MIN_REQUESTS: u64 = 20;
-
-#[derive(Debug, Default)]
-struct RecentWindow {
-    started: Option<Instant>,
-    requests: u64,
-    errors: u64,
-    previous_requests: u64,
-    previous_errors: u64,
-}
-
-impl RecentWindow {
-    fn roll(&mut self, now: Instant) {
-        let started = *self.started.get_or_insert(now);
-        let elapsed = now.saturating_duration_since(started);
-        if elapsed >= ERROR_WINDOW {
-            let stale = elapsed >= 2 * ERROR_WINDOW;
-            self.previous_requests = if stale { 0 } else { self.requests };
-            self.previous_errors = if stale { 0 } else { self.errors };
-            self.requests = 0;
-            self.errors = 0;
-            self.started = Some(now);
-        }
-    }
-
-    fn error_rate(&mut self, now: Instant) -> Option<f64> {
-        self.roll(now);
-        let requests = self.requests + self.previous_requests;
-        (requests >= ERROR_RATE_MIN_REQUESTS)
-            .then(|| (self.errors + self.previous_errors) as f64 / requests as f64)
-    }
-}
-
-/// Latency in logarithmic buckets (four per power of two of microseconds), lock-free.
-pub struct LatencyHistogram {
-    buckets: Vec<AtomicU64>,
-}
-
-const SUB_BUCKETS: u32 = 4;
-const LATENCY_BUCKETS: usize = 40 * SUB_BUCKETS as usize;
-
-impl Default for LatencyHistogram {
-    fn default() -> Self {
-        LatencyHistogram::new()
-    }
-}
-
-impl LatencyHistogram {
-    pub fn new() -> LatencyHistogram {
-        LatencyHistogram {
-            buckets: (0..LATENCY_BUCKETS).map(|_| AtomicU64::new(0)).collect(),
-        }
-    }
-
-    fn index(micros: u64) -> usize {
-        let micros = micros.max(1);
-        let exponent = 63 - micros.leading_zeros();
-        let fraction = if exponent >= 2 {
-            (micros >> (exponent - 2)) & 0b11
-        } else {
-            (micros << (2 - exponent)) & 0b11
-        };
-        ((exponent * SUB_BUCKETS) as usize + fraction as usize).min(LATENCY_BUCKETS - 1)
-    }
-
-    /// The upper bound of a bucket, in microseconds.
-    fn upper_bound(index: usize) -> f64 {
-        let exponent = (index / SUB_BUCKETS as usize) as i32;
-        let fraction = (index % SUB_BUCKETS as usize) as f64;
-        2f64.powi(exponent) * (1.0 + (fraction + 1.0) / f64::from(SUB_BUCKETS))
-    }
-
-    pub fn record(&self, latency: Duration) {
-        let index = Self::index(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
-        self.buckets[index].fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// The latency below which a fraction `q` of requests fell, in milliseconds (at most 19%
-    /// above the true value: a bucket's width).
-    pub fn quantile_ms(&self, q: f64) -> Option<f64> {
-        Self::quantile_ms_of(&self.counts(), q)
-    }
-
-    /// Every bucket's count as of now: two readings' difference is the histogram of what
-    /// happened between them.
-    pub fn counts(&self) -> Vec<u64> {
-        self.buckets
-            .iter()
-            .map(|b| b.load(Ordering::Relaxed))
-            .collect()
-    }
-
-    /// [`LatencyHistogram::quantile_ms`] of bucket counts taken with [`LatencyHistogram::counts`].
-    pub fn quantile_ms_of(counts: &[u64], q: f64) -> Option<f64> {
-        let total: u64 = counts.iter().sum();
-        if total == 0 {
-            return None;
-        }
-        let rank = ((q * total as f64).ceil() as u64).clamp(1, total);
-        let mut seen = 0;
-        for (index, count) in counts.iter().enumerate() {
-            seen += count;
-            if seen >= rank {
-                return Some(Self::upper_bound(index) / 1000.0);
-            }
-        }
-        None
-    }
-}
+pub use crate::telemetry::figures::LatencyHistogram;
 
 #[derive(Debug, Default, Clone, Copy)]
 pub(crate) struct RewardTally {
@@ -156,31 +46,21 @@ impl ShadowTally {
 
 /// The figures of one version.
 pub struct VersionStats {
-    /// Requests the policy sent here (before any queue could refuse them): the offered load.
-    routed: AtomicU64,
-    /// Requests its queues refused (429): the sign that it carries less than it was given.
-    refused: AtomicU64,
+    /// What happened to its requests: the one record, which Prometheus and Triton's
+    /// statistics read too.
+    figures: Arc<VersionFigures>,
     /// The objective policy's share for this version, as f64 bits; NaN until planned.
     planned_share: AtomicU64,
-    requests: AtomicU64,
-    errors: AtomicU64,
-    recent: Mutex<RecentWindow>,
-    latency: LatencyHistogram,
     pub(crate) rewards: Mutex<RewardTally>,
     /// Primary version label -> comparison, when this version is a shadow.
     shadow: Mutex<BTreeMap<Arc<str>, ShadowTally>>,
 }
 
 impl VersionStats {
-    pub(crate) fn new(stored: BetaStats) -> VersionStats {
+    pub(crate) fn new(stored: BetaStats, figures: Arc<VersionFigures>) -> VersionStats {
         VersionStats {
-            routed: AtomicU64::new(0),
-            refused: AtomicU64::new(0),
+            figures,
             planned_share: AtomicU64::new(f64::NAN.to_bits()),
-            requests: AtomicU64::new(0),
-            errors: AtomicU64::new(0),
-            recent: Mutex::new(RecentWindow::default()),
-            latency: LatencyHistogram::new(),
             rewards: Mutex::new(RewardTally {
                 stored,
                 pending: BetaStats::default(),
@@ -189,37 +69,19 @@ impl VersionStats {
         }
     }
 
-    /// Counts an answered request. `failed` is a fault of the version (not of the caller's
-    /// input, and not a full queue).
-    pub fn record(&self, failed: bool, latency: Duration) {
-        self.requests.fetch_add(1, Ordering::Relaxed);
-        if failed {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-        } else {
-            self.latency.record(latency);
-        }
-        let mut recent = lock(&self.recent);
-        recent.roll(Instant::now());
-        recent.requests += 1;
-        recent.errors += u64::from(failed);
+    /// The version's one record of its requests, to write each outcome to.
+    pub fn figures(&self) -> &Arc<VersionFigures> {
+        &self.figures
     }
 
-    /// Counts a request the policy sent here.
-    pub fn routed(&self) {
-        self.routed.fetch_add(1, Ordering::Relaxed);
-    }
-
+    /// Requests sent here before any queue could refuse them: the offered load.
     pub fn routed_total(&self) -> u64 {
-        self.routed.load(Ordering::Relaxed)
+        self.figures.routed_total()
     }
 
-    /// Counts a request its queues had no room for.
-    pub fn refused(&self) {
-        self.refused.fetch_add(1, Ordering::Relaxed);
-    }
-
+    /// Requests its queues refused (429): the sign that it carries less than it was given.
     pub fn refused_total(&self) -> u64 {
-        self.refused.load(Ordering::Relaxed)
+        self.figures.refused_total()
     }
 
     /// The objective policy's share, once it has planned one.
@@ -234,7 +96,7 @@ impl VersionStats {
 
     /// Errors among recent requests, once there are enough of them to judge.
     pub fn recent_error_rate(&self) -> Option<f64> {
-        lock(&self.recent).error_rate(Instant::now())
+        self.figures.recent_error_rate()
     }
 
     pub fn record_reward(&self, reward: f64) {
@@ -263,20 +125,23 @@ impl VersionStats {
         }
     }
 
+    /// Requests whose outcome says something of the version (not the caller's bad input, not
+    /// a full queue).
     pub fn requests(&self) -> u64 {
-        self.requests.load(Ordering::Relaxed)
+        self.figures.requests()
     }
 
+    /// Of those, the version's faults.
     pub fn errors(&self) -> u64 {
-        self.errors.load(Ordering::Relaxed)
+        self.figures.errors()
     }
 
     pub fn latency_ms(&self, q: f64) -> Option<f64> {
-        self.latency.quantile_ms(q)
+        self.figures.latency().quantile_ms(q)
     }
 
     pub fn latency(&self) -> &LatencyHistogram {
-        &self.latency
+        self.figures.latency()
     }
 
     pub fn shadow(&self) -> BTreeMap<Arc<str>, ShadowTally> {
@@ -370,43 +235,8 @@ mod tests {
     use switchyard_runtimes::DataType;
 
     #[test]
-    fn latency_quantiles_land_in_the_right_bucket() {
-        let histogram = LatencyHistogram::new();
-        for micros in 1..=1000u64 {
-            histogram.record(Duration::from_micros(micros * 10));
-        }
-        let p50 = histogram.quantile_ms(0.5).unwrap();
-        let p99 = histogram.quantile_ms(0.99).unwrap();
-        assert!((5.0..=5.0 * 1.2).contains(&p50), "{p50}");
-        assert!((9.9..=9.9 * 1.2).contains(&p99), "{p99}");
-        for micros in [1u64, 3, 7, 1000, 123_456] {
-            let index = LatencyHistogram::index(micros);
-            assert!(
-                LatencyHistogram::upper_bound(index) >= micros as f64,
-                "{micros}"
-            );
-            assert!(index == 0 || LatencyHistogram::upper_bound(index - 1) <= micros as f64);
-        }
-    }
-
-    #[test]
-    fn the_error_rate_needs_enough_requests_and_forgets() {
-        let mut window = RecentWindow::default();
-        let start = Instant::now();
-        window.roll(start);
-        window.requests = 10;
-        window.errors = 10;
-        assert_eq!(window.error_rate(start), None, "too few to judge");
-        window.requests = 40;
-        assert_eq!(window.error_rate(start), Some(0.25));
-        // One window later the old counts still weigh; two windows later they are gone.
-        assert_eq!(window.error_rate(start + ERROR_WINDOW), Some(0.25));
-        assert_eq!(window.error_rate(start + ERROR_WINDOW * 3), None);
-    }
-
-    #[test]
     fn shadow_comparisons_record_difference_and_argmax() {
-        let stats = VersionStats::new(BetaStats::default());
+        let stats = VersionStats::new(BetaStats::default(), Arc::default());
         let output = |values: &[f32]| {
             vec![NamedTensor {
                 name: "y".into(),

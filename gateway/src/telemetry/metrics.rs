@@ -1,18 +1,22 @@
-//! Prometheus metrics: one recorder per gateway, with the handles of each version registered
-//! once when it loads, so that the request path only bumps atomics. The gauges are set when
-//! `/metrics` is scraped, from a [`Gauges`] snapshot the caller gathers: this module reads no
+//! Prometheus metrics: one recorder per gateway, with the handles of each version's per-model-
+//! call figures registered once when it loads, so that the worker only bumps atomics. The
+//! per-request families are a view of each version's one record
+//! ([`crate::telemetry::figures::VersionFigures`]), written out when `/metrics` is scraped;
+//! so are the gauges, from a [`Gauges`] snapshot the caller gathers: this module reads no
 //! other part of the gateway.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
 
 use switchyard_runtimes::{Device, memory};
 
-use crate::error::{ERROR_TABLE, ErrorKind, ErrorRow};
-use crate::telemetry::statistics::Statistics;
+use crate::error::{ERROR_TABLE, ErrorKind};
+use crate::telemetry::figures::{
+    LATENCY_BOUNDS, PrometheusFamilies, RequestTotals, VersionFigures,
+};
+use crate::telemetry::statistics::{Statistics, StatisticsSnapshot};
 
 /// The protocol a request came by.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -23,7 +27,7 @@ pub enum Protocol {
 }
 
 impl Protocol {
-    const ALL: [Protocol; 2] = [Protocol::Http, Protocol::Grpc];
+    pub const ALL: [Protocol; 2] = [Protocol::Http, Protocol::Grpc];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -33,67 +37,31 @@ impl Protocol {
     }
 }
 
-/// Counters by error kind, indexed by [`ErrorKind::index`]; kinds that never reach this
-/// counter (see [`ErrorKind::INFERENCE`]) get a no-op handle, so they add no series.
-fn by_kind(mut make: impl FnMut(&'static ErrorRow) -> Counter) -> Vec<Counter> {
-    ERROR_TABLE
-        .iter()
-        .map(|row| {
-            if ErrorKind::INFERENCE.contains(&row.kind) {
-                make(row)
-            } else {
-                Counter::noop()
-            }
-        })
-        .collect()
-}
-
-const LATENCY_BUCKETS: &[f64] = &[
-    0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5,
-    1.0, 2.5, 5.0, 10.0,
-];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
 /// The metrics of one version, registered when it loads.
 pub struct VersionMetrics {
-    /// Per protocol: success, then one per error kind.
-    requests: Vec<(Counter, Vec<Counter>)>,
-    duration: Vec<Histogram>,
-    overhead: Vec<Histogram>,
     pub queue_time: Histogram,
     pub compute_time: Histogram,
     pub batch_size: Histogram,
-    routed: Counter,
-    /// Triton's statistics extension; kept even when metrics are off.
+    /// Triton's statistics extension, of model executions; kept even when metrics are off.
     pub statistics: Statistics,
+    /// The version's record of its requests, and what it held when this load began: Triton's
+    /// figures count from the load.
+    figures: Arc<VersionFigures>,
+    at_load: RequestTotals,
 }
 
 impl VersionMetrics {
-    /// Counts a request that reached this version, and how long it took, in the metrics and
-    /// in Triton's statistics.
-    pub fn record(
-        &self,
-        protocol: Protocol,
-        result: Result<(), ErrorKind>,
-        total: Duration,
-        compute: Duration,
-    ) {
-        let protocol = protocol as usize;
-        let (success, failures) = &self.requests[protocol];
-        match result {
-            Ok(()) => success.increment(1),
-            Err(kind) => failures[kind.index()].increment(1),
-        }
-        self.statistics.request_done(result.is_ok(), total);
-        if result.is_ok() {
-            self.duration[protocol].record(total.as_secs_f64());
-            self.overhead[protocol].record(total.saturating_sub(compute).as_secs_f64());
-        }
+    /// Triton's statistics of this load: its executions, and the requests served since it
+    /// began.
+    pub fn statistics(&self) -> StatisticsSnapshot {
+        self.statistics.snapshot(self.requests())
     }
 
-    /// Counts a request the routing policy sent here.
-    pub fn routed(&self) {
-        self.routed.increment(1);
+    /// The requests served since this load began.
+    pub fn requests(&self) -> RequestTotals {
+        self.figures.request_totals().since(&self.at_load)
     }
 }
 
@@ -108,15 +76,13 @@ impl Metrics {
     pub fn new(enabled: bool) -> Arc<Metrics> {
         let builder = PrometheusBuilder::new();
         let builder = [
-            "switchyard_request_duration_seconds",
-            "switchyard_gateway_overhead_seconds",
             "switchyard_queue_time_seconds",
             "switchyard_compute_time_seconds",
         ]
         .into_iter()
         .fold(builder, |builder, name| {
             builder
-                .set_buckets_for_metric(Matcher::Full(name.into()), LATENCY_BUCKETS)
+                .set_buckets_for_metric(Matcher::Full(name.into()), &LATENCY_BOUNDS)
                 .unwrap_or_else(|_| PrometheusBuilder::new())
         });
         let builder = builder
@@ -152,20 +118,23 @@ impl Metrics {
         })
     }
 
-    pub fn version(&self, model: &str, version: &str) -> VersionMetrics {
+    /// A version's handles for this load, beside its one record of requests.
+    pub fn version(
+        &self,
+        model: &str,
+        version: &str,
+        figures: Arc<VersionFigures>,
+    ) -> VersionMetrics {
+        let at_load = figures.request_totals();
+        figures.expose();
         if !self.enabled {
             return VersionMetrics {
-                requests: Protocol::ALL
-                    .iter()
-                    .map(|_| (Counter::noop(), by_kind(|_| Counter::noop())))
-                    .collect(),
-                duration: Protocol::ALL.iter().map(|_| Histogram::noop()).collect(),
-                overhead: Protocol::ALL.iter().map(|_| Histogram::noop()).collect(),
                 queue_time: Histogram::noop(),
                 compute_time: Histogram::noop(),
                 batch_size: Histogram::noop(),
-                routed: Counter::noop(),
                 statistics: Statistics::default(),
+                figures,
+                at_load,
             };
         }
         let labels = || {
@@ -174,54 +143,14 @@ impl Metrics {
                 Label::new("version", version.to_owned()),
             ]
         };
-        let with = |extra: Vec<Label>| {
-            let mut all = labels();
-            all.extend(extra);
-            all
-        };
         let r = &self.recorder;
         VersionMetrics {
-            requests: Protocol::ALL
-                .iter()
-                .map(|protocol| {
-                    let outcome = |label: &'static str| {
-                        counter(
-                            r,
-                            "switchyard_requests_total",
-                            with(vec![
-                                Label::new("protocol", protocol.as_str()),
-                                Label::new("outcome", label),
-                            ]),
-                        )
-                    };
-                    (outcome("success"), by_kind(|row| outcome(row.outcome)))
-                })
-                .collect(),
-            duration: Protocol::ALL
-                .iter()
-                .map(|p| {
-                    histogram(
-                        r,
-                        "switchyard_request_duration_seconds",
-                        with(vec![Label::new("protocol", p.as_str())]),
-                    )
-                })
-                .collect(),
-            overhead: Protocol::ALL
-                .iter()
-                .map(|p| {
-                    histogram(
-                        r,
-                        "switchyard_gateway_overhead_seconds",
-                        with(vec![Label::new("protocol", p.as_str())]),
-                    )
-                })
-                .collect(),
             queue_time: histogram(r, "switchyard_queue_time_seconds", labels()),
             compute_time: histogram(r, "switchyard_compute_time_seconds", labels()),
             batch_size: histogram(r, "switchyard_batch_size", labels()),
-            routed: counter(r, "switchyard_routing_decisions_total", labels()),
             statistics: Statistics::default(),
+            figures,
+            at_load,
         }
     }
 
@@ -347,7 +276,13 @@ impl Metrics {
         for (task, live) in crate::tasks::live() {
             gauge(r, "switchyard_tasks", vec![Label::new("task", task)]).set(live as f64);
         }
-        self.recorder.handle().render()
+        let mut text = self.recorder.handle().render();
+        let mut families = PrometheusFamilies::default();
+        for (model, version, figures) in &gauges.figures {
+            figures.write_prometheus(model, version, &mut families);
+        }
+        families.finish(&mut text);
+        text
     }
 
     /// The devices' memory: the host's and this process's share of it, every GPU a version runs
@@ -398,6 +333,8 @@ pub struct Gauges {
     pub budgets: Vec<(String, u64, u64)>,
     /// The autoscaler's target per scaled version.
     pub targets: Vec<(Arc<str>, Arc<str>, u32)>,
+    /// The record of requests of every version this node has served (loaded once).
+    pub figures: Vec<(Arc<str>, Arc<str>, Arc<VersionFigures>)>,
 }
 
 /// One version's gauges.
@@ -443,12 +380,10 @@ fn histogram(recorder: &PrometheusRecorder, name: &'static str, labels: Vec<Labe
     recorder.register_histogram(&key(name, labels), &METADATA)
 }
 
+/// The help lines of the families the exporter holds; the per-request families' are beside
+/// them in [`PrometheusFamilies`].
 fn describe(recorder: &PrometheusRecorder) {
     let counters = [
-        (
-            "switchyard_requests_total",
-            "Inference requests that reached a version, by protocol and outcome.",
-        ),
         (
             "switchyard_rejections_total",
             "Inference requests refused or failed, by reason.",
@@ -460,10 +395,6 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             "switchyard_connections_refused_total",
             "Connections closed at once because their listener held connections.max.",
-        ),
-        (
-            "switchyard_routing_decisions_total",
-            "Requests naming no version that the routing policy sent to each version.",
         ),
         (
             "switchyard_forwarded_requests_total",
@@ -478,16 +409,6 @@ fn describe(recorder: &PrometheusRecorder) {
         recorder.describe_counter(name.into(), Some(Unit::Count), help.into());
     }
     let histograms = [
-        (
-            "switchyard_request_duration_seconds",
-            Unit::Seconds,
-            "Time from receiving a request to its answer, for successful requests.",
-        ),
-        (
-            "switchyard_gateway_overhead_seconds",
-            Unit::Seconds,
-            "Request duration less the model's compute time: what the gateway adds.",
-        ),
         (
             "switchyard_queue_time_seconds",
             Unit::Seconds,

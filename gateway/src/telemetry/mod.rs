@@ -2,6 +2,7 @@
 //! ([`metrics`]), Triton's per-version statistics ([`statistics`]), and logs and traces
 //! ([`tracing`]).
 
+pub mod figures;
 pub mod metrics;
 pub mod statistics;
 pub mod tracing;

@@ -6,7 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::telemetry::figures::RequestTotals;
 
 /// A count and a cumulative duration, as Triton reports them.
 #[derive(Default)]
@@ -64,13 +66,11 @@ pub struct ExecutionTimes {
     pub output: Duration,
 }
 
-/// One version's statistics since it loaded.
+/// One version's statistics of model executions since it loaded. The requests' success and
+/// failure figures are a view of the version's one record
+/// ([`crate::telemetry::figures::VersionFigures`]), handed to [`Statistics::snapshot`].
 #[derive(Default)]
 pub struct Statistics {
-    /// Requests answered, and their time from arrival to answer.
-    pub success: DurationStat,
-    /// Requests that reached the version and failed, and their time.
-    pub fail: DurationStat,
     /// Time each request waited in its replica's queue.
     pub queue: DurationStat,
     pub compute_input: DurationStat,
@@ -83,25 +83,11 @@ pub struct Statistics {
     inference_count: AtomicU64,
     /// Model executions (a batch of several requests counts 1).
     execution_count: AtomicU64,
-    last_inference_ms: AtomicU64,
     /// By batch size; sizes are bounded by the version's maximum batch size.
     batches: Mutex<BTreeMap<u64, BatchFigures>>,
 }
 
 impl Statistics {
-    /// A request answered (or failed) after `elapsed` from its arrival.
-    pub fn request_done(&self, ok: bool, elapsed: Duration) {
-        if ok {
-            self.success.add(1, elapsed);
-        } else {
-            self.fail.add(1, elapsed);
-        }
-        let now_ms = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(0));
-        self.last_inference_ms.store(now_ms, Ordering::Relaxed);
-    }
-
     /// A model execution that served `requests` requests of `rows` rows in all (0 for a
     /// model without a batch axis).
     pub fn execution(&self, requests: usize, rows: usize, times: ExecutionTimes) {
@@ -141,13 +127,14 @@ impl Statistics {
         figures.compute_output.add(times.output);
     }
 
-    pub fn snapshot(&self) -> StatisticsSnapshot {
+    /// The statistics, with `requests`: the requests served since the load.
+    pub fn snapshot(&self, requests: RequestTotals) -> StatisticsSnapshot {
         StatisticsSnapshot {
-            last_inference: self.last_inference_ms.load(Ordering::Relaxed),
+            last_inference: requests.last_inference_ms,
             inference_count: self.inference_count.load(Ordering::Relaxed),
             execution_count: self.execution_count.load(Ordering::Relaxed),
-            success: self.success.read(),
-            fail: self.fail.read(),
+            success: requests.success,
+            fail: requests.fail,
             queue: self.queue.read(),
             compute_input: self.compute_input.read(),
             compute_infer: self.compute_infer.read(),
@@ -194,9 +181,15 @@ mod tests {
         };
         statistics.execution(3, 5, times);
         statistics.execution(1, 0, times);
-        statistics.request_done(true, ms(10));
-        statistics.request_done(false, ms(3));
-        let snapshot = statistics.snapshot();
+        let requests = RequestTotals {
+            success: DurationFigure {
+                count: 1,
+                ns: 10_000_000,
+            },
+            fail: DurationFigure { count: 1, ns: 0 },
+            last_inference_ms: 1_700_000_000_001,
+        };
+        let snapshot = statistics.snapshot(requests);
         assert_eq!(snapshot.inference_count, 6);
         assert_eq!(snapshot.execution_count, 2);
         // Every request of an execution is counted with the execution's whole time; the busy

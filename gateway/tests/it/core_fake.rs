@@ -15,7 +15,7 @@ use switchyard_gateway::core::{
     VersionStatus,
 };
 use switchyard_gateway::error::ErrorKind;
-use switchyard_gateway::routing::{Experiments, TrafficPolicy};
+use switchyard_gateway::routing::{Experiments, TrafficPolicy, VersionStats};
 use switchyard_gateway::serving::{Batching, ReplicaLoad, ReplicaSet, Threads, Warmup};
 use switchyard_gateway::telemetry::Metrics;
 use switchyard_gateway::version_key::VersionKey;
@@ -24,8 +24,12 @@ use switchyard_runtimes::{DataType, Device, LoadOptions, NamedTensor, Tensor};
 
 const WIDTH: usize = 4;
 
-async fn ready_version(label: &str, runtime: FakeRuntime) -> Arc<ReadyVersion> {
-    let metrics = Arc::new(Metrics::new(false).version("fake", label));
+async fn ready_version(
+    label: &str,
+    runtime: FakeRuntime,
+    stats: &VersionStats,
+) -> Arc<ReadyVersion> {
+    let metrics = Arc::new(Metrics::new(false).version("fake", label, stats.figures().clone()));
     let load = ReplicaLoad {
         runtime: Arc::new(runtime),
         artifact: "none".into(),
@@ -76,12 +80,13 @@ async fn gateway(failing_two: bool) -> (Gateway, FakeRuntime) {
     let two = FakeRuntime::new(WIDTH, 3.0);
     let mut versions = Vec::new();
     for (label, runtime) in [("1", FakeRuntime::new(WIDTH, 2.0)), ("2", two.clone())] {
+        let stats = experiments.version(&VersionKey::new("fake", label), None);
         versions.push(Arc::new(VersionEntry {
             label: label.into(),
             platform: "fake",
             backend: "fake",
-            status: VersionStatus::Ready(ready_version(label, runtime).await),
-            stats: experiments.version(&VersionKey::new("fake", label), None),
+            status: VersionStatus::Ready(ready_version(label, runtime, &stats).await),
+            stats,
             score: None,
             peers: Vec::new(),
         }));
