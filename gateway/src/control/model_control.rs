@@ -19,6 +19,9 @@ use std::time::Duration;
 use switchyard_registry::{NewVersion, RegistryError, Store, Version, VersionState};
 use tokio::time::Instant;
 
+/// The longest an unload waits for its versions to drain before it answers.
+const RETIRE_WAIT: Duration = Duration::from_secs(5);
+
 use crate::config::{ControlMode, ServingConfig};
 use crate::control::import::{known_labels, new_version};
 use crate::control::repository::{
@@ -163,6 +166,22 @@ impl ModelControl {
             }
             Err(error) => return Err(GatewayError::from(error).with_prefix(failed)),
         };
+        // Triton answers an unload once the model is unloaded: the versions this gateway serves
+        // are waited for until they have drained and retired.
+        let serving: Vec<String> = {
+            let table = self.tables.peek();
+            table.model(model).map_or_else(
+                |_| Vec::new(),
+                |entry| {
+                    entry
+                        .versions
+                        .iter()
+                        .filter(|v| matches!(v.status, crate::core::VersionStatus::Ready(_)))
+                        .map(|v| v.label.to_string())
+                        .collect()
+                },
+            )
+        };
         let mut revision = None;
         for version in record
             .versions
@@ -177,10 +196,36 @@ impl ModelControl {
             );
         }
         if let Some(revision) = revision {
-            self.wait_for_table(revision, Instant::now() + self.wait)
+            let deadline = Instant::now() + self.wait;
+            self.wait_for_table(revision, deadline).await;
+            self.wait_for_retired(model, &serving, deadline.min(Instant::now() + RETIRE_WAIT))
                 .await;
         }
         Ok(())
+    }
+
+    /// Waits until each of `labels` has retired (drained: no request holds it), at most until
+    /// `deadline`.
+    async fn wait_for_retired(&self, model: &str, labels: &[String], deadline: Instant) {
+        let mut changes = self.store.subscribe();
+        loop {
+            let mut retired = true;
+            for label in labels {
+                if self
+                    .store
+                    .version(model, label)
+                    .await
+                    .is_ok_and(|version| version.state != VersionState::Retired)
+                {
+                    retired = false;
+                    break;
+                }
+            }
+            if retired || Instant::now() >= deadline {
+                return;
+            }
+            let _ = tokio::time::timeout_at(deadline, changes.changed()).await;
+        }
     }
 
     /// The model's folder in the repository, or why there is none.
