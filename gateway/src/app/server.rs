@@ -85,7 +85,9 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     let handles = Handles {
         tables: Arc::new(TableHandle::default()),
         experiments: Arc::new(Experiments::default()),
-        capacity: Arc::new(Capacity::new(&config.devices).map_err(anyhow::Error::msg)?),
+        capacity: Arc::new(
+            Capacity::new(&config.devices, !config.cluster.enabled).map_err(anyhow::Error::msg)?,
+        ),
         metrics: Metrics::new(config.metrics.enabled),
     };
     let ids = RequestIds::new(&request_id_key(config, store.as_ref()).await?);
@@ -164,6 +166,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             handles.tables.clone(),
             handles.capacity.clone(),
             store.clone(),
+            handles.metrics.clone(),
         ),
     );
     let rollout_status = RolloutStatus::new();

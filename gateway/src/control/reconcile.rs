@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ServingConfig;
 use crate::control::Handles;
-use crate::control::capacity::MeasuredMemory;
+use crate::control::capacity::{Capacity, MeasuredMemory};
 use crate::control::cluster::{ClusterView, Hosted};
 use crate::control::import::registered_settings;
 use crate::control::repository::{self, ModelSettings};
@@ -250,7 +250,10 @@ impl Reconciler {
         // Until a replica is measured it reserves what its model.toml declares, else at least
         // the size of its weights.
         let artifact_bytes = std::fs::metadata(&artifact).map_or(0, |metadata| metadata.len());
-        let reserve_bytes = settings.reserve_bytes(artifact_bytes);
+        // What it measured when it last loaded, if more: a load is admitted against what it
+        // will take, not only against what it declares.
+        let measured = MeasuredMemory::of(&version.metadata).map_or(0, |m| m.bytes_per_replica);
+        let reserve_bytes = settings.reserve_bytes(artifact_bytes).max(measured);
         let mut count = settings.starting_replicas();
         let mut allowed = settings.devices.clone();
         if let Some(placed) = self.placed.get(&key) {
@@ -258,13 +261,17 @@ impl Reconciler {
             count = placed.iter().map(|(_, replicas)| replicas).sum();
             allowed = placed.iter().map(|(device, _)| *device).collect();
         }
-        let devices = match self.handles.capacity.reserve_first_replicas(
+        let table = self.handles.tables.snapshot();
+        let reserved = self.handles.capacity.reserve_first_replicas(
+            &table,
             &key,
             reserve_bytes,
             count,
             &allowed,
-        ) {
-            Ok(devices) => devices,
+        );
+        drop(table);
+        let (devices, victims) = match reserved {
+            Ok(reserved) => reserved,
             Err(refusal) => {
                 let first = !matches!(self.local.get(&key), Some(VersionStatus::Pending(_)));
                 self.local
@@ -297,8 +304,10 @@ impl Reconciler {
                 .version(&key.model, &key.version, figures),
         );
         let capacity = self.handles.capacity.clone();
+        let gateway_metrics = self.handles.metrics.clone();
         tasks::spawn(&VERSION_LOAD, async move {
             let started = Instant::now();
+            Capacity::evict(victims, &gateway_metrics).await;
             let sizes = (reserve_bytes, artifact_bytes);
             let result = load(runtime, &key, artifact, settings, metrics, devices, sizes).await;
             match &result {
@@ -837,6 +846,7 @@ async fn load(
         allowed: settings.devices,
         sequence: settings.sequence,
         open_sequences: Default::default(),
+        always_loaded: settings.always_loaded,
         interface: Interface {
             labels,
             ..settings.interface

@@ -76,6 +76,9 @@ pub struct ModelToml {
     /// Devices a replica may be placed on (best fit); unset: `device` alone.
     #[schema(max_items = 1024)]
     pub devices: Option<Vec<String>>,
+    /// Never evicted to make room for another version (the version the `stable` alias names
+    /// never is either); default false.
+    pub always_loaded: Option<bool>,
     /// Autoscaling bounds; `max_replicas` turns autoscaling on (else `replicas` is fixed).
     #[schema(minimum = 1, maximum = 256)]
     pub min_replicas: Option<u64>,
@@ -287,6 +290,8 @@ pub struct ModelSettings {
     pub memory: Option<u64>,
     /// Where replicas may go, in preference order (never empty).
     pub devices: Vec<Device>,
+    /// Never evicted to make room for another version.
+    pub always_loaded: bool,
     pub scaling: Option<Scaling>,
     pub sequence: Option<Arc<SequenceSettings>>,
     /// Optional inputs and reshaped tensors.
@@ -500,6 +505,7 @@ impl ModelSettings {
             },
             memory,
             devices,
+            always_loaded: toml.always_loaded.unwrap_or(false),
             scaling,
             sequence,
             interface,

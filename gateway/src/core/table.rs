@@ -63,6 +63,8 @@ pub struct ReadyVersion {
     pub sequence: Option<Arc<SequenceSettings>>,
     /// Its open sequences (kept by `core::sequence`).
     pub open_sequences: AtomicUsize,
+    /// Never evicted to make room for another version (`always_loaded` in model.toml).
+    pub always_loaded: bool,
     /// What requests may send: the model's inputs as clients see them.
     pub interface: Interface,
     /// Its configuration in Triton's form, as `/config` and gRPC `ModelConfig` report it

@@ -34,6 +34,8 @@ pub(super) struct Replica {
     pub(super) memory_bytes: Option<u64>,
     /// What its first request added, measured when it had no warm-up.
     pub(super) first_run_bytes: Arc<OnceLock<u64>>,
+    /// Closed when its worker thread has ended and its model is unloaded.
+    pub(super) unloaded: tokio::sync::watch::Receiver<()>,
 }
 
 impl Replica {
@@ -42,6 +44,20 @@ impl Replica {
     fn measured_bytes(&self) -> Option<u64> {
         let first_run = self.first_run_bytes.get().copied().unwrap_or(0);
         self.memory_bytes.map(|bytes| bytes + first_run)
+    }
+}
+
+/// A replica taken out of service: it answers what it holds, then unloads.
+pub struct RemovedReplica {
+    pub info: ReplicaInfo,
+    unloaded: tokio::sync::watch::Receiver<()>,
+}
+
+impl RemovedReplica {
+    /// Waits until its worker has answered what it held and unloaded its model.
+    pub async fn unloaded(mut self) {
+        // The sender is dropped when the worker thread ends.
+        while self.unloaded.changed().await.is_ok() {}
     }
 }
 
@@ -83,9 +99,12 @@ impl Replica {
         let first_run_bytes = Arc::new(OnceLock::new());
         let worker_first_run = first_run_bytes.clone();
         let configured_max_batch = batching.configured_max_batch_size;
+        let (unloaded_tx, unloaded) = tokio::sync::watch::channel(());
         std::thread::Builder::new()
             .name(thread_name)
             .spawn(move || {
+                // Dropped last, when the thread ends: the model is gone by then.
+                let _unloaded = unloaded_tx;
                 // A FIFO or a device would block the runtime's open, and with it every load:
                 // refused here, before the loading lock.
                 if std::fs::metadata(&artifact).is_ok_and(|metadata| !metadata.is_file()) {
@@ -190,6 +209,7 @@ impl Replica {
             device,
             memory_bytes: loaded.memory_bytes,
             first_run_bytes,
+            unloaded,
         };
         Ok((replica, loaded))
     }
@@ -319,6 +339,9 @@ pub struct ReplicaSet {
     pub(super) count: tokio::sync::watch::Sender<usize>,
     /// Requests waiting for a replica while the version is scaled to zero.
     pub(super) cold_waiters: AtomicUsize,
+    /// Why the last cold start failed, and when it is tried again: until then requests are
+    /// answered with it.
+    pub(super) cold_failure: arc_swap::ArcSwapOption<(String, Instant)>,
     /// How its first replica was warmed up (the others ran the same).
     pub(super) warmup: WarmupOutcome,
 }
@@ -367,6 +390,7 @@ impl ReplicaSet {
             next_index,
             count: tokio::sync::watch::Sender::new(devices.len()),
             cold_waiters: AtomicUsize::new(0),
+            cold_failure: arc_swap::ArcSwapOption::empty(),
             warmup,
         })
     }
@@ -399,8 +423,39 @@ impl ReplicaSet {
             next
         });
         drop(replicas);
+        self.cold_failure.store(None);
         self.count.send_replace(self.replicas.load().len());
         Ok(added)
+    }
+
+    /// Takes the replica `index` out of service, even the last one (an eviction): requests
+    /// already queued on it are still answered, then its model is unloaded. Returns it, or
+    /// `None` if it is not in service.
+    pub fn remove_replica_at(&self, index: u32) -> Option<RemovedReplica> {
+        let mut removed = None;
+        self.replicas.rcu(|current| {
+            let mut next = Vec::clone(current);
+            removed = next
+                .iter()
+                .position(|replica| replica.index == index)
+                .map(|at| next.remove(at));
+            next
+        });
+        let removed = removed?;
+        self.count.send_replace(self.replicas.load().len());
+        Some(RemovedReplica {
+            info: info(&removed),
+            unloaded: removed.unloaded.clone(),
+        })
+    }
+
+    /// A cold start that failed: the requests waiting for it are answered with `reason` now,
+    /// and so are those that come before `retry_at`.
+    pub fn fail_cold_start(&self, reason: &str, retry_at: Instant) {
+        self.cold_failure
+            .store(Some(Arc::new((reason.to_owned(), retry_at))));
+        // Wakes the waiters, whose condition now holds.
+        self.count.send_modify(|_| {});
     }
 
     /// Takes the newest replica out of service, keeping at least one; its worker finishes what
@@ -442,15 +497,36 @@ impl ReplicaSet {
                 self.0.fetch_sub(1, Ordering::Relaxed);
             }
         }
+        let failed = |reason: &str| {
+            GatewayError::unavailable(format!(
+                "the version holds no replica and its load failed: {reason} (it is tried \
+                 again after a backoff; see /v1/resources)"
+            ))
+        };
+        if let Some(failure) = self.cold_failure.load_full() {
+            if Instant::now() < failure.1 {
+                return Err(failed(&failure.0));
+            }
+            // Its backoff has passed: this request waits for the next try.
+            self.cold_failure
+                .compare_and_swap(&Some(failure), None::<Arc<(String, Instant)>>);
+        }
         self.cold_waiters.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&self.cold_waiters);
+        if let Some(metrics) = &self.load.metrics {
+            metrics.cold_wait();
+        }
         let mut count = self.count.subscribe();
         let until = deadline.unwrap_or_else(|| Instant::now() + Duration::from_secs(30));
-        match tokio::time::timeout_at(until.into(), count.wait_for(|count| *count > 0)).await {
-            Ok(Ok(_)) => Ok(()),
+        let up_or_failed = count.wait_for(|count| *count > 0 || self.cold_failure.load().is_some());
+        match tokio::time::timeout_at(until.into(), up_or_failed).await {
+            Ok(Ok(_)) => match self.cold_failure.load_full() {
+                Some(failure) if self.replicas.load().is_empty() => Err(failed(&failure.0)),
+                _ => Ok(()),
+            },
             _ => Err(GatewayError::unavailable(
-                "the version is scaled to zero and no replica came up before the request's \
-                 deadline (a cold start: see /v1/resources for why)",
+                "the version holds no replica (scaled to zero or evicted) and none came up \
+                 before the request's deadline (a cold start: see /v1/resources for why)",
             )),
         }
     }

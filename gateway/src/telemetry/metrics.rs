@@ -6,6 +6,7 @@
 //! other part of the gateway.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use metrics::{Counter, Gauge, Histogram, Key, Label, Metadata, Recorder, Unit};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusRecorder};
@@ -41,6 +42,8 @@ const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256
 
 /// The metrics of one version, registered when it loads.
 pub struct VersionMetrics {
+    /// Requests that found the version holding no replica and waited for a load.
+    cold_waits: Counter,
     pub queue_time: Histogram,
     pub compute_time: Histogram,
     pub batch_size: Histogram,
@@ -57,6 +60,12 @@ impl VersionMetrics {
     /// began.
     pub fn statistics(&self) -> StatisticsSnapshot {
         self.statistics.snapshot(self.requests())
+    }
+
+    /// Counts a request that found no replica and waited for one to load: what the hit rate
+    /// (requests served without a load) misses.
+    pub fn cold_wait(&self) {
+        self.cold_waits.increment(1);
     }
 
     /// The requests served since this load began.
@@ -76,6 +85,7 @@ impl Metrics {
     pub fn new(enabled: bool) -> Arc<Metrics> {
         let builder = PrometheusBuilder::new();
         let builder = [
+            "switchyard_cold_start_seconds",
             "switchyard_queue_time_seconds",
             "switchyard_compute_time_seconds",
         ]
@@ -129,6 +139,7 @@ impl Metrics {
         figures.expose();
         if !self.enabled {
             return VersionMetrics {
+                cold_waits: Counter::noop(),
                 queue_time: Histogram::noop(),
                 compute_time: Histogram::noop(),
                 batch_size: Histogram::noop(),
@@ -145,6 +156,7 @@ impl Metrics {
         };
         let r = &self.recorder;
         VersionMetrics {
+            cold_waits: counter(r, "switchyard_cold_waits_total", labels()),
             queue_time: histogram(r, "switchyard_queue_time_seconds", labels()),
             compute_time: histogram(r, "switchyard_compute_time_seconds", labels()),
             batch_size: histogram(r, "switchyard_batch_size", labels()),
@@ -169,6 +181,49 @@ impl Metrics {
                 &self.recorder,
                 "switchyard_registry_write_failures_total",
                 Vec::new(),
+            )
+            .increment(1);
+        }
+    }
+
+    /// Counts a replica load made to serve a version that held none (a cold start, or a
+    /// version loaded on demand), by outcome (`success` or `failed`), and how long it took.
+    pub fn replica_loaded(
+        &self,
+        model: &str,
+        version: &str,
+        outcome: &'static str,
+        took: Duration,
+    ) {
+        if self.enabled {
+            let labels = || {
+                vec![
+                    Label::new("model", model.to_owned()),
+                    Label::new("version", version.to_owned()),
+                ]
+            };
+            let mut with_outcome = labels();
+            with_outcome.push(Label::new("outcome", outcome));
+            counter(&self.recorder, "switchyard_cold_starts_total", with_outcome).increment(1);
+            if outcome == "success" {
+                histogram(&self.recorder, "switchyard_cold_start_seconds", labels())
+                    .record(took.as_secs_f64());
+            }
+        }
+    }
+
+    /// Counts a replica evicted to make room for another version, or because its device went
+    /// over its budget on measured memory.
+    pub fn evicted(&self, model: &str, version: &str, device: &str) {
+        if self.enabled {
+            counter(
+                &self.recorder,
+                "switchyard_evictions_total",
+                vec![
+                    Label::new("model", model.to_owned()),
+                    Label::new("version", version.to_owned()),
+                    Label::new("device", device.to_owned()),
+                ],
             )
             .increment(1);
         }
@@ -401,6 +456,18 @@ fn describe(recorder: &PrometheusRecorder) {
             "Requests this node forwarded to a peer hosting their version, by outcome.",
         ),
         (
+            "switchyard_cold_waits_total",
+            "Requests that found their version holding no replica (scaled to zero or evicted) and waited for a load: the misses of the hit rate.",
+        ),
+        (
+            "switchyard_cold_starts_total",
+            "Replica loads of a version that held none (a cold start or a load on demand), by outcome.",
+        ),
+        (
+            "switchyard_evictions_total",
+            "Idle replicas unloaded to make room for another version, or because their device went over its budget.",
+        ),
+        (
             "switchyard_forwarded_received_total",
             "Requests that came marked as forwarded by another node of the cluster.",
         ),
@@ -409,6 +476,11 @@ fn describe(recorder: &PrometheusRecorder) {
         recorder.describe_counter(name.into(), Some(Unit::Count), help.into());
     }
     let histograms = [
+        (
+            "switchyard_cold_start_seconds",
+            Unit::Seconds,
+            "Time a cold start took, from its decision to the replica serving.",
+        ),
         (
             "switchyard_queue_time_seconds",
             Unit::Seconds,

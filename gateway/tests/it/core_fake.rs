@@ -69,6 +69,7 @@ async fn ready_version(
         allowed: vec![Device::Cpu],
         sequence: None,
         open_sequences: Default::default(),
+        always_loaded: false,
         interface: Default::default(),
         config: Default::default(),
     })

@@ -23,6 +23,7 @@ mod hostile;
 mod hostile_crowd;
 mod http_api;
 mod layers;
+mod memory_pool;
 mod metrics;
 mod objective;
 mod openapi;

@@ -1,5 +1,6 @@
-//! Resource accounting end to end, on a CPU budget: a version that does not fit stays pending
-//! with the reason while the rest serve, and loads once room appears; a version with
+//! Resource accounting end to end, on a CPU budget: a version that does not fit (beside a
+//! pinned one) stays pending with the reason while the rest serve, and loads once room
+//! appears; a version with
 //! `max_replicas` scales up under a load step and back down after it, losing no request, with
 //! registry events that explain each step.
 
@@ -56,7 +57,8 @@ fn heavy_body(rows: usize) -> Value {
 async fn a_version_that_does_not_fit_waits_pending_until_room_appears() {
     // mlp_heavy's weights alone are 63 MB, so its replica reserves at least that much: of a
     // 150 MiB budget, less than 100 MiB is left.
-    let repo = heavy_repository("max_batch_size = 32\n");
+    // mlp_heavy is pinned: otherwise, idle, it would be evicted to make room (tests/it/memory_pool.rs).
+    let repo = heavy_repository("max_batch_size = 32\nalways_loaded = true\n");
     let gateway = start(repo.path(), 150 * MIB).await;
     let small = models_dir().join("mlp/1/model.onnx").display().to_string();
     admin(

@@ -1,19 +1,30 @@
 //! The autoscaler's task: every round's decisions, applied outside the capacity's lock (a
-//! replica can take seconds to load), and recorded as registry events.
+//! replica can take seconds to load), and recorded as registry events with the loads and
+//! evictions the reconciler decided.
 
 use std::sync::Arc;
 use std::time::Instant;
 
+use serde_json::json;
 use switchyard_registry::Store;
 
-use super::{ACTOR, Capacity, Change, SCALE_INTERVAL, lock};
+use super::{
+    ACTOR, COLD_RETRY_FIRST, COLD_RETRY_MOST, Capacity, Change, FailedStart, LOAD_ACTION,
+    RecentChange, SCALE_INTERVAL, epoch_ms, lock, unload,
+};
 use crate::core::TableHandle;
 use crate::tasks::{self, TaskKind};
+use crate::telemetry::Metrics;
 
 static CAPACITY_CHANGE: TaskKind = TaskKind::new("capacity_change");
 
 /// Samples, decides and applies, every [`SCALE_INTERVAL`], until the task is dropped.
-pub async fn run(tables: Arc<TableHandle>, capacity: Arc<Capacity>, store: Arc<dyn Store>) {
+pub async fn run(
+    tables: Arc<TableHandle>,
+    capacity: Arc<Capacity>,
+    store: Arc<dyn Store>,
+    metrics: Arc<Metrics>,
+) {
     let mut every = tokio::time::interval(SCALE_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -23,50 +34,114 @@ pub async fn run(tables: Arc<TableHandle>, capacity: Arc<Capacity>, store: Arc<d
         drop(table);
         for change in changes {
             // A replica can take seconds to load: the next rounds go on meanwhile.
-            let capacity = capacity.clone();
-            tasks::spawn(
-                &CAPACITY_CHANGE,
-                async move { apply(&capacity, change).await },
-            );
+            let (capacity, metrics) = (capacity.clone(), metrics.clone());
+            tasks::spawn(&CAPACITY_CHANGE, async move {
+                apply(&capacity, &metrics, change).await
+            });
         }
-        for (key, payload) in events {
-            if let Err(error) = store
-                .log_event(ACTOR, &key.model, "replicas.scale", payload)
-                .await
-            {
-                tracing::warn!(model = %key.model, %error, "cannot record a scaling decision");
+        for (key, action, payload) in events.into_iter().chain(capacity.take_outbox()) {
+            if let Err(error) = store.log_event(ACTOR, &key.model, action, payload).await {
+                tracing::warn!(model = %key.model, %error, "cannot record a capacity decision");
             }
         }
     }
 }
 
-async fn apply(capacity: &Capacity, change: Change) {
+async fn apply(capacity: &Capacity, metrics: &Metrics, change: Change) {
     match change {
         Change::Add {
             key,
             ready,
             index,
             device,
+            evict_first,
+            cold,
         } => {
+            for victim in evict_first {
+                unload(victim, metrics).await;
+            }
             let added = ready.replicas.add_replica(index, device).await;
-            if let Some(adding) = lock(&capacity.state).adding.get_mut(&key) {
+            let mut state = lock(&capacity.state);
+            if let Some(adding) = state.adding.get_mut(&key) {
                 *adding = adding.saturating_sub(1);
             }
             match added {
                 Ok(added) => {
-                    if let Some(bytes) = added.memory_bytes {
-                        capacity.record_measured(&key, index, ready.replica_bytes(bytes));
+                    let bytes = added.memory_bytes.map(|bytes| ready.replica_bytes(bytes));
+                    drop(state);
+                    if let Some(bytes) = bytes {
+                        capacity.record_measured(&key, index, bytes);
                     }
                     tracing::info!(model = %key.model, version = %key.version, replica = index, %device, "replica added");
+                    if let Some(decided) = cold {
+                        let took = decided.elapsed();
+                        metrics.replica_loaded(&key.model, &key.version, "success", took);
+                        let mut state = lock(&capacity.state);
+                        state.failed_starts.remove(&key);
+                        let change = RecentChange {
+                            model: key.model.to_string(),
+                            version: key.version.to_string(),
+                            action: "loaded".into(),
+                            device: device.to_string(),
+                            bytes: bytes.unwrap_or(0),
+                            reason: format!("cold start in {} ms", took.as_millis()),
+                            at_ms: epoch_ms(),
+                        };
+                        state.note(change);
+                    }
                 }
                 Err(error) => {
-                    lock(&capacity.state)
-                        .ledger
-                        .release(&key.model, &key.version, index);
+                    state.ledger.release(&key.model, &key.version, index);
                     tracing::error!(model = %key.model, version = %key.version, %error, "a new replica failed to load");
+                    if let Some(decided) = cold {
+                        let attempts = state
+                            .failed_starts
+                            .get(&key)
+                            .map_or(1, |failed| failed.attempts.saturating_add(1));
+                        let backoff = COLD_RETRY_FIRST
+                            .saturating_mul(1 << attempts.saturating_sub(1).min(16))
+                            .min(COLD_RETRY_MOST);
+                        let reason = format!(
+                            "{error} (attempt {attempts}; the next in {:.0} s)",
+                            backoff.as_secs_f64()
+                        );
+                        let retry_at = Instant::now() + backoff;
+                        state.failed_starts.insert(
+                            key.clone(),
+                            FailedStart {
+                                attempts,
+                                retry_at,
+                                reason: reason.clone(),
+                            },
+                        );
+                        state.note(RecentChange {
+                            model: key.model.to_string(),
+                            version: key.version.to_string(),
+                            action: "load_failed".into(),
+                            device: device.to_string(),
+                            bytes: 0,
+                            reason: reason.clone(),
+                            at_ms: epoch_ms(),
+                        });
+                        state.outbox.push((
+                            key.clone(),
+                            LOAD_ACTION,
+                            json!({"version": key.version, "outcome": "failed",
+                                   "reason": reason, "attempts": attempts}),
+                        ));
+                        drop(state);
+                        ready.replicas.fail_cold_start(&reason, retry_at);
+                        metrics.replica_loaded(
+                            &key.model,
+                            &key.version,
+                            "failed",
+                            decided.elapsed(),
+                        );
+                    }
                 }
             }
         }
+        Change::Evict(victim) => unload(victim, metrics).await,
         Change::RemoveAll { key, ready } => {
             let mut state = lock(&capacity.state);
             for removed in ready.replicas.remove_all() {

@@ -4,7 +4,7 @@
 //! with its concurrency within its bounds and the budget. The decisions themselves are the pure
 //! functions of [`ledger`] and [`autoscaler`]; this module keeps their state and applies them.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -15,6 +15,7 @@ use switchyard_runtimes::{Device, memory};
 use crate::config::DeviceConfig;
 use crate::core::{ModelEntry, ModelTable, ReadyVersion, Scaling, VersionStatus};
 use crate::routing::objective::ObjectivePlan;
+use crate::telemetry::Metrics;
 use crate::version_key::VersionKey as Key;
 
 mod apply;
@@ -61,6 +62,74 @@ struct State {
     /// Models under the objective policy: the replicas their objective would give each
     /// version within the memory left to them.
     quality_plans: BTreeMap<Arc<str>, ModelQualityPlan>,
+    /// When each ready version last had work: eviction takes the least recently used first.
+    activity: HashMap<Key, Activity>,
+    /// Loads of a version that held no replica which failed: not tried again before
+    /// `retry_at`, and the requests meanwhile are told why.
+    failed_starts: HashMap<Key, FailedStart>,
+    /// What one replica of each version measured last, kept while it holds none: a cold start
+    /// reserves what it will measure, not only what it declared.
+    measured: HashMap<Key, u64>,
+    /// Evictions and loads decided outside a round (by the reconciler), to be recorded as
+    /// registry events by the autoscaler's task.
+    outbox: Vec<CapacityEvent>,
+    /// The last loads and evictions, newest last, for `/v1/resources`.
+    recent: VecDeque<RecentChange>,
+    /// Whether idle replicas may be evicted to make room: not on a node of a cluster, where
+    /// the leader places versions.
+    may_evict: bool,
+}
+
+/// A version's last work, as the rounds see it.
+struct Activity {
+    seen_requests: u64,
+    last_active: Instant,
+}
+
+struct FailedStart {
+    attempts: u32,
+    retry_at: Instant,
+    reason: String,
+}
+
+/// A version idle for less than this is not evicted, so that two versions taking turns do not
+/// evict each other on every request.
+const EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
+/// The first wait before a failed cold start is tried again; it doubles up to the most.
+const COLD_RETRY_FIRST: Duration = Duration::from_secs(1);
+const COLD_RETRY_MOST: Duration = Duration::from_secs(60);
+/// How long an evicted replica may take to answer what it holds and unload before the load
+/// that waits for its memory goes ahead anyway.
+const UNLOAD_WAIT: Duration = Duration::from_secs(60);
+/// How many loads and evictions `/v1/resources` shows.
+const RECENT_KEPT: usize = 32;
+
+/// A registry event the capacity decided: its version, action and payload.
+pub type CapacityEvent = (Key, &'static str, Value);
+
+/// A replica chosen to make room: taken out of service, its memory is free once its model is
+/// unloaded.
+#[derive(Clone)]
+pub struct Victim {
+    key: Key,
+    ready: Arc<ReadyVersion>,
+    index: u32,
+    device: Device,
+    bytes: u64,
+}
+
+/// A load or an eviction, as `/v1/resources` lists it.
+#[derive(Debug, Clone, Serialize, Deserialize, utoipa::ToSchema)]
+pub struct RecentChange {
+    pub model: String,
+    pub version: String,
+    /// `evicted`, `loaded` or `load_failed`.
+    pub action: String,
+    pub device: String,
+    pub bytes: u64,
+    pub reason: String,
+    /// Milliseconds since the epoch.
+    pub at_ms: u64,
 }
 
 /// What one replica of a version measured once warm, kept in the version's registry metadata
@@ -86,12 +155,14 @@ impl MeasuredMemory {
 }
 
 /// `GET /v1/resources`: the devices, each version's replicas and reservations as this gateway
-/// accounts for them, and the objective policy's replica plans.
+/// accounts for them, the objective policy's replica plans, and the last loads and evictions.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 pub struct ResourceReport {
     pub devices: Vec<DeviceReport>,
     pub versions: Vec<VersionResources>,
     pub objective: Vec<QualityPlanReport>,
+    /// Newest first.
+    pub recent: Vec<RecentChange>,
 }
 
 /// A device, in bytes.
@@ -109,6 +180,9 @@ pub struct DeviceReport {
     pub process_in_use: Option<u64>,
     /// Null when unbounded.
     pub free: Option<u64>,
+    /// What idle replicas hold on it that eviction could free for a version of the lowest
+    /// priority.
+    pub evictable: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -122,6 +196,15 @@ pub struct VersionResources {
     pub reserved_bytes: u64,
     /// Null for a version the autoscaler does not scale.
     pub autoscaler: Option<ScalerReport>,
+    /// Whether it holds a replica: a ready version holding none (scaled to zero or evicted)
+    /// is registered, not failed, and loads on the next request.
+    pub resident: bool,
+    /// Never evicted: `always_loaded`, or the version the `stable` alias names.
+    pub pinned: bool,
+    /// Since its last work, in milliseconds; null before it was first seen.
+    pub idle_ms: Option<u64>,
+    /// Why its last load on demand failed, while it waits to be tried again.
+    pub load_failure: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -189,18 +272,23 @@ struct Scaled {
 #[derive(Default)]
 struct Round {
     changes: Vec<Change>,
-    events: Vec<(Key, Value)>,
+    events: Vec<CapacityEvent>,
 }
 
 /// A change to make to a version's replicas, decided under the lock and applied outside it.
 enum Change {
-    /// The replica's memory is already reserved under `index`.
+    /// The replica's memory is already reserved under `index`; it loads once `evict_first`
+    /// are unloaded. `cold` says when the version, holding none, was decided to load.
     Add {
         key: Key,
         ready: Arc<ReadyVersion>,
         index: u32,
         device: Device,
+        evict_first: Vec<Victim>,
+        cold: Option<Instant>,
     },
+    /// Over its device's budget on measured memory.
+    Evict(Victim),
     Remove {
         key: Key,
         ready: Arc<ReadyVersion>,
@@ -221,8 +309,10 @@ fn physical_memory(device: Device) -> Option<u64> {
 }
 
 impl Capacity {
-    /// Fails on a `[[devices]]` entry that names no device.
-    pub fn new(configured: &[DeviceConfig]) -> Result<Capacity, String> {
+    /// Fails on a `[[devices]]` entry that names no device. `may_evict`: whether idle
+    /// replicas may be evicted to make room (not on a node of a cluster, where the leader
+    /// places versions).
+    pub fn new(configured: &[DeviceConfig], may_evict: bool) -> Result<Capacity, String> {
         let configured = configured
             .iter()
             .map(|d| {
@@ -239,6 +329,12 @@ impl Capacity {
             configured: configured.clone(),
             scalers: HashMap::new(),
             quality_plans: BTreeMap::new(),
+            activity: HashMap::new(),
+            failed_starts: HashMap::new(),
+            measured: HashMap::new(),
+            outbox: Vec::new(),
+            recent: VecDeque::new(),
+            may_evict,
         };
         for (device, _, _) in configured {
             state.ensure_device(device);
@@ -249,29 +345,57 @@ impl Capacity {
     }
 
     /// Reserves memory for the first replicas of a version: up to `count` of them, placed by
-    /// best fit among `allowed`; at least one, or the refusal that says why none fits.
+    /// best fit among `allowed`; at least one, or the refusal that says why none fits. When
+    /// none fits, idle replicas of versions of no higher priority are evicted to make room for
+    /// the first ([`Victim`]s to unload before the load; their reservations are released now).
     pub fn reserve_first_replicas(
         &self,
+        table: &ModelTable,
         key: &Key,
         bytes_per_replica: u64,
         count: u32,
         allowed: &[Device],
-    ) -> Result<Vec<Device>, Refusal> {
+    ) -> Result<(Vec<Device>, Vec<Victim>), Refusal> {
         let (model, version) = (&*key.model, &*key.version);
         let mut state = lock(&self.state);
+        let state = &mut *state;
         for &device in allowed {
             state.ensure_device(device);
         }
         // A reload starts from nothing.
         state.ledger.release_version(model, version);
         let mut placed = Vec::new();
+        let mut victims = Vec::new();
         for replica in 0..count.max(1) {
             let device = match state
                 .ledger
                 .place(model, version, bytes_per_replica, allowed)
             {
                 Ok(device) => device,
-                Err(refusal) if placed.is_empty() => return Err(refusal),
+                Err(refusal) if placed.is_empty() => {
+                    let priority = table
+                        .models
+                        .get(&key.model)
+                        .map_or(0, |entry| state.priority(entry, &key.version));
+                    let now = Instant::now();
+                    let Some((device, chosen)) = state.evict_for(
+                        table,
+                        key,
+                        priority,
+                        bytes_per_replica,
+                        allowed,
+                        now,
+                        true,
+                    ) else {
+                        return Err(refusal);
+                    };
+                    let reason = format!("room for version {} of {}", key.version, key.model);
+                    let mut events = Vec::new();
+                    state.take_victims(&chosen, &reason, &mut events);
+                    state.outbox.extend(events);
+                    victims = chosen;
+                    device
+                }
                 Err(_) => break,
             };
             state
@@ -279,15 +403,30 @@ impl Capacity {
                 .reserve(declared(model, version, replica, device, bytes_per_replica))?;
             placed.push(device);
         }
-        Ok(placed)
+        Ok((placed, victims))
+    }
+
+    /// Evicts the victims a load waits for: each is taken out of service, answers what it
+    /// holds, and unloads its model.
+    pub async fn evict(victims: Vec<Victim>, metrics: &Metrics) {
+        for victim in victims {
+            unload(victim, metrics).await;
+        }
+    }
+
+    /// The events decided outside the rounds, to record.
+    fn take_outbox(&self) -> Vec<CapacityEvent> {
+        std::mem::take(&mut lock(&self.state).outbox)
     }
 
     /// Replaces a replica's declared memory by what it measured after warm-up.
     pub fn record_measured(&self, key: &Key, replica: u32, bytes: u64) {
-        let over =
-            lock(&self.state)
-                .ledger
-                .record_measured(&key.model, &key.version, replica, bytes);
+        let mut state = lock(&self.state);
+        let last = state.measured.entry(key.clone()).or_insert(0);
+        *last = bytes;
+        let over = state
+            .ledger
+            .record_measured(&key.model, &key.version, replica, bytes);
         if over {
             tracing::warn!(version = %key, replica, bytes, "a replica measured more than its device's budget has left");
         }
@@ -298,11 +437,15 @@ impl Capacity {
         state.ledger.release_version(&key.model, &key.version);
         state.scalers.remove(key);
         state.adding.remove(key);
+        state.activity.remove(key);
+        state.failed_starts.remove(key);
     }
 
-    /// One autoscaling round over the current table: observes every scaled version's
-    /// concurrency, decides, reserves what a scale-up needs, and returns the changes to apply.
-    fn decide(&self, table: &ModelTable, now: Instant) -> (Vec<Change>, Vec<(Key, Value)>) {
+    /// One autoscaling round over the current table: observes every ready version's work,
+    /// brings back a replica for one that holds none and has requests waiting (evicting idle
+    /// ones if it must), scales the versions that scale, evicts on a device over its budget,
+    /// and returns the changes to apply and the events to record.
+    fn decide(&self, table: &ModelTable, now: Instant) -> (Vec<Change>, Vec<CapacityEvent>) {
         let mut state = lock(&self.state);
         let state = &mut *state;
         let mut round = Round::default();
@@ -310,14 +453,17 @@ impl Capacity {
             let adding = state.adding.get(&scaled.key).copied().unwrap_or(0);
             if scaled.ready.replicas.replica_count() == 0 {
                 if adding == 0 {
-                    state.cold_start(&scaled, &mut round);
+                    state.cold_start(table, &scaled, now, &mut round);
                 }
+            } else if scaled.max_replicas == 0 {
+                // Not autoscaled: its replicas are fixed.
             } else if adding == 0 && state.idle_too_long(&scaled, now, &mut round) {
                 // Scaled to zero this round.
             } else {
                 state.scale_by_load(table, &scaled, adding, now, &mut round);
             }
         }
+        state.evict_over_budget(table, now, &mut round);
         (round.changes, round.events)
     }
 
@@ -390,6 +536,8 @@ impl Capacity {
     /// What `GET /v1/resources` shows.
     pub fn report(&self, table: &ModelTable) -> ResourceReport {
         let state = lock(&self.state);
+        let now = Instant::now();
+        let evictable = state.eviction_candidates(table, now, |_| true);
         let devices = state
             .ledger
             .devices()
@@ -411,6 +559,11 @@ impl Capacity {
                     measured,
                     process_in_use: memory::in_use(device.id),
                     free: state.ledger.free(device.id).filter(|_| bounded),
+                    evictable: evictable
+                        .iter()
+                        .filter(|(_, _, victim)| victim.device == device.id)
+                        .map(|(_, _, victim)| victim.bytes)
+                        .sum(),
                 }
             })
             .collect();
@@ -451,11 +604,23 @@ impl Capacity {
                     desired_now: scaler.autoscaler.desired(Instant::now()),
                     reason: scaler.reason.clone(),
                 });
+                let priority = state.priority(model, &version.label);
+                let ready = match &version.status {
+                    VersionStatus::Ready(ready) => Some(ready),
+                    _ => None,
+                };
                 versions.push(VersionResources {
                     model: key.model.to_string(),
                     version: key.version.to_string(),
                     state: version.status.name().to_owned(),
-                    priority: state.priority(model, &version.label),
+                    priority,
+                    resident: !replicas.is_empty(),
+                    pinned: priority == STABLE_PRIORITY || ready.is_some_and(|r| r.always_loaded),
+                    idle_ms: state.activity.get(&key).map(|activity| {
+                        let idle = now.saturating_duration_since(activity.last_active);
+                        u64::try_from(idle.as_millis()).unwrap_or(u64::MAX)
+                    }),
+                    load_failure: state.failed_starts.get(&key).map(|f| f.reason.clone()),
                     replicas,
                     reserved_bytes: reservations.iter().map(|r| r.bytes).sum(),
                     autoscaler,
@@ -496,6 +661,7 @@ impl Capacity {
             devices,
             versions,
             objective,
+            recent: state.recent.iter().rev().cloned().collect(),
         }
     }
 
@@ -522,8 +688,9 @@ impl Capacity {
 }
 
 impl State {
-    /// Samples the concurrency of every ready version that scales, and notes when it last
-    /// had work; returns those versions.
+    /// Notes when every ready version last had work, and samples the concurrency of those
+    /// that scale; returns those, and the versions holding no replica (which a request can
+    /// bring back).
     fn observe(&mut self, table: &ModelTable, now: Instant) -> Vec<Scaled> {
         let mut scaled = Vec::new();
         for model in table.models.values() {
@@ -531,12 +698,31 @@ impl State {
                 let VersionStatus::Ready(ready) = &version.status else {
                     continue;
                 };
-                let Some(scaling) = &ready.scaling else {
-                    continue;
-                };
                 let key = Key {
                     model: model.name.clone(),
                     version: version.label.clone(),
+                };
+                let outstanding = ready.replicas.outstanding();
+                let requests = version.stats.requests();
+                let busy = outstanding > 0 || ready.replicas.cold_waiters() > 0;
+                let activity = self.activity.entry(key.clone()).or_insert(Activity {
+                    seen_requests: requests,
+                    last_active: now,
+                });
+                if requests != activity.seen_requests || busy {
+                    activity.seen_requests = requests;
+                    activity.last_active = now;
+                }
+                let Some(scaling) = &ready.scaling else {
+                    if ready.replicas.replica_count() == 0 {
+                        scaled.push(Scaled {
+                            key,
+                            ready: ready.clone(),
+                            max_replicas: 0,
+                            to_zero_after: None,
+                        });
+                    }
+                    continue;
                 };
                 let scaler = self
                     .scalers
@@ -548,13 +734,8 @@ impl State {
                         seen_requests: 0,
                         last_active: now,
                     });
-                let outstanding = ready.replicas.outstanding();
                 scaler.autoscaler.observe(now, outstanding as f64);
-                let requests = version.stats.requests();
-                if requests != scaler.seen_requests
-                    || outstanding > 0
-                    || ready.replicas.cold_waiters() > 0
-                {
+                if requests != scaler.seen_requests || busy {
                     scaler.seen_requests = requests;
                     scaler.last_active = now;
                 }
@@ -576,27 +757,54 @@ impl State {
         }
     }
 
-    /// A version scaled to zero: a waiting request brings one replica back (the autoscaler
-    /// takes it from there); without one, nothing to decide.
-    fn cold_start(&mut self, scaled: &Scaled, round: &mut Round) {
+    /// A version holding no replica (scaled to zero, or evicted): a waiting request brings one
+    /// back (the autoscaler takes it from there), evicting idle replicas of versions of no
+    /// higher priority if it must; a load that failed is not tried again before its backoff.
+    fn cold_start(&mut self, table: &ModelTable, scaled: &Scaled, now: Instant, round: &mut Round) {
         let (key, ready) = (&scaled.key, &scaled.ready);
         let waiting = ready.replicas.cold_waiters();
         if waiting == 0 {
             return;
         }
-        let bytes = new_replica_bytes(ready);
+        if self
+            .failed_starts
+            .get(key)
+            .is_some_and(|failed| now < failed.retry_at)
+        {
+            return;
+        }
+        let bytes = new_replica_bytes(ready).max(self.measured.get(key).copied().unwrap_or(0));
         let room = self.room_for(key, bytes, &ready.allowed, 1);
-        let Some(change) = room
-            .first()
-            .and_then(|&device| self.reserve_addition(key, ready, device, bytes))
+        let (device, victims) = match room.first() {
+            Some(&device) => (device, Vec::new()),
+            None => {
+                let priority = table
+                    .models
+                    .get(&key.model)
+                    .map_or(0, |model| self.priority(model, &key.version));
+                let Some(found) =
+                    self.evict_for(table, key, priority, bytes, &ready.allowed, now, true)
+                else {
+                    return;
+                };
+                found
+            }
+        };
+        let reason = format!("cold start: {waiting} request(s) waiting for a replica");
+        self.take_victims(
+            &victims,
+            &format!("room for version {} of {}", key.version, key.model),
+            &mut round.events,
+        );
+        let Some(change) = self.reserve_addition(key, ready, device, bytes, victims, Some(now))
         else {
             return;
         };
-        let reason = format!("cold start: {waiting} request(s) waiting for a replica");
         self.set_target(key, 1, &reason);
         round.changes.push(change);
         round.events.push((
             key.clone(),
+            SCALE_ACTION,
             json!({"version": key.version, "from": 0, "to": 1, "reason": reason,
                    "bytes_per_replica": bytes}),
         ));
@@ -624,6 +832,7 @@ impl State {
         tracing::info!(version = %key, %reason, "scaling");
         round.events.push((
             key.clone(),
+            SCALE_ACTION,
             json!({"version": key.version, "from": live, "to": 0, "reason": reason}),
         ));
         round.changes.push(Change::RemoveAll {
@@ -657,9 +866,23 @@ impl State {
             &ready.allowed,
             max_replicas.saturating_sub(current),
         );
+        // Replicas of lower priority that are idle can be evicted for it: the plan, which
+        // ranks by priority, is then the cap rather than the room left.
+        let priority = table
+            .models
+            .get(&key.model)
+            .map_or(0, |model| self.priority(model, &key.version));
+        let evictable = self
+            .evict_for(table, key, priority, bytes, &ready.allowed, now, false)
+            .is_some();
+        let reachable = if evictable {
+            u32::MAX
+        } else {
+            current.saturating_add(u32::try_from(room.len()).unwrap_or(u32::MAX))
+        };
         let cap = u32::try_from(planned.len())
             .unwrap_or(u32::MAX)
-            .min(current.saturating_add(u32::try_from(room.len()).unwrap_or(u32::MAX)))
+            .min(reachable)
             .max(current.min(max_replicas))
             .max(1);
         // Let the replicas being added arrive before deciding again.
@@ -676,11 +899,37 @@ impl State {
         self.set_target(key, decision.to, &decision.reason);
         if decision.to > current {
             let count = decision.to - current;
+            let mut added = 0;
             for &device in room.iter().take(count as usize) {
-                let Some(change) = self.reserve_addition(key, ready, device, bytes) else {
+                let Some(change) =
+                    self.reserve_addition(key, ready, device, bytes, Vec::new(), None)
+                else {
                     break;
                 };
                 round.changes.push(change);
+                added += 1;
+            }
+            // The rest in the room of idle replicas of lower priority.
+            while added < count {
+                let Some((device, victims)) =
+                    self.evict_for(table, key, priority, bytes, &ready.allowed, now, false)
+                else {
+                    break;
+                };
+                self.take_victims(
+                    &victims,
+                    &format!(
+                        "room for a replica of version {} of {}",
+                        key.version, key.model
+                    ),
+                    &mut round.events,
+                );
+                let Some(change) = self.reserve_addition(key, ready, device, bytes, victims, None)
+                else {
+                    break;
+                };
+                round.changes.push(change);
+                added += 1;
             }
         } else {
             for _ in decision.to..current {
@@ -693,6 +942,7 @@ impl State {
         tracing::info!(version = %key, from = decision.from, to = decision.to, reason = %decision.reason, "scaling");
         round.events.push((
             key.clone(),
+            SCALE_ACTION,
             json!({
                 "version": key.version,
                 "from": decision.from,
@@ -734,13 +984,16 @@ impl State {
     }
 
     /// Reserves the memory of a replica about to be added to `ready` on `device`, and counts
-    /// it as being added; the change that loads it, or nothing if it does not fit.
+    /// it as being added; the change that loads it (once `evict_first` are unloaded), or
+    /// nothing if it does not fit.
     fn reserve_addition(
         &mut self,
         key: &Key,
         ready: &Arc<ReadyVersion>,
         device: Device,
         bytes: u64,
+        evict_first: Vec<Victim>,
+        cold: Option<Instant>,
     ) -> Option<Change> {
         let index = ready.replicas.claim_index();
         self.ledger
@@ -752,7 +1005,195 @@ impl State {
             ready: ready.clone(),
             index,
             device,
+            evict_first,
+            cold,
         })
+    }
+
+    /// Idle replicas whose eviction makes room for a replica of `bytes` of `asking` on one of
+    /// `allowed`, the fewest of them, taken lowest priority first, then least recently used.
+    /// Never a replica with requests in flight, nor one of a version with open sequences or
+    /// requests waiting, a pinned version (`always_loaded`, or named by the `stable` alias),
+    /// one of higher priority than `asking` (nor of equal priority unless `equal`), or one
+    /// idle for less than [`EVICT_IDLE_AFTER`].
+    #[allow(clippy::too_many_arguments)]
+    fn evict_for(
+        &mut self,
+        table: &ModelTable,
+        asking: &Key,
+        asking_priority: i64,
+        bytes: u64,
+        allowed: &[Device],
+        now: Instant,
+        equal: bool,
+    ) -> Option<(Device, Vec<Victim>)> {
+        if !self.may_evict {
+            return None;
+        }
+        let mut candidates = self.eviction_candidates(table, now, |priority| {
+            priority < asking_priority || (equal && priority == asking_priority)
+        });
+        candidates.retain(|(_, _, victim)| victim.key != *asking);
+        let mut best: Option<(Device, Vec<Victim>)> = None;
+        for &device in allowed {
+            self.ensure_device(device);
+            let mut trial = self.ledger.clone();
+            let fits = |trial: &Ledger| {
+                trial
+                    .place(&asking.model, &asking.version, bytes, &[device])
+                    .is_ok()
+            };
+            let mut chosen = Vec::new();
+            for (_, _, victim) in candidates.iter().filter(|c| c.2.device == device) {
+                if fits(&trial) {
+                    break;
+                }
+                trial.release(&victim.key.model, &victim.key.version, victim.index);
+                chosen.push(victim.clone());
+            }
+            if !chosen.is_empty()
+                && fits(&trial)
+                && best
+                    .as_ref()
+                    .is_none_or(|(_, fewest)| chosen.len() < fewest.len())
+            {
+                best = Some((device, chosen));
+            }
+        }
+        best
+    }
+
+    /// The replicas that may be evicted, with their priority and last work, in the order they
+    /// go: lowest priority first, then least recently used.
+    fn eviction_candidates(
+        &self,
+        table: &ModelTable,
+        now: Instant,
+        below: impl Fn(i64) -> bool,
+    ) -> Vec<(i64, Instant, Victim)> {
+        let mut candidates = Vec::new();
+        for model in table.models.values() {
+            for version in &model.versions {
+                let VersionStatus::Ready(ready) = &version.status else {
+                    continue;
+                };
+                let key = Key {
+                    model: model.name.clone(),
+                    version: version.label.clone(),
+                };
+                let priority = self.priority(model, &version.label);
+                if ready.always_loaded || priority == STABLE_PRIORITY || !below(priority) {
+                    continue;
+                }
+                if ready
+                    .open_sequences
+                    .load(std::sync::atomic::Ordering::Relaxed)
+                    > 0
+                    || ready.replicas.cold_waiters() > 0
+                    || self.adding.get(&key).is_some_and(|adding| *adding > 0)
+                {
+                    continue;
+                }
+                // Not seen by a round yet: as good as busy.
+                let Some(last_active) = self.activity.get(&key).map(|a| a.last_active) else {
+                    continue;
+                };
+                if now.saturating_duration_since(last_active) < EVICT_IDLE_AFTER {
+                    continue;
+                }
+                for replica in ready.replicas.replicas() {
+                    if replica.outstanding > 0 {
+                        continue;
+                    }
+                    let reservation = self.ledger.reservations().iter().find(|r| {
+                        *r.model == *key.model
+                            && *r.version == *key.version
+                            && r.replica == replica.index
+                    });
+                    let Some(reservation) = reservation else {
+                        continue;
+                    };
+                    candidates.push((
+                        priority,
+                        last_active,
+                        Victim {
+                            key: key.clone(),
+                            ready: ready.clone(),
+                            index: replica.index,
+                            device: reservation.device,
+                            bytes: reservation.bytes,
+                        },
+                    ));
+                }
+            }
+        }
+        candidates.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.cmp(&b.1)));
+        candidates
+    }
+
+    /// Releases the victims' memory to whoever was given it, and records why they go.
+    fn take_victims(&mut self, victims: &[Victim], reason: &str, events: &mut Vec<CapacityEvent>) {
+        for victim in victims {
+            self.ledger
+                .release(&victim.key.model, &victim.key.version, victim.index);
+            self.note(RecentChange {
+                model: victim.key.model.to_string(),
+                version: victim.key.version.to_string(),
+                action: "evicted".into(),
+                device: victim.device.to_string(),
+                bytes: victim.bytes,
+                reason: reason.to_owned(),
+                at_ms: epoch_ms(),
+            });
+            tracing::info!(version = %victim.key, replica = victim.index, device = %victim.device, bytes = victim.bytes, %reason, "evicting an idle replica");
+            events.push((
+                victim.key.clone(),
+                EVICT_ACTION,
+                json!({"version": victim.key.version, "replica": victim.index,
+                       "device": victim.device.to_string(), "bytes": victim.bytes,
+                       "reason": reason}),
+            ));
+        }
+    }
+
+    /// A device over its budget (a replica measured more than it declared): idle replicas of
+    /// any unpinned version go, lowest priority and least recently used first, until it fits.
+    fn evict_over_budget(&mut self, table: &ModelTable, now: Instant, round: &mut Round) {
+        let over: Vec<(Device, u64)> = self
+            .ledger
+            .devices()
+            .iter()
+            .filter(|device| self.ledger.reserved(device.id) > device.budget)
+            .map(|device| (device.id, device.budget))
+            .collect();
+        if over.is_empty() || !self.may_evict {
+            return;
+        }
+        let candidates = self.eviction_candidates(table, now, |_| true);
+        for (device, budget) in over {
+            let mut victims = Vec::new();
+            let mut reserved = self.ledger.reserved(device);
+            for (_, _, victim) in candidates.iter().filter(|c| c.2.device == device) {
+                if reserved <= budget {
+                    break;
+                }
+                reserved = reserved.saturating_sub(victim.bytes);
+                victims.push(victim.clone());
+            }
+            let reason = format!(
+                "{device} is over its budget of {} on measured memory",
+                ledger::human_bytes(budget)
+            );
+            self.take_victims(&victims, &reason, &mut round.events);
+            round.changes.extend(victims.into_iter().map(Change::Evict));
+        }
+    }
+
+    fn note(&mut self, change: RecentChange) {
+        if self.recent.len() == RECENT_KEPT {
+            self.recent.pop_front();
+        }
+        self.recent.push_back(change);
     }
 
     /// Devices where up to `count` more replicas of `bytes` fit now, by best fit.
@@ -858,6 +1299,35 @@ impl State {
 }
 
 const STABLE_PRIORITY: i64 = 3_000_000;
+/// The registry events' actions.
+const SCALE_ACTION: &str = "replicas.scale";
+const EVICT_ACTION: &str = "replicas.evict";
+const LOAD_ACTION: &str = "replicas.load";
+
+fn epoch_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(0))
+}
+
+/// Takes a victim out of service and waits, at most [`UNLOAD_WAIT`], until it has answered
+/// what it held and unloaded its model.
+async fn unload(victim: Victim, metrics: &Metrics) {
+    let Some(removed) = victim.ready.replicas.remove_replica_at(victim.index) else {
+        return;
+    };
+    metrics.evicted(
+        &victim.key.model,
+        &victim.key.version,
+        &victim.device.to_string(),
+    );
+    if tokio::time::timeout(UNLOAD_WAIT, removed.unloaded())
+        .await
+        .is_err()
+    {
+        tracing::warn!(version = %victim.key, replica = victim.index, "an evicted replica is still answering what it held; loading beside it");
+    }
+}
 const WEIGHTED_PRIORITY: i64 = 1_000_000;
 
 /// Which versions keep their memory first: the one holding the `stable` alias, then by share

@@ -1,0 +1,261 @@
+//! More versions than memory, on the real binary: under a CPU budget that holds one of two
+//! `mlp_heavy` copies, both serve. The one holding no replica loads on demand, once for a burst
+//! of requests, after evicting the idle other; a pinned version is never evicted; a load that
+//! fails is not tried again before its backoff, and its requests are told why.
+
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::time::{Duration, Instant};
+
+use reqwest::Method;
+use serde_json::{Value, json};
+
+use crate::common::{Process, models_dir, must, spawn_switchyard};
+
+const MIB: u64 = 1024 * 1024;
+/// One replica fits (it declares 120 MiB and measures 66 to 140 MB once warm, by the machine's
+/// noise), two never do: 120 MiB for the one loading and at least 63 MB for the other.
+const BUDGET: u64 = 160 * MIB;
+
+/// Two copies of `mlp_heavy` (63 MB of weights, 120 MiB declared each), with `extra` in the
+/// first one's model.toml.
+fn two_heavy_models(first_extra: &str) -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    for (name, extra) in [("heavy_a", first_extra), ("heavy_b", "")] {
+        std::fs::create_dir_all(repo.path().join(name).join("1")).unwrap();
+        std::fs::copy(
+            models_dir().join("mlp_heavy/1/model.onnx"),
+            repo.path().join(name).join("1/model.onnx"),
+        )
+        .unwrap();
+        std::fs::write(
+            repo.path().join(name).join("model.toml"),
+            format!("max_batch_size = 32\nmemory = \"120MiB\"\n{extra}"),
+        )
+        .unwrap();
+    }
+    std::fs::write(
+        repo.path().join("switchyard.toml"),
+        format!(
+            "[[devices]]\nid = \"cpu\"\nmemory = \"{}MiB\"\n",
+            BUDGET / MIB
+        ),
+    )
+    .unwrap();
+    repo
+}
+
+async fn start(repo: &tempfile::TempDir) -> Process {
+    let registry = format!("sqlite://{}/registry.db", repo.path().display());
+    let config = repo.path().join("switchyard.toml").display().to_string();
+    spawn_switchyard(repo.path(), &registry, &["--config", &config]).await
+}
+
+fn heavy_body(timeout_us: u64) -> Value {
+    json!({"inputs": [{"name": "x", "shape": [1, 512], "datatype": "FP32", "data": vec![0.5f32; 512]}],
+           "parameters": {"timeout": timeout_us}})
+}
+
+async fn infer(gateway: &Process, model: &str, timeout_us: u64) -> (u16, Value) {
+    let response = reqwest::Client::new()
+        .post(format!("{}/v2/models/{model}/infer", gateway.http))
+        .json(&heavy_body(timeout_us))
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    (status, response.json().await.unwrap_or(Value::Null))
+}
+
+async fn resources(gateway: &Process) -> Value {
+    must(gateway, Method::GET, "/v1/resources", None).await
+}
+
+fn version<'a>(resources: &'a Value, model: &str) -> &'a Value {
+    resources["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["model"] == model)
+        .unwrap_or_else(|| panic!("{model} not in {resources}"))
+}
+
+/// Waits until both versions are ready, one of them resident; returns (resident, the other).
+async fn one_resident(gateway: &Process) -> (String, String) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = resources(gateway).await;
+        let (a, b) = (version(&now, "heavy_a"), version(&now, "heavy_b"));
+        let ready = a["state"] == "READY" && b["state"] == "READY";
+        match (ready, a["resident"].as_bool(), b["resident"].as_bool()) {
+            (true, Some(true), Some(false)) => return ("heavy_a".into(), "heavy_b".into()),
+            (true, Some(false), Some(true)) => return ("heavy_b".into(), "heavy_a".into()),
+            _ => {}
+        }
+        assert!(
+            Instant::now() < deadline,
+            "not one resident version after 60 s: {now}\n{}",
+            gateway.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The events after `after` with this action and model.
+async fn events(gateway: &Process, after: i64, action: &str, model: &str) -> Vec<Value> {
+    let answer = must(
+        gateway,
+        Method::GET,
+        &format!("/v1/events?after={after}&limit=1000"),
+        None,
+    )
+    .await;
+    answer["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == action && e["model"] == model)
+        .cloned()
+        .collect()
+}
+
+async fn revision(gateway: &Process) -> i64 {
+    let answer = must(gateway, Method::GET, "/v1/events?after=0&limit=1000", None).await;
+    answer["next_after"].as_i64().unwrap()
+}
+
+/// The CPU's reservations never exceed its budget.
+fn within_budget(resources: &Value) {
+    let cpu = &resources["devices"][0];
+    assert_eq!(cpu["budget"].as_u64(), Some(BUDGET), "{resources}");
+    assert!(
+        cpu["reserved"].as_u64().unwrap() <= BUDGET,
+        "over the budget: {resources}"
+    );
+}
+
+#[tokio::test]
+async fn versions_take_turns_in_memory_and_a_failed_load_backs_off() {
+    let repo = two_heavy_models("");
+    let gateway = start(&repo).await;
+    let (resident, cold) = one_resident(&gateway).await;
+    within_budget(&resources(&gateway).await);
+
+    // The resident one idle long enough to be evicted; then a burst for the other.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = revision(&gateway).await;
+    let burst: Vec<_> = (0..50)
+        .map(|_| {
+            let (http, cold) = (gateway.http.clone(), cold.clone());
+            tokio::spawn(async move {
+                let response = reqwest::Client::new()
+                    .post(format!("{http}/v2/models/{cold}/infer"))
+                    .json(&heavy_body(30_000_000))
+                    .send()
+                    .await
+                    .unwrap();
+                response.status().as_u16()
+            })
+        })
+        .collect();
+    let mut sampled = Vec::new();
+    let mut statuses = Vec::new();
+    for request in burst {
+        while !request.is_finished() {
+            sampled.push(resources(&gateway).await);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        statuses.push(request.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    for now in &sampled {
+        within_budget(now);
+    }
+    // One load for the whole burst, after one eviction of the other, with its reason.
+    let loads: Vec<Value> = events(&gateway, before, "replicas.scale", &cold)
+        .await
+        .into_iter()
+        .filter(|e| e["payload"]["from"] == 0)
+        .collect();
+    assert_eq!(loads.len(), 1, "{loads:?}");
+    let evictions = events(&gateway, before, "replicas.evict", &resident).await;
+    assert_eq!(evictions.len(), 1, "{evictions:?}");
+    let reason = evictions[0]["payload"]["reason"].as_str().unwrap();
+    assert!(reason.contains(&cold), "{reason}");
+    let now = resources(&gateway).await;
+    assert_eq!(version(&now, &cold)["resident"], true, "{now}");
+    assert_eq!(version(&now, &resident)["resident"], false, "{now}");
+    assert_eq!(version(&now, &resident)["state"], "READY", "{now}");
+    assert!(
+        now["recent"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["action"] == "evicted" && r["model"] == *resident),
+        "{now}"
+    );
+
+    // The evicted one's file is now corrupt: its load on demand fails, and the requests that
+    // come before the backoff has passed are refused at once with the reason, without a load.
+    std::fs::write(
+        repo.path().join(&resident).join("1/model.onnx"),
+        b"not an onnx model",
+    )
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = revision(&gateway).await;
+    let (status, answer) = infer(&gateway, &resident, 20_000_000).await;
+    assert_eq!(status, 503, "{answer}");
+    let message = answer["error"].as_str().unwrap();
+    assert!(message.contains("load failed"), "{message}");
+    let started = Instant::now();
+    let (status, again) = infer(&gateway, &resident, 20_000_000).await;
+    assert_eq!(status, 503, "{again}");
+    assert!(
+        started.elapsed() < Duration::from_millis(500),
+        "refused at once while the backoff runs"
+    );
+    assert!(again["error"].as_str().unwrap().contains("load failed"));
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let failures = events(&gateway, before, "replicas.load", &resident).await;
+    assert_eq!(failures.len(), 1, "one attempt: {failures:?}");
+    assert_eq!(failures[0]["payload"]["outcome"], "failed");
+    let now = resources(&gateway).await;
+    assert!(
+        version(&now, &resident)["load_failure"].is_string(),
+        "{now}"
+    );
+    within_budget(&now);
+}
+
+#[tokio::test]
+async fn a_pinned_version_is_never_evicted() {
+    let repo = two_heavy_models("always_loaded = true\n");
+    let gateway = start(&repo).await;
+    // heavy_a is pinned: whichever loaded first, heavy_a ends up resident.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = resources(&gateway).await;
+        if version(&now, "heavy_a")["resident"] == true {
+            assert_eq!(version(&now, "heavy_a")["pinned"], true, "{now}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "heavy_a never resident: {now}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = revision(&gateway).await;
+    // heavy_b cannot have its room: refused (pending, or no replica before the deadline).
+    let (status, answer) = infer(&gateway, "heavy_b", 2_000_000).await;
+    assert_eq!(status, 503, "{answer}");
+    let (status, answer) = infer(&gateway, "heavy_a", 2_000_000).await;
+    assert_eq!(status, 200, "{answer}");
+    assert!(
+        events(&gateway, before, "replicas.evict", "heavy_a")
+            .await
+            .is_empty()
+    );
+    let now = resources(&gateway).await;
+    assert_eq!(version(&now, "heavy_a")["resident"], true, "{now}");
+    within_budget(&now);
+}
