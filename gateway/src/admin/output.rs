@@ -508,6 +508,7 @@ fn resources(report: &ResourceReport) -> String {
                 bytes(Some(d.reserved)),
                 bytes(Some(d.measured)),
                 bytes(d.free),
+                bytes(Some(d.evictable)),
             ]
         })
         .collect();
@@ -517,10 +518,16 @@ fn resources(report: &ResourceReport) -> String {
         .map(|v| {
             let mut devices: Vec<String> = v.replicas.iter().map(|r| r.device.clone()).collect();
             devices.dedup();
+            let resident = match (v.resident, v.pinned) {
+                (true, true) => "pinned",
+                (true, false) => "yes",
+                (false, _) => "no",
+            };
             vec![
                 cell(&v.model),
                 cell(&v.version),
                 cell(&v.state),
+                resident.into(),
                 v.replicas.len().to_string(),
                 joined(devices, ","),
                 bytes(Some(v.reserved_bytes)),
@@ -530,16 +537,46 @@ fn resources(report: &ResourceReport) -> String {
         })
         .collect();
     let mut out = table(
-        &["DEVICE", "TOTAL", "BUDGET", "RESERVED", "MEASURED", "FREE"],
+        &[
+            "DEVICE",
+            "TOTAL",
+            "BUDGET",
+            "RESERVED",
+            "MEASURED",
+            "FREE",
+            "EVICTABLE",
+        ],
         &devices,
     );
     out.push('\n');
     out.push_str(&table(
         &[
-            "MODEL", "VERSION", "STATE", "REPLICAS", "DEVICES", "RESERVED", "TARGET", "REASON",
+            "MODEL", "VERSION", "STATE", "RESIDENT", "REPLICAS", "DEVICES", "RESERVED", "TARGET",
+            "REASON",
         ],
         &versions,
     ));
+    let recent: Vec<Vec<String>> = report
+        .recent
+        .iter()
+        .map(|r| {
+            vec![
+                cell(&r.action),
+                cell(&r.model),
+                cell(&r.version),
+                cell(&r.device),
+                bytes(Some(r.bytes)),
+                cell(&r.reason),
+            ]
+        })
+        .collect();
+    if !recent.is_empty() {
+        out.push('\n');
+        out.push_str(&table(
+            &["RECENT", "MODEL", "VERSION", "DEVICE", "BYTES", "REASON"],
+            &recent,
+        ));
+    }
     out
 }
 
