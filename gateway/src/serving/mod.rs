@@ -14,6 +14,6 @@ mod tests;
 
 pub use batching::{Batching, DEFAULT_MAX_BATCH_SIZE};
 pub use joining::JoinAxes;
-pub use replicas::{RemovedReplica, ReplicaInfo, ReplicaLoad, ReplicaSet};
+pub use replicas::{RemovedReplica, ReplicaInfo, ReplicaLoad, ReplicaSet, cold_waiter_arrived};
 pub use threads::Threads;
 pub use warmup::{Warmup, WarmupOutcome};

@@ -292,6 +292,16 @@ fn set_nice(nice: i32) {
     tracing::warn!(thread = name, nice, "nice is only applied on Linux");
 }
 
+/// Woken when a request starts waiting for a version that holds no replica: the capacity's
+/// task decides at once whether and where to load one ([`cold_waiter_arrived`]).
+static COLD_WAITER: tokio::sync::Notify = tokio::sync::Notify::const_new();
+
+/// Resolves when a request has started waiting for a replica since the last call (or the
+/// first time it is awaited, if one did before).
+pub async fn cold_waiter_arrived() {
+    COLD_WAITER.notified().await;
+}
+
 /// Held while a replica loads, warms up and is measured.
 pub(super) static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -513,6 +523,8 @@ impl ReplicaSet {
         }
         self.cold_waiters.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&self.cold_waiters);
+        // The capacity's round decides the load: now rather than at its next tick.
+        COLD_WAITER.notify_one();
         if let Some(metrics) = &self.load.metrics {
             metrics.cold_wait();
         }

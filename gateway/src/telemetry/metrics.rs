@@ -39,6 +39,10 @@ impl Protocol {
 }
 
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+/// A load takes tens of milliseconds to seconds.
+const COLD_START_BUCKETS: &[f64] = &[
+    0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0, 10.0, 30.0,
+];
 
 /// The metrics of one version, registered when it loads.
 pub struct VersionMetrics {
@@ -85,7 +89,6 @@ impl Metrics {
     pub fn new(enabled: bool) -> Arc<Metrics> {
         let builder = PrometheusBuilder::new();
         let builder = [
-            "switchyard_cold_start_seconds",
             "switchyard_queue_time_seconds",
             "switchyard_compute_time_seconds",
         ]
@@ -97,6 +100,12 @@ impl Metrics {
         });
         let builder = builder
             .set_buckets_for_metric(Matcher::Full("switchyard_batch_size".into()), BATCH_BUCKETS)
+            .unwrap_or_else(|_| PrometheusBuilder::new());
+        let builder = builder
+            .set_buckets_for_metric(
+                Matcher::Full("switchyard_cold_start_seconds".into()),
+                COLD_START_BUCKETS,
+            )
             .unwrap_or_else(|_| PrometheusBuilder::new());
         let recorder = builder.build_recorder();
         describe(&recorder);

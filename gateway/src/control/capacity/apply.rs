@@ -28,7 +28,11 @@ pub async fn run(
     let mut every = tokio::time::interval(SCALE_INTERVAL);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
-        every.tick().await;
+        // Every tick, and at once when a request waits for a version holding no replica.
+        tokio::select! {
+            _ = every.tick() => {}
+            () = crate::serving::cold_waiter_arrived() => {}
+        }
         let table = tables.snapshot();
         let (changes, events) = capacity.decide(&table, Instant::now());
         drop(table);

@@ -47,6 +47,9 @@ struct VersionScaler {
     /// to zero goes by.
     seen_requests: u64,
     last_active: Instant,
+    /// When concurrency was last sampled: a round woken early by a waiting request does not
+    /// sample again, so that the mean stays one of evenly spaced samples.
+    sampled_at: Option<Instant>,
 }
 
 struct State {
@@ -92,9 +95,9 @@ struct FailedStart {
     reason: String,
 }
 
-/// A version idle for less than this is not evicted, so that two versions taking turns do not
-/// evict each other on every request.
-const EVICT_IDLE_AFTER: Duration = Duration::from_secs(1);
+/// A version idle for less than this is not evicted (a round's interval), so that two versions
+/// taking turns do not evict each other on every request.
+const EVICT_IDLE_AFTER: Duration = SCALE_INTERVAL;
 /// The first wait before a failed cold start is tried again; it doubles up to the most.
 const COLD_RETRY_FIRST: Duration = Duration::from_secs(1);
 const COLD_RETRY_MOST: Duration = Duration::from_secs(60);
@@ -537,7 +540,7 @@ impl Capacity {
     pub fn report(&self, table: &ModelTable) -> ResourceReport {
         let state = lock(&self.state);
         let now = Instant::now();
-        let evictable = state.eviction_candidates(table, now, |_| true);
+        let evictable = state.eviction_candidates(table, now, EVICT_IDLE_AFTER, |_| true);
         let devices = state
             .ledger
             .devices()
@@ -733,8 +736,15 @@ impl State {
                         reason: "initial replicas".into(),
                         seen_requests: 0,
                         last_active: now,
+                        sampled_at: None,
                     });
-                scaler.autoscaler.observe(now, outstanding as f64);
+                let due = scaler
+                    .sampled_at
+                    .is_none_or(|at| now.saturating_duration_since(at) >= SCALE_INTERVAL / 2);
+                if due {
+                    scaler.autoscaler.observe(now, outstanding as f64);
+                    scaler.sampled_at = Some(now);
+                }
                 if requests != scaler.seen_requests || busy {
                     scaler.seen_requests = requests;
                     scaler.last_active = now;
@@ -1030,7 +1040,7 @@ impl State {
         if !self.may_evict {
             return None;
         }
-        let mut candidates = self.eviction_candidates(table, now, |priority| {
+        let mut candidates = self.eviction_candidates(table, now, EVICT_IDLE_AFTER, |priority| {
             priority < asking_priority || (equal && priority == asking_priority)
         });
         candidates.retain(|(_, _, victim)| victim.key != *asking);
@@ -1069,6 +1079,7 @@ impl State {
         &self,
         table: &ModelTable,
         now: Instant,
+        min_idle: Duration,
         below: impl Fn(i64) -> bool,
     ) -> Vec<(i64, Instant, Victim)> {
         let mut candidates = Vec::new();
@@ -1098,7 +1109,7 @@ impl State {
                 let Some(last_active) = self.activity.get(&key).map(|a| a.last_active) else {
                     continue;
                 };
-                if now.saturating_duration_since(last_active) < EVICT_IDLE_AFTER {
+                if now.saturating_duration_since(last_active) < min_idle {
                     continue;
                 }
                 for replica in ready.replicas.replicas() {
@@ -1169,7 +1180,8 @@ impl State {
         if over.is_empty() || !self.may_evict {
             return;
         }
-        let candidates = self.eviction_candidates(table, now, |_| true);
+        // A hard limit: any replica with nothing in flight may go, however recently it worked.
+        let candidates = self.eviction_candidates(table, now, Duration::ZERO, |_| true);
         for (device, budget) in over {
             let mut victims = Vec::new();
             let mut reserved = self.ledger.reserved(device);
