@@ -1,7 +1,8 @@
 //! More versions than memory, on the real binary: under a CPU budget that holds one of two
 //! `mlp_heavy` copies, both serve. The one holding no replica loads on demand, once for a burst
-//! of requests, after evicting the idle other; a pinned version is never evicted; a load that
-//! fails is not tried again before its backoff, and its requests are told why.
+//! of requests, after evicting the idle other; a pinned version is never evicted, nor a replica
+//! with a request in flight; a load that fails is not tried again before its backoff, and its
+//! requests are told why.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -20,14 +21,20 @@ const BUDGET: u64 = 160 * MIB;
 /// Two copies of `mlp_heavy` (63 MB of weights, 120 MiB declared each), with `extra` in the
 /// first one's model.toml.
 fn two_heavy_models(first_extra: &str) -> tempfile::TempDir {
+    let heavy = models_dir().join("mlp_heavy/1/model.onnx");
+    two_models(&heavy, &heavy, first_extra)
+}
+
+/// `heavy_a` from `first`, `heavy_b` from `second`, each declaring 120 MiB.
+fn two_models(
+    first: &std::path::Path,
+    second: &std::path::Path,
+    first_extra: &str,
+) -> tempfile::TempDir {
     let repo = tempfile::tempdir().unwrap();
-    for (name, extra) in [("heavy_a", first_extra), ("heavy_b", "")] {
+    for (name, artifact, extra) in [("heavy_a", first, first_extra), ("heavy_b", second, "")] {
         std::fs::create_dir_all(repo.path().join(name).join("1")).unwrap();
-        std::fs::copy(
-            models_dir().join("mlp_heavy/1/model.onnx"),
-            repo.path().join(name).join("1/model.onnx"),
-        )
-        .unwrap();
+        std::fs::copy(artifact, repo.path().join(name).join("1/model.onnx")).unwrap();
         std::fs::write(
             repo.path().join(name).join("model.toml"),
             format!("max_batch_size = 32\nmemory = \"120MiB\"\n{extra}"),
@@ -258,4 +265,68 @@ async fn a_pinned_version_is_never_evicted() {
     let now = resources(&gateway).await;
     assert_eq!(version(&now, "heavy_a")["resident"], true, "{now}");
     within_budget(&now);
+}
+
+#[tokio::test]
+async fn a_replica_with_a_request_in_flight_is_not_evicted() {
+    // heavy_a takes batches of up to 512 rows: a request of 512 holds it for a while.
+    let repo = two_heavy_models("");
+    std::fs::write(
+        repo.path().join("heavy_a/model.toml"),
+        "max_batch_size = 512\nmemory = \"120MiB\"\n",
+    )
+    .unwrap();
+    let gateway = start(&repo).await;
+    let (resident, _) = one_resident(&gateway).await;
+    if resident != "heavy_a" {
+        // Bring heavy_a in (it evicts the other once that is idle).
+        tokio::time::sleep(Duration::from_millis(600)).await;
+        let (status, answer) = infer(&gateway, "heavy_a", 30_000_000).await;
+        assert_eq!(status, 200, "{answer}");
+    }
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = revision(&gateway).await;
+    let rows = 512;
+    let long = json!({"inputs": [{"name": "x", "shape": [rows, 512], "datatype": "FP32",
+                                  "data": vec![0.5f32; rows * 512]}]});
+    let http = gateway.http.clone();
+    let started = Instant::now();
+    let in_flight = tokio::spawn(async move {
+        let response = reqwest::Client::new()
+            .post(format!("{http}/v2/models/heavy_a/infer"))
+            .json(&long)
+            .send()
+            .await
+            .unwrap();
+        let status = response.status().as_u16();
+        let ended = started.elapsed();
+        let body: Value = response.json().await.unwrap();
+        (status, body["outputs"][0]["shape"].clone(), ended)
+    });
+    // Once it is on heavy_a's replica (its body read and decoded), heavy_b wants that room.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let now = resources(&gateway).await;
+        let replicas = version(&now, "heavy_a")["replicas"].as_array().unwrap().clone();
+        if replicas.iter().any(|r| r["outstanding"].as_u64() > Some(0)) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the long request never reached heavy_a: {now}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let (status, answer) = infer(&gateway, "heavy_b", 30_000_000).await;
+    let loaded_after = started.elapsed();
+    assert_eq!(status, 200, "{answer}");
+    let (status, shape, took) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "the request in flight was cut");
+    assert_eq!(shape, json!([rows, 1000]));
+    // heavy_a went, and only once it had answered: heavy_b, which needed its room, answered
+    // after it.
+    let evictions = events(&gateway, before, "replicas.evict", "heavy_a").await;
+    assert_eq!(evictions.len(), 1, "{evictions:?}");
+    assert!(
+        loaded_after > took,
+        "heavy_b answered at {loaded_after:?}, before the request in flight on heavy_a ended at {took:?}"
+    );
+    within_budget(&resources(&gateway).await);
 }
