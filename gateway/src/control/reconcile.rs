@@ -123,6 +123,7 @@ impl Reconciler {
         revisions.mark_changed();
         let mut drain_check = tokio::time::interval(Duration::from_millis(50));
         let mut retry = tokio::time::interval(Duration::from_secs(1));
+        let tables = self.handles.tables.clone();
         let mut synced = true;
         loop {
             tokio::select! {
@@ -143,6 +144,7 @@ impl Reconciler {
                     }
                 }
                 Some(loaded) = self.loaded_rx.recv() => self.finish_load(loaded).await,
+                () = tables.pending_wanted(), if synced => self.retry_pending().await,
                 changed = peers_changed(&mut self.cluster) => {
                     if changed {
                         self.release_moved();

@@ -673,13 +673,26 @@ impl Gateway {
         let received = request.received.unwrap_or_else(Instant::now);
         let deadline = request.deadline.unwrap_or(received + LOADING_WAIT);
         let mut published = self.tables.watch_published();
+        // A version waiting for room is asked for once: if the table comes back with it still
+        // waiting, nothing could make room, and the request is refused at once with why.
+        let mut asked = false;
         loop {
             let routed = {
                 let _route =
                     child(|| tracing::debug_span!(target: TRACE_TARGET, "route")).entered();
                 let table = self.tables.peek();
                 match route(&table, request) {
-                    Err(error) if named_version_loading(&table, request) => Err(error),
+                    Err(error) => match coming(&table, request) {
+                        Some(Coming::Loading) => Err(error),
+                        // Its load is tried now; the request waits for it like for any load.
+                        Some(Coming::WaitingForRoom) if !asked => {
+                            asked = true;
+                            self.tables.want_pending();
+                            Err(error)
+                        }
+                        Some(Coming::WaitingForRoom) => return Err(error),
+                        None => return Err(error),
+                    },
                     other => return other,
                 }
             };
@@ -793,14 +806,35 @@ const MAX_FORWARD_TRIES: usize = 3;
 const LOADING_WAIT: Duration = Duration::from_secs(30);
 
 /// Whether the request names a version (or an alias of one) that is still loading.
-fn named_version_loading(table: &ModelTable, request: &InferRequest) -> bool {
-    let Some(label) = &request.version else {
-        return false;
+/// How the version a request cannot be routed to yet is coming.
+enum Coming {
+    Loading,
+    /// `pending`: it waits for room, which an eviction may make.
+    WaitingForRoom,
+}
+
+/// Whether the request waits for a version on its way: the version it names, or (naming none)
+/// one of its model's when none is ready, loading or waiting for room.
+fn coming(table: &ModelTable, request: &InferRequest) -> Option<Coming> {
+    let model = table.model(&request.model).ok()?;
+    let statuses: Vec<&VersionStatus> = match &request.version {
+        Some(label) => vec![&model.version(label).ok()?.status],
+        None if model.highest_ready().is_some() => return None,
+        None => model.versions.iter().map(|v| &v.status).collect(),
     };
-    table
-        .model(&request.model)
-        .and_then(|model| model.version(label))
-        .is_ok_and(|version| matches!(version.status, VersionStatus::Loading))
+    if statuses
+        .iter()
+        .any(|status| matches!(status, VersionStatus::Loading))
+    {
+        Some(Coming::Loading)
+    } else if statuses
+        .iter()
+        .any(|status| matches!(status, VersionStatus::Pending(_)))
+    {
+        Some(Coming::WaitingForRoom)
+    } else {
+        None
+    }
 }
 
 /// The part of `infer` after the version is chosen; also returns the model's compute time.

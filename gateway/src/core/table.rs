@@ -409,6 +409,9 @@ pub struct TableHandle {
     ready: tokio::sync::watch::Sender<bool>,
     /// Bumped at every publish, for requests waiting for a version that is loading.
     published: tokio::sync::watch::Sender<u64>,
+    /// Woken by a request for a version waiting for room (`pending`): the reconciler tries
+    /// its load at once rather than at its next retry.
+    pending_wanted: tokio::sync::Notify,
 }
 
 impl Default for TableHandle {
@@ -418,6 +421,7 @@ impl Default for TableHandle {
             revision: AtomicI64::new(0),
             ready: tokio::sync::watch::Sender::new(false),
             published: tokio::sync::watch::Sender::new(0),
+            pending_wanted: tokio::sync::Notify::new(),
         }
     }
 }
@@ -445,6 +449,16 @@ impl TableHandle {
     /// Follows publishes: `changed()` resolves after the next one.
     pub fn watch_published(&self) -> tokio::sync::watch::Receiver<u64> {
         self.published.subscribe()
+    }
+
+    /// A request wants a version that waits for room: its load is tried now.
+    pub fn want_pending(&self) {
+        self.pending_wanted.notify_one();
+    }
+
+    /// Resolves when a request wants a version that waits for room.
+    pub async fn pending_wanted(&self) {
+        self.pending_wanted.notified().await;
     }
 
     /// The registry revision the current table was built from.
