@@ -307,11 +307,17 @@ async fn a_replica_with_a_request_in_flight_is_not_evicted() {
     let deadline = Instant::now() + Duration::from_secs(5);
     loop {
         let now = resources(&gateway).await;
-        let replicas = version(&now, "heavy_a")["replicas"].as_array().unwrap().clone();
+        let replicas = version(&now, "heavy_a")["replicas"]
+            .as_array()
+            .unwrap()
+            .clone();
         if replicas.iter().any(|r| r["outstanding"].as_u64() > Some(0)) {
             break;
         }
-        assert!(Instant::now() < deadline, "the long request never reached heavy_a: {now}");
+        assert!(
+            Instant::now() < deadline,
+            "the long request never reached heavy_a: {now}"
+        );
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     let (status, answer) = infer(&gateway, "heavy_b", 30_000_000).await;
