@@ -428,6 +428,7 @@ impl Reconciler {
             }
         }
         self.snapshot = Some(snapshot);
+        self.handles.tables.pending_tried();
         if retried {
             self.publish();
         }

@@ -673,9 +673,9 @@ impl Gateway {
         let received = request.received.unwrap_or_else(Instant::now);
         let deadline = request.deadline.unwrap_or(received + LOADING_WAIT);
         let mut published = self.tables.watch_published();
-        // A version waiting for room is asked for once: if the table comes back with it still
-        // waiting, nothing could make room, and the request is refused at once with why.
-        let mut asked = false;
+        // A version waiting for room is asked for once: if, once the reconciler has tried it,
+        // it still waits, nothing could make room, and the request is refused at once with why.
+        let mut asked: Option<u64> = None;
         loop {
             let routed = {
                 let _route =
@@ -685,12 +685,18 @@ impl Gateway {
                     Err(error) => match coming(&table, request) {
                         Some(Coming::Loading) => Err(error),
                         // Its load is tried now; the request waits for it like for any load.
-                        Some(Coming::WaitingForRoom) if !asked => {
-                            asked = true;
-                            self.tables.want_pending();
-                            Err(error)
-                        }
-                        Some(Coming::WaitingForRoom) => return Err(error),
+                        Some(Coming::WaitingForRoom) => match asked {
+                            None => {
+                                asked = Some(self.tables.pending_tries());
+                                self.tables.want_pending();
+                                Err(error)
+                            }
+                            Some(tries) if self.tables.pending_tries() > tries => {
+                                return Err(error);
+                            }
+                            // Another table came first: the try is still to come.
+                            Some(_) => Err(error),
+                        },
                         None => return Err(error),
                     },
                     other => return other,

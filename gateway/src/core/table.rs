@@ -412,6 +412,8 @@ pub struct TableHandle {
     /// Woken by a request for a version waiting for room (`pending`): the reconciler tries
     /// its load at once rather than at its next retry.
     pending_wanted: tokio::sync::Notify,
+    /// Bumped after every retry of the versions waiting for room, for the requests that asked.
+    pending_tried: tokio::sync::watch::Sender<u64>,
 }
 
 impl Default for TableHandle {
@@ -422,6 +424,7 @@ impl Default for TableHandle {
             ready: tokio::sync::watch::Sender::new(false),
             published: tokio::sync::watch::Sender::new(0),
             pending_wanted: tokio::sync::Notify::new(),
+            pending_tried: tokio::sync::watch::Sender::new(0),
         }
     }
 }
@@ -459,6 +462,17 @@ impl TableHandle {
     /// Resolves when a request wants a version that waits for room.
     pub async fn pending_wanted(&self) {
         self.pending_wanted.notified().await;
+    }
+
+    /// How many retries of the versions waiting for room have run.
+    pub fn pending_tries(&self) -> u64 {
+        *self.pending_tried.borrow()
+    }
+
+    /// The versions waiting for room were just tried (before the table that shows it is
+    /// published).
+    pub fn pending_tried(&self) {
+        self.pending_tried.send_modify(|tries| *tries += 1);
     }
 
     /// The registry revision the current table was built from.

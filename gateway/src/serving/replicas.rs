@@ -48,6 +48,7 @@ impl Replica {
 }
 
 /// A replica taken out of service: it answers what it holds, then unloads.
+#[derive(Clone)]
 pub struct RemovedReplica {
     pub info: ReplicaInfo,
     unloaded: tokio::sync::watch::Receiver<()>,
@@ -708,7 +709,11 @@ impl ReplicaSet {
         join: Option<(Arc<JoinAxes>, usize)>,
         pinned: Option<u32>,
     ) -> Result<(Vec<NamedTensor>, Duration, u32), GatewayError> {
-        if self.replicas.load().is_empty() {
+        // An eviction may empty the set again between the wait and the enqueue: wait again.
+        for _ in 0..3 {
+            if !self.replicas.load().is_empty() {
+                break;
+            }
             self.wait_for_replica(deadline).await?;
         }
         let (reply, outputs) = oneshot::channel();

@@ -15,6 +15,7 @@ use switchyard_runtimes::{Device, memory};
 use crate::config::DeviceConfig;
 use crate::core::{ModelEntry, ModelTable, ReadyVersion, Scaling, VersionStatus};
 use crate::routing::objective::ObjectivePlan;
+use crate::serving::RemovedReplica;
 use crate::telemetry::Metrics;
 use crate::version_key::VersionKey as Key;
 
@@ -119,6 +120,8 @@ pub struct Victim {
     index: u32,
     device: Device,
     bytes: u64,
+    /// Once chosen: out of service, to wait for until it has unloaded.
+    removed: Option<RemovedReplica>,
 }
 
 /// A load or an eviction, as `/v1/resources` lists it.
@@ -381,7 +384,7 @@ impl Capacity {
                         .get(&key.model)
                         .map_or(0, |entry| state.priority(entry, &key.version));
                     let now = Instant::now();
-                    let Some((device, chosen)) = state.evict_for(
+                    let Some((device, mut chosen)) = state.evict_for(
                         table,
                         key,
                         priority,
@@ -394,7 +397,7 @@ impl Capacity {
                     };
                     let reason = format!("room for version {} of {}", key.version, key.model);
                     let mut events = Vec::new();
-                    state.take_victims(&chosen, &reason, &mut events);
+                    state.take_victims(&mut chosen, &reason, &mut events);
                     state.outbox.extend(events);
                     victims = chosen;
                     device
@@ -785,7 +788,7 @@ impl State {
         }
         let bytes = new_replica_bytes(ready).max(self.measured.get(key).copied().unwrap_or(0));
         let room = self.room_for(key, bytes, &ready.allowed, 1);
-        let (device, victims) = match room.first() {
+        let (device, mut victims) = match room.first() {
             Some(&device) => (device, Vec::new()),
             None => {
                 let priority = table
@@ -802,7 +805,7 @@ impl State {
         };
         let reason = format!("cold start: {waiting} request(s) waiting for a replica");
         self.take_victims(
-            &victims,
+            &mut victims,
             &format!("room for version {} of {}", key.version, key.model),
             &mut round.events,
         );
@@ -921,13 +924,13 @@ impl State {
             }
             // The rest in the room of idle replicas of lower priority.
             while added < count {
-                let Some((device, victims)) =
+                let Some((device, mut victims)) =
                     self.evict_for(table, key, priority, bytes, &ready.allowed, now, false)
                 else {
                     break;
                 };
                 self.take_victims(
-                    &victims,
+                    &mut victims,
                     &format!(
                         "room for a replica of version {} of {}",
                         key.version, key.model
@@ -1133,6 +1136,7 @@ impl State {
                             index: replica.index,
                             device: reservation.device,
                             bytes: reservation.bytes,
+                            removed: None,
                         },
                     ));
                 }
@@ -1142,9 +1146,17 @@ impl State {
         candidates
     }
 
-    /// Releases the victims' memory to whoever was given it, and records why they go.
-    fn take_victims(&mut self, victims: &[Victim], reason: &str, events: &mut Vec<CapacityEvent>) {
-        for victim in victims {
+    /// Takes the victims out of service at once (a request already on one is still answered;
+    /// no new one reaches it), releases their memory to whoever was given it, and records why
+    /// they go.
+    fn take_victims(
+        &mut self,
+        victims: &mut [Victim],
+        reason: &str,
+        events: &mut Vec<CapacityEvent>,
+    ) {
+        for victim in victims.iter_mut() {
+            victim.removed = victim.ready.replicas.remove_replica_at(victim.index);
             self.ledger
                 .release(&victim.key.model, &victim.key.version, victim.index);
             self.note(RecentChange {
@@ -1196,7 +1208,7 @@ impl State {
                 "{device} is over its budget of {} on measured memory",
                 ledger::human_bytes(budget)
             );
-            self.take_victims(&victims, &reason, &mut round.events);
+            self.take_victims(&mut victims, &reason, &mut round.events);
             round.changes.extend(victims.into_iter().map(Change::Evict));
         }
     }
@@ -1322,10 +1334,10 @@ fn epoch_ms() -> u64 {
         .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(0))
 }
 
-/// Takes a victim out of service and waits, at most [`UNLOAD_WAIT`], until it has answered
-/// what it held and unloaded its model.
+/// Waits, at most [`UNLOAD_WAIT`], until a victim (out of service since it was chosen) has
+/// answered what it held and unloaded its model.
 async fn unload(victim: Victim, metrics: &Metrics) {
-    let Some(removed) = victim.ready.replicas.remove_replica_at(victim.index) else {
+    let Some(removed) = victim.removed else {
         return;
     };
     metrics.evicted(
