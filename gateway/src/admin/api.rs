@@ -11,8 +11,8 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 use switchyard_registry::{
-    EvaluationRecord, Event, Model, ModelRecord, PlacementRow, Rewards, Score, Version,
-    VersionState,
+    EvaluationRecord, Event, Model, ModelRecord, NodeVersion, PlacementRow, Rewards, Score,
+    Version, VersionState,
 };
 use utoipa::ToSchema;
 
@@ -70,17 +70,7 @@ pub struct ServedVersion {
     pub serving: Option<String>,
     /// In a model's answer: what each node of the cluster does with it (empty outside one).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nodes: Option<Vec<VersionOnNode>>,
-}
-
-/// What one node does with one version.
-#[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
-pub struct VersionOnNode {
-    pub node: String,
-    /// `loading`, `ready`, `failed`, `pending` or `draining`.
-    pub state: String,
-    pub reason: String,
-    pub replicas: i64,
+    pub nodes: Option<Vec<NodeVersion>>,
 }
 
 /// `GET /v1/models/{m}/versions`.
@@ -291,17 +281,7 @@ pub struct ClusterNode {
     pub started_ms: i64,
     #[serde(flatten)]
     pub body: NodeBody,
-    pub versions: Vec<NodeVersionState>,
-}
-
-/// What a node does with one version.
-#[derive(Debug, Serialize, Deserialize, ToSchema)]
-pub struct NodeVersionState {
-    pub model: String,
-    pub version: String,
-    pub state: String,
-    pub reason: String,
-    pub replicas: i64,
+    pub versions: Vec<NodeVersion>,
 }
 
 /// `GET /v1/events`, oldest first.

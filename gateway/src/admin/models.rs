@@ -9,7 +9,7 @@ use switchyard_registry::{NewModel, NewScores, NewVersion, VersionState};
 
 use super::api::{
     ModelCreated, ModelList, Revision, ScoreList, ServedModel, ServedVersion, VersionCreated,
-    VersionList, VersionOnNode, VersionRemoved,
+    VersionList, VersionRemoved,
 };
 use super::{Actor, AdminState, ApiResult, bad_request, ok, parse};
 use crate::control::import::version_settings;
@@ -89,12 +89,7 @@ pub(super) async fn get_model(
             let nodes = on_nodes
                 .iter()
                 .filter(|v| v.model == model && v.version == version.label)
-                .map(|v| VersionOnNode {
-                    node: v.node.clone(),
-                    state: v.state.clone(),
-                    reason: v.reason.clone(),
-                    replicas: v.replicas,
-                })
+                .cloned()
                 .collect();
             ServedVersion {
                 serving: serving_state(&state.gateway, &model, &version.label),

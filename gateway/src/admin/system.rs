@@ -4,7 +4,7 @@ use axum::extract::{Query, State};
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-use super::api::{Cluster, ClusterNode, Events, Imported, NodeVersionState};
+use super::api::{Cluster, ClusterNode, Events, Imported};
 use super::{AdminState, ApiResult, bad_request, ok};
 use crate::control::cluster::NodeBody;
 use crate::control::import::import_repository;
@@ -41,13 +41,7 @@ pub(super) async fn cluster(State(state): State<AdminState>) -> ApiResult {
             let versions = versions
                 .iter()
                 .filter(|v| v.node == node.id)
-                .map(|v| NodeVersionState {
-                    model: v.model.clone(),
-                    version: v.version.clone(),
-                    state: v.state.clone(),
-                    reason: v.reason.clone(),
-                    replicas: v.replicas,
-                })
+                .cloned()
                 .collect();
             ClusterNode {
                 alive: node.age_ms < dead_after_ms,

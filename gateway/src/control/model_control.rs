@@ -19,9 +19,6 @@ use std::time::Duration;
 use switchyard_registry::{NewVersion, RegistryError, Store, Version, VersionState};
 use tokio::time::Instant;
 
-/// The longest an unload waits for its versions to drain before it answers.
-const RETIRE_WAIT: Duration = Duration::from_secs(5);
-
 use crate::config::{ControlMode, ServingConfig};
 use crate::control::import::{known_labels, new_version};
 use crate::control::repository::{
@@ -32,6 +29,9 @@ use crate::core::TableHandle;
 use crate::core::repository::{IndexEntry, ModelRepository, RepositoryFuture};
 use crate::error::{ErrorKind, GatewayError, quoted};
 use crate::wire;
+
+/// The longest an unload waits for its versions to drain before it answers.
+const RETIRE_WAIT: Duration = Duration::from_secs(5);
 
 /// A config override longer than this is no model configuration.
 const MAX_OVERRIDE_BYTES: usize = 1 << 20;
@@ -168,19 +168,14 @@ impl ModelControl {
         };
         // Triton answers an unload once the model is unloaded: the versions this gateway serves
         // are waited for until they have drained and retired.
-        let serving: Vec<String> = {
-            let table = self.tables.peek();
-            table.model(model).map_or_else(
-                |_| Vec::new(),
-                |entry| {
-                    entry
-                        .versions
-                        .iter()
-                        .filter(|v| matches!(v.status, crate::core::VersionStatus::Ready(_)))
-                        .map(|v| v.label.to_string())
-                        .collect()
-                },
-            )
+        let serving: Vec<String> = match self.tables.peek().model(model) {
+            Ok(entry) => entry
+                .versions
+                .iter()
+                .filter(|v| matches!(v.status, crate::core::VersionStatus::Ready(_)))
+                .map(|v| v.label.to_string())
+                .collect(),
+            Err(_) => Vec::new(),
         };
         let mut revision = None;
         for version in record

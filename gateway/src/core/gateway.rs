@@ -233,19 +233,10 @@ impl Gateway {
         let caller_deadline = caller_deadline_first(&request, &routed.ready, received);
         let protocol = request.protocol;
         let result = serve(&routed, request).await;
-        let elapsed = received.elapsed();
-        let compute = result.as_ref().map_or(Duration::ZERO, |(_, c)| *c);
-        let fault = record(
-            &routed.stats,
-            Outcome {
-                served_by: Some(protocol),
-                result: result.as_ref().map(|_| ()).map_err(|e| e.kind),
-                caller_deadline,
-                elapsed,
-                compute,
-            },
-        );
-        self.reward_latency(&routed, fault, elapsed);
+        let compute = result.as_ref().map(|(_, c)| *c).map_err(|e| e.kind);
+        let outcome = Outcome::served(protocol, compute, caller_deadline, received);
+        let fault = record(&routed.stats, outcome);
+        self.reward_latency(&routed, fault, outcome.elapsed);
         let (response, _) = result?;
         if routed.takes_feedback
             && let Some(id) = &response.id
@@ -329,17 +320,10 @@ impl Gateway {
                 .await
         }
         .await;
-        let elapsed = received.elapsed();
-        let compute = result.as_ref().map_or(Duration::ZERO, |(_, c, _)| *c);
+        let compute = result.as_ref().map(|(_, c, _)| *c).map_err(|e| e.kind);
         record(
             &route.stats,
-            Outcome {
-                served_by: Some(protocol),
-                result: result.as_ref().map(|_| ()).map_err(|e| e.kind),
-                caller_deadline,
-                elapsed,
-                compute,
-            },
+            Outcome::served(protocol, compute, caller_deadline, received),
         );
         let (mut outputs, _, replica) = result?;
         let states = next_states(&turn.settings, &mut outputs, &request.outputs)?;

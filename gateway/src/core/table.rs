@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 
 use arc_swap::ArcSwap;
@@ -413,7 +413,7 @@ pub struct TableHandle {
     /// its load at once rather than at its next retry.
     pending_wanted: tokio::sync::Notify,
     /// Bumped after every retry of the versions waiting for room, for the requests that asked.
-    pending_tried: tokio::sync::watch::Sender<u64>,
+    pending_tries: AtomicU64,
 }
 
 impl Default for TableHandle {
@@ -424,7 +424,7 @@ impl Default for TableHandle {
             ready: tokio::sync::watch::Sender::new(false),
             published: tokio::sync::watch::Sender::new(0),
             pending_wanted: tokio::sync::Notify::new(),
-            pending_tried: tokio::sync::watch::Sender::new(0),
+            pending_tries: AtomicU64::new(0),
         }
     }
 }
@@ -466,13 +466,13 @@ impl TableHandle {
 
     /// How many retries of the versions waiting for room have run.
     pub fn pending_tries(&self) -> u64 {
-        *self.pending_tried.borrow()
+        self.pending_tries.load(Ordering::Acquire)
     }
 
     /// The versions waiting for room were just tried (before the table that shows it is
     /// published).
     pub fn pending_tried(&self) {
-        self.pending_tried.send_modify(|tries| *tries += 1);
+        self.pending_tries.fetch_add(1, Ordering::Release);
     }
 
     /// The registry revision the current table was built from.

@@ -50,8 +50,13 @@ impl Replica {
 /// A replica taken out of service: it answers what it holds, then unloads.
 #[derive(Clone)]
 pub struct RemovedReplica {
-    pub info: ReplicaInfo,
     unloaded: tokio::sync::watch::Receiver<()>,
+}
+
+/// Why a version's last cold start failed, and when it is tried again.
+pub(super) struct ColdFailure {
+    reason: String,
+    retry_at: Instant,
 }
 
 impl RemovedReplica {
@@ -352,7 +357,7 @@ pub struct ReplicaSet {
     pub(super) cold_waiters: AtomicUsize,
     /// Why the last cold start failed, and when it is tried again: until then requests are
     /// answered with it.
-    pub(super) cold_failure: arc_swap::ArcSwapOption<(String, Instant)>,
+    pub(super) cold_failure: arc_swap::ArcSwapOption<ColdFailure>,
     /// How its first replica was warmed up (the others ran the same).
     pub(super) warmup: WarmupOutcome,
 }
@@ -455,7 +460,6 @@ impl ReplicaSet {
         let removed = removed?;
         self.count.send_replace(self.replicas.load().len());
         Some(RemovedReplica {
-            info: info(&removed),
             unloaded: removed.unloaded.clone(),
         })
     }
@@ -463,8 +467,10 @@ impl ReplicaSet {
     /// A cold start that failed: the requests waiting for it are answered with `reason` now,
     /// and so are those that come before `retry_at`.
     pub fn fail_cold_start(&self, reason: &str, retry_at: Instant) {
-        self.cold_failure
-            .store(Some(Arc::new((reason.to_owned(), retry_at))));
+        self.cold_failure.store(Some(Arc::new(ColdFailure {
+            reason: reason.to_owned(),
+            retry_at,
+        })));
         // Wakes the waiters, whose condition now holds.
         self.count.send_modify(|_| {});
     }
@@ -515,12 +521,12 @@ impl ReplicaSet {
             ))
         };
         if let Some(failure) = self.cold_failure.load_full() {
-            if Instant::now() < failure.1 {
-                return Err(failed(&failure.0));
+            if Instant::now() < failure.retry_at {
+                return Err(failed(&failure.reason));
             }
             // Its backoff has passed: this request waits for the next try.
             self.cold_failure
-                .compare_and_swap(&Some(failure), None::<Arc<(String, Instant)>>);
+                .compare_and_swap(&Some(failure), None::<Arc<ColdFailure>>);
         }
         self.cold_waiters.fetch_add(1, Ordering::Relaxed);
         let _waiting = Waiting(&self.cold_waiters);
@@ -534,7 +540,7 @@ impl ReplicaSet {
         let up_or_failed = count.wait_for(|count| *count > 0 || self.cold_failure.load().is_some());
         match tokio::time::timeout_at(until.into(), up_or_failed).await {
             Ok(Ok(_)) => match self.cold_failure.load_full() {
-                Some(failure) if self.replicas.load().is_empty() => Err(failed(&failure.0)),
+                Some(failure) if self.replicas.load().is_empty() => Err(failed(&failure.reason)),
                 _ => Ok(()),
             },
             _ => Err(GatewayError::unavailable(

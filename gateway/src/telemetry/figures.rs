@@ -54,6 +54,23 @@ pub struct Outcome {
 }
 
 impl Outcome {
+    /// A request served here, received at `received`: its model's compute time, or the kind
+    /// of error it ended in.
+    pub fn served(
+        protocol: Protocol,
+        result: Result<Duration, ErrorKind>,
+        caller_deadline: bool,
+        received: std::time::Instant,
+    ) -> Outcome {
+        Outcome {
+            served_by: Some(protocol),
+            result: result.map(|_| ()),
+            caller_deadline,
+            elapsed: received.elapsed(),
+            compute: result.unwrap_or_default(),
+        }
+    }
+
     /// A request this node forwarded to a peer, which ended as `result`.
     pub fn forwarded(
         result: Result<(), ErrorKind>,
@@ -220,23 +237,22 @@ impl VersionFigures {
 
     /// Triton's success and failure figures, over the requests served here.
     pub fn request_totals(&self) -> RequestTotals {
-        let count = |slots: &mut dyn Iterator<Item = usize>| -> u64 {
-            slots
-                .map(|slot| {
-                    self.outcomes
-                        .iter()
-                        .map(|by_protocol| by_protocol[slot].load(Ordering::Relaxed))
-                        .sum::<u64>()
-                })
-                .sum()
-        };
+        // Success is slot 0 of each protocol; every other slot is a failure.
+        let (mut success, mut fail) = (0, 0);
+        for by_protocol in &self.outcomes {
+            success += by_protocol[0].load(Ordering::Relaxed);
+            fail += by_protocol[1..]
+                .iter()
+                .map(|count| count.load(Ordering::Relaxed))
+                .sum::<u64>();
+        }
         RequestTotals {
             success: DurationFigure {
-                count: count(&mut std::iter::once(0)),
+                count: success,
                 ns: self.success_ns.load(Ordering::Relaxed),
             },
             fail: DurationFigure {
-                count: count(&mut (1..OUTCOME_SLOTS)),
+                count: fail,
                 ns: self.fail_ns.load(Ordering::Relaxed),
             },
             last_inference_ms: self.last_inference_ms.load(Ordering::Relaxed),

@@ -10,7 +10,7 @@ use switchyard_registry::Store;
 
 use super::{
     ACTOR, COLD_RETRY_FIRST, COLD_RETRY_MOST, Capacity, Change, FailedStart, LOAD_ACTION,
-    RecentChange, SCALE_INTERVAL, epoch_ms, lock, unload,
+    RecentChange, SCALE_INTERVAL, lock, unload,
 };
 use crate::core::TableHandle;
 use crate::tasks::{self, TaskKind};
@@ -82,16 +82,13 @@ async fn apply(capacity: &Capacity, metrics: &Metrics, change: Change) {
                         metrics.replica_loaded(&key.model, &key.version, "success", took);
                         let mut state = lock(&capacity.state);
                         state.failed_starts.remove(&key);
-                        let change = RecentChange {
-                            model: key.model.to_string(),
-                            version: key.version.to_string(),
-                            action: "loaded".into(),
-                            device: device.to_string(),
-                            bytes: bytes.unwrap_or(0),
-                            reason: format!("cold start in {} ms", took.as_millis()),
-                            at_ms: epoch_ms(),
-                        };
-                        state.note(change);
+                        state.note(RecentChange::now(
+                            &key,
+                            "loaded",
+                            device,
+                            bytes.unwrap_or(0),
+                            format!("cold start in {} ms", took.as_millis()),
+                        ));
                     }
                 }
                 Err(error) => {
@@ -118,15 +115,13 @@ async fn apply(capacity: &Capacity, metrics: &Metrics, change: Change) {
                                 reason: reason.clone(),
                             },
                         );
-                        state.note(RecentChange {
-                            model: key.model.to_string(),
-                            version: key.version.to_string(),
-                            action: "load_failed".into(),
-                            device: device.to_string(),
-                            bytes: 0,
-                            reason: reason.clone(),
-                            at_ms: epoch_ms(),
-                        });
+                        state.note(RecentChange::now(
+                            &key,
+                            "load_failed",
+                            device,
+                            0,
+                            reason.clone(),
+                        ));
                         state.outbox.push((
                             key.clone(),
                             LOAD_ACTION,

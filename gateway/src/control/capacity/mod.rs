@@ -13,6 +13,7 @@ use serde_json::{Value, json};
 use switchyard_runtimes::{Device, memory};
 
 use crate::config::DeviceConfig;
+use crate::control::rollout::driver::now_ms;
 use crate::core::{ModelEntry, ModelTable, ReadyVersion, Scaling, VersionStatus};
 use crate::routing::objective::ObjectivePlan;
 use crate::serving::RemovedReplica;
@@ -44,10 +45,6 @@ struct VersionScaler {
     /// The count last decided, and why.
     target: u32,
     reason: String,
-    /// Requests answered when last looked at, and when the version last had work: what scale
-    /// to zero goes by.
-    seen_requests: u64,
-    last_active: Instant,
     /// When concurrency was last sampled: a round woken early by a waiting request does not
     /// sample again, so that the mean stays one of evenly spaced samples.
     sampled_at: Option<Instant>,
@@ -84,7 +81,7 @@ struct State {
     may_evict: bool,
 }
 
-/// A version's last work, as the rounds see it.
+/// A version's last work, as the rounds see it: what eviction and scale to zero go by.
 struct Activity {
     seen_requests: u64,
     last_active: Instant,
@@ -135,7 +132,22 @@ pub struct RecentChange {
     pub bytes: u64,
     pub reason: String,
     /// Milliseconds since the epoch.
-    pub at_ms: u64,
+    pub at_ms: i64,
+}
+
+impl RecentChange {
+    /// A change to `key`'s replicas now.
+    fn now(key: &Key, action: &str, device: Device, bytes: u64, reason: String) -> RecentChange {
+        RecentChange {
+            model: key.model.to_string(),
+            version: key.version.to_string(),
+            action: action.into(),
+            device: device.to_string(),
+            bytes,
+            reason,
+            at_ms: now_ms(),
+        }
+    }
 }
 
 /// What one replica of a version measured once warm, kept in the version's registry metadata
@@ -379,26 +391,20 @@ impl Capacity {
             {
                 Ok(device) => device,
                 Err(refusal) if placed.is_empty() => {
-                    let priority = table
-                        .models
-                        .get(&key.model)
-                        .map_or(0, |entry| state.priority(entry, &key.version));
-                    let now = Instant::now();
-                    let Some((device, mut chosen)) = state.evict_for(
+                    let mut events = Vec::new();
+                    let made = state.make_room(
                         table,
                         key,
-                        priority,
                         bytes_per_replica,
                         allowed,
-                        now,
+                        Instant::now(),
                         true,
-                    ) else {
+                        &mut events,
+                    );
+                    state.outbox.extend(events);
+                    let Some((device, chosen)) = made else {
                         return Err(refusal);
                     };
-                    let reason = format!("room for version {} of {}", key.version, key.model);
-                    let mut events = Vec::new();
-                    state.take_victims(&mut chosen, &reason, &mut events);
-                    state.outbox.extend(events);
                     victims = chosen;
                     device
                 }
@@ -412,8 +418,8 @@ impl Capacity {
         Ok((placed, victims))
     }
 
-    /// Evicts the victims a load waits for: each is taken out of service, answers what it
-    /// holds, and unloads its model.
+    /// Waits until the victims a load waits for (out of service since they were chosen) have
+    /// answered what they held and unloaded their models.
     pub async fn evict(victims: Vec<Victim>, metrics: &Metrics) {
         for victim in victims {
             unload(victim, metrics).await;
@@ -428,8 +434,7 @@ impl Capacity {
     /// Replaces a replica's declared memory by what it measured after warm-up.
     pub fn record_measured(&self, key: &Key, replica: u32, bytes: u64) {
         let mut state = lock(&self.state);
-        let last = state.measured.entry(key.clone()).or_insert(0);
-        *last = bytes;
+        state.measured.insert(key.clone(), bytes);
         let over = state
             .ledger
             .record_measured(&key.model, &key.version, replica, bytes);
@@ -445,6 +450,7 @@ impl Capacity {
         state.adding.remove(key);
         state.activity.remove(key);
         state.failed_starts.remove(key);
+        state.measured.remove(key);
     }
 
     /// One autoscaling round over the current table: observes every ready version's work,
@@ -737,8 +743,6 @@ impl State {
                         autoscaler: Autoscaler::new(policy(scaling)),
                         target: u32::try_from(ready.replicas.replica_count()).unwrap_or(1),
                         reason: "initial replicas".into(),
-                        seen_requests: 0,
-                        last_active: now,
                         sampled_at: None,
                     });
                 let due = scaler
@@ -747,10 +751,6 @@ impl State {
                 if due {
                     scaler.autoscaler.observe(now, outstanding as f64);
                     scaler.sampled_at = Some(now);
-                }
-                if requests != scaler.seen_requests || busy {
-                    scaler.seen_requests = requests;
-                    scaler.last_active = now;
                 }
                 scaled.push(Scaled {
                     key,
@@ -788,27 +788,22 @@ impl State {
         }
         let bytes = new_replica_bytes(ready).max(self.measured.get(key).copied().unwrap_or(0));
         let room = self.room_for(key, bytes, &ready.allowed, 1);
-        let (device, mut victims) = match room.first() {
-            Some(&device) => (device, Vec::new()),
-            None => {
-                let priority = table
-                    .models
-                    .get(&key.model)
-                    .map_or(0, |model| self.priority(model, &key.version));
-                let Some(found) =
-                    self.evict_for(table, key, priority, bytes, &ready.allowed, now, true)
-                else {
-                    return;
-                };
-                found
-            }
+        let made = match room.first() {
+            Some(&device) => Some((device, Vec::new())),
+            None => self.make_room(
+                table,
+                key,
+                bytes,
+                &ready.allowed,
+                now,
+                true,
+                &mut round.events,
+            ),
+        };
+        let Some((device, victims)) = made else {
+            return;
         };
         let reason = format!("cold start: {waiting} request(s) waiting for a replica");
-        self.take_victims(
-            &mut victims,
-            &format!("room for version {} of {}", key.version, key.model),
-            &mut round.events,
-        );
         let Some(change) = self.reserve_addition(key, ready, device, bytes, victims, Some(now))
         else {
             return;
@@ -829,8 +824,8 @@ impl State {
             return false;
         };
         let key = &scaled.key;
-        let idle = self.scalers.get(key).map_or(Duration::ZERO, |s| {
-            now.saturating_duration_since(s.last_active)
+        let idle = self.activity.get(key).map_or(Duration::ZERO, |a| {
+            now.saturating_duration_since(a.last_active)
         });
         if idle < idle_limit {
             return false;
@@ -867,10 +862,12 @@ impl State {
         now: Instant,
         round: &mut Round,
     ) {
+        // Let the replicas being added arrive before deciding again.
+        if adding > 0 {
+            return;
+        }
         let (key, ready, max_replicas) = (&scaled.key, &scaled.ready, scaled.max_replicas);
-        let current = u32::try_from(ready.replicas.replica_count())
-            .unwrap_or(u32::MAX)
-            .saturating_add(adding);
+        let current = u32::try_from(ready.replicas.replica_count()).unwrap_or(u32::MAX);
         let bytes = new_replica_bytes(ready);
         let planned = self.placement_for(table, key, ready, max_replicas, now);
         let room = self.room_for(
@@ -881,10 +878,7 @@ impl State {
         );
         // Replicas of lower priority that are idle can be evicted for it: the plan, which
         // ranks by priority, is then the cap rather than the room left.
-        let priority = table
-            .models
-            .get(&key.model)
-            .map_or(0, |model| self.priority(model, &key.version));
+        let priority = self.priority_of(table, key);
         let evictable = self
             .evict_for(table, key, priority, bytes, &ready.allowed, now, false)
             .is_some();
@@ -898,10 +892,6 @@ impl State {
             .min(reachable)
             .max(current.min(max_replicas))
             .max(1);
-        // Let the replicas being added arrive before deciding again.
-        if adding > 0 {
-            return;
-        }
         let Some(decision) = self
             .scalers
             .get_mut(key)
@@ -924,19 +914,17 @@ impl State {
             }
             // The rest in the room of idle replicas of lower priority.
             while added < count {
-                let Some((device, mut victims)) =
-                    self.evict_for(table, key, priority, bytes, &ready.allowed, now, false)
-                else {
+                let Some((device, victims)) = self.make_room(
+                    table,
+                    key,
+                    bytes,
+                    &ready.allowed,
+                    now,
+                    false,
+                    &mut round.events,
+                ) else {
                     break;
                 };
-                self.take_victims(
-                    &mut victims,
-                    &format!(
-                        "room for a replica of version {} of {}",
-                        key.version, key.model
-                    ),
-                    &mut round.events,
-                );
                 let Some(change) = self.reserve_addition(key, ready, device, bytes, victims, None)
                 else {
                     break;
@@ -1021,6 +1009,35 @@ impl State {
             evict_first,
             cold,
         })
+    }
+
+    /// [`State::evict_for`] at `asking`'s priority, and the victims taken
+    /// ([`State::take_victims`]): the device that now has room, and what to unload first.
+    #[allow(clippy::too_many_arguments)]
+    fn make_room(
+        &mut self,
+        table: &ModelTable,
+        asking: &Key,
+        bytes: u64,
+        allowed: &[Device],
+        now: Instant,
+        equal: bool,
+        events: &mut Vec<CapacityEvent>,
+    ) -> Option<(Device, Vec<Victim>)> {
+        let priority = self.priority_of(table, asking);
+        let (device, mut victims) =
+            self.evict_for(table, asking, priority, bytes, allowed, now, equal)?;
+        let reason = format!("room for version {} of {}", asking.version, asking.model);
+        self.take_victims(&mut victims, &reason, events);
+        Some((device, victims))
+    }
+
+    /// A version's priority ([`State::priority`]); 0 for one whose model the table lacks.
+    fn priority_of(&self, table: &ModelTable, key: &Key) -> i64 {
+        table
+            .models
+            .get(&key.model)
+            .map_or(0, |model| self.priority(model, &key.version))
     }
 
     /// Idle replicas whose eviction makes room for a replica of `bytes` of `asking` on one of
@@ -1159,15 +1176,13 @@ impl State {
             victim.removed = victim.ready.replicas.remove_replica_at(victim.index);
             self.ledger
                 .release(&victim.key.model, &victim.key.version, victim.index);
-            self.note(RecentChange {
-                model: victim.key.model.to_string(),
-                version: victim.key.version.to_string(),
-                action: "evicted".into(),
-                device: victim.device.to_string(),
-                bytes: victim.bytes,
-                reason: reason.to_owned(),
-                at_ms: epoch_ms(),
-            });
+            self.note(RecentChange::now(
+                &victim.key,
+                "evicted",
+                victim.device,
+                victim.bytes,
+                reason.to_owned(),
+            ));
             tracing::info!(version = %victim.key, replica = victim.index, device = %victim.device, bytes = victim.bytes, %reason, "evicting an idle replica");
             events.push((
                 victim.key.clone(),
@@ -1327,12 +1342,6 @@ const STABLE_PRIORITY: i64 = 3_000_000;
 const SCALE_ACTION: &str = "replicas.scale";
 const EVICT_ACTION: &str = "replicas.evict";
 const LOAD_ACTION: &str = "replicas.load";
-
-fn epoch_ms() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |since| u64::try_from(since.as_millis()).unwrap_or(0))
-}
 
 /// Waits, at most [`UNLOAD_WAIT`], until a victim (out of service since it was chosen) has
 /// answered what it held and unloaded its model.
