@@ -2,7 +2,8 @@
 //! `mlp_heavy` copies, both serve. The one holding no replica loads on demand, once for a burst
 //! of requests, after evicting the idle other; a pinned version is never evicted, nor a replica
 //! with a request in flight; a load that fails is not tried again before its backoff, and its
-//! requests are told why.
+//! requests are told why; a version holding an open sequence stays, and a higher-priority
+//! version scaling up takes the room of an idle lower-priority one.
 
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -335,4 +336,168 @@ async fn a_replica_with_a_request_in_flight_is_not_evicted() {
         "heavy_b answered at {loaded_after:?}, before the request in flight on heavy_a ended at {took:?}"
     );
     within_budget(&resources(&gateway).await);
+}
+
+/// One step of a sequence on `model` (served as sequences, nothing joined).
+async fn sequence_step(gateway: &Process, model: &str, id: u64, start: bool, end: bool) -> u16 {
+    let mut body = heavy_body(30_000_000);
+    body["parameters"] = json!({"sequence_id": id, "sequence_start": start, "sequence_end": end});
+    let response = reqwest::Client::new()
+        .post(format!("{}/v2/models/{model}/infer", gateway.http))
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    response.status().as_u16()
+}
+
+#[tokio::test]
+async fn a_version_holding_an_open_sequence_is_never_evicted() {
+    // Both served as sequences: either may be the resident one.
+    let repo = two_heavy_models("[sequence]\nmax_sequences = 4\n");
+    std::fs::write(
+        repo.path().join("heavy_b/model.toml"),
+        "max_batch_size = 32\nmemory = \"120MiB\"\n[sequence]\nmax_sequences = 4\n",
+    )
+    .unwrap();
+    let gateway = start(&repo).await;
+    let (resident, other) = one_resident(&gateway).await;
+    assert_eq!(
+        sequence_step(&gateway, &resident, 7, true, false).await,
+        200
+    );
+    // Idle well past the eviction threshold, but its sequence is open.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let before = revision(&gateway).await;
+    let (status, answer) = infer(&gateway, &other, 2_000_000).await;
+    assert_eq!(status, 503, "{other} got its room: {answer}");
+    assert!(
+        events(&gateway, before, "replicas.evict", &resident)
+            .await
+            .is_empty()
+    );
+    // The sequence goes on where it is; once it ends, the room is free to take.
+    assert_eq!(
+        sequence_step(&gateway, &resident, 7, false, true).await,
+        200
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let (status, answer) = infer(&gateway, &other, 30_000_000).await;
+    assert_eq!(status, 200, "{answer}");
+    let evictions = events(&gateway, before, "replicas.evict", &resident).await;
+    assert_eq!(evictions.len(), 1, "{evictions:?}");
+    within_budget(&resources(&gateway).await);
+}
+
+#[tokio::test]
+async fn a_higher_priority_scale_up_evicts_an_idle_lower_priority_replica() {
+    // Room for three replicas: heavy_a's one and heavy_b's one, not a second of heavy_a
+    // beside them (each declares 120 MiB; 125 to 140 MB each once warm).
+    const WIDE_BUDGET: u64 = 420 * MIB;
+    let repo = two_heavy_models("");
+    std::fs::write(
+        repo.path().join("heavy_a/model.toml"),
+        "memory = \"200MiB\"\nmax_batch_size = 512\nmin_replicas = 1\nmax_replicas = 2\n\
+         target_concurrency = 1\nscale_window = \"1s\"\nscale_up_delay = \"0s\"\n\
+         scale_down_delay = \"600s\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        repo.path().join("switchyard.toml"),
+        format!(
+            "[[devices]]\nid = \"cpu\"\nmemory = \"{}MiB\"\n",
+            WIDE_BUDGET / MIB
+        ),
+    )
+    .unwrap();
+    let gateway = start(&repo).await;
+    // Both resident (200 + 120 MiB), then heavy_a weighted: it outranks heavy_b.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = resources(&gateway).await;
+        if version(&now, "heavy_a")["resident"] == true
+            && version(&now, "heavy_b")["resident"] == true
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "not both resident: {now}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    must(
+        &gateway,
+        Method::PUT,
+        "/v1/models/heavy_a/traffic",
+        Some(json!({"weights": {"1": 1}})),
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let before = revision(&gateway).await;
+    // Four long requests at a time on heavy_a for up to 20 s: the autoscaler wants two.
+    let rows = 512;
+    let long = json!({"inputs": [{"name": "x", "shape": [rows, 512], "datatype": "FP32",
+                                  "data": vec![0.5f32; rows * 512]}]});
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut load = Vec::new();
+    for _ in 0..4 {
+        let (http, long, stop) = (gateway.http.clone(), long.clone(), stop.clone());
+        load.push(tokio::spawn(async move {
+            let client = reqwest::Client::new();
+            let until = Instant::now() + Duration::from_secs(20);
+            let mut failed = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && Instant::now() < until {
+                let response = client
+                    .post(format!("{http}/v2/models/heavy_a/infer"))
+                    .json(&long)
+                    .send()
+                    .await
+                    .unwrap();
+                if response.status() != 200 {
+                    failed += 1;
+                }
+            }
+            failed
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let scaled = loop {
+        let now = resources(&gateway).await;
+        within_budget_of(&now, WIDE_BUDGET);
+        let replicas = version(&now, "heavy_a")["replicas"]
+            .as_array()
+            .map_or(0, Vec::len);
+        if replicas == 2 {
+            break now;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "heavy_a never got its second replica: {now}\n{}",
+            gateway.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for task in load {
+        assert_eq!(task.await.unwrap(), 0, "a request on heavy_a failed");
+    }
+    assert_eq!(version(&scaled, "heavy_b")["resident"], false, "{scaled}");
+    let evictions = events(&gateway, before, "replicas.evict", "heavy_b").await;
+    assert_eq!(evictions.len(), 1, "{evictions:?}");
+    let reason = evictions[0]["payload"]["reason"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(reason.contains("heavy_a"), "{reason}");
+    // heavy_b still answers: it loads again on demand, as soon as room is made for it, or is
+    // refused with the reason while heavy_a, which outranks it, holds the memory.
+    let (status, answer) = infer(&gateway, "heavy_b", 2_000_000).await;
+    assert!(status == 200 || status == 503, "{status} {answer}");
+    within_budget_of(&resources(&gateway).await, WIDE_BUDGET);
+}
+
+/// The CPU's reservations never exceed `budget`.
+fn within_budget_of(resources: &Value, budget: u64) {
+    let cpu = &resources["devices"][0];
+    assert!(
+        cpu["reserved"].as_u64().unwrap() <= budget,
+        "over the budget: {resources}"
+    );
 }
