@@ -113,6 +113,7 @@ impl Reconciler {
 
     /// Makes this reconciler a cluster node's.
     pub fn in_cluster(mut self, link: ClusterLink) -> Self {
+        self.handles.tables.set_clustered();
         self.cluster = Some(link);
         self
     }
@@ -222,9 +223,12 @@ impl Reconciler {
             .local
             .iter()
             .filter(|(key, status)| {
+                // Placed nowhere (evicted for a version a request wanted, or no node has room
+                // for it): its memory is the leader's to give, so it goes at once.
                 !self.placed.contains_key(*key)
                     && (!matches!(status, VersionStatus::Ready(_))
-                        || !view.peers_for(key).is_empty())
+                        || !view.peers_for(key).is_empty()
+                        || !self.placed_anywhere.contains(*key))
             })
             .map(|(key, _)| key.clone())
             .collect();
@@ -463,6 +467,7 @@ impl Reconciler {
             .into_iter()
             .partition(|(_, ready, _)| Arc::strong_count(ready) == 1);
         self.draining = waiting;
+        let mut released = false;
         for (key, ready, since) in done {
             drop(ready);
             self.handles.capacity.release_version(&key);
@@ -470,8 +475,19 @@ impl Reconciler {
             let drained_ms = since.elapsed().as_millis() as u64;
             tracing::info!(version = %key, drained_ms, "version unloaded and retired");
             self.write_state(&key, VersionState::Retired, "").await;
+            released = true;
         }
         self.report_hosted();
+        // A version placed here may have been waiting for that memory (a cluster's leader
+        // evicts an idle version to place a wanted one).
+        if released
+            && self
+                .local
+                .values()
+                .any(|status| matches!(status, VersionStatus::Pending(_)))
+        {
+            self.retry_pending().await;
+        }
     }
 
     /// Tells the heartbeat what this node hosts and drains.

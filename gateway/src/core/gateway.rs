@@ -23,12 +23,15 @@ use crate::core::route::{RemoteRoute, Route, Routed, ShadowTarget, route};
 use crate::core::sequence::{
     NOT_OPEN, SequenceControl, Sequences, Turn, add_controls, next_states, sequence_control,
 };
-use crate::core::table::{ModelTable, ReadyVersion, TableHandle, VersionStatus};
+use crate::core::table::{
+    ModelTable, NO_ROOM_ANYWHERE, ReadyVersion, TableHandle, VersionEntry, VersionStatus,
+};
 use crate::error::{ErrorKind, GatewayError, Reason};
 use crate::routing::{self, Experiments, FeedbackError, VersionStats};
 use crate::tasks::{self, TaskKind};
 use crate::telemetry::figures::Outcome;
 use crate::telemetry::tracing::{TRACE_TARGET, child};
+use crate::version_key::VersionKey;
 
 static SHADOW: TaskKind = TaskKind::new("shadow");
 
@@ -668,11 +671,23 @@ impl Gateway {
                 match route(&table, request) {
                     Err(error) => match coming(&table, request) {
                         Some(Coming::Loading) => Err(error),
+                        // On a node of a cluster the leader makes room, on whichever node has
+                        // it: the request waits to be placed until its deadline, or until the
+                        // leader says that no node can make room.
+                        Some(Coming::WaitingForRoom { key, hopeless })
+                            if self.tables.clustered() =>
+                        {
+                            self.tables.want_pending(&key);
+                            if hopeless {
+                                return Err(error);
+                            }
+                            Err(error)
+                        }
                         // Its load is tried now; the request waits for it like for any load.
-                        Some(Coming::WaitingForRoom) => match asked {
+                        Some(Coming::WaitingForRoom { key, .. }) => match asked {
                             None => {
                                 asked = Some(self.tables.pending_tries());
-                                self.tables.want_pending();
+                                self.tables.want_pending(&key);
                                 Err(error)
                             }
                             Some(tries) if self.tables.pending_tries() > tries => {
@@ -799,32 +814,40 @@ const LOADING_WAIT: Duration = Duration::from_secs(30);
 /// How the version a request cannot be routed to yet is coming.
 enum Coming {
     Loading,
-    /// `pending`: it waits for room, which an eviction may make.
-    WaitingForRoom,
+    /// `pending`: it waits for room, which an eviction may make. `hopeless`: a cluster's
+    /// leader found no node that can make it.
+    WaitingForRoom {
+        key: VersionKey,
+        hopeless: bool,
+    },
 }
 
 /// Whether the request waits for a version on its way: the version it names, or (naming none)
-/// one of its model's when none is ready, loading or waiting for room.
+/// one of its model's when none is ready, loading or waiting for room (the highest label
+/// waiting for room, if none is loading).
 fn coming(table: &ModelTable, request: &InferRequest) -> Option<Coming> {
     let model = table.model(&request.model).ok()?;
-    let statuses: Vec<&VersionStatus> = match &request.version {
-        Some(label) => vec![&model.version(label).ok()?.status],
+    let versions: Vec<&Arc<VersionEntry>> = match &request.version {
+        Some(label) => vec![model.version(label).ok()?],
         None if model.highest_ready().is_some() => return None,
-        None => model.versions.iter().map(|v| &v.status).collect(),
+        None => model.versions.iter().collect(),
     };
-    if statuses
+    if versions
         .iter()
-        .any(|status| matches!(status, VersionStatus::Loading))
+        .any(|version| matches!(version.status, VersionStatus::Loading))
     {
-        Some(Coming::Loading)
-    } else if statuses
-        .iter()
-        .any(|status| matches!(status, VersionStatus::Pending(_)))
-    {
-        Some(Coming::WaitingForRoom)
-    } else {
-        None
+        return Some(Coming::Loading);
     }
+    versions
+        .iter()
+        .rev()
+        .find_map(|version| match &version.status {
+            VersionStatus::Pending(reason) => Some(Coming::WaitingForRoom {
+                key: VersionKey::new(&model.name, &version.label),
+                hopeless: reason.starts_with(NO_ROOM_ANYWHERE),
+            }),
+            _ => None,
+        })
 }
 
 /// The part of `infer` after the version is chosen; also returns the model's compute time.

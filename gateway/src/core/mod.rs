@@ -16,6 +16,6 @@ pub mod table;
 pub use gateway::Gateway;
 pub use request::{InferRequest, InferResponse, Parameter};
 pub use table::{
-    ControlKind, ControlSpec, Interface, ModelEntry, ModelTable, ReadyVersion, Reshape, Scaling,
-    SequenceSettings, StateSpec, TableHandle, VersionEntry, VersionStatus,
+    ControlKind, ControlSpec, Interface, ModelEntry, ModelTable, NO_ROOM_ANYWHERE, ReadyVersion,
+    Reshape, Scaling, SequenceSettings, StateSpec, TableHandle, VersionEntry, VersionStatus,
 };

@@ -1,10 +1,10 @@
 //! The model table: every model, its versions and the state of each, as one immutable snapshot
 //! that the control plane publishes whole ([`TableHandle`]) and requests read without a lock.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
-use std::time::Duration;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwap;
 use switchyard_runtimes::{DataType, Device, Signature, Tensor};
@@ -14,11 +14,17 @@ use crate::error::{GatewayError, quoted};
 use crate::routing::{Candidate, TrafficPolicy, VersionStats};
 use crate::serving::{JoinAxes, ReplicaSet};
 use crate::telemetry::VersionMetrics;
+use crate::version_key::VersionKey;
 use crate::wire::pb::ModelConfig;
 
 /// How Triton begins the message of a request for a model or version it cannot serve; clients
 /// (tritonclient's examples among them) match on it. Switchyard's own reason follows.
 pub const UNKNOWN_MODEL: &str = "Request for unknown model: ";
+
+/// How a cluster's leader begins the reason of a version that requests want and that no live
+/// node can hold, even by evicting idle replicas: requests for it are refused at once, not kept
+/// waiting for a placement that is not coming.
+pub const NO_ROOM_ANYWHERE: &str = "no live node has room for it, even evicting idle replicas";
 
 /// A version label as Triton's messages write a version: a number bare, anything else quoted.
 pub fn version_words(label: &str) -> String {
@@ -414,6 +420,12 @@ pub struct TableHandle {
     pending_wanted: tokio::sync::Notify,
     /// Bumped after every retry of the versions waiting for room, for the requests that asked.
     pending_tries: AtomicU64,
+    /// On a node of a cluster: the versions waiting for room that requests asked for, with
+    /// when one last did, for the heartbeat (the leader places them on demand). At most one
+    /// entry per registered version; read entries older than the heartbeat's window go.
+    wanted: Mutex<HashMap<VersionKey, Instant>>,
+    /// Set on a node of a cluster, where the leader, not this node, makes room.
+    clustered: AtomicBool,
 }
 
 impl Default for TableHandle {
@@ -425,6 +437,8 @@ impl Default for TableHandle {
             published: tokio::sync::watch::Sender::new(0),
             pending_wanted: tokio::sync::Notify::new(),
             pending_tries: AtomicU64::new(0),
+            wanted: Mutex::new(HashMap::new()),
+            clustered: AtomicBool::new(false),
         }
     }
 }
@@ -454,9 +468,38 @@ impl TableHandle {
         self.published.subscribe()
     }
 
-    /// A request wants a version that waits for room: its load is tried now.
-    pub fn want_pending(&self) {
+    /// A request wants a version that waits for room: its load is tried now (on a node of a
+    /// cluster, the leader hears of it at the next heartbeat).
+    pub fn want_pending(&self, key: &VersionKey) {
+        if self.clustered() {
+            let mut wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+            match wanted.get_mut(key) {
+                Some(at) => *at = Instant::now(),
+                None => {
+                    wanted.insert(key.clone(), Instant::now());
+                }
+            }
+        }
         self.pending_wanted.notify_one();
+    }
+
+    /// The versions waiting for room that a request asked for within `window`; older asks
+    /// are forgotten.
+    pub fn wanted_within(&self, window: Duration) -> Vec<VersionKey> {
+        let mut wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
+        wanted.retain(|_, at| at.elapsed() <= window);
+        let mut keys: Vec<VersionKey> = wanted.keys().cloned().collect();
+        keys.sort();
+        keys
+    }
+
+    /// Marks this table a cluster node's: room is the leader's to make.
+    pub fn set_clustered(&self) {
+        self.clustered.store(true, Ordering::Relaxed);
+    }
+
+    pub fn clustered(&self) -> bool {
+        self.clustered.load(Ordering::Relaxed)
     }
 
     /// Resolves when a request wants a version that waits for room.

@@ -759,3 +759,236 @@ async fn three_nodes_place_forward_and_survive_a_kill() {
     );
     drop(nodes);
 }
+
+/// Eight versions of one 100 MiB replica each for nodes that hold two, two and three: the
+/// leader places seven, and the eighth is resident nowhere.
+fn pool_repository() -> (tempfile::TempDir, Vec<(String, String)>) {
+    let repo = tempfile::tempdir().unwrap();
+    let mut versions = Vec::new();
+    let mut add = |model: &str, from: &str, version: u32| {
+        let target = repo.path().join(format!("{model}/{version}/model.onnx"));
+        std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+        std::fs::copy(models_dir().join(from), target).unwrap();
+        versions.push((model.to_owned(), version.to_string()));
+    };
+    for version in 1..=3 {
+        add("digits", &format!("digits/{version}/model.onnx"), version);
+    }
+    for version in 1..=5 {
+        add("mlp", "mlp/1/model.onnx", version);
+    }
+    for model in ["digits", "mlp"] {
+        let base = std::fs::read_to_string(models_dir().join(model).join("model.toml")).unwrap();
+        std::fs::write(
+            repo.path().join(model).join("model.toml"),
+            format!("replicas = 1\nmemory = \"{REPLICA_MIB}MiB\"\n{base}"),
+        )
+        .unwrap();
+    }
+    (repo, versions)
+}
+
+/// The events after `after` with this action and model.
+async fn events(client: &reqwest::Client, node: &Node, after: i64, action: &str) -> Vec<Value> {
+    let answer = get(
+        client,
+        &node.url(8080, &format!("/v1/events?after={after}&limit=1000")),
+    )
+    .await;
+    answer["events"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["action"] == action)
+        .cloned()
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_version_no_node_holds_loads_on_demand_where_room_is_made_and_the_others_forward() {
+    if run_output("id", &["-u"]).trim() != "0" || Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipped: making network namespaces needs root and iproute2");
+        return;
+    }
+    let netns = Netns::create(NODES);
+    let upstream: SocketAddr = {
+        let url = std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
+            .expect("run through scripts/with-postgres");
+        let host_port = url.split('@').nth(1).unwrap().split('/').next().unwrap();
+        host_port.parse().unwrap()
+    };
+    let relayed = relay(SocketAddr::new(netns.host_ip().into(), 0), upstream).await;
+    let database = postgres_url().await;
+    let name = database.rsplit('/').next().unwrap();
+    let registry = format!("postgres://postgres@{relayed}/{name}");
+    let (repo, versions) = pool_repository();
+    let budgets = [2 * REPLICA_MIB, 2 * REPLICA_MIB, 3 * REPLICA_MIB];
+    let nodes: Vec<Node> = (0..NODES)
+        .map(|index| {
+            let config = repo.path().join(format!("node-{index}.toml"));
+            std::fs::write(
+                &config,
+                format!(
+                    "[[devices]]\nid = \"cpu\"\nmemory = \"{}MiB\"\n\n[cluster]\n\
+                     heartbeat = \"250ms\"\ndead_after = \"3s\"\n",
+                    budgets[index]
+                ),
+            )
+            .unwrap();
+            start_node(&netns, index, repo.path(), &registry, &config)
+        })
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+
+    // Seven placed and ready; the eighth reads as not resident, not as failed.
+    let started = Instant::now();
+    let (cluster, cold) = loop {
+        let answer = client
+            .get(nodes[0].url(8080, "/v1/cluster"))
+            .bearer_auth(WRITER_TOKEN)
+            .send()
+            .await;
+        if let Ok(answer) = answer
+            && answer.status() == 200
+        {
+            let cluster: Value = answer.json().await.unwrap();
+            let placed = placement(&cluster);
+            let ready = |model: &str, version: &str| {
+                cluster["nodes"].as_array().unwrap().iter().any(|n| {
+                    n["versions"].as_array().unwrap().iter().any(|v| {
+                        v["model"] == model && v["version"] == version && v["state"] == "ready"
+                    })
+                })
+            };
+            let unplaced: Vec<&(String, String)> = versions
+                .iter()
+                .filter(|v| !placed.contains_key(v))
+                .collect();
+            if placed.len() == 7
+                && placed.keys().all(|(model, version)| ready(model, version))
+                && unplaced.len() == 1
+            {
+                break (cluster, unplaced[0].clone());
+            }
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "the cluster did not place seven versions"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let placed = placement(&cluster);
+    eprintln!("placement: {placed:?}; resident nowhere: {cold:?}");
+    let state = get(
+        &client,
+        &nodes[0].url(8080, &format!("/v1/models/{}", cold.0)),
+    )
+    .await;
+    let record = state["versions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["label"] == cold.1.as_str())
+        .unwrap()
+        .clone();
+    assert_eq!(record["state"], "pending", "{record}");
+    assert!(
+        record["state_reason"]
+            .as_str()
+            .unwrap()
+            .starts_with("not resident"),
+        "{record}"
+    );
+
+    // Node 2 holds three, all idle; the one of them not asked for since it loaded is the
+    // least recently used.
+    let on_node_2: Vec<&(String, String)> = placed
+        .iter()
+        .filter(|(_, on)| on.contains(&"node-2".to_owned()))
+        .map(|(version, _)| version)
+        .collect();
+    assert_eq!(on_node_2.len(), 3, "{placed:?}");
+    let victim = on_node_2[0].clone();
+    for (model, version) in &on_node_2[1..] {
+        assert_eq!(
+            infer(&client, nodes[2].ip, model, version).await.as_deref(),
+            Ok(version.as_str())
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    let before = get(
+        &client,
+        &nodes[0].url(8080, "/v1/events?after=0&limit=1000"),
+    )
+    .await["next_after"]
+        .as_i64()
+        .unwrap();
+
+    // Ten requests for it on the two nodes with no room: each answered, by one load on the
+    // node with the most memory to evict, which the other two forward to.
+    let mut asks = Vec::new();
+    for index in 0..10 {
+        let (client, ip, cold) = (client.clone(), nodes[index % 2].ip, cold.clone());
+        asks.push(tokio::spawn(async move {
+            infer(&client, ip, &cold.0, &cold.1).await
+        }));
+    }
+    for ask in asks {
+        assert_eq!(ask.await.unwrap().as_deref(), Ok(cold.1.as_str()));
+    }
+    let loads: Vec<Value> = events(&client, &nodes[0], before, "replicas.scale")
+        .await
+        .into_iter()
+        .filter(|e| e["model"] == cold.0.as_str() && e["payload"]["version"] == cold.1.as_str())
+        .collect();
+    assert_eq!(loads.len(), 1, "one load for ten requests: {loads:?}");
+    assert_eq!(loads[0]["payload"]["node"], "node-2", "{loads:?}");
+    let evictions = events(&client, &nodes[0], before, "replicas.evict").await;
+    assert_eq!(evictions.len(), 1, "{evictions:?}");
+    assert_eq!(evictions[0]["model"], victim.0.as_str(), "{evictions:?}");
+    assert_eq!(
+        evictions[0]["payload"]["version"],
+        victim.1.as_str(),
+        "the least recently used on node-2 went: {evictions:?}"
+    );
+    assert_eq!(evictions[0]["payload"]["node"], "node-2");
+    for node in &nodes[..2] {
+        let metrics = client
+            .get(node.url(8002, "/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        assert!(
+            metrics.lines().any(|line| {
+                line.starts_with("switchyard_forwarded_requests_total")
+                    && line.contains(&format!("model=\"{}\"", cold.0))
+                    && line.contains("outcome=\"success\"")
+            }),
+            "{} forwarded it:\n{metrics}",
+            node.id
+        );
+    }
+    // The evicted version is resident nowhere now, and comes back the same way.
+    let answered = infer(&client, nodes[0].ip, &victim.0, &victim.1).await;
+    assert_eq!(answered.as_deref(), Ok(victim.1.as_str()));
+    let cluster = get(&client, &nodes[0].url(8080, "/v1/cluster")).await;
+    for node in cluster["nodes"].as_array().unwrap() {
+        let budget = node["devices"][0]["budget"].as_u64().unwrap();
+        let hosted = node["versions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|v| v["state"] != "draining")
+            .count() as u64;
+        assert!(
+            hosted * (REPLICA_MIB << 20) <= budget,
+            "a node holds no more than its budget: {node}"
+        );
+    }
+}

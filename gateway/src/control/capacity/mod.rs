@@ -677,6 +677,31 @@ impl Capacity {
         }
     }
 
+    /// The idle replicas that may be evicted now, per version and device: how many, their
+    /// bytes, and how long the version has been idle. A cluster node's heartbeat gives them
+    /// to the leader, which evicts for the versions requests want.
+    pub fn evictable(&self, table: &ModelTable) -> Vec<EvictableReplicas> {
+        let state = lock(&self.state);
+        let now = Instant::now();
+        let mut grouped: BTreeMap<(Key, Device), EvictableReplicas> = BTreeMap::new();
+        for (_, last_active, victim) in
+            state.eviction_candidates(table, now, EVICT_IDLE_AFTER, |_| true)
+        {
+            let entry = grouped
+                .entry((victim.key.clone(), victim.device))
+                .or_insert_with(|| EvictableReplicas {
+                    key: victim.key.clone(),
+                    device: victim.device,
+                    replicas: 0,
+                    bytes: 0,
+                    idle: now.saturating_duration_since(last_active),
+                });
+            entry.replicas += 1;
+            entry.bytes += victim.bytes;
+        }
+        grouped.into_values().collect()
+    }
+
     /// Device figures for the metrics: (device, budget, reserved).
     pub fn device_figures(&self) -> Vec<(String, u64, u64)> {
         let state = lock(&self.state);
@@ -1337,10 +1362,20 @@ impl State {
     }
 }
 
+/// A version's idle replicas on one device that may be evicted ([`Capacity::evictable`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EvictableReplicas {
+    pub key: Key,
+    pub device: Device,
+    pub replicas: u32,
+    pub bytes: u64,
+    pub idle: Duration,
+}
+
 const STABLE_PRIORITY: i64 = 3_000_000;
 /// The registry events' actions.
-const SCALE_ACTION: &str = "replicas.scale";
-const EVICT_ACTION: &str = "replicas.evict";
+pub const SCALE_ACTION: &str = "replicas.scale";
+pub const EVICT_ACTION: &str = "replicas.evict";
 const LOAD_ACTION: &str = "replicas.load";
 
 /// Waits, at most [`UNLOAD_WAIT`], until a victim (out of service since it was chosen) has

@@ -7,6 +7,7 @@
 //! ([`placer`]), writes the placement as a revision (every node then loads what it must host),
 //! and derives each version's registry state from the nodes' states.
 
+pub mod on_demand;
 pub mod placer;
 pub mod simulate;
 
@@ -27,14 +28,22 @@ use crate::control::Handles;
 use crate::control::capacity;
 use crate::control::import::registered_settings;
 use crate::core::forward::Peer;
-use crate::core::{ModelTable, VersionStatus};
+use crate::core::{ModelTable, NO_ROOM_ANYWHERE, VersionStatus};
 use crate::version_key::VersionKey;
+use on_demand::{IdleReplicas, OnDemand, VersionName};
 use placer::{Assignment, Bin, Demand, NodeCapacity, Placer};
 
 const ACTOR: &str = "cluster";
 
 /// Nodes whose heartbeat stopped this long ago are forgotten (their rows removed).
 const FORGET_AFTER: Duration = Duration::from_secs(600);
+
+/// How long a request's ask for a version placed nowhere stays in the heartbeat: the
+/// request waits again (and asks again) at every table published meanwhile.
+const WANT_KEPT: Duration = Duration::from_secs(10);
+
+/// The most asks and idle versions one heartbeat carries.
+const MAX_REPORTED: usize = 1024;
 
 /// What this node knows of the others, as of its last heartbeat.
 #[derive(Default)]
@@ -255,6 +264,31 @@ pub struct NodeBody {
     pub devices: Vec<NodeDevice>,
     /// Requests in flight on it.
     pub load: u64,
+    /// Versions placed nowhere that requests on it wait for: the leader places them.
+    pub wanted: Vec<WantedVersion>,
+    /// Its idle replicas that may be evicted to make room for those.
+    pub evictable: Vec<NodeEvictable>,
+}
+
+/// A version a request asked for.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct WantedVersion {
+    pub model: String,
+    pub version: String,
+}
+
+/// A version's idle replicas on one device of a node, which it may evict.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct NodeEvictable {
+    pub model: String,
+    pub version: String,
+    pub device: String,
+    pub replicas: u32,
+    pub bytes: u64,
+    /// Since the version last had work on the node.
+    pub idle_ms: u64,
 }
 
 /// A device of a node, in bytes.
@@ -333,12 +367,38 @@ fn heartbeat(
             0,
         ));
     }
+    let wanted = handles
+        .tables
+        .wanted_within(WANT_KEPT)
+        .into_iter()
+        .take(MAX_REPORTED)
+        .map(|key| WantedVersion {
+            model: key.model.to_string(),
+            version: key.version.to_string(),
+        })
+        .collect();
+    let evictable = handles
+        .capacity
+        .evictable(table)
+        .into_iter()
+        .take(MAX_REPORTED)
+        .map(|idle| NodeEvictable {
+            model: idle.key.model.to_string(),
+            version: idle.key.version.to_string(),
+            device: idle.device.to_string(),
+            replicas: idle.replicas,
+            bytes: idle.bytes,
+            idle_ms: u64::try_from(idle.idle.as_millis()).unwrap_or(u64::MAX),
+        })
+        .collect();
     Heartbeat {
         node: settings.node.clone(),
         address: settings.address.clone(),
         body: serde_json::to_value(NodeBody {
             devices,
             load: load as u64,
+            wanted,
+            evictable,
         })
         .unwrap_or_default(),
         versions,
@@ -405,7 +465,9 @@ async fn lead(
     let (demands, invalid) = demands(&snapshot, table, &settings.defaults);
     let current_assignments = assignments(&current);
     let started = Instant::now();
-    let placement = placer.place(&capacities, &demands, &current_assignments);
+    let mut placement = placer.place(&capacities, &demands, &current_assignments);
+    let (wanted, idle) = asks(nodes, live);
+    let on_demand = on_demand::place(&capacities, &demands, &mut placement, &wanted, &idle);
     let decided_us = started.elapsed().as_micros() as u64;
     let rows = rows(&placement.assignments);
     if rows != current {
@@ -429,6 +491,7 @@ async fn lead(
             "placing the cluster's versions"
         );
         store.write_placements(ACTOR, rows.clone(), payload).await?;
+        log_on_demand(store, &on_demand).await?;
     }
     let refused: BTreeMap<VersionKey, &placer::Refused> = placement
         .refused
@@ -450,7 +513,15 @@ async fn lead(
             .collect();
         let derived = match invalid.get(&key) {
             Some(reason) if version.state.is_live() => Some((VersionState::Failed, reason.clone())),
-            _ => version_state(version, &on_live, &placed_on, refused.get(&key).copied()),
+            _ => version_state(
+                version,
+                &on_live,
+                &placed_on,
+                refused.get(&key).copied(),
+                on_demand
+                    .hopeless
+                    .contains(&(version.model.clone(), version.label.clone())),
+            ),
         };
         if let Some((state, reason)) = derived
             && (state != version.state || reason != version.state_reason)
@@ -468,14 +539,74 @@ async fn lead(
     Ok(())
 }
 
+/// The versions requests on live nodes wait for, and the idle replicas live nodes may evict.
+fn asks(
+    nodes: &[NodeRecord],
+    live: &BTreeSet<String>,
+) -> (BTreeSet<VersionName>, Vec<IdleReplicas>) {
+    let mut wanted = BTreeSet::new();
+    let mut idle = Vec::new();
+    for node in nodes.iter().filter(|node| live.contains(&node.id)) {
+        let body = NodeBody::of(node);
+        wanted.extend(body.wanted.into_iter().map(|w| (w.model, w.version)));
+        idle.extend(body.evictable.into_iter().map(|e| IdleReplicas {
+            node: node.id.clone(),
+            device: e.device,
+            model: e.model,
+            version: e.version,
+            replicas: e.replicas,
+            idle: Duration::from_millis(e.idle_ms),
+        }));
+    }
+    (wanted, idle)
+}
+
+/// Records each load on demand and each eviction it took, with why.
+async fn log_on_demand(
+    store: &Arc<dyn Store>,
+    on_demand: &OnDemand,
+) -> Result<(), switchyard_registry::RegistryError> {
+    for loaded in &on_demand.loaded {
+        let placed = &loaded.assignment;
+        let reason = format!(
+            "room for version {} of {} on node {}",
+            placed.version, placed.model, placed.node
+        );
+        for victim in &loaded.evicted {
+            store
+                .log_event(
+                    ACTOR,
+                    &victim.model,
+                    capacity::EVICT_ACTION,
+                    json!({"version": victim.version, "node": victim.node,
+                           "device": victim.device, "reason": reason}),
+                )
+                .await?;
+        }
+        store
+            .log_event(
+                ACTOR,
+                &placed.model,
+                capacity::SCALE_ACTION,
+                json!({"version": placed.version, "node": placed.node, "device": placed.device,
+                       "from": 0, "to": 1, "evicted": loaded.evicted.len(),
+                       "reason": "on demand: requests wait for it and no node held it"}),
+            )
+            .await?;
+    }
+    Ok(())
+}
+
 /// A version's registry state from its nodes': ready where any live node serves it, else
 /// loading; failed (or pending) when every node it is placed on says so; pending when no node
-/// has room; retired once it drained everywhere. `None`: leave it as it is.
+/// has room (`hopeless` when requests want it and no node can make room even by evicting);
+/// retired once it drained everywhere. `None`: leave it as it is.
 fn version_state(
     version: &Version,
     on_live: &[&NodeVersion],
     placed_on: &[&str],
     refused: Option<&placer::Refused>,
+    hopeless: bool,
 ) -> Option<(VersionState, String)> {
     match version.state {
         VersionState::Retired => return None,
@@ -514,14 +645,24 @@ fn version_state(
             ));
         }
     }
+    if placed_on.is_empty() && hopeless {
+        return Some((
+            VersionState::Pending,
+            format!(
+                "{NO_ROOM_ANYWHERE}: every node's memory is held by busy, pinned or \
+                 higher-priority replicas"
+            ),
+        ));
+    }
     if placed_on.is_empty()
         && let Some(refused) = refused
     {
         return Some((
             VersionState::Pending,
             format!(
-                "no live node has room for its {} replica(s) ({} placed)",
-                refused.wanted, refused.placed
+                "not resident: no live node has room for its {} replica(s) now; a request \
+                 loads it, evicting idle replicas",
+                refused.wanted
             ),
         ));
     }
@@ -760,21 +901,21 @@ mod tests {
         let (a_failed, b_loading, b_failed) =
             (on("a", "failed"), on("b", "loading"), on("b", "failed"));
         assert_eq!(
-            version_state(&loading, &[&a_failed, &b_loading], &["a", "b"], None),
+            version_state(&loading, &[&a_failed, &b_loading], &["a", "b"], None, false),
             Some((VersionState::Loading, String::new()))
         );
         assert_eq!(
-            version_state(&loading, &[&a_failed], &["a", "b"], None),
+            version_state(&loading, &[&a_failed], &["a", "b"], None, false),
             None,
             "b has not reported yet"
         );
         assert_eq!(
-            version_state(&loading, &[&a_failed, &b_failed], &["a", "b"], None),
+            version_state(&loading, &[&a_failed, &b_failed], &["a", "b"], None, false),
             Some((VersionState::Failed, "on node a: failed there".into()))
         );
         let a_ready = on("a", "ready");
         assert_eq!(
-            version_state(&loading, &[&a_ready, &b_failed], &["a", "b"], None),
+            version_state(&loading, &[&a_ready, &b_failed], &["a", "b"], None, false),
             Some((VersionState::Ready, String::new())),
             "one node serving it is enough"
         );
@@ -784,13 +925,13 @@ mod tests {
     fn a_removed_version_retires_once_no_node_reports_it() {
         let draining = version(VersionState::Draining);
         let still = on("a", "draining");
-        assert_eq!(version_state(&draining, &[&still], &[], None), None);
+        assert_eq!(version_state(&draining, &[&still], &[], None, false), None);
         assert_eq!(
-            version_state(&draining, &[], &[], None),
+            version_state(&draining, &[], &[], None, false),
             Some((VersionState::Retired, String::new()))
         );
         assert_eq!(
-            version_state(&version(VersionState::Retired), &[], &[], None),
+            version_state(&version(VersionState::Retired), &[], &[], None, false),
             None
         );
     }
