@@ -10,7 +10,7 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use super::placer::{Assignment, Demand, NodeCapacity, Placement, Refused};
+use super::placer::{Assignment, Bin, Demand, NodeCapacity, Placement, Refused};
 
 /// A version and its model, as the placement names them.
 pub type VersionName = (String, String);
@@ -41,6 +41,120 @@ pub struct OnDemand {
     pub hopeless: BTreeSet<VersionName>,
 }
 
+/// Idle replicas not yet taken, by (node, device, model, version): how many, and how long idle.
+type IdleLeft = BTreeMap<(String, String, String, String), (u32, Duration)>;
+
+/// Where one replica of an asking version can go.
+struct Room {
+    /// With room: (0, the memory left over, -). Else (evictions, 0, the memory that could be
+    /// evicted there). The least wins: the best fit; else the fewest evictions, then the most
+    /// evictable memory (the most room left for the next ask).
+    rank: (usize, u64, Reverse<u64>),
+    node: String,
+    device: String,
+    victims: Vec<Assignment>,
+}
+
+/// What the leader knows while it places asks: each version's demand, and who asks.
+struct Asks<'a> {
+    by_name: BTreeMap<VersionName, &'a Demand>,
+    wanted: &'a BTreeSet<VersionName>,
+}
+
+impl Asks<'_> {
+    fn bytes_of(&self, model: &str, version: &str) -> u64 {
+        self.by_name
+            .get(&(model.to_owned(), version.to_owned()))
+            .map_or(0, |d| d.bytes_per_replica)
+    }
+
+    /// Room for one replica of `demand` on one device of one node, evicting what may go there
+    /// if it must; `None` if even that is not enough.
+    fn room_on(
+        &self,
+        demand: &Demand,
+        node: &str,
+        bin: &Bin,
+        placement: &Placement,
+        idle_left: &IdleLeft,
+    ) -> Option<Room> {
+        let needed = demand.bytes_per_replica;
+        if bin.budget_bytes < needed
+            || (!demand.allowed.is_empty() && !demand.allowed.contains(&bin.device))
+        {
+            return None;
+        }
+        let on_bin: Vec<&Assignment> = placement
+            .assignments
+            .iter()
+            .filter(|a| a.node == node && a.device == bin.device)
+            .collect();
+        let used: u64 = on_bin
+            .iter()
+            .map(|a| self.bytes_of(&a.model, &a.version))
+            .sum();
+        let mut free = bin.budget_bytes.saturating_sub(used);
+        if free >= needed {
+            return Some(Room {
+                rank: (0, free - needed, Reverse(0)),
+                node: node.to_owned(),
+                device: bin.device.clone(),
+                victims: Vec::new(),
+            });
+        }
+        // The replicas that may go, in the order they go.
+        let mut candidates: Vec<(i64, Reverse<Duration>, Assignment)> = Vec::new();
+        for ((n, device, model, version), (replicas, idle)) in idle_left {
+            let name = (model.clone(), version.clone());
+            let Some(victim) = self.by_name.get(&name) else {
+                continue;
+            };
+            if n != node
+                || device != &bin.device
+                || self.wanted.contains(&name)
+                || victim.priority > demand.priority
+            {
+                continue;
+            }
+            let placed_here = on_bin
+                .iter()
+                .filter(|a| &a.model == model && &a.version == version)
+                .count();
+            for _ in 0..(*replicas as usize).min(placed_here) {
+                candidates.push((
+                    victim.priority,
+                    Reverse(*idle),
+                    Assignment {
+                        model: model.clone(),
+                        version: version.clone(),
+                        node: node.to_owned(),
+                        device: bin.device.clone(),
+                    },
+                ));
+            }
+        }
+        candidates.sort();
+        let evictable: u64 = candidates
+            .iter()
+            .map(|(_, _, a)| self.bytes_of(&a.model, &a.version))
+            .sum();
+        let mut victims = Vec::new();
+        for (_, _, victim) in candidates {
+            if free >= needed {
+                break;
+            }
+            free += self.bytes_of(&victim.model, &victim.version);
+            victims.push(victim);
+        }
+        (free >= needed).then(|| Room {
+            rank: (victims.len(), 0, Reverse(evictable)),
+            node: node.to_owned(),
+            device: bin.device.clone(),
+            victims,
+        })
+    }
+}
+
 /// Places what `wanted` names and `placement` left without a replica; see the module.
 pub fn place(
     capacities: &[NodeCapacity],
@@ -50,18 +164,16 @@ pub fn place(
     idle: &[IdleReplicas],
 ) -> OnDemand {
     let mut outcome = OnDemand::default();
-    let by_name: BTreeMap<VersionName, &Demand> = demands
-        .iter()
-        .map(|d| ((d.model.clone(), d.version.clone()), d))
-        .collect();
-    let bytes_of = |model: &str, version: &str| {
-        by_name
-            .get(&(model.to_owned(), version.to_owned()))
-            .map_or(0, |d| d.bytes_per_replica)
+    let asks = Asks {
+        by_name: demands
+            .iter()
+            .map(|d| ((d.model.clone(), d.version.clone()), d))
+            .collect(),
+        wanted,
     };
     let mut asking: Vec<&Demand> = wanted
         .iter()
-        .filter_map(|name| by_name.get(name).copied())
+        .filter_map(|name| asks.by_name.get(name).copied())
         .filter(|d| {
             !placement
                 .assignments
@@ -76,106 +188,32 @@ pub fn place(
     });
     let mut nodes: Vec<&NodeCapacity> = capacities.iter().collect();
     nodes.sort_by(|a, b| a.node.cmp(&b.node));
-    // Idle replicas not yet taken, by (node, device, model, version).
-    let mut idle_left: BTreeMap<(String, String, String, String), (u32, Duration)> = idle
+    let mut idle_left: IdleLeft = idle
         .iter()
         .map(|i| {
-            (
-                (
-                    i.node.clone(),
-                    i.device.clone(),
-                    i.model.clone(),
-                    i.version.clone(),
-                ),
-                (i.replicas, i.idle),
-            )
+            let key = (
+                i.node.clone(),
+                i.device.clone(),
+                i.model.clone(),
+                i.version.clone(),
+            );
+            (key, (i.replicas, i.idle))
         })
         .collect();
     for demand in asking {
-        let name = (demand.model.clone(), demand.version.clone());
-        let mut best: Option<((usize, u64, Reverse<u64>), String, String, Vec<Assignment>)> = None;
-        for node in &nodes {
-            for bin in &node.bins {
-                if !demand.allowed.is_empty() && !demand.allowed.contains(&bin.device) {
-                    continue;
-                }
-                if bin.budget_bytes < demand.bytes_per_replica {
-                    continue;
-                }
-                let on_bin = |a: &&Assignment| a.node == node.node && a.device == bin.device;
-                let used: u64 = placement
-                    .assignments
-                    .iter()
-                    .filter(on_bin)
-                    .map(|a| bytes_of(&a.model, &a.version))
-                    .sum();
-                let mut free = bin.budget_bytes.saturating_sub(used);
-                // The replicas that may go, in the order they go.
-                let mut candidates: Vec<(i64, Reverse<Duration>, Assignment)> = Vec::new();
-                let mut evictable_bytes = 0;
-                for ((n, device, model, version), (replicas, idle)) in &idle_left {
-                    if n != &node.node || device != &bin.device {
-                        continue;
-                    }
-                    let candidate = (model.clone(), version.clone());
-                    let Some(victim) = by_name.get(&candidate) else {
-                        continue;
-                    };
-                    if candidate == name
-                        || wanted.contains(&candidate)
-                        || victim.priority > demand.priority
-                    {
-                        continue;
-                    }
-                    let placed_here = placement
-                        .assignments
-                        .iter()
-                        .filter(on_bin)
-                        .filter(|a| &a.model == model && &a.version == version)
-                        .count();
-                    for _ in 0..(*replicas as usize).min(placed_here) {
-                        evictable_bytes += victim.bytes_per_replica;
-                        candidates.push((
-                            victim.priority,
-                            Reverse(*idle),
-                            Assignment {
-                                model: model.clone(),
-                                version: version.clone(),
-                                node: node.node.clone(),
-                                device: bin.device.clone(),
-                            },
-                        ));
-                    }
-                }
-                candidates.sort();
-                let mut victims = Vec::new();
-                for (_, _, victim) in candidates {
-                    if free >= demand.bytes_per_replica {
-                        break;
-                    }
-                    free += bytes_of(&victim.model, &victim.version);
-                    victims.push(victim);
-                }
-                if free < demand.bytes_per_replica {
-                    continue;
-                }
-                // With room: the best fit. Else the fewest evictions, then the most memory
-                // that could be evicted there (the most room left for the next ask).
-                let rank = if victims.is_empty() {
-                    (0, free - demand.bytes_per_replica, Reverse(0))
-                } else {
-                    (victims.len(), 0, Reverse(evictable_bytes))
-                };
-                if best.as_ref().is_none_or(|(best, ..)| rank < *best) {
-                    best = Some((rank, node.node.clone(), bin.device.clone(), victims));
-                }
-            }
-        }
-        let Some((_, node, device, victims)) = best else {
-            outcome.hopeless.insert(name);
+        let best = nodes
+            .iter()
+            .flat_map(|node| node.bins.iter().map(move |bin| (node, bin)))
+            .filter_map(|(node, bin)| asks.room_on(demand, &node.node, bin, placement, &idle_left))
+            // The first of equals: nodes and bins are in order.
+            .reduce(|best, room| if room.rank < best.rank { room } else { best });
+        let Some(room) = best else {
+            outcome
+                .hopeless
+                .insert((demand.model.clone(), demand.version.clone()));
             continue;
         };
-        for victim in &victims {
+        for victim in &room.victims {
             if let Some(at) = placement.assignments.iter().position(|a| a == victim) {
                 placement.assignments.remove(at);
             }
@@ -188,13 +226,13 @@ pub fn place(
             if let Some((replicas, _)) = idle_left.get_mut(&key) {
                 *replicas = replicas.saturating_sub(1);
             }
-            note_refused(placement, &by_name, &victim.model, &victim.version);
+            note_refused(placement, &asks.by_name, &victim.model, &victim.version);
         }
         let assignment = Assignment {
             model: demand.model.clone(),
             version: demand.version.clone(),
-            node,
-            device,
+            node: room.node,
+            device: room.device,
         };
         placement.assignments.push(assignment.clone());
         placement
@@ -209,7 +247,7 @@ pub fn place(
         }
         outcome.loaded.push(Loaded {
             assignment,
-            evicted: victims,
+            evicted: room.victims,
         });
     }
     placement.assignments.sort();
@@ -248,7 +286,6 @@ fn note_refused(
 
 #[cfg(test)]
 mod tests {
-    use super::super::placer::Bin;
     use super::*;
 
     const MIB: u64 = 1 << 20;
