@@ -509,6 +509,11 @@ fn resources(report: &ResourceReport) -> String {
                 bytes(Some(d.measured)),
                 bytes(d.free),
                 bytes(Some(d.evictable)),
+                d.resident_versions.to_string(),
+                d.loads.to_string(),
+                d.evictions.to_string(),
+                d.hit_rate
+                    .map_or_else(|| "-".into(), |rate| format!("{:.1}%", rate * 100.0)),
             ]
         })
         .collect();
@@ -545,6 +550,10 @@ fn resources(report: &ResourceReport) -> String {
             "MEASURED",
             "FREE",
             "EVICTABLE",
+            "RESIDENT",
+            "LOADS",
+            "EVICTIONS",
+            "HIT RATE",
         ],
         &devices,
     );

@@ -121,6 +121,9 @@ pub struct VersionFigures {
     /// The time of the judged requests that were not its fault.
     latency: LatencyHistogram,
     recent: Mutex<RecentWindow>,
+    /// Requests that found the version holding no replica and waited for a load: the misses
+    /// of the hit rate.
+    cold_waits: AtomicU64,
     /// Whether this node has loaded the version once: Prometheus shows it from then on.
     exposed: AtomicBool,
 }
@@ -140,6 +143,7 @@ impl Default for VersionFigures {
             judged: AtomicU64::new(0),
             faults: AtomicU64::new(0),
             latency: LatencyHistogram::new(),
+            cold_waits: AtomicU64::new(0),
             recent: Mutex::new(RecentWindow::default()),
             exposed: AtomicBool::new(false),
         }
@@ -206,6 +210,15 @@ impl VersionFigures {
     /// Counts a request its queues had no room for before it reached them.
     pub fn refused(&self) {
         self.refused.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Counts a request that found no replica and waited for one to load.
+    pub fn cold_wait(&self) {
+        self.cold_waits.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub fn cold_waits(&self) -> u64 {
+        self.cold_waits.load(Ordering::Relaxed)
     }
 
     pub fn routed_total(&self) -> u64 {
@@ -309,6 +322,11 @@ impl VersionFigures {
             "switchyard_routing_decisions_total{{{labels}}} {}",
             self.routed_here.load(Ordering::Relaxed)
         );
+        let _ = writeln!(
+            out.cold_waits,
+            "switchyard_cold_waits_total{{{labels}}} {}",
+            self.cold_waits()
+        );
     }
 }
 
@@ -320,6 +338,7 @@ pub struct PrometheusFamilies {
     duration: String,
     overhead: String,
     routed: String,
+    cold_waits: String,
 }
 
 impl PrometheusFamilies {
@@ -349,6 +368,12 @@ impl PrometheusFamilies {
                 "Requests naming no version that the routing policy sent to each version.",
                 "counter",
                 self.routed,
+            ),
+            (
+                "switchyard_cold_waits_total",
+                "Requests that found their version holding no replica (scaled to zero or evicted) and waited for a load: the misses of the hit rate.",
+                "counter",
+                self.cold_waits,
             ),
         ];
         for (name, help, kind, series) in families {

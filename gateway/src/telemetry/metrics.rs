@@ -46,8 +46,6 @@ const COLD_START_BUCKETS: &[f64] = &[
 
 /// The metrics of one version, registered when it loads.
 pub struct VersionMetrics {
-    /// Requests that found the version holding no replica and waited for a load.
-    cold_waits: Counter,
     pub queue_time: Histogram,
     pub compute_time: Histogram,
     pub batch_size: Histogram,
@@ -69,7 +67,7 @@ impl VersionMetrics {
     /// Counts a request that found no replica and waited for one to load: what the hit rate
     /// (requests served without a load) misses.
     pub fn cold_wait(&self) {
-        self.cold_waits.increment(1);
+        self.figures.cold_wait();
     }
 
     /// The requests served since this load began.
@@ -148,7 +146,6 @@ impl Metrics {
         figures.expose();
         if !self.enabled {
             return VersionMetrics {
-                cold_waits: Counter::noop(),
                 queue_time: Histogram::noop(),
                 compute_time: Histogram::noop(),
                 batch_size: Histogram::noop(),
@@ -165,7 +162,6 @@ impl Metrics {
         };
         let r = &self.recorder;
         VersionMetrics {
-            cold_waits: counter(r, "switchyard_cold_waits_total", labels()),
             queue_time: histogram(r, "switchyard_queue_time_seconds", labels()),
             compute_time: histogram(r, "switchyard_compute_time_seconds", labels()),
             batch_size: histogram(r, "switchyard_batch_size", labels()),
@@ -463,10 +459,6 @@ fn describe(recorder: &PrometheusRecorder) {
         (
             "switchyard_forwarded_requests_total",
             "Requests this node forwarded to a peer hosting their version, by outcome.",
-        ),
-        (
-            "switchyard_cold_waits_total",
-            "Requests that found their version holding no replica (scaled to zero or evicted) and waited for a load: the misses of the hit rate.",
         ),
         (
             "switchyard_cold_starts_total",

@@ -209,6 +209,17 @@ try {
   check(/reserved .*measured .*budget 1\.0 GiB/.test(label), `the CPU's bar: ${label}`);
   const placed = await page.locator('#placements-body tr[data-model="mlp"]').count();
   check(placed >= 2, `mlp's versions in the resources table: ${placed}`);
+  // The pool's figures per device, and residence per version: both of mlp's versions hold a
+  // replica, and the page has sent mlp requests, all served without waiting for a load.
+  const pool = page.locator('#devices-body [data-device="cpu"] .pool');
+  const resident = await pool.locator('[data-figure="resident"]').textContent();
+  check(/^[2-9]\d* resident$/.test(resident), `resident versions on the CPU: ${resident}`);
+  await waitFor('the CPU\'s hit rate over the requests sent', async () => {
+    const hitRate = await pool.locator('[data-figure="hit-rate"]').textContent();
+    return { ok: /^hit rate 100\.0% of [1-9]\d* requests$/.test(hitRate), hitRate };
+  });
+  const residence = await page.locator('#placements-body tr[data-model="mlp"][data-version="1"] td[data-resident]').textContent();
+  check(residence === 'yes', `mlp 1 is resident: ${residence}`);
 
   if (screenshots) {
     mkdirSync(screenshots, { recursive: true });

@@ -152,6 +152,7 @@ async fn versions_take_turns_in_memory_and_a_failed_load_backs_off() {
     // The resident one idle long enough to be evicted; then a burst for the other.
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before = revision(&gateway).await;
+    let cpu_before = resources(&gateway).await["devices"][0].clone();
     let burst: Vec<_> = (0..50)
         .map(|_| {
             let (http, cold) = (gateway.http.clone(), cold.clone());
@@ -202,6 +203,26 @@ async fn versions_take_turns_in_memory_and_a_failed_load_backs_off() {
             .any(|r| r["action"] == "evicted" && r["model"] == *resident),
         "{now}"
     );
+    // Every request of the burst waited for that load: 50 misses of the hit rate.
+    assert_eq!(version(&now, &cold)["cold_waits"], 50, "{now}");
+    assert_eq!(version(&now, &cold)["requests"], 50, "{now}");
+    let cpu = &now["devices"][0];
+    assert_eq!(cpu["resident_versions"], 1, "{cpu}");
+    let grew = |figure: &str| cpu[figure].as_u64().unwrap() - cpu_before[figure].as_u64().unwrap();
+    assert_eq!(
+        (grew("evictions"), grew("loads")),
+        (1, 1),
+        "{cpu_before}\n{cpu}"
+    );
+    assert_eq!(cpu["hit_rate"], 0.0, "nothing else was asked: {cpu}");
+    let metrics = reqwest::get(&gateway.metrics)
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let misses = format!("switchyard_cold_waits_total{{model=\"{cold}\",version=\"1\"}} 50");
+    assert!(metrics.contains(&misses), "{misses} not in\n{metrics}");
 
     // The evicted one's file is now corrupt: its load on demand fails, and the requests that
     // come before the backoff has passed are refused at once with the reason, without a load.

@@ -356,24 +356,45 @@
           el('span', {}, el('span', { class: 'swatch reserved' }), `reserved ${bytes(device.reserved)}`),
           el('span', {}, el('span', { class: 'swatch measured' }), `measured ${bytes(device.measured)}`),
           el('span', { text: limit }),
-          device.free !== null && device.free !== undefined ? el('span', { text: `free ${bytes(device.free)}` }) : null));
+          device.free !== null && device.free !== undefined ? el('span', { text: `free ${bytes(device.free)}` }) : null),
+        el('p', { class: 'pool' },
+          el('span', { 'data-figure': 'resident', text: `${device.resident_versions} resident` }),
+          el('span', { 'data-figure': 'evictable', text: `evictable ${bytes(device.evictable)}` }),
+          el('span', { 'data-figure': 'loads', text: `${device.loads} loads${device.load_failures ? ` (${device.load_failures} failed)` : ''}` }),
+          el('span', { 'data-figure': 'evictions', text: `${device.evictions} evictions` }),
+          el('span', { 'data-figure': 'hit-rate', text: `hit rate ${device.hit_rate === null || device.hit_rate === undefined ? '—' : `${(device.hit_rate * 100).toFixed(1)}%`} of ${device.requests} requests` })));
     });
     replace($('devices-body'), devices.length ? devices : [el('p', { class: 'empty', text: 'No devices.' })]);
     const rows = resources.versions.map((v) => {
       const devicesUsed = [...new Set(v.replicas.map((r) => r.device))].join(', ');
       const scaler = v.autoscaler || {};
+      // A ready version holding no replica is registered and loads on its next request: not
+      // resident, which is not a failure.
+      const residence = v.resident ? (v.pinned ? 'pinned' : 'yes') : (v.load_failure ? `no: ${v.load_failure}` : 'no (loads on demand)');
       return el('tr', { 'data-model': v.model, 'data-version': v.version },
         el('th', { scope: 'row', text: `${v.model}/${v.version}` }),
         el('td', {}, stateBadge(v.state)),
+        el('td', { 'data-resident': String(v.resident), text: residence }),
         el('td', { class: 'num', text: v.replicas.length }),
         el('td', { text: devicesUsed || '—' }),
         el('td', { class: 'num', text: bytes(v.reserved_bytes) }),
         el('td', { class: 'num', text: scaler.target ?? '—' }),
         el('td', { text: scaler.reason || '—' }));
     });
-    replace($('placements-body'), table('Replicas and the autoscaler',
-      ['Version', 'State', { text: 'Replicas', num: true }, 'Devices', { text: 'Reserved', num: true }, { text: 'Target', num: true }, 'Why'],
-      rows.length ? rows : [el('tr', {}, el('td', { colspan: 7, class: 'empty', text: 'Nothing placed.' }))]));
+    const changes = resources.recent.slice(0, 10).map((c) => el('tr', { 'data-action': c.action },
+      el('td', { text: new Date(c.at_ms).toLocaleTimeString() }),
+      el('td', { text: c.action.replace('_', ' ') }),
+      el('th', { scope: 'row', text: `${c.model}/${c.version}` }),
+      el('td', { text: c.device }),
+      el('td', { class: 'num', text: bytes(c.bytes) }),
+      el('td', { text: c.reason })));
+    replace($('placements-body'),
+      table('Replicas and the autoscaler',
+        ['Version', 'State', 'Resident', { text: 'Replicas', num: true }, 'Devices', { text: 'Reserved', num: true }, { text: 'Target', num: true }, 'Why'],
+        rows.length ? rows : [el('tr', {}, el('td', { colspan: 8, class: 'empty', text: 'Nothing placed.' }))]),
+      table('Recent loads and evictions, newest first',
+        ['Time', 'What', 'Version', 'Device', { text: 'Bytes', num: true }, 'Why'],
+        changes.length ? changes : [el('tr', {}, el('td', { colspan: 6, class: 'empty', text: 'None since start.' }))]));
   }
 
   // Rollouts: the latest of each model, its stages with their figures, and the hand controls.

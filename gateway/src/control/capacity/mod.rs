@@ -76,6 +76,8 @@ struct State {
     outbox: Vec<CapacityEvent>,
     /// The last loads and evictions, newest last, for `/v1/resources`.
     recent: VecDeque<RecentChange>,
+    /// Every load and eviction since start, per device.
+    changes_by_device: HashMap<Device, DeviceChanges>,
     /// Whether idle replicas may be evicted to make room: not on a node of a cluster, where
     /// the leader places versions.
     may_evict: bool,
@@ -201,6 +203,18 @@ pub struct DeviceReport {
     /// What idle replicas hold on it that eviction could free for a version of the lowest
     /// priority.
     pub evictable: u64,
+    /// Versions holding a replica on it.
+    pub resident_versions: u32,
+    /// Replicas loaded on it on demand or by the autoscaler since start (not at registration),
+    /// loads that failed, and replicas evicted from it.
+    pub loads: u64,
+    pub load_failures: u64,
+    pub evictions: u64,
+    /// Requests to the versions that run on it, and those of them that waited for a load.
+    pub requests: u64,
+    pub cold_waits: u64,
+    /// Of `requests`, the share served without waiting for a load; null before any request.
+    pub hit_rate: Option<f64>,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -223,6 +237,9 @@ pub struct VersionResources {
     pub idle_ms: Option<u64>,
     /// Why its last load on demand failed, while it waits to be tried again.
     pub load_failure: Option<String>,
+    /// Requests it answered here, and those that waited for a load (the hit rate's misses).
+    pub requests: u64,
+    pub cold_waits: u64,
 }
 
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -352,6 +369,7 @@ impl Capacity {
             measured: HashMap::new(),
             outbox: Vec::new(),
             recent: VecDeque::new(),
+            changes_by_device: HashMap::new(),
             may_evict,
         };
         for (device, _, _) in configured {
@@ -550,36 +568,10 @@ impl Capacity {
         let state = lock(&self.state);
         let now = Instant::now();
         let evictable = state.eviction_candidates(table, now, EVICT_IDLE_AFTER, |_| true);
-        let devices = state
-            .ledger
-            .devices()
-            .iter()
-            .map(|device| {
-                let measured: u64 = state
-                    .ledger
-                    .reservations()
-                    .iter()
-                    .filter(|r| r.device == device.id && r.measured)
-                    .map(|r| r.bytes)
-                    .sum();
-                let bounded = device.budget != u64::MAX;
-                DeviceReport {
-                    id: device.id.to_string(),
-                    total: state.physical.get(&device.id).copied().flatten(),
-                    budget: bounded.then_some(device.budget),
-                    reserved: state.ledger.reserved(device.id),
-                    measured,
-                    process_in_use: memory::in_use(device.id),
-                    free: state.ledger.free(device.id).filter(|_| bounded),
-                    evictable: evictable
-                        .iter()
-                        .filter(|(_, _, victim)| victim.device == device.id)
-                        .map(|(_, _, victim)| victim.bytes)
-                        .sum(),
-                }
-            })
-            .collect();
         let mut versions = Vec::new();
+        // Where each ready version runs (its replicas' device, else the first it may use),
+        // for the devices' figures.
+        let mut homes = Vec::new();
         for model in table.models.values() {
             for version in &model.versions {
                 let key = Key {
@@ -621,6 +613,20 @@ impl Capacity {
                     VersionStatus::Ready(ready) => Some(ready),
                     _ => None,
                 };
+                let figures = version.stats.figures();
+                let (requests, cold_waits) = (figures.requests(), figures.cold_waits());
+                let home = replicas
+                    .first()
+                    .and_then(|r| r.device.parse::<Device>().ok())
+                    .or_else(|| ready.and_then(|r| r.allowed.first().copied()));
+                if let Some(device) = home {
+                    homes.push(Home {
+                        device,
+                        resident: !replicas.is_empty(),
+                        requests,
+                        cold_waits,
+                    });
+                }
                 versions.push(VersionResources {
                     model: key.model.to_string(),
                     version: key.version.to_string(),
@@ -633,12 +639,62 @@ impl Capacity {
                         u64::try_from(idle.as_millis()).unwrap_or(u64::MAX)
                     }),
                     load_failure: state.failed_starts.get(&key).map(|f| f.reason.clone()),
+                    requests,
+                    cold_waits,
                     replicas,
                     reserved_bytes: reservations.iter().map(|r| r.bytes).sum(),
                     autoscaler,
                 });
             }
         }
+        let devices = state
+            .ledger
+            .devices()
+            .iter()
+            .map(|device| {
+                let changes = state
+                    .changes_by_device
+                    .get(&device.id)
+                    .copied()
+                    .unwrap_or_default();
+                let on_device = homes.iter().filter(|home| home.device == device.id);
+                let requests: u64 = on_device.clone().map(|home| home.requests).sum();
+                let cold_waits: u64 = on_device.map(|home| home.cold_waits).sum();
+                let measured: u64 = state
+                    .ledger
+                    .reservations()
+                    .iter()
+                    .filter(|r| r.device == device.id && r.measured)
+                    .map(|r| r.bytes)
+                    .sum();
+                let bounded = device.budget != u64::MAX;
+                DeviceReport {
+                    id: device.id.to_string(),
+                    total: state.physical.get(&device.id).copied().flatten(),
+                    budget: bounded.then_some(device.budget),
+                    reserved: state.ledger.reserved(device.id),
+                    measured,
+                    process_in_use: memory::in_use(device.id),
+                    free: state.ledger.free(device.id).filter(|_| bounded),
+                    evictable: evictable
+                        .iter()
+                        .filter(|(_, _, victim)| victim.device == device.id)
+                        .map(|(_, _, victim)| victim.bytes)
+                        .sum(),
+                    resident_versions: homes
+                        .iter()
+                        .filter(|home| home.device == device.id && home.resident)
+                        .count() as u32,
+                    loads: changes.loads,
+                    load_failures: changes.load_failures,
+                    evictions: changes.evictions,
+                    requests,
+                    cold_waits,
+                    hit_rate: (requests > 0)
+                        .then(|| requests.saturating_sub(cold_waits) as f64 / requests as f64),
+                }
+            })
+            .collect();
         let objective = state
             .quality_plans
             .iter()
@@ -1254,6 +1310,15 @@ impl State {
     }
 
     fn note(&mut self, change: RecentChange) {
+        if let Ok(device) = change.device.parse::<Device>() {
+            let counts = self.changes_by_device.entry(device).or_default();
+            match change.action.as_str() {
+                "loaded" => counts.loads += 1,
+                "load_failed" => counts.load_failures += 1,
+                "evicted" => counts.evictions += 1,
+                _ => {}
+            }
+        }
         if self.recent.len() == RECENT_KEPT {
             self.recent.pop_front();
         }
@@ -1360,6 +1425,22 @@ impl State {
             _ => by_weight.min(0),
         }
     }
+}
+
+/// A ready version's device, for the report's figures per device.
+struct Home {
+    device: Device,
+    resident: bool,
+    requests: u64,
+    cold_waits: u64,
+}
+
+/// Loads and evictions on one device since start.
+#[derive(Debug, Default, Clone, Copy)]
+struct DeviceChanges {
+    loads: u64,
+    load_failures: u64,
+    evictions: u64,
 }
 
 /// A version's idle replicas on one device that may be evicted ([`Capacity::evictable`]).

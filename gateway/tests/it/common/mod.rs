@@ -412,6 +412,8 @@ pub struct Process {
     pub admin: String,
     /// host:port of the gRPC listener.
     pub grpc: String,
+    /// The Prometheus endpoint's URL.
+    pub metrics: String,
     /// Where the child writes its log (stderr), for a failing test to show.
     pub log: tempfile::NamedTempFile,
 }
@@ -520,6 +522,7 @@ async fn try_spawn_switchyard(
         http: format!("http://127.0.0.1:{http}"),
         admin: format!("http://127.0.0.1:{admin}"),
         grpc: format!("127.0.0.1:{grpc}"),
+        metrics: format!("http://127.0.0.1:{metrics}/metrics"),
         log,
     };
     // A connection the child accepted but never answers must not outlast the deadline.
