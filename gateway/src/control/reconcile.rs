@@ -174,6 +174,12 @@ impl Reconciler {
                         .iter()
                         .map(|row| VersionKey::new(&row.model, &row.version))
                         .collect();
+                    self.handles.capacity.set_placed_here(
+                        self.placed
+                            .iter()
+                            .map(|(key, on)| (key.clone(), on.iter().map(|(_, n)| n).sum()))
+                            .collect(),
+                    );
                 }
                 Err(error) => {
                     tracing::error!(%error, "cannot read the cluster's placement; retrying");

@@ -146,7 +146,10 @@ impl Gateway {
             Destination::InSequence(turn, control) => {
                 self.serve_turn(request, turn, &control).await
             }
-            Destination::Peer(remote, hop) => self.forward(request, &remote, hop).await,
+            Destination::Peer(remote, hop) => self.forward(request, &remote, hop, None).await,
+            Destination::Spill(remote, here) => {
+                self.forward(request, &remote, Hop::Any, Some(here)).await
+            }
             Destination::Answered(response) => Ok(response),
         }
     }
@@ -161,7 +164,10 @@ impl Gateway {
         self.note_forwarded(request);
         let Some(control) = control else {
             return Ok(match self.route_waiting_for_loads(request).await? {
-                Routed::Local(routed) => Destination::Here(routed),
+                Routed::Local(routed) => match self.spill(request, &routed) {
+                    Some(peers) => Destination::Spill(peers, routed),
+                    None => Destination::Here(routed),
+                },
                 Routed::Remote(remote) => Destination::Peer(remote, Hop::Any),
             });
         };
@@ -360,6 +366,23 @@ impl Gateway {
         Some(remote_route(routed, vec![peer.clone()]))
     }
 
+    /// In a cluster, for an autoscaled version whose replicas here already carry their target
+    /// concurrency: the other nodes that serve it, which take the request instead of a queue
+    /// here. The leader places more replicas on more nodes as the load across them grows, and
+    /// this is how the load reaches them whichever node the clients call.
+    fn spill(&self, request: &InferRequest, routed: &Route) -> Option<RemoteRoute> {
+        self.forwarding.as_ref()?;
+        let scaling = routed.ready.scaling.as_ref()?;
+        let replicas = routed.ready.replicas.replica_count();
+        // Float-to-int `as` saturates: a huge target never spills.
+        let carried = (replicas as f64 * scaling.target_concurrency).ceil() as usize;
+        if replicas == 0 || routed.ready.replicas.outstanding() < carried.max(1) {
+            return None;
+        }
+        let peers = self.peers_also_serving(request, routed)?;
+        Some(remote_route(routed, peers))
+    }
+
     /// In a cluster: the other nodes that serve a version served here too, for a sequence's
     /// request that finds its sequence not open here (its start went to one of them).
     fn other_hosts(&self, request: &InferRequest, routed: &Route) -> Option<RemoteRoute> {
@@ -395,12 +418,14 @@ impl Gateway {
     /// Sends a request for a version only peers host to one of them: the least loaded in
     /// rotation (a sequence's start: its owner; a later request of a sequence: the host that
     /// says it holds it), then the next while one could not have run it. The version is
-    /// pinned, so the peer does not route it again, and the peer never forwards it on.
+    /// pinned, so the peer does not route it again, and the peer never forwards it on. With
+    /// `here`, a request none of them ran is served here instead.
     async fn forward(
         &self,
         mut request: InferRequest,
         route: &RemoteRoute,
         hop: Hop,
+        here: Option<Route>,
     ) -> Result<InferResponse, GatewayError> {
         let not_here = || {
             format!(
@@ -472,8 +497,9 @@ impl Gateway {
                 }
             };
             tries += 1;
-            // Kept for the next peer only while there is one.
-            let sent = match index + 1 < peers.len() && tries < MAX_FORWARD_TRIES {
+            // Kept for the next peer only while there is one, or to serve here after all.
+            let next = index + 1 < peers.len() && tries < MAX_FORWARD_TRIES;
+            let sent = match next || here.is_some() {
                 true => request.clone(),
                 false => request.take(),
             };
@@ -548,6 +574,9 @@ impl Gateway {
         }
         if deadline.is_some_and(|deadline| deadline <= Instant::now()) {
             return Err(deadline_passed(&passed));
+        }
+        if let (Some(here), Some(request)) = (here, request) {
+            return self.serve_here(request, here).await;
         }
         let (kind, why) = match (busy, passed.is_empty()) {
             (_, true) => (ErrorKind::Unavailable, "no live node hosts it".to_owned()),
@@ -770,6 +799,9 @@ enum Destination<'g> {
     InSequence(Turn<'g>, SequenceControl),
     /// To the peers that host its version or hold its sequence.
     Peer(RemoteRoute, Hop),
+    /// To the peers that also host its version, as it is busy here; served here after all if
+    /// none of them runs it (this node's view of them may be a heartbeat old).
+    Spill(RemoteRoute, Route),
     /// A peer's question whether a sequence is open here, answered without serving.
     Answered(InferResponse),
 }

@@ -992,3 +992,195 @@ async fn a_version_no_node_holds_loads_on_demand_where_room_is_made_and_the_othe
         );
     }
 }
+
+/// One `mlp_heavy` version that the autoscaler scales from one replica to three (at half a
+/// request in flight per replica), 100 MiB declared each, on nodes that hold five.
+fn hot_repository() -> tempfile::TempDir {
+    let repo = tempfile::tempdir().unwrap();
+    let target = repo.path().join("hot/1/model.onnx");
+    std::fs::create_dir_all(target.parent().unwrap()).unwrap();
+    std::fs::copy(models_dir().join("mlp_heavy/1/model.onnx"), target).unwrap();
+    std::fs::write(
+        repo.path().join("hot/model.toml"),
+        format!(
+            "max_batch_size = 512\nmemory = \"{REPLICA_MIB}MiB\"\nmin_replicas = 1\n\
+             max_replicas = 3\ntarget_concurrency = 0.5\nscale_window = \"1s\"\n\
+             scale_up_delay = \"1s\"\nscale_down_delay = \"3s\"\n"
+        ),
+    )
+    .unwrap();
+    repo
+}
+
+/// The nodes the leader placed `hot` on.
+async fn hot_nodes(client: &reqwest::Client, node: &Node) -> Vec<String> {
+    let cluster = get(client, &node.url(8080, "/v1/cluster")).await;
+    placement(&cluster)
+        .remove(&("hot".to_owned(), "1".to_owned()))
+        .unwrap_or_default()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hot_version_gets_replicas_on_more_nodes_and_gives_them_back() {
+    if run_output("id", &["-u"]).trim() != "0" || Command::new("ip").arg("-V").output().is_err() {
+        eprintln!("skipped: making network namespaces needs root and iproute2");
+        return;
+    }
+    let netns = Netns::create(NODES);
+    let upstream: SocketAddr = {
+        let url = std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
+            .expect("run through scripts/with-postgres");
+        let host_port = url.split('@').nth(1).unwrap().split('/').next().unwrap();
+        host_port.parse().unwrap()
+    };
+    let relayed = relay(SocketAddr::new(netns.host_ip().into(), 0), upstream).await;
+    let database = postgres_url().await;
+    let name = database.rsplit('/').next().unwrap();
+    let registry = format!("postgres://postgres@{relayed}/{name}");
+    let repo = hot_repository();
+    let config = repo.path().join("switchyard.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[[devices]]\nid = \"cpu\"\nmemory = \"{BUDGET_MIB}MiB\"\n\n[cluster]\n\
+             heartbeat = \"250ms\"\ndead_after = \"3s\"\n"
+        ),
+    )
+    .unwrap();
+    let nodes: Vec<Node> = (0..NODES)
+        .map(|index| start_node(&netns, index, repo.path(), &registry, &config))
+        .collect();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let started = Instant::now();
+    loop {
+        if client
+            .get(nodes[0].url(8080, "/v1/cluster"))
+            .bearer_auth(WRITER_TOKEN)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+            && hot_nodes(&client, &nodes[0]).await.len() == 1
+            && infer_heavy(&client, nodes[0].ip).await.is_ok()
+        {
+            break;
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(90),
+            "hot was never placed and served"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Six clients at a time, all through node 0, for at most 40 s: the load across the
+    // cluster calls for three replicas, which the leader spreads over the three nodes.
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut clients = Vec::new();
+    for _ in 0..6 {
+        let (client, ip, stop) = (client.clone(), nodes[0].ip, stop.clone());
+        clients.push(tokio::spawn(async move {
+            let until = Instant::now() + Duration::from_secs(40);
+            let mut failures = Vec::new();
+            while !stop.load(Ordering::Relaxed) && Instant::now() < until {
+                if let Err(error) = infer_heavy(&client, ip).await {
+                    failures.push(error);
+                }
+            }
+            failures
+        }));
+    }
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let spread = loop {
+        let on = hot_nodes(&client, &nodes[0]).await;
+        if on.len() == NODES {
+            break on;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "hot never reached three nodes: {on:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
+    // Once every node serves it, each takes a share of what node 0 is sent.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let served_before: Vec<f64> = served_on(&client, &nodes).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let served_after: Vec<f64> = served_on(&client, &nodes).await;
+    stop.store(true, Ordering::Relaxed);
+    for task in clients {
+        let failures = task.await.unwrap();
+        assert!(failures.is_empty(), "requests failed: {failures:?}");
+    }
+    let serving = served_before
+        .iter()
+        .zip(&served_after)
+        .filter(|(before, after)| after > before)
+        .count();
+    assert!(
+        serving >= 2,
+        "placed on {spread:?}, but the nodes served {served_before:?} then {served_after:?}"
+    );
+
+    // Idle again: the leader gives the replicas back, down to the minimum of one.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let on = hot_nodes(&client, &nodes[0]).await;
+        if on.len() == 1 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hot kept {on:?} while idle");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(infer_heavy(&client, nodes[2].ip).await, Ok(()));
+}
+
+/// One request of 256 rows for `hot` through `node`.
+async fn infer_heavy(client: &reqwest::Client, node: Ipv4Addr) -> Result<(), String> {
+    let rows = 256;
+    let body = json!({"inputs": [{"name": "x", "shape": [rows, 512], "datatype": "FP32",
+                                  "data": vec![0.5f32; rows * 512]}]});
+    let url = format!("http://{node}:8000/v2/models/hot/infer");
+    let response = client
+        .post(&url)
+        .json(&body)
+        .send()
+        .await
+        .map_err(|e| format!("{url}: {e}"))?;
+    let status = response.status();
+    if status != 200 {
+        return Err(format!(
+            "{url}: {status} {}",
+            response.text().await.unwrap_or_default()
+        ));
+    }
+    Ok(())
+}
+
+/// The requests each node served for `hot` itself (not forwarded), from its metrics.
+async fn served_on(client: &reqwest::Client, nodes: &[Node]) -> Vec<f64> {
+    let mut served = Vec::new();
+    for node in nodes {
+        let metrics = client
+            .get(node.url(8002, "/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        served.push(
+            metrics
+                .lines()
+                .filter(|line| {
+                    line.starts_with("switchyard_requests_total{")
+                        && line.contains("model=\"hot\"")
+                        && line.contains("outcome=\"success\"")
+                })
+                .filter_map(|line| line.rsplit(' ').next()?.parse::<f64>().ok())
+                .sum(),
+        );
+    }
+    served
+}

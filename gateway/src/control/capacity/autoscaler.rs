@@ -39,6 +39,21 @@ pub struct Autoscaler {
     pending: Option<(u32, Instant)>,
 }
 
+/// The replicas that carry `load` (concurrency over the target per replica), given `held`
+/// now: more once the load passes what `held` carries by the dead band, fewer once it falls
+/// below it by as much, so that a load on the edge does not flap.
+pub fn replicas_for(load: f64, held: Option<u32>) -> u32 {
+    // Float-to-int `as` saturates (NaN -> 0), which is the clamping wanted here.
+    let ceil = |x: f64| x.ceil() as u32;
+    let up = ceil(load / (1.0 + HYSTERESIS));
+    let down = ceil(load / (1.0 - HYSTERESIS));
+    match held {
+        None => ceil(load),
+        Some(held) if up > held => up,
+        Some(held) => held.min(down),
+    }
+}
+
 impl Autoscaler {
     pub fn new(policy: ScalingPolicy) -> Autoscaler {
         Autoscaler {
@@ -63,7 +78,8 @@ impl Autoscaler {
         }
     }
 
-    fn mean(&self, now: Instant) -> Option<f64> {
+    /// The mean concurrency over the window; `None` with no recent sample.
+    pub fn mean(&self, now: Instant) -> Option<f64> {
         let (sum, count) = self
             .samples
             .iter()
@@ -91,16 +107,7 @@ impl Autoscaler {
                 format!("no load observed in the last {window:.1}s"),
             ),
             (Some(mean), held) => {
-                let load = mean / policy.target_concurrency;
-                // Float-to-int `as` saturates (NaN -> 0), which is the clamping wanted here.
-                let ceil = |x: f64| x.ceil() as u32;
-                let up = ceil(load / (1.0 + HYSTERESIS));
-                let down = ceil(load / (1.0 - HYSTERESIS));
-                let count = match held {
-                    None => ceil(load),
-                    Some(held) if up > held => up,
-                    Some(held) => held.min(down),
-                };
+                let count = replicas_for(mean / policy.target_concurrency, held);
                 let reason = format!(
                     "mean concurrency {mean:.1} over the last {window:.1}s at a target of {:.1} \
                      per replica calls for {count}",

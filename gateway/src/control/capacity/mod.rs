@@ -78,6 +78,9 @@ struct State {
     recent: VecDeque<RecentChange>,
     /// Every load and eviction since start, per device.
     changes_by_device: HashMap<Device, DeviceChanges>,
+    /// On a node of a cluster: the replicas the leader placed here for each version. The
+    /// leader scales autoscaled versions across the nodes; here their count follows it.
+    placed_here: Option<HashMap<Key, u32>>,
     /// Whether idle replicas may be evicted to make room: not on a node of a cluster, where
     /// the leader places versions.
     may_evict: bool,
@@ -370,6 +373,7 @@ impl Capacity {
             outbox: Vec::new(),
             recent: VecDeque::new(),
             changes_by_device: HashMap::new(),
+            placed_here: None,
             may_evict,
         };
         for (device, _, _) in configured {
@@ -489,6 +493,8 @@ impl Capacity {
                 // Not autoscaled: its replicas are fixed.
             } else if adding == 0 && state.idle_too_long(&scaled, now, &mut round) {
                 // Scaled to zero this round.
+            } else if let Some(placed) = state.placed_here(&scaled.key) {
+                state.follow_placement(&scaled, placed, adding, &mut round);
             } else {
                 state.scale_by_load(table, &scaled, adding, now, &mut round);
             }
@@ -731,6 +737,39 @@ impl Capacity {
             objective,
             recent: state.recent.iter().rev().cloned().collect(),
         }
+    }
+
+    /// On a node of a cluster: the replicas the leader placed here, per version.
+    pub fn set_placed_here(&self, placed: HashMap<Key, u32>) {
+        lock(&self.state).placed_here = Some(placed);
+    }
+
+    /// Each autoscaled version's replicas here and the mean concurrency they carried over its
+    /// window, for the leader, which scales it across the nodes.
+    pub fn concurrency(&self, table: &ModelTable) -> Vec<(Key, u32, f64)> {
+        let state = lock(&self.state);
+        let now = Instant::now();
+        let mut loads = Vec::new();
+        for model in table.models.values() {
+            for version in &model.versions {
+                let VersionStatus::Ready(ready) = &version.status else {
+                    continue;
+                };
+                let key = Key {
+                    model: model.name.clone(),
+                    version: version.label.clone(),
+                };
+                if let Some(mean) = state
+                    .scalers
+                    .get(&key)
+                    .and_then(|scaler| scaler.autoscaler.mean(now))
+                {
+                    let replicas = u32::try_from(ready.replicas.replica_count()).unwrap_or(0);
+                    loads.push((key, replicas, mean));
+                }
+            }
+        }
+        loads
     }
 
     /// The idle replicas that may be evicted now, per version and device: how many, their
@@ -1034,6 +1073,62 @@ impl State {
             }),
         ));
     }
+    /// On a node of a cluster, the replicas the leader placed here for a version.
+    fn placed_here(&self, key: &Key) -> Option<u32> {
+        self.placed_here
+            .as_ref()
+            .map(|placed| placed.get(key).copied().unwrap_or(0))
+    }
+
+    /// On a node of a cluster, an autoscaled version holds the replicas the leader placed
+    /// here (which it decides from every node's load): added where they fit, removed beyond.
+    /// Never none: a version leaves a node by the placement, and scales to zero by idling.
+    fn follow_placement(&mut self, scaled: &Scaled, placed: u32, adding: u32, round: &mut Round) {
+        if adding > 0 {
+            return;
+        }
+        let (key, ready) = (&scaled.key, &scaled.ready);
+        let current = u32::try_from(ready.replicas.replica_count()).unwrap_or(u32::MAX);
+        let to = placed.clamp(1, scaled.max_replicas.max(1));
+        if to == current {
+            return;
+        }
+        let bytes = new_replica_bytes(ready);
+        let mut added = 0;
+        if to > current {
+            let room = self.room_for(key, bytes, &ready.allowed, to - current);
+            for &device in &room {
+                let Some(change) =
+                    self.reserve_addition(key, ready, device, bytes, Vec::new(), None)
+                else {
+                    break;
+                };
+                round.changes.push(change);
+                added += 1;
+            }
+            if added == 0 {
+                return;
+            }
+        } else {
+            for _ in to..current {
+                round.changes.push(Change::Remove {
+                    key: key.clone(),
+                    ready: ready.clone(),
+                });
+            }
+        }
+        let reached = if to > current { current + added } else { to };
+        let reason = format!("the cluster's leader placed {placed} here");
+        self.set_target(key, reached, &reason);
+        tracing::info!(version = %key, from = current, to = reached, %reason, "scaling");
+        round.events.push((
+            key.clone(),
+            SCALE_ACTION,
+            json!({"version": key.version, "from": current, "to": reached, "reason": reason,
+                   "bytes_per_replica": bytes}),
+        ));
+    }
+
     /// Adds a device the first time a version names it: its configured budget, else its
     /// physical memory.
     fn ensure_device(&mut self, id: Device) {
@@ -1507,7 +1602,8 @@ pub fn priority(model: &ModelEntry, label: &str) -> i64 {
     0
 }
 
-fn policy(scaling: &Scaling) -> ScalingPolicy {
+/// The autoscaler's policy of a version's scaling settings.
+pub fn policy(scaling: &Scaling) -> ScalingPolicy {
     ScalingPolicy {
         min_replicas: scaling.min_replicas,
         max_replicas: scaling.max_replicas,

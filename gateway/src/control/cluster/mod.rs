@@ -26,7 +26,9 @@ use tokio::sync::watch;
 use crate::config::{ClusterConfig, ServingConfig};
 use crate::control::Handles;
 use crate::control::capacity;
+use crate::control::capacity::autoscaler::Autoscaler;
 use crate::control::import::registered_settings;
+use crate::control::repository::ModelSettings;
 use crate::core::forward::Peer;
 use crate::core::{ModelTable, NO_ROOM_ANYWHERE, VersionStatus};
 use crate::version_key::VersionKey;
@@ -206,8 +208,11 @@ pub async fn run(
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut liveness = Liveness::default();
     let mut peers: BTreeMap<String, Arc<Peer>> = BTreeMap::new();
-    let placer = placer::by_name(&settings.placer).unwrap_or_else(|| Box::new(placer::BestFit));
-    tracing::info!(node = %settings.node, address = %settings.address, placer = placer.name(), "joining the cluster");
+    let mut leader = Leader {
+        placer: placer::by_name(&settings.placer).unwrap_or_else(|| Box::new(placer::BestFit)),
+        scalers: ClusterScalers::default(),
+    };
+    tracing::info!(node = %settings.node, address = %settings.address, placer = leader.placer.name(), "joining the cluster");
     loop {
         every.tick().await;
         let table = handles.tables.snapshot();
@@ -235,13 +240,22 @@ pub async fn run(
         });
         match store.try_lead().await {
             Ok(true) => {
-                if let Err(error) =
-                    lead(&settings, &*placer, &store, &table, &nodes, &states, &live).await
+                if let Err(error) = lead(
+                    &settings,
+                    &mut leader,
+                    &store,
+                    &table,
+                    &nodes,
+                    &states,
+                    &live,
+                )
+                .await
                 {
                     tracing::warn!(%error, "cannot place the cluster's versions this round");
                 }
             }
-            Ok(false) => {}
+            // Another node leads: what this one's scalers saw goes stale.
+            Ok(false) => leader.scalers = ClusterScalers::default(),
             Err(error) => tracing::warn!(%error, "cannot tell whether this node leads"),
         }
     }
@@ -268,6 +282,19 @@ pub struct NodeBody {
     pub wanted: Vec<WantedVersion>,
     /// Its idle replicas that may be evicted to make room for those.
     pub evictable: Vec<NodeEvictable>,
+    /// The load its autoscaled versions carry: the leader scales them across the nodes.
+    pub concurrency: Vec<VersionConcurrency>,
+}
+
+/// An autoscaled version's replicas on a node, and the mean concurrency (requests queued or
+/// running) they carried over its scaling window.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(default)]
+pub struct VersionConcurrency {
+    pub model: String,
+    pub version: String,
+    pub replicas: u32,
+    pub concurrency: f64,
 }
 
 /// A version a request asked for.
@@ -391,6 +418,19 @@ fn heartbeat(
             idle_ms: u64::try_from(idle.idle.as_millis()).unwrap_or(u64::MAX),
         })
         .collect();
+    let concurrency = handles
+        .capacity
+        .concurrency(table)
+        .into_iter()
+        .filter(|(key, _, _)| hosted.local.contains(key))
+        .take(MAX_REPORTED)
+        .map(|(key, replicas, concurrency)| VersionConcurrency {
+            model: key.model.to_string(),
+            version: key.version.to_string(),
+            replicas,
+            concurrency,
+        })
+        .collect();
     Heartbeat {
         node: settings.node.clone(),
         address: settings.address.clone(),
@@ -399,6 +439,7 @@ fn heartbeat(
             load: load as u64,
             wanted,
             evictable,
+            concurrency,
         })
         .unwrap_or_default(),
         versions,
@@ -445,7 +486,7 @@ fn build_view(
 /// what the nodes say, and forget nodes long gone.
 async fn lead(
     settings: &NodeSettings,
-    placer: &dyn Placer,
+    leader: &mut Leader,
     store: &Arc<dyn Store>,
     table: &ModelTable,
     nodes: &[NodeRecord],
@@ -462,8 +503,16 @@ async fn lead(
         .filter(|node| live.contains(&node.id))
         .map(node_capacity)
         .collect();
-    let (demands, invalid) = demands(&snapshot, table, &settings.defaults);
     let current_assignments = assignments(&current);
+    let load = ClusterLoad::of(nodes, live, &current_assignments);
+    let (demands, invalid) = demands(
+        &snapshot,
+        table,
+        &settings.defaults,
+        &mut leader.scalers,
+        &load,
+    );
+    let placer = &*leader.placer;
     let started = Instant::now();
     let mut placement = placer.place(&capacities, &demands, &current_assignments);
     let (wanted, idle) = asks(nodes, live);
@@ -684,9 +733,90 @@ fn node_capacity(node: &NodeRecord) -> NodeCapacity {
     }
 }
 
+/// What the leader scales autoscaled versions from: the concurrency every live node reports
+/// for each, and the replicas the placement gives each now.
+#[derive(Default)]
+struct ClusterLoad {
+    concurrency: BTreeMap<VersionKey, f64>,
+    placed: BTreeMap<VersionKey, u32>,
+}
+
+impl ClusterLoad {
+    fn of(nodes: &[NodeRecord], live: &BTreeSet<String>, current: &[Assignment]) -> ClusterLoad {
+        let mut load = ClusterLoad::default();
+        for node in nodes.iter().filter(|node| live.contains(&node.id)) {
+            for reported in NodeBody::of(node).concurrency {
+                if reported.concurrency.is_finite() && reported.concurrency >= 0.0 {
+                    *load
+                        .concurrency
+                        .entry(VersionKey::new(&reported.model, &reported.version))
+                        .or_default() += reported.concurrency;
+                }
+            }
+        }
+        for assignment in current {
+            *load
+                .placed
+                .entry(VersionKey::new(&assignment.model, &assignment.version))
+                .or_default() += 1;
+        }
+        load
+    }
+}
+
+/// What the node that leads keeps from one round to the next.
+struct Leader {
+    placer: Box<dyn Placer>,
+    scalers: ClusterScalers,
+}
+
+/// The leader's autoscaler of each autoscaled version, fed the concurrency summed over the
+/// nodes: the same window, dead band and delays as a single node's, over the whole cluster.
+/// Kept while this node leads; a new leader starts from the placement as it finds it.
+#[derive(Default)]
+pub struct ClusterScalers {
+    scalers: HashMap<VersionKey, Autoscaler>,
+}
+
+impl ClusterScalers {
+    /// An autoscaled version's replicas across the cluster: what its autoscaler decides from
+    /// the load across the nodes, else what the placement gives it now (its starting count
+    /// before it is placed), within its minimum (at least one) and maximum.
+    fn replicas(
+        &mut self,
+        key: &VersionKey,
+        settings: &ModelSettings,
+        load: &ClusterLoad,
+        now: Instant,
+    ) -> u32 {
+        let starting = settings.starting_replicas().max(1);
+        let Some(scaling) = &settings.scaling else {
+            self.scalers.remove(key);
+            return starting;
+        };
+        let held = load.placed.get(key).copied().unwrap_or(starting);
+        let Some(&concurrency) = load.concurrency.get(key) else {
+            return held;
+        };
+        let scaler = self
+            .scalers
+            .entry(key.clone())
+            .or_insert_with(|| Autoscaler::new(capacity::policy(scaling)));
+        scaler.observe(now, concurrency);
+        let to = scaler
+            .decide(now, held, u32::MAX)
+            .map_or(held, |decision| decision.to);
+        to.clamp(
+            scaling.min_replicas.max(1),
+            scaling.max_replicas.max(scaling.min_replicas).max(1),
+        )
+    }
+}
+
 /// What each version the cluster should serve asks for: its replicas (the model.toml's count,
-/// at least the autoscaler's minimum), what one takes (measured where a node measured it,
-/// else declared, else its artifact's size), the devices it may use, and its priority.
+/// at least the autoscaler's minimum, or what its load across the cluster calls for), what one
+/// takes (measured where a node measured it, else declared, else its artifact's size), the
+/// devices it may use, and its priority.
 ///
 /// Also returns the versions whose settings do not parse, with why: they are failed, not
 /// placed.
@@ -694,7 +824,10 @@ fn demands(
     snapshot: &Snapshot,
     table: &ModelTable,
     defaults: &ServingConfig,
+    scalers: &mut ClusterScalers,
+    load: &ClusterLoad,
 ) -> (Vec<Demand>, BTreeMap<VersionKey, String>) {
+    let now = Instant::now();
     let mut demands = Vec::new();
     let mut invalid = BTreeMap::new();
     for record in &snapshot.models {
@@ -718,7 +851,8 @@ fn demands(
                 .reserve_bytes(artifact_bytes)
                 .max(measured.max(artifact_bytes) + settings.slot_bytes());
             // At least one: a version scaled to zero is still placed somewhere.
-            let replicas = settings.starting_replicas().max(1);
+            let key = VersionKey::new(&version.model, &version.label);
+            let replicas = scalers.replicas(&key, &settings, load, now);
             let priority = table
                 .models
                 .get(record.model.name.as_str())
