@@ -77,13 +77,18 @@ pub struct ReplicaInfo {
 }
 
 impl Replica {
+    /// Loads one replica on its own thread. `measured`: what a replica of this version took
+    /// on its device the first time it was measured. Once known, a load runs beside others
+    /// and reports that; until then it runs alone, so that its memory is its own.
     pub(super) async fn start(
         load: &ReplicaLoad,
         batching: Batching,
         index: u32,
         device: Device,
         thread_name: String,
+        measured: &Arc<OnceLock<u64>>,
     ) -> Result<(Replica, Loaded), RuntimeError> {
+        let measured = measured.clone();
         let ReplicaLoad {
             runtime,
             artifact,
@@ -120,10 +125,27 @@ impl Replica {
                     }));
                     return;
                 }
-                // One load at a time in the process, so that each one's memory is its own.
-                let _measuring = LOADING
-                    .lock()
-                    .unwrap_or_else(|poisoned| poisoned.into_inner());
+                // A load that measures runs alone in the process, so that its memory is its
+                // own; one whose size is known runs beside the others.
+                let known = measured.get().copied();
+                let turn = match known {
+                    Some(_) => (
+                        None,
+                        Some(
+                            LOADING
+                                .read()
+                                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                        ),
+                    ),
+                    None => (
+                        Some(
+                            LOADING
+                                .write()
+                                .unwrap_or_else(|poisoned| poisoned.into_inner()),
+                        ),
+                        None,
+                    ),
+                };
                 // On a GPU the process may hold nothing before its first load there.
                 let before = memory::in_use(options.device).unwrap_or(0);
                 let loaded = runtime.load(&artifact, &options).and_then(|mut model| {
@@ -150,8 +172,18 @@ impl Replica {
                         return;
                     }
                 };
-                let memory_bytes =
-                    memory::in_use(options.device).map(|after| after.saturating_sub(before));
+                let memory_bytes = known.or_else(|| {
+                    let bytes =
+                        memory::in_use(options.device).map(|after| after.saturating_sub(before));
+                    // Only a whole measure: a replica without a warm-up measures its first
+                    // call later, on top of this.
+                    if let Some(bytes) = bytes
+                        && !warmed.skipped()
+                    {
+                        let _ = measured.set(bytes);
+                    }
+                    bytes
+                });
                 if let Threads::Measured(decided) = &threads
                     && decided.get().is_none()
                 {
@@ -176,11 +208,11 @@ impl Replica {
                     );
                     let _ = decided.set(chosen);
                 }
-                drop(_measuring);
+                drop(turn);
                 // Once loaded: loading and warming up run at the default priority, beside the
                 // replicas already serving.
                 set_nice(nice);
-                let first_run = warmed.skipped().then(|| FirstRun {
+                let first_run = (warmed.skipped() && known.is_none()).then(|| FirstRun {
                     bytes: worker_first_run.clone(),
                     device: options.device,
                 });
@@ -308,8 +340,9 @@ pub async fn cold_waiter_arrived() {
     COLD_WAITER.notified().await;
 }
 
-/// Held while a replica loads, warms up and is measured.
-pub(super) static LOADING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+/// Held while a replica loads and warms up: alone (written) while it is measured, shared
+/// (read) by loads whose size is already known.
+pub(super) static LOADING: std::sync::RwLock<()> = std::sync::RwLock::new(());
 
 /// What every replica of a version is loaded from.
 #[derive(Clone)]
@@ -360,6 +393,8 @@ pub struct ReplicaSet {
     pub(super) cold_failure: arc_swap::ArcSwapOption<ColdFailure>,
     /// How its first replica was warmed up (the others ran the same).
     pub(super) warmup: WarmupOutcome,
+    /// What a replica took on its device when first measured ([`Replica::start`]).
+    pub(super) measured: Arc<OnceLock<u64>>,
 }
 
 impl ReplicaSet {
@@ -379,6 +414,7 @@ impl ReplicaSet {
             devices
         };
         let mut replicas = Vec::with_capacity(devices.len());
+        let measured = Arc::new(OnceLock::new());
         let mut signature = Signature::default();
         let mut warmup = WarmupOutcome::Skipped("no replica loaded".into());
         for (index, device) in (0u32..).zip(devices) {
@@ -388,6 +424,7 @@ impl ReplicaSet {
                 index,
                 *device,
                 format!("{thread_name}#{index}"),
+                &measured,
             )
             .await?;
             replicas.push(Arc::new(replica));
@@ -408,6 +445,7 @@ impl ReplicaSet {
             cold_waiters: AtomicUsize::new(0),
             cold_failure: arc_swap::ArcSwapOption::empty(),
             warmup,
+            measured,
         })
     }
 
@@ -429,6 +467,7 @@ impl ReplicaSet {
             index,
             device,
             format!("{}#{index}", self.thread_name),
+            &self.measured,
         )
         .await?;
         let replica = Arc::new(replica);

@@ -320,7 +320,7 @@ impl Worker {
         // measured: while no load runs. Best effort: the worker never waits for a load to end;
         // when one runs, the next call measures instead.
         let measuring = self.first_run.as_ref().and_then(|first| {
-            let lock = super::replicas::LOADING.try_lock().ok()?;
+            let lock = super::replicas::LOADING.try_write().ok()?;
             let before = switchyard_runtimes::memory::in_use(first.device)?;
             Some((lock, before))
         });
