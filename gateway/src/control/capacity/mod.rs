@@ -1236,7 +1236,14 @@ impl State {
         if !self.may_evict {
             return None;
         }
-        let mut candidates = self.eviction_candidates(table, now, EVICT_IDLE_AFTER, |priority| {
+        // Requests wait for a load: any idle replica may go, least recently used first. A
+        // scale-up waits no one: it takes only what has been idle for a round.
+        let min_idle = if equal {
+            Duration::ZERO
+        } else {
+            EVICT_IDLE_AFTER
+        };
+        let mut candidates = self.eviction_candidates(table, now, min_idle, |priority| {
             priority < asking_priority || (equal && priority == asking_priority)
         });
         candidates.retain(|(_, _, victim)| victim.key != *asking);
