@@ -761,7 +761,7 @@ async fn three_nodes_place_forward_and_survive_a_kill() {
 }
 
 /// Eight versions of one 100 MiB replica each for nodes that hold two, two and three: the
-/// leader places seven, and the eighth is resident nowhere.
+/// leader places seven, and the eighth is resident nowhere. Beside them `big`, of 400 MiB.
 fn pool_repository() -> (tempfile::TempDir, Vec<(String, String)>) {
     let repo = tempfile::tempdir().unwrap();
     let mut versions = Vec::new();
@@ -785,6 +785,16 @@ fn pool_repository() -> (tempfile::TempDir, Vec<(String, String)>) {
         )
         .unwrap();
     }
+    // And one that no node could hold even empty.
+    let big = repo.path().join("big/1/model.onnx");
+    std::fs::create_dir_all(big.parent().unwrap()).unwrap();
+    std::fs::copy(models_dir().join("mlp/1/model.onnx"), big).unwrap();
+    let base = std::fs::read_to_string(models_dir().join("mlp/model.toml")).unwrap();
+    std::fs::write(
+        repo.path().join("big/model.toml"),
+        format!("replicas = 1\nmemory = \"{}MiB\"\n{base}", 4 * REPLICA_MIB),
+    )
+    .unwrap();
     (repo, versions)
 }
 
@@ -974,6 +984,26 @@ async fn a_version_no_node_holds_loads_on_demand_where_room_is_made_and_the_othe
             node.id
         );
     }
+    // A version no node can hold even by evicting everything: refused with the reason as soon
+    // as the leader has looked, not kept waiting until the deadline.
+    let asked = Instant::now();
+    let refused = infer(&client, nodes[1].ip, "big", "1").await;
+    let waited = asked.elapsed();
+    let error = refused.expect_err("big has no room anywhere");
+    assert!(
+        error.contains("503") && error.contains("even evicting idle replicas"),
+        "{error}"
+    );
+    assert!(waited < Duration::from_secs(10), "refused after {waited:?}");
+    let asked = Instant::now();
+    let again = infer(&client, nodes[0].ip, "big", "1").await;
+    assert!(again.is_err(), "{again:?}");
+    assert!(
+        asked.elapsed() < Duration::from_millis(500),
+        "refused at once the second time: {:?}",
+        asked.elapsed()
+    );
+
     // The evicted version is resident nowhere now, and comes back the same way.
     let answered = infer(&client, nodes[0].ip, &victim.0, &victim.1).await;
     assert_eq!(answered.as_deref(), Ok(victim.1.as_str()));
