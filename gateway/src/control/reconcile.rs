@@ -239,6 +239,19 @@ impl Reconciler {
             .map(|(key, _)| key.clone())
             .collect();
         for key in &moved {
+            // Placed nowhere while it served here: the leader evicted it for a version that
+            // requests wait for (its event names the node and the reason).
+            if !self.placed_anywhere.contains(key)
+                && let Some(VersionStatus::Ready(ready)) = self.local.get(key)
+            {
+                for replica in ready.replicas.replicas() {
+                    self.handles.metrics.evicted(
+                        &key.model,
+                        &key.version,
+                        &replica.device.to_string(),
+                    );
+                }
+            }
             self.stop_hosting(key);
         }
     }

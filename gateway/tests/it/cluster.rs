@@ -965,6 +965,22 @@ async fn a_version_no_node_holds_loads_on_demand_where_room_is_made_and_the_othe
         "the least recently used on node-2 went: {evictions:?}"
     );
     assert_eq!(evictions[0]["payload"]["node"], "node-2");
+    let metrics = client
+        .get(nodes[2].url(8002, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics
+            .lines()
+            .any(|line| line.starts_with("switchyard_evictions_total")
+                && line.contains(&format!("model=\"{}\"", victim.0))
+                && line.ends_with(" 1")),
+        "node-2 counts the eviction:\n{metrics}"
+    );
     for node in &nodes[..2] {
         let metrics = client
             .get(node.url(8002, "/metrics"))
