@@ -14,7 +14,7 @@ use tokio::sync::mpsc;
 
 use crate::config::ServingConfig;
 use crate::control::Handles;
-use crate::control::capacity::{Capacity, MeasuredMemory};
+use crate::control::capacity::{self, Capacity, MeasuredMemory};
 use crate::control::cluster::{ClusterView, Hosted};
 use crate::control::import::registered_settings;
 use crate::control::repository::{self, ModelSettings};
@@ -51,6 +51,17 @@ struct LoadOutcome {
     result: Result<ReadyVersion, String>,
     elapsed: Duration,
 }
+
+/// The registry events that only record what the capacity did ([`Reconciler::run`] reads no
+/// snapshot for them).
+const CAPACITY_RECORDS: [&str; 3] = [
+    capacity::SCALE_ACTION,
+    capacity::EVICT_ACTION,
+    capacity::LOAD_ACTION,
+];
+
+/// The most events looked at before a full read is cheaper.
+const RECORDS_LOOKED_AT: i64 = 64;
 
 /// A node's link to its cluster: what the leader placed on it, and the view of its peers.
 pub struct ClusterLink {
@@ -132,6 +143,10 @@ impl Reconciler {
                     if changed.is_err() {
                         return;
                     }
+                    let latest = *revisions.borrow_and_update();
+                    if synced && self.only_records_since_sync(latest).await {
+                        continue;
+                    }
                     synced = self.sync().await;
                 }
                 _ = retry.tick() => {
@@ -155,6 +170,35 @@ impl Reconciler {
                 _ = drain_check.tick(), if !self.draining.is_empty() => self.retire_drained().await,
             }
         }
+    }
+
+    /// Whether every registry change since the table was built, up to `latest`, only records
+    /// what the capacity did (loads, evictions, scaling): those change nothing the table is
+    /// built from, so the table is current as it is (its revision advances) and no snapshot
+    /// is read. A pool under load writes thousands of them a minute.
+    async fn only_records_since_sync(&mut self, latest: i64) -> bool {
+        let Some(snapshot) = &mut self.snapshot else {
+            return false;
+        };
+        let Ok(events) = self
+            .store
+            .events_after(snapshot.revision, RECORDS_LOOKED_AT)
+            .await
+        else {
+            return false;
+        };
+        let covered = events.last().is_some_and(|last| last.revision >= latest)
+            && events.len() < RECORDS_LOOKED_AT as usize;
+        if !covered
+            || !events
+                .iter()
+                .all(|event| CAPACITY_RECORDS.contains(&event.action.as_str()))
+        {
+            return false;
+        }
+        snapshot.revision = latest;
+        self.handles.tables.advance_revision(latest);
+        true
     }
 
     /// Applies the registry's current state; false if it could not be read (to retry).
@@ -229,8 +273,10 @@ impl Reconciler {
             .local
             .iter()
             .filter(|(key, status)| {
-                // Placed nowhere (evicted for a version a request wanted, or no node has room
-                // for it): its memory is the leader's to give, so it goes at once.
+                // Placed nowhere (the leader evicted it for a version requests wait for, or no
+                // live node has room for it): the leader has given its memory away, so it goes
+                // at once, with no peer to wait for. This node's view of memory (measured) may
+                // hold it still; the leader's (never below what a version declares) decides.
                 !self.placed.contains_key(*key)
                     && (!matches!(status, VersionStatus::Ready(_))
                         || !view.peers_for(key).is_empty()
@@ -440,21 +486,23 @@ impl Reconciler {
         let Some(snapshot) = self.snapshot.take() else {
             return;
         };
-        let mut retried = false;
+        let mut loading = false;
         for version in snapshot.models.iter().flat_map(|record| &record.versions) {
             let key = VersionKey::new(&version.model, &version.label);
             if matches!(self.local.get(&key), Some(VersionStatus::Pending(_)))
                 && version.state.is_live()
             {
-                self.start_load(key, version).await;
-                retried = true;
+                self.start_load(key.clone(), version).await;
+                loading |= !matches!(self.local.get(&key), Some(VersionStatus::Pending(_)));
             }
         }
         self.snapshot = Some(snapshot);
-        self.handles.tables.pending_tried();
-        if retried {
+        // A table only when one left the wait: a refused try changes nothing requests see
+        // but the reason's live figures.
+        if loading {
             self.publish();
         }
+        self.handles.tables.pending_tried();
     }
 
     /// Stops hosting a version the leader placed elsewhere: a serving one drains; one waiting

@@ -513,6 +513,21 @@ impl Gateway {
                 .await;
             drop(in_flight);
             let now = Instant::now();
+            // A spilled request the peer had no room for either: the next peer, or here.
+            if here.is_some()
+                && let Err(ForwardError::Answered(error)) = &answer
+                && error.kind == ErrorKind::Overloaded
+            {
+                peer.answered(now);
+                forwarding.metrics.forwarded(
+                    &route.key.model,
+                    &route.key.version,
+                    &peer.node,
+                    "overloaded",
+                );
+                passed.push(format!("node '{}': {}", peer.node, error.message));
+                continue;
+            }
             let outcome = match &answer {
                 Ok(_) => Ok(()),
                 Err(ForwardError::Answered(error)) => Err(error.kind),
@@ -692,6 +707,9 @@ impl Gateway {
         // A version waiting for room is asked for once: if, once the reconciler has tried it,
         // it still waits, nothing could make room, and the request is refused at once with why.
         let mut asked: Option<u64> = None;
+        // On a node of a cluster: whether the leader was asked, which the request repeats
+        // while it waits (an ask is forgotten after a while).
+        let mut asking_leader = false;
         loop {
             let routed = {
                 let _route =
@@ -706,11 +724,13 @@ impl Gateway {
                         Some(Coming::WaitingForRoom { key, hopeless })
                             if self.tables.clustered() =>
                         {
+                            // Asked even when hopeless: the leader tries again while asked.
                             self.tables.want_pending(&key);
-                            if hopeless {
-                                return Err(error);
+                            asking_leader = true;
+                            match hopeless {
+                                true => return Err(error),
+                                false => Err(error),
                             }
-                            Err(error)
                         }
                         // Its load is tried now; the request waits for it like for any load.
                         Some(Coming::WaitingForRoom { key, .. }) => match asked {
@@ -730,8 +750,13 @@ impl Gateway {
                     other => return other,
                 }
             };
-            let wait = tokio::time::timeout_at(deadline.into(), published.changed()).await;
-            if !matches!(wait, Ok(Ok(()))) {
+            let wake = match asking_leader {
+                true => deadline.min(Instant::now() + ASK_AGAIN),
+                false => deadline,
+            };
+            let wait = tokio::time::timeout_at(wake.into(), published.changed()).await;
+            let asks_again = wait.is_err() && wake < deadline;
+            if !matches!(wait, Ok(Ok(()))) && !asks_again {
                 return routed.map_err(|error| {
                     GatewayError::new(
                         ErrorKind::DeadlineExceeded,
@@ -841,6 +866,9 @@ const MAX_FORWARD_TRIES: usize = 3;
 
 /// How long a request naming a loading version, and no deadline, waits for it.
 const LOADING_WAIT: Duration = Duration::from_secs(30);
+
+/// How often a request waiting for a cluster's leader to place its version asks again.
+pub const ASK_AGAIN: Duration = Duration::from_secs(2);
 
 /// Whether the request names a version (or an alias of one) that is still loading.
 /// How the version a request cannot be routed to yet is coming.

@@ -13,7 +13,7 @@ pub mod route;
 pub mod sequence;
 pub mod table;
 
-pub use gateway::Gateway;
+pub use gateway::{ASK_AGAIN, Gateway};
 pub use request::{InferRequest, InferResponse, Parameter};
 pub use table::{
     ControlKind, ControlSpec, Interface, ModelEntry, ModelTable, NO_ROOM_ANYWHERE, ReadyVersion,

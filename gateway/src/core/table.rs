@@ -463,6 +463,14 @@ impl TableHandle {
             .send_modify(|count| *count = count.wrapping_add(1));
     }
 
+    /// The registry moved to `revision` with nothing the table is built from: the table is
+    /// current as of it, and those waiting for it are told.
+    pub fn advance_revision(&self, revision: i64) {
+        self.revision.fetch_max(revision, Ordering::Relaxed);
+        self.published
+            .send_modify(|count| *count = count.wrapping_add(1));
+    }
+
     /// Follows publishes: `changed()` resolves after the next one.
     pub fn watch_published(&self) -> tokio::sync::watch::Receiver<u64> {
         self.published.subscribe()
@@ -472,6 +480,8 @@ impl TableHandle {
     /// cluster, the leader hears of it at the next heartbeat).
     pub fn want_pending(&self, key: &VersionKey) {
         if self.clustered() {
+            // Not the reconciler: it cannot make room here, and each of its tries would wake
+            // every waiting request again.
             let mut wanted = self.wanted.lock().unwrap_or_else(|e| e.into_inner());
             match wanted.get_mut(key) {
                 Some(at) => *at = Instant::now(),
@@ -479,6 +489,7 @@ impl TableHandle {
                     wanted.insert(key.clone(), Instant::now());
                 }
             }
+            return;
         }
         self.pending_wanted.notify_one();
     }
@@ -516,6 +527,9 @@ impl TableHandle {
     /// published).
     pub fn pending_tried(&self) {
         self.pending_tries.fetch_add(1, Ordering::Release);
+        // The requests that asked look at the outcome, whether or not a table follows.
+        self.published
+            .send_modify(|count| *count = count.wrapping_add(1));
     }
 
     /// The registry revision the current table was built from.

@@ -78,15 +78,15 @@ pub struct ReplicaInfo {
 
 impl Replica {
     /// Loads one replica on its own thread. `measured`: what a replica of this version took
-    /// on its device the first time it was measured. Once known, a load runs beside others
-    /// and reports that; until then it runs alone, so that its memory is its own.
+    /// on a device the first time it was measured. Once known, a load on that device runs
+    /// beside others and reports that; until then it runs alone, so that its memory is its own.
     pub(super) async fn start(
         load: &ReplicaLoad,
         batching: Batching,
         index: u32,
         device: Device,
         thread_name: String,
-        measured: &Arc<OnceLock<u64>>,
+        measured: &Arc<OnceLock<(Device, u64)>>,
     ) -> Result<(Replica, Loaded), RuntimeError> {
         let measured = measured.clone();
         let ReplicaLoad {
@@ -127,7 +127,11 @@ impl Replica {
                 }
                 // A load that measures runs alone in the process, so that its memory is its
                 // own; one whose size is known runs beside the others.
-                let known = measured.get().copied();
+                // Measured on this device: another takes its own measure.
+                let known = measured
+                    .get()
+                    .filter(|(on, _)| *on == options.device)
+                    .map(|(_, bytes)| *bytes);
                 let turn = match known {
                     Some(_) => (
                         None,
@@ -180,7 +184,7 @@ impl Replica {
                     if let Some(bytes) = bytes
                         && !warmed.skipped()
                     {
-                        let _ = measured.set(bytes);
+                        let _ = measured.set((options.device, bytes));
                     }
                     bytes
                 });
@@ -394,7 +398,7 @@ pub struct ReplicaSet {
     /// How its first replica was warmed up (the others ran the same).
     pub(super) warmup: WarmupOutcome,
     /// What a replica took on its device when first measured ([`Replica::start`]).
-    pub(super) measured: Arc<OnceLock<u64>>,
+    pub(super) measured: Arc<OnceLock<(Device, u64)>>,
 }
 
 impl ReplicaSet {
@@ -703,22 +707,22 @@ impl ReplicaSet {
         .await
     }
 
-    /// Puts the job `make_job` makes, once a replica is found, on the queue of the pinned
-    /// replica, or of the better of two picked, or of any with room; the index of the replica
-    /// it went to. Not async: the replica list's guard must not be held across an await
-    /// (clippy.toml).
-    fn enqueue_on_a_replica(
-        &self,
-        pinned: Option<u32>,
-        make_job: impl FnOnce() -> Job,
-    ) -> Result<u32, GatewayError> {
+    /// Puts `job` on the queue of the pinned replica, or of the better of two picked, or of
+    /// any with room; the index of the replica it went to. A replica that was unloading (an
+    /// eviction took it after the pick) gives the job back, to be tried again. Not async: the
+    /// replica list's guard must not be held across an await (clippy.toml).
+    // The job comes back by value, as from `enqueue`.
+    #[allow(clippy::result_large_err)]
+    fn enqueue_on_a_replica(&self, pinned: Option<u32>, job: Job) -> Result<u32, Unqueued> {
         let replicas = self.replicas.load();
-        let replica = pinned
+        let Some(replica) = pinned
             .and_then(|index| replicas.iter().find(|replica| replica.index == index))
             .or_else(|| ReplicaSet::pick(&replicas))
-            .ok_or_else(|| GatewayError::unavailable("the version has no replica"))?;
+        else {
+            return Err(Unqueued::Gone(job));
+        };
         let mut index = replica.index;
-        let mut attempt = enqueue(replica, make_job());
+        let mut attempt = enqueue(replica, job);
         if let Err(TrySendError::Full(job)) = attempt {
             // The two picked were full; a saturated replica gets no new request while another
             // has room.
@@ -736,13 +740,11 @@ impl ReplicaSet {
         }
         match attempt {
             Ok(()) => Ok(index),
-            Err(TrySendError::Full(_)) => Err(GatewayError::new(
+            Err(TrySendError::Full(_)) => Err(Unqueued::Refused(GatewayError::new(
                 ErrorKind::Overloaded,
                 "the model's queue is full; retry shortly",
-            )),
-            Err(TrySendError::Disconnected(_)) => {
-                Err(GatewayError::unavailable("the model is being unloaded"))
-            }
+            ))),
+            Err(TrySendError::Disconnected(job)) => Err(Unqueued::Gone(job)),
         }
     }
 
@@ -754,15 +756,8 @@ impl ReplicaSet {
         join: Option<(Arc<JoinAxes>, usize)>,
         pinned: Option<u32>,
     ) -> Result<(Vec<NamedTensor>, Duration, u32), GatewayError> {
-        // An eviction may empty the set again between the wait and the enqueue: wait again.
-        for _ in 0..3 {
-            if !self.replicas.load().is_empty() {
-                break;
-            }
-            self.wait_for_replica(deadline).await?;
-        }
         let (reply, outputs) = oneshot::channel();
-        let index = self.enqueue_on_a_replica(pinned, || Job {
+        let mut job = Job {
             inputs,
             span: tracing::Span::current(),
             queued: crate::telemetry::tracing::child(
@@ -774,7 +769,28 @@ impl ReplicaSet {
             company: join.as_ref().map_or(0, |(_, company)| *company),
             join: join.map(|(axes, _)| axes),
             reply,
-        })?;
+        };
+        // An eviction may empty the set, or take the replica picked, between the wait and the
+        // enqueue: wait for a replica again.
+        let mut tries = 0;
+        let index = loop {
+            if self.replicas.load().is_empty() {
+                self.wait_for_replica(deadline).await?;
+            }
+            match self.enqueue_on_a_replica(pinned, job) {
+                Ok(index) => break index,
+                Err(Unqueued::Refused(error)) => return Err(error),
+                Err(Unqueued::Gone(back)) if tries < 3 => {
+                    job = back;
+                    tries += 1;
+                }
+                Err(Unqueued::Gone(_)) => {
+                    return Err(GatewayError::unavailable(
+                        "the version's replicas were unloaded as the request reached them",
+                    ));
+                }
+            }
+        };
         let answered = match deadline {
             None => outputs.await,
             Some(deadline) => tokio::time::timeout_at(deadline.into(), outputs)
@@ -795,6 +811,15 @@ pub(super) fn enqueue(replica: &Replica, job: Job) -> Result<(), TrySendError<Jo
     replica.jobs.try_send(job).inspect_err(|_| {
         replica.outstanding.fetch_sub(1, Ordering::Relaxed);
     })
+}
+
+/// Why a job is not on a queue: refused (its queue full), or given back because the replica
+/// picked was unloading, or none was left.
+// By value, as `enqueue`'s refusal: boxing it would allocate on the request path.
+#[allow(clippy::large_enum_variant)]
+enum Unqueued {
+    Refused(GatewayError),
+    Gone(Job),
 }
 
 pub(super) fn info(replica: &Arc<Replica>) -> ReplicaInfo {

@@ -212,6 +212,11 @@ impl VersionFigures {
         self.refused.fetch_add(1, Ordering::Relaxed);
     }
 
+    /// When a request served here last ended, in milliseconds since the epoch; 0 before any.
+    pub fn last_served_ms(&self) -> u64 {
+        self.last_inference_ms.load(Ordering::Relaxed)
+    }
+
     /// Counts a request that found no replica and waited for one to load.
     pub fn cold_wait(&self) {
         self.cold_waits.fetch_add(1, Ordering::Relaxed);

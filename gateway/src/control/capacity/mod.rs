@@ -208,8 +208,9 @@ pub struct DeviceReport {
     pub evictable: u64,
     /// Versions holding a replica on it.
     pub resident_versions: u32,
-    /// Replicas loaded on it on demand or by the autoscaler since start (not at registration),
-    /// loads that failed, and replicas evicted from it.
+    /// Since start: replicas loaded on it for requests that waited (cold starts), those loads
+    /// that failed, and replicas evicted from it to make room. A cluster's leader's loads and
+    /// evictions are its events and `switchyard_evictions_total`, not these.
     pub loads: u64,
     pub load_failures: u64,
     pub evictions: u64,
@@ -1236,8 +1237,9 @@ impl State {
         if !self.may_evict {
             return None;
         }
-        // Requests wait for a load: any idle replica may go, least recently used first. A
-        // scale-up waits no one: it takes only what has been idle for a round.
+        // A load (one that requests wait for, a version just registered or waiting for room)
+        // may take any idle replica, least recently used first. A scale-up, which no request
+        // waits for, takes only what has been idle for a round, so as not to churn.
         let min_idle = if equal {
             Duration::ZERO
         } else {
@@ -1309,9 +1311,17 @@ impl State {
                     continue;
                 }
                 // Not seen by a round yet: as good as busy.
-                let Some(last_active) = self.activity.get(&key).map(|a| a.last_active) else {
+                let Some(round_seen) = self.activity.get(&key).map(|a| a.last_active) else {
                     continue;
                 };
+                // A round sees activity every 250 ms; the record has each request's end, which
+                // orders the versions a round saw busy together.
+                let served_ms = version.stats.figures().last_served_ms();
+                let now_epoch_ms = u64::try_from(now_ms()).unwrap_or(0);
+                let since_served = Duration::from_millis(now_epoch_ms.saturating_sub(served_ms));
+                let last_active = now
+                    .checked_sub(since_served)
+                    .map_or(round_seen, |served| served.max(round_seen));
                 if now.saturating_duration_since(last_active) < min_idle {
                     continue;
                 }
@@ -1559,7 +1569,7 @@ const STABLE_PRIORITY: i64 = 3_000_000;
 /// The registry events' actions.
 pub const SCALE_ACTION: &str = "replicas.scale";
 pub const EVICT_ACTION: &str = "replicas.evict";
-const LOAD_ACTION: &str = "replicas.load";
+pub const LOAD_ACTION: &str = "replicas.load";
 
 /// Waits, at most [`UNLOAD_WAIT`], until a victim (out of service since it was chosen) has
 /// answered what it held and unloaded its model.

@@ -40,8 +40,8 @@ const ACTOR: &str = "cluster";
 /// Nodes whose heartbeat stopped this long ago are forgotten (their rows removed).
 const FORGET_AFTER: Duration = Duration::from_secs(600);
 
-/// How long a request's ask for a version placed nowhere stays in the heartbeat: the
-/// request waits again (and asks again) at every table published meanwhile.
+/// How long a request's ask for a version placed nowhere stays in the heartbeat, at least:
+/// a waiting request asks again every [`crate::core::ASK_AGAIN`], and at every table published.
 const WANT_KEPT: Duration = Duration::from_secs(10);
 
 /// The most asks and idle versions one heartbeat carries.
@@ -396,7 +396,7 @@ fn heartbeat(
     }
     let wanted = handles
         .tables
-        .wanted_within(WANT_KEPT)
+        .wanted_within(WANT_KEPT.max(settings.heartbeat * 3))
         .into_iter()
         .take(MAX_REPORTED)
         .map(|key| WantedVersion {
@@ -540,7 +540,10 @@ async fn lead(
             "placing the cluster's versions"
         );
         store.write_placements(ACTOR, rows.clone(), payload).await?;
-        log_on_demand(store, &on_demand).await?;
+        // The placement is written: a record that fails must not stop the states below.
+        if let Err(error) = log_on_demand(store, &on_demand).await {
+            tracing::warn!(%error, "cannot record the loads on demand and their evictions");
+        }
     }
     let refused: BTreeMap<VersionKey, &placer::Refused> = placement
         .refused
@@ -698,8 +701,9 @@ fn version_state(
         return Some((
             VersionState::Pending,
             format!(
-                "{NO_ROOM_ANYWHERE}: every node's memory is held by busy, pinned or \
-                 higher-priority replicas"
+                "{NO_ROOM_ANYWHERE}: on no live node's devices that it may use do free memory and \
+                 idle replicas of its priority or lower add up to a replica of it; requests are \
+                 refused until that changes"
             ),
         ));
     }
@@ -828,6 +832,15 @@ fn demands(
     load: &ClusterLoad,
 ) -> (Vec<Demand>, BTreeMap<VersionKey, String>) {
     let now = Instant::now();
+    // Versions removed or no longer autoscaled drop their scalers below; removed ones here.
+    scalers.scalers.retain(|key, _| {
+        snapshot.models.iter().any(|record| {
+            record
+                .versions
+                .iter()
+                .any(|v| v.state.is_live() && *key.model == *v.model && *key.version == *v.label)
+        })
+    });
     let mut demands = Vec::new();
     let mut invalid = BTreeMap::new();
     for record in &snapshot.models {

@@ -2,8 +2,9 @@
 //! requests wait for, and that the placer left nowhere, one replica on the node with room, or
 //! else on the node whose idle replicas, evicted, make room. The same rules as a single node's
 //! (`capacity::State::evict_for`): lowest priority first, then least recently used, never a
-//! version of higher priority than the one asking, nor one a request waits for, nor a replica
-//! the node does not report idle (in flight, holding sequences, pinned, or busy recently).
+//! version of higher priority than the one asking, nor one with a replica on the node that the
+//! node does not report idle (in flight, holding sequences, waited for, pinned, or busy
+//! recently). A version goes whole from a node, which holds the count it loaded.
 //! Pure, like the placer: the nodes' reports in, the placement changed in place.
 
 use std::cmp::Reverse;
@@ -58,7 +59,6 @@ struct Room {
 /// What the leader knows while it places asks: each version's demand, and who asks.
 struct Asks<'a> {
     by_name: BTreeMap<VersionName, &'a Demand>,
-    wanted: &'a BTreeSet<VersionName>,
 }
 
 impl Asks<'_> {
@@ -102,49 +102,63 @@ impl Asks<'_> {
                 victims: Vec::new(),
             });
         }
-        // The replicas that may go, in the order they go.
-        let mut candidates: Vec<(i64, Reverse<Duration>, Assignment)> = Vec::new();
-        for ((n, device, model, version), (replicas, idle)) in idle_left {
-            let name = (model.clone(), version.clone());
+        // The versions that may go from this node, in the order they go: a version goes
+        // whole from a node (a node holds the count it loaded), so only one whose every
+        // replica on the node is idle.
+        let mut candidates: Vec<(i64, Reverse<Duration>, VersionName)> = Vec::new();
+        let mut idle_on_node: BTreeMap<VersionName, (u32, Duration)> = BTreeMap::new();
+        for ((n, _, model, version), (replicas, idle)) in idle_left {
+            if n == node {
+                let entry = idle_on_node
+                    .entry((model.clone(), version.clone()))
+                    .or_insert((0, *idle));
+                entry.0 += replicas;
+                entry.1 = entry.1.min(*idle);
+            }
+        }
+        for (name, (idle_replicas, idle)) in idle_on_node {
             let Some(victim) = self.by_name.get(&name) else {
                 continue;
             };
-            if n != node
-                || device != &bin.device
-                || self.wanted.contains(&name)
-                || victim.priority > demand.priority
+            let placed_on_node = placement
+                .assignments
+                .iter()
+                .filter(|a| a.node == node && a.model == name.0 && a.version == name.1)
+                .count();
+            let here = on_bin
+                .iter()
+                .filter(|a| a.model == name.0 && a.version == name.1)
+                .count();
+            if victim.priority > demand.priority
+                || here == 0
+                || (idle_replicas as usize) < placed_on_node
             {
                 continue;
             }
-            let placed_here = on_bin
-                .iter()
-                .filter(|a| &a.model == model && &a.version == version)
-                .count();
-            for _ in 0..(*replicas as usize).min(placed_here) {
-                candidates.push((
-                    victim.priority,
-                    Reverse(*idle),
-                    Assignment {
-                        model: model.clone(),
-                        version: version.clone(),
-                        node: node.to_owned(),
-                        device: bin.device.clone(),
-                    },
-                ));
-            }
+            candidates.push((victim.priority, Reverse(idle), name));
         }
         candidates.sort();
-        let evictable: u64 = candidates
-            .iter()
-            .map(|(_, _, a)| self.bytes_of(&a.model, &a.version))
-            .sum();
+        let freed_here = |name: &VersionName| {
+            let here = on_bin
+                .iter()
+                .filter(|a| a.model == name.0 && a.version == name.1)
+                .count() as u64;
+            here * self.bytes_of(&name.0, &name.1)
+        };
+        let evictable: u64 = candidates.iter().map(|(_, _, name)| freed_here(name)).sum();
         let mut victims = Vec::new();
-        for (_, _, victim) in candidates {
+        for (_, _, name) in candidates {
             if free >= needed {
                 break;
             }
-            free += self.bytes_of(&victim.model, &victim.version);
-            victims.push(victim);
+            free += freed_here(&name);
+            victims.extend(
+                placement
+                    .assignments
+                    .iter()
+                    .filter(|a| a.node == node && a.model == name.0 && a.version == name.1)
+                    .cloned(),
+            );
         }
         (free >= needed).then(|| Room {
             rank: (victims.len(), 0, Reverse(evictable)),
@@ -169,7 +183,6 @@ pub fn place(
             .iter()
             .map(|d| ((d.model.clone(), d.version.clone()), d))
             .collect(),
-        wanted,
     };
     let mut asking: Vec<&Demand> = wanted
         .iter()
@@ -200,6 +213,9 @@ pub fn place(
             (key, (i.replicas, i.idle))
         })
         .collect();
+    // What the round starts from: an ask that finds no room only because an earlier ask of
+    // this round took it is not hopeless, it waits for the next round.
+    let (initial, initial_idle) = (placement.clone(), idle_left.clone());
     for demand in asking {
         let best = nodes
             .iter()
@@ -208,24 +224,26 @@ pub fn place(
             // The first of equals: nodes and bins are in order.
             .reduce(|best, room| if room.rank < best.rank { room } else { best });
         let Some(room) = best else {
-            outcome
-                .hopeless
-                .insert((demand.model.clone(), demand.version.clone()));
+            let could_have = nodes.iter().any(|node| {
+                node.bins.iter().any(|bin| {
+                    asks.room_on(demand, &node.node, bin, &initial, &initial_idle)
+                        .is_some()
+                })
+            });
+            if !could_have {
+                outcome
+                    .hopeless
+                    .insert((demand.model.clone(), demand.version.clone()));
+            }
             continue;
         };
         for victim in &room.victims {
             if let Some(at) = placement.assignments.iter().position(|a| a == victim) {
                 placement.assignments.remove(at);
             }
-            let key = (
-                victim.node.clone(),
-                victim.device.clone(),
-                victim.model.clone(),
-                victim.version.clone(),
-            );
-            if let Some((replicas, _)) = idle_left.get_mut(&key) {
-                *replicas = replicas.saturating_sub(1);
-            }
+            idle_left.retain(|(node, _, model, version), _| {
+                !(node == &victim.node && model == &victim.model && version == &victim.version)
+            });
             note_refused(placement, &asks.by_name, &victim.model, &victim.version);
         }
         let assignment = Assignment {
@@ -401,7 +419,7 @@ mod tests {
     }
 
     #[test]
-    fn busy_pinned_or_wanted_replicas_stay_and_the_ask_is_hopeless() {
+    fn busy_or_pinned_replicas_stay_and_the_ask_is_hopeless() {
         let nodes = [node("a", 100)];
         let demands = [demand("1", 0, 80), demand("2", 0, 80), demand("3", 0, 80)];
         let mut placement = Placement {
@@ -412,7 +430,8 @@ mod tests {
         let outcome = place(&nodes, &demands, &mut placement, &wanted(&["2"]), &[]);
         assert!(outcome.loaded.is_empty());
         assert_eq!(outcome.hopeless, wanted(&["2"]));
-        // Two asks for one room: the first by name takes it; 1, wanted too, is not evicted.
+        // Two asks for one room: the first by name takes it, evicting 1 (asked for too, but
+        // placed and idle); the second is not hopeless, it waits for the next round.
         let outcome = place(
             &nodes,
             &demands,
@@ -420,8 +439,50 @@ mod tests {
             &wanted(&["1", "2", "3"]),
             &[idle("1", "a", 60)],
         );
+        assert_eq!(outcome.loaded.len(), 1, "{:?}", outcome.loaded);
+        assert_eq!(outcome.loaded[0].assignment, on("2", "a"));
+        assert_eq!(outcome.loaded[0].evicted, vec![on("1", "a")]);
+        assert!(outcome.hopeless.is_empty(), "{:?}", outcome.hopeless);
+    }
+
+    #[test]
+    fn a_version_goes_whole_from_a_node_and_only_if_all_its_replicas_there_are_idle() {
+        let nodes = [node("a", 100)];
+        let demands = [
+            Demand {
+                replicas: 2,
+                ..demand("1", 0, 40)
+            },
+            demand("2", 0, 20),
+            demand("3", 0, 60),
+        ];
+        let mut placement = Placement {
+            assignments: vec![on("1", "a"), on("1", "a"), on("2", "a")],
+            refused: vec![refused("3")],
+        };
+        // One of 1's two replicas is busy: 1 stays, and 2 alone frees too little.
+        let outcome = place(
+            &nodes,
+            &demands,
+            &mut placement.clone(),
+            &wanted(&["3"]),
+            &[idle("1", "a", 60), idle("2", "a", 1)],
+        );
         assert!(outcome.loaded.is_empty(), "{:?}", outcome.loaded);
-        assert_eq!(outcome.hopeless, wanted(&["2", "3"]));
+        // Both idle: 1 goes with both replicas, the least recently used, and that is enough.
+        let both = IdleReplicas {
+            replicas: 2,
+            ..idle("1", "a", 60)
+        };
+        let outcome = place(
+            &nodes,
+            &demands,
+            &mut placement,
+            &wanted(&["3"]),
+            &[both, idle("2", "a", 1)],
+        );
+        assert_eq!(outcome.loaded[0].evicted, vec![on("1", "a"), on("1", "a")]);
+        assert_eq!(placement.assignments, vec![on("2", "a"), on("3", "a")]);
     }
 
     #[test]
