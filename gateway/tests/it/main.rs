@@ -10,6 +10,7 @@ mod common;
 
 mod admin_open;
 mod bounds;
+mod cancellation;
 mod cluster;
 mod cluster_tls;
 mod connections;
