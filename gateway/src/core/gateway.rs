@@ -727,10 +727,10 @@ impl Gateway {
                             // Asked even when hopeless: the leader tries again while asked.
                             self.tables.want_pending(&key);
                             asking_leader = true;
-                            match hopeless {
-                                true => return Err(error),
-                                false => Err(error),
+                            if hopeless {
+                                return Err(error);
                             }
+                            Err(error)
                         }
                         // Its load is tried now; the request waits for it like for any load.
                         Some(Coming::WaitingForRoom { key, .. }) => match asked {
@@ -870,7 +870,6 @@ const LOADING_WAIT: Duration = Duration::from_secs(30);
 /// How often a request waiting for a cluster's leader to place its version asks again.
 pub const ASK_AGAIN: Duration = Duration::from_secs(2);
 
-/// Whether the request names a version (or an alias of one) that is still loading.
 /// How the version a request cannot be routed to yet is coming.
 enum Coming {
     Loading,

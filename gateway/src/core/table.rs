@@ -459,6 +459,11 @@ impl TableHandle {
     pub fn publish(&self, table: ModelTable, revision: i64) {
         self.table.store(Arc::new(table));
         self.revision.store(revision, Ordering::Relaxed);
+        self.wake_waiters();
+    }
+
+    /// Wakes the requests waiting for a table (a load, a try to make room, a revision).
+    fn wake_waiters(&self) {
         self.published
             .send_modify(|count| *count = count.wrapping_add(1));
     }
@@ -467,8 +472,7 @@ impl TableHandle {
     /// current as of it, and those waiting for it are told.
     pub fn advance_revision(&self, revision: i64) {
         self.revision.fetch_max(revision, Ordering::Relaxed);
-        self.published
-            .send_modify(|count| *count = count.wrapping_add(1));
+        self.wake_waiters();
     }
 
     /// Follows publishes: `changed()` resolves after the next one.
@@ -523,13 +527,11 @@ impl TableHandle {
         self.pending_tries.load(Ordering::Acquire)
     }
 
-    /// The versions waiting for room were just tried (before the table that shows it is
-    /// published).
+    /// The versions waiting for room were just tried (and a table published if one of them
+    /// is loading now): the requests that asked look at the outcome.
     pub fn pending_tried(&self) {
         self.pending_tries.fetch_add(1, Ordering::Release);
-        // The requests that asked look at the outcome, whether or not a table follows.
-        self.published
-            .send_modify(|count| *count = count.wrapping_add(1));
+        self.wake_waiters();
     }
 
     /// The registry revision the current table was built from.

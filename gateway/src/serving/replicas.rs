@@ -125,31 +125,12 @@ impl Replica {
                     }));
                     return;
                 }
-                // A load that measures runs alone in the process, so that its memory is its
-                // own; one whose size is known runs beside the others.
-                // Measured on this device: another takes its own measure.
+                // Measured on this device already: it runs beside other such loads.
                 let known = measured
                     .get()
                     .filter(|(on, _)| *on == options.device)
                     .map(|(_, bytes)| *bytes);
-                let turn = match known {
-                    Some(_) => (
-                        None,
-                        Some(
-                            LOADING
-                                .read()
-                                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-                        ),
-                    ),
-                    None => (
-                        Some(
-                            LOADING
-                                .write()
-                                .unwrap_or_else(|poisoned| poisoned.into_inner()),
-                        ),
-                        None,
-                    ),
-                };
+                let turn = LoadingTurn::take(known.is_none());
                 // On a GPU the process may hold nothing before its first load there.
                 let before = memory::in_use(options.device).unwrap_or(0);
                 let loaded = runtime.load(&artifact, &options).and_then(|mut model| {
@@ -347,6 +328,32 @@ pub async fn cold_waiter_arrived() {
 /// Held while a replica loads and warms up: alone (written) while it is measured, shared
 /// (read) by loads whose size is already known.
 pub(super) static LOADING: std::sync::RwLock<()> = std::sync::RwLock::new(());
+
+/// A load's turn under [`LOADING`], held until it is loaded and warm.
+enum LoadingTurn {
+    /// It measures its memory: no other load runs meanwhile.
+    Alone {
+        _turn: std::sync::RwLockWriteGuard<'static, ()>,
+    },
+    /// Its size is known: it runs beside other such loads.
+    Beside {
+        _turn: std::sync::RwLockReadGuard<'static, ()>,
+    },
+}
+
+impl LoadingTurn {
+    fn take(alone: bool) -> LoadingTurn {
+        if alone {
+            LoadingTurn::Alone {
+                _turn: LOADING.write().unwrap_or_else(|p| p.into_inner()),
+            }
+        } else {
+            LoadingTurn::Beside {
+                _turn: LOADING.read().unwrap_or_else(|p| p.into_inner()),
+            }
+        }
+    }
+}
 
 /// What every replica of a version is loaded from.
 #[derive(Clone)]

@@ -22,31 +22,25 @@ const GIVE_UP: Duration = Duration::from_millis(50);
 /// gave up, and the calls already on the replica, stay under it.
 const MOST_RUN: u64 = 100;
 
+/// `heavy`, `mlp_heavy` one row at a time, and `pairs`, the same joining up to two callers'
+/// rows into one call.
 fn one_row_at_a_time() -> tempfile::TempDir {
     let repo = tempfile::tempdir().unwrap();
-    std::fs::create_dir_all(repo.path().join("heavy/1")).unwrap();
-    std::fs::copy(
-        models_dir().join("mlp_heavy/1/model.onnx"),
-        repo.path().join("heavy/1/model.onnx"),
-    )
-    .unwrap();
-    std::fs::write(
-        repo.path().join("heavy/model.toml"),
-        "max_batch_size = 1\nqueue_capacity = 1024\n",
-    )
-    .unwrap();
-    // The same, joining up to two callers' rows into one call.
-    std::fs::create_dir_all(repo.path().join("pairs/1")).unwrap();
-    std::fs::copy(
-        models_dir().join("mlp_heavy/1/model.onnx"),
-        repo.path().join("pairs/1/model.onnx"),
-    )
-    .unwrap();
-    std::fs::write(
-        repo.path().join("pairs/model.toml"),
-        "max_batch_size = 2\nmax_queue_delay = \"1ms\"\nqueue_capacity = 1024\n",
-    )
-    .unwrap();
+    for (name, settings) in [
+        ("heavy", "max_batch_size = 1\nqueue_capacity = 1024\n"),
+        (
+            "pairs",
+            "max_batch_size = 2\nmax_queue_delay = \"1ms\"\nqueue_capacity = 1024\n",
+        ),
+    ] {
+        std::fs::create_dir_all(repo.path().join(name).join("1")).unwrap();
+        std::fs::copy(
+            models_dir().join("mlp_heavy/1/model.onnx"),
+            repo.path().join(name).join("1/model.onnx"),
+        )
+        .unwrap();
+        std::fs::write(repo.path().join(name).join("model.toml"), settings).unwrap();
+    }
     repo
 }
 

@@ -136,6 +136,25 @@ async fn relay(listen: SocketAddr, upstream: SocketAddr) -> SocketAddr {
     bound
 }
 
+/// The nodes' namespaces and a fresh PostgreSQL registry they reach through the bridge; `None`
+/// where namespaces cannot be made (not root, or no iproute2).
+async fn namespaces_and_registry() -> Option<(Netns, String)> {
+    if run_output("id", &["-u"]).trim() != "0" || Command::new("ip").arg("-V").output().is_err() {
+        return None;
+    }
+    let netns = Netns::create(NODES);
+    let upstream: SocketAddr = {
+        let url = std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
+            .expect("run through scripts/with-postgres");
+        let host_port = url.split('@').nth(1).unwrap().split('/').next().unwrap();
+        host_port.parse().unwrap()
+    };
+    let relayed = relay(SocketAddr::new(netns.host_ip().into(), 0), upstream).await;
+    let database = postgres_url().await;
+    let name = database.rsplit('/').next().unwrap();
+    Some((netns, format!("postgres://postgres@{relayed}/{name}")))
+}
+
 /// mlp with two ONNX versions of two replicas each, digits with three ONNX versions of one
 /// replica, and silero_vad (served as sequences) with two: nine replicas of 100 MiB declared,
 /// for nodes that hold five.
@@ -221,6 +240,18 @@ fn start_node(netns: &Netns, index: usize, repo: &Path, registry: &str, config: 
         .spawn()
         .unwrap();
     Node { id, ip, child }
+}
+
+/// A node's Prometheus page.
+async fn metrics_of(client: &reqwest::Client, node: &Node) -> String {
+    client
+        .get(node.url(8002, "/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
 }
 
 async fn get(client: &reqwest::Client, url: &str) -> Value {
@@ -354,21 +385,10 @@ struct Outcomes {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_nodes_place_forward_and_survive_a_kill() {
-    if run_output("id", &["-u"]).trim() != "0" || Command::new("ip").arg("-V").output().is_err() {
+    let Some((netns, registry)) = namespaces_and_registry().await else {
         eprintln!("skipped: making network namespaces needs root and iproute2");
         return;
-    }
-    let netns = Netns::create(NODES);
-    let upstream: SocketAddr = {
-        let url = std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
-            .expect("run through scripts/with-postgres");
-        let host_port = url.split('@').nth(1).unwrap().split('/').next().unwrap();
-        host_port.parse().unwrap()
     };
-    let relayed = relay(SocketAddr::new(netns.host_ip().into(), 0), upstream).await;
-    let database = postgres_url().await;
-    let name = database.rsplit('/').next().unwrap();
-    let registry = format!("postgres://postgres@{relayed}/{name}");
     let repo = repository();
     let config = repo.path().join("switchyard.toml");
     std::fs::write(
@@ -459,14 +479,7 @@ async fn three_nodes_place_forward_and_survive_a_kill() {
             })
         })
         .unwrap();
-    let metrics = client
-        .get(forwarding_node.url(8002, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&client, forwarding_node).await;
     assert!(
         metrics.lines().any(
             |line| line.starts_with("switchyard_forwarded_requests_total")
@@ -816,21 +829,10 @@ async fn events(client: &reqwest::Client, node: &Node, after: i64, action: &str)
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_version_no_node_holds_loads_on_demand_where_room_is_made_and_the_others_forward() {
-    if run_output("id", &["-u"]).trim() != "0" || Command::new("ip").arg("-V").output().is_err() {
+    let Some((netns, registry)) = namespaces_and_registry().await else {
         eprintln!("skipped: making network namespaces needs root and iproute2");
         return;
-    }
-    let netns = Netns::create(NODES);
-    let upstream: SocketAddr = {
-        let url = std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
-            .expect("run through scripts/with-postgres");
-        let host_port = url.split('@').nth(1).unwrap().split('/').next().unwrap();
-        host_port.parse().unwrap()
     };
-    let relayed = relay(SocketAddr::new(netns.host_ip().into(), 0), upstream).await;
-    let database = postgres_url().await;
-    let name = database.rsplit('/').next().unwrap();
-    let registry = format!("postgres://postgres@{relayed}/{name}");
     let (repo, versions) = pool_repository();
     let budgets = [2 * REPLICA_MIB, 2 * REPLICA_MIB, 3 * REPLICA_MIB];
     let nodes: Vec<Node> = (0..NODES)
@@ -965,14 +967,7 @@ async fn a_version_no_node_holds_loads_on_demand_where_room_is_made_and_the_othe
         "the least recently used on node-2 went: {evictions:?}"
     );
     assert_eq!(evictions[0]["payload"]["node"], "node-2");
-    let metrics = client
-        .get(nodes[2].url(8002, "/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_of(&client, &nodes[2]).await;
     assert!(
         metrics
             .lines()
@@ -982,14 +977,7 @@ async fn a_version_no_node_holds_loads_on_demand_where_room_is_made_and_the_othe
         "node-2 counts the eviction:\n{metrics}"
     );
     for node in &nodes[..2] {
-        let metrics = client
-            .get(node.url(8002, "/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics_of(&client, node).await;
         assert!(
             metrics.lines().any(|line| {
                 line.starts_with("switchyard_forwarded_requests_total")
@@ -1068,21 +1056,10 @@ async fn hot_nodes(client: &reqwest::Client, node: &Node) -> Vec<String> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hot_version_gets_replicas_on_more_nodes_and_gives_them_back() {
-    if run_output("id", &["-u"]).trim() != "0" || Command::new("ip").arg("-V").output().is_err() {
+    let Some((netns, registry)) = namespaces_and_registry().await else {
         eprintln!("skipped: making network namespaces needs root and iproute2");
         return;
-    }
-    let netns = Netns::create(NODES);
-    let upstream: SocketAddr = {
-        let url = std::env::var("SWITCHYARD_TEST_POSTGRES_URL")
-            .expect("run through scripts/with-postgres");
-        let host_port = url.split('@').nth(1).unwrap().split('/').next().unwrap();
-        host_port.parse().unwrap()
     };
-    let relayed = relay(SocketAddr::new(netns.host_ip().into(), 0), upstream).await;
-    let database = postgres_url().await;
-    let name = database.rsplit('/').next().unwrap();
-    let registry = format!("postgres://postgres@{relayed}/{name}");
     let repo = hot_repository();
     let config = repo.path().join("switchyard.toml");
     std::fs::write(
@@ -1208,14 +1185,7 @@ async fn infer_heavy(client: &reqwest::Client, node: Ipv4Addr) -> Result<(), Str
 async fn served_on(client: &reqwest::Client, nodes: &[Node]) -> Vec<f64> {
     let mut served = Vec::new();
     for node in nodes {
-        let metrics = client
-            .get(node.url(8002, "/metrics"))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = metrics_of(client, node).await;
         served.push(
             metrics
                 .lines()

@@ -9,8 +9,8 @@ use serde_json::json;
 use switchyard_registry::Store;
 
 use super::{
-    ACTOR, COLD_RETRY_FIRST, COLD_RETRY_MOST, Capacity, Change, FailedStart, LOAD_ACTION,
-    RecentChange, SCALE_INTERVAL, lock, unload,
+    ACTOR, COLD_RETRY_FIRST, COLD_RETRY_MOST, Capacity, Change, FailedStart, LOAD_ACTION, Noted,
+    SCALE_INTERVAL, lock, unload,
 };
 use crate::core::TableHandle;
 use crate::tasks::{self, TaskKind};
@@ -82,13 +82,13 @@ async fn apply(capacity: &Capacity, metrics: &Metrics, change: Change) {
                         metrics.replica_loaded(&key.model, &key.version, "success", took);
                         let mut state = lock(&capacity.state);
                         state.failed_starts.remove(&key);
-                        state.note(RecentChange::now(
+                        state.note(
                             &key,
-                            "loaded",
+                            Noted::Loaded,
                             device,
                             bytes.unwrap_or(0),
                             format!("cold start in {} ms", took.as_millis()),
-                        ));
+                        );
                     }
                 }
                 Err(error) => {
@@ -115,13 +115,7 @@ async fn apply(capacity: &Capacity, metrics: &Metrics, change: Change) {
                                 reason: reason.clone(),
                             },
                         );
-                        state.note(RecentChange::now(
-                            &key,
-                            "load_failed",
-                            device,
-                            0,
-                            reason.clone(),
-                        ));
+                        state.note(&key, Noted::LoadFailed, device, 0, reason.clone());
                         state.outbox.push((
                             key.clone(),
                             LOAD_ACTION,

@@ -42,7 +42,7 @@ pub struct Autoscaler {
 /// The replicas that carry `load` (concurrency over the target per replica), given `held`
 /// now: more once the load passes what `held` carries by the dead band, fewer once it falls
 /// below it by as much, so that a load on the edge does not flap.
-pub fn replicas_for(load: f64, held: Option<u32>) -> u32 {
+fn replicas_for(load: f64, held: Option<u32>) -> u32 {
     // Float-to-int `as` saturates (NaN -> 0), which is the clamping wanted here.
     let ceil = |x: f64| x.ceil() as u32;
     let up = ceil(load / (1.0 + HYSTERESIS));

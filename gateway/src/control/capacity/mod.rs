@@ -140,17 +140,21 @@ pub struct RecentChange {
     pub at_ms: i64,
 }
 
-impl RecentChange {
-    /// A change to `key`'s replicas now.
-    fn now(key: &Key, action: &str, device: Device, bytes: u64, reason: String) -> RecentChange {
-        RecentChange {
-            model: key.model.to_string(),
-            version: key.version.to_string(),
-            action: action.into(),
-            device: device.to_string(),
-            bytes,
-            reason,
-            at_ms: now_ms(),
+/// What [`State::note`] records.
+#[derive(Clone, Copy)]
+enum Noted {
+    Loaded,
+    LoadFailed,
+    Evicted,
+}
+
+impl Noted {
+    /// As `RecentChange::action` names it.
+    fn as_str(self) -> &'static str {
+        match self {
+            Noted::Loaded => "loaded",
+            Noted::LoadFailed => "load_failed",
+            Noted::Evicted => "evicted",
         }
     }
 }
@@ -1074,6 +1078,7 @@ impl State {
             }),
         ));
     }
+
     /// On a node of a cluster, the replicas the leader placed here for a version.
     fn placed_here(&self, key: &Key) -> Option<u32> {
         self.placed_here
@@ -1221,8 +1226,8 @@ impl State {
     /// `allowed`, the fewest of them, taken lowest priority first, then least recently used.
     /// Never a replica with requests in flight, nor one of a version with open sequences or
     /// requests waiting, a pinned version (`always_loaded`, or named by the `stable` alias),
-    /// one of higher priority than `asking` (nor of equal priority unless `equal`), or one
-    /// idle for less than [`EVICT_IDLE_AFTER`].
+    /// one of higher priority than `asking` (nor of equal priority unless `equal`), or, for a
+    /// scale-up (not `equal`), one idle for less than [`EVICT_IDLE_AFTER`].
     #[allow(clippy::too_many_arguments)]
     fn evict_for(
         &mut self,
@@ -1288,6 +1293,7 @@ impl State {
         below: impl Fn(i64) -> bool,
     ) -> Vec<(i64, Instant, Victim)> {
         let mut candidates = Vec::new();
+        let now_epoch_ms = u64::try_from(now_ms()).unwrap_or(0);
         for model in table.models.values() {
             for version in &model.versions {
                 let VersionStatus::Ready(ready) = &version.status else {
@@ -1317,7 +1323,6 @@ impl State {
                 // A round sees activity every 250 ms; the record has each request's end, which
                 // orders the versions a round saw busy together.
                 let served_ms = version.stats.figures().last_served_ms();
-                let now_epoch_ms = u64::try_from(now_ms()).unwrap_or(0);
                 let since_served = Duration::from_millis(now_epoch_ms.saturating_sub(served_ms));
                 let last_active = now
                     .checked_sub(since_served)
@@ -1369,13 +1374,13 @@ impl State {
             victim.removed = victim.ready.replicas.remove_replica_at(victim.index);
             self.ledger
                 .release(&victim.key.model, &victim.key.version, victim.index);
-            self.note(RecentChange::now(
+            self.note(
                 &victim.key,
-                "evicted",
+                Noted::Evicted,
                 victim.device,
                 victim.bytes,
                 reason.to_owned(),
-            ));
+            );
             tracing::info!(version = %victim.key, replica = victim.index, device = %victim.device, bytes = victim.bytes, %reason, "evicting an idle replica");
             events.push((
                 victim.key.clone(),
@@ -1421,20 +1426,26 @@ impl State {
         }
     }
 
-    fn note(&mut self, change: RecentChange) {
-        if let Ok(device) = change.device.parse::<Device>() {
-            let counts = self.changes_by_device.entry(device).or_default();
-            match change.action.as_str() {
-                "loaded" => counts.loads += 1,
-                "load_failed" => counts.load_failures += 1,
-                "evicted" => counts.evictions += 1,
-                _ => {}
-            }
+    /// Counts a load or an eviction on its device and keeps it among the recent ones.
+    fn note(&mut self, key: &Key, what: Noted, device: Device, bytes: u64, reason: String) {
+        let counts = self.changes_by_device.entry(device).or_default();
+        match what {
+            Noted::Loaded => counts.loads += 1,
+            Noted::LoadFailed => counts.load_failures += 1,
+            Noted::Evicted => counts.evictions += 1,
         }
         if self.recent.len() == RECENT_KEPT {
             self.recent.pop_front();
         }
-        self.recent.push_back(change);
+        self.recent.push_back(RecentChange {
+            model: key.model.to_string(),
+            version: key.version.to_string(),
+            action: what.as_str().to_owned(),
+            device: device.to_string(),
+            bytes,
+            reason,
+            at_ms: now_ms(),
+        });
     }
 
     /// Devices where up to `count` more replicas of `bytes` fit now, by best fit.

@@ -498,13 +498,10 @@ async fn lead(
     // comparison below would then rewrite an unchanged placement every round.
     let mut current = store.placements().await?;
     current.sort();
-    let capacities: Vec<NodeCapacity> = nodes
-        .iter()
-        .filter(|node| live.contains(&node.id))
-        .map(node_capacity)
-        .collect();
+    let reports = Reports::of(nodes, live);
+    let capacities = &reports.capacities;
     let current_assignments = assignments(&current);
-    let load = ClusterLoad::of(nodes, live, &current_assignments);
+    let load = ClusterLoad::of(reports.concurrency, &current_assignments);
     let (demands, invalid) = demands(
         &snapshot,
         table,
@@ -514,9 +511,14 @@ async fn lead(
     );
     let placer = &*leader.placer;
     let started = Instant::now();
-    let mut placement = placer.place(&capacities, &demands, &current_assignments);
-    let (wanted, idle) = asks(nodes, live);
-    let on_demand = on_demand::place(&capacities, &demands, &mut placement, &wanted, &idle);
+    let mut placement = placer.place(capacities, &demands, &current_assignments);
+    let on_demand = on_demand::place(
+        capacities,
+        &demands,
+        &mut placement,
+        &reports.wanted,
+        &reports.idle,
+    );
     let decided_us = started.elapsed().as_micros() as u64;
     let rows = rows(&placement.assignments);
     if rows != current {
@@ -591,26 +593,61 @@ async fn lead(
     Ok(())
 }
 
-/// The versions requests on live nodes wait for, and the idle replicas live nodes may evict.
-fn asks(
-    nodes: &[NodeRecord],
-    live: &BTreeSet<String>,
-) -> (BTreeSet<VersionName>, Vec<IdleReplicas>) {
-    let mut wanted = BTreeSet::new();
-    let mut idle = Vec::new();
-    for node in nodes.iter().filter(|node| live.contains(&node.id)) {
-        let body = NodeBody::of(node);
-        wanted.extend(body.wanted.into_iter().map(|w| (w.model, w.version)));
-        idle.extend(body.evictable.into_iter().map(|e| IdleReplicas {
-            node: node.id.clone(),
-            device: e.device,
-            model: e.model,
-            version: e.version,
-            replicas: e.replicas,
-            idle: Duration::from_millis(e.idle_ms),
-        }));
+/// What the live nodes' heartbeats say, each read once: their devices' budgets, the versions
+/// requests on them wait for, the idle replicas they may evict, and the load of their
+/// autoscaled versions, summed over the nodes.
+struct Reports {
+    capacities: Vec<NodeCapacity>,
+    wanted: BTreeSet<VersionName>,
+    idle: Vec<IdleReplicas>,
+    concurrency: BTreeMap<VersionKey, f64>,
+}
+
+impl Reports {
+    fn of(nodes: &[NodeRecord], live: &BTreeSet<String>) -> Reports {
+        let mut reports = Reports {
+            capacities: Vec::new(),
+            wanted: BTreeSet::new(),
+            idle: Vec::new(),
+            concurrency: BTreeMap::new(),
+        };
+        for node in nodes.iter().filter(|node| live.contains(&node.id)) {
+            let body = NodeBody::of(node);
+            reports.capacities.push(NodeCapacity {
+                node: node.id.clone(),
+                bins: body
+                    .devices
+                    .into_iter()
+                    .map(|device| Bin {
+                        device: device.id,
+                        budget_bytes: device.budget,
+                    })
+                    .collect(),
+            });
+            reports
+                .wanted
+                .extend(body.wanted.into_iter().map(|w| (w.model, w.version)));
+            reports
+                .idle
+                .extend(body.evictable.into_iter().map(|e| IdleReplicas {
+                    node: node.id.clone(),
+                    device: e.device,
+                    model: e.model,
+                    version: e.version,
+                    replicas: e.replicas,
+                    idle: Duration::from_millis(e.idle_ms),
+                }));
+            for reported in body.concurrency {
+                if reported.concurrency.is_finite() && reported.concurrency >= 0.0 {
+                    *reports
+                        .concurrency
+                        .entry(VersionKey::new(&reported.model, &reported.version))
+                        .or_default() += reported.concurrency;
+                }
+            }
+        }
+        reports
     }
-    (wanted, idle)
 }
 
 /// Records each load on demand and each eviction it took, with why.
@@ -722,23 +759,8 @@ fn version_state(
     None
 }
 
-fn node_capacity(node: &NodeRecord) -> NodeCapacity {
-    let bins = NodeBody::of(node)
-        .devices
-        .into_iter()
-        .map(|device| Bin {
-            device: device.id,
-            budget_bytes: device.budget,
-        })
-        .collect();
-    NodeCapacity {
-        node: node.id.clone(),
-        bins,
-    }
-}
-
-/// What the leader scales autoscaled versions from: the concurrency every live node reports
-/// for each, and the replicas the placement gives each now.
+/// What the leader scales autoscaled versions from: the concurrency the live nodes report for
+/// each, summed, and the replicas the placement gives each now.
 #[derive(Default)]
 struct ClusterLoad {
     concurrency: BTreeMap<VersionKey, f64>,
@@ -746,18 +768,11 @@ struct ClusterLoad {
 }
 
 impl ClusterLoad {
-    fn of(nodes: &[NodeRecord], live: &BTreeSet<String>, current: &[Assignment]) -> ClusterLoad {
-        let mut load = ClusterLoad::default();
-        for node in nodes.iter().filter(|node| live.contains(&node.id)) {
-            for reported in NodeBody::of(node).concurrency {
-                if reported.concurrency.is_finite() && reported.concurrency >= 0.0 {
-                    *load
-                        .concurrency
-                        .entry(VersionKey::new(&reported.model, &reported.version))
-                        .or_default() += reported.concurrency;
-                }
-            }
-        }
+    fn of(concurrency: BTreeMap<VersionKey, f64>, current: &[Assignment]) -> ClusterLoad {
+        let mut load = ClusterLoad {
+            concurrency,
+            placed: BTreeMap::new(),
+        };
         for assignment in current {
             *load
                 .placed
