@@ -226,6 +226,34 @@ pub trait Store: Send + Sync {
     /// The cluster placer's last decision, sorted.
     async fn placements(&self) -> Result<Vec<PlacementRow>, RegistryError>;
 
+    /// Adds an inference API key (a `key.create` event, which names no secret).
+    async fn create_key(&self, actor: &str, key: NewKey)
+    -> Result<(KeyRecord, i64), RegistryError>;
+
+    /// Every key, revoked ones included, oldest first.
+    async fn keys(&self) -> Result<Vec<KeyRecord>, RegistryError>;
+
+    /// Replaces a live key's secret (its digest and prefix): the old secret admits nothing
+    /// once the change reaches a gateway.
+    async fn rotate_key(
+        &self,
+        actor: &str,
+        id: &str,
+        digest: &str,
+        prefix: &str,
+    ) -> Result<(KeyRecord, i64), RegistryError>;
+
+    /// Replaces a live key's spec (its models, limits and priority).
+    async fn set_key_spec(
+        &self,
+        actor: &str,
+        id: &str,
+        spec: serde_json::Value,
+    ) -> Result<(KeyRecord, i64), RegistryError>;
+
+    /// Revokes a key; unknown ids are `NotFound`, revoked ones a `Conflict`.
+    async fn revoke_key(&self, actor: &str, id: &str) -> Result<i64, RegistryError>;
+
     /// Replaces the placement whole, as one revision with a `cluster.placed` event.
     async fn write_placements(
         &self,

@@ -10,10 +10,10 @@ use sqlx::{AnyPool, Executor, Row, Transaction};
 use tokio::sync::watch;
 
 use crate::{
-    CounterRow, EvaluationRecord, Event, Heartbeat, MAX_DESCRIPTION_BYTES, MAX_METRICS,
-    MAX_WEIGHTS, Model, ModelRecord, NewModel, NewScores, NewVersion, NodeRecord, NodeVersion,
-    PlacementRow, RegistryError, Rewards, RolloutRecord, RolloutWrite, Score, Snapshot, Store,
-    Version, VersionState, valid_name,
+    CounterRow, EvaluationRecord, Event, Heartbeat, KeyRecord, MAX_DESCRIPTION_BYTES, MAX_METRICS,
+    MAX_WEIGHTS, Model, ModelRecord, NewKey, NewModel, NewScores, NewVersion, NodeRecord,
+    NodeVersion, PlacementRow, RegistryError, Rewards, RolloutRecord, RolloutWrite, Score,
+    Snapshot, Store, Version, VersionState, valid_name,
 };
 
 /// The PostgreSQL channel that carries new revisions between gateway processes.
@@ -523,6 +523,42 @@ fn spawn_listener(
             }
         }
     })
+}
+
+fn key_from_row(row: &AnyRow) -> Result<KeyRecord, RegistryError> {
+    Ok(KeyRecord {
+        id: row.try_get("id")?,
+        name: row.try_get("name")?,
+        digest: row.try_get("digest")?,
+        prefix: row.try_get("prefix")?,
+        spec: json_column(row, "spec")?,
+        created_ms: row.try_get("created_ms")?,
+        rotated_ms: row.try_get("rotated_ms")?,
+        revoked_ms: row.try_get("revoked_ms")?,
+    })
+}
+
+/// The key `id`, within a write: `NotFound` if there is none, `Conflict` if it was revoked.
+async fn live_key(
+    tx: &mut Transaction<'static, sqlx::Any>,
+    id: &str,
+) -> Result<KeyRecord, RegistryError> {
+    let row = sqlx::query(
+        "SELECT id, name, digest, prefix, spec, created_ms, rotated_ms, revoked_ms \
+         FROM api_keys WHERE id = $1",
+    )
+    .bind(id)
+    .fetch_optional(&mut **tx)
+    .await?
+    .ok_or_else(|| RegistryError::NotFound(format!("no key '{}'", id.escape_debug())))?;
+    let record = key_from_row(&row)?;
+    if record.revoked_ms.is_some() {
+        return Err(RegistryError::Conflict(format!(
+            "key '{}' is revoked",
+            id.escape_debug()
+        )));
+    }
+    Ok(record)
 }
 
 fn json_column(row: &AnyRow, column: &str) -> Result<serde_json::Value, RegistryError> {
@@ -1782,6 +1818,146 @@ impl Store for SqlStore {
             .await?;
         }
         self.finish_write(tx, revision, actor, "cluster.placed", "", payload)
+            .await
+    }
+
+    async fn create_key(
+        &self,
+        actor: &str,
+        key: NewKey,
+    ) -> Result<(KeyRecord, i64), RegistryError> {
+        if !valid_name(&key.id) || !valid_name(&key.name) {
+            return Err(RegistryError::Invalid(format!(
+                "a key's id and name are 1 to 128 letters, digits, '_', '-' or '.' ('{}', '{}')",
+                key.id.escape_debug(),
+                key.name.escape_debug()
+            )));
+        }
+        if !key.spec.is_object() {
+            return Err(RegistryError::Invalid(
+                "a key's spec must be a JSON object".into(),
+            ));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        let taken = sqlx::query("SELECT id FROM api_keys WHERE id = $1 OR digest = $2")
+            .bind(&key.id)
+            .bind(&key.digest)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if taken.is_some() {
+            return Err(RegistryError::Conflict(format!(
+                "a key with id '{}' or the same secret exists",
+                key.id
+            )));
+        }
+        let created_ms = now_ms();
+        sqlx::query(
+            "INSERT INTO api_keys (id, name, digest, prefix, spec, created_ms) \
+             VALUES ($1, $2, $3, $4, $5, $6)",
+        )
+        .bind(&key.id)
+        .bind(&key.name)
+        .bind(&key.digest)
+        .bind(&key.prefix)
+        .bind(key.spec.to_string())
+        .bind(created_ms)
+        .execute(&mut *tx)
+        .await?;
+        let payload = serde_json::json!({"id": key.id, "name": key.name, "spec": key.spec});
+        let revision = self
+            .finish_write(tx, revision, actor, "key.create", "", payload)
+            .await?;
+        let record = KeyRecord {
+            id: key.id,
+            name: key.name,
+            digest: key.digest,
+            prefix: key.prefix,
+            spec: key.spec,
+            created_ms,
+            rotated_ms: None,
+            revoked_ms: None,
+        };
+        Ok((record, revision))
+    }
+
+    async fn keys(&self) -> Result<Vec<KeyRecord>, RegistryError> {
+        let rows = sqlx::query(
+            "SELECT id, name, digest, prefix, spec, created_ms, rotated_ms, revoked_ms \
+             FROM api_keys ORDER BY created_ms, id",
+        )
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter().map(key_from_row).collect()
+    }
+
+    async fn rotate_key(
+        &self,
+        actor: &str,
+        id: &str,
+        digest: &str,
+        prefix: &str,
+    ) -> Result<(KeyRecord, i64), RegistryError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let mut record = live_key(&mut tx, id).await?;
+        sqlx::query("UPDATE api_keys SET digest = $1, prefix = $2, rotated_ms = $3 WHERE id = $4")
+            .bind(digest)
+            .bind(prefix)
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut *tx)
+            .await
+            .map_err(|e| match e {
+                sqlx::Error::Database(db) if db.message().to_lowercase().contains("unique") => {
+                    RegistryError::Conflict("another key has the same secret".into())
+                }
+                other => other.into(),
+            })?;
+        let payload = serde_json::json!({"id": id, "name": record.name});
+        let revision = self
+            .finish_write(tx, revision, actor, "key.rotate", "", payload)
+            .await?;
+        record.digest = digest.to_owned();
+        record.prefix = prefix.to_owned();
+        record.rotated_ms = Some(now_ms());
+        Ok((record, revision))
+    }
+
+    async fn set_key_spec(
+        &self,
+        actor: &str,
+        id: &str,
+        spec: serde_json::Value,
+    ) -> Result<(KeyRecord, i64), RegistryError> {
+        if !spec.is_object() {
+            return Err(RegistryError::Invalid(
+                "a key's spec must be a JSON object".into(),
+            ));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        let mut record = live_key(&mut tx, id).await?;
+        sqlx::query("UPDATE api_keys SET spec = $1 WHERE id = $2")
+            .bind(spec.to_string())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let payload = serde_json::json!({"id": id, "name": record.name, "spec": spec});
+        let revision = self
+            .finish_write(tx, revision, actor, "key.update", "", payload)
+            .await?;
+        record.spec = spec;
+        Ok((record, revision))
+    }
+
+    async fn revoke_key(&self, actor: &str, id: &str) -> Result<i64, RegistryError> {
+        let (mut tx, revision) = self.begin_write().await?;
+        let record = live_key(&mut tx, id).await?;
+        sqlx::query("UPDATE api_keys SET revoked_ms = $1 WHERE id = $2")
+            .bind(now_ms())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        let payload = serde_json::json!({"id": id, "name": record.name});
+        self.finish_write(tx, revision, actor, "key.revoke", "", payload)
             .await
     }
 }

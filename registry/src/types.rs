@@ -394,3 +394,34 @@ pub struct PlacementRow {
     pub device: String,
     pub replicas: i64,
 }
+
+/// An inference API key as the registry keeps it: its digest, never its secret.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct KeyRecord {
+    /// The key's public id, which the management API names it by.
+    pub id: String,
+    /// The tenant: the name its requests are counted under.
+    pub name: String,
+    /// SHA-256 of the secret, as 64 hex digits.
+    pub digest: String,
+    /// The first characters of the secret, to recognise it by.
+    pub prefix: String,
+    /// What the key may do: allowed models, limits, default priority (a JSON document the
+    /// gateway defines and checks).
+    pub spec: serde_json::Value,
+    pub created_ms: i64,
+    /// When its secret was last replaced.
+    pub rotated_ms: Option<i64>,
+    /// When it was revoked; a revoked key admits nothing.
+    pub revoked_ms: Option<i64>,
+}
+
+/// A key to add: the gateway makes the secret and passes only its digest.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewKey {
+    pub id: String,
+    pub name: String,
+    pub digest: String,
+    pub prefix: String,
+    pub spec: serde_json::Value,
+}

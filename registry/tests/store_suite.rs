@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use switchyard_registry::{
-    Heartbeat, NewModel, NewScores, NewVersion, PlacementRow, RegistryError, Rewards, RolloutWrite,
-    SqlStore, Store, VersionState,
+    Heartbeat, NewKey, NewModel, NewScores, NewVersion, PlacementRow, RegistryError, Rewards,
+    RolloutWrite, SqlStore, Store, VersionState,
 };
 
 async fn sqlite_store() -> (SqlStore, tempfile::TempDir) {
@@ -909,4 +909,116 @@ async fn sqlite_store_keeps_the_cluster() {
 async fn postgres_store_keeps_the_cluster() {
     let store = SqlStore::open(&postgres_url().await).await.unwrap();
     cluster_suite(&store).await;
+}
+
+async fn key_suite(store: &dyn Store) {
+    let new = |id: &str, digest: &str| NewKey {
+        id: id.into(),
+        name: "team-a".into(),
+        digest: digest.into(),
+        prefix: "sy_abc".into(),
+        spec: serde_json::json!({"models": ["mlp*"]}),
+    };
+    let before = store.revision().await.unwrap();
+    let (made, revision) = store.create_key("test", new("k1", "d1")).await.unwrap();
+    assert!(revision > before);
+    assert_eq!(made.revoked_ms, None);
+    assert!(matches!(
+        store.create_key("test", new("k1", "d2")).await,
+        Err(RegistryError::Conflict(_))
+    ));
+    assert!(
+        matches!(
+            store.create_key("test", new("k2", "d1")).await,
+            Err(RegistryError::Conflict(_))
+        ),
+        "two keys with one secret"
+    );
+    assert!(matches!(
+        store.create_key("test", new("../k", "d3")).await,
+        Err(RegistryError::Invalid(_))
+    ));
+    store.create_key("test", new("k2", "d2")).await.unwrap();
+
+    let (rotated, _) = store
+        .rotate_key("test", "k1", "d9", "sy_new")
+        .await
+        .unwrap();
+    assert_eq!(
+        (rotated.digest.as_str(), rotated.prefix.as_str()),
+        ("d9", "sy_new")
+    );
+    assert!(rotated.rotated_ms.is_some());
+    assert!(matches!(
+        store.rotate_key("test", "k1", "d2", "sy_x").await,
+        Err(RegistryError::Conflict(_))
+    ));
+    let (updated, _) = store
+        .set_key_spec("test", "k2", serde_json::json!({"priority": 1}))
+        .await
+        .unwrap();
+    assert_eq!(updated.spec, serde_json::json!({"priority": 1}));
+    assert!(matches!(
+        store
+            .set_key_spec("test", "k2", serde_json::json!([1]))
+            .await,
+        Err(RegistryError::Invalid(_))
+    ));
+
+    let revoked_at = store.revoke_key("test", "k2").await.unwrap();
+    assert!(matches!(
+        store.revoke_key("test", "k2").await,
+        Err(RegistryError::Conflict(_))
+    ));
+    assert!(matches!(
+        store.revoke_key("test", "nobody").await,
+        Err(RegistryError::NotFound(_))
+    ));
+    assert!(matches!(
+        store.rotate_key("test", "k2", "d7", "p").await,
+        Err(RegistryError::Conflict(_))
+    ));
+    let keys = store.keys().await.unwrap();
+    assert_eq!(keys.len(), 2);
+    let k1 = keys.iter().find(|key| key.id == "k1").unwrap();
+    assert_eq!((k1.digest.as_str(), k1.revoked_ms), ("d9", None));
+    assert_eq!(k1.spec, serde_json::json!({"models": ["mlp*"]}));
+    assert!(
+        keys.iter()
+            .find(|key| key.id == "k2")
+            .unwrap()
+            .revoked_ms
+            .is_some()
+    );
+    let events = store.events_after(before, 100).await.unwrap();
+    let actions: Vec<&str> = events.iter().map(|event| event.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        [
+            "key.create",
+            "key.create",
+            "key.rotate",
+            "key.update",
+            "key.revoke"
+        ]
+    );
+    assert_eq!(events.last().unwrap().revision, revoked_at);
+    assert!(
+        events
+            .iter()
+            .all(|event| !event.payload.to_string().contains("d9")),
+        "the feed never carries a digest"
+    );
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_keys() {
+    let (store, _dir) = sqlite_store().await;
+    key_suite(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_keys() {
+    let store = SqlStore::open(&postgres_url().await).await.unwrap();
+    key_suite(&store).await;
 }
