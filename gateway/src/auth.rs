@@ -1,5 +1,6 @@
 //! Credentials, a leaf: keys and tokens kept as SHA-256 digests and compared in constant time,
-//! the secret a request presents, the inference API's keys, the management tokens with the
+//! the secret a request presents, the inference API's keys (`keys`: tenants with their
+//! limits), the management tokens with the
 //! rule for calls that come without one, and the credential a node of a cluster signs its
 //! forwards with. The inference fronts (`protocol::auth`) and the
 //! management API check requests with these.
@@ -15,10 +16,23 @@ use sha2::{Digest, Sha256};
 use crate::config::{AdminRole, AdminToken};
 use crate::error::{ErrorKind, GatewayError, quoted};
 
+pub mod keys;
+
+pub use keys::{ApiKeys, Caller, Tenant};
+
 pub type Sha256Digest = [u8; 32];
 
 pub fn digest(secret: &str) -> Sha256Digest {
     Sha256::digest(secret.as_bytes()).into()
+}
+
+/// `N` bytes from the operating system's random source, for secrets (keys, MAC keys):
+/// `fastrand`'s 64-bit state is no secret's source.
+pub fn random_bytes<const N: usize>() -> std::io::Result<[u8; N]> {
+    use std::io::Read;
+    let mut bytes = [0u8; N];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    Ok(bytes)
 }
 
 /// Parses `N` bytes written as `2 * N` hex digits (a SHA-256 digest, a MAC's tag).
@@ -46,41 +60,6 @@ pub fn presented_secret(headers: &HeaderMap) -> Option<&str> {
                 .and_then(|value| value.to_str().ok())
         })
         .map(str::trim)
-}
-
-/// The inference API's keys; none means the API is open.
-#[derive(Clone, Default)]
-pub struct ApiKeys(Arc<Vec<Sha256Digest>>);
-
-impl ApiKeys {
-    /// From configured digests (hex) and, if set, the plain key in `SWITCHYARD_API_KEY`.
-    pub fn new(configured: &[String]) -> ApiKeys {
-        let mut keys: Vec<Sha256Digest> = configured
-            .iter()
-            .filter_map(|hex| {
-                let parsed = decode_hex::<32>(hex);
-                if parsed.is_none() {
-                    tracing::error!("ignoring an API key whose sha256 is not 64 hex digits");
-                }
-                parsed
-            })
-            .collect();
-        if let Ok(key) = std::env::var("SWITCHYARD_API_KEY")
-            && !key.is_empty()
-        {
-            keys.push(digest(&key));
-        }
-        ApiKeys(Arc::new(keys))
-    }
-
-    pub fn admits(&self, headers: &HeaderMap) -> bool {
-        if self.0.is_empty() {
-            return true;
-        }
-        presented_secret(headers)
-            .map(digest)
-            .is_some_and(|presented| self.0.iter().any(|key| same_digest(key, &presented)))
-    }
 }
 
 /// The management API's tokens and its rule for calls without one, shared by the management

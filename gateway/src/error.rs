@@ -41,6 +41,9 @@ pub enum ErrorKind {
     AlreadyDone,
     /// The request did not arrive in time (a stalled or slow client).
     RequestTimeout,
+    /// The caller's key (or the model) is over its rate or in-flight limit; try again after
+    /// the time its answer says.
+    RateLimited,
 }
 
 /// How one kind is reported everywhere.
@@ -71,7 +74,7 @@ const fn row(
 }
 
 /// The table, in the order of [`ErrorKind::index`].
-pub const ERROR_TABLE: [ErrorRow; 14] = [
+pub const ERROR_TABLE: [ErrorRow; 15] = [
     row(
         ErrorKind::InvalidArgument,
         StatusCode::BAD_REQUEST,
@@ -172,6 +175,13 @@ pub const ERROR_TABLE: [ErrorRow; 14] = [
         "request_timeout",
         "request_timeout",
     ),
+    row(
+        ErrorKind::RateLimited,
+        StatusCode::TOO_MANY_REQUESTS,
+        Code::ResourceExhausted,
+        "rate_limited",
+        "rate_limited",
+    ),
 ];
 
 impl ErrorKind {
@@ -213,6 +223,9 @@ pub struct GatewayError {
     /// What a peer gateway acts on, where the kind alone does not say enough. It travels in
     /// the gRPC status's details, so no node matches another's message text.
     pub reason: Option<Reason>,
+    /// Whole seconds after which a refused request may succeed (`Retry-After`); an overload
+    /// without one says 1.
+    pub retry_after_s: Option<u32>,
 }
 
 /// A machine-readable reason beside an error's kind. On gRPC it is the `reason` of a
@@ -327,7 +340,14 @@ impl GatewayError {
             kind,
             message,
             reason: None,
+            retry_after_s: None,
         }
+    }
+
+    /// A refusal that says when to come back.
+    pub fn retry_after(mut self, seconds: u32) -> Self {
+        self.retry_after_s = Some(seconds.max(1));
+        self
     }
 
     pub fn with_reason(mut self, reason: Reason) -> Self {
@@ -339,6 +359,7 @@ impl GatewayError {
     pub fn with_prefix(self, rewrite: impl FnOnce(String) -> String) -> Self {
         GatewayError {
             reason: self.reason,
+            retry_after_s: self.retry_after_s,
             ..GatewayError::new(self.kind, rewrite(self.message))
         }
     }
@@ -384,8 +405,11 @@ impl IntoResponse for GatewayError {
         let mut response = (self.kind.http_status(), body).into_response();
         let headers = response.headers_mut();
         match self.kind {
-            ErrorKind::Overloaded => {
-                headers.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            ErrorKind::Overloaded | ErrorKind::RateLimited => {
+                headers.insert(
+                    header::RETRY_AFTER,
+                    HeaderValue::from(self.retry_after_s.unwrap_or(1)),
+                );
             }
             ErrorKind::Unauthenticated => {
                 headers.insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
@@ -427,6 +451,10 @@ impl From<GatewayError> for tonic::Status {
         );
         if error.kind == ErrorKind::Unavailable {
             metadata.insert(NOT_RUN, tonic::metadata::MetadataValue::from_static("1"));
+        }
+        if let Some(seconds) = error.retry_after_s {
+            // As HTTP says it: gRPC clients that honour a server's pushback read it here.
+            metadata.insert("retry-after", tonic::metadata::MetadataValue::from(seconds));
         }
         status
     }

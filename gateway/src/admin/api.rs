@@ -18,6 +18,7 @@ use utoipa::ToSchema;
 
 use crate::routing::TrafficPolicy;
 
+pub use crate::auth::keys::{KeySpec, Limits};
 pub use crate::control::capacity::{
     DeviceReport, PlannedQuality, QualityPlanReport, QualityStep, ReplicaReport, ResourceReport,
     ScalerReport, VersionResources,
@@ -26,6 +27,7 @@ pub use crate::control::cluster::{NodeBody, NodeDevice};
 pub use crate::control::rollout::control::{LiveStage, RolloutView};
 pub use crate::core::feedback::FeedbackReceipt;
 pub use crate::routing::objective::{ObjectivePlan, PlannedVersion};
+pub use crate::telemetry::keys::KeyFiguresView;
 
 /// `GET /v1/models`.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -297,5 +299,56 @@ pub struct Events {
 pub struct Imported {
     /// The models registered, by name.
     pub imported: Vec<String>,
+    pub revision: i64,
+}
+
+/// `POST /v1/keys` and `POST /v1/keys/{id}/rotate`: the key's secret, shown this once (the
+/// registry keeps only its digest).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct IssuedKey {
+    pub id: String,
+    pub name: String,
+    /// The secret, to send as `Authorization: Bearer KEY` or `X-API-Key: KEY`.
+    pub key: String,
+    /// The secret's first characters, by which the key list shows it.
+    pub prefix: String,
+    pub spec: KeySpec,
+    /// What is legal but likely a mistake: a model glob that matches no model today.
+    pub warnings: Vec<String>,
+    pub revision: i64,
+}
+
+/// One key as `GET /v1/keys` shows it: never its secret or digest.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyView {
+    pub id: String,
+    /// The tenant: its requests are counted under this name.
+    pub name: String,
+    pub prefix: String,
+    pub spec: KeySpec,
+    pub created_ms: i64,
+    pub rotated_ms: Option<i64>,
+    /// Set once revoked; a revoked key admits nothing.
+    pub revoked_ms: Option<i64>,
+    /// Its requests being handled on this gateway.
+    pub in_flight: u32,
+    /// This gateway's share of the key's rates (1 alone; in a cluster, its part of the sum).
+    pub share: f64,
+    /// What its name's requests came to on this gateway since it started.
+    pub figures: KeyFiguresView,
+}
+
+/// `GET /v1/keys`: every key, revoked ones included, oldest first.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyList {
+    pub keys: Vec<KeyView>,
+    pub revision: i64,
+}
+
+/// `PUT /v1/keys/{id}`: the key as changed.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct KeyChanged {
+    pub key: KeyView,
+    pub warnings: Vec<String>,
     pub revision: i64,
 }

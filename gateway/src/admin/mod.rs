@@ -21,6 +21,7 @@ mod dashboard;
 mod evaluations;
 mod experiment;
 pub mod figures;
+mod keys;
 mod models;
 pub mod openapi;
 pub mod output;
@@ -42,6 +43,8 @@ pub struct AdminState {
     gateway: Arc<Gateway>,
     capacity: Arc<Capacity>,
     tokens: auth::ManagementTokens,
+    /// The inference API's keys in force here, for their live figures.
+    keys: auth::ApiKeys,
     /// No token is configured: only a loopback listener may then answer, to anyone on it.
     open: bool,
     models_dir: PathBuf,
@@ -66,6 +69,7 @@ impl AdminState {
         capacity: Arc<Capacity>,
         figures: Arc<FigureHistory>,
         rollouts: Arc<RolloutStatus>,
+        keys: auth::ApiKeys,
         whole: &Config,
     ) -> AdminState {
         let config = &whole.admin;
@@ -79,6 +83,7 @@ impl AdminState {
             gateway,
             capacity,
             tokens,
+            keys,
             open,
             models_dir: whole.models.dir.clone(),
             defaults: whole.serving.clone(),
@@ -263,6 +268,9 @@ pub fn router(state: AdminState) -> Router {
             "/v1/models/{m}/aliases/{a}",
             put(traffic::set_alias).delete(traffic::remove_alias),
         )
+        .route("/v1/keys", get(keys::list_keys).post(keys::create_key))
+        .route("/v1/keys/{id}", put(keys::set_key).delete(keys::revoke_key))
+        .route("/v1/keys/{id}/rotate", post(keys::rotate_key))
         .route("/v1/events", get(system::events))
         .route("/v1/repository/import", post(system::import))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));

@@ -8,7 +8,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{RefOr, Response};
 use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
 
-use super::{evaluations, experiment, figures, models, rollouts, system, traffic};
+use super::{evaluations, experiment, figures, keys, models, rollouts, system, traffic};
 
 /// The protocol's error body, as every refusal carries it.
 #[derive(serde::Deserialize, ToSchema, ToResponse)]
@@ -56,6 +56,11 @@ pub struct ErrorResponse {
         system::cluster,
         system::events,
         system::import,
+        keys::list_keys,
+        keys::create_key,
+        keys::set_key,
+        keys::rotate_key,
+        keys::revoke_key,
         document,
     ),
     components(responses(ErrorResponse)),

@@ -15,7 +15,7 @@ use crate::telemetry::{Gauges, SequenceGauges, VersionGauges};
 
 /// The gauges' values now: every version's state and replicas from the model table, the
 /// in-flight count from the pipeline, budgets and targets from the capacity.
-pub fn gauges(handles: &Handles, pipeline: &Pipeline) -> Gauges {
+pub fn gauges(handles: &Handles, pipeline: &Pipeline, keys: &crate::auth::ApiKeys) -> Gauges {
     let table = handles.tables.snapshot();
     let sequences = pipeline.gateway().sequences().figures();
     let versions = table
@@ -68,5 +68,6 @@ pub fn gauges(handles: &Handles, pipeline: &Pipeline) -> Gauges {
             .into_iter()
             .map(|(key, figures)| (key.model, key.version, figures))
             .collect(),
+        keys: keys.figures(),
     }
 }

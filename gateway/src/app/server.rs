@@ -20,6 +20,7 @@ use crate::control::capacity::{self, Capacity};
 use crate::control::cluster::{self, ClusterView, NodeSettings};
 use crate::control::evaluation;
 use crate::control::import::import_models;
+use crate::control::keys as registry_keys;
 use crate::control::model_control::{self, ModelControl};
 use crate::control::objective::ObjectiveLoop;
 use crate::control::reconcile::{ClusterLink, Reconciler};
@@ -49,6 +50,7 @@ static OBJECTIVE: TaskKind = TaskKind::new("objective");
 static UPKEEP: TaskKind = TaskKind::new("upkeep");
 static CLUSTER: TaskKind = TaskKind::new("cluster");
 static REPOSITORY_POLL: TaskKind = TaskKind::new("repository_poll");
+static KEYS: TaskKind = TaskKind::new("keys");
 
 /// A started gateway.
 pub struct Running {
@@ -61,6 +63,7 @@ pub struct Running {
     experiments: Arc<Experiments>,
     reconciler: JoinHandle<()>,
     upkeep: JoinHandle<()>,
+    keys_follower: JoinHandle<()>,
     objective: JoinHandle<()>,
     autoscaler: JoinHandle<()>,
     rollouts: JoinHandle<()>,
@@ -238,8 +241,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         })),
         tokens: tokens.clone(),
     });
+    let api_keys = ApiKeys::new(&config.inference.api_keys);
+    // The registry's keys are in force before the first request is accepted.
+    registry_keys::load(store.as_ref(), &api_keys)
+        .await
+        .context("cannot read the API keys from the registry")?;
+    let keys_follower = tasks::spawn(
+        &KEYS,
+        registry_keys::follow(store.clone(), api_keys.clone()),
+    );
     let keys = InferenceAuth {
-        keys: ApiKeys::new(&config.inference.api_keys),
+        keys: api_keys.clone(),
         nodes: node_key,
     };
     // The inference key first, then the management rule for the extensions that change what
@@ -270,9 +282,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         handles.capacity.clone(),
         figures,
         rollout_status,
+        api_keys.clone(),
         config,
     ));
-    let metrics_app = metrics_router(handles.clone(), pipeline);
+    let metrics_app = metrics_router(handles.clone(), pipeline, api_keys.clone());
     let (inference_tls, admin_tls) = tls_acceptors(config)?;
     let serve = |name, listener, app, tls| {
         let limits = config.connections.clone();
@@ -302,6 +315,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         servers,
         reconciler,
         upkeep,
+        keys_follower,
         objective,
         autoscaler,
         rollouts,
@@ -477,11 +491,11 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 const LISTEN_BACKLOG: u32 = 4096;
 
-fn metrics_router(handles: Handles, pipeline: Arc<Pipeline>) -> axum::Router {
+fn metrics_router(handles: Handles, pipeline: Arc<Pipeline>, keys: ApiKeys) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let gauges = super::gauges(&handles, &pipeline);
+            let gauges = super::gauges(&handles, &pipeline, &keys);
             let text = handles.metrics.render(&gauges);
             async move {
                 (
@@ -506,6 +520,7 @@ impl Running {
         self.shutdown.send_replace(true);
         self.reconciler.abort();
         self.upkeep.abort();
+        self.keys_follower.abort();
         self.objective.abort();
         self.autoscaler.abort();
         self.rollouts.abort();

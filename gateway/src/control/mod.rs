@@ -11,6 +11,7 @@ pub mod capacity;
 pub mod cluster;
 pub mod evaluation;
 pub mod import;
+pub mod keys;
 pub mod model_control;
 pub mod objective;
 pub mod reconcile;

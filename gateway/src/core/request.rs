@@ -60,6 +60,15 @@ pub struct InferResponse {
 }
 
 impl InferRequest {
+    /// Its rows, as a key's rows per second count them: the first dimension of its first
+    /// input (Triton's batch dimension), 1 for a scalar or no input.
+    pub fn rows(&self) -> u64 {
+        self.inputs
+            .first()
+            .and_then(|input| input.tensor.shape().first().copied())
+            .map_or(1, |rows| rows.max(1) as u64)
+    }
+
     /// Applies the protocol's `timeout` request parameter (microseconds), as Triton does;
     /// 0 means no timeout of the request's own.
     pub fn apply_timeout_parameter(&mut self, received: Instant) -> Result<(), GatewayError> {

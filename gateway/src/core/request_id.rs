@@ -87,13 +87,17 @@ impl RequestIds {
     }
 }
 
-/// A random key, for a gateway without one configured or shared.
+/// A random key, for a gateway without one configured or shared: from the system's random
+/// source, or, where that cannot be read, from `fastrand` (seeded from it at start).
 pub fn random_key() -> IdKey {
-    let mut key = [0u8; 64];
-    for chunk in key.chunks_mut(8) {
-        chunk.copy_from_slice(&fastrand::u64(..).to_le_bytes());
-    }
-    key
+    crate::auth::random_bytes::<64>().unwrap_or_else(|error| {
+        tracing::warn!(%error, "cannot read /dev/urandom; the key comes from fastrand");
+        let mut key = [0u8; 64];
+        for chunk in key.chunks_mut(8) {
+            chunk.copy_from_slice(&fastrand::u64(..).to_le_bytes());
+        }
+        key
+    })
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use axum::http::HeaderMap;
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 
-use crate::auth::{ApiKeys, NODE_CREDENTIAL, NodeKey, unix_ms};
+use crate::auth::{ApiKeys, Caller, NODE_CREDENTIAL, NodeKey, unix_ms};
 use crate::core::forward::FORWARDED_FROM;
 use crate::error::{ErrorKind, GatewayError};
 
@@ -22,25 +22,26 @@ pub struct InferenceAuth {
 }
 
 impl InferenceAuth {
-    /// `Ok` for a client with a key, or a node with a valid credential; otherwise the reason.
+    /// Who calls: a client with a key (a tenant, or a configured key), or a node with a valid
+    /// credential (whose node checked the client's key and limits); otherwise the reason.
     pub(crate) fn admits(
         &self,
         headers: &HeaderMap,
         key_required: &'static str,
-    ) -> Result<(), GatewayError> {
+    ) -> Result<Caller, GatewayError> {
         let text = |name: &str| headers.get(name).and_then(|value| value.to_str().ok());
         let (node, credential) = (text(FORWARDED_FROM), text(NODE_CREDENTIAL));
         if headers.get(FORWARDED_FROM).is_none() && headers.get(NODE_CREDENTIAL).is_none() {
-            return match self.keys.admits(headers) {
-                true => Ok(()),
-                false => Err(GatewayError::new(ErrorKind::Unauthenticated, key_required)),
-            };
+            return self
+                .keys
+                .identify(headers)
+                .ok_or_else(|| GatewayError::new(ErrorKind::Unauthenticated, key_required));
         }
         match (&self.nodes, node, credential) {
             (Some(key), Some(node), Some(credential))
                 if key.verify(node, credential, unix_ms()) =>
             {
-                Ok(())
+                Ok(Caller::Unlimited)
             }
             _ => Err(GatewayError::new(
                 ErrorKind::Unauthenticated,
@@ -61,7 +62,7 @@ pub(crate) const GRPC_KEY_REQUIRED: &str =
 /// HTTP: everything but the health endpoints needs a key, when keys are configured.
 pub async fn require_http_key(
     State(auth): State<InferenceAuth>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     if request.uri().path().starts_with("/v2/health/") {
@@ -71,7 +72,10 @@ pub async fn require_http_key(
         request.headers(),
         "an API key is required (Authorization: Bearer KEY or X-API-Key)",
     ) {
-        Ok(()) => next.run(request).await,
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
         Err(refusal) => refusal.into_response(),
     }
 }
@@ -80,7 +84,7 @@ pub async fn require_http_key(
 /// configured; a refusal is UNAUTHENTICATED.
 pub async fn require_grpc_key(
     State(auth): State<InferenceAuth>,
-    request: Request,
+    mut request: Request,
     next: Next,
 ) -> Response {
     let path = request.uri().path();
@@ -91,7 +95,10 @@ pub async fn require_grpc_key(
         return next.run(request).await;
     }
     match auth.admits(request.headers(), GRPC_KEY_REQUIRED) {
-        Ok(()) => next.run(request).await,
+        Ok(caller) => {
+            request.extensions_mut().insert(caller);
+            next.run(request).await
+        }
         Err(refusal) => tonic::Status::from(refusal).into_http::<axum::body::Body>(),
     }
 }

@@ -15,6 +15,7 @@ use serde::Serialize;
 use serde_json::json;
 use switchyard_runtimes::TensorSpec;
 
+use crate::auth::Caller;
 use crate::core::Gateway;
 use crate::core::feedback::Feedback;
 use crate::error::{ErrorKind, GatewayError};
@@ -577,6 +578,11 @@ async fn infer(
         deadline: None,
         headers: parts.headers,
         decode_bytes: json_part,
+        caller: parts
+            .extensions
+            .get::<Caller>()
+            .cloned()
+            .unwrap_or(Caller::Unlimited),
     };
     state
         .pipeline

@@ -27,6 +27,7 @@ use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
+use crate::auth::Caller;
 use crate::core::{Gateway, InferRequest, InferResponse};
 use crate::error::{ErrorKind, GatewayError};
 use crate::telemetry::tracing::{TRACE_TARGET, child, request_span};
@@ -103,6 +104,8 @@ pub struct Call<'a> {
     /// The bytes `decode` parses (0 when the transport decoded the message already): past
     /// [`DECODE_OFF_WORKER_BYTES`] the decoding gives up its executor thread while it runs.
     pub decode_bytes: usize,
+    /// Who the key says is calling: a tenant's limits and figures apply to the request.
+    pub caller: Caller,
 }
 
 fn too_large(limit: usize) -> GatewayError {
@@ -369,6 +372,10 @@ impl Pipeline {
         decode: impl FnOnce() -> Result<(InferRequest, Wire), GatewayError>,
         encode: impl FnOnce(InferResponse, Wire) -> Result<Answer, GatewayError>,
     ) -> Result<Answer, GatewayError> {
+        // A tenant over its limits, or calling a model it may not, is refused first: the
+        // cheapest refusal, and one that says it is the key's, not the gateway's.
+        let tenant = call.caller.tenant();
+        let _pass = tenant.map(|tenant| tenant.admit(call.model)).transpose()?;
         // Under overload, refuse before decoding: the cheapest 429.
         self.gateway
             .refuse_if_queues_full(call.model, call.version)?;
@@ -382,12 +389,21 @@ impl Pipeline {
         } else {
             span.in_scope(decode)?
         };
+        if let Some(tenant) = tenant {
+            tenant.charge_rows(request.rows())?;
+        }
         request.deadline = call.deadline;
         request.apply_timeout_parameter(call.received)?;
         request.received = Some(call.received);
         request.protocol = call.protocol;
         request.headers = call.headers;
-        let response = self.gateway.infer(request).await?;
+        let response = self.gateway.infer(request).await;
+        if let Some(tenant) = tenant {
+            tenant
+                .figures
+                .record(response.is_ok(), call.received.elapsed());
+        }
+        let response = response?;
         child(|| tracing::debug_span!(target: TRACE_TARGET, "encode"))
             .in_scope(|| encode(response, wire))
     }

@@ -423,7 +423,7 @@ impl RequestTotals {
 /// A histogram over [`LATENCY_BOUNDS`], as Prometheus shows one: cumulative buckets, a count
 /// and a sum in seconds.
 #[derive(Default)]
-struct BucketHistogram {
+pub(crate) struct BucketHistogram {
     /// Samples at or below each bound and above the one before.
     buckets: [AtomicU64; LATENCY_BOUNDS.len()],
     count: AtomicU64,
@@ -432,7 +432,7 @@ struct BucketHistogram {
 }
 
 impl BucketHistogram {
-    fn record(&self, sample: Duration) {
+    pub(crate) fn record(&self, sample: Duration) {
         let seconds = sample.as_secs_f64();
         if let Some(bucket) = LATENCY_BOUNDS.iter().position(|bound| seconds <= *bound) {
             self.buckets[bucket].fetch_add(1, Ordering::Relaxed);
@@ -445,7 +445,7 @@ impl BucketHistogram {
             });
     }
 
-    fn write(&self, name: &str, labels: &str, out: &mut String) {
+    pub(crate) fn write(&self, name: &str, labels: &str, out: &mut String) {
         let mut cumulative = 0;
         for (bound, bucket) in LATENCY_BOUNDS.iter().zip(&self.buckets) {
             cumulative += bucket.load(Ordering::Relaxed);

@@ -342,6 +342,11 @@ impl Metrics {
             figures.write_prometheus(model, version, &mut families);
         }
         families.finish(&mut text);
+        let mut key_families = crate::telemetry::keys::KeyFamilies::default();
+        for (name, figures) in &gauges.keys {
+            figures.write_prometheus(name, &mut key_families);
+        }
+        key_families.finish(&mut text);
         text
     }
 
@@ -395,6 +400,8 @@ pub struct Gauges {
     pub targets: Vec<(Arc<str>, Arc<str>, u32)>,
     /// The record of requests of every version this node has served (loaded once).
     pub figures: Vec<(Arc<str>, Arc<str>, Arc<VersionFigures>)>,
+    /// Each inference API key name's record.
+    pub keys: Vec<(Arc<str>, Arc<crate::telemetry::keys::KeyFigures>)>,
 }
 
 /// One version's gauges.

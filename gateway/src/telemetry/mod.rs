@@ -3,6 +3,7 @@
 //! ([`tracing`]).
 
 pub mod figures;
+pub mod keys;
 pub mod metrics;
 pub mod statistics;
 pub mod tracing;

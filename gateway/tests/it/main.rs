@@ -23,6 +23,7 @@ mod grpc_api;
 mod hostile;
 mod hostile_crowd;
 mod http_api;
+mod keys;
 mod layers;
 mod memory_pool;
 mod metrics;

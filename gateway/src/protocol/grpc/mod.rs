@@ -14,6 +14,7 @@ use axum::http::HeaderValue;
 use switchyard_runtimes::TensorSpec;
 use tonic::{Request, Response, Status};
 
+use crate::auth::Caller;
 use crate::auth::ManagementTokens;
 use crate::core::Gateway;
 use crate::error::{ErrorKind, GatewayError};
@@ -217,6 +218,7 @@ impl GrpcFront {
     async fn infer_message(
         &self,
         headers: http::HeaderMap,
+        caller: Caller,
         message: pb::ModelInferRequest,
         received: Instant,
     ) -> Result<pb::ModelInferResponse, GatewayError> {
@@ -236,6 +238,7 @@ impl GrpcFront {
             headers,
             // prost decoded the message already; what is left borrows or copies tensors.
             decode_bytes: 0,
+            caller,
         };
         let memory = self.shared_memory();
         self.pipeline
@@ -408,9 +411,10 @@ impl GrpcInferenceService for GrpcFront {
         request: Request<pb::ModelInferRequest>,
     ) -> Result<Response<pb::ModelInferResponse>, Status> {
         let received = Instant::now();
-        let (metadata, _, message) = request.into_parts();
+        let (metadata, extensions, message) = request.into_parts();
+        let caller = caller_of(&extensions);
         let response = self
-            .infer_message(metadata.into_headers(), message, received)
+            .infer_message(metadata.into_headers(), caller, message, received)
             .await?;
         Ok(Response::new(response))
     }
@@ -549,8 +553,9 @@ impl GrpcInferenceService for GrpcFront {
         &self,
         request: Request<tonic::Streaming<pb::ModelInferRequest>>,
     ) -> Result<Response<Self::ModelStreamInferStream>, Status> {
-        let (metadata, _, mut incoming) = request.into_parts();
+        let (metadata, extensions, mut incoming) = request.into_parts();
         let headers = metadata.into_headers();
+        let caller = caller_of(&extensions);
         let pipeline = self.pipeline.clone();
         let extensions = self.extensions.clone();
         let max_input_bytes = self.max_message_bytes;
@@ -570,7 +575,7 @@ impl GrpcInferenceService for GrpcFront {
                     memory: &extensions.shared_memory,
                     max_input_bytes,
                 };
-                let answer = stream_answer(&pipeline, &memory, &headers, message).await;
+                let answer = stream_answer(&pipeline, &memory, &headers, &caller, message).await;
                 if answers.send(Ok(answer)).await.is_err() {
                     return;
                 }
@@ -582,11 +587,20 @@ impl GrpcInferenceService for GrpcFront {
     }
 }
 
+/// Who the key middleware said calls; a request it did not see (none do) has no limits.
+fn caller_of(extensions: &tonic::Extensions) -> Caller {
+    extensions
+        .get::<Caller>()
+        .cloned()
+        .unwrap_or(Caller::Unlimited)
+}
+
 /// One request of a `ModelStreamInfer` stream, answered in Triton's stream form.
 async fn stream_answer(
     pipeline: &Pipeline,
     memory: &Access<'_>,
     headers: &http::HeaderMap,
+    caller: &Caller,
     message: pb::ModelInferRequest,
 ) -> pb::ModelStreamInferResponse {
     let received = Instant::now();
@@ -603,6 +617,7 @@ async fn stream_answer(
             deadline: None,
             headers: headers.clone(),
             decode_bytes: 0,
+            caller: caller.clone(),
         };
         pipeline
             .infer(

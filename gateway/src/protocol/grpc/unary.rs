@@ -62,7 +62,7 @@ impl UnaryInfer {
         received: Instant,
     ) -> Result<Response, Status> {
         let (parts, body) = request.into_parts();
-        self.auth.admits(&parts.headers, GRPC_KEY_REQUIRED)?;
+        let caller = self.auth.admits(&parts.headers, GRPC_KEY_REQUIRED)?;
         let pipeline = &self.front.pipeline;
         let limit = self.front.max_message_bytes;
         let expected = Expected {
@@ -88,7 +88,7 @@ impl UnaryInfer {
         })?;
         let response = self
             .front
-            .infer_message(parts.headers, decoded, received)
+            .infer_message(parts.headers, caller, decoded, received)
             .await?;
         Ok(answer(response))
     }
