@@ -49,6 +49,9 @@ enum Command {
     /// Rollouts of a model: start, status, watch, pause, resume, promote, abort.
     #[command(subcommand)]
     Rollout(cli::RolloutCommand),
+    /// Inference API keys: create, list, set, rotate, revoke.
+    #[command(subcommand)]
+    Keys(cli::KeysCommand),
     /// Score versions on a labelled dataset through the inference API:
     /// `switchyard eval digits --dataset data/digits/test.npz --versions all --post`.
     Eval(switchyard_gateway::app::eval::EvalArgs),
@@ -328,6 +331,7 @@ async fn client(args: &cli::ClientArgs, command: Command) -> ExitCode {
             Command::Scores(command) => client.scores(command).await,
             Command::Aliases(command) => client.aliases(command).await,
             Command::Rollout(command) => client.rollout(command).await,
+            Command::Keys(command) => client.keys(command).await,
             Command::Events { after, limit } => client.events(*after, *limit).await,
             Command::Import => client.import().await,
             Command::Resources => client.resources().await,

@@ -252,6 +252,77 @@ pub enum RolloutCommand {
     List { model: String },
 }
 
+/// A key's models, limits and priority, as `keys create` and `keys set` take them.
+#[derive(Args, Debug, Clone)]
+pub struct KeySpecArgs {
+    /// Models it may call, by name or glob (`*`, `?`), comma-separated; none: every model.
+    #[arg(long, value_delimiter = ',')]
+    pub models: Vec<String>,
+    /// Requests per second, sustained.
+    #[arg(long)]
+    pub rps: Option<f64>,
+    /// Requests that may come at once above the rate.
+    #[arg(long)]
+    pub burst: Option<u32>,
+    /// Rows per second (the first dimension of each request's first input).
+    #[arg(long)]
+    pub rows_per_s: Option<f64>,
+    /// Rows that may come at once above that rate.
+    #[arg(long)]
+    pub rows_burst: Option<u32>,
+    /// Requests in flight at once.
+    #[arg(long)]
+    pub in_flight: Option<u32>,
+    /// Its requests' priority when they name none: 1 (the highest) to 10.
+    #[arg(long)]
+    pub priority: Option<u32>,
+}
+
+impl KeySpecArgs {
+    fn spec(&self) -> Value {
+        let mut limits = serde_json::Map::new();
+        for (name, value) in [
+            ("requests_per_s", self.rps.map(Value::from)),
+            ("requests_burst", self.burst.map(Value::from)),
+            ("rows_per_s", self.rows_per_s.map(Value::from)),
+            ("rows_burst", self.rows_burst.map(Value::from)),
+            ("in_flight", self.in_flight.map(Value::from)),
+        ] {
+            if let Some(value) = value {
+                limits.insert(name.into(), value);
+            }
+        }
+        let mut spec = json!({"models": self.models, "limits": limits});
+        if let Some(priority) = self.priority {
+            spec["priority"] = priority.into();
+        }
+        spec
+    }
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Make a key for a tenant; its secret is printed this once:
+    /// `switchyard keys create team-a --models 'mlp*' --rps 50 --burst 100 --in-flight 8`.
+    Create {
+        name: String,
+        #[command(flatten)]
+        spec: KeySpecArgs,
+    },
+    /// Every key with what its name's requests came to on this gateway.
+    List,
+    /// Replace a key's models, limits and priority (what is not given is unset).
+    Set {
+        id: String,
+        #[command(flatten)]
+        spec: KeySpecArgs,
+    },
+    /// Give a key a new secret, printed this once; the old one stops working.
+    Rotate { id: String },
+    /// Revoke a key: every gateway refuses it within a second.
+    Revoke { id: String },
+}
+
 fn pairs(items: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
     items
         .iter()
@@ -451,6 +522,38 @@ impl Client {
                     Some(json!({"weights": parsed})),
                 )
                 .await
+            }
+        }
+    }
+
+    pub async fn keys(&self, command: &KeysCommand) -> anyhow::Result<Answer> {
+        match command {
+            KeysCommand::List => self.get("/v1/keys", View::Keys).await,
+            KeysCommand::Create { name, spec } => {
+                let mut body = spec.spec();
+                body["name"] = name.as_str().into();
+                self.write(reqwest::Method::POST, "/v1/keys", Some(body))
+                    .await
+            }
+            KeysCommand::Set { id, spec } => {
+                self.write(
+                    reqwest::Method::PUT,
+                    &format!("/v1/keys/{id}"),
+                    Some(spec.spec()),
+                )
+                .await
+            }
+            KeysCommand::Rotate { id } => {
+                self.write(
+                    reqwest::Method::POST,
+                    &format!("/v1/keys/{id}/rotate"),
+                    None,
+                )
+                .await
+            }
+            KeysCommand::Revoke { id } => {
+                self.write(reqwest::Method::DELETE, &format!("/v1/keys/{id}"), None)
+                    .await
             }
         }
     }

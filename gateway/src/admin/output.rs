@@ -14,7 +14,7 @@ use serde_json::Value;
 use switchyard_registry::Version;
 
 use super::api::{
-    Cluster, Events, Experiment, ModelList, ObjectivePlan, ResourceReport, RolloutAnswer,
+    Cluster, Events, Experiment, KeyList, ModelList, ObjectivePlan, ResourceReport, RolloutAnswer,
     RolloutEntry, RolloutList, RolloutView, ScoreList, ServedModel, Traffic,
 };
 use crate::control::capacity::MeasuredMemory;
@@ -49,6 +49,8 @@ pub enum View {
     Rollout,
     /// `GET /v1/models/{m}/rollouts`.
     Rollouts,
+    /// `GET /v1/keys`: a row per key, with its name's figures on this gateway.
+    Keys,
     /// Everything else (writes, single versions): the JSON, as the API gave it.
     Raw,
 }
@@ -117,6 +119,7 @@ fn draw(view: View, value: &Value) -> Result<Option<String>, serde_json::Error> 
             }
         }
         View::Rollouts => rollouts(&read(value)?),
+        View::Keys => keys(&read(value)?),
         View::Raw => return Ok(None),
     }))
 }
@@ -494,6 +497,69 @@ fn cluster(cluster: &Cluster) -> String {
     out.push('\n');
     out.push_str(&table(&["MODEL", "VERSION", "PLACED ON"], &placed));
     out
+}
+
+fn keys(list: &KeyList) -> String {
+    let rows: Vec<Vec<String>> = list
+        .keys
+        .iter()
+        .map(|key| {
+            let limits = &key.spec.limits;
+            let rate = |rate: Option<f64>, burst: Option<u32>| match (rate, burst) {
+                (Some(rate), Some(burst)) => format!("{rate}/s+{burst}"),
+                (Some(rate), None) => format!("{rate}/s"),
+                _ => "-".into(),
+            };
+            let figures = &key.figures;
+            let refused: u64 = figures.refused.values().sum();
+            vec![
+                cell(&key.id),
+                cell(&key.name),
+                cell(&key.prefix),
+                if key.revoked_ms.is_some() {
+                    "revoked"
+                } else {
+                    "live"
+                }
+                .into(),
+                if key.spec.models.is_empty() {
+                    "*".into()
+                } else {
+                    cell(&key.spec.models.join(","))
+                },
+                rate(limits.requests_per_s, limits.requests_burst),
+                rate(limits.rows_per_s, limits.rows_burst),
+                optional(limits.in_flight),
+                optional(key.spec.priority),
+                figures.succeeded.to_string(),
+                figures.failed.to_string(),
+                refused.to_string(),
+                figures
+                    .p99_ms
+                    .map_or_else(|| "-".into(), |ms| format!("{ms:.1}")),
+                figures.captured.to_string(),
+            ]
+        })
+        .collect();
+    table(
+        &[
+            "ID",
+            "NAME",
+            "PREFIX",
+            "STATE",
+            "MODELS",
+            "RATE",
+            "ROWS",
+            "IN_FLIGHT",
+            "PRIORITY",
+            "OK",
+            "FAILED",
+            "REFUSED",
+            "P99_MS",
+            "CAPTURED",
+        ],
+        &rows,
+    )
 }
 
 fn resources(report: &ResourceReport) -> String {

@@ -420,3 +420,56 @@ async fn a_revoked_key_is_refused_by_every_gateway_within_a_second() {
     first.stop().await;
     second.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_makes_lists_and_revokes_keys() {
+    use crate::registry_api::{cli, cli_text};
+    let gateway = TestGateway::start_with(&models_dir(), |config| {
+        config.admin.tokens = test_tokens();
+    })
+    .await;
+    gateway.wait_for_serving("mlp", "1").await;
+    let (ok, made, err) = cli(
+        &gateway,
+        &[
+            "keys",
+            "create",
+            "team-c",
+            "--models",
+            "mlp,digits",
+            "--rps",
+            "100",
+            "--burst",
+            "200",
+            "--in-flight",
+            "4",
+            "--priority",
+            "1",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(made["spec"]["models"], json!(["mlp", "digits"]));
+    assert_eq!(made["spec"]["limits"]["requests_per_s"], 100.0);
+    let key = secret(&made);
+    assert_eq!(infer(&gateway, "mlp", Some(&key)).await.0, 200);
+    let (ok, table, err) = cli_text(&gateway, &["keys", "list", "-o", "table"]).await;
+    assert!(ok, "{err}");
+    let header = table.lines().next().unwrap();
+    assert!(
+        header.starts_with("ID") && header.contains("REFUSED"),
+        "{table}"
+    );
+    let row = table.lines().nth(1).unwrap();
+    for expected in ["team-c", &key[..10], "live", "mlp,digits", "100/s+200", "1"] {
+        assert!(row.contains(expected), "{expected} in {row}");
+    }
+    assert!(!table.contains(&key), "the secret is never listed");
+    let id = made["id"].as_str().unwrap();
+    let (ok, _, err) = cli(&gateway, &["keys", "revoke", id]).await;
+    assert!(ok, "{err}");
+    until_status(&gateway, "mlp", &key, 401).await;
+    let (ok, _, err) = cli(&gateway, &["keys", "revoke", "key-nobody"]).await;
+    assert!(!ok && err.contains("404"), "{err}");
+    gateway.stop().await;
+}

@@ -600,7 +600,7 @@ async fn a_new_version_and_a_traffic_shift_under_load_lose_no_request() {
 
 /// Runs the `switchyard` binary's command-line client against a gateway (off the runtime's
 /// thread, which also serves the gateway), asking for JSON.
-async fn cli(gateway: &TestGateway, args: &[&str]) -> (bool, Value, String) {
+pub(crate) async fn cli(gateway: &TestGateway, args: &[&str]) -> (bool, Value, String) {
     let (ok, stdout, stderr) = cli_text(gateway, args).await;
     (
         ok,
@@ -641,7 +641,7 @@ fn serve_help_lists_only_what_serving_reads() {
 
 /// The same, with the output as printed; `-o json` is the default here unless `args` say
 /// otherwise (a later `-o` wins).
-async fn cli_text(gateway: &TestGateway, args: &[&str]) -> (bool, String, String) {
+pub(crate) async fn cli_text(gateway: &TestGateway, args: &[&str]) -> (bool, String, String) {
     let mut command = std::process::Command::new(env!("CARGO_BIN_EXE_switchyard"));
     command
         .args([
