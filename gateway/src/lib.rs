@@ -30,6 +30,7 @@ pub mod config;
 pub mod control;
 pub mod core;
 pub mod error;
+pub mod priority;
 pub mod protocol;
 pub mod routing;
 pub mod serving;

@@ -525,7 +525,7 @@ fn keys(list: &KeyList) -> String {
                 if key.spec.models.is_empty() {
                     "*".into()
                 } else {
-                    cell(&key.spec.models.join(","))
+                    cell(key.spec.models.join(","))
                 },
                 rate(limits.requests_per_s, limits.requests_burst),
                 rate(limits.rows_per_s, limits.rows_burst),

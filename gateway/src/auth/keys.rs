@@ -19,16 +19,13 @@ use serde::{Deserialize, Serialize};
 
 use crate::auth::{Sha256Digest, decode_hex, digest, presented_secret};
 use crate::error::{ErrorKind, GatewayError, quoted};
+use crate::priority::Priority;
 use crate::telemetry::keys::{KeyFigures, Refusal};
 
 /// The most keys the registry's set may hold (revoked ones included).
 pub const MAX_KEYS: usize = 10_000;
 /// The most model names or globs one key may name.
 pub const MAX_MODEL_PATTERNS: usize = 64;
-/// Priorities run from 1, the highest, to this, the lowest (Triton's levels: 1 is first).
-pub const MAX_PRIORITY: u32 = 10;
-/// The priority of a request that names none and whose key sets none.
-pub const DEFAULT_PRIORITY: u32 = 5;
 const MAX_RATE: f64 = 1_000_000.0;
 const MAX_BURST: u32 = 1_000_000;
 const MAX_IN_FLIGHT: u32 = 100_000;
@@ -150,10 +147,11 @@ impl KeySpec {
         }
         self.limits.check()?;
         if let Some(priority) = self.priority
-            && !(1..=MAX_PRIORITY).contains(&priority)
+            && Priority::new(u64::from(priority)).is_none()
         {
             return Err(format!(
-                "priority must be 1 (the highest) to {MAX_PRIORITY}, not {priority}"
+                "priority must be 1 (the highest) to {}, not {priority}",
+                Priority::LEVELS
             ));
         }
         Ok(())
@@ -355,8 +353,11 @@ impl Tenant {
     }
 
     /// The priority its requests take when they name none.
-    pub fn priority(&self) -> u32 {
-        self.spec.priority.unwrap_or(DEFAULT_PRIORITY)
+    pub fn priority(&self) -> Priority {
+        self.spec
+            .priority
+            .and_then(|level| Priority::new(u64::from(level)))
+            .unwrap_or_default()
     }
 
     /// Sets this gateway's share of the key's rates (a cluster's nodes split them).

@@ -27,6 +27,7 @@ use crate::core::table::{
     ModelTable, NO_ROOM_ANYWHERE, ReadyVersion, TableHandle, VersionEntry, VersionStatus,
 };
 use crate::error::{ErrorKind, GatewayError, Reason};
+use crate::priority::Priority;
 use crate::routing::{self, Experiments, FeedbackError, VersionStats};
 use crate::tasks::{self, TaskKind};
 use crate::telemetry::figures::Outcome;
@@ -927,8 +928,12 @@ async fn serve(
             routed.key.model
         )));
     }
+    let priority = request.priority();
     let (inputs, deadline) = checked_inputs(&routed.key.model, ready, &mut request)?;
-    let (outputs, compute) = ready.replicas.infer(inputs, Some(deadline)).await?;
+    let (outputs, compute) = ready
+        .replicas
+        .infer(inputs, Some(deadline), priority)
+        .await?;
     let outputs = client_outputs(ready, outputs, &request)?;
     let response = InferResponse {
         model_name: routed.key.model.clone(),
@@ -1046,7 +1051,11 @@ async fn run_shadow(
             let deadline = Instant::now() + ready.timeout;
             let mut inputs = probe.inputs;
             prepare_inputs(ready, &mut inputs);
-            let result = ready.replicas.infer(inputs, Some(deadline)).await;
+            // A copy for comparison only: it gives way to every live request.
+            let result = ready
+                .replicas
+                .infer(inputs, Some(deadline), Priority::LOWEST)
+                .await;
             if let Err(error) = &result {
                 tracing::debug!(%model, shadow = %shadow.label, %error, "the shadow failed");
             }

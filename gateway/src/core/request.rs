@@ -9,6 +9,7 @@ use switchyard_runtimes::{NamedTensor, Signature, Tensor, TensorSpec};
 
 use crate::core::table::Reshape;
 use crate::error::GatewayError;
+use crate::priority::Priority;
 use crate::telemetry::Protocol;
 
 /// Inputs, outputs (and raw contents) a request may name, each.
@@ -67,6 +68,44 @@ impl InferRequest {
             .first()
             .and_then(|input| input.tensor.shape().first().copied())
             .map_or(1, |rows| rows.max(1) as u64)
+    }
+
+    /// Its priority: Triton's `priority` parameter as [`InferRequest::apply_priority_parameter`]
+    /// left it, else the default.
+    pub fn priority(&self) -> Priority {
+        match self.parameters.get("priority") {
+            Some(Parameter::Int(level)) => {
+                Priority::from_parameter(u64::try_from(*level).unwrap_or(0)).unwrap_or_default()
+            }
+            _ => Priority::DEFAULT,
+        }
+    }
+
+    /// Checks Triton's `priority` parameter (1 the highest; 0 or none: `default`, the caller's
+    /// key's; past the lowest level, the lowest), and writes the level it comes to back, so
+    /// that a request forwarded to a peer keeps it.
+    pub fn apply_priority_parameter(&mut self, default: Priority) -> Result<(), GatewayError> {
+        let (given, priority) = match self.parameters.get("priority") {
+            None => (None, default),
+            Some(Parameter::Int(level)) if *level >= 0 => (
+                Some(*level),
+                Priority::from_parameter(*level as u64).unwrap_or(default),
+            ),
+            Some(_) => {
+                return Err(GatewayError::invalid(
+                    "parameter 'priority' must be a whole number: 1 is the highest, 0 the default",
+                ));
+            }
+        };
+        let level = i64::from(priority.level());
+        // Most requests name none and take the default, which an absent parameter means:
+        // nothing to write then.
+        let implied = given.is_none() && priority == Priority::DEFAULT;
+        if given != Some(level) && !implied {
+            self.parameters
+                .insert("priority".into(), Parameter::Int(level));
+        }
+        Ok(())
     }
 
     /// Applies the protocol's `timeout` request parameter (microseconds), as Triton does;
@@ -305,6 +344,54 @@ mod tests {
             model: "m".into(),
             inputs,
             ..InferRequest::default()
+        }
+    }
+
+    #[test]
+    fn the_priority_parameter_is_checked_and_the_keys_default_written_in() {
+        let with = |value: Option<Parameter>, default: Priority| {
+            let mut request = request(Vec::new());
+            if let Some(value) = value {
+                request.parameters.insert("priority".into(), value);
+            }
+            request.apply_priority_parameter(default).map(|()| {
+                (
+                    request.priority(),
+                    request.parameters.get("priority").cloned(),
+                )
+            })
+        };
+        let two = Priority::new(2).unwrap();
+        assert_eq!(with(None, Priority::DEFAULT), Ok((Priority::DEFAULT, None)));
+        assert_eq!(
+            with(None, two),
+            Ok((two, Some(Parameter::Int(2)))),
+            "the key's default travels with a forwarded request"
+        );
+        assert_eq!(
+            with(Some(Parameter::Int(0)), two),
+            Ok((two, Some(Parameter::Int(2))))
+        );
+        assert_eq!(
+            with(Some(Parameter::Int(1)), two),
+            Ok((Priority::HIGHEST, Some(Parameter::Int(1))))
+        );
+        assert_eq!(
+            with(Some(Parameter::Int(99)), two),
+            Ok((Priority::LOWEST, Some(Parameter::Int(10))))
+        );
+        for bad in [
+            Parameter::Int(-1),
+            Parameter::String("high".into()),
+            Parameter::Double(1.5),
+            Parameter::Bool(true),
+        ] {
+            let refused = with(Some(bad.clone()), two).expect_err("refused");
+            assert_eq!(
+                refused.kind,
+                crate::error::ErrorKind::InvalidArgument,
+                "{bad:?}"
+            );
         }
     }
 

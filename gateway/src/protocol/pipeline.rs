@@ -30,6 +30,7 @@ use tracing::Instrument;
 use crate::auth::Caller;
 use crate::core::{Gateway, InferRequest, InferResponse};
 use crate::error::{ErrorKind, GatewayError};
+use crate::priority::Priority;
 use crate::telemetry::tracing::{TRACE_TARGET, child, request_span};
 use crate::telemetry::{Metrics, Protocol};
 
@@ -392,6 +393,7 @@ impl Pipeline {
         if let Some(tenant) = tenant {
             tenant.charge_rows(request.rows())?;
         }
+        request.apply_priority_parameter(tenant.map_or(Priority::DEFAULT, |t| t.priority()))?;
         request.deadline = call.deadline;
         request.apply_timeout_parameter(call.received)?;
         request.received = Some(call.received);

@@ -15,11 +15,12 @@ use switchyard_runtimes::{
 use tokio::sync::oneshot;
 
 use crate::error::{ErrorKind, GatewayError};
+use crate::priority::Priority;
 use crate::serving::batching::Batching;
 use crate::serving::joining::JoinAxes;
 use crate::serving::threads::{self, Threads};
 use crate::serving::warmup::{Warmup, WarmupOutcome, measuring_inputs, warm_up};
-use crate::serving::worker::{FirstRun, IdleWait, Job, Worker, deadline_passed};
+use crate::serving::worker::{FirstRun, IdleWait, Job, JobQueue, Worker, deadline_passed};
 use crate::telemetry::VersionMetrics;
 use crate::telemetry::tracing::TRACE_TARGET;
 
@@ -209,7 +210,7 @@ impl Replica {
                 }));
                 Worker {
                     model,
-                    queue,
+                    queue: JobQueue::new(queue),
                     batching: Batching {
                         max_batch_size,
                         ..batching
@@ -637,9 +638,16 @@ impl ReplicaSet {
     }
 
     pub(super) fn is_full(&self, replica: &Replica) -> bool {
-        // The worker may hold a whole batch and one job that did not fit it.
+        replica.outstanding.load(Ordering::Relaxed) >= self.room_for(Priority::HIGHEST)
+    }
+
+    /// The requests a replica may hold when one of `priority` comes: its queue, of which
+    /// lower priorities may fill less (so that under overload they are refused first), and
+    /// what its worker may hold, a whole batch and one job that did not fit it.
+    pub(super) fn room_for(&self, priority: Priority) -> usize {
         let in_worker = self.batching.max_batch_size.max(1) + usize::from(self.batching.enabled());
-        replica.outstanding.load(Ordering::Relaxed) >= self.queue_capacity + in_worker
+        let queue = (self.queue_capacity as f64 * priority.queue_share()).ceil() as usize;
+        queue.max(1) + in_worker
     }
 
     /// Requests the replicas hold, queued or running.
@@ -677,6 +685,7 @@ impl ReplicaSet {
         &self,
         inputs: Vec<NamedTensor>,
         deadline: Option<Instant>,
+        priority: Priority,
     ) -> Result<(Vec<NamedTensor>, Duration), GatewayError> {
         let rows = if self.batching.enabled() {
             inputs
@@ -686,7 +695,9 @@ impl ReplicaSet {
         } else {
             0
         };
-        let (outputs, compute, _) = self.submit(inputs, deadline, rows, None, None).await?;
+        let (outputs, compute, _) = self
+            .submit(inputs, deadline, priority, rows, None, None)
+            .await?;
         Ok((outputs, compute))
     }
 
@@ -707,6 +718,7 @@ impl ReplicaSet {
         self.submit(
             inputs,
             deadline,
+            Priority::DEFAULT,
             extent,
             Some((join.clone(), company)),
             pinned,
@@ -728,8 +740,9 @@ impl ReplicaSet {
         else {
             return Err(Unqueued::Gone(job));
         };
+        let room = self.room_for(job.priority);
         let mut index = replica.index;
-        let mut attempt = enqueue(replica, job);
+        let mut attempt = enqueue(replica, job, room);
         if let Err(TrySendError::Full(job)) = attempt {
             // The two picked were full; a saturated replica gets no new request while another
             // has room.
@@ -742,7 +755,7 @@ impl ReplicaSet {
                     break;
                 };
                 index = other.index;
-                attempt = enqueue(other, job);
+                attempt = enqueue(other, job, room);
             }
         }
         match attempt {
@@ -759,6 +772,7 @@ impl ReplicaSet {
         &self,
         inputs: Vec<NamedTensor>,
         deadline: Option<Instant>,
+        priority: Priority,
         rows: usize,
         join: Option<(Arc<JoinAxes>, usize)>,
         pinned: Option<u32>,
@@ -773,6 +787,7 @@ impl ReplicaSet {
             rows,
             enqueued: Instant::now(),
             deadline,
+            priority,
             company: join.as_ref().map_or(0, |(_, company)| *company),
             join: join.map(|(axes, _)| axes),
             reply,
@@ -813,8 +828,15 @@ impl ReplicaSet {
 // The refused job comes back by value, to be offered to another replica; boxing it would
 // allocate on the request path.
 #[allow(clippy::result_large_err)]
-pub(super) fn enqueue(replica: &Replica, job: Job) -> Result<(), TrySendError<Job>> {
-    replica.outstanding.fetch_add(1, Ordering::Relaxed);
+/// Puts `job` on `replica`'s queue if the replica holds fewer than `room` requests. The
+/// worker moves queued jobs into its priority lanes as it looks for work, so the channel's own
+/// bound does not bound them: the count of requests the replica holds does.
+pub(super) fn enqueue(replica: &Replica, job: Job, room: usize) -> Result<(), TrySendError<Job>> {
+    let held = replica.outstanding.fetch_add(1, Ordering::Relaxed);
+    if held >= room {
+        replica.outstanding.fetch_sub(1, Ordering::Relaxed);
+        return Err(TrySendError::Full(job));
+    }
     replica.jobs.try_send(job).inspect_err(|_| {
         replica.outstanding.fetch_sub(1, Ordering::Relaxed);
     })

@@ -20,6 +20,7 @@ use super::threads::Threads;
 use super::warmup::Warmup;
 use super::worker::{IdleWait, Waited};
 use crate::error::{ErrorKind, GatewayError};
+use crate::priority::Priority;
 use crate::tasks::{self, TaskKind};
 
 static TEST_INFER: TaskKind = TaskKind::new("test_infer");
@@ -48,6 +49,8 @@ fn test_load(runtime: Arc<dyn Runtime>, queue_capacity: usize) -> ReplicaLoad {
 #[derive(Clone, Default)]
 struct Doubler {
     calls: Arc<Mutex<Vec<usize>>>,
+    /// The first value of each call's input, in the order the calls ran.
+    firsts: Arc<Mutex<Vec<f32>>>,
     gate: Arc<(Mutex<bool>, Condvar)>,
 }
 
@@ -113,6 +116,9 @@ impl LoadedModel for DoublerModel {
     fn run(&mut self, inputs: &[NamedTensor]) -> Result<Vec<NamedTensor>, RuntimeError> {
         let x = &inputs[0].tensor;
         self.doubler.calls.lock().unwrap().push(x.shape()[0]);
+        if let Some(first) = floats(x).first() {
+            self.doubler.firsts.lock().unwrap().push(*first);
+        }
         let (closed, opened) = &*self.doubler.gate;
         let mut held = closed.lock().unwrap();
         while *held {
@@ -176,9 +182,18 @@ fn submit(
     inputs: Vec<NamedTensor>,
     deadline: Option<Instant>,
 ) -> tokio::task::JoinHandle<Result<Vec<NamedTensor>, GatewayError>> {
+    submit_at(set, inputs, deadline, Priority::DEFAULT)
+}
+
+fn submit_at(
+    set: &Arc<ReplicaSet>,
+    inputs: Vec<NamedTensor>,
+    deadline: Option<Instant>,
+    priority: Priority,
+) -> tokio::task::JoinHandle<Result<Vec<NamedTensor>, GatewayError>> {
     let set = set.clone();
     tasks::spawn(&TEST_INFER, async move {
-        set.infer(inputs, deadline)
+        set.infer(inputs, deadline, priority)
             .await
             .map(|(outputs, _)| outputs)
     })
@@ -226,7 +241,11 @@ async fn at_zero_replicas_a_request_waits_for_a_cold_start() {
     assert_eq!(set.remove_all().len(), 1);
     assert!(!set.surely_full(), "a cold start is not a full queue");
     let too_soon = Instant::now() + Duration::from_millis(50);
-    let error = set.infer(rows(1, 0.0), Some(too_soon)).await.err().unwrap();
+    let error = set
+        .infer(rows(1, 0.0), Some(too_soon), Priority::DEFAULT)
+        .await
+        .err()
+        .unwrap();
     assert_eq!(error.kind, ErrorKind::Unavailable, "{error}");
     let waiting = submit(&set, rows(1, 1.0), None);
     for _ in 0..200 {
@@ -340,6 +359,7 @@ async fn a_batch_does_not_wait_past_a_deadline_and_drops_the_late() {
         .infer(
             rows(1, 0.0),
             Some(Instant::now() + Duration::from_millis(100)),
+            Priority::DEFAULT,
         )
         .await
         .unwrap_err();
@@ -365,7 +385,10 @@ async fn a_full_queue_is_refused_at_once() {
     doubler.wait_for_calls(1).await;
     let queued = submit(&set, rows(1, 1.0), None);
     wait_for_queue(&set, 2).await;
-    let refused = set.infer(rows(1, 2.0), None).await.unwrap_err();
+    let refused = set
+        .infer(rows(1, 2.0), None, Priority::DEFAULT)
+        .await
+        .unwrap_err();
     assert_eq!(refused.kind, ErrorKind::Overloaded);
     doubler.open_gate();
     assert!(running.await.unwrap().is_ok());
@@ -423,7 +446,11 @@ async fn a_request_whose_deadline_passes_in_the_queue_never_runs() {
     assert_eq!(error.kind, ErrorKind::DeadlineExceeded);
     doubler.open_gate();
     assert!(running.await.unwrap().is_ok());
-    assert!(set.infer(rows(2, 0.0), None).await.is_ok());
+    assert!(
+        set.infer(rows(2, 0.0), None, Priority::DEFAULT)
+            .await
+            .is_ok()
+    );
     assert_eq!(
         doubler.calls(),
         [1, 2],
@@ -569,7 +596,7 @@ fn thread_cpu(name: &str) -> Option<Duration> {
 
 #[test]
 fn a_worker_polls_only_while_jobs_come_within_its_spin() {
-    let (jobs, queue) = std::sync::mpsc::sync_channel::<u32>(4);
+    let (jobs, mut queue) = std::sync::mpsc::sync_channel::<u32>(4);
     // Wide margins, so that a busy machine's late wake-ups do not blur short and long.
     let spin = Duration::from_millis(50);
     let mut idle = IdleWait::new(spin);
@@ -582,13 +609,13 @@ fn a_worker_polls_only_while_jobs_come_within_its_spin() {
     });
     let waits: Vec<Waited> = (0..7)
         .map(|job| {
-            let (got, waited) = idle.next(&queue).expect("a job");
+            let (got, waited) = idle.next(&mut queue).expect("a job");
             assert_eq!(got, job);
             waited
         })
         .collect();
     sender.join().unwrap();
-    assert_eq!(idle.next(&queue), None, "a closed queue ends the wait");
+    assert_eq!(idle.next(&mut queue), None, "a closed queue ends the wait");
     let slept = |polled_first| Waited::Slept { polled_first };
     assert_eq!(
         waits,
@@ -720,4 +747,76 @@ async fn left_to_the_gateway_threads_are_measured_once_and_kept_only_where_they_
             _ => assert_eq!(loads, [1, 1], "{call:?}"),
         }
     }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn higher_priorities_leave_the_queue_first_and_lower_ones_are_refused_first() {
+    let doubler = Doubler::default();
+    let one_at_a_time = Batching {
+        max_batch_size: 0,
+        configured_max_batch_size: Some(1),
+        max_queue_delay: Duration::ZERO,
+        preferred_batch_sizes: Vec::new(),
+    };
+    let set = Arc::new(
+        ReplicaSet::start(
+            test_load(Arc::new(doubler.clone()), 8),
+            one_at_a_time,
+            &[Device::Cpu],
+            "test",
+        )
+        .await
+        .unwrap(),
+    );
+    // The worker holds the first call at the gate; the rest queue behind it.
+    doubler.close_gate();
+    let blocker = submit(&set, rows(1, 0.0), None);
+    doubler.wait_for_calls(1).await;
+    // A queue of 8 and a worker that holds one call: the lowest priority may fill half the
+    // queue, so 5 held in all; the highest, all of it, 9.
+    let mut low = Vec::new();
+    for i in 0..4 {
+        low.push(submit_at(
+            &set,
+            rows(1, 100.0 + i as f32),
+            None,
+            Priority::LOWEST,
+        ));
+        wait_for_queue(&set, 2 + i).await;
+    }
+    let refused = set
+        .infer(rows(1, 150.0), None, Priority::LOWEST)
+        .await
+        .unwrap_err();
+    assert_eq!(refused.kind, ErrorKind::Overloaded, "{refused}");
+    let mut high = Vec::new();
+    for i in 0..4 {
+        high.push(submit_at(
+            &set,
+            rows(1, 200.0 + i as f32),
+            None,
+            Priority::HIGHEST,
+        ));
+        wait_for_queue(&set, 6 + i).await;
+    }
+    let refused = set
+        .infer(rows(1, 250.0), None, Priority::HIGHEST)
+        .await
+        .unwrap_err();
+    assert_eq!(
+        refused.kind,
+        ErrorKind::Overloaded,
+        "even the highest, once all is full"
+    );
+    doubler.open_gate();
+    blocker.await.unwrap().unwrap();
+    for call in high.into_iter().chain(low) {
+        call.await.unwrap().unwrap();
+    }
+    // After the blocker: the high ones in their order, then the low ones in theirs.
+    let firsts = doubler.firsts.lock().unwrap().clone();
+    assert_eq!(
+        firsts,
+        [0.0, 200.0, 201.0, 202.0, 203.0, 100.0, 101.0, 102.0, 103.0]
+    );
 }

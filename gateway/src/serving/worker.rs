@@ -2,6 +2,7 @@
 //! forms batches and answers each caller on its own channel. Runtimes never run on the async
 //! executor.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -11,6 +12,7 @@ use switchyard_runtimes::{LoadedModel, NamedTensor, RuntimeError, Tensor};
 use tokio::sync::oneshot;
 
 use crate::error::{ErrorKind, GatewayError};
+use crate::priority::Priority;
 use crate::serving::batching::{Batching, concatenate, split};
 use crate::serving::joining::{self, JoinAxes};
 use crate::telemetry::VersionMetrics;
@@ -30,6 +32,8 @@ pub(super) struct Job {
     pub(super) rows: usize,
     pub(super) enqueued: Instant,
     pub(super) deadline: Option<Instant>,
+    /// Higher priorities leave the queue first.
+    pub(super) priority: Priority,
     /// Set for a call of a sequence: how it joins other sequences' calls (`rows` is then its
     /// extent along the join).
     pub(super) join: Option<Arc<JoinAxes>>,
@@ -87,9 +91,114 @@ pub(super) fn deadline_passed() -> GatewayError {
     )
 }
 
+/// Where a worker takes its next job from: the bounded channel requests are put on, and the
+/// lanes, one per priority, the worker moves them into as it looks for work. The highest
+/// priority's oldest job leaves first. The lanes hold no more than the replica admits: its
+/// count of requests held bounds them (`replicas::enqueue`).
+pub(super) struct JobQueue {
+    receiver: Receiver<Job>,
+    lanes: [VecDeque<Job>; Priority::LEVELS as usize],
+    waiting: usize,
+    closed: bool,
+}
+
+/// What a worker waits on for its next job.
+pub(super) trait Source<T> {
+    fn try_take(&mut self) -> Result<T, TryRecvError>;
+    /// Blocks until a job comes; `None` once the queue is closed and empty.
+    fn take(&mut self) -> Option<T>;
+}
+
+impl<T> Source<T> for Receiver<T> {
+    fn try_take(&mut self) -> Result<T, TryRecvError> {
+        self.try_recv()
+    }
+
+    fn take(&mut self) -> Option<T> {
+        self.recv().ok()
+    }
+}
+
+impl Source<Job> for JobQueue {
+    fn try_take(&mut self) -> Result<Job, TryRecvError> {
+        self.try_next()
+    }
+
+    fn take(&mut self) -> Option<Job> {
+        self.next_within(None)
+    }
+}
+
+impl JobQueue {
+    pub(super) fn new(receiver: Receiver<Job>) -> JobQueue {
+        JobQueue {
+            receiver,
+            lanes: std::array::from_fn(|_| VecDeque::new()),
+            waiting: 0,
+            closed: false,
+        }
+    }
+
+    /// Moves every job that has come into its priority's lane.
+    fn gather(&mut self) {
+        loop {
+            match self.receiver.try_recv() {
+                Ok(job) => self.push(job),
+                Err(TryRecvError::Empty) => return,
+                Err(TryRecvError::Disconnected) => {
+                    self.closed = true;
+                    return;
+                }
+            }
+        }
+    }
+
+    fn push(&mut self, job: Job) {
+        self.lanes[job.priority.index()].push_back(job);
+        self.waiting += 1;
+    }
+
+    fn pop(&mut self) -> Option<Job> {
+        if self.waiting == 0 {
+            return None;
+        }
+        let job = self.lanes.iter_mut().find_map(VecDeque::pop_front)?;
+        self.waiting -= 1;
+        Some(job)
+    }
+
+    /// The best job waiting now.
+    pub(super) fn try_next(&mut self) -> Result<Job, TryRecvError> {
+        self.gather();
+        self.pop().ok_or(if self.closed {
+            TryRecvError::Disconnected
+        } else {
+            TryRecvError::Empty
+        })
+    }
+
+    /// The best job waiting, waiting for one at most `timeout` (`None`: until one comes or
+    /// the queue closes).
+    pub(super) fn next_within(&mut self, timeout: Option<Duration>) -> Option<Job> {
+        match self.try_next() {
+            Ok(job) => return Some(job),
+            Err(TryRecvError::Disconnected) => return None,
+            Err(TryRecvError::Empty) => {}
+        }
+        let first = match timeout {
+            None => self.receiver.recv().ok()?,
+            Some(timeout) => self.receiver.recv_timeout(timeout).ok()?,
+        };
+        // Others may have come with it, of a higher priority.
+        self.push(first);
+        self.gather();
+        self.pop()
+    }
+}
+
 pub(super) struct Worker {
     pub(super) model: Box<dyn LoadedModel>,
-    pub(super) queue: Receiver<Job>,
+    pub(super) queue: JobQueue,
     pub(super) batching: Batching,
     pub(super) outstanding: Arc<AtomicUsize>,
     pub(super) metrics: Option<Arc<VersionMetrics>>,
@@ -140,7 +249,7 @@ impl IdleWait {
     }
 
     /// The next job and how it was waited for; `None` once the queue is closed and empty.
-    pub(super) fn next<T>(&mut self, queue: &Receiver<T>) -> Option<(T, Waited)> {
+    pub(super) fn next<T>(&mut self, queue: &mut impl Source<T>) -> Option<(T, Waited)> {
         let idle_since = Instant::now();
         let poll = !self.spin.is_zero() && self.recent_gap_short;
         if poll {
@@ -148,7 +257,7 @@ impl IdleWait {
                 // Polls a few dozen times (a microsecond or two) between yields: a yield is a
                 // system call, and yielding after every poll cost about ten per request.
                 for _ in 0..POLLS_PER_YIELD {
-                    match queue.try_recv() {
+                    match queue.try_take() {
                         Ok(job) => return Some((job, Waited::Polled)),
                         Err(TryRecvError::Disconnected) => return None,
                         Err(TryRecvError::Empty) => std::hint::spin_loop(),
@@ -160,7 +269,7 @@ impl IdleWait {
                 std::thread::yield_now();
             }
         }
-        let job = queue.recv().ok()?;
+        let job = queue.take()?;
         self.recent_gap_short = idle_since.elapsed() < self.spin;
         Some((job, Waited::Slept { polled_first: poll }))
     }
@@ -173,7 +282,7 @@ impl Worker {
         loop {
             let first = match held.take() {
                 Some(job) => job,
-                None => match self.idle.next(&self.queue) {
+                None => match self.idle.next(&mut self.queue) {
                     Some((job, _)) => job,
                     None => return,
                 },
@@ -197,7 +306,11 @@ impl Worker {
 
     /// Adds queued jobs to `first` until the batch is full, reaches a preferred size, or the
     /// first job has waited `max_queue_delay`.
-    pub(super) fn collect_batch(&self, first: Job, held: &mut Option<Job>) -> (Vec<Job>, usize) {
+    pub(super) fn collect_batch(
+        &mut self,
+        first: Job,
+        held: &mut Option<Job>,
+    ) -> (Vec<Job>, usize) {
         let mut flush_at = flush_time(&first, self.batching.max_queue_delay);
         let mut rows = first.rows;
         let mut batch = vec![first];
@@ -230,8 +343,8 @@ impl Worker {
 
     /// The next job in the queue; when there is none, waits for one until `flush_at` if `wait`
     /// says so. `None` ends the batch.
-    fn next_queued(&self, flush_at: Instant, wait: bool) -> Option<Job> {
-        match self.queue.try_recv() {
+    fn next_queued(&mut self, flush_at: Instant, wait: bool) -> Option<Job> {
+        match self.queue.try_next() {
             Ok(job) => Some(job),
             Err(TryRecvError::Disconnected) => None,
             Err(TryRecvError::Empty) => {
@@ -239,7 +352,7 @@ impl Worker {
                 if !wait || now >= flush_at {
                     return None;
                 }
-                self.queue.recv_timeout(flush_at - now).ok()
+                self.queue.next_within(Some(flush_at - now))
             }
         }
     }
@@ -247,7 +360,12 @@ impl Worker {
     /// Adds the queued calls of other sequences that can join `first`, up to the join's bound;
     /// while fewer have come than there are sequences open, waits for them up to the join's
     /// delay (and no longer than the first call's deadline).
-    fn collect_joined(&self, first: Job, axes: &Arc<JoinAxes>, held: &mut Option<Job>) -> Vec<Job> {
+    fn collect_joined(
+        &mut self,
+        first: Job,
+        axes: &Arc<JoinAxes>,
+        held: &mut Option<Job>,
+    ) -> Vec<Job> {
         let flush_at = flush_time(&first, axes.max_delay);
         let wanted = axes.max_calls.min(first.company.max(1));
         let mut batch = vec![first];

@@ -11,6 +11,7 @@ const LEAVES: &[&str] = &[
     "error",
     "config",
     "auth",
+    "priority",
     "telemetry",
     "version_key",
     "wire",

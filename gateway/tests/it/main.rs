@@ -29,6 +29,7 @@ mod memory_pool;
 mod metrics;
 mod objective;
 mod openapi;
+mod priorities;
 mod registry_api;
 mod resources_api;
 mod rollouts;

@@ -18,8 +18,9 @@ use super::{
     Answer, Dataset, VersionReport, chunks, score_source, scores_of, tensor_of, values_of,
 };
 use crate::core::Gateway;
-use crate::core::request::InferRequest;
+use crate::core::request::{InferRequest, Parameter};
 use crate::error::ErrorKind;
+use crate::priority::Priority;
 
 pub const BATCH: usize = 16;
 const IN_FLIGHT: usize = 2;
@@ -68,6 +69,12 @@ async fn ask(
             inputs: inputs.clone(),
             outputs: vec![job.output.clone()],
             received: Some(Instant::now()),
+            // Live requests go first.
+            parameters: [(
+                "priority".to_owned(),
+                Parameter::Int(i64::from(Priority::LOWEST.level())),
+            )]
+            .into(),
             ..InferRequest::default()
         };
         match gateway.infer(request).await {
