@@ -194,6 +194,15 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         ),
     );
 
+    let api_keys = ApiKeys::new(&config.inference.api_keys);
+    // The registry's keys are in force before the first request is accepted.
+    registry_keys::load(store.as_ref(), &api_keys)
+        .await
+        .context("cannot read the API keys from the registry")?;
+    let keys_follower = tasks::spawn(
+        &KEYS,
+        registry_keys::follow(store.clone(), api_keys.clone()),
+    );
     let http_listener = bind(config.http.addr, "HTTP").await?;
     let grpc_listener = bind(config.grpc.addr, "gRPC").await?;
     let metrics_listener = bind(config.metrics.addr, "metrics").await?;
@@ -210,7 +219,14 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
             let node = settings.node.clone();
             let task = tasks::spawn(
                 &CLUSTER,
-                cluster::run(settings, handles.clone(), store.clone(), view, hosted_rx),
+                cluster::run(
+                    settings,
+                    handles.clone(),
+                    store.clone(),
+                    view,
+                    hosted_rx,
+                    api_keys.clone(),
+                ),
             );
             Some((task, node))
         }
@@ -241,15 +257,6 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         })),
         tokens: tokens.clone(),
     });
-    let api_keys = ApiKeys::new(&config.inference.api_keys);
-    // The registry's keys are in force before the first request is accepted.
-    registry_keys::load(store.as_ref(), &api_keys)
-        .await
-        .context("cannot read the API keys from the registry")?;
-    let keys_follower = tasks::spawn(
-        &KEYS,
-        registry_keys::follow(store.clone(), api_keys.clone()),
-    );
     let keys = InferenceAuth {
         keys: api_keys.clone(),
         nodes: node_key,

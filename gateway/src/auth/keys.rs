@@ -258,6 +258,9 @@ pub struct Tenant {
     requests: Option<TokenBucket>,
     rows: Option<TokenBucket>,
     in_flight: AtomicU32,
+    /// Requests that reached its rate limits, admitted or not: the demand a cluster's nodes
+    /// split its rates by.
+    offered: AtomicU64,
     pub figures: Arc<KeyFigures>,
 }
 
@@ -290,6 +293,7 @@ impl Tenant {
                 .rows_per_s
                 .map(|rate| TokenBucket::new(rate, limits.rows_burst)),
             in_flight: AtomicU32::new(0),
+            offered: AtomicU64::new(0),
             figures,
         }
     }
@@ -317,6 +321,9 @@ impl Tenant {
                 ),
                 Duration::from_secs(1),
             ));
+        }
+        if self.has_rates() {
+            self.offered.fetch_add(1, Ordering::Relaxed);
         }
         if let Some(bucket) = &self.requests
             && let Err(wait) = bucket.take(1.0, Instant::now())
@@ -376,6 +383,11 @@ impl Tenant {
 
     pub fn in_flight(&self) -> u32 {
         self.in_flight.load(Ordering::Relaxed)
+    }
+
+    /// Requests that reached its rate limits so far.
+    pub fn offered(&self) -> u64 {
+        self.offered.load(Ordering::Relaxed)
     }
 
     /// Whether the key has a rate its cluster must share.

@@ -9,6 +9,7 @@
 
 pub mod on_demand;
 pub mod placer;
+pub mod shares;
 pub mod simulate;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
@@ -23,6 +24,7 @@ use switchyard_registry::{
 };
 use tokio::sync::watch;
 
+use crate::auth::ApiKeys;
 use crate::config::{ClusterConfig, ServingConfig};
 use crate::control::Handles;
 use crate::control::capacity;
@@ -203,7 +205,9 @@ pub async fn run(
     store: Arc<dyn Store>,
     view: watch::Sender<Arc<ClusterView>>,
     hosted: watch::Receiver<Arc<Hosted>>,
+    keys: ApiKeys,
 ) {
+    let mut demand = shares::DemandMeter::default();
     let mut every = tokio::time::interval(settings.heartbeat);
     every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut liveness = Liveness::default();
@@ -216,7 +220,15 @@ pub async fn run(
     loop {
         every.tick().await;
         let table = handles.tables.snapshot();
-        let beat = heartbeat(&settings, &handles, &table, &hosted.borrow());
+        let tenants = keys.tenants();
+        let key_demand = demand.measure(&tenants, Instant::now());
+        let mut beat = heartbeat(&settings, &handles, &table, &hosted.borrow());
+        if let Some(body) = beat.body.as_object_mut() {
+            body.insert(
+                "keys".into(),
+                serde_json::to_value(&key_demand).unwrap_or_default(),
+            );
+        }
         if let Err(error) = store.heartbeat(beat).await {
             tracing::warn!(%error, "cannot write the heartbeat; retrying");
             continue;
@@ -229,6 +241,12 @@ pub async fn run(
             }
         };
         let live = liveness.observe(&nodes, settings.dead_after);
+        let reports: Vec<Vec<shares::KeyDemand>> = nodes
+            .iter()
+            .filter(|node| node.id != settings.node && live.contains(&node.id))
+            .map(|node| NodeBody::of(node).keys)
+            .collect();
+        shares::apply(&tenants, &key_demand, &reports);
         let next = build_view(&settings.node, &nodes, &states, &live, &mut peers);
         view.send_if_modified(|current| {
             if current.same_as(&next) {
@@ -284,6 +302,8 @@ pub struct NodeBody {
     pub evictable: Vec<NodeEvictable>,
     /// The load its autoscaled versions carry: the leader scales them across the nodes.
     pub concurrency: Vec<VersionConcurrency>,
+    /// The demand on it of each rate-limited key: the nodes split each key's rates by it.
+    pub keys: Vec<shares::KeyDemand>,
 }
 
 /// An autoscaled version's replicas on a node, and the mean concurrency (requests queued or
@@ -440,6 +460,7 @@ fn heartbeat(
             wanted,
             evictable,
             concurrency,
+            keys: Vec::new(),
         })
         .unwrap_or_default(),
         versions,
