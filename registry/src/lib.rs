@@ -254,6 +254,17 @@ pub trait Store: Send + Sync {
     /// Revokes a key; unknown ids are `NotFound`, revoked ones a `Conflict`.
     async fn revoke_key(&self, actor: &str, id: &str) -> Result<i64, RegistryError>;
 
+    /// Sets a model's limits for every caller (`None` removes them): a `model.limits` event.
+    async fn set_model_limits(
+        &self,
+        actor: &str,
+        model: &str,
+        spec: Option<serde_json::Value>,
+    ) -> Result<i64, RegistryError>;
+
+    /// Every model's limits, by model.
+    async fn model_limits(&self) -> Result<BTreeMap<String, serde_json::Value>, RegistryError>;
+
     /// Replaces the placement whole, as one revision with a `cluster.placed` event.
     async fn write_placements(
         &self,

@@ -1821,6 +1821,44 @@ impl Store for SqlStore {
             .await
     }
 
+    async fn set_model_limits(
+        &self,
+        actor: &str,
+        model: &str,
+        spec: Option<serde_json::Value>,
+    ) -> Result<i64, RegistryError> {
+        if spec.as_ref().is_some_and(|spec| !spec.is_object()) {
+            return Err(RegistryError::Invalid(
+                "a model's limits must be a JSON object".into(),
+            ));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        Self::require_model(&mut tx, model).await?;
+        sqlx::query("DELETE FROM model_limits WHERE model = $1")
+            .bind(model)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(spec) = &spec {
+            sqlx::query("INSERT INTO model_limits (model, spec) VALUES ($1, $2)")
+                .bind(model)
+                .bind(spec.to_string())
+                .execute(&mut *tx)
+                .await?;
+        }
+        let payload = serde_json::json!({ "limits": spec });
+        self.finish_write(tx, revision, actor, "model.limits", model, payload)
+            .await
+    }
+
+    async fn model_limits(&self) -> Result<BTreeMap<String, serde_json::Value>, RegistryError> {
+        let rows = sqlx::query("SELECT model, spec FROM model_limits ORDER BY model")
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("model")?, json_column(row, "spec")?)))
+            .collect()
+    }
+
     async fn create_key(
         &self,
         actor: &str,

@@ -352,3 +352,12 @@ pub struct KeyChanged {
     pub warnings: Vec<String>,
     pub revision: i64,
 }
+
+/// `GET` and `PUT /v1/models/{m}/limits`: a model's limits for every caller (none set: no
+/// limits).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct ModelLimitsAnswer {
+    pub model: String,
+    pub limits: Limits,
+    pub revision: i64,
+}

@@ -9,7 +9,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 use switchyard_registry::{KeyRecord, NewKey};
 
-use super::api::{IssuedKey, KeyChanged, KeyList, KeyView, Limits, Revision};
+use super::api::{IssuedKey, KeyChanged, KeyList, KeyView, Limits, ModelLimitsAnswer, Revision};
 use super::{Actor, AdminState, ApiResult, bad_request, internal, ok, parse};
 use crate::auth::keys::{KeySpec, MAX_KEYS, glob_match};
 use crate::auth::{digest, random_bytes};
@@ -245,5 +245,86 @@ pub(super) async fn revoke_key(
     Path(id): Path<String>,
 ) -> ApiResult {
     let revision = state.store.revoke_key(&actor.0, &id).await?;
+    ok(StatusCode::OK, Revision { revision })
+}
+
+/// A model's limits for every caller, beside each key's own.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{m}/limits",
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
+    responses((status = 200, description = "success", body = super::api::ModelLimitsAnswer), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn get_model_limits(
+    State(state): State<AdminState>,
+    Path(model): Path<String>,
+) -> ApiResult {
+    // 404 for a model that does not exist.
+    state.store.model(&model).await?;
+    let limits = state
+        .store
+        .model_limits()
+        .await?
+        .remove(&model)
+        .map(serde_json::from_value::<Limits>)
+        .transpose()
+        .map_err(internal)?
+        .unwrap_or_default();
+    let revision = state.store.revision().await?;
+    ok(
+        StatusCode::OK,
+        ModelLimitsAnswer {
+            model,
+            limits,
+            revision,
+        },
+    )
+}
+
+/// Replace a model's limits for every caller: requests and rows per second, requests in
+/// flight. Over them, a request gets 429 with `Retry-After`, whatever its key.
+#[utoipa::path(
+    put,
+    path = "/v1/models/{m}/limits",
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
+    request_body = Limits,
+    responses((status = 200, description = "success", body = super::api::ModelLimitsAnswer), (status = 400, response = super::openapi::ErrorResponse), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn set_model_limits(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(model): Path<String>,
+    body: Bytes,
+) -> ApiResult {
+    let limits: Limits = parse(&body)?;
+    limits.check().map_err(bad_request)?;
+    let spec = (!limits.is_empty())
+        .then(|| serde_json::to_value(limits))
+        .transpose()
+        .map_err(internal)?;
+    let revision = state.store.set_model_limits(&actor.0, &model, spec).await?;
+    ok(
+        StatusCode::OK,
+        ModelLimitsAnswer {
+            model,
+            limits,
+            revision,
+        },
+    )
+}
+
+/// Remove a model's limits.
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{m}/limits",
+    params(("m" = String, Path, description = "the model", pattern = r"^[A-Za-z0-9_-][A-Za-z0-9_.-]{0,127}$")),
+    responses((status = 200, description = "success", body = super::api::Revision), (status = 404, response = super::openapi::ErrorResponse))
+)]
+pub(super) async fn remove_model_limits(
+    State(state): State<AdminState>,
+    axum::Extension(actor): axum::Extension<Actor>,
+    Path(model): Path<String>,
+) -> ApiResult {
+    let revision = state.store.set_model_limits(&actor.0, &model, None).await?;
     ok(StatusCode::OK, Revision { revision })
 }

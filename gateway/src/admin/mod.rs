@@ -271,6 +271,12 @@ pub fn router(state: AdminState) -> Router {
         .route("/v1/keys", get(keys::list_keys).post(keys::create_key))
         .route("/v1/keys/{id}", put(keys::set_key).delete(keys::revoke_key))
         .route("/v1/keys/{id}/rotate", post(keys::rotate_key))
+        .route(
+            "/v1/models/{m}/limits",
+            get(keys::get_model_limits)
+                .put(keys::set_model_limits)
+                .delete(keys::remove_model_limits),
+        )
         .route("/v1/events", get(system::events))
         .route("/v1/repository/import", post(system::import))
         .route_layer(middleware::from_fn_with_state(state.clone(), authenticate));

@@ -196,12 +196,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
 
     let api_keys = ApiKeys::new(&config.inference.api_keys);
     // The registry's keys are in force before the first request is accepted.
-    registry_keys::load(store.as_ref(), &api_keys)
+    registry_keys::load(store.as_ref(), &api_keys, pipeline.model_limits())
         .await
         .context("cannot read the API keys from the registry")?;
     let keys_follower = tasks::spawn(
         &KEYS,
-        registry_keys::follow(store.clone(), api_keys.clone()),
+        registry_keys::follow(
+            store.clone(),
+            api_keys.clone(),
+            pipeline.model_limits().clone(),
+        ),
     );
     let http_listener = bind(config.http.addr, "HTTP").await?;
     let grpc_listener = bind(config.grpc.addr, "gRPC").await?;

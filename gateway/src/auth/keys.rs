@@ -396,6 +396,124 @@ impl Tenant {
     }
 }
 
+/// One model's limits for every caller, as the request path holds them.
+pub struct ModelLimit {
+    pub limits: Limits,
+    requests: Option<TokenBucket>,
+    rows: Option<TokenBucket>,
+    in_flight: AtomicU32,
+}
+
+/// A request held against its model's in-flight cap, given back when dropped.
+pub struct ModelPass(Arc<ModelLimit>);
+
+impl ModelPass {
+    /// The limits it holds a place under.
+    pub fn limit(&self) -> &ModelLimit {
+        &self.0
+    }
+}
+
+impl Drop for ModelPass {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl ModelLimit {
+    fn new(limits: Limits) -> ModelLimit {
+        ModelLimit {
+            limits,
+            requests: limits
+                .requests_per_s
+                .map(|rate| TokenBucket::new(rate, limits.requests_burst)),
+            rows: limits
+                .rows_per_s
+                .map(|rate| TokenBucket::new(rate, limits.rows_burst)),
+            in_flight: AtomicU32::new(0),
+        }
+    }
+
+    /// Admits one request to `model`, or refuses it with when to retry.
+    pub fn admit(self: &Arc<Self>, model: &str) -> Result<ModelPass, GatewayError> {
+        let held = self.in_flight.fetch_add(1, Ordering::Relaxed);
+        let pass = ModelPass(self.clone());
+        if let Some(cap) = self.limits.in_flight
+            && held >= cap
+        {
+            return Err(over_limit(
+                format!(
+                    "model '{}' has its limit of {cap} requests in flight; retry shortly",
+                    quoted(model)
+                ),
+                Duration::from_secs(1),
+            ));
+        }
+        if let Some(bucket) = &self.requests
+            && let Err(wait) = bucket.take(1.0, Instant::now())
+        {
+            return Err(over_limit(
+                format!(
+                    "model '{}' is over its limit of {} requests per second",
+                    quoted(model),
+                    bucket.rate
+                ),
+                wait,
+            ));
+        }
+        Ok(pass)
+    }
+
+    /// Charges a request's rows to the model's rows per second, or refuses it.
+    pub fn charge_rows(&self, model: &str, rows: u64) -> Result<(), GatewayError> {
+        let Some(bucket) = &self.rows else {
+            return Ok(());
+        };
+        bucket
+            .take(rows.max(1) as f64, Instant::now())
+            .map_err(|wait| {
+                over_limit(
+                    format!(
+                        "model '{}' is over its limit of {} rows per second",
+                        quoted(model),
+                        bucket.rate
+                    ),
+                    wait,
+                )
+            })
+    }
+}
+
+/// Every model's limits, swapped whole when the registry's change; read without a lock.
+#[derive(Clone, Default)]
+pub struct ModelLimits(Arc<ArcSwap<HashMap<String, Arc<ModelLimit>>>>);
+
+impl ModelLimits {
+    /// Puts these limits in force; a model whose limits are unchanged keeps its buckets.
+    pub fn replace(&self, entries: Vec<(String, Limits)>) {
+        let old = self.0.load_full();
+        let next = entries
+            .into_iter()
+            .map(|(model, limits)| {
+                let limit = match old.get(&model).filter(|kept| kept.limits == limits) {
+                    Some(kept) => kept.clone(),
+                    None => Arc::new(ModelLimit::new(limits)),
+                };
+                (model, limit)
+            })
+            .collect();
+        self.0.store(Arc::new(next));
+    }
+
+    pub fn of(&self, model: &str) -> Option<Arc<ModelLimit>> {
+        let limits = self.0.load();
+        if limits.is_empty() {
+            return None;
+        }
+        limits.get(model).cloned()
+    }
+}
+
 /// A key as the registry gives it to [`ApiKeys::replace`].
 #[derive(Debug, Clone)]
 pub struct KeyEntry {
@@ -528,10 +646,6 @@ impl ApiKeys {
             .iter()
             .any(|key| crate::auth::same_digest(key, &presented))
             .then_some(Caller::Unlimited)
-    }
-
-    pub fn admits(&self, headers: &HeaderMap) -> bool {
-        self.identify(headers).is_some()
     }
 
     /// The live tenants, for the figures and the cluster's shares.

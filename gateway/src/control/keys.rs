@@ -1,6 +1,6 @@
-//! The inference API's keys, from the registry to the request path: [`load`] reads them all
-//! into [`ApiKeys`], and [`follow`] does it again whenever the change feed carries a `key.*`
-//! event. On PostgreSQL the feed is a notification, so a key revoked through any gateway is
+//! The inference API's keys and the models' limits, from the registry to the request path:
+//! [`load`] reads them all into [`ApiKeys`] and [`ModelLimits`], and [`follow`] does it
+//! again whenever the change feed carries a `key.*` or `model.limits` event. On PostgreSQL the feed is a notification, so a key revoked through any gateway is
 //! refused by every gateway within the notification's delivery (milliseconds), or within the
 //! listener's 5 s safety read if a notification was lost while it reconnected.
 
@@ -10,7 +10,7 @@ use std::time::Duration;
 use switchyard_registry::{KeyRecord, RegistryError, Store};
 
 use crate::auth::ApiKeys;
-use crate::auth::keys::{KeyEntry, KeySpec};
+use crate::auth::keys::{KeyEntry, KeySpec, Limits, ModelLimits};
 
 /// Events read per look at the feed; a longer run of changes reloads the keys anyway.
 const EVENTS_PER_LOOK: i64 = 512;
@@ -37,17 +37,38 @@ pub fn entry(record: &KeyRecord) -> KeyEntry {
     }
 }
 
-/// Reads every key into `keys`.
-pub async fn load(store: &dyn Store, keys: &ApiKeys) -> Result<(), RegistryError> {
+/// Reads every key into `keys`, and every model's limits into `models`.
+pub async fn load(
+    store: &dyn Store,
+    keys: &ApiKeys,
+    models: &ModelLimits,
+) -> Result<(), RegistryError> {
     let records = store.keys().await?;
     let entries: Vec<KeyEntry> = records.iter().map(entry).collect();
     keys.replace(&entries);
+    let limits = store
+        .model_limits()
+        .await?
+        .into_iter()
+        .filter_map(|(model, spec)| {
+            match serde_json::from_value::<Limits>(spec).map_err(|e| e.to_string()).and_then(
+                |limits| limits.check().map(|()| limits),
+            ) {
+                Ok(limits) => Some((model, limits)),
+                Err(error) => {
+                    tracing::error!(%model, %error, "ignoring a model's limits this gateway cannot read");
+                    None
+                }
+            }
+        })
+        .collect();
+    models.replace(limits);
     Ok(())
 }
 
 /// Follows the change feed for as long as the gateway runs, reloading the keys when they
 /// change.
-pub async fn follow(store: Arc<dyn Store>, keys: ApiKeys) {
+pub async fn follow(store: Arc<dyn Store>, keys: ApiKeys, models: ModelLimits) {
     let mut revisions = store.subscribe();
     let mut seen = *revisions.borrow_and_update();
     // A reload that failed is tried again without waiting for another change.
@@ -61,7 +82,9 @@ pub async fn follow(store: Arc<dyn Store>, keys: ApiKeys) {
             || match store.events_after(seen, EVENTS_PER_LOOK).await {
                 Ok(events) => {
                     events.len() as i64 >= EVENTS_PER_LOOK
-                        || events.iter().any(|event| event.action.starts_with("key."))
+                        || events.iter().any(|event| {
+                            event.action.starts_with("key.") || event.action == "model.limits"
+                        })
                 }
                 Err(error) => {
                     tracing::warn!(%error, "cannot read the registry's events; reloading the keys");
@@ -69,7 +92,7 @@ pub async fn follow(store: Arc<dyn Store>, keys: ApiKeys) {
                 }
             };
         reload_owed = false;
-        if changed && let Err(error) = load(store.as_ref(), &keys).await {
+        if changed && let Err(error) = load(store.as_ref(), &keys, &models).await {
             tracing::warn!(%error, "cannot reload the API keys; retrying");
             tokio::time::sleep(Duration::from_millis(200)).await;
             reload_owed = true;

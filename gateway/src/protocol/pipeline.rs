@@ -28,9 +28,11 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::auth::Caller;
+use crate::auth::keys::{ModelLimits, ModelPass, TenantPass};
 use crate::core::{Gateway, InferRequest, InferResponse};
 use crate::error::{ErrorKind, GatewayError};
 use crate::priority::Priority;
+use crate::telemetry::keys::Refusal;
 use crate::telemetry::tracing::{TRACE_TARGET, child, request_span};
 use crate::telemetry::{Metrics, Protocol};
 
@@ -46,6 +48,8 @@ pub struct Pipeline {
     body_bytes: Arc<Semaphore>,
     max_in_flight_bytes: usize,
     read_timeout: Duration,
+    /// Each model's limits for every caller, from the registry.
+    model_limits: ModelLimits,
 }
 
 /// Where [`Pipeline::new`] takes its bounds from.
@@ -109,6 +113,13 @@ pub struct Call<'a> {
     pub caller: Caller,
 }
 
+/// A request's places under its key's and its model's limits (in-flight counts), given back
+/// when dropped.
+struct Admitted {
+    _tenant: Option<TenantPass>,
+    model: Option<ModelPass>,
+}
+
 fn too_large(limit: usize) -> GatewayError {
     GatewayError::new(
         ErrorKind::PayloadTooLarge,
@@ -157,7 +168,13 @@ impl Pipeline {
             body_bytes: Arc::new(Semaphore::new(max_in_flight_bytes)),
             max_in_flight_bytes,
             read_timeout: limits.read_timeout,
+            model_limits: ModelLimits::default(),
         }
+    }
+
+    /// The models' limits this pipeline holds requests to; the control plane fills them.
+    pub fn model_limits(&self) -> &ModelLimits {
+        &self.model_limits
     }
 
     /// Charges `bytes` more to a request's share of the in-flight byte budget, or refuses it
@@ -373,10 +390,16 @@ impl Pipeline {
         decode: impl FnOnce() -> Result<(InferRequest, Wire), GatewayError>,
         encode: impl FnOnce(InferResponse, Wire) -> Result<Answer, GatewayError>,
     ) -> Result<Answer, GatewayError> {
-        // A tenant over its limits, or calling a model it may not, is refused first: the
-        // cheapest refusal, and one that says it is the key's, not the gateway's.
+        // A tenant over its limits, or calling a model it may not, and a model over its own,
+        // are refused first: the cheapest refusals, and ones that say whose limit it was.
+        let admitted = self.limits_of(&call.caller, call.model)?;
         let tenant = call.caller.tenant();
-        let _pass = tenant.map(|tenant| tenant.admit(call.model)).transpose()?;
+        let counted = |error: GatewayError| {
+            if let Some(tenant) = tenant {
+                tenant.figures.refused(Refusal::ModelLimit);
+            }
+            error
+        };
         // Under overload, refuse before decoding: the cheapest 429.
         self.gateway
             .refuse_if_queues_full(call.model, call.version)?;
@@ -393,6 +416,11 @@ impl Pipeline {
         if let Some(tenant) = tenant {
             tenant.charge_rows(request.rows())?;
         }
+        if let Some(limit) = admitted.model.as_ref().map(ModelPass::limit) {
+            limit
+                .charge_rows(call.model, request.rows())
+                .map_err(counted)?;
+        }
         request.apply_priority_parameter(tenant.map_or(Priority::DEFAULT, |t| t.priority()))?;
         request.deadline = call.deadline;
         request.apply_timeout_parameter(call.received)?;
@@ -408,6 +436,30 @@ impl Pipeline {
         let response = response?;
         child(|| tracing::debug_span!(target: TRACE_TARGET, "encode"))
             .in_scope(|| encode(response, wire))
+    }
+
+    /// A request's places under its key's limits and its model's: a model the key may not
+    /// call is 403, a limit passed 429 with when to retry.
+    fn limits_of(&self, caller: &Caller, model: &str) -> Result<Admitted, GatewayError> {
+        let tenant = caller
+            .tenant()
+            .map(|tenant| tenant.admit(model))
+            .transpose()?;
+        let model = self
+            .model_limits
+            .of(model)
+            .map(|limit| {
+                limit.admit(model).inspect_err(|_| {
+                    if let Some(tenant) = caller.tenant() {
+                        tenant.figures.refused(Refusal::ModelLimit);
+                    }
+                })
+            })
+            .transpose()?;
+        Ok(Admitted {
+            _tenant: tenant,
+            model,
+        })
     }
 
     /// Counts a refusal by its reason, and passes it on.

@@ -269,7 +269,53 @@ try {
 
   check(problems.length === 0, `the page reported problems: ${problems.join('; ')}`);
   check(load.failed === 0, `${load.failed} of ${load.sent} inference calls failed`);
-  log(`done; ${load.sent} inference calls under the page, none failed`);
+  log(`${load.sent} inference calls under the page, none failed`);
+
+  // Keys, once the keyless load has stopped (the first key closes the API to callers without
+  // one): made, rotated and revoked from the page, each in force on the inference port.
+  load.stop = true;
+  await Promise.all(workers);
+  const inferWith = async (key) => {
+    const headers = { 'Content-Type': 'application/json' };
+    if (key) headers.Authorization = `Bearer ${key}`;
+    const response = await fetch(`${http}/v2/models/mlp/infer`, { method: 'POST', headers, body: inference });
+    await response.arrayBuffer();
+    return response.status;
+  };
+  const form = page.locator('#new-key');
+  await form.locator('#key-name').fill('team-web');
+  await form.locator('#key-models').fill('mlp');
+  await form.locator('#key-rps').fill('50');
+  await form.locator('#key-priority').fill('2');
+  await form.getByRole('button', { name: 'Create key' }).click();
+  const secretShown = page.locator('#key-secret code[data-secret]');
+  const made = await waitFor('the new key\'s secret', async () => {
+    const text = (await secretShown.count()) ? await secretShown.textContent() : '';
+    return { ok: /^sy_[0-9a-f]{40}$/.test(text), text };
+  });
+  check(await inferWith(made.text) === 200, 'the new key calls mlp');
+  check(await inferWith(null) === 401, 'a caller without a key is refused once a key exists');
+  const row = page.locator('#keys-body tr[data-name="team-web"]');
+  await waitFor('the key\'s row with its request', async () => {
+    const succeeded = (await row.count()) ? await row.locator('[data-figure="succeeded"]').textContent() : null;
+    return { ok: Number(succeeded) >= 1, succeeded };
+  });
+  check(!(await page.locator('#keys-body').textContent()).includes(made.text), 'the list never shows the secret');
+  await row.getByRole('button', { name: 'Rotate' }).click();
+  const second = await waitFor('the rotated secret', async () => {
+    const text = await secretShown.textContent().catch(() => '');
+    return { ok: /^sy_[0-9a-f]{40}$/.test(text) && text !== made.text, text };
+  });
+  await waitFor('the old secret refused', async () => ({ ok: await inferWith(made.text) === 401 }));
+  check(await inferWith(second.text) === 200, 'the rotated secret calls mlp');
+  page.once('dialog', (dialog) => dialog.accept());
+  await row.getByRole('button', { name: 'Revoke' }).click();
+  await waitFor('the key revoked in the page', async () => ({ ok: (await row.getAttribute('data-state')) === 'revoked' }));
+  await waitFor('the revoked key refused', async () => ({ ok: await inferWith(second.text) === 401 }));
+  if (screenshots) await page.locator('#keys').screenshot({ path: `${screenshots}/keys.png` });
+  log('a key made, rotated and revoked from the page, each in force at once');
+  check(problems.length === 0, `the page reported problems: ${problems.join('; ')}`);
+  log('done');
 } finally {
   load.stop = true;
   await Promise.all(workers);

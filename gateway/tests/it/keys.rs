@@ -75,6 +75,30 @@ async fn until_status(gateway: &TestGateway, model: &str, key: &str, status: u16
     }
 }
 
+/// Waits until every one of `keys` is in force on `gateway` (the change feed): an unknown key
+/// is refused and each of them is not, on an endpoint that spends no token.
+pub(crate) async fn in_force(gateway: &TestGateway, model: &str, keys: &[&str]) {
+    let metadata = |key: &str| {
+        gateway
+            .client
+            .get(gateway.url(&format!("/v2/models/{model}")))
+            .bearer_auth(key)
+            .send()
+    };
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let mut ready = metadata("sy_unknown").await.unwrap().status() == 401;
+        for key in keys {
+            ready &= metadata(key).await.unwrap().status() == 200;
+        }
+        if ready {
+            return;
+        }
+        assert!(Instant::now() < deadline, "the keys never came into force");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_key_calls_only_its_models_within_its_limits_until_revoked() {
     let configured = hex::encode(switchyard_gateway::auth::digest("configured-secret"));
@@ -105,6 +129,7 @@ async fn a_key_calls_only_its_models_within_its_limits_until_revoked() {
         "a glob that matches nothing is a warning, not an error"
     );
 
+    in_force(&gateway, "mlp", &[&limited_key]).await;
     // Its burst of 3, then 429 with when to retry (100 s for one token at 0.01/s: no token
     // comes back while the test runs, however slow the machine).
     for _ in 0..3 {
@@ -333,6 +358,7 @@ async fn a_key_over_its_in_flight_cap_is_refused_while_another_is_not() {
         .await,
     );
     let free = secret(&make_key(&gateway, json!({"name": "free"})).await);
+    in_force(&gateway, "mlp_heavy", &[&capped, &free]).await;
     let call = |key: String| {
         let gateway_url = gateway.url("/v2/models/mlp_heavy/infer");
         let client = gateway.client.clone();
@@ -453,6 +479,7 @@ async fn the_command_line_client_makes_lists_and_revokes_keys() {
     assert_eq!(made["spec"]["models"], json!(["mlp", "digits"]));
     assert_eq!(made["spec"]["limits"]["requests_per_s"], 100.0);
     let key = secret(&made);
+    in_force(&gateway, "mlp", &[&key]).await;
     assert_eq!(infer(&gateway, "mlp", Some(&key)).await.0, 200);
     let (ok, table, err) = cli_text(&gateway, &["keys", "list", "-o", "table"]).await;
     assert!(ok, "{err}");
@@ -472,5 +499,100 @@ async fn the_command_line_client_makes_lists_and_revokes_keys() {
     until_status(&gateway, "mlp", &key, 401).await;
     let (ok, _, err) = cli(&gateway, &["keys", "revoke", "key-nobody"]).await;
     assert!(!ok && err.contains("404"), "{err}");
+    gateway.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_models_limits_hold_for_every_caller() {
+    let gateway = TestGateway::start_with(&models_dir(), |config| {
+        config.admin.tokens = test_tokens();
+    })
+    .await;
+    gateway.wait_for_serving("mlp", "1").await;
+    gateway.wait_for_serving("digits", "1").await;
+    let put = |path: &str, body: Value| {
+        let gateway = &gateway;
+        let path = path.to_owned();
+        async move {
+            gateway
+                .admin(Method::PUT, &path, Some(WRITER_TOKEN), Some(body))
+                .await
+        }
+    };
+    for (path, body, status) in [
+        ("/v1/models/mlp/limits", json!({"requests_per_s": -1}), 400),
+        ("/v1/models/mlp/limits", json!({"in_flight": 0}), 400),
+        ("/v1/models/mlp/limits", json!({"rps": 4}), 400),
+        (
+            "/v1/models/nobody/limits",
+            json!({"requests_per_s": 4}),
+            404,
+        ),
+    ] {
+        let (got, answer) = put(path, body.clone()).await;
+        assert_eq!(got, status, "{path} {body} -> {answer}");
+    }
+    // One request per 100 s, a burst of 2: once in force, mlp refuses with a long Retry-After.
+    let (status, answer) = put(
+        "/v1/models/mlp/limits",
+        json!({"requests_per_s": 0.01, "requests_burst": 2}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    let start = Instant::now();
+    let retry_after = loop {
+        let (status, retry_after, _) = infer(&gateway, "mlp", None).await;
+        if status == 429 {
+            break retry_after;
+        }
+        assert_eq!(status, 200);
+        assert!(start.elapsed() < Duration::from_secs(5), "never limited");
+    };
+    assert!(matches!(retry_after, Some(90..=100)), "{retry_after:?}");
+    for _ in 0..3 {
+        assert_eq!(infer(&gateway, "mlp", None).await.0, 429);
+    }
+    assert_eq!(
+        infer(&gateway, "digits", None).await.0,
+        200,
+        "another model is not limited"
+    );
+    // A tenant refused by the model's limit has it counted under its name.
+    let key = secret(&make_key(&gateway, json!({"name": "team-m"})).await);
+    // Once the key is in force, a caller without one is refused.
+    until_status(&gateway, "mlp", "sy_none", 401).await;
+    assert_eq!(infer(&gateway, "mlp", Some(&key)).await.0, 429);
+    let list = key_list(&gateway).await;
+    assert!(
+        list["keys"][0]["figures"]["refused"]["model_limit"]
+            .as_u64()
+            .unwrap()
+            >= 1,
+        "{list}"
+    );
+    let (status, shown) = gateway
+        .admin(
+            Method::GET,
+            "/v1/models/mlp/limits",
+            Some(WRITER_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        shown["limits"],
+        json!({"requests_per_s": 0.01, "requests_burst": 2})
+    );
+    let (status, _) = gateway
+        .admin(
+            Method::DELETE,
+            "/v1/models/mlp/limits",
+            Some(WRITER_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let took = until_status(&gateway, "mlp", &key, 200).await;
+    assert!(took < Duration::from_secs(1), "{took:?}");
     gateway.stop().await;
 }

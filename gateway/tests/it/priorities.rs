@@ -50,6 +50,8 @@ async fn under_overload_the_high_priority_is_served_first_and_the_low_one_shed()
     // interactive key's name theirs.
     let bulk = make(json!({"name": "bulk", "priority": 10})).await;
     let interactive = make(json!({"name": "interactive"})).await;
+    // Both in force (the change feed) before the load starts.
+    crate::keys::in_force(&gateway, "heavy", &[&bulk, &interactive]).await;
     let call = |key: String, priority: Option<u64>| {
         let url = gateway.url("/v2/models/heavy/infer");
         let client = gateway.client.clone();

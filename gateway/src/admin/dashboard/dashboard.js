@@ -397,6 +397,86 @@
         changes.length ? changes : [el('tr', {}, el('td', { colspan: 6, class: 'empty', text: 'None since start.' }))]));
   }
 
+  // Keys: each with its limits and its name's figures here; create, rotate and revoke.
+  function renderKeys(list) {
+    const rows = list.keys.map((k) => {
+      const limits = k.spec.limits || {};
+      const rate = (r, b) => (r ? `${r}/s${b ? ` + ${b}` : ''}` : '—');
+      const f = k.figures;
+      const refused = Object.values(f.refused || {}).reduce((a, b) => a + b, 0);
+      const live = !k.revoked_ms;
+      const actions = live ? el('td', {},
+        el('button', { type: 'button', 'data-action': 'rotate', onclick: () => keyAction(k, 'rotate') }, 'Rotate'),
+        el('button', { type: 'button', 'data-action': 'revoke', onclick: () => keyAction(k, 'revoke') }, 'Revoke'))
+        : el('td', { text: 'revoked' });
+      return el('tr', { 'data-key': k.id, 'data-name': k.name, 'data-state': live ? 'live' : 'revoked' },
+        el('th', { scope: 'row', text: k.name }),
+        el('td', { text: k.id }),
+        el('td', { text: `${k.prefix}…` }),
+        el('td', { text: (k.spec.models || []).join(', ') || 'all' }),
+        el('td', { text: rate(limits.requests_per_s, limits.requests_burst) }),
+        el('td', { text: rate(limits.rows_per_s, limits.rows_burst) }),
+        el('td', { class: 'num', text: limits.in_flight ?? '—' }),
+        el('td', { class: 'num', text: k.spec.priority ?? '—' }),
+        el('td', { class: 'num', 'data-figure': 'succeeded', text: f.succeeded }),
+        el('td', { class: 'num', 'data-figure': 'failed', text: f.failed }),
+        el('td', { class: 'num', 'data-figure': 'refused', text: refused }),
+        el('td', { class: 'num', text: f.p99_ms === null || f.p99_ms === undefined ? '—' : number(f.p99_ms, 1) }),
+        el('td', { class: 'num', text: f.captured }),
+        actions);
+    });
+    replace($('keys-body'), table(null,
+      ['Name', 'Id', 'Secret', 'Models', 'Requests', 'Rows', { text: 'In flight', num: true }, { text: 'Priority', num: true },
+        { text: 'Succeeded', num: true }, { text: 'Failed', num: true }, { text: 'Refused', num: true }, { text: 'p99 ms', num: true },
+        { text: 'Captured', num: true }, ''],
+      rows.length ? rows : [el('tr', {}, el('td', { colspan: 14, class: 'empty', text: 'No keys: the inference API takes any caller unless the configuration names a key.' }))]));
+  }
+
+  function showSecret(answer, what) {
+    const out = $('key-secret');
+    replace(out, `${what} ${answer.name} (${answer.id}). Its secret, shown this once: `,
+      el('code', { 'data-secret': '', text: answer.key }),
+      (answer.warnings || []).length ? ` Warnings: ${answer.warnings.join('; ')}` : '');
+  }
+
+  async function keyAction(key, action) {
+    const out = $('key-secret');
+    try {
+      if (action === 'revoke') {
+        if (!window.confirm(`Revoke ${key.name} (${key.id})? Every gateway refuses it within a second.`)) return;
+        await api(`/v1/keys/${enc(key.id)}`, { method: 'DELETE' });
+        replace(out, `Revoked ${key.name} (${key.id}).`);
+      } else {
+        showSecret(await api(`/v1/keys/${enc(key.id)}/rotate`, { method: 'POST' }), 'Rotated');
+      }
+    } catch (error) {
+      replace(out, `${action} refused: ${error.message}`);
+    }
+    await refresh();
+  }
+
+  async function createKey(form) {
+    const value = (name) => form.elements[name].value.trim();
+    const numberOf = (name) => (value(name) === '' ? undefined : Number(value(name)));
+    const limits = {};
+    if (numberOf('rps') !== undefined) limits.requests_per_s = numberOf('rps');
+    if (numberOf('burst') !== undefined) limits.requests_burst = numberOf('burst');
+    if (numberOf('in_flight') !== undefined) limits.in_flight = numberOf('in_flight');
+    const body = {
+      name: value('name'),
+      models: value('models').split(',').map((m) => m.trim()).filter(Boolean),
+      limits,
+    };
+    if (numberOf('priority') !== undefined) body.priority = numberOf('priority');
+    try {
+      showSecret(await api('/v1/keys', { method: 'POST', body }), 'Created');
+      form.reset();
+    } catch (error) {
+      replace($('key-secret'), `Not created: ${error.message}`);
+    }
+    await refresh();
+  }
+
   // Rollouts: the latest of each model, its stages with their figures, and the hand controls.
   const ACTIVE = new Set(['pending', 'running', 'paused']);
 
@@ -508,8 +588,9 @@
   async function refresh() {
     const snapshot = await api('/v1/models');
     const names = snapshot.models.map((m) => m.model.name);
-    const [resources, experimentList, figureList, rolloutList] = await Promise.all([
+    const [resources, keys, experimentList, figureList, rolloutList] = await Promise.all([
       api('/v1/resources'),
+      api('/v1/keys'),
       Promise.all(names.map((n) => api(`/v1/models/${enc(n)}/experiment`).catch(() => null))),
       Promise.all(names.map((n) => api(`/v1/models/${enc(n)}/figures`).catch(() => null))),
       Promise.all(names.map((n) => api(`/v1/models/${enc(n)}/rollouts`).catch(() => null))),
@@ -529,6 +610,7 @@
     renderTraffic(snapshot, experiments);
     renderFigures(figures);
     renderResources(resources);
+    renderKeys(keys);
     renderRollouts(rollouts);
     await pollEvents(snapshot.revision);
     $('revision').textContent = `registry revision ${snapshot.revision}`;
@@ -565,6 +647,11 @@
     $('forget-token').hidden = !token;
     tick();
   }
+
+  $('new-key').addEventListener('submit', (event) => {
+    event.preventDefault();
+    createKey(event.target);
+  });
 
   $('login').addEventListener('submit', (event) => {
     event.preventDefault();
