@@ -279,6 +279,30 @@ pub struct KeySpecArgs {
 }
 
 impl KeySpecArgs {
+    /// `current` with what these flags give laid over it: a flag not given keeps its value.
+    fn over(&self, current: &Value) -> Value {
+        let mut spec = current.clone();
+        if !spec.is_object() {
+            spec = json!({});
+        }
+        let given = self.spec();
+        if !self.models.is_empty() {
+            spec["models"] = given["models"].clone();
+        }
+        if !spec["limits"].is_object() {
+            spec["limits"] = json!({});
+        }
+        if let Some(limits) = given["limits"].as_object() {
+            for (name, value) in limits {
+                spec["limits"][name] = value.clone();
+            }
+        }
+        if let Some(priority) = self.priority {
+            spec["priority"] = priority.into();
+        }
+        spec
+    }
+
     fn spec(&self) -> Value {
         let mut limits = serde_json::Map::new();
         for (name, value) in [
@@ -311,7 +335,8 @@ pub enum KeysCommand {
     },
     /// Every key with what its name's requests came to on this gateway.
     List,
-    /// Replace a key's models, limits and priority (what is not given is unset).
+    /// Change a key's models, limits or priority; what is not given keeps its value
+    /// (`--models '*'` for every model).
     Set {
         id: String,
         #[command(flatten)]
@@ -536,10 +561,15 @@ impl Client {
                     .await
             }
             KeysCommand::Set { id, spec } => {
+                let list = self.call(reqwest::Method::GET, "/v1/keys", None).await?;
+                let current = list["keys"]
+                    .as_array()
+                    .and_then(|keys| keys.iter().find(|key| key["id"] == id.as_str()))
+                    .with_context(|| format!("404 Not Found: no key '{id}'"))?;
                 self.write(
                     reqwest::Method::PUT,
                     &format!("/v1/keys/{id}"),
-                    Some(spec.spec()),
+                    Some(spec.over(&current["spec"])),
                 )
                 .await
             }

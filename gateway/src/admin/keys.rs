@@ -3,6 +3,9 @@
 //! keeps digests only; every gateway puts a change in force from the change feed
 //! (`control::keys`).
 
+use std::collections::HashMap;
+use std::sync::Arc;
+
 use axum::body::Bytes;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
@@ -12,8 +15,8 @@ use switchyard_registry::{KeyRecord, NewKey};
 use super::api::{IssuedKey, KeyChanged, KeyList, KeyView, Limits, ModelLimitsAnswer, Revision};
 use super::{Actor, AdminState, ApiResult, bad_request, internal, ok, parse};
 use crate::auth::keys::{KeySpec, MAX_KEYS, glob_match};
-use crate::auth::{digest, random_bytes};
-use crate::telemetry::keys::KeyFiguresView;
+use crate::auth::{Tenant, digest, random_bytes};
+use crate::telemetry::keys::{KeyFigures, KeyFiguresView};
 
 /// What `POST /v1/keys` takes: the tenant's name and the key's spec.
 #[derive(Deserialize, utoipa::ToSchema)]
@@ -60,18 +63,32 @@ async fn checked(state: &AdminState, spec: &KeySpec) -> Result<Vec<String>, supe
         .collect())
 }
 
-fn view(state: &AdminState, record: &KeyRecord) -> KeyView {
-    let live = state
-        .keys
-        .tenants()
-        .into_iter()
-        .find(|tenant| &*tenant.id == record.id.as_str());
-    let figures = state
-        .keys
-        .figures()
-        .into_iter()
-        .find(|(name, _)| &**name == record.name.as_str())
-        .map_or_else(KeyFiguresView::default, |(_, figures)| figures.view());
+/// What this gateway holds of the keys, read once for a whole list.
+struct Held {
+    tenants: HashMap<Arc<str>, Arc<Tenant>>,
+    figures: HashMap<Arc<str>, Arc<KeyFigures>>,
+}
+
+impl Held {
+    fn of(state: &AdminState) -> Held {
+        Held {
+            tenants: state
+                .keys
+                .tenants()
+                .into_iter()
+                .map(|tenant| (tenant.id.clone(), tenant))
+                .collect(),
+            figures: state.keys.figures().into_iter().collect(),
+        }
+    }
+}
+
+fn view(held: &Held, record: &KeyRecord) -> KeyView {
+    let live = held.tenants.get(record.id.as_str());
+    let figures = held
+        .figures
+        .get(record.name.as_str())
+        .map_or_else(KeyFiguresView::default, |figures| figures.view());
     KeyView {
         id: record.id.clone(),
         name: record.name.clone(),
@@ -96,7 +113,8 @@ fn view(state: &AdminState, record: &KeyRecord) -> KeyView {
 pub(super) async fn list_keys(State(state): State<AdminState>) -> ApiResult {
     let records = state.store.keys().await?;
     let revision = state.store.revision().await?;
-    let keys = records.iter().map(|record| view(&state, record)).collect();
+    let held = Held::of(&state);
+    let keys = records.iter().map(|record| view(&held, record)).collect();
     ok(StatusCode::OK, KeyList { keys, revision })
 }
 
@@ -189,7 +207,7 @@ pub(super) async fn set_key(
     ok(
         StatusCode::OK,
         KeyChanged {
-            key: view(&state, &record),
+            key: view(&Held::of(&state), &record),
             warnings,
             revision,
         },

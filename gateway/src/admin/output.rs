@@ -537,7 +537,6 @@ fn keys(list: &KeyList) -> String {
                 figures
                     .p99_ms
                     .map_or_else(|| "-".into(), |ms| format!("{ms:.1}")),
-                figures.captured.to_string(),
             ]
         })
         .collect();
@@ -556,7 +555,6 @@ fn keys(list: &KeyList) -> String {
             "FAILED",
             "REFUSED",
             "P99_MS",
-            "CAPTURED",
         ],
         &rows,
     )

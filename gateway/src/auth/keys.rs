@@ -27,6 +27,10 @@ pub const MAX_KEYS: usize = 10_000;
 /// The most model names or globs one key may name.
 pub const MAX_MODEL_PATTERNS: usize = 64;
 const MAX_RATE: f64 = 1_000_000.0;
+/// The slowest rate: a token every 1000 s.
+const MIN_RATE: f64 = 0.001;
+/// The longest a refusal tells a caller to wait.
+const MAX_WAIT: Duration = Duration::from_secs(86_400);
 const MAX_BURST: u32 = 1_000_000;
 const MAX_IN_FLIGHT: u32 = 100_000;
 
@@ -41,8 +45,8 @@ pub struct KeySpec {
     pub models: Vec<String>,
     #[serde(default, skip_serializing_if = "Limits::is_empty")]
     pub limits: Limits,
-    /// Its requests' priority when they name none (Triton's `priority` parameter): 1 is the
-    /// highest, 10 the lowest; 5 unless set.
+    /// Its requests' priority when they name none (Triton's `priority` parameter), and the
+    /// highest they may name: 1 is the highest, 10 the lowest; 5 unless set (and then any).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(minimum = 1, maximum = 10)]
     pub priority: Option<u32>,
@@ -87,10 +91,10 @@ impl Limits {
             ("rows_per_s", self.rows_per_s),
         ] {
             if let Some(rate) = rate
-                && !(rate > 0.0 && rate <= MAX_RATE)
+                && !(MIN_RATE..=MAX_RATE).contains(&rate)
             {
                 return Err(format!(
-                    "limits.{name} must be above 0 and at most {MAX_RATE}, not {rate}"
+                    "limits.{name} must be {MIN_RATE} to {MAX_RATE}, not {rate}"
                 ));
             }
         }
@@ -159,7 +163,9 @@ impl KeySpec {
 
     /// Whether `model` is one this key may call.
     pub fn allows(&self, model: &str) -> bool {
-        self.models.is_empty() || self.models.iter().any(|pattern| glob_match(pattern, model))
+        // No model's name is longer; the bound keeps a glob's cost on a client's name small.
+        self.models.is_empty()
+            || (model.len() <= 128 && self.models.iter().any(|pattern| glob_match(pattern, model)))
     }
 }
 
@@ -228,8 +234,9 @@ impl TokenBucket {
     }
 
     /// Takes `cost` tokens, or says how long until they would be there. A cost above the
-    /// burst waits for a full bucket and then takes it, going into debt, so that a request
-    /// larger than the burst is slowed, not refused for ever.
+    /// burst waits for a full bucket and then takes it, going into debt (of one burst at
+    /// most, whatever the cost a client claims), so that a request larger than the burst is
+    /// slowed, not refused for ever.
     pub fn take(&self, cost: f64, now: Instant) -> Result<(), Duration> {
         let share = self.share();
         let (rate, burst) = (self.rate * share, (self.burst * share).max(1.0));
@@ -242,10 +249,11 @@ impl TokenBucket {
         state.updated = now.max(state.updated);
         let needed = cost.min(burst);
         if state.tokens >= needed {
-            state.tokens -= cost;
+            state.tokens = (state.tokens - cost).max(-burst);
             return Ok(());
         }
-        Err(Duration::from_secs_f64((needed - state.tokens) / rate))
+        let wait = Duration::try_from_secs_f64((needed - state.tokens) / rate).unwrap_or(MAX_WAIT);
+        Err(wait.min(MAX_WAIT))
     }
 }
 
@@ -255,9 +263,12 @@ pub struct Tenant {
     /// The tenant: what its requests are counted and captured under.
     pub name: Arc<str>,
     pub spec: KeySpec,
-    requests: Option<TokenBucket>,
-    rows: Option<TokenBucket>,
-    in_flight: AtomicU32,
+    requests: Option<Arc<TokenBucket>>,
+    rows: Option<Arc<TokenBucket>>,
+    in_flight: Arc<AtomicU32>,
+    /// Set once the key is revoked, rotated away from or changed: a caller that identified
+    /// with it before (an open gRPC stream) is refused from then on.
+    retired: std::sync::atomic::AtomicBool,
     /// Requests that reached its rate limits, admitted or not: the demand a cluster's nodes
     /// split its rates by.
     offered: AtomicU64,
@@ -280,20 +291,49 @@ pub fn over_limit(message: String, wait: Duration) -> GatewayError {
 }
 
 impl Tenant {
-    fn new(entry: &KeyEntry, figures: Arc<KeyFigures>) -> Tenant {
+    /// The key `entry` as the request path holds it. What the same key held before
+    /// (`before`: rotated, or its spec changed) carries over: its requests in flight, and each
+    /// bucket whose limits did not change. A new bucket starts at `share` of its rates.
+    fn new(
+        entry: &KeyEntry,
+        figures: Arc<KeyFigures>,
+        before: Option<&Tenant>,
+        share: f64,
+    ) -> Tenant {
         let limits = entry.spec.limits;
+        let bucket = |rate: Option<f64>,
+                      burst: Option<u32>,
+                      kept: Option<&Arc<TokenBucket>>|
+         -> Option<Arc<TokenBucket>> {
+            let rate = rate?;
+            match kept.filter(|kept| {
+                kept.rate == rate && kept.burst == burst.map_or(rate.max(1.0), f64::from)
+            }) {
+                Some(kept) => Some(kept.clone()),
+                None => {
+                    let bucket = TokenBucket::new(rate, burst);
+                    bucket.set_share(share);
+                    Some(Arc::new(bucket))
+                }
+            }
+        };
         Tenant {
             id: entry.id.as_str().into(),
             name: entry.name.as_str().into(),
             spec: entry.spec.clone(),
-            requests: limits
-                .requests_per_s
-                .map(|rate| TokenBucket::new(rate, limits.requests_burst)),
-            rows: limits
-                .rows_per_s
-                .map(|rate| TokenBucket::new(rate, limits.rows_burst)),
-            in_flight: AtomicU32::new(0),
-            offered: AtomicU64::new(0),
+            requests: bucket(
+                limits.requests_per_s,
+                limits.requests_burst,
+                before.and_then(|before| before.requests.as_ref()),
+            ),
+            rows: bucket(
+                limits.rows_per_s,
+                limits.rows_burst,
+                before.and_then(|before| before.rows.as_ref()),
+            ),
+            in_flight: before.map_or_else(Arc::default, |before| before.in_flight.clone()),
+            retired: std::sync::atomic::AtomicBool::new(false),
+            offered: AtomicU64::new(before.map_or(0, Tenant::offered)),
             figures,
         }
     }
@@ -301,6 +341,15 @@ impl Tenant {
     /// Admits one request for `model`, or refuses it (and counts why): a model the key may
     /// not call is 403; over its in-flight cap or its rate, 429 with when to retry.
     pub fn admit(self: &Arc<Self>, model: &str) -> Result<TenantPass, GatewayError> {
+        if self.retired.load(Ordering::Relaxed) {
+            return Err(GatewayError::new(
+                ErrorKind::Unauthenticated,
+                format!(
+                    "key '{}' was revoked or replaced; send its current secret",
+                    self.name
+                ),
+            ));
+        }
         if !self.spec.allows(model) {
             self.figures.refused(Refusal::Model);
             return Err(GatewayError::new(
@@ -367,6 +416,15 @@ impl Tenant {
             .unwrap_or_default()
     }
 
+    /// The highest priority its requests may ask for: its own, when it sets one (a batch
+    /// key cannot jump the queues by naming priority 1).
+    pub fn highest_priority(&self) -> Priority {
+        self.spec
+            .priority
+            .and_then(|level| Priority::new(u64::from(level)))
+            .unwrap_or(Priority::HIGHEST)
+    }
+
     /// Sets this gateway's share of the key's rates (a cluster's nodes split them).
     pub fn set_share(&self, share: f64) {
         for bucket in [&self.requests, &self.rows].into_iter().flatten() {
@@ -378,7 +436,7 @@ impl Tenant {
         self.requests
             .as_ref()
             .or(self.rows.as_ref())
-            .map_or(1.0, TokenBucket::share)
+            .map_or(1.0, |bucket| bucket.share())
     }
 
     pub fn in_flight(&self) -> u32 {
@@ -544,6 +602,9 @@ struct KeysInner {
     current: ArcSwap<KeySet>,
     /// Each key name's figures, kept across reloads and rotations.
     figures: Mutex<HashMap<Arc<str>, Arc<KeyFigures>>>,
+    /// The live nodes of this gateway's cluster (1 alone): a key's new buckets start at an
+    /// equal share of its rates until the heartbeats say how its demand falls.
+    nodes: std::sync::atomic::AtomicUsize,
 }
 
 /// Who a request's key says it is.
@@ -552,12 +613,15 @@ pub enum Caller {
     /// No key is required, or a configured key: no limits.
     Unlimited,
     Tenant(Arc<Tenant>),
+    /// Another node of this gateway's cluster, forwarding a request it admitted under its
+    /// caller's key and the model's limits already.
+    Peer,
 }
 
 impl Caller {
     pub fn tenant(&self) -> Option<&Arc<Tenant>> {
         match self {
-            Caller::Unlimited => None,
+            Caller::Unlimited | Caller::Peer => None,
             Caller::Tenant(tenant) => Some(tenant),
         }
     }
@@ -589,7 +653,13 @@ impl ApiKeys {
                 by_digest: HashMap::new(),
             }),
             figures: Mutex::new(HashMap::new()),
+            nodes: std::sync::atomic::AtomicUsize::new(1),
         }))
+    }
+
+    /// How many live nodes share the keys' rates (the cluster's heartbeat sets it).
+    pub fn set_nodes(&self, nodes: usize) {
+        self.0.nodes.store(nodes.max(1), Ordering::Relaxed);
     }
 
     /// Puts the registry's keys in force. A key whose id, secret and spec are unchanged keeps
@@ -601,6 +671,12 @@ impl ApiKeys {
             .figures
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let old_by_id: HashMap<&str, &Arc<Tenant>> = old
+            .by_digest
+            .values()
+            .map(|tenant| (&*tenant.id, tenant))
+            .collect();
+        let share = 1.0 / self.0.nodes.load(Ordering::Relaxed).max(1) as f64;
         let mut by_digest = HashMap::new();
         for entry in entries.iter().filter(|entry| !entry.revoked) {
             let Some(digest) = decode_hex::<32>(&entry.digest) else {
@@ -617,10 +693,17 @@ impl ApiKeys {
                 None => {
                     let name: Arc<str> = entry.name.as_str().into();
                     let figures = figures.entry(name).or_default().clone();
-                    Arc::new(Tenant::new(entry, figures))
+                    let before = old_by_id.get(entry.id.as_str()).map(|before| &***before);
+                    Arc::new(Tenant::new(entry, figures, before, share))
                 }
             };
             by_digest.insert(digest, tenant);
+        }
+        // What is no longer in force refuses the callers that still hold it.
+        for tenant in old.by_digest.values() {
+            if !by_digest.values().any(|kept| Arc::ptr_eq(kept, tenant)) {
+                tenant.retired.store(true, Ordering::Relaxed);
+            }
         }
         let required = !self.0.configured.is_empty() || !entries.is_empty();
         self.0.current.store(Arc::new(KeySet {
@@ -808,14 +891,41 @@ mod tests {
             panic!("still a tenant");
         };
         assert!(Arc::ptr_eq(&tenant, &again));
-        // Revoked, and the last: refused, and the API stays closed.
-        keys.replace(&[entry("a", "secret-a", limited, true)]);
+        // Rotated: the new secret carries the spent bucket and the requests in flight; the
+        // old secret is refused, and so is a caller that still holds the old tenant (an
+        // open gRPC stream).
+        let held = again.admit("mlp").err();
+        assert_eq!(held.map(|e| e.kind), Some(ErrorKind::RateLimited));
+        let mut rotated = entry("a", "secret-a2", limited.clone(), false);
+        rotated.id = "a".into();
+        keys.replace(&[rotated]);
         assert!(keys.identify(&headers("secret-a")).is_none());
+        let Some(Caller::Tenant(fresh)) = keys.identify(&headers("secret-a2")) else {
+            panic!("the new secret is the tenant");
+        };
+        assert_eq!(
+            fresh.admit("mlp").err().map(|e| e.kind),
+            Some(ErrorKind::RateLimited),
+            "the bucket carried over"
+        );
+        assert_eq!(
+            tenant.admit("mlp").err().map(|e| e.kind),
+            Some(ErrorKind::Unauthenticated),
+            "the old tenant is retired"
+        );
+        let tenant = fresh;
+        // Revoked, and the last: refused, and the API stays closed.
+        keys.replace(&[entry("a", "secret-a2", limited, true)]);
+        assert!(keys.identify(&headers("secret-a2")).is_none());
+        assert_eq!(
+            tenant.admit("mlp").err().map(|e| e.kind),
+            Some(ErrorKind::Unauthenticated)
+        );
         assert!(keys.identify(&HeaderMap::new()).is_none());
         assert_eq!(
             keys.figures()[0].1.refusals(Refusal::Rate),
-            1,
-            "figures are kept by name"
+            3,
+            "figures are kept by name, across the rotation"
         );
     }
 }

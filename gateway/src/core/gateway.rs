@@ -316,6 +316,7 @@ impl Gateway {
         let protocol = request.protocol;
         let ready = &route.ready;
         let caller_deadline = caller_deadline_first(&request, ready, received);
+        let priority = request.priority();
         let result = async {
             let (inputs, deadline) = checked_inputs(&route.key.model, ready, &mut request)?;
             ready
@@ -326,6 +327,7 @@ impl Gateway {
                     turn.replica,
                     &turn.settings.join,
                     ready.open_sequences.load(Ordering::Relaxed),
+                    priority,
                 )
                 .await
         }

@@ -82,9 +82,14 @@ impl InferRequest {
     }
 
     /// Checks Triton's `priority` parameter (1 the highest; 0 or none: `default`, the caller's
-    /// key's; past the lowest level, the lowest), and writes the level it comes to back, so
-    /// that a request forwarded to a peer keeps it.
-    pub fn apply_priority_parameter(&mut self, default: Priority) -> Result<(), GatewayError> {
+    /// key's; past the lowest level, the lowest; never above `highest`, the most its key may
+    /// ask for), and writes the level it comes to back, so that a request forwarded to a
+    /// peer keeps it.
+    pub fn apply_priority_parameter(
+        &mut self,
+        default: Priority,
+        highest: Priority,
+    ) -> Result<(), GatewayError> {
         let (given, priority) = match self.parameters.get("priority") {
             None => (None, default),
             Some(Parameter::Int(level)) if *level >= 0 => (
@@ -97,6 +102,7 @@ impl InferRequest {
                 ));
             }
         };
+        let priority = priority.max(highest);
         let level = i64::from(priority.level());
         // Most requests name none and take the default, which an absent parameter means:
         // nothing to write then.
@@ -354,12 +360,14 @@ mod tests {
             if let Some(value) = value {
                 request.parameters.insert("priority".into(), value);
             }
-            request.apply_priority_parameter(default).map(|()| {
-                (
-                    request.priority(),
-                    request.parameters.get("priority").cloned(),
-                )
-            })
+            request
+                .apply_priority_parameter(default, Priority::HIGHEST)
+                .map(|()| {
+                    (
+                        request.priority(),
+                        request.parameters.get("priority").cloned(),
+                    )
+                })
         };
         let two = Priority::new(2).unwrap();
         assert_eq!(with(None, Priority::DEFAULT), Ok((Priority::DEFAULT, None)));
@@ -380,6 +388,15 @@ mod tests {
             with(Some(Parameter::Int(99)), two),
             Ok((Priority::LOWEST, Some(Parameter::Int(10))))
         );
+        // A key's own level is the highest its requests may ask for.
+        let mut request = request(Vec::new());
+        request
+            .parameters
+            .insert("priority".into(), Parameter::Int(1));
+        request
+            .apply_priority_parameter(Priority::LOWEST, Priority::LOWEST)
+            .unwrap();
+        assert_eq!(request.priority(), Priority::LOWEST);
         for bad in [
             Parameter::Int(-1),
             Parameter::String("high".into()),

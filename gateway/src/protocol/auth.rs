@@ -41,7 +41,7 @@ impl InferenceAuth {
             (Some(key), Some(node), Some(credential))
                 if key.verify(node, credential, unix_ms()) =>
             {
-                Ok(Caller::Unlimited)
+                Ok(Caller::Peer)
             }
             _ => Err(GatewayError::new(
                 ErrorKind::Unauthenticated,

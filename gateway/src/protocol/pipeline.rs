@@ -421,7 +421,10 @@ impl Pipeline {
                 .charge_rows(call.model, request.rows())
                 .map_err(counted)?;
         }
-        request.apply_priority_parameter(tenant.map_or(Priority::DEFAULT, |t| t.priority()))?;
+        request.apply_priority_parameter(
+            tenant.map_or(Priority::DEFAULT, |t| t.priority()),
+            tenant.map_or(Priority::HIGHEST, |t| t.highest_priority()),
+        )?;
         request.deadline = call.deadline;
         request.apply_timeout_parameter(call.received)?;
         request.received = Some(call.received);
@@ -445,9 +448,12 @@ impl Pipeline {
             .tenant()
             .map(|tenant| tenant.admit(model))
             .transpose()?;
-        let model = self
-            .model_limits
-            .of(model)
+        // A peer's forward was held to the model's limits where it arrived.
+        let limit = match caller {
+            Caller::Peer => None,
+            _ => self.model_limits.of(model),
+        };
+        let model = limit
             .map(|limit| {
                 limit.admit(model).inspect_err(|_| {
                     if let Some(tenant) = caller.tenant() {

@@ -210,7 +210,7 @@ impl Replica {
                 }));
                 Worker {
                     model,
-                    queue: JobQueue::new(queue),
+                    queue: JobQueue::new(queue, worker_outstanding.clone()),
                     batching: Batching {
                         max_batch_size,
                         ..batching
@@ -712,13 +712,14 @@ impl ReplicaSet {
         pinned: Option<u32>,
         join: &Arc<JoinAxes>,
         open_sequences: usize,
+        priority: Priority,
     ) -> Result<(Vec<NamedTensor>, Duration, u32), GatewayError> {
         let extent = join.extent(&inputs);
         let company = open_sequences.div_ceil(self.replica_count().max(1));
         self.submit(
             inputs,
             deadline,
-            Priority::DEFAULT,
+            priority,
             extent,
             Some((join.clone(), company)),
             pinned,

@@ -100,7 +100,16 @@ pub(super) struct JobQueue {
     lanes: [VecDeque<Job>; Priority::LEVELS as usize],
     waiting: usize,
     closed: bool,
+    /// The replica's count of requests held, which a job dropped from a lane gives back.
+    outstanding: Arc<AtomicUsize>,
+    /// Jobs taken since the lanes were last swept.
+    since_sweep: usize,
 }
+
+/// Jobs taken between two sweeps of the lanes for jobs whose callers have gone or whose
+/// deadline has passed: under a steady load of a higher priority the lower lanes are not
+/// reached, and their dead jobs would hold the replica's room.
+const SWEEP_EVERY: usize = 32;
 
 /// What a worker waits on for its next job.
 pub(super) trait Source<T> {
@@ -130,12 +139,31 @@ impl Source<Job> for JobQueue {
 }
 
 impl JobQueue {
-    pub(super) fn new(receiver: Receiver<Job>) -> JobQueue {
+    pub(super) fn new(receiver: Receiver<Job>, outstanding: Arc<AtomicUsize>) -> JobQueue {
         JobQueue {
             receiver,
             lanes: std::array::from_fn(|_| VecDeque::new()),
             waiting: 0,
             closed: false,
+            outstanding,
+            since_sweep: 0,
+        }
+    }
+
+    /// Answers and drops the jobs of every lane that are no longer worth running.
+    fn sweep(&mut self) {
+        let now = Instant::now();
+        for lane in &mut self.lanes {
+            if lane.is_empty() {
+                continue;
+            }
+            let before = lane.len();
+            let jobs = std::mem::take(lane);
+            lane.extend(
+                jobs.into_iter()
+                    .filter_map(|job| job.answer_if_dead(now, &self.outstanding)),
+            );
+            self.waiting -= before - lane.len();
         }
     }
 
@@ -161,6 +189,14 @@ impl JobQueue {
     fn pop(&mut self) -> Option<Job> {
         if self.waiting == 0 {
             return None;
+        }
+        self.since_sweep += 1;
+        if self.since_sweep >= SWEEP_EVERY {
+            self.since_sweep = 0;
+            self.sweep();
+            if self.waiting == 0 {
+                return None;
+            }
         }
         let job = self.lanes.iter_mut().find_map(VecDeque::pop_front)?;
         self.waiting -= 1;

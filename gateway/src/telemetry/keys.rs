@@ -1,5 +1,5 @@
 //! What each inference API key's requests came to, by the key's name (its tenant): requests
-//! by outcome, refusals by the limit that refused them, latency, and captured payloads.
+//! by outcome, refusals by the limit that refused them, and latency.
 //! Written by the pipeline once per request, read by `/metrics`, the management API's key
 //! list, the CLI and the dashboard. Relaxed atomic adds only.
 
@@ -53,8 +53,6 @@ pub struct KeyFigures {
     succeeded: AtomicU64,
     failed: AtomicU64,
     refused: [AtomicU64; Refusal::ALL.len()],
-    captured: AtomicU64,
-    capture_dropped: AtomicU64,
     duration: BucketHistogram,
     latency: LatencyHistogram,
 }
@@ -72,9 +70,6 @@ pub struct KeyFiguresView {
     /// Median and 99th percentile of the latency of its successful requests, in ms.
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
-    /// Payloads captured, and capture events dropped (a sink too slow).
-    pub captured: u64,
-    pub capture_dropped: u64,
 }
 
 impl KeyFigures {
@@ -93,14 +88,6 @@ impl KeyFigures {
         self.refused[why as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    pub fn captured(&self) {
-        self.captured.fetch_add(1, Ordering::Relaxed);
-    }
-
-    pub fn capture_dropped(&self) {
-        self.capture_dropped.fetch_add(1, Ordering::Relaxed);
-    }
-
     pub fn refusals(&self, why: Refusal) -> u64 {
         self.refused[why as usize].load(Ordering::Relaxed)
     }
@@ -115,8 +102,6 @@ impl KeyFigures {
                 .collect(),
             p50_ms: self.latency.quantile_ms(0.5),
             p99_ms: self.latency.quantile_ms(0.99),
-            captured: self.captured.load(Ordering::Relaxed),
-            capture_dropped: self.capture_dropped.load(Ordering::Relaxed),
         }
     }
 
@@ -143,16 +128,6 @@ impl KeyFigures {
             &labels,
             &mut out.duration,
         );
-        let _ = writeln!(
-            out.captured,
-            "switchyard_key_captured_total{{{labels}}} {}",
-            self.captured.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out.dropped,
-            "switchyard_key_capture_dropped_total{{{labels}}} {}",
-            self.capture_dropped.load(Ordering::Relaxed)
-        );
     }
 }
 
@@ -162,8 +137,6 @@ pub struct KeyFamilies {
     requests: String,
     refusals: String,
     duration: String,
-    captured: String,
-    dropped: String,
 }
 
 impl KeyFamilies {
@@ -186,18 +159,6 @@ impl KeyFamilies {
                 "Time from receiving a request to its answer, for each API key's name's successful requests.",
                 "histogram",
                 self.duration,
-            ),
-            (
-                "switchyard_key_captured_total",
-                "Requests of each API key's name whose payload was captured to the sinks.",
-                "counter",
-                self.captured,
-            ),
-            (
-                "switchyard_key_capture_dropped_total",
-                "Capture events of each API key's name dropped because the capture queue was full.",
-                "counter",
-                self.dropped,
             ),
         ];
         for (name, help, kind, series) in families {

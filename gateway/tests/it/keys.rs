@@ -494,6 +494,13 @@ async fn the_command_line_client_makes_lists_and_revokes_keys() {
     }
     assert!(!table.contains(&key), "the secret is never listed");
     let id = made["id"].as_str().unwrap();
+    // `set` changes what its flags give and keeps the rest.
+    let (ok, changed, err) = cli(&gateway, &["keys", "set", id, "--rps", "7"]).await;
+    assert!(ok, "{err}");
+    assert_eq!(changed["key"]["spec"]["models"], json!(["mlp", "digits"]));
+    assert_eq!(changed["key"]["spec"]["limits"]["requests_per_s"], 7.0);
+    assert_eq!(changed["key"]["spec"]["limits"]["in_flight"], 4);
+    assert_eq!(changed["key"]["spec"]["priority"], 1);
     let (ok, _, err) = cli(&gateway, &["keys", "revoke", id]).await;
     assert!(ok, "{err}");
     until_status(&gateway, "mlp", &key, 401).await;

@@ -422,14 +422,13 @@
         el('td', { class: 'num', 'data-figure': 'failed', text: f.failed }),
         el('td', { class: 'num', 'data-figure': 'refused', text: refused }),
         el('td', { class: 'num', text: f.p99_ms === null || f.p99_ms === undefined ? '—' : number(f.p99_ms, 1) }),
-        el('td', { class: 'num', text: f.captured }),
         actions);
     });
     replace($('keys-body'), table(null,
       ['Name', 'Id', 'Secret', 'Models', 'Requests', 'Rows', { text: 'In flight', num: true }, { text: 'Priority', num: true },
         { text: 'Succeeded', num: true }, { text: 'Failed', num: true }, { text: 'Refused', num: true }, { text: 'p99 ms', num: true },
-        { text: 'Captured', num: true }, ''],
-      rows.length ? rows : [el('tr', {}, el('td', { colspan: 14, class: 'empty', text: 'No keys: the inference API takes any caller unless the configuration names a key.' }))]));
+        ''],
+      rows.length ? rows : [el('tr', {}, el('td', { colspan: 13, class: 'empty', text: 'No keys: the inference API takes any caller unless the configuration names a key.' }))]));
   }
 
   function showSecret(answer, what) {

@@ -246,6 +246,7 @@ pub async fn run(
             .filter(|node| node.id != settings.node && live.contains(&node.id))
             .map(|node| NodeBody::of(node).keys)
             .collect();
+        keys.set_nodes(reports.len() + 1);
         shares::apply(&tenants, &key_demand, &reports);
         let next = build_view(&settings.node, &nodes, &states, &live, &mut peers);
         view.send_if_modified(|current| {

@@ -88,17 +88,23 @@ pub fn share(mine: f64, others: &[f64], nodes: usize) -> f64 {
 /// reports (`reports`: one list per other live node).
 pub fn apply(tenants: &[Arc<Tenant>], mine: &[KeyDemand], reports: &[Vec<KeyDemand>]) {
     let nodes = reports.len() + 1;
-    let demand_of = |list: &[KeyDemand], id: &str| {
+    let by_id = |list: &[KeyDemand]| -> HashMap<String, f64> {
         list.iter()
-            .find(|demand| demand.id == id)
-            .map_or(0.0, |demand| demand.per_s)
+            .map(|demand| (demand.id.clone(), demand.per_s))
+            .collect()
     };
+    let mine = by_id(mine);
+    let reports: Vec<HashMap<String, f64>> = reports.iter().map(|report| by_id(report)).collect();
+    let mut others = Vec::with_capacity(reports.len());
     for tenant in tenants.iter().filter(|tenant| tenant.has_rates()) {
-        let others: Vec<f64> = reports
-            .iter()
-            .map(|report| demand_of(report, &tenant.id))
-            .collect();
-        tenant.set_share(share(demand_of(mine, &tenant.id), &others, nodes));
+        others.clear();
+        others.extend(
+            reports
+                .iter()
+                .map(|report| report.get(&*tenant.id).copied().unwrap_or(0.0)),
+        );
+        let own = mine.get(&*tenant.id).copied().unwrap_or(0.0);
+        tenant.set_share(share(own, &others, nodes));
     }
 }
 
