@@ -309,8 +309,12 @@ async fn a_replica_with_a_request_in_flight_is_not_evicted() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     let before = revision(&gateway).await;
     let rows = 512;
+    // Its outputs come back binary: encoding 512,000 floats as JSON takes long enough (in a
+    // debug build, under load) that the replica may be evicted, and heavy_b served, before the
+    // answer's first byte, which would blur the order this test reads.
     let long = json!({"inputs": [{"name": "x", "shape": [rows, 512], "datatype": "FP32",
-                                  "data": vec![0.5f32; rows * 512]}]});
+                                  "data": vec![0.5f32; rows * 512]}],
+                      "parameters": {"binary_data_output": true}});
     let http = gateway.http.clone();
     let started = Instant::now();
     let in_flight = tokio::spawn(async move {
@@ -322,7 +326,17 @@ async fn a_replica_with_a_request_in_flight_is_not_evicted() {
             .unwrap();
         let status = response.status().as_u16();
         let ended = started.elapsed();
-        let body: Value = response.json().await.unwrap();
+        let header: usize = response
+            .headers()
+            .get("inference-header-content-length")
+            .map_or(0, |length| length.to_str().unwrap().parse().unwrap());
+        let bytes = response.bytes().await.unwrap();
+        let json = if header > 0 {
+            &bytes[..header]
+        } else {
+            &bytes[..]
+        };
+        let body: Value = serde_json::from_slice(json).unwrap_or(Value::Null);
         (status, body["outputs"][0]["shape"].clone(), ended)
     });
     // Once it is on heavy_a's replica (its body read and decoded), heavy_b wants that room.
@@ -455,8 +469,12 @@ async fn a_higher_priority_scale_up_evicts_an_idle_lower_priority_replica() {
     let before = revision(&gateway).await;
     // Four long requests at a time on heavy_a for up to 20 s: the autoscaler wants two.
     let rows = 512;
+    // Its outputs come back binary: encoding 512,000 floats as JSON takes long enough (in a
+    // debug build, under load) that the replica may be evicted, and heavy_b served, before the
+    // answer's first byte, which would blur the order this test reads.
     let long = json!({"inputs": [{"name": "x", "shape": [rows, 512], "datatype": "FP32",
-                                  "data": vec![0.5f32; rows * 512]}]});
+                                  "data": vec![0.5f32; rows * 512]}],
+                      "parameters": {"binary_data_output": true}});
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut load = Vec::new();
     for _ in 0..4 {
