@@ -58,7 +58,7 @@ pub struct KeySpec {
 pub struct Limits {
     /// Requests per second, sustained (a token bucket).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(exclusive_minimum = 0.0, maximum = 1000000.0)]
+    #[schema(minimum = 0.001, maximum = 1000000.0)]
     pub requests_per_s: Option<f64>,
     /// Requests that may come at once above the rate; the rate (at least 1) unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -67,7 +67,7 @@ pub struct Limits {
     /// Rows per second (the first dimension of a request's first input, Triton's batch
     /// dimension), sustained.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schema(exclusive_minimum = 0.0, maximum = 1000000.0)]
+    #[schema(minimum = 0.001, maximum = 1000000.0)]
     pub rows_per_s: Option<f64>,
     /// Rows that may come at once above the rate; the rate (at least 1) unless set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
