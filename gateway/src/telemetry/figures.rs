@@ -381,15 +381,24 @@ impl PrometheusFamilies {
                 self.cold_waits,
             ),
         ];
-        for (name, help, kind, series) in families {
-            if series.is_empty() {
-                continue;
-            }
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            out.push_str(&series);
-            out.push('\n');
+        write_families(out, families);
+    }
+}
+
+/// Families drawn at scrape time, each as (name, help, type, its series), written under their
+/// help and type lines as the exporter writes its own; a family with no series is left out.
+pub(crate) fn write_families(
+    out: &mut String,
+    families: impl IntoIterator<Item = (&'static str, &'static str, &'static str, String)>,
+) {
+    for (name, help, kind, series) in families {
+        if series.is_empty() {
+            continue;
         }
+        let _ = writeln!(out, "# HELP {name} {help}");
+        let _ = writeln!(out, "# TYPE {name} {kind}");
+        out.push_str(&series);
+        out.push('\n');
     }
 }
 

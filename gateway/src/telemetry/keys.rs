@@ -10,7 +10,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::formatting::sanitize_label_value;
 use serde::{Deserialize, Serialize};
 
-use crate::telemetry::figures::{BucketHistogram, LatencyHistogram};
+use crate::telemetry::figures::{BucketHistogram, LatencyHistogram, write_families};
 
 /// Why a key's request was refused before it reached a model.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,14 +161,6 @@ impl KeyFamilies {
                 self.duration,
             ),
         ];
-        for (name, help, kind, series) in families {
-            if series.is_empty() {
-                continue;
-            }
-            let _ = writeln!(out, "# HELP {name} {help}");
-            let _ = writeln!(out, "# TYPE {name} {kind}");
-            out.push_str(&series);
-            out.push('\n');
-        }
+        write_families(out, families);
     }
 }
