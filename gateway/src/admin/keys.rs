@@ -43,6 +43,19 @@ fn new_secret() -> Result<String, super::ApiError> {
     Ok(format!("sy_{}", hex::encode(bytes)))
 }
 
+/// A key as made or rotated, with its secret, shown this once.
+fn issued(record: KeyRecord, secret: String, warnings: Vec<String>, revision: i64) -> IssuedKey {
+    IssuedKey {
+        id: record.id,
+        name: record.name,
+        prefix: record.prefix,
+        key: secret,
+        spec: serde_json::from_value(record.spec).unwrap_or_default(),
+        warnings,
+        revision,
+    }
+}
+
 /// What the key list shows of a secret: enough to tell keys apart, nothing to guess with.
 fn prefix_of(secret: &str) -> String {
     secret.chars().take(10).collect()
@@ -168,15 +181,7 @@ pub(super) async fn create_key(
         .await?;
     ok(
         StatusCode::CREATED,
-        IssuedKey {
-            id: record.id,
-            name: record.name,
-            prefix: record.prefix,
-            key: secret,
-            spec,
-            warnings,
-            revision,
-        },
+        issued(record, secret, warnings, revision),
     )
 }
 
@@ -236,18 +241,7 @@ pub(super) async fn rotate_key(
             &prefix_of(&secret),
         )
         .await?;
-    ok(
-        StatusCode::OK,
-        IssuedKey {
-            id: record.id,
-            name: record.name,
-            prefix: record.prefix,
-            key: secret,
-            spec: serde_json::from_value(record.spec).unwrap_or_default(),
-            warnings: Vec::new(),
-            revision,
-        },
-    )
+    ok(StatusCode::OK, issued(record, secret, Vec::new(), revision))
 }
 
 /// Revoke a key: every gateway refuses it once the change reaches it (the change feed).

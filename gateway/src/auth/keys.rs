@@ -275,13 +275,51 @@ pub struct Tenant {
     pub figures: Arc<KeyFigures>,
 }
 
-/// A tenant's request being handled: its in-flight slot, given back when dropped.
-pub struct TenantPass(Arc<Tenant>);
+/// A request's place under an in-flight cap (a key's or a model's), given back when dropped.
+pub struct Slot(Arc<AtomicU32>);
 
-impl Drop for TenantPass {
+impl Drop for Slot {
     fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        self.0.fetch_sub(1, Ordering::Relaxed);
     }
+}
+
+/// Takes a place under `cap` (none: no cap), or refuses `who` with when to retry.
+fn take_slot(
+    count: &Arc<AtomicU32>,
+    cap: Option<u32>,
+    who: std::fmt::Arguments<'_>,
+) -> Result<Slot, GatewayError> {
+    let held = count.fetch_add(1, Ordering::Relaxed);
+    let slot = Slot(count.clone());
+    match cap {
+        Some(cap) if held >= cap => Err(over_limit(
+            format!("{who} has its limit of {cap} requests in flight; retry shortly"),
+            Duration::from_secs(1),
+        )),
+        _ => Ok(slot),
+    }
+}
+
+/// Takes `cost` from `bucket` (none: no limit), or refuses `who` with when to retry.
+fn charge(
+    bucket: Option<&TokenBucket>,
+    cost: f64,
+    what: &str,
+    who: std::fmt::Arguments<'_>,
+) -> Result<(), GatewayError> {
+    let Some(bucket) = bucket else {
+        return Ok(());
+    };
+    bucket.take(cost, Instant::now()).map_err(|wait| {
+        over_limit(
+            format!(
+                "{who} is over its limit of {} {what} per second",
+                bucket.rate
+            ),
+            wait,
+        )
+    })
 }
 
 /// The refusal of a request over a limit: 429 / RESOURCE_EXHAUSTED, with when to retry.
@@ -340,7 +378,7 @@ impl Tenant {
 
     /// Admits one request for `model`, or refuses it (and counts why): a model the key may
     /// not call is 403; over its in-flight cap or its rate, 429 with when to retry.
-    pub fn admit(self: &Arc<Self>, model: &str) -> Result<TenantPass, GatewayError> {
+    pub fn admit(&self, model: &str) -> Result<Slot, GatewayError> {
         if self.retired.load(Ordering::Relaxed) {
             return Err(GatewayError::new(
                 ErrorKind::Unauthenticated,
@@ -357,55 +395,22 @@ impl Tenant {
                 format!("key '{}' may not call model '{}'", self.name, quoted(model)),
             ));
         }
-        let held = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let pass = TenantPass(self.clone());
-        if let Some(cap) = self.spec.limits.in_flight
-            && held >= cap
-        {
-            self.figures.refused(Refusal::InFlight);
-            return Err(over_limit(
-                format!(
-                    "key '{}' has its limit of {cap} requests in flight; retry shortly",
-                    self.name
-                ),
-                Duration::from_secs(1),
-            ));
-        }
+        let who = format_args!("key '{}'", self.name);
+        let slot = take_slot(&self.in_flight, self.spec.limits.in_flight, who)
+            .inspect_err(|_| self.figures.refused(Refusal::InFlight))?;
         if self.has_rates() {
             self.offered.fetch_add(1, Ordering::Relaxed);
         }
-        if let Some(bucket) = &self.requests
-            && let Err(wait) = bucket.take(1.0, Instant::now())
-        {
-            self.figures.refused(Refusal::Rate);
-            return Err(over_limit(
-                format!(
-                    "key '{}' is over its limit of {} requests per second",
-                    self.name, bucket.rate
-                ),
-                wait,
-            ));
-        }
-        Ok(pass)
+        charge(self.requests.as_deref(), 1.0, "requests", who)
+            .inspect_err(|_| self.figures.refused(Refusal::Rate))?;
+        Ok(slot)
     }
 
     /// Charges a request's rows to the key's rows per second, or refuses it.
     pub fn charge_rows(&self, rows: u64) -> Result<(), GatewayError> {
-        let Some(bucket) = &self.rows else {
-            return Ok(());
-        };
-        bucket
-            .take(rows.max(1) as f64, Instant::now())
-            .map_err(|wait| {
-                self.figures.refused(Refusal::Rows);
-                over_limit(
-                    format!(
-                        "key '{}' is over its limit of {} rows per second",
-                        self.name, bucket.rate
-                    ),
-                    wait,
-                )
-            })
+        let who = format_args!("key '{}'", self.name);
+        charge(self.rows.as_deref(), rows.max(1) as f64, "rows", who)
+            .inspect_err(|_| self.figures.refused(Refusal::Rows))
     }
 
     /// The priority its requests take when they name none.
@@ -459,22 +464,19 @@ pub struct ModelLimit {
     pub limits: Limits,
     requests: Option<TokenBucket>,
     rows: Option<TokenBucket>,
-    in_flight: AtomicU32,
+    in_flight: Arc<AtomicU32>,
 }
 
 /// A request held against its model's in-flight cap, given back when dropped.
-pub struct ModelPass(Arc<ModelLimit>);
+pub struct ModelPass {
+    _slot: Slot,
+    limit: Arc<ModelLimit>,
+}
 
 impl ModelPass {
     /// The limits it holds a place under.
     pub fn limit(&self) -> &ModelLimit {
-        &self.0
-    }
-}
-
-impl Drop for ModelPass {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+        &self.limit
     }
 }
 
@@ -488,57 +490,25 @@ impl ModelLimit {
             rows: limits
                 .rows_per_s
                 .map(|rate| TokenBucket::new(rate, limits.rows_burst)),
-            in_flight: AtomicU32::new(0),
+            in_flight: Arc::default(),
         }
     }
 
     /// Admits one request to `model`, or refuses it with when to retry.
     pub fn admit(self: &Arc<Self>, model: &str) -> Result<ModelPass, GatewayError> {
-        let held = self.in_flight.fetch_add(1, Ordering::Relaxed);
-        let pass = ModelPass(self.clone());
-        if let Some(cap) = self.limits.in_flight
-            && held >= cap
-        {
-            return Err(over_limit(
-                format!(
-                    "model '{}' has its limit of {cap} requests in flight; retry shortly",
-                    quoted(model)
-                ),
-                Duration::from_secs(1),
-            ));
-        }
-        if let Some(bucket) = &self.requests
-            && let Err(wait) = bucket.take(1.0, Instant::now())
-        {
-            return Err(over_limit(
-                format!(
-                    "model '{}' is over its limit of {} requests per second",
-                    quoted(model),
-                    bucket.rate
-                ),
-                wait,
-            ));
-        }
-        Ok(pass)
+        let who = format_args!("model '{}'", quoted(model));
+        let slot = take_slot(&self.in_flight, self.limits.in_flight, who)?;
+        charge(self.requests.as_ref(), 1.0, "requests", who)?;
+        Ok(ModelPass {
+            _slot: slot,
+            limit: self.clone(),
+        })
     }
 
     /// Charges a request's rows to the model's rows per second, or refuses it.
     pub fn charge_rows(&self, model: &str, rows: u64) -> Result<(), GatewayError> {
-        let Some(bucket) = &self.rows else {
-            return Ok(());
-        };
-        bucket
-            .take(rows.max(1) as f64, Instant::now())
-            .map_err(|wait| {
-                over_limit(
-                    format!(
-                        "model '{}' is over its limit of {} rows per second",
-                        quoted(model),
-                        bucket.rate
-                    ),
-                    wait,
-                )
-            })
+        let who = format_args!("model '{}'", quoted(model));
+        charge(self.rows.as_ref(), rows.max(1) as f64, "rows", who)
     }
 }
 

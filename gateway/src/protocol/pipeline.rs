@@ -28,7 +28,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::auth::Caller;
-use crate::auth::keys::{ModelLimits, ModelPass, TenantPass};
+use crate::auth::keys::{ModelLimits, ModelPass, Slot};
 use crate::core::{Gateway, InferRequest, InferResponse};
 use crate::error::{ErrorKind, GatewayError};
 use crate::priority::Priority;
@@ -116,7 +116,7 @@ pub struct Call<'a> {
 /// A request's places under its key's and its model's limits (in-flight counts), given back
 /// when dropped.
 struct Admitted {
-    _tenant: Option<TenantPass>,
+    _tenant: Option<Slot>,
     model: Option<ModelPass>,
 }
 
@@ -125,6 +125,14 @@ fn too_large(limit: usize) -> GatewayError {
         ErrorKind::PayloadTooLarge,
         format!("request too large: over the limit of {limit} bytes"),
     )
+}
+
+/// A refusal by a model's own limits, counted against the tenant that met it.
+fn model_refused(caller: &Caller, error: GatewayError) -> GatewayError {
+    if let Some(tenant) = caller.tenant() {
+        tenant.figures.refused(Refusal::ModelLimit);
+    }
+    error
 }
 
 /// A JSON body this large takes milliseconds to parse: long enough to stall every task queued
@@ -394,12 +402,6 @@ impl Pipeline {
         // are refused first: the cheapest refusals, and ones that say whose limit it was.
         let admitted = self.limits_of(&call.caller, call.model)?;
         let tenant = call.caller.tenant();
-        let counted = |error: GatewayError| {
-            if let Some(tenant) = tenant {
-                tenant.figures.refused(Refusal::ModelLimit);
-            }
-            error
-        };
         // Under overload, refuse before decoding: the cheapest 429.
         self.gateway
             .refuse_if_queues_full(call.model, call.version)?;
@@ -413,13 +415,14 @@ impl Pipeline {
         } else {
             span.in_scope(decode)?
         };
+        let rows = request.rows();
         if let Some(tenant) = tenant {
-            tenant.charge_rows(request.rows())?;
+            tenant.charge_rows(rows)?;
         }
         if let Some(limit) = admitted.model.as_ref().map(ModelPass::limit) {
             limit
-                .charge_rows(call.model, request.rows())
-                .map_err(counted)?;
+                .charge_rows(call.model, rows)
+                .map_err(|error| model_refused(&call.caller, error))?;
         }
         request.apply_priority_parameter(
             tenant.map_or(Priority::DEFAULT, |t| t.priority()),
@@ -454,14 +457,9 @@ impl Pipeline {
             _ => self.model_limits.of(model),
         };
         let model = limit
-            .map(|limit| {
-                limit.admit(model).inspect_err(|_| {
-                    if let Some(tenant) = caller.tenant() {
-                        tenant.figures.refused(Refusal::ModelLimit);
-                    }
-                })
-            })
-            .transpose()?;
+            .map(|limit| limit.admit(model))
+            .transpose()
+            .map_err(|error| model_refused(caller, error))?;
         Ok(Admitted {
             _tenant: tenant,
             model,
