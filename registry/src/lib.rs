@@ -265,6 +265,17 @@ pub trait Store: Send + Sync {
     /// Every model's limits, by model.
     async fn model_limits(&self) -> Result<BTreeMap<String, serde_json::Value>, RegistryError>;
 
+    /// Sets a model's payload capture (`None` stops it): a `model.capture` event.
+    async fn set_model_capture(
+        &self,
+        actor: &str,
+        model: &str,
+        spec: Option<serde_json::Value>,
+    ) -> Result<i64, RegistryError>;
+
+    /// Every model's payload capture, by model.
+    async fn model_captures(&self) -> Result<BTreeMap<String, serde_json::Value>, RegistryError>;
+
     /// Replaces the placement whole, as one revision with a `cluster.placed` event.
     async fn write_placements(
         &self,

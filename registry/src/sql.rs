@@ -96,6 +96,23 @@ pub fn redacted(url: &str) -> String {
     shown
 }
 
+/// A JSON document kept per model, beside its versions.
+#[derive(Clone, Copy)]
+enum ModelDocument {
+    Limits,
+    Capture,
+}
+
+impl ModelDocument {
+    /// Its table, what it is called (in errors and its event's payload), and its event.
+    fn names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            ModelDocument::Limits => ("model_limits", "limits", "model.limits"),
+            ModelDocument::Capture => ("model_capture", "capture", "model.capture"),
+        }
+    }
+}
+
 impl SqlStore {
     /// Opens (and creates, for SQLite) the registry at `url` — `sqlite://PATH` or
     /// `postgres://...` — and brings its schema up to date.
@@ -243,6 +260,54 @@ impl SqlStore {
         });
         tracing::info!(revision, actor, action, model, "registry change");
         Ok(revision)
+    }
+
+    /// Sets (or, with `None`, removes) one of a model's documents: a JSON object kept whole,
+    /// which the gateway defines and checks.
+    async fn set_model_document(
+        &self,
+        document: ModelDocument,
+        actor: &str,
+        model: &str,
+        spec: Option<serde_json::Value>,
+    ) -> Result<i64, RegistryError> {
+        let (table, what, action) = document.names();
+        if spec.as_ref().is_some_and(|spec| !spec.is_object()) {
+            return Err(RegistryError::Invalid(format!(
+                "a model's {what} must be a JSON object"
+            )));
+        }
+        let (mut tx, revision) = self.begin_write().await?;
+        Self::require_model(&mut tx, model).await?;
+        sqlx::query(&format!("DELETE FROM {table} WHERE model = $1"))
+            .bind(model)
+            .execute(&mut *tx)
+            .await?;
+        if let Some(spec) = &spec {
+            sqlx::query(&format!(
+                "INSERT INTO {table} (model, spec) VALUES ($1, $2)"
+            ))
+            .bind(model)
+            .bind(spec.to_string())
+            .execute(&mut *tx)
+            .await?;
+        }
+        let payload = serde_json::json!({ what: spec });
+        self.finish_write(tx, revision, actor, action, model, payload)
+            .await
+    }
+
+    async fn model_documents(
+        &self,
+        document: ModelDocument,
+    ) -> Result<BTreeMap<String, serde_json::Value>, RegistryError> {
+        let (table, ..) = document.names();
+        let rows = sqlx::query(&format!("SELECT model, spec FROM {table} ORDER BY model"))
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("model")?, json_column(row, "spec")?)))
+            .collect()
     }
 
     async fn require_model(
@@ -1827,36 +1892,26 @@ impl Store for SqlStore {
         model: &str,
         spec: Option<serde_json::Value>,
     ) -> Result<i64, RegistryError> {
-        if spec.as_ref().is_some_and(|spec| !spec.is_object()) {
-            return Err(RegistryError::Invalid(
-                "a model's limits must be a JSON object".into(),
-            ));
-        }
-        let (mut tx, revision) = self.begin_write().await?;
-        Self::require_model(&mut tx, model).await?;
-        sqlx::query("DELETE FROM model_limits WHERE model = $1")
-            .bind(model)
-            .execute(&mut *tx)
-            .await?;
-        if let Some(spec) = &spec {
-            sqlx::query("INSERT INTO model_limits (model, spec) VALUES ($1, $2)")
-                .bind(model)
-                .bind(spec.to_string())
-                .execute(&mut *tx)
-                .await?;
-        }
-        let payload = serde_json::json!({ "limits": spec });
-        self.finish_write(tx, revision, actor, "model.limits", model, payload)
+        self.set_model_document(ModelDocument::Limits, actor, model, spec)
             .await
     }
 
     async fn model_limits(&self) -> Result<BTreeMap<String, serde_json::Value>, RegistryError> {
-        let rows = sqlx::query("SELECT model, spec FROM model_limits ORDER BY model")
-            .fetch_all(&self.pool)
-            .await?;
-        rows.iter()
-            .map(|row| Ok((row.try_get("model")?, json_column(row, "spec")?)))
-            .collect()
+        self.model_documents(ModelDocument::Limits).await
+    }
+
+    async fn set_model_capture(
+        &self,
+        actor: &str,
+        model: &str,
+        spec: Option<serde_json::Value>,
+    ) -> Result<i64, RegistryError> {
+        self.set_model_document(ModelDocument::Capture, actor, model, spec)
+            .await
+    }
+
+    async fn model_captures(&self) -> Result<BTreeMap<String, serde_json::Value>, RegistryError> {
+        self.model_documents(ModelDocument::Capture).await
     }
 
     async fn create_key(

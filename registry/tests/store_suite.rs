@@ -1022,3 +1022,63 @@ async fn postgres_store_keeps_keys() {
     let store = SqlStore::open(&postgres_url().await).await.unwrap();
     key_suite(&store).await;
 }
+
+/// A model's limits and its capture: JSON objects kept whole, each written with its own event,
+/// removed with `None` and with their model.
+async fn model_document_suite(store: &dyn Store) {
+    store
+        .create_model(
+            "test",
+            NewModel {
+                name: "mlp".into(),
+                ..NewModel::default()
+            },
+        )
+        .await
+        .unwrap();
+    let before = store.revision().await.unwrap();
+    let capture = serde_json::json!({"sample": 0.5, "sinks": [{"file": "mlp"}]});
+    let limits = serde_json::json!({"requests_per_second": 5.0});
+    store
+        .set_model_capture("test", "mlp", Some(capture.clone()))
+        .await
+        .unwrap();
+    store
+        .set_model_limits("test", "mlp", Some(limits.clone()))
+        .await
+        .unwrap();
+    assert_eq!(store.model_captures().await.unwrap()["mlp"], capture);
+    assert_eq!(store.model_limits().await.unwrap()["mlp"], limits);
+    assert!(matches!(
+        store
+            .set_model_capture("test", "mlp", Some(serde_json::json!([1])))
+            .await,
+        Err(RegistryError::Invalid(_))
+    ));
+    assert!(matches!(
+        store
+            .set_model_capture("test", "nope", Some(capture.clone()))
+            .await,
+        Err(RegistryError::NotFound(_))
+    ));
+    store.set_model_capture("test", "mlp", None).await.unwrap();
+    assert!(store.model_captures().await.unwrap().is_empty());
+    assert_eq!(store.model_limits().await.unwrap().len(), 1, "limits stay");
+    let events = store.events_after(before, 100).await.unwrap();
+    let actions: Vec<&str> = events.iter().map(|event| event.action.as_str()).collect();
+    assert_eq!(actions, ["model.capture", "model.limits", "model.capture"]);
+    assert_eq!(events[0].payload["capture"], capture);
+    assert_eq!(events[2].payload["capture"], serde_json::Value::Null);
+}
+
+#[tokio::test]
+async fn sqlite_store_keeps_model_documents() {
+    let (store, _dir) = sqlite_store().await;
+    model_document_suite(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_store_keeps_model_documents() {
+    let store = SqlStore::open(&postgres_url().await).await.unwrap();
+    model_document_suite(&store).await;
+}
