@@ -27,6 +27,7 @@ pub struct Config {
     pub log: LogConfig,
     pub cluster: ClusterConfig,
     pub shared_memory: SharedMemoryConfig,
+    pub capture: CaptureConfig,
     /// Devices and their memory budgets; a device not listed gets its physical memory (the
     /// host's RAM for `cpu`, NVML's figure for `cuda:N`) less nothing.
     pub devices: Vec<DeviceConfig>,
@@ -95,6 +96,48 @@ impl Default for SharedMemoryConfig {
         SharedMemoryConfig {
             max_regions: 256,
             max_total_size: ByteSize(16 << 30),
+        }
+    }
+}
+
+/// `[capture]`: where captured requests may be written, and the bounds that keep capture off
+/// the request path (docs/capture.md).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct CaptureConfig {
+    /// The folders a model's file sinks may be in (a relative folder is under the first).
+    pub roots: Vec<PathBuf>,
+    /// Events waiting to be encoded, and waiting for each sink.
+    pub queue_events: usize,
+    /// Bytes of events waiting, raw and encoded, over every sink.
+    pub queue_bytes: ByteSize,
+    /// Tensor bytes one event carries; the tensors past it are kept as their name, datatype
+    /// and shape only.
+    pub event_bytes: ByteSize,
+    /// A file sink's file is rotated past this size.
+    pub file_bytes: ByteSize,
+    /// Rotated files a file sink keeps; the oldest is deleted past it.
+    pub files_kept: usize,
+    /// How long one HTTP sink delivery may take.
+    pub http_timeout: HumanDuration,
+    /// Deliveries one HTTP sink makes at once.
+    pub http_concurrency: usize,
+    /// A CA (PEM) that https sinks' certificates may chain to, beside the public roots.
+    pub http_ca: PathBuf,
+}
+
+impl Default for CaptureConfig {
+    fn default() -> Self {
+        CaptureConfig {
+            roots: vec![PathBuf::from("data/capture")],
+            queue_events: 4096,
+            queue_bytes: ByteSize(64 << 20),
+            event_bytes: ByteSize(1 << 20),
+            file_bytes: ByteSize(64 << 20),
+            files_kept: 8,
+            http_timeout: HumanDuration(Duration::from_secs(2)),
+            http_concurrency: 8,
+            http_ca: PathBuf::new(),
         }
     }
 }

@@ -361,3 +361,19 @@ pub struct ModelLimitsAnswer {
     pub limits: Limits,
     pub revision: i64,
 }
+
+/// `GET`, `PUT /v1/models/{m}/capture`: a model's capture, with this gateway's figures for it
+/// and its sinks (`capture` is null when the model has none).
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CaptureAnswer {
+    pub model: String,
+    pub capture: Option<crate::core::capture::CaptureView>,
+    pub revision: i64,
+}
+
+/// `GET /v1/capture`: every captured model.
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
+pub struct CaptureList {
+    pub captures: Vec<crate::core::capture::CaptureView>,
+    pub revision: i64,
+}

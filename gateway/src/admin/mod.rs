@@ -16,6 +16,7 @@ use serde_json::Value;
 use switchyard_registry::{RegistryError, Store};
 
 pub mod api;
+mod capture;
 pub mod cli;
 mod dashboard;
 mod evaluations;
@@ -34,6 +35,7 @@ use crate::config::{AdminRole, Config, ServingConfig};
 use crate::control::capacity::Capacity;
 use crate::control::rollout::RolloutStatus;
 use crate::core::Gateway;
+use crate::core::capture::Capture;
 use crate::error::{ErrorKind, GatewayError};
 use figures::FigureHistory;
 
@@ -45,6 +47,8 @@ pub struct AdminState {
     tokens: auth::ManagementTokens,
     /// The inference API's keys in force here, for their live figures.
     keys: auth::ApiKeys,
+    /// The payload capture: its roots check a capture's folders, its figures are shown.
+    capture: Capture,
     /// No token is configured: only a loopback listener may then answer, to anyone on it.
     open: bool,
     models_dir: PathBuf,
@@ -70,6 +74,7 @@ impl AdminState {
         figures: Arc<FigureHistory>,
         rollouts: Arc<RolloutStatus>,
         keys: auth::ApiKeys,
+        capture: Capture,
         whole: &Config,
     ) -> AdminState {
         let config = &whole.admin;
@@ -84,6 +89,7 @@ impl AdminState {
             capacity,
             tokens,
             keys,
+            capture,
             open,
             models_dir: whole.models.dir.clone(),
             defaults: whole.serving.clone(),
@@ -276,6 +282,13 @@ pub fn router(state: AdminState) -> Router {
             get(keys::get_model_limits)
                 .put(keys::set_model_limits)
                 .delete(keys::remove_model_limits),
+        )
+        .route("/v1/capture", get(capture::list_captures))
+        .route(
+            "/v1/models/{m}/capture",
+            get(capture::get_capture)
+                .put(capture::set_capture)
+                .delete(capture::remove_capture),
         )
         .route("/v1/events", get(system::events))
         .route("/v1/repository/import", post(system::import))

@@ -8,7 +8,7 @@ use utoipa::openapi::security::{Http, HttpAuthScheme, SecurityScheme};
 use utoipa::openapi::{RefOr, Response};
 use utoipa::{Modify, OpenApi, ToResponse, ToSchema};
 
-use super::{evaluations, experiment, figures, keys, models, rollouts, system, traffic};
+use super::{capture, evaluations, experiment, figures, keys, models, rollouts, system, traffic};
 
 /// The protocol's error body, as every refusal carries it.
 #[derive(serde::Deserialize, ToSchema, ToResponse)]
@@ -64,6 +64,10 @@ pub struct ErrorResponse {
         keys::get_model_limits,
         keys::set_model_limits,
         keys::remove_model_limits,
+        capture::list_captures,
+        capture::get_capture,
+        capture::set_capture,
+        capture::remove_capture,
         document,
     ),
     components(responses(ErrorResponse)),

@@ -15,7 +15,12 @@ use crate::telemetry::{Gauges, SequenceGauges, VersionGauges};
 
 /// The gauges' values now: every version's state and replicas from the model table, the
 /// in-flight count from the pipeline, budgets and targets from the capacity.
-pub fn gauges(handles: &Handles, pipeline: &Pipeline, keys: &crate::auth::ApiKeys) -> Gauges {
+pub fn gauges(
+    handles: &Handles,
+    pipeline: &Pipeline,
+    keys: &crate::auth::ApiKeys,
+    capture: &crate::core::capture::Capture,
+) -> Gauges {
     let table = handles.tables.snapshot();
     let sequences = pipeline.gateway().sequences().figures();
     let versions = table
@@ -69,5 +74,7 @@ pub fn gauges(handles: &Handles, pipeline: &Pipeline, keys: &crate::auth::ApiKey
             .map(|(key, figures)| (key.model, key.version, figures))
             .collect(),
         keys: keys.figures(),
+        capture: capture.model_figures(),
+        capture_sinks: capture.sink_figures(),
     }
 }

@@ -28,6 +28,7 @@ use crate::control::repository::{ModelSettings, ModelToml};
 use crate::control::rewards::flush_rewards;
 use crate::control::rollout::{RolloutDriver, RolloutStatus};
 use crate::control::runtimes::{self, RuntimeSettings, Runtimes};
+use crate::core::capture::Capture;
 use crate::core::forward::{Forwarding, PeerLimits};
 use crate::core::request_id::{IdKey, RequestIds, random_key};
 use crate::core::{Gateway, TableHandle};
@@ -64,6 +65,7 @@ pub struct Running {
     reconciler: JoinHandle<()>,
     upkeep: JoinHandle<()>,
     keys_follower: JoinHandle<()>,
+    capture: Capture,
     objective: JoinHandle<()>,
     autoscaler: JoinHandle<()>,
     rollouts: JoinHandle<()>,
@@ -144,11 +146,17 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         max_in_flight_bytes: byte_limit(config.serving.max_in_flight_bytes),
         read_timeout: config.http.request_read_timeout.0,
     };
-    let pipeline = Arc::new(Pipeline::new(
-        gateway.clone(),
-        handles.metrics.clone(),
-        limits,
-    ));
+    // The CloudEvents' source names this gateway: its node id, else its host name.
+    let capture = Capture::new(
+        &config.capture,
+        &node.clone().unwrap_or_else(|| {
+            cluster::node_id(&config.cluster).unwrap_or_else(|_| "switchyard".into())
+        }),
+    );
+    let pipeline = Arc::new(
+        Pipeline::new(gateway.clone(), handles.metrics.clone(), limits)
+            .with_capture(capture.clone()),
+    );
     let mut reconciler = Reconciler::new(
         handles.clone(),
         store.clone(),
@@ -195,18 +203,16 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     );
 
     let api_keys = ApiKeys::new(&config.inference.api_keys);
+    let in_force = registry_keys::InForce {
+        keys: api_keys.clone(),
+        limits: pipeline.model_limits().clone(),
+        capture: capture.clone(),
+    };
     // The registry's keys are in force before the first request is accepted.
-    registry_keys::load(store.as_ref(), &api_keys, pipeline.model_limits())
+    registry_keys::load(store.as_ref(), &in_force)
         .await
         .context("cannot read the API keys from the registry")?;
-    let keys_follower = tasks::spawn(
-        &KEYS,
-        registry_keys::follow(
-            store.clone(),
-            api_keys.clone(),
-            pipeline.model_limits().clone(),
-        ),
-    );
+    let keys_follower = tasks::spawn(&KEYS, registry_keys::follow(store.clone(), in_force));
     let http_listener = bind(config.http.addr, "HTTP").await?;
     let grpc_listener = bind(config.grpc.addr, "gRPC").await?;
     let metrics_listener = bind(config.metrics.addr, "metrics").await?;
@@ -294,9 +300,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         figures,
         rollout_status,
         api_keys.clone(),
+        capture.clone(),
         config,
     ));
-    let metrics_app = metrics_router(handles.clone(), pipeline, api_keys.clone());
+    let metrics_app = metrics_router(handles.clone(), pipeline, api_keys.clone(), capture.clone());
     let (inference_tls, admin_tls) = tls_acceptors(config)?;
     let serve = |name, listener, app, tls| {
         let limits = config.connections.clone();
@@ -327,6 +334,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         reconciler,
         upkeep,
         keys_follower,
+        capture,
         objective,
         autoscaler,
         rollouts,
@@ -502,11 +510,19 @@ async fn bind(addr: SocketAddr, what: &str) -> anyhow::Result<TcpListener> {
 
 const LISTEN_BACKLOG: u32 = 4096;
 
-fn metrics_router(handles: Handles, pipeline: Arc<Pipeline>, keys: ApiKeys) -> axum::Router {
+/// How long a stopping gateway waits for its captured events to be written and delivered.
+const CAPTURE_DRAIN: std::time::Duration = std::time::Duration::from_secs(5);
+
+fn metrics_router(
+    handles: Handles,
+    pipeline: Arc<Pipeline>,
+    keys: ApiKeys,
+    capture: Capture,
+) -> axum::Router {
     axum::Router::new().route(
         "/metrics",
         axum::routing::get(move || {
-            let gauges = super::gauges(&handles, &pipeline, &keys);
+            let gauges = super::gauges(&handles, &pipeline, &keys, &capture);
             let text = handles.metrics.render(&gauges);
             async move {
                 (
@@ -550,6 +566,8 @@ impl Running {
                 .with_context(|| format!("the {name} server task failed"))?
                 .with_context(|| format!("the {name} server failed"))?;
         }
+        // The requests have finished: what they captured is written before the process ends.
+        self.capture.close(CAPTURE_DRAIN).await;
         flush_rewards(&self.experiments, &*self.store).await;
         Ok(())
     }

@@ -1,6 +1,7 @@
-//! The inference API's keys and the models' limits, from the registry to the request path:
-//! [`load`] reads them all into [`ApiKeys`] and [`ModelLimits`], and [`follow`] does it
-//! again whenever the change feed carries a `key.*` or `model.limits` event. On PostgreSQL the feed is a notification, so a key revoked through any gateway is
+//! The inference API's keys, the models' limits and their payload capture, from the registry
+//! to the request path: [`load`] reads them all into [`ApiKeys`], [`ModelLimits`] and
+//! [`Capture`], and [`follow`] does it again whenever the change feed carries a `key.*`,
+//! `model.limits` or `model.capture` event. On PostgreSQL the feed is a notification, so a key revoked through any gateway is
 //! refused by every gateway within the notification's delivery (milliseconds), or within the
 //! listener's 5 s safety read if a notification was lost while it reconnected.
 
@@ -11,6 +12,7 @@ use switchyard_registry::{KeyRecord, RegistryError, Store};
 
 use crate::auth::ApiKeys;
 use crate::auth::keys::{KeyEntry, KeySpec, Limits, ModelLimits};
+use crate::core::capture::{Capture, CaptureSpec};
 
 /// Events read per look at the feed; a longer run of changes reloads the keys anyway.
 const EVENTS_PER_LOOK: i64 = 512;
@@ -37,12 +39,21 @@ pub fn entry(record: &KeyRecord) -> KeyEntry {
     }
 }
 
-/// Reads every key into `keys`, and every model's limits into `models`.
-pub async fn load(
-    store: &dyn Store,
-    keys: &ApiKeys,
-    models: &ModelLimits,
-) -> Result<(), RegistryError> {
+/// What the registry's keys and models' documents are put in force in.
+#[derive(Clone)]
+pub struct InForce {
+    pub keys: ApiKeys,
+    pub limits: ModelLimits,
+    pub capture: Capture,
+}
+
+/// Reads every key, every model's limits and every model's capture into `into`.
+pub async fn load(store: &dyn Store, into: &InForce) -> Result<(), RegistryError> {
+    let InForce {
+        keys,
+        limits: models,
+        capture,
+    } = into;
     let records = store.keys().await?;
     let entries: Vec<KeyEntry> = records.iter().map(entry).collect();
     keys.replace(&entries);
@@ -63,12 +74,30 @@ pub async fn load(
         })
         .collect();
     models.replace(limits);
+    let captures = store
+        .model_captures()
+        .await?
+        .into_iter()
+        .filter_map(|(model, spec)| {
+            match serde_json::from_value::<CaptureSpec>(spec)
+                .map_err(|e| e.to_string())
+                .and_then(|spec| spec.check_bounds().map(|()| spec))
+            {
+                Ok(spec) => Some((model, spec)),
+                Err(error) => {
+                    tracing::error!(%model, %error, "ignoring a model's capture this gateway cannot read");
+                    None
+                }
+            }
+        })
+        .collect();
+    capture.replace(captures);
     Ok(())
 }
 
-/// Follows the change feed for as long as the gateway runs, reloading the keys when they
-/// change.
-pub async fn follow(store: Arc<dyn Store>, keys: ApiKeys, models: ModelLimits) {
+/// Follows the change feed for as long as the gateway runs, reloading the keys, the limits
+/// and the capture when they change.
+pub async fn follow(store: Arc<dyn Store>, into: InForce) {
     let mut revisions = store.subscribe();
     let mut seen = *revisions.borrow_and_update();
     // A reload that failed is tried again without waiting for another change.
@@ -83,7 +112,9 @@ pub async fn follow(store: Arc<dyn Store>, keys: ApiKeys, models: ModelLimits) {
                 Ok(events) => {
                     events.len() as i64 >= EVENTS_PER_LOOK
                         || events.iter().any(|event| {
-                            event.action.starts_with("key.") || event.action == "model.limits"
+                            event.action.starts_with("key.")
+                                || event.action == "model.limits"
+                                || event.action == "model.capture"
                         })
                 }
                 Err(error) => {
@@ -92,7 +123,7 @@ pub async fn follow(store: Arc<dyn Store>, keys: ApiKeys, models: ModelLimits) {
                 }
             };
         reload_owed = false;
-        if changed && let Err(error) = load(store.as_ref(), &keys, &models).await {
+        if changed && let Err(error) = load(store.as_ref(), &into).await {
             tracing::warn!(%error, "cannot reload the API keys; retrying");
             tokio::time::sleep(Duration::from_millis(200)).await;
             reload_owed = true;

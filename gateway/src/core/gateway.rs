@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use switchyard_runtimes::NamedTensor;
 
+use crate::core::capture::Ticket;
 use crate::core::classification::classify;
 use crate::core::forward::{
     ForwardError, Forwarding, OutOfRotation, Peer, RemoteVersion, SEQUENCE_PROBE, forwarded_from,
@@ -19,7 +20,7 @@ use crate::core::request::{
     InferRequest, InferResponse, apply_reshapes, reshape_scalars, select_outputs, validate,
 };
 use crate::core::request_id::RequestIds;
-use crate::core::route::{RemoteRoute, Route, Routed, ShadowTarget, route};
+use crate::core::route::{Chosen, RemoteRoute, Route, Routed, ShadowTarget, route};
 use crate::core::sequence::{
     NOT_OPEN, SequenceControl, Sequences, Turn, add_controls, next_states, sequence_control,
 };
@@ -238,6 +239,10 @@ impl Gateway {
         routed: Route,
     ) -> Result<InferResponse, GatewayError> {
         self.name_request(&mut request, &routed.key.version);
+        let capture = request.capture.take();
+        if let Some(capture) = &capture {
+            capture.routed(&routed.key.version, routed.chosen, request.id.as_deref());
+        }
         let shadow_inputs = routed.shadow.as_ref().map(|_| request.inputs.clone());
         let received = request.received.unwrap_or_else(Instant::now);
         let caller_deadline = caller_deadline_first(&request, &routed.ready, received);
@@ -265,6 +270,7 @@ impl Gateway {
                     routed.key.version,
                     inputs,
                     primary_outputs,
+                    capture,
                 ),
             );
         }
@@ -297,6 +303,9 @@ impl Gateway {
             )));
         }
         self.name_request(&mut request, &route.key.version);
+        if let Some(capture) = request.capture.take() {
+            capture.routed(&route.key.version, Chosen::Sequence, request.id.as_deref());
+        }
         // State the caller sends itself (explicit state) wins over the one the gateway keeps.
         for state in &turn.states {
             if !request.inputs.iter().any(|input| input.name == state.name) {
@@ -448,6 +457,13 @@ impl Gateway {
             )));
         }
         self.name_request(&mut request, &route.key.version);
+        if let Some(capture) = request.capture.take() {
+            let chosen = match hop {
+                Hop::Turn(_) => Chosen::Sequence,
+                Hop::Any | Hop::Start(_) => route.chosen,
+            };
+            capture.routed(&route.key.version, chosen, request.id.as_deref());
+        }
         request.version = Some(route.key.version.to_string());
         let deadline = request.deadline;
         let received = request.received.unwrap_or_else(Instant::now);
@@ -860,6 +876,7 @@ fn remote_route(routed: &Route, peers: Vec<Arc<Peer>>) -> RemoteRoute {
             device: routed.ready.device,
         }),
         stats: routed.stats.clone(),
+        chosen: routed.chosen,
     }
 }
 
@@ -1041,6 +1058,7 @@ async fn run_shadow(
     primary: Arc<str>,
     inputs: Vec<NamedTensor>,
     primary_outputs: Vec<NamedTensor>,
+    capture: Option<Ticket>,
 ) {
     let probe = InferRequest {
         model: model.to_string(),
@@ -1068,7 +1086,10 @@ async fn run_shadow(
             None
         }
     };
-    shadow
+    let comparison = shadow
         .stats
         .record_shadow(&primary, &primary_outputs, outputs.as_deref());
+    if let Some(capture) = capture {
+        capture.shadow(&shadow.label, comparison);
+    }
 }

@@ -2,6 +2,7 @@
 //! response and their validation ([`request`]), the model table ([`table`]), choosing a version
 //! ([`route`]) and `infer` ([`gateway`]).
 
+pub mod capture;
 pub mod classification;
 pub mod feedback;
 pub mod forward;
@@ -12,6 +13,7 @@ pub mod request_id;
 pub mod route;
 pub mod sequence;
 pub mod table;
+pub mod tensor_json;
 
 pub use gateway::{ASK_AGAIN, Gateway};
 pub use request::{InferRequest, InferResponse, Parameter};

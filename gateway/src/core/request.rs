@@ -49,6 +49,8 @@ pub struct InferRequest {
     pub protocol: Protocol,
     /// The request's HTTP headers or gRPC metadata, where a sticky policy finds its key.
     pub headers: http::HeaderMap,
+    /// Set when the payload capture drew it: the core writes the version it chose into it.
+    pub capture: Option<crate::core::capture::Ticket>,
 }
 
 #[derive(Debug, Clone)]

@@ -26,6 +26,22 @@ pub struct Route {
     /// it, so only they pay for the log.
     pub takes_feedback: bool,
     pub shadow: Option<ShadowTarget>,
+    /// Why this version: what a captured request records.
+    pub chosen: Chosen,
+}
+
+/// Why a request went to its version.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+#[serde(tag = "by", rename_all = "snake_case")]
+pub enum Chosen {
+    /// The request named the version, or an alias of it.
+    Pin,
+    /// The model's policy chose it; `weight` is the version's traffic weight.
+    Policy { policy: &'static str, weight: u64 },
+    /// No weighted version could serve: the highest eligible one did.
+    Highest,
+    /// The version its sequence is open on.
+    Sequence,
 }
 
 /// A version only peers host: the request is forwarded to one of them. Shadows and bandit
@@ -34,6 +50,7 @@ pub struct RemoteRoute {
     pub key: VersionKey,
     pub remote: Arc<RemoteVersion>,
     pub stats: Arc<VersionStats>,
+    pub chosen: Chosen,
 }
 
 /// Where a request goes: a version served here, or one served by peers.
@@ -53,8 +70,8 @@ pub struct ShadowTarget {
 pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Routed, GatewayError> {
     let model = table.model(&request.model)?;
     let mut rng = fastrand::Rng::new();
-    let version = match &request.version {
-        Some(label) => model.version(label)?,
+    let (version, chosen) = match &request.version {
+        Some(label) => (model.version(label)?, Chosen::Pin),
         None => policy_choice(model, sticky_key(&model.policy, request), &mut rng)?,
     };
     let policy_routed = request.version.is_none();
@@ -69,6 +86,7 @@ pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Routed, Gatew
             },
             remote: remote.clone(),
             stats: version.stats.clone(),
+            chosen,
         }));
     }
     let ready = version.ready(&model.name)?.clone();
@@ -104,28 +122,32 @@ pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Routed, Gatew
         bandit_objective_ms,
         takes_feedback: matches!(model.policy.mode, PolicyMode::Bandit { .. }),
         shadow,
+        chosen,
     }))
 }
 
 /// The version that serves a request naming none, by the model's policy (`key` is the sticky
-/// key, if the request carries one). Without traffic weights, or when no weighted version is
-/// eligible, the highest eligible version serves, so that a shift towards a version still
-/// loading costs no request; with none at all, 503 with the reason.
+/// key, if the request carries one), and why. Without traffic weights, or when no weighted
+/// version is eligible, the highest eligible version serves, so that a shift towards a version
+/// still loading costs no request; with none at all, 503 with the reason.
 pub fn policy_choice<'m>(
     model: &'m ModelEntry,
     key: Option<&[u8]>,
     rng: &mut fastrand::Rng,
-) -> Result<&'m Arc<VersionEntry>, GatewayError> {
+) -> Result<(&'m Arc<VersionEntry>, Chosen), GatewayError> {
     if !model.traffic.is_empty() {
         let candidates = model.candidates();
         let chosen = routing::choose(&model.policy, &candidates, key, rng).and_then(|index| {
-            model
+            let candidate = &candidates[index];
+            let version = model
                 .versions
                 .iter()
-                .find(|v| *v.label == *candidates[index].label)
+                .find(|v| *v.label == *candidate.label)?;
+            Some((version, candidate.base_weight as u64))
         });
-        if let Some(version) = chosen {
-            return Ok(version);
+        if let Some((version, weight)) = chosen {
+            let policy = model.policy.mode.name();
+            return Ok((version, Chosen::Policy { policy, weight }));
         }
     }
     model
@@ -133,6 +155,7 @@ pub fn policy_choice<'m>(
         .iter()
         .rev()
         .find(|version| model.eligible(version))
+        .map(|version| (version, Chosen::Highest))
         .ok_or_else(|| GatewayError::unavailable(why_no_version(model)))
 }
 

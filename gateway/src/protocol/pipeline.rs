@@ -29,6 +29,7 @@ use tracing::Instrument;
 
 use crate::auth::Caller;
 use crate::auth::keys::{ModelLimits, ModelPass, Slot};
+use crate::core::capture::{Capture, Ticket};
 use crate::core::{Gateway, InferRequest, InferResponse};
 use crate::error::{ErrorKind, GatewayError};
 use crate::priority::Priority;
@@ -50,6 +51,8 @@ pub struct Pipeline {
     read_timeout: Duration,
     /// Each model's limits for every caller, from the registry.
     model_limits: ModelLimits,
+    /// The payload capture, when this gateway runs one.
+    capture: Option<Capture>,
 }
 
 /// Where [`Pipeline::new`] takes its bounds from.
@@ -177,7 +180,14 @@ impl Pipeline {
             max_in_flight_bytes,
             read_timeout: limits.read_timeout,
             model_limits: ModelLimits::default(),
+            capture: None,
         }
+    }
+
+    /// Captures the requests of the models `capture` names.
+    pub fn with_capture(mut self, capture: Capture) -> Pipeline {
+        self.capture = Some(capture);
+        self
     }
 
     /// The models' limits this pipeline holds requests to; the control plane fills them.
@@ -433,15 +443,30 @@ impl Pipeline {
         request.received = Some(call.received);
         request.protocol = call.protocol;
         request.headers = call.headers;
+        let ticket = self.ticket(&call.caller, &request);
+        request.capture = ticket.clone();
         let response = self.gateway.infer(request).await;
+        let elapsed = call.received.elapsed();
         if let Some(tenant) = tenant {
-            tenant
-                .figures
-                .record(response.is_ok(), call.received.elapsed());
+            tenant.figures.record(response.is_ok(), elapsed);
+        }
+        if let Some(ticket) = ticket {
+            ticket.answered(&response, elapsed);
         }
         let response = response?;
         child(|| tracing::debug_span!(target: TRACE_TARGET, "encode"))
             .in_scope(|| encode(response, wire))
+    }
+
+    /// Draws whether the request is captured, and if so records it as decoded. A peer's
+    /// forward was drawn where it arrived.
+    fn ticket(&self, caller: &Caller, request: &InferRequest) -> Option<Ticket> {
+        if matches!(caller, Caller::Peer) {
+            return None;
+        }
+        let ticket = self.capture.as_ref()?.ticket(&request.model)?;
+        ticket.request(request, caller.tenant().map(|t| (&t.name, &t.figures)));
+        Some(ticket)
     }
 
     /// A request's places under its key's limits and its model's: a model the key may not

@@ -148,19 +148,20 @@ impl VersionStats {
         lock(&self.shadow).clone()
     }
 
-    /// Records one mirrored request: the shadow's outputs against the primary's, or its error.
+    /// Records one mirrored request: the shadow's outputs against the primary's, or its error;
+    /// the comparison (largest absolute difference, whether the argmax agreed) if any.
     pub fn record_shadow(
         &self,
         primary: &Arc<str>,
         primary_outputs: &[NamedTensor],
         shadow_outputs: Option<&[NamedTensor]>,
-    ) {
+    ) -> Option<(f64, Option<bool>)> {
         let comparison = shadow_outputs.and_then(|outputs| compare(primary_outputs, outputs));
         let mut shadow = lock(&self.shadow);
         let tally = shadow.entry(primary.clone()).or_default();
         let Some((max_abs_diff, argmax_agreed)) = comparison else {
             tally.errors += 1;
-            return;
+            return None;
         };
         tally.pairs += 1;
         tally.max_abs_diff = tally.max_abs_diff.max(max_abs_diff);
@@ -169,6 +170,7 @@ impl VersionStats {
             tally.argmax_compared += 1;
             tally.argmax_agreed += u64::from(agreed);
         }
+        comparison
     }
 }
 

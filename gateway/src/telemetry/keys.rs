@@ -10,6 +10,7 @@ use std::time::Duration;
 use metrics_exporter_prometheus::formatting::sanitize_label_value;
 use serde::{Deserialize, Serialize};
 
+use crate::telemetry::capture::{CaptureFigures, CaptureFiguresView};
 use crate::telemetry::figures::{BucketHistogram, LatencyHistogram, write_families};
 
 /// Why a key's request was refused before it reached a model.
@@ -55,6 +56,8 @@ pub struct KeyFigures {
     refused: [AtomicU64; Refusal::ALL.len()],
     duration: BucketHistogram,
     latency: LatencyHistogram,
+    /// Its requests' captured events.
+    pub capture: CaptureFigures,
 }
 
 /// A key name's figures as the management API shows them.
@@ -70,6 +73,8 @@ pub struct KeyFiguresView {
     /// Median and 99th percentile of the latency of its successful requests, in ms.
     pub p50_ms: Option<f64>,
     pub p99_ms: Option<f64>,
+    /// Its requests' events taken by the payload capture, and dropped by it.
+    pub capture: CaptureFiguresView,
 }
 
 impl KeyFigures {
@@ -102,6 +107,7 @@ impl KeyFigures {
                 .collect(),
             p50_ms: self.latency.quantile_ms(0.5),
             p99_ms: self.latency.quantile_ms(0.99),
+            capture: self.capture.view(),
         }
     }
 
@@ -128,6 +134,13 @@ impl KeyFigures {
             &labels,
             &mut out.duration,
         );
+        let capture = self.capture.view();
+        for (outcome, count) in [("captured", capture.captured), ("dropped", capture.dropped)] {
+            let _ = writeln!(
+                out.capture,
+                "switchyard_key_capture_events_total{{{labels},outcome=\"{outcome}\"}} {count}"
+            );
+        }
     }
 }
 
@@ -137,6 +150,7 @@ pub struct KeyFamilies {
     requests: String,
     refusals: String,
     duration: String,
+    capture: String,
 }
 
 impl KeyFamilies {
@@ -159,6 +173,12 @@ impl KeyFamilies {
                 "Time from receiving a request to its answer, for each API key's name's successful requests.",
                 "histogram",
                 self.duration,
+            ),
+            (
+                "switchyard_key_capture_events_total",
+                "Captured events of each API key's name's requests, by whether they were queued (captured) or dropped with the queue full.",
+                "counter",
+                self.capture,
             ),
         ];
         write_families(out, families);

@@ -347,6 +347,11 @@ impl Metrics {
             figures.write_prometheus(name, &mut key_families);
         }
         key_families.finish(&mut text);
+        crate::telemetry::capture::write_capture_families(
+            &gauges.capture,
+            &gauges.capture_sinks,
+            &mut text,
+        );
         text
     }
 
@@ -402,6 +407,9 @@ pub struct Gauges {
     pub figures: Vec<(Arc<str>, Arc<str>, Arc<VersionFigures>)>,
     /// Each inference API key name's record.
     pub keys: Vec<(Arc<str>, Arc<crate::telemetry::keys::KeyFigures>)>,
+    /// Each captured model's events, and each capture sink's.
+    pub capture: Vec<(String, crate::telemetry::capture::CaptureFiguresView)>,
+    pub capture_sinks: Vec<(String, crate::telemetry::capture::SinkFiguresView)>,
 }
 
 /// One version's gauges.

@@ -2,6 +2,7 @@
 //! ([`metrics`]), Triton's per-version statistics ([`statistics`]), and logs and traces
 //! ([`tracing`]).
 
+pub mod capture;
 pub mod figures;
 pub mod keys;
 pub mod metrics;

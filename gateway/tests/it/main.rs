@@ -11,6 +11,7 @@ mod common;
 mod admin_open;
 mod bounds;
 mod cancellation;
+mod capture;
 mod cluster;
 mod cluster_tls;
 mod connections;

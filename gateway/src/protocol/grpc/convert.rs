@@ -170,6 +170,7 @@ pub(super) fn decode_request(
             received: None,
             protocol: Default::default(),
             headers: Default::default(),
+            capture: None,
         },
         OutputPlacements(placements),
     ))

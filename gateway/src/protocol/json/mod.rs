@@ -10,14 +10,12 @@ use std::fmt;
 use bytes::Bytes;
 use half::{bf16, f16};
 use serde::de::{self, DeserializeSeed, SeqAccess, Visitor};
-use serde::ser::SerializeSeq;
-use serde::{Deserialize, Serialize, Serializer};
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
-use switchyard_runtimes::{
-    DataType, NamedTensor, Tensor, TensorView, element_count, push_bytes_element,
-};
+use switchyard_runtimes::{DataType, NamedTensor, Tensor, element_count, push_bytes_element};
 
 use crate::core::request::MAX_PARAMETER_BYTES;
+use crate::core::tensor_json::TensorData;
 use crate::core::{InferRequest, InferResponse, Parameter};
 use crate::error::{GatewayError, quoted};
 use crate::protocol::shared_memory::{Access, Placement, Reference, place_output, read_input};
@@ -493,6 +491,7 @@ pub fn decode_request(
             received: None,
             protocol: Default::default(),
             headers: Default::default(),
+            capture: None,
         },
         OutputEncoding {
             requested_binary,
@@ -853,40 +852,6 @@ struct OutputJson<'a> {
 #[derive(Serialize)]
 struct OutputParameters {
     binary_data_size: usize,
-}
-
-/// A tensor's elements as a flat JSON array.
-struct TensorData<'a>(&'a Tensor);
-
-impl Serialize for TensorData<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let tensor = self.0;
-        let mut seq = serializer.serialize_seq(Some(tensor.element_count()))?;
-        macro_rules! each {
-            ($values:expr, |$v:ident| $value:expr) => {
-                for $v in $values.iter() {
-                    seq.serialize_element(&$value)?;
-                }
-            };
-        }
-        match tensor.view() {
-            TensorView::Bool(v) => each!(v, |b| *b != 0),
-            TensorView::Uint8(v) => each!(v, |x| x),
-            TensorView::Int8(v) => each!(v, |x| x),
-            TensorView::Uint16(v) => each!(v, |x| x),
-            TensorView::Int16(v) => each!(v, |x| x),
-            TensorView::Fp16(v) => each!(v, |x| x.to_f32()),
-            TensorView::Bf16(v) => each!(v, |x| x.to_f32()),
-            TensorView::Uint32(v) => each!(v, |x| x),
-            TensorView::Int32(v) => each!(v, |x| x),
-            TensorView::Fp32(v) => each!(v, |x| x),
-            TensorView::Uint64(v) => each!(v, |x| x),
-            TensorView::Int64(v) => each!(v, |x| x),
-            TensorView::Fp64(v) => each!(v, |x| x),
-            TensorView::Bytes(v) => each!(v, |e| String::from_utf8_lossy(e)),
-        }
-        seq.end()
-    }
 }
 
 /// An encoded response: the JSON part, and the binary outputs that follow it (empty when
