@@ -52,6 +52,9 @@ enum Command {
     /// Inference API keys: create, list, set, rotate, revoke.
     #[command(subcommand)]
     Keys(cli::KeysCommand),
+    /// Payload capture of each model's requests: list, set, off.
+    #[command(subcommand)]
+    Capture(cli::CaptureCommand),
     /// Score versions on a labelled dataset through the inference API:
     /// `switchyard eval digits --dataset data/digits/test.npz --versions all --post`.
     Eval(switchyard_gateway::app::eval::EvalArgs),
@@ -332,6 +335,7 @@ async fn client(args: &cli::ClientArgs, command: Command) -> ExitCode {
             Command::Aliases(command) => client.aliases(command).await,
             Command::Rollout(command) => client.rollout(command).await,
             Command::Keys(command) => client.keys(command).await,
+            Command::Capture(command) => client.capture(command).await,
             Command::Events { after, limit } => client.events(*after, *limit).await,
             Command::Import => client.import().await,
             Command::Resources => client.resources().await,

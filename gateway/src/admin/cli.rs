@@ -348,6 +348,37 @@ pub enum KeysCommand {
     Revoke { id: String },
 }
 
+#[derive(Subcommand, Debug)]
+pub enum CaptureCommand {
+    /// Every captured model's sinks, with what they wrote, dropped or failed on this gateway.
+    List,
+    /// Capture a sample of a model's requests:
+    /// `switchyard capture set mlp --sample 0.1 --file mlp --http http://127.0.0.1:9000/events --redact x`.
+    Set {
+        model: String,
+        /// The fraction of requests captured, from 0.000001 to 1.
+        #[arg(long)]
+        sample: f64,
+        /// A folder under capture.roots for a JSON-lines file (repeatable).
+        #[arg(long)]
+        file: Vec<String>,
+        /// An http(s) URL taking CloudEvents (repeatable).
+        #[arg(long)]
+        http: Vec<String>,
+        /// The only inputs whose data is kept (comma-separated); default: all.
+        #[arg(long, value_delimiter = ',')]
+        inputs: Option<Vec<String>>,
+        /// The only outputs whose data is kept (comma-separated); default: all.
+        #[arg(long, value_delimiter = ',')]
+        outputs: Option<Vec<String>>,
+        /// Inputs and outputs kept without their data (comma-separated).
+        #[arg(long, value_delimiter = ',')]
+        redact: Vec<String>,
+    },
+    /// Stop capturing a model's requests.
+    Off { model: String },
+}
+
 fn pairs(items: &[String], what: &str) -> anyhow::Result<Vec<(String, String)>> {
     items
         .iter()
@@ -584,6 +615,48 @@ impl Client {
             KeysCommand::Revoke { id } => {
                 self.write(reqwest::Method::DELETE, &format!("/v1/keys/{id}"), None)
                     .await
+            }
+        }
+    }
+
+    pub async fn capture(&self, command: &CaptureCommand) -> anyhow::Result<Answer> {
+        match command {
+            CaptureCommand::List => self.get("/v1/capture", View::Captures).await,
+            CaptureCommand::Set {
+                model,
+                sample,
+                file,
+                http,
+                inputs,
+                outputs,
+                redact,
+            } => {
+                let sinks: Vec<Value> = file
+                    .iter()
+                    .map(|folder| json!({"file": folder}))
+                    .chain(http.iter().map(|url| json!({"http": url})))
+                    .collect();
+                let mut spec = json!({"sample": sample, "sinks": sinks, "redact": redact});
+                if let Some(inputs) = inputs {
+                    spec["inputs"] = json!(inputs);
+                }
+                if let Some(outputs) = outputs {
+                    spec["outputs"] = json!(outputs);
+                }
+                self.write(
+                    reqwest::Method::PUT,
+                    &format!("/v1/models/{model}/capture"),
+                    Some(spec),
+                )
+                .await
+            }
+            CaptureCommand::Off { model } => {
+                self.write(
+                    reqwest::Method::DELETE,
+                    &format!("/v1/models/{model}/capture"),
+                    None,
+                )
+                .await
             }
         }
     }

@@ -14,11 +14,12 @@ use serde_json::Value;
 use switchyard_registry::Version;
 
 use super::api::{
-    Cluster, Events, Experiment, KeyList, ModelList, ObjectivePlan, ResourceReport, RolloutAnswer,
-    RolloutEntry, RolloutList, RolloutView, ScoreList, ServedModel, Traffic,
+    CaptureList, Cluster, Events, Experiment, KeyList, ModelList, ObjectivePlan, ResourceReport,
+    RolloutAnswer, RolloutEntry, RolloutList, RolloutView, ScoreList, ServedModel, Traffic,
 };
 use crate::control::capacity::MeasuredMemory;
 use crate::control::rollout::{StageKind, VersionFigures};
+use crate::core::capture::SinkSpec;
 use crate::routing::TrafficPolicy;
 
 /// `-o table|json|yaml`.
@@ -51,6 +52,8 @@ pub enum View {
     Rollouts,
     /// `GET /v1/keys`: a row per key, with its name's figures on this gateway.
     Keys,
+    /// `GET /v1/capture`: a row per captured model's sink, with the figures on this gateway.
+    Captures,
     /// Everything else (writes, single versions): the JSON, as the API gave it.
     Raw,
 }
@@ -120,6 +123,7 @@ fn draw(view: View, value: &Value) -> Result<Option<String>, serde_json::Error> 
         }
         View::Rollouts => rollouts(&read(value)?),
         View::Keys => keys(&read(value)?),
+        View::Captures => captures(&read(value)?),
         View::Raw => return Ok(None),
     }))
 }
@@ -537,6 +541,7 @@ fn keys(list: &KeyList) -> String {
                 figures
                     .p99_ms
                     .map_or_else(|| "-".into(), |ms| format!("{ms:.1}")),
+                figures.capture.captured.to_string(),
             ]
         })
         .collect();
@@ -555,6 +560,47 @@ fn keys(list: &KeyList) -> String {
             "FAILED",
             "REFUSED",
             "P99_MS",
+            "CAPTURED",
+        ],
+        &rows,
+    )
+}
+
+fn captures(list: &CaptureList) -> String {
+    let rows: Vec<Vec<String>> = list
+        .captures
+        .iter()
+        .flat_map(|capture| {
+            capture.sinks.iter().map(move |sink| {
+                let place = match &sink.sink {
+                    SinkSpec::File(folder) => format!("file:{folder}"),
+                    SinkSpec::Http(url) => url.clone(),
+                };
+                vec![
+                    cell(&capture.model),
+                    capture.spec.sample.to_string(),
+                    capture.figures.captured.to_string(),
+                    capture.figures.dropped.to_string(),
+                    cell(place),
+                    sink.figures.written.to_string(),
+                    sink.figures.dropped.to_string(),
+                    sink.figures.failed.to_string(),
+                    sink.error.as_deref().map_or_else(|| "-".into(), cell),
+                ]
+            })
+        })
+        .collect();
+    table(
+        &[
+            "MODEL",
+            "SAMPLE",
+            "CAPTURED",
+            "DROPPED",
+            "SINK",
+            "WRITTEN",
+            "SINK_DROPPED",
+            "FAILED",
+            "ERROR",
         ],
         &rows,
     )

@@ -39,9 +39,9 @@ async function apiGet(path) {
   return response.json();
 }
 
-async function apiPost(path, body) {
+async function apiPost(path, body, method = 'POST') {
   const response = await fetch(`${admin}${path}`, {
-    method: 'POST',
+    method,
     headers: { Authorization: `Bearer ${writer}`, 'Content-Type': 'application/json' },
     body: JSON.stringify(body),
   });
@@ -282,6 +282,9 @@ try {
     await response.arrayBuffer();
     return response.status;
   };
+  // Captured, to a sink nothing listens on: the events are counted for the key and the sink.
+  const deadSink = 'http://127.0.0.1:9/events';
+  await apiPost('/v1/models/mlp/capture', { sample: 1, sinks: [{ http: deadSink }] }, 'PUT');
   const form = page.locator('#new-key');
   await form.locator('#key-name').fill('team-web');
   await form.locator('#key-models').fill('mlp');
@@ -301,6 +304,17 @@ try {
     return { ok: Number(succeeded) >= 1, succeeded };
   });
   check(!(await page.locator('#keys-body').textContent()).includes(made.text), 'the list never shows the secret');
+  await waitFor('the key\'s captured request', async () => {
+    await inferWith(made.text);
+    const captured = await row.locator('[data-figure="captured"]').textContent();
+    return { ok: Number(captured) >= 1, captured };
+  });
+  const sinkRow = page.locator(`#capture-body tr[data-model="mlp"][data-sink="${deadSink}"]`);
+  await waitFor('the dead sink\'s failures', async () => {
+    const failed = (await sinkRow.count()) ? await sinkRow.locator('[data-figure="failed"]').textContent() : null;
+    return { ok: Number(failed) >= 1, failed };
+  });
+  log('the key\'s captured requests and the sink\'s failures show');
   await row.getByRole('button', { name: 'Rotate' }).click();
   const second = await waitFor('the rotated secret', async () => {
     const text = await secretShown.textContent().catch(() => '');

@@ -639,3 +639,59 @@ fn nix_terminate(child: &std::process::Child) {
         .unwrap();
     assert!(status.success());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_command_line_client_sets_lists_and_stops_a_capture() {
+    use crate::registry_api::{cli, cli_text};
+    let root = tempfile::tempdir().unwrap();
+    let gateway = TestGateway::start_with(&models_dir(), capture_config(root.path())).await;
+    let (ok, set, err) = cli(
+        &gateway,
+        &[
+            "capture", "set", "mlp", "--sample", "1", "--file", "cli", "--redact", "x",
+        ],
+    )
+    .await;
+    assert!(ok, "{err}");
+    assert_eq!(set["capture"]["spec"]["redact"], json!(["x"]));
+    let folder = root.path().join("cli");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while events(&folder).is_empty() {
+        let (status, _) = gateway
+            .post_json("/v2/models/mlp/infer", &mlp_body(1))
+            .await;
+        assert_eq!(status, 200);
+        assert!(Instant::now() < deadline, "nothing captured");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let (ok, table, err) = cli_text(&gateway, &["capture", "list", "-o", "table"]).await;
+    assert!(ok, "{err}");
+    assert!(
+        table.lines().next().unwrap().starts_with("MODEL"),
+        "{table}"
+    );
+    let row = table.lines().nth(1).unwrap();
+    for expected in ["mlp", "file:cli", "1"] {
+        assert!(row.contains(expected), "{expected} in {row}");
+    }
+    let (ok, _, err) = cli(
+        &gateway,
+        &[
+            "capture", "set", "mlp", "--sample", "1", "--http", "ftp://x",
+        ],
+    )
+    .await;
+    assert!(!ok && err.contains("not http"), "{err}");
+    let (ok, _, err) = cli(&gateway, &["capture", "off", "mlp"]).await;
+    assert!(ok, "{err}");
+    let (_, answer) = gateway
+        .admin(
+            Method::GET,
+            "/v1/models/mlp/capture",
+            Some(WRITER_TOKEN),
+            None,
+        )
+        .await;
+    assert!(answer["capture"].is_null(), "{answer}");
+    gateway.stop().await;
+}

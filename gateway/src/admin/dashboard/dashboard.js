@@ -422,13 +422,35 @@
         el('td', { class: 'num', 'data-figure': 'failed', text: f.failed }),
         el('td', { class: 'num', 'data-figure': 'refused', text: refused }),
         el('td', { class: 'num', text: f.p99_ms === null || f.p99_ms === undefined ? '—' : number(f.p99_ms, 1) }),
+        el('td', { class: 'num', 'data-figure': 'captured', text: (f.capture || {}).captured ?? 0 }),
         actions);
     });
     replace($('keys-body'), table(null,
       ['Name', 'Id', 'Secret', 'Models', 'Requests', 'Rows', { text: 'In flight', num: true }, { text: 'Priority', num: true },
         { text: 'Succeeded', num: true }, { text: 'Failed', num: true }, { text: 'Refused', num: true }, { text: 'p99 ms', num: true },
-        ''],
-      rows.length ? rows : [el('tr', {}, el('td', { colspan: 13, class: 'empty', text: 'No keys: the inference API takes any caller unless the configuration names a key.' }))]));
+        { text: 'Captured', num: true }, ''],
+      rows.length ? rows : [el('tr', {}, el('td', { colspan: 14, class: 'empty', text: 'No keys: the inference API takes any caller unless the configuration names a key.' }))]));
+  }
+
+  // Payload capture: each captured model's sinks, with what each wrote, dropped or failed here.
+  function renderCapture(list) {
+    const rows = list.captures.flatMap((c) => c.sinks.map((s) => {
+      const place = s.sink.file !== undefined ? `file: ${s.sink.file}` : s.sink.http;
+      return el('tr', { 'data-model': c.model, 'data-sink': place },
+        el('th', { scope: 'row', text: c.model }),
+        el('td', { class: 'num', text: number(c.spec.sample * 100, 2) }),
+        el('td', { class: 'num', 'data-figure': 'captured', text: c.captured }),
+        el('td', { class: 'num', 'data-figure': 'dropped', text: c.dropped }),
+        el('td', { text: place }),
+        el('td', { class: 'num', 'data-figure': 'written', text: s.written }),
+        el('td', { class: 'num', 'data-figure': 'sink-dropped', text: s.dropped }),
+        el('td', { class: 'num', 'data-figure': 'failed', text: s.failed }),
+        el('td', { text: s.error || '—' }));
+    }));
+    replace($('capture-body'), table(null,
+      ['Model', { text: 'Sample %', num: true }, { text: 'Captured', num: true }, { text: 'Dropped', num: true }, 'Sink',
+        { text: 'Written', num: true }, { text: 'Sink dropped', num: true }, { text: 'Failed', num: true }, 'Problem'],
+      rows.length ? rows : [el('tr', {}, el('td', { colspan: 9, class: 'empty', text: 'No model is captured (PUT /v1/models/{m}/capture, or switchyard capture set).' }))]));
   }
 
   function showSecret(answer, what) {
@@ -587,9 +609,10 @@
   async function refresh() {
     const snapshot = await api('/v1/models');
     const names = snapshot.models.map((m) => m.model.name);
-    const [resources, keys, experimentList, figureList, rolloutList] = await Promise.all([
+    const [resources, keys, captures, experimentList, figureList, rolloutList] = await Promise.all([
       api('/v1/resources'),
       api('/v1/keys'),
+      api('/v1/capture'),
       Promise.all(names.map((n) => api(`/v1/models/${enc(n)}/experiment`).catch(() => null))),
       Promise.all(names.map((n) => api(`/v1/models/${enc(n)}/figures`).catch(() => null))),
       Promise.all(names.map((n) => api(`/v1/models/${enc(n)}/rollouts`).catch(() => null))),
@@ -610,6 +633,7 @@
     renderFigures(figures);
     renderResources(resources);
     renderKeys(keys);
+    renderCapture(captures);
     renderRollouts(rollouts);
     await pollEvents(snapshot.revision);
     $('revision').textContent = `registry revision ${snapshot.revision}`;

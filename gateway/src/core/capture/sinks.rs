@@ -452,7 +452,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let mut file = writer(dir.path(), 100, 2);
         for n in 0..40 {
-            file.write(format!("{{\"n\":{n:03}}}\n").as_bytes()).unwrap();
+            file.write(format!("{{\"n\":{n:03}}}\n").as_bytes())
+                .unwrap();
         }
         let mut names: Vec<String> = std::fs::read_dir(dir.path())
             .unwrap()
