@@ -109,7 +109,7 @@ pub struct CaptureConfig {
     pub roots: Vec<PathBuf>,
     /// Events waiting to be encoded, and waiting for each sink.
     pub queue_events: usize,
-    /// Bytes of events waiting, raw and encoded, over every sink.
+    /// Bytes of events each queue holds: the encoder's (tensors), each sink's (encoded).
     pub queue_bytes: ByteSize,
     /// Tensor bytes one event carries; the tensors past it are kept as their name, datatype
     /// and shape only.

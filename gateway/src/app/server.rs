@@ -560,14 +560,20 @@ impl Running {
             let _ = task.await;
             cluster::leave(&*self.store, &node).await;
         }
+        let mut stopped = Ok(());
         for (name, server) in self.servers {
-            server
+            let result = server
                 .await
-                .with_context(|| format!("the {name} server task failed"))?
-                .with_context(|| format!("the {name} server failed"))?;
+                .with_context(|| format!("the {name} server task failed"))
+                .and_then(|served| served.with_context(|| format!("the {name} server failed")));
+            if stopped.is_ok() {
+                stopped = result;
+            }
         }
-        // The requests have finished: what they captured is written before the process ends.
+        // The requests have finished: what they captured is written before the process ends,
+        // whatever became of the servers.
         self.capture.close(CAPTURE_DRAIN).await;
+        stopped?;
         flush_rewards(&self.experiments, &*self.store).await;
         Ok(())
     }

@@ -91,7 +91,11 @@ pub async fn load(store: &dyn Store, into: &InForce) -> Result<(), RegistryError
             }
         })
         .collect();
-    capture.replace(captures);
+    // Folders are made and files opened: off the executor's threads.
+    let capture = capture.clone();
+    if let Err(error) = tokio::task::spawn_blocking(move || capture.replace(captures)).await {
+        tracing::error!(%error, "the capture's reload failed");
+    }
     Ok(())
 }
 

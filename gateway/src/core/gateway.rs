@@ -209,6 +209,9 @@ impl Gateway {
                     routed.key.version, routed.key.model
                 )));
             };
+            if let Some(capture) = &request.capture {
+                capture.routed(&routed.key.version, Some(routed.chosen), None);
+            }
             let turn = self.sequences.start(&control, &routed, &settings)?;
             return Ok(Destination::InSequence(turn, control));
         }
@@ -241,7 +244,11 @@ impl Gateway {
         self.name_request(&mut request, &routed.key.version);
         let capture = request.capture.take();
         if let Some(capture) = &capture {
-            capture.routed(&routed.key.version, routed.chosen, request.id.as_deref());
+            capture.routed(
+                &routed.key.version,
+                Some(routed.chosen),
+                request.id.as_deref(),
+            );
         }
         let shadow_inputs = routed.shadow.as_ref().map(|_| request.inputs.clone());
         let received = request.received.unwrap_or_else(Instant::now);
@@ -304,7 +311,9 @@ impl Gateway {
         }
         self.name_request(&mut request, &route.key.version);
         if let Some(capture) = request.capture.take() {
-            capture.routed(&route.key.version, Chosen::Sequence, request.id.as_deref());
+            // A start was routed by the policy, and said so in `destination`.
+            let chosen = (!control.start).then_some(Chosen::Sequence);
+            capture.routed(&route.key.version, chosen, request.id.as_deref());
         }
         // State the caller sends itself (explicit state) wins over the one the gateway keeps.
         for state in &turn.states {
@@ -457,12 +466,13 @@ impl Gateway {
             )));
         }
         self.name_request(&mut request, &route.key.version);
-        if let Some(capture) = request.capture.take() {
+        // Kept in the request: a spill that no peer takes is served here, with its shadow.
+        if let Some(capture) = &request.capture {
             let chosen = match hop {
                 Hop::Turn(_) => Chosen::Sequence,
                 Hop::Any | Hop::Start(_) => route.chosen,
             };
-            capture.routed(&route.key.version, chosen, request.id.as_deref());
+            capture.routed(&route.key.version, Some(chosen), request.id.as_deref());
         }
         request.version = Some(route.key.version.to_string());
         let deadline = request.deadline;

@@ -7,7 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use serde::Serialize;
 use serde::ser::{SerializeMap, Serializer};
-use switchyard_runtimes::NamedTensor;
+use switchyard_runtimes::{NamedTensor, Tensor};
 
 use super::{Keep, Selection};
 use crate::core::Parameter;
@@ -117,7 +117,9 @@ impl Captured {
     }
 }
 
-/// The tensors of one side that the selection keeps, their data within `budget` bytes.
+/// The tensors of one side that the selection keeps, their data within `budget` bytes. The
+/// data is copied: a tensor may be a slice of a whole request body, which the event would
+/// otherwise hold, unaccounted, until it is written.
 pub(super) fn captured(
     tensors: &[NamedTensor],
     selection: &Selection,
@@ -131,11 +133,22 @@ pub(super) fn captured(
             Keep::Redacted => Some(Captured::Redacted(shape_only(tensor))),
             Keep::Data => {
                 let bytes = tensor.tensor.data().len() as u64;
-                if bytes <= left {
-                    left -= bytes;
-                    Some(Captured::Data(tensor.clone()))
-                } else {
-                    Some(Captured::Omitted(shape_only(tensor)))
+                let copied = (bytes <= left)
+                    .then(|| {
+                        let data = bytes::Bytes::copy_from_slice(tensor.tensor.data());
+                        let shape = tensor.tensor.shape().to_vec();
+                        Tensor::new(tensor.tensor.dtype(), shape, data).ok()
+                    })
+                    .flatten();
+                match copied {
+                    Some(copy) => {
+                        left -= bytes;
+                        Some(Captured::Data(NamedTensor {
+                            name: tensor.name.clone(),
+                            tensor: copy,
+                        }))
+                    }
+                    None => Some(Captured::Omitted(shape_only(tensor))),
                 }
             }
         })

@@ -84,9 +84,17 @@ impl CaptureSpec {
     /// Checks the spec against this gateway's roots: its bounds, and each file sink's place.
     pub fn check(&self, roots: &Roots) -> Result<(), String> {
         self.check_bounds()?;
+        let mut folders = std::collections::BTreeSet::new();
         for sink in &self.sinks {
             if let SinkSpec::File(folder) = sink {
-                roots.place(folder)?;
+                let placed = roots.place(folder)?;
+                roots.check_links(&placed)?;
+                if !folders.insert(placed) {
+                    return Err(format!(
+                        "capture folder '{}' is named twice",
+                        crate::error::quoted(folder)
+                    ));
+                }
             }
         }
         Ok(())
@@ -205,27 +213,35 @@ impl Roots {
         }
     }
 
+    /// Checks, making nothing, that the part of a placed folder that exists is under a root
+    /// once its links are resolved.
+    pub fn check_links(&self, placed: &Path) -> Result<(), String> {
+        let existing = placed
+            .ancestors()
+            .take_while(|part| self.0.iter().any(|root| part.starts_with(root)))
+            .find(|part| part.exists());
+        match existing {
+            Some(existing) => self.inside(existing, placed).map(|_| ()),
+            // Not even its root exists yet: nothing there leads anywhere.
+            None => Ok(()),
+        }
+    }
+
     /// Makes the folder, checking that it is under a root once links are resolved: the part
-    /// of it that exists before anything is made, and the whole once made.
+    /// of it that exists before anything is made, and the whole once made; its real path.
     fn open(&self, folder: &str) -> Result<PathBuf, String> {
         let placed = self.place(folder)?;
         if let Some(root) = self.0.iter().find(|root| placed.starts_with(root)) {
             // A configured root is trusted: it is made if missing.
-            std::fs::create_dir_all(root)
-                .map_err(|error| format!("cannot make {}: {error}", root.display()))?;
+            make_folder(root)?;
         }
-        let existing = placed
-            .ancestors()
-            .find(|part| part.exists())
-            .unwrap_or(&placed);
-        self.inside(existing, &placed)?;
-        std::fs::create_dir_all(&placed)
-            .map_err(|error| format!("cannot make {}: {error}", placed.display()))?;
+        self.check_links(&placed)?;
+        make_folder(&placed)?;
         self.inside(&placed, &placed)
     }
 
     /// `path` with its links resolved, if that is under a root.
-    fn inside(&self, path: &Path, placed: &Path) -> Result<PathBuf, String> {
+    pub(super) fn inside(&self, path: &Path, placed: &Path) -> Result<PathBuf, String> {
         let real = path
             .canonicalize()
             .map_err(|error| format!("cannot resolve {}: {error}", path.display()))?;
@@ -251,6 +267,17 @@ impl Roots {
             .collect::<Vec<_>>()
             .join(", ")
     }
+}
+
+/// Makes a folder and its parents, readable by its owner and group only: captured requests
+/// are the callers' data.
+fn make_folder(path: &Path) -> Result<(), String> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o750)
+        .create(path)
+        .map_err(|error| format!("cannot make {}: {error}", path.display()))
 }
 
 /// A path with its `.` dropped (it has no `..`, or its `..` are kept as they are).
@@ -293,6 +320,8 @@ impl Selection {
 
 /// A captured model's plan, as the request path reads it.
 struct ModelPlan {
+    /// The spec it was made from, to tell whether a spec is in force here.
+    spec: CaptureSpec,
     sample: f64,
     inputs: Selection,
     outputs: Selection,
@@ -306,7 +335,8 @@ pub struct SinkView {
     pub sink: SinkSpec,
     #[serde(flatten)]
     pub figures: SinkFiguresView,
-    /// Why this gateway does not write to it (a folder it cannot make, say).
+    /// Why this gateway does not write to it (a folder it cannot make, another process
+    /// writing its file, say).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
 }
@@ -323,15 +353,24 @@ struct Inner {
     figures: Mutex<BTreeMap<String, Arc<CaptureFigures>>>,
     roots: Roots,
     settings: CaptureConfig,
-    /// The bytes of events waiting, raw and encoded, over every sink.
+    /// The tensor bytes of the events waiting to be encoded.
     bytes: Arc<Semaphore>,
     encoder: Encoder,
 }
 
+/// What a sink is once resolved: two specs naming one folder (`mlp`, `./mlp`, a link to it)
+/// are one file sink.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum SinkKey {
+    File(PathBuf),
+    Http(reqwest::Url),
+}
+
 #[derive(Default)]
 struct Pool {
-    running: HashMap<SinkSpec, Arc<Sink>>,
-    failed: HashMap<SinkSpec, String>,
+    running: HashMap<SinkKey, Arc<Sink>>,
+    /// Each named sink's key, or why it cannot run here.
+    named: HashMap<SinkSpec, Result<SinkKey, String>>,
 }
 
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -388,67 +427,83 @@ impl Capture {
     /// Puts `specs` in force, replacing every model's capture. A sink already running for
     /// another model, or before, goes on with its queue; one no longer named stops once
     /// the events it holds are written. A sink that cannot start here (a folder outside this
-    /// gateway's roots) is left out, logged, and shown with why.
+    /// gateway's roots, a file another process writes) is left out, logged, and shown with
+    /// why. Folders are made and files opened here: call it off the executor's threads.
     pub fn replace(&self, specs: BTreeMap<String, CaptureSpec>) {
         let inner = &self.0;
-        let mut pool = lock(&inner.pool);
-        let mut figures = lock(&inner.figures);
-        let mut running = HashMap::new();
-        let mut failed = HashMap::new();
+        // The sinks are started without the pool's lock, which `/metrics` takes.
+        let before = lock(&inner.pool).running.clone();
+        let mut running: HashMap<SinkKey, Arc<Sink>> = HashMap::new();
+        let mut named = HashMap::new();
         let mut plans = HashMap::new();
         for (model, spec) in specs {
-            let mut sinks = Vec::new();
+            let mut sinks: Vec<Arc<Sink>> = Vec::new();
             for sink in &spec.sinks {
-                if let Some(started) = running.get(sink) {
-                    sinks.push(Arc::clone(started));
-                    continue;
-                }
-                let started = match pool.running.get(sink) {
-                    Some(started) => Ok(started.clone()),
-                    None => self.start(sink),
-                };
+                let started = self.key_of(sink).and_then(|key| {
+                    let started = match running.get(&key).or_else(|| before.get(&key)) {
+                        Some(started) => started.clone(),
+                        None => self.start(&key)?,
+                    };
+                    running.insert(key.clone(), started.clone());
+                    Ok((key, started))
+                });
                 match started {
-                    Ok(started) => {
-                        running.insert(sink.clone(), started.clone());
-                        sinks.push(started);
+                    Ok((key, started)) => {
+                        named.insert(sink.clone(), Ok(key));
+                        if !sinks.iter().any(|kept| Arc::ptr_eq(kept, &started)) {
+                            sinks.push(started);
+                        }
                     }
                     Err(error) => {
                         tracing::error!(%model, ?sink, %error, "a capture sink cannot start");
-                        failed.insert(sink.clone(), error);
+                        named.insert(sink.clone(), Err(error));
                     }
                 }
             }
-            let model_figures = figures.entry(model.clone()).or_default().clone();
+            let model_figures = lock(&inner.figures)
+                .entry(model.clone())
+                .or_default()
+                .clone();
             plans.insert(
                 model,
                 Arc::new(ModelPlan {
                     sample: spec.sample,
                     inputs: Selection {
-                        only: spec.inputs,
+                        only: spec.inputs.clone(),
                         redact: spec.redact.clone(),
                     },
                     outputs: Selection {
-                        only: spec.outputs,
-                        redact: spec.redact,
+                        only: spec.outputs.clone(),
+                        redact: spec.redact.clone(),
                     },
                     sinks,
                     figures: model_figures,
+                    spec,
                 }),
             );
         }
-        figures.retain(|model, _| plans.contains_key(model));
-        *pool = Pool { running, failed };
+        lock(&inner.figures).retain(|model, _| plans.contains_key(model));
+        *lock(&inner.pool) = Pool { running, named };
         inner.plans.store(Arc::new(plans));
     }
 
-    fn start(&self, sink: &SinkSpec) -> Result<Arc<Sink>, String> {
-        let settings = &self.0.settings;
+    fn key_of(&self, sink: &SinkSpec) -> Result<SinkKey, String> {
         match sink {
-            SinkSpec::File(folder) => {
-                let folder = self.0.roots.open(folder)?;
-                Sink::file(folder, settings, &self.0.encoder)
-            }
-            SinkSpec::Http(url) => Sink::http(check_url(url)?, settings, &self.0.encoder),
+            SinkSpec::File(folder) => self.0.roots.open(folder).map(SinkKey::File),
+            SinkSpec::Http(url) => check_url(url).map(SinkKey::Http),
+        }
+    }
+
+    fn start(&self, key: &SinkKey) -> Result<Arc<Sink>, String> {
+        let inner = &self.0;
+        match key {
+            SinkKey::File(folder) => Sink::file(
+                folder.clone(),
+                &inner.roots,
+                &inner.settings,
+                &inner.encoder,
+            ),
+            SinkKey::Http(url) => Sink::http(url.clone(), &inner.settings, &inner.encoder),
         }
         .map(Arc::new)
     }
@@ -461,22 +516,26 @@ impl Capture {
             .collect()
     }
 
-    /// Every sink, running or not, with its figures here.
+    /// Every named sink, running or not, with its figures here.
     pub fn sinks(&self) -> Vec<SinkView> {
         let pool = lock(&self.0.pool);
         let mut views: Vec<SinkView> = pool
-            .running
+            .named
             .iter()
-            .map(|(sink, running)| SinkView {
-                sink: sink.clone(),
-                figures: running.figures.view(),
-                error: None,
+            .map(|(sink, key)| {
+                let running = key
+                    .as_ref()
+                    .map_err(Clone::clone)
+                    .and_then(|key| pool.running.get(key).ok_or_else(|| "stopped".to_owned()));
+                SinkView {
+                    sink: sink.clone(),
+                    figures: running
+                        .as_ref()
+                        .map(|sink| sink.figures.view())
+                        .unwrap_or_default(),
+                    error: running.err(),
+                }
             })
-            .chain(pool.failed.iter().map(|(sink, error)| SinkView {
-                sink: sink.clone(),
-                figures: SinkFiguresView::default(),
-                error: Some(error.clone()),
-            }))
             .collect();
         views.sort_by(|a, b| a.sink.cmp(&b.sink));
         views
@@ -539,11 +598,14 @@ impl Ticket {
         }
     }
 
-    /// The version the request went to, why, and the id feedback refers to it by.
-    pub fn routed(&self, version: &Arc<str>, chosen: Chosen, id: Option<&str>) {
+    /// The version the request went to, why (`None` keeps the reason already written: a
+    /// sequence's start, routed by the policy), and the id feedback refers to it by.
+    pub fn routed(&self, version: &Arc<str>, chosen: Option<Chosen>, id: Option<&str>) {
         let mut event = lock(&self.0.event);
         event.version = Some(version.clone());
-        event.chosen = Some(chosen);
+        if chosen.is_some() {
+            event.chosen = chosen;
+        }
         if event.id.is_none() {
             event.id = id.map(str::to_owned);
         }
@@ -615,7 +677,6 @@ impl Drop for Pending {
                 self.capture.encoder.offer(sinks::Job {
                     event,
                     sinks: self.plan.sinks.clone(),
-                    bytes: self.capture.bytes.clone(),
                     raw: permit,
                 })
             });
@@ -637,6 +698,8 @@ impl Drop for Pending {
 pub struct CaptureView {
     pub model: String,
     pub spec: CaptureSpec,
+    /// Whether this gateway has put this spec in force yet (the change feed carries it).
+    pub in_force: bool,
     #[serde(flatten)]
     pub figures: CaptureFiguresView,
     /// The model's sinks as this gateway runs them.
@@ -655,9 +718,16 @@ impl Capture {
             .into_iter()
             .filter(|view| spec.sinks.contains(&view.sink))
             .collect();
+        let in_force = self
+            .0
+            .plans
+            .load()
+            .get(model)
+            .is_some_and(|plan| plan.spec == spec);
         CaptureView {
             model: model.to_owned(),
             spec,
+            in_force,
             figures,
             sinks,
         }

@@ -1,20 +1,24 @@
 //! Where captured events go, off the request path: the encoder thread turns each event into
 //! its JSON line once and offers it to each of its model's sinks; a file sink's thread appends
 //! the lines to `capture.jsonl`, rotated by size; an HTTP sink's task POSTs each as a
-//! CloudEvent. Every queue is bounded, and a full one drops the event and counts it.
+//! CloudEvent. Every queue is bounded in events and each sink's also in bytes, so that a sink
+//! that falls behind drops its own events and no other's; a full queue drops the event and
+//! counts it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::event::Event;
-use super::lock;
+use super::{Roots, lock};
 use crate::config::CaptureConfig;
 use crate::tasks::{self, TaskKind};
 use crate::telemetry::capture::SinkFigures;
@@ -24,24 +28,24 @@ static CAPTURE_HTTP: TaskKind = TaskKind::new("capture_http");
 /// The file a file sink appends to, in its folder; rotated ones are `capture-<ms>.jsonl`.
 pub const FILE_NAME: &str = "capture.jsonl";
 
-/// An event on its way to the encoder, holding its share of the byte budget.
+/// An event on its way to the encoder, holding its tensors' bytes in the encoder's budget.
 pub(super) struct Job {
     pub event: Event,
     pub sinks: Vec<Arc<Sink>>,
-    pub bytes: Arc<Semaphore>,
     pub raw: OwnedSemaphorePermit,
 }
 
-/// An encoded event, shared by its sinks; its bytes are held in the budget until the last
-/// sink is done with it.
+/// An encoded event, shared by its sinks.
 pub(super) struct Line {
     json: Bytes,
     event_id: String,
     time: String,
     model: String,
     version: Option<Arc<str>>,
-    _budget: OwnedSemaphorePermit,
 }
+
+/// A line in one sink's queue, holding its bytes in that sink's budget.
+type Queued = (Arc<Line>, OwnedSemaphorePermit);
 
 /// Signals, by being dropped, that a worker (the encoder or a sink) has finished.
 #[derive(Clone)]
@@ -106,18 +110,12 @@ fn encode(jobs: Receiver<Job>, _alive: Alive) {
     for job in jobs {
         let json = job.event.encode();
         drop(job.raw);
-        let permits = u32::try_from(json.len()).unwrap_or(u32::MAX);
-        let Ok(budget) = job.bytes.clone().try_acquire_many_owned(permits) else {
-            job.sinks.iter().for_each(|sink| sink.figures.dropped());
-            continue;
-        };
         let line = Arc::new(Line {
             json: Bytes::from(json),
             time: job.event.time_text(),
             event_id: job.event.event_id,
             model: job.event.model,
             version: job.event.version,
-            _budget: budget,
         });
         for sink in &job.sinks {
             sink.offer(&line);
@@ -125,30 +123,40 @@ fn encode(jobs: Receiver<Job>, _alive: Alive) {
     }
 }
 
-/// A running sink: its queue, and what became of its events.
+/// A running sink: its queue and its bytes, and what became of its events.
 pub(super) struct Sink {
-    /// How `/metrics` names it: `file:<folder>` or its URL.
+    /// How `/metrics` names it: `file:<folder>` or its URL without its query.
     pub label: String,
     queue: Queue,
+    /// The bytes of the lines in its queue, `capture.queue_bytes` at most.
+    bytes: Arc<Semaphore>,
     pub figures: Arc<SinkFigures>,
 }
 
 enum Queue {
-    File(SyncSender<Arc<Line>>),
-    Http(mpsc::Sender<Arc<Line>>),
+    File(SyncSender<Queued>),
+    Http(mpsc::Sender<Queued>),
+}
+
+fn sink_budget(settings: &CaptureConfig) -> Arc<Semaphore> {
+    let bytes = usize::try_from(settings.queue_bytes.0).unwrap_or(usize::MAX);
+    Arc::new(Semaphore::new(bytes.clamp(1, Semaphore::MAX_PERMITS)))
 }
 
 impl Sink {
     /// A file sink appending to `folder`/`capture.jsonl` (made and checked by the caller),
-    /// opened here so that a folder it cannot write is an error now.
+    /// opened here so that a folder it cannot write, or a file another process writes, is an
+    /// error now.
     pub fn file(
         folder: PathBuf,
+        roots: &Roots,
         settings: &CaptureConfig,
         encoder: &Encoder,
     ) -> Result<Sink, String> {
         let mut writer = FileWriter {
             path: folder.join(FILE_NAME),
             folder: folder.clone(),
+            roots: roots.clone(),
             file: None,
             size: 0,
             max_bytes: settings.file_bytes.0.max(1),
@@ -168,6 +176,7 @@ impl Sink {
         Ok(Sink {
             label: format!("file:{}", folder.display()),
             queue: Queue::File(queue),
+            bytes: sink_budget(settings),
             figures,
         })
     }
@@ -189,23 +198,33 @@ impl Sink {
             client,
             figures: figures.clone(),
             source: encoder.source.clone(),
+            breaker: Breaker::default(),
         };
         let alive = encoder.alive()?;
         tasks::spawn(
             &CAPTURE_HTTP,
             delivery.run(lines, settings.http_concurrency, alive),
         );
+        // A token in the query stays out of the metrics.
+        let mut label = url;
+        label.set_query(None);
+        label.set_fragment(None);
         Ok(Sink {
-            label: url.to_string(),
+            label: label.to_string(),
             queue: Queue::Http(queue),
+            bytes: sink_budget(settings),
             figures,
         })
     }
 
     fn offer(&self, line: &Arc<Line>) {
-        let sent = match &self.queue {
-            Queue::File(queue) => queue.try_send(line.clone()).is_ok(),
-            Queue::Http(queue) => queue.try_send(line.clone()).is_ok(),
+        let permits = u32::try_from(line.json.len()).unwrap_or(u32::MAX);
+        let sent = match self.bytes.clone().try_acquire_many_owned(permits) {
+            Ok(budget) => match &self.queue {
+                Queue::File(queue) => queue.try_send((line.clone(), budget)).is_ok(),
+                Queue::Http(queue) => queue.try_send((line.clone(), budget)).is_ok(),
+            },
+            Err(_) => false,
         };
         if !sent {
             self.figures.dropped();
@@ -216,6 +235,8 @@ impl Sink {
 /// A file sink's file: appended to, one whole line per write, rotated past its size.
 struct FileWriter {
     folder: PathBuf,
+    /// The roots the folder must still be under whenever the file is opened again.
+    roots: Roots,
     path: PathBuf,
     file: Option<File>,
     size: u64,
@@ -224,7 +245,7 @@ struct FileWriter {
 }
 
 impl FileWriter {
-    fn run(mut self, lines: Receiver<Arc<Line>>, figures: &SinkFigures, _alive: Alive) {
+    fn run(mut self, lines: Receiver<Queued>, figures: &SinkFigures, _alive: Alive) {
         let mut unsynced = false;
         loop {
             let line = match lines.try_recv() {
@@ -242,6 +263,7 @@ impl FileWriter {
                 }
                 Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
             };
+            let (line, _budget) = line;
             match self.write(&line.json) {
                 Ok(()) => {
                     figures.written();
@@ -260,11 +282,12 @@ impl FileWriter {
     }
 
     fn write(&mut self, line: &[u8]) -> std::io::Result<()> {
-        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
-            self.rotate()?;
-        }
+        // Reopened first: its size is then the file's own, whatever happened to it meanwhile.
         if self.file.is_none() {
             self.reopen()?;
+        }
+        if self.size > 0 && self.size + line.len() as u64 > self.max_bytes {
+            self.rotate()?;
         }
         let file = self.file.as_mut().ok_or(std::io::ErrorKind::NotFound)?;
         // One write per line, in append mode: a line is never split by another's.
@@ -273,14 +296,27 @@ impl FileWriter {
         Ok(())
     }
 
-    /// Opens the file to append to it. A line a crash cut short is ended first, so that the
-    /// next event starts a line of its own.
+    /// Opens the file to append to it: in a folder still under the roots, never through a
+    /// link, and alone (a lock, so that two processes never write one file). A line a crash
+    /// cut short is ended first, so that the next event starts a line of its own.
     fn reopen(&mut self) -> std::io::Result<()> {
+        self.file = None;
+        self.roots
+            .inside(&self.folder, &self.folder)
+            .map_err(std::io::Error::other)?;
         let mut file = OpenOptions::new()
             .create(true)
             .append(true)
             .read(true)
+            .mode(0o640)
+            .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
             .open(&self.path)?;
+        if !file.metadata()?.is_file() {
+            return Err(std::io::Error::other("not a regular file"));
+        }
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).map_err(
+            |_| std::io::Error::other("another process writes this file (it holds its lock)"),
+        )?;
         let mut size = file.metadata()?.len();
         if size > 0 {
             let mut last = [0u8];
@@ -312,7 +348,11 @@ impl FileWriter {
             }
             ms += 1;
         };
-        std::fs::rename(&self.path, &target)?;
+        match std::fs::rename(&self.path, &target) {
+            // Moved or removed meanwhile (a log shipper's doing): a new file starts all the same.
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            other => other?,
+        }
         let mut rotated: Vec<PathBuf> = std::fs::read_dir(&self.folder)?
             .filter_map(|entry| entry.ok())
             .map(|entry| entry.path())
@@ -365,25 +405,66 @@ struct Delivery {
     client: reqwest::Client,
     figures: Arc<SinkFigures>,
     source: Arc<str>,
+    breaker: Breaker,
+}
+
+/// After this many failed deliveries in a row, a sink is given up on for a while.
+const FAILURES_TO_OPEN: u32 = 5;
+/// The longest a sink is given up on before one delivery tries it again.
+const LONGEST_OPEN: Duration = Duration::from_secs(30);
+
+/// Keeps a sink that is down from costing a connection attempt per event: after
+/// [`FAILURES_TO_OPEN`] failures in a row its events fail at once for a second, then two,
+/// doubling up to [`LONGEST_OPEN`], until a delivery goes through.
+#[derive(Default)]
+struct Breaker {
+    failures: AtomicU32,
+    open_until: Mutex<Option<Instant>>,
+}
+
+impl Breaker {
+    fn open(&self) -> bool {
+        lock(&self.open_until).is_some_and(|until| Instant::now() < until)
+    }
+
+    fn record(&self, delivered: bool) {
+        if delivered {
+            self.failures.store(0, Ordering::Relaxed);
+            *lock(&self.open_until) = None;
+            return;
+        }
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        if failures >= FAILURES_TO_OPEN {
+            let doublings = (failures - FAILURES_TO_OPEN).min(5);
+            let open_for = (Duration::from_secs(1) * (1 << doublings)).min(LONGEST_OPEN);
+            *lock(&self.open_until) = Some(Instant::now() + open_for);
+        }
+    }
 }
 
 /// The CloudEvent type of a captured request.
 pub const EVENT_TYPE: &str = "io.switchyard.inference.capture";
 
 impl Delivery {
-    async fn run(self, mut lines: mpsc::Receiver<Arc<Line>>, concurrency: usize, _alive: Alive) {
+    async fn run(self, mut lines: mpsc::Receiver<Queued>, concurrency: usize, _alive: Alive) {
         let this = Arc::new(self);
         let slots = Arc::new(Semaphore::new(concurrency));
         let mut deliveries = tokio::task::JoinSet::new();
-        while let Some(line) = lines.recv().await {
+        while let Some((line, budget)) = lines.recv().await {
+            if this.breaker.open() {
+                this.figures.failed();
+                continue;
+            }
             let Ok(slot) = slots.clone().acquire_owned().await else {
                 break;
             };
             while deliveries.try_join_next().is_some() {}
             let this = this.clone();
             deliveries.spawn(async move {
-                let _slot = slot;
-                if this.post(&line).await {
+                let _held = (slot, budget);
+                let delivered = this.post(&line).await;
+                this.breaker.record(delivered);
+                if delivered {
                     this.figures.written();
                 } else {
                     this.figures.failed();
@@ -431,6 +512,7 @@ mod tests {
     fn writer(folder: &std::path::Path, max_bytes: u64, kept: usize) -> FileWriter {
         FileWriter {
             folder: folder.to_path_buf(),
+            roots: Roots::new(&[folder.to_path_buf()]),
             path: folder.join(FILE_NAME),
             file: None,
             size: 0,
@@ -489,5 +571,33 @@ mod tests {
             ["{\"n\":1}", "{\"n\":2", "{\"n\":3}"],
             "the earlier lines kept, the next on its own line"
         );
+    }
+
+    #[test]
+    fn a_file_is_never_opened_through_a_link_nor_by_two_writers() {
+        let dir = tempfile::tempdir().unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::os::unix::fs::symlink(outside.path(), dir.path().join(FILE_NAME)).unwrap();
+        assert!(writer(dir.path(), 1 << 20, 2).reopen().is_err(), "a link");
+        assert_eq!(std::fs::read(outside.path()).unwrap(), b"", "nothing written there");
+
+        let dir = tempfile::tempdir().unwrap();
+        let mut first = writer(dir.path(), 1 << 20, 2);
+        first.reopen().unwrap();
+        let error = writer(dir.path(), 1 << 20, 2).reopen().unwrap_err();
+        assert!(error.to_string().contains("another process"), "{error}");
+    }
+
+    #[test]
+    fn a_sink_that_keeps_failing_is_given_up_on_for_a_while() {
+        let breaker = Breaker::default();
+        for _ in 0..FAILURES_TO_OPEN - 1 {
+            breaker.record(false);
+        }
+        assert!(!breaker.open(), "not before {FAILURES_TO_OPEN} failures in a row");
+        breaker.record(false);
+        assert!(breaker.open());
+        breaker.record(true);
+        assert!(!breaker.open(), "a delivery closes it");
     }
 }
