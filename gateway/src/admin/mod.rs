@@ -33,6 +33,7 @@ mod traffic;
 use crate::auth;
 use crate::config::{AdminRole, Config, ServingConfig};
 use crate::control::capacity::Capacity;
+use crate::control::keys::InForce;
 use crate::control::rollout::RolloutStatus;
 use crate::core::Gateway;
 use crate::core::capture::Capture;
@@ -73,8 +74,7 @@ impl AdminState {
         capacity: Arc<Capacity>,
         figures: Arc<FigureHistory>,
         rollouts: Arc<RolloutStatus>,
-        keys: auth::ApiKeys,
-        capture: Capture,
+        in_force: &InForce,
         whole: &Config,
     ) -> AdminState {
         let config = &whole.admin;
@@ -88,8 +88,8 @@ impl AdminState {
             gateway,
             capacity,
             tokens,
-            keys,
-            capture,
+            keys: in_force.keys.clone(),
+            capture: in_force.capture.clone(),
             open,
             models_dir: whole.models.dir.clone(),
             defaults: whole.serving.clone(),

@@ -212,7 +212,10 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
     registry_keys::load(store.as_ref(), &in_force)
         .await
         .context("cannot read the API keys from the registry")?;
-    let keys_follower = tasks::spawn(&KEYS, registry_keys::follow(store.clone(), in_force));
+    let keys_follower = tasks::spawn(
+        &KEYS,
+        registry_keys::follow(store.clone(), in_force.clone()),
+    );
     let http_listener = bind(config.http.addr, "HTTP").await?;
     let grpc_listener = bind(config.grpc.addr, "gRPC").await?;
     let metrics_listener = bind(config.metrics.addr, "metrics").await?;
@@ -299,8 +302,7 @@ pub async fn start(config: &Config) -> anyhow::Result<Running> {
         handles.capacity.clone(),
         figures,
         rollout_status,
-        api_keys.clone(),
-        capture.clone(),
+        &in_force,
         config,
     ));
     let metrics_app = metrics_router(handles.clone(), pipeline, api_keys.clone(), capture.clone());

@@ -232,6 +232,9 @@ impl Sink {
     }
 }
 
+/// How often a file sink's writes are synced to the disk, at most.
+const SYNC_EVERY: Duration = Duration::from_secs(1);
+
 /// A file sink's file: appended to, one whole line per write, rotated past its size.
 struct FileWriter {
     folder: PathBuf,
@@ -245,39 +248,51 @@ struct FileWriter {
 }
 
 impl FileWriter {
+    /// Writes what comes until the queue closes. What is written reaches the disk within
+    /// [`SYNC_EVERY`] of its write, and at most once per [`SYNC_EVERY`]: a sync per event
+    /// would cost the disk, and the cores the requests run on, far more than the writes.
     fn run(mut self, lines: Receiver<Queued>, figures: &SinkFigures, _alive: Alive) {
+        let mut synced = Instant::now();
         let mut unsynced = false;
         loop {
-            let line = match lines.try_recv() {
-                Ok(line) => line,
-                Err(std::sync::mpsc::TryRecvError::Empty) => {
-                    // Caught up: what was written goes to the disk before the thread sleeps.
-                    if unsynced && let Some(file) = &self.file {
-                        let _ = file.sync_data();
-                    }
-                    unsynced = false;
-                    match lines.recv() {
-                        Ok(line) => line,
-                        Err(_) => return,
-                    }
+            let next = if unsynced {
+                match lines.recv_timeout(SYNC_EVERY.saturating_sub(synced.elapsed())) {
+                    Ok(line) => Some(line),
+                    Err(std::sync::mpsc::RecvTimeoutError::Timeout) => None,
+                    Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break,
                 }
-                Err(std::sync::mpsc::TryRecvError::Disconnected) => break,
+            } else {
+                match lines.recv() {
+                    Ok(line) => Some(line),
+                    Err(_) => break,
+                }
             };
-            let (line, _budget) = line;
-            match self.write(&line.json) {
-                Ok(()) => {
-                    figures.written();
-                    unsynced = true;
-                }
-                Err(error) => {
-                    figures.failed();
-                    tracing::warn!(file = %self.path.display(), %error, "cannot write a captured event");
-                    self.file = None;
+            if let Some((line, _budget)) = next {
+                match self.write(&line.json) {
+                    Ok(()) => {
+                        figures.written();
+                        unsynced = true;
+                    }
+                    Err(error) => {
+                        figures.failed();
+                        tracing::warn!(file = %self.path.display(), %error, "cannot write a captured event");
+                        self.file = None;
+                    }
                 }
             }
+            if unsynced && synced.elapsed() >= SYNC_EVERY {
+                self.sync();
+                (synced, unsynced) = (Instant::now(), false);
+            }
         }
-        if let Some(file) = &self.file {
-            let _ = file.sync_data();
+        self.sync();
+    }
+
+    fn sync(&self) {
+        if let Some(file) = &self.file
+            && let Err(error) = file.sync_data()
+        {
+            tracing::warn!(file = %self.path.display(), %error, "cannot sync the capture file");
         }
     }
 
@@ -579,7 +594,11 @@ mod tests {
         let outside = tempfile::NamedTempFile::new().unwrap();
         std::os::unix::fs::symlink(outside.path(), dir.path().join(FILE_NAME)).unwrap();
         assert!(writer(dir.path(), 1 << 20, 2).reopen().is_err(), "a link");
-        assert_eq!(std::fs::read(outside.path()).unwrap(), b"", "nothing written there");
+        assert_eq!(
+            std::fs::read(outside.path()).unwrap(),
+            b"",
+            "nothing written there"
+        );
 
         let dir = tempfile::tempdir().unwrap();
         let mut first = writer(dir.path(), 1 << 20, 2);
@@ -594,7 +613,10 @@ mod tests {
         for _ in 0..FAILURES_TO_OPEN - 1 {
             breaker.record(false);
         }
-        assert!(!breaker.open(), "not before {FAILURES_TO_OPEN} failures in a row");
+        assert!(
+            !breaker.open(),
+            "not before {FAILURES_TO_OPEN} failures in a row"
+        );
         breaker.record(false);
         assert!(breaker.open());
         breaker.record(true);
