@@ -146,6 +146,9 @@ pub(super) async fn set_policy(
             )));
         }
     }
+    if !policy.rules.is_empty() {
+        check_rules(&state, &model, &record, &policy.rules)?;
+    }
     // The objective plans requests per second; a model served as sequences is routed once per
     // sequence, whose length the plan cannot know.
     if matches!(policy.mode, crate::routing::PolicyMode::Objective { .. }) {
@@ -238,4 +241,55 @@ pub(super) async fn remove_alias(
 ) -> ApiResult {
     let revision = state.store.remove_alias(&actor.0, &model, &alias).await?;
     ok(StatusCode::OK, Revision { revision })
+}
+
+/// A model's rules against what it has: its live versions and aliases, and the inputs of a
+/// version this gateway serves (none served: the inputs are not checked).
+fn check_rules(
+    state: &AdminState,
+    model: &str,
+    record: &switchyard_registry::ModelRecord,
+    rules: &[crate::routing::Rule],
+) -> Result<(), GatewayError> {
+    let targets: Vec<String> = record
+        .versions
+        .iter()
+        .filter(|version| version.state.is_live())
+        .map(|version| version.label.clone())
+        .chain(record.aliases.keys().cloned())
+        .collect();
+    let table = state.gateway.snapshot();
+    let inputs: Option<Vec<crate::routing::rules::ModelInput>> =
+        table.model(model).ok().and_then(|entry| {
+            entry
+                .versions
+                .iter()
+                .rev()
+                .find_map(|version| match &version.status {
+                    crate::core::VersionStatus::Ready(ready) => Some(
+                        ready
+                            .visible_signature()
+                            .inputs
+                            .into_iter()
+                            .map(|spec| {
+                                let dims = match ready.max_batch_size {
+                                    0 => spec.dims,
+                                    _ => spec.dims.into_iter().skip(1).collect(),
+                                };
+                                crate::routing::rules::ModelInput {
+                                    name: spec.name,
+                                    datatype: spec.dtype.as_str().to_owned(),
+                                    dims,
+                                }
+                            })
+                            .collect(),
+                    ),
+                    _ => None,
+                })
+        });
+    let checked = crate::routing::rules::Checked {
+        targets: &targets,
+        inputs: inputs.as_deref(),
+    };
+    crate::routing::rules::check(rules, &checked).map_err(bad_request)
 }

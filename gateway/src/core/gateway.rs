@@ -916,7 +916,11 @@ enum Coming {
 /// waiting for room, if none is loading).
 fn coming(table: &ModelTable, request: &InferRequest) -> Option<Coming> {
     let model = table.model(&request.model).ok()?;
-    let versions: Vec<&Arc<VersionEntry>> = match &request.version {
+    let named = request
+        .version
+        .as_deref()
+        .or_else(|| crate::core::route::rule_target(model, request).map(|(_, target)| target));
+    let versions: Vec<&Arc<VersionEntry>> = match named {
         Some(label) => vec![model.version(label).ok()?],
         None if model.highest_ready().is_some() => return None,
         None => model.versions.iter().collect(),

@@ -36,6 +36,8 @@ pub struct Route {
 pub enum Chosen {
     /// The request named the version, or an alias of it.
     Pin,
+    /// The model's rule at this place (from 0) matched what the request holds.
+    Rule { rule: usize },
     /// The model's policy chose it; `weight` is the version's traffic weight.
     Policy { policy: &'static str, weight: u64 },
     /// No weighted version could serve: the highest eligible one did.
@@ -70,11 +72,13 @@ pub struct ShadowTarget {
 pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Routed, GatewayError> {
     let model = table.model(&request.model)?;
     let mut rng = fastrand::Rng::new();
-    let (version, chosen) = match &request.version {
-        Some(label) => (model.version(label)?, Chosen::Pin),
-        None => policy_choice(model, sticky_key(&model.policy, request), &mut rng)?,
+    let (version, chosen) = match (&request.version, rule_target(model, request)) {
+        (Some(label), _) => (model.version(label)?, Chosen::Pin),
+        (None, Some((rule, target))) => (model.version(target)?, Chosen::Rule { rule }),
+        (None, None) => policy_choice(model, sticky_key(&model.policy, request), &mut rng)?,
     };
-    let policy_routed = request.version.is_none();
+    // A pin or a rule chose it: the policy's figures and its shadow are not the request's.
+    let policy_routed = matches!(chosen, Chosen::Policy { .. } | Chosen::Highest);
     if let VersionStatus::Remote(remote) = &version.status {
         if policy_routed {
             version.stats.figures().routed(false);
@@ -124,6 +128,47 @@ pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Routed, Gatew
         shadow,
         chosen,
     }))
+}
+
+/// The model's first rule that a request naming no version matches: its place, and the
+/// version or alias it names.
+pub fn rule_target<'m>(model: &'m ModelEntry, request: &InferRequest) -> Option<(usize, &'m str)> {
+    let rules = &model.policy.rules;
+    if rules.is_empty() || request.version.is_some() {
+        return None;
+    }
+    routing::rules::first_match(rules, request).map(|rule| (rule, rules[rule].to.as_str()))
+}
+
+impl routing::rules::Facts for InferRequest {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|value| value.to_str().ok())
+    }
+
+    fn parameter(&self, name: &str) -> Option<std::borrow::Cow<'_, str>> {
+        Some(match self.parameters.get(name)? {
+            Parameter::String(text) => std::borrow::Cow::Borrowed(text.as_str()),
+            Parameter::Bool(value) => value.to_string().into(),
+            Parameter::Int(value) => value.to_string().into(),
+            Parameter::Double(value) => value.to_string().into(),
+        })
+    }
+
+    fn input(&self, name: Option<&str>) -> Option<(&'static str, &[usize])> {
+        let input = match name {
+            Some(name) => self.inputs.iter().find(|input| input.name == name)?,
+            None => self.inputs.first()?,
+        };
+        Some((input.tensor.dtype().as_str(), input.tensor.shape()))
+    }
+
+    fn scalar(&self, name: &str) -> Option<f64> {
+        let input = self.inputs.iter().find(|input| input.name == name)?;
+        if input.tensor.element_count() != 1 {
+            return None;
+        }
+        routing::stats::as_f64s(&input.tensor)?.first().copied()
+    }
 }
 
 /// The version that serves a request naming none, by the model's policy (`key` is the sticky

@@ -6,6 +6,7 @@ pub mod choose;
 pub mod experiments;
 pub mod objective;
 pub mod policy;
+pub mod rules;
 pub mod stats;
 
 pub use choose::{
@@ -14,4 +15,5 @@ pub use choose::{
 };
 pub use experiments::{Experiments, FeedbackError};
 pub use policy::{PolicyMode, ShadowPolicy, TrafficPolicy};
+pub use rules::Rule;
 pub use stats::{LatencyHistogram, ShadowTally, VersionStats};

@@ -20,6 +20,8 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::{Map, Value};
 use std::collections::BTreeMap;
 
+use crate::routing::rules::{MAX_RULES, Rule};
+
 pub const DEFAULT_MAX_ERROR_RATE: f64 = 0.5;
 /// Scores such as accuracy sit close together (0.9 vs 0.6); the fourth power
 /// turns that 1.5x gap into a 5x traffic gap, which is what "prefer the better
@@ -37,6 +39,9 @@ pub struct TrafficPolicy {
     pub mode: PolicyMode,
     /// Optional shadow traffic, combinable with any mode.
     pub shadow: Option<ShadowPolicy>,
+    /// Rules on what a request holds, tried in order before the mode; the first that matches
+    /// names the version ([`crate::routing::rules`]).
+    pub rules: Vec<Rule>,
     /// Versions whose recent error rate is above this get no traffic from the policy.
     pub max_error_rate: f64,
 }
@@ -101,6 +106,7 @@ impl Default for TrafficPolicy {
         Self {
             mode: PolicyMode::Fixed,
             shadow: None,
+            rules: Vec::new(),
             max_error_rate: DEFAULT_MAX_ERROR_RATE,
         }
     }
@@ -133,6 +139,9 @@ impl TrafficPolicy {
                 "'{}' is longer than {MAX_POLICY_NAME_BYTES} bytes",
                 crate::error::quoted(long)
             ));
+        }
+        if self.rules.len() > MAX_RULES {
+            return Err(format!("a model has at most {MAX_RULES} rules"));
         }
         if !(0.0..=1.0).contains(&self.max_error_rate) {
             return Err(format!(
@@ -286,6 +295,7 @@ impl<'de> Deserialize<'de> for TrafficPolicy {
         let mut object = Map::deserialize(deserializer)?;
         let mut take = |field: &str| object.remove(field).filter(|value| !value.is_null());
         let shadow = take("shadow").map(serde_json::from_value).transpose();
+        let rules = take("rules").map(serde_json::from_value).transpose();
         let max_error_rate = take("max_error_rate")
             .map(serde_json::from_value)
             .transpose();
@@ -300,6 +310,7 @@ impl<'de> Deserialize<'de> for TrafficPolicy {
         Ok(Self {
             mode: mode.map_err(D::Error::custom)?,
             shadow: shadow.map_err(D::Error::custom)?,
+            rules: rules.map_err(D::Error::custom)?.unwrap_or_default(),
             max_error_rate: max_error_rate
                 .map_err(D::Error::custom)?
                 .unwrap_or(DEFAULT_MAX_ERROR_RATE),
@@ -325,6 +336,9 @@ impl Serialize for TrafficPolicy {
         }
         if let Some(shadow) = &self.shadow {
             map.serialize_entry("shadow", shadow)?;
+        }
+        if !self.rules.is_empty() {
+            map.serialize_entry("rules", &self.rules)?;
         }
         map.serialize_entry("max_error_rate", &self.max_error_rate)?;
         map.end()
@@ -391,6 +405,17 @@ impl utoipa::PartialSchema for TrafficPolicy {
                 )
                 .required("mode")
                 .property("shadow", shadow)
+                .property(
+                    "rules",
+                    utoipa::openapi::schema::ArrayBuilder::new()
+                        .items(ObjectBuilder::new().schema_type(Type::Object).description(Some(
+                            "{\"when\": [conditions], \"to\": version or alias}; a condition is                              one of header, parameter, rows, input, value (docs/reference.md#rules)",
+                        )))
+                        .max_items(Some(MAX_RULES))
+                        .description(Some(
+                            "tried in order before the mode: the first whose conditions all hold names the version",
+                        )),
+                )
                 .property(
                     "max_error_rate",
                     field(

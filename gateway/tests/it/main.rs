@@ -35,6 +35,7 @@ mod registry_api;
 mod resources_api;
 mod rollouts;
 mod routing_api;
+mod rules;
 mod sequences;
 mod tls;
 mod tracing;
