@@ -75,6 +75,16 @@ async fn set_capture(gateway: &TestGateway, model: &str, spec: Value) -> (u16, V
         .await
 }
 
+/// `GET /v1/models/{model}/capture`: the model's capture as this gateway runs it.
+async fn capture_of(gateway: &TestGateway, model: &str) -> Value {
+    let path = format!("/v1/models/{model}/capture");
+    let (status, answer) = gateway
+        .admin(Method::GET, &path, Some(WRITER_TOKEN), None)
+        .await;
+    assert_eq!(status, 200, "{answer}");
+    answer
+}
+
 /// Puts a capture in force: sets it, then waits until this gateway says the spec is the one
 /// it runs (the change feed carries it).
 async fn capture_in_force(gateway: &TestGateway, model: &str, spec: Value) {
@@ -82,14 +92,7 @@ async fn capture_in_force(gateway: &TestGateway, model: &str, spec: Value) {
     assert_eq!(status, 200, "{answer}");
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let (_, now) = gateway
-            .admin(
-                Method::GET,
-                &format!("/v1/models/{model}/capture"),
-                Some(WRITER_TOKEN),
-                None,
-            )
-            .await;
+        let now = capture_of(gateway, model).await;
         if now["capture"]["in_force"] == true {
             return;
         }
@@ -511,14 +514,7 @@ async fn bad_captures_are_refused_with_the_reason() {
         )
         .await;
     assert_eq!(status, 200);
-    let (_, answer) = gateway
-        .admin(
-            Method::GET,
-            "/v1/models/mlp/capture",
-            Some(WRITER_TOKEN),
-            None,
-        )
-        .await;
+    let answer = capture_of(&gateway, "mlp").await;
     assert!(answer["capture"].is_null(), "{answer}");
     gateway.stop().await;
 }
@@ -679,14 +675,7 @@ async fn the_command_line_client_sets_lists_and_stops_a_capture() {
     assert!(!ok && err.contains("not http"), "{err}");
     let (ok, _, err) = cli(&gateway, &["capture", "off", "mlp"]).await;
     assert!(ok, "{err}");
-    let (_, answer) = gateway
-        .admin(
-            Method::GET,
-            "/v1/models/mlp/capture",
-            Some(WRITER_TOKEN),
-            None,
-        )
-        .await;
+    let answer = capture_of(&gateway, "mlp").await;
     assert!(answer["capture"].is_null(), "{answer}");
     gateway.stop().await;
 }
