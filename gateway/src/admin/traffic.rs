@@ -243,53 +243,64 @@ pub(super) async fn remove_alias(
     ok(StatusCode::OK, Revision { revision })
 }
 
-/// A model's rules against what it has: its live versions and aliases, and the inputs of a
-/// version this gateway serves (none served: the inputs are not checked).
+/// A model's rules against what it has: its live versions and the aliases of live versions,
+/// and the inputs of the version each rule sends to, where this gateway serves it (elsewhere
+/// they are not checked).
 fn check_rules(
     state: &AdminState,
     model: &str,
     record: &switchyard_registry::ModelRecord,
     rules: &[crate::routing::Rule],
 ) -> Result<(), GatewayError> {
-    let targets: Vec<String> = record
+    use crate::routing::rules::{Checked, ModelInput};
+    let live = |label: &str| {
+        record
+            .versions
+            .iter()
+            .any(|version| version.label == label && version.state.is_live())
+    };
+    // Each name a rule may send to, with the version it stands for.
+    let named: Vec<(String, String)> = record
         .versions
         .iter()
         .filter(|version| version.state.is_live())
-        .map(|version| version.label.clone())
-        .chain(record.aliases.keys().cloned())
+        .map(|version| (version.label.clone(), version.label.clone()))
+        .chain(
+            record
+                .aliases
+                .iter()
+                .filter(|(_, version)| live(version))
+                .map(|(alias, version)| (alias.clone(), version.clone())),
+        )
         .collect();
     let table = state.gateway.snapshot();
-    let inputs: Option<Vec<crate::routing::rules::ModelInput>> =
-        table.model(model).ok().and_then(|entry| {
-            entry
-                .versions
-                .iter()
-                .rev()
-                .find_map(|version| match &version.status {
-                    crate::core::VersionStatus::Ready(ready) => Some(
-                        ready
-                            .visible_signature()
-                            .inputs
-                            .into_iter()
-                            .map(|spec| {
-                                let dims = match ready.max_batch_size {
-                                    0 => spec.dims,
-                                    _ => spec.dims.into_iter().skip(1).collect(),
-                                };
-                                crate::routing::rules::ModelInput {
-                                    name: spec.name,
-                                    datatype: spec.dtype.as_str().to_owned(),
-                                    dims,
-                                }
-                            })
-                            .collect(),
-                    ),
-                    _ => None,
-                })
+    let served = table.model(model).ok();
+    let inputs_of = |label: &str| -> Option<Vec<ModelInput>> {
+        let version = served?.versions.iter().find(|v| *v.label == *label)?;
+        let crate::core::VersionStatus::Ready(ready) = &version.status else {
+            return None;
+        };
+        let inputs = ready.visible_signature().inputs.into_iter().map(|spec| {
+            let dims = match ready.max_batch_size {
+                0 => spec.dims,
+                _ => spec.dims.into_iter().skip(1).collect(),
+            };
+            ModelInput {
+                name: spec.name,
+                datatype: spec.dtype.as_str().to_owned(),
+                dims,
+            }
         });
-    let checked = crate::routing::rules::Checked {
+        Some(inputs.collect())
+    };
+    let inputs = named
+        .iter()
+        .filter_map(|(name, version)| Some((name.clone(), inputs_of(version)?)))
+        .collect();
+    let targets: Vec<String> = named.into_iter().map(|(name, _)| name).collect();
+    let checked = Checked {
         targets: &targets,
-        inputs: inputs.as_deref(),
+        inputs: &inputs,
     };
     crate::routing::rules::check(rules, &checked).map_err(bad_request)
 }

@@ -124,7 +124,8 @@ pub fn route(table: &ModelTable, request: &InferRequest) -> Result<Routed, Gatew
         ready,
         stats: version.stats.clone(),
         bandit_objective_ms,
-        takes_feedback: matches!(model.policy.mode, PolicyMode::Bandit { .. }),
+        // A rule or a pin routes a segment the bandit did not draw: its rewards would skew it.
+        takes_feedback: policy_routed && matches!(model.policy.mode, PolicyMode::Bandit { .. }),
         shadow,
         chosen,
     }))
@@ -137,7 +138,12 @@ pub fn rule_target<'m>(model: &'m ModelEntry, request: &InferRequest) -> Option<
     if rules.is_empty() || request.version.is_some() {
         return None;
     }
-    routing::rules::first_match(rules, request).map(|rule| (rule, rules[rule].to.as_str()))
+    // A rule whose version or alias is gone since it was set is passed over, not a 404 for
+    // a request that named no version.
+    rules.iter().enumerate().find_map(|(index, rule)| {
+        (routing::rules::matches(rule, request) && model.version(&rule.to).is_ok())
+            .then_some((index, rule.to.as_str()))
+    })
 }
 
 impl routing::rules::Facts for InferRequest {
@@ -162,12 +168,13 @@ impl routing::rules::Facts for InferRequest {
         Some((input.tensor.dtype().as_str(), input.tensor.shape()))
     }
 
-    fn scalar(&self, name: &str) -> Option<f64> {
+    fn scalar(&self, name: &str) -> Option<(f64, &'static str)> {
         let input = self.inputs.iter().find(|input| input.name == name)?;
         if input.tensor.element_count() != 1 {
             return None;
         }
-        routing::stats::as_f64s(&input.tensor)?.first().copied()
+        let value = routing::stats::as_f64s(&input.tensor)?.first().copied()?;
+        Some((value, input.tensor.dtype().as_str()))
     }
 }
 

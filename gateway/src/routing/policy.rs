@@ -409,7 +409,7 @@ impl utoipa::PartialSchema for TrafficPolicy {
                     "rules",
                     utoipa::openapi::schema::ArrayBuilder::new()
                         .items(ObjectBuilder::new().schema_type(Type::Object).description(Some(
-                            "{\"when\": [conditions], \"to\": version or alias}; a condition is                              one of header, parameter, rows, input, value (docs/reference.md#rules)",
+                            "{\"when\": [conditions], \"to\": version or alias}; a condition is one of header, parameter, rows, input, value (docs/reference.md#rules-routing-by-what-a-request-holds)",
                         )))
                         .max_items(Some(MAX_RULES))
                         .description(Some(

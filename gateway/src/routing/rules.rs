@@ -99,15 +99,29 @@ pub trait Facts {
     fn parameter(&self, name: &str) -> Option<Cow<'_, str>>;
     /// An input's datatype (the protocol's name) and shape; the first input for `None`.
     fn input(&self, name: Option<&str>) -> Option<(&'static str, &[usize])>;
-    /// A one-element input's value, as a number.
-    fn scalar(&self, name: &str) -> Option<f64>;
+    /// A one-element input's value as a number, and its datatype.
+    fn scalar(&self, name: &str) -> Option<(f64, &'static str)>;
 }
 
 /// The first rule that `facts` match, by its place.
 pub fn first_match(rules: &[Rule], facts: &impl Facts) -> Option<usize> {
-    rules
-        .iter()
-        .position(|rule| rule.when.iter().all(|condition| holds(condition, facts)))
+    rules.iter().position(|rule| matches(rule, facts))
+}
+
+/// Whether every condition of `rule` holds.
+pub fn matches(rule: &Rule, facts: &impl Facts) -> bool {
+    rule.when.iter().all(|condition| holds(condition, facts))
+}
+
+/// A bound as the input's datatype holds it: `0.1` against an FP32 input is the FP32 nearest
+/// 0.1, which is what a client sending 0.1 sends.
+fn as_datatype(bound: f64, datatype: &str) -> f64 {
+    match datatype {
+        "FP32" => f64::from(bound as f32),
+        "FP16" => half::f16::from_f64(bound).to_f64(),
+        "BF16" => half::bf16::from_f64(bound).to_f64(),
+        _ => bound,
+    }
 }
 
 fn holds(condition: &Condition, facts: &impl Facts) -> bool {
@@ -132,10 +146,11 @@ fn holds(condition: &Condition, facts: &impl Facts) -> bool {
                         && input.rank.is_none_or(|rank| rank as usize == shape.len())
                 })
         }
-        Condition::Value(bound) => facts.scalar(&bound.input).is_some_and(|value| {
-            bound.equals.is_none_or(|equals| value == equals)
-                && bound.above.is_none_or(|above| value > above)
-                && bound.below.is_none_or(|below| value < below)
+        Condition::Value(bound) => facts.scalar(&bound.input).is_some_and(|(value, datatype)| {
+            let typed = |bound: f64| as_datatype(bound, datatype);
+            bound.equals.is_none_or(|equals| value == typed(equals))
+                && bound.above.is_none_or(|above| value > typed(above))
+                && bound.below.is_none_or(|below| value < typed(below))
         }),
     }
 }
@@ -197,11 +212,12 @@ pub struct ModelInput {
     pub dims: Vec<i64>,
 }
 
-/// What the model offers a rule to be checked against: its versions and aliases, and its
-/// inputs where a version is ready.
+/// What the model offers a rule to be checked against: its live versions and the aliases of
+/// live versions, and, by each of those names, the inputs of that version where this gateway
+/// serves it.
 pub struct Checked<'a> {
     pub targets: &'a [String],
-    pub inputs: Option<&'a [ModelInput]>,
+    pub inputs: &'a std::collections::BTreeMap<String, Vec<ModelInput>>,
 }
 
 /// Checks a model's rules when they are set: their bounds, what they name (versions and
@@ -224,7 +240,8 @@ pub fn check(rules: &[Rule], model: &Checked<'_>) -> Result<(), String> {
             )));
         }
         for condition in &rule.when {
-            check_condition(condition, model).map_err(at)?;
+            let inputs = model.inputs.get(&rule.to).map(Vec::as_slice);
+            check_condition(condition, inputs).map_err(at)?;
         }
         if let Some(earlier) = rules[..index]
             .iter()
@@ -239,9 +256,11 @@ pub fn check(rules: &[Rule], model: &Checked<'_>) -> Result<(), String> {
     Ok(())
 }
 
-fn check_condition(condition: &Condition, model: &Checked<'_>) -> Result<(), String> {
+/// One condition, against the inputs of the version its rule sends to (`None`: not served
+/// here, so not checked).
+fn check_condition(condition: &Condition, inputs: Option<&[ModelInput]>) -> Result<(), String> {
     let input = |name: &str| -> Result<Option<&ModelInput>, String> {
-        let Some(inputs) = model.inputs else {
+        let Some(inputs) = inputs else {
             return Ok(None);
         };
         inputs
@@ -304,7 +323,7 @@ fn check_condition(condition: &Condition, model: &Checked<'_>) -> Result<(), Str
                 && declared.datatype != *datatype
             {
                 return Err(format!(
-                    "input '{}' is {}: a request of {datatype} is refused before any rule",
+                    "input '{}' of the version it sends to is {}: a request of {datatype} would be refused there",
                     matched.name, declared.datatype
                 ));
             }
@@ -374,9 +393,13 @@ mod tests {
                 _ => None,
             }
         }
-        fn scalar(&self, name: &str) -> Option<f64> {
-            (name == "flag").then_some(self.flag)
+        fn scalar(&self, name: &str) -> Option<(f64, &'static str)> {
+            (name == "flag").then_some((f64::from(self.flag as f32), "FP32"))
         }
+    }
+
+    fn rules_of(json: serde_json::Value) -> Vec<Rule> {
+        rules(json)
     }
 
     fn rules(json: serde_json::Value) -> Vec<Rule> {
@@ -414,6 +437,12 @@ mod tests {
             "every condition"
         );
         assert_eq!(first_match(&rules, &request(vec![], 1, 0.0)), None);
+        // An FP32 0.1 is not above a bound of 0.1, and equals it.
+        let tenth = rules_of(serde_json::json!([
+            {"when": [{"value": {"input": "flag", "above": 0.1}}], "to": "1"},
+            {"when": [{"value": {"input": "flag", "equals": 0.1}}], "to": "2"}
+        ]));
+        assert_eq!(first_match(&tenth, &request(vec![], 1, 0.1)), Some(1));
     }
 
     #[test]
@@ -425,9 +454,19 @@ mod tests {
             dims,
         };
         let inputs = [input("x", vec![64]), input("flag", vec![1])];
+        let by_target = targets
+            .iter()
+            .map(|target| {
+                let copy = inputs
+                    .iter()
+                    .map(|i| input(&i.name, i.dims.clone()))
+                    .collect();
+                (target.clone(), copy)
+            })
+            .collect();
         let model = Checked {
             targets: &targets,
-            inputs: Some(&inputs),
+            inputs: &by_target,
         };
         let refused = |json: serde_json::Value, reason: &str| {
             let error = check(&rules(json.clone()), &model).unwrap_err();
@@ -451,7 +490,7 @@ mod tests {
         );
         refused(
             serde_json::json!([{"when": [{"input": {"name": "x", "datatype": "INT8"}}], "to": "1"}]),
-            "refused before any rule",
+            "would be refused there",
         );
         refused(
             serde_json::json!([{"when": [{"header": {"name": "a b", "equals": "1"}}], "to": "1"}]),

@@ -215,7 +215,7 @@ fn argmax(values: &[f64]) -> Option<usize> {
         .map(|(index, _)| index)
 }
 
-/// The elements of a floating-point or 32/64-bit integer tensor, as `f64`.
+/// The elements of a numeric or boolean tensor, as `f64`.
 pub(crate) fn as_f64s(tensor: &Tensor) -> Option<Vec<f64>> {
     fn widen<T: Copy>(values: &[T], to_f64: impl Fn(T) -> f64) -> Option<Vec<f64>> {
         Some(values.iter().map(|&v| to_f64(v)).collect())
@@ -227,7 +227,14 @@ pub(crate) fn as_f64s(tensor: &Tensor) -> Option<Vec<f64>> {
         TensorView::Bf16(v) => widen(&v, |x| x.to_f64()),
         TensorView::Int32(v) => widen(&v, f64::from),
         TensorView::Int64(v) => widen(&v, |x| x as f64),
-        _ => None,
+        TensorView::Int16(v) => widen(&v, f64::from),
+        TensorView::Int8(v) => widen(&v, f64::from),
+        TensorView::Uint64(v) => widen(&v, |x| x as f64),
+        TensorView::Uint32(v) => widen(&v, f64::from),
+        TensorView::Uint16(v) => widen(&v, f64::from),
+        TensorView::Uint8(v) => widen(v, f64::from),
+        TensorView::Bool(v) => widen(v, |x| f64::from(u8::from(x != 0))),
+        TensorView::Bytes(_) => None,
     }
 }
 

@@ -109,7 +109,8 @@ async fn rules_route_by_rows_and_by_header_over_http_and_grpc() {
         "/v1/models/mlp/policy",
         json!({"mode": "fixed", "rules": [
             {"when": [{"rows": {"above": 16}}], "to": "2"},
-            {"when": [{"header": {"name": "x-tier", "equals": "gold"}}], "to": "gold"}
+            {"when": [{"header": {"name": "x-tier", "equals": "gold"}}], "to": "gold"},
+            {"when": [{"parameter": {"name": "route", "in": ["two", "2"]}}], "to": "2"}
         ]}),
     )
     .await;
@@ -122,12 +123,26 @@ async fn rules_route_by_rows_and_by_header_over_http_and_grpc() {
     .await;
     assert_eq!(status, 200, "{capture}");
 
-    // Until both are in force (the change feed): a gold request goes to 3, and is captured.
+    // Until both are in force (the change feed).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while http_version(&gateway, 1, &[("x-tier", "gold")]).await != "3"
-        || !capture_root.path().join("rules/capture.jsonl").exists()
-    {
-        assert!(Instant::now() < deadline, "the rules never came in force");
+    loop {
+        let (_, now) = gateway
+            .admin(
+                Method::GET,
+                "/v1/models/mlp/capture",
+                Some(WRITER_TOKEN),
+                None,
+            )
+            .await;
+        if now["capture"]["in_force"] == true
+            && http_version(&gateway, 1, &[("x-tier", "gold")]).await == "3"
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the rules never came in force: {now}"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     for _ in 0..3 {
@@ -156,6 +171,17 @@ async fn rules_route_by_rows_and_by_header_over_http_and_grpc() {
         );
         assert_eq!(grpc_version(&gateway, 2, &[]).await, "1");
     }
+    // A parameter, as the JSON body carries it.
+    let mut with_parameter = body(1);
+    with_parameter["parameters"] = json!({"route": "two"});
+    let (status, answer) = gateway
+        .post_json("/v2/models/mlp/infer", &with_parameter)
+        .await;
+    assert_eq!(
+        (status, answer["model_version"].as_str()),
+        (200, Some("2")),
+        "{answer}"
+    );
     // A request naming its version is not routed by the rules.
     let pinned = gateway
         .post_json("/v2/models/mlp/versions/1/infer", &body(17))
@@ -193,6 +219,21 @@ async fn rules_route_by_rows_and_by_header_over_http_and_grpc() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 
+    // A rule whose alias is gone is passed over: the policy serves, not a 404.
+    let (status, _) = gateway
+        .admin(
+            Method::DELETE,
+            "/v1/models/mlp/aliases/gold",
+            Some(WRITER_TOKEN),
+            None,
+        )
+        .await;
+    assert_eq!(status, 200);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while http_version(&gateway, 1, &[("x-tier", "gold")]).await != "1" {
+        assert!(Instant::now() < deadline, "the gone alias still routes");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     // The policy answers with its rules; removing them hands everything back to the policy.
     let (_, policy) = gateway
         .admin(
@@ -239,7 +280,7 @@ async fn rules_that_cannot_work_are_refused_with_the_reason() {
         ),
         (
             json!([{"when": [{"input": {"name": "x", "datatype": "INT8"}}], "to": "1"}]),
-            "input 'x' is FP32",
+            "input 'x' of the version it sends to is FP32",
         ),
         (
             json!([{"when": [{"rows": {"above": 8, "below": 9}}], "to": "1"}]),

@@ -308,9 +308,14 @@ fn to_value(rollout: &Rollout) -> Value {
 
 /// The policy during a stage: the one before the rollout, plus the shadow of a shadow stage.
 /// A bandit, score or objective policy would move the weights itself, so the stages route by fixed
-/// weights (keeping the error shedding); sticky routing keeps to the weights and stays.
+/// weights (keeping the error shedding); sticky routing keeps to the weights and stays. Rules
+/// on what requests hold are suspended until the rollout ends: every request follows the
+/// stage's weights, so the gates compare the baseline and the target on the same traffic.
 fn stage_policy(rollout: &Rollout, stage: &Stage) -> Result<Value, String> {
     let mut policy = rollout.policy_before.clone();
+    if let Some(object) = policy.as_object_mut() {
+        object.remove("rules");
+    }
     if matches!(
         policy["mode"].as_str(),
         Some("bandit" | "score" | "objective")
@@ -611,7 +616,7 @@ mod tests {
     #[test]
     fn stages_route_by_fixed_weights_and_the_policy_comes_back_at_the_end() {
         let bandit = json!({"mode": "bandit", "floor": 0.05, "latency_objective_ms": 50,
-                            "max_error_rate": 0.3});
+                            "max_error_rate": 0.3, "rules": [{"to": "1"}]});
         let stages = vec![
             Stage {
                 kind: StageKind::Shadow { percent: 20.0 },
