@@ -25,6 +25,7 @@ pub use crate::control::capacity::{
 };
 pub use crate::control::cluster::{NodeBody, NodeDevice};
 pub use crate::control::rollout::control::{LiveStage, RolloutView};
+pub use crate::core::capture::CaptureView;
 pub use crate::core::feedback::FeedbackReceipt;
 pub use crate::routing::objective::{ObjectivePlan, PlannedVersion};
 pub use crate::telemetry::keys::KeyFiguresView;
@@ -367,13 +368,13 @@ pub struct ModelLimitsAnswer {
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CaptureAnswer {
     pub model: String,
-    pub capture: Option<crate::core::capture::CaptureView>,
+    pub capture: Option<CaptureView>,
     pub revision: i64,
 }
 
 /// `GET /v1/capture`: every captured model.
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
 pub struct CaptureList {
-    pub captures: Vec<crate::core::capture::CaptureView>,
+    pub captures: Vec<CaptureView>,
     pub revision: i64,
 }

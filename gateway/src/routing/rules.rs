@@ -398,17 +398,13 @@ mod tests {
         }
     }
 
-    fn rules_of(json: serde_json::Value) -> Vec<Rule> {
-        rules(json)
-    }
-
     fn rules(json: serde_json::Value) -> Vec<Rule> {
         serde_json::from_value(json).unwrap()
     }
 
     #[test]
     fn the_first_rule_whose_conditions_all_hold_wins() {
-        let rules = rules(serde_json::json!([
+        let ordered = rules(serde_json::json!([
             {"when": [{"rows": {"above": 16}}], "to": "2"},
             {"when": [{"header": {"name": "x-tier", "equals": "gold"}}], "to": "gold"},
             {"when": [{"value": {"input": "flag", "above": 0.5}}, {"header": {"name": "x-tier", "prefix": "si"}}], "to": "3"},
@@ -418,27 +414,27 @@ mod tests {
             rows,
             flag,
         };
-        assert_eq!(first_match(&rules, &request(vec![], 17, 0.0)), Some(0));
+        assert_eq!(first_match(&ordered, &request(vec![], 17, 0.0)), Some(0));
         assert_eq!(
-            first_match(&rules, &request(vec![("X-Tier", "gold")], 17, 0.0)),
+            first_match(&ordered, &request(vec![("X-Tier", "gold")], 17, 0.0)),
             Some(0)
         );
         assert_eq!(
-            first_match(&rules, &request(vec![("x-tier", "gold")], 16, 0.0)),
+            first_match(&ordered, &request(vec![("x-tier", "gold")], 16, 0.0)),
             Some(1)
         );
         assert_eq!(
-            first_match(&rules, &request(vec![("x-tier", "silver")], 1, 1.0)),
+            first_match(&ordered, &request(vec![("x-tier", "silver")], 1, 1.0)),
             Some(2)
         );
         assert_eq!(
-            first_match(&rules, &request(vec![("x-tier", "silver")], 1, 0.5)),
+            first_match(&ordered, &request(vec![("x-tier", "silver")], 1, 0.5)),
             None,
             "every condition"
         );
-        assert_eq!(first_match(&rules, &request(vec![], 1, 0.0)), None);
+        assert_eq!(first_match(&ordered, &request(vec![], 1, 0.0)), None);
         // An FP32 0.1 is not above a bound of 0.1, and equals it.
-        let tenth = rules_of(serde_json::json!([
+        let tenth = rules(serde_json::json!([
             {"when": [{"value": {"input": "flag", "above": 0.1}}], "to": "1"},
             {"when": [{"value": {"input": "flag", "equals": 0.1}}], "to": "2"}
         ]));

@@ -389,16 +389,13 @@ impl Capture {
             http_concurrency: settings.http_concurrency.clamp(1, 1024),
             ..settings.clone()
         };
-        let queue_bytes = usize::try_from(settings.queue_bytes.0)
-            .unwrap_or(usize::MAX)
-            .clamp(1, Semaphore::MAX_PERMITS);
         Capture(Arc::new(Inner {
             plans: ArcSwap::default(),
             pool: Mutex::default(),
             figures: Mutex::default(),
             roots: Roots::new(&settings.roots),
             encoder: Encoder::start(settings.queue_events, node),
-            bytes: Arc::new(Semaphore::new(queue_bytes)),
+            bytes: sinks::queue_budget(&settings),
             settings,
         }))
     }

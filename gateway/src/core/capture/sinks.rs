@@ -138,7 +138,8 @@ enum Queue {
     Http(mpsc::Sender<Queued>),
 }
 
-fn sink_budget(settings: &CaptureConfig) -> Arc<Semaphore> {
+/// One queue's byte budget: the encoder's, or a sink's.
+pub(super) fn queue_budget(settings: &CaptureConfig) -> Arc<Semaphore> {
     let bytes = usize::try_from(settings.queue_bytes.0).unwrap_or(usize::MAX);
     Arc::new(Semaphore::new(bytes.clamp(1, Semaphore::MAX_PERMITS)))
 }
@@ -176,7 +177,7 @@ impl Sink {
         Ok(Sink {
             label: format!("file:{}", folder.display()),
             queue: Queue::File(queue),
-            bytes: sink_budget(settings),
+            bytes: queue_budget(settings),
             figures,
         })
     }
@@ -212,7 +213,7 @@ impl Sink {
         Ok(Sink {
             label: label.to_string(),
             queue: Queue::Http(queue),
-            bytes: sink_budget(settings),
+            bytes: queue_budget(settings),
             figures,
         })
     }
